@@ -1,0 +1,80 @@
+"""microsaga: durable sagas for Python microservices.
+
+A workflow is a DAG of steps (RPC calls, broker messages, local functions) run in
+parallel as a dataflow, every transition stored before it is acted on, and rolled
+back by compensating finished steps in reverse dependency order when a step fails
+for good.
+"""
+
+from .definitions import load_definition
+from .errors import (
+    ConfigurationError,
+    CycleError,
+    DefinitionError,
+    DuplicateStepError,
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    InvalidTransitionError,
+    LeaseLostError,
+    MicrosagaError,
+    MissingClientError,
+    SchemaVersionError,
+    StepError,
+    StepNotExistsError,
+    StepTimeoutError,
+    StoreError,
+    TransportError,
+    WorkflowNotFoundError,
+)
+from .execution import Execution, StepRun
+from .flow import Flow
+from .message import Message, Metadata
+from .settings import FlowOptions
+from .status import STATUS_STRING, STRING_STATUS, Status
+from .step import Retry, Step, StepContext, StepOptions, register_step
+from .steps import CallStep, FunctionStep, PublishStep
+from .transports import Broker, Client
+from .workflow import Workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STATUS_STRING",
+    "STRING_STATUS",
+    "Broker",
+    "CallStep",
+    "Client",
+    "ConfigurationError",
+    "CycleError",
+    "DefinitionError",
+    "DuplicateStepError",
+    "Execution",
+    "ExecutionFailedError",
+    "ExecutionNotFoundError",
+    "Flow",
+    "FlowOptions",
+    "FunctionStep",
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "Message",
+    "Metadata",
+    "MicrosagaError",
+    "MissingClientError",
+    "PublishStep",
+    "Retry",
+    "SchemaVersionError",
+    "Status",
+    "Step",
+    "StepContext",
+    "StepError",
+    "StepNotExistsError",
+    "StepOptions",
+    "StepRun",
+    "StepTimeoutError",
+    "StoreError",
+    "TransportError",
+    "Workflow",
+    "WorkflowNotFoundError",
+    "load_definition",
+    "register_step",
+]

@@ -1,0 +1,66 @@
+"""The rules of suspend, resume and abort requests, shared by every store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InvalidTransitionError
+from ..status import Status
+from .saga import ABORT, ABORT_NO_COMPENSATION
+
+__all__ = ["ControlChange", "control_change"]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlChange:
+    status: Status
+    abort: int
+    free_lease: bool = False  # make the execution claimable by any worker now
+    retry_compensations: bool = False  # failed compensations go back to PENDING
+    final: bool = False  # the execution ends here (nobody has to act)
+
+
+def control_change(
+    action: str,
+    status: Status,
+    abort: int,
+    *,
+    held: bool,
+    steps_running: bool,
+    compensation_failed: bool,
+) -> ControlChange:
+    """What ``action`` does to an execution in ``status``.
+
+    Args:
+        held: a live worker holds the execution's lease.
+        steps_running: a step run is recorded RUNNING.
+        compensation_failed: a compensation of the execution failed for good.
+
+    Raises:
+        InvalidTransitionError: naming the action and the status.
+    """
+    if action == "suspend":
+        if status in (Status.PENDING, Status.RUNNING, Status.SUSPEND):
+            return ControlChange(Status.SUSPEND, abort)
+    elif action == "resume":
+        if status is Status.SUSPEND:
+            resumed = Status.COMPENSATING if abort == ABORT else Status.RUNNING
+            return ControlChange(resumed, abort, free_lease=not held)
+        if status is Status.FAILURE and compensation_failed:
+            return ControlChange(
+                Status.COMPENSATING, abort, free_lease=True, retry_compensations=True
+            )
+    elif action == "abort":
+        if not status.finished:
+            return ControlChange(Status.COMPENSATING, ABORT, free_lease=not held)
+    elif action == "abort_nocomp":
+        if not status.finished:
+            if not held and not steps_running:
+                return ControlChange(Status.ABORTED, ABORT_NO_COMPENSATION, final=True)
+            if status is Status.SUSPEND:
+                status = Status.RUNNING
+            return ControlChange(status, ABORT_NO_COMPENSATION, free_lease=not held)
+    else:
+        raise InvalidTransitionError(f"unknown action {action!r}")
+    verb = "abort" if action.startswith("abort") else action
+    raise InvalidTransitionError(f"cannot {verb} an execution that is {status.name}")

@@ -1,0 +1,154 @@
+"""The saga rules as pure functions of an execution's state.
+
+:func:`decide` looks at the state of one execution and says what happens next: which
+steps start, which compensations start, which status the execution takes, whether
+it is finished or its lease can be released. It does no I/O and keeps no clock: the
+worker (``microsaga.worker``) commits what it decides and then acts on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..message import Message
+from ..status import Status
+from .plan import Plan, RunGraph
+
+__all__ = [
+    "ABORT",
+    "ABORT_NO_COMPENSATION",
+    "NO_ABORT",
+    "Decision",
+    "ExecState",
+    "StepState",
+    "decide",
+]
+
+NO_ABORT, ABORT, ABORT_NO_COMPENSATION = 0, 1, 2
+
+
+class StepState:
+    """What is known of one step run (forward or compensation)."""
+
+    __slots__ = ("attempts", "error", "finished_at", "request", "response", "started_at", "status")
+
+    def __init__(
+        self,
+        status: Status = Status.PENDING,
+        request: Message | None = None,
+        response: Message | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+    ) -> None:
+        self.status = status
+        self.request = request
+        self.response = response
+        self.error = error
+        self.attempts = attempts
+        self.started_at = started_at
+        self.finished_at = finished_at
+
+    def __repr__(self) -> str:
+        return f"StepState({self.status.name}, attempts={self.attempts}, error={self.error!r})"
+
+
+@dataclass(slots=True)
+class ExecState:
+    status: Status
+    abort: int = NO_ABORT
+    steps: dict[str, StepState] = field(default_factory=dict)
+    comps: dict[str, StepState] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Decision:
+    start: list[str] = field(default_factory=list)
+    compensate: list[str] = field(default_factory=list)
+    status: Status | None = None  # the status to write, when it changes
+    done: bool = False  # finished: the status above is final
+    release: bool = False  # suspended and settled: the lease can go
+
+
+def _any(states: dict[str, StepState], status: Status) -> bool:
+    return any(s.status is status for s in states.values())
+
+
+def rolling_back(state: ExecState) -> bool:
+    return state.abort == ABORT or _any(state.steps, Status.FAILURE)
+
+
+def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
+    """What happens next to an execution in ``state``."""
+    steps = state.steps
+    running = _any(steps, Status.RUNNING) or _any(state.comps, Status.RUNNING)
+    if state.abort == ABORT_NO_COMPENSATION:
+        if running:
+            return Decision()
+        return Decision(status=Status.ABORTED, done=True)
+    if state.status is Status.SUSPEND:
+        return Decision(release=not running)
+    if rolling_back(state):
+        status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
+        if _any(steps, Status.RUNNING):
+            return Decision(status=status)  # running steps finish before any rollback
+        todo = compensable(plan, graph, state)
+        if todo or running:
+            return Decision(compensate=todo, status=status)
+        aborted = state.abort == ABORT and not _any(state.comps, Status.FAILURE)
+        return Decision(status=Status.ABORTED if aborted else Status.FAILURE, done=True)
+    todo = ready(graph, state)
+    if todo or running:
+        return Decision(start=todo)
+    return Decision(status=Status.SUCCESS, done=True)
+
+
+def ready(graph: RunGraph, state: ExecState) -> list[str]:
+    """Steps not started whose requirements all succeeded."""
+    steps = state.steps
+    out = []
+    for sid in graph.order:
+        if steps[sid].status is Status.PENDING and all(
+            steps[r].status is Status.SUCCESS for r in graph.requires[sid]
+        ):
+            out.append(sid)
+    return out
+
+
+def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
+    """Succeeded steps whose compensation can start: every step depending on them is
+    settled (compensated, or with nothing to compensate, all the way down)."""
+    steps, comps, nodes = state.steps, state.comps, plan.nodes
+    settled: dict[str, bool] = {}
+    out = []
+    for sid in reversed(graph.order):
+        deps_settled = all(settled[d] for d in graph.dependents[sid])
+        needs = steps[sid].status is Status.SUCCESS and nodes[sid].compensate is not None
+        settled[sid] = deps_settled and not needs
+        if needs and deps_settled:
+            comp = comps.get(sid)
+            if comp is None or comp.status is Status.PENDING:
+                out.append(sid)
+    out.reverse()
+    return out
+
+
+def failure_summary(plan: Plan, graph: RunGraph, state: ExecState) -> tuple[str | None, str]:
+    """The failed step (or None) and a one-line error for a failed execution."""
+    failed = next((s for s in graph.order if state.steps[s].status is Status.FAILURE), None)
+    parts = []
+    if failed is not None:
+        parts.append(f"step {failed} failed: {state.steps[failed].error}")
+    elif state.abort:
+        parts.append("aborted")
+    for sid in graph.order:
+        comp = state.comps.get(sid)
+        if comp is not None and comp.status is Status.FAILURE:
+            parts.append(f"compensation of {sid} failed: {comp.error}")
+    return failed, "; ".join(parts) or "failed"
+
+
+def compensated(state: ExecState) -> bool:
+    """True when no compensation failed."""
+    return not _any(state.comps, Status.FAILURE)

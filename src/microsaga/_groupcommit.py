@@ -1,0 +1,75 @@
+"""Group commit: units submitted while a commit is in flight share the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .errors import StoreError
+from .stores.base import NewExecution, Store, Transition, TransitionResult
+
+__all__ = ["Committer"]
+
+log = logging.getLogger("microsaga.store")
+
+Unit = NewExecution | Transition
+Result = bool | TransitionResult
+
+
+class Committer:
+    """Feeds a store's ``commit`` with batches; retries while the store is away.
+
+    A unit's submitter gets its result only after the batch holding it committed.
+    Retryable store errors (a restarting server, a locked file) are retried with
+    backoff for up to ``retry_for`` seconds before the submitters get the error.
+    """
+
+    def __init__(self, store: Store, *, retry_for: float = 60.0) -> None:
+        self.store = store
+        self.retry_for = retry_for
+        self._queue: list[tuple[Unit, asyncio.Future[Result]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, unit: Unit) -> Result:
+        if not self.store.batching:
+            return (await self._commit([unit]))[0]
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((unit, fut))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._commit([unit for unit, _ in batch])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(
+                                exc if isinstance(exc, Exception) else StoreError("cancelled")
+                            )
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            self._task = None
+
+    async def _commit(self, units: list[Unit]) -> list[Result]:
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await self.store.commit(units)
+            except StoreError as exc:
+                if not exc.retryable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("store %s: %s; retrying in %.2fs", self.store.url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -1,0 +1,483 @@
+"""One execution driven by the worker that holds its lease.
+
+The loop is: fold finished step attempts into the state, ask the engine
+(:func:`microsaga._engine.saga.decide`) what comes next, commit that as one
+:class:`Transition` (shared with other executions' transitions by group commit), and
+only then start the steps it started. Step attempts run as tasks; a retry is recorded
+before it is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _faults
+from ._engine import data
+from ._engine.plan import Node, Plan, RunGraph
+from ._engine.saga import (
+    ABORT_NO_COMPENSATION,
+    NO_ABORT,
+    ExecState,
+    StepState,
+    compensated,
+    decide,
+    failure_summary,
+)
+from .errors import LeaseLostError, StepTimeoutError, one_line
+from .message import Message
+from .status import Status
+from .step import Retry, Step, StepContext
+from .stores.base import COMPENSATION, FORWARD, NewExecution, StepRecord, Transition
+
+if TYPE_CHECKING:
+    from .worker import Worker
+    from .workflow import Workflow
+
+__all__ = ["Outcome", "Run"]
+
+log = logging.getLogger("microsaga.run")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run stopped, for the caller waiting on it in this process."""
+
+    status: Status
+    step_id: str | None = None
+    error: str | None = None
+    compensated: bool = True
+
+
+@dataclass(slots=True)
+class _Done:
+    step_id: str
+    phase: int
+    state: StepState
+
+
+class Run:
+    """Drives one execution to a stop: finished, suspended, or its lease lost."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        plan: Plan,
+        graph: RunGraph,
+        *,
+        execution_id: str,
+        workflow_id: str,
+        request: Message,
+        token: int,
+        state: ExecState,
+        step_timeout: float | None,
+        deadline_at: float | None,
+        new: NewExecution | None = None,
+        workflow: Workflow | None = None,
+    ) -> None:
+        self.worker = worker
+        self.flow = worker.flow
+        self.plan, self.graph = plan, graph
+        self.id = execution_id
+        self.workflow_id = workflow_id
+        self.request = request
+        self.token = token
+        self.state = state
+        self.step_timeout = step_timeout
+        self.deadline_at = deadline_at
+        self.workflow = workflow
+        self._new = new
+        self._base = data.base_header(request, workflow_id, execution_id)
+        self._done: list[_Done] = []
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._records: list[StepRecord] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._prev: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self._lost = False
+        self._interrupt = asyncio.Event()
+        self.outcome: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self.created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    # called by the worker --------------------------------------------------------
+
+    def control(self, status: Status, abort: int) -> None:
+        """A suspend, resume or abort request reached this execution."""
+        self.state.status = status
+        self.state.abort = max(self.state.abort, abort)
+        self._set_status(status)
+        self._wake.set()
+        self._interrupt.set()
+        self._interrupt = asyncio.Event()
+
+    def lose(self) -> None:
+        """The lease was taken over: stop without writing anything more."""
+        self._lost = True
+        for task in self._tasks.values():
+            task.cancel()
+        if not self.outcome.done():
+            self.outcome.set_result(None)
+        self._wake.set()
+
+    # the loop ----------------------------------------------------------------------
+
+    async def main(self) -> None:
+        try:
+            if self._new is not None and not await self._create():
+                return
+            self._respawn()
+            self._arm_deadline()
+            await self._loop()
+        except LeaseLostError:
+            log.warning("execution %s: lease lost, another worker runs it now", self.id)
+            self.lose()
+        except asyncio.CancelledError:
+            self.lose()
+            raise
+        except Exception as exc:
+            log.exception("execution %s: stopped by an error, left for recovery", self.id)
+            if not self.created.done():
+                self.created.set_exception(exc)
+            self.lose()
+        finally:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            for task in self._tasks.values():
+                task.cancel()
+
+    async def _create(self) -> bool:
+        new = self._new
+        assert new is not None
+        first = decide(self.plan, self.graph, self.state)
+        new.starts = [self._start(sid, FORWARD) for sid in first.start]
+        created = await self.worker.committer.submit(new)
+        self.created.set_result(bool(created))
+        if not created:
+            self.outcome.set_result(None)
+            return False
+        _faults.hit("execution_created")
+        for rec in new.starts:
+            self._spawn(rec)
+        return True
+
+    def _respawn(self) -> None:
+        """Invoke again the step runs recorded RUNNING when this worker took over."""
+        if self._new is not None:
+            return
+        for sid, st in self.state.steps.items():
+            if st.status is Status.RUNNING:
+                self._spawn(self._record(sid, FORWARD, st))
+        for sid, st in self.state.comps.items():
+            if st.status is Status.RUNNING:
+                self._spawn(self._record(sid, COMPENSATION, st))
+
+    async def _loop(self) -> None:
+        state = self.state
+        while not self._lost:
+            self._fold()
+            decision = decide(self.plan, self.graph, state)
+            starts = [self._start(sid, FORWARD) for sid in decision.start]
+            starts += [self._start(sid, COMPENSATION) for sid in decision.compensate]
+            final = decision.done or decision.release
+            if not (starts or self._records or decision.status is not None or final):
+                await self._wake.wait()
+                if self._lost:
+                    return
+                self._wake.clear()
+                continue
+            unit = Transition(
+                execution_id=self.id,
+                token=self.token,
+                expect=state.status,
+                status=decision.status,
+                records=self._records,
+                starts=starts,
+                release=final,
+                at=self.flow.clock(),
+            )
+            if decision.done:
+                if decision.status is Status.SUCCESS:
+                    unit.response = data.execution_response(self.graph, state.steps)
+                elif decision.status is not Status.ABORTED or not compensated(state):
+                    unit.error = failure_summary(self.plan, self.graph, state)[1]
+            self._records = []
+            result = await self.worker.committer.submit(unit)
+            assert not isinstance(result, bool)
+            if not result.owned:
+                raise LeaseLostError()
+            previous = state.status
+            state.status, state.abort = result.status, max(state.abort, result.abort)
+            if not result.applied:
+                for rec in starts:
+                    self._unstart(rec)
+                self._set_status(state.status)
+                continue
+            if state.status is not previous:
+                self._set_status(state.status)
+            for rec in starts:
+                self._spawn(rec)
+            if decision.done:
+                self._finish(unit.response)
+                return
+            if decision.release:
+                self._stop(Outcome(Status.SUSPEND))
+                return
+
+    # steps -----------------------------------------------------------------------
+
+    def _states(self, phase: int) -> dict[str, StepState]:
+        return self.state.steps if phase == FORWARD else self.state.comps
+
+    def _record(self, sid: str, phase: int, st: StepState) -> StepRecord:
+        return StepRecord(
+            sid,
+            phase,
+            st.status,
+            st.attempts,
+            st.request,
+            st.response,
+            st.error,
+            st.started_at,
+            st.finished_at,
+        )
+
+    def _start(self, sid: str, phase: int) -> StepRecord:
+        """Mark a step started in memory and return its RUNNING record."""
+        if phase == FORWARD:
+            st = self.state.steps[sid]
+            request = data.step_input(
+                self.graph, self.state.steps, sid, self.request, self._base, self.id
+            )
+        else:
+            forward = self.state.steps[sid]
+            st = self.state.comps.get(sid) or StepState()
+            self.state.comps[sid] = st
+            request = data.compensation_input(self.plan.nodes[sid], forward, self._base, self.id)
+        rec = StepRecord(
+            sid, phase, Status.RUNNING, st.attempts + 1, request, None, None, self.flow.clock()
+        )
+        self._mark_started(rec)
+        return rec
+
+    def _mark_started(self, rec: StepRecord) -> None:
+        states = self._states(rec.phase)
+        st = states.get(rec.step_id)
+        if st is None:
+            st = states[rec.step_id] = StepState()
+        # keep what the step was before, in case the start is not applied
+        rec_prev = (st.status, st.attempts, st.request, st.started_at)
+        st.status, st.attempts, st.request, st.started_at = (
+            Status.RUNNING,
+            rec.attempts,
+            rec.request,
+            rec.started_at,
+        )
+        st.response = st.finished_at = None
+        self._prev[rec.step_id, rec.phase] = rec_prev
+
+    def _unstart(self, rec: StepRecord) -> None:
+        st = self._states(rec.phase)[rec.step_id]
+        prev = self._prev.pop((rec.step_id, rec.phase), None)
+        if prev is not None:
+            st.status, st.attempts, st.request, st.started_at = prev
+
+    def _spawn(self, rec: StepRecord) -> None:
+        self._prev.pop((rec.step_id, rec.phase), None)
+        live = self._live_step(rec)
+        if live is not None:
+            live.status, live.request, live.response = Status.RUNNING, rec.request, None
+        task = asyncio.get_running_loop().create_task(self._attempts(rec))
+        self._tasks[rec.step_id, rec.phase] = task
+
+    def _live_step(self, rec: StepRecord) -> Step | None:
+        node = self.plan.nodes[rec.step_id]
+        return node.step if rec.phase == FORWARD else node.compensate
+
+    def _fold(self) -> None:
+        """Apply finished step runs to the state; queue their records."""
+        if not self._done:
+            return
+        done, self._done = self._done, []
+        for item in done:
+            self._tasks.pop((item.step_id, item.phase), None)
+            new = item.state
+            if item.phase == FORWARD:
+                self.state.steps[item.step_id] = new
+                self._records.append(self._record(item.step_id, FORWARD, new))
+            else:
+                self.state.comps[item.step_id] = new
+                self._records.append(self._record(item.step_id, COMPENSATION, new))
+                if new.status is Status.SUCCESS:
+                    forward = self.state.steps[item.step_id]
+                    forward.status = Status.COMPENSATED
+                    self._records.append(self._record(item.step_id, FORWARD, forward))
+            live = self.plan.nodes[item.step_id].step
+            if item.phase == FORWARD:
+                live.status, live.response = new.status, new.response
+            elif new.status is Status.SUCCESS:
+                live.status = Status.COMPENSATED
+
+    def _policy(self, node: Node, phase: int) -> tuple[Step, Retry, float | None]:
+        if phase == FORWARD:
+            return node.step, node.retry, node.timeout or self.step_timeout
+        assert node.compensate is not None
+        retry = node.compensate_retry or self.flow.options.compensation_retry
+        return node.compensate, retry, node.compensate_timeout or self.step_timeout
+
+    def _interrupt_wanted(self, phase: int) -> bool:
+        if self.state.abort == ABORT_NO_COMPENSATION:
+            return True
+        if phase == COMPENSATION:
+            return False
+        return self.state.status is Status.SUSPEND or self.state.abort != NO_ABORT
+
+    async def _attempts(self, rec: StepRecord) -> None:
+        """Run a step until it succeeds, fails for good, or is interrupted."""
+        sid, phase = rec.step_id, rec.phase
+        node = self.plan.nodes[sid]
+        step, retry, timeout = self._policy(node, phase)
+        request = rec.request if rec.request is not None else Message()
+        attempt = max(rec.attempts, 1)
+        hook = "step_started" if phase == FORWARD else "compensation_started"
+        _faults.hit(hook)
+        result = StepState(Status.RUNNING, request, None, rec.error, attempt, rec.started_at)
+        while True:
+            try:
+                response = await self._invoke(step, request, sid, phase, attempt, timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = one_line(exc)
+                result.error = error
+                if retry.should_retry(exc, attempt):
+                    delay = retry.interval(attempt, self.flow.random())
+                    if not await self._backoff(delay, phase) or not await self._next_attempt(
+                        sid, phase, attempt + 1, request, error, rec.started_at
+                    ):
+                        result.status = Status.PENDING
+                        break
+                    attempt += 1
+                    result.attempts = attempt
+                    continue
+                if phase == FORWARD and node.fallback is not None:
+                    fallback = await self._fallback(node, request, attempt, timeout)
+                    if fallback is not None:
+                        result.status, result.response = Status.SUCCESS, fallback
+                        result.error = f"{error} (fallback {node.fallback.id} used)"
+                        break
+                result.status = Status.FAILURE
+                break
+            else:
+                result.status, result.response = Status.SUCCESS, response
+                break
+        result.finished_at = self.flow.clock() if result.status is not Status.PENDING else None
+        _faults.hit("step_returned")
+        self._done.append(_Done(sid, phase, result))
+        self._wake.set()
+
+    async def _invoke(
+        self,
+        step: Step,
+        request: Message,
+        sid: str,
+        phase: int,
+        attempt: int,
+        timeout: float | None,
+    ) -> Message:
+        ctx = StepContext(
+            self.flow, self.workflow_id, self.id, sid, attempt, timeout, phase == COMPENSATION
+        )
+        async with self.worker.slots:
+            if timeout is None:
+                return await step.execute(request, ctx)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await step.execute(request, ctx)
+            except TimeoutError as exc:
+                raise StepTimeoutError(f"step {sid} timed out after {timeout:g}s") from exc
+
+    async def _backoff(self, delay: float, phase: int) -> bool:
+        """Wait before a retry; False when a suspend or abort interrupts the wait."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        while not self._interrupt_wanted(phase):
+            left = until - loop.time()
+            if left <= 0:
+                return True
+            try:
+                await asyncio.wait_for(self._interrupt.wait(), left)
+            except TimeoutError:
+                return True
+        return False
+
+    async def _next_attempt(
+        self,
+        sid: str,
+        phase: int,
+        attempt: int,
+        request: Message,
+        error: str,
+        started_at: float | None,
+    ) -> bool:
+        """Record attempt ``attempt`` before making it; False if it may not start."""
+        rec = StepRecord(sid, phase, Status.RUNNING, attempt, request, None, error, started_at)
+        result = await self.worker.committer.submit(
+            Transition(self.id, self.token, self.state.status, starts=[rec], at=self.flow.clock())
+        )
+        assert not isinstance(result, bool)
+        if not result.owned:
+            self.lose()
+            raise asyncio.CancelledError()
+        if result.status is not self.state.status:
+            self.control(result.status, result.abort)
+        return result.applied and not self._interrupt_wanted(phase)
+
+    async def _fallback(
+        self, node: Node, request: Message, attempt: int, timeout: float | None
+    ) -> Message | None:
+        assert node.fallback is not None
+        fallback = node.fallback
+        retry = fallback.options.retry or Retry()
+        timeout = fallback.options.timeout or timeout
+        req = data.fallback_header(request, self.id, node.id)
+        tries = 1
+        while True:
+            try:
+                return await self._invoke(fallback, req, node.id, FORWARD, attempt, timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not retry.should_retry(exc, tries):
+                    log.info("execution %s: fallback of %s failed: %s", self.id, node.id, exc)
+                    return None
+                await asyncio.sleep(retry.interval(tries, self.flow.random()))
+                tries += 1
+
+    # ending --------------------------------------------------------------------------
+
+    def _set_status(self, status: Status) -> None:
+        if self.workflow is not None and self.workflow._last_execution == self.id:
+            self.workflow._status = status
+        self.flow._notify(self.id)
+
+    def _finish(self, response: Message | None) -> None:
+        state = self.state
+        if state.status is Status.SUCCESS:
+            self._stop(Outcome(Status.SUCCESS))
+            return
+        step_id, error = failure_summary(self.plan, self.graph, state)
+        self._stop(Outcome(state.status, step_id, error, compensated(state)))
+
+    def _stop(self, outcome: Outcome) -> None:
+        self._set_status(outcome.status)
+        if not self.outcome.done():
+            self.outcome.set_result(outcome)
+
+    def _arm_deadline(self) -> None:
+        if self.deadline_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.deadline_at - self.flow.clock())
+        self._deadline_timer = loop.call_later(delay, self.worker.deadline_passed, self)

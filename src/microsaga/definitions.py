@@ -1,0 +1,260 @@
+"""Workflows as data: JSON or YAML definitions, validated at the edge.
+
+Every error is a :class:`~microsaga.errors.DefinitionError` naming the path of the
+bad field, 0-based (``steps[1].retry.max_attempts: must be at least 1, not 0``)::
+
+    id: order
+    services: {inventory: "http://127.0.0.1:8001"}
+    steps:
+      - call: inventory.Inventory.Reserve
+        retry: {max_attempts: 5, initial_interval: 0.2}
+        timeout: 2
+        compensate: {call: inventory.Inventory.Release}
+      - function: shop.notify:send_email
+        requires: [inventory.Inventory.Reserve]
+
+A step entry names its kind as a key (``call``, ``publish``, ``function``, or a kind
+registered with ``register_step``). The other keys are the common options (``id``,
+``requires``, ``retry``, ``timeout``, ``fallback``, ``compensate``; ``input`` inside
+``compensate``) and the kind's own fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DefinitionError, MicrosagaError
+from .settings import check_services
+from .step import Retry, Step, StepOptions, step_kinds
+from .steps import import_function
+from .workflow import Workflow
+
+__all__ = ["load_definition", "step_from_dict", "step_to_dict", "workflow_from_dict"]
+
+_COMMON = ("id", "requires", "retry", "timeout", "fallback", "compensate", "input")
+_TOP = ("id", "services", "steps", "description")
+_RETRY_FIELDS = Retry.__dataclass_fields__
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workflow:
+    """A validated workflow, not bound to a flow, from a file path, JSON or YAML text,
+    or a dict. A string is text when it holds a newline or starts with ``{``.
+
+    Raises:
+        DefinitionError: naming the file, the line or the path of the bad field.
+    """
+    if isinstance(source, Mapping):
+        return workflow_from_dict(source)
+    where = "definition"
+    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
+        text = source
+    else:
+        path = Path(source)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DefinitionError(f"cannot read definition file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise DefinitionError(f"definition file {path} is not UTF-8 text") from None
+    data = _parse(text, where)
+    if not isinstance(data, Mapping):
+        raise DefinitionError(f"{where}: must be a mapping with id and steps")
+    return workflow_from_dict(data)
+
+
+def _parse(text: str, where: str) -> Any:
+    if text.lstrip().startswith("{") or where.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DefinitionError(
+                f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise DefinitionError(f"{where}: invalid YAML{at}: {problem}") from None
+
+
+def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
+    """A validated, unbound workflow from a definition mapping."""
+    if not isinstance(data, Mapping):
+        raise DefinitionError(f"must be a mapping, not {type(data).__name__}")
+    for key in data:
+        if key not in _TOP:
+            raise DefinitionError(
+                f"unknown field (expected one of {', '.join(_TOP)})", path=str(key)
+            )
+    wf_id = data.get("id")
+    if not isinstance(wf_id, str) or not wf_id.strip():
+        raise DefinitionError(f"must be a non-empty string, not {wf_id!r}", path="id")
+    services = data.get("services") or {}
+    if not isinstance(services, Mapping):
+        raise DefinitionError("must map service names to URLs", path="services")
+    try:
+        services = check_services(services)
+    except MicrosagaError as exc:
+        raise DefinitionError(str(exc)) from None
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise DefinitionError("must be a non-empty list of steps", path="steps")
+    built = [step_from_dict(entry, _join("steps", i)) for i, entry in enumerate(steps)]
+    return Workflow(wf_id, built, services=services)
+
+
+def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
+    """One step from its definition entry; ``path`` prefixes error messages."""
+    if not isinstance(entry, Mapping):
+        raise DefinitionError(f"must be a mapping, not {type(entry).__name__}", path=path)
+    kinds = step_kinds()
+    named = [k for k in entry if k in kinds]
+    if not named:
+        other = [str(k) for k in entry if k not in _COMMON]
+        hint = f"unknown step kind {other[0]!r}; " if other else ""
+        raise DefinitionError(f"{hint}a step needs one of: {', '.join(sorted(kinds))}", path=path)
+    if len(named) > 1:
+        raise DefinitionError(f"a step has one kind, not {', '.join(named)}", path=path)
+    cls = kinds[named[0]]
+    own = {k: v for k, v in entry.items() if k not in _COMMON}
+    allowed = getattr(cls, "config_fields", None)
+    if allowed is not None:
+        for key in own:
+            if key not in allowed:
+                raise DefinitionError("unknown field", path=_join(path, str(key)))
+    try:
+        step = cls.from_config(own)
+    except DefinitionError as exc:
+        raise DefinitionError(_strip_path(exc), path=_join(path, exc.path or "")) from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DefinitionError(f"invalid {named[0]} step: {exc}", path=path) from None
+    if "input" in entry and nested != "compensate":
+        raise DefinitionError("only a compensate step takes input", path=_join(path, "input"))
+    step.options = _options(entry, path)
+    return step
+
+
+def _strip_path(exc: DefinitionError) -> str:
+    text = str(exc)
+    if exc.path and text.startswith(exc.path + ": "):
+        return text[len(exc.path) + 2 :]
+    return text
+
+
+def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
+    kw: dict[str, Any] = {}
+    if "id" in entry:
+        kw["id"] = entry["id"]
+    if "requires" in entry:
+        req = entry["requires"]
+        if isinstance(req, str):
+            req = [req]
+        if not isinstance(req, list) or not all(isinstance(r, str) and r for r in req):
+            raise DefinitionError("must be a list of step ids", path=_join(path, "requires"))
+        kw["requires"] = tuple(dict.fromkeys(req))
+    if "retry" in entry:
+        kw["retry"] = _retry(entry["retry"], _join(path, "retry"))
+    if "timeout" in entry:
+        kw["timeout"] = entry["timeout"]
+    if entry.get("fallback") is not None:
+        kw["fallback"] = step_from_dict(entry["fallback"], _join(path, "fallback"))
+    comp = entry.get("compensate")
+    input_path = _join(path, "compensate.input")
+    if comp is not None:
+        kw["compensate"] = step_from_dict(comp, _join(path, "compensate"), nested="compensate")
+        if isinstance(comp, Mapping) and "input" in comp:
+            kw["compensate_input"] = comp["input"]
+    try:
+        return StepOptions(**kw)
+    except DefinitionError as exc:
+        field = exc.path or ""
+        where = input_path if field == "compensate_input" else _join(path, field)
+        raise DefinitionError(_strip_path(exc), path=where) from None
+
+
+def _retry(value: Any, path: str) -> Retry:
+    if not isinstance(value, Mapping):
+        raise DefinitionError("must be a mapping", path=path)
+    kw = {}
+    for key, item in value.items():
+        if key not in _RETRY_FIELDS:
+            raise DefinitionError(
+                f"unknown field (expected one of {', '.join(_RETRY_FIELDS)})",
+                path=_join(path, str(key)),
+            )
+        kw[key] = item
+    if "non_retryable" in kw:
+        codes = kw["non_retryable"]
+        if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+            raise DefinitionError(
+                "must be a list of error codes", path=_join(path, "non_retryable")
+            )
+        kw["non_retryable"] = tuple(_error_class(c, path) for c in codes)
+    for key in ("initial_interval", "multiplier", "max_interval"):
+        if isinstance(kw.get(key), int) and not isinstance(kw[key], bool):
+            kw[key] = float(kw[key])
+    if "jitter" in kw and not isinstance(kw["jitter"], bool):
+        raise DefinitionError("must be true or false", path=_join(path, "jitter"))
+    try:
+        return Retry(**kw)
+    except DefinitionError as exc:
+        field = (exc.path or "").removeprefix("retry.")
+        raise DefinitionError(_strip_path(exc), path=_join(path, field)) from None
+
+
+def _error_class(code: str, path: str) -> str | type[BaseException]:
+    """``module:Class`` imports an exception class; anything else is an error code."""
+    if ":" not in code:
+        return code
+    try:
+        found = import_function(code)
+    except DefinitionError as exc:
+        raise DefinitionError(_strip_path(exc), path=_join(path, "non_retryable")) from None
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise DefinitionError(f"{code} is not an exception class", path=path)
+    return found
+
+
+def step_to_dict(step: Step) -> dict[str, Any]:
+    """A step as a definition entry: its kind's fields and its common options."""
+    out = dict(step.to_config())
+    opts = step.options
+    if opts.id is not None:
+        out["id"] = opts.id
+    if opts.requires:
+        out["requires"] = list(opts.requires)
+    if opts.retry is not None:
+        out["retry"] = opts.retry.to_config()
+    if opts.timeout is not None:
+        out["timeout"] = opts.timeout
+    if opts.fallback is not None:
+        out["fallback"] = step_to_dict(opts.fallback)
+    if opts.compensate is not None:
+        comp = step_to_dict(opts.compensate)
+        if opts.compensate_input != "both":
+            comp["input"] = opts.compensate_input
+        out["compensate"] = comp
+    return out
+
+
+def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": wf.id}
+    if wf.services:
+        out["services"] = dict(sorted(wf.services.items()))
+    out["steps"] = [step_to_dict(s) for s in wf.step_list]
+    return out

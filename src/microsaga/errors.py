@@ -1,0 +1,245 @@
+"""The one exception tree of microsaga.
+
+Every error raised by the library is a :class:`MicrosagaError`. Each class has a
+stable ``code`` (used by the CLI, the HTTP API and ``Retry.non_retryable``), says
+whether retrying the operation can help (``retryable``) and uses its docstring as
+the default message::
+
+    MicrosagaError
+    ├── DefinitionError            definition             a workflow is not valid
+    │   ├── StepNotExistsError     step_not_exists
+    │   ├── CycleError             cycle
+    │   └── DuplicateStepError     duplicate_step
+    ├── ConfigurationError         configuration          a setting is wrong
+    ├── MissingClientError         missing_client
+    ├── WorkflowNotFoundError      workflow_not_found
+    ├── ExecutionNotFoundError     execution_not_found
+    ├── ExecutionFailedError       execution_failed
+    ├── InvalidTransitionError     invalid_transition
+    ├── StepError                  step_failed            raised by step code
+    │   └── StepTimeoutError       step_timeout
+    ├── StoreError                 store_unavailable      (retryable)
+    │   ├── SchemaVersionError     schema_version
+    │   └── LeaseLostError         lease_lost
+    └── TransportError             transport_unavailable  (retryable)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "ConfigurationError",
+    "CycleError",
+    "DefinitionError",
+    "DuplicateStepError",
+    "ExecutionFailedError",
+    "ExecutionNotFoundError",
+    "InvalidTransitionError",
+    "LeaseLostError",
+    "MicrosagaError",
+    "MissingClientError",
+    "SchemaVersionError",
+    "StepError",
+    "StepNotExistsError",
+    "StepTimeoutError",
+    "StoreError",
+    "TransportError",
+    "WorkflowNotFoundError",
+    "error_code",
+    "is_retryable",
+    "one_line",
+]
+
+
+class MicrosagaError(Exception):
+    """microsaga error."""
+
+    code: str = "microsaga_error"
+    retryable: bool = False
+
+    def __init__(self, message: str | None = None, *, retryable: bool | None = None) -> None:
+        if message is None:
+            message = (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DefinitionError(MicrosagaError):
+    """The workflow definition is not valid."""
+
+    code = "definition"
+
+    def __init__(self, message: str | None = None, *, path: str | None = None) -> None:
+        self.path = path
+        if message is not None and path:
+            message = f"{path}: {message}"
+        super().__init__(message)
+
+
+class StepNotExistsError(DefinitionError):
+    """step not exists"""
+
+    code = "step_not_exists"
+
+    def __init__(self, step_id: str | None = None, *, path: str | None = None) -> None:
+        self.step_id = step_id
+        super().__init__(
+            "step not exists" if step_id is None else f"step not exists: {step_id}", path=path
+        )
+
+
+class CycleError(DefinitionError):
+    """The steps' requirements form a cycle."""
+
+    code = "cycle"
+
+    def __init__(self, steps: Iterable[str]) -> None:
+        self.steps = list(steps)
+        super().__init__("cycle between steps: " + " -> ".join(self.steps))
+
+
+class DuplicateStepError(DefinitionError):
+    """Two steps of a workflow have the same id."""
+
+    code = "duplicate_step"
+
+    def __init__(self, step_id: str, *, path: str | None = None) -> None:
+        self.step_id = step_id
+        super().__init__(f"duplicate step id: {step_id}", path=path)
+
+
+class ConfigurationError(MicrosagaError):
+    """A setting is wrong."""
+
+    code = "configuration"
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {message}")
+
+
+class MissingClientError(MicrosagaError):
+    """client not set"""
+
+    code = "missing_client"
+
+
+class WorkflowNotFoundError(MicrosagaError):
+    """No workflow is saved under that id."""
+
+    code = "workflow_not_found"
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow not found: {workflow_id}")
+
+
+class ExecutionNotFoundError(MicrosagaError):
+    """No execution has that id."""
+
+    code = "execution_not_found"
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        super().__init__(f"execution not found: {execution_id}")
+
+
+class ExecutionFailedError(MicrosagaError):
+    """The execution failed."""
+
+    code = "execution_failed"
+
+    def __init__(
+        self, execution_id: str, step_id: str | None, error: str, *, compensated: bool
+    ) -> None:
+        self.execution_id = execution_id
+        self.step_id = step_id
+        self.error = error
+        self.compensated = compensated
+        where = f" at step {step_id}" if step_id else ""
+        rolled = "compensated" if compensated else "compensation failed"
+        super().__init__(f"execution {execution_id} failed{where}: {error} ({rolled})")
+
+
+class InvalidTransitionError(MicrosagaError):
+    """The execution cannot make that transition from its current status."""
+
+    code = "invalid_transition"
+
+
+class StepError(MicrosagaError):
+    """The step failed.
+
+    Raise it from step code to fail with a code of your own; pass ``retryable=False``
+    to stop retries at once.
+    """
+
+    code = "step_failed"
+    retryable = True
+
+    def __init__(
+        self, message: str | None = None, *, code: str | None = None, retryable: bool | None = None
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        if code is not None:
+            self.code = code
+
+
+class StepTimeoutError(StepError):
+    """The step attempt timed out."""
+
+    code = "step_timeout"
+
+
+class StoreError(MicrosagaError):
+    """The store is not available."""
+
+    code = "store_unavailable"
+    retryable = True
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this version of microsaga."""
+
+    code = "schema_version"
+    retryable = False
+
+
+class LeaseLostError(StoreError):
+    """Another worker took over the execution: this worker may no longer write it."""
+
+    code = "lease_lost"
+    retryable = False
+
+
+class TransportError(MicrosagaError):
+    """The service or broker could not be reached."""
+
+    code = "transport_unavailable"
+    retryable = True
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code of an exception: its ``code`` or its class name."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) else type(exc).__name__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt may succeed; unknown exceptions are retryable."""
+    return bool(getattr(exc, "retryable", True))
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of an exception, for records and the CLI."""
+    text = str(exc).strip() or type(exc).__name__
+    text = " ".join(text.split())
+    if not isinstance(exc, MicrosagaError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:2000]

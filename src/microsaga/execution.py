@@ -1,0 +1,70 @@
+"""What a user reads about executions: :class:`Execution` and :class:`StepRun`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .message import Message
+from .status import Status
+
+__all__ = ["Execution", "StepRun", "to_datetime"]
+
+
+def to_datetime(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StepRun:
+    """One step of one execution, as stored.
+
+    ``compensation`` is the run of the step's compensation once it has started.
+    """
+
+    step_id: str
+    status: Status = Status.PENDING
+    request: Message | None = None
+    response: Message | None = None
+    error: str | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    compensation: StepRun | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish, None until finished."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Execution:
+    """One execution of a workflow, as stored."""
+
+    id: str
+    workflow_id: str
+    version: int | None
+    status: Status
+    request: Message
+    response: Message | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    steps: dict[str, StepRun] = field(default_factory=dict)
+    deadline_at: datetime | None = None
+
+    @property
+    def failed_step(self) -> str | None:
+        """The step that failed for good, if any."""
+        return next((s for s, r in self.steps.items() if r.status is Status.FAILURE), None)
+
+    @property
+    def compensated(self) -> bool:
+        """True when no compensation failed."""
+        return not any(
+            r.compensation is not None and r.compensation.status is Status.FAILURE
+            for r in self.steps.values()
+        )

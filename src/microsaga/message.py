@@ -1,0 +1,179 @@
+"""The data that travels between steps: :class:`Message` and :class:`Metadata`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+__all__ = ["Message", "Metadata", "decode_json_body", "encode_json"]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON-encode a value compactly; a clear TypeError when it cannot be."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+
+
+def decode_json_body(body: bytes) -> Any:
+    """Decode a body for embedding in another JSON document.
+
+    An empty body is ``None``; a body that is not JSON is kept as a string.
+    """
+    if not body:
+        return None
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError:
+        return body.decode("utf-8", errors="replace")
+
+
+class Metadata(Mapping[str, str]):
+    """Message headers: case-insensitive keys, several values per key.
+
+    As a ``Mapping[str, str]`` it shows one entry per distinct key, whose value is the
+    first one; :meth:`getall` gives every value. Keys keep the spelling they were
+    first set with.
+    """
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(
+        self, mapping: Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]] | None = None
+    ) -> None:
+        self._values: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}
+        if mapping is None:
+            return
+        if isinstance(mapping, Metadata):
+            self._values = {k: list(v) for k, v in mapping._values.items()}
+            self._names = dict(mapping._names)
+            return
+        items = mapping.items() if isinstance(mapping, Mapping) else mapping
+        for key, value in items:
+            if isinstance(value, str):
+                self.add(key, value)
+            else:
+                for one in value:
+                    self.add(key, str(one))
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key.lower()][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names.values())
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._values
+
+    def __delitem__(self, key: str) -> None:
+        low = key.lower()
+        del self._values[low]
+        del self._names[low]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Metadata):
+            return self._values == other._values
+        if isinstance(other, Mapping):
+            return self == Metadata(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Metadata({self.to_dict()!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        values = self._values.get(key.lower())
+        return values[0] if values else default
+
+    def getall(self, key: str) -> list[str]:
+        """Every value of ``key``, ``[]`` when it is absent."""
+        return list(self._values.get(key.lower(), ()))
+
+    def set(self, key: str, value: str) -> None:
+        """Replace every value of ``key`` with ``value``."""
+        low = key.lower()
+        self._values[low] = [str(value)]
+        self._names.setdefault(low, key)
+
+    def add(self, key: str, value: str) -> None:
+        """Append ``value`` to the values of ``key``."""
+        low = key.lower()
+        values = self._values.get(low)
+        if values is None:
+            self._values[low] = [str(value)]
+            self._names[low] = key
+        else:
+            values.append(str(value))
+
+    def copy(self) -> Metadata:
+        return Metadata(self)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        """The headers as ``{key: [values]}``, keys in their first spelling."""
+        return {self._names[low]: list(values) for low, values in self._values.items()}
+
+
+class Message:
+    """A step's request or response: a raw JSON body and a header.
+
+    Args:
+        body: raw bytes, kept byte for byte; any other value (dict, list, str,
+            number, bool) is JSON-encoded; ``None`` is an empty body.
+        header: a :class:`Metadata` or a dict of ``str`` or ``list[str]`` values.
+    """
+
+    __slots__ = ("body", "header")
+
+    def __init__(self, body: Any = b"", header: Metadata | Mapping[str, Any] | None = None) -> None:
+        if isinstance(body, bytes):
+            self.body = body
+        elif body is None:
+            self.body = b""
+        elif isinstance(body, bytearray | memoryview):
+            self.body = bytes(body)
+        else:
+            self.body = encode_json(body)
+        if isinstance(header, Metadata):
+            self.header = header
+        else:
+            self.header = Metadata(header)
+
+    @classmethod
+    def of(cls, value: Any) -> Message:
+        """``value`` itself when it is a Message, else ``Message(body=value)``."""
+        return value if isinstance(value, Message) else cls(value)
+
+    def json(self) -> Any:
+        """The decoded body; ``None`` when the body is empty.
+
+        Raises:
+            ValueError: the body is not valid JSON.
+        """
+        if not self.body:
+            return None
+        try:
+            return _decoder.decode(self.body)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"message body is not valid JSON: {exc}") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.body == other.body and self.header == other.header
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        body = self.body if len(self.body) <= 80 else self.body[:77] + b"..."
+        return f"Message(body={body!r}, header={self.header.to_dict()!r})"

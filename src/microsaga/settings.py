@@ -1,0 +1,164 @@
+"""Every setting of a flow in one place: explicit arguments, then ``MICROSAGA_*``.
+
+=====================  ============================  ==================================
+setting                environment                   default
+=====================  ============================  ==================================
+store                  ``MICROSAGA_STORE``           ``sqlite:///microsaga.db``
+services               ``MICROSAGA_SERVICES``        none (JSON object or ``a=url,b=url``)
+broker                 ``MICROSAGA_BROKER``          none
+concurrency            ``MICROSAGA_CONCURRENCY``     64 steps running at once
+lease_ttl              ``MICROSAGA_LEASE_TTL``       10 s
+heartbeat_interval     ``MICROSAGA_HEARTBEAT``       lease_ttl / 3
+poll_interval          ``MICROSAGA_POLL_INTERVAL``   0.25 s
+max_executions         ``MICROSAGA_MAX_EXECUTIONS``  1024 executions claimed at once
+=====================  ============================  ==================================
+
+Explicit values win over the environment; a wrong value raises
+:class:`~microsaga.errors.ConfigurationError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+from .step import Retry
+
+__all__ = ["DEFAULT_STORE", "FlowOptions", "parse_services", "resolve_options"]
+
+DEFAULT_STORE = "sqlite:///microsaga.db"
+STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
+BROKER_SCHEMES = ("memory", "nats", "amqp", "amqps", "redis", "rediss")
+
+_DEFAULT_COMPENSATION_RETRY = Retry(
+    max_attempts=10, initial_interval=0.1, multiplier=2.0, max_interval=30.0
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowOptions:
+    """The resolved settings of a :class:`~microsaga.Flow` (upstream ``Options``)."""
+
+    store: Any = DEFAULT_STORE  # a URL or a Store object
+    services: Mapping[str, str] = field(default_factory=dict)
+    client: Any = None
+    broker: Any = None  # a URL or a Broker object
+    concurrency: int = 64
+    worker: bool = True
+    lease_ttl: float = 10.0
+    heartbeat_interval: float = 10.0 / 3
+    poll_interval: float = 0.25
+    max_executions: int = 1024
+    compensation_retry: Retry = _DEFAULT_COMPENSATION_RETRY
+    store_retry_for: float = 60.0
+    clock: Callable[[], float] = time.time
+    random: Callable[[], float] = random.random
+
+
+def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, str]:
+    """Read ``{"name": "url"}`` JSON or ``name=url,name=url``."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(setting, f"not valid JSON: {exc}") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigurationError(setting, "must map service names to URLs")
+        return value
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip() or not url.strip():
+            raise ConfigurationError(setting, f"expected name=url, got {item!r}")
+        out[name.strip()] = url.strip()
+    return out
+
+
+def check_services(services: Mapping[str, str], setting: str = "services") -> dict[str, str]:
+    out = {}
+    for name, url in services.items():
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigurationError(
+                f"{setting}.{name}", f"must be an http:// or https:// URL, not {url!r}"
+            )
+        out[name] = url
+    return out
+
+
+def check_url(value: Any, setting: str, schemes: tuple[str, ...]) -> Any:
+    if not isinstance(value, str):
+        return value
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise ConfigurationError(
+            setting, f"unknown scheme in {value!r}; expected one of {', '.join(schemes)}"
+        )
+    return value
+
+
+def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(name, f"must be positive, not {raw!r}")
+    return value
+
+
+def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
+    """Options from explicit values (None means unset), then the environment."""
+    unknown = set(explicit) - set(FlowOptions.__dataclass_fields__)
+    if unknown:
+        raise ConfigurationError(", ".join(sorted(unknown)), "unknown Flow option")
+    values: dict[str, Any] = {k: v for k, v in explicit.items() if v is not None}
+
+    store = values.get("store") or os.environ.get("MICROSAGA_STORE") or DEFAULT_STORE
+    store_setting = "store" if "store" in values else "MICROSAGA_STORE"
+    values["store"] = check_url(store, store_setting, STORE_SCHEMES)
+
+    services = parse_services(os.environ.get("MICROSAGA_SERVICES", ""))
+    services.update(values.get("services") or {})
+    values["services"] = check_services(services)
+
+    if "broker" not in values and os.environ.get("MICROSAGA_BROKER"):
+        values["broker"] = os.environ["MICROSAGA_BROKER"]
+    broker_setting = "broker" if "broker" in explicit else "MICROSAGA_BROKER"
+    values["broker"] = check_url(values.get("broker"), broker_setting, BROKER_SCHEMES)
+
+    for name, env, kind in (
+        ("concurrency", "MICROSAGA_CONCURRENCY", int),
+        ("lease_ttl", "MICROSAGA_LEASE_TTL", float),
+        ("heartbeat_interval", "MICROSAGA_HEARTBEAT", float),
+        ("poll_interval", "MICROSAGA_POLL_INTERVAL", float),
+        ("max_executions", "MICROSAGA_MAX_EXECUTIONS", int),
+    ):
+        if name not in values:
+            from_env = _env_number(env, kind)
+            if from_env is not None:
+                values[name] = from_env
+        elif not isinstance(values[name], int | float) or values[name] <= 0:
+            raise ConfigurationError(name, f"must be a positive number, not {values[name]!r}")
+    if "heartbeat_interval" not in values:
+        values["heartbeat_interval"] = values.get("lease_ttl", 10.0) / 3
+    if values["heartbeat_interval"] >= values.get("lease_ttl", 10.0):
+        raise ConfigurationError("heartbeat_interval", "must be shorter than lease_ttl")
+    retry = values.get("compensation_retry")
+    if retry is not None and not isinstance(retry, Retry):
+        raise ConfigurationError("compensation_retry", f"must be a Retry, not {retry!r}")
+    return FlowOptions(**values)

@@ -1,0 +1,54 @@
+"""The status of a step or an execution, with upstream's ``"StatusX"`` strings."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["STATUS_STRING", "STRING_STATUS", "Status"]
+
+
+class Status(enum.IntEnum):
+    """Status of a step or an execution.
+
+    ``str(Status.RUNNING) == "StatusRunning"`` as upstream; ``.name`` is ``"RUNNING"``.
+    """
+
+    PENDING = 0
+    RUNNING = 1
+    FAILURE = 2
+    SUCCESS = 3
+    ABORTED = 4
+    SUSPEND = 5
+    COMPENSATING = 6
+    COMPENSATED = 7
+
+    def __str__(self) -> str:
+        return STATUS_STRING[self]
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    @classmethod
+    def parse(cls, text: str) -> Status:
+        """Read ``"StatusRunning"`` (or ``"RUNNING"``); unknown strings are PENDING."""
+        found = STRING_STATUS.get(text)
+        if found is None:
+            found = cls.__members__.get(text.upper(), cls.PENDING)
+        return found
+
+    @property
+    def stopped(self) -> bool:
+        """True when an execution with this status is not progressing on its own."""
+        return self in _STOPPED
+
+    @property
+    def finished(self) -> bool:
+        """True when an execution with this status will never change again by itself."""
+        return self in _FINISHED
+
+
+STATUS_STRING: dict[Status, str] = {s: "Status" + s.name.capitalize() for s in Status}
+STRING_STATUS: dict[str, Status] = {v: k for k, v in STATUS_STRING.items()}
+
+_FINISHED = frozenset({Status.SUCCESS, Status.FAILURE, Status.ABORTED})
+_STOPPED = _FINISHED | {Status.SUSPEND}

@@ -1,0 +1,33 @@
+"""Stores, chosen by URL: ``memory://``, ``sqlite:///PATH``, ``postgresql://...``."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from .base import Store
+from .memory import MemoryStore
+
+__all__ = ["MemoryStore", "Store", "open_store"]
+
+
+def open_store(url: str | Store, setting: str = "store") -> Store:
+    """The store for ``url`` (not opened yet); drivers are imported here, lazily."""
+    if isinstance(url, Store):
+        return url
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryStore.from_url(url)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                setting, f"{url} needs the PostgreSQL driver: pip install 'microsaga[postgres]'"
+            ) from exc
+        return PostgresStore(url)
+    raise ConfigurationError(setting, f"unknown store URL {url!r}")

@@ -1,0 +1,253 @@
+"""The :class:`Store` interface: everything microsaga keeps, behind one narrow door.
+
+A store keeps workflow definitions (versioned), executions and their step runs,
+leases and control requests. Writes of running executions arrive as batches of
+:class:`NewExecution` and :class:`Transition` units which the store applies in one
+transaction (group commit); nothing is acted on before that commit returns.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..execution import Execution
+from ..message import Message
+from ..status import Status
+
+__all__ = [
+    "COMPENSATION",
+    "FORWARD",
+    "Claim",
+    "ControlAction",
+    "NewExecution",
+    "StepRecord",
+    "Store",
+    "StoredDefinition",
+    "StoredExecution",
+    "StoredWorkflow",
+    "Transition",
+    "TransitionResult",
+]
+
+FORWARD, COMPENSATION = 0, 1
+
+ControlAction = str  # "suspend" | "resume" | "abort" | "abort_nocomp"
+CONTROL_ACTIONS = ("suspend", "resume", "abort", "abort_nocomp")
+
+RUNNABLE = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """The whole stored row of one step run (``phase`` 0 forward, 1 compensation)."""
+
+    step_id: str
+    phase: int
+    status: Status
+    attempts: int = 0
+    request: Message | None = None
+    response: Message | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(slots=True)
+class NewExecution:
+    """A new execution, and the steps it starts with when it is created owned."""
+
+    id: str
+    workflow_id: str
+    version: int | None
+    definition_hash: str
+    definition: bytes | None  # stored once per hash; None when the store already has it
+    step_ids: list[str]
+    request: Message
+    status: Status  # RUNNING when created by its owner, PENDING for any worker to claim
+    owner: str | None
+    lease_until: float
+    created_at: float
+    start_step: str | None = None
+    reverse: bool = False
+    step_timeout: float | None = None
+    deadline_at: float | None = None
+    starts: list[StepRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Transition:
+    """Writes of one execution by its owner, fenced by the lease token.
+
+    ``records`` are always written. ``status`` is set, ``starts`` written and the lease
+    released only when the stored status is ``expect`` (``applied``); starts also need
+    the resulting status to be RUNNING or COMPENSATING.
+    """
+
+    execution_id: str
+    token: int
+    expect: Status
+    status: Status | None = None
+    records: list[StepRecord] = field(default_factory=list)
+    starts: list[StepRecord] = field(default_factory=list)
+    response: Message | None = None
+    error: str | None = None
+    release: bool = False
+    at: float = 0.0
+
+
+@dataclass(slots=True)
+class TransitionResult:
+    owned: bool  # False: the lease was taken over; nothing was written
+    status: Status  # the stored status after the transition
+    abort: int
+    applied: bool
+
+
+@dataclass(slots=True)
+class Claim:
+    execution_id: str
+    token: int
+
+
+@dataclass(slots=True)
+class StoredDefinition:
+    hash: str
+    workflow_id: str
+    body: bytes | None
+    step_ids: list[str]
+
+
+@dataclass(slots=True)
+class StoredWorkflow:
+    id: str
+    version: int
+    hash: str
+    body: bytes
+    created_at: float
+
+
+@dataclass(slots=True)
+class StoredExecution:
+    """An execution as a worker needs it to take over."""
+
+    id: str
+    workflow_id: str
+    version: int | None
+    definition: StoredDefinition
+    status: Status
+    abort: int
+    request: Message
+    start_step: str | None
+    reverse: bool
+    step_timeout: float | None
+    deadline_at: float | None
+    token: int
+    records: list[StepRecord]
+
+
+class Store(abc.ABC):
+    """Durable state of microsaga. Implementations: memory, SQLite, PostgreSQL."""
+
+    url: str = ""
+    batching = True  # whether commits of many units in one call pay off
+
+    # lifecycle -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema.
+
+        Raises:
+            StoreError: naming the URL when the store cannot be opened.
+            SchemaVersionError: the schema is newer than this code.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # workflow definitions -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_workflow(self, workflow_id: str, hash: str, body: bytes, now: float) -> int:
+        """Save a definition; a new version only when ``hash`` differs from the latest."""
+
+    @abc.abstractmethod
+    async def load_workflow(
+        self, workflow_id: str, version: int | None = None
+    ) -> StoredWorkflow | None: ...
+
+    @abc.abstractmethod
+    async def list_workflows(self) -> list[StoredWorkflow]:
+        """The latest version of every saved workflow, by id."""
+
+    @abc.abstractmethod
+    async def remove_workflow(self, workflow_id: str) -> bool: ...
+
+    # running executions ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def commit(
+        self, units: Sequence[NewExecution | Transition]
+    ) -> list[bool | TransitionResult]:
+        """Apply the units in one transaction.
+
+        Returns, per unit, ``True``/``False`` for a NewExecution (created, or an
+        execution with that id exists) and a :class:`TransitionResult` for a Transition.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+        """Take up to ``limit`` runnable executions whose lease is free or expired."""
+
+    @abc.abstractmethod
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        """Extend the leases ``owner`` holds; returns the ids it still holds."""
+
+    @abc.abstractmethod
+    async def release(self, execution_id: str, token: int, until: float) -> None:
+        """Give up a lease; nobody claims the execution before ``until``."""
+
+    @abc.abstractmethod
+    async def load(self, execution_id: str) -> StoredExecution | None:
+        """Everything a worker needs to run an execution it claimed."""
+
+    # control ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def request(
+        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+    ) -> Status:
+        """Suspend, resume or abort, from any process; returns the new status.
+
+        Raises:
+            ExecutionNotFoundError: unknown id.
+            InvalidTransitionError: the execution cannot do that from its status.
+        """
+
+    @abc.abstractmethod
+    async def controls(self, after: int) -> tuple[list[str], int]:
+        """Executions with control requests after sequence ``after``, and the last one."""
+
+    # queries ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_execution(self, execution_id: str) -> Execution | None: ...
+
+    @abc.abstractmethod
+    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
+        """The status and abort request of one execution, cheaply."""
+
+    @abc.abstractmethod
+    async def list_executions(
+        self,
+        workflow_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Execution]:
+        """Newest first; ``before`` is an execution id (keyset pagination)."""
+
+    async def prune_controls(self, before: float) -> None:  # noqa: B027 - optional
+        """Forget control requests older than ``before``."""

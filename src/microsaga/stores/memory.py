@@ -1,0 +1,306 @@
+"""The in-memory store: the reference implementation of :class:`Store`, for tests.
+
+``memory://`` gives a fresh store; ``memory://NAME`` the same store to every Flow of
+the process that names it, so several flows can share state in a test.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._engine.control import control_change
+from ..errors import ExecutionNotFoundError
+from ..execution import Execution
+from ..message import Message
+from ..status import Status
+from ._rows import build_execution
+from .base import (
+    COMPENSATION,
+    RUNNABLE,
+    Claim,
+    ControlAction,
+    NewExecution,
+    StepRecord,
+    Store,
+    StoredDefinition,
+    StoredExecution,
+    StoredWorkflow,
+    Transition,
+    TransitionResult,
+)
+
+__all__ = ["MemoryStore"]
+
+_NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
+
+
+@dataclass(slots=True)
+class _Row:
+    seq: int
+    new: NewExecution
+    status: Status
+    abort: int = 0
+    owner: str | None = None
+    token: int = 0
+    lease_until: float = 0.0
+    response: Message | None = None
+    error: str | None = None
+    updated_at: float = 0.0
+    steps: dict[tuple[str, int], StepRecord] = field(default_factory=dict)
+
+
+def _copy(rec: StepRecord) -> StepRecord:
+    return copy.copy(rec)
+
+
+class MemoryStore(Store):
+    """Keeps everything in dicts; applies each batch at once, without I/O."""
+
+    batching = False
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._rows: dict[str, _Row] = {}
+        self._seq = 0
+        self._definitions: dict[str, StoredDefinition] = {}
+        self._workflows: dict[str, list[StoredWorkflow]] = {}
+        self._controls: list[tuple[int, str, float]] = []
+        self._control_seq = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryStore:
+        name = url.removeprefix("memory://").strip("/")
+        if not name:
+            return cls(url)
+        found = _NAMED.get(name)
+        if found is None:
+            found = cls(url)
+            _NAMED[name] = found
+        return found
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    # workflows ----------------------------------------------------------------
+
+    async def save_workflow(self, workflow_id: str, hash: str, body: bytes, now: float) -> int:
+        versions = self._workflows.setdefault(workflow_id, [])
+        if versions and versions[-1].hash == hash:
+            return versions[-1].version
+        version = versions[-1].version + 1 if versions else 1
+        versions.append(StoredWorkflow(workflow_id, version, hash, body, now))
+        return version
+
+    async def load_workflow(
+        self, workflow_id: str, version: int | None = None
+    ) -> StoredWorkflow | None:
+        versions = self._workflows.get(workflow_id)
+        if not versions:
+            return None
+        if version is None:
+            return versions[-1]
+        return next((v for v in versions if v.version == version), None)
+
+    async def list_workflows(self) -> list[StoredWorkflow]:
+        return [v[-1] for _, v in sorted(self._workflows.items()) if v]
+
+    async def remove_workflow(self, workflow_id: str) -> bool:
+        return self._workflows.pop(workflow_id, None) is not None
+
+    # running ------------------------------------------------------------------
+
+    async def commit(
+        self, units: Sequence[NewExecution | Transition]
+    ) -> list[bool | TransitionResult]:
+        return [
+            self._create(u) if isinstance(u, NewExecution) else self._transition(u) for u in units
+        ]
+
+    def _create(self, new: NewExecution) -> bool:
+        if new.id in self._rows:
+            return False
+        if new.definition_hash not in self._definitions:
+            self._definitions[new.definition_hash] = StoredDefinition(
+                new.definition_hash, new.workflow_id, new.definition, list(new.step_ids)
+            )
+        self._seq += 1
+        row = _Row(
+            seq=self._seq,
+            new=new,
+            status=new.status,
+            owner=new.owner,
+            token=1 if new.owner else 0,
+            lease_until=new.lease_until,
+            updated_at=new.created_at,
+        )
+        for rec in new.starts:
+            row.steps[rec.step_id, rec.phase] = _copy(rec)
+        self._rows[new.id] = row
+        return True
+
+    def _transition(self, t: Transition) -> TransitionResult:
+        row = self._rows.get(t.execution_id)
+        if row is None or row.token != t.token or row.owner is None:
+            return TransitionResult(False, row.status if row else Status.PENDING, 0, False)
+        for rec in t.records:
+            row.steps[rec.step_id, rec.phase] = _copy(rec)
+        applied = row.status is t.expect
+        if applied:
+            if t.status is not None:
+                row.status = t.status
+                if t.response is not None:
+                    row.response = t.response
+                if t.error is not None:
+                    row.error = t.error
+            if t.starts and row.status in (Status.RUNNING, Status.COMPENSATING):
+                for rec in t.starts:
+                    row.steps[rec.step_id, rec.phase] = _copy(rec)
+            if t.release:
+                row.owner = None
+                row.lease_until = 0.0
+        row.updated_at = t.at
+        return TransitionResult(True, row.status, row.abort, applied)
+
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+        out: list[Claim] = []
+        for row in sorted(self._rows.values(), key=lambda r: r.seq):
+            if len(out) >= limit:
+                break
+            if row.status in RUNNABLE and row.lease_until < now:
+                row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
+                if row.status is Status.PENDING:
+                    row.status = Status.RUNNING
+                out.append(Claim(row.new.id, row.token))
+        return out
+
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        held = set()
+        for eid, row in self._rows.items():
+            if row.owner == owner:
+                row.lease_until = now + ttl
+                held.add(eid)
+        return held
+
+    async def release(self, execution_id: str, token: int, until: float) -> None:
+        row = self._rows.get(execution_id)
+        if row is not None and row.token == token:
+            row.owner, row.lease_until = None, until
+
+    async def load(self, execution_id: str) -> StoredExecution | None:
+        row = self._rows.get(execution_id)
+        if row is None:
+            return None
+        new = row.new
+        return StoredExecution(
+            id=new.id,
+            workflow_id=new.workflow_id,
+            version=new.version,
+            definition=self._definitions[new.definition_hash],
+            status=row.status,
+            abort=row.abort,
+            request=new.request,
+            start_step=new.start_step,
+            reverse=new.reverse,
+            step_timeout=new.step_timeout,
+            deadline_at=new.deadline_at,
+            token=row.token,
+            records=[_copy(r) for r in row.steps.values()],
+        )
+
+    # control --------------------------------------------------------------------
+
+    async def request(
+        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+    ) -> Status:
+        row = self._rows.get(execution_id)
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        records = row.steps.values()
+        change = control_change(
+            action,
+            row.status,
+            row.abort,
+            held=row.owner is not None and row.lease_until >= now,
+            steps_running=any(r.status is Status.RUNNING for r in records),
+            compensation_failed=any(
+                r.phase == COMPENSATION and r.status is Status.FAILURE for r in records
+            ),
+        )
+        row.status, row.abort, row.updated_at = change.status, change.abort, now
+        if reason is not None:
+            row.error = reason
+        if change.free_lease:
+            row.owner, row.lease_until = None, 0.0
+        if change.final:
+            row.owner, row.lease_until = None, 0.0
+        if change.retry_compensations:
+            for rec in records:
+                if rec.phase == COMPENSATION and rec.status is Status.FAILURE:
+                    rec.status = Status.PENDING
+        self._control_seq += 1
+        self._controls.append((self._control_seq, execution_id, now))
+        return row.status
+
+    async def controls(self, after: int) -> tuple[list[str], int]:
+        ids = [eid for seq, eid, _ in self._controls if seq > after]
+        return ids, self._control_seq
+
+    async def prune_controls(self, before: float) -> None:
+        self._controls = [c for c in self._controls if c[2] >= before]
+
+    # queries ------------------------------------------------------------------
+
+    def _execution(self, row: _Row) -> Execution:
+        new = row.new
+        return build_execution(
+            id=new.id,
+            workflow_id=new.workflow_id,
+            version=new.version,
+            status=row.status,
+            request=new.request,
+            response=row.response,
+            error=row.error,
+            created_at=new.created_at,
+            updated_at=row.updated_at,
+            deadline_at=new.deadline_at,
+            step_ids=self._definitions[new.definition_hash].step_ids,
+            records=[_copy(r) for r in row.steps.values()],
+        )
+
+    async def get_execution(self, execution_id: str) -> Execution | None:
+        row = self._rows.get(execution_id)
+        return None if row is None else self._execution(row)
+
+    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
+        row = self._rows.get(execution_id)
+        return None if row is None else (row.status, row.abort)
+
+    async def list_executions(
+        self,
+        workflow_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Execution]:
+        bound = self._rows[before].seq if before in self._rows else None
+        if before is not None and bound is None:
+            raise ExecutionNotFoundError(before)
+        rows = sorted(self._rows.values(), key=lambda r: r.seq, reverse=True)
+        out = []
+        for row in rows:
+            if bound is not None and row.seq >= bound:
+                continue
+            if workflow_id is not None and row.new.workflow_id != workflow_id:
+                continue
+            if status is not None and row.status is not status:
+                continue
+            out.append(self._execution(row))
+            if len(out) >= limit:
+                break
+        return out

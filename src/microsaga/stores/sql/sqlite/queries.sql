@@ -1,0 +1,150 @@
+-- Named queries of the SQLite store. Each starts with "-- name: NAME".
+
+-- name: insert_definition
+INSERT INTO definitions (hash, workflow_id, body, step_ids)
+VALUES (?, ?, ?, ?)
+ON CONFLICT (hash) DO NOTHING;
+
+-- name: insert_execution
+INSERT INTO executions (
+    id, workflow_id, version, definition, status, request_body, request_header,
+    start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
+    created_at, updated_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: transition
+-- Fenced by the lease token; every SET expression reads the row before the update.
+UPDATE executions SET
+    updated_at = :at,
+    status = CASE WHEN status = :expect AND :status IS NOT NULL THEN :status ELSE status END,
+    response_body = CASE WHEN status = :expect AND :has_response
+        THEN :response_body ELSE response_body END,
+    response_header = CASE WHEN status = :expect AND :has_response
+        THEN :response_header ELSE response_header END,
+    error = CASE WHEN status = :expect AND :error IS NOT NULL THEN :error ELSE error END,
+    owner = CASE WHEN status = :expect AND :release THEN NULL ELSE owner END,
+    lease_until = CASE WHEN status = :expect AND :release THEN 0 ELSE lease_until END
+WHERE id = :id AND lease_token = :token AND owner IS NOT NULL
+RETURNING status, abort;
+
+-- name: upsert_step
+INSERT OR REPLACE INTO step_runs (
+    execution_id, step_id, phase, status, attempts, request_body, request_header,
+    response_body, response_header, error, started_at, finished_at
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: claim
+UPDATE executions SET
+    owner = :owner,
+    lease_token = lease_token + 1,
+    lease_until = :until,
+    status = CASE WHEN status = 0 THEN 1 ELSE status END
+WHERE seq IN (
+    SELECT seq FROM executions
+    WHERE status IN (0, 1, 6) AND lease_until < :now
+    ORDER BY seq LIMIT :limit
+)
+RETURNING id, lease_token;
+
+-- name: renew
+UPDATE executions SET lease_until = :until WHERE owner = :owner RETURNING id;
+
+-- name: release
+UPDATE executions SET owner = NULL, lease_until = :until
+WHERE id = :id AND lease_token = :token;
+
+-- name: load_execution
+SELECT e.id, e.workflow_id, e.version, e.definition, d.workflow_id, d.body, d.step_ids,
+       e.status, e.abort, e.request_body, e.request_header, e.start_step, e.reverse,
+       e.step_timeout, e.deadline_at, e.lease_token
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.id = ?;
+
+-- name: step_rows
+SELECT step_id, phase, status, attempts, request_body, request_header, response_body,
+       response_header, error, started_at, finished_at
+FROM step_runs WHERE execution_id = ?;
+
+-- name: step_rows_of_many
+SELECT execution_id, step_id, phase, status, attempts, request_body, request_header,
+       response_body, response_header, error, started_at, finished_at
+FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
+
+-- name: control_row
+SELECT status, abort, owner, lease_until,
+       EXISTS (SELECT 1 FROM step_runs s WHERE s.execution_id = e.id AND s.status = 1),
+       EXISTS (SELECT 1 FROM step_runs s
+               WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2)
+FROM executions e WHERE id = ?;
+
+-- name: control_update
+UPDATE executions SET
+    status = :status,
+    abort = :abort,
+    updated_at = :now,
+    error = coalesce(:reason, error),
+    owner = CASE WHEN :free THEN NULL ELSE owner END,
+    lease_until = CASE WHEN :free THEN 0 ELSE lease_until END
+WHERE id = :id;
+
+-- name: retry_compensations
+UPDATE step_runs SET status = 0 WHERE execution_id = ? AND phase = 1 AND status = 2;
+
+-- name: insert_control
+INSERT INTO controls (execution_id, action, at) VALUES (?, ?, ?);
+
+-- name: controls_after
+SELECT seq, execution_id FROM controls WHERE seq > ? ORDER BY seq;
+
+-- name: last_control
+SELECT coalesce(max(seq), 0) FROM controls;
+
+-- name: prune_controls
+DELETE FROM controls WHERE at < ?;
+
+-- name: get_status
+SELECT status, abort FROM executions WHERE id = ?;
+
+-- name: seq_of
+SELECT seq FROM executions WHERE id = ?;
+
+-- name: list_executions
+-- Optional filters; the planner uses the index matching the filter given.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE (:workflow_id IS NULL OR e.workflow_id = :workflow_id)
+  AND (:status IS NULL OR e.status = :status)
+  AND e.seq < :before
+ORDER BY e.seq DESC
+LIMIT :limit;
+
+-- name: get_execution
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.id = ?;
+
+-- name: save_workflow_latest
+SELECT version, hash FROM workflows WHERE id = ? ORDER BY version DESC LIMIT 1;
+
+-- name: insert_workflow
+INSERT INTO workflows (id, version, hash, body, created_at) VALUES (?, ?, ?, ?, ?);
+
+-- name: load_workflow_latest
+SELECT id, version, hash, body, created_at FROM workflows
+WHERE id = ? ORDER BY version DESC LIMIT 1;
+
+-- name: load_workflow_version
+SELECT id, version, hash, body, created_at FROM workflows WHERE id = ? AND version = ?;
+
+-- name: list_workflows
+SELECT w.id, w.version, w.hash, w.body, w.created_at FROM workflows w
+WHERE w.version = (SELECT max(version) FROM workflows v WHERE v.id = w.id)
+ORDER BY w.id;
+
+-- name: remove_workflow
+DELETE FROM workflows WHERE id = ?;

@@ -1,0 +1,531 @@
+"""The embedded store: one SQLite file, WAL mode, ``synchronous=FULL`` by default.
+
+``sqlite:///orders.db`` is a path relative to the working directory,
+``sqlite:////var/lib/app/orders.db`` an absolute one. ``?synchronous=NORMAL`` trades
+the durability of the last commits on power loss (not on a process crash) for speed.
+
+Writes go through one connection on one thread, reads through another: WAL lets
+them run side by side, and lets other processes open the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import msgspec
+
+from .._engine.control import control_change
+from ..errors import ConfigurationError, ExecutionNotFoundError, SchemaVersionError, StoreError
+from ..execution import Execution
+from ..message import Message
+from ..status import Status
+from ._rows import build_execution, decode_header, encode_header, message_or_none
+from ._sql import load_queries, migrations, statements
+from .base import (
+    Claim,
+    ControlAction,
+    NewExecution,
+    StepRecord,
+    Store,
+    StoredDefinition,
+    StoredExecution,
+    StoredWorkflow,
+    Transition,
+    TransitionResult,
+)
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+Q = load_queries("sqlite")
+_MIGRATIONS = migrations("sqlite")
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+_ids = msgspec.json.Decoder(list[str])
+_encode = msgspec.json.Encoder().encode
+_SYNC = ("OFF", "NORMAL", "FULL", "EXTRA")
+_NO_BEFORE = 2**62
+
+
+def _path_of(url: str) -> str:
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc:
+        raise ConfigurationError("store", f"{url}: use sqlite:///relative.db or sqlite:////abs.db")
+    if path.startswith("/"):
+        path = path[1:]
+    if not path:
+        raise ConfigurationError("store", f"{url}: no file path")
+    return path
+
+
+def _step_row(eid: str, r: StepRecord) -> tuple[Any, ...]:
+    req, resp = r.request, r.response
+    return (
+        eid,
+        r.step_id,
+        r.phase,
+        int(r.status),
+        r.attempts,
+        req.body if req is not None else None,
+        encode_header(req.header) if req is not None else None,
+        resp.body if resp is not None else None,
+        encode_header(resp.header) if resp is not None else None,
+        r.error,
+        r.started_at,
+        r.finished_at,
+    )
+
+
+def _record(row: Sequence[Any]) -> StepRecord:
+    return StepRecord(
+        step_id=row[0],
+        phase=row[1],
+        status=Status(row[2]),
+        attempts=row[3],
+        request=message_or_none(row[4], row[5]),
+        response=message_or_none(row[6], row[7]),
+        error=row[8],
+        started_at=row[9],
+        finished_at=row[10],
+    )
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = _path_of(url)
+        query = parse_qs(urlsplit(url).query)
+        sync = query.get("synchronous", ["FULL"])[0].upper()
+        if sync not in _SYNC:
+            raise ConfigurationError("store", f"{url}: synchronous must be one of {_SYNC}")
+        self.synchronous = sync
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="microsaga-sqlite-w")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="microsaga-sqlite-r")
+        self._w: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+
+    # plumbing ------------------------------------------------------------------------
+
+    async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, fn, *args)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        retryable = isinstance(exc, sqlite3.OperationalError)
+        return StoreError(f"SQLite store {self.path}: {exc}", retryable=retryable)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._in(self._writer, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._in(self._reader, fn, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    @property
+    def w(self) -> sqlite3.Connection:
+        if self._w is None:
+            raise StoreError(f"SQLite store {self.path} is closed", retryable=False)
+        return self._w
+
+    @property
+    def r(self) -> sqlite3.Connection:
+        if self._r is None:
+            raise StoreError(f"SQLite store {self.path} is closed", retryable=False)
+        return self._r
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.w
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return out
+
+    # lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            raise StoreError(
+                f"cannot open SQLite store {self.path}: folder {folder} does not exist",
+                retryable=False,
+            )
+        try:
+            await self._write(self._open_writer)
+            await self._read(self._open_reader)
+        except SchemaVersionError:
+            await self.close()
+            raise
+        except StoreError as exc:
+            await self.close()
+            raise StoreError(
+                f"cannot open SQLite store {self.path}: {exc.__cause__ or exc}", retryable=False
+            ) from exc
+
+    def _open_writer(self) -> None:
+        conn = self._connect()
+        self._w = conn
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode})")
+        self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"SQLite store {self.path} has schema version {current}, newer than the "
+                    f"{SCHEMA_VERSION} this microsaga knows: upgrade microsaga"
+                )
+            for version, sql in _MIGRATIONS:
+                if version > current:
+                    for statement in statements(sql):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _open_reader(self) -> None:
+        self._r = self._connect()
+
+    async def close(self) -> None:
+        def close_w() -> None:
+            if self._w is not None:
+                self._w.close()
+                self._w = None
+
+        def close_r() -> None:
+            if self._r is not None:
+                self._r.close()
+                self._r = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, close_w)
+        await loop.run_in_executor(self._reader, close_r)
+        self._writer.shutdown(wait=False)
+        self._reader.shutdown(wait=False)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="microsaga-sqlite-w")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="microsaga-sqlite-r")
+
+    # workflows ------------------------------------------------------------------------
+
+    async def save_workflow(self, workflow_id: str, hash: str, body: bytes, now: float) -> int:
+        def save(conn: sqlite3.Connection) -> int:
+            latest = conn.execute(Q["save_workflow_latest"], (workflow_id,)).fetchone()
+            if latest is not None and latest[1] == hash:
+                return int(latest[0])
+            version = latest[0] + 1 if latest is not None else 1
+            conn.execute(Q["insert_workflow"], (workflow_id, version, hash, body, now))
+            return int(version)
+
+        return await self._write(self._tx, save)
+
+    async def load_workflow(
+        self, workflow_id: str, version: int | None = None
+    ) -> StoredWorkflow | None:
+        def load() -> StoredWorkflow | None:
+            if version is None:
+                row = self.r.execute(Q["load_workflow_latest"], (workflow_id,)).fetchone()
+            else:
+                row = self.r.execute(Q["load_workflow_version"], (workflow_id, version)).fetchone()
+            return None if row is None else StoredWorkflow(*row)
+
+        return await self._read(load)
+
+    async def list_workflows(self) -> list[StoredWorkflow]:
+        def rows() -> list[StoredWorkflow]:
+            return [StoredWorkflow(*r) for r in self.r.execute(Q["list_workflows"])]
+
+        return await self._read(rows)
+
+    async def remove_workflow(self, workflow_id: str) -> bool:
+        def remove(conn: sqlite3.Connection) -> bool:
+            return conn.execute(Q["remove_workflow"], (workflow_id,)).rowcount > 0
+
+        return await self._write(self._tx, remove)
+
+    # running ------------------------------------------------------------------------------
+
+    async def commit(
+        self, units: Sequence[NewExecution | Transition]
+    ) -> list[bool | TransitionResult]:
+        return await self._write(self._tx, lambda conn: self._apply(conn, units))
+
+    def _apply(
+        self, conn: sqlite3.Connection, units: Sequence[NewExecution | Transition]
+    ) -> list[bool | TransitionResult]:
+        results: list[bool | TransitionResult] = []
+        rows: list[tuple[Any, ...]] = []
+        for unit in units:
+            if isinstance(unit, NewExecution):
+                results.append(self._create(conn, unit, rows))
+                continue
+            resp = unit.response
+            found = conn.execute(
+                Q["transition"],
+                {
+                    "id": unit.execution_id,
+                    "token": unit.token,
+                    "at": unit.at,
+                    "expect": int(unit.expect),
+                    "status": None if unit.status is None else int(unit.status),
+                    "has_response": resp is not None,
+                    "response_body": resp.body if resp is not None else None,
+                    "response_header": encode_header(resp.header) if resp is not None else None,
+                    "error": unit.error,
+                    "release": unit.release,
+                },
+            ).fetchone()
+            if found is None:
+                results.append(TransitionResult(False, Status.PENDING, 0, False))
+                continue
+            status = Status(found[0])
+            applied = status is (unit.status if unit.status is not None else unit.expect)
+            eid = unit.execution_id
+            rows.extend(_step_row(eid, r) for r in unit.records)
+            if applied and unit.starts and status in (Status.RUNNING, Status.COMPENSATING):
+                rows.extend(_step_row(eid, r) for r in unit.starts)
+            results.append(TransitionResult(True, status, found[1], applied))
+        if rows:
+            conn.executemany(Q["upsert_step"], rows)
+        return results
+
+    def _create(
+        self, conn: sqlite3.Connection, new: NewExecution, rows: list[tuple[Any, ...]]
+    ) -> bool:
+        if new.definition is not None:
+            conn.execute(
+                Q["insert_definition"],
+                (new.definition_hash, new.workflow_id, new.definition, _encode(new.step_ids)),
+            )
+        elif conn.execute("SELECT 1 FROM definitions WHERE hash = ?", (new.definition_hash,))\
+                .fetchone() is None:  # fmt: skip
+            conn.execute(
+                Q["insert_definition"],
+                (new.definition_hash, new.workflow_id, None, _encode(new.step_ids)),
+            )
+        req = new.request
+        cur = conn.execute(
+            Q["insert_execution"],
+            (
+                new.id,
+                new.workflow_id,
+                new.version,
+                new.definition_hash,
+                int(new.status),
+                req.body,
+                encode_header(req.header),
+                new.start_step,
+                int(new.reverse),
+                new.step_timeout,
+                new.deadline_at,
+                new.owner,
+                1 if new.owner else 0,
+                new.lease_until,
+                new.created_at,
+                new.created_at,
+            ),
+        )
+        if cur.rowcount != 1:
+            return False
+        rows.extend(_step_row(new.id, r) for r in new.starts)
+        return True
+
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+        def claim(conn: sqlite3.Connection) -> list[Claim]:
+            params = {"owner": owner, "until": now + ttl, "now": now, "limit": limit}
+            return [Claim(eid, token) for eid, token in conn.execute(Q["claim"], params)]
+
+        return await self._write(self._tx, claim)
+
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            params = {"owner": owner, "until": now + ttl}
+            return {row[0] for row in conn.execute(Q["renew"], params)}
+
+        return await self._write(self._tx, renew)
+
+    async def release(self, execution_id: str, token: int, until: float) -> None:
+        def release(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["release"], {"id": execution_id, "token": token, "until": until})
+
+        await self._write(self._tx, release)
+
+    async def load(self, execution_id: str) -> StoredExecution | None:
+        def load() -> StoredExecution | None:
+            conn = self.r
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(Q["load_execution"], (execution_id,)).fetchone()
+                steps = conn.execute(Q["step_rows"], (execution_id,)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            if row is None:
+                return None
+            return StoredExecution(
+                id=row[0],
+                workflow_id=row[1],
+                version=row[2],
+                definition=StoredDefinition(row[3], row[4], row[5], _ids.decode(row[6])),
+                status=Status(row[7]),
+                abort=row[8],
+                request=Message(row[9], decode_header(row[10])),
+                start_step=row[11],
+                reverse=bool(row[12]),
+                step_timeout=row[13],
+                deadline_at=row[14],
+                token=row[15],
+                records=[_record(s) for s in steps],
+            )
+
+        return await self._read(load)
+
+    # control ----------------------------------------------------------------------------
+
+    async def request(
+        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+    ) -> Status:
+        def request(conn: sqlite3.Connection) -> Status:
+            row = conn.execute(Q["control_row"], (execution_id,)).fetchone()
+            if row is None:
+                raise ExecutionNotFoundError(execution_id)
+            status, abort, owner, lease_until, running, comp_failed = row
+            change = control_change(
+                action,
+                Status(status),
+                abort,
+                held=owner is not None and lease_until >= now,
+                steps_running=bool(running),
+                compensation_failed=bool(comp_failed),
+            )
+            conn.execute(
+                Q["control_update"],
+                {
+                    "id": execution_id,
+                    "status": int(change.status),
+                    "abort": change.abort,
+                    "now": now,
+                    "reason": reason,
+                    "free": change.free_lease or change.final,
+                },
+            )
+            if change.retry_compensations:
+                conn.execute(Q["retry_compensations"], (execution_id,))
+            conn.execute(Q["insert_control"], (execution_id, action, now))
+            return change.status
+
+        return await self._write(self._tx, request)
+
+    async def controls(self, after: int) -> tuple[list[str], int]:
+        def controls() -> tuple[list[str], int]:
+            if after >= _NO_BEFORE:
+                return [], int(self.r.execute(Q["last_control"]).fetchone()[0])
+            rows = self.r.execute(Q["controls_after"], (after,)).fetchall()
+            return [r[1] for r in rows], (rows[-1][0] if rows else after)
+
+        return await self._read(controls)
+
+    async def prune_controls(self, before: float) -> None:
+        def prune(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["prune_controls"], (before,))
+
+        await self._write(self._tx, prune)
+
+    # queries ------------------------------------------------------------------------------
+
+    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
+        def get() -> tuple[Status, int] | None:
+            row = self.r.execute(Q["get_status"], (execution_id,)).fetchone()
+            return None if row is None else (Status(row[0]), row[1])
+
+        return await self._read(get)
+
+    def _executions(self, rows: list[Sequence[Any]], steps: list[Sequence[Any]]) -> list[Execution]:
+        by_id: dict[str, list[StepRecord]] = {}
+        for s in steps:
+            by_id.setdefault(s[0], []).append(_record(s[1:]))
+        return [
+            build_execution(
+                id=row[0],
+                workflow_id=row[1],
+                version=row[2],
+                status=Status(row[3]),
+                request=Message(row[4], decode_header(row[5])),
+                response=message_or_none(row[6], row[7]),
+                error=row[8],
+                created_at=row[9],
+                updated_at=row[10],
+                deadline_at=row[11],
+                step_ids=_ids.decode(row[12]),
+                records=by_id.get(row[0], ()),
+            )
+            for row in rows
+        ]
+
+    async def get_execution(self, execution_id: str) -> Execution | None:
+        def get() -> Execution | None:
+            conn = self.r
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(Q["get_execution"], (execution_id,)).fetchone()
+                if row is None:
+                    return None
+                steps = conn.execute(Q["step_rows_of_many"], (_encode([execution_id]),)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return self._executions([row], steps)[0]
+
+        return await self._read(get)
+
+    async def list_executions(
+        self,
+        workflow_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Execution]:
+        def listing() -> list[Execution]:
+            conn = self.r
+            conn.execute("BEGIN")
+            try:
+                bound = _NO_BEFORE
+                if before is not None:
+                    found = conn.execute(Q["seq_of"], (before,)).fetchone()
+                    if found is None:
+                        raise ExecutionNotFoundError(before)
+                    bound = found[0]
+                params = {
+                    "workflow_id": workflow_id,
+                    "status": None if status is None else int(status),
+                    "before": bound,
+                    "limit": limit,
+                }
+                rows = conn.execute(Q["list_executions"], params).fetchall()
+                ids = _encode([r[0] for r in rows])
+                steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall() if rows else []
+            finally:
+                conn.execute("COMMIT")
+            return self._executions(rows, steps)
+
+        return await self._read(listing)

@@ -1,0 +1,150 @@
+"""The two narrow interfaces steps talk through: :class:`Client` and :class:`Broker`."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import TransportError
+from ..message import Message
+
+__all__ = [
+    "CORRELATION_HEADER",
+    "REPLY_TO_HEADER",
+    "Broker",
+    "Client",
+    "Handler",
+    "Subscription",
+    "to_message",
+]
+
+REPLY_TO_HEADER = "Micro-Flow-Reply-To"
+CORRELATION_HEADER = "Micro-Flow-Correlation-Id"
+
+Handler = Callable[[Message], Awaitable[Any] | Any]
+"""A subscriber: takes a Message; its return value (if not None) is the reply."""
+
+
+def to_message(value: Any) -> Message:
+    """A handler's or function's return value as a Message (None is an empty body)."""
+    if isinstance(value, Message):
+        return value
+    return Message(value)
+
+
+class Client(abc.ABC):
+    """Calls ``Name.Method`` on a service (RPC)."""
+
+    @abc.abstractmethod
+    async def call(
+        self, service: str, endpoint: str, request: Message, *, timeout: float | None = None
+    ) -> Message:
+        """Send ``request`` to ``service``'s ``endpoint`` and return its response.
+
+        Raises:
+            TransportError: the call failed; ``retryable`` says whether to try again.
+        """
+
+    def has_service(self, service: str) -> bool:
+        """Whether this client knows how to reach ``service``."""
+        return True
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class Subscription(abc.ABC):
+    """A running subscription; ``await sub.close()`` stops it."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Broker(abc.ABC):
+    """Publishes messages on topics, confirmed by the broker, and subscribes to them.
+
+    ``request`` (publish and wait for one reply) is built here on ``publish`` and
+    ``subscribe``: replies come to one reply topic per broker object and are matched
+    by ``Micro-Flow-Correlation-Id``.
+    """
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self._reply_topic: str | None = None
+        self._reply_sub: Subscription | None = None
+        self._reply_lock = asyncio.Lock()
+        self._waiting: dict[str, asyncio.Future[Message]] = {}
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook
+        """Connect; raise :class:`TransportError` naming the URL when the broker is down."""
+
+    async def close(self) -> None:
+        if self._reply_sub is not None:
+            sub, self._reply_sub = self._reply_sub, None
+            await sub.close()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(TransportError(f"broker {self.url} closed"))
+        self._waiting.clear()
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, message: Message) -> None:
+        """Publish and return once the broker has confirmed the message."""
+
+    @abc.abstractmethod
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        """Call ``handler`` for each message on ``topic``; reply when it returns a value
+        and the message names a reply topic."""
+
+    def reply_topic_name(self) -> str:
+        return f"microsaga.reply.{uuid.uuid4().hex}"
+
+    async def _ensure_reply_subscription(self) -> str:
+        async with self._reply_lock:
+            if self._reply_topic is None:
+                topic = self.reply_topic_name()
+                self._reply_sub = await self.subscribe(topic, self._on_reply)
+                self._reply_topic = topic
+            return self._reply_topic
+
+    async def _on_reply(self, message: Message) -> None:
+        corr = message.header.get(CORRELATION_HEADER)
+        fut = self._waiting.get(corr) if corr else None
+        if fut is not None and not fut.done():
+            fut.set_result(message)
+
+    async def request(
+        self, topic: str, message: Message, *, timeout: float | None = None
+    ) -> Message:
+        """Publish ``message`` with a reply topic and a correlation id; return the first
+        reply carrying that id."""
+        reply_topic = await self._ensure_reply_subscription()
+        corr = message.header.get(CORRELATION_HEADER) or uuid.uuid4().hex
+        header = message.header.copy()
+        header.set(REPLY_TO_HEADER, reply_topic)
+        header.set(CORRELATION_HEADER, corr)
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[corr] = fut
+        try:
+            await self.publish(topic, Message(message.body, header))
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TransportError(
+                f"no reply on {topic} within {timeout}s (reply topic {reply_topic})"
+            ) from None
+        finally:
+            self._waiting.pop(corr, None)
+
+    async def reply(self, request: Message, value: Any) -> None:
+        """Publish ``value`` as the reply to ``request`` (used by subscribers)."""
+        reply_to = request.header.get(REPLY_TO_HEADER)
+        if not reply_to:
+            return
+        response = to_message(value)
+        header = response.header.copy()
+        header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
+        await self.publish(reply_to, Message(response.body, header))

@@ -1,0 +1,230 @@
+"""The imperative shell around the engine: runs, leases, heartbeats, recovery.
+
+A :class:`Worker` belongs to one :class:`~microsaga.Flow`. It runs the executions
+the flow starts, and (with ``Flow(worker=True)``) claims executions whose lease is
+free or expired: new ones created by flows that do not run them, resumed ones, and
+those whose worker died. It renews the leases it holds, and passes suspend, resume
+and abort requests made by any process to the runs they concern.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+from ._engine.saga import ExecState, StepState
+from ._groupcommit import Committer
+from ._run import Run
+from .errors import InvalidTransitionError, MicrosagaError
+from .status import Status
+from .stores.base import COMPENSATION, Claim, StoredExecution
+
+if TYPE_CHECKING:
+    from .flow import Flow
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("microsaga.worker")
+
+
+class Worker:
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        opts = flow.options
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.store = flow.store
+        self.committer = Committer(self.store, retry_for=opts.store_retry_for)
+        self.slots = asyncio.Semaphore(opts.concurrency)
+        self.runs: dict[str, Run] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._poke = asyncio.Event()
+        self._control_seq = 0
+        self._skip_until: dict[str, float] = {}
+
+    # lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.flow.options.worker:
+            return
+        _, self._control_seq = await self.store.controls(2**62)
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self._poll_loop(), name="microsaga-poll"),
+            loop.create_task(self._heartbeat_loop(), name="microsaga-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        runs = list(self.runs.values())
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for run in runs:
+            if run.created.done() and not run.created.exception() and run.created.result():
+                try:
+                    await self.store.release(run.id, run.token, 0.0)
+                except MicrosagaError as exc:
+                    log.warning("could not release %s: %s", run.id, exc)
+        if self._loops:
+            await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+
+    # runs -----------------------------------------------------------------------
+
+    def launch(self, run: Run) -> None:
+        self.runs[run.id] = run
+        task = asyncio.get_running_loop().create_task(run.main(), name=f"microsaga-{run.id}")
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._ended(run, t))
+
+    def _ended(self, run: Run, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self.runs.get(run.id) is run:
+            del self.runs[run.id]
+        if not run.outcome.done():
+            run.outcome.set_result(None)
+        self._poke.set()
+
+    async def adopt(self, claim: Claim) -> None:
+        """Run an execution this worker just claimed."""
+        stored = await self.store.load(claim.execution_id)
+        if stored is None or stored.token != claim.token:
+            return
+        try:
+            plan = self.flow._plan_for(stored.definition)
+            graph = plan.graph(stored.start_step, stored.reverse)
+        except MicrosagaError as exc:
+            # another process may have the code this one lacks: let it have a go
+            log.warning("execution %s cannot run in this process: %s", stored.id, exc)
+            until = self.flow.clock() + self.flow.options.lease_ttl * 3
+            await self.store.release(stored.id, stored.token, until)
+            return
+        run = Run(
+            self,
+            plan,
+            graph,
+            execution_id=stored.id,
+            workflow_id=stored.workflow_id,
+            request=stored.request,
+            token=stored.token,
+            state=_state(stored, graph.order),
+            step_timeout=stored.step_timeout,
+            deadline_at=stored.deadline_at,
+            workflow=self.flow._live_workflows.get(stored.id),
+        )
+        run.created.set_result(True)
+        self.launch(run)
+
+    def deadline_passed(self, run: Run) -> None:
+        async def abort() -> None:
+            try:
+                await self.flow._request(run.id, "abort", reason="deadline exceeded")
+            except InvalidTransitionError:
+                pass
+            except MicrosagaError as exc:
+                log.warning("execution %s: deadline abort failed: %s", run.id, exc)
+
+        task = asyncio.get_running_loop().create_task(abort())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def poke(self) -> None:
+        """Look for work and control requests now rather than at the next poll."""
+        self._poke.set()
+
+    # loops -------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        opts = self.flow.options
+        last_prune = 0.0
+        while True:
+            try:
+                await self._controls()
+                claimed = await self._claim()
+                now = self.flow.clock()
+                if now - last_prune > 60:
+                    last_prune = now
+                    await self.store.prune_controls(now - 600)
+            except MicrosagaError as exc:
+                log.warning("worker %s: %s", self.id, exc)
+                claimed = 0
+            if claimed:
+                continue  # a full batch: there may be more waiting
+            try:
+                await asyncio.wait_for(self._poke.wait(), opts.poll_interval)
+            except TimeoutError:
+                pass
+            self._poke.clear()
+
+    async def _controls(self) -> None:
+        ids, self._control_seq = await self.store.controls(self._control_seq)
+        for eid in dict.fromkeys(ids):
+            run = self.runs.get(eid)
+            if run is None:
+                continue
+            found = await self.store.get_status(eid)
+            if found is not None:
+                run.control(*found)
+
+    async def _claim(self) -> int:
+        """Claim what this worker has room for; the count when it took a full batch."""
+        opts = self.flow.options
+        room = opts.max_executions - len(self.runs)
+        if room <= 0:
+            return 0
+        limit = min(room, 256)
+        claims = await self.store.claim(self.id, self.flow.clock(), opts.lease_ttl, limit)
+        for claim in claims:
+            if claim.execution_id in self.runs:
+                continue
+            try:
+                await self.adopt(claim)
+            except MicrosagaError as exc:
+                log.warning("could not take over %s: %s", claim.execution_id, exc)
+        return len(claims) if len(claims) == limit else 0
+
+    async def _heartbeat_loop(self) -> None:
+        opts = self.flow.options
+        while True:
+            await asyncio.sleep(opts.heartbeat_interval)
+            started = self.flow.clock()
+            owned = [r for r in self.runs.values() if r.created.done()]
+            try:
+                held = await self.store.renew(self.id, started, opts.lease_ttl)
+            except MicrosagaError as exc:
+                log.warning("worker %s: lease renewal failed: %s", self.id, exc)
+                continue
+            for run in owned:
+                if run.id not in held and not run.outcome.done():
+                    log.warning("execution %s: lease lost", run.id)
+                    run.lose()
+
+
+def _state(stored: StoredExecution, selected: tuple[str, ...]) -> ExecState:
+    state = ExecState(stored.status, stored.abort)
+    state.steps = {sid: StepState() for sid in selected}
+    for rec in stored.records:
+        st = StepState(
+            rec.status,
+            rec.request,
+            rec.response,
+            rec.error,
+            rec.attempts,
+            rec.started_at,
+            rec.finished_at,
+        )
+        if rec.phase == COMPENSATION:
+            state.comps[rec.step_id] = st
+        elif rec.step_id in state.steps:
+            state.steps[rec.step_id] = st
+    if state.status is Status.PENDING:
+        state.status = Status.RUNNING
+    return state

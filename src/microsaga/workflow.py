@@ -1,0 +1,207 @@
+"""A :class:`Workflow`: steps forming a DAG, validated on every change."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._engine import dag
+from ._engine.plan import Plan
+from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
+from .message import Message, encode_json
+from .status import Status
+from .step import Step, check_steps
+
+if TYPE_CHECKING:
+    from .flow import Flow
+
+__all__ = ["Workflow"]
+
+
+class Snapshot:
+    """A workflow's definition as stored with each execution."""
+
+    __slots__ = ("body", "hash", "step_ids")
+
+    def __init__(self, hash: str, body: bytes | None, step_ids: list[str]) -> None:
+        self.hash, self.body, self.step_ids = hash, body, step_ids
+
+
+class Workflow:
+    """Steps forming a directed acyclic graph, run by a :class:`~microsaga.Flow`.
+
+    Create one with ``flow.workflow_create(id, *steps)``, or ``load_definition`` and
+    ``flow.workflow_add``. Every change is validated (unique ids, known requirements,
+    no cycle) and atomic: on error the workflow is unchanged.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        steps: Iterable[Step] = (),
+        *,
+        services: Mapping[str, str] | None = None,
+        flow: Flow | None = None,
+    ) -> None:
+        if not isinstance(id, str) or not id.strip():
+            raise DefinitionError(f"workflow id must be a non-empty string, not {id!r}", path="id")
+        self._id = id
+        self.services: dict[str, str] = dict(services or {})
+        self.flow = flow
+        self.version: int | None = None
+        self._status = Status.PENDING
+        self._last_execution: str | None = None
+        self._steps: dict[str, Step] = {}
+        self._steps = self._validated(check_steps(list(steps)))
+        self._plan_cache: Plan | None = None
+        self._snapshot_cache: Snapshot | None = None
+
+    # identity and shape -------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def status(self) -> Status:
+        """The status of the latest execution started through this object."""
+        return self._status
+
+    @property
+    def last_execution(self) -> str | None:
+        """The id of the latest execution started through this object."""
+        return self._last_execution
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self._id!r} steps={len(self._steps)} version={self.version}>"
+
+    def steps(self) -> list[list[Step]]:
+        """Steps by level: a step is on a later level than every step it requires
+        (levels by longest path from a root); sorted by id inside a level."""
+        graph = {sid: step.options.requires for sid, step in self._steps.items()}
+        return [[self._steps[sid] for sid in level] for level in dag.levels(graph)]
+
+    def step(self, step_id: str) -> Step:
+        try:
+            return self._steps[step_id]
+        except KeyError:
+            raise StepNotExistsError(step_id) from None
+
+    @property
+    def step_list(self) -> list[Step]:
+        """The steps in the order they were added."""
+        return list(self._steps.values())
+
+    @staticmethod
+    def _validated(steps: list[Step]) -> dict[str, Step]:
+        out: dict[str, Step] = {}
+        for step in steps:
+            if step.id in out:
+                raise DuplicateStepError(step.id)
+            out[step.id] = step
+        dag.check_graph({sid: s.options.requires for sid, s in out.items()})
+        return out
+
+    def _changed(self, steps: dict[str, Step]) -> None:
+        self._steps = steps
+        self._plan_cache = None
+        self._snapshot_cache = None
+
+    async def append_steps(self, *steps: Step) -> None:
+        """Add steps; raises (changing nothing) on a duplicate id, an unknown
+        requirement or a cycle."""
+        new = check_steps(steps)
+        self._changed(self._validated([*self._steps.values(), *new]))
+
+    async def remove_steps(self, *steps: Step | str) -> None:
+        """Remove steps (objects or ids); raises StepNotExistsError, changing nothing,
+        for an unknown step or one that a remaining step requires."""
+        ids = set()
+        for item in steps:
+            sid = item.id if isinstance(item, Step) else item
+            if sid not in self._steps:
+                raise StepNotExistsError(sid)
+            ids.add(sid)
+        self._changed(self._validated([s for sid, s in self._steps.items() if sid not in ids]))
+
+    # running ------------------------------------------------------------------------
+
+    def _bound(self) -> Flow:
+        if self.flow is None:
+            raise MicrosagaError(
+                f"workflow {self._id} is not bound to a flow: use flow.workflow_add(wf)"
+            )
+        return self.flow
+
+    async def execute(
+        self,
+        req: Message | Any = None,
+        *,
+        async_: bool = False,
+        start: str | None = None,
+        reverse: bool = False,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        execution_id: str | None = None,
+    ) -> str:
+        """Start an execution and (unless ``async_``) wait until it stops.
+
+        Returns:
+            The execution id.
+
+        Raises:
+            ExecutionFailedError: the execution ended FAILURE (synchronous call).
+            StepNotExistsError: ``start`` names no step.
+            MissingClientError: a step needs a client or broker the flow lacks.
+        """
+        return await self._bound()._execute(
+            self,
+            req,
+            async_=async_,
+            start=start,
+            reverse=reverse,
+            timeout=timeout,
+            deadline=deadline,
+            execution_id=execution_id,
+        )
+
+    async def suspend(self, execution_id: str) -> None:
+        await self._bound().suspend(execution_id)
+
+    async def resume(self, execution_id: str) -> None:
+        await self._bound().resume(execution_id)
+
+    async def abort(self, execution_id: str, compensate: bool = True) -> None:
+        await self._bound().abort(execution_id, compensate=compensate)
+
+    # definitions ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The workflow as a definition (see ``load_definition``)."""
+        from .definitions import workflow_to_dict
+
+        return workflow_to_dict(self)
+
+    def _plan(self) -> Plan:
+        if self._plan_cache is None:
+            self._plan_cache = Plan.build(self._id, list(self._steps.values()))
+        return self._plan_cache
+
+    def _snapshot(self) -> Snapshot:
+        """The definition stored with executions, hashed; custom steps that cannot be
+        saved give a snapshot only this process can run."""
+        if self._snapshot_cache is None:
+            ids = list(self._steps)
+            try:
+                body: bytes | None = encode_json(self.to_dict())
+            except DefinitionError:
+                body = None
+            digest = (
+                hashlib.sha256(body).hexdigest()[:32]
+                if body is not None
+                else "local-" + uuid.uuid4().hex
+            )
+            self._snapshot_cache = Snapshot(digest, body, ids)
+        return self._snapshot_cache
