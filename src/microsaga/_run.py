@@ -353,6 +353,8 @@ class Run:
                 result.error = error
                 if retry.should_retry(exc, attempt):
                     delay = retry.interval(attempt, self.flow.random())
+                    # a service that says when to come back (HTTP Retry-After) is obeyed
+                    delay = max(delay, float(getattr(exc, "retry_after", None) or 0.0))
                     if not await self._backoff(delay, phase) or not await self._next_attempt(
                         sid, phase, attempt + 1, request, error, rec.started_at
                     ):

@@ -52,6 +52,7 @@ class Worker:
         if not self.flow.options.worker:
             return
         _, self._control_seq = await self.store.controls(2**62)
+        await self.store.watch(self.poke)
         loop = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self._poll_loop(), name="microsaga-poll"),

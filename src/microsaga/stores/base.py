@@ -9,7 +9,7 @@ transaction (group commit); nothing is acted on before that commit returns.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..execution import Execution
@@ -251,3 +251,7 @@ class Store(abc.ABC):
 
     async def prune_controls(self, before: float) -> None:  # noqa: B027 - optional
         """Forget control requests older than ``before``."""
+
+    async def watch(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional
+        """Call ``wake()`` when another process creates, resumes or aborts an execution
+        (PostgreSQL: LISTEN/NOTIFY). Optional: workers also poll."""

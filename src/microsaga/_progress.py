@@ -1,0 +1,111 @@
+"""Rendering executions for the terminal: live progress (stderr) and ``show`` (stdout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .execution import Execution, StepRun
+from .status import Status
+
+if TYPE_CHECKING:
+    from .flow import Flow
+
+__all__ = ["follow", "progress_table", "show_lines"]
+
+_STYLE = {
+    Status.PENDING: "dim",
+    Status.RUNNING: "bold cyan",
+    Status.SUCCESS: "green",
+    Status.FAILURE: "bold red",
+    Status.COMPENSATING: "yellow",
+    Status.COMPENSATED: "yellow",
+    Status.ABORTED: "magenta",
+    Status.SUSPEND: "blue",
+}
+
+
+def _seconds(run: StepRun) -> str:
+    return f"{run.duration:.3f}s" if run.duration is not None else ""
+
+
+def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table:
+    title = Text.assemble(
+        (f"{info.workflow_id} ", "bold"),
+        (info.id, "dim"),
+        "  ",
+        (info.status.name, _STYLE.get(info.status, "")),
+    )
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("step", overflow="fold")
+    table.add_column("status")
+    table.add_column("tries", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("compensation")
+    table.add_column("error", overflow="fold", max_width=60)
+    for sid in order or info.steps:
+        run = info.steps[sid]
+        comp = run.compensation
+        table.add_row(
+            sid,
+            Text(run.status.name, _STYLE.get(run.status, "")),
+            str(run.attempts or ""),
+            _seconds(run),
+            Text(comp.status.name, _STYLE.get(comp.status, "")) if comp else "",
+            (comp.error if comp and comp.error else run.error) or "",
+        )
+    return table
+
+
+async def follow(flow: Flow, execution_id: str, console: Console, order: list[str]) -> Execution:
+    """Show the execution's steps live until it stops; returns its final state."""
+    info = await flow.execution(execution_id)
+    with Live(progress_table(info, order), console=console, refresh_per_second=10) as live:
+        while not info.status.stopped:
+            try:
+                await flow.wait(execution_id, timeout=0.1)
+            except TimeoutError:
+                pass
+            info = await flow.execution(execution_id)
+            live.update(progress_table(info, order))
+    return info
+
+
+def show_lines(info: Execution) -> list[str]:
+    """``show``: plain lines, one per step, grep-friendly."""
+
+    def when(run: StepRun) -> str:
+        return run.started_at.isoformat(timespec="milliseconds") if run.started_at else "-"
+
+    lines = [
+        f"execution  {info.id}",
+        f"workflow   {info.workflow_id}" + (f" v{info.version}" if info.version else ""),
+        f"status     {info.status.name}",
+        f"created    {info.created_at.isoformat(timespec='milliseconds')}",
+        f"updated    {info.updated_at.isoformat(timespec='milliseconds')}",
+    ]
+    if info.error:
+        lines.append(f"error      {info.error}")
+    if info.response is not None:
+        lines.append(f"response   {info.response.body.decode('utf-8', 'replace')[:200]}")
+    width = max((len(s) for s in info.steps), default=4) + 2
+    lines.append("")
+    lines.append(f"{'STEP':<{width}}{'STATUS':<13}{'ATTEMPTS':<10}{'STARTED':<31}{'TIME':<10}ERROR")
+    for sid, run in info.steps.items():
+        lines.append(
+            f"{sid:<{width}}{run.status.name:<13}{run.attempts:<10}{when(run):<31}"
+            f"{_seconds(run) or '-':<10}{run.error or ''}".rstrip()
+        )
+        comp = run.compensation
+        if comp is not None:
+            label = "  compensation"
+            lines.append(
+                f"{label:<{width}}{comp.status.name:<13}{comp.attempts:<10}{when(comp):<31}"
+                f"{_seconds(comp) or '-':<10}{comp.error or ''}".rstrip()
+            )
+    return lines

@@ -1,0 +1,301 @@
+"""The ``microsaga`` command: run definitions, inspect and steer executions, run workers.
+
+Errors are one line on stderr, ``error[CODE]: message``. Exit status: 0 success,
+1 the execution failed or was aborted, 2 bad usage, definition or setting (an unknown
+execution id included), 3 store or transport unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import click
+from rich.console import Console
+
+from .definitions import load_definition
+from .errors import (
+    ConfigurationError,
+    MicrosagaError,
+    StoreError,
+    TransportError,
+)
+from .flow import Flow
+from .message import Message
+from .status import Status
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+log = logging.getLogger("microsaga.cli")
+
+
+class Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _exit_code(exc: MicrosagaError) -> int:
+    if isinstance(exc, StoreError | TransportError):
+        return EXIT_UNAVAILABLE
+    if exc.code == "execution_failed":
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _fail(code: str, message: str) -> None:
+    click.echo(f"error[{code}]: {' '.join(message.split())}", err=True)
+
+
+def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
+    raise Exit(asyncio.run(fn()))
+
+
+def _flow(ctx: click.Context, **extra: Any) -> Flow:
+    opts = ctx.obj
+    return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
+
+
+def _services(value: str | None) -> dict[str, str] | None:
+    if not value:
+        return None
+    from .settings import parse_services
+
+    return parse_services(value, "--services")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", envvar=None, help="Store URL (default: MICROSAGA_STORE, sqlite).")
+@click.option("--services", help="Service addresses: JSON object or name=url,name=url.")
+@click.option("--broker", help="Broker URL (nats://, amqp://, redis://, memory://).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what workers do.")
+@click.version_option(package_name="microsaga")
+@click.pass_context
+def cli(
+    ctx: click.Context, store: str | None, services: str | None, broker: str | None, verbose: bool
+) -> None:
+    """Durable sagas for Python microservices."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = {"store": store, "services": _services(services), "broker": broker}
+
+
+def _parse_input(text: str | None) -> Message:
+    if text is None:
+        return Message()
+    if text.startswith("@"):
+        try:
+            with open(text[1:], "rb") as fh:
+                raw = fh.read()
+        except OSError as exc:
+            raise ConfigurationError("--input", f"cannot read {text[1:]}: {exc.strerror}") from None
+    else:
+        raw = text.encode()
+    try:
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigurationError("--input", f"not valid JSON: {exc}") from None
+    return Message(raw)
+
+
+def _outcome_code(status: Status) -> int:
+    return EXIT_FAILED if status in (Status.FAILURE, Status.ABORTED) else EXIT_OK
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--input", "input_", help="The request: JSON text, or @FILE.")
+@click.option("--async", "async_", is_flag=True, help="Queue it for a worker; print the id.")
+@click.option("--execution-id", help="Your id for the execution (idempotency key).")
+@click.option("--timeout", type=float, help="Per-step timeout in seconds.")
+@click.option("--deadline", type=float, help="Seconds for the whole execution.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    file: str,
+    input_: str | None,
+    async_: bool,
+    execution_id: str | None,
+    timeout: float | None,
+    deadline: float | None,
+) -> None:
+    """Run the workflow defined in FILE (JSON or YAML), showing its steps live."""
+    request = _parse_input(input_)
+    wf = load_definition(file)
+
+    async def main() -> int:
+        console = Console(stderr=True)
+        async with _flow(ctx, worker=not async_) as flow:
+            await flow.workflow_add(wf)
+            await flow.workflow_save(wf)
+            eid = await wf.execute(
+                request,
+                async_=True,
+                execution_id=execution_id,
+                timeout=timeout,
+                deadline=deadline,
+            )
+            if async_:
+                click.echo(eid)
+                return EXIT_OK
+            from ._progress import follow
+
+            order = [s.id for level in wf.steps() for s in level]
+            info = await follow(flow, eid, console, order)
+            if info.error:
+                console.print(f"[red]{info.error}[/red]")
+            click.echo(eid)
+            return _outcome_code(info.status)
+
+    _run_async(main)
+
+
+@cli.command("list")
+@click.option("--workflow", help="Only executions of this workflow.")
+@click.option("--status", help="Only executions with this status (RUNNING, FAILURE...).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--before", help="Page back: executions older than this id.")
+@click.pass_context
+def list_(
+    ctx: click.Context, workflow: str | None, status: str | None, limit: int, before: str | None
+) -> None:
+    """List executions, newest first."""
+
+    async def main() -> int:
+        async with _flow(ctx, worker=False) as flow:
+            found = await flow.executions(workflow, status, limit, before)
+        for info in found:
+            created = info.created_at.isoformat(timespec="seconds")
+            error = f"  {info.error}" if info.error else ""
+            click.echo(f"{info.id}  {info.workflow_id:<20} {info.status.name:<13} {created}{error}")
+        return EXIT_OK
+
+    _run_async(main)
+
+
+@cli.command()
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the execution as JSON.")
+@click.pass_context
+def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """Show one execution: its steps, statuses, attempts, errors, timings."""
+
+    async def main() -> int:
+        async with _flow(ctx, worker=False) as flow:
+            info = await flow.execution(execution_id)
+        if as_json:
+            from ._json import execution_json
+
+            click.echo(json.dumps(execution_json(info), indent=2))
+        else:
+            from ._progress import show_lines
+
+            for line in show_lines(info):
+                click.echo(line)
+        return EXIT_OK
+
+    _run_async(main)
+
+
+def _control(action: str, doc: str) -> Callable[..., None]:
+    @click.argument("execution_id")
+    @click.pass_context
+    def command(ctx: click.Context, execution_id: str, **kw: Any) -> None:
+        async def main() -> int:
+            async with _flow(ctx, worker=False) as flow:
+                method: Callable[..., Awaitable[None]] = getattr(flow, action)
+                if action == "abort":
+                    await method(execution_id, compensate=not kw.get("no_compensate"))
+                else:
+                    await method(execution_id)
+                found = await flow.store.get_status(execution_id)
+            status = found[0].name if found else "?"
+            click.echo(f"{execution_id} {status}")
+            return EXIT_OK
+
+        _run_async(main)
+
+    command.__doc__ = doc
+    return command
+
+
+cli.command("suspend")(_control("suspend", "Suspend an execution: no new steps start."))
+cli.command("resume")(
+    _control("resume", "Resume a suspended execution (or retry a failed rollback).")
+)
+cli.command("abort")(
+    click.option("--no-compensate", is_flag=True, help="Stop without rolling back.")(
+        _control("abort", "Abort an execution and roll back what it did.")
+    )
+)
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(1, 100_000), help="Steps running at once.")
+@click.pass_context
+def worker(ctx: click.Context, concurrency: int | None) -> None:
+    """Run executions from the store until stopped (SIGINT or SIGTERM)."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with _flow(ctx, worker=True, concurrency=concurrency) as flow:
+            assert flow._worker is not None
+            click.echo(
+                f"worker {flow._worker.id} on {flow.store.url}: running executions", err=True
+            )
+            await stop.wait()
+            click.echo("worker stopping: unfinished executions go to other workers", err=True)
+        return EXIT_OK
+
+    _run_async(main)
+
+
+@cli.command()
+@click.option("--store", "demo_store", default="sqlite:///microsaga-demo.db", show_default=True)
+def demo(demo_store: str) -> None:
+    """Run the order saga twice: one run succeeds, one fails and is compensated."""
+    from .demo import run_demo
+
+    _run_async(lambda: run_demo(demo_store, Console(stderr=True)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: never a traceback, always an exit status."""
+    code = EXIT_OK
+    try:
+        cli.main(args=argv, prog_name="microsaga", standalone_mode=False)
+    except Exit as done:
+        code = done.code
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except click.Abort:
+        _fail("interrupted", "interrupted")
+        code = 130
+    except click.ClickException as exc:
+        _fail("usage", exc.format_message())
+        code = EXIT_USAGE
+    except MicrosagaError as exc:
+        _fail(exc.code, str(exc))
+        code = _exit_code(exc)
+    except KeyboardInterrupt:
+        _fail("interrupted", "interrupted; unfinished executions resume in any worker")
+        code = 130
+    except Exception as exc:  # the last line of defence: one line, not a traceback
+        if os.environ.get("MICROSAGA_DEBUG"):
+            raise
+        _fail("internal", f"{type(exc).__name__}: {exc} (set MICROSAGA_DEBUG=1 for details)")
+        code = EXIT_FAILED
+    sys.exit(code)
