@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _faults
+from ._aio import wait_event
 from ._engine import data
 from ._engine.plan import Node, Plan, RunGraph
 from ._engine.saga import (
@@ -408,9 +409,7 @@ class Run:
             left = until - loop.time()
             if left <= 0:
                 return True
-            try:
-                await asyncio.wait_for(self._interrupt.wait(), left)
-            except TimeoutError:
+            if not await wait_event(self._interrupt, left):
                 return True
         return False
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from ._aio import wait_event
 from ._engine.saga import ExecState, StepState
 from ._run import Outcome, Run
 from .definitions import workflow_from_dict
@@ -434,10 +435,7 @@ class Flow:
                         raise ExecutionNotFoundError(execution_id)
                     if found[0].stopped:
                         return await self.execution(execution_id)
-                    try:
-                        await asyncio.wait_for(event.wait(), self._options.poll_interval)
-                    except TimeoutError:
-                        pass
+                    await wait_event(event, self._options.poll_interval)
                 finally:
                     waiting = self._waiters.get(execution_id)
                     if waiting is not None:

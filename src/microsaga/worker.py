@@ -16,6 +16,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING
 
+from ._aio import wait_event
 from ._engine.saga import ExecState, StepState
 from ._groupcommit import Committer
 from ._run import Run
@@ -159,10 +160,7 @@ class Worker:
                 claimed = 0
             if claimed:
                 continue  # a full batch: there may be more waiting
-            try:
-                await asyncio.wait_for(self._poke.wait(), opts.poll_interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._poke, opts.poll_interval)
             self._poke.clear()
 
     async def _controls(self) -> None:

@@ -1,0 +1,25 @@
+"""Helpers for tests: poll until a condition holds, with a bound (never sleep-then-assert)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any] | Any], *, timeout: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if asyncio.iscoroutine(last) or isinstance(last, asyncio.Future):
+            last = await last
+        if last:
+            return last
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)

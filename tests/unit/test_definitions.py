@@ -1,0 +1,225 @@
+"""Definitions as data: parsing, validation with paths, round trips, custom kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from microsaga import (
+    CallStep,
+    CycleError,
+    DefinitionError,
+    DuplicateStepError,
+    FunctionStep,
+    Message,
+    PublishStep,
+    Retry,
+    Step,
+    StepContext,
+    StepNotExistsError,
+    load_definition,
+    register_step,
+)
+
+ORDER = """
+id: order
+services: {inventory: "http://127.0.0.1:8001", payments: "http://127.0.0.1:8002"}
+steps:
+  - call: inventory.Inventory.Reserve
+    retry: {max_attempts: 5, initial_interval: 0.2}
+    timeout: 2
+    compensate: {call: inventory.Inventory.Release}
+  - call: payments.Payments.Charge
+    requires: [inventory.Inventory.Reserve]
+    compensate: {call: payments.Payments.Refund, input: response}
+  - publish: shipping.requested
+    requires: [payments.Payments.Charge]
+  - function: tests.unit.steps_for_tests:reserve
+    id: notify
+    requires: [shipping.requested]
+"""
+
+
+def test_the_spec_example_loads() -> None:
+    wf = load_definition(ORDER)
+    assert wf.id == "order"
+    assert wf.services == {
+        "inventory": "http://127.0.0.1:8001",
+        "payments": "http://127.0.0.1:8002",
+    }
+    reserve = wf.step("inventory.Inventory.Reserve")
+    assert isinstance(reserve, CallStep)
+    assert reserve.options.retry == Retry(max_attempts=5, initial_interval=0.2)
+    assert reserve.options.timeout == 2
+    assert isinstance(reserve.options.compensate, CallStep)
+    assert reserve.options.compensate.id == "inventory.Inventory.Release"
+    charge = wf.step("payments.Payments.Charge")
+    assert charge.options.compensate_input == "response"
+    assert isinstance(wf.step("shipping.requested"), PublishStep)
+    notify = wf.step("notify")
+    assert isinstance(notify, FunctionStep)
+    assert notify.endpoint.endswith(":reserve")
+    assert [[s.id for s in lvl] for lvl in wf.steps()] == [
+        ["inventory.Inventory.Reserve"],
+        ["payments.Payments.Charge"],
+        ["shipping.requested"],
+        ["notify"],
+    ]
+
+
+def test_json_text_path_and_dict_give_the_same_workflow(tmp_path: Path) -> None:
+    data = load_definition(ORDER).to_dict()
+    text = json.dumps(data)
+    path = tmp_path / "order.json"
+    path.write_text(text)
+    yaml_path = tmp_path / "order.yaml"
+    yaml_path.write_text(ORDER)
+    for source in (text, str(path), path, data, str(yaml_path)):
+        assert load_definition(source).to_dict() == data  # type: ignore[arg-type]
+
+
+def test_to_dict_round_trips() -> None:
+    wf = load_definition(ORDER)
+    again = load_definition(wf.to_dict())
+    assert again.to_dict() == wf.to_dict()
+    assert wf.to_dict()["steps"][1]["compensate"] == {
+        "call": "payments.Payments.Refund",
+        "input": "response",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "id: x\nsteps: [{call: a.B.C, retry: {max_attempts: 0}}]",
+            "steps[0].retry.max_attempts: must be at least 1",
+        ),
+        (
+            "id: x\nsteps: [{call: a.B.C}, {call: a.B.D, retry: {max_attempts: two}}]",
+            "steps[1].retry.max_attempts: must be an integer",
+        ),
+        ("id: x\nsteps: [{call: a.B.C, retry: {tries: 3}}]", "steps[0].retry.tries: unknown field"),
+        ("id: x\nsteps: [{call: a.B.C, timeout: -1}]", "steps[0].timeout: must be at least 0"),
+        ("id: x\nsteps: [{call: a.B.C, timeout: soon}]", "steps[0].timeout: must be a number"),
+        ("id: x\nsteps: [{call: a.B}]", "steps[0].call: must be 'service.Name.Method'"),
+        ("id: x\nsteps: [{teleport: a}]", "steps[0]: unknown step kind 'teleport'"),
+        ("id: x\nsteps: [{call: a.B.C, publish: t}]", "steps[0]: a step has one kind"),
+        ("id: x\nsteps: [{call: a.B.C, colour: red}]", "steps[0].colour: unknown field"),
+        (
+            "id: x\nsteps: [{call: a.B.C, compensate: {call: a.B.D, input: everything}}]",
+            "steps[0].compensate.input: must be one of",
+        ),
+        (
+            "id: x\nsteps: [{call: a.B.C, input: request}]",
+            "steps[0].input: only a compensate step takes input",
+        ),
+        ("id: x\nsteps: [{call: a.B.C, requires: 3}]", "steps[0].requires: must be a list"),
+        (
+            "id: x\nsteps: [{call: a.B.C, compensate: {call: nope}}]",
+            "steps[0].compensate.call: must be 'service.Name.Method'",
+        ),
+        (
+            "id: x\nsteps: [{function: 'no_such_module_xyz:f'}]",
+            "steps[0].function: cannot import no_such_module_xyz:f",
+        ),
+        (
+            "id: x\nsteps: [{function: 'tests.unit.steps_for_tests:reserve',"
+            " retry: {non_retryable: ['tests.unit.steps_for_tests:NotAnError']}}]",
+            "is not an exception class",
+        ),
+        ("id: x\nsteps: []", "steps: must be a non-empty list"),
+        ("steps: [{call: a.B.C}]\n", "id: must be a non-empty string"),
+        ("id: x\nstep: []", "step: unknown field"),
+        ("id: x\nservices: {a: 'ftp://x'}\nsteps: [{call: a.B.C}]", "services.a: must be an http"),
+        ("id: x\nsteps:\n  - call: a.B.C\n   bad: indent", "invalid YAML at line 4"),
+        ('{"id": "x", "steps": [}', "invalid JSON at line 1"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_errors_name_the_bad_field(text: str, message: str) -> None:
+    with pytest.raises(DefinitionError) as err:
+        load_definition(text)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_graph_errors_from_definitions() -> None:
+    with pytest.raises(CycleError, match=r"a -> b -> a|b -> a -> b"):
+        load_definition(
+            "id: x\nsteps:\n  - {publish: a, requires: [b]}\n  - {publish: b, requires: [a]}\n"
+        )
+    with pytest.raises(StepNotExistsError, match="ghost"):
+        load_definition("id: x\nsteps:\n  - {publish: a, requires: [ghost]}\n")
+    with pytest.raises(DuplicateStepError, match="a"):
+        load_definition("id: x\nsteps:\n  - {publish: a}\n  - {publish: a}\n")
+
+
+def test_a_missing_file_is_a_definition_error(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError, match="cannot read definition file"):
+        load_definition(str(tmp_path / "missing.yaml"))
+
+
+class Sleep(Step):
+    kind = "sleep_test"
+
+    def __init__(self, seconds: float, **options: Any) -> None:
+        self.seconds = seconds
+        super().__init__(**options)
+
+    @property
+    def endpoint(self) -> str:
+        return f"sleep:{self.seconds}"
+
+    async def execute(self, req: Message, ctx: StepContext) -> Message:
+        return Message({"slept": self.seconds})
+
+    def to_config(self) -> dict[str, Any]:
+        return {"sleep_test": self.seconds}
+
+    @classmethod
+    def from_config(cls, config: Any) -> Step:
+        seconds = config["sleep_test"]
+        if not isinstance(seconds, int | float):
+            raise DefinitionError("must be a number", path="sleep_test")
+        return cls(seconds)
+
+
+def test_custom_kinds_through_register_step() -> None:
+    register_step(Sleep)
+    wf = load_definition(
+        "id: x\nsteps:\n  - {sleep_test: 0.5, id: nap, retry: {max_attempts: 3}}\n"
+    )
+    nap = wf.step("nap")
+    assert isinstance(nap, Sleep)
+    assert nap.seconds == 0.5
+    assert nap.options.retry is not None
+    assert nap.options.retry.max_attempts == 3
+    assert wf.to_dict()["steps"] == [{"sleep_test": 0.5, "id": "nap", "retry": {"max_attempts": 3}}]
+    with pytest.raises(DefinitionError, match=r"steps\[0\]\.sleep_test: must be a number"):
+        load_definition("id: x\nsteps:\n  - {sleep_test: long}\n")
+
+
+_ids = st.text(alphabet="abcdefghij", min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ids, inner, max_size=3),
+        max_leaves=12,
+    )
+)
+def test_arbitrary_data_gives_a_definition_error_or_a_workflow(data: Any) -> None:
+    for doc in (data, {"id": "x", "steps": data}, {"id": "x", "steps": [data]}):
+        try:
+            load_definition(doc) if isinstance(doc, dict) else load_definition(json.dumps(doc))
+        except DefinitionError as exc:
+            assert str(exc)
+            assert "\n" not in str(exc)

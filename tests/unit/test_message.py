@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+
+from microsaga import STATUS_STRING, STRING_STATUS, Message, Metadata, Status
+
+
+class TestMetadata:
+    def test_keys_are_case_insensitive_and_keep_their_first_spelling(self) -> None:
+        md = Metadata({"Content-Type": "application/json"})
+        assert md["content-type"] == "application/json"
+        assert "CONTENT-TYPE" in md
+        assert list(md) == ["Content-Type"]
+
+    def test_several_values_per_key(self) -> None:
+        md = Metadata({"X-Tag": ["a", "b"]})
+        md.add("x-tag", "c")
+        assert md.getall("X-TAG") == ["a", "b", "c"]
+        assert md["x-tag"] == "a"
+        assert len(md) == 1
+        md.set("X-Tag", "z")
+        assert md.getall("x-tag") == ["z"]
+
+    def test_missing_key(self) -> None:
+        md = Metadata()
+        assert md.getall("nope") == []
+        assert md.get("nope") is None
+        assert md.get("nope", "d") == "d"
+        with pytest.raises(KeyError):
+            md["nope"]
+
+    def test_copy_is_independent(self) -> None:
+        md = Metadata({"a": "1"})
+        other = md.copy()
+        other.add("a", "2")
+        assert md.getall("a") == ["1"]
+        assert other.getall("a") == ["1", "2"]
+        assert md == {"A": "1"}
+
+    def test_to_dict(self) -> None:
+        md = Metadata([("A", "1"), ("a", "2"), ("B", "3")])
+        assert md.to_dict() == {"A": ["1", "2"], "B": ["3"]}
+
+
+class TestMessage:
+    def test_bytes_are_kept_byte_for_byte(self) -> None:
+        raw = b'{ "b": 1,   "a": 2 }'
+        assert Message(raw).body == raw
+
+    @pytest.mark.parametrize(
+        ("value", "body"),
+        [
+            ({"a": 1}, b'{"a":1}'),
+            ([1, 2], b"[1,2]"),
+            ("text", b'"text"'),
+            (3, b"3"),
+            (True, b"true"),
+            (None, b""),
+        ],
+    )
+    def test_other_values_are_json_encoded(self, value: object, body: bytes) -> None:
+        assert Message(value).body == body
+
+    def test_json_decodes_and_empty_is_none(self) -> None:
+        assert Message({"x": [1]}).json() == {"x": [1]}
+        assert Message().json() is None
+
+    def test_json_of_invalid_body_says_so(self) -> None:
+        with pytest.raises(ValueError, match="not valid JSON"):
+            Message(b"{oops").json()
+
+    def test_header_from_dict(self) -> None:
+        msg = Message(b"{}", {"Trace": "t1", "Multi": ["1", "2"]})
+        assert isinstance(msg.header, Metadata)
+        assert msg.header.getall("multi") == ["1", "2"]
+
+    def test_unencodable_body_is_a_clear_type_error(self) -> None:
+        with pytest.raises(TypeError, match="cannot encode object as JSON"):
+            Message(object())
+
+
+class TestStatus:
+    def test_values_and_strings_as_upstream(self) -> None:
+        assert [int(s) for s in Status] == list(range(8))
+        assert str(Status.RUNNING) == "StatusRunning"
+        assert f"{Status.SUSPEND}" == "StatusSuspend"
+        assert str(Status.COMPENSATED) == "StatusCompensated"
+        assert STATUS_STRING[Status.PENDING] == "StatusPending"
+        assert STRING_STATUS["StatusAborted"] is Status.ABORTED
+
+    def test_parse(self) -> None:
+        assert Status.parse("StatusFailure") is Status.FAILURE
+        assert Status.parse("StatusCompensating") is Status.COMPENSATING
+        assert Status.parse("whatever") is Status.PENDING
