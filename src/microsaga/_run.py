@@ -208,6 +208,8 @@ class Run:
             assert not isinstance(result, bool)
             if not result.owned:
                 raise LeaseLostError()
+            if unit.records:
+                _faults.hit("step_recorded")
             previous = state.status
             state.status, state.abort = result.status, max(state.abort, result.abort)
             if not result.applied:

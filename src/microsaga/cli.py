@@ -152,6 +152,7 @@ def run(
 
             order = [s.id for level in wf.steps() for s in level]
             info = await follow(flow, eid, console, order)
+            await flow.settle(eid)  # steps still running here finish before we exit
             if info.error:
                 console.print(f"[red]{info.error}[/red]")
             click.echo(eid)
@@ -210,7 +211,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 def _control(action: str, doc: str) -> Callable[..., None]:
     @click.argument("execution_id")
     @click.pass_context
-    def command(ctx: click.Context, execution_id: str, **kw: Any) -> None:
+    def command(ctx: click.Context, /, execution_id: str, **kw: Any) -> None:
         async def main() -> int:
             async with _flow(ctx, worker=False) as flow:
                 method: Callable[..., Awaitable[None]] = getattr(flow, action)

@@ -390,6 +390,14 @@ class Flow:
         info = await self.wait(eid)
         return Outcome(info.status, info.failed_step, info.error, info.compensated)
 
+    async def settle(self, execution_id: str) -> None:
+        """Wait until this process has stopped working on the execution (its running
+        steps finished and were recorded), e.g. after it was suspended."""
+        worker = self._running()
+        run = worker.runs.get(execution_id)
+        if run is not None:
+            await asyncio.shield(run.outcome)
+
     async def execution(self, execution_id: str) -> Execution:
         """The stored state of one execution.
 

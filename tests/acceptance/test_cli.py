@@ -1,0 +1,160 @@
+"""The CLI as a user runs it: exit codes, one-line errors, live runs, inspection."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.procs import ROOT, cli
+
+ORDER = str(ROOT / "tests" / "acceptance" / "order.yaml")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    (tmp_path / "log.charge.open").touch()  # the charge gate is open
+    store = f"sqlite:///{tmp_path / 'cli.db'}"
+    return store, {"MICROSAGA_TEST_LOG": str(tmp_path / "log"), "MICROSAGA_STORE": store}
+
+
+def assert_one_line_error(result: object, code: str, exit_status: int) -> str:
+    assert result.returncode == exit_status, result.stderr  # type: ignore[attr-defined]
+    err = result.stderr.strip()  # type: ignore[attr-defined]
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"error[{code}]: "), err
+    return last
+
+
+def test_run_show_list(setup: tuple[str, dict[str, str]]) -> None:
+    store, env = setup
+    ok = cli("run", ORDER, "--input", '{"id": 1}', extra_env=env)
+    assert ok.returncode == 0, ok.stderr
+    eid = ok.stdout.strip().splitlines()[-1]
+    assert len(eid) == 32
+    assert "SUCCESS" in ok.stderr  # live progress goes to stderr
+    shown = cli("show", eid, extra_env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "status     SUCCESS" in lines
+    for step in ("reserve", "charge", "ship", "notify"):
+        assert any(line.split()[:2] == [step, "SUCCESS"] for line in lines), shown.stdout
+
+    failed = cli("run", ORDER, "--input", '{"id": 2, "fail": true}', extra_env=env)
+    assert failed.returncode == 1
+    failed_id = failed.stdout.strip().splitlines()[-1]
+    shown = cli("--store", store, "show", failed_id, "--json")
+    data = json.loads(shown.stdout)
+    assert data["status"] == "FAILURE"
+    assert data["steps"]["charge"]["status"] == "COMPENSATED"
+    assert data["steps"]["reserve"]["compensation"]["status"] == "SUCCESS"
+    assert "no courier" in data["error"]
+
+    listed = cli("list", extra_env=env)
+    assert listed.returncode == 0
+    rows = listed.stdout.splitlines()
+    assert rows[0].startswith(failed_id)
+    assert "FAILURE" in rows[0]
+    assert rows[1].startswith(eid)
+    assert "SUCCESS" in rows[1]
+    only_ok = cli("list", "--status", "SUCCESS", extra_env=env)
+    assert [r.split()[0] for r in only_ok.stdout.splitlines()] == [eid]
+
+
+def test_resume_of_a_finished_execution_is_refused(setup: tuple[str, dict[str, str]]) -> None:
+    _, env = setup
+    eid = cli("run", ORDER, "--input", "{}", extra_env=env).stdout.strip().splitlines()[-1]
+    result = cli("resume", eid, extra_env=env)
+    assert "cannot resume an execution that is SUCCESS" in assert_one_line_error(
+        result, "invalid_transition", 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("definition", "code", "words"),
+    [
+        ("id: x\nsteps:\n  - call: a.B.C\n   oops: 1\n", "definition", "invalid YAML"),
+        ('{"id": "x", "steps": [', "definition", "invalid JSON"),
+        ("id: x\nsteps:\n  - teleport: somewhere\n", "definition", "unknown step kind"),
+        (
+            "id: x\nsteps:\n  - {publish: a, requires: [b]}\n  - {publish: b, requires: [a]}\n",
+            "cycle",
+            "a",
+        ),
+        ("id: x\nsteps:\n  - {publish: a, requires: [zzz]}\n", "step_not_exists", "zzz"),
+        (
+            "id: x\nsteps:\n  - {call: a.B.C, retry: {max_attempts: 0}}\n",
+            "definition",
+            "steps[0].retry.max_attempts",
+        ),
+    ],
+)
+def test_bad_definitions(
+    tmp_path: Path, setup: tuple[str, dict[str, str]], definition: str, code: str, words: str
+) -> None:
+    _, env = setup
+    path = tmp_path / "bad.yaml"
+    path.write_text(definition)
+    result = cli("run", str(path), extra_env=env)
+    assert words in assert_one_line_error(result, code, 2)
+
+
+def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
+    _, env = setup
+    bad_json = cli("run", ORDER, "--input", "{not json", extra_env=env)
+    assert "--input: not valid JSON" in assert_one_line_error(bad_json, "configuration", 2)
+    for command in ("show", "suspend", "resume", "abort"):
+        result = cli(command, "no-such-execution", extra_env=env)
+        assert "no-such-execution" in assert_one_line_error(result, "execution_not_found", 2)
+    missing = cli("run", "does-not-exist.yaml", extra_env=env)
+    assert "does-not-exist.yaml" in assert_one_line_error(missing, "definition", 2)
+    usage = cli("frobnicate", extra_env=env)
+    assert_one_line_error(usage, "usage", 2)
+
+
+def test_bad_settings_name_the_setting(tmp_path: Path) -> None:
+    result = cli("list", extra_env={"MICROSAGA_STORE": "mysql://nope"})
+    assert "MICROSAGA_STORE" in assert_one_line_error(result, "configuration", 2)
+    result = cli("--store", "bogus://x", "list")
+    assert "store" in assert_one_line_error(result, "configuration", 2)
+    result = cli("list", extra_env={"MICROSAGA_SERVICES": "inventory"})
+    assert "MICROSAGA_SERVICES" in assert_one_line_error(result, "configuration", 2)
+    result = cli("list", extra_env={"MICROSAGA_LEASE_TTL": "soon"})
+    assert "MICROSAGA_LEASE_TTL" in assert_one_line_error(result, "configuration", 2)
+
+
+def test_unwritable_store_path(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
+    result = cli("--store", store, "list")
+    assert "cannot open SQLite store" in assert_one_line_error(result, "store_unavailable", 3)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    (locked / "x.db").write_bytes(b"this is not a database, it is text" * 100)
+    result = cli("--store", f"sqlite:///{locked / 'x.db'}", "list")
+    assert_one_line_error(result, "store_unavailable", 3)
+
+
+def test_an_unreachable_service_fails_the_execution(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "rpc.yaml"
+    path.write_text(
+        f"id: rpc\nservices: {{inventory: 'http://127.0.0.1:{port}'}}\n"
+        "steps:\n  - call: inventory.Inventory.Reserve\n"
+    )
+    result = cli("--store", f"sqlite:///{tmp_path / 'rpc.db'}", "run", str(path), "--input", "{}")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "ConnectError" in result.stderr or "connect" in result.stderr.lower()
+
+
+def test_demo_runs_on_its_own(tmp_path: Path) -> None:
+    result = cli("demo", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "COMPENSATED" in result.stderr
+    assert "SUCCESS" in result.stderr
+    assert (tmp_path / "microsaga-demo.db").exists()
