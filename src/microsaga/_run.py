@@ -98,6 +98,8 @@ class Run:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._prev: dict[tuple[str, int], tuple[Any, ...]] = {}
         self._lost = False
+        self._inline = False
+        self._main: asyncio.Task[None] | None = None
         self._interrupt = asyncio.Event()
         self.outcome: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         self.created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -118,6 +120,8 @@ class Run:
         self._lost = True
         for task in self._tasks.values():
             task.cancel()
+        if self._inline and self._main is not None and self._main is not asyncio.current_task():
+            self._main.cancel()
         if not self.outcome.done():
             self.outcome.set_result(None)
         self._wake.set()
@@ -125,11 +129,12 @@ class Run:
     # the loop ----------------------------------------------------------------------
 
     async def main(self) -> None:
+        self._main = asyncio.current_task()
         try:
             if self._new is not None and not await self._create():
                 return
-            self._respawn()
             self._arm_deadline()
+            await self._respawn()
             await self._loop()
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
@@ -159,20 +164,20 @@ class Run:
             self.outcome.set_result(None)
             return False
         _faults.hit("execution_created")
-        for rec in new.starts:
-            self._spawn(rec)
+        await self._launch(new.starts)
         return True
 
-    def _respawn(self) -> None:
+    async def _respawn(self) -> None:
         """Invoke again the step runs recorded RUNNING when this worker took over."""
         if self._new is not None:
             return
-        for sid, st in self.state.steps.items():
-            if st.status is Status.RUNNING:
-                self._spawn(self._record(sid, FORWARD, st))
-        for sid, st in self.state.comps.items():
-            if st.status is Status.RUNNING:
-                self._spawn(self._record(sid, COMPENSATION, st))
+        again = [
+            self._record(sid, phase, st)
+            for phase, states in ((FORWARD, self.state.steps), (COMPENSATION, self.state.comps))
+            for sid, st in states.items()
+            if st.status is Status.RUNNING
+        ]
+        await self._launch(again)
 
     async def _loop(self) -> None:
         state = self.state
@@ -219,8 +224,7 @@ class Run:
                 continue
             if state.status is not previous:
                 self._set_status(state.status)
-            for rec in starts:
-                self._spawn(rec)
+            await self._launch(starts)
             if decision.done:
                 self._finish(unit.response)
                 return
@@ -286,13 +290,24 @@ class Run:
         if prev is not None:
             st.status, st.attempts, st.request, st.started_at = prev
 
-    def _spawn(self, rec: StepRecord) -> None:
-        self._prev.pop((rec.step_id, rec.phase), None)
-        live = self._live_step(rec)
-        if live is not None:
-            live.status, live.request, live.response = Status.RUNNING, rec.request, None
-        task = asyncio.get_running_loop().create_task(self._attempts(rec))
-        self._tasks[rec.step_id, rec.phase] = task
+    async def _launch(self, starts: list[StepRecord]) -> None:
+        """Invoke the started steps: a lone step in this loop's own task (a chain needs
+        no task per step), several as tasks of their own."""
+        for rec in starts:
+            self._prev.pop((rec.step_id, rec.phase), None)
+            live = self._live_step(rec)
+            if live is not None:
+                live.status, live.request, live.response = Status.RUNNING, rec.request, None
+        if len(starts) == 1 and not self._tasks:
+            self._inline = True
+            try:
+                await self._attempts(starts[0])
+            finally:
+                self._inline = False
+            return
+        loop = asyncio.get_running_loop()
+        for rec in starts:
+            self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
 
     def _live_step(self, rec: StepRecord) -> Step | None:
         node = self.plan.nodes[rec.step_id]

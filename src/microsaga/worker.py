@@ -93,7 +93,8 @@ class Worker:
             del self.runs[run.id]
         if not run.outcome.done():
             run.outcome.set_result(None)
-        self._poke.set()
+        if len(self.runs) + 1 >= self.flow.options.max_executions:
+            self._poke.set()  # it was full: there is room to claim again
 
     async def adopt(self, claim: Claim) -> None:
         """Run an execution this worker just claimed."""

@@ -75,23 +75,24 @@ def _any(states: dict[str, StepState], status: Status) -> bool:
     return any(s.status is status for s in states.values())
 
 
-def rolling_back(state: ExecState) -> bool:
-    return state.abort == ABORT or _any(state.steps, Status.FAILURE)
-
-
 def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     """What happens next to an execution in ``state``."""
-    steps = state.steps
-    running = _any(steps, Status.RUNNING) or _any(state.comps, Status.RUNNING)
+    steps_running = failed = False
+    for st in state.steps.values():
+        if st.status is Status.RUNNING:
+            steps_running = True
+        elif st.status is Status.FAILURE:
+            failed = True
+    running = steps_running or _any(state.comps, Status.RUNNING)
     if state.abort == ABORT_NO_COMPENSATION:
         if running:
             return Decision()
         return Decision(status=Status.ABORTED, done=True)
     if state.status is Status.SUSPEND:
         return Decision(release=not running)
-    if rolling_back(state):
+    if failed or state.abort == ABORT:
         status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
-        if _any(steps, Status.RUNNING):
+        if steps_running:
             return Decision(status=status)  # running steps finish before any rollback
         todo = compensable(plan, graph, state)
         if todo or running:
@@ -107,12 +108,16 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
 def ready(graph: RunGraph, state: ExecState) -> list[str]:
     """Steps not started whose requirements all succeeded."""
     steps = state.steps
+    requires = graph.requires
+    success, pending = Status.SUCCESS, Status.PENDING
     out = []
     for sid in graph.order:
-        if steps[sid].status is Status.PENDING and all(
-            steps[r].status is Status.SUCCESS for r in graph.requires[sid]
-        ):
-            out.append(sid)
+        if steps[sid].status is pending:
+            for r in requires[sid]:
+                if steps[r].status is not success:
+                    break
+            else:
+                out.append(sid)
     return out
 
 

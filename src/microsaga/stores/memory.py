@@ -7,6 +7,7 @@ the process that names it, so several flows can share state in a test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._rows: dict[str, _Row] = {}
+        self._runnable: dict[str, _Row] = {}  # claims look only here, not at every row
         self._seq = 0
         self._definitions: dict[str, StoredDefinition] = {}
         self._workflows: dict[str, list[StoredWorkflow]] = {}
@@ -139,28 +141,36 @@ class MemoryStore(Store):
             lease_until=new.lease_until,
             updated_at=new.created_at,
         )
-        for rec in new.starts:
-            row.steps[rec.step_id, rec.phase] = _copy(rec)
+        for rec in new.starts:  # units belong to the store once committed: no copies
+            row.steps[rec.step_id, rec.phase] = rec
         self._rows[new.id] = row
+        self._track(row)
         return True
+
+    def _track(self, row: _Row) -> None:
+        if row.status in RUNNABLE:
+            self._runnable[row.new.id] = row
+        else:
+            self._runnable.pop(row.new.id, None)
 
     def _transition(self, t: Transition) -> TransitionResult:
         row = self._rows.get(t.execution_id)
         if row is None or row.token != t.token or row.owner is None:
             return TransitionResult(False, row.status if row else Status.PENDING, 0, False)
         for rec in t.records:
-            row.steps[rec.step_id, rec.phase] = _copy(rec)
+            row.steps[rec.step_id, rec.phase] = rec
         applied = row.status is t.expect
         if applied:
             if t.status is not None:
                 row.status = t.status
+                self._track(row)
                 if t.response is not None:
                     row.response = t.response
                 if t.error is not None:
                     row.error = t.error
             if t.starts and row.status in (Status.RUNNING, Status.COMPENSATING):
                 for rec in t.starts:
-                    row.steps[rec.step_id, rec.phase] = _copy(rec)
+                    row.steps[rec.step_id, rec.phase] = rec
             if t.release:
                 row.owner = None
                 row.lease_until = 0.0
@@ -169,7 +179,7 @@ class MemoryStore(Store):
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         out: list[Claim] = []
-        for row in sorted(self._rows.values(), key=lambda r: r.seq):
+        for row in sorted(self._runnable.values(), key=lambda r: r.seq):
             if len(out) >= limit:
                 break
             if row.status in RUNNABLE and row.lease_until < now:
@@ -233,6 +243,7 @@ class MemoryStore(Store):
             ),
         )
         row.status, row.abort, row.updated_at = change.status, change.abort, now
+        self._track(row)
         if reason is not None:
             row.error = reason
         if change.free_lease:
@@ -240,9 +251,9 @@ class MemoryStore(Store):
         if change.final:
             row.owner, row.lease_until = None, 0.0
         if change.retry_compensations:
-            for rec in records:
+            for key, rec in list(row.steps.items()):
                 if rec.phase == COMPENSATION and rec.status is Status.FAILURE:
-                    rec.status = Status.PENDING
+                    row.steps[key] = dataclasses.replace(rec, status=Status.PENDING)
         self._control_seq += 1
         self._controls.append((self._control_seq, execution_id, now))
         return row.status

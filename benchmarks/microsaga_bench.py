@@ -1,0 +1,145 @@
+"""microsaga on the benchmark workloads, printed as JSON (one run of each workload).
+
+    python benchmarks/microsaga_bench.py --store sqlite:///bench.db [--quick]
+
+Stores: ``memory://``, ``sqlite:///PATH`` (``synchronous=FULL``), ``postgresql://...``.
+Also measures plain asyncio calling the same four functions, the floor of overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workloads as w  # noqa: E402
+
+from microsaga import ExecutionFailedError, Flow, FunctionStep, Message  # noqa: E402
+
+
+async def reserve(m: Message) -> Any:
+    return w.reserve(m.json())
+
+
+async def charge(m: Message) -> Any:
+    return w.charge(m.json())
+
+
+async def ship(m: Message) -> Any:
+    return w.ship(m.json())
+
+
+async def notify(m: Message) -> Any:
+    return w.notify(m.json())
+
+
+async def undo(m: Message) -> Any:
+    return w.undo(m.json())
+
+
+async def fan_root(m: Message) -> Any:
+    return m.json()
+
+
+def fan_part(k: int) -> FunctionStep:
+    async def part(m: Message) -> Any:
+        return w.fan_part(m.json(), k)
+
+    return FunctionStep(part, id=f"part{k:02d}", requires=["root"])
+
+
+async def fan_join(m: Message) -> Any:
+    return {"parts": len(m.json())}
+
+
+def order_steps() -> list[FunctionStep]:
+    r = FunctionStep(reserve, compensate=FunctionStep(undo, id="release"))
+    c = FunctionStep(charge, requires=[r], compensate=FunctionStep(undo, id="refund"))
+    s = FunctionStep(ship, requires=[c])
+    n = FunctionStep(notify, requires=[s])
+    return [r, c, s, n]
+
+
+async def in_flight(n: int, width: int, one: Any) -> float:
+    sem = asyncio.Semaphore(width)
+
+    async def go(i: int) -> None:
+        async with sem:
+            await one(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(go(i) for i in range(n)))
+    return time.perf_counter() - start
+
+
+async def plain_asyncio(n: int, width: int) -> dict[str, float]:
+    async def one(i: int) -> None:
+        data = w.order(i)
+        for fn in (reserve, charge, ship, notify):
+            data = (await fn(Message(data))).json()
+
+    elapsed = await in_flight(n, width, one)
+    return {"order_saga_per_s": n / elapsed}
+
+
+async def bench(store: str, n: int, one_at_a_time: int, fan: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    async with Flow(store, concurrency=256) as flow:
+        order = await flow.workflow_create("order", *order_steps())
+        fanout = await flow.workflow_create(
+            "fanout",
+            FunctionStep(fan_root, id="root"),
+            *(fan_part(k) for k in range(50)),
+            FunctionStep(fan_join, id="join", requires=[f"part{k:02d}" for k in range(50)]),
+        )
+        for i in range(50):  # warm-up
+            await order.execute(w.order(i))
+
+        elapsed = await in_flight(n, 64, lambda i: order.execute(w.order(i)))
+        out["order_saga_per_s"] = n / elapsed
+
+        lat = []
+        for i in range(one_at_a_time):
+            t0 = time.perf_counter()
+            await order.execute(w.order(i))
+            lat.append(time.perf_counter() - t0)
+        lat.sort()
+        out["one_p50_ms"] = statistics.median(lat) * 1000
+        out["one_p99_ms"] = lat[int(len(lat) * 0.99) - 1] * 1000
+
+        elapsed = await in_flight(fan, 8, lambda i: fanout.execute(w.order(i)))
+        out["fanout_per_s"] = fan / elapsed
+
+        async def maybe_fail(i: int) -> None:
+            try:
+                await order.execute(w.order(i, fail=i % 10 == 0))
+            except ExecutionFailedError:
+                pass
+
+        elapsed = await in_flight(n, 64, maybe_fail)
+        out["order_10pct_fail_per_s"] = n / elapsed
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", default="memory://")
+    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    args = parser.parse_args()
+    n, one, fan = (200, 50, 10) if args.quick else (2000, 500, 100)
+    if args.store == "asyncio":
+        result = asyncio.run(plain_asyncio(n * 5, 64))
+    else:
+        result = asyncio.run(bench(args.store, n, one, fan))
+    print(json.dumps({"contender": "microsaga", "store": args.store, **result}))
+
+
+if __name__ == "__main__":
+    main()
