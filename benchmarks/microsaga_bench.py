@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import workloads as w  # noqa: E402
+import workloads as w
 
-from microsaga import ExecutionFailedError, Flow, FunctionStep, Message  # noqa: E402
+from microsaga import ExecutionFailedError, Flow, FunctionStep, Message
 
 
 async def reserve(m: Message) -> Any:
