@@ -31,7 +31,7 @@ from .errors import LeaseLostError, StepTimeoutError, one_line
 from .message import Message
 from .status import Status
 from .step import Retry, Step, StepContext
-from .stores.base import COMPENSATION, FORWARD, NewExecution, StepRecord, Transition
+from .stores.base import COMPENSATION, FORWARD, StepRecord, Transition
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -75,7 +75,7 @@ class Run:
         state: ExecState,
         step_timeout: float | None,
         deadline_at: float | None,
-        new: NewExecution | None = None,
+        fresh: bool = False,
         workflow: Workflow | None = None,
     ) -> None:
         self.worker = worker
@@ -89,7 +89,8 @@ class Run:
         self.step_timeout = step_timeout
         self.deadline_at = deadline_at
         self.workflow = workflow
-        self._new = new
+        self._fresh = fresh  # created by this process: nothing to take over
+        self._initial: list[StepRecord] = []
         self._base = data.base_header(request, workflow_id, execution_id)
         self._done: list[_Done] = []
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -102,7 +103,6 @@ class Run:
         self._main: asyncio.Task[None] | None = None
         self._interrupt = asyncio.Event()
         self.outcome: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        self.created: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     # called by the worker --------------------------------------------------------
 
@@ -131,10 +131,11 @@ class Run:
     async def main(self) -> None:
         self._main = asyncio.current_task()
         try:
-            if self._new is not None and not await self._create():
-                return
             self._arm_deadline()
-            await self._respawn()
+            if self._fresh:
+                await self._launch(self._initial)
+            else:
+                await self._respawn()
             await self._loop()
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
@@ -143,9 +144,7 @@ class Run:
             self.lose()
             raise
         except Exception as exc:
-            log.exception("execution %s: stopped by an error, left for recovery", self.id)
-            if not self.created.done():
-                self.created.set_exception(exc)
+            log.exception("execution %s: stopped by an error, left for recovery: %s", self.id, exc)
             self.lose()
         finally:
             if self._deadline_timer is not None:
@@ -153,24 +152,15 @@ class Run:
             for task in self._tasks.values():
                 task.cancel()
 
-    async def _create(self) -> bool:
-        new = self._new
-        assert new is not None
+    def first_steps(self) -> list[StepRecord]:
+        """The RUNNING records of the steps a new execution starts with; they are
+        committed with the execution and invoked when the run is launched."""
         first = decide(self.plan, self.graph, self.state)
-        new.starts = [self._start(sid, FORWARD) for sid in first.start]
-        created = await self.worker.committer.submit(new)
-        self.created.set_result(bool(created))
-        if not created:
-            self.outcome.set_result(None)
-            return False
-        _faults.hit("execution_created")
-        await self._launch(new.starts)
-        return True
+        self._initial = [self._start(sid, FORWARD) for sid in first.start]
+        return self._initial
 
     async def _respawn(self) -> None:
         """Invoke again the step runs recorded RUNNING when this worker took over."""
-        if self._new is not None:
-            return
         again = [
             self._record(sid, phase, st)
             for phase, states in ((FORWARD, self.state.steps), (COMPENSATION, self.state.comps))
@@ -409,7 +399,10 @@ class Run:
         ctx = StepContext(
             self.flow, self.workflow_id, self.id, sid, attempt, timeout, phase == COMPENSATION
         )
-        async with self.worker.slots:
+        slots = self.worker.slots
+        if not slots.take():
+            await slots.wait()
+        try:
             if timeout is None:
                 return await step.execute(request, ctx)
             try:
@@ -417,6 +410,8 @@ class Run:
                     return await step.execute(request, ctx)
             except TimeoutError as exc:
                 raise StepTimeoutError(f"step {sid} timed out after {timeout:g}s") from exc
+        finally:
+            slots.give()
 
     async def _backoff(self, delay: float, phase: int) -> bool:
         """Wait before a retry; False when a suspend or abort interrupts the wait."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from . import _faults
 from ._aio import wait_event
 from ._engine.saga import ExecState, StepState
 from ._run import Outcome, Run
@@ -345,33 +346,34 @@ class Flow:
         wf._last_execution = eid
         wf._status = new.status
         run: Run | None = worker.runs.get(eid)
-        if run is not None:
-            created = False  # the same id is already running here
-        elif runs_here:
-            state = ExecState(Status.RUNNING, steps={sid: StepState() for sid in graph.order})
-            run = Run(
-                worker,
-                plan,
-                graph,
-                execution_id=eid,
-                workflow_id=wf.id,
-                request=request,
-                token=1,
-                state=state,
-                step_timeout=timeout,
-                deadline_at=new.deadline_at,
-                new=new,
-                workflow=wf,
-            )
-            self._live_workflows[eid] = wf
-            worker.launch(run)
-            created = await asyncio.shield(run.created)
-        else:
+        created = False  # when the id is running here already
+        if run is None:
+            if runs_here:
+                state = ExecState(Status.RUNNING, steps={sid: StepState() for sid in graph.order})
+                run = Run(
+                    worker,
+                    plan,
+                    graph,
+                    execution_id=eid,
+                    workflow_id=wf.id,
+                    request=request,
+                    token=1,
+                    state=state,
+                    step_timeout=timeout,
+                    deadline_at=new.deadline_at,
+                    fresh=True,
+                    workflow=wf,
+                )
+                new.starts = run.first_steps()
             created = bool(await worker.committer.submit(new))
-        if created:
-            self._stored_definitions.add(snap.hash)
-        else:
-            run = worker.runs.get(eid)
+            if created:
+                self._stored_definitions.add(snap.hash)
+                _faults.hit("execution_created")
+                if run is not None:
+                    self._live_workflows[eid] = wf
+                    worker.launch(run)
+            else:
+                run = worker.runs.get(eid)
         if async_:
             return eid
         outcome = await self._outcome(eid, run)

@@ -47,13 +47,15 @@ class Metadata(Mapping[str, str]):
     def __init__(
         self, mapping: Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]] | None = None
     ) -> None:
-        self._values: dict[str, list[str]] = {}
+        # tuples, not lists: a copy is a shallow dict copy, and dicts of strings and
+        # tuples of strings are not tracked by the garbage collector
+        self._values: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, str] = {}
         if mapping is None:
             return
         if isinstance(mapping, Metadata):
-            self._values = {k: list(v) for k, v in mapping._values.items()}
-            self._names = dict(mapping._names)
+            self._values = mapping._values.copy()
+            self._names = mapping._names.copy()
             return
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
         for key, value in items:
@@ -103,7 +105,7 @@ class Metadata(Mapping[str, str]):
     def set(self, key: str, value: str) -> None:
         """Replace every value of ``key`` with ``value``."""
         low = key.lower()
-        self._values[low] = [str(value)]
+        self._values[low] = (str(value),)
         self._names.setdefault(low, key)
 
     def add(self, key: str, value: str) -> None:
@@ -111,13 +113,16 @@ class Metadata(Mapping[str, str]):
         low = key.lower()
         values = self._values.get(low)
         if values is None:
-            self._values[low] = [str(value)]
+            self._values[low] = (str(value),)
             self._names[low] = key
         else:
-            values.append(str(value))
+            self._values[low] = (*values, str(value))
 
     def copy(self) -> Metadata:
-        return Metadata(self)
+        new = Metadata.__new__(Metadata)
+        new._values = self._values.copy()
+        new._names = self._names.copy()
+        return new
 
     def to_dict(self) -> dict[str, list[str]]:
         """The headers as ``{key: [values]}``, keys in their first spelling."""

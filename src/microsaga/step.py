@@ -147,22 +147,48 @@ class StepOptions:
             )
 
 
-@dataclass(frozen=True, slots=True)
 class StepContext:
-    """What a step knows about the run it is part of."""
+    """What a step knows about the run it is part of.
 
-    flow: Flow
-    workflow_id: str
-    execution_id: str
-    step_id: str
-    attempt: int = 1
-    timeout: float | None = None
-    compensation: bool = False
+    Attributes:
+        flow: the Flow running the step.
+        workflow_id, execution_id, step_id: where the step is.
+        attempt: the attempt number, from 1.
+        timeout: the attempt's timeout in seconds, or None.
+        compensation: True when this is the step's compensation.
+    """
+
+    __slots__ = ("attempt", "compensation", "execution_id", "flow", "step_id", "timeout",
+                 "workflow_id")  # fmt: skip
+
+    def __init__(
+        self,
+        flow: Flow,
+        workflow_id: str,
+        execution_id: str,
+        step_id: str,
+        attempt: int = 1,
+        timeout: float | None = None,
+        compensation: bool = False,
+    ) -> None:
+        self.flow = flow
+        self.workflow_id = workflow_id
+        self.execution_id = execution_id
+        self.step_id = step_id
+        self.attempt = attempt
+        self.timeout = timeout
+        self.compensation = compensation
 
     @property
     def idempotency_key(self) -> str:
         key = f"{self.execution_id}:{self.step_id}"
         return key + ":compensate" if self.compensation else key
+
+    def __repr__(self) -> str:
+        return (
+            f"StepContext(workflow_id={self.workflow_id!r}, execution_id={self.execution_id!r}, "
+            f"step_id={self.step_id!r}, attempt={self.attempt})"
+        )
 
 
 def _requirement_ids(requires: Iterable[Step | str] | Step | str | None) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING
 
-from ._aio import wait_event
+from ._aio import Slots, wait_event
 from ._engine.saga import ExecState, StepState
 from ._groupcommit import Committer
 from ._run import Run
@@ -39,7 +39,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = flow.store
         self.committer = Committer(self.store, retry_for=opts.store_retry_for)
-        self.slots = asyncio.Semaphore(opts.concurrency)
+        self.slots = Slots(opts.concurrency)
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -70,7 +70,7 @@ class Worker:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for run in runs:
-            if run.created.done() and not run.created.exception() and run.created.result():
+            if not run.outcome.done() or run.outcome.result() is None:
                 try:
                     await self.store.release(run.id, run.token, 0.0)
                 except MicrosagaError as exc:
@@ -123,7 +123,6 @@ class Worker:
             deadline_at=stored.deadline_at,
             workflow=self.flow._live_workflows.get(stored.id),
         )
-        run.created.set_result(True)
         self.launch(run)
 
     def deadline_passed(self, run: Run) -> None:
@@ -196,7 +195,7 @@ class Worker:
         while True:
             await asyncio.sleep(opts.heartbeat_interval)
             started = self.flow.clock()
-            owned = [r for r in self.runs.values() if r.created.done()]
+            owned = list(self.runs.values())
             try:
                 held = await self.store.renew(self.id, started, opts.lease_ttl)
             except MicrosagaError as exc:
