@@ -317,10 +317,13 @@ class Flow:
             raise ConfigurationError("execution_id", "must be a non-empty string")
         plan = wf._plan()
         graph = plan.graph(start, reverse)
-        for node in plan.nodes.values():
-            for step in (node.step, node.fallback, node.compensate):
-                if step is not None:
-                    step.check(self)
+        checked = (id(self), len(self._services))  # what the steps were checked against
+        if plan.checked != checked:
+            for node in plan.nodes.values():
+                for step in (node.step, node.fallback, node.compensate):
+                    if step is not None:
+                        step.check(self)
+            plan.checked = checked
         snap = wf._snapshot()
         self._plans.setdefault(snap.hash, plan)
         eid = execution_id or new_execution_id()

@@ -118,6 +118,17 @@ class Metadata(Mapping[str, str]):
         else:
             self._values[low] = (*values, str(value))
 
+    def parts(self) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+        """Copies of the internal tables (for stores that keep headers compactly)."""
+        return self._names.copy(), self._values.copy()
+
+    @classmethod
+    def from_parts(cls, names: dict[str, str], values: dict[str, tuple[str, ...]]) -> Metadata:
+        """The inverse of :meth:`parts`."""
+        new = cls.__new__(cls)
+        new._names, new._values = names.copy(), values.copy()
+        return new
+
     def copy(self) -> Metadata:
         new = Metadata.__new__(Metadata)
         new._values = self._values.copy()

@@ -54,6 +54,7 @@ class Plan:
     workflow_id: str
     nodes: dict[str, Node]
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
+    checked: object = None  # set by the flow once every step found what it needs
 
     @classmethod
     def build(cls, workflow_id: str, steps: list[Step]) -> Plan:

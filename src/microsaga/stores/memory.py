@@ -6,7 +6,6 @@ the process that names it, so several flows can share state in a test.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import weakref
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError
 from ..execution import Execution
-from ..message import Message
+from ..message import Message, Metadata
 from ..status import Status
 from ._rows import build_execution
 from .base import (
@@ -38,23 +37,78 @@ __all__ = ["MemoryStore"]
 _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 
 
+# Rows keep only atomic values in tuples, so that the garbage collector can stop
+# tracking them: a test (or a benchmark) that keeps many executions in memory would
+# otherwise pay for every stored object at each full collection.
+_Packed = tuple[bytes, dict[str, str], dict[str, tuple[str, ...]]]
+
+
+def _pack(msg: Message | None) -> _Packed | None:
+    if msg is None:
+        return None
+    return (msg.body, *msg.header.parts())
+
+
+def _unpack(packed: _Packed | None) -> Message | None:
+    if packed is None:
+        return None
+    return Message(packed[0], Metadata.from_parts(packed[1], packed[2]))
+
+
+_PackedRecord = tuple[
+    str, int, int, int, _Packed | None, _Packed | None, str | None, float | None, float | None
+]
+
+
+def _pack_record(r: StepRecord) -> _PackedRecord:
+    return (
+        r.step_id,
+        r.phase,
+        int(r.status),
+        r.attempts,
+        _pack(r.request),
+        _pack(r.response),
+        r.error,
+        r.started_at,
+        r.finished_at,
+    )
+
+
+def _unpack_record(t: _PackedRecord) -> StepRecord:
+    sid, phase, status, attempts, req, resp, error, started, finished = t
+    return StepRecord(
+        sid, phase, Status(status), attempts, _unpack(req), _unpack(resp), error, started, finished
+    )
+
+
 @dataclass(slots=True)
 class _Row:
     seq: int
-    new: NewExecution
+    id: str
+    workflow_id: str
+    version: int | None
+    definition_hash: str
+    request: _Packed
+    start_step: str | None
+    reverse: bool
+    step_timeout: float | None
+    deadline_at: float | None
+    created_at: float
     status: Status
     abort: int = 0
     owner: str | None = None
     token: int = 0
     lease_until: float = 0.0
-    response: Message | None = None
+    response: _Packed | None = None
     error: str | None = None
     updated_at: float = 0.0
-    steps: dict[tuple[str, int], StepRecord] = field(default_factory=dict)
+    steps: dict[tuple[str, int], _PackedRecord] = field(default_factory=dict)
 
+    def put(self, rec: StepRecord) -> None:
+        self.steps[rec.step_id, rec.phase] = _pack_record(rec)
 
-def _copy(rec: StepRecord) -> StepRecord:
-    return copy.copy(rec)
+    def records(self) -> list[StepRecord]:
+        return [_unpack_record(t) for t in self.steps.values()]
 
 
 class MemoryStore(Store):
@@ -134,43 +188,52 @@ class MemoryStore(Store):
         self._seq += 1
         row = _Row(
             seq=self._seq,
-            new=new,
+            id=new.id,
+            workflow_id=new.workflow_id,
+            version=new.version,
+            definition_hash=new.definition_hash,
+            request=(new.request.body, *new.request.header.parts()),
+            start_step=new.start_step,
+            reverse=new.reverse,
+            step_timeout=new.step_timeout,
+            deadline_at=new.deadline_at,
+            created_at=new.created_at,
             status=new.status,
             owner=new.owner,
             token=1 if new.owner else 0,
             lease_until=new.lease_until,
             updated_at=new.created_at,
         )
-        for rec in new.starts:  # units belong to the store once committed: no copies
-            row.steps[rec.step_id, rec.phase] = rec
+        for rec in new.starts:
+            row.put(rec)
         self._rows[new.id] = row
         self._track(row)
         return True
 
     def _track(self, row: _Row) -> None:
         if row.status in RUNNABLE:
-            self._runnable[row.new.id] = row
+            self._runnable[row.id] = row
         else:
-            self._runnable.pop(row.new.id, None)
+            self._runnable.pop(row.id, None)
 
     def _transition(self, t: Transition) -> TransitionResult:
         row = self._rows.get(t.execution_id)
         if row is None or row.token != t.token or row.owner is None:
             return TransitionResult(False, row.status if row else Status.PENDING, 0, False)
         for rec in t.records:
-            row.steps[rec.step_id, rec.phase] = rec
+            row.put(rec)
         applied = row.status is t.expect
         if applied:
             if t.status is not None:
                 row.status = t.status
                 self._track(row)
                 if t.response is not None:
-                    row.response = t.response
+                    row.response = _pack(t.response)
                 if t.error is not None:
                     row.error = t.error
             if t.starts and row.status in (Status.RUNNING, Status.COMPENSATING):
                 for rec in t.starts:
-                    row.steps[rec.step_id, rec.phase] = rec
+                    row.put(rec)
             if t.release:
                 row.owner = None
                 row.lease_until = 0.0
@@ -186,7 +249,7 @@ class MemoryStore(Store):
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING
-                out.append(Claim(row.new.id, row.token))
+                out.append(Claim(row.id, row.token))
         return out
 
     async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
@@ -206,21 +269,20 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is None:
             return None
-        new = row.new
         return StoredExecution(
-            id=new.id,
-            workflow_id=new.workflow_id,
-            version=new.version,
-            definition=self._definitions[new.definition_hash],
+            id=row.id,
+            workflow_id=row.workflow_id,
+            version=row.version,
+            definition=self._definitions[row.definition_hash],
             status=row.status,
             abort=row.abort,
-            request=new.request,
-            start_step=new.start_step,
-            reverse=new.reverse,
-            step_timeout=new.step_timeout,
-            deadline_at=new.deadline_at,
+            request=_unpack(row.request) or Message(),
+            start_step=row.start_step,
+            reverse=row.reverse,
+            step_timeout=row.step_timeout,
+            deadline_at=row.deadline_at,
             token=row.token,
-            records=[_copy(r) for r in row.steps.values()],
+            records=row.records(),
         )
 
     # control --------------------------------------------------------------------
@@ -231,7 +293,7 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is None:
             raise ExecutionNotFoundError(execution_id)
-        records = row.steps.values()
+        records = row.records()
         change = control_change(
             action,
             row.status,
@@ -251,9 +313,9 @@ class MemoryStore(Store):
         if change.final:
             row.owner, row.lease_until = None, 0.0
         if change.retry_compensations:
-            for key, rec in list(row.steps.items()):
+            for rec in records:
                 if rec.phase == COMPENSATION and rec.status is Status.FAILURE:
-                    row.steps[key] = dataclasses.replace(rec, status=Status.PENDING)
+                    row.put(dataclasses.replace(rec, status=Status.PENDING))
         self._control_seq += 1
         self._controls.append((self._control_seq, execution_id, now))
         return row.status
@@ -268,20 +330,19 @@ class MemoryStore(Store):
     # queries ------------------------------------------------------------------
 
     def _execution(self, row: _Row) -> Execution:
-        new = row.new
         return build_execution(
-            id=new.id,
-            workflow_id=new.workflow_id,
-            version=new.version,
+            id=row.id,
+            workflow_id=row.workflow_id,
+            version=row.version,
             status=row.status,
-            request=new.request,
-            response=row.response,
+            request=_unpack(row.request) or Message(),
+            response=_unpack(row.response),
             error=row.error,
-            created_at=new.created_at,
+            created_at=row.created_at,
             updated_at=row.updated_at,
-            deadline_at=new.deadline_at,
-            step_ids=self._definitions[new.definition_hash].step_ids,
-            records=[_copy(r) for r in row.steps.values()],
+            deadline_at=row.deadline_at,
+            step_ids=self._definitions[row.definition_hash].step_ids,
+            records=row.records(),
         )
 
     async def get_execution(self, execution_id: str) -> Execution | None:
@@ -307,7 +368,7 @@ class MemoryStore(Store):
         for row in rows:
             if bound is not None and row.seq >= bound:
                 continue
-            if workflow_id is not None and row.new.workflow_id != workflow_id:
+            if workflow_id is not None and row.workflow_id != workflow_id:
                 continue
             if status is not None and row.status is not status:
                 continue
