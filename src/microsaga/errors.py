@@ -99,9 +99,9 @@ class CycleError(DefinitionError):
 
     code = "cycle"
 
-    def __init__(self, steps: Iterable[str]) -> None:
+    def __init__(self, steps: Iterable[str] = ()) -> None:
         self.steps = list(steps)
-        super().__init__("cycle between steps: " + " -> ".join(self.steps))
+        super().__init__("cycle between steps: " + " -> ".join(self.steps) if self.steps else None)
 
 
 class DuplicateStepError(DefinitionError):
@@ -109,9 +109,9 @@ class DuplicateStepError(DefinitionError):
 
     code = "duplicate_step"
 
-    def __init__(self, step_id: str, *, path: str | None = None) -> None:
+    def __init__(self, step_id: str | None = None, *, path: str | None = None) -> None:
         self.step_id = step_id
-        super().__init__(f"duplicate step id: {step_id}", path=path)
+        super().__init__(None if step_id is None else f"duplicate step id: {step_id}", path=path)
 
 
 class ConfigurationError(MicrosagaError):
@@ -119,9 +119,11 @@ class ConfigurationError(MicrosagaError):
 
     code = "configuration"
 
-    def __init__(self, setting: str, message: str) -> None:
+    def __init__(self, setting: str | None = None, message: str | None = None) -> None:
         self.setting = setting
-        super().__init__(f"{setting}: {message}")
+        if message is not None and setting:
+            message = f"{setting}: {message}"
+        super().__init__(message)
 
 
 class MissingClientError(MicrosagaError):
@@ -135,9 +137,9 @@ class WorkflowNotFoundError(MicrosagaError):
 
     code = "workflow_not_found"
 
-    def __init__(self, workflow_id: str) -> None:
+    def __init__(self, workflow_id: str | None = None) -> None:
         self.workflow_id = workflow_id
-        super().__init__(f"workflow not found: {workflow_id}")
+        super().__init__(None if workflow_id is None else f"workflow not found: {workflow_id}")
 
 
 class ExecutionNotFoundError(MicrosagaError):
@@ -145,9 +147,9 @@ class ExecutionNotFoundError(MicrosagaError):
 
     code = "execution_not_found"
 
-    def __init__(self, execution_id: str) -> None:
+    def __init__(self, execution_id: str | None = None) -> None:
         self.execution_id = execution_id
-        super().__init__(f"execution not found: {execution_id}")
+        super().__init__(None if execution_id is None else f"execution not found: {execution_id}")
 
 
 class ExecutionFailedError(MicrosagaError):
@@ -156,15 +158,23 @@ class ExecutionFailedError(MicrosagaError):
     code = "execution_failed"
 
     def __init__(
-        self, execution_id: str, step_id: str | None, error: str, *, compensated: bool
+        self,
+        execution_id: str | None = None,
+        step_id: str | None = None,
+        error: str | None = None,
+        *,
+        compensated: bool = True,
     ) -> None:
         self.execution_id = execution_id
         self.step_id = step_id
-        self.error = error
+        self.error = error or "failed"
         self.compensated = compensated
-        where = f" at step {step_id}" if step_id else ""
-        rolled = "compensated" if compensated else "compensation failed"
-        super().__init__(f"execution {execution_id} failed{where}: {error} ({rolled})")
+        message = None
+        if execution_id is not None:
+            where = f" at step {step_id}" if step_id else ""
+            rolled = "compensated" if compensated else "compensation failed"
+            message = f"execution {execution_id} failed{where}: {self.error} ({rolled})"
+        super().__init__(message)
 
 
 class InvalidTransitionError(MicrosagaError):

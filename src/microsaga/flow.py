@@ -423,8 +423,8 @@ class Flow:
     ) -> list[Execution]:
         """Executions newest first; ``before`` (an execution id) pages back in time."""
         if isinstance(status, str):
-            parsed = Status.parse(status)
-            if str(parsed) != status and parsed.name != status.upper():
+            parsed = Status.lookup(status)
+            if parsed is None:
                 raise ConfigurationError("status", f"unknown status {status!r}")
             status = parsed
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:

@@ -61,6 +61,10 @@ class FlowOptions:
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = random.random
 
+    def __call__(self) -> FlowOptions:
+        """``flow.options()`` works too, as upstream's ``Options()``."""
+        return self
+
 
 def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, str]:
     """Read ``{"name": "url"}`` JSON or ``name=url,name=url``."""

@@ -30,11 +30,13 @@ class Status(enum.IntEnum):
 
     @classmethod
     def parse(cls, text: str) -> Status:
-        """Read ``"StatusRunning"`` (or ``"RUNNING"``); unknown strings are PENDING."""
-        found = STRING_STATUS.get(text)
-        if found is None:
-            found = cls.__members__.get(text.upper(), cls.PENDING)
-        return found
+        """Read ``"StatusRunning"``; unknown strings are PENDING, as upstream."""
+        return STRING_STATUS.get(text, cls.PENDING)
+
+    @classmethod
+    def lookup(cls, text: str) -> Status | None:
+        """Read ``"StatusRunning"`` or ``"RUNNING"`` (any case); None when unknown."""
+        return STRING_STATUS.get(text) or cls.__members__.get(text.upper())
 
     @property
     def stopped(self) -> bool:

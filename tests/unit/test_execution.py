@@ -335,7 +335,7 @@ async def test_publish_step_with_memory_broker_and_reply(store_url: str) -> None
         async def quote(msg: Message) -> dict[str, int]:
             return {"price": msg.json()["qty"] * 3}
 
-        await broker.subscribe("pricing.quote", quote)
+        broker.subscribe("pricing.quote", quote)  # no await needed for the memory broker
         notify = PublishStep("orders.created")
         ask = PublishStep("pricing.quote", reply=True, timeout=2)
         assert notify.id == notify.endpoint == "orders.created"

@@ -92,3 +92,37 @@ class TestStatus:
         assert Status.parse("StatusFailure") is Status.FAILURE
         assert Status.parse("StatusCompensating") is Status.COMPENSATING
         assert Status.parse("whatever") is Status.PENDING
+        assert Status.parse("RUNNING") is Status.PENDING  # only "StatusX" strings, as upstream
+        assert Status.lookup("running") is Status.RUNNING
+        assert Status.lookup("StatusSuspend") is Status.SUSPEND
+        assert Status.lookup("nope") is None
+
+
+def test_errors_default_to_their_docstring_and_have_codes() -> None:
+    import microsaga as ms
+
+    assert str(ms.ExecutionNotFoundError()) == "No execution has that id."
+    assert str(ms.MissingClientError()) == "client not set"
+    assert str(ms.StepNotExistsError("x")) == "step not exists: x"
+    assert ms.CycleError().code == "cycle"
+    codes = {
+        cls.code
+        for cls in (
+            ms.DefinitionError,
+            ms.StepNotExistsError,
+            ms.CycleError,
+            ms.DuplicateStepError,
+            ms.MissingClientError,
+            ms.WorkflowNotFoundError,
+            ms.ExecutionNotFoundError,
+            ms.ExecutionFailedError,
+            ms.InvalidTransitionError,
+            ms.StoreError,
+            ms.TransportError,
+        )
+    }
+    assert len(codes) == 11  # every class its own stable code
+    assert all(
+        issubclass(getattr(ms, n), ms.MicrosagaError) for n in ms.__all__ if n.endswith("Error")
+    )
+    assert sorted(ms.__all__) == sorted(set(ms.__all__))

@@ -96,9 +96,9 @@ class Broker(abc.ABC):
         """Publish and return once the broker has confirmed the message."""
 
     @abc.abstractmethod
-    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+    def subscribe(self, topic: str, handler: Handler) -> Awaitable[Subscription]:
         """Call ``handler`` for each message on ``topic``; reply when it returns a value
-        and the message names a reply topic."""
+        and the message names a reply topic. Implementations are ``async def``."""
 
     def reply_topic_name(self) -> str:
         return f"microsaga.reply.{uuid.uuid4().hex}"

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from ..message import Message
@@ -43,8 +43,14 @@ class MockClient(Client):
 
 
 class _MemorySubscription(Subscription):
+    """Registered as soon as ``subscribe`` is called; awaiting it is optional."""
+
     def __init__(self, broker: MemoryBroker, topic: str, handler: Handler) -> None:
         self.broker, self.topic, self.handler = broker, topic, handler
+
+    def __await__(self) -> Generator[Any, None, _MemorySubscription]:
+        return self
+        yield  # a generator that returns at once
 
     async def close(self) -> None:
         handlers = self.broker._subscribers.get(self.topic, [])
@@ -85,7 +91,8 @@ class MemoryBroker(Broker):
         except Exception:
             log.exception("memory broker: subscriber of a message failed")
 
-    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+    def subscribe(self, topic: str, handler: Handler) -> _MemorySubscription:
+        """Subscribe at once (``await`` the result or not, as you like)."""
         self._subscribers[topic].append(handler)
         return _MemorySubscription(self, topic, handler)
 
