@@ -27,7 +27,7 @@ from ._engine.saga import (
     decide,
     failure_summary,
 )
-from .errors import LeaseLostError, StepTimeoutError, one_line
+from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
 from .message import Message
 from .status import Status
 from .step import Retry, Step, StepContext
@@ -362,7 +362,8 @@ class Run:
                 if retry.should_retry(exc, attempt):
                     delay = retry.interval(attempt, self.flow.random())
                     # a service that says when to come back (HTTP Retry-After) is obeyed
-                    delay = max(delay, float(getattr(exc, "retry_after", None) or 0.0))
+                    if isinstance(exc, MicrosagaError) and exc.retry_after:
+                        delay = max(delay, exc.retry_after)
                     if not await self._backoff(delay, phase) or not await self._next_attempt(
                         sid, phase, attempt + 1, request, error, rec.started_at
                     ):

@@ -57,6 +57,7 @@ class MicrosagaError(Exception):
 
     code: str = "microsaga_error"
     retryable: bool = False
+    retry_after: float | None = None  # seconds the failed party asked to wait (Retry-After)
 
     def __init__(self, message: str | None = None, *, retryable: bool | None = None) -> None:
         if message is None:
@@ -233,6 +234,19 @@ class TransportError(MicrosagaError):
 
     code = "transport_unavailable"
     retryable = True
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
 
 
 def error_code(exc: BaseException) -> str:

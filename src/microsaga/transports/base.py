@@ -7,22 +7,29 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import TransportError
-from ..message import Message
+from ..errors import StepError, TransportError
+from ..message import Message, encode_json
 
 __all__ = [
     "CORRELATION_HEADER",
+    "ERROR_HEADER",
     "REPLY_TO_HEADER",
     "Broker",
     "Client",
     "Handler",
     "Subscription",
+    "error_reply",
+    "raise_for_error_reply",
+    "redact_url",
     "to_message",
 ]
 
 REPLY_TO_HEADER = "Micro-Flow-Reply-To"
 CORRELATION_HEADER = "Micro-Flow-Correlation-Id"
+ERROR_HEADER = "Micro-Flow-Error"
+"""Set on a reply that reports a failure; its value is the error code."""
 
 Handler = Callable[[Message], Awaitable[Any] | Any]
 """A subscriber: takes a Message; its return value (if not None) is the reply."""
@@ -72,6 +79,7 @@ class Broker(abc.ABC):
     """
 
     url: str = ""
+    reply_timeout: float = 60.0  # the longest wait for a reply when the step sets no timeout
 
     def __init__(self) -> None:
         self._reply_topic: str | None = None
@@ -121,7 +129,12 @@ class Broker(abc.ABC):
         self, topic: str, message: Message, *, timeout: float | None = None
     ) -> Message:
         """Publish ``message`` with a reply topic and a correlation id; return the first
-        reply carrying that id."""
+        reply carrying that id, within ``timeout`` (or ``reply_timeout``) seconds.
+
+        Raises:
+            TransportError: no reply in time (retryable).
+            StepError: the participant replied with an error (see :func:`error_reply`).
+        """
         reply_topic = await self._ensure_reply_subscription()
         corr = message.header.get(CORRELATION_HEADER) or uuid.uuid4().hex
         header = message.header.copy()
@@ -129,15 +142,18 @@ class Broker(abc.ABC):
         header.set(CORRELATION_HEADER, corr)
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[corr] = fut
+        timeout = timeout or self.reply_timeout
         try:
             await self.publish(topic, Message(message.body, header))
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                reply = await fut
         except TimeoutError:
             raise TransportError(
-                f"no reply on {topic} within {timeout}s (reply topic {reply_topic})"
+                f"no reply on {topic} within {timeout:g}s (reply topic {reply_topic})"
             ) from None
         finally:
             self._waiting.pop(corr, None)
+        return raise_for_error_reply(reply, topic)
 
     async def reply(self, request: Message, value: Any) -> None:
         """Publish ``value`` as the reply to ``request`` (used by subscribers)."""
@@ -148,3 +164,51 @@ class Broker(abc.ABC):
         header = response.header.copy()
         header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
         await self.publish(reply_to, Message(response.body, header))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def error_reply(code: str, message: str, *, retryable: bool = False) -> Message:
+    """The reply a participant sends when it could not handle a ``reply=True`` request.
+
+    The header :data:`ERROR_HEADER` carries the code; the body is
+    ``{"error": {"code", "message", "retryable"}}``, as over HTTP.
+    """
+    body = encode_json({"error": {"code": code, "message": message, "retryable": retryable}})
+    return Message(body, {ERROR_HEADER: code})
+
+
+def raise_for_error_reply(reply: Message, topic: str) -> Message:
+    """``reply`` itself, unless it reports an error: then the step fails with it.
+
+    Raises:
+        StepError: with the participant's code; retryable only when it said so.
+    """
+    code = reply.header.get(ERROR_HEADER)
+    if code is None:
+        return reply
+    text, retryable = "", False
+    try:
+        error = (reply.json() or {}).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        text = str(error.get("message") or "")
+        retryable = error.get("retryable") is True
+    raise StepError(
+        f"reply on {topic}: [{code}] {text or 'the participant failed'}",
+        code=code or "reply_error",
+        retryable=retryable,
+    )

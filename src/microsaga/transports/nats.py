@@ -1,0 +1,378 @@
+"""NATS JetStream: ``Flow(broker="nats://127.0.0.1:4222")`` (needs ``microsaga[nats]``).
+
+Wire format (``docs/transports.md``):
+
+- A topic is a subject. ``publish`` goes through JetStream and returns once the stream
+  has stored the message (its ``PubAck``). The message header travels as NATS headers,
+  a key with several values sent once with the values joined by ``", "``;
+  ``Nats-Msg-Id`` is set to the ``Idempotency-Key``, so JetStream drops a retried
+  publish inside the stream's duplicate window (2 minutes by default). A request
+  (``reply=True``) is the exception: its id is ``<Idempotency-Key>:<correlation id>``,
+  new on every attempt, because a retried request must reach the participant, which
+  deduplicates by ``Idempotency-Key`` and sends its first answer again.
+- No stream captures the subject: the step fails at once (``StepError`` code
+  ``nats_no_stream``) naming the subject.
+- Replies (``reply=True``) are plain core NATS messages on the subject named by
+  ``Micro-Flow-Reply-To``: they need no stream.
+- ``subscribe`` consumes through a durable JetStream pull consumer (default name
+  ``microsaga-<subject>``; instances with the same name share the work), acks after
+  the handler returned and the reply was sent; a handler that raises gets the message
+  again after ``redeliver_delay``.
+
+The connection reconnects by itself; while it is down, publishes fail as retryable
+:class:`~microsaga.TransportError` and the step is retried with the same
+``Nats-Msg-Id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from .._engine.data import IDEMPOTENCY_HEADER
+from ..errors import StepError, TransportError, one_line
+from ..message import Message, Metadata
+from .base import (
+    CORRELATION_HEADER,
+    REPLY_TO_HEADER,
+    Broker,
+    Handler,
+    Subscription,
+    redact_url,
+    to_message,
+)
+
+__all__ = ["NatsBroker"]
+
+log = logging.getLogger("microsaga.transports.nats")
+
+_NATS_HEADER_PREFIX = "nats-"  # JetStream's own headers, not part of the message
+
+
+class NatsBroker(Broker):
+    """Publishes through NATS JetStream and consumes with durable pull consumers.
+
+    Args:
+        url: ``nats://host:port`` (user and password in the URL are used).
+        publish_timeout: seconds to wait for the stream's acknowledgement.
+        connect_timeout: seconds to wait for the first connection.
+        reconnect_wait: seconds between reconnection attempts.
+        reply_timeout: longest wait for a reply when the step sets no timeout.
+        redeliver_delay: seconds before a message whose handler raised comes again.
+    """
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        publish_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        reconnect_wait: float = 0.5,
+        reply_timeout: float = 60.0,
+        redeliver_delay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.reconnect_wait = reconnect_wait
+        self.reply_timeout = reply_timeout
+        self.redeliver_delay = redeliver_delay
+        self._nc: NatsClient | None = None
+        self._js: Any = None
+        self._subs: set[Subscription] = set()
+
+    def __repr__(self) -> str:
+        return f"NatsBroker({redact_url(self.url)!r})"
+
+    async def connect(self) -> None:
+        """Connect to the server.
+
+        Raises:
+            TransportError: no server answered within ``connect_timeout``.
+        """
+        if self._nc is not None:
+            return
+        errors: list[BaseException] = []
+        refused = asyncio.Event()
+        nc = NatsClient()
+
+        async def on_error(exc: BaseException) -> None:
+            errors.append(exc)
+            if self._nc is None and isinstance(exc, OSError):
+                refused.set()  # nothing listens there: no point in waiting
+            log.debug("%s: %s", redact_url(self.url), exc)
+
+        async def on_disconnected() -> None:
+            if self._nc is nc:
+                log.warning("%s: disconnected, reconnecting", redact_url(self.url))
+
+        async def on_reconnected() -> None:
+            log.info("%s: reconnected", redact_url(self.url))
+
+        # nats-py retries a failed first connection as long as reconnects are allowed
+        # (here: forever), so a refused connection or the timeout ends the attempt
+        connecting = asyncio.ensure_future(
+            nc.connect(
+                self.url,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                connect_timeout=max(1, int(self.connect_timeout)),
+                reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+                max_reconnect_attempts=-1,
+                name="microsaga",
+            )
+        )
+        stop = asyncio.ensure_future(refused.wait())
+        try:
+            await asyncio.wait(
+                {connecting, stop},
+                timeout=self.connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except BaseException:  # cancelled: leave no connection attempt behind
+            connecting.cancel()
+            await _close_quietly(nc)
+            raise
+        finally:
+            stop.cancel()
+        failure: BaseException | None = None
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+            failure = (
+                errors[-1] if errors else TimeoutError(f"no answer in {self.connect_timeout}s")
+            )
+        elif connecting.exception() is not None:
+            failure = connecting.exception()
+        if failure is not None:
+            await _close_quietly(nc)
+            raise TransportError(
+                f"cannot connect to NATS at {redact_url(self.url)}: {_describe(failure)}"
+            ) from None
+        self._nc, self._js = nc, nc.jetstream(timeout=self.publish_timeout)
+
+    def _client(self) -> NatsClient:
+        if self._nc is None:
+            raise TransportError(f"NATS broker {redact_url(self.url)} is not connected")
+        return self._nc
+
+    async def publish(self, topic: str, message: Message) -> None:
+        """Publish through JetStream; return once the stream stored the message.
+
+        Raises:
+            StepError: no stream captures ``topic``, or the header cannot be sent.
+            TransportError: not acknowledged (server down, timeout): retryable.
+        """
+        self._client()
+        headers = _nats_headers(message.header)
+        key = message.header.get(IDEMPOTENCY_HEADER)
+        if key and message.header.get(REPLY_TO_HEADER):
+            # a request's retry must reach the participant (which replays its answer by
+            # Idempotency-Key): each attempt has its own correlation id, so its own id
+            key = f"{key}:{message.header.get(CORRELATION_HEADER, '')}"
+        if key:
+            headers["Nats-Msg-Id"] = key
+        try:
+            ack = await self._js.publish(
+                topic, message.body, timeout=self.publish_timeout, headers=headers or None
+            )
+        except nats.js.errors.NoStreamResponseError:
+            raise StepError(
+                f"NATS {redact_url(self.url)}: no JetStream stream captures subject {topic!r}",
+                code="nats_no_stream",
+                retryable=False,
+            ) from None
+        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+            raise StepError(
+                f"NATS: cannot publish on {topic!r}: {_describe(exc)}",
+                code="nats_bad_message",
+                retryable=False,
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            raise TransportError(
+                f"NATS {redact_url(self.url)}: publish on {topic!r} not acknowledged: "
+                f"{_describe(exc)}"
+            ) from exc
+        if ack.duplicate:
+            log.info("%s: JetStream dropped a duplicate of %s", topic, key)
+
+    async def reply(self, request: Message, value: Any) -> None:
+        """Send the reply as a core NATS message: reply subjects need no stream."""
+        reply_to = request.header.get(REPLY_TO_HEADER)
+        if not reply_to:
+            return
+        response = to_message(value)
+        header = response.header.copy()
+        header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
+        nc = self._client()
+        try:
+            await nc.publish(reply_to, response.body, headers=_nats_headers(header))
+            await nc.flush(timeout=max(1, int(self.publish_timeout)))
+        except (nats.errors.Error, OSError) as exc:
+            raise TransportError(f"NATS: reply on {reply_to!r} not sent: {_describe(exc)}") from exc
+
+    async def subscribe(
+        self, topic: str, handler: Handler, *, durable: str | None = None, batch: int = 16
+    ) -> Subscription:
+        """Consume ``topic``: a durable JetStream pull consumer, or for this broker's
+        own replies a core subscription.
+
+        Args:
+            durable: the consumer's name; instances sharing it share the messages.
+            batch: messages fetched and handled at once.
+
+        Raises:
+            TransportError: no stream captures ``topic``.
+        """
+        nc = self._client()
+        if handler == self._on_reply:
+
+            async def on_core(msg: Msg) -> None:
+                await self._on_reply(_to_message(msg))
+
+            core = _CoreSubscription(await nc.subscribe(topic, cb=on_core))
+            self._subs.add(core)
+            return core
+        try:
+            stream = await self._js.find_stream_name_by_subject(topic)
+            name = durable or _durable_name(topic)
+            psub = await self._js.pull_subscribe(topic, durable=name, stream=stream)
+        except nats.js.errors.NotFoundError:
+            raise TransportError(
+                f"NATS {redact_url(self.url)}: no JetStream stream captures subject {topic!r}"
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            raise TransportError(f"NATS: cannot subscribe to {topic!r}: {_describe(exc)}") from exc
+        pull = _PullSubscription(self, psub, topic, handler, batch)
+        self._subs.add(pull)
+        return pull
+
+    async def _deliver(self, msg: Msg, topic: str, handler: Handler) -> None:
+        message = _to_message(msg)
+        try:
+            result = handler(message)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                await self.reply(message, result)
+        except Exception as exc:
+            log.warning(
+                "%s: handler failed, redelivery in %ss: %s",
+                topic,
+                self.redeliver_delay,
+                one_line(exc),
+            )
+            await _settle(msg.nak(delay=self.redeliver_delay))
+            return
+        await _settle(msg.ack())
+
+    async def close(self) -> None:
+        """Stop every subscription of this broker and close the connection."""
+        await super().close()
+        for sub in list(self._subs):
+            await sub.close()
+        self._subs.clear()
+        if self._nc is not None:
+            nc, self._nc = self._nc, None
+            await _close_quietly(nc)
+
+
+class _CoreSubscription(Subscription):
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    async def close(self) -> None:
+        try:
+            await self.sub.unsubscribe()
+        except (nats.errors.Error, OSError):
+            pass  # the connection is gone, and the subscription with it
+
+
+class _PullSubscription(Subscription):
+    def __init__(self, broker: NatsBroker, psub: Any, topic: str, handler: Handler, batch: int):
+        self.broker, self.psub, self.topic, self.handler = broker, psub, topic, handler
+        self.batch = batch
+        self.closing = False
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while not self.closing:
+            try:
+                msgs = await self.psub.fetch(self.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue  # nothing to fetch yet
+            except (nats.errors.Error, OSError) as exc:
+                if self.closing:
+                    return
+                log.debug("%s: fetch failed, trying again: %s", self.topic, exc)
+                await asyncio.sleep(self.broker.reconnect_wait)
+                continue
+            await asyncio.gather(*(self.broker._deliver(m, self.topic, self.handler) for m in msgs))
+
+    async def close(self) -> None:
+        self.broker._subs.discard(self)
+        self.closing = True
+        # a client library may swallow one cancellation inside a request: cancel
+        # until the loop is really gone
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=0.05)
+        error = None if self.task.cancelled() else self.task.exception()
+        if error is not None:
+            log.warning("%s: consumer stopped by %s", self.topic, one_line(error))
+        try:
+            await self.psub.unsubscribe()
+        except (nats.errors.Error, OSError):
+            pass
+
+
+_DURABLE_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _durable_name(topic: str) -> str:
+    return "microsaga-" + _DURABLE_BAD.sub("_", topic)
+
+
+def _nats_headers(header: Metadata) -> dict[str, str]:
+    return {key: ", ".join(values) for key, values in header.to_dict().items()}
+
+
+def _to_message(msg: Msg) -> Message:
+    header = Metadata()
+    for key, value in (msg.headers or {}).items():
+        if not key.lower().startswith(_NATS_HEADER_PREFIX):
+            header.add(key, value)
+    return Message(msg.data, header)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and name not in text else (text or name)
+
+
+async def _settle(ack: Any) -> None:
+    """Ack or nak; a lost connection only means JetStream delivers the message again."""
+    try:
+        await ack
+    except (nats.errors.Error, OSError) as exc:
+        log.debug("ack not sent: %s", exc)
+
+
+async def _close_quietly(nc: NatsClient) -> None:
+    try:
+        async with asyncio.timeout(2.0):
+            await nc.close()
+    except Exception as exc:  # closing a half-open client must not hide the real error
+        log.debug("closing NATS client: %s", exc)

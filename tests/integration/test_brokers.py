@@ -1,0 +1,637 @@
+"""PublishStep over real NATS JetStream, RabbitMQ and Redis Streams.
+
+Every test uses its own topic (a stream, a queue, a stream key), read back with the
+broker's own client library to check the documented wire format, and removed after.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+import microsaga
+from microsaga import (
+    CallStep,
+    ExecutionFailedError,
+    Message,
+    MissingClientError,
+    PublishStep,
+    Retry,
+    Status,
+    StepError,
+    TransportError,
+)
+from microsaga.participant import Participant
+from microsaga.transports import Broker, open_broker
+
+from ..helpers import eventually
+from .conftest import free_port, with_port
+
+FAST = {"initial_interval": 0.05, "jitter": False}
+KINDS = ["nats", "rabbitmq", "redis"]
+
+
+@dataclass
+class Raw:
+    """A message as the broker holds it."""
+
+    body: bytes
+    header: dict[str, list[str]]
+    props: dict[str, Any]
+
+
+class NatsEnv:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.streams: dict[str, str] = {}
+
+    async def start(self) -> None:
+        import nats
+
+        self.nc = await nats.connect(self.url)
+        self.js = self.nc.jetstream()
+
+    async def prepare(self, topic: str) -> None:
+        name = "T" + uuid.uuid4().hex[:16]
+        await self.js.add_stream(name=name, subjects=[topic])
+        self.streams[topic] = name
+
+    async def count(self, topic: str) -> int:
+        info = await self.js.stream_info(self.streams[topic])
+        messages: int = info.state.messages
+        return messages
+
+    async def messages(self, topic: str) -> list[Raw]:
+        name = self.streams[topic]
+        info = await self.js.stream_info(name)
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await self.js.get_msg(name, seq)
+            header = {k: [v] for k, v in (msg.headers or {}).items()}
+            found.append(Raw(msg.data or b"", header, {}))
+        return found
+
+    async def close(self) -> None:
+        for name in self.streams.values():
+            await self.js.delete_stream(name)
+        await self.nc.close()
+
+
+class AmqpEnv:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    async def start(self) -> None:
+        import aio_pika
+
+        self.conn = await aio_pika.connect(self.url)
+        self.channel = await self.conn.channel()
+
+    async def prepare(self, topic: str) -> None:
+        await self.channel.declare_queue(topic, durable=True)
+        self.queues.append(topic)
+
+    def forget(self, topic: str) -> None:
+        """The queue is declared by the code under test; remove it afterwards."""
+        self.queues.append(topic)
+
+    async def count(self, topic: str) -> int:
+        queue = await self.channel.declare_queue(topic, durable=True, passive=True)
+        result: int = queue.declaration_result.message_count or 0
+        return result
+
+    async def messages(self, topic: str) -> list[Raw]:
+        queue = await self.channel.declare_queue(topic, durable=True, passive=True)
+        found = []
+        while (msg := await queue.get(no_ack=True, fail=False)) is not None:
+            header = {
+                k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
+                for k, v in (msg.headers or {}).items()
+            }
+            props = {
+                "message_id": msg.message_id,
+                "delivery_mode": int(msg.delivery_mode or 0),
+                "content_type": msg.content_type,
+            }
+            found.append(Raw(msg.body, header, props))
+        return found
+
+    async def close(self) -> None:
+        for name in self.queues:
+            await self.channel.queue_delete(name)
+        for name in self.exchanges:
+            await self.channel.exchange_delete(name)
+        await self.conn.close()
+
+
+class RedisEnv:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.keys: list[str] = []
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.Redis.from_url(self.url)
+
+    async def prepare(self, topic: str) -> None:
+        self.keys.append(topic)
+
+    async def count(self, topic: str) -> int:
+        length: int = await self.client.xlen(topic)
+        return length
+
+    async def messages(self, topic: str) -> list[Raw]:
+        entries = await self.client.xrange(topic)
+        return [
+            Raw(fields[b"body"], json.loads(fields[b"header"]), {"fields": sorted(fields)})
+            for _, fields in entries
+        ]
+
+    async def close(self) -> None:
+        if self.keys:
+            await self.client.delete(*self.keys)
+        await self.client.aclose()
+
+
+Env = NatsEnv | AmqpEnv | RedisEnv
+
+
+@pytest.fixture(params=KINDS)
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    url = request.getfixturevalue(f"{'amqp' if request.param == 'rabbitmq' else request.param}_url")
+    made: Env = {"nats": NatsEnv, "rabbitmq": AmqpEnv, "redis": RedisEnv}[request.param](url)
+    await made.start()
+    yield made
+    await made.close()
+
+
+def new_topic() -> str:
+    return f"microsaga.test.{uuid.uuid4().hex[:12]}"
+
+
+async def run(flow: microsaga.Flow, *steps: microsaga.Step, req: Any = None) -> Any:
+    """Execute; return the stored execution whatever the outcome."""
+    wf = await flow.workflow_create("w", *steps)
+    try:
+        eid = await wf.execute(req)
+    except ExecutionFailedError as exc:
+        eid = exc.execution_id
+    return await flow.execution(eid)
+
+
+# publishing ---------------------------------------------------------------------------
+
+
+async def test_publish_is_confirmed_in_the_documented_wire_format(env: Env) -> None:
+    topic = new_topic()
+    await env.prepare(topic)
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    request = Message(b'{"order_id": 42}', {"traceparent": trace, "X-Tag": ["a", "b"]})
+    async with microsaga.Flow("memory://", broker=env.url) as flow:
+        info = await run(flow, PublishStep(topic), req=request)
+
+    assert info.status is Status.SUCCESS
+    response = info.steps[topic].response
+    assert response is not None
+    assert response.body == b""
+    (raw,) = await env.messages(topic)  # stored before the step succeeded
+    key = f"{info.id}:{topic}"
+    assert raw.body == b'{"order_id": 42}'  # byte for byte
+    assert raw.header["Idempotency-Key"] == [key]
+    assert raw.header["traceparent"] == [trace]
+    assert raw.header["Micro-Flow-Step"] == [topic]
+    if isinstance(env, NatsEnv):
+        assert raw.header["Nats-Msg-Id"] == [key]
+        assert raw.header["X-Tag"] == ["a, b"]
+    elif isinstance(env, AmqpEnv):
+        assert raw.props == {
+            "message_id": key,
+            "delivery_mode": 2,
+            "content_type": "application/json",
+        }
+        assert raw.header["X-Tag"] == ["a", "b"]
+    else:
+        assert raw.props["fields"] == [b"body", b"header"]
+        assert raw.header["X-Tag"] == ["a", "b"]
+
+
+async def test_publish_without_a_broker_fails_before_anything_is_stored() -> None:
+    async with microsaga.Flow("memory://") as flow:
+        wf = await flow.workflow_create("w", PublishStep("orders.created"))
+        with pytest.raises(MissingClientError):
+            await wf.execute({})
+        assert await flow.executions() == []
+
+
+async def test_nats_subject_without_a_stream_fails_the_step_naming_it(nats_url: str) -> None:
+    topic = new_topic()
+    step = PublishStep(topic, retry=Retry(3, **FAST))
+    async with microsaga.Flow("memory://", broker=nats_url) as flow:
+        info = await run(flow, step)
+    run_ = info.steps[topic]
+    assert (info.status, run_.attempts) == (Status.FAILURE, 1)
+    assert f"no JetStream stream captures subject '{topic}'" in run_.error
+
+
+async def test_rabbitmq_unroutable_message_fails_the_step(amqp_url: str) -> None:
+    env = AmqpEnv(amqp_url)
+    await env.start()
+    try:
+        exchange = f"microsaga.test.x.{uuid.uuid4().hex[:8]}"
+        await env.channel.declare_exchange(exchange, "direct", auto_delete=False)
+        env.exchanges.append(exchange)
+        routed, lost = new_topic(), new_topic()
+        queue = await env.channel.declare_queue(routed, durable=True)
+        env.queues.append(routed)
+        await queue.bind(exchange, routing_key=routed)
+        url = f"{amqp_url}?exchange={exchange}"
+        async with microsaga.Flow("memory://", broker=url) as flow:
+            unroutable = await run(flow, PublishStep(lost, retry=Retry(3, **FAST)))
+            delivered = await run(flow, PublishStep(routed))
+        assert (unroutable.status, unroutable.steps[lost].attempts) == (Status.FAILURE, 1)
+        assert f"message on '{lost}' was returned" in unroutable.steps[lost].error
+        assert f"exchange '{exchange}'" in unroutable.steps[lost].error
+        assert delivered.status is Status.SUCCESS
+        assert await env.count(routed) == 1
+    finally:
+        await env.close()
+
+
+# replies -------------------------------------------------------------------------------
+
+
+async def test_reply_step_gets_the_participants_answer(env: Env) -> None:
+    topic = new_topic()
+    await env.prepare(topic)
+    shipping = Participant()
+    seen: list[Message] = []
+
+    @shipping.handler(topic)
+    async def book(msg: Message) -> Message:
+        seen.append(msg)
+        return Message({"tracking": f"T-{msg.json()['order_id']}"}, {"X-Carrier": "acme"})
+
+    sub = await shipping.subscribe(env.url, topic)
+    try:
+        async with microsaga.Flow("memory://", broker=env.url) as flow:
+            info = await run(flow, PublishStep(topic, reply=True, timeout=5), req={"order_id": 9})
+    finally:
+        await sub.close()
+
+    assert info.status is Status.SUCCESS
+    assert info.response.json() == {"tracking": "T-9"}
+    assert info.response.header.get("X-Carrier") == "acme"
+    (msg,) = seen
+    assert msg.header["Idempotency-Key"] == f"{info.id}:{topic}"
+    assert msg.header.get("Micro-Flow-Reply-To")
+    assert msg.header.get("Micro-Flow-Correlation-Id")
+
+
+async def test_reply_with_a_retryable_error_retries_the_step(env: Env) -> None:
+    topic = new_topic()
+    await env.prepare(topic)
+    quotes = Participant()
+    runs = 0
+
+    @quotes.handler(topic)
+    async def quote(msg: Message) -> dict[str, int]:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("pricing cache cold")
+        return {"price": 12}
+
+    sub = await quotes.subscribe(env.url, topic)
+    try:
+        step = PublishStep(topic, reply=True, timeout=5, retry=Retry(3, **FAST))
+        async with microsaga.Flow("memory://", broker=env.url) as flow:
+            info = await run(flow, step)
+    finally:
+        await sub.close()
+    assert info.status is Status.SUCCESS
+    assert info.steps[topic].attempts == 2
+    assert info.response.json() == {"price": 12}
+
+
+async def test_reply_times_out_when_nobody_answers(env: Env) -> None:
+    topic = new_topic()
+    await env.prepare(topic)
+    step = PublishStep(topic, reply=True, timeout=0.3)
+    async with microsaga.Flow("memory://", broker=env.url) as flow:
+        info = await run(flow, step)
+    assert info.status is Status.FAILURE
+    assert "timed out" in info.steps[topic].error
+
+
+# sagas ---------------------------------------------------------------------------------
+
+
+async def test_saga_over_http_and_a_broker_compensates_in_reverse_order(
+    env: Env, serve: Any
+) -> None:
+    """Reserve (HTTP) -> Charge (HTTP) -> Ship (broker, fails for good): Refund is
+    called before Release, each with its compensation key."""
+    ship_topic = new_topic()
+    await env.prepare(ship_topic)
+    log: list[tuple[str, str]] = []
+    inventory, payments, shipping = Participant(), Participant(), Participant()
+
+    def handler(name: str, result: Any) -> Any:
+        async def handle(msg: Message) -> Any:
+            log.append((name, msg.header["Idempotency-Key"]))
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return handle
+
+    inventory.add_handler("Inventory.Reserve", handler("Reserve", {"reservation": "R-1"}))
+    inventory.add_handler("Inventory.Release", handler("Release", {}))
+    payments.add_handler("Payments.Charge", handler("Charge", {"payment": "P-1"}))
+    payments.add_handler("Payments.Refund", handler("Refund", {}))
+    no_courier = StepError("no courier for this address", code="no_courier", retryable=False)
+    shipping.add_handler(ship_topic, handler("Ship", no_courier))
+    services = {"inventory": await serve(inventory), "payments": await serve(payments)}
+    reserve = CallStep(
+        "inventory",
+        "Inventory",
+        "Reserve",
+        compensate=CallStep("inventory", "Inventory", "Release"),
+    )
+    charge = CallStep(
+        "payments",
+        "Payments",
+        "Charge",
+        requires=[reserve],
+        compensate=CallStep("payments", "Payments", "Refund"),
+    )
+    ship = PublishStep(ship_topic, reply=True, requires=[charge], timeout=5, retry=Retry(3))
+
+    sub = await shipping.subscribe(env.url, ship_topic)
+    try:
+        async with microsaga.Flow("memory://", services=services, broker=env.url) as flow:
+            wf = await flow.workflow_create("order", reserve, charge, ship)
+            with pytest.raises(ExecutionFailedError) as failed:
+                await wf.execute({"order_id": 1})
+            info = await flow.execution(failed.value.execution_id)
+    finally:
+        await sub.close()
+
+    eid = info.id
+    assert log == [
+        ("Reserve", f"{eid}:inventory.Inventory.Reserve"),
+        ("Charge", f"{eid}:payments.Payments.Charge"),
+        ("Ship", f"{eid}:{ship_topic}"),
+        ("Refund", f"{eid}:payments.Payments.Charge:compensate"),
+        ("Release", f"{eid}:inventory.Inventory.Reserve:compensate"),
+    ]
+    assert failed.value.step_id == ship_topic
+    assert failed.value.compensated
+    assert info.status is Status.FAILURE
+    assert info.steps[ship_topic].status is Status.FAILURE
+    assert info.steps[ship_topic].attempts == 1  # the participant said: do not retry
+    assert "[no_courier] no courier for this address" in info.steps[ship_topic].error
+    assert info.steps["payments.Payments.Charge"].status is Status.COMPENSATED
+    assert info.steps["inventory.Inventory.Reserve"].status is Status.COMPENSATED
+
+
+async def test_compensation_and_fallback_through_a_broker(env: Env, serve: Any) -> None:
+    """Quote (HTTP) keeps failing and falls back to a broker request; the rollback of
+    Reserve is a message on a topic."""
+    quote_topic, release_topic = new_topic(), new_topic()
+    for topic in (quote_topic, release_topic):
+        await env.prepare(topic)
+    inventory, pricing = Participant(), Participant()
+    released: list[Message] = []
+
+    @inventory.handler("Inventory.Reserve")
+    async def reserve_(msg: Message) -> dict[str, str]:
+        return {"reservation": "R-7"}
+
+    @inventory.handler("Inventory.Quote")
+    async def quote_(msg: Message) -> None:
+        raise RuntimeError("pricing service down")
+
+    @inventory.handler("Inventory.Charge")
+    async def charge_(msg: Message) -> None:
+        raise StepError("declined", retryable=False)
+
+    pricing.add_handler(quote_topic, lambda msg: {"price": 99})
+    pricing.add_handler(release_topic, lambda msg: released.append(msg))
+    url = await serve(inventory)
+    reserve = CallStep("inv", "Inventory", "Reserve", compensate=PublishStep(release_topic))
+    quote = CallStep(
+        "inv",
+        "Inventory",
+        "Quote",
+        requires=[reserve],
+        retry=Retry(2, **FAST),
+        fallback=PublishStep(quote_topic, reply=True, timeout=5),
+    )
+    charge = CallStep("inv", "Inventory", "Charge", requires=[quote])
+    subs = [
+        await pricing.subscribe(env.url, quote_topic),
+        await pricing.subscribe(env.url, release_topic),
+    ]
+    try:
+        async with microsaga.Flow("memory://", services={"inv": url}, broker=env.url) as flow:
+            info = await run(flow, reserve, quote, charge, req={"order_id": 7})
+            await eventually(lambda: released)
+    finally:
+        for sub in subs:
+            await sub.close()
+
+    quoted = info.steps["inv.Inventory.Quote"]
+    assert (quoted.status, quoted.response.json()) == (Status.SUCCESS, {"price": 99})
+    assert "pricing service down" in quoted.error
+    assert info.steps["inv.Inventory.Reserve"].status is Status.COMPENSATED
+    (msg,) = released
+    assert msg.json() == {"request": {"order_id": 7}, "response": {"reservation": "R-7"}}
+    assert msg.header["Idempotency-Key"] == f"{info.id}:inv.Inventory.Reserve:compensate"
+
+
+# consumers -----------------------------------------------------------------------------
+
+
+def _broker(env: Env, **options: Any) -> Broker:
+    """A broker object with fast redelivery, as a participant process would open."""
+    if isinstance(env, NatsEnv):
+        from microsaga.transports.nats import NatsBroker
+
+        return NatsBroker(env.url, redeliver_delay=0.1, **options)
+    if isinstance(env, AmqpEnv):
+        from microsaga.transports.rabbitmq import RabbitMQBroker
+
+        return RabbitMQBroker(env.url, redeliver_delay=0.1, **options)
+    from microsaga.transports.redis import RedisBroker
+
+    return RedisBroker(env.url, claim_idle=0.3, **options)
+
+
+async def test_failed_message_is_delivered_again(env: Env) -> None:
+    topic = new_topic()
+    await env.prepare(topic)
+    consumer = Participant()
+    attempts: list[str] = []
+
+    @consumer.handler(topic)
+    async def audit(msg: Message) -> None:
+        attempts.append(msg.json()["event"])
+        if len(attempts) == 1:
+            raise RuntimeError("audit database restarting")
+
+    broker = _broker(env)
+    await broker.connect()
+    try:
+        sub = await consumer.subscribe(broker, topic)
+        async with microsaga.Flow("memory://", broker=env.url) as flow:
+            info = await run(flow, PublishStep(topic), req={"event": "shipped"})
+        await eventually(lambda: len(attempts) == 2)
+        await sub.close()
+    finally:
+        await broker.close()
+    assert info.status is Status.SUCCESS
+    assert attempts == ["shipped", "shipped"]
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq", "redis"])
+async def test_subscriber_runs_a_duplicated_message_once(kind: str, request: Any) -> None:
+    """RabbitMQ and Redis keep a re-published message; the participant drops it."""
+    url = request.getfixturevalue("amqp_url" if kind == "rabbitmq" else "redis_url")
+    env: Env = AmqpEnv(url) if kind == "rabbitmq" else RedisEnv(url)
+    await env.start()
+    topic = new_topic()
+    await env.prepare(topic)
+    consumer = Participant()
+    runs: list[Any] = []
+    consumer.add_handler(topic, lambda msg: runs.append(msg.json()))
+    broker = open_broker(url)
+    await broker.connect()
+    try:
+        sub = await consumer.subscribe(broker, topic)
+        message = Message({"n": 1}, {"Idempotency-Key": "e1:step"})
+        await broker.publish(topic, message)
+        await broker.publish(topic, message)
+        await broker.publish(topic, Message({"n": 2}, {"Idempotency-Key": "e2:step"}))
+        await eventually(lambda: len(runs) == 2)
+        if isinstance(env, RedisEnv):
+            redis_env = env
+
+            async def all_acknowledged() -> bool:
+                found = await redis_env.client.xpending(topic, "microsaga")
+                return found["pending"] == 0
+
+            await eventually(all_acknowledged)
+        await sub.close()
+    finally:
+        await broker.close()
+        await env.close()
+    assert runs == [{"n": 1}, {"n": 2}]
+
+
+# faults --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scheme", "url"),
+    [
+        ("nats", "nats://127.0.0.1:{port}"),
+        ("rabbitmq", "amqp://guest:secret@127.0.0.1:{port}/"),
+        ("redis", "redis://127.0.0.1:{port}/0"),
+    ],
+)
+async def test_broker_down_at_start_is_one_clear_error(scheme: str, url: str) -> None:
+    port = free_port()
+    flow = microsaga.Flow("memory://", broker=url.format(port=port))
+    with pytest.raises(TransportError) as caught:
+        await flow.open()
+    text = str(caught.value)
+    assert f"127.0.0.1:{port}" in text
+    assert "\n" not in text
+    assert "secret" not in text
+    assert caught.value.__cause__ is None  # nothing more to print than the line
+
+
+async def test_broker_dropping_mid_run_is_reconnected_and_the_step_retried(
+    env: Env, tcp_proxy: Any
+) -> None:
+    topic = new_topic()
+    await env.prepare(topic)
+    target = 4222 if isinstance(env, NatsEnv) else 5672 if isinstance(env, AmqpEnv) else 6379
+    proxy = await tcp_proxy(target)
+    step = PublishStep(topic, timeout=3, retry=Retry(20, initial_interval=0.1, jitter=False))
+    async with microsaga.Flow("memory://", broker=with_port(env.url, proxy.port)) as flow:
+        before = await run(flow, step, req={"n": 1})
+        await proxy.drop()
+        after = await run(flow, step, req={"n": 2})
+    assert (before.status, after.status) == (Status.SUCCESS, Status.SUCCESS)
+    assert [m.body for m in await env.messages(topic)] == [b'{"n":1}', b'{"n":2}']
+
+
+async def test_nats_publish_retried_after_a_lost_ack_is_stored_once(
+    nats_url: str, tcp_proxy: Any
+) -> None:
+    """The stream stores the message but its ack is lost on the way back: the attempt
+    times out, the connection comes back, and the retry (same Nats-Msg-Id) is dropped
+    by JetStream as a duplicate."""
+    from microsaga.transports.nats import NatsBroker
+
+    env = NatsEnv(nats_url)
+    await env.start()
+    topic = new_topic()
+    await env.prepare(topic)
+    proxy = await tcp_proxy(4222)
+    broker = NatsBroker(with_port(nats_url, proxy.port), publish_timeout=1.0)
+    step = PublishStep(topic, timeout=1.0, retry=Retry(10, initial_interval=0.1, jitter=False))
+    try:
+        async with microsaga.Flow("memory://", broker=broker) as flow:
+            wf = await flow.workflow_create("w", step)
+            proxy.blackhole = True
+            eid = await wf.execute({"n": 1}, async_=True)
+            await eventually(lambda: env.count(topic))  # stored; the ack is swallowed
+            proxy.blackhole = False
+            await proxy.drop()
+            info = await flow.wait(eid, timeout=10)
+        assert info.status is Status.SUCCESS
+        assert info.steps[topic].attempts >= 2
+        assert await env.count(topic) == 1
+    finally:
+        await env.close()
+
+
+# choosing a broker ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "extra"),
+    [
+        ("nats://127.0.0.1:4222", "nats", "nats"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "aio_pika", "rabbitmq"),
+        ("redis://127.0.0.1:6379/0", "redis", "redis"),
+    ],
+)
+def test_missing_driver_names_the_extra_to_install(
+    url: str, driver: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    module = {"nats": "nats", "aio_pika": "rabbitmq", "redis": "redis"}[driver]
+    monkeypatch.delitem(sys.modules, f"microsaga.transports.{module}", raising=False)
+    monkeypatch.setitem(sys.modules, driver, None)  # as if it were not installed
+    with pytest.raises(microsaga.ConfigurationError) as caught:
+        open_broker(url)
+    assert f"pip install 'microsaga[{extra}]'" in str(caught.value)
+    assert caught.value.setting == "broker"
+
+
+def test_unknown_broker_scheme_is_a_configuration_error() -> None:
+    with pytest.raises(microsaga.ConfigurationError, match=r"kafka://.*use nats://"):
+        open_broker("kafka://127.0.0.1:9092")
