@@ -16,7 +16,17 @@ from .status import Status
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["follow", "progress_table", "show_lines"]
+__all__ = ["follow", "progress_console", "progress_table", "show_lines"]
+
+
+def progress_console() -> Console:
+    """The console for live progress: stderr, and wide enough when it is not a terminal
+    (rich assumes 80 columns then, too few for step ids and errors)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=140)
+    return console
+
 
 _STYLE = {
     Status.PENDING: "dim",
@@ -42,12 +52,12 @@ def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table
         (info.status.name, _STYLE.get(info.status, "")),
     )
     table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("step", overflow="fold")
-    table.add_column("status")
-    table.add_column("tries", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("compensation")
-    table.add_column("error", overflow="fold", max_width=60)
+    table.add_column("step", no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("undo", no_wrap=True, min_width=7)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=60)
     for sid in order or info.steps:
         run = info.steps[sid]
         comp = run.compensation
@@ -73,6 +83,8 @@ async def follow(flow: Flow, execution_id: str, console: Console, order: list[st
                 pass
             info = await flow.execution(execution_id)
             live.update(progress_table(info, order))
+    if not console.is_terminal:
+        console.print()  # a Live display off a terminal ends without a newline
     return info
 
 

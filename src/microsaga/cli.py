@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import click
-from rich.console import Console
 
 from .definitions import load_definition
 from .errors import (
@@ -134,7 +133,9 @@ def run(
     wf = load_definition(file)
 
     async def main() -> int:
-        console = Console(stderr=True)
+        from ._progress import progress_console
+
+        console = progress_console()
         async with _flow(ctx, worker=not async_) as flow:
             await flow.workflow_add(wf)
             await flow.workflow_save(wf)
@@ -268,9 +269,10 @@ def worker(ctx: click.Context, concurrency: int | None) -> None:
 @click.option("--store", "demo_store", default="sqlite:///microsaga-demo.db", show_default=True)
 def demo(demo_store: str) -> None:
     """Run the order saga twice: one run succeeds, one fails and is compensated."""
+    from ._progress import progress_console
     from .demo import run_demo
 
-    _run_async(lambda: run_demo(demo_store, Console(stderr=True)))
+    _run_async(lambda: run_demo(demo_store, progress_console()))
 
 
 def main(argv: list[str] | None = None) -> None:

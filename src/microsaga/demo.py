@@ -1,13 +1,20 @@
 """``microsaga demo``: the order saga on the embedded SQLite store, run twice.
 
-Order 1 goes through: stock reserved, card charged, courier booked, customer told.
-Order 2 finds no courier: booking is retried, fails for good, and the charge and the
-reservation are compensated (refund, release) in reverse order, visibly.
+Two small services start inside this process on free loopback ports, built with
+:mod:`microsaga.participant`: ``inventory`` (Reserve, Release) and ``payments`` (Charge,
+Refund). The saga calls them over real HTTP, then books a courier and tells the
+customer with local functions.
+
+Order 1 goes through. Order 2 finds no courier: booking is retried, fails for good,
+and the charge and the reservation are compensated (Refund, then Release) over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 from rich.console import Console
 
@@ -16,37 +23,49 @@ from .errors import StepError
 from .flow import Flow
 from .message import Message
 from .status import Status
-from .step import Retry
-from .steps import FunctionStep
+from .step import Retry, Step
+from .steps import CallStep, FunctionStep
 
-__all__ = ["order_workflow_steps", "run_demo"]
+__all__ = ["run_demo"]
 
 STEP_DELAY = 0.3
 
 
-async def reserve_stock(msg: Message) -> dict[str, object]:
-    order = msg.json()
-    await asyncio.sleep(STEP_DELAY)
-    return {"order_id": order["order_id"], "reservation": f"R-{order['order_id']}"}
+def _services(calls: list[str]) -> tuple[Any, Any]:
+    from .participant import Participant
+
+    inventory, payments = Participant(), Participant()
+
+    @inventory.handler("Inventory.Reserve")
+    async def reserve(msg: Message) -> dict[str, Any]:
+        order = msg.json()
+        await asyncio.sleep(STEP_DELAY)
+        calls.append(f"inventory  Reserve  order {order['order_id']}")
+        return {**order, "reservation": f"R-{order['order_id']}"}
+
+    @inventory.handler("Inventory.Release")
+    async def release(msg: Message) -> dict[str, Any]:
+        reservation = msg.json()["response"]["reservation"]
+        calls.append(f"inventory  Release  {reservation}")
+        return {"released": reservation}
+
+    @payments.handler("Payments.Charge")
+    async def charge(msg: Message) -> dict[str, Any]:
+        order = msg.json()
+        await asyncio.sleep(STEP_DELAY)
+        calls.append(f"payments   Charge   order {order['order_id']}: {order['total']}")
+        return {**order, "payment": f"P-{order['order_id']}"}
+
+    @payments.handler("Payments.Refund")
+    async def refund(msg: Message) -> dict[str, Any]:
+        payment = msg.json()["payment"]
+        calls.append(f"payments   Refund   {payment}")
+        return {"refunded": payment}
+
+    return inventory, payments
 
 
-async def release_stock(msg: Message) -> dict[str, object]:
-    await asyncio.sleep(STEP_DELAY / 2)
-    return {"released": msg.json()["response"]["reservation"]}
-
-
-async def charge_card(msg: Message) -> dict[str, object]:
-    order = msg.json()
-    await asyncio.sleep(STEP_DELAY)
-    return {**order, "payment": f"P-{order['order_id']}"}
-
-
-async def refund_card(msg: Message) -> dict[str, object]:
-    await asyncio.sleep(STEP_DELAY / 2)
-    return {"refunded": msg.json()["response"]["payment"]}
-
-
-async def book_courier(msg: Message) -> dict[str, object]:
+async def book_courier(msg: Message) -> dict[str, Any]:
     order = msg.json()
     await asyncio.sleep(STEP_DELAY / 2)
     if order["order_id"] % 2 == 0:
@@ -54,17 +73,26 @@ async def book_courier(msg: Message) -> dict[str, object]:
     return {**order, "tracking": f"T-{order['order_id']}"}
 
 
-async def notify_customer(msg: Message) -> dict[str, object]:
+async def notify_customer(msg: Message) -> dict[str, Any]:
     await asyncio.sleep(STEP_DELAY / 2)
     return {"sent": True, "tracking": msg.json()["tracking"]}
 
 
-def order_workflow_steps() -> list[FunctionStep]:
-    reserve = FunctionStep(
-        reserve_stock, id="reserve-stock", compensate=FunctionStep(release_stock)
+def order_steps() -> list[Step]:
+    reserve = CallStep(
+        "inventory",
+        "Inventory",
+        "Reserve",
+        retry=Retry(max_attempts=3, initial_interval=0.1),
+        compensate=CallStep("inventory", "Inventory", "Release"),
     )
-    charge = FunctionStep(
-        charge_card, id="charge-card", requires=[reserve], compensate=FunctionStep(refund_card)
+    charge = CallStep(
+        "payments",
+        "Payments",
+        "Charge",
+        requires=[reserve],
+        compensate=CallStep("payments", "Payments", "Refund"),
+        compensate_input="response",
     )
     ship = FunctionStep(
         book_courier,
@@ -76,27 +104,49 @@ def order_workflow_steps() -> list[FunctionStep]:
     return [reserve, charge, ship, notify]
 
 
+@contextlib.asynccontextmanager
+async def _running_services(calls: list[str]) -> AsyncIterator[dict[str, str]]:
+    inventory, payments = _services(calls)
+    async with inventory.serve() as inventory_url, payments.serve() as payments_url:
+        yield {"inventory": inventory_url, "payments": payments_url}
+
+
 async def run_demo(store: str, console: Console) -> int:
-    console.print(f"[bold]microsaga demo[/bold]: the order saga on {store}\n")
-    async with Flow(store) as flow:
-        wf = await flow.workflow_create("order", *order_workflow_steps())
-        await flow.workflow_save(wf)
-        order = [s.id for level in wf.steps() for s in level]
-        results = []
-        for order_id, story in ((1, "goes through"), (2, "finds no courier and is rolled back")):
-            console.print(f"[bold]order {order_id}[/bold] {story}")
-            eid = await wf.execute({"order_id": order_id, "total": 42.5}, async_=True)
-            info = await follow(flow, eid, console, order)
-            if info.error:
-                console.print(f"[red]{info.error}[/red]")
-            console.print()
-            results.append(info)
-        ok, failed = results
-        console.print(f"inspect them: microsaga --store {store} show {failed.id}", soft_wrap=True)
-        expected = (
-            ok.status is Status.SUCCESS
-            and failed.status is Status.FAILURE
-            and failed.steps["charge-card"].status is Status.COMPENSATED
-            and failed.steps["reserve-stock"].status is Status.COMPENSATED
-        )
-        return 0 if expected else 1
+    """Run the demo; 0 when both orders ended as they should."""
+    try:
+        import uvicorn  # noqa: F401  - the participants need it
+    except ImportError:
+        console.print("the demo serves HTTP with uvicorn: pip install 'microsaga[participant]'")
+        return 2
+    calls: list[str] = []
+    async with _running_services(calls) as services:
+        console.print(f"[bold]microsaga demo[/bold]: the order saga on {store}")
+        for name, url in services.items():
+            console.print(f"  service {name:<10} {url}")
+        console.print()
+        async with Flow(store, services=services) as flow:
+            wf = await flow.workflow_create("order", *order_steps())
+            await flow.workflow_save(wf)
+            order = [s.id for level in wf.steps() for s in level]
+            results = []
+            for order_id, story in ((1, "goes through"), (2, "finds no courier: rolled back")):
+                console.print(f"[bold]order {order_id}[/bold] {story}")
+                eid = await wf.execute({"order_id": order_id, "total": 42.5}, async_=True)
+                info = await follow(flow, eid, console, order)
+                if info.error:
+                    console.print(f"[red]{info.error}[/red]")
+                console.print()
+                results.append(info)
+    console.print("[bold]what the services saw[/bold], in order:")
+    for line in calls:
+        console.print(f"  {line}")
+    ok, failed = results
+    console.print(f"\ninspect: microsaga --store {store} show {failed.id}", soft_wrap=True)
+    expected = (
+        ok.status is Status.SUCCESS
+        and failed.status is Status.FAILURE
+        and failed.steps["payments.Payments.Charge"].status is Status.COMPENSATED
+        and failed.steps["inventory.Inventory.Reserve"].status is Status.COMPENSATED
+        and calls.index("payments   Refund   P-2") < calls.index("inventory  Release  R-2")
+    )
+    return 0 if expected else 1

@@ -157,4 +157,8 @@ def test_demo_runs_on_its_own(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "COMPENSATED" in result.stderr
     assert "SUCCESS" in result.stderr
+    # the two services were called over HTTP and undone in reverse order
+    assert "http://127.0.0.1:" in result.stderr
+    refund = result.stderr.index("payments   Refund   P-2")
+    assert refund < result.stderr.index("inventory  Release  R-2")
     assert (tmp_path / "microsaga-demo.db").exists()
