@@ -32,6 +32,9 @@ class Committer:
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, unit: Unit) -> Result:
+        apply = self.store.apply_now
+        if apply is not None:  # a store without I/O (memory): nothing to batch or retry
+            return apply(unit)
         if not self.store.batching:
             return (await self._commit([unit]))[0]
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import _faults
 from ._aio import wait_event
 from ._engine import data
 from ._engine.plan import Node, Plan, RunGraph
+from ._engine.records import COMPENSATION, FORWARD, StepRecord
 from ._engine.saga import (
     ABORT_NO_COMPENSATION,
     NO_ABORT,
     ExecState,
-    StepState,
     compensated,
     decide,
     failure_summary,
@@ -31,7 +31,7 @@ from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
 from .message import Message
 from .status import Status
 from .step import Retry, Step, StepContext
-from .stores.base import COMPENSATION, FORWARD, StepRecord, Transition
+from .stores.base import Transition
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -50,13 +50,6 @@ class Outcome:
     step_id: str | None = None
     error: str | None = None
     compensated: bool = True
-
-
-@dataclass(slots=True)
-class _Done:
-    step_id: str
-    phase: int
-    state: StepState
 
 
 class Run:
@@ -80,6 +73,7 @@ class Run:
     ) -> None:
         self.worker = worker
         self.flow = worker.flow
+        self._clock = worker.flow.options.clock
         self.plan, self.graph = plan, graph
         self.id = execution_id
         self.workflow_id = workflow_id
@@ -92,12 +86,12 @@ class Run:
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
         self._base = data.base_header(request, workflow_id, execution_id)
-        self._done: list[_Done] = []
+        self._done: list[StepRecord] = []
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._records: list[StepRecord] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._prev: dict[tuple[str, int], tuple[Any, ...]] = {}
+        self._prev: dict[tuple[str, int], StepRecord | None] = {}
         self._lost = False
         self._inline = False
         self._main: asyncio.Task[None] | None = None
@@ -162,10 +156,10 @@ class Run:
     async def _respawn(self) -> None:
         """Invoke again the step runs recorded RUNNING when this worker took over."""
         again = [
-            self._record(sid, phase, st)
-            for phase, states in ((FORWARD, self.state.steps), (COMPENSATION, self.state.comps))
-            for sid, st in states.items()
-            if st.status is Status.RUNNING
+            rec
+            for states in (self.state.steps, self.state.comps)
+            for rec in states.values()
+            if rec.status is Status.RUNNING
         ]
         await self._launch(again)
 
@@ -191,7 +185,7 @@ class Run:
                 records=self._records,
                 starts=starts,
                 release=final,
-                at=self.flow.clock(),
+                at=self._clock(),
             )
             if decision.done:
                 if decision.status is Status.SUCCESS:
@@ -224,67 +218,40 @@ class Run:
 
     # steps -----------------------------------------------------------------------
 
-    def _states(self, phase: int) -> dict[str, StepState]:
+    def _states(self, phase: int) -> dict[str, StepRecord]:
         return self.state.steps if phase == FORWARD else self.state.comps
 
-    def _record(self, sid: str, phase: int, st: StepState) -> StepRecord:
-        return StepRecord(
-            sid,
-            phase,
-            st.status,
-            st.attempts,
-            st.request,
-            st.response,
-            st.error,
-            st.started_at,
-            st.finished_at,
-        )
-
     def _start(self, sid: str, phase: int) -> StepRecord:
-        """Mark a step started in memory and return its RUNNING record."""
+        """A step's RUNNING record, in place of its record in the state."""
+        states = self._states(phase)
+        before = states.get(sid)
         if phase == FORWARD:
-            st = self.state.steps[sid]
             request = data.step_input(
                 self.graph, self.state.steps, sid, self.request, self._base, self.id
             )
         else:
             forward = self.state.steps[sid]
-            st = self.state.comps.get(sid) or StepState()
-            self.state.comps[sid] = st
             request = data.compensation_input(self.plan.nodes[sid], forward, self._base, self.id)
-        rec = StepRecord(
-            sid, phase, Status.RUNNING, st.attempts + 1, request, None, None, self.flow.clock()
-        )
-        self._mark_started(rec)
+        attempts = before.attempts + 1 if before is not None else 1
+        rec = StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, self._clock())
+        states[sid] = rec
+        self._prev[sid, phase] = before  # restored if the start is not applied
         return rec
 
-    def _mark_started(self, rec: StepRecord) -> None:
-        states = self._states(rec.phase)
-        st = states.get(rec.step_id)
-        if st is None:
-            st = states[rec.step_id] = StepState()
-        # keep what the step was before, in case the start is not applied
-        rec_prev = (st.status, st.attempts, st.request, st.started_at)
-        st.status, st.attempts, st.request, st.started_at = (
-            Status.RUNNING,
-            rec.attempts,
-            rec.request,
-            rec.started_at,
-        )
-        st.response = st.finished_at = None
-        self._prev[rec.step_id, rec.phase] = rec_prev
-
     def _unstart(self, rec: StepRecord) -> None:
-        st = self._states(rec.phase)[rec.step_id]
-        prev = self._prev.pop((rec.step_id, rec.phase), None)
-        if prev is not None:
-            st.status, st.attempts, st.request, st.started_at = prev
+        before = self._prev.pop((rec.step_id, rec.phase), None)
+        states = self._states(rec.phase)
+        if before is None:
+            states.pop(rec.step_id, None)
+        else:
+            states[rec.step_id] = before
 
     async def _launch(self, starts: list[StepRecord]) -> None:
         """Invoke the started steps: a lone step in this loop's own task (a chain needs
         no task per step), several as tasks of their own."""
+        prev = self._prev
         for rec in starts:
-            self._prev.pop((rec.step_id, rec.phase), None)
+            prev.pop((rec.step_id, rec.phase), None)
             live = self._live_step(rec)
             if live is not None:
                 live.status, live.request, live.response = Status.RUNNING, rec.request, None
@@ -304,28 +271,26 @@ class Run:
         return node.step if rec.phase == FORWARD else node.compensate
 
     def _fold(self) -> None:
-        """Apply finished step runs to the state; queue their records."""
+        """Put finished step runs in the state; queue their records."""
         if not self._done:
             return
         done, self._done = self._done, []
-        for item in done:
-            self._tasks.pop((item.step_id, item.phase), None)
-            new = item.state
-            if item.phase == FORWARD:
-                self.state.steps[item.step_id] = new
-                self._records.append(self._record(item.step_id, FORWARD, new))
+        records = self._records
+        for rec in done:
+            sid = rec.step_id
+            self._tasks.pop((sid, rec.phase), None)
+            records.append(rec)
+            live = self.plan.nodes[sid].step
+            if rec.phase == FORWARD:
+                self.state.steps[sid] = rec
+                live.status, live.response = rec.status, rec.response
             else:
-                self.state.comps[item.step_id] = new
-                self._records.append(self._record(item.step_id, COMPENSATION, new))
-                if new.status is Status.SUCCESS:
-                    forward = self.state.steps[item.step_id]
-                    forward.status = Status.COMPENSATED
-                    self._records.append(self._record(item.step_id, FORWARD, forward))
-            live = self.plan.nodes[item.step_id].step
-            if item.phase == FORWARD:
-                live.status, live.response = new.status, new.response
-            elif new.status is Status.SUCCESS:
-                live.status = Status.COMPENSATED
+                self.state.comps[sid] = rec
+                if rec.status is Status.SUCCESS:
+                    forward = self.state.steps[sid]
+                    forward.status = Status.COMPENSATED  # written below, not in flight
+                    records.append(forward)
+                    live.status = Status.COMPENSATED
 
     def _policy(self, node: Node, phase: int) -> tuple[Step, Retry, float | None]:
         if phase == FORWARD:
@@ -350,7 +315,9 @@ class Run:
         attempt = max(rec.attempts, 1)
         hook = "step_started" if phase == FORWARD else "compensation_started"
         _faults.hit(hook)
-        result = StepState(Status.RUNNING, request, None, rec.error, attempt, rec.started_at)
+        result = StepRecord(
+            sid, phase, Status.RUNNING, attempt, request, None, rec.error, rec.started_at
+        )
         while True:
             try:
                 response = await self._invoke(step, request, sid, phase, attempt, timeout)
@@ -383,10 +350,11 @@ class Run:
             else:
                 result.status, result.response = Status.SUCCESS, response
                 break
-        result.finished_at = self.flow.clock() if result.status is not Status.PENDING else None
+        result.finished_at = self._clock() if result.status is not Status.PENDING else None
         _faults.hit("step_returned")
-        self._done.append(_Done(sid, phase, result))
-        self._wake.set()
+        self._done.append(result)
+        if not self._inline:
+            self._wake.set()
 
     async def _invoke(
         self,
@@ -438,7 +406,7 @@ class Run:
         """Record attempt ``attempt`` before making it; False if it may not start."""
         rec = StepRecord(sid, phase, Status.RUNNING, attempt, request, None, error, started_at)
         result = await self.worker.committer.submit(
-            Transition(self.id, self.token, self.state.status, starts=[rec], at=self.flow.clock())
+            Transition(self.id, self.token, self.state.status, starts=[rec], at=self._clock())
         )
         assert not isinstance(result, bool)
         if not result.owned:
@@ -493,5 +461,5 @@ class Run:
         if self.deadline_at is None:
             return
         loop = asyncio.get_running_loop()
-        delay = max(0.0, self.deadline_at - self.flow.clock())
+        delay = max(0.0, self.deadline_at - self._clock())
         self._deadline_timer = loop.call_later(delay, self.worker.deadline_passed, self)

@@ -14,7 +14,8 @@ from typing import Any
 
 from . import _faults
 from ._aio import wait_event
-from ._engine.saga import ExecState, StepState
+from ._engine.records import FORWARD, StepRecord
+from ._engine.saga import ExecState
 from ._run import Outcome, Run
 from .definitions import workflow_from_dict
 from .errors import (
@@ -352,7 +353,8 @@ class Flow:
         created = False  # when the id is running here already
         if run is None:
             if runs_here:
-                state = ExecState(Status.RUNNING, steps={sid: StepState() for sid in graph.order})
+                steps = {sid: StepRecord(sid, FORWARD, Status.PENDING) for sid in graph.order}
+                state = ExecState(Status.RUNNING, steps=steps)
                 run = Run(
                     worker,
                     plan,

@@ -17,12 +17,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ._aio import Slots, wait_event
-from ._engine.saga import ExecState, StepState
+from ._engine.records import COMPENSATION, FORWARD, StepRecord
+from ._engine.saga import ExecState
 from ._groupcommit import Committer
 from ._run import Run
 from .errors import InvalidTransitionError, MicrosagaError
 from .status import Status
-from .stores.base import COMPENSATION, Claim, StoredExecution
+from .stores.base import Claim, StoredExecution
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -209,21 +210,12 @@ class Worker:
 
 def _state(stored: StoredExecution, selected: tuple[str, ...]) -> ExecState:
     state = ExecState(stored.status, stored.abort)
-    state.steps = {sid: StepState() for sid in selected}
+    state.steps = {sid: StepRecord(sid, FORWARD, Status.PENDING) for sid in selected}
     for rec in stored.records:
-        st = StepState(
-            rec.status,
-            rec.request,
-            rec.response,
-            rec.error,
-            rec.attempts,
-            rec.started_at,
-            rec.finished_at,
-        )
         if rec.phase == COMPENSATION:
-            state.comps[rec.step_id] = st
+            state.comps[rec.step_id] = rec
         elif rec.step_id in state.steps:
-            state.steps[rec.step_id] = st
+            state.steps[rec.step_id] = rec
     if state.status is Status.PENDING:
         state.status = Status.RUNNING
     return state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..message import Message, Metadata, decode_json_body, encode_json
 from .plan import Node, RunGraph
-from .saga import StepState
+from .records import StepRecord
 
 __all__ = [
     "EXECUTION_HEADER",
@@ -46,7 +46,7 @@ def _combine(responses: dict[str, Message | None]) -> bytes:
 
 def step_input(
     graph: RunGraph,
-    steps: dict[str, StepState],
+    steps: dict[str, StepRecord],
     step_id: str,
     request: Message,
     base: Metadata,
@@ -66,7 +66,7 @@ def step_input(
 
 
 def compensation_input(
-    node: Node, forward: StepState, base: Metadata, execution_id: str
+    node: Node, forward: StepRecord, base: Metadata, execution_id: str
 ) -> Message:
     """The request of ``node``'s compensation, per its ``compensate_input``."""
     req = forward.request.body if forward.request is not None else b""
@@ -87,7 +87,7 @@ def fallback_header(request: Message, execution_id: str, step_id: str) -> Messag
     return Message(request.body, header)
 
 
-def execution_response(graph: RunGraph, steps: dict[str, StepState]) -> Message:
+def execution_response(graph: RunGraph, steps: dict[str, StepRecord]) -> Message:
     """The response of the single leaf, or a JSON object of every leaf's response."""
     if len(graph.leaves) == 1:
         found = steps[graph.leaves[0]].response

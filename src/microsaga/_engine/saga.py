@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..message import Message
 from ..status import Status
 from .plan import Plan, RunGraph
+from .records import StepRecord
 
 __all__ = [
     "ABORT",
@@ -20,46 +20,18 @@ __all__ = [
     "NO_ABORT",
     "Decision",
     "ExecState",
-    "StepState",
     "decide",
 ]
 
 NO_ABORT, ABORT, ABORT_NO_COMPENSATION = 0, 1, 2
 
 
-class StepState:
-    """What is known of one step run (forward or compensation)."""
-
-    __slots__ = ("attempts", "error", "finished_at", "request", "response", "started_at", "status")
-
-    def __init__(
-        self,
-        status: Status = Status.PENDING,
-        request: Message | None = None,
-        response: Message | None = None,
-        error: str | None = None,
-        attempts: int = 0,
-        started_at: float | None = None,
-        finished_at: float | None = None,
-    ) -> None:
-        self.status = status
-        self.request = request
-        self.response = response
-        self.error = error
-        self.attempts = attempts
-        self.started_at = started_at
-        self.finished_at = finished_at
-
-    def __repr__(self) -> str:
-        return f"StepState({self.status.name}, attempts={self.attempts}, error={self.error!r})"
-
-
 @dataclass(slots=True)
 class ExecState:
     status: Status
     abort: int = NO_ABORT
-    steps: dict[str, StepState] = field(default_factory=dict)
-    comps: dict[str, StepState] = field(default_factory=dict)
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    comps: dict[str, StepRecord] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -71,7 +43,7 @@ class Decision:
     release: bool = False  # suspended and settled: the lease can go
 
 
-def _any(states: dict[str, StepState], status: Status) -> bool:
+def _any(states: dict[str, StepRecord], status: Status) -> bool:
     return any(s.status is status for s in states.values())
 
 

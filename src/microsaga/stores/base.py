@@ -12,6 +12,7 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .._engine.records import COMPENSATION, FORWARD, StepRecord
 from ..execution import Execution
 from ..message import Message
 from ..status import Status
@@ -31,27 +32,10 @@ __all__ = [
     "TransitionResult",
 ]
 
-FORWARD, COMPENSATION = 0, 1
-
 ControlAction = str  # "suspend" | "resume" | "abort" | "abort_nocomp"
 CONTROL_ACTIONS = ("suspend", "resume", "abort", "abort_nocomp")
 
 RUNNABLE = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
-
-
-@dataclass(slots=True)
-class StepRecord:
-    """The whole stored row of one step run (``phase`` 0 forward, 1 compensation)."""
-
-    step_id: str
-    phase: int
-    status: Status
-    attempts: int = 0
-    request: Message | None = None
-    response: Message | None = None
-    error: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -152,6 +136,8 @@ class Store(abc.ABC):
 
     url: str = ""
     batching = True  # whether commits of many units in one call pay off
+    # a store that does no I/O may apply a unit at once, without a coroutine
+    apply_now: Callable[[NewExecution | Transition], bool | TransitionResult] | None = None
 
     # lifecycle -------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class MemoryStore(Store):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
+        self.apply_now = self._apply
         self._rows: dict[str, _Row] = {}
         self._runnable: dict[str, _Row] = {}  # claims look only here, not at every row
         self._seq = 0
@@ -174,9 +175,12 @@ class MemoryStore(Store):
     async def commit(
         self, units: Sequence[NewExecution | Transition]
     ) -> list[bool | TransitionResult]:
-        return [
-            self._create(u) if isinstance(u, NewExecution) else self._transition(u) for u in units
-        ]
+        return [self._apply(u) for u in units]
+
+    def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
+        if isinstance(unit, Transition):
+            return self._transition(unit)
+        return self._create(unit)
 
     def _create(self, new: NewExecution) -> bool:
         if new.id in self._rows:

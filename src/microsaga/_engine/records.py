@@ -1,0 +1,29 @@
+"""The record of one step run: what the engine knows of it and what the store keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..message import Message
+from ..status import Status
+
+__all__ = ["COMPENSATION", "FORWARD", "StepRecord"]
+
+FORWARD, COMPENSATION = 0, 1
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step run (``phase`` 0 forward, 1 compensation), as the engine holds it and
+    as a store writes it. The engine replaces records rather than changing ones it has
+    handed to a store, except to mark a compensated step."""
+
+    step_id: str
+    phase: int
+    status: Status
+    attempts: int = 0
+    request: Message | None = None
+    response: Message | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
