@@ -46,7 +46,7 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._control_seq = 0
-        self._skip_until: dict[str, float] = {}
+        self._to_release: dict[str, int] = {}
 
     # lifecycle ------------------------------------------------------------------
 
@@ -94,6 +94,10 @@ class Worker:
             del self.runs[run.id]
         if not run.outcome.done():
             run.outcome.set_result(None)
+        if run.outcome.result() is None and self._loops:
+            # the run gave up (store away too long, lost lease, a bug): free its lease,
+            # else the heartbeat would renew it forever and nobody would take it over
+            self._to_release[run.id] = run.token
         if len(self.runs) + 1 >= self.flow.options.max_executions:
             self._poke.set()  # it was full: there is room to claim again
 
@@ -195,6 +199,7 @@ class Worker:
         opts = self.flow.options
         while True:
             await asyncio.sleep(opts.heartbeat_interval)
+            await self._release_abandoned()
             started = self.flow.clock()
             owned = list(self.runs.values())
             try:
@@ -206,6 +211,19 @@ class Worker:
                 if run.id not in held and not run.outcome.done():
                     log.warning("execution %s: lease lost", run.id)
                     run.lose()
+
+    async def _release_abandoned(self) -> None:
+        for eid, token in list(self._to_release.items()):
+            if eid in self.runs:  # taken up again meanwhile
+                del self._to_release[eid]
+                continue
+            try:
+                await self.store.release(eid, token, 0.0)
+            except MicrosagaError as exc:
+                log.warning("execution %s: release failed, will retry: %s", eid, exc)
+                return
+            del self._to_release[eid]
+            self._poke.set()  # claimable now, by this worker too
 
 
 def _state(stored: StoredExecution, selected: tuple[str, ...]) -> ExecState:

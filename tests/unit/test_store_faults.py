@@ -1,0 +1,104 @@
+"""A store that goes away mid-run: nothing is acted on before it commits, nothing is
+lost, and the execution finishes once the store is back."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from microsaga import Flow, FunctionStep, Message, Status
+from microsaga.stores.base import Claim, NewExecution, Transition, TransitionResult
+from microsaga.stores.sqlite import SQLiteStore
+
+
+class FlakySQLite(SQLiteStore):
+    """The real SQLite store whose writes fail while ``down`` is set."""
+
+    down = False
+    failures = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.failures += 1
+            raise self._error(sqlite3.OperationalError("disk I/O error"))
+
+    async def commit(
+        self, units: Sequence[NewExecution | Transition]
+    ) -> list[bool | TransitionResult]:
+        self._check()
+        return await super().commit(units)
+
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+        self._check()
+        return await super().claim(owner, now, ttl, limit)
+
+    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+        self._check()
+        return await super().renew(owner, now, ttl)
+
+    async def release(self, execution_id: str, token: int, until: float) -> None:
+        self._check()
+        await super().release(execution_id, token, until)
+
+
+async def test_commits_are_retried_while_the_store_is_away(tmp_path: Path) -> None:
+    store = FlakySQLite(f"sqlite:///{tmp_path / 'flaky.db'}")
+    calls: list[str] = []
+
+    async def first(msg: Message) -> dict[str, int]:
+        calls.append("first")
+        store.down = True  # the store goes away while the step runs
+
+        return {"n": 1}
+
+    async def second(msg: Message) -> dict[str, int]:
+        calls.append("second")
+        return {"n": 2}
+
+    async def bring_back() -> None:
+        while store.failures < 3:
+            await asyncio.sleep(0.01)
+        store.down = False
+
+    async with Flow(store) as flow:
+        a = FunctionStep(first, id="first")
+        wf = await flow.workflow_create("flaky", a, FunctionStep(second, id="second", requires=[a]))
+        back = asyncio.create_task(bring_back())
+        eid = await asyncio.wait_for(wf.execute(), 20)
+        await back
+        info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    assert calls == ["first", "second"]  # nothing ran twice, nothing ran before its commit
+    assert store.failures >= 3
+
+
+async def test_a_store_away_longer_than_the_retries_resumes_later(tmp_path: Path) -> None:
+    store = FlakySQLite(f"sqlite:///{tmp_path / 'away.db'}")
+    calls: list[str] = []
+
+    async def first(msg: Message) -> None:
+        calls.append("first")
+        if len(calls) == 1:
+            store.down = True  # away while the first attempt runs
+
+    async def second(msg: Message) -> None:
+        calls.append("second")
+
+    async def bring_back() -> None:
+        while store.failures < 5:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # past store_retry_for: the run gives the execution up
+        store.down = False
+
+    async with Flow(store, store_retry_for=0.1, lease_ttl=0.5, poll_interval=0.05) as flow:
+        a = FunctionStep(first, id="first")
+        wf = await flow.workflow_create("away", a, FunctionStep(second, id="second", requires=[a]))
+        back = asyncio.create_task(bring_back())
+        eid = await asyncio.wait_for(wf.execute(), 30)  # taken over again once the lease ends
+        await back
+        info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    # first's result was never stored: it ran again (same idempotency key), then second
+    assert calls == ["first", "first", "second"]
