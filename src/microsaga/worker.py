@@ -193,6 +193,7 @@ class Worker:
                 await self.adopt(claim)
             except MicrosagaError as exc:
                 log.warning("could not take over %s: %s", claim.execution_id, exc)
+                self._to_release[claim.execution_id] = claim.token
         return len(claims) if len(claims) == limit else 0
 
     async def _heartbeat_loop(self) -> None:
@@ -203,7 +204,9 @@ class Worker:
             started = self.flow.clock()
             owned = list(self.runs.values())
             try:
-                held = await self.store.renew(self.id, started, opts.lease_ttl)
+                held = await self.store.renew(
+                    self.id, [r.id for r in owned], started, opts.lease_ttl
+                )
             except MicrosagaError as exc:
                 log.warning("worker %s: lease renewal failed: %s", self.id, exc)
                 continue

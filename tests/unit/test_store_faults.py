@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from microsaga import Flow, FunctionStep, Message, Status
@@ -34,9 +34,11 @@ class FlakySQLite(SQLiteStore):
         self._check()
         return await super().claim(owner, now, ttl, limit)
 
-    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+    async def renew(
+        self, owner: str, execution_ids: Collection[str], now: float, ttl: float
+    ) -> set[str]:
         self._check()
-        return await super().renew(owner, now, ttl)
+        return await super().renew(owner, execution_ids, now, ttl)
 
     async def release(self, execution_id: str, token: int, until: float) -> None:
         self._check()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -11,7 +12,14 @@ from ..message import Message, Metadata
 from ..status import Status
 from .base import COMPENSATION, FORWARD, StepRecord
 
-__all__ = ["build_execution", "decode_header", "encode_header", "message_or_none"]
+__all__ = [
+    "build_execution",
+    "decode_header",
+    "encode_header",
+    "message_or_none",
+    "record_from_row",
+    "step_row",
+]
 
 _header_decoder = msgspec.json.Decoder(dict[str, list[str]])
 _encoder = msgspec.json.Encoder()
@@ -31,6 +39,42 @@ def message_or_none(body: bytes | None, header: bytes | str | None) -> Message |
     if body is None:
         return None
     return Message(bytes(body), decode_header(header))
+
+
+def step_row(
+    eid: str, r: StepRecord, header: Callable[[Metadata], Any] = encode_header
+) -> tuple[Any, ...]:
+    """The step_runs row of a record, headers encoded by ``header``."""
+    req, resp = r.request, r.response
+    return (
+        eid,
+        r.step_id,
+        r.phase,
+        int(r.status),
+        r.attempts,
+        req.body if req is not None else None,
+        header(req.header) if req is not None else None,
+        resp.body if resp is not None else None,
+        header(resp.header) if resp is not None else None,
+        r.error,
+        r.started_at,
+        r.finished_at,
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> StepRecord:
+    """A record from the columns of a step_runs row after ``execution_id``."""
+    return StepRecord(
+        step_id=row[0],
+        phase=row[1],
+        status=Status(row[2]),
+        attempts=row[3],
+        request=message_or_none(row[4], row[5]),
+        response=message_or_none(row[6], row[7]),
+        error=row[8],
+        started_at=row[9],
+        finished_at=row[10],
+    )
 
 
 def _step_run(rec: StepRecord, compensation: StepRun | None = None) -> StepRun:

@@ -9,7 +9,7 @@ transaction (group commit); nothing is acted on before that commit returns.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from .._engine.records import COMPENSATION, FORWARD, StepRecord
@@ -177,7 +177,8 @@ class Store(abc.ABC):
     async def commit(
         self, units: Sequence[NewExecution | Transition]
     ) -> list[bool | TransitionResult]:
-        """Apply the units in one transaction.
+        """Apply the units, each atomically, sharing transactions or round trips
+        (SQLite: one transaction for the batch; PostgreSQL: a few set-based ones).
 
         Returns, per unit, ``True``/``False`` for a NewExecution (created, or an
         execution with that id exists) and a :class:`TransitionResult` for a Transition.
@@ -188,8 +189,12 @@ class Store(abc.ABC):
         """Take up to ``limit`` runnable executions whose lease is free or expired."""
 
     @abc.abstractmethod
-    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
-        """Extend the leases ``owner`` holds; returns the ids it still holds."""
+    async def renew(
+        self, owner: str, execution_ids: Collection[str], now: float, ttl: float
+    ) -> set[str]:
+        """Extend ``owner``'s leases of ``execution_ids`` (the executions it runs);
+        returns those it still holds. Leases of executions it no longer runs are not
+        renewed, so they expire and any worker can take them over."""
 
     @abc.abstractmethod
     async def release(self, execution_id: str, token: int, until: float) -> None:

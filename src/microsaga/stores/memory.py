@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from .._engine.control import control_change
@@ -256,10 +256,13 @@ class MemoryStore(Store):
                 out.append(Claim(row.id, row.token))
         return out
 
-    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+    async def renew(
+        self, owner: str, execution_ids: Collection[str], now: float, ttl: float
+    ) -> set[str]:
         held = set()
-        for eid, row in self._rows.items():
-            if row.owner == owner:
+        for eid in execution_ids:
+            row = self._rows.get(eid)
+            if row is not None and row.owner == owner:
                 row.lease_until = now + ttl
                 held.add(eid)
         return held

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,14 @@ from ..errors import ConfigurationError, ExecutionNotFoundError, SchemaVersionEr
 from ..execution import Execution
 from ..message import Message
 from ..status import Status
-from ._rows import build_execution, decode_header, encode_header, message_or_none
+from ._rows import (
+    build_execution,
+    decode_header,
+    encode_header,
+    message_or_none,
+    record_from_row,
+    step_row,
+)
 from ._sql import load_queries, migrations, statements
 from .base import (
     Claim,
@@ -62,38 +69,6 @@ def _path_of(url: str) -> str:
     if not path:
         raise ConfigurationError("store", f"{url}: no file path")
     return path
-
-
-def _step_row(eid: str, r: StepRecord) -> tuple[Any, ...]:
-    req, resp = r.request, r.response
-    return (
-        eid,
-        r.step_id,
-        r.phase,
-        int(r.status),
-        r.attempts,
-        req.body if req is not None else None,
-        encode_header(req.header) if req is not None else None,
-        resp.body if resp is not None else None,
-        encode_header(resp.header) if resp is not None else None,
-        r.error,
-        r.started_at,
-        r.finished_at,
-    )
-
-
-def _record(row: Sequence[Any]) -> StepRecord:
-    return StepRecord(
-        step_id=row[0],
-        phase=row[1],
-        status=Status(row[2]),
-        attempts=row[3],
-        request=message_or_none(row[4], row[5]),
-        response=message_or_none(row[6], row[7]),
-        error=row[8],
-        started_at=row[9],
-        finished_at=row[10],
-    )
 
 
 class SQLiteStore(Store):
@@ -297,15 +272,17 @@ class SQLiteStore(Store):
                     "release": unit.release,
                 },
             ).fetchone()
-            if found is None:
-                results.append(TransitionResult(False, Status.PENDING, 0, False))
+            if found is None:  # fenced: another worker holds the lease now
+                now = conn.execute(Q["get_status"], (unit.execution_id,)).fetchone()
+                status = Status(now[0]) if now is not None else Status.PENDING
+                results.append(TransitionResult(False, status, now[1] if now else 0, False))
                 continue
             status = Status(found[0])
-            applied = status is (unit.status if unit.status is not None else unit.expect)
+            applied = bool(found[2])
             eid = unit.execution_id
-            rows.extend(_step_row(eid, r) for r in unit.records)
+            rows.extend(step_row(eid, r) for r in unit.records)
             if applied and unit.starts and status in (Status.RUNNING, Status.COMPENSATING):
-                rows.extend(_step_row(eid, r) for r in unit.starts)
+                rows.extend(step_row(eid, r) for r in unit.starts)
             results.append(TransitionResult(True, status, found[1], applied))
         if rows:
             conn.executemany(Q["upsert_step"], rows)
@@ -349,7 +326,7 @@ class SQLiteStore(Store):
         )
         if cur.rowcount != 1:
             return False
-        rows.extend(_step_row(new.id, r) for r in new.starts)
+        rows.extend(step_row(new.id, r) for r in new.starts)
         return True
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
@@ -359,9 +336,11 @@ class SQLiteStore(Store):
 
         return await self._write(self._tx, claim)
 
-    async def renew(self, owner: str, now: float, ttl: float) -> set[str]:
+    async def renew(
+        self, owner: str, execution_ids: Collection[str], now: float, ttl: float
+    ) -> set[str]:
         def renew(conn: sqlite3.Connection) -> set[str]:
-            params = {"owner": owner, "until": now + ttl}
+            params = {"owner": owner, "until": now + ttl, "ids": _encode(list(execution_ids))}
             return {row[0] for row in conn.execute(Q["renew"], params)}
 
         return await self._write(self._tx, renew)
@@ -396,7 +375,7 @@ class SQLiteStore(Store):
                 step_timeout=row[13],
                 deadline_at=row[14],
                 token=row[15],
-                records=[_record(s) for s in steps],
+                records=[record_from_row(s) for s in steps],
             )
 
         return await self._read(load)
@@ -464,7 +443,7 @@ class SQLiteStore(Store):
     def _executions(self, rows: list[Sequence[Any]], steps: list[Sequence[Any]]) -> list[Execution]:
         by_id: dict[str, list[StepRecord]] = {}
         for s in steps:
-            by_id.setdefault(s[0], []).append(_record(s[1:]))
+            by_id.setdefault(s[0], []).append(record_from_row(s[1:]))
         return [
             build_execution(
                 id=row[0],

@@ -7,8 +7,8 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from .._urls import redact_url
 from ..errors import StepError, TransportError
 from ..message import Message, encode_json
 
@@ -164,20 +164,6 @@ class Broker(abc.ABC):
         header = response.header.copy()
         header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
         await self.publish(reply_to, Message(response.body, header))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def error_reply(code: str, message: str, *, retryable: bool = False) -> Message:

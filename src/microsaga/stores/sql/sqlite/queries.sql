@@ -17,6 +17,7 @@ ON CONFLICT (id) DO NOTHING;
 -- Fenced by the lease token; every SET expression reads the row before the update.
 UPDATE executions SET
     updated_at = :at,
+    applied = status = :expect,
     status = CASE WHEN status = :expect AND :status IS NOT NULL THEN :status ELSE status END,
     response_body = CASE WHEN status = :expect AND :has_response
         THEN :response_body ELSE response_body END,
@@ -26,7 +27,7 @@ UPDATE executions SET
     owner = CASE WHEN status = :expect AND :release THEN NULL ELSE owner END,
     lease_until = CASE WHEN status = :expect AND :release THEN 0 ELSE lease_until END
 WHERE id = :id AND lease_token = :token AND owner IS NOT NULL
-RETURNING status, abort;
+RETURNING status, abort, applied;
 
 -- name: upsert_step
 INSERT OR REPLACE INTO step_runs (
@@ -48,7 +49,9 @@ WHERE seq IN (
 RETURNING id, lease_token;
 
 -- name: renew
-UPDATE executions SET lease_until = :until WHERE owner = :owner RETURNING id;
+UPDATE executions SET lease_until = :until
+WHERE owner = :owner AND id IN (SELECT value FROM json_each(:ids))
+RETURNING id;
 
 -- name: release
 UPDATE executions SET owner = NULL, lease_until = :until

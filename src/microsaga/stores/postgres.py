@@ -1,0 +1,789 @@
+"""The shared store: PostgreSQL through asyncpg, for many workers on many machines.
+
+``postgresql://user:password@host:5432/dbname`` (or ``postgres://``). Query
+parameters are passed to the server as settings (``?application_name=orders``,
+``?synchronous_commit=off``), except ``pool_size`` (connections per store, default
+10). The schema is created or migrated when the store opens; a database whose schema
+is newer than this code is refused with :class:`~microsaga.errors.SchemaVersionError`.
+
+How it keeps the :class:`~microsaga.stores.base.Store` promises with many processes:
+
+- Group commit: a batch costs at most three round trips whatever its size: one
+  statement creates its new executions, one reads the rows its transitions concern, one
+  writes them with their step runs (``unnest`` arrays). Each statement is its own
+  transaction and holds whole units, so every unit is written entirely or not at all;
+  the batch as a whole is not atomic, which nothing needs (units of different
+  executions are independent), and it saves the BEGIN/COMMIT round trips.
+- Transitions are decided here, by the rules of the memory store, on rows read without
+  a lock; the write applies a row only if its status, abort request, owner and fencing
+  token are still those read (compare and set), and decides again on a fresh read for
+  rows that changed in between (a control request, a takeover). The write locks its
+  rows in id order, as every statement locking several execution rows here does, so
+  concurrent batches and lease renewals never deadlock.
+- Leases: claims take free or expired rows with ``FOR UPDATE SKIP LOCKED``; each claim
+  increments the row's fencing token, so a worker whose lease was taken over cannot
+  write. A claim also reads the executions it took, for the loads that follow.
+- A creation retried after its reply was lost (the server went away between the
+  commit and the answer) finds its own row and counts as created.
+- Times are the engine's clock (``now`` and ``at`` arguments), as in the SQLite store;
+  machines sharing a database need synchronised clocks (NTP), well within a lease.
+- Wake-ups: new unowned executions, control requests and released leases ``NOTIFY``
+  the ``microsaga`` channel; :meth:`PostgresStore.watch` ``LISTEN``\\s on a connection
+  of its own and reconnects after a server restart.
+- Control requests are read by sequence number. Sequence values are handed out before
+  commit, so two requests could commit out of order and a reader that saw the later one
+  would skip the earlier; inserting them under a transaction-scoped advisory lock makes
+  sequence order commit order (requests are rare, the lock costs nothing).
+- Errors: a lost connection, a server restarting or shutting down, too many
+  connections and deadlocks are retryable :class:`~microsaga.errors.StoreError`\\s
+  (the group committer retries them; the pool reconnects); reads are retried here for
+  a few seconds, so a restart does not reach workers. Anything else (a constraint, a
+  syntax error) is not retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+
+from .._engine.control import control_change
+from .._urls import redact_url
+from ..errors import (
+    ConfigurationError,
+    ExecutionNotFoundError,
+    SchemaVersionError,
+    StoreError,
+    one_line,
+)
+from ..execution import Execution
+from ..message import Message, Metadata
+from ..status import Status
+from ._rows import (
+    build_execution,
+    decode_header,
+    encode_header,
+    message_or_none,
+    record_from_row,
+    step_row,
+)
+from ._sql import load_queries, migrations
+from .base import (
+    Claim,
+    ControlAction,
+    NewExecution,
+    StepRecord,
+    Store,
+    StoredDefinition,
+    StoredExecution,
+    StoredWorkflow,
+    Transition,
+    TransitionResult,
+)
+
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore"]
+
+log = logging.getLogger("microsaga.store")
+
+T = TypeVar("T")
+Q = load_queries("postgres")
+_MIGRATIONS = migrations("postgres")
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+_SCHEMA = (resources.files(__package__) / "sql" / "postgres" / "schema.sql").read_text()
+CHANNEL = "microsaga"
+_NO_BEFORE = 2**62
+_CONNECT_TIMEOUT = 10.0
+_COMMAND_TIMEOUT = 60.0  # a statement that long means the server is wedged, not busy
+_READ_RETRY_FOR = 5.0
+_LISTEN_PING = 10.0
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# SQLSTATE classes after which the same statement may well succeed: 08 connection,
+# 57 operator intervention (shutdown, starting up), 53 resources, 40 rollback.
+_RETRYABLE_PG = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+)
+_RUNNING = (Status.RUNNING, Status.COMPENSATING)
+_WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or takeover
+_encode = msgspec.json.Encoder().encode
+
+
+def _dsn_and_pool_size(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    size = 10
+    kept = []
+    for key, value in query:
+        if key != "pool_size":
+            kept.append((key, value))
+            continue
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise ConfigurationError(
+                "store", f"{redact_url(url)}: pool_size must be a positive integer"
+            )
+    return urlunsplit(parts._replace(query=urlencode(kept))), size
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a driver error may go away when the same thing is tried again."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return isinstance(exc, _RETRYABLE_PG)
+    if isinstance(exc, asyncpg.InterfaceError):
+        text = str(exc)
+        return "connection" in text and "closed" in text
+    return isinstance(exc, OSError)  # refused, reset, unreachable, timed out
+
+
+def _is_lost(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # terminated, so already handed back to the pool
+        return True
+
+
+def _header(md: Metadata) -> str | None:
+    raw = encode_header(md)
+    return None if raw is None else raw.decode()
+
+
+def _step_rows(
+    eid: str, records: Sequence[StepRecord]
+) -> dict[tuple[str, str, int], tuple[Any, ...]]:
+    return {(eid, r.step_id, r.phase): step_row(eid, r, _header) for r in records}
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to one list per column, the ``unnest`` arrays of a set-based statement."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+@dataclass(slots=True)
+class _Row:
+    """An execution row as a commit read it, and what the batch does to it."""
+
+    status: Status
+    abort: int
+    owner: str | None
+    token: int
+    dirty: bool = False
+    has_response: bool = False
+    response: Message | None = None
+    error: str | None = None
+    release: bool = False
+    at: float = 0.0
+
+
+class PostgresStore(Store):
+    """Keeps everything in PostgreSQL; see the module docstring for the guarantees."""
+
+    def __init__(self, url: str) -> None:
+        self._dsn, self.pool_size = _dsn_and_pool_size(url)
+        self.url = redact_url(url)
+        self._pool: Any = None
+        self._wakers: list[Callable[[], None]] = []
+        self._watcher: asyncio.Task[None] | None = None
+        # definitions never change once stored; executions the last claim took, as a
+        # load right after that claim would find them (see claim)
+        self._definitions: dict[str, StoredDefinition] = {}
+        self._claimed: dict[str, StoredExecution] = {}
+
+    # plumbing ------------------------------------------------------------------------
+
+    def _error(self, exc: BaseException, *, lost: bool = False) -> StoreError:
+        return StoreError(
+            f"PostgreSQL store {self.url}: {one_line(exc)}", retryable=lost or retryable(exc)
+        )
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; driver errors become :class:`StoreError`."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"PostgreSQL store {self.url} is closed", retryable=False)
+        try:
+            conn = await pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc) from exc
+        try:
+            yield conn
+        except (*_DRIVER_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
+            # a connection that died mid-COMMIT can surface as an internal error of the
+            # driver: whatever it says, the server went away
+            raise self._error(exc, lost=_is_lost(conn)) from exc
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:
+                # resetting a broken connection fails; the pool drops it and connects
+                # anew, and what was done on it stands (it must not turn into an error)
+                log.debug("store %s: dropping a broken connection: %s", self.url, exc)
+
+    async def _retrying(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run an idempotent ``op(connection)``, again for a few seconds while the
+        server is away (a restart takes one or two)."""
+        deadline = time.monotonic() + _READ_RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                async with self._connection() as conn:
+                    return await op(conn)
+            except StoreError as exc:
+                if not exc.retryable or self._pool is None:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.debug("%s; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _tx(self, op: Callable[[Any], Awaitable[T]], *, retry: bool = False) -> T:
+        """Run ``op(connection)`` in one transaction."""
+
+        async def in_tx(conn: Any) -> T:
+            async with conn.transaction():
+                return await op(conn)
+
+        if retry:
+            return await self._retrying(in_tx)
+        async with self._connection() as conn:
+            return await in_tx(conn)
+
+    async def _snapshot(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run a read-only ``op(connection)`` on one consistent snapshot, retrying."""
+
+        async def in_tx(conn: Any) -> T:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await op(conn)
+
+        return await self._retrying(in_tx)
+
+    # lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=0,  # no background reconnect attempts (and tracebacks) in an outage
+                max_size=self.pool_size,
+                timeout=_CONNECT_TIMEOUT,
+                command_timeout=_COMMAND_TIMEOUT,
+                server_settings=self._server_settings(),
+            )
+        except (*_DRIVER_ERRORS, ValueError) as exc:
+            raise StoreError(
+                f"cannot open PostgreSQL store {self.url}: {one_line(exc)}",
+                retryable=retryable(exc),
+            ) from exc
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise StoreError(
+                    f"cannot open PostgreSQL store {self.url}: {one_line(exc)}",
+                    retryable=retryable(exc),
+                ) from exc
+            raise
+        self._pool = pool
+
+    def _server_settings(self) -> dict[str, str]:
+        query = dict(parse_qsl(urlsplit(self._dsn).query))
+        return {} if "application_name" in query else {"application_name": "microsaga"}
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute(Q["migration_lock"])
+            if not await conn.fetchval(Q["has_version_table"]):
+                await conn.execute(Q["version_table"])
+            current = await conn.fetchval(Q["schema_version"])
+            if current > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"PostgreSQL store {self.url} has schema version {current}, newer than "
+                    f"the {SCHEMA_VERSION} this microsaga knows: upgrade microsaga"
+                )
+            if current == 0:
+                # an empty database gets the latest schema in one go
+                await conn.execute(_SCHEMA)
+                await conn.execute(Q["stamp_version"], SCHEMA_VERSION)
+                return
+            for version, sql in _MIGRATIONS:
+                if version > current:
+                    await conn.execute(sql)
+                    await conn.execute(Q["stamp_version"], version)
+
+    async def close(self) -> None:
+        self._claimed = {}
+        watcher, self._watcher = self._watcher, None
+        self._wakers = []
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await pool.close()
+        except (TimeoutError, *_DRIVER_ERRORS):
+            pool.terminate()
+
+    # workflows ------------------------------------------------------------------------
+
+    async def save_workflow(self, workflow_id: str, hash: str, body: bytes, now: float) -> int:
+        async def save(conn: Any) -> int:
+            await conn.execute(Q["lock_workflow"], workflow_id)
+            latest = await conn.fetchrow(Q["save_workflow_latest"], workflow_id)
+            if latest is not None and latest[1] == hash:
+                return int(latest[0])
+            version = latest[0] + 1 if latest is not None else 1
+            await conn.execute(Q["insert_workflow"], workflow_id, version, hash, body, now)
+            return int(version)
+
+        # saving the same hash again is a no-op, so a retry after a lost reply is safe
+        return await self._tx(save, retry=True)
+
+    async def load_workflow(
+        self, workflow_id: str, version: int | None = None
+    ) -> StoredWorkflow | None:
+        async def load(conn: Any) -> StoredWorkflow | None:
+            if version is None:
+                row = await conn.fetchrow(Q["load_workflow_latest"], workflow_id)
+            else:
+                row = await conn.fetchrow(Q["load_workflow_version"], workflow_id, version)
+            return None if row is None else StoredWorkflow(*row)
+
+        return await self._retrying(load)
+
+    async def list_workflows(self) -> list[StoredWorkflow]:
+        async def rows(conn: Any) -> list[StoredWorkflow]:
+            return [StoredWorkflow(*r) for r in await conn.fetch(Q["list_workflows"])]
+
+        return await self._retrying(rows)
+
+    async def remove_workflow(self, workflow_id: str) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(Q["remove_workflow"], workflow_id)
+        return int(status.rsplit(" ", 1)[-1]) > 0
+
+    # running ------------------------------------------------------------------------------
+
+    async def commit(
+        self, units: Sequence[NewExecution | Transition]
+    ) -> list[bool | TransitionResult]:
+        if not units:
+            return []
+        results: list[bool | TransitionResult] = [False] * len(units)
+        news = [(i, u) for i, u in enumerate(units) if isinstance(u, NewExecution)]
+        transitions = [(i, u) for i, u in enumerate(units) if isinstance(u, Transition)]
+        async with self._connection() as conn:
+            if news:
+                created = await self._create(conn, [u for _, u in news])
+                for (i, _), ok in zip(news, created, strict=True):
+                    results[i] = ok
+            if transitions:
+                for i, result in (await self._transition(conn, transitions)).items():
+                    results[i] = result
+        return results
+
+    async def _create(self, conn: Any, news: list[NewExecution]) -> list[bool]:
+        definitions: dict[str, NewExecution] = {}
+        first: dict[str, NewExecution] = {}
+        for new in news:
+            known = definitions.get(new.definition_hash)
+            if known is None or (known.definition is None and new.definition is not None):
+                definitions[new.definition_hash] = new
+            first.setdefault(new.id, new)
+        # a definition the flow believes stored is inserted without a body if missing,
+        # as the SQLite store does: the execution row needs it
+        defs = [
+            (h, d.workflow_id, d.definition, _encode(d.step_ids).decode())
+            for h, d in definitions.items()
+        ]
+        rows = []
+        starts: list[tuple[Any, ...]] = []
+        for new in first.values():
+            req = new.request
+            rows.append(
+                (
+                    new.id,
+                    new.workflow_id,
+                    new.version,
+                    new.definition_hash,
+                    int(new.status),
+                    req.body,
+                    _header(req.header),
+                    new.start_step,
+                    new.reverse,
+                    new.step_timeout,
+                    new.deadline_at,
+                    new.owner,
+                    1 if new.owner else 0,
+                    new.lease_until,
+                    new.created_at,
+                )
+            )
+            starts.extend(_step_rows(new.id, new.starts).values())
+        found = await conn.fetch(
+            Q["create_executions"],
+            *_columns(defs, 4),
+            *_columns(rows, 15),
+            *_columns(starts, 12),
+            CHANNEL,
+        )
+        inserted = {r[0] for r in found}
+        return [new.id in inserted and first[new.id] is new for new in news]
+
+    async def _transition(
+        self, conn: Any, units: list[tuple[int, Transition]]
+    ) -> dict[int, TransitionResult]:
+        """Decide on a fresh read, write if nothing changed since; again for the
+        executions that did change (a control request or a takeover came between)."""
+        results: dict[int, TransitionResult] = {}
+        for _, t in units:
+            self._claimed.pop(t.execution_id, None)
+        for _ in range(_WRITE_ROUNDS):
+            ids = sorted({t.execution_id for _, t in units})
+            rows = {
+                r[0]: _Row(Status(r[1]), r[2], r[3], r[4])
+                for r in await conn.fetch(Q["read_executions"], ids)
+            }
+            seen = {eid: (int(r.status), r.abort, r.owner, r.token) for eid, r in rows.items()}
+            # one row per (execution, step, phase), the last write winning as if the
+            # units were applied one after another: one INSERT cannot update a row twice
+            steps: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+            # the rules of MemoryStore._transition, applied in order to the rows read
+            for i, t in units:
+                eid = t.execution_id
+                row = rows.get(eid)
+                if row is None or row.token != t.token or row.owner is None:
+                    # never owned again: a claim takes a new token
+                    status = row.status if row is not None else Status.PENDING
+                    results[i] = TransitionResult(False, status, 0, False)
+                    continue
+                steps.update(_step_rows(eid, t.records))
+                applied = row.status is t.expect
+                if applied:
+                    if t.status is not None:
+                        row.status = t.status
+                        if t.response is not None:
+                            row.has_response, row.response = True, t.response
+                        if t.error is not None:
+                            row.error = t.error
+                    if t.starts and row.status in _RUNNING:
+                        steps.update(_step_rows(eid, t.starts))
+                    if t.release:
+                        row.owner, row.release = None, True
+                row.dirty, row.at = True, t.at
+                results[i] = TransitionResult(True, row.status, row.abort, applied)
+            changed = [
+                (
+                    eid,
+                    *seen[eid],
+                    int(r.status),
+                    r.has_response,
+                    r.response.body if r.response is not None else None,
+                    _header(r.response.header) if r.response is not None else None,
+                    r.error,
+                    r.release,
+                    r.at,
+                )
+                for eid, r in rows.items()
+                if r.dirty
+            ]
+            if not changed:
+                return results
+            written = {
+                r[0]
+                for r in await conn.fetch(
+                    Q["write_transitions"],
+                    *_columns(changed, 12),
+                    *_columns(list(steps.values()), 12),
+                )
+            }
+            missed = {eid for eid, r in rows.items() if r.dirty} - written
+            units = [(i, t) for i, t in units if t.execution_id in missed]
+            if not units:
+                return results
+        raise StoreError(
+            f"PostgreSQL store {self.url}: executions kept changing during a commit",
+            retryable=True,
+        )
+
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+        """Take executions, and read them at once for the :meth:`load` that follows.
+
+        A worker loads every execution it claims, one after the other: reading them all
+        in one round trip right after the claim committed gives what those loads would
+        (nobody else may write them now; a control request in between reaches the
+        worker through ``controls`` and its first transition, as it would after a load).
+        """
+        async with self._connection() as conn:
+            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit)
+        claims = [Claim(eid, token) for eid, token in rows]
+        self._claimed = {}
+        if claims:
+            try:
+                async with self._connection() as conn:
+                    self._claimed = await self._load(conn, [c.execution_id for c in claims])
+            except StoreError as exc:
+                log.debug("store %s: %s; loading claimed executions one by one", self.url, exc)
+        return claims
+
+    async def renew(
+        self, owner: str, execution_ids: Collection[str], now: float, ttl: float
+    ) -> set[str]:
+        ids = sorted(execution_ids)
+
+        async def renew(conn: Any) -> set[str]:
+            return {r[0] for r in await conn.fetch(Q["renew"], owner, now + ttl, ids)}
+
+        return await self._retrying(renew)
+
+    async def release(self, execution_id: str, token: int, until: float) -> None:
+        self._claimed.pop(execution_id, None)
+
+        async def release(conn: Any) -> None:
+            await conn.execute(Q["release"], execution_id, token, until, CHANNEL)
+
+        await self._retrying(release)
+
+    async def load(self, execution_id: str) -> StoredExecution | None:
+        found = self._claimed.pop(execution_id, None)
+        if found is not None:
+            return found
+
+        async def load(conn: Any) -> StoredExecution | None:
+            return (await self._load(conn, [execution_id])).get(execution_id)
+
+        return await self._retrying(load)
+
+    async def _load(self, conn: Any, ids: list[str]) -> dict[str, StoredExecution]:
+        by_id: dict[str, list[Any]] = {}
+        for row in await conn.fetch(Q["load_executions"], ids):
+            by_id.setdefault(row[0], []).append(row)
+        missing = {rows[0][3] for rows in by_id.values()} - self._definitions.keys()
+        if missing:
+            for d in await conn.fetch(Q["load_definitions"], list(missing)):
+                self._definitions[d[0]] = StoredDefinition(d[0], d[1], d[2], list(d[3]))
+        out = {}
+        for eid, rows in by_id.items():
+            row = rows[0]
+            out[eid] = StoredExecution(
+                id=eid,
+                workflow_id=row[1],
+                version=row[2],
+                definition=self._definitions[row[3]],
+                status=Status(row[4]),
+                abort=row[5],
+                request=Message(row[6], decode_header(row[7])),
+                start_step=row[8],
+                reverse=row[9],
+                step_timeout=row[10],
+                deadline_at=row[11],
+                token=row[12],
+                records=[record_from_row(r[13:]) for r in rows if r[13] is not None],
+            )
+        return out
+
+    # control ----------------------------------------------------------------------------
+
+    async def request(
+        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+    ) -> Status:
+        self._claimed.pop(execution_id, None)
+
+        async def request(conn: Any) -> Status:
+            row = await conn.fetchrow(Q["control_row"], execution_id)
+            if row is None:
+                raise ExecutionNotFoundError(execution_id)
+            status, abort, owner, lease_until, running, comp_failed = row
+            change = control_change(
+                action,
+                Status(status),
+                abort,
+                held=owner is not None and lease_until >= now,
+                steps_running=running,
+                compensation_failed=comp_failed,
+            )
+            await conn.execute(
+                Q["control_update"],
+                execution_id,
+                int(change.status),
+                change.abort,
+                now,
+                reason,
+                change.free_lease or change.final,
+            )
+            if change.retry_compensations:
+                await conn.execute(Q["retry_compensations"], execution_id)
+            await conn.execute(Q["lock_controls"])
+            await conn.execute(Q["insert_control"], execution_id, action, now)
+            await conn.execute(Q["notify"], CHANNEL, "control")
+            return change.status
+
+        return await self._tx(request)
+
+    async def controls(self, after: int) -> tuple[list[str], int]:
+        async def controls(conn: Any) -> tuple[list[str], int]:
+            if after >= _NO_BEFORE:
+                return [], int(await conn.fetchval(Q["last_control"]))
+            rows = await conn.fetch(Q["controls_after"], after)
+            return [r[1] for r in rows], (rows[-1][0] if rows else after)
+
+        return await self._retrying(controls)
+
+    async def prune_controls(self, before: float) -> None:
+        async def prune(conn: Any) -> None:
+            await conn.execute(Q["prune_controls"], before)
+
+        await self._retrying(prune)
+
+    # queries ------------------------------------------------------------------------------
+
+    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
+        async def get(conn: Any) -> tuple[Status, int] | None:
+            row = await conn.fetchrow(Q["get_status"], execution_id)
+            return None if row is None else (Status(row[0]), row[1])
+
+        return await self._retrying(get)
+
+    async def _executions(self, conn: Any, rows: list[Any]) -> list[Execution]:
+        by_id: dict[str, list[StepRecord]] = {}
+        if rows:
+            for s in await conn.fetch(Q["step_rows_of_many"], [r[0] for r in rows]):
+                by_id.setdefault(s[0], []).append(record_from_row(s[1:]))
+        return [
+            build_execution(
+                id=row[0],
+                workflow_id=row[1],
+                version=row[2],
+                status=Status(row[3]),
+                request=Message(row[4], decode_header(row[5])),
+                response=message_or_none(row[6], row[7]),
+                error=row[8],
+                created_at=row[9],
+                updated_at=row[10],
+                deadline_at=row[11],
+                step_ids=row[12],
+                records=by_id.get(row[0], ()),
+            )
+            for row in rows
+        ]
+
+    async def get_execution(self, execution_id: str) -> Execution | None:
+        async def get(conn: Any) -> Execution | None:
+            row = await conn.fetchrow(Q["get_execution"], execution_id)
+            return None if row is None else (await self._executions(conn, [row]))[0]
+
+        return await self._snapshot(get)
+
+    async def list_executions(
+        self,
+        workflow_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 100,
+        before: str | None = None,
+    ) -> list[Execution]:
+        async def listing(conn: Any) -> list[Execution]:
+            bound = _NO_BEFORE
+            if before is not None:
+                found = await conn.fetchval(Q["seq_of"], before)
+                if found is None:
+                    raise ExecutionNotFoundError(before)
+                bound = found
+            args: list[Any] = [bound, limit]
+            name = "list_executions"
+            if workflow_id is not None:
+                name += "_by_workflow"
+                args.append(workflow_id)
+            if status is not None:
+                name += "_status" if workflow_id is not None else "_by_status"
+                args.append(int(status))
+            rows = await conn.fetch(Q[name], *args)
+            return await self._executions(conn, rows)
+
+        return await self._snapshot(listing)
+
+    # wake-ups ----------------------------------------------------------------------------
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` on every notification of the ``microsaga`` channel, and after
+        each reconnection of the listening connection (notifications sent while it was
+        down are lost, so the worker should look for itself)."""
+        self._wakers.append(wake)
+        if self._watcher is not None:
+            return
+        listening = asyncio.Event()
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._listen(listening), name="microsaga-listen"
+        )
+        # start listening before the worker's first look, so nothing falls in between;
+        # if the server is away the listener keeps trying and polling covers the gap
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await listening.wait()
+        except TimeoutError:
+            log.warning("store %s: LISTEN not established yet; polling meanwhile", self.url)
+
+    def _wake_all(self, *_: Any) -> None:
+        for wake in list(self._wakers):
+            wake()
+
+    async def _listen(self, listening: asyncio.Event) -> None:
+        delay = 0.1
+        failing = False
+        while True:
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=_CONNECT_TIMEOUT, server_settings=self._server_settings()
+                )
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._wake_all)
+                if failing:
+                    log.warning("store %s: LISTEN connection restored", self.url)
+                failing, delay = False, 0.1
+                listening.set()
+                self._wake_all()
+                while not conn.is_closed():
+                    try:
+                        async with asyncio.timeout(_LISTEN_PING):
+                            await lost.wait()
+                    except TimeoutError:
+                        # a connection can die without a word (a cable, a firewall)
+                        await conn.execute(Q["ping"], timeout=_CONNECT_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except (*_DRIVER_ERRORS, ValueError) as exc:
+                if not failing:
+                    log.warning("store %s: LISTEN connection lost: %s", self.url, one_line(exc))
+                failing = True
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            if not failing:
+                log.warning("store %s: LISTEN connection closed; reconnecting", self.url)
+                failing = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,372 @@
+-- Named queries of the PostgreSQL store. Each starts with "-- name: NAME"; parameters
+-- are positional ($1, $2, ...) as asyncpg wants them, listed in a comment when many.
+
+-- schema ---------------------------------------------------------------------------
+
+-- name: migration_lock
+-- Serialises workers that start at the same time on an old or empty database.
+SELECT pg_advisory_xact_lock(8307431127460185601);
+
+-- name: has_version_table
+SELECT to_regclass('microsaga_schema_version') IS NOT NULL;
+
+-- name: version_table
+CREATE TABLE IF NOT EXISTS microsaga_schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM microsaga_schema_version;
+
+-- name: stamp_version
+INSERT INTO microsaga_schema_version (version) VALUES ($1);
+
+-- workflows ------------------------------------------------------------------------
+
+-- name: lock_workflow
+-- Two processes saving the same workflow at once must not both take version N + 1.
+SELECT pg_advisory_xact_lock(hashtextextended('microsaga.workflow:' || $1, 0));
+
+-- name: save_workflow_latest
+SELECT version, hash FROM microsaga_workflows WHERE id = $1 ORDER BY version DESC LIMIT 1;
+
+-- name: insert_workflow
+INSERT INTO microsaga_workflows (id, version, hash, body, created_at)
+VALUES ($1, $2, $3, $4, $5);
+
+-- name: load_workflow_latest
+SELECT id, version, hash, body, created_at FROM microsaga_workflows
+WHERE id = $1 ORDER BY version DESC LIMIT 1;
+
+-- name: load_workflow_version
+SELECT id, version, hash, body, created_at FROM microsaga_workflows
+WHERE id = $1 AND version = $2;
+
+-- name: list_workflows
+SELECT DISTINCT ON (id) id, version, hash, body, created_at FROM microsaga_workflows
+ORDER BY id, version DESC;
+
+-- name: remove_workflow
+DELETE FROM microsaga_workflows WHERE id = $1;
+
+-- group commit ---------------------------------------------------------------------
+-- A batch is at most three statements, each one round trip and its own implicit
+-- transaction: create_executions, then read_executions and write_transitions. Every
+-- unit is written by one statement, so it is all there or not at all.
+
+-- name: create_executions
+-- New executions with their first step runs, and the definitions they need.
+-- Definitions: $1 hash, $2 workflow_id, $3 body, $4 step_ids (a JSON list).
+-- Executions: $5 id, $6 workflow_id, $7 version, $8 definition, $9 status,
+-- $10 request_body, $11 request_header, $12 start_step, $13 reverse, $14 step_timeout,
+-- $15 deadline_at, $16 owner, $17 lease_token, $18 lease_until, $19 created_at.
+-- Step runs of their starts: $20 .. $31 as in write_transitions. $32 the channel
+-- notified when an execution nobody owns is created (a worker should claim it).
+-- Identity values follow the array order, so seq (newest first listings) follows the
+-- order the units were submitted in.
+WITH defs AS (
+    INSERT INTO microsaga_definitions (hash, workflow_id, body, step_ids)
+    SELECT d.hash, d.workflow_id, d.body, ARRAY(SELECT json_array_elements_text(d.step_ids))
+    FROM unnest($1::text[], $2::text[], $3::bytea[], $4::json[])
+        AS d (hash, workflow_id, body, step_ids)
+    ON CONFLICT (hash) DO NOTHING
+),
+created AS (
+    INSERT INTO microsaga_executions (
+        id, workflow_id, version, definition, status, request_body, request_header,
+        start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
+        created_at, updated_at
+    )
+    SELECT u.id, u.workflow_id, u.version, u.definition, u.status, u.request_body,
+           u.request_header, u.start_step, u.reverse, u.step_timeout, u.deadline_at,
+           u.owner, u.lease_token, u.lease_until, u.created_at, u.created_at
+    FROM unnest(
+        $5::text[], $6::text[], $7::integer[], $8::text[], $9::smallint[], $10::bytea[],
+        $11::json[], $12::text[], $13::boolean[], $14::double precision[],
+        $15::double precision[], $16::text[], $17::bigint[], $18::double precision[],
+        $19::double precision[]
+    ) WITH ORDINALITY AS u (
+        id, workflow_id, version, definition, status, request_body, request_header,
+        start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
+        created_at, ord
+    )
+    ORDER BY u.ord
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, owner
+),
+starts AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM unnest(
+        $20::text[], $21::text[], $22::smallint[], $23::smallint[], $24::integer[],
+        $25::bytea[], $26::json[], $27::bytea[], $28::json[], $29::text[],
+        $30::double precision[], $31::double precision[]
+    ) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM created)
+)
+-- several notifications of one transaction with the same payload arrive as one
+SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($32, 'new') END FROM created c
+UNION ALL
+-- an owned unit committed before whose reply was lost (the server went away), and
+-- retried: its own row (same owner and creation time, never claimed since) counts as
+-- created, or the worker would never run it
+SELECT e.id, NULL
+FROM microsaga_executions e
+JOIN unnest($5::text[], $16::text[], $19::double precision[]) AS u (id, owner, created_at)
+    ON e.id = u.id
+WHERE e.owner = u.owner AND e.created_at = u.created_at AND e.lease_token = 1;
+
+-- name: read_executions
+-- What a batch of transitions is decided on. No lock: write_transitions writes a row
+-- only if these columns are unchanged (compare and set).
+SELECT id, status, abort, owner, lease_token FROM microsaga_executions
+WHERE id = ANY($1::text[]);
+
+-- name: write_transitions
+-- The outcome of a batch of transitions, decided by the store from read_executions:
+-- $1 id, $2 .. $5 the status, abort, owner and lease token read, $6 status,
+-- $7 has_response, $8 response_body, $9 response_header, $10 error, $11 release,
+-- $12 at; then the step runs ($13 .. $24: execution_id, step_id, phase, status,
+-- attempts, request_body, request_header, response_body, response_header, error,
+-- started_at, finished_at), one per (execution_id, step_id, phase). An execution whose
+-- row changed since it was read (a control request, a takeover) is left alone with its
+-- step runs, and not returned: the store decides again on a fresh read.
+WITH u AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::smallint[], $3::smallint[], $4::text[], $5::bigint[],
+        $6::smallint[], $7::boolean[], $8::bytea[], $9::json[], $10::text[],
+        $11::boolean[], $12::double precision[]
+    ) AS u (
+        id, seen_status, seen_abort, seen_owner, seen_token, status, has_response,
+        response_body, response_header, error, release, at
+    )
+),
+-- rows locked in id order, as every statement that locks several execution rows does,
+-- so that concurrent batches and lease renewals never deadlock
+locked AS MATERIALIZED (
+    SELECT e.id FROM microsaga_executions e
+    WHERE e.id IN (SELECT id FROM u)
+    ORDER BY e.id
+    FOR UPDATE
+),
+done AS (
+    UPDATE microsaga_executions e SET
+        status = u.status,
+        response_body = CASE WHEN u.has_response
+            THEN u.response_body ELSE e.response_body END,
+        response_header = CASE WHEN u.has_response
+            THEN u.response_header ELSE e.response_header END,
+        error = coalesce(u.error, e.error),
+        owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
+        lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
+        updated_at = u.at
+    FROM u JOIN locked l ON l.id = u.id
+    WHERE e.id = u.id
+      AND e.status = u.seen_status
+      AND e.abort = u.seen_abort
+      AND e.owner = u.seen_owner
+      AND e.lease_token = u.seen_token
+    RETURNING e.id
+),
+steps AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM unnest(
+        $13::text[], $14::text[], $15::smallint[], $16::smallint[], $17::integer[],
+        $18::bytea[], $19::json[], $20::bytea[], $21::json[], $22::text[],
+        $23::double precision[], $24::double precision[]
+    ) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM done)
+    ON CONFLICT (execution_id, step_id, phase) DO UPDATE SET
+        status = excluded.status,
+        attempts = excluded.attempts,
+        request_body = excluded.request_body,
+        request_header = excluded.request_header,
+        response_body = excluded.response_body,
+        response_header = excluded.response_header,
+        error = excluded.error,
+        started_at = excluded.started_at,
+        finished_at = excluded.finished_at
+)
+SELECT id FROM done;
+
+-- name: notify
+-- Delivered when the transaction commits, so a woken worker finds the row.
+SELECT pg_notify($1, $2);
+
+-- name: ping
+SELECT 1;
+
+-- leases -----------------------------------------------------------------------------
+
+-- name: claim
+-- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
+-- same time take different executions instead of queueing on the same rows.
+UPDATE microsaga_executions SET
+    owner = $1,
+    lease_token = lease_token + 1,
+    lease_until = $2,
+    status = CASE WHEN status = 0 THEN 1 ELSE status END
+WHERE seq IN (
+    SELECT seq FROM microsaga_executions
+    WHERE status IN (0, 1, 6) AND lease_until < $3
+    ORDER BY seq
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, lease_token;
+
+-- name: renew
+-- $1 owner, $2 lease until, $3 the ids the worker runs. Locks in id order, as
+-- lock_executions does.
+UPDATE microsaga_executions SET lease_until = $2
+WHERE id IN (
+    SELECT id FROM microsaga_executions
+    WHERE owner = $1 AND id = ANY($3::text[])
+    ORDER BY id FOR UPDATE
+)
+RETURNING id;
+
+-- name: release
+-- $1 id, $2 token, $3 until, $4 the channel: another worker may take it now (or at
+-- $3), so tell them to look.
+WITH released AS (
+    UPDATE microsaga_executions SET owner = NULL, lease_until = $3
+    WHERE id = $1 AND lease_token = $2
+    RETURNING id
+)
+SELECT pg_notify($4, 'release') FROM released;
+
+-- name: load_executions
+-- Executions with their step runs (NULLs when none), in one statement, so one
+-- snapshot; their definitions (immutable) come from load_definitions.
+SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
+       e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
+       e.lease_token,
+       s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
+       s.response_body, s.response_header, s.error, s.started_at, s.finished_at
+FROM microsaga_executions e
+LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id
+WHERE e.id = ANY($1::text[]);
+
+-- name: load_definitions
+SELECT hash, workflow_id, body, step_ids FROM microsaga_definitions
+WHERE hash = ANY($1::text[]);
+
+-- name: step_rows_of_many
+SELECT execution_id, step_id, phase, status, attempts, request_body, request_header,
+       response_body, response_header, error, started_at, finished_at
+FROM microsaga_step_runs WHERE execution_id = ANY($1::text[]);
+
+-- control ----------------------------------------------------------------------------
+
+-- name: control_row
+SELECT status, abort, owner, lease_until,
+       EXISTS (SELECT 1 FROM microsaga_step_runs s WHERE s.execution_id = e.id AND s.status = 1),
+       EXISTS (SELECT 1 FROM microsaga_step_runs s
+               WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2)
+FROM microsaga_executions e WHERE id = $1
+FOR UPDATE OF e;
+
+-- name: control_update
+-- $1 id, $2 status, $3 abort, $4 now, $5 reason, $6 free the lease.
+UPDATE microsaga_executions SET
+    status = $2,
+    abort = $3,
+    updated_at = $4,
+    error = coalesce($5, error),
+    owner = CASE WHEN $6 THEN NULL ELSE owner END,
+    lease_until = CASE WHEN $6 THEN 0 ELSE lease_until END
+WHERE id = $1;
+
+-- name: retry_compensations
+UPDATE microsaga_step_runs SET status = 0
+WHERE execution_id = $1 AND phase = 1 AND status = 2;
+
+-- name: lock_controls
+-- Held from here to the commit: a control row gets its seq only after the one before
+-- it committed, so a reader that sees seq N also sees every seq below N. Without it,
+-- sequence values could commit out of order and "seq > last seen" would miss a row.
+-- An advisory lock rather than LOCK TABLE, which would also wait for autovacuum.
+SELECT pg_advisory_xact_lock(8307431127460185602);
+
+-- name: insert_control
+INSERT INTO microsaga_controls (execution_id, action, at) VALUES ($1, $2, $3);
+
+-- name: controls_after
+SELECT seq, execution_id FROM microsaga_controls WHERE seq > $1 ORDER BY seq;
+
+-- name: last_control
+SELECT coalesce(max(seq), 0) FROM microsaga_controls;
+
+-- name: prune_controls
+DELETE FROM microsaga_controls WHERE at < $1;
+
+-- queries ----------------------------------------------------------------------------
+
+-- name: get_status
+SELECT status, abort FROM microsaga_executions WHERE id = $1;
+
+-- name: seq_of
+SELECT seq FROM microsaga_executions WHERE id = $1;
+
+-- name: get_execution
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
+WHERE e.id = $1;
+
+-- One query per combination of filters rather than "$n IS NULL OR ...", which a
+-- cached generic plan could not serve from the matching index.
+
+-- name: list_executions
+-- $1 before (seq), $2 limit.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
+WHERE e.seq < $1
+ORDER BY e.seq DESC
+LIMIT $2;
+
+-- name: list_executions_by_workflow
+-- $1 before (seq), $2 limit, $3 workflow id.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
+WHERE e.seq < $1 AND e.workflow_id = $3
+ORDER BY e.seq DESC
+LIMIT $2;
+
+-- name: list_executions_by_status
+-- $1 before (seq), $2 limit, $3 status.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
+WHERE e.seq < $1 AND e.status = $3
+ORDER BY e.seq DESC
+LIMIT $2;
+
+-- name: list_executions_by_workflow_status
+-- $1 before (seq), $2 limit, $3 workflow id, $4 status.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids
+FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
+WHERE e.seq < $1 AND e.workflow_id = $3 AND e.status = $4
+ORDER BY e.seq DESC
+LIMIT $2;

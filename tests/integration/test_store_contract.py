@@ -1,0 +1,904 @@
+"""The contract every store keeps, run over memory, SQLite and PostgreSQL.
+
+The first part drives the :class:`~microsaga.stores.base.Store` interface directly,
+with made-up times (the engine passes its clock's ``now``); the second runs whole
+sagas through :class:`microsaga.Flow` on each store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microsaga import (
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    Flow,
+    FunctionStep,
+    InvalidTransitionError,
+    Message,
+    Status,
+    StepError,
+)
+from microsaga._engine.saga import ABORT, ABORT_NO_COMPENSATION, NO_ABORT
+from microsaga.stores import open_store
+from microsaga.stores.base import (
+    COMPENSATION,
+    FORWARD,
+    NewExecution,
+    StepRecord,
+    Store,
+    Transition,
+    TransitionResult,
+)
+from tests.helpers import eventually
+from tests.integration.pg import fresh_database
+
+STORES = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+]
+
+# every execution id these tests create: renew extends those the owner holds
+EVERY = ("e1", "e2", "e3", "owned", "pending-1", "pending-2")
+
+
+@pytest.fixture(params=STORES)
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A URL of an empty store; every Flow or store opened on it shares its data."""
+    kind = request.param
+    if kind == "memory":
+        yield f"memory://contract-{uuid.uuid4().hex}"
+    elif kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        async with fresh_database() as url:
+            yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = open_store(store_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _kind(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["store_url"])
+
+
+# building blocks ---------------------------------------------------------------------
+
+REQUEST = Message(b'{"order": 7}', {"Trace": ["t1", "t2"], "X-Other": "o"})
+
+
+def new(
+    eid: str,
+    *,
+    owner: str | None = None,
+    now: float = 100.0,
+    ttl: float = 10.0,
+    workflow: str = "order",
+    steps: tuple[str, ...] = ("a", "b", "c"),
+    starts: tuple[str, ...] = (),
+    definition: bytes | None = b'{"id": "order"}',
+    digest: str = "hash-1",
+    request: Message = REQUEST,
+) -> NewExecution:
+    return NewExecution(
+        id=eid,
+        workflow_id=workflow,
+        version=None,
+        definition_hash=digest,
+        definition=definition,
+        step_ids=list(steps),
+        request=request,
+        status=Status.RUNNING if owner else Status.PENDING,
+        owner=owner,
+        lease_until=now + ttl if owner else 0.0,
+        created_at=now,
+        starts=[running(s, at=now) for s in starts],
+    )
+
+
+def running(step: str, *, at: float = 100.0, phase: int = FORWARD, attempt: int = 1) -> StepRecord:
+    return StepRecord(
+        step, phase, Status.RUNNING, attempt, Message(b'{"in": 1}', {"K": "v"}), None, None, at
+    )
+
+
+def succeeded(step: str, *, at: float = 101.0, phase: int = FORWARD) -> StepRecord:
+    return StepRecord(
+        step,
+        phase,
+        Status.SUCCESS,
+        1,
+        Message(b'{"in": 1}', {"K": "v"}),
+        Message(b'{"out": "' + step.encode() + b'"}', {"R": "r"}),
+        None,
+        100.0,
+        at,
+    )
+
+
+def transition(eid: str, token: int = 1, expect: Status = Status.RUNNING, **kw: Any) -> Transition:
+    return Transition(eid, token, expect, **kw)
+
+
+async def commit_one(store: Store, unit: NewExecution | Transition) -> bool | TransitionResult:
+    (result,) = await store.commit([unit])
+    return result
+
+
+async def steps_of(store: Store, eid: str) -> dict[tuple[str, int], StepRecord]:
+    stored = await store.load(eid)
+    assert stored is not None
+    return {(r.step_id, r.phase): r for r in stored.records}
+
+
+# creating executions ---------------------------------------------------------------------
+
+
+async def test_create_pending_and_load(store: Store) -> None:
+    assert await store.commit([new("e1")]) == [True]
+    stored = await store.load("e1")
+    assert stored is not None
+    assert (stored.id, stored.workflow_id, stored.version) == ("e1", "order", None)
+    assert stored.status is Status.PENDING
+    assert stored.abort == NO_ABORT
+    assert stored.token == 0
+    assert stored.records == []
+    assert stored.request.body == REQUEST.body
+    assert stored.request.header.getall("trace") == ["t1", "t2"]
+    assert stored.request.header["X-Other"] == "o"
+    assert stored.definition.hash == "hash-1"
+    assert stored.definition.body == b'{"id": "order"}'
+    assert stored.definition.step_ids == ["a", "b", "c"]
+    assert (stored.start_step, stored.reverse, stored.step_timeout, stored.deadline_at) == (
+        None,
+        False,
+        None,
+        None,
+    )
+
+
+async def test_create_owned_with_its_first_steps(store: Store) -> None:
+    unit = new("e1", owner="w1", starts=("a", "b"))
+    unit.start_step, unit.reverse, unit.step_timeout, unit.deadline_at = "a", True, 2.5, 160.0
+    assert await commit_one(store, unit) is True
+    stored = await store.load("e1")
+    assert stored is not None
+    assert stored.status is Status.RUNNING
+    assert stored.token == 1
+    assert (stored.start_step, stored.reverse, stored.step_timeout, stored.deadline_at) == (
+        "a",
+        True,
+        2.5,
+        160.0,
+    )
+    records = {(r.step_id, r.phase): r for r in stored.records}
+    assert set(records) == {("a", FORWARD), ("b", FORWARD)}
+    a = records["a", FORWARD]
+    assert (a.status, a.attempts, a.started_at, a.finished_at) == (Status.RUNNING, 1, 100.0, None)
+    assert a.request is not None
+    assert a.request.body == b'{"in": 1}'
+    assert a.request.header["k"] == "v"
+    assert a.response is None
+
+
+async def test_execution_ids_are_idempotent(store: Store) -> None:
+    assert await commit_one(store, new("e1")) is True
+    other = new("e1", owner="w2", request=Message(b'{"order": 8}'))
+    assert await commit_one(store, other) is False
+    # the same id twice in one batch: the first one is created
+    assert await store.commit([new("e2"), new("e2", request=Message(b"{}"))]) == [True, False]
+    stored = await store.load("e1")
+    assert stored is not None
+    assert stored.request.body == REQUEST.body
+    assert stored.status is Status.PENDING
+    assert [e.id for e in await store.list_executions()] == ["e2", "e1"]
+
+
+async def test_definition_is_stored_once_per_hash(store: Store) -> None:
+    await store.commit([new("e1"), new("e2", definition=None)])
+    await store.commit([new("e3", definition=None, digest="unknown", steps=("x",))])
+    e2, e3 = await store.load("e2"), await store.load("e3")
+    assert e2 is not None
+    assert e3 is not None
+    assert e2.definition.body == b'{"id": "order"}'
+    # a hash the store never saw a body for still gets its row, without a body
+    assert (e3.definition.hash, e3.definition.body, e3.definition.step_ids) == (
+        "unknown",
+        None,
+        ["x"],
+    )
+
+
+async def test_never_started_steps_show_as_pending(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert list(info.steps) == ["a", "b", "c"]
+    assert info.steps["a"].status is Status.RUNNING
+    assert info.steps["a"].attempts == 1
+    for sid in ("b", "c"):
+        run = info.steps[sid]
+        assert (run.status, run.request, run.response, run.attempts) == (
+            Status.PENDING,
+            None,
+            None,
+            0,
+        )
+        assert run.compensation is None
+    assert info.status is Status.RUNNING
+    assert info.request.body == REQUEST.body
+    assert info.response is None
+    assert info.created_at.timestamp() == 100.0
+
+
+# transitions ------------------------------------------------------------------------------
+
+
+async def test_transition_applies_when_expected(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    result = await commit_one(
+        store,
+        transition(
+            "e1",
+            status=Status.SUCCESS,
+            records=[succeeded("a")],
+            response=Message(b'{"done": true}', {"H": "1"}),
+            release=True,
+            at=105.0,
+        ),
+    )
+    assert result == TransitionResult(True, Status.SUCCESS, NO_ABORT, True)
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert info.status is Status.SUCCESS
+    assert info.response is not None
+    assert info.response.body == b'{"done": true}'
+    assert info.response.header["h"] == "1"
+    assert info.updated_at.timestamp() == 105.0
+    a = info.steps["a"]
+    assert a.status is Status.SUCCESS
+    assert a.response is not None
+    assert a.response.body == b'{"out": "a"}'
+    assert a.finished_at is not None
+    assert a.finished_at.timestamp() == 101.0
+    # released: the owner no longer holds it, and a finished execution is never claimed
+    assert await store.renew("w1", EVERY, 106.0, 10.0) == set()
+    assert await store.claim("w2", 1000.0, 10.0, 10) == []
+
+
+async def test_transition_error_is_kept(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    failed = StepRecord("a", FORWARD, Status.FAILURE, 3, None, None, "boom", 100.0, 101.0)
+    result = await commit_one(
+        store,
+        transition("e1", status=Status.FAILURE, records=[failed], error="a: boom", release=True),
+    )
+    assert isinstance(result, TransitionResult)
+    assert result.applied
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert (info.status, info.error, info.response) == (Status.FAILURE, "a: boom", None)
+    assert (info.steps["a"].status, info.steps["a"].error, info.steps["a"].attempts) == (
+        Status.FAILURE,
+        "boom",
+        3,
+    )
+
+
+async def test_records_are_written_even_when_not_applied(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    assert await store.request("e1", "suspend", 101.0) is Status.SUSPEND
+    result = await commit_one(
+        store,
+        transition(
+            "e1",
+            expect=Status.RUNNING,
+            status=Status.SUCCESS,
+            records=[succeeded("a")],
+            starts=[running("b")],
+            response=Message(b"{}"),
+            release=True,
+            at=102.0,
+        ),
+    )
+    assert result == TransitionResult(True, Status.SUSPEND, NO_ABORT, False)
+    records = await steps_of(store, "e1")
+    assert records["a", FORWARD].status is Status.SUCCESS  # the result of a step is kept
+    assert ("b", FORWARD) not in records  # nothing starts
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert (info.status, info.response) == (Status.SUSPEND, None)
+    assert await store.renew("w1", EVERY, 103.0, 10.0) == {"e1"}  # not released
+
+
+@pytest.mark.parametrize("release", [False, True])
+async def test_not_applied_when_expect_differs_even_if_status_matches(
+    store: Store, release: bool
+) -> None:
+    """``applied`` means "the stored status was ``expect``", as in MemoryStore.
+
+    The stored status is SUSPEND (another process suspended it); the owner still
+    believes RUNNING and asks to go to SUSPEND itself: that transition is not applied,
+    so nothing is released and its starts are not written.
+    """
+    await store.commit([new("e1", owner="w1")])
+    await store.request("e1", "suspend", 101.0)
+    result = await commit_one(
+        store,
+        transition("e1", expect=Status.RUNNING, status=Status.SUSPEND, release=release, at=102.0),
+    )
+    assert result == TransitionResult(True, Status.SUSPEND, NO_ABORT, False)
+
+
+async def test_starts_need_a_running_status(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    # applied, no status change: the starts are written
+    result = await commit_one(
+        store, transition("e1", records=[succeeded("a")], starts=[running("b", at=102.0)])
+    )
+    assert result == TransitionResult(True, Status.RUNNING, NO_ABORT, True)
+    # applied, but the new status does not run steps: starts are dropped
+    result = await commit_one(
+        store, transition("e1", status=Status.SUSPEND, starts=[running("c")], release=True)
+    )
+    assert result == TransitionResult(True, Status.SUSPEND, NO_ABORT, True)
+    records = await steps_of(store, "e1")
+    assert set(records) == {("a", FORWARD), ("b", FORWARD)}
+    assert records["b", FORWARD].started_at == 102.0
+
+
+async def test_compensation_records(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    await store.commit([transition("e1", records=[succeeded("a")])])
+    result = await commit_one(
+        store,
+        transition("e1", status=Status.COMPENSATING, starts=[running("a", phase=COMPENSATION)]),
+    )
+    assert isinstance(result, TransitionResult)
+    assert result.applied
+    comp = succeeded("a", phase=COMPENSATION, at=103.0)
+    forward = succeeded("a")
+    forward.status = Status.COMPENSATED
+    await store.commit(
+        [
+            transition(
+                "e1",
+                expect=Status.COMPENSATING,
+                status=Status.FAILURE,
+                records=[comp, forward],
+                error="b failed",
+                release=True,
+            )
+        ]
+    )
+    info = await store.get_execution("e1")
+    assert info is not None
+    a = info.steps["a"]
+    assert a.status is Status.COMPENSATED
+    assert a.compensation is not None
+    assert a.compensation.status is Status.SUCCESS
+    assert a.compensation.finished_at is not None
+    assert a.compensation.finished_at.timestamp() == 103.0
+    assert info.compensated
+
+
+async def test_transition_is_fenced_after_a_takeover(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",), ttl=10.0)])
+    # w1 stops renewing; once the lease expired another worker takes over
+    assert await store.claim("w2", 105.0, 10.0, 10) == []
+    (claim,) = await store.claim("w2", 111.0, 10.0, 10)
+    assert (claim.execution_id, claim.token) == ("e1", 2)
+    stale = await commit_one(
+        store,
+        transition("e1", token=1, status=Status.SUCCESS, records=[succeeded("a")], release=True),
+    )
+    assert isinstance(stale, TransitionResult)
+    assert (stale.owned, stale.applied) == (False, False)
+    records = await steps_of(store, "e1")
+    assert records["a", FORWARD].status is Status.RUNNING  # nothing of w1's was written
+    assert await store.get_status("e1") == (Status.RUNNING, NO_ABORT)
+    assert await store.renew("w1", EVERY, 112.0, 10.0) == set()
+    fresh = await commit_one(store, transition("e1", token=2, records=[succeeded("a")]))
+    assert fresh == TransitionResult(True, Status.RUNNING, NO_ABORT, True)
+
+
+async def test_no_writes_after_release(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    await store.commit([transition("e1", status=Status.SUSPEND, release=True)])
+    late = await commit_one(
+        store, transition("e1", expect=Status.SUSPEND, records=[succeeded("a")])
+    )
+    assert isinstance(late, TransitionResult)
+    assert not late.owned
+    assert await steps_of(store, "e1") == {}
+
+
+async def test_unknown_execution_transition_is_not_owned(store: Store) -> None:
+    result = await commit_one(store, transition("nope", records=[succeeded("a")]))
+    assert isinstance(result, TransitionResult)
+    assert (result.owned, result.applied) == (False, False)
+
+
+async def test_one_batch_applies_units_in_order(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",)), new("e2", owner="w1")])
+    again = succeeded("a", at=150.0)
+    results = await store.commit(
+        [
+            new("e3", owner="w1", starts=("a",)),
+            transition("e1", records=[succeeded("a")], status=Status.SUSPEND),
+            # sees the SUSPEND of the unit before it: not applied, its start is dropped
+            transition("e1", records=[again], starts=[running("b")]),
+            transition("e2", status=Status.SUCCESS, release=True),
+            transition("e2", token=1, records=[succeeded("c")]),  # released just before
+            new("e1"),
+        ]
+    )
+    late = results.pop(4)  # released just before: not owned (its status means nothing)
+    assert isinstance(late, TransitionResult)
+    assert (late.owned, late.applied) == (False, False)
+    assert results == [
+        True,
+        TransitionResult(True, Status.SUSPEND, NO_ABORT, True),
+        TransitionResult(True, Status.SUSPEND, NO_ABORT, False),
+        TransitionResult(True, Status.SUCCESS, NO_ABORT, True),
+        False,
+    ]
+    e1 = await steps_of(store, "e1")
+    assert set(e1) == {("a", FORWARD)}
+    assert e1["a", FORWARD].finished_at == 150.0  # the later record of the batch wins
+    assert await steps_of(store, "e2") == {}
+    assert set(await steps_of(store, "e3")) == {("a", FORWARD)}
+
+
+async def test_abort_request_reaches_the_owner_through_its_transition(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    assert await store.request("e1", "abort", 101.0) is Status.COMPENSATING
+    result = await commit_one(
+        store, transition("e1", expect=Status.RUNNING, records=[succeeded("a")])
+    )
+    assert result == TransitionResult(True, Status.COMPENSATING, ABORT, False)
+    result = await commit_one(
+        store, transition("e1", expect=Status.COMPENSATING, status=Status.ABORTED, release=True)
+    )
+    assert result == TransitionResult(True, Status.ABORTED, ABORT, True)
+
+
+# leases -------------------------------------------------------------------------------------
+
+
+async def test_claim_takes_runnable_executions_whose_lease_is_free_or_expired(
+    store: Store,
+) -> None:
+    await store.commit(
+        [
+            new("pending-1"),
+            new("owned", owner="w1", ttl=10.0),
+            new("pending-2"),
+            new("done", owner="w1"),
+            new("suspended"),
+        ]
+    )
+    await store.commit([transition("done", status=Status.SUCCESS, release=True)])
+    await store.request("suspended", "suspend", 100.0)
+    claims = await store.claim("w2", 105.0, 10.0, 10)
+    assert sorted((c.execution_id, c.token) for c in claims) == [("pending-1", 1), ("pending-2", 1)]
+    for eid in ("pending-1", "pending-2"):
+        assert await store.get_status(eid) == (Status.RUNNING, NO_ABORT)
+    assert await store.claim("w3", 105.0, 10.0, 10) == []
+    # at 200 every lease has expired; finished and suspended ones stay where they are
+    claims = await store.claim("w3", 200.0, 10.0, 10)
+    assert sorted((c.execution_id, c.token) for c in claims) == [
+        ("owned", 2),
+        ("pending-1", 2),
+        ("pending-2", 2),
+    ]
+    assert await store.renew("w3", EVERY, 201.0, 10.0) == {"owned", "pending-1", "pending-2"}
+    assert await store.renew("w2", EVERY, 201.0, 10.0) == set()
+
+
+async def test_claim_limit_takes_the_oldest_first(store: Store) -> None:
+    await store.commit([new(f"e{i}") for i in range(5)])
+    first = await store.claim("w1", 100.0, 10.0, 2)
+    second = await store.claim("w2", 100.0, 10.0, 2)
+    third = await store.claim("w3", 100.0, 10.0, 2)
+    assert sorted(c.execution_id for c in first) == ["e0", "e1"]
+    assert sorted(c.execution_id for c in second) == ["e2", "e3"]
+    assert [c.execution_id for c in third] == ["e4"]
+
+
+async def test_claim_takes_over_a_compensating_execution(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", ttl=5.0)])
+    await store.commit([transition("e1", status=Status.COMPENSATING)])
+    (claim,) = await store.claim("w2", 106.0, 10.0, 10)
+    assert claim.token == 2
+    assert await store.get_status("e1") == (Status.COMPENSATING, NO_ABORT)
+
+
+async def test_renew_extends_only_the_owners_leases(store: Store) -> None:
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w1"), new("e3", owner="w2")])
+    assert await store.renew("w1", EVERY, 108.0, 10.0) == {"e1", "e2"}
+    # w2 did not renew: only its execution is claimable after 110
+    claims = await store.claim("w3", 111.0, 10.0, 10)
+    assert [c.execution_id for c in claims] == ["e3"]
+    assert {c.execution_id for c in await store.claim("w3", 118.1, 10.0, 10)} == {"e1", "e2"}
+
+
+async def test_renew_extends_only_the_leases_of_executions_it_runs(store: Store) -> None:
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w1")])
+    assert await store.renew("w1", ["e1"], 108.0, 10.0) == {"e1"}
+    # e2 is not run by w1 any more (its run gave up): its lease ran out at 110
+    claims = await store.claim("w2", 111.0, 10.0, 10)
+    assert [c.execution_id for c in claims] == ["e2"]
+
+
+async def test_release_frees_the_lease_from_a_time_on(store: Store) -> None:
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w1")])
+    await store.release("e1", 1, 150.0)
+    await store.release("e2", 7, 0.0)  # a wrong token changes nothing
+    assert await store.renew("w1", EVERY, 101.0, 10.0) == {"e2"}
+    assert await store.claim("w2", 110.0, 10.0, 10) == []
+    claims = await store.claim("w2", 150.5, 10.0, 10)
+    assert sorted((c.execution_id, c.token) for c in claims) == [("e1", 2), ("e2", 2)]
+
+
+async def test_load_and_queries_of_an_unknown_execution(store: Store) -> None:
+    assert await store.load("nope") is None
+    assert await store.get_execution("nope") is None
+    assert await store.get_status("nope") is None
+
+
+async def test_load_has_every_record(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a", "b"))])
+    retried = StepRecord("b", FORWARD, Status.RUNNING, 2, Message(b"[]"), None, "flaky", 100.0)
+    comp = running("a", phase=COMPENSATION, at=104.0)
+    await store.commit([transition("e1", records=[succeeded("a")], starts=[retried])])
+    await store.commit([transition("e1", status=Status.COMPENSATING, starts=[comp])])
+    stored = await store.load("e1")
+    assert stored is not None
+    assert stored.status is Status.COMPENSATING
+    assert stored.token == 1
+    records = {(r.step_id, r.phase): r for r in stored.records}
+    assert set(records) == {("a", FORWARD), ("b", FORWARD), ("a", COMPENSATION)}
+    b = records["b", FORWARD]
+    assert (b.status, b.attempts, b.error, b.started_at) == (Status.RUNNING, 2, "flaky", 100.0)
+    assert b.request is not None
+    assert b.request.body == b"[]"
+    a = records["a", FORWARD]
+    assert a.response is not None
+    assert a.response.body == b'{"out": "a"}'
+    assert records["a", COMPENSATION].started_at == 104.0
+
+
+async def test_load_after_a_claim_sees_what_came_after_it(store: Store) -> None:
+    await store.commit([new("e1"), new("e2")])
+    claims = await store.claim("w1", 100.0, 10.0, 10)
+    assert len(claims) == 2
+    stored = await store.load("e1")
+    assert stored is not None
+    assert (stored.status, stored.token) == (Status.RUNNING, 1)
+    # written after the claim, before the load: the load has it
+    await store.commit([transition("e2", records=[succeeded("a")])])
+    stored = await store.load("e2")
+    assert stored is not None
+    assert [(r.step_id, r.status) for r in stored.records] == [("a", Status.SUCCESS)]
+    (claim,) = await store.claim("w2", 200.0, 10.0, 1)
+    await store.request(claim.execution_id, "suspend", 201.0)
+    stored = await store.load(claim.execution_id)
+    assert stored is not None
+    assert (stored.status, stored.token) == (Status.SUSPEND, 2)
+
+
+# control requests ---------------------------------------------------------------------------
+
+
+async def test_suspend_and_resume_a_pending_execution(store: Store) -> None:
+    await store.commit([new("e1")])
+    assert await store.request("e1", "suspend", 101.0) is Status.SUSPEND
+    assert await store.request("e1", "suspend", 101.5) is Status.SUSPEND  # again: no error
+    assert await store.claim("w1", 102.0, 10.0, 10) == []
+    assert await store.request("e1", "resume", 103.0) is Status.RUNNING
+    (claim,) = await store.claim("w1", 103.0, 10.0, 10)
+    assert claim.execution_id == "e1"
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert info.updated_at.timestamp() == 103.0
+
+
+async def test_resume_keeps_a_live_owner(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    await store.request("e1", "suspend", 101.0)
+    assert await store.request("e1", "resume", 102.0) is Status.RUNNING
+    assert await store.claim("w2", 103.0, 10.0, 10) == []  # w1 still holds it
+    assert await store.renew("w1", EVERY, 103.0, 10.0) == {"e1"}
+
+
+async def test_resume_after_the_owner_released_frees_it(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    await store.request("e1", "suspend", 101.0)
+    await store.commit([transition("e1", expect=Status.SUSPEND, release=True)])
+    assert await store.request("e1", "resume", 102.0) is Status.RUNNING
+    (claim,) = await store.claim("w2", 102.0, 10.0, 10)
+    assert claim.token == 2
+
+
+async def test_abort_of_a_suspended_execution_rolls_back(store: Store) -> None:
+    await store.commit([new("e1")])
+    await store.request("e1", "suspend", 101.0)
+    assert await store.request("e1", "abort", 102.0) is Status.COMPENSATING
+    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+    with pytest.raises(InvalidTransitionError, match="suspend"):
+        await store.request("e1", "suspend", 103.0)
+    (claim,) = await store.claim("w1", 103.0, 10.0, 10)
+    assert claim.execution_id == "e1"
+    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+
+
+async def test_invalid_requests(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    with pytest.raises(InvalidTransitionError, match="resume"):
+        await store.request("e1", "resume", 101.0)
+    await store.commit([transition("e1", status=Status.SUCCESS, release=True)])
+    for action in ("suspend", "abort", "abort_nocomp", "resume"):
+        with pytest.raises(InvalidTransitionError):
+            await store.request("e1", action, 102.0)
+    with pytest.raises(ExecutionNotFoundError):
+        await store.request("nope", "suspend", 102.0)
+    # a refused request changes nothing and wakes nobody
+    assert await store.get_status("e1") == (Status.SUCCESS, NO_ABORT)
+    _, last = await store.controls(2**62)
+    assert await store.controls(last) == ([], last)
+
+
+async def test_abort_of_a_held_execution_is_left_to_its_owner(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    assert await store.request("e1", "abort", 101.0, reason="deadline exceeded") is (
+        Status.COMPENSATING
+    )
+    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+    assert await store.renew("w1", EVERY, 102.0, 10.0) == {"e1"}
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert info.error == "deadline exceeded"
+
+
+async def test_abort_of_an_execution_nobody_holds_frees_it(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", ttl=5.0)])
+    # the lease expired at 105: any worker may take the rollback now
+    assert await store.request("e1", "abort", 106.0) is Status.COMPENSATING
+    (claim,) = await store.claim("w2", 106.0, 10.0, 10)
+    assert claim.token == 2
+
+
+async def test_abort_without_compensation(store: Store) -> None:
+    await store.commit([new("idle"), new("busy", owner="w1", starts=("a",), ttl=5.0)])
+    # nobody holds it and no step runs: it ends at once
+    assert await store.request("idle", "abort_nocomp", 101.0) is Status.ABORTED
+    assert await store.get_status("idle") == (Status.ABORTED, ABORT_NO_COMPENSATION)
+    assert await store.claim("w2", 101.0, 10.0, 10) == []
+    # a step is still running: a worker must record how it ends
+    assert await store.request("busy", "abort_nocomp", 106.0) is Status.RUNNING
+    assert await store.get_status("busy") == (Status.RUNNING, ABORT_NO_COMPENSATION)
+    (claim,) = await store.claim("w2", 106.0, 10.0, 10)
+    assert claim.execution_id == "busy"
+
+
+async def test_resume_retries_failed_compensations(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    await store.commit([transition("e1", records=[succeeded("a")], status=Status.COMPENSATING)])
+    failed = StepRecord("a", COMPENSATION, Status.FAILURE, 10, None, None, "down", 101.0, 102.0)
+    await store.commit(
+        [
+            transition(
+                "e1",
+                expect=Status.COMPENSATING,
+                status=Status.FAILURE,
+                records=[failed],
+                error="compensation of a failed",
+                release=True,
+            )
+        ]
+    )
+    assert await store.request("e1", "resume", 110.0) is Status.COMPENSATING
+    records = await steps_of(store, "e1")
+    assert records["a", COMPENSATION].status is Status.PENDING
+    assert records["a", FORWARD].status is Status.SUCCESS
+    (claim,) = await store.claim("w2", 110.0, 10.0, 10)
+    assert claim.token == 2
+    # a failure without a failed compensation cannot be resumed
+    await store.commit([new("e2", owner="w1")])
+    await store.commit([transition("e2", status=Status.FAILURE, error="x", release=True)])
+    with pytest.raises(InvalidTransitionError):
+        await store.request("e2", "resume", 111.0)
+
+
+async def test_controls_list_requests_after_a_sequence_number(store: Store) -> None:
+    await store.commit([new("e1"), new("e2"), new("e3")])
+    none, start = await store.controls(2**62)
+    assert none == []
+    await store.request("e1", "suspend", 100.0)
+    await store.request("e2", "abort", 101.0)
+    ids, last = await store.controls(start)
+    assert ids == ["e1", "e2"]
+    assert last > start
+    assert await store.controls(last) == ([], last)
+    await store.request("e1", "resume", 200.0)
+    ids, newer = await store.controls(last)
+    assert (ids, newer > last) == (["e1"], True)
+    # a worker starting now sees nothing of the past
+    assert (await store.controls(2**62))[1] == newer
+    await store.prune_controls(150.0)
+    assert (await store.controls(start))[0] == ["e1"]
+
+
+# queries ---------------------------------------------------------------------------------
+
+
+async def test_list_executions_newest_first_with_filters_and_pages(store: Store) -> None:
+    units = [new(f"e{i}", workflow="order" if i % 2 else "refund") for i in range(7)]
+    units[3] = new("e3", workflow="order", owner="w1", starts=("a",))
+    for unit in units:  # one commit each: creation order is the listing order
+        await store.commit([unit])
+    await store.commit([transition("e3", status=Status.SUCCESS, records=[succeeded("a")])])
+    listed = await store.list_executions()
+    assert [e.id for e in listed] == ["e6", "e5", "e4", "e3", "e2", "e1", "e0"]
+    assert listed[3].steps["a"].status is Status.SUCCESS
+    assert listed[3].steps["b"].status is Status.PENDING
+    assert [e.id for e in await store.list_executions(workflow_id="order")] == ["e5", "e3", "e1"]
+    assert [e.id for e in await store.list_executions(status=Status.SUCCESS)] == ["e3"]
+    pending_orders = await store.list_executions("order", Status.PENDING)
+    assert [e.id for e in pending_orders] == ["e5", "e1"]
+    assert await store.list_executions("nope") == []
+    # keyset pages
+    pages, before = [], None
+    while True:
+        page = await store.list_executions(limit=3, before=before)
+        if not page:
+            break
+        pages.append([e.id for e in page])
+        before = page[-1].id
+    assert pages == [["e6", "e5", "e4"], ["e3", "e2", "e1"], ["e0"]]
+    assert [e.id for e in await store.list_executions("order", limit=1, before="e5")] == ["e3"]
+    with pytest.raises(ExecutionNotFoundError):
+        await store.list_executions(before="nope")
+
+
+async def test_get_status(store: Store) -> None:
+    await store.commit([new("e1", owner="w1")])
+    assert await store.get_status("e1") == (Status.RUNNING, NO_ABORT)
+    await store.request("e1", "abort", 101.0)
+    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+
+
+# workflow definitions --------------------------------------------------------------------
+
+
+async def test_workflow_versions(store: Store) -> None:
+    assert await store.save_workflow("order", "h1", b'{"v": 1}', 10.0) == 1
+    assert await store.save_workflow("order", "h1", b'{"v": 1}', 11.0) == 1  # unchanged
+    assert await store.save_workflow("order", "h2", b'{"v": 2}', 12.0) == 2
+    assert await store.save_workflow("order", "h1", b'{"v": 1}', 13.0) == 3  # changed back
+    assert await store.save_workflow("refund", "r1", b'{"r": 1}', 14.0) == 1
+    latest = await store.load_workflow("order")
+    assert latest is not None
+    assert (latest.id, latest.version, latest.hash, latest.body, latest.created_at) == (
+        "order",
+        3,
+        "h1",
+        b'{"v": 1}',
+        13.0,
+    )
+    second = await store.load_workflow("order", 2)
+    assert second is not None
+    assert (second.version, second.body) == (2, b'{"v": 2}')
+    assert await store.load_workflow("order", 9) is None
+    assert await store.load_workflow("nope") is None
+    listed = await store.list_workflows()
+    assert [(w.id, w.version) for w in listed] == [("order", 3), ("refund", 1)]
+    assert await store.remove_workflow("order") is True
+    assert await store.remove_workflow("order") is False
+    assert await store.load_workflow("order") is None
+    assert [w.id for w in await store.list_workflows()] == ["refund"]
+
+
+# whole sagas through Flow ---------------------------------------------------------------
+
+COMPENSATED: list[object] = []
+GATE: dict[str, asyncio.Event] = {}
+
+
+async def reserve(msg: Message) -> object:
+    return {"reserved": msg.json()["order"]}
+
+
+async def release(msg: Message) -> None:
+    COMPENSATED.append(msg.json())
+
+
+async def charge(msg: Message) -> object:
+    raise StepError("card declined", retryable=False)
+
+
+async def slow(msg: Message) -> object:
+    await GATE["slow"].wait()
+    return {"slow": True}
+
+
+async def after(msg: Message) -> object:
+    return {"after": msg.json()}
+
+
+async def test_saga_rolls_back_through_the_store(store_url: str) -> None:
+    COMPENSATED.clear()
+    async with Flow(store_url) as flow:
+        wf = await flow.workflow_create(
+            "order",
+            FunctionStep(reserve, compensate=FunctionStep(release)),
+            FunctionStep(charge, requires=["reserve"]),
+        )
+        with pytest.raises(ExecutionFailedError) as failed:
+            await wf.execute({"order": 7}, execution_id="order-7")
+        assert (failed.value.step_id, failed.value.compensated) == ("charge", True)
+        # the same id again starts nothing and reports the same outcome
+        with pytest.raises(ExecutionFailedError):
+            await wf.execute({"order": 8}, execution_id="order-7")
+        assert len(await flow.executions()) == 1
+    assert COMPENSATED == [{"request": {"order": 7}, "response": {"reserved": 7}}]
+    async with Flow(store_url, worker=False) as reader:
+        info = await reader.execution("order-7")
+    assert info.status is Status.FAILURE
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    comp = info.steps["reserve"].compensation
+    assert comp is not None
+    assert comp.status is Status.SUCCESS
+    assert info.steps["charge"].status is Status.FAILURE
+    assert "card declined" in (info.steps["charge"].error or "")
+
+
+async def test_saga_succeeds_and_suspends_from_another_flow(store_url: str) -> None:
+    GATE["slow"] = asyncio.Event()
+    async with Flow(store_url) as runner, Flow(store_url, worker=False) as other:
+        wf = await runner.workflow_create(
+            "slow", FunctionStep(slow), FunctionStep(after, requires=["slow"])
+        )
+        eid = await wf.execute({"n": 1}, async_=True)
+
+        async def slow_running() -> bool:
+            info = await other.execution(eid)
+            return info.steps["slow"].status is Status.RUNNING
+
+        await eventually(slow_running)
+        await other.suspend(eid)
+        assert (await other.execution(eid)).status is Status.SUSPEND
+        # the runner learns of it within a second
+        await eventually(lambda: wf.status is Status.SUSPEND, timeout=1.0)
+        GATE["slow"].set()
+        stopped = await other.wait(eid, timeout=10)
+        assert stopped.status is Status.SUSPEND
+
+        async def slow_recorded() -> bool:
+            info = await other.execution(eid)
+            return info.steps["slow"].status is Status.SUCCESS
+
+        await eventually(slow_recorded)  # the running step finished and was recorded
+        info = await other.execution(eid)
+        assert info.steps["after"].status is Status.PENDING  # nothing new started
+        await other.resume(eid)
+        assert (await other.execution(eid)).status in (Status.RUNNING, Status.SUCCESS)
+        done = await other.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS
+    assert done.steps["after"].response is not None
+    assert done.steps["after"].response.json() == {"after": {"slow": True}}
