@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -154,6 +155,16 @@ class Broker(abc.ABC):
         finally:
             self._waiting.pop(corr, None)
         return raise_for_error_reply(reply, topic)
+
+    async def handle(self, handler: Handler, message: Message) -> None:
+        """Run a subscriber on ``message`` (sync or async) and publish its return value,
+        when it is not None, as the reply. Its exceptions propagate: each broker decides
+        on redelivery."""
+        result = handler(message)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None:
+            await self.reply(message, result)
 
     async def reply(self, request: Message, value: Any) -> None:
         """Publish ``value`` as the reply to ``request`` (used by subscribers)."""

@@ -83,11 +83,7 @@ class MemoryBroker(Broker):
 
     async def _deliver(self, handler: Handler, message: Message) -> None:
         try:
-            result = handler(message)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                await self.reply(message, result)
+            await self.handle(handler, message)
         except Exception:
             log.exception("memory broker: subscriber of a message failed")
 

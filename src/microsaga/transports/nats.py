@@ -27,7 +27,6 @@ The connection reconnects by itself; while it is down, publishes fail as retryab
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 from typing import Any
@@ -261,11 +260,7 @@ class NatsBroker(Broker):
     async def _deliver(self, msg: Msg, topic: str, handler: Handler) -> None:
         message = _to_message(msg)
         try:
-            result = handler(message)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                await self.reply(message, result)
+            await self.handle(handler, message)
         except Exception as exc:
             log.warning(
                 "%s: handler failed, redelivery in %ss: %s",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -242,11 +241,7 @@ class RabbitMQBroker(Broker):
     ) -> None:
         message = _to_message(incoming)
         try:
-            result = handler(message)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                await self.reply(message, result)
+            await self.handle(handler, message)
         except Exception as exc:
             log.warning(
                 "%s: handler failed, redelivery in %ss: %s",

@@ -23,7 +23,6 @@ Redis is down, publishes fail as retryable :class:`~microsaga.TransportError`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import socket
@@ -216,11 +215,7 @@ class _StreamSubscription(Subscription):
         """Run the handler; True when the entry is done with (acknowledge it)."""
         message = _to_message(fields)
         try:
-            result = self.handler(message)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                await self.broker.reply(message, result)
+            await self.broker.handle(self.handler, message)
         except Exception as exc:
             log.warning("%s: handler failed, left pending: %s", self.topic, one_line(exc))
             return False
