@@ -174,7 +174,11 @@ class Broker(abc.ABC):
         response = to_message(value)
         header = response.header.copy()
         header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
-        await self.publish(reply_to, Message(response.body, header))
+        await self.send_reply(reply_to, Message(response.body, header))
+
+    async def send_reply(self, topic: str, reply: Message) -> None:
+        """Send a reply to a reply topic; a plain publish unless the broker knows better."""
+        await self.publish(topic, reply)
 
 
 def error_reply(code: str, message: str, *, retryable: bool = False) -> Message:

@@ -47,7 +47,6 @@ from .base import (
     Handler,
     Subscription,
     redact_url,
-    to_message,
 )
 
 __all__ = ["NatsBroker"]
@@ -206,17 +205,12 @@ class NatsBroker(Broker):
         if ack.duplicate:
             log.info("%s: JetStream dropped a duplicate of %s", topic, key)
 
-    async def reply(self, request: Message, value: Any) -> None:
+    async def send_reply(self, topic: str, reply: Message) -> None:
         """Send the reply as a core NATS message: reply subjects need no stream."""
-        reply_to = request.header.get(REPLY_TO_HEADER)
-        if not reply_to:
-            return
-        response = to_message(value)
-        header = response.header.copy()
-        header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
+        reply_to = topic
         nc = self._client()
         try:
-            await nc.publish(reply_to, response.body, headers=_nats_headers(header))
+            await nc.publish(reply_to, reply.body, headers=_nats_headers(reply.header))
             await nc.flush(timeout=max(1, int(self.publish_timeout)))
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"NATS: reply on {reply_to!r} not sent: {_describe(exc)}") from exc
