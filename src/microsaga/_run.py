@@ -93,6 +93,7 @@ class Run:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._prev: dict[tuple[str, int], StepRecord | None] = {}
         self._lost = False
+        self.releasing = False
         self._inline = False
         self._main: asyncio.Task[None] | None = None
         self._interrupt = asyncio.Event()
@@ -193,6 +194,7 @@ class Run:
                 elif decision.status is not Status.ABORTED or not compensated(state):
                     unit.error = failure_summary(self.plan, self.graph, state)[1]
             self._records = []
+            self.releasing = final  # the lease may go with this commit: not "lost" then
             result = await self.worker.committer.submit(unit)
             assert not isinstance(result, bool)
             if not result.owned:
@@ -202,6 +204,7 @@ class Run:
             previous = state.status
             state.status, state.abort = result.status, max(state.abort, result.abort)
             if not result.applied:
+                self.releasing = False
                 for rec in starts:
                     self._unstart(rec)
                 self._set_status(state.status)

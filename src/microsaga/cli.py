@@ -244,8 +244,14 @@ cli.command("abort")(
 
 @cli.command()
 @click.option("--concurrency", type=click.IntRange(1, 100_000), help="Steps running at once.")
+@click.option(
+    "--id",
+    "worker_id",
+    help="A stable worker id (default MICROSAGA_WORKER_ID, else random): restarted "
+    "under the same id, the worker takes back its unfinished executions at once.",
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None) -> None:
+def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -> None:
     """Run executions from the store until stopped (SIGINT or SIGTERM)."""
 
     async def main() -> int:
@@ -253,7 +259,7 @@ def worker(ctx: click.Context, concurrency: int | None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with _flow(ctx, worker=True, concurrency=concurrency) as flow:
+        async with _flow(ctx, worker=True, concurrency=concurrency, worker_id=worker_id) as flow:
             assert flow._worker is not None
             click.echo(
                 f"worker {flow._worker.id} on {flow.store.url}: running executions", err=True

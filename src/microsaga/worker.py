@@ -37,7 +37,10 @@ class Worker:
     def __init__(self, flow: Flow) -> None:
         self.flow = flow
         opts = flow.options
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
+        # its previous life left, instead of waiting for those leases to expire
+        self.id = opts.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._reclaim = opts.worker_id is not None
         self.store = flow.store
         self.committer = Committer(self.store, retry_for=opts.store_retry_for)
         self.slots = Slots(opts.concurrency)
@@ -101,11 +104,23 @@ class Worker:
         if len(self.runs) + 1 >= self.flow.options.max_executions:
             self._poke.set()  # it was full: there is room to claim again
 
-    async def adopt(self, claim: Claim) -> None:
-        """Run an execution this worker just claimed."""
-        stored = await self.store.load(claim.execution_id)
-        if stored is None or stored.token != claim.token:
+    async def adopt(self, claims: list[Claim]) -> None:
+        """Run the executions this worker just claimed (read in one go)."""
+        claims = [c for c in claims if c.execution_id not in self.runs]
+        if not claims:
             return
+        try:
+            loaded = await self.store.load_many([c.execution_id for c in claims])
+        except MicrosagaError as exc:
+            log.warning("could not load %d claimed executions: %s", len(claims), exc)
+            self._to_release.update((c.execution_id, c.token) for c in claims)
+            return
+        for claim in claims:
+            stored = loaded.get(claim.execution_id)
+            if stored is not None and stored.token == claim.token:
+                await self._adopt_one(stored)
+
+    async def _adopt_one(self, stored: StoredExecution) -> None:
         try:
             plan = self.flow._plan_for(stored.definition)
             graph = plan.graph(stored.start_step, stored.reverse)
@@ -113,7 +128,10 @@ class Worker:
             # another process may have the code this one lacks: let it have a go
             log.warning("execution %s cannot run in this process: %s", stored.id, exc)
             until = self.flow.clock() + self.flow.options.lease_ttl * 3
-            await self.store.release(stored.id, stored.token, until)
+            try:
+                await self.store.release(stored.id, stored.token, until)
+            except MicrosagaError:
+                self._to_release[stored.id] = stored.token
             return
         run = Run(
             self,
@@ -163,6 +181,9 @@ class Worker:
             except MicrosagaError as exc:
                 log.warning("worker %s: %s", self.id, exc)
                 claimed = 0
+            except Exception:  # a bug must not stop the worker from polling
+                log.exception("worker %s: polling failed", self.id)
+                claimed = 0
             if claimed:
                 continue  # a full batch: there may be more waiting
             await wait_event(self._poke, opts.poll_interval)
@@ -185,35 +206,34 @@ class Worker:
         if room <= 0:
             return 0
         limit = min(room, 256)
-        claims = await self.store.claim(self.id, self.flow.clock(), opts.lease_ttl, limit)
-        for claim in claims:
-            if claim.execution_id in self.runs:
-                continue
-            try:
-                await self.adopt(claim)
-            except MicrosagaError as exc:
-                log.warning("could not take over %s: %s", claim.execution_id, exc)
-                self._to_release[claim.execution_id] = claim.token
+        claims = await self.store.claim(
+            self.id, self.flow.clock(), opts.lease_ttl, limit, reclaim=self._reclaim
+        )
+        if len(claims) < limit:
+            self._reclaim = False  # what a previous life of this worker id left is taken
+        await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 
     async def _heartbeat_loop(self) -> None:
-        opts = self.flow.options
         while True:
-            await asyncio.sleep(opts.heartbeat_interval)
-            await self._release_abandoned()
-            started = self.flow.clock()
-            owned = list(self.runs.values())
+            await asyncio.sleep(self.flow.options.heartbeat_interval)
             try:
-                held = await self.store.renew(
-                    self.id, [r.id for r in owned], started, opts.lease_ttl
-                )
+                await self._heartbeat()
             except MicrosagaError as exc:
                 log.warning("worker %s: lease renewal failed: %s", self.id, exc)
-                continue
-            for run in owned:
-                if run.id not in held and not run.outcome.done():
-                    log.warning("execution %s: lease lost", run.id)
-                    run.lose()
+            except Exception:  # a bug must not stop the leases from being renewed
+                log.exception("worker %s: lease renewal failed", self.id)
+
+    async def _heartbeat(self) -> None:
+        await self._release_abandoned()
+        started = self.flow.clock()
+        owned = list(self.runs.values())
+        ids = [r.id for r in owned]
+        held = await self.store.renew(self.id, ids, started, self.flow.options.lease_ttl)
+        for run in owned:
+            if run.id not in held and not run.outcome.done() and not run.releasing:
+                log.warning("execution %s: lease lost", run.id)
+                run.lose()
 
     async def _release_abandoned(self) -> None:
         for eid, token in list(self._to_release.items()):

@@ -3,6 +3,7 @@ boundaries, and suspend/resume/abort requested from another process."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -173,3 +174,21 @@ async def test_async_run_is_picked_up_by_a_worker(world: World, reader: Flow) ->
     assert (await reader.execution(eid)).status is Status.PENDING
     world.spawn("worker")
     await eventually(status_is(reader, eid, Status.SUCCESS), timeout=30)
+
+
+async def test_a_worker_restarted_under_its_id_takes_back_its_executions_at_once(
+    world: World, reader: Flow
+) -> None:
+    world.env["MICROSAGA_LEASE_TTL"] = "60"  # waiting for the lease would take a minute
+    queued = cli("run", ORDER, "--input", '{"id": 6}', "--async", extra_env=world.env)
+    eid = queued.stdout.strip()
+    first = world.spawn("worker", "--id", "replica-1")
+    await eventually(lambda: f"charge {eid}:charge" in world.lines(), timeout=20)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    world.open_gate("charge")
+    started = asyncio.get_running_loop().time()
+    world.spawn("worker", "--id", "replica-1")
+    await eventually(status_is(reader, eid, Status.SUCCESS), timeout=30)
+    assert asyncio.get_running_loop().time() - started < 30  # not the 60 s lease
+    assert world.lines().count(f"charge {eid}:charge") == 2  # invoked again, same key

@@ -528,6 +528,32 @@ async def test_claim_takes_over_a_compensating_execution(store: Store) -> None:
     assert await store.get_status("e1") == (Status.COMPENSATING, NO_ABORT)
 
 
+async def test_reclaim_takes_back_the_owners_own_live_leases(store: Store) -> None:
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w2")])
+    await store.commit([transition("e1", status=Status.SUCCESS, release=True)])
+    await store.commit([new("e3", owner="w1")])
+    assert await store.claim("w1", 101.0, 10.0, 10) == []  # leases still run
+    (claim,) = await store.claim("w1", 101.0, 10.0, 10, reclaim=True)
+    # only w1's own runnable one, with a new token: a previous life of w1 is fenced off
+    assert (claim.execution_id, claim.token) == ("e3", 2)
+    assert await store.claim("w3", 101.0, 10.0, 10, reclaim=True) == []
+
+
+async def test_load_many_reads_what_a_worker_needs(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a",)), new("e2", owner="w1")])
+    loaded = await store.load_many(["e1", "e2", "missing"])
+    assert sorted(loaded) == ["e1", "e2"]
+    one = loaded["e1"]
+    assert (one.workflow_id, one.token, one.status) == ("order", 1, Status.RUNNING)
+    assert one.request == REQUEST
+    assert one.definition.step_ids == ["a", "b", "c"]
+    assert [(r.step_id, r.status) for r in one.records] == [("a", Status.RUNNING)]
+    assert loaded["e2"].records == []
+    again = await store.load("e1")
+    assert again is not None
+    assert again.records == one.records
+
+
 async def test_renew_extends_only_the_owners_leases(store: Store) -> None:
     await store.commit([new("e1", owner="w1"), new("e2", owner="w1"), new("e3", owner="w2")])
     assert await store.renew("w1", EVERY, 108.0, 10.0) == {"e1", "e2"}

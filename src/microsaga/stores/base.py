@@ -185,8 +185,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
-        """Take up to ``limit`` runnable executions whose lease is free or expired."""
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
+    ) -> list[Claim]:
+        """Take up to ``limit`` runnable executions whose lease is free or expired.
+
+        With ``reclaim``, also those still leased to ``owner`` itself: a worker that
+        restarts under the same id takes over what its previous life left at once.
+        """
 
     @abc.abstractmethod
     async def renew(
@@ -203,6 +209,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load(self, execution_id: str) -> StoredExecution | None:
         """Everything a worker needs to run an execution it claimed."""
+
+    async def load_many(self, execution_ids: Sequence[str]) -> dict[str, StoredExecution]:
+        """:meth:`load` for many executions; stores override it to read them at once."""
+        out = {}
+        for eid in execution_ids:
+            found = await self.load(eid)
+            if found is not None:
+                out[eid] = found
+        return out
 
     # control ------------------------------------------------------------------
 

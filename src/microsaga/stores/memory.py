@@ -244,12 +244,16 @@ class MemoryStore(Store):
         row.updated_at = t.at
         return TransitionResult(True, row.status, row.abort, applied)
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
+    ) -> list[Claim]:
         out: list[Claim] = []
         for row in sorted(self._runnable.values(), key=lambda r: r.seq):
             if len(out) >= limit:
                 break
-            if row.status in RUNNABLE and row.lease_until < now:
+            if row.status in RUNNABLE and (
+                row.lease_until < now or (reclaim and row.owner == owner)
+            ):
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING

@@ -202,7 +202,6 @@ class PostgresStore(Store):
         # definitions never change once stored; executions the last claim took, as a
         # load right after that claim would find them (see claim)
         self._definitions: dict[str, StoredDefinition] = {}
-        self._claimed: dict[str, StoredExecution] = {}
 
     # plumbing ------------------------------------------------------------------------
 
@@ -332,7 +331,6 @@ class PostgresStore(Store):
                     await conn.execute(Q["stamp_version"], version)
 
     async def close(self) -> None:
-        self._claimed = {}
         watcher, self._watcher = self._watcher, None
         self._wakers = []
         if watcher is not None:
@@ -459,8 +457,6 @@ class PostgresStore(Store):
         """Decide on a fresh read, write if nothing changed since; again for the
         executions that did change (a control request or a takeover came between)."""
         results: dict[int, TransitionResult] = {}
-        for _, t in units:
-            self._claimed.pop(t.execution_id, None)
         for _ in range(_WRITE_ROUNDS):
             ids = sorted({t.execution_id for _, t in units})
             rows = {
@@ -529,25 +525,14 @@ class PostgresStore(Store):
             retryable=True,
         )
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
-        """Take executions, and read them at once for the :meth:`load` that follows.
-
-        A worker loads every execution it claims, one after the other: reading them all
-        in one round trip right after the claim committed gives what those loads would
-        (nobody else may write them now; a control request in between reaches the
-        worker through ``controls`` and its first transition, as it would after a load).
-        """
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
+    ) -> list[Claim]:
         async with self._connection() as conn:
-            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit)
-        claims = [Claim(eid, token) for eid, token in rows]
-        self._claimed = {}
-        if claims:
-            try:
-                async with self._connection() as conn:
-                    self._claimed = await self._load(conn, [c.execution_id for c in claims])
-            except StoreError as exc:
-                log.debug("store %s: %s; loading claimed executions one by one", self.url, exc)
-        return claims
+            rows = await conn.fetch(
+                Q["claim"], owner, now + ttl, now, limit, owner if reclaim else None
+            )
+        return [Claim(eid, token) for eid, token in rows]
 
     async def renew(
         self, owner: str, execution_ids: Collection[str], now: float, ttl: float
@@ -560,7 +545,6 @@ class PostgresStore(Store):
         return await self._retrying(renew)
 
     async def release(self, execution_id: str, token: int, until: float) -> None:
-        self._claimed.pop(execution_id, None)
 
         async def release(conn: Any) -> None:
             await conn.execute(Q["release"], execution_id, token, until, CHANNEL)
@@ -568,12 +552,11 @@ class PostgresStore(Store):
         await self._retrying(release)
 
     async def load(self, execution_id: str) -> StoredExecution | None:
-        found = self._claimed.pop(execution_id, None)
-        if found is not None:
-            return found
+        return (await self.load_many([execution_id])).get(execution_id)
 
-        async def load(conn: Any) -> StoredExecution | None:
-            return (await self._load(conn, [execution_id])).get(execution_id)
+    async def load_many(self, execution_ids: Sequence[str]) -> dict[str, StoredExecution]:
+        async def load(conn: Any) -> dict[str, StoredExecution]:
+            return await self._load(conn, list(execution_ids))
 
         return await self._retrying(load)
 
@@ -610,7 +593,6 @@ class PostgresStore(Store):
     async def request(
         self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
     ) -> Status:
-        self._claimed.pop(execution_id, None)
 
         async def request(conn: Any) -> Status:
             row = await conn.fetchrow(Q["control_row"], execution_id)

@@ -329,9 +329,17 @@ class SQLiteStore(Store):
         rows.extend(step_row(new.id, r) for r in new.starts)
         return True
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
+    ) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
-            params = {"owner": owner, "until": now + ttl, "now": now, "limit": limit}
+            params = {
+                "owner": owner,
+                "until": now + ttl,
+                "now": now,
+                "limit": limit,
+                "reclaim": owner if reclaim else None,
+            }
             return [Claim(eid, token) for eid, token in conn.execute(Q["claim"], params)]
 
         return await self._write(self._tx, claim)
@@ -352,31 +360,39 @@ class SQLiteStore(Store):
         await self._write(self._tx, release)
 
     async def load(self, execution_id: str) -> StoredExecution | None:
-        def load() -> StoredExecution | None:
+        return (await self.load_many([execution_id])).get(execution_id)
+
+    async def load_many(self, execution_ids: Sequence[str]) -> dict[str, StoredExecution]:
+        def load() -> dict[str, StoredExecution]:
             conn = self.r
+            ids = _encode(list(execution_ids))
             conn.execute("BEGIN")
             try:
-                row = conn.execute(Q["load_execution"], (execution_id,)).fetchone()
-                steps = conn.execute(Q["step_rows"], (execution_id,)).fetchall()
+                rows = conn.execute(Q["load_executions"], (ids,)).fetchall()
+                steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall()
             finally:
                 conn.execute("COMMIT")
-            if row is None:
-                return None
-            return StoredExecution(
-                id=row[0],
-                workflow_id=row[1],
-                version=row[2],
-                definition=StoredDefinition(row[3], row[4], row[5], _ids.decode(row[6])),
-                status=Status(row[7]),
-                abort=row[8],
-                request=Message(row[9], decode_header(row[10])),
-                start_step=row[11],
-                reverse=bool(row[12]),
-                step_timeout=row[13],
-                deadline_at=row[14],
-                token=row[15],
-                records=[record_from_row(s) for s in steps],
-            )
+            records: dict[str, list[StepRecord]] = {}
+            for s in steps:
+                records.setdefault(s[0], []).append(record_from_row(s[1:]))
+            return {
+                row[0]: StoredExecution(
+                    id=row[0],
+                    workflow_id=row[1],
+                    version=row[2],
+                    definition=StoredDefinition(row[3], row[4], row[5], _ids.decode(row[6])),
+                    status=Status(row[7]),
+                    abort=row[8],
+                    request=Message(row[9], decode_header(row[10])),
+                    start_step=row[11],
+                    reverse=bool(row[12]),
+                    step_timeout=row[13],
+                    deadline_at=row[14],
+                    token=row[15],
+                    records=records.get(row[0], []),
+                )
+                for row in rows
+            }
 
         return await self._read(load)
 

@@ -211,8 +211,9 @@ SELECT 1;
 -- leases -----------------------------------------------------------------------------
 
 -- name: claim
--- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
--- same time take different executions instead of queueing on the same rows.
+-- $1 owner, $2 lease until, $3 now, $4 limit, $5 the owner whose own leases may be
+-- taken back (a restarted worker), or NULL. SKIP LOCKED: workers claiming at the same
+-- time take different executions instead of queueing on the same rows.
 UPDATE microsaga_executions SET
     owner = $1,
     lease_token = lease_token + 1,
@@ -220,7 +221,7 @@ UPDATE microsaga_executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
-    WHERE status IN (0, 1, 6) AND lease_until < $3
+    WHERE status IN (0, 1, 6) AND (lease_until < $3 OR owner = $5)
     ORDER BY seq
     LIMIT $4
     FOR UPDATE SKIP LOCKED

@@ -43,7 +43,7 @@ UPDATE executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END
 WHERE seq IN (
     SELECT seq FROM executions
-    WHERE status IN (0, 1, 6) AND lease_until < :now
+    WHERE status IN (0, 1, 6) AND (lease_until < :now OR owner = :reclaim)
     ORDER BY seq LIMIT :limit
 )
 RETURNING id, lease_token;
@@ -57,17 +57,12 @@ RETURNING id;
 UPDATE executions SET owner = NULL, lease_until = :until
 WHERE id = :id AND lease_token = :token;
 
--- name: load_execution
+-- name: load_executions
 SELECT e.id, e.workflow_id, e.version, e.definition, d.workflow_id, d.body, d.step_ids,
        e.status, e.abort, e.request_body, e.request_header, e.start_step, e.reverse,
        e.step_timeout, e.deadline_at, e.lease_token
 FROM executions e JOIN definitions d ON d.hash = e.definition
-WHERE e.id = ?;
-
--- name: step_rows
-SELECT step_id, phase, status, attempts, request_body, request_header, response_body,
-       response_header, error, started_at, finished_at
-FROM step_runs WHERE execution_id = ?;
+WHERE e.id IN (SELECT value FROM json_each(?));
 
 -- name: step_rows_of_many
 SELECT execution_id, step_id, phase, status, attempts, request_body, request_header,
