@@ -311,6 +311,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--lease-ttl", type=float, help="lease_ttl of the killed process (microsaga's default)"
     )
+    parser.add_argument(
+        "--worker-id",
+        help="a stable worker id for the killed process and the restarted worker "
+        "(MICROSAGA_WORKER_ID): the restart takes its executions back without waiting "
+        "for their leases",
+    )
     parser.add_argument("--leave", metavar="URL", help=argparse.SUPPRESS)  # the killed process
     args = parser.parse_args()
     if args.quick:
@@ -324,6 +330,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.worker_id:
+        os.environ["MICROSAGA_WORKER_ID"] = args.worker_id  # both processes inherit it
     if args.leave:
         asyncio.run(leave_unfinished(args.leave, args.unfinished))
         return

@@ -40,7 +40,6 @@ class Worker:
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
         self.id = opts.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._reclaim = opts.worker_id is not None
         self.store = flow.store
         self.committer = Committer(self.store, retry_for=opts.store_retry_for)
         self.slots = Slots(opts.concurrency)
@@ -56,6 +55,11 @@ class Worker:
     async def start(self) -> None:
         if not self.flow.options.worker:
             return
+        if self.flow.options.worker_id is not None:
+            # nothing runs here yet: what this id holds was left by a previous life
+            freed = await self.store.release_all(self.id)
+            if freed:
+                log.info("worker %s: took back %d executions of its previous run", self.id, freed)
         _, self._control_seq = await self.store.controls(2**62)
         await self.store.watch(self.poke)
         loop = asyncio.get_running_loop()
@@ -206,11 +210,7 @@ class Worker:
         if room <= 0:
             return 0
         limit = min(room, 256)
-        claims = await self.store.claim(
-            self.id, self.flow.clock(), opts.lease_ttl, limit, reclaim=self._reclaim
-        )
-        if len(claims) < limit:
-            self._reclaim = False  # what a previous life of this worker id left is taken
+        claims = await self.store.claim(self.id, self.flow.clock(), opts.lease_ttl, limit)
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 

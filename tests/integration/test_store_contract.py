@@ -528,15 +528,15 @@ async def test_claim_takes_over_a_compensating_execution(store: Store) -> None:
     assert await store.get_status("e1") == (Status.COMPENSATING, NO_ABORT)
 
 
-async def test_reclaim_takes_back_the_owners_own_live_leases(store: Store) -> None:
-    await store.commit([new("e1", owner="w1"), new("e2", owner="w2")])
+async def test_release_all_frees_every_lease_of_an_owner(store: Store) -> None:
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w2"), new("e3", owner="w1")])
     await store.commit([transition("e1", status=Status.SUCCESS, release=True)])
-    await store.commit([new("e3", owner="w1")])
     assert await store.claim("w1", 101.0, 10.0, 10) == []  # leases still run
-    (claim,) = await store.claim("w1", 101.0, 10.0, 10, reclaim=True)
-    # only w1's own runnable one, with a new token: a previous life of w1 is fenced off
+    assert await store.release_all("w1") == 1  # e1 was released when it finished
+    (claim,) = await store.claim("w1", 101.0, 10.0, 10)
+    # w1's runnable one, with a new token: the previous life of w1 is fenced off
     assert (claim.execution_id, claim.token) == ("e3", 2)
-    assert await store.claim("w3", 101.0, 10.0, 10, reclaim=True) == []
+    assert await store.release_all("w3") == 0
 
 
 async def test_load_many_reads_what_a_worker_needs(store: Store) -> None:

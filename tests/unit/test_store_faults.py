@@ -30,11 +30,9 @@ class FlakySQLite(SQLiteStore):
         self._check()
         return await super().commit(units)
 
-    async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
-    ) -> list[Claim]:
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         self._check()
-        return await super().claim(owner, now, ttl, limit, reclaim=reclaim)
+        return await super().claim(owner, now, ttl, limit)
 
     async def renew(
         self, owner: str, execution_ids: Collection[str], now: float, ttl: float

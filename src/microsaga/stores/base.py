@@ -185,14 +185,8 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
-    ) -> list[Claim]:
-        """Take up to ``limit`` runnable executions whose lease is free or expired.
-
-        With ``reclaim``, also those still leased to ``owner`` itself: a worker that
-        restarts under the same id takes over what its previous life left at once.
-        """
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+        """Take up to ``limit`` runnable executions whose lease is free or expired."""
 
     @abc.abstractmethod
     async def renew(
@@ -205,6 +199,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release(self, execution_id: str, token: int, until: float) -> None:
         """Give up a lease; nobody claims the execution before ``until``."""
+
+    @abc.abstractmethod
+    async def release_all(self, owner: str) -> int:
+        """Free every lease ``owner`` holds, at once; the count.
+
+        A worker restarted under a stable id calls it before it runs anything: what its
+        previous life left is claimable now rather than when those leases expire.
+        """
 
     @abc.abstractmethod
     async def load(self, execution_id: str) -> StoredExecution | None:

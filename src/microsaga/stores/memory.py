@@ -244,16 +244,12 @@ class MemoryStore(Store):
         row.updated_at = t.at
         return TransitionResult(True, row.status, row.abort, applied)
 
-    async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
-    ) -> list[Claim]:
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         out: list[Claim] = []
         for row in sorted(self._runnable.values(), key=lambda r: r.seq):
             if len(out) >= limit:
                 break
-            if row.status in RUNNABLE and (
-                row.lease_until < now or (reclaim and row.owner == owner)
-            ):
+            if row.status in RUNNABLE and row.lease_until < now:
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING
@@ -275,6 +271,14 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is not None and row.token == token:
             row.owner, row.lease_until = None, until
+
+    async def release_all(self, owner: str) -> int:
+        freed = 0
+        for row in self._rows.values():
+            if row.owner == owner:
+                row.owner, row.lease_until = None, 0.0
+                freed += 1
+        return freed
 
     async def load(self, execution_id: str) -> StoredExecution | None:
         row = self._rows.get(execution_id)

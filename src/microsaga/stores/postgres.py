@@ -525,13 +525,9 @@ class PostgresStore(Store):
             retryable=True,
         )
 
-    async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
-    ) -> list[Claim]:
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                Q["claim"], owner, now + ttl, now, limit, owner if reclaim else None
-            )
+            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit)
         return [Claim(eid, token) for eid, token in rows]
 
     async def renew(
@@ -550,6 +546,13 @@ class PostgresStore(Store):
             await conn.execute(Q["release"], execution_id, token, until, CHANNEL)
 
         await self._retrying(release)
+
+    async def release_all(self, owner: str) -> int:
+        async def release_all(conn: Any) -> int:
+            row = await conn.fetchrow(Q["release_all"], owner, CHANNEL)
+            return int(row[0])
+
+        return await self._retrying(release_all)
 
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)

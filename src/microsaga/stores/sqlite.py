@@ -329,17 +329,9 @@ class SQLiteStore(Store):
         rows.extend(step_row(new.id, r) for r in new.starts)
         return True
 
-    async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, reclaim: bool = False
-    ) -> list[Claim]:
+    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
-            params = {
-                "owner": owner,
-                "until": now + ttl,
-                "now": now,
-                "limit": limit,
-                "reclaim": owner if reclaim else None,
-            }
+            params = {"owner": owner, "until": now + ttl, "now": now, "limit": limit}
             return [Claim(eid, token) for eid, token in conn.execute(Q["claim"], params)]
 
         return await self._write(self._tx, claim)
@@ -358,6 +350,12 @@ class SQLiteStore(Store):
             conn.execute(Q["release"], {"id": execution_id, "token": token, "until": until})
 
         await self._write(self._tx, release)
+
+    async def release_all(self, owner: str) -> int:
+        def release_all(conn: sqlite3.Connection) -> int:
+            return conn.execute(Q["release_all"], (owner,)).rowcount
+
+        return await self._write(self._tx, release_all)
 
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)

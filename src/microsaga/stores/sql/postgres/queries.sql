@@ -211,9 +211,8 @@ SELECT 1;
 -- leases -----------------------------------------------------------------------------
 
 -- name: claim
--- $1 owner, $2 lease until, $3 now, $4 limit, $5 the owner whose own leases may be
--- taken back (a restarted worker), or NULL. SKIP LOCKED: workers claiming at the same
--- time take different executions instead of queueing on the same rows.
+-- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
+-- same time take different executions instead of queueing on the same rows.
 UPDATE microsaga_executions SET
     owner = $1,
     lease_token = lease_token + 1,
@@ -221,7 +220,7 @@ UPDATE microsaga_executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
-    WHERE status IN (0, 1, 6) AND (lease_until < $3 OR owner = $5)
+    WHERE status IN (0, 1, 6) AND lease_until < $3
     ORDER BY seq
     LIMIT $4
     FOR UPDATE SKIP LOCKED
@@ -238,6 +237,17 @@ WHERE id IN (
     ORDER BY id FOR UPDATE
 )
 RETURNING id;
+
+-- name: release_all
+-- $1 owner, $2 the channel: what a restarted worker's previous life held is free now.
+WITH freed AS (
+    UPDATE microsaga_executions SET owner = NULL, lease_until = 0
+    WHERE id IN (
+        SELECT id FROM microsaga_executions WHERE owner = $1 ORDER BY id FOR UPDATE
+    )
+    RETURNING id
+)
+SELECT count(*), pg_notify($2, 'released') FROM freed;
 
 -- name: release
 -- $1 id, $2 token, $3 until, $4 the channel: another worker may take it now (or at

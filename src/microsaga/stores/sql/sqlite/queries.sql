@@ -43,7 +43,7 @@ UPDATE executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END
 WHERE seq IN (
     SELECT seq FROM executions
-    WHERE status IN (0, 1, 6) AND (lease_until < :now OR owner = :reclaim)
+    WHERE status IN (0, 1, 6) AND lease_until < :now
     ORDER BY seq LIMIT :limit
 )
 RETURNING id, lease_token;
@@ -52,6 +52,9 @@ RETURNING id, lease_token;
 UPDATE executions SET lease_until = :until
 WHERE owner = :owner AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id;
+
+-- name: release_all
+UPDATE executions SET owner = NULL, lease_until = 0 WHERE owner = ?;
 
 -- name: release
 UPDATE executions SET owner = NULL, lease_until = :until
