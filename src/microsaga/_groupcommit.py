@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from .errors import StoreError
 from .stores.base import NewExecution, Store, Transition, TransitionResult
@@ -25,17 +26,24 @@ class Committer:
     backoff for up to ``retry_for`` seconds before the submitters get the error.
     """
 
-    def __init__(self, store: Store, *, retry_for: float = 60.0) -> None:
+    def __init__(
+        self, store: Store, *, retry_for: float = 60.0, quiet: Callable[[], bool] | None = None
+    ) -> None:
         self.store = store
         self.retry_for = retry_for
+        # when the worker runs little or nothing else, a lone unit gains nothing from
+        # waiting for company: the store may commit it at once (Store.commit_now)
+        self.quiet = quiet or (lambda: False)
         self._queue: list[tuple[Unit, asyncio.Future[Result]]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, unit: Unit) -> Result:
-        apply = self.store.apply_now
-        if apply is not None:  # a store without I/O (memory): nothing to batch or retry
-            return apply(unit)
-        if not self.store.batching:
+        store = self.store
+        if not store.batching or (not self._queue and self._task is None and self.quiet()):
+            done = store.commit_now(unit)
+            if done is not None:
+                return done
+        if not store.batching:
             return (await self._commit([unit]))[0]
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((unit, fut))

@@ -41,7 +41,9 @@ class Worker:
         # its previous life left, instead of waiting for those leases to expire
         self.id = opts.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = flow.store
-        self.committer = Committer(self.store, retry_for=opts.store_retry_for)
+        self.committer = Committer(
+            self.store, retry_for=opts.store_retry_for, quiet=lambda: len(self.runs) <= 1
+        )
         self.slots = Slots(opts.concurrency)
         self.runs: dict[str, Run] = {}
         self._tasks: set[asyncio.Task[None]] = set()

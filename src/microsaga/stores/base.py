@@ -136,8 +136,15 @@ class Store(abc.ABC):
 
     url: str = ""
     batching = True  # whether commits of many units in one call pay off
-    # a store that does no I/O may apply a unit at once, without a coroutine
-    apply_now: Callable[[NewExecution | Transition], bool | TransitionResult] | None = None
+
+    def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult | None:
+        """Commit one unit right away, on the caller's thread, if this store can do so
+        cheaply; None when it cannot (then :meth:`commit` is used).
+
+        The memory store always can; the SQLite store can when its writer is free (the
+        committer asks only when the worker is quiet, so that busy times still batch).
+        """
+        return None
 
     # lifecycle -------------------------------------------------------------
 

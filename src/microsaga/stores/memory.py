@@ -118,7 +118,6 @@ class MemoryStore(Store):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self.apply_now = self._apply
         self._rows: dict[str, _Row] = {}
         self._runnable: dict[str, _Row] = {}  # claims look only here, not at every row
         self._seq = 0
@@ -176,6 +175,9 @@ class MemoryStore(Store):
         self, units: Sequence[NewExecution | Transition]
     ) -> list[bool | TransitionResult]:
         return [self._apply(u) for u in units]
+
+    def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult:
+        return self._apply(unit)
 
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
         if isinstance(unit, Transition):

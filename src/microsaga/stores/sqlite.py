@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +81,12 @@ class SQLiteStore(Store):
         if sync not in _SYNC:
             raise ConfigurationError("store", f"{url}: synchronous must be one of {_SYNC}")
         self.synchronous = sync
+        inline = query.get("inline_commit", ["1"])[0]
+        if inline not in ("0", "1"):
+            raise ConfigurationError("store", f"{url}: inline_commit must be 0 or 1")
+        self.inline_commit = inline == "1"
+        # one transaction at a time on the writer connection, whichever thread runs it
+        self._tx_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="microsaga-sqlite-w")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="microsaga-sqlite-r")
         self._w: sqlite3.Connection | None = None
@@ -105,7 +112,11 @@ class SQLiteStore(Store):
         return await self._in(self._reader, fn, *args)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        # check_same_thread off: a lone commit may run on the event loop's thread, under
+        # _tx_lock (see commit)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+        )
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
@@ -123,6 +134,10 @@ class SQLiteStore(Store):
         return self._r
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._tx_lock:
+            return self._tx_locked(fn)
+
+    def _tx_locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.w
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -246,6 +261,21 @@ class SQLiteStore(Store):
         self, units: Sequence[NewExecution | Transition]
     ) -> list[bool | TransitionResult]:
         return await self._write(self._tx, lambda conn: self._apply(conn, units))
+
+    def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult | None:
+        """Commit on the event loop's thread when the writer is free: a commit takes
+        about 0.2 ms, the hop to the writer thread and back about 0.1 ms more. Off with
+        ``?inline_commit=0``."""
+        if not self.inline_commit or self._w is None:
+            return None
+        if not self._tx_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._tx_locked(lambda conn: self._apply(conn, [unit]))[0]
+        except sqlite3.Error:
+            return None  # the writer thread will try, and retry, as usual
+        finally:
+            self._tx_lock.release()
 
     def _apply(
         self, conn: sqlite3.Connection, units: Sequence[NewExecution | Transition]
