@@ -30,6 +30,12 @@ class FlakySQLite(SQLiteStore):
         self._check()
         return await super().commit(units)
 
+    def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult | None:
+        if self.down:
+            self.failures += 1
+            return None  # as a real failure there: the committer goes the usual way
+        return super().commit_now(unit)
+
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         self._check()
         return await super().claim(owner, now, ttl, limit)
