@@ -35,11 +35,13 @@ class Committer:
         # waiting for company: the store may commit it at once (Store.commit_now)
         self.quiet = quiet or (lambda: False)
         self._queue: list[tuple[Unit, asyncio.Future[Result]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drains = 0  # drain loops running (counted from their creation)
+        self._committing = 0  # drains waiting on the store now
 
     async def submit(self, unit: Unit) -> Result:
         store = self.store
-        if not store.batching or (not self._queue and self._task is None and self.quiet()):
+        if not store.batching or (not self._queue and not self._drains and self.quiet()):
             done = store.commit_now(unit)
             if done is not None:
                 return done
@@ -47,14 +49,20 @@ class Committer:
             return (await self._commit([unit]))[0]
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((unit, fut))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        # a store that takes several commits at once (PostgreSQL) gets the next batch
+        # while one is in flight, rather than after it
+        if self._drains == self._committing and self._drains < store.commit_concurrency:
+            self._drains += 1
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await fut
 
     async def _drain(self) -> None:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
+                self._committing += 1
                 try:
                     results = await self._commit([unit for unit, _ in batch])
                 except BaseException as exc:
@@ -66,11 +74,13 @@ class Committer:
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                finally:
+                    self._committing -= 1
                 for (_, fut), result in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(result)
         finally:
-            self._task = None
+            self._drains -= 1  # in the same step as the empty queue was seen
 
     async def _commit(self, units: list[Unit]) -> list[Result]:
         deadline = time.monotonic() + self.retry_for

@@ -136,6 +136,10 @@ class Store(abc.ABC):
 
     url: str = ""
     batching = True  # whether commits of many units in one call pay off
+    # batches the store takes at once: 1 for a single writer (SQLite); a server with row
+    # locks (PostgreSQL) commits the next batch while one is in flight. Units of one
+    # execution are never in two batches at once: its run waits for each commit.
+    commit_concurrency = 1
 
     def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult | None:
         """Commit one unit right away, on the caller's thread, if this store can do so

@@ -46,7 +46,7 @@ CREATE TABLE microsaga_executions (
     lease_until      double precision NOT NULL DEFAULT 0,
     created_at       double precision NOT NULL,
     updated_at       double precision NOT NULL
-);
+) WITH (fillfactor = 70);
 
 CREATE INDEX microsaga_executions_by_workflow ON microsaga_executions (workflow_id, seq);
 CREATE INDEX microsaga_executions_by_status ON microsaga_executions (status, seq);
@@ -70,7 +70,7 @@ CREATE TABLE microsaga_step_runs (
     started_at       double precision,
     finished_at      double precision,
     PRIMARY KEY (execution_id, step_id, phase)
-);
+) WITH (fillfactor = 80);
 
 -- Control requests, read by workers in seq order. Inserts take an advisory lock
 -- (see queries.sql, lock_controls) so that seq order is commit order.
