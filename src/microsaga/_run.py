@@ -3,8 +3,8 @@
 The loop is: fold finished step attempts into the state, ask the engine
 (:func:`microsaga._engine.saga.decide`) what comes next, commit that as one
 :class:`Transition` (shared with other executions' transitions by group commit), and
-only then start the steps it started. Step attempts run as tasks; a retry is recorded
-before it is made.
+only then start the steps it started: a lone step in the loop's own task, several as
+tasks of their own. A retry is recorded before it is made.
 """
 
 from __future__ import annotations

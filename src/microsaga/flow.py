@@ -108,7 +108,6 @@ class Flow:
         self._plans: dict[str, Any] = {}
         self._stored_definitions: set[str] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._live_workflows: dict[str, Workflow] = {}
 
     # options and lifecycle -------------------------------------------------------------
 
@@ -375,14 +374,12 @@ class Flow:
                 self._stored_definitions.add(snap.hash)
                 _faults.hit("execution_created")
                 if run is not None:
-                    self._live_workflows[eid] = wf
                     worker.launch(run)
             else:
                 run = worker.runs.get(eid)
         if async_:
             return eid
         outcome = await self._outcome(eid, run)
-        self._live_workflows.pop(eid, None)
         if outcome.status is Status.FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated

@@ -150,7 +150,6 @@ class Worker:
             state=_state(stored, graph.order),
             step_timeout=stored.step_timeout,
             deadline_at=stored.deadline_at,
-            workflow=self.flow._live_workflows.get(stored.id),
         )
         self.launch(run)
 

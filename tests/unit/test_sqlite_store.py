@@ -1,0 +1,60 @@
+"""What only the SQLite store does: commits on the loop's thread that never wait for a
+lock, WAL with synchronous=FULL, its URL options."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from microsaga import ConfigurationError, Flow, FunctionStep, Message, Status
+from microsaga.stores.sqlite import SQLiteStore
+
+
+async def test_a_database_locked_by_another_process_does_not_block_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    async with Flow(f"sqlite:///{path}") as flow:
+
+        async def step(msg: Message) -> dict[str, bool]:
+            return {"ok": True}
+
+        wf = await flow.workflow_create("locked", FunctionStep(step, id="step"))
+        other = sqlite3.connect(path, isolation_level=None)  # "another process"
+        other.execute("BEGIN IMMEDIATE")
+        running = asyncio.create_task(wf.execute())
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the commit waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not running.done()
+        other.execute("COMMIT")
+        other.close()
+        eid = await asyncio.wait_for(running, 10)
+        assert ticks == 20
+        assert (await flow.execution(eid)).status is Status.SUCCESS
+
+
+async def test_wal_and_full_sync_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "pragmas.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert store.synchronous == "FULL"
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [("?synchronous=SOMETIMES", "synchronous"), ("?inline_commit=maybe", "inline_commit")],
+)
+def test_bad_url_options_name_the_option(tmp_path: Path, query: str, words: str) -> None:
+    with pytest.raises(ConfigurationError, match=words):
+        SQLiteStore(f"sqlite:///{tmp_path / 'x.db'}{query}")
