@@ -27,25 +27,32 @@ class FaultError(RuntimeError):
 
 
 _armed: dict[str, Callable[[], None] | str] = {}
+ARMED = False  # checked before calling hit(): the points sit on the hot path
 
 
 def _from_env() -> None:
+    global ARMED
     for item in filter(None, os.environ.get("MICROSAGA_FAULTS", "").split(",")):
         name, _, action = item.partition(":")
         _armed[name.strip()] = action.strip() or "kill"
+    ARMED = bool(_armed)
 
 
 def arm(name: str, action: Callable[[], None] | str = "raise") -> None:
+    global ARMED
     if name not in POINTS:
         raise ValueError(f"unknown fault point {name!r}; known: {', '.join(POINTS)}")
     _armed[name] = action
+    ARMED = True
 
 
 def disarm(name: str | None = None) -> None:
+    global ARMED
     if name is None:
         _armed.clear()
     else:
         _armed.pop(name, None)
+    ARMED = bool(_armed)
 
 
 def hit(name: str) -> None:

@@ -199,7 +199,7 @@ class Run:
             assert not isinstance(result, bool)
             if not result.owned:
                 raise LeaseLostError()
-            if unit.records:
+            if unit.records and _faults.ARMED:
                 _faults.hit("step_recorded")
             previous = state.status
             state.status, state.abort = result.status, max(state.abort, result.abort)
@@ -317,7 +317,8 @@ class Run:
         request = rec.request if rec.request is not None else Message()
         attempt = max(rec.attempts, 1)
         hook = "step_started" if phase == FORWARD else "compensation_started"
-        _faults.hit(hook)
+        if _faults.ARMED:
+            _faults.hit(hook)
         result = StepRecord(
             sid, phase, Status.RUNNING, attempt, request, None, rec.error, rec.started_at
         )
@@ -354,7 +355,8 @@ class Run:
                 result.status, result.response = Status.SUCCESS, response
                 break
         result.finished_at = self._clock() if result.status is not Status.PENDING else None
-        _faults.hit("step_returned")
+        if _faults.ARMED:
+            _faults.hit("step_returned")
         self._done.append(result)
         if not self._inline:
             self._wake.set()

@@ -372,7 +372,8 @@ class Flow:
             created = bool(await worker.committer.submit(new))
             if created:
                 self._stored_definitions.add(snap.hash)
-                _faults.hit("execution_created")
+                if _faults.ARMED:
+                    _faults.hit("execution_created")
                 if run is not None:
                     worker.launch(run)
             else:

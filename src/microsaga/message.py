@@ -160,7 +160,8 @@ class Message:
             self.body = bytes(body)
         else:
             self.body = encode_json(body)
-        if isinstance(header, Metadata):
+        # type() first: Metadata is a Mapping, and isinstance against an ABC is slow
+        if type(header) is Metadata or isinstance(header, Metadata):
             self.header = header
         else:
             self.header = Metadata(header)
