@@ -27,7 +27,13 @@ from ._engine.saga import (
     decide,
     failure_summary,
 )
-from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
+from .errors import (
+    InvalidTransitionError,
+    LeaseLostError,
+    MicrosagaError,
+    StepTimeoutError,
+    one_line,
+)
 from .message import Message
 from .status import Status
 from .step import Retry, Step, StepContext
@@ -169,6 +175,11 @@ class Run:
         while not self._lost:
             self._fold()
             decision = decide(self.plan, self.graph, state)
+            if decision.start and self._deadline_passed():
+                # the timer may not have fired yet (a resumed or taken-over execution
+                # whose deadline passed meanwhile): no step starts after the deadline
+                await self._abort_for_deadline()
+                continue
             starts = [self._start(sid, FORWARD) for sid in decision.start]
             starts += [self._start(sid, COMPENSATION) for sid in decision.compensate]
             final = decision.done or decision.release
@@ -461,6 +472,24 @@ class Run:
         self._set_status(outcome.status)
         if not self.outcome.done():
             self.outcome.set_result(outcome)
+
+    def _deadline_passed(self) -> bool:
+        return (
+            self.deadline_at is not None
+            and self.state.abort == NO_ABORT
+            and self._clock() >= self.deadline_at
+        )
+
+    async def _abort_for_deadline(self) -> None:
+        try:
+            await self.flow._request(self.id, "abort", reason="deadline exceeded")
+        except InvalidTransitionError:
+            pass
+        found = await self.flow.store.get_status(self.id)
+        if found is not None:
+            self.control(*found)
+        if self.state.abort == NO_ABORT:
+            raise MicrosagaError(f"execution {self.id}: the deadline abort was not recorded")
 
     def _arm_deadline(self) -> None:
         if self.deadline_at is None:

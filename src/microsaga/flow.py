@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -108,6 +109,7 @@ class Flow:
         self._plans: dict[str, Any] = {}
         self._stored_definitions: set[str] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._threads: ThreadPoolExecutor | None = None
 
     # options and lifecycle -------------------------------------------------------------
 
@@ -133,6 +135,16 @@ class Flow:
     def services(self) -> Mapping[str, str]:
         """Service addresses: the flow's, then those of definitions added to it."""
         return self._services
+
+    @property
+    def threads(self) -> ThreadPoolExecutor:
+        """The threads sync :class:`FunctionStep` functions run in: as many as the
+        flow's ``concurrency``, made on first use and shut down with the flow."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                self._options.concurrency, thread_name_prefix="microsaga-step"
+            )
+        return self._threads
 
     def clock(self) -> float:
         return self._options.clock()
@@ -181,6 +193,10 @@ class Flow:
         if self._store is not None:
             await self._store.close()
             self._store = None
+        if self._threads is not None:
+            # a sync step still running (it timed out, say) cannot be stopped: not waited for
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
     async def __aenter__(self) -> Flow:
         return await self.open()
@@ -378,9 +394,15 @@ class Flow:
                     worker.launch(run)
             else:
                 run = worker.runs.get(eid)
+        if not created:  # the id exists: this call behaves as the one that started it
+            found = await self.store.get_status(eid)
+            if found is not None:
+                wf._status = found[0]
         if async_:
             return eid
         outcome = await self._outcome(eid, run)
+        if wf._last_execution == eid:
+            wf._status = outcome.status
         if outcome.status is Status.FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated

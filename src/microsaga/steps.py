@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import DefinitionError
+from .errors import DefinitionError, one_line
 from .message import Message
 from .step import Step, StepContext, register_step
 from .transports.base import to_message
@@ -119,6 +121,10 @@ def import_function(path: str) -> Callable[..., Any]:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise DefinitionError(f"cannot import {path}: {exc}", path="function") from None
+    except Exception as exc:  # the module itself is broken: a SyntaxError, a raise at import
+        raise DefinitionError(
+            f"cannot import {path}: its module failed: {one_line(exc)}", path="function"
+        ) from exc
     if not callable(target):
         raise DefinitionError(f"{path} is not callable", path="function")
     return target  # type: ignore[no-any-return]
@@ -168,7 +174,10 @@ class FunctionStep(Step):
         if self._async:
             result = await self.fn(*args)
         else:
-            result = await asyncio.to_thread(self.fn, *args)
+            # the flow's own threads, as many as its concurrency: asyncio's default pool
+            # has only a few per core and would cap how many sync steps run at once
+            call = functools.partial(contextvars.copy_context().run, self.fn, *args)
+            result = await asyncio.get_running_loop().run_in_executor(ctx.flow.threads, call)
             if inspect.isawaitable(result):
                 result = await result
         return to_message(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
@@ -299,6 +300,24 @@ async def test_sync_functions_run_in_a_worker_thread(flow: Flow) -> None:
     info = await flow.execution(await wf.execute())
     assert info.response is not None
     assert info.response.json() == {"other_thread": True}
+
+
+async def test_sync_functions_run_as_many_at_once_as_the_concurrency(store_url: str) -> None:
+    # more sync steps than asyncio's default thread pool holds on a small machine: each
+    # waits for all the others, so they only finish if they all run at the same time
+    width = (os.cpu_count() or 1) + 8
+    together = threading.Barrier(width, timeout=10)
+
+    def part(msg: Message) -> int:
+        return together.wait()
+
+    steps = [FunctionStep(part, id=f"part{k}") for k in range(width)]
+    async with Flow(store_url, concurrency=width) as flow:
+        wf = await flow.workflow_create("wide-sync", *steps)
+        info = await flow.execution(await wf.execute())
+    assert info.status is Status.SUCCESS
+    assert info.response is not None
+    assert sorted(info.response.json().values()) == list(range(width))
 
 
 async def test_call_step_through_a_mock_client(store_url: str) -> None:

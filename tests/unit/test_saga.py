@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -325,6 +326,28 @@ async def test_deadline_aborts_with_compensation(flow: Flow) -> None:
     assert "deadline" in info.error
 
 
+async def test_no_step_starts_after_the_deadline_passed_while_suspended(flow: Flow) -> None:
+    ledger = Ledger()
+    a = ledger.step("a", wait=True)
+    b = ledger.step("b", a)
+    wf = await flow.workflow_create("deadline-suspended", a, b)
+    eid = await wf.execute(async_=True, deadline=0.5)
+    await eventually(lambda: "start a" in ledger.log)
+    await flow.suspend(eid)
+    ledger.gate("a").set()
+    await flow.settle(eid)  # a finished and was recorded; nothing else starts
+    until = time.time() + 0.5
+    await eventually(lambda: time.time() > until)  # the deadline is behind us now
+    await flow.resume(eid)
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.ABORTED
+    assert "start b" not in ledger.log
+    assert info.steps["b"].status is Status.PENDING
+    assert info.steps["a"].status is Status.COMPENSATED
+    assert info.error is not None
+    assert "deadline" in info.error
+
+
 async def test_execution_id_is_an_idempotency_key(flow: Flow) -> None:
     ledger = Ledger()
     wf = await flow.workflow_create("idem", ledger.step("a"))
@@ -339,6 +362,7 @@ async def test_execution_id_is_an_idempotency_key(flow: Flow) -> None:
         with pytest.raises(ExecutionFailedError) as err:
             await failing.execute(execution_id="order-43")
         assert err.value.execution_id == "order-43"
+        assert failing.status is Status.FAILURE
     assert ledger.log.count("start bad") == 1
 
 
