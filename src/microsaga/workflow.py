@@ -106,18 +106,21 @@ class Workflow:
 
     def _changed(self, steps: dict[str, Step]) -> None:
         self._steps = steps
+        self.version = None  # the saved version no longer describes these steps
         self._plan_cache = None
         self._snapshot_cache = None
 
     async def append_steps(self, *steps: Step) -> None:
         """Add steps; raises (changing nothing) on a duplicate id, an unknown
-        requirement or a cycle."""
+        requirement or a cycle. The workflow is no longer the saved one: ``version``
+        becomes None until ``flow.workflow_save(wf)``."""
         new = check_steps(steps)
         self._changed(self._validated([*self._steps.values(), *new]))
 
     async def remove_steps(self, *steps: Step | str) -> None:
         """Remove steps (objects or ids); raises StepNotExistsError, changing nothing,
-        for an unknown step or one that a remaining step requires."""
+        for an unknown step or one that a remaining step requires. ``version`` becomes
+        None until the workflow is saved again."""
         ids = set()
         for item in steps:
             sid = item.id if isinstance(item, Step) else item
