@@ -87,7 +87,9 @@ async def serve() -> AsyncIterator[Callable[[Any], Awaitable[str]]]:
 async def _serve_asgi(app: Any) -> AsyncIterator[str]:
     import uvicorn
 
-    sock = socket.socket()
+    # IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted connections (as
+    # Participant.serve does): otherwise each kept-alive response waits ~40 ms
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

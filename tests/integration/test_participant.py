@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -365,6 +368,63 @@ async def test_sqlite_dedupe_survives_a_restart(serve: Any, tmp_path: Path) -> N
     assert first.json() == again.json() == {"payment": 1}
     assert again.headers["idempotent-replayed"] == "true"
     assert runs == ["charge"]
+
+
+def _accepted_connections(port: int) -> list[socket.socket]:
+    """This process's TCP connections accepted on ``port`` (server side), read from
+    /proc/self/fd; each is a duplicate to close."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:  # not a socket, or closed meanwhile
+            continue
+        try:
+            tcp = sock.type == socket.SOCK_STREAM and sock.family == socket.AF_INET
+            if tcp and sock.getsockname()[1] == port and sock.getpeername():
+                found.append(sock)
+                continue
+        except OSError:  # a listening socket has no peer
+            pass
+        sock.close()
+    return found
+
+
+class PlainApp:
+    """An ASGI app that is not a Participant (served by the fixture's own socket)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("kind", ["participant", "plain asgi app"])
+async def test_served_connections_answer_without_waiting_for_delayed_acks(
+    serve: Any, kind: str
+) -> None:
+    """Kept-alive answers go out at once: accepted connections have TCP_NODELAY, or
+    each response waits for the client's delayed ACK (~40 ms a request)."""
+    if kind == "participant":
+        app: Any = Participant()
+        app.add_handler("A.B", lambda msg: {})
+    else:
+        app = PlainApp()
+    url = await serve(app)
+    port = int(url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):  # one kept-alive connection
+            assert (await client.post(f"{url}/A/B", content=b"{}")).status_code == 200
+        accepted = _accepted_connections(port)
+        try:
+            assert len(accepted) == 1
+            assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            for sock in accepted:
+                sock.close()
 
 
 def test_handler_names_must_be_unique() -> None:
