@@ -42,9 +42,12 @@ _TOP = ("id", "services", "steps", "description")
 _RETRY_FIELDS = Retry.__dataclass_fields__
 
 
-def _join(path: str, key: str | int) -> str:
+def _join(path: str, key: str | int | None) -> str:
+    """``steps[0]`` + ``retry`` is ``steps[0].retry``; no key (None or "") is ``path``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not key:
+        return path
     return f"{path}.{key}" if path else key
 
 
@@ -76,16 +79,24 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
 
 
 def _parse(text: str, where: str) -> Any:
-    if text.lstrip().startswith("{") or where.endswith(".json"):
+    """JSON or YAML. A ``.json`` file is JSON; other text that starts with ``{`` is
+    read as JSON first, then as YAML (flow-style YAML such as ``{id: x, steps: []}``
+    is not JSON); anything else is YAML."""
+    json_file = where.endswith(".json")
+    yaml_file = where.endswith((".yaml", ".yml"))
+    json_error: str | None = None
+    if json_file or text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DefinitionError(
-                f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-            ) from None
+            json_error = f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        if json_file:
+            raise DefinitionError(json_error) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        if json_error is not None and not yaml_file:
+            raise DefinitionError(json_error) from None  # it looked like JSON
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -140,7 +151,7 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     try:
         step = cls.from_config(own)
     except DefinitionError as exc:
-        raise DefinitionError(_strip_path(exc), path=_join(path, exc.path or "")) from None
+        raise DefinitionError(_strip_path(exc), path=_join(path, exc.path)) from None
     except (TypeError, ValueError, KeyError) as exc:
         raise DefinitionError(f"invalid {named[0]} step: {exc}", path=path) from None
     if "input" in entry and nested != "compensate":
@@ -182,8 +193,7 @@ def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
     try:
         return StepOptions(**kw)
     except DefinitionError as exc:
-        field = exc.path or ""
-        where = input_path if field == "compensate_input" else _join(path, field)
+        where = input_path if exc.path == "compensate_input" else _join(path, exc.path)
         raise DefinitionError(_strip_path(exc), path=where) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -77,7 +78,9 @@ def test_resume_of_a_finished_execution_is_refused(setup: tuple[str, dict[str, s
     ("definition", "code", "words"),
     [
         ("id: x\nsteps:\n  - call: a.B.C\n   oops: 1\n", "definition", "invalid YAML"),
-        ('{"id": "x", "steps": [', "definition", "invalid JSON"),
+        ('{"id": "x", "steps": [', "definition", "bad.json: invalid JSON at line 1"),
+        ('{"id": "x", "steps": [', "definition", "bad.yaml: invalid YAML at line 1"),
+        ('{"id": "x", "steps": [{"publish": 5}]}', "definition", "steps[0]: PublishStep topic"),
         ("id: x\nsteps:\n  - teleport: somewhere\n", "definition", "unknown step kind"),
         (
             "id: x\nsteps:\n  - {publish: a, requires: [b]}\n  - {publish: b, requires: [a]}\n",
@@ -96,10 +99,33 @@ def test_bad_definitions(
     tmp_path: Path, setup: tuple[str, dict[str, str]], definition: str, code: str, words: str
 ) -> None:
     _, env = setup
-    path = tmp_path / "bad.yaml"
+    path = tmp_path / ("bad.json" if "bad.json" in words else "bad.yaml")
     path.write_text(definition)
     result = cli("run", str(path), extra_env=env)
     assert words in assert_one_line_error(result, code, 2)
+
+
+def test_flow_style_yaml_runs(tmp_path: Path, setup: tuple[str, dict[str, str]]) -> None:
+    _, env = setup
+    path = tmp_path / "flow.yaml"
+    path.write_text("{id: flowstyle, steps: [{function: 'tests.acceptance.steps:reserve'}]}\n")
+    result = cli("run", str(path), "--input", "{}", extra_env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()[-1]) == 32
+
+
+def test_a_step_module_that_fails_on_import(
+    tmp_path: Path, setup: tuple[str, dict[str, str]]
+) -> None:
+    _, env = setup
+    (tmp_path / "core_broken_steps.py").write_text("raise RuntimeError('no config')\n")
+    path = tmp_path / "broken.yaml"
+    path.write_text("id: x\nsteps:\n  - function: core_broken_steps:send\n")
+    pythonpath = os.pathsep.join([str(ROOT), str(tmp_path)])
+    result = cli("run", str(path), extra_env={**env, "PYTHONPATH": pythonpath})
+    line = assert_one_line_error(result, "definition", 2)
+    assert "core_broken_steps:send" in line
+    assert "RuntimeError: no config" in line
 
 
 def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:

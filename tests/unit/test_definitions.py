@@ -149,6 +149,60 @@ def test_errors_name_the_bad_field(text: str, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_an_error_of_the_step_itself_names_the_step() -> None:
+    with pytest.raises(DefinitionError) as err:
+        load_definition('{"id": "x", "steps": [{"publish": 5}]}')
+    assert str(err.value) == "steps[0]: PublishStep topic must be a non-empty string, not 5"
+
+
+def test_flow_style_yaml_is_yaml(tmp_path: Path) -> None:
+    text = "{id: x, steps: [{publish: a}, {publish: b, requires: [a]}]}"
+    path = tmp_path / "flow.yaml"
+    path.write_text(text)
+    for source in (text, str(path)):
+        wf = load_definition(source)
+        assert [[s.id for s in level] for level in wf.steps()] == [["a"], ["b"]]
+
+
+def test_broken_json_gets_a_json_error_and_broken_yaml_a_yaml_one(tmp_path: Path) -> None:
+    broken = '{"id": "x", "steps": ['
+    (tmp_path / "bad.json").write_text(broken)
+    (tmp_path / "bad.yaml").write_text(broken)
+    (tmp_path / "yaml.json").write_text("{id: x, steps: [{publish: a}]}")
+    cases = [
+        (broken, "definition: invalid JSON at line 1 column 23"),
+        (str(tmp_path / "bad.json"), "bad.json: invalid JSON at line 1 column 23"),
+        (str(tmp_path / "bad.yaml"), "bad.yaml: invalid YAML at line 1 column 23"),
+        (str(tmp_path / "yaml.json"), "yaml.json: invalid JSON at line 1 column 2"),
+    ]
+    for source, message in cases:
+        with pytest.raises(DefinitionError) as err:
+            load_definition(source)
+        assert message in str(err.value)
+
+
+def test_a_module_that_fails_on_import_is_a_definition_error(tmp_path: Path) -> None:
+    import sys
+
+    (tmp_path / "core_broken_module.py").write_text("raise RuntimeError('no config')\n")
+    (tmp_path / "core_bad_syntax.py").write_text("def f(:\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for module, cause in (
+            ("core_broken_module", "RuntimeError: no config"),
+            ("core_bad_syntax", "SyntaxError"),
+        ):
+            with pytest.raises(DefinitionError) as err:
+                load_definition(f"id: x\nsteps: [{{function: '{module}:f'}}]")
+            message = str(err.value)
+            assert message.startswith(f"steps[0].function: cannot import {module}:f"), message
+            assert cause in message
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("core_broken_module", None)
+        sys.modules.pop("core_bad_syntax", None)
+
+
 def test_graph_errors_from_definitions() -> None:
     with pytest.raises(CycleError, match=r"a -> b -> a|b -> a -> b"):
         load_definition(
