@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from .errors import DefinitionError, MicrosagaError
+from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
 from .settings import check_services
 from .step import Retry, Step, StepOptions, step_kinds
 from .steps import import_function
@@ -126,7 +126,24 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     if not isinstance(steps, list) or not steps:
         raise DefinitionError("must be a non-empty list of steps", path="steps")
     built = [step_from_dict(entry, _join("steps", i)) for i, entry in enumerate(steps)]
+    _check_ids(built)
     return Workflow(wf_id, built, services=services)
+
+
+def _check_ids(steps: list[Step]) -> None:
+    """Duplicate ids and unknown requirements, named by their field (the Workflow
+    checks them too, without knowing where they came from)."""
+    index: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        if step.id in index:
+            raise DuplicateStepError(step.id, path=_join("steps", i))
+        index[step.id] = i
+    for i, step in enumerate(steps):
+        for req in step.options.requires:
+            if req not in index:
+                raise StepNotExistsError(
+                    req, detail=f"required by {step.id}", path=f"steps[{i}].requires"
+                )
 
 
 def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:

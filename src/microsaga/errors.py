@@ -88,11 +88,18 @@ class StepNotExistsError(DefinitionError):
 
     code = "step_not_exists"
 
-    def __init__(self, step_id: str | None = None, *, path: str | None = None) -> None:
+    def __init__(
+        self, step_id: str | None = None, *, path: str | None = None, detail: str | None = None
+    ) -> None:
+        # the message always starts "step not exists: <id>" (upstream's); the context
+        # (who requires it, the definition field) follows in parentheses
         self.step_id = step_id
-        super().__init__(
-            "step not exists" if step_id is None else f"step not exists: {step_id}", path=path
-        )
+        message = "step not exists" if step_id is None else f"step not exists: {step_id}"
+        context = [c for c in (detail, f"at {path}" if path else None) if c]
+        if context:
+            message += f" ({', '.join(context)})"
+        super().__init__(message)
+        self.path = path
 
 
 class CycleError(DefinitionError):

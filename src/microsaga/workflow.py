@@ -127,6 +127,11 @@ class Workflow:
             if sid not in self._steps:
                 raise StepNotExistsError(sid)
             ids.add(sid)
+        for sid, step in self._steps.items():
+            if sid not in ids:
+                for req in step.options.requires:
+                    if req in ids:
+                        raise StepNotExistsError(req, detail=f"removed, but {sid} requires it")
         self._changed(self._validated([s for sid, s in self._steps.items() if sid not in ids]))
 
     # running ------------------------------------------------------------------------

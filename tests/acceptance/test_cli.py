@@ -87,7 +87,11 @@ def test_resume_of_a_finished_execution_is_refused(setup: tuple[str, dict[str, s
             "cycle",
             "a",
         ),
-        ("id: x\nsteps:\n  - {publish: a, requires: [zzz]}\n", "step_not_exists", "zzz"),
+        (
+            "id: x\nsteps:\n  - {publish: a, requires: [zzz]}\n",
+            "step_not_exists",
+            "step not exists: zzz (required by a, at steps[0].requires)",
+        ),
         (
             "id: x\nsteps:\n  - {call: a.B.C, retry: {max_attempts: 0}}\n",
             "definition",

@@ -208,10 +208,12 @@ def test_graph_errors_from_definitions() -> None:
         load_definition(
             "id: x\nsteps:\n  - {publish: a, requires: [b]}\n  - {publish: b, requires: [a]}\n"
         )
-    with pytest.raises(StepNotExistsError, match="ghost"):
-        load_definition("id: x\nsteps:\n  - {publish: a, requires: [ghost]}\n")
-    with pytest.raises(DuplicateStepError, match="a"):
+    with pytest.raises(StepNotExistsError) as missing:
+        load_definition("id: x\nsteps:\n  - {publish: a}\n  - {publish: b, requires: [ghost]}\n")
+    assert str(missing.value) == "step not exists: ghost (required by b, at steps[1].requires)"
+    with pytest.raises(DuplicateStepError) as duplicate:
         load_definition("id: x\nsteps:\n  - {publish: a}\n  - {publish: a}\n")
+    assert str(duplicate.value) == "steps[1]: duplicate step id: a"
 
 
 def test_a_missing_file_is_a_definition_error(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def check_graph(requires: Graph) -> None:
     for step_id, reqs in requires.items():
         for req in reqs:
             if req not in requires:
-                raise StepNotExistsError(req, path=f"step {step_id} requires")
+                raise StepNotExistsError(req, detail=f"required by {step_id}")
     cycle = find_cycle(requires)
     if cycle:
         raise CycleError(cycle)
