@@ -34,12 +34,27 @@ def decode_json_body(body: bytes) -> Any:
         return body.decode("utf-8", errors="replace")
 
 
+def _bad_value(key: Any, value: Any) -> TypeError:
+    if isinstance(value, list | tuple):
+        value = next(v for v in value if not isinstance(v, str))
+        what = f"{type(value).__name__} (in the list)"
+    else:
+        what = type(value).__name__
+    hint = " (decode bytes first)" if isinstance(value, bytes) else ""
+    return TypeError(f"header {key!r}: values must be str or a list of str, not {what}{hint}")
+
+
 class Metadata(Mapping[str, str]):
     """Message headers: case-insensitive keys, several values per key.
 
     As a ``Mapping[str, str]`` it shows one entry per distinct key, whose value is the
     first one; :meth:`getall` gives every value. Keys keep the spelling they were
     first set with.
+
+    Values are text: a ``str`` or a list (or tuple) of ``str``. Anything else, bytes
+    included, is a ``TypeError`` naming the key: headers cross HTTP and brokers as
+    text, and guessing an encoding or calling ``str()`` would store something else
+    than what was meant (``b"x"`` is not ``"b'x'"``).
     """
 
     __slots__ = ("_names", "_values")
@@ -61,9 +76,11 @@ class Metadata(Mapping[str, str]):
         for key, value in items:
             if isinstance(value, str):
                 self.add(key, value)
-            else:
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
                 for one in value:
-                    self.add(key, str(one))
+                    self.add(key, one)
+            else:
+                raise _bad_value(key, value)
 
     def __getitem__(self, key: str) -> str:
         return self._values[key.lower()][0]
@@ -104,19 +121,23 @@ class Metadata(Mapping[str, str]):
 
     def set(self, key: str, value: str) -> None:
         """Replace every value of ``key`` with ``value``."""
+        if type(value) is not str and not isinstance(value, str):
+            raise _bad_value(key, value)
         low = key.lower()
-        self._values[low] = (str(value),)
+        self._values[low] = (value,)
         self._names.setdefault(low, key)
 
     def add(self, key: str, value: str) -> None:
         """Append ``value`` to the values of ``key``."""
+        if type(value) is not str and not isinstance(value, str):
+            raise _bad_value(key, value)
         low = key.lower()
         values = self._values.get(low)
         if values is None:
-            self._values[low] = (str(value),)
+            self._values[low] = (value,)
             self._names[low] = key
         else:
-            self._values[low] = (*values, str(value))
+            self._values[low] = (*values, value)
 
     def parts(self) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
         """Copies of the internal tables (for stores that keep headers compactly)."""

@@ -41,6 +41,31 @@ class TestMetadata:
         md = Metadata([("A", "1"), ("a", "2"), ("B", "3")])
         assert md.to_dict() == {"A": ["1", "2"], "B": ["3"]}
 
+    @pytest.mark.parametrize(
+        ("mapping", "words"),
+        [
+            ({"X-Count": 1}, "header 'X-Count': values must be str or a list of str, not int"),
+            ({"X-Raw": b"xy"}, "not bytes (decode bytes first)"),
+            ({"X-Tag": ["a", 2]}, "header 'X-Tag': values must be str or a list of str, not int"),
+            ({"X-None": None}, "not NoneType"),
+        ],
+    )
+    def test_values_that_are_not_text_are_refused_naming_the_key(
+        self, mapping: dict[str, object], words: str
+    ) -> None:
+        with pytest.raises(TypeError) as err:
+            Metadata(mapping)  # type: ignore[arg-type]
+        assert words in str(err.value)
+        with pytest.raises(TypeError, match="X-Count"):
+            Message(b"", {"X-Count": 1})
+
+    def test_add_and_set_refuse_bytes(self) -> None:
+        md = Metadata({"a": ("1", "2")})
+        for method in (md.add, md.set):
+            with pytest.raises(TypeError, match=r"header 'a'.*bytes"):
+                method("a", b"3")  # type: ignore[arg-type]
+        assert md.getall("a") == ["1", "2"]
+
 
 class TestMessage:
     def test_bytes_are_kept_byte_for_byte(self) -> None:
