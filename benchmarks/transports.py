@@ -1,19 +1,28 @@
 """Transport overhead: microsaga beside the client libraries, in the same run.
 
-    python benchmarks/transports.py [--seconds 2] [--runs 3] [--width 32]
+    python benchmarks/transports.py [--seconds 2] [--runs 3] [--width 32] [--http-width 8]
                                     [--store memory://] [--only http,nats,rabbitmq,redis]
                                     [--json results.json]
 
 HTTP: calls/s of a one-step saga (a ``CallStep``) against a ``microsaga.participant``
 served by uvicorn in its own process, beside the same POST (same body, same headers,
-a fresh ``Idempotency-Key`` each) sent directly with one pooled ``httpx.AsyncClient``.
+a fresh ``Idempotency-Key`` each) sent directly with one pooled ``httpx.AsyncClient``
+(HTTP/1.1 keep-alive, as many connections as requests in flight, the limits
+microsaga's ``HttpClient`` uses). A third line, the same request written on raw
+kept-alive sockets with no client library, shows what the participant itself can
+serve: the ceiling of the other two.
+
+``--http-width`` requests are in flight for HTTP (8 by default): httpx's connection
+pool does work per request that grows with the number of connections (below 8 it costs
+about the same per request; at 32 several times more), so a wider figure would measure
+httpx's pool rather than the round trip.
 
 Brokers (servers of SERVICES.md on loopback; a missing one is skipped): publishes/s,
 each confirmed by the broker, of (1) the client library directly (nats-py JetStream
 publish, aio-pika with publisher confirms and ``mandatory``, redis-py ``XADD``), (2)
 microsaga's ``Broker.publish`` and (3) a one-step saga (a ``PublishStep``).
 
-``--width`` operations are in flight at once. Each contender runs ``--seconds`` per
+``--width`` publishes are in flight at once. Each contender runs ``--seconds`` per
 run after a short warm-up; runs are interleaved (direct, adapter, saga, direct, ...)
 so that drift of the machine hits all of them alike. The table shows the median of
 ``--runs`` runs and the ratio to the direct figure. Not a test: nothing is asserted.
@@ -125,13 +134,55 @@ async def participant_process() -> AsyncIterator[str]:
         proc.wait(10)
 
 
-async def http_contenders(store: str) -> AsyncIterator[tuple[str, str, Op]]:
+@contextlib.asynccontextmanager
+async def raw_http(url: str, width: int) -> AsyncIterator[Op]:
+    """The participant's request on ``width`` kept-alive sockets, no client library."""
+    host, port = url.removeprefix("http://").split(":")
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    writers = []
+    for _ in range(width):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writers.append(writer)
+        free.put_nowait((reader, writer))
+
+    async def post(i: int) -> None:
+        body = encode_json(w.order(i))
+        lines = [
+            "POST /Inventory/Reserve HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            *(f"{k}: {v}" for k, v in step_header(uuid.uuid4().hex, "inventory.R").items()),
+        ]
+        reader, writer = await free.get()
+        try:
+            writer.write("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head.decode(errors="replace"))
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            json.loads(await reader.readexactly(length))
+        finally:
+            free.put_nowait((reader, writer))
+
+    try:
+        yield post
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+async def http_contenders(store: str, width: int) -> AsyncIterator[tuple[str, str, Op]]:
     import httpx
 
     async with participant_process() as url:
-        async with httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        ) as client:
+        # the limits of microsaga's HttpClient: no request waits for a connection
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+        async with httpx.AsyncClient(limits=limits) as client:
             endpoint = f"{url}/Inventory/Reserve"
 
             async def direct(i: int) -> None:
@@ -149,6 +200,8 @@ async def http_contenders(store: str) -> AsyncIterator[tuple[str, str, Op]]:
                 await wf.execute(w.order(i))
 
             yield "CallStep saga", "saga", saga
+        async with raw_http(url, width) as raw:
+            yield "raw HTTP/1.1 sockets (ceiling)", "ceiling", raw
 
 
 # brokers -------------------------------------------------------------------------------
@@ -283,19 +336,21 @@ async def measure(
     transport: str,
     contenders: Callable[[], AsyncIterator[tuple[str, str, Op]]],
     args: argparse.Namespace,
+    width: int,
 ) -> list[dict[str, Any]]:
     """Run every contender ``args.runs`` times, interleaved, and summarise."""
     runs: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.runs):
         async for label, role, op in contenders():
-            await rate(op, min(0.3, args.seconds), args.width)  # warm-up: pools, JIT-free caches
-            runs.setdefault((label, role), []).append(await rate(op, args.seconds, args.width))
+            await rate(op, min(0.3, args.seconds), width)  # warm-up: connections, caches
+            runs.setdefault((label, role), []).append(await rate(op, args.seconds, width))
     direct = next(statistics.median(v) for (_, role), v in runs.items() if role == "direct")
     return [
         {
             "transport": transport,
             "operation": label,
             "role": role,
+            "width": width,
             "median_per_s": round(statistics.median(values), 1),
             "runs_per_s": [round(v, 1) for v in values],
             "ratio_to_direct": round(statistics.median(values) / direct, 3),
@@ -306,15 +361,18 @@ async def measure(
 
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
-        f"\nmedian of {args.runs} runs x {args.seconds:g}s, {args.width} in flight, "
-        f"store {args.store}, Python {sys.version.split()[0]}\n"
+        f"\nmedian of {args.runs} runs x {args.seconds:g}s, store {args.store}, "
+        f"Python {sys.version.split()[0]}\n"
     )
-    print(f"{'transport':<10} {'operation':<32} {'median/s':>10}  {'runs/s':<26} {'vs direct':>9}")
+    print(
+        f"{'transport':<10} {'operation':<32} {'width':>5} {'median/s':>9}  {'runs/s':<22} "
+        f"{'vs direct':>9}"
+    )
     for r in results:
         runs = " ".join(f"{v:.0f}" for v in r["runs_per_s"])
         print(
-            f"{r['transport']:<10} {r['operation']:<32} {r['median_per_s']:>10.0f}  "
-            f"{runs:<26} {r['ratio_to_direct']:>9.2f}"
+            f"{r['transport']:<10} {r['operation']:<32} {r['width']:>5} "
+            f"{r['median_per_s']:>9.0f}  {runs:<22} {r['ratio_to_direct']:>9.2f}"
         )
 
 
@@ -323,7 +381,9 @@ async def main(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     if "http" in wanted:
-        results += await measure("http", lambda: http_contenders(args.store), args)
+        results += await measure(
+            "http", lambda: http_contenders(args.store, args.http_width), args, args.http_width
+        )
     for kind, (url, port) in SERVERS.items():
         if kind not in wanted:
             continue
@@ -331,7 +391,10 @@ async def main(args: argparse.Namespace) -> int:
             skipped[kind] = f"nothing listens on 127.0.0.1:{port}"
             continue
         results += await measure(
-            kind, lambda kind=kind, url=url: broker_contenders(kind, url, args.store), args
+            kind,
+            lambda kind=kind, url=url: broker_contenders(kind, url, args.store),
+            args,
+            args.width,
         )
     print_table(results, args)
     for kind, why in skipped.items():
@@ -342,6 +405,7 @@ async def main(args: argparse.Namespace) -> int:
                 "seconds": args.seconds,
                 "runs": args.runs,
                 "width": args.width,
+                "http_width": args.http_width,
                 "store": args.store,
                 "python": sys.version.split()[0],
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -358,7 +422,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender")
-    parser.add_argument("--width", type=int, default=32, help="operations in flight")
+    parser.add_argument("--width", type=int, default=32, help="publishes in flight")
+    parser.add_argument("--http-width", type=int, default=8, help="HTTP calls in flight")
     parser.add_argument("--store", default="memory://", help="the flows' store URL")
     parser.add_argument("--only", default="", help="comma list of http,nats,rabbitmq,redis")
     parser.add_argument("--json", default="", help="also write the results to this file")
