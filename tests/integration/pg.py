@@ -34,6 +34,14 @@ class Server:
 
 
 _found: Server | str | None = None  # the server, or why there is none
+_NO_DRIVER = "asyncpg is not installed (pip install 'microsaga[postgres]')"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test with ``reason``; fail it when ``CI`` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
 
 
 async def _probe() -> Server | str:
@@ -64,13 +72,12 @@ async def server() -> Server:
     global _found
     if _found is None:
         if asyncpg is None:
-            _found = "asyncpg is not installed (pip install 'microsaga[postgres]')"
+            _found = _NO_DRIVER
         else:
             _found = await _probe()
     if isinstance(_found, str):
-        if os.environ.get("CI"):
-            pytest.fail(_found)
-        pytest.skip(_found)
+        skip_or_fail(_found)
+        raise AssertionError("unreachable")
     return _found
 
 

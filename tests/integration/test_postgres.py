@@ -4,6 +4,7 @@ several processes' worth of stores on one database."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("asyncpg", reason="needs asyncpg (pip install 'microsaga[postgres]')")
+if not os.environ.get("CI"):  # under CI a missing driver fails the imports below
+    pytest.importorskip("asyncpg", reason="needs asyncpg (pip install 'microsaga[postgres]')")
 
 from microsaga import Flow, FunctionStep, Message, SchemaVersionError, Status, StoreError
 from microsaga._urls import redact_url

@@ -58,3 +58,11 @@ async def test_wal_and_full_sync_by_default(tmp_path: Path) -> None:
 def test_bad_url_options_name_the_option(tmp_path: Path, query: str, words: str) -> None:
     with pytest.raises(ConfigurationError, match=words):
         SQLiteStore(f"sqlite:///{tmp_path / 'x.db'}{query}")
+
+
+@pytest.mark.parametrize("query", ["?foo=1", "?synchronous=FULL&busy", "?Synchronous=FULL"])
+def test_unknown_url_options_are_refused_naming_the_known_ones(tmp_path: Path, query: str) -> None:
+    name = query[1:].split("&")[-1].split("=")[0]
+    with pytest.raises(ConfigurationError) as wrong:
+        SQLiteStore(f"sqlite:///{tmp_path / 'x.db'}{query}")
+    assert f"unknown option {name!r}; known: inline_commit, synchronous" in str(wrong.value)

@@ -34,6 +34,11 @@ How it keeps the :class:`~microsaga.stores.base.Store` promises with many proces
   commit, so two requests could commit out of order and a reader that saw the later one
   would skip the earlier; inserting them under a transaction-scoped advisory lock makes
   sequence order commit order (requests are rare, the lock costs nothing).
+- The connections, the errors, the schema and the ``LISTEN`` connection are the
+  business of :class:`~microsaga.stores._postgres_db.Database`; this module holds the
+  queries. A URL the driver could not read, or a setting the server refuses, is a
+  :class:`~microsaga.errors.ConfigurationError`, raised before any connection or at
+  the first.
 - Errors: a lost connection, a server restarting or shutting down, too many
   connections and deadlocks are retryable :class:`~microsaga.errors.StoreError`\\s
   (the group committer retries them; the pool reconnects); reads are retried here for
@@ -43,31 +48,18 @@ How it keeps the :class:`~microsaga.stores.base.Store` promises with many proces
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-import asyncpg
 import msgspec
 
 from .._engine.control import control_change
-from .._urls import redact_url
-from ..errors import (
-    ConfigurationError,
-    ExecutionNotFoundError,
-    SchemaVersionError,
-    StoreError,
-    one_line,
-)
+from ..errors import ExecutionNotFoundError, StoreError
 from ..execution import Execution
 from ..message import Message, Metadata
 from ..status import Status
+from ._postgres_db import CHANNEL, SCHEMA_VERSION, Database, Q, retryable
 from ._rows import (
     build_execution,
     decode_header,
@@ -76,7 +68,6 @@ from ._rows import (
     record_from_row,
     step_row,
 )
-from ._sql import load_queries, migrations
 from .base import (
     Claim,
     ControlAction,
@@ -90,74 +81,12 @@ from .base import (
     TransitionResult,
 )
 
-__all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore", "retryable"]
 
-log = logging.getLogger("microsaga.store")
-
-T = TypeVar("T")
-Q = load_queries("postgres")
-_MIGRATIONS = migrations("postgres")
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
-_SCHEMA = (resources.files(__package__) / "sql" / "postgres" / "schema.sql").read_text()
-CHANNEL = "microsaga"
 _NO_BEFORE = 2**62
-_CONNECT_TIMEOUT = 10.0
-_COMMAND_TIMEOUT = 60.0  # a statement that long means the server is wedged, not busy
-_READ_RETRY_FOR = 5.0
-_LISTEN_PING = 10.0
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
-# SQLSTATE classes after which the same statement may well succeed: 08 connection,
-# 57 operator intervention (shutdown, starting up), 53 resources, 40 rollback.
-_RETRYABLE_PG = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.TransactionRollbackError,
-)
 _RUNNING = (Status.RUNNING, Status.COMPENSATING)
 _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or takeover
 _encode = msgspec.json.Encoder().encode
-
-
-async def _keep_session(conn: Any) -> None:
-    """The pool's reset hook: nothing to reset (see ``open``)."""
-
-
-def _dsn_and_pool_size(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    size = 10
-    kept = []
-    for key, value in query:
-        if key != "pool_size":
-            kept.append((key, value))
-            continue
-        try:
-            size = int(value)
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise ConfigurationError(
-                "store", f"{redact_url(url)}: pool_size must be a positive integer"
-            )
-    return urlunsplit(parts._replace(query=urlencode(kept))), size
-
-
-def retryable(exc: BaseException) -> bool:
-    """Whether a driver error may go away when the same thing is tried again."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return isinstance(exc, _RETRYABLE_PG)
-    if isinstance(exc, asyncpg.InterfaceError):
-        text = str(exc)
-        return "connection" in text and "closed" in text
-    return isinstance(exc, OSError)  # refused, reset, unreachable, timed out
-
-
-def _is_lost(conn: Any) -> bool:
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:  # terminated, so already handed back to the pool
-        return True
 
 
 def _header(md: Metadata) -> str | None:
@@ -200,164 +129,17 @@ class PostgresStore(Store):
     commit_concurrency = 3
 
     def __init__(self, url: str) -> None:
-        self._dsn, self.pool_size = _dsn_and_pool_size(url)
-        self.url = redact_url(url)
-        self._pool: Any = None
-        self._wakers: list[Callable[[], None]] = []
-        self._watcher: asyncio.Task[None] | None = None
-        # definitions never change once stored; executions the last claim took, as a
-        # load right after that claim would find them (see claim)
+        self._db = Database(url)
+        self.url = self._db.url
+        self.pool_size = self._db.pool_size
+        # definitions never change once stored
         self._definitions: dict[str, StoredDefinition] = {}
 
-    # plumbing ------------------------------------------------------------------------
-
-    def _error(self, exc: BaseException, *, lost: bool = False) -> StoreError:
-        return StoreError(
-            f"PostgreSQL store {self.url}: {one_line(exc)}", retryable=lost or retryable(exc)
-        )
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; driver errors become :class:`StoreError`."""
-        pool = self._pool
-        if pool is None:
-            raise StoreError(f"PostgreSQL store {self.url} is closed", retryable=False)
-        try:
-            conn = await pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc) from exc
-        try:
-            yield conn
-        except (*_DRIVER_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
-            # a connection that died mid-COMMIT can surface as an internal error of the
-            # driver: whatever it says, the server went away
-            raise self._error(exc, lost=_is_lost(conn)) from exc
-        finally:
-            try:
-                await pool.release(conn)
-            except Exception as exc:
-                # resetting a broken connection fails; the pool drops it and connects
-                # anew, and what was done on it stands (it must not turn into an error)
-                log.debug("store %s: dropping a broken connection: %s", self.url, exc)
-
-    async def _retrying(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run an idempotent ``op(connection)``, again for a few seconds while the
-        server is away (a restart takes one or two)."""
-        deadline = time.monotonic() + _READ_RETRY_FOR
-        delay = 0.05
-        while True:
-            try:
-                async with self._connection() as conn:
-                    return await op(conn)
-            except StoreError as exc:
-                if not exc.retryable or self._pool is None:
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.debug("%s; retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    async def _tx(self, op: Callable[[Any], Awaitable[T]], *, retry: bool = False) -> T:
-        """Run ``op(connection)`` in one transaction."""
-
-        async def in_tx(conn: Any) -> T:
-            async with conn.transaction():
-                return await op(conn)
-
-        if retry:
-            return await self._retrying(in_tx)
-        async with self._connection() as conn:
-            return await in_tx(conn)
-
-    async def _snapshot(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run a read-only ``op(connection)`` on one consistent snapshot, retrying."""
-
-        async def in_tx(conn: Any) -> T:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                return await op(conn)
-
-        return await self._retrying(in_tx)
-
-    # lifecycle -----------------------------------------------------------------------
-
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        try:
-            pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=0,  # no background reconnect attempts (and tracebacks) in an outage
-                max_size=self.pool_size,
-                timeout=_CONNECT_TIMEOUT,
-                command_timeout=_COMMAND_TIMEOUT,
-                server_settings=self._server_settings(),
-                # pooled connections keep no session state (locks are transaction-scoped,
-                # LISTEN has its own connection): the default reset would cost a round
-                # trip on every release
-                reset=_keep_session,
-            )
-        except (*_DRIVER_ERRORS, ValueError) as exc:
-            raise StoreError(
-                f"cannot open PostgreSQL store {self.url}: {one_line(exc)}",
-                retryable=retryable(exc),
-            ) from exc
-        try:
-            async with pool.acquire() as conn:
-                await self._migrate(conn)
-        except BaseException as exc:
-            pool.terminate()
-            if isinstance(exc, _DRIVER_ERRORS):
-                raise StoreError(
-                    f"cannot open PostgreSQL store {self.url}: {one_line(exc)}",
-                    retryable=retryable(exc),
-                ) from exc
-            raise
-        self._pool = pool
-
-    def _server_settings(self) -> dict[str, str]:
-        query = dict(parse_qsl(urlsplit(self._dsn).query))
-        # the statements are prepared once per connection and their plans do not depend
-        # on the values (ids, arrays): planning them anew on every execution, as the
-        # server first does, costs more server time than running them
-        defaults = {"application_name": "microsaga", "plan_cache_mode": "force_generic_plan"}
-        return {k: v for k, v in defaults.items() if k not in query}
-
-    async def _migrate(self, conn: Any) -> None:
-        async with conn.transaction():
-            await conn.execute(Q["migration_lock"])
-            if not await conn.fetchval(Q["has_version_table"]):
-                await conn.execute(Q["version_table"])
-            current = await conn.fetchval(Q["schema_version"])
-            if current > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"PostgreSQL store {self.url} has schema version {current}, newer than "
-                    f"the {SCHEMA_VERSION} this microsaga knows: upgrade microsaga"
-                )
-            if current == 0:
-                # an empty database gets the latest schema in one go
-                await conn.execute(_SCHEMA)
-                await conn.execute(Q["stamp_version"], SCHEMA_VERSION)
-                return
-            for version, sql in _MIGRATIONS:
-                if version > current:
-                    await conn.execute(sql)
-                    await conn.execute(Q["stamp_version"], version)
+        await self._db.open()
 
     async def close(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        self._wakers = []
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            async with asyncio.timeout(_CONNECT_TIMEOUT):
-                await pool.close()
-        except (TimeoutError, *_DRIVER_ERRORS):
-            pool.terminate()
+        await self._db.close()
 
     # workflows ------------------------------------------------------------------------
 
@@ -372,7 +154,7 @@ class PostgresStore(Store):
             return int(version)
 
         # saving the same hash again is a no-op, so a retry after a lost reply is safe
-        return await self._tx(save, retry=True)
+        return await self._db.tx(save, retry=True)
 
     async def load_workflow(
         self, workflow_id: str, version: int | None = None
@@ -384,16 +166,16 @@ class PostgresStore(Store):
                 row = await conn.fetchrow(Q["load_workflow_version"], workflow_id, version)
             return None if row is None else StoredWorkflow(*row)
 
-        return await self._retrying(load)
+        return await self._db.retrying(load)
 
     async def list_workflows(self) -> list[StoredWorkflow]:
         async def rows(conn: Any) -> list[StoredWorkflow]:
             return [StoredWorkflow(*r) for r in await conn.fetch(Q["list_workflows"])]
 
-        return await self._retrying(rows)
+        return await self._db.retrying(rows)
 
     async def remove_workflow(self, workflow_id: str) -> bool:
-        async with self._connection() as conn:
+        async with self._db.connection() as conn:
             status = await conn.execute(Q["remove_workflow"], workflow_id)
         return int(status.rsplit(" ", 1)[-1]) > 0
 
@@ -407,7 +189,7 @@ class PostgresStore(Store):
         results: list[bool | TransitionResult] = [False] * len(units)
         news = [(i, u) for i, u in enumerate(units) if isinstance(u, NewExecution)]
         transitions = [(i, u) for i, u in enumerate(units) if isinstance(u, Transition)]
-        async with self._connection() as conn:
+        async with self._db.connection() as conn:
             if news:
                 created = await self._create(conn, [u for _, u in news])
                 for (i, _), ok in zip(news, created, strict=True):
@@ -540,7 +322,7 @@ class PostgresStore(Store):
         )
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
-        async with self._connection() as conn:
+        async with self._db.connection() as conn:
             rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit)
         return [Claim(eid, token) for eid, token in rows]
 
@@ -552,21 +334,21 @@ class PostgresStore(Store):
         async def renew(conn: Any) -> set[str]:
             return {r[0] for r in await conn.fetch(Q["renew"], owner, now + ttl, ids)}
 
-        return await self._retrying(renew)
+        return await self._db.retrying(renew)
 
     async def release(self, execution_id: str, token: int, until: float) -> None:
 
         async def release(conn: Any) -> None:
             await conn.execute(Q["release"], execution_id, token, until, CHANNEL)
 
-        await self._retrying(release)
+        await self._db.retrying(release)
 
     async def release_all(self, owner: str) -> int:
         async def release_all(conn: Any) -> int:
             row = await conn.fetchrow(Q["release_all"], owner, CHANNEL)
             return int(row[0])
 
-        return await self._retrying(release_all)
+        return await self._db.retrying(release_all)
 
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
@@ -575,7 +357,7 @@ class PostgresStore(Store):
         async def load(conn: Any) -> dict[str, StoredExecution]:
             return await self._load(conn, list(execution_ids))
 
-        return await self._retrying(load)
+        return await self._db.retrying(load)
 
     async def _load(self, conn: Any, ids: list[str]) -> dict[str, StoredExecution]:
         by_id: dict[str, list[Any]] = {}
@@ -640,7 +422,7 @@ class PostgresStore(Store):
             await conn.execute(Q["notify"], CHANNEL, "control")
             return change.status
 
-        return await self._tx(request)
+        return await self._db.tx(request)
 
     async def controls(self, after: int) -> tuple[list[str], int]:
         async def controls(conn: Any) -> tuple[list[str], int]:
@@ -649,13 +431,13 @@ class PostgresStore(Store):
             rows = await conn.fetch(Q["controls_after"], after)
             return [r[1] for r in rows], (rows[-1][0] if rows else after)
 
-        return await self._retrying(controls)
+        return await self._db.retrying(controls)
 
     async def prune_controls(self, before: float) -> None:
         async def prune(conn: Any) -> None:
             await conn.execute(Q["prune_controls"], before)
 
-        await self._retrying(prune)
+        await self._db.retrying(prune)
 
     # queries ------------------------------------------------------------------------------
 
@@ -664,7 +446,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(Q["get_status"], execution_id)
             return None if row is None else (Status(row[0]), row[1])
 
-        return await self._retrying(get)
+        return await self._db.retrying(get)
 
     async def _executions(self, conn: Any, rows: list[Any]) -> list[Execution]:
         by_id: dict[str, list[StepRecord]] = {}
@@ -694,7 +476,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(Q["get_execution"], execution_id)
             return None if row is None else (await self._executions(conn, [row]))[0]
 
-        return await self._snapshot(get)
+        return await self._db.snapshot(get)
 
     async def list_executions(
         self,
@@ -721,68 +503,11 @@ class PostgresStore(Store):
             rows = await conn.fetch(Q[name], *args)
             return await self._executions(conn, rows)
 
-        return await self._snapshot(listing)
+        return await self._db.snapshot(listing)
 
     # wake-ups ----------------------------------------------------------------------------
 
     async def watch(self, wake: Callable[[], None]) -> None:
-        """Call ``wake()`` on every notification of the ``microsaga`` channel, and after
-        each reconnection of the listening connection (notifications sent while it was
-        down are lost, so the worker should look for itself)."""
-        self._wakers.append(wake)
-        if self._watcher is not None:
-            return
-        listening = asyncio.Event()
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._listen(listening), name="microsaga-listen"
-        )
-        # start listening before the worker's first look, so nothing falls in between;
-        # if the server is away the listener keeps trying and polling covers the gap
-        try:
-            async with asyncio.timeout(_CONNECT_TIMEOUT):
-                await listening.wait()
-        except TimeoutError:
-            log.warning("store %s: LISTEN not established yet; polling meanwhile", self.url)
-
-    def _wake_all(self, *_: Any) -> None:
-        for wake in list(self._wakers):
-            wake()
-
-    async def _listen(self, listening: asyncio.Event) -> None:
-        delay = 0.1
-        failing = False
-        while True:
-            conn: Any = None
-            try:
-                conn = await asyncpg.connect(
-                    self._dsn, timeout=_CONNECT_TIMEOUT, server_settings=self._server_settings()
-                )
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._wake_all)
-                if failing:
-                    log.warning("store %s: LISTEN connection restored", self.url)
-                failing, delay = False, 0.1
-                listening.set()
-                self._wake_all()
-                while not conn.is_closed():
-                    try:
-                        async with asyncio.timeout(_LISTEN_PING):
-                            await lost.wait()
-                    except TimeoutError:
-                        # a connection can die without a word (a cable, a firewall)
-                        await conn.execute(Q["ping"], timeout=_CONNECT_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
-            except (*_DRIVER_ERRORS, ValueError) as exc:
-                if not failing:
-                    log.warning("store %s: LISTEN connection lost: %s", self.url, one_line(exc))
-                failing = True
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            if not failing:
-                log.warning("store %s: LISTEN connection closed; reconnecting", self.url)
-                failing = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        """Call ``wake()`` on every notification of the ``microsaga`` channel (see
+        :meth:`Database.watch <microsaga.stores._postgres_db.Database.watch>`)."""
+        await self._db.watch(wake)

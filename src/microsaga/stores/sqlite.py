@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
@@ -57,6 +57,7 @@ SCHEMA_VERSION = _MIGRATIONS[-1][0]
 _ids = msgspec.json.Decoder(list[str])
 _encode = msgspec.json.Encoder().encode
 _SYNC = ("OFF", "NORMAL", "FULL", "EXTRA")
+_OPTIONS = ("inline_commit", "synchronous")
 _NO_BEFORE = 2**62
 
 
@@ -76,12 +77,19 @@ class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = _path_of(url)
-        query = parse_qs(urlsplit(url).query)
-        sync = query.get("synchronous", ["FULL"])[0].upper()
+        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        for name in query:
+            if name not in _OPTIONS:
+                raise ConfigurationError(
+                    "store", f"{url}: unknown option {name!r}; known: {', '.join(_OPTIONS)}"
+                )
+        sync = query.get("synchronous", "FULL").upper()
         if sync not in _SYNC:
-            raise ConfigurationError("store", f"{url}: synchronous must be one of {_SYNC}")
+            raise ConfigurationError(
+                "store", f"{url}: synchronous must be one of {', '.join(_SYNC)}"
+            )
         self.synchronous = sync
-        inline = query.get("inline_commit", ["1"])[0]
+        inline = query.get("inline_commit", "1")
         if inline not in ("0", "1"):
             raise ConfigurationError("store", f"{url}: inline_commit must be 0 or 1")
         self.inline_commit = inline == "1"
