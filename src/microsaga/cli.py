@@ -57,9 +57,25 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
     raise Exit(asyncio.run(fn()))
 
 
+# settings given on the command line, by the name the user typed
+_OPTIONS = {
+    "store": "--store",
+    "services": "--services",
+    "broker": "--broker",
+    "concurrency": "--concurrency",
+    "worker_id": "--id",
+}
+
+
 def _flow(ctx: click.Context, **extra: Any) -> Flow:
     opts = ctx.obj
-    return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
+    try:
+        return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
+    except ConfigurationError as exc:
+        option = _OPTIONS.get(exc.setting or "")
+        if option is None:
+            raise
+        raise ConfigurationError(option, exc.reason) from None  # name what the user typed
 
 
 def _services(value: str | None) -> dict[str, str] | None:

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
-from .settings import check_services
+from .errors import DefinitionError, DuplicateStepError, StepNotExistsError
+from .settings import service_url_problem
 from .step import Retry, Step, StepOptions, step_kinds
 from .steps import import_function
 from .workflow import Workflow
@@ -118,10 +118,11 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     services = data.get("services") or {}
     if not isinstance(services, Mapping):
         raise DefinitionError("must map service names to URLs", path="services")
-    try:
-        services = check_services(services)
-    except MicrosagaError as exc:
-        raise DefinitionError(str(exc)) from None
+    for name, url in services.items():
+        problem = service_url_problem(url)
+        if problem is not None:
+            raise DefinitionError(problem, path=_join("services", str(name)))
+    services = dict(services)
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
         raise DefinitionError("must be a non-empty list of steps", path="steps")

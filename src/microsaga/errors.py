@@ -129,6 +129,7 @@ class ConfigurationError(MicrosagaError):
 
     def __init__(self, setting: str | None = None, message: str | None = None) -> None:
         self.setting = setting
+        self.reason = message  # what is wrong with it, without the setting's name
         if message is not None and setting:
             message = f"{setting}: {message}"
         super().__init__(message)

@@ -14,8 +14,11 @@ max_executions         ``MICROSAGA_MAX_EXECUTIONS``  1024 executions claimed at 
 worker_id              ``MICROSAGA_WORKER_ID``       random per process (see below)
 =====================  ============================  ==================================
 
-Explicit values win over the environment; a wrong value raises
-:class:`~microsaga.errors.ConfigurationError` naming the setting.
+Explicit values win over the environment (``MICROSAGA_SERVICES`` is merged under
+explicit ``services``); a wrong value raises
+:class:`~microsaga.errors.ConfigurationError` naming where it came from: the argument
+(``broker: ...``) or the variable (``MICROSAGA_BROKER: ...``). The CLI names its
+options (``--broker: ...``).
 
 A stable ``worker_id``, unique among the workers running at the same time (e.g. the
 name of a service's replica), lets a worker restarted after a crash take back its
@@ -25,6 +28,7 @@ unfinished executions at once rather than after their leases expire.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -36,7 +40,14 @@ from urllib.parse import urlsplit
 from .errors import ConfigurationError
 from .step import Retry
 
-__all__ = ["DEFAULT_STORE", "FlowOptions", "parse_services", "resolve_options"]
+__all__ = [
+    "DEFAULT_STORE",
+    "FlowOptions",
+    "check_services",
+    "parse_services",
+    "resolve_options",
+    "service_url_problem",
+]
 
 DEFAULT_STORE = "sqlite:///microsaga.db"
 STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
@@ -96,13 +107,20 @@ def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, 
     return out
 
 
+def service_url_problem(url: Any) -> str | None:
+    """Why ``url`` cannot be a service's base URL, or None when it can."""
+    if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
+        return None
+    return f"must be an http:// or https:// URL, not {url!r}"
+
+
 def check_services(services: Mapping[str, str], setting: str = "services") -> dict[str, str]:
+    """``services`` as a dict; a bad URL raises naming ``setting`` and the service."""
     out = {}
     for name, url in services.items():
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise ConfigurationError(
-                f"{setting}.{name}", f"must be an http:// or https:// URL, not {url!r}"
-            )
+        problem = service_url_problem(url)
+        if problem is not None:
+            raise ConfigurationError(setting, f"service {name!r} {problem}")
         out[name] = url
     return out
 
@@ -125,54 +143,93 @@ def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigurationError(name, f"must be a number, not {raw!r}") from None
-    if value <= 0:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigurationError(name, f"must be {what}, not {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(name, f"must be positive, not {raw!r}")
     return value
 
 
+def _check_number(value: Any, name: str, kind: type[float] | type[int]) -> float | int:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, int if kind is int else int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
+    if not ok:
+        what = "a positive whole number" if kind is int else "a positive number"
+        raise ConfigurationError(name, f"must be {what}, not {value!r}")
+    return int(value) if kind is int else float(value)
+
+
 def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
-    """Options from explicit values (None means unset), then the environment."""
+    """Options from explicit values (None means unset), then the environment.
+
+    A wrong value raises :class:`ConfigurationError` naming where it came from: the
+    argument (``store``, ``broker``...) or the variable (``MICROSAGA_STORE``...).
+    """
     unknown = set(explicit) - set(FlowOptions.__dataclass_fields__)
     if unknown:
         raise ConfigurationError(", ".join(sorted(unknown)), "unknown Flow option")
     values: dict[str, Any] = {k: v for k, v in explicit.items() if v is not None}
+    env = os.environ
 
-    store = values.get("store") or os.environ.get("MICROSAGA_STORE") or DEFAULT_STORE
-    store_setting = "store" if "store" in values else "MICROSAGA_STORE"
-    values["store"] = check_url(store, store_setting, STORE_SCHEMES)
+    if "store" in values:
+        values["store"] = check_url(values["store"], "store", STORE_SCHEMES)
+    elif env.get("MICROSAGA_STORE", "").strip():
+        store = env["MICROSAGA_STORE"].strip()
+        values["store"] = check_url(store, "MICROSAGA_STORE", STORE_SCHEMES)
 
-    services = parse_services(os.environ.get("MICROSAGA_SERVICES", ""))
-    services.update(values.get("services") or {})
-    values["services"] = check_services(services)
+    services = check_services(
+        parse_services(env.get("MICROSAGA_SERVICES", "")), "MICROSAGA_SERVICES"
+    )
+    given = values.get("services") or {}
+    if not isinstance(given, Mapping):
+        raise ConfigurationError("services", f"must map service names to URLs, not {given!r}")
+    services.update(check_services(given, "services"))
+    values["services"] = services
 
-    if "broker" not in values and os.environ.get("MICROSAGA_BROKER"):
-        values["broker"] = os.environ["MICROSAGA_BROKER"]
-    broker_setting = "broker" if "broker" in explicit else "MICROSAGA_BROKER"
-    values["broker"] = check_url(values.get("broker"), broker_setting, BROKER_SCHEMES)
+    if "broker" in values:
+        values["broker"] = check_url(values["broker"], "broker", BROKER_SCHEMES)
+    elif env.get("MICROSAGA_BROKER", "").strip():
+        broker = env["MICROSAGA_BROKER"].strip()
+        values["broker"] = check_url(broker, "MICROSAGA_BROKER", BROKER_SCHEMES)
 
-    for name, env, kind in (
+    if "worker" in values and not isinstance(values["worker"], bool):
+        raise ConfigurationError("worker", f"must be True or False, not {values['worker']!r}")
+
+    source: dict[str, str] = {}  # where each number came from, for error messages
+    for name, var, kind in (
         ("concurrency", "MICROSAGA_CONCURRENCY", int),
         ("lease_ttl", "MICROSAGA_LEASE_TTL", float),
         ("heartbeat_interval", "MICROSAGA_HEARTBEAT", float),
         ("poll_interval", "MICROSAGA_POLL_INTERVAL", float),
         ("max_executions", "MICROSAGA_MAX_EXECUTIONS", int),
     ):
-        if name not in values:
-            from_env = _env_number(env, kind)
+        if name in values:
+            values[name] = _check_number(values[name], name, kind)
+            source[name] = name
+        else:
+            from_env = _env_number(var, kind)
             if from_env is not None:
                 values[name] = from_env
-        elif not isinstance(values[name], int | float) or values[name] <= 0:
-            raise ConfigurationError(name, f"must be a positive number, not {values[name]!r}")
+                source[name] = var
+    lease_ttl = values.get("lease_ttl", 10.0)
     if "heartbeat_interval" not in values:
-        values["heartbeat_interval"] = values.get("lease_ttl", 10.0) / 3
-    if values["heartbeat_interval"] >= values.get("lease_ttl", 10.0):
-        raise ConfigurationError("heartbeat_interval", "must be shorter than lease_ttl")
-    if "worker_id" not in values and os.environ.get("MICROSAGA_WORKER_ID", "").strip():
-        values["worker_id"] = os.environ["MICROSAGA_WORKER_ID"].strip()
-    wid = values.get("worker_id")
-    if wid is not None and (not isinstance(wid, str) or not wid.strip()):
-        raise ConfigurationError("worker_id", f"must be a non-empty string, not {wid!r}")
+        values["heartbeat_interval"] = lease_ttl / 3
+    elif values["heartbeat_interval"] >= lease_ttl:
+        lease = f"{source['lease_ttl']}={lease_ttl}" if "lease_ttl" in source else "10 s"
+        raise ConfigurationError(
+            source["heartbeat_interval"], f"must be shorter than the lease ({lease})"
+        )
+
+    if "worker_id" in values:
+        wid = values["worker_id"]
+        if not isinstance(wid, str) or not wid.strip():
+            raise ConfigurationError("worker_id", f"must be a non-empty string, not {wid!r}")
+    elif env.get("MICROSAGA_WORKER_ID", "").strip():
+        values["worker_id"] = env["MICROSAGA_WORKER_ID"].strip()
     retry = values.get("compensation_retry")
     if retry is not None and not isinstance(retry, Retry):
         raise ConfigurationError("compensation_retry", f"must be a Retry, not {retry!r}")

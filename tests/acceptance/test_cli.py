@@ -145,15 +145,33 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
     assert_one_line_error(usage, "usage", 2)
 
 
-def test_bad_settings_name_the_setting(tmp_path: Path) -> None:
-    result = cli("list", extra_env={"MICROSAGA_STORE": "mysql://nope"})
-    assert "MICROSAGA_STORE" in assert_one_line_error(result, "configuration", 2)
-    result = cli("--store", "bogus://x", "list")
-    assert "store" in assert_one_line_error(result, "configuration", 2)
-    result = cli("list", extra_env={"MICROSAGA_SERVICES": "inventory"})
-    assert "MICROSAGA_SERVICES" in assert_one_line_error(result, "configuration", 2)
-    result = cli("list", extra_env={"MICROSAGA_LEASE_TTL": "soon"})
-    assert "MICROSAGA_LEASE_TTL" in assert_one_line_error(result, "configuration", 2)
+@pytest.mark.parametrize(
+    ("args", "environment", "start"),
+    [
+        ((), {"MICROSAGA_STORE": "mysql://nope"}, "MICROSAGA_STORE: unknown scheme"),
+        (("--store", "bogus://x"), {}, "--store: unknown scheme"),
+        ((), {"MICROSAGA_BROKER": "kafka://x"}, "MICROSAGA_BROKER: unknown scheme"),
+        (("--broker", "kafka://x"), {}, "--broker: unknown scheme"),
+        ((), {"MICROSAGA_SERVICES": "inventory"}, "MICROSAGA_SERVICES: expected name=url"),
+        ((), {"MICROSAGA_SERVICES": "a=ftp://x"}, "MICROSAGA_SERVICES: service 'a' must be"),
+        (
+            (),
+            {"MICROSAGA_SERVICES": "inventory=127.0.0.1:8001"},
+            "MICROSAGA_SERVICES: service 'inventory' must be an http:// or https:// URL",
+        ),
+        (("--services", "a=ftp://x"), {}, "--services: service 'a' must be"),
+        ((), {"MICROSAGA_LEASE_TTL": "soon"}, "MICROSAGA_LEASE_TTL: must be a number"),
+        ((), {"MICROSAGA_HEARTBEAT": "20"}, "MICROSAGA_HEARTBEAT: must be shorter"),
+    ],
+)
+def test_bad_settings_name_the_setting(
+    tmp_path: Path, args: tuple[str, ...], environment: dict[str, str], start: str
+) -> None:
+    if not any(a == "--store" for a in args) and "MICROSAGA_STORE" not in environment:
+        args = ("--store", f"sqlite:///{tmp_path / 'x.db'}", *args)
+    result = cli(*args, "list", extra_env=environment)
+    line = assert_one_line_error(result, "configuration", 2)
+    assert line.removeprefix("error[configuration]: ").startswith(start), line
 
 
 def test_unwritable_store_path(tmp_path: Path) -> None:

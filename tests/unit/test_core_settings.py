@@ -1,0 +1,53 @@
+"""Settings: explicit arguments win over MICROSAGA_*; an error names the wrong one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from microsaga import ConfigurationError, Flow
+
+
+@pytest.mark.parametrize(
+    ("environment", "kwargs", "start"),
+    [
+        ({"MICROSAGA_BROKER": "kafka://x"}, {}, "MICROSAGA_BROKER: unknown scheme"),
+        ({}, {"broker": "kafka://x"}, "broker: unknown scheme"),
+        ({"MICROSAGA_BROKER": "kafka://x"}, {"broker": "memory://"}, None),
+        ({"MICROSAGA_SERVICES": "a=ftp://x"}, {}, "MICROSAGA_SERVICES: service 'a' must be"),
+        ({}, {"services": {"a": "ftp://x"}}, "services: service 'a' must be"),
+        ({"MICROSAGA_STORE": "mysql://x"}, {}, "MICROSAGA_STORE: unknown scheme"),
+        ({"MICROSAGA_STORE": "mysql://x"}, {"store": "memory://"}, None),
+        ({"MICROSAGA_CONCURRENCY": "1.5"}, {}, "MICROSAGA_CONCURRENCY: must be a whole number"),
+        ({}, {"concurrency": 1.5}, "concurrency: must be a positive whole number"),
+        ({}, {"concurrency": True}, "concurrency: must be a positive whole number"),
+        ({}, {"lease_ttl": float("nan")}, "lease_ttl: must be a positive number"),
+        ({"MICROSAGA_LEASE_TTL": "inf"}, {}, "MICROSAGA_LEASE_TTL: must be positive"),
+        ({"MICROSAGA_HEARTBEAT": "20"}, {}, "MICROSAGA_HEARTBEAT: must be shorter than the lease"),
+        (
+            {"MICROSAGA_LEASE_TTL": "2"},
+            {"heartbeat_interval": 3.0},
+            "heartbeat_interval: must be shorter than the lease (MICROSAGA_LEASE_TTL=2.0)",
+        ),
+        ({}, {"worker": "no"}, "worker: must be True or False"),
+    ],
+)
+def test_errors_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], kwargs: Any, start: str | None
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    kwargs.setdefault("store", None)
+    if start is None:
+        Flow(**kwargs)  # the explicit argument wins; the variable is not looked at
+        return
+    with pytest.raises(ConfigurationError) as err:
+        Flow(**kwargs)
+    assert str(err.value).startswith(start), str(err.value)
+
+
+def test_environment_services_merge_under_explicit_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROSAGA_SERVICES", "a=http://env-a,b=http://env-b")
+    flow = Flow("memory://", services={"b": "http://mine"})
+    assert dict(flow.options.services) == {"a": "http://env-a", "b": "http://mine"}
