@@ -180,7 +180,7 @@ class FunctionStep(Step):
             result = await asyncio.get_running_loop().run_in_executor(ctx.flow.threads, call)
             if inspect.isawaitable(result):
                 result = await result
-        return to_message(result)
+        return result if type(result) is Message else to_message(result)
 
     def to_config(self) -> dict[str, Any]:
         path = self.endpoint

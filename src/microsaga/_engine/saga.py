@@ -50,12 +50,14 @@ def _any(states: dict[str, StepRecord], status: Status) -> bool:
 def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     """What happens next to an execution in ``state``."""
     steps_running = failed = False
+    running_, failure = Status.RUNNING, Status.FAILURE
     for st in state.steps.values():
-        if st.status is Status.RUNNING:
+        current = st.status
+        if current is running_:
             steps_running = True
-        elif st.status is Status.FAILURE:
+        elif current is failure:
             failed = True
-    running = steps_running or _any(state.comps, Status.RUNNING)
+    running = steps_running or (bool(state.comps) and _any(state.comps, running_))
     if state.abort == ABORT_NO_COMPENSATION:
         if running:
             return Decision()
