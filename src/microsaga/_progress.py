@@ -61,13 +61,15 @@ def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table
     for sid in order or info.steps:
         run = info.steps[sid]
         comp = run.compensation
+        # Text, not str: rich reads a str cell as markup, and step ids and errors come
+        # from users and remote services ("[declined] ..." would vanish)
         table.add_row(
-            sid,
+            Text(sid),
             Text(run.status.name, _STYLE.get(run.status, "")),
             str(run.attempts or ""),
             _seconds(run),
             Text(comp.status.name, _STYLE.get(comp.status, "")) if comp else "",
-            (comp.error if comp and comp.error else run.error) or "",
+            Text((comp.error if comp and comp.error else run.error) or ""),
         )
     return table
 

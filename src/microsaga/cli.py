@@ -165,13 +165,15 @@ def run(
             if async_:
                 click.echo(eid)
                 return EXIT_OK
+            from rich.text import Text
+
             from ._progress import follow
 
             order = [s.id for level in wf.steps() for s in level]
             info = await follow(flow, eid, console, order)
             await flow.settle(eid)  # steps still running here finish before we exit
             if info.error:
-                console.print(f"[red]{info.error}[/red]")
+                console.print(Text(info.error, style="red"))  # never markup: remote text
             click.echo(eid)
             return _outcome_code(info.status)
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from ._progress import follow
 from .errors import StepError
@@ -116,13 +117,15 @@ async def run_demo(store: str, console: Console) -> int:
     try:
         import uvicorn  # noqa: F401  - the participants need it
     except ImportError:
-        console.print("the demo serves HTTP with uvicorn: pip install 'microsaga[participant]'")
+        console.print(
+            Text("the demo serves HTTP with uvicorn: pip install 'microsaga[participant]'")
+        )
         return 2
     calls: list[str] = []
     async with _running_services(calls) as services:
-        console.print(f"[bold]microsaga demo[/bold]: the order saga on {store}")
+        console.print(Text.assemble(("microsaga demo", "bold"), f": the order saga on {store}"))
         for name, url in services.items():
-            console.print(f"  service {name:<10} {url}")
+            console.print(Text(f"  service {name:<10} {url}"))
         console.print()
         async with Flow(store, services=services) as flow:
             wf = await flow.workflow_create("order", *order_steps())
@@ -134,14 +137,14 @@ async def run_demo(store: str, console: Console) -> int:
                 eid = await wf.execute({"order_id": order_id, "total": 42.5}, async_=True)
                 info = await follow(flow, eid, console, order)
                 if info.error:
-                    console.print(f"[red]{info.error}[/red]")
+                    console.print(Text(info.error, style="red"))
                 console.print()
                 results.append(info)
     console.print("[bold]what the services saw[/bold], in order:")
     for line in calls:
-        console.print(f"  {line}")
+        console.print(Text(f"  {line}"))
     ok, failed = results
-    console.print(f"\ninspect: microsaga --store {store} show {failed.id}", soft_wrap=True)
+    console.print(Text(f"\ninspect: microsaga --store {store} show {failed.id}"), soft_wrap=True)
     expected = (
         ok.status is Status.SUCCESS
         and failed.status is Status.FAILURE

@@ -56,3 +56,11 @@ async def ship(msg: Message) -> dict[str, Any]:
 
 async def notify(msg: Message) -> None:
     _log("notify", msg)
+
+
+DECLINED = "[declined] card refused [/red] by [bold]the bank"
+
+
+async def decline(msg: Message) -> None:
+    """Fails with text that looks like Rich markup, as a participant's '[code] message'."""
+    raise StepError(DECLINED, retryable=False)

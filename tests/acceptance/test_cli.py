@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.procs import ROOT, cli
+from tests.acceptance.steps import DECLINED
 
 ORDER = str(ROOT / "tests" / "acceptance" / "order.yaml")
 
@@ -130,6 +131,27 @@ def test_a_step_module_that_fails_on_import(
     line = assert_one_line_error(result, "definition", 2)
     assert "core_broken_steps:send" in line
     assert "RuntimeError: no config" in line
+
+
+def test_errors_and_ids_are_shown_verbatim(
+    tmp_path: Path, setup: tuple[str, dict[str, str]]
+) -> None:
+    _, env = setup
+    path = tmp_path / "declined.yaml"
+    path.write_text(
+        "id: pay\nsteps:\n  - function: tests.acceptance.steps:decline\n    id: '[card] check'\n"
+    )
+    result = cli("run", str(path), "--input", "{}", extra_env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    eid = result.stdout.strip().splitlines()[-1]
+    assert len(eid) == 32, result.stdout
+    assert DECLINED in result.stderr  # the final error line
+    assert "[card] check" in result.stderr  # the step's row in the progress table
+    shown = cli("show", eid, extra_env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert DECLINED in shown.stdout
+    assert any(line.startswith("[card] check  FAILURE") for line in shown.stdout.splitlines())
 
 
 def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
