@@ -7,6 +7,7 @@ broker's own client library to check the documented wire format, and removed aft
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from microsaga import (
 )
 from microsaga.participant import Participant
 from microsaga.transports import Broker, open_broker
+from microsaga.transports.base import CORRELATION_HEADER, REPLY_TO_HEADER
 
 from ..helpers import eventually
 from .conftest import free_port, with_port
@@ -535,6 +537,55 @@ async def test_subscriber_runs_a_duplicated_message_once(kind: str, request: Any
         await broker.close()
         await env.close()
     assert runs == [{"n": 1}, {"n": 2}]
+
+
+async def test_rabbitmq_reply_to_a_gone_requester_acknowledges_the_request(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The saga process died and its exclusive reply queue with it: the reply comes
+    back unroutable. Nobody waits for it, so the request is acknowledged with one
+    warning instead of being requeued and redelivered for ever."""
+    from microsaga.transports.rabbitmq import RabbitMQBroker
+
+    env = AmqpEnv(amqp_url)
+    await env.start()
+    topic = new_topic()
+    await env.prepare(topic)
+    shipping = Participant()
+    runs: list[Any] = []
+
+    @shipping.handler(topic)
+    async def book(msg: Message) -> dict[str, str]:
+        runs.append(msg.json())
+        return {"tracking": "T-1"}
+
+    gone = f"microsaga.reply.{uuid.uuid4().hex}"  # a reply queue nobody declares
+    request = Message(
+        {"order_id": 1},
+        {"Idempotency-Key": "e1:ship", REPLY_TO_HEADER: gone, CORRELATION_HEADER: "c1"},
+    )
+    caplog.set_level(logging.WARNING, logger="microsaga.transports.rabbitmq")
+
+    def dropped() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "dropped" in r.getMessage()]
+
+    broker = RabbitMQBroker(amqp_url, redeliver_delay=0.05)
+    await broker.connect()
+    try:
+        sub = await shipping.subscribe(broker, topic)
+        await broker.publish(topic, request)
+        await eventually(dropped)
+        await sub.close()
+    finally:
+        await broker.close()  # an unacknowledged request would go back to the queue
+    try:
+        assert await env.count(topic) == 0
+    finally:
+        await env.close()
+    assert runs == [{"order_id": 1}]
+    (warning,) = dropped()
+    assert warning.levelno == logging.WARNING
+    assert f"reply to '{gone}' dropped" in warning.getMessage()
 
 
 # faults --------------------------------------------------------------------------------

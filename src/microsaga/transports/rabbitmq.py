@@ -17,7 +17,9 @@ Wire format (``docs/transports.md``):
 - ``subscribe`` declares a durable queue named after the topic (or ``queue=``), bound
   to the exchange when it is not the default one, and acks after the handler returned
   and the reply was sent; a handler that raises gets the message back after
-  ``redeliver_delay``. This broker's own reply queue is exclusive and auto-deleted.
+  ``redeliver_delay``. This broker's own reply queue is exclusive and auto-deleted;
+  a reply that no queue receives (its requester is gone) is dropped with a warning
+  and the request acknowledged.
 
 RabbitMQ does not drop duplicates: a publish whose confirmation was lost is sent
 again on retry, and participants deduplicate by ``Idempotency-Key`` (the
@@ -53,6 +55,7 @@ __all__ = ["RabbitMQBroker"]
 log = logging.getLogger("microsaga.transports.rabbitmq")
 
 _FAILURES = (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError)
+_UNROUTABLE = "amqp_unroutable"
 _connecting = contextvars.ContextVar("microsaga_amqp_connecting", default=False)
 
 
@@ -191,7 +194,7 @@ class RabbitMQBroker(Broker):
         except aio_pika.exceptions.PublishError:
             raise StepError(
                 f"{self._where}: message on {topic!r} was returned: no queue is bound to it",
-                code="amqp_unroutable",
+                code=_UNROUTABLE,
                 retryable=False,
             ) from None
         except aio_pika.exceptions.DeliveryError as exc:
@@ -204,6 +207,25 @@ class RabbitMQBroker(Broker):
             raise TransportError(
                 f"{self._where}: publish on {topic!r} failed: {_describe(exc)}"
             ) from exc
+
+    async def send_reply(self, topic: str, reply: Message) -> None:
+        """Publish a reply; a reply no queue receives is dropped with a warning.
+
+        The reply queue of a saga process is exclusive: it goes when that process does,
+        and then nobody waits for the reply. Failing here would nack the request and
+        have it redelivered for ever; the request is acknowledged instead (its retry,
+        from a saga process that is alive, carries a reply queue that exists).
+        """
+        try:
+            await self.publish(topic, reply)
+        except StepError as exc:
+            if exc.code != _UNROUTABLE:
+                raise
+            log.warning(
+                "%s: reply to %r dropped: no queue is bound to it (the requester is gone)",
+                self._where,
+                topic,
+            )
 
     async def subscribe(
         self, topic: str, handler: Handler, *, queue: str | None = None
