@@ -289,14 +289,32 @@ def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -
     _run_async(main)
 
 
+DEMO_STORE = "sqlite:///microsaga-demo.db"
+
+
 @cli.command()
-@click.option("--store", "demo_store", default="sqlite:///microsaga-demo.db", show_default=True)
-def demo(demo_store: str) -> None:
-    """Run the order saga twice: one run succeeds, one fails and is compensated."""
+@click.option(
+    "--store",
+    "demo_store",
+    help=f"Store URL (default: the global --store, else MICROSAGA_STORE, else {DEMO_STORE}).",
+)
+@click.pass_context
+def demo(ctx: click.Context, demo_store: str | None) -> None:
+    """Run the order saga twice: one run succeeds, one fails and is compensated.
+
+    It serves its own two services, so --services does not apply to it."""
     from ._progress import progress_console
     from .demo import run_demo
+    from .settings import STORE_SCHEMES, check_url
 
-    _run_async(lambda: run_demo(demo_store, progress_console()))
+    # the usual settings, but its own file when none is given: the demo should not
+    # write into the default store of your own workflows
+    store: str = demo_store or ctx.obj["store"] or DEMO_STORE
+    setting = "--store"
+    if not (demo_store or ctx.obj["store"]) and os.environ.get("MICROSAGA_STORE", "").strip():
+        store, setting = os.environ["MICROSAGA_STORE"].strip(), "MICROSAGA_STORE"
+    check_url(store, setting, STORE_SCHEMES)
+    _run_async(lambda: run_demo(store, progress_console()))
 
 
 def main(argv: list[str] | None = None) -> None:

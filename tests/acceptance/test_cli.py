@@ -232,3 +232,25 @@ def test_demo_runs_on_its_own(tmp_path: Path) -> None:
     refund = result.stderr.index("payments   Refund   P-2")
     assert refund < result.stderr.index("inventory  Release  R-2")
     assert (tmp_path / "microsaga-demo.db").exists()
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_demo_uses_the_store_setting(tmp_path: Path, where: str) -> None:
+    store = f"sqlite:///{tmp_path / 'chosen.db'}"
+    if where == "option":
+        result = cli("--store", store, "demo", cwd=tmp_path, timeout=60)
+    else:
+        result = cli("demo", cwd=tmp_path, extra_env={"MICROSAGA_STORE": store}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "chosen.db").exists()
+    assert not (tmp_path / "microsaga-demo.db").exists()
+    inspect = next(line for line in result.stderr.splitlines() if line.startswith("inspect:"))
+    failed_id = inspect.split()[-1]
+    shown = cli("--store", store, "show", failed_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "status     FAILURE" in shown.stdout.splitlines()
+
+
+def test_demo_with_a_bad_store_setting_names_it(tmp_path: Path) -> None:
+    result = cli("demo", cwd=tmp_path, extra_env={"MICROSAGA_STORE": "mysql://x"})
+    assert "MICROSAGA_STORE: unknown scheme" in assert_one_line_error(result, "configuration", 2)
