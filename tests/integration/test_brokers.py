@@ -588,6 +588,43 @@ async def test_rabbitmq_reply_to_a_gone_requester_acknowledges_the_request(
     assert f"reply to '{gone}' dropped" in warning.getMessage()
 
 
+@pytest.mark.parametrize(
+    ("reply_prefix", "expires"), [("microsaga.reply.", True), ("orders.replies.", False)]
+)
+async def test_redis_late_reply_stream_expires_a_day_after_the_reply(
+    redis_url: str, reply_prefix: str, expires: bool
+) -> None:
+    """A reply that comes after the saga process is gone recreates its reply stream:
+    that stream expires a day later. A reply topic that is not microsaga's own keeps
+    the lifetime its owner gave it."""
+    env = RedisEnv(redis_url)
+    await env.start()
+    topic, reply_to = new_topic(), f"{reply_prefix}{uuid.uuid4().hex}"
+    for key in (topic, reply_to):
+        await env.prepare(key)
+    shipping = Participant()
+    shipping.add_handler(topic, lambda msg: {"tracking": "T-1"})
+    broker = open_broker(redis_url)
+    await broker.connect()
+    try:
+        sub = await shipping.subscribe(broker, topic)
+        request = Message({}, {REPLY_TO_HEADER: reply_to, CORRELATION_HEADER: "c1"})
+        await broker.publish(topic, request)
+        await eventually(lambda: env.count(reply_to))
+        await sub.close()
+        (reply,) = await env.messages(reply_to)
+        ttl = await env.client.ttl(reply_to)
+    finally:
+        await broker.close()
+        await env.close()
+    assert json.loads(reply.body) == {"tracking": "T-1"}
+    assert reply.header[CORRELATION_HEADER] == ["c1"]
+    if expires:
+        assert 86400 - 3600 < ttl <= 86400  # a day (less the seconds this test took)
+    else:
+        assert ttl == -1  # no expiry
+
+
 # faults --------------------------------------------------------------------------------
 
 

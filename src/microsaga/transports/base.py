@@ -16,6 +16,7 @@ from ..message import Message, encode_json
 __all__ = [
     "CORRELATION_HEADER",
     "ERROR_HEADER",
+    "REPLY_TOPIC_PREFIX",
     "REPLY_TO_HEADER",
     "Broker",
     "Client",
@@ -27,6 +28,8 @@ __all__ = [
     "to_message",
 ]
 
+REPLY_TOPIC_PREFIX = "microsaga.reply."
+"""The start of the reply topics microsaga's brokers make for themselves."""
 REPLY_TO_HEADER = "Micro-Flow-Reply-To"
 CORRELATION_HEADER = "Micro-Flow-Correlation-Id"
 ERROR_HEADER = "Micro-Flow-Error"
@@ -110,7 +113,7 @@ class Broker(abc.ABC):
         and the message names a reply topic. Implementations are ``async def``."""
 
     def reply_topic_name(self) -> str:
-        return f"microsaga.reply.{uuid.uuid4().hex}"
+        return f"{REPLY_TOPIC_PREFIX}{uuid.uuid4().hex}"
 
     async def _ensure_reply_subscription(self) -> str:
         async with self._reply_lock:

@@ -11,8 +11,10 @@ Wire format (``docs/transports.md``):
   ``XACK``s after the handler returned and the reply was sent; an entry whose handler
   raised stays pending and is claimed again (``XAUTOCLAIM``) after ``claim_idle``.
 - This broker's own replies come to a stream of its own, read with ``XREAD``,
-  trimmed as replies are read and deleted on close (expiring a day after the last
-  reply if the process dies first).
+  trimmed as replies are read and deleted on close. A reply to such a stream
+  (``microsaga.reply.*``) is ``XADD``ed with an ``EXPIRE`` of a day in the same
+  ``MULTI``, so a reply stream whose reader died (or one recreated by a late reply)
+  goes a day after its last reply.
 
 Redis does not drop duplicates: a publish whose answer was lost is added again on
 retry, and participants deduplicate by ``Idempotency-Key`` (the
@@ -38,7 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata, encode_json
-from .base import Broker, Handler, Subscription, redact_url
+from .base import REPLY_TOPIC_PREFIX, Broker, Handler, Subscription, redact_url
 
 __all__ = ["RedisBroker"]
 
@@ -130,12 +132,30 @@ class RedisBroker(Broker):
             StepError: the key holds something that is not a stream.
             TransportError: Redis cannot be reached: retryable.
         """
+        await self._xadd(topic, message)
+
+    async def send_reply(self, topic: str, reply: Message) -> None:
+        """``XADD`` the reply; on a microsaga reply stream, in the same transaction, an
+        ``EXPIRE`` of a day: a reply that comes after its requester is gone must not
+        leave a stream behind for ever. Other reply topics (a requester that is not
+        microsaga) are left as their owner made them."""
+        ours = topic.startswith(REPLY_TOPIC_PREFIX)
+        await self._xadd(topic, reply, expire=_REPLY_STREAM_TTL if ours else None)
+
+    async def _xadd(self, topic: str, message: Message, *, expire: int | None = None) -> None:
         fields: dict[Any, Any] = {
             "body": message.body,
             "header": encode_json(message.header.to_dict()),
         }
+        client = self._client()
         try:
-            await self._client().xadd(topic, fields, maxlen=self.maxlen, approximate=True)
+            if expire is None:
+                await client.xadd(topic, fields, maxlen=self.maxlen, approximate=True)
+            else:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.xadd(topic, fields, maxlen=self.maxlen, approximate=True)
+                    pipe.expire(topic, expire)
+                    await pipe.execute()
         except ResponseError as exc:
             raise StepError(
                 f"Redis {redact_url(self.url)}: XADD {topic!r} refused: {exc}",
