@@ -112,6 +112,8 @@ class Worker:
 
     async def adopt(self, claims: list[Claim]) -> None:
         """Run the executions this worker just claimed (read in one go)."""
+        # a claim never takes this worker's own executions (see Store.claim); this is
+        # only a guard against running one twice
         claims = [c for c in claims if c.execution_id not in self.runs]
         if not claims:
             return

@@ -528,6 +528,24 @@ async def test_claim_takes_over_a_compensating_execution(store: Store) -> None:
     assert await store.get_status("e1") == (Status.COMPENSATING, NO_ABORT)
 
 
+async def test_a_claim_never_takes_back_the_claimers_own_executions(store: Store) -> None:
+    """A live worker whose leases ran out (a stall, the store away past the TTL) still
+    runs its executions: its claim leaves them to it, its heartbeat extends them, and
+    its runs keep writing with their tokens."""
+    await store.commit([new("e1", owner="w1", ttl=10.0), new("e2", owner="w2", ttl=10.0)])
+    claims = await store.claim("w1", 120.0, 10.0, 10)
+    assert [(c.execution_id, c.token) for c in claims] == [("e2", 2)]  # w2's, not its own
+    assert await store.renew("w1", ["e1", "e2"], 120.0, 10.0) == {"e1", "e2"}
+    result = await commit_one(store, transition("e1", token=1, records=[succeeded("a")]))
+    assert result == TransitionResult(True, Status.RUNNING, NO_ABORT, True)
+    assert (await steps_of(store, "e1"))["a", FORWARD].status is Status.SUCCESS
+    # renewed until 130: nobody takes them before; then anyone else may
+    assert await store.claim("w3", 125.0, 10.0, 10) == []
+    assert await store.claim("w1", 131.0, 10.0, 10) == []
+    claims = await store.claim("w3", 131.0, 10.0, 10)
+    assert sorted((c.execution_id, c.token) for c in claims) == [("e1", 2), ("e2", 3)]
+
+
 async def test_release_all_frees_every_lease_of_an_owner(store: Store) -> None:
     await store.commit([new("e1", owner="w1"), new("e2", owner="w2"), new("e3", owner="w1")])
     await store.commit([transition("e1", status=Status.SUCCESS, release=True)])

@@ -197,7 +197,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
-        """Take up to ``limit`` runnable executions whose lease is free or expired."""
+        """Take up to ``limit`` runnable executions whose lease is free or expired,
+        bumping their fencing tokens.
+
+        Never those ``owner`` holds itself, even expired: a live worker whose lease ran
+        out (an event-loop stall, the store away longer than the TTL) still runs them,
+        and its heartbeat renews them; claiming them again would fence its own runs
+        off. A worker frees what it holds but does not run (:meth:`release`,
+        :meth:`release_all`) to make it claimable.
+        """
 
     @abc.abstractmethod
     async def renew(

@@ -251,7 +251,9 @@ class MemoryStore(Store):
         for row in sorted(self._runnable.values(), key=lambda r: r.seq):
             if len(out) >= limit:
                 break
-            if row.status in RUNNABLE and row.lease_until < now:
+            # never its own: a live worker whose lease ran out (a stall, the store away)
+            # still runs them and renews them; taking them again would fence it off
+            if row.status in RUNNABLE and row.lease_until < now and row.owner != owner:
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING

@@ -20,9 +20,9 @@ How it keeps the :class:`~microsaga.stores.base.Store` promises with many proces
   rows that changed in between (a control request, a takeover). The write locks its
   rows in id order, as every statement locking several execution rows here does, so
   concurrent batches and lease renewals never deadlock.
-- Leases: claims take free or expired rows with ``FOR UPDATE SKIP LOCKED``; each claim
-  increments the row's fencing token, so a worker whose lease was taken over cannot
-  write. A claim also reads the executions it took, for the loads that follow.
+- Leases: claims take free or expired rows with ``FOR UPDATE SKIP LOCKED``, never the
+  claimer's own; each claim increments the row's fencing token, so a worker whose lease
+  was taken over cannot write.
 - A creation retried after its reply was lost (the server went away between the
   commit and the answer) finds its own row and counts as created.
 - Times are the engine's clock (``now`` and ``at`` arguments), as in the SQLite store;

@@ -212,7 +212,9 @@ SELECT 1;
 
 -- name: claim
 -- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
--- same time take different executions instead of queueing on the same rows.
+-- same time take different executions instead of queueing on the same rows. Never the
+-- claimer's own rows: a live worker whose lease ran out (a stall, the server away)
+-- still runs them, and its heartbeat renews them.
 UPDATE microsaga_executions SET
     owner = $1,
     lease_token = lease_token + 1,
@@ -220,7 +222,7 @@ UPDATE microsaga_executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
-    WHERE status IN (0, 1, 6) AND lease_until < $3
+    WHERE status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
     ORDER BY seq
     LIMIT $4
     FOR UPDATE SKIP LOCKED

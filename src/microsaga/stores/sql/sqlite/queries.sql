@@ -36,6 +36,8 @@ INSERT OR REPLACE INTO step_runs (
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: claim
+-- Never the claimer's own rows: a live worker whose lease ran out (a stall, the store
+-- away) still runs them, and its heartbeat renews them.
 UPDATE executions SET
     owner = :owner,
     lease_token = lease_token + 1,
@@ -43,7 +45,7 @@ UPDATE executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END
 WHERE seq IN (
     SELECT seq FROM executions
-    WHERE status IN (0, 1, 6) AND lease_until < :now
+    WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
     ORDER BY seq LIMIT :limit
 )
 RETURNING id, lease_token;
