@@ -58,7 +58,10 @@ def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("undo", no_wrap=True, min_width=7)
     table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=60)
-    for sid in order or info.steps:
+    # the execution's own steps: a re-joined execution id may belong to another
+    # definition than the one in hand
+    known = [sid for sid in order or () if sid in info.steps]
+    for sid in known + [sid for sid in info.steps if sid not in known]:
         run = info.steps[sid]
         comp = run.compensation
         # Text, not str: rich reads a str cell as markup, and step ids and errors come

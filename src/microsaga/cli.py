@@ -57,25 +57,30 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
     raise Exit(asyncio.run(fn()))
 
 
-# settings given on the command line, by the name the user typed
+# the API's argument names, as the options the user typed: in the CLI these values
+# come only from those options (the environment's have MICROSAGA_* names)
 _OPTIONS = {
     "store": "--store",
     "services": "--services",
     "broker": "--broker",
     "concurrency": "--concurrency",
     "worker_id": "--id",
+    "timeout": "--timeout",
+    "deadline": "--deadline",
+    "execution_id": "--execution-id",
+    "status": "--status",
 }
+
+
+def _named_for_the_cli(exc: MicrosagaError) -> MicrosagaError:
+    if isinstance(exc, ConfigurationError) and exc.setting in _OPTIONS:
+        return ConfigurationError(_OPTIONS[exc.setting], exc.reason)
+    return exc
 
 
 def _flow(ctx: click.Context, **extra: Any) -> Flow:
     opts = ctx.obj
-    try:
-        return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
-    except ConfigurationError as exc:
-        option = _OPTIONS.get(exc.setting or "")
-        if option is None:
-            raise
-        raise ConfigurationError(option, exc.reason) from None  # name what the user typed
+    return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
 
 
 def _services(value: str | None) -> dict[str, str] | None:
@@ -333,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("usage", exc.format_message())
         code = EXIT_USAGE
     except MicrosagaError as exc:
+        exc = _named_for_the_cli(exc)
         _fail(exc.code, str(exc))
         code = _exit_code(exc)
     except KeyboardInterrupt:

@@ -196,6 +196,32 @@ def test_bad_settings_name_the_setting(
     assert line.removeprefix("error[configuration]: ").startswith(start), line
 
 
+def test_bad_options_name_the_option(setup: tuple[str, dict[str, str]]) -> None:
+    _, env = setup
+    for args, start in (
+        (("list", "--status", "BOGUS"), "--status: unknown status 'BOGUS'"),
+        (("run", ORDER, "--timeout", "-1"), "--timeout: must be a positive number"),
+        (("run", ORDER, "--deadline", "0"), "--deadline: must be a positive number"),
+        (("run", ORDER, "--execution-id", ""), "--execution-id: must be a non-empty string"),
+    ):
+        line = assert_one_line_error(cli(*args, extra_env=env), "configuration", 2)
+        assert line.removeprefix("error[configuration]: ").startswith(start), line
+
+
+def test_run_with_an_existing_execution_id_follows_that_execution(
+    tmp_path: Path, setup: tuple[str, dict[str, str]]
+) -> None:
+    _, env = setup
+    first = cli("run", ORDER, "--input", "{}", "--execution-id", "order-7", extra_env=env)
+    assert first.returncode == 0, first.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text("id: other\nsteps:\n  - function: tests.acceptance.steps:notify\n")
+    again = cli("run", str(other), "--execution-id", "order-7", extra_env=env)
+    assert again.returncode == 0, again.stderr  # nothing new started: order-7 succeeded
+    assert again.stdout.strip().splitlines()[-1] == "order-7"
+    assert "reserve" in again.stderr  # the progress of order-7's own steps
+
+
 def test_unwritable_store_path(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
     result = cli("--store", store, "list")
