@@ -91,7 +91,7 @@ def _services(value: str | None) -> dict[str, str] | None:
     return parse_services(value, "--services")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--store", envvar=None, help="Store URL (default: MICROSAGA_STORE, sqlite).")
 @click.option("--services", help="Service addresses: JSON object or name=url,name=url.")
 @click.option("--broker", help="Broker URL (nats://, amqp://, redis://, memory://).")
@@ -102,6 +102,10 @@ def cli(
     ctx: click.Context, store: str | None, services: str | None, broker: str | None, verbose: bool
 ) -> None:
     """Durable sagas for Python microservices."""
+    if ctx.invoked_subcommand is None:  # one line, not the whole help as an error
+        assert isinstance(ctx.command, click.Group)
+        commands = ", ".join(sorted(ctx.command.commands))
+        raise click.UsageError(f"missing command, one of: {commands} (see microsaga --help)")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

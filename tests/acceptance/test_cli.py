@@ -165,6 +165,9 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
     assert "does-not-exist.yaml" in assert_one_line_error(missing, "definition", 2)
     usage = cli("frobnicate", extra_env=env)
     assert_one_line_error(usage, "usage", 2)
+    bare = cli(extra_env=env)
+    assert "missing command" in assert_one_line_error(bare, "usage", 2)
+    assert len(bare.stderr.strip().splitlines()) == 1  # not the whole help as an error
 
 
 @pytest.mark.parametrize(
