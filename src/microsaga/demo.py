@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ._progress import follow
+from ._urls import redact_url
 from .errors import StepError
 from .flow import Flow
 from .message import Message
@@ -122,8 +123,9 @@ async def run_demo(store: str, console: Console) -> int:
         )
         return 2
     calls: list[str] = []
+    shown = redact_url(store)
     async with _running_services(calls) as services:
-        console.print(Text.assemble(("microsaga demo", "bold"), f": the order saga on {store}"))
+        console.print(Text.assemble(("microsaga demo", "bold"), f": the order saga on {shown}"))
         for name, url in services.items():
             console.print(Text(f"  service {name:<10} {url}"))
         console.print()
@@ -144,7 +146,7 @@ async def run_demo(store: str, console: Console) -> int:
     for line in calls:
         console.print(Text(f"  {line}"))
     ok, failed = results
-    console.print(Text(f"\ninspect: microsaga --store {store} show {failed.id}"), soft_wrap=True)
+    console.print(Text(f"\ninspect: microsaga --store {shown} show {failed.id}"), soft_wrap=True)
     expected = (
         ok.status is Status.SUCCESS
         and failed.status is Status.FAILURE

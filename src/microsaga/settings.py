@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._urls import redact_url
 from .errors import ConfigurationError
 from .step import Retry
 
@@ -111,7 +112,8 @@ def service_url_problem(url: Any) -> str | None:
     """Why ``url`` cannot be a service's base URL, or None when it can."""
     if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
         return None
-    return f"must be an http:// or https:// URL, not {url!r}"
+    shown = redact_url(url) if isinstance(url, str) else url
+    return f"must be an http:// or https:// URL, not {shown!r}"
 
 
 def check_services(services: Mapping[str, str], setting: str = "services") -> dict[str, str]:
@@ -131,7 +133,8 @@ def check_url(value: Any, setting: str, schemes: tuple[str, ...]) -> Any:
     scheme = urlsplit(value).scheme
     if scheme not in schemes:
         raise ConfigurationError(
-            setting, f"unknown scheme in {value!r}; expected one of {', '.join(schemes)}"
+            setting,
+            f"unknown scheme in {redact_url(value)!r}; expected one of {', '.join(schemes)}",
         )
     return value
 

@@ -51,3 +51,18 @@ def test_environment_services_merge_under_explicit_ones(monkeypatch: pytest.Monk
     monkeypatch.setenv("MICROSAGA_SERVICES", "a=http://env-a,b=http://env-b")
     flow = Flow("memory://", services={"b": "http://mine"})
     assert dict(flow.options.services) == {"a": "http://env-a", "b": "http://mine"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"store": "mysql://admin:s3cret@db/x"},
+        {"broker": "kafka://admin:s3cret@mq"},
+        {"services": {"a": "ftp://admin:s3cret@files"}},
+    ],
+)
+def test_errors_never_show_a_password(kwargs: Any) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        Flow(**kwargs)
+    assert "s3cret" not in str(err.value)
+    assert "admin:***@" in str(err.value)
