@@ -267,6 +267,115 @@ async def test_rabbitmq_unroutable_message_fails_the_step(amqp_url: str) -> None
         await env.close()
 
 
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("wildcard *", "a wildcard ('*') matches subjects"),
+        ("wildcard >", "a wildcard ('>') matches subjects"),
+        ("line break in a header", "header X-Note has a line break or NUL"),
+        ("over max_payload", "over the server's max_payload of"),
+        ("over the stream's max_msg_size", "the stream refused the message"),
+    ],
+)
+async def test_nats_publish_that_can_never_be_stored_fails_at_once(
+    nats_url: str, case: str, expected: str
+) -> None:
+    """Each of these is stored if nothing checks (a wildcard subject, a header with
+    its line break turned into a space) or fails every retry the same way."""
+    env = NatsEnv(nats_url)
+    await env.start()
+    base = new_topic()
+    captured = f"{base}.>"
+    await env.prepare(captured)  # a stream that would store every one of them
+    topic, body, header = f"{base}.orders", b"{}", {}
+    if case.startswith("wildcard"):
+        topic = f"{base}.{case[-1]}"
+    elif case == "line break in a header":
+        header = {"X-Note": "first line\r\nNats-Msg-Id: forged"}
+    elif case == "over max_payload":
+        body = b'"' + b"x" * 2_000_000 + b'"'
+    else:
+        await env.js.update_stream(name=env.streams[captured], subjects=[captured], max_msg_size=64)
+        body = b'"' + b"x" * 200 + b'"'
+    step = PublishStep(topic, retry=Retry(3, **FAST))
+    try:
+        async with microsaga.Flow("memory://", broker=nats_url) as flow:
+            info = await run(flow, step, req=Message(body, header))
+        stored = await env.count(captured)
+    finally:
+        await env.close()
+    run_ = info.steps[topic]
+    assert (info.status, run_.attempts, stored) == (Status.FAILURE, 1, 0)
+    assert f"on '{topic}'" in run_.error
+    assert "127.0.0.1:4222" in run_.error
+    assert expected in run_.error
+
+
+async def test_rabbitmq_routing_key_over_255_bytes_fails_at_once_naming_it(amqp_url: str) -> None:
+    topic = "microsaga.test." + "k" * 250
+    step = PublishStep(topic, retry=Retry(3, **FAST))
+    async with microsaga.Flow("memory://", broker=amqp_url) as flow:
+        info = await run(flow, step)
+    run_ = info.steps[topic]
+    assert (info.status, run_.attempts) == (Status.FAILURE, 1)
+    assert f"cannot publish on '{topic}'" in run_.error
+    assert "RabbitMQ amqp://guest:***@127.0.0.1:5672/" in run_.error
+    assert "a routing key is at most 255 bytes, this one is 265" in run_.error
+
+
+async def test_rabbitmq_header_name_that_amqp_would_cut_fails_at_once(amqp_url: str) -> None:
+    env = AmqpEnv(amqp_url)
+    await env.start()
+    topic = new_topic()
+    await env.prepare(topic)
+    step = PublishStep(topic, retry=Retry(3, **FAST))
+    try:
+        async with microsaga.Flow("memory://", broker=amqp_url) as flow:
+            info = await run(flow, step, req=Message({}, {"X-" + "n" * 140: "v"}))
+        stored = await env.count(topic)
+    finally:
+        await env.close()
+    run_ = info.steps[topic]
+    assert (info.status, run_.attempts, stored) == (Status.FAILURE, 1, 0)
+    assert "is 142 bytes, over AMQP's 128" in run_.error
+
+
+@pytest.mark.parametrize("kind", ["nats", "rabbitmq"])
+async def test_reply_the_broker_cannot_carry_fails_the_step_at_once(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The participant's answer has a header its broker cannot send: the step fails
+    with a reply saying so, instead of waiting out its timeout on every attempt while
+    the request is delivered again and again."""
+    url = request.getfixturevalue("amqp_url" if kind == "rabbitmq" else "nats_url")
+    env: Env = AmqpEnv(url) if kind == "rabbitmq" else NatsEnv(url)
+    await env.start()
+    topic = new_topic()
+    await env.prepare(topic)
+    bad = {"X-Note": "a\nb"} if kind == "nats" else {"X-" + "n" * 140: "v"}
+    shipping = Participant()
+    runs: list[Any] = []
+
+    @shipping.handler(topic)
+    async def book(msg: Message) -> Message:
+        runs.append(msg.json())
+        return Message({"tracking": "T-1"}, bad)
+
+    sub = await shipping.subscribe(env.url, topic)
+    try:
+        step = PublishStep(topic, reply=True, timeout=10, retry=Retry(3, **FAST))
+        async with microsaga.Flow("memory://", broker=env.url) as flow:
+            info = await run(flow, step, req={"order_id": 1})
+    finally:
+        await sub.close()
+        await env.close()
+    run_ = info.steps[topic]
+    assert (info.status, run_.attempts) == (Status.FAILURE, 1)
+    assert f"reply on {topic}: [" in run_.error
+    assert "the reply cannot be sent" in run_.error
+    assert runs == [{"order_id": 1}]
+
+
 # replies -------------------------------------------------------------------------------
 
 

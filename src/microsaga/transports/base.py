@@ -5,12 +5,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import inspect
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._urls import redact_url
-from ..errors import StepError, TransportError
+from ..errors import StepError, TransportError, one_line
 from ..message import Message, encode_json
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "redact_url",
     "to_message",
 ]
+
+log = logging.getLogger("microsaga.transports")
 
 REPLY_TOPIC_PREFIX = "microsaga.reply."
 """The start of the reply topics microsaga's brokers make for themselves."""
@@ -103,9 +106,23 @@ class Broker(abc.ABC):
                 fut.set_exception(TransportError(f"broker {self.url} closed"))
         self._waiting.clear()
 
+    def topic_error(self, topic: str) -> str | None:
+        """Why no message can ever be published on ``topic`` here (a wildcard NATS
+        subject, a routing key over AMQP's 255 bytes ...), or None when it can be.
+
+        ``publish`` fails such a topic at once, without retry; calling this first
+        lets a caller reject a step before anything runs.
+        """
+        return None
+
     @abc.abstractmethod
     async def publish(self, topic: str, message: Message) -> None:
-        """Publish and return once the broker has confirmed the message."""
+        """Publish and return once the broker has confirmed the message.
+
+        Raises:
+            StepError: not retryable: the message can never be published as it is.
+            TransportError: retryable: the broker did not confirm it.
+        """
 
     @abc.abstractmethod
     def subscribe(self, topic: str, handler: Handler) -> Awaitable[Subscription]:
@@ -170,14 +187,38 @@ class Broker(abc.ABC):
             await self.reply(message, result)
 
     async def reply(self, request: Message, value: Any) -> None:
-        """Publish ``value`` as the reply to ``request`` (used by subscribers)."""
+        """Publish ``value`` as the reply to ``request`` (used by subscribers).
+
+        A reply that can never be sent as it is (a header the broker cannot carry, a
+        body over its limit) is replaced by an error reply saying so, which fails the
+        step; when even that cannot be sent, it is dropped with a warning. Either way
+        the request is done with, rather than delivered again for ever.
+
+        Raises:
+            TransportError: the broker cannot be reached (the request comes again).
+        """
         reply_to = request.header.get(REPLY_TO_HEADER)
         if not reply_to:
             return
+        corr = request.header.get(CORRELATION_HEADER, "")
         response = to_message(value)
         header = response.header.copy()
-        header.set(CORRELATION_HEADER, request.header.get(CORRELATION_HEADER, ""))
-        await self.send_reply(reply_to, Message(response.body, header))
+        header.set(CORRELATION_HEADER, corr)
+        try:
+            await self.send_reply(reply_to, Message(response.body, header))
+            return
+        except StepError as exc:
+            if exc.retryable:
+                raise
+            failure = exc
+        error = error_reply(failure.code, f"the reply cannot be sent: {one_line(failure)}")
+        error.header.set(CORRELATION_HEADER, corr)
+        try:
+            await self.send_reply(reply_to, error)
+        except StepError as exc:
+            if exc.retryable:
+                raise
+            log.warning("reply to %r dropped: %s", reply_to, one_line(exc))
 
     async def send_reply(self, topic: str, reply: Message) -> None:
         """Send a reply to a reply topic; a plain publish unless the broker knows better."""

@@ -11,7 +11,11 @@ Wire format (``docs/transports.md``):
   new on every attempt, because a retried request must reach the participant, which
   deduplicates by ``Idempotency-Key`` and sends its first answer again.
 - No stream captures the subject: the step fails at once (``StepError`` code
-  ``nats_no_stream``) naming the subject.
+  ``nats_no_stream``) naming the subject. So does a publish that can never be stored,
+  without retry: a wildcard or malformed subject (``nats_bad_subject``), a header name
+  that is not a token or a value with a line break (``nats_bad_message``), a message
+  over the server's ``max_payload`` (``nats_payload_too_large``), a message the stream
+  refuses with a 400 such as one over its ``max_msg_size`` (``nats_refused``).
 - Replies (``reply=True``) are plain core NATS messages on the subject named by
   ``Micro-Flow-Reply-To``: they need no stream.
 - ``subscribe`` consumes through a durable JetStream pull consumer (default name
@@ -165,15 +169,23 @@ class NatsBroker(Broker):
             raise TransportError(f"NATS broker {redact_url(self.url)} is not connected")
         return self._nc
 
+    def topic_error(self, topic: str) -> str | None:
+        """Why nothing can be published on subject ``topic``: a subject to publish on is
+        literal (no ``*`` or ``>`` token), with no empty token and no whitespace."""
+        return _subject_error(topic)
+
     async def publish(self, topic: str, message: Message) -> None:
         """Publish through JetStream; return once the stream stored the message.
 
         Raises:
-            StepError: no stream captures ``topic``, or the header cannot be sent.
+            StepError: nothing like it can ever be stored, so it is not retried: no
+                stream captures ``topic``, ``topic`` is a wildcard or malformed, a header
+                cannot be carried, the message is over the server's ``max_payload`` or
+                the stream refused it (e.g. over its ``max_msg_size``).
             TransportError: not acknowledged (server down, timeout): retryable.
         """
-        self._client()
-        headers = _nats_headers(message.header)
+        nc = self._client()
+        headers = self._checked(nc, topic, message)
         key = message.header.get(IDEMPOTENCY_HEADER)
         if key and message.header.get(REPLY_TO_HEADER):
             # a request's retry must reach the participant (which replays its answer by
@@ -191,12 +203,22 @@ class NatsBroker(Broker):
                 code="nats_no_stream",
                 retryable=False,
             ) from None
-        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+        except nats.js.errors.APIError as exc:
+            if exc.code != 400:  # 503 and the like: the stream may take it later
+                raise TransportError(
+                    f"NATS {redact_url(self.url)}: publish on {topic!r} not acknowledged: "
+                    f"{_describe_api(exc)}"
+                ) from exc
             raise StepError(
-                f"NATS: cannot publish on {topic!r}: {_describe(exc)}",
-                code="nats_bad_message",
+                f"NATS {redact_url(self.url)}: the stream refused the message on {topic!r}: "
+                f"{_describe_api(exc)}",
+                code="nats_refused",
                 retryable=False,
-            ) from None
+            ) from exc
+        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+            raise self._bad(topic, _describe(exc)) from exc
+        except nats.errors.MaxPayloadError as exc:  # checked above; the server's may change
+            raise self._too_large(nc, topic, len(message.body)) from exc
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(
                 f"NATS {redact_url(self.url)}: publish on {topic!r} not acknowledged: "
@@ -206,14 +228,61 @@ class NatsBroker(Broker):
             log.info("%s: JetStream dropped a duplicate of %s", topic, key)
 
     async def send_reply(self, topic: str, reply: Message) -> None:
-        """Send the reply as a core NATS message: reply subjects need no stream."""
-        reply_to = topic
+        """Send the reply as a core NATS message: reply subjects need no stream.
+
+        Raises:
+            StepError: the reply can never be sent (see :meth:`publish`).
+            TransportError: the server cannot be reached.
+        """
         nc = self._client()
+        headers = self._checked(nc, topic, reply)
         try:
-            await nc.publish(reply_to, reply.body, headers=_nats_headers(reply.header))
+            await nc.publish(topic, reply.body, headers=headers)
             await nc.flush(timeout=max(1, int(self.publish_timeout)))
+        except (nats.errors.BadSubjectError, nats.errors.BadHeaderError) as exc:
+            raise self._bad(topic, _describe(exc)) from exc
         except (nats.errors.Error, OSError) as exc:
-            raise TransportError(f"NATS: reply on {reply_to!r} not sent: {_describe(exc)}") from exc
+            raise TransportError(f"NATS: reply on {topic!r} not sent: {_describe(exc)}") from exc
+
+    def _checked(self, nc: NatsClient, topic: str, message: Message) -> dict[str, str]:
+        """The message's NATS headers, once it is known that the server can take it:
+        nats-py would turn a line break in a value into a space and let a wildcard
+        subject through, and the server closes the connection on a message over its
+        ``max_payload`` (headers included)."""
+        problem = _subject_error(topic)
+        if problem is not None:
+            raise StepError(
+                f"NATS {redact_url(self.url)}: cannot publish on {topic!r}: {problem}",
+                code="nats_bad_subject",
+                retryable=False,
+            )
+        headers = _nats_headers(message.header)
+        for key, value in headers.items():
+            if not _HEADER_NAME.fullmatch(key):
+                raise self._bad(topic, f"header name {key!r} cannot be sent over NATS")
+            if "\r" in value or "\n" in value or "\0" in value:
+                raise self._bad(
+                    topic, f"header {key} has a line break or NUL, which NATS cannot carry"
+                )
+        size = len(message.body) + _headers_size(headers)
+        if size > nc.max_payload:
+            raise self._too_large(nc, topic, size)
+        return headers
+
+    def _bad(self, topic: str, problem: str) -> StepError:
+        return StepError(
+            f"NATS {redact_url(self.url)}: cannot publish on {topic!r}: {problem}",
+            code="nats_bad_message",
+            retryable=False,
+        )
+
+    def _too_large(self, nc: NatsClient, topic: str, size: int) -> StepError:
+        return StepError(
+            f"NATS {redact_url(self.url)}: message on {topic!r} is {size} bytes with its "
+            f"headers, over the server's max_payload of {nc.max_payload}",
+            code="nats_payload_too_large",
+            retryable=False,
+        )
 
     async def subscribe(
         self, topic: str, handler: Handler, *, durable: str | None = None, batch: int = 16
@@ -327,6 +396,31 @@ class _PullSubscription(Subscription):
 
 
 _DURABLE_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token, as in HTTP
+_WHITESPACE = re.compile(r"\s")
+_HEADER_LINE = len(b"NATS/1.0\r\n")
+
+
+def _subject_error(subject: str) -> str | None:
+    if not subject:
+        return "a subject cannot be empty"
+    if _WHITESPACE.search(subject):
+        return "a subject cannot hold whitespace"
+    tokens = subject.split(".")
+    if not all(tokens):
+        return "a subject cannot have an empty token (a leading, trailing or double '.')"
+    wild = next((t for t in tokens if t in ("*", ">")), None)
+    if wild is not None:
+        return f"a wildcard ('{wild}') matches subjects, but a message goes to one subject"
+    return None
+
+
+def _headers_size(headers: dict[str, str]) -> int:
+    """The bytes of the headers as NATS sends them (``NATS/1.0``, ``key: value`` lines)."""
+    if not headers:
+        return 0
+    lines = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return _HEADER_LINE + lines + 2
 
 
 def _durable_name(topic: str) -> str:
@@ -349,6 +443,13 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     return f"{name}: {text}" if text and name not in text else (text or name)
+
+
+def _describe_api(exc: nats.js.errors.APIError) -> str:
+    parts = [exc.description or type(exc).__name__]
+    if exc.err_code:
+        parts.append(f"(JetStream error {exc.err_code})")
+    return " ".join(parts)
 
 
 async def _settle(ack: Any) -> None:

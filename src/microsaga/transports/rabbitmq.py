@@ -9,7 +9,10 @@ Wire format (``docs/transports.md``):
   ``application/json``, and they are published with publisher confirms and
   ``mandatory`` on a channel opened with ``on_return_raises``: ``publish`` returns
   once the broker confirmed, and a message no queue receives fails the step at once
-  (``StepError`` code ``amqp_unroutable``).
+  (``StepError`` code ``amqp_unroutable``). So does, without retry, a message AMQP
+  cannot carry: a routing key over 255 bytes (``amqp_bad_topic``), an
+  ``Idempotency-Key``, correlation id or reply topic over 255 bytes, a header name
+  over 128 (``amqp_bad_message``).
 - The message header goes into the AMQP headers (a string per key, an array of
   strings for a key with several values); the ``Idempotency-Key`` is also the
   ``message_id``, ``Micro-Flow-Correlation-Id`` the ``correlation_id`` and
@@ -56,6 +59,8 @@ log = logging.getLogger("microsaga.transports.rabbitmq")
 
 _FAILURES = (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError)
 _UNROUTABLE = "amqp_unroutable"
+_SHORTSTR = 255  # the longest routing key, message_id, correlation_id, reply_to
+_TABLE_KEY = 128  # the longest header name (pamqp truncates longer ones)
 _connecting = contextvars.ContextVar("microsaga_amqp_connecting", default=False)
 
 
@@ -166,25 +171,51 @@ class RabbitMQBroker(Broker):
         self._conn, self._channel, self._consume_channel = conn, channel, consume
         self._exchange = exchange
 
+    def topic_error(self, topic: str) -> str | None:
+        """Why nothing can be published on routing key ``topic``: AMQP caps it at 255
+        bytes (UTF-8)."""
+        size = len(topic.encode("utf-8", "surrogatepass"))
+        if size > _SHORTSTR:
+            return f"a routing key is at most {_SHORTSTR} bytes, this one is {size}"
+        return None
+
     async def publish(self, topic: str, message: Message) -> None:
         """Publish persistently; return once the broker confirmed.
 
         Raises:
-            StepError: no queue receives the message (unroutable).
+            StepError: no queue receives the message (unroutable), or it can never be
+                sent: a routing key over 255 bytes, an ``Idempotency-Key``,
+                correlation id or reply topic over 255 bytes, a header name over 128.
             TransportError: not confirmed (broker down, nack, timeout): retryable.
         """
         if self._exchange is None or self._channel is None:
             raise TransportError(f"{self._where}: not connected")
+        problem = self.topic_error(topic)
+        if problem is not None:
+            raise StepError(
+                f"{self._where}: cannot publish on {topic!r}: {problem}",
+                code="amqp_bad_topic",
+                retryable=False,
+            )
         header = message.header
-        amqp = aio_pika.Message(
-            message.body,
-            headers=_amqp_headers(header),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=header.get(IDEMPOTENCY_HEADER),
-            correlation_id=header.get(CORRELATION_HEADER),
-            reply_to=header.get(REPLY_TO_HEADER),
-        )
+        properties = {
+            "message_id": header.get(IDEMPOTENCY_HEADER),
+            "correlation_id": header.get(CORRELATION_HEADER),
+            "reply_to": header.get(REPLY_TO_HEADER),
+        }
+        problem = _message_error(header, properties)
+        if problem is not None:
+            raise self._bad(topic, problem)
+        try:
+            amqp = aio_pika.Message(
+                message.body,
+                headers=_amqp_headers(header),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                **properties,
+            )
+        except (TypeError, ValueError) as exc:  # what the checks above did not foresee
+            raise self._bad(topic, one_line(exc)) from exc
         try:
             async with asyncio.timeout(self.publish_timeout):
                 # during a reconnection, wait for the channel to be restored rather than
@@ -203,10 +234,19 @@ class RabbitMQBroker(Broker):
             raise TransportError(
                 f"{self._where}: publish on {topic!r} not confirmed within {self.publish_timeout}s"
             ) from exc
+        except (TypeError, ValueError) as exc:  # the frame cannot be encoded
+            raise self._bad(topic, one_line(exc)) from exc
         except _FAILURES as exc:
             raise TransportError(
                 f"{self._where}: publish on {topic!r} failed: {_describe(exc)}"
             ) from exc
+
+    def _bad(self, topic: str, problem: str) -> StepError:
+        return StepError(
+            f"{self._where}: cannot publish on {topic!r}: {problem}",
+            code="amqp_bad_message",
+            retryable=False,
+        )
 
     async def send_reply(self, topic: str, reply: Message) -> None:
         """Publish a reply; a reply no queue receives is dropped with a warning.
@@ -301,6 +341,21 @@ class _QueueSubscription(Subscription):
             await self.queue.cancel(self.tag)
         except _FAILURES as exc:
             log.debug("cancelling consumer of %s: %s", self.queue.name, exc)
+
+
+def _message_error(header: Metadata, properties: dict[str, str | None]) -> str | None:
+    """What AMQP cannot carry, or pamqp would cut short without a word."""
+    names = {"message_id": IDEMPOTENCY_HEADER, "correlation_id": CORRELATION_HEADER}
+    names["reply_to"] = REPLY_TO_HEADER
+    for prop, value in properties.items():
+        size = len(value.encode("utf-8", "surrogatepass")) if value else 0
+        if size > _SHORTSTR:
+            return f"{names[prop]} is {size} bytes, over the {_SHORTSTR} of AMQP's {prop}"
+    for key in header:
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > _TABLE_KEY:
+            return f"header name {key[:40]!r}... is {size} bytes, over AMQP's {_TABLE_KEY}"
+    return None
 
 
 def _amqp_headers(header: Metadata) -> dict[str, Any]:
