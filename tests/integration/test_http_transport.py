@@ -200,8 +200,9 @@ async def test_status_codes_map_to_retry_decisions(
     assert "svc Stock.Take" in str(exc)
 
 
-@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 async def test_retry_after_seconds_and_dates_are_read(serve: Any, status: int) -> None:
+    """Every retryable answer may say when to come back, not only 429 and 503."""
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     url = await serve(
         Recorder(

@@ -35,9 +35,9 @@ Errors
     header that HTTP cannot carry    ``StepError`` code ``http_bad_request``     no
     ===============================  ==========================================  =======
 
-    On 429 and 503 a ``Retry-After`` header (seconds or an HTTP date, capped at
-    ``max_retry_after``) is set as ``retry_after`` on the error; the engine waits at
-    least that long before the next attempt. A participant's JSON error body
+    On any retryable answer (5xx, 408, 429) a ``Retry-After`` header (seconds or an
+    HTTP date, capped at ``max_retry_after``) is set as ``retry_after`` on the error;
+    the engine waits at least that long before the next attempt. A participant's JSON error body
     (``{"error": {"code", "message"}}``, see :mod:`microsaga.participant`) is quoted in
     the error message.
 
@@ -199,9 +199,8 @@ class HttpClient(Client):
             return StepError(detail, code=f"http_{status}", retryable=False)
         if 400 <= status < 500 and status not in (408, 429):
             return StepError(detail, code=f"http_{status}", retryable=False)
-        wait = None
-        if status in (429, 503):
-            wait = _retry_after(resp.headers.get("retry-after"), self.max_retry_after)
+        # whatever the status: a server that says when to come back knows best
+        wait = _retry_after(resp.headers.get("retry-after"), self.max_retry_after)
         # the code lets Retry(non_retryable=("http_500",)) stop retries; the engine waits
         # at least ``retry_after`` before the next attempt
         return TransportError(
