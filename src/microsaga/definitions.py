@@ -119,6 +119,8 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     if not isinstance(services, Mapping):
         raise DefinitionError("must map service names to URLs", path="services")
     for name, url in services.items():
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"service names are strings, not {name!r}", path="services")
         problem = service_url_problem(url)
         if problem is not None:
             raise DefinitionError(problem, path=_join("services", str(name)))
@@ -170,10 +172,17 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
         step = cls.from_config(own)
     except DefinitionError as exc:
         raise DefinitionError(_strip_path(exc), path=_join(path, exc.path)) from None
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of a wrong type
         raise DefinitionError(f"invalid {named[0]} step: {exc}", path=path) from None
     if "input" in entry and nested != "compensate":
         raise DefinitionError("only a compensate step takes input", path=_join(path, "input"))
+    if nested is not None:  # the engine would ignore these: say so rather than drop them
+        for key in ("requires", "fallback", "compensate"):
+            if key in entry:
+                when = "in its step's place" if nested == "fallback" else "to undo its step"
+                raise DefinitionError(
+                    f"a {nested} step takes no {key} (it runs {when})", path=_join(path, key)
+                )
     step.options = _options(entry, path)
     return step
 
@@ -201,7 +210,9 @@ def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
     if "timeout" in entry:
         kw["timeout"] = entry["timeout"]
     if entry.get("fallback") is not None:
-        kw["fallback"] = step_from_dict(entry["fallback"], _join(path, "fallback"))
+        kw["fallback"] = step_from_dict(
+            entry["fallback"], _join(path, "fallback"), nested="fallback"
+        )
     comp = entry.get("compensate")
     input_path = _join(path, "compensate.input")
     if comp is not None:
@@ -258,22 +269,27 @@ def _error_class(code: str, path: str) -> str | type[BaseException]:
     return found
 
 
-def step_to_dict(step: Step) -> dict[str, Any]:
-    """A step as a definition entry: its kind's fields and its common options."""
+def step_to_dict(step: Step, *, nested: bool = False) -> dict[str, Any]:
+    """A step as a definition entry: its kind's fields and its common options.
+
+    A ``nested`` step (a fallback or a compensation) keeps only what the engine uses
+    of it (id, retry, timeout), so the entry loads again."""
     out = dict(step.to_config())
     opts = step.options
     if opts.id is not None:
         out["id"] = opts.id
-    if opts.requires:
+    if opts.requires and not nested:
         out["requires"] = list(opts.requires)
     if opts.retry is not None:
         out["retry"] = opts.retry.to_config()
     if opts.timeout is not None:
         out["timeout"] = opts.timeout
+    if nested:
+        return out
     if opts.fallback is not None:
-        out["fallback"] = step_to_dict(opts.fallback)
+        out["fallback"] = step_to_dict(opts.fallback, nested=True)
     if opts.compensate is not None:
-        comp = step_to_dict(opts.compensate)
+        comp = step_to_dict(opts.compensate, nested=True)
         if opts.compensate_input != "both":
             comp["input"] = opts.compensate_input
         out["compensate"] = comp

@@ -22,6 +22,7 @@ from microsaga import (
     Step,
     StepContext,
     StepNotExistsError,
+    Workflow,
     load_definition,
     register_step,
 )
@@ -140,6 +141,16 @@ def test_to_dict_round_trips() -> None:
         ("id: x\nsteps:\n  - call: a.B.C\n   bad: indent", "invalid YAML at line 4"),
         ('{"id": "x", "steps": [}', "invalid JSON at line 1"),
         ("- just\n- a list\n", "must be a mapping"),
+        (
+            "id: x\nsteps: [{publish: a, compensate: {publish: b, requires: [a]}}]",
+            "steps[0].compensate.requires: a compensate step takes no requires",
+        ),
+        (
+            "id: x\nsteps: [{publish: a, fallback: {publish: b, compensate: {publish: c}}}]",
+            "steps[0].fallback.compensate: a fallback step takes no compensate",
+        ),
+        ("id: x\nsteps: [{function: 5}]", "steps[0]: invalid function step"),
+        ("id: x\nservices: {1: 'http://x'}\nsteps: [{call: a.B.C}]", "services: service names"),
     ],
 )
 def test_errors_name_the_bad_field(text: str, message: str) -> None:
@@ -201,6 +212,16 @@ def test_a_module_that_fails_on_import_is_a_definition_error(tmp_path: Path) -> 
         sys.path.remove(str(tmp_path))
         sys.modules.pop("core_broken_module", None)
         sys.modules.pop("core_bad_syntax", None)
+
+
+def test_what_the_engine_ignores_of_nested_steps_is_not_saved() -> None:
+    undo = PublishStep("undo", requires=["a"], retry=Retry(max_attempts=3))
+    step = PublishStep("b", compensate=undo, fallback=PublishStep("plan-b", requires=["a"]))
+    wf = Workflow("x", [PublishStep("a"), step])
+    entry = wf.to_dict()["steps"][1]
+    assert entry["compensate"] == {"publish": "undo", "retry": {"max_attempts": 3}}
+    assert entry["fallback"] == {"publish": "plan-b"}
+    assert load_definition(wf.to_dict()).to_dict() == wf.to_dict()
 
 
 def test_graph_errors_from_definitions() -> None:
