@@ -130,7 +130,10 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
         raise DefinitionError("must be a non-empty list of steps", path="steps")
     built = [step_from_dict(entry, _join("steps", i)) for i, entry in enumerate(steps)]
     _check_ids(built)
-    return Workflow(wf_id, built, services=services)
+    description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        raise DefinitionError(f"must be a string, not {description!r}", path="description")
+    return Workflow(wf_id, built, services=services, description=description)
 
 
 def _check_ids(steps: list[Step]) -> None:
@@ -298,6 +301,8 @@ def step_to_dict(step: Step, *, nested: bool = False) -> dict[str, Any]:
 
 def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
     out: dict[str, Any] = {"id": wf.id}
+    if wf.description is not None:
+        out["description"] = wf.description
     if wf.services:
         out["services"] = dict(sorted(wf.services.items()))
     out["steps"] = [step_to_dict(s) for s in wf.step_list]

@@ -44,11 +44,13 @@ class Workflow:
         *,
         services: Mapping[str, str] | None = None,
         flow: Flow | None = None,
+        description: str | None = None,
     ) -> None:
         if not isinstance(id, str) or not id.strip():
             raise DefinitionError(f"workflow id must be a non-empty string, not {id!r}", path="id")
         self._id = id
         self.services: dict[str, str] = dict(services or {})
+        self.description = description
         self.flow = flow
         self.version: int | None = None
         self._status = Status.PENDING

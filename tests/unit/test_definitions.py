@@ -224,6 +224,14 @@ def test_what_the_engine_ignores_of_nested_steps_is_not_saved() -> None:
     assert load_definition(wf.to_dict()).to_dict() == wf.to_dict()
 
 
+def test_a_description_is_kept() -> None:
+    wf = load_definition("id: x\ndescription: takes orders\nsteps: [{publish: a}]")
+    assert wf.description == "takes orders"
+    assert load_definition(wf.to_dict()).to_dict()["description"] == "takes orders"
+    with pytest.raises(DefinitionError, match="description: must be a string"):
+        load_definition("id: x\ndescription: [a]\nsteps: [{publish: a}]")
+
+
 def test_graph_errors_from_definitions() -> None:
     with pytest.raises(CycleError, match=r"a -> b -> a|b -> a -> b"):
         load_definition(
