@@ -57,3 +57,15 @@ async def ship(msg: Message) -> object:
 
 async def notify(msg: Message) -> object:
     return await _step("notify", msg)
+
+
+async def release(msg: Message) -> object:
+    """The compensation of ``reserve``."""
+    return await _step("release", msg)
+
+
+async def flaky(msg: Message) -> object:
+    """Fails every time, after logging its start (it never logs ``done``)."""
+    key = msg.header.get("Idempotency-Key")
+    _append(f"start {key} {os.getpid()}-{next(_count)}\n")
+    raise RuntimeError("flaky: fails every time")

@@ -29,7 +29,8 @@ import pytest
 if not os.environ.get("CI"):  # under CI a missing driver fails the imports below
     pytest.importorskip("asyncpg", reason="needs asyncpg (pip install 'microsaga[postgres]')")
 
-from microsaga import Flow, FunctionStep
+from microsaga import Flow, FunctionStep, Retry, Status
+from tests.helpers import eventually
 from tests.integration import pg_steps
 from tests.integration.pg import asyncpg, connect, fresh_database, skip_or_fail
 
@@ -89,7 +90,12 @@ class Workers:
 
 @asynccontextmanager
 async def workers(
-    tmp_path: Path, count: int, *, lease_ttl: float = 10.0, step_delay: float = 0.02
+    tmp_path: Path,
+    count: int,
+    *,
+    lease_ttl: float = 10.0,
+    step_delay: float = 0.02,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Workers]:
     async with fresh_database() as url:
         env = {
@@ -100,6 +106,7 @@ async def workers(
             "MICROSAGA_LEASE_TTL": str(lease_ttl),
             # a worker claims no more than it can run soon, so the others get a share
             "MICROSAGA_MAX_EXECUTIONS": "40",
+            **(extra_env or {}),
         }
         # the schema first, so the workers do not all start on an empty database
         async with Flow(url, worker=False):
@@ -293,6 +300,59 @@ async def test_a_killed_workers_executions_finish_on_the_others(tmp_path: Path) 
     for key, runs in again.items():
         assert runs[0].pid == victim.pid, f"{key} ran twice without a crash: {runs}"
         assert all(r.pid != victim.pid for r in runs[1:])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("action", ["suspend", "abort"])
+async def test_suspend_and_abort_from_another_process_reach_a_waiting_worker(
+    tmp_path: Path, action: str
+) -> None:
+    """The worker process waits a minute before retrying a failed step and polls every
+    30 s: only the notification can tell it in time that this process suspended or
+    aborted the execution (the bound below is far under both)."""
+    async with (
+        workers(tmp_path, 1, extra_env={"MICROSAGA_POLL_INTERVAL": "30"}) as group,
+        Flow(group.url, worker=False) as flow,
+    ):
+        reserve = FunctionStep(pg_steps.reserve, compensate=FunctionStep(pg_steps.release))
+        retry = Retry(max_attempts=3, initial_interval=60.0, jitter=False)
+        flaky = FunctionStep(pg_steps.flaky, requires=[reserve], retry=retry)
+        wf = await flow.workflow_create("waiting", reserve, flaky)
+        eid = await wf.execute({}, async_=True)
+        key = f"{eid}:{flaky.id}"
+
+        def started(wanted: str) -> list[Invocation]:
+            found = (tmp_path / "steps.log").exists()
+            every = invocations(tmp_path) if found else iter(())
+            return [i for i in every if i.key == wanted and i.kind == "start"]
+
+        await eventually(lambda: started(key), timeout=30)  # failed once: waiting now
+        await (flow.suspend(eid) if action == "suspend" else flow.abort(eid))
+
+        async def acted_on() -> bool:
+            info = await flow.execution(eid)
+            if action == "abort":  # rolled back by the worker
+                return info.status is Status.ABORTED
+            # the worker cut its wait short and recorded the step as not run again
+            return info.steps[flaky.id].status is Status.PENDING
+
+        await eventually(acted_on, timeout=5)
+        info = await flow.execution(eid)
+        if action == "abort":
+            assert info.steps[reserve.id].status is Status.COMPENSATED
+            assert len(started(f"{eid}:{reserve.id}:compensate")) == 1
+        else:
+            assert info.status is Status.SUSPEND
+            assert "flaky: fails every time" in (info.steps[flaky.id].error or "")
+            conn = await connect(group.url)
+            try:
+                owner = await conn.fetchval(
+                    "SELECT owner FROM microsaga_executions WHERE id = $1", eid
+                )
+            finally:
+                await conn.close()
+            assert owner is None  # settled: the worker let the lease go
+        assert len(started(key)) == 1  # never tried again
 
 
 @pytest.mark.timeout(300)
