@@ -427,6 +427,18 @@ async def test_served_connections_answer_without_waiting_for_delayed_acks(
                 sock.close()
 
 
+async def test_serving_on_a_port_in_use_is_one_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(microsaga.ConfigurationError) as caught:
+            async with Participant().serve(port=port):
+                pass
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in str(caught.value)
+    assert caught.value.setting == "participant"
+
+
 def test_handler_names_must_be_unique() -> None:
     service = Participant()
     service.add_handler("A.B", lambda msg: None)

@@ -1,0 +1,223 @@
+""":class:`Participant`: the handlers of one service, each run once per idempotency key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from .._engine.data import IDEMPOTENCY_HEADER
+from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
+from ..message import Message
+from ..transports.base import Broker, Subscription, to_message
+from . import asgi, subscriber
+from .dedupe import DedupeStore, MemoryDedupeStore, Reply, error_answer
+
+__all__ = ["Participant"]
+
+log = logging.getLogger("microsaga.participant")
+
+HandlerFn = Callable[[Message], Any]
+F = TypeVar("F", bound=HandlerFn)
+_Handler = Callable[[Message], Awaitable[Any]]
+
+
+class Participant:
+    """Handlers of one service, served over HTTP (an ASGI app) and brokers.
+
+    Args:
+        dedupe: where answers are kept per ``Idempotency-Key``; a
+            :class:`MemoryDedupeStore` by default.
+        prefix: a path before ``/Name/Method`` (``"/rpc"`` for a service whose
+            address is ``http://host/rpc/{name}/{method}``).
+        max_body: the largest request body accepted, in bytes.
+    """
+
+    def __init__(
+        self, *, dedupe: DedupeStore | None = None, prefix: str = "", max_body: int = 1 << 20
+    ) -> None:
+        self.dedupe: DedupeStore = dedupe if dedupe is not None else MemoryDedupeStore()
+        self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self.max_body = max_body
+        self._handlers: dict[str, _Handler] = {}
+        self._inflight: dict[str, asyncio.Future[Reply]] = {}
+
+    # handlers ------------------------------------------------------------------------
+
+    def handler(self, name: str) -> Callable[[F], F]:
+        """Register the decorated function as the handler of ``name``.
+
+        ``name`` is ``"Name.Method"`` for HTTP calls (``POST /Name/Method``) or a
+        topic for :meth:`subscribe`.
+        """
+
+        def register(fn: F) -> F:
+            self.add_handler(name, fn)
+            return fn
+
+        return register
+
+    def add_handler(self, name: str, fn: HandlerFn) -> None:
+        """Register ``fn`` as the handler of ``name``.
+
+        Raises:
+            ConfigurationError: ``name`` is empty or already has a handler.
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError("handler", f"needs a name, not {name!r}")
+        if name in self._handlers:
+            raise ConfigurationError("handler", f"{name} already has a handler")
+        if not callable(fn):
+            raise ConfigurationError("handler", f"{name}: {fn!r} is not callable")
+        self._handlers[name] = _wrap(fn)
+
+    @property
+    def names(self) -> list[str]:
+        """The names that have a handler."""
+        return sorted(self._handlers)
+
+    def has_handler(self, name: str) -> bool:
+        """Whether ``name`` has a handler."""
+        return name in self._handlers
+
+    async def handle(self, name: str, request: Message) -> tuple[Reply, bool]:
+        """Answer ``request`` with the handler of ``name``, once per idempotency key.
+
+        Returns:
+            The answer, and whether it is a replay of an earlier one.
+        """
+        fn = self._handlers.get(name)
+        if fn is None:
+            return error_answer(404, "unknown_endpoint", f"no handler for {name}"), False
+        return await self._handle(name, fn, request)
+
+    async def _handle(self, name: str, fn: _Handler, request: Message) -> tuple[Reply, bool]:
+        key = request.header.get(IDEMPOTENCY_HEADER)
+        if not key:
+            return await _run(fn, name, request), False
+        store_key = f"{name} {key}"
+        running = self._inflight.get(store_key)
+        if running is not None:
+            return await asyncio.shield(running), True
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._inflight[store_key] = future
+        try:
+            try:
+                kept = await self.dedupe.get(store_key)
+            except Exception as exc:  # without the store the handler could run twice
+                log.warning("%s: dedupe store failed: %s", name, exc)
+                reply = error_answer(503, "dedupe_unavailable", f"{name}: {one_line(exc)}")
+                future.set_result(reply)
+                return reply, False
+            if kept is not None:
+                future.set_result(kept)
+                return kept, True
+            reply = await _run(fn, name, request)
+            if reply.final:
+                try:
+                    reply = await self.dedupe.put(store_key, reply)
+                except Exception as exc:  # the answer stands; only its replay is lost
+                    log.warning("%s: cannot keep the answer for key %s: %s", name, key, exc)
+            future.set_result(reply)
+            return reply, False
+        except BaseException as exc:
+            if not future.done():
+                # requests waiting on this one are told to try again
+                future.set_result(error_answer(503, "retry", f"{name}: {one_line(exc)}"))
+            raise
+        finally:
+            del self._inflight[store_key]
+
+    # HTTP ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        """The ASGI application."""
+        await asgi.app(self, scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """Run this participant under uvicorn inside this process.
+
+        ``async with participant.serve() as url:`` yields the base URL
+        (``http://127.0.0.1:<free port>``) once it accepts connections.
+
+        Raises:
+            ConfigurationError: uvicorn is not installed (``microsaga[participant]``),
+                or the address cannot be bound.
+        """
+        async with asgi.serve(self, host, port) as url:
+            yield url
+
+    # brokers ---------------------------------------------------------------------------
+
+    def message_handler(
+        self, topic: str, handler: HandlerFn | None = None
+    ) -> subscriber.MessageHandler:
+        """The deduplicating subscriber for ``topic``, to pass to ``Broker.subscribe``
+        yourself (with broker-specific options).
+
+        Raises:
+            ConfigurationError: no ``handler`` and none registered as ``topic``.
+        """
+        fn = _wrap(handler) if handler is not None else self._handlers.get(topic)
+        if fn is None:
+            raise ConfigurationError("handler", f"no handler for topic {topic}")
+
+        async def answer(message: Message) -> Reply:
+            reply, _ = await self._handle(topic, fn, message)
+            return reply
+
+        return subscriber.on_message(topic, answer)
+
+    async def subscribe(
+        self, broker: Broker | str, topic: str, handler: HandlerFn | None = None
+    ) -> Subscription:
+        """Consume ``topic`` with ``handler`` (default: the one registered as ``topic``).
+
+        Args:
+            broker: a connected broker, or a broker URL (connected now, closed with the
+                subscription).
+
+        Returns:
+            The subscription; ``await sub.close()`` stops it.
+        """
+        return await subscriber.subscribe(broker, topic, self.message_handler(topic, handler))
+
+
+def _wrap(fn: HandlerFn) -> _Handler:
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects
+    ):
+        return fn
+
+    async def in_thread(message: Message) -> Any:
+        result = await asyncio.to_thread(fn, message)
+        return await result if inspect.isawaitable(result) else result
+
+    return in_thread
+
+
+async def _run(fn: _Handler, name: str, request: Message) -> Reply:
+    try:
+        result = await fn(request)
+        message = to_message(result)
+    except Exception as exc:
+        return _failure(name, exc)
+    return Reply(200, message.body, message.header.to_dict())
+
+
+def _failure(name: str, exc: Exception) -> Reply:
+    """The answer to a handler that raised: 422 final, 503 retryable, 500 unexpected."""
+    header: dict[str, list[str]] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int | float) and retry_after >= 0:
+        header["Retry-After"] = [str(int(-(-retry_after // 1)))]  # whole seconds, rounded up
+    if not is_retryable(exc):
+        return error_answer(422, error_code(exc), one_line(exc), header)
+    if isinstance(exc, MicrosagaError):
+        return error_answer(503, error_code(exc), one_line(exc), header)
+    log.exception("%s: the handler failed", name)
+    return error_answer(500, "internal", one_line(exc), header)
