@@ -54,15 +54,16 @@ def _fail(code: str, message: str) -> None:
 
 
 def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
-    raise Exit(asyncio.run(fn()))
+    ctx = click.get_current_context()
+    try:
+        code = asyncio.run(fn())
+    except ConfigurationError as exc:
+        raise _named_for_the_cli(exc, ctx.find_root().obj or {}) from None
+    raise Exit(code)
 
 
-# the API's argument names, as the options the user typed: in the CLI these values
-# come only from those options (the environment's have MICROSAGA_* names)
+# the API's argument names as the options the user typed (these come only from them)
 _OPTIONS = {
-    "store": "--store",
-    "services": "--services",
-    "broker": "--broker",
     "concurrency": "--concurrency",
     "worker_id": "--id",
     "timeout": "--timeout",
@@ -72,9 +73,18 @@ _OPTIONS = {
 }
 
 
-def _named_for_the_cli(exc: MicrosagaError) -> MicrosagaError:
-    if isinstance(exc, ConfigurationError) and exc.setting in _OPTIONS:
-        return ConfigurationError(_OPTIONS[exc.setting], exc.reason)
+def _named_for_the_cli(exc: ConfigurationError, given: dict[str, Any]) -> ConfigurationError:
+    """The error naming the option or variable the user set, not the API's argument."""
+    name = exc.setting or ""
+    if name in ("store", "services", "broker"):  # an option, else the environment's
+        if given.get(name) is not None:
+            return ConfigurationError(f"--{name}", exc.reason)
+        variable = f"MICROSAGA_{name.upper()}"
+        if os.environ.get(variable, "").strip():
+            return ConfigurationError(variable, exc.reason)
+        return exc
+    if name in _OPTIONS:
+        return ConfigurationError(_OPTIONS[name], exc.reason)
     return exc
 
 
@@ -323,6 +333,7 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     if not (demo_store or ctx.obj["store"]) and os.environ.get("MICROSAGA_STORE", "").strip():
         store, setting = os.environ["MICROSAGA_STORE"].strip(), "MICROSAGA_STORE"
     check_url(store, setting, STORE_SCHEMES)
+    ctx.find_root().obj["store"] = demo_store or ctx.obj["store"]  # for error messages
     _run_async(lambda: run_demo(store, progress_console()))
 
 
@@ -342,7 +353,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail("usage", exc.format_message())
         code = EXIT_USAGE
     except MicrosagaError as exc:
-        exc = _named_for_the_cli(exc)
         _fail(exc.code, str(exc))
         code = _exit_code(exc)
     except KeyboardInterrupt:

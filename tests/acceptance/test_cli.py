@@ -175,6 +175,8 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
     [
         ((), {"MICROSAGA_STORE": "mysql://nope"}, "MICROSAGA_STORE: unknown scheme"),
         (("--store", "bogus://x"), {}, "--store: unknown scheme"),
+        ((), {"MICROSAGA_STORE": "sqlite://"}, "MICROSAGA_STORE: "),  # found opening it
+        (("--store", "sqlite://"), {}, "--store: "),
         ((), {"MICROSAGA_BROKER": "kafka://x"}, "MICROSAGA_BROKER: unknown scheme"),
         (("--broker", "kafka://x"), {}, "--broker: unknown scheme"),
         ((), {"MICROSAGA_SERVICES": "inventory"}, "MICROSAGA_SERVICES: expected name=url"),
