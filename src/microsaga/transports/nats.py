@@ -185,7 +185,7 @@ class NatsBroker(Broker):
             TransportError: not acknowledged (server down, timeout): retryable.
         """
         nc = self._client()
-        headers = self._checked(nc, topic, message)
+        headers = self._headers(topic, message)
         key = message.header.get(IDEMPOTENCY_HEADER)
         if key and message.header.get(REPLY_TO_HEADER):
             # a request's retry must reach the participant (which replays its answer by
@@ -193,6 +193,7 @@ class NatsBroker(Broker):
             key = f"{key}:{message.header.get(CORRELATION_HEADER, '')}"
         if key:
             headers["Nats-Msg-Id"] = key
+        self._check_size(nc, topic, message.body, headers)
         try:
             ack = await self._js.publish(
                 topic, message.body, timeout=self.publish_timeout, headers=headers or None
@@ -235,7 +236,8 @@ class NatsBroker(Broker):
             TransportError: the server cannot be reached.
         """
         nc = self._client()
-        headers = self._checked(nc, topic, reply)
+        headers = self._headers(topic, reply)
+        self._check_size(nc, topic, reply.body, headers)
         try:
             await nc.publish(topic, reply.body, headers=headers)
             await nc.flush(timeout=max(1, int(self.publish_timeout)))
@@ -244,11 +246,10 @@ class NatsBroker(Broker):
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"NATS: reply on {topic!r} not sent: {_describe(exc)}") from exc
 
-    def _checked(self, nc: NatsClient, topic: str, message: Message) -> dict[str, str]:
-        """The message's NATS headers, once it is known that the server can take it:
-        nats-py would turn a line break in a value into a space and let a wildcard
-        subject through, and the server closes the connection on a message over its
-        ``max_payload`` (headers included)."""
+    def _headers(self, topic: str, message: Message) -> dict[str, str]:
+        """The message's NATS headers, once it is known that they and ``topic`` can be
+        sent: nats-py would turn a line break in a value into a space and let a
+        wildcard subject through."""
         problem = _subject_error(topic)
         if problem is not None:
             raise StepError(
@@ -264,10 +265,14 @@ class NatsBroker(Broker):
                 raise self._bad(
                     topic, f"header {key} has a line break or NUL, which NATS cannot carry"
                 )
-        size = len(message.body) + _headers_size(headers)
+        return headers
+
+    def _check_size(self, nc: NatsClient, topic: str, body: bytes, headers: dict[str, str]) -> None:
+        # the server closes the connection on a message over its max_payload (headers
+        # included), and nats-py counts only the body
+        size = len(body) + _headers_size(headers)
         if size > nc.max_payload:
             raise self._too_large(nc, topic, size)
-        return headers
 
     def _bad(self, topic: str, problem: str) -> StepError:
         return StepError(

@@ -303,7 +303,7 @@ class _ReplySubscription(_StreamSubscription):
             await self.client.expire(self.topic, _REPLY_STREAM_TTL)
 
     async def close(self) -> None:
-        """Stop every subscription of this broker and close the connection."""
+        """Stop reading and delete the reply stream: nobody reads it any more."""
         await super().close()
         try:
             await self.client.delete(self.topic)
