@@ -5,13 +5,25 @@ the flow starts, and (with ``Flow(worker=True)``) claims executions whose lease 
 free or expired: new ones created by flows that do not run them, resumed ones, and
 those whose worker died. It renews the leases it holds, and passes suspend, resume
 and abort requests made by any process to the runs they concern.
+
+Dead workers of the same machine: a default worker id is ``host:pid:nonce:machine``,
+``machine`` a short hash of the kernel's boot id and of the PID namespace (Linux; no
+such part elsewhere). When a worker starts, and at every heartbeat, it looks at the
+owners of the leases held in the store: one with its own ``machine`` part whose pid
+is gone (or a zombie) died, since pids are only meaningful in the same namespace of
+the same boot, and its leases are freed at once instead of expiring. A pid that is
+alive, even reused by another program, is left alone: its leases expire as usual.
+Stable ids chosen by the user are never taken for dead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import os
+import re
 import socket
 import uuid
 from typing import TYPE_CHECKING
@@ -32,6 +44,60 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("microsaga.worker")
 
+# a default worker id: host:pid:nonce, then :machine where the machine can be told
+_DEFAULT_ID = re.compile(r"(?P<pid>[0-9]+):[0-9a-f]{8}:(?P<machine>[0-9a-f]{12})")
+
+
+@functools.cache
+def machine() -> str | None:
+    """This boot of this machine and this PID namespace, hashed; None when unknown.
+
+    Two processes with the same value see the same pids: a pid gone for one is gone.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux, or no /proc
+        return None
+    return hashlib.blake2s(f"{boot}:{namespace}".encode(), digest_size=6).hexdigest()
+
+
+def default_worker_id() -> str:
+    nonce = uuid.uuid4().hex[:8]
+    found = machine()
+    tail = f":{found}" if found is not None else ""
+    return f"{socket.gethostname()}:{os.getpid()}:{nonce}{tail}"
+
+
+def dead_here(owner: str) -> bool:
+    """Whether ``owner`` is a default worker id of this machine whose process is gone."""
+    here = machine()
+    if here is None:
+        return False
+    _, sep, tail = owner.partition(":")  # after the host name
+    found = _DEFAULT_ID.fullmatch(tail) if sep else None
+    if found is None or found["machine"] != here:
+        return False  # a stable id, or another machine's (or namespace's) worker
+    return not _alive(int(found["pid"]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except (OverflowError, OSError):
+        return True  # cannot tell: leave its leases to expire
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rpartition(")")[2].split()[:1]
+    except OSError:  # exited just now
+        return False
+    return state not in (["Z"], ["X"])  # a zombie is dead, only not reaped yet
+
 
 class Worker:
     def __init__(self, flow: Flow) -> None:
@@ -39,7 +105,7 @@ class Worker:
         opts = flow.options
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
-        self.id = opts.worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.id = opts.worker_id or default_worker_id()
         self.store = flow.store
         self.committer = Committer(
             self.store, retry_for=opts.store_retry_for, quiet=lambda: len(self.runs) <= 1
@@ -62,6 +128,10 @@ class Worker:
             freed = await self.store.release_all(self.id)
             if freed:
                 log.info("worker %s: took back %d executions of its previous run", self.id, freed)
+        try:
+            await self._free_dead_owners()
+        except MicrosagaError as exc:  # the heartbeat tries again
+            log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
         _, self._control_seq = await self.store.controls(2**62)
         await self.store.watch(self.poke)
         loop = asyncio.get_running_loop()
@@ -237,6 +307,23 @@ class Worker:
             if run.id not in held and not run.outcome.done() and not run.releasing:
                 log.warning("execution %s: lease lost", run.id)
                 run.lose()
+        await self._free_dead_owners()
+
+    async def _free_dead_owners(self) -> int:
+        """Free the leases of dead workers of this machine (see the module docstring),
+        so they are claimed now rather than when they expire; the count freed."""
+        freed = 0
+        for owner in await self.store.lease_owners():
+            if owner != self.id and dead_here(owner):
+                count = await self.store.release_all(owner)
+                if count:
+                    log.info(
+                        "worker %s: freed %d executions of dead worker %s", self.id, count, owner
+                    )
+                freed += count
+        if freed:
+            self._poke.set()
+        return freed
 
     async def _release_abandoned(self) -> None:
         for eid, token in list(self._to_release.items()):

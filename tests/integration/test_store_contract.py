@@ -557,6 +557,20 @@ async def test_release_all_frees_every_lease_of_an_owner(store: Store) -> None:
     assert await store.release_all("w3") == 0
 
 
+async def test_lease_owners_are_those_holding_a_lease_expired_or_not(store: Store) -> None:
+    await store.commit(
+        [new("e1", owner="w1"), new("e2", owner="w1"), new("e3", owner="w2"), new("e4")]
+    )
+    await store.commit([new("e5", owner="w3")])
+    await store.commit([transition("e5", status=Status.SUCCESS, release=True)])
+    assert await store.lease_owners() == {"w1", "w2"}  # e4 nobody's, e5 released
+    (claim,) = await store.claim("w4", 200.0, 10.0, 1)  # every lease has expired by 200
+    assert claim.execution_id == "e1"
+    assert await store.lease_owners() == {"w1", "w2", "w4"}
+    assert await store.release_all("w1") == 1
+    assert await store.lease_owners() == {"w2", "w4"}
+
+
 async def test_load_many_reads_what_a_worker_needs(store: Store) -> None:
     await store.commit([new("e1", owner="w1", starts=("a",)), new("e2", owner="w1")])
     loaded = await store.load_many(["e1", "e2", "missing"])

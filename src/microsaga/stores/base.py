@@ -228,6 +228,14 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def lease_owners(self) -> set[str]:
+        """The distinct owners of the leases held now (expired or not).
+
+        Workers look for dead workers of their own machine among them, to free their
+        leases (:meth:`release_all`) rather than wait for them to expire.
+        """
+
+    @abc.abstractmethod
     async def load(self, execution_id: str) -> StoredExecution | None:
         """Everything a worker needs to run an execution it claimed."""
 

@@ -284,6 +284,9 @@ class MemoryStore(Store):
                 freed += 1
         return freed
 
+    async def lease_owners(self) -> set[str]:
+        return {row.owner for row in self._rows.values() if row.owner is not None}
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         row = self._rows.get(execution_id)
         if row is None:

@@ -350,6 +350,12 @@ class PostgresStore(Store):
 
         return await self._db.retrying(release_all)
 
+    async def lease_owners(self) -> set[str]:
+        async def owners(conn: Any) -> set[str]:
+            return {r[0] for r in await conn.fetch(Q["lease_owners"])}
+
+        return await self._db.retrying(owners)
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
 

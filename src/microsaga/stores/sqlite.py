@@ -425,6 +425,12 @@ class SQLiteStore(Store):
 
         return await self._write(self._tx, release_all)
 
+    async def lease_owners(self) -> set[str]:
+        def owners() -> set[str]:
+            return {row[0] for row in self.r.execute(Q["lease_owners"])}
+
+        return await self._read(owners)
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
 

@@ -251,6 +251,10 @@ WITH freed AS (
 )
 SELECT count(*), pg_notify($2, 'released') FROM freed;
 
+-- name: lease_owners
+-- Read off the partial index microsaga_executions_by_owner.
+SELECT DISTINCT owner FROM microsaga_executions WHERE owner IS NOT NULL;
+
 -- name: release
 -- $1 id, $2 token, $3 until, $4 the channel: another worker may take it now (or at
 -- $3), so tell them to look.

@@ -58,6 +58,10 @@ RETURNING id;
 -- name: release_all
 UPDATE executions SET owner = NULL, lease_until = 0 WHERE owner = ?;
 
+-- name: lease_owners
+-- Read off the partial index executions_by_owner.
+SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL;
+
 -- name: release
 UPDATE executions SET owner = NULL, lease_until = :until
 WHERE id = :id AND lease_token = :token;
