@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -155,16 +156,18 @@ class Flow:
     async def open(self) -> Flow:
         if self._open:
             return self
-        store = open_store(self._options.store)
-        await store.open()
+        with self._naming("store"):
+            store = open_store(self._options.store, self._setting("store"))
+            await store.open()
         self._store = store
         try:
             broker = self._options.broker
             if broker is not None:
                 from .transports import open_broker
 
-                self._broker = open_broker(broker)
-                await self._broker.connect()
+                with self._naming("broker"):
+                    self._broker = open_broker(broker, self._setting("broker"))
+                    await self._broker.connect()
             self._worker = Worker(self)
             await self._worker.start()
         except BaseException:
@@ -172,6 +175,22 @@ class Flow:
             raise
         self._open = True
         return self
+
+    def _setting(self, name: str) -> str:
+        """The name of the setting a value came from, for errors: the argument, else
+        its ``MICROSAGA_*`` variable."""
+        return name if self._explicit.get(name) is not None else f"MICROSAGA_{name.upper()}"
+
+    @contextlib.contextmanager
+    def _naming(self, name: str) -> Iterator[None]:
+        """Errors of the store or broker name the setting its URL came from."""
+        setting = self._setting(name)
+        try:
+            yield
+        except ConfigurationError as exc:
+            if exc.setting != name or setting == name:
+                raise
+            raise ConfigurationError(setting, exc.reason) from exc
 
     async def close(self) -> None:
         if not self._open:

@@ -140,6 +140,15 @@ class StepOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Step):
                 raise DefinitionError(f"must be a Step, not {value!r}", path=name)
+            if value is not None:
+                # it runs in place of (or after) its forward step, never on its own
+                nested = value.options
+                for field_name in ("requires", "fallback", "compensate"):
+                    if getattr(nested, field_name):
+                        raise DefinitionError(
+                            f"a {name} step cannot have its own {field_name}",
+                            path=f"{name}.{field_name}",
+                        )
         if self.compensate_input not in _COMPENSATE_INPUTS:
             raise DefinitionError(
                 f"must be one of {', '.join(_COMPENSATE_INPUTS)}, not {self.compensate_input!r}",

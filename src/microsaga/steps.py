@@ -110,6 +110,8 @@ class PublishStep(Step):
 
 def import_function(path: str) -> Callable[..., Any]:
     """Import ``"package.module:qualname"``."""
+    if not isinstance(path, str):
+        raise DefinitionError(f"must be 'module:function', not {path!r}", path="function")
     module_name, sep, qualname = path.partition(":")
     if not sep or not module_name or not qualname:
         raise DefinitionError(f"must be 'module:function', not {path!r}", path="function")

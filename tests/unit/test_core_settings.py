@@ -66,3 +66,18 @@ def test_errors_never_show_a_password(kwargs: Any) -> None:
         Flow(**kwargs)
     assert "s3cret" not in str(err.value)
     assert "admin:***@" in str(err.value)
+
+
+@pytest.mark.parametrize("from_environment", [True, False])
+async def test_errors_found_when_opening_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, from_environment: bool
+) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}?foo=1"  # the scheme is fine; the store refuses it
+    if from_environment:
+        monkeypatch.setenv("MICROSAGA_STORE", url)
+    flow = Flow() if from_environment else Flow(url)
+    with pytest.raises(ConfigurationError) as err:
+        await flow.open()
+    setting = "MICROSAGA_STORE" if from_environment else "store"
+    assert str(err.value).startswith(f"{setting}: {url}: unknown option 'foo'")
+    assert err.value.setting == setting

@@ -149,7 +149,7 @@ def test_to_dict_round_trips() -> None:
             "id: x\nsteps: [{publish: a, fallback: {publish: b, compensate: {publish: c}}}]",
             "steps[0].fallback.compensate: a fallback step takes no compensate",
         ),
-        ("id: x\nsteps: [{function: 5}]", "steps[0]: invalid function step"),
+        ("id: x\nsteps: [{function: 5}]", "steps[0].function: must be 'module:function', not 5"),
         ("id: x\nservices: {1: 'http://x'}\nsteps: [{call: a.B.C}]", "services: service names"),
     ],
 )
@@ -214,9 +214,9 @@ def test_a_module_that_fails_on_import_is_a_definition_error(tmp_path: Path) -> 
         sys.modules.pop("core_bad_syntax", None)
 
 
-def test_what_the_engine_ignores_of_nested_steps_is_not_saved() -> None:
-    undo = PublishStep("undo", requires=["a"], retry=Retry(max_attempts=3))
-    step = PublishStep("b", compensate=undo, fallback=PublishStep("plan-b", requires=["a"]))
+def test_nested_steps_keep_their_own_options() -> None:
+    undo = PublishStep("undo", retry=Retry(max_attempts=3))
+    step = PublishStep("b", compensate=undo, fallback=PublishStep("plan-b"))
     wf = Workflow("x", [PublishStep("a"), step])
     entry = wf.to_dict()["steps"][1]
     assert entry["compensate"] == {"publish": "undo", "retry": {"max_attempts": 3}}

@@ -43,3 +43,23 @@ def test_a_missing_function_names_the_path(modules: Path) -> None:
     (modules / "brokenmod_ok.py").write_text("def other(msg):\n    return None\n")
     with pytest.raises(DefinitionError, match=r"cannot import brokenmod_ok:fn"):
         FunctionStep.from_config({"function": "brokenmod_ok:fn"})
+
+
+def test_a_function_path_that_is_not_text_is_refused() -> None:
+    with pytest.raises(DefinitionError, match=r"must be 'module:function', not 5") as err:
+        FunctionStep.from_config({"function": 5})
+    assert err.value.path == "function"
+
+
+@pytest.mark.parametrize("role", ["compensate", "fallback"])
+@pytest.mark.parametrize("option", ["requires", "fallback", "compensate"])
+def test_a_nested_step_cannot_have_its_own_graph_options(role: str, option: str) -> None:
+    def fn(msg: object) -> None:
+        return None
+
+    other = FunctionStep(fn, id="other")
+    value: object = ["other"] if option == "requires" else other
+    nested = FunctionStep(fn, id="nested", **{option: value})
+    with pytest.raises(DefinitionError, match=f"a {role} step cannot have its own {option}") as err:
+        FunctionStep(fn, id="main", **{role: nested})
+    assert err.value.path == f"{role}.{option}"
