@@ -442,6 +442,32 @@ async def test_reply_times_out_when_nobody_answers(env: Env) -> None:
     assert "timed out" in info.steps[topic].error
 
 
+async def test_memory_broker_reads_error_replies_as_the_real_ones_do() -> None:
+    """Failure paths of a saga can be tested without servers: a participant's error
+    reply fails the step with its code, retried only when it says so."""
+    from microsaga.testing import MemoryBroker
+
+    broker = MemoryBroker()
+    stock = Participant()
+    runs = 0
+
+    @stock.handler("stock.reserve")
+    async def reserve(msg: Message) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise TransportError("warehouse system restarting")
+        raise StepError("no widgets left", code="out_of_stock", retryable=False)
+
+    await stock.subscribe(broker, "stock.reserve")
+    step = PublishStep("stock.reserve", reply=True, timeout=5, retry=Retry(5, **FAST))
+    async with microsaga.Flow("memory://", broker=broker) as flow:
+        info = await run(flow, step)
+    run_ = info.steps["stock.reserve"]
+    assert (info.status, run_.attempts, runs) == (Status.FAILURE, 2, 2)
+    assert run_.error == "reply on stock.reserve: [out_of_stock] no widgets left"
+
+
 # sagas ---------------------------------------------------------------------------------
 
 

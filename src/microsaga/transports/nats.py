@@ -31,6 +31,7 @@ The connection reconnects by itself; while it is down, publishes fail as retryab
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from typing import Any
@@ -259,8 +260,11 @@ class NatsBroker(Broker):
             )
         headers = _nats_headers(message.header)
         for key, value in headers.items():
-            if not _HEADER_NAME.fullmatch(key):
-                raise self._bad(topic, f"header name {key!r} cannot be sent over NATS")
+            if key not in _GOOD_NAMES:
+                if not _HEADER_NAME.fullmatch(key):
+                    raise self._bad(topic, f"header name {key!r} cannot be sent over NATS")
+                if len(_GOOD_NAMES) < 1024:  # the same few names come again and again
+                    _GOOD_NAMES.add(key)
             if "\r" in value or "\n" in value or "\0" in value:
                 raise self._bad(
                     topic, f"header {key} has a line break or NUL, which NATS cannot carry"
@@ -270,7 +274,7 @@ class NatsBroker(Broker):
     def _check_size(self, nc: NatsClient, topic: str, body: bytes, headers: dict[str, str]) -> None:
         # the server closes the connection on a message over its max_payload (headers
         # included), and nats-py counts only the body
-        size = len(body) + _headers_size(headers)
+        size = len(body) + _headers_size(headers, nc.max_payload - len(body))
         if size > nc.max_payload:
             raise self._too_large(nc, topic, size)
 
@@ -403,9 +407,11 @@ class _PullSubscription(Subscription):
 _DURABLE_BAD = re.compile(r"[^A-Za-z0-9_-]")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token, as in HTTP
 _WHITESPACE = re.compile(r"\s")
+_GOOD_NAMES: set[str] = set()
 _HEADER_LINE = len(b"NATS/1.0\r\n")
 
 
+@functools.lru_cache(maxsize=1024)
 def _subject_error(subject: str) -> str | None:
     if not subject:
         return "a subject cannot be empty"
@@ -420,12 +426,16 @@ def _subject_error(subject: str) -> str | None:
     return None
 
 
-def _headers_size(headers: dict[str, str]) -> int:
-    """The bytes of the headers as NATS sends them (``NATS/1.0``, ``key: value`` lines)."""
+def _headers_size(headers: dict[str, str], room: int) -> int:
+    """The bytes of the headers as NATS sends them (``NATS/1.0``, ``key: value`` lines),
+    counted exactly only when they might not fit in ``room`` bytes."""
     if not headers:
         return 0
-    lines = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
-    return _HEADER_LINE + lines + 2
+    chars = sum(len(k) + len(v) for k, v in headers.items())
+    framing = _HEADER_LINE + 4 * len(headers) + 2
+    if framing + 4 * chars <= room:  # UTF-8 takes at most 4 bytes a character
+        return framing + chars
+    return framing + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
 
 
 def _durable_name(topic: str) -> str:
