@@ -156,6 +156,19 @@ class Metadata(Mapping[str, str]):
         new._names = self._names.copy()
         return new
 
+    def with_values(self, values: Mapping[str, str]) -> Metadata:
+        """A copy with each of ``values`` set (keys already in their first spelling and
+        values known to be text: the engine's own headers, one step at a time)."""
+        new = Metadata.__new__(Metadata)
+        new._values = own = self._values.copy()
+        new._names = names = self._names.copy()
+        for key, value in values.items():
+            low = key.lower()
+            own[low] = (value,)
+            if low not in names:
+                names[low] = key
+        return new
+
     def to_dict(self) -> dict[str, list[str]]:
         """The headers as ``{key: [values]}``, keys in their first spelling."""
         return {self._names[low]: list(values) for low, values in self._values.items()}
@@ -182,7 +195,9 @@ class Message:
         else:
             self.body = encode_json(body)
         # type() first: Metadata is a Mapping, and isinstance against an ABC is slow
-        if type(header) is Metadata or isinstance(header, Metadata):
+        if header is None:
+            self.header = Metadata()
+        elif type(header) is Metadata or isinstance(header, Metadata):
             self.header = header
         else:
             self.header = Metadata(header)

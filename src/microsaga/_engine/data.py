@@ -32,10 +32,9 @@ def base_header(request: Message, workflow_id: str, execution_id: str) -> Metada
 
 
 def _header(base: Metadata, execution_id: str, step_id: str, suffix: str = "") -> Metadata:
-    header = base.copy()
-    header.set(STEP_HEADER, step_id)
-    header.set(IDEMPOTENCY_HEADER, f"{execution_id}:{step_id}{suffix}")
-    return header
+    return base.with_values(
+        {STEP_HEADER: step_id, IDEMPOTENCY_HEADER: f"{execution_id}:{step_id}{suffix}"}
+    )
 
 
 def _combine(responses: dict[str, Message | None]) -> bytes:
