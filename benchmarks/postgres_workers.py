@@ -14,7 +14,11 @@ measured between the 10th and the 90th percentile of the executions' finishing t
 so process start-up and the last stragglers do not count. Takeover: two workers run
 executions whose steps take ``--step-delay`` seconds; one is SIGKILLed after 30 % have
 finished; the figure is the time from the kill to the finish of the last execution it
-held (about the lease TTL, ``--lease-ttl``, plus the work left).
+held. Twice: with default worker ids the survivor sees at its next heartbeat
+(``lease_ttl / 3``) that the killed process of its machine is gone and frees its leases;
+with stable ids (``worker --id``), which nobody takes for dead, it waits for them to
+expire (about the lease TTL, ``--lease-ttl``, plus the work left), as a worker on
+another machine would.
 
 Not a test: it prints a table of medians (and JSON with every sample on request).
 """
@@ -112,16 +116,20 @@ async def fresh_database(user: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def start_workers(url: str, count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    url: str, count: int, env: dict[str, str], ids: list[str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` worker processes, with default ids or those given."""
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "microsaga", "--store", url, "worker"],
+            [sys.executable, "-m", "microsaga", "--store", url, "worker"]
+            + (["--id", ids[n]] if ids else []),
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(count)
+        for n in range(count)
     ]
 
 
@@ -225,10 +233,11 @@ async def throughput(args: argparse.Namespace, user: str, workers: int) -> dict[
     }
 
 
-async def takeover(args: argparse.Namespace, user: str) -> dict[str, float]:
+async def takeover(args: argparse.Namespace, user: str, *, stable_ids: bool) -> dict[str, float]:
+    ids = [f"bench-{uuid.uuid4().hex[:8]}-{n}" for n in range(2)] if stable_ids else None
     async with fresh_database(user) as url:
         await create_executions(url, args.executions)
-        procs = start_workers(url, 2, worker_env(args, args.step_delay))
+        procs = start_workers(url, 2, worker_env(args, args.step_delay), ids)
         try:
             async with Progress(url) as progress:
                 while (await progress.finished())[0] < 0.3 * args.executions:
@@ -242,7 +251,7 @@ async def takeover(args: argparse.Namespace, user: str) -> dict[str, float]:
                     for r in await progress.conn.fetch(
                         "SELECT id FROM microsaga_executions"
                         " WHERE owner LIKE $1 AND status IN (0, 1, 6)",
-                        f"%:{victim.pid}:%",
+                        ids[0] if ids else f"%:{victim.pid}:%",
                     )
                 ]
                 await progress.wait(args.executions, procs[1:])
@@ -257,7 +266,12 @@ async def takeover(args: argparse.Namespace, user: str) -> dict[str, float]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     user = await _user()
-    samples: dict[str, list[dict[str, float]]] = {"1 worker": [], "2 workers": [], "kill": []}
+    samples: dict[str, list[dict[str, float]]] = {
+        "1 worker": [],
+        "2 workers": [],
+        "kill": [],
+        "kill, stable ids": [],
+    }
     for round_ in range(args.repeat):
         for workers in (1, 2):
             result = await throughput(args, user, workers)
@@ -268,13 +282,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 file=sys.stderr,
             )
         if not args.no_kill:
-            result = await takeover(args, user)
-            samples["kill"].append(result)
-            print(
-                f"round {round_ + 1}: takeover {result['takeover_seconds']:.2f}s "
-                f"({result['held']:.0f} executions held by the killed worker)",
-                file=sys.stderr,
-            )
+            for stable_ids, name in ((False, "kill"), (True, "kill, stable ids")):
+                result = await takeover(args, user, stable_ids=stable_ids)
+                samples[name].append(result)
+                print(
+                    f"round {round_ + 1}: {name}: takeover {result['takeover_seconds']:.2f}s "
+                    f"({result['held']:.0f} executions held by the killed worker)",
+                    file=sys.stderr,
+                )
     one = statistics.median(s["executions_per_second"] for s in samples["1 worker"])
     two = statistics.median(s["executions_per_second"] for s in samples["2 workers"])
     summary: dict[str, Any] = {
@@ -291,6 +306,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         summary["takeover_seconds"] = statistics.median(
             s["takeover_seconds"] for s in samples["kill"]
         )
+        summary["takeover_seconds_stable_ids"] = statistics.median(
+            s["takeover_seconds"] for s in samples["kill, stable ids"]
+        )
         summary["step_delay"] = args.step_delay
     summary["samples"] = samples
     return summary
@@ -303,12 +321,17 @@ def table(summary: dict[str, Any]) -> str:
         ("ratio two / one", f"{summary['ratio_two_to_one']:.2f}"),
     ]
     if "takeover_seconds" in summary:
-        rows.append(
+        lease = f"lease {summary['lease_ttl']:g} s"
+        rows += [
             (
-                f"SIGKILL -> last taken-over execution done (lease {summary['lease_ttl']:g} s)",
+                f"SIGKILL -> last taken-over execution done, same machine ({lease})",
                 f"{summary['takeover_seconds']:.2f} s",
-            )
-        )
+            ),
+            (
+                f"  the same with stable worker ids: lease expiry ({lease})",
+                f"{summary['takeover_seconds_stable_ids']:.2f} s",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     head = (
         f"PostgreSQL workers: medians of {summary['repeat']} runs, "
