@@ -296,6 +296,12 @@ class Worker:
                 log.warning("worker %s: lease renewal failed: %s", self.id, exc)
             except Exception:  # a bug must not stop the leases from being renewed
                 log.exception("worker %s: lease renewal failed", self.id)
+            try:
+                await self._free_dead_owners()
+            except MicrosagaError as exc:
+                log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
+            except Exception:
+                log.exception("worker %s: looking for dead workers failed", self.id)
 
     async def _heartbeat(self) -> None:
         await self._release_abandoned()
@@ -307,7 +313,6 @@ class Worker:
             if run.id not in held and not run.outcome.done() and not run.releasing:
                 log.warning("execution %s: lease lost", run.id)
                 run.lose()
-        await self._free_dead_owners()
 
     async def _free_dead_owners(self) -> int:
         """Free the leases of dead workers of this machine (see the module docstring),
