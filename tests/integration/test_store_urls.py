@@ -129,7 +129,7 @@ def assert_configuration_error(done: subprocess.CompletedProcess[str], shown: st
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"error[configuration]: store: {shown}: "), lines[0]
+    assert lines[0].startswith(f"error[configuration]: --store: {shown}: "), lines[0]
     return lines[0]
 
 
