@@ -284,8 +284,10 @@ cli.command("abort")(
 @click.option(
     "--id",
     "worker_id",
-    help="A stable worker id (default MICROSAGA_WORKER_ID, else random): restarted "
-    "under the same id, the worker takes back its unfinished executions at once.",
+    help="A stable worker id (default MICROSAGA_WORKER_ID, else one made of the host, "
+    "pid and machine): restarted under the same id, the worker takes back its "
+    "unfinished executions at once. Dead workers of this machine are detected "
+    "anyway; a stable id helps across machines and containers.",
 )
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -> None:

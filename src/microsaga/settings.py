@@ -11,7 +11,7 @@ lease_ttl              ``MICROSAGA_LEASE_TTL``       10 s
 heartbeat_interval     ``MICROSAGA_HEARTBEAT``       lease_ttl / 3
 poll_interval          ``MICROSAGA_POLL_INTERVAL``   0.25 s
 max_executions         ``MICROSAGA_MAX_EXECUTIONS``  1024 executions claimed at once
-worker_id              ``MICROSAGA_WORKER_ID``       random per process (see below)
+worker_id              ``MICROSAGA_WORKER_ID``       host:pid:nonce:machine (see below)
 =====================  ============================  ==================================
 
 Explicit values win over the environment (``MICROSAGA_SERVICES`` is merged under
@@ -20,9 +20,13 @@ explicit ``services``); a wrong value raises
 (``broker: ...``) or the variable (``MICROSAGA_BROKER: ...``). The CLI names its
 options (``--broker: ...``).
 
-A stable ``worker_id``, unique among the workers running at the same time (e.g. the
-name of a service's replica), lets a worker restarted after a crash take back its
-unfinished executions at once rather than after their leases expire.
+A default worker id carries the process id and a hash of the machine (boot id and PID
+namespace): a worker frees at once the leases of a dead worker of its own machine, so
+a process restarted after a crash resumes its executions without waiting for their
+leases to expire (``docs/stores.md``). A stable ``worker_id``, unique among the
+workers running at the same time (e.g. the name of a service's replica), does the same
+across machines and containers: a worker restarted under it takes back its previous
+life's executions at once.
 """
 
 from __future__ import annotations
@@ -130,7 +134,10 @@ def check_services(services: Mapping[str, str], setting: str = "services") -> di
 def check_url(value: Any, setting: str, schemes: tuple[str, ...]) -> Any:
     if not isinstance(value, str):
         return value
-    scheme = urlsplit(value).scheme
+    try:
+        scheme = urlsplit(value).scheme
+    except ValueError as exc:  # an unclosed [ in the host
+        raise ConfigurationError(setting, f"{redact_url(value)}: not a valid URL ({exc})") from None
     if scheme not in schemes:
         raise ConfigurationError(
             setting,

@@ -19,6 +19,8 @@ from microsaga import ConfigurationError, Flow
         ({}, {"services": {"a": "ftp://x"}}, "services: service 'a' must be"),
         ({"MICROSAGA_STORE": "mysql://x"}, {}, "MICROSAGA_STORE: unknown scheme"),
         ({"MICROSAGA_STORE": "mysql://x"}, {"store": "memory://"}, None),
+        ({"MICROSAGA_STORE": "postgresql://[::1/test"}, {}, "MICROSAGA_STORE: postgresql://[::1"),
+        ({}, {"broker": "nats://[::1"}, "broker: nats://[::1: not a valid URL"),
         ({"MICROSAGA_CONCURRENCY": "1.5"}, {}, "MICROSAGA_CONCURRENCY: must be a whole number"),
         ({}, {"concurrency": 1.5}, "concurrency: must be a positive whole number"),
         ({}, {"concurrency": True}, "concurrency: must be a positive whole number"),
