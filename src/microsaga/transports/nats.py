@@ -431,7 +431,7 @@ def _headers_size(headers: dict[str, str], room: int) -> int:
     counted exactly only when they might not fit in ``room`` bytes."""
     if not headers:
         return 0
-    chars = sum(len(k) + len(v) for k, v in headers.items())
+    chars = sum(map(len, headers)) + sum(map(len, headers.values()))
     framing = _HEADER_LINE + 4 * len(headers) + 2
     if framing + 4 * chars <= room:  # UTF-8 takes at most 4 bytes a character
         return framing + chars
