@@ -693,14 +693,27 @@ async def test_resume_after_the_owner_released_frees_it(store: Store) -> None:
     assert claim.token == 2
 
 
+async def test_abort_of_an_execution_with_nothing_done_ends_it_at_once(store: Store) -> None:
+    await store.commit([new("queued"), new("suspended"), new("held", owner="w1")])
+    # queued, no step ever ran: nothing to roll back, no worker needed
+    assert await store.request("queued", "abort", 101.0) is Status.ABORTED
+    assert await store.get_status("queued") == (Status.ABORTED, ABORT)
+    await store.request("suspended", "suspend", 101.0)
+    assert await store.request("suspended", "abort", 102.0) is Status.ABORTED
+    assert await store.claim("w2", 102.0, 10.0, 10) == []
+    # a live owner decides for itself, even with nothing done
+    assert await store.request("held", "abort", 102.0) is Status.COMPENSATING
+
+
 async def test_abort_of_a_suspended_execution_rolls_back(store: Store) -> None:
-    await store.commit([new("e1")])
+    await store.commit([new("e1", owner="w1", starts=("a",), ttl=1.0)])
+    await store.commit([transition("e1", records=[succeeded("a")])])
     await store.request("e1", "suspend", 101.0)
     assert await store.request("e1", "abort", 102.0) is Status.COMPENSATING
     assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
     with pytest.raises(InvalidTransitionError, match="suspend"):
         await store.request("e1", "suspend", 103.0)
-    (claim,) = await store.claim("w1", 103.0, 10.0, 10)
+    (claim,) = await store.claim("w2", 103.0, 10.0, 10)
     assert claim.execution_id == "e1"
     assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
 
@@ -734,7 +747,8 @@ async def test_abort_of_a_held_execution_is_left_to_its_owner(store: Store) -> N
 
 
 async def test_abort_of_an_execution_nobody_holds_frees_it(store: Store) -> None:
-    await store.commit([new("e1", owner="w1", ttl=5.0)])
+    await store.commit([new("e1", owner="w1", starts=("a",), ttl=5.0)])
+    await store.commit([transition("e1", records=[succeeded("a")])])
     # the lease expired at 105: any worker may take the rollback now
     assert await store.request("e1", "abort", 106.0) is Status.COMPENSATING
     (claim,) = await store.claim("w2", 106.0, 10.0, 10)

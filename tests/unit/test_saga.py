@@ -348,6 +348,19 @@ async def test_no_step_starts_after_the_deadline_passed_while_suspended(flow: Fl
     assert "deadline" in info.error
 
 
+async def test_abort_of_a_queued_execution_ends_it_without_a_worker(store_url: str) -> None:
+    ledger = Ledger()
+    async with Flow(store_url, worker=False) as flow:  # nobody will run it
+        wf = await flow.workflow_create("queued", ledger.step("a"))
+        eid = await wf.execute(async_=True)
+        assert (await flow.execution(eid)).status is Status.PENDING
+        await flow.abort(eid)
+        info = await flow.wait(eid, timeout=5)
+    assert info.status is Status.ABORTED
+    assert info.steps["a"].status is Status.PENDING
+    assert ledger.log == []
+
+
 async def test_execution_id_is_an_idempotency_key(flow: Flow) -> None:
     ledger = Ledger()
     wf = await flow.workflow_create("idem", ledger.step("a"))

@@ -28,6 +28,7 @@ def control_change(
     held: bool,
     steps_running: bool,
     compensation_failed: bool,
+    steps_succeeded: bool = True,
 ) -> ControlChange:
     """What ``action`` does to an execution in ``status``.
 
@@ -35,6 +36,7 @@ def control_change(
         held: a live worker holds the execution's lease.
         steps_running: a step run is recorded RUNNING.
         compensation_failed: a compensation of the execution failed for good.
+        steps_succeeded: a forward step succeeded (there may be something to compensate).
 
     Raises:
         InvalidTransitionError: naming the action and the status.
@@ -52,6 +54,10 @@ def control_change(
             )
     elif action == "abort":
         if not status.finished:
+            if not held and not steps_running and not steps_succeeded:
+                # nothing ran to the end, nothing runs: nothing to roll back, no worker
+                # needed (a queued execution ends here even when no worker is running)
+                return ControlChange(Status.ABORTED, ABORT, final=True)
             return ControlChange(Status.COMPENSATING, ABORT, free_lease=not held)
     elif action == "abort_nocomp":
         if not status.finished:

@@ -19,6 +19,7 @@ from ..status import Status
 from ._rows import build_execution
 from .base import (
     COMPENSATION,
+    FORWARD,
     RUNNABLE,
     Claim,
     ControlAction,
@@ -325,6 +326,7 @@ class MemoryStore(Store):
             compensation_failed=any(
                 r.phase == COMPENSATION and r.status is Status.FAILURE for r in records
             ),
+            steps_succeeded=any(r.phase == FORWARD and r.status is Status.SUCCESS for r in records),
         )
         row.status, row.abort, row.updated_at = change.status, change.abort, now
         self._track(row)

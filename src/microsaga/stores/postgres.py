@@ -403,7 +403,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(Q["control_row"], execution_id)
             if row is None:
                 raise ExecutionNotFoundError(execution_id)
-            status, abort, owner, lease_until, running, comp_failed = row
+            status, abort, owner, lease_until, running, comp_failed, succeeded = row
             change = control_change(
                 action,
                 Status(status),
@@ -411,6 +411,7 @@ class PostgresStore(Store):
                 held=owner is not None and lease_until >= now,
                 steps_running=running,
                 compensation_failed=comp_failed,
+                steps_succeeded=succeeded,
             )
             await conn.execute(
                 Q["control_update"],

@@ -477,7 +477,7 @@ class SQLiteStore(Store):
             row = conn.execute(Q["control_row"], (execution_id,)).fetchone()
             if row is None:
                 raise ExecutionNotFoundError(execution_id)
-            status, abort, owner, lease_until, running, comp_failed = row
+            status, abort, owner, lease_until, running, comp_failed, succeeded = row
             change = control_change(
                 action,
                 Status(status),
@@ -485,6 +485,7 @@ class SQLiteStore(Store):
                 held=owner is not None and lease_until >= now,
                 steps_running=bool(running),
                 compensation_failed=bool(comp_failed),
+                steps_succeeded=bool(succeeded),
             )
             conn.execute(
                 Q["control_update"],

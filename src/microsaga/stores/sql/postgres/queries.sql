@@ -292,7 +292,9 @@ FROM microsaga_step_runs WHERE execution_id = ANY($1::text[]);
 SELECT status, abort, owner, lease_until,
        EXISTS (SELECT 1 FROM microsaga_step_runs s WHERE s.execution_id = e.id AND s.status = 1),
        EXISTS (SELECT 1 FROM microsaga_step_runs s
-               WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2)
+               WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2),
+       EXISTS (SELECT 1 FROM microsaga_step_runs s
+               WHERE s.execution_id = e.id AND s.phase = 0 AND s.status = 3)
 FROM microsaga_executions e WHERE id = $1
 FOR UPDATE OF e;
 

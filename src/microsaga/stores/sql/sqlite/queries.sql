@@ -82,7 +82,9 @@ FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
 SELECT status, abort, owner, lease_until,
        EXISTS (SELECT 1 FROM step_runs s WHERE s.execution_id = e.id AND s.status = 1),
        EXISTS (SELECT 1 FROM step_runs s
-               WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2)
+               WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2),
+       EXISTS (SELECT 1 FROM step_runs s
+               WHERE s.execution_id = e.id AND s.phase = 0 AND s.status = 3)
 FROM executions e WHERE id = ?;
 
 -- name: control_update
