@@ -88,7 +88,9 @@ class PublishStep(Step):
         return self.topic
 
     def check(self, flow: Flow) -> None:
-        flow.require_broker()
+        problem = flow.require_broker().topic_error(self.topic)
+        if problem is not None:
+            raise DefinitionError(f"step {self.id}: {problem}")
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
         broker = ctx.flow.require_broker()

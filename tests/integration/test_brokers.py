@@ -18,6 +18,7 @@ import pytest
 import microsaga
 from microsaga import (
     CallStep,
+    DefinitionError,
     ExecutionFailedError,
     Message,
     MissingClientError,
@@ -270,8 +271,6 @@ async def test_rabbitmq_unroutable_message_fails_the_step(amqp_url: str) -> None
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("wildcard *", "a wildcard ('*') matches subjects"),
-        ("wildcard >", "a wildcard ('>') matches subjects"),
         ("line break in a header", "header X-Note has a line break or NUL"),
         ("over max_payload", "over the server's max_payload of"),
         ("over the stream's max_msg_size", "the stream refused the message"),
@@ -288,9 +287,7 @@ async def test_nats_publish_that_can_never_be_stored_fails_at_once(
     captured = f"{base}.>"
     await env.prepare(captured)  # a stream that would store every one of them
     topic, body, header = f"{base}.orders", b"{}", {}
-    if case.startswith("wildcard"):
-        topic = f"{base}.{case[-1]}"
-    elif case == "line break in a header":
+    if case == "line break in a header":
         header = {"X-Note": "first line\r\nNats-Msg-Id: forged"}
     elif case == "over max_payload":
         body = b'"' + b"x" * 2_000_000 + b'"'
@@ -311,16 +308,47 @@ async def test_nats_publish_that_can_never_be_stored_fails_at_once(
     assert expected in run_.error
 
 
+@pytest.mark.parametrize("wildcard", ["*", ">"])
+async def test_nats_wildcard_subject_is_refused_before_anything_runs(
+    nats_url: str, wildcard: str
+) -> None:
+    env = NatsEnv(nats_url)
+    await env.start()
+    base = new_topic()
+    captured = f"{base}.>"
+    await env.prepare(captured)  # a stream that would store it
+    topic = f"{base}.{wildcard}"
+    try:
+        async with microsaga.Flow("memory://", broker=nats_url) as flow:
+            wf = await flow.workflow_create("w", PublishStep(topic))
+            with pytest.raises(DefinitionError) as err:
+                await wf.execute({})
+            assert await flow.executions() == []
+        stored = await env.count(captured)
+    finally:
+        await env.close()
+    assert stored == 0
+    assert f"step {topic}: " in str(err.value)
+    assert f"a wildcard ('{wildcard}') matches subjects" in str(err.value)
+
+
 async def test_rabbitmq_routing_key_over_255_bytes_fails_at_once_naming_it(amqp_url: str) -> None:
     topic = "microsaga.test." + "k" * 250
     step = PublishStep(topic, retry=Retry(3, **FAST))
     async with microsaga.Flow("memory://", broker=amqp_url) as flow:
-        info = await run(flow, step)
-    run_ = info.steps[topic]
-    assert (info.status, run_.attempts) == (Status.FAILURE, 1)
-    assert f"cannot publish on '{topic}'" in run_.error
-    assert "RabbitMQ amqp://guest:***@127.0.0.1:5672/" in run_.error
-    assert "a routing key is at most 255 bytes, this one is 265" in run_.error
+        wf = await flow.workflow_create("w", step)
+        with pytest.raises(DefinitionError) as err:  # refused before anything is stored
+            await wf.execute({})
+        assert await flow.executions() == []
+        # a broker asked directly fails the same way, without retry
+        with pytest.raises(StepError) as published:
+            await flow.require_broker().publish(topic, Message({}))
+    assert str(err.value).startswith(f"step {topic}: ")
+    assert f"cannot publish on '{topic}'" in str(published.value)
+    assert "RabbitMQ amqp://guest:***@127.0.0.1:5672/" in str(published.value)
+    for text in (str(err.value), str(published.value)):
+        assert "a routing key is at most 255 bytes, this one is 265" in text
+    assert not published.value.retryable
 
 
 async def test_rabbitmq_header_name_that_amqp_would_cut_fails_at_once(amqp_url: str) -> None:
