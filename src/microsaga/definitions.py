@@ -78,6 +78,44 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
     return workflow_from_dict(data)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:  # json.loads would keep the last one without a word
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _yaml_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base` merges are meant to be overridden
+        key = loader.construct_object(key_node)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: the constructor below says so
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+    return loader.construct_mapping(node)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+
+
 def _parse(text: str, where: str) -> Any:
     """JSON or YAML. A ``.json`` file is JSON; other text that starts with ``{`` is
     read as JSON first, then as YAML (flow-style YAML such as ``{id: x, steps: []}``
@@ -87,13 +125,17 @@ def _parse(text: str, where: str) -> Any:
     json_error: str | None = None
     if json_file or text.lstrip().startswith("{"):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_json_object)
+        except _DuplicateKey as exc:
+            raise DefinitionError(
+                f"{where}: key {exc.args[0]!r} appears twice in one object"
+            ) from None
         except json.JSONDecodeError as exc:
             json_error = f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         if json_file:
             raise DefinitionError(json_error) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         if json_error is not None and not yaml_file:
             raise DefinitionError(json_error) from None  # it looked like JSON

@@ -158,7 +158,13 @@ class ExecutionNotFoundError(MicrosagaError):
 
     def __init__(self, execution_id: str | None = None) -> None:
         self.execution_id = execution_id
-        super().__init__(None if execution_id is None else f"execution not found: {execution_id}")
+        if execution_id is None:
+            message = None
+        elif execution_id and execution_id.isprintable() and execution_id.strip() == execution_id:
+            message = f"execution not found: {execution_id}"
+        else:  # an empty id, or one with spaces or control characters: show it quoted
+            message = f"execution not found: {execution_id!r}"
+        super().__init__(message)
 
 
 class ExecutionFailedError(MicrosagaError):

@@ -208,6 +208,10 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
 
     if "worker" in values and not isinstance(values["worker"], bool):
         raise ConfigurationError("worker", f"must be True or False, not {values['worker']!r}")
+    if "store_retry_for" in values:  # how long commits are retried while the store is away
+        values["store_retry_for"] = _check_number(
+            values["store_retry_for"], "store_retry_for", float
+        )
 
     source: dict[str, str] = {}  # where each number came from, for error messages
     for name, var, kind in (

@@ -33,6 +33,7 @@ from microsaga import ConfigurationError, Flow
             "heartbeat_interval: must be shorter than the lease (MICROSAGA_LEASE_TTL=2.0)",
         ),
         ({}, {"worker": "no"}, "worker: must be True or False"),
+        ({}, {"store_retry_for": -1}, "store_retry_for: must be a positive number"),
     ],
 )
 def test_errors_name_the_setting(

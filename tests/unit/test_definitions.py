@@ -308,3 +308,29 @@ def test_arbitrary_data_gives_a_definition_error_or_a_workflow(data: Any) -> Non
         except DefinitionError as exc:
             assert str(exc)
             assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "id: x\nsteps:\n  - publish: a\n    retry: {max_attempts: 2}\n"
+            "    retry: {max_attempts: 3}\n",
+            "definition: invalid YAML at line 5 column 5: key 'retry' appears twice",
+        ),
+        (
+            '{"id": "x", "steps": [{"publish": "a", "publish": "b"}]}',
+            "definition: key 'publish' appears twice in one object",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused(text: str, message: str) -> None:
+    # JSON and YAML parsers keep the last value without a word: a typo would vanish
+    with pytest.raises(DefinitionError) as err:
+        load_definition(text)
+    assert str(err.value).startswith(message)
+
+
+def test_yaml_merge_keys_may_be_overridden() -> None:
+    text = "id: x\nsteps:\n  - &a {publish: a, timeout: 2}\n  - <<: *a\n    publish: c\n"
+    assert [s["publish"] for s in load_definition(text).to_dict()["steps"]] == ["a", "c"]

@@ -121,6 +121,10 @@ async def test_wait_and_unknown_ids(flow: Flow) -> None:
         await flow.execution("nope")
     with pytest.raises(ExecutionNotFoundError):
         await flow.wait("nope")
+    for odd in ("", " x"):  # an id that would not show in a plain message is quoted
+        with pytest.raises(ExecutionNotFoundError) as err:
+            await flow.execution(odd)
+        assert str(err.value) == f"execution not found: {odd!r}"
 
 
 async def test_definition_round_trip_through_a_flow(flow: Flow) -> None:
