@@ -253,6 +253,31 @@ def test_an_unreachable_service_fails_the_execution(tmp_path: Path) -> None:
     assert "ConnectError" in result.stderr or "connect" in result.stderr.lower()
 
 
+@pytest.mark.parametrize(
+    ("scheme", "url", "named"),
+    [
+        ("nats", "nats://127.0.0.1:{port}", "nats://127.0.0.1:{port}"),
+        ("amqp", "amqp://guest:guest@127.0.0.1:{port}/", "amqp://guest:***@127.0.0.1:{port}/"),
+        ("redis", "redis://127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0"),
+    ],
+)
+def test_a_broker_down_at_start_is_unavailable(
+    tmp_path: Path, scheme: str, url: str, named: str
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "pub.yaml"
+    path.write_text("id: pub\nsteps:\n  - publish: orders.created\n")
+    store = f"sqlite:///{tmp_path / 'pub.db'}"
+    broker = url.format(port=port)
+    result = cli("--store", store, "--broker", broker, "run", str(path), "--input", "{}")
+    line = assert_one_line_error(result, "transport_unavailable", 3)
+    assert named.format(port=port) in line
+    assert "guest:guest" not in line
+    assert result.stdout.strip() == ""  # nothing was started
+
+
 def test_demo_runs_on_its_own(tmp_path: Path) -> None:
     result = cli("demo", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
