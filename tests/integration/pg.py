@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,6 +116,19 @@ async def fresh_database() -> AsyncIterator[str]:
         yield srv.url(name)
     finally:
         await drop_database(srv, name)
+
+
+@asynccontextmanager
+async def empty_store(kind: str, folder: Path) -> AsyncIterator[str]:
+    """The URL of an empty store of ``kind`` (``memory``, ``sqlite`` or ``postgres``):
+    every Flow or store opened on it shares its data; a database is dropped on exit."""
+    if kind == "memory":
+        yield f"memory://test-{uuid.uuid4().hex}"
+    elif kind == "sqlite":
+        yield f"sqlite:///{folder / 'store.db'}"
+    else:
+        async with fresh_database() as url:
+            yield url
 
 
 async def connect(url: str) -> Any:

@@ -20,7 +20,7 @@ from microsaga import Flow, FunctionStep, Status
 from microsaga.worker import machine
 from tests.helpers import eventually
 from tests.integration import pg_steps
-from tests.integration.pg import fresh_database
+from tests.integration.pg import empty_store
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECUTIONS = 20
@@ -34,11 +34,9 @@ pytestmark = [
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        async with fresh_database() as url:
-            yield url
+    """A URL of an empty store; every Flow or store opened on it shares its data."""
+    async with empty_store(request.param, tmp_path) as url:
+        yield url
 
 
 class Worker:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,20 +14,16 @@ from microsaga import Flow, FunctionStep, Message, Status
 from microsaga.stores import open_store
 from microsaga.stores.base import Claim, Store
 from tests.helpers import eventually
-from tests.integration.pg import fresh_database
+from tests.integration.pg import empty_store
 
 STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=STORES)
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "memory":
-        yield f"memory://lease-{uuid.uuid4().hex}"
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        async with fresh_database() as url:
-            yield url
+    """A URL of an empty store; every Flow or store opened on it shares its data."""
+    async with empty_store(request.param, tmp_path) as url:
+        yield url
 
 
 class Clock:

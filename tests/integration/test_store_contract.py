@@ -8,7 +8,6 @@ sagas through :class:`microsaga.Flow` on each store.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from microsaga.stores.base import (
     TransitionResult,
 )
 from tests.helpers import eventually
-from tests.integration.pg import fresh_database
+from tests.integration.pg import empty_store
 
 STORES = [
     "memory",
@@ -52,14 +51,8 @@ EVERY = ("e1", "e2", "e3", "owned", "pending-1", "pending-2")
 @pytest.fixture(params=STORES)
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL of an empty store; every Flow or store opened on it shares its data."""
-    kind = request.param
-    if kind == "memory":
-        yield f"memory://contract-{uuid.uuid4().hex}"
-    elif kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        async with fresh_database() as url:
-            yield url
+    async with empty_store(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from microsaga import Flow, FunctionStep, Message, Status
 from microsaga.stores.base import NewExecution, Store, Transition, TransitionResult
 from tests.helpers import eventually
-from tests.integration.pg import fresh_database
+from tests.integration.pg import empty_store
 
 EXECUTIONS = 200
 STEPS = ("reserve", "charge", "ship", "notify")
@@ -20,11 +20,9 @@ STEPS = ("reserve", "charge", "ship", "notify")
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        async with fresh_database() as url:
-            yield url
+    """A URL of an empty store; every Flow or store opened on it shares its data."""
+    async with empty_store(request.param, tmp_path) as url:
+        yield url
 
 
 class Commits:
