@@ -178,7 +178,9 @@ class Run:
             if decision.start and self._deadline_passed():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
-                await self._abort_for_deadline()
+                await self.abort_for_deadline()
+                if state.abort == NO_ABORT:
+                    raise MicrosagaError(f"execution {self.id}: the deadline abort was refused")
                 continue
             starts = [self._start(sid, FORWARD) for sid in decision.start]
             starts += [self._start(sid, COMPENSATION) for sid in decision.compensate]
@@ -480,16 +482,13 @@ class Run:
             and self._clock() >= self.deadline_at
         )
 
-    async def _abort_for_deadline(self) -> None:
+    async def abort_for_deadline(self) -> None:
+        """Request the abort a passed deadline means (from its timer, or from the loop
+        when the timer has not fired yet); the request reaches this run's state."""
         try:
             await self.flow._request(self.id, "abort", reason="deadline exceeded")
         except InvalidTransitionError:
-            pass
-        found = await self.flow.store.get_status(self.id)
-        if found is not None:
-            self.control(*found)
-        if self.state.abort == NO_ABORT:
-            raise MicrosagaError(f"execution {self.id}: the deadline abort was not recorded")
+            pass  # finished, or aborted already
 
     def _arm_deadline(self) -> None:
         if self.deadline_at is None:

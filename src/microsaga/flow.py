@@ -414,9 +414,12 @@ class Flow:
             else:
                 run = worker.runs.get(eid)
         if not created:  # the id exists: this call behaves as the one that started it
-            found = await self.store.get_status(eid)
-            if found is not None:
-                wf._status = found[0]
+            if run is not None:
+                wf._status = run.state.status
+            else:
+                found = await self.store.get_status(eid)
+                if found is not None:
+                    wf._status = found[0]
         if async_:
             return eid
         outcome = await self._outcome(eid, run)

@@ -121,7 +121,7 @@ class Metadata(Mapping[str, str]):
 
     def set(self, key: str, value: str) -> None:
         """Replace every value of ``key`` with ``value``."""
-        if type(value) is not str and not isinstance(value, str):
+        if not isinstance(value, str):
             raise _bad_value(key, value)
         low = key.lower()
         self._values[low] = (value,)
@@ -129,7 +129,7 @@ class Metadata(Mapping[str, str]):
 
     def add(self, key: str, value: str) -> None:
         """Append ``value`` to the values of ``key``."""
-        if type(value) is not str and not isinstance(value, str):
+        if not isinstance(value, str):
             raise _bad_value(key, value)
         low = key.lower()
         values = self._values.get(low)

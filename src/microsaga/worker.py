@@ -33,7 +33,7 @@ from ._engine.records import COMPENSATION, FORWARD, StepRecord
 from ._engine.saga import ExecState
 from ._groupcommit import Committer
 from ._run import Run
-from .errors import InvalidTransitionError, MicrosagaError
+from .errors import MicrosagaError
 from .status import Status
 from .stores.base import Claim, StoredExecution
 
@@ -228,9 +228,7 @@ class Worker:
     def deadline_passed(self, run: Run) -> None:
         async def abort() -> None:
             try:
-                await self.flow._request(run.id, "abort", reason="deadline exceeded")
-            except InvalidTransitionError:
-                pass
+                await run.abort_for_deadline()
             except MicrosagaError as exc:
                 log.warning("execution %s: deadline abort failed: %s", run.id, exc)
 
