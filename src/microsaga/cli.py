@@ -76,13 +76,9 @@ _OPTIONS = {
 def _named_for_the_cli(exc: ConfigurationError, given: dict[str, Any]) -> ConfigurationError:
     """The error naming the option or variable the user set, not the API's argument."""
     name = exc.setting or ""
-    if name in ("store", "services", "broker"):  # an option, else the environment's
-        if given.get(name) is not None:
-            return ConfigurationError(f"--{name}", exc.reason)
-        variable = f"MICROSAGA_{name.upper()}"
-        if os.environ.get(variable, "").strip():
-            return ConfigurationError(variable, exc.reason)
-        return exc
+    # a value from the environment is named MICROSAGA_* by the Flow already
+    if name in ("store", "services", "broker") and given.get(name) is not None:
+        return ConfigurationError(f"--{name}", exc.reason)
     if name in _OPTIONS:
         return ConfigurationError(_OPTIONS[name], exc.reason)
     return exc
@@ -326,16 +322,13 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     It serves its own two services, so --services does not apply to it."""
     from ._progress import progress_console
     from .demo import run_demo
-    from .settings import STORE_SCHEMES, check_url
 
-    # the usual settings, but its own file when none is given: the demo should not
-    # write into the default store of your own workflows
-    store: str = demo_store or ctx.obj["store"] or DEMO_STORE
-    setting = "--store"
-    if not (demo_store or ctx.obj["store"]) and os.environ.get("MICROSAGA_STORE", "").strip():
-        store, setting = os.environ["MICROSAGA_STORE"].strip(), "MICROSAGA_STORE"
-    check_url(store, setting, STORE_SCHEMES)
-    ctx.find_root().obj["store"] = demo_store or ctx.obj["store"]  # for error messages
+    store = demo_store or ctx.obj["store"]
+    ctx.find_root().obj["store"] = store  # its errors name --store
+    if store is None and not os.environ.get("MICROSAGA_STORE", "").strip():
+        # its own file when no store is set: the demo should not write into the
+        # default store of your own workflows
+        store = DEMO_STORE
     _run_async(lambda: run_demo(store, progress_console()))
 
 

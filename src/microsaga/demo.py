@@ -113,8 +113,11 @@ async def _running_services(calls: list[str]) -> AsyncIterator[dict[str, str]]:
         yield {"inventory": inventory_url, "payments": payments_url}
 
 
-async def run_demo(store: str, console: Console) -> int:
-    """Run the demo; 0 when both orders ended as they should."""
+async def run_demo(store: str | None, console: Console) -> int:
+    """Run the demo on ``store`` (None: ``MICROSAGA_STORE``); 0 when both orders
+    ended as they should."""
+    flow = Flow(store)  # the setting is checked, and named in errors, as it came
+    shown = redact_url(str(flow.options.store))
     try:
         import uvicorn  # noqa: F401  - the participants need it
     except ImportError:
@@ -123,13 +126,13 @@ async def run_demo(store: str, console: Console) -> int:
         )
         return 2
     calls: list[str] = []
-    shown = redact_url(store)
     async with _running_services(calls) as services:
         console.print(Text.assemble(("microsaga demo", "bold"), f": the order saga on {shown}"))
         for name, url in services.items():
             console.print(Text(f"  service {name:<10} {url}"))
         console.print()
-        async with Flow(store, services=services) as flow:
+        flow.init(services=services)
+        async with flow:
             wf = await flow.workflow_create("order", *order_steps())
             await flow.workflow_save(wf)
             order = [s.id for level in wf.steps() for s in level]
