@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.acceptance.procs import ROOT, cli
 from tests.acceptance.steps import DECLINED
+from tests.helpers import free_port
 
 ORDER = str(ROOT / "tests" / "acceptance" / "order.yaml")
 
@@ -239,9 +239,7 @@ def test_unwritable_store_path(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_service_fails_the_execution(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     path = tmp_path / "rpc.yaml"
     path.write_text(
         f"id: rpc\nservices: {{inventory: 'http://127.0.0.1:{port}'}}\n"
@@ -264,9 +262,7 @@ def test_an_unreachable_service_fails_the_execution(tmp_path: Path) -> None:
 def test_a_broker_down_at_start_is_unavailable(
     tmp_path: Path, scheme: str, url: str, named: str
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     path = tmp_path / "pub.yaml"
     path.write_text("id: pub\nsteps:\n  - publish: orders.created\n")
     store = f"sqlite:///{tmp_path / 'pub.db'}"

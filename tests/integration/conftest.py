@@ -60,14 +60,6 @@ def unique() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def free_port() -> int:
-    """A loopback port with nothing listening (closed right after it is found)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Any], Awaitable[str]]]:
     """``url = await serve(app)`` runs an ASGI app under uvicorn on a free port."""

@@ -32,8 +32,8 @@ from microsaga.participant import Participant
 from microsaga.transports import Broker, open_broker
 from microsaga.transports.base import CORRELATION_HEADER, REPLY_TO_HEADER
 
-from ..helpers import eventually
-from .conftest import free_port, with_port
+from ..helpers import eventually, free_port
+from .conftest import with_port
 
 FAST = {"initial_interval": 0.05, "jitter": False}
 KINDS = ["nats", "rabbitmq", "redis"]

@@ -25,7 +25,7 @@ from microsaga import (
 )
 from microsaga.transports.http import HttpClient
 
-from .conftest import free_port
+from ..helpers import free_port
 
 FAST = {"initial_interval": 0.01, "jitter": False}
 
