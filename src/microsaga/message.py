@@ -57,7 +57,7 @@ class Metadata(Mapping[str, str]):
     than what was meant (``b"x"`` is not ``"b'x'"``).
     """
 
-    __slots__ = ("_names", "_values")
+    __slots__ = ("_names", "_shared", "_values")
 
     def __init__(
         self, mapping: Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]] | None = None
@@ -66,11 +66,14 @@ class Metadata(Mapping[str, str]):
         # tuples of strings are not tracked by the garbage collector
         self._values: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, str] = {}
+        # copy on write: True while the tables may be shared with another Metadata or
+        # a store's row; the first change then copies them (see _own)
+        self._shared = False
         if mapping is None:
             return
         if isinstance(mapping, Metadata):
-            self._values = mapping._values.copy()
-            self._names = mapping._names.copy()
+            self._values, self._names = mapping._values, mapping._names
+            self._shared = mapping._shared = True
             return
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
         for key, value in items:
@@ -95,6 +98,8 @@ class Metadata(Mapping[str, str]):
         return isinstance(key, str) and key.lower() in self._values
 
     def __delitem__(self, key: str) -> None:
+        if self._shared:
+            self._own()
         low = key.lower()
         del self._values[low]
         del self._names[low]
@@ -123,6 +128,8 @@ class Metadata(Mapping[str, str]):
         """Replace every value of ``key`` with ``value``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
+        if self._shared:
+            self._own()
         low = key.lower()
         self._values[low] = (value,)
         self._names.setdefault(low, key)
@@ -131,6 +138,8 @@ class Metadata(Mapping[str, str]):
         """Append ``value`` to the values of ``key``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
+        if self._shared:
+            self._own()
         low = key.lower()
         values = self._values.get(low)
         if values is None:
@@ -139,21 +148,29 @@ class Metadata(Mapping[str, str]):
         else:
             self._values[low] = (*values, value)
 
+    def _own(self) -> None:
+        """Take private copies of shared tables before changing them."""
+        self._values, self._names = self._values.copy(), self._names.copy()
+        self._shared = False
+
     def parts(self) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-        """Copies of the internal tables (for stores that keep headers compactly)."""
-        return self._names.copy(), self._values.copy()
+        """The internal tables, for stores that keep headers compactly. They are
+        shared, not copied: this Metadata copies them before its next change, and
+        the caller must not change them."""
+        self._shared = True
+        return self._names, self._values
 
     @classmethod
     def from_parts(cls, names: dict[str, str], values: dict[str, tuple[str, ...]]) -> Metadata:
-        """The inverse of :meth:`parts`."""
+        """The inverse of :meth:`parts` (the tables stay shared)."""
         new = cls.__new__(cls)
-        new._names, new._values = names.copy(), values.copy()
+        new._names, new._values, new._shared = names, values, True
         return new
 
     def copy(self) -> Metadata:
         new = Metadata.__new__(Metadata)
-        new._values = self._values.copy()
-        new._names = self._names.copy()
+        new._values, new._names = self._values, self._names
+        new._shared = self._shared = True
         return new
 
     def with_values(self, values: Mapping[str, str]) -> Metadata:
@@ -162,6 +179,7 @@ class Metadata(Mapping[str, str]):
         new = Metadata.__new__(Metadata)
         new._values = own = self._values.copy()
         new._names = names = self._names.copy()
+        new._shared = False
         for key, value in values.items():
             low = key.lower()
             own[low] = (value,)

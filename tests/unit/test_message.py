@@ -37,6 +37,28 @@ class TestMetadata:
         assert other.getall("a") == ["1", "2"]
         assert md == {"A": "1"}
 
+    def test_copies_stay_independent_both_ways_and_through_every_change(self) -> None:
+        # copies share their tables until one of them changes (copy on write)
+        md = Metadata({"a": "1", "b": "2"})
+        copy, built = md.copy(), Metadata(md)
+        md.set("a", "x")
+        del md["b"]
+        assert copy.to_dict() == {"a": ["1"], "b": ["2"]}
+        assert built.to_dict() == {"a": ["1"], "b": ["2"]}
+        built.add("c", "3")
+        assert copy.to_dict() == {"a": ["1"], "b": ["2"]}
+        assert md.to_dict() == {"a": ["x"]}
+
+    def test_tables_handed_out_by_parts_do_not_change_with_the_header(self) -> None:
+        md = Metadata({"a": "1"})
+        names, values = md.parts()
+        again = Metadata.from_parts(names, values)
+        md.add("a", "2")
+        again.set("b", "3")
+        assert (names, values) == ({"a": "a"}, {"a": ("1",)})
+        assert md.getall("a") == ["1", "2"]
+        assert again.to_dict() == {"a": ["1"], "b": ["3"]}
+
     def test_to_dict(self) -> None:
         md = Metadata([("A", "1"), ("a", "2"), ("B", "3")])
         assert md.to_dict() == {"A": ["1", "2"], "B": ["3"]}
