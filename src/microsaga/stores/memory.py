@@ -38,22 +38,35 @@ __all__ = ["MemoryStore"]
 _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 
 
-# Rows keep only atomic values in tuples, so that the garbage collector can stop
-# tracking them: a test (or a benchmark) that keeps many executions in memory would
-# otherwise pay for every stored object at each full collection.
-_Packed = tuple[bytes, dict[str, str], dict[str, tuple[str, ...]]]
+# Rows keep only atomic values in tuples (strings, numbers, bytes and tuples of them),
+# so that the garbage collector stops tracking them: a test (or a benchmark) that keeps
+# many executions in memory would otherwise pay for every stored object at each full
+# collection. A dict inside a tuple keeps the tuple tracked for ever (CPython counts
+# any dict as maybe tracked), so a header is a tuple of (key, spelling, values).
+_PackedHeader = tuple[tuple[str, str, tuple[str, ...]], ...]
+_Packed = tuple[bytes, _PackedHeader]
+
+
+def _pack_header(header: Metadata) -> _PackedHeader:
+    names, values = header.parts()
+    if not values:
+        return ()
+    return tuple([(low, names[low], v) for low, v in values.items()])
 
 
 def _pack(msg: Message | None) -> _Packed | None:
     if msg is None:
         return None
-    return (msg.body, *msg.header.parts())
+    return (msg.body, _pack_header(msg.header))
 
 
 def _unpack(packed: _Packed | None) -> Message | None:
     if packed is None:
         return None
-    return Message(packed[0], Metadata.from_parts(packed[1], packed[2]))
+    body, header = packed
+    names = {low: name for low, name, _ in header}
+    values = {low: v for low, _, v in header}
+    return Message(body, Metadata.from_parts(names, values))
 
 
 _PackedRecord = tuple[
@@ -199,7 +212,7 @@ class MemoryStore(Store):
             workflow_id=new.workflow_id,
             version=new.version,
             definition_hash=new.definition_hash,
-            request=(new.request.body, *new.request.header.parts()),
+            request=(new.request.body, _pack_header(new.request.header)),
             start_step=new.start_step,
             reverse=new.reverse,
             step_timeout=new.step_timeout,
