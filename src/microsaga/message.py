@@ -34,6 +34,10 @@ def decode_json_body(body: bytes) -> Any:
         return body.decode("utf-8", errors="replace")
 
 
+Frozen = tuple[tuple[str, str, tuple[str, ...]], ...]
+"""A header as :meth:`Metadata.frozen` gives it."""
+
+
 def _bad_value(key: Any, value: Any) -> TypeError:
     if isinstance(value, list | tuple):
         value = next(v for v in value if not isinstance(v, str))
@@ -57,7 +61,7 @@ class Metadata(Mapping[str, str]):
     than what was meant (``b"x"`` is not ``"b'x'"``).
     """
 
-    __slots__ = ("_names", "_shared", "_values")
+    __slots__ = ("_frozen", "_names", "_shared", "_values")
 
     def __init__(
         self, mapping: Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]] | None = None
@@ -66,14 +70,16 @@ class Metadata(Mapping[str, str]):
         # tuples of strings are not tracked by the garbage collector
         self._values: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, str] = {}
-        # copy on write: True while the tables may be shared with another Metadata or
-        # a store's row; the first change then copies them (see _own)
+        # copy on write: True while the tables may be shared with a copy; the first
+        # change then copies them (see _own)
         self._shared = False
+        self._frozen: Frozen | None = None  # see frozen()
         if mapping is None:
             return
         if isinstance(mapping, Metadata):
             self._values, self._names = mapping._values, mapping._names
             self._shared = mapping._shared = True
+            self._frozen = mapping._frozen
             return
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
         for key, value in items:
@@ -98,8 +104,7 @@ class Metadata(Mapping[str, str]):
         return isinstance(key, str) and key.lower() in self._values
 
     def __delitem__(self, key: str) -> None:
-        if self._shared:
-            self._own()
+        self._own()
         low = key.lower()
         del self._values[low]
         del self._names[low]
@@ -128,8 +133,7 @@ class Metadata(Mapping[str, str]):
         """Replace every value of ``key`` with ``value``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
-        if self._shared:
-            self._own()
+        self._own()
         low = key.lower()
         self._values[low] = (value,)
         self._names.setdefault(low, key)
@@ -138,8 +142,7 @@ class Metadata(Mapping[str, str]):
         """Append ``value`` to the values of ``key``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
-        if self._shared:
-            self._own()
+        self._own()
         low = key.lower()
         values = self._values.get(low)
         if values is None:
@@ -149,28 +152,36 @@ class Metadata(Mapping[str, str]):
             self._values[low] = (*values, value)
 
     def _own(self) -> None:
-        """Take private copies of shared tables before changing them."""
-        self._values, self._names = self._values.copy(), self._names.copy()
-        self._shared = False
+        """Before a change: private copies of shared tables, and no frozen form."""
+        if self._shared:
+            self._values, self._names = self._values.copy(), self._names.copy()
+            self._shared = False
+        self._frozen = None
 
-    def parts(self) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-        """The internal tables, for stores that keep headers compactly. They are
-        shared, not copied: this Metadata copies them before its next change, and
-        the caller must not change them."""
-        self._shared = True
-        return self._names, self._values
+    def frozen(self) -> Frozen:
+        """The header as tuples of strings, ``((key, spelling, values), ...)``, kept
+        until the next change: a form the garbage collector stops tracking, for a
+        store that keeps many headers (a dict inside a tuple would stay tracked)."""
+        found = self._frozen
+        if found is None:
+            names = self._names
+            found = self._frozen = tuple([(low, names[low], v) for low, v in self._values.items()])
+        return found
 
     @classmethod
-    def from_parts(cls, names: dict[str, str], values: dict[str, tuple[str, ...]]) -> Metadata:
-        """The inverse of :meth:`parts` (the tables stay shared)."""
+    def from_frozen(cls, frozen: Frozen) -> Metadata:
+        """The inverse of :meth:`frozen`."""
         new = cls.__new__(cls)
-        new._names, new._values, new._shared = names, values, True
+        new._names = {low: name for low, name, _ in frozen}
+        new._values = {low: values for low, _, values in frozen}
+        new._shared, new._frozen = False, frozen
         return new
 
     def copy(self) -> Metadata:
         new = Metadata.__new__(Metadata)
         new._values, new._names = self._values, self._names
         new._shared = self._shared = True
+        new._frozen = self._frozen
         return new
 
     def with_values(self, values: Mapping[str, str]) -> Metadata:
@@ -179,7 +190,7 @@ class Metadata(Mapping[str, str]):
         new = Metadata.__new__(Metadata)
         new._values = own = self._values.copy()
         new._names = names = self._names.copy()
-        new._shared = False
+        new._shared, new._frozen = False, None
         for key, value in values.items():
             low = key.lower()
             own[low] = (value,)

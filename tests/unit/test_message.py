@@ -49,15 +49,21 @@ class TestMetadata:
         assert copy.to_dict() == {"a": ["1"], "b": ["2"]}
         assert md.to_dict() == {"a": ["x"]}
 
-    def test_tables_handed_out_by_parts_do_not_change_with_the_header(self) -> None:
-        md = Metadata({"a": "1"})
-        names, values = md.parts()
-        again = Metadata.from_parts(names, values)
-        md.add("a", "2")
-        again.set("b", "3")
-        assert (names, values) == ({"a": "a"}, {"a": ("1",)})
-        assert md.getall("a") == ["1", "2"]
-        assert again.to_dict() == {"a": ["1"], "b": ["3"]}
+    def test_frozen_form_follows_every_change_and_reads_back(self) -> None:
+        md = Metadata([("X-Tag", "1"), ("x-tag", "2")])
+        frozen = md.frozen()
+        assert frozen == (("x-tag", "X-Tag", ("1", "2")),)
+        again = Metadata.from_frozen(frozen)
+        assert again == md
+        assert list(again) == ["X-Tag"]
+        copy = md.copy()
+        md.add("B", "3")
+        assert md.frozen() == (("x-tag", "X-Tag", ("1", "2")), ("b", "B", ("3",)))
+        assert copy.frozen() == frozen
+        again.set("x-tag", "z")
+        assert again.frozen() == (("x-tag", "X-Tag", ("z",)),)
+        del md["x-tag"]
+        assert md.frozen() == (("b", "B", ("3",)),)
 
     def test_to_dict(self) -> None:
         md = Metadata([("A", "1"), ("a", "2"), ("B", "3")])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError
 from ..execution import Execution
-from ..message import Message, Metadata
+from ..message import Frozen, Message, Metadata
 from ..status import Status
 from ._rows import build_execution
 from .base import (
@@ -42,31 +42,20 @@ _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDiction
 # so that the garbage collector stops tracking them: a test (or a benchmark) that keeps
 # many executions in memory would otherwise pay for every stored object at each full
 # collection. A dict inside a tuple keeps the tuple tracked for ever (CPython counts
-# any dict as maybe tracked), so a header is a tuple of (key, spelling, values).
-_PackedHeader = tuple[tuple[str, str, tuple[str, ...]], ...]
-_Packed = tuple[bytes, _PackedHeader]
-
-
-def _pack_header(header: Metadata) -> _PackedHeader:
-    names, values = header.parts()
-    if not values:
-        return ()
-    return tuple([(low, names[low], v) for low, v in values.items()])
+# any dict as maybe tracked), so a header is kept as Metadata.frozen() gives it.
+_Packed = tuple[bytes, Frozen]
 
 
 def _pack(msg: Message | None) -> _Packed | None:
     if msg is None:
         return None
-    return (msg.body, _pack_header(msg.header))
+    return (msg.body, msg.header.frozen())
 
 
 def _unpack(packed: _Packed | None) -> Message | None:
     if packed is None:
         return None
-    body, header = packed
-    names = {low: name for low, name, _ in header}
-    values = {low: v for low, _, v in header}
-    return Message(body, Metadata.from_parts(names, values))
+    return Message(packed[0], Metadata.from_frozen(packed[1]))
 
 
 _PackedRecord = tuple[
@@ -212,7 +201,7 @@ class MemoryStore(Store):
             workflow_id=new.workflow_id,
             version=new.version,
             definition_hash=new.definition_hash,
-            request=(new.request.body, _pack_header(new.request.header)),
+            request=(new.request.body, new.request.header.frozen()),
             start_step=new.start_step,
             reverse=new.reverse,
             step_timeout=new.step_timeout,
