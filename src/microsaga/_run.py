@@ -94,7 +94,8 @@ class Run:
         self._base = data.base_header(request, workflow_id, execution_id)
         self._done: list[StepRecord] = []
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
+        # made when first needed: a chain of inline steps never waits on them
+        self._wake_event: asyncio.Event | None = None
         self._records: list[StepRecord] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._prev: dict[tuple[str, int], StepRecord | None] = {}
@@ -102,7 +103,7 @@ class Run:
         self.releasing = False
         self._inline = False
         self._main: asyncio.Task[None] | None = None
-        self._interrupt = asyncio.Event()
+        self._interrupt: asyncio.Event | None = None
         self.outcome: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
 
     # called by the worker --------------------------------------------------------
@@ -113,8 +114,9 @@ class Run:
         self.state.abort = max(self.state.abort, abort)
         self._set_status(status)
         self._wake.set()
-        self._interrupt.set()
-        self._interrupt = asyncio.Event()
+        if self._interrupt is not None:
+            self._interrupt.set()  # wakes a backoff; the next wait gets a new event
+            self._interrupt = None
 
     def lose(self) -> None:
         """The lease was taken over: stop without writing anything more."""
@@ -126,6 +128,12 @@ class Run:
         if not self.outcome.done():
             self.outcome.set_result(None)
         self._wake.set()
+
+    @property
+    def _wake(self) -> asyncio.Event:
+        if self._wake_event is None:
+            self._wake_event = asyncio.Event()
+        return self._wake_event
 
     # the loop ----------------------------------------------------------------------
 
@@ -408,6 +416,8 @@ class Run:
             left = until - loop.time()
             if left <= 0:
                 return True
+            if self._interrupt is None:
+                self._interrupt = asyncio.Event()
             if not await wait_event(self._interrupt, left):
                 return True
         return False

@@ -16,7 +16,6 @@ from typing import Any
 
 from . import _faults
 from ._aio import wait_event
-from ._engine.records import FORWARD, StepRecord
 from ._engine.saga import ExecState
 from ._run import Outcome, Run
 from .definitions import workflow_from_dict
@@ -387,8 +386,7 @@ class Flow:
         created = False  # when the id is running here already
         if run is None:
             if runs_here:
-                steps = {sid: StepRecord(sid, FORWARD, Status.PENDING) for sid in graph.order}
-                state = ExecState(Status.RUNNING, steps=steps)
+                state = ExecState(Status.RUNNING, steps=graph.fresh_steps())
                 run = Run(
                     worker,
                     plan,

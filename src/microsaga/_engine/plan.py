@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import StepNotExistsError
+from ..status import Status
 from ..step import Retry
 from . import dag
+from .records import FORWARD, StepRecord
 
 if TYPE_CHECKING:
     from ..step import Step
@@ -47,6 +49,13 @@ class RunGraph:
     dependents: dict[str, tuple[str, ...]]
     inputs: dict[str, tuple[str, ...]]
     leaves: tuple[str, ...]
+    pending: dict[str, StepRecord]  # a new run's records: copy the dict, share these
+
+    def fresh_steps(self) -> dict[str, StepRecord]:
+        """The records of a run that has not started: every step PENDING. The engine
+        replaces a PENDING record when the step starts and never changes it, so runs
+        share them."""
+        return self.pending.copy()
 
 
 @dataclass(slots=True)
@@ -104,4 +113,5 @@ class Plan:
         dependents = dag.dependents_of(requires)
         order = tuple(dag.topological(requires))
         leaves = tuple(s for s in order if not dependents[s])
-        return RunGraph(order, requires, dependents, inputs, leaves)
+        pending = {s: StepRecord(s, FORWARD, Status.PENDING) for s in order}
+        return RunGraph(order, requires, dependents, inputs, leaves, pending)
