@@ -1,0 +1,131 @@
+"""What the engine costs per execution on the memory store, beside plain asyncio.
+
+    python benchmarks/engine_cost.py                  # both measures, about a minute
+    python benchmarks/engine_cost.py --only gc        # the garbage collector's share
+
+``instructions``: ``valgrind --tool=callgrind`` counts the instructions of two runs of
+the order saga (workload (a) of ``run.py``) with different counts and divides the
+difference by the difference of the counts, for microsaga on ``memory://`` and for
+plain asyncio calling the same four functions. Counted instructions do not depend on
+what else the machine is doing, unlike seconds: the ratio is repeatable on a busy host.
+
+``gc``: the share of wall time spent in the garbage collector's collections (timed with
+``gc.callbacks``) while a memory store fills with order sagas, and how many objects
+the collector tracks per stored execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import microsaga_bench as b  # noqa: E402
+import workloads as w  # noqa: E402
+
+from microsaga import Flow  # noqa: E402
+
+
+async def _order_sagas(store: str, n: int) -> None:
+    if store == "asyncio":
+        await b.plain_asyncio(50, 64)
+        await b.plain_asyncio(n, 64)
+        return
+    async with Flow(store, concurrency=256) as flow:
+        order = await flow.workflow_create("order", *b.order_steps())
+        for i in range(50):
+            await order.execute(w.order(i))
+        await b.in_flight(n, 64, lambda i: order.execute(w.order(i)))
+
+
+def _instructions(store: str, n: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, __file__, "--child", store, str(n)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise SystemExit(f"callgrind printed no total:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_execution(store: str, small: int, large: int) -> float:
+    return (_instructions(store, large) - _instructions(store, small)) / (large - small)
+
+
+def _settle() -> None:
+    for _ in range(6):  # nested tuples are untracked one level per collection
+        gc.collect()
+
+
+async def gc_share(rounds: int, n: int) -> dict[str, float]:
+    spent = [0.0]
+    started = [0.0]
+
+    def timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - started[0]
+
+    async with Flow("memory://", concurrency=256) as flow:
+        order = await flow.workflow_create("order", *b.order_steps())
+        await b.in_flight(n, 64, lambda i: order.execute(w.order(i)))
+        _settle()
+        before = len(gc.get_objects())
+        gc.callbacks.append(timer)
+        wall = 0.0
+        try:
+            for _ in range(rounds):
+                wall += await b.in_flight(n, 64, lambda i: order.execute(w.order(i)))
+        finally:
+            gc.callbacks.remove(timer)
+        _settle()
+        tracked = (len(gc.get_objects()) - before) / (rounds * n)
+    return {
+        "executions": rounds * n,
+        "order_saga_per_s": rounds * n / wall,
+        "gc_share_of_wall_time": spent[0] / wall,
+        "tracked_objects_per_stored_execution": tracked,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["instructions", "gc"])
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(_order_sagas(args.child[0], int(args.child[1])))
+        return
+    result: dict[str, Any] = {}
+    if args.only in (None, "instructions"):
+        if shutil.which("valgrind") is None:
+            print("instructions: valgrind is not installed, skipped", file=sys.stderr)
+        else:
+            ours = per_execution("memory://", 200, 1200)
+            floor = per_execution("asyncio", 1000, 6000)
+            result["instructions"] = {
+                "memory_per_execution": round(ours),
+                "asyncio_per_execution": round(floor),
+                "ratio_asyncio_over_memory": round(floor / ours, 3),
+            }
+    if args.only in (None, "gc"):
+        result["gc"] = asyncio.run(gc_share(5, 2000))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
