@@ -18,6 +18,10 @@ Unit = NewExecution | Transition
 Result = bool | TransitionResult
 
 
+def _execution_id(unit: Unit) -> str:
+    return unit.id if isinstance(unit, NewExecution) else unit.execution_id
+
+
 class Committer:
     """Feeds a store's ``commit`` with batches; retries while the store is away.
 
@@ -52,16 +56,37 @@ class Committer:
         # a store that takes several commits at once (PostgreSQL) gets the next batch
         # while one is in flight, rather than after it
         if self._drains == self._committing and self._drains < store.commit_concurrency:
-            self._drains += 1
-            task = asyncio.get_running_loop().create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_drain()
         return await fut
+
+    def _start_drain(self) -> None:
+        self._drains += 1
+        task = asyncio.get_running_loop().create_task(self._drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[tuple[Unit, asyncio.Future[Result]]]:
+        """The next batch: the whole queue, or for a store with ``max_batch`` that
+        many units and every other queued unit of their executions, in order (the
+        units of one execution are applied one after another, in one batch)."""
+        queue, cap = self._queue, self.store.max_batch
+        if cap is None or len(queue) <= cap:
+            self._queue = []
+            return queue
+        batch = queue[:cap]
+        ids = {_execution_id(unit) for unit, _ in batch}
+        rest: list[tuple[Unit, asyncio.Future[Result]]] = []
+        for item in queue[cap:]:
+            (batch if _execution_id(item[0]) in ids else rest).append(item)
+        self._queue = rest
+        return batch
 
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                batch = self._take()
+                if self._queue and self._drains < self.store.commit_concurrency:
+                    self._start_drain()  # the rest goes beside this batch, not after it
                 self._committing += 1
                 try:
                     results = await self._commit([unit for unit, _ in batch])
