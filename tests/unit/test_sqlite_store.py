@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from microsaga import ConfigurationError, Flow, FunctionStep, Message, Status
-from microsaga.stores.sqlite import SQLiteStore
+from microsaga.stores.sqlite import Q, SQLiteStore
 
 
 async def test_a_database_locked_by_another_process_does_not_block_the_loop(
@@ -66,3 +66,26 @@ def test_unknown_url_options_are_refused_naming_the_known_ones(tmp_path: Path, q
     with pytest.raises(ConfigurationError) as wrong:
         SQLiteStore(f"sqlite:///{tmp_path / 'x.db'}{query}")
     assert f"unknown option {name!r}; known: inline_commit, synchronous" in str(wrong.value)
+
+
+async def test_a_transition_writing_only_step_records_rewrites_no_index(tmp_path: Path) -> None:
+    # SQLite rewrites the entries of every index whose column an UPDATE sets, even to
+    # the value it had: most transitions (a response and the next start) set none
+    path = tmp_path / "plan.db"
+    async with Flow(f"sqlite:///{path}"):
+        pass  # the schema
+    conn = sqlite3.connect(path)
+
+    def index_writes(sql: str) -> int:
+        ops = [row[1] for row in conn.execute("EXPLAIN " + sql, dict.fromkeys(_PARAMS))]
+        return sum(op in ("IdxInsert", "IdxDelete") for op in ops)
+
+    assert index_writes(Q["transition_records"]) == 0
+    assert index_writes(Q["transition"]) > 0  # the statement that ends or releases
+    conn.close()
+
+
+_PARAMS = (
+    "id", "token", "at", "expect", "status", "has_response", "response_body",
+    "response_header", "error", "release",
+)  # fmt: skip

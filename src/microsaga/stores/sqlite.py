@@ -73,6 +73,26 @@ def _path_of(url: str) -> str:
     return path
 
 
+def _transition_statement(unit: Transition) -> tuple[str, dict[str, Any]]:
+    """The UPDATE of an execution's row for ``unit``, with its parameters."""
+    params: dict[str, Any] = {
+        "id": unit.execution_id,
+        "token": unit.token,
+        "at": unit.at,
+        "expect": int(unit.expect),
+    }
+    resp = unit.response
+    if unit.status is None and resp is None and unit.error is None and not unit.release:
+        return Q["transition_records"], params  # sets no indexed column
+    params["status"] = None if unit.status is None else int(unit.status)
+    params["has_response"] = resp is not None
+    params["response_body"] = resp.body if resp is not None else None
+    params["response_header"] = encode_header(resp.header) if resp is not None else None
+    params["error"] = unit.error
+    params["release"] = unit.release
+    return Q["transition"], params
+
+
 class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
@@ -324,22 +344,7 @@ class SQLiteStore(Store):
             if isinstance(unit, NewExecution):
                 results.append(self._create(conn, unit, rows))
                 continue
-            resp = unit.response
-            found = conn.execute(
-                Q["transition"],
-                {
-                    "id": unit.execution_id,
-                    "token": unit.token,
-                    "at": unit.at,
-                    "expect": int(unit.expect),
-                    "status": None if unit.status is None else int(unit.status),
-                    "has_response": resp is not None,
-                    "response_body": resp.body if resp is not None else None,
-                    "response_header": encode_header(resp.header) if resp is not None else None,
-                    "error": unit.error,
-                    "release": unit.release,
-                },
-            ).fetchone()
+            found = conn.execute(*_transition_statement(unit)).fetchone()
             if found is None:  # fenced: another worker holds the lease now
                 now = conn.execute(Q["get_status"], (unit.execution_id,)).fetchone()
                 status = Status(now[0]) if now is not None else Status.PENDING
