@@ -92,6 +92,31 @@ async def test_a_setting_the_server_refuses_is_a_configuration_error(
     assert "\n" not in message
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        ("role", 'role "no_such_role" does not exist'),
+        ("database", 'database "no_such_database" does not exist'),
+    ],
+)
+async def test_a_role_or_database_the_server_does_not_know_is_a_configuration_error(
+    where: str, words: str
+) -> None:
+    srv = await pg.server()
+    if where == "role":
+        bad = f"postgresql://no_such_role:s3cret@{pg.HOST}:{pg.PORT}/postgres"
+    else:
+        bad = srv.url("no_such_database")
+    store = open_store(bad)
+    with pytest.raises(ConfigurationError) as wrong:
+        await store.open()
+    message = str(wrong.value)
+    assert message.startswith(f"store: {redact_url(bad)}: "), message
+    assert words in message
+    assert "s3cret" not in message
+
+
 @pytest.mark.parametrize(
     "url",
     [

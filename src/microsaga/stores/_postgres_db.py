@@ -56,6 +56,12 @@ _BAD_SETTING = (
     asyncpg.exceptions.CantChangeRuntimeParamError,  # 55P02 cannot be changed now
     asyncpg.exceptions.InsufficientPrivilegeError,  # 42501 permission denied to set it
 )
+# the server says the URL's role, password or database is wrong: no retry mends that
+_BAD_LOGIN = (
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # 28000 no such role
+    asyncpg.exceptions.InvalidPasswordError,  # 28P01 password authentication failed
+    asyncpg.exceptions.InvalidCatalogNameError,  # 3D000 database does not exist
+)
 # what the driver raises on a URL it cannot read (when it reads it: at connection)
 _BAD_URL = (asyncpg.exceptions.ClientConfigurationError, ValueError, OverflowError, TypeError)
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -258,7 +264,7 @@ class Database:
 
     def _cannot_open(self, exc: BaseException, *, connected: bool = False) -> Exception:
         if isinstance(exc, asyncpg.PostgresError):
-            wrong = not connected and isinstance(exc, _BAD_SETTING)
+            wrong = isinstance(exc, _BAD_LOGIN) or (not connected and isinstance(exc, _BAD_SETTING))
         else:
             wrong = isinstance(exc, _BAD_URL)
         if wrong:
