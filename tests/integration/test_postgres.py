@@ -228,17 +228,6 @@ async def test_a_refused_connection_is_one_line_naming_the_url() -> None:
     assert refused.value.retryable  # the server may come up
 
 
-async def test_a_missing_database_is_one_line_naming_the_url(url: str) -> None:
-    missing = url.rsplit("/", 1)[0] + "/microsaga_no_such_database"
-    with pytest.raises(StoreError) as refused:
-        await PostgresStore(missing).open()
-    message = str(refused.value)
-    assert missing in message
-    assert 'database "microsaga_no_such_database" does not exist' in message
-    assert "\n" not in message
-    assert not refused.value.retryable
-
-
 def test_the_cli_reports_an_unreachable_store_in_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "microsaga", "--store", "postgresql://u:pw@127.0.0.1:1/x", "list"],

@@ -115,6 +115,7 @@ async def test_a_role_or_database_the_server_does_not_know_is_a_configuration_er
     assert message.startswith(f"store: {redact_url(bad)}: "), message
     assert words in message
     assert "s3cret" not in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(
