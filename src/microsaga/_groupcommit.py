@@ -66,17 +66,21 @@ class Committer:
         task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[tuple[Unit, asyncio.Future[Result]]]:
-        """The next batch: the whole queue, or for a store with ``max_batch`` that
-        many units and every other queued unit of their executions, in order (the
-        units of one execution are applied one after another, in one batch)."""
-        queue, cap = self._queue, self.store.max_batch
-        if cap is None or len(queue) <= cap:
+        """The next batch: the whole queue or, for a store with ``batch_split``, its
+        share of a longer queue (the queue split evenly among the commits the store
+        can still take, each of at least ``batch_split`` units), with every other
+        queued unit of its executions, in order: the units of one execution are
+        applied one after another, in one batch."""
+        queue, split = self._queue, self.store.batch_split
+        if split is None or len(queue) <= split:
             self._queue = []
             return queue
-        batch = queue[:cap]
+        free = max(1, self.store.commit_concurrency - self._committing)
+        share = max(split, -(-len(queue) // free))
+        batch = queue[:share]
         ids = {_execution_id(unit) for unit, _ in batch}
         rest: list[tuple[Unit, asyncio.Future[Result]]] = []
-        for item in queue[cap:]:
+        for item in queue[share:]:
             (batch if _execution_id(item[0]) in ids else rest).append(item)
         self._queue = rest
         return batch

@@ -17,10 +17,10 @@ class HeldStore(MemoryStore):
 
     batching = True
 
-    def __init__(self, concurrency: int, max_batch: int | None) -> None:
+    def __init__(self, concurrency: int, batch_split: int | None) -> None:
         super().__init__()
         self.commit_concurrency = concurrency
-        self.max_batch = max_batch
+        self.batch_split = batch_split
         self.batches: list[list[tuple[str, float]]] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -57,7 +57,7 @@ async def run(store: HeldStore, units: list[Transition]) -> None:
 
 
 async def test_a_long_queue_is_cut_into_batches_committed_side_by_side() -> None:
-    store = HeldStore(concurrency=3, max_batch=2)
+    store = HeldStore(concurrency=3, batch_split=2)
     names = ["x", "a", "b", "a", "c", "d", "a"]
     await run(store, [unit(eid, n) for n, eid in enumerate(names)])
     assert store.batches == [
@@ -70,7 +70,15 @@ async def test_a_long_queue_is_cut_into_batches_committed_side_by_side() -> None
 
 
 async def test_without_a_limit_the_queue_is_one_batch() -> None:
-    store = HeldStore(concurrency=3, max_batch=None)
+    store = HeldStore(concurrency=3, batch_split=None)
     await run(store, [unit(eid, n) for n, eid in enumerate("xabcd")])
     assert store.batches == [[("x", 0)], [("a", 1), ("b", 2), ("c", 3), ("d", 4)]]
     assert store.most_in_flight == 2
+
+
+async def test_a_long_queue_is_shared_evenly_among_the_commits_left() -> None:
+    store = HeldStore(concurrency=3, batch_split=2)
+    await run(store, [unit(eid, n) for n, eid in enumerate("xabcdefgh")])
+    # 8 queued behind the first, 2 commits left: 4 each, not four batches of 2
+    assert [len(b) for b in store.batches] == [1, 4, 4]
+    assert store.most_in_flight == 3

@@ -140,9 +140,9 @@ class Store(abc.ABC):
     # locks (PostgreSQL) commits the next batch while one is in flight. Units of one
     # execution are never in two batches at once: its run waits for each commit.
     commit_concurrency = 1
-    # the most units in one batch (None: no limit); with commit_concurrency > 1, a
-    # longer queue is cut into batches committed side by side
-    max_batch: int | None = None
+    # with commit_concurrency > 1: a queue longer than this many units is shared among
+    # batches committed side by side, each of at least this many (None: never)
+    batch_split: int | None = None
 
     def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult | None:
         """Commit one unit right away, on the caller's thread, if this store can do so

@@ -128,9 +128,9 @@ class PostgresStore(Store):
 
     commit_concurrency = 3
     # 64 executions in flight made one batch of 64 transitions at a time, the worker
-    # waiting while the server ran it on one core; batches of 32 side by side run on
-    # two, and their WAL flushes are shared: +23 % order sagas/s (docs/benchmarks.md)
-    max_batch = 32
+    # waiting while the server ran it on one core; two batches of 32 side by side run
+    # on two, and their WAL flushes are shared (docs/stores.md, "Group commit")
+    batch_split = 32
 
     def __init__(self, url: str) -> None:
         self._db = Database(url)
