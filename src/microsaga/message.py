@@ -61,7 +61,7 @@ class Metadata(Mapping[str, str]):
     than what was meant (``b"x"`` is not ``"b'x'"``).
     """
 
-    __slots__ = ("_frozen", "_names", "_shared", "_values")
+    __slots__ = ("_frozen", "_names", "_values")
 
     def __init__(
         self, mapping: Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]] | None = None
@@ -70,15 +70,12 @@ class Metadata(Mapping[str, str]):
         # tuples of strings are not tracked by the garbage collector
         self._values: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, str] = {}
-        # copy on write: True while the tables may be shared with a copy; the first
-        # change then copies them (see _own)
-        self._shared = False
         self._frozen: Frozen | None = None  # see frozen()
         if mapping is None:
             return
         if isinstance(mapping, Metadata):
-            self._values, self._names = mapping._values, mapping._names
-            self._shared = mapping._shared = True
+            self._values = mapping._values.copy()
+            self._names = mapping._names.copy()
             self._frozen = mapping._frozen
             return
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
@@ -104,7 +101,7 @@ class Metadata(Mapping[str, str]):
         return isinstance(key, str) and key.lower() in self._values
 
     def __delitem__(self, key: str) -> None:
-        self._own()
+        self._frozen = None  # the frozen form no longer matches
         low = key.lower()
         del self._values[low]
         del self._names[low]
@@ -133,7 +130,7 @@ class Metadata(Mapping[str, str]):
         """Replace every value of ``key`` with ``value``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
-        self._own()
+        self._frozen = None  # the frozen form no longer matches
         low = key.lower()
         self._values[low] = (value,)
         self._names.setdefault(low, key)
@@ -142,7 +139,7 @@ class Metadata(Mapping[str, str]):
         """Append ``value`` to the values of ``key``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
-        self._own()
+        self._frozen = None  # the frozen form no longer matches
         low = key.lower()
         values = self._values.get(low)
         if values is None:
@@ -150,13 +147,6 @@ class Metadata(Mapping[str, str]):
             self._names[low] = key
         else:
             self._values[low] = (*values, value)
-
-    def _own(self) -> None:
-        """Before a change: private copies of shared tables, and no frozen form."""
-        if self._shared:
-            self._values, self._names = self._values.copy(), self._names.copy()
-            self._shared = False
-        self._frozen = None
 
     def frozen(self) -> Frozen:
         """The header as tuples of strings, ``((key, spelling, values), ...)``, kept
@@ -174,13 +164,13 @@ class Metadata(Mapping[str, str]):
         new = cls.__new__(cls)
         new._names = {low: name for low, name, _ in frozen}
         new._values = {low: values for low, _, values in frozen}
-        new._shared, new._frozen = False, frozen
+        new._frozen = frozen
         return new
 
     def copy(self) -> Metadata:
         new = Metadata.__new__(Metadata)
-        new._values, new._names = self._values, self._names
-        new._shared = self._shared = True
+        new._values = self._values.copy()
+        new._names = self._names.copy()
         new._frozen = self._frozen
         return new
 
@@ -190,7 +180,7 @@ class Metadata(Mapping[str, str]):
         new = Metadata.__new__(Metadata)
         new._values = own = self._values.copy()
         new._names = names = self._names.copy()
-        new._shared, new._frozen = False, None
+        new._frozen = None
         for key, value in values.items():
             low = key.lower()
             own[low] = (value,)

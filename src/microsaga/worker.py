@@ -29,7 +29,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ._aio import Slots, wait_event
-from ._engine.records import COMPENSATION, FORWARD, StepRecord
+from ._engine.records import COMPENSATION
 from ._engine.saga import ExecState
 from ._groupcommit import Committer
 from ._run import Run
@@ -38,6 +38,7 @@ from .status import Status
 from .stores.base import Claim, StoredExecution
 
 if TYPE_CHECKING:
+    from ._engine.plan import RunGraph
     from .flow import Flow
 
 __all__ = ["Worker"]
@@ -219,7 +220,7 @@ class Worker:
             workflow_id=stored.workflow_id,
             request=stored.request,
             token=stored.token,
-            state=_state(stored, graph.order),
+            state=_state(stored, graph),
             step_timeout=stored.step_timeout,
             deadline_at=stored.deadline_at,
         )
@@ -342,9 +343,8 @@ class Worker:
             self._poke.set()  # claimable now, by this worker too
 
 
-def _state(stored: StoredExecution, selected: tuple[str, ...]) -> ExecState:
-    state = ExecState(stored.status, stored.abort)
-    state.steps = {sid: StepRecord(sid, FORWARD, Status.PENDING) for sid in selected}
+def _state(stored: StoredExecution, graph: RunGraph) -> ExecState:
+    state = ExecState(stored.status, stored.abort, steps=graph.fresh_steps())
     for rec in stored.records:
         if rec.phase == COMPENSATION:
             state.comps[rec.step_id] = rec

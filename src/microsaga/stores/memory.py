@@ -47,8 +47,10 @@ _Packed = tuple[bytes, Frozen]
 
 
 def _pack(msg: Message | None) -> _Packed | None:
-    if msg is None:
-        return None
+    return None if msg is None else _pack_message(msg)
+
+
+def _pack_message(msg: Message) -> _Packed:
     return (msg.body, msg.header.frozen())
 
 
@@ -201,7 +203,7 @@ class MemoryStore(Store):
             workflow_id=new.workflow_id,
             version=new.version,
             definition_hash=new.definition_hash,
-            request=(new.request.body, new.request.header.frozen()),
+            request=_pack_message(new.request),
             start_step=new.start_step,
             reverse=new.reverse,
             step_timeout=new.step_timeout,
