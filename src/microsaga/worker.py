@@ -129,10 +129,7 @@ class Worker:
             freed = await self.store.release_all(self.id)
             if freed:
                 log.info("worker %s: took back %d executions of its previous run", self.id, freed)
-        try:
-            await self._free_dead_owners()
-        except MicrosagaError as exc:  # the heartbeat tries again
-            log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
+        await self._free_dead_owners()
         _, self._control_seq = await self.store.controls(2**62)
         await self.store.watch(self.poke)
         loop = asyncio.get_running_loop()
@@ -297,8 +294,6 @@ class Worker:
                 log.exception("worker %s: lease renewal failed", self.id)
             try:
                 await self._free_dead_owners()
-            except MicrosagaError as exc:
-                log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
             except Exception:
                 log.exception("worker %s: looking for dead workers failed", self.id)
 
@@ -313,21 +308,27 @@ class Worker:
                 log.warning("execution %s: lease lost", run.id)
                 run.lose()
 
-    async def _free_dead_owners(self) -> int:
+    async def _free_dead_owners(self) -> None:
         """Free the leases of dead workers of this machine (see the module docstring),
-        so they are claimed now rather than when they expire; the count freed."""
+        so they are claimed now rather than when they expire. A store error is logged:
+        the next heartbeat looks again."""
         freed = 0
-        for owner in await self.store.lease_owners():
-            if owner != self.id and dead_here(owner):
-                count = await self.store.release_all(owner)
-                if count:
-                    log.info(
-                        "worker %s: freed %d executions of dead worker %s", self.id, count, owner
-                    )
-                freed += count
+        try:
+            for owner in await self.store.lease_owners():
+                if owner != self.id and dead_here(owner):
+                    count = await self.store.release_all(owner)
+                    if count:
+                        log.info(
+                            "worker %s: freed %d executions of dead worker %s",
+                            self.id,
+                            count,
+                            owner,
+                        )
+                    freed += count
+        except MicrosagaError as exc:
+            log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
         if freed:
             self._poke.set()
-        return freed
 
     async def _release_abandoned(self) -> None:
         for eid, token in list(self._to_release.items()):
