@@ -156,7 +156,7 @@ class Flow:
         if self._open:
             return self
         with self._naming("store"):
-            store = open_store(self._options.store, self._setting("store"))
+            store = open_store(self._options.store)
             await store.open()
         self._store = store
         try:
@@ -165,7 +165,7 @@ class Flow:
                 from .transports import open_broker
 
                 with self._naming("broker"):
-                    self._broker = open_broker(broker, self._setting("broker"))
+                    self._broker = open_broker(broker)
                     await self._broker.connect()
             self._worker = Worker(self)
             await self._worker.start()
@@ -175,15 +175,11 @@ class Flow:
         self._open = True
         return self
 
-    def _setting(self, name: str) -> str:
-        """The name of the setting a value came from, for errors: the argument, else
-        its ``MICROSAGA_*`` variable."""
-        return name if self._explicit.get(name) is not None else f"MICROSAGA_{name.upper()}"
-
     @contextlib.contextmanager
     def _naming(self, name: str) -> Iterator[None]:
-        """Errors of the store or broker name the setting its URL came from."""
-        setting = self._setting(name)
+        """Errors of the store or broker name the setting its URL came from: the
+        argument ``name``, else its ``MICROSAGA_*`` variable."""
+        setting = name if self._explicit.get(name) is not None else f"MICROSAGA_{name.upper()}"
         try:
             yield
         except ConfigurationError as exc:
