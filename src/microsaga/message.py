@@ -61,23 +61,31 @@ class Metadata(Mapping[str, str]):
     than what was meant (``b"x"`` is not ``"b'x'"``).
     """
 
+    # Two forms, either of which may be missing (never both): the tables (``_values``
+    # by lower-case key, ``_names`` the first spelling), which lookups and changes use,
+    # and the frozen form (see frozen()), which stores keep and the engine builds step
+    # headers from. A header nobody reads (most of those the engine makes) never
+    # builds its tables.
     __slots__ = ("_frozen", "_names", "_values")
+
+    _values: dict[str, tuple[str, ...]] | None
+    _names: dict[str, str] | None
+    _frozen: Frozen | None
 
     def __init__(
         self, mapping: Mapping[str, str | Iterable[str]] | Iterable[tuple[str, str]] | None = None
     ) -> None:
-        # tuples, not lists: a copy is a shallow dict copy, and dicts of strings and
-        # tuples of strings are not tracked by the garbage collector
-        self._values: dict[str, tuple[str, ...]] = {}
-        self._names: dict[str, str] = {}
-        self._frozen: Frozen | None = None  # see frozen()
+        self._values = self._names = None
         if mapping is None:
+            self._frozen = ()
             return
         if isinstance(mapping, Metadata):
-            self._values = mapping._values.copy()
-            self._names = mapping._names.copy()
-            self._frozen = mapping._frozen
+            self._frozen = mapping.frozen()
             return
+        # tuples, not lists: dicts of strings and tuples of strings are not tracked by
+        # the garbage collector
+        self._frozen = None
+        self._values, self._names = {}, {}
         items = mapping.items() if isinstance(mapping, Mapping) else mapping
         for key, value in items:
             if isinstance(value, str):
@@ -88,27 +96,42 @@ class Metadata(Mapping[str, str]):
             else:
                 raise _bad_value(key, value)
 
+    def _tables(self) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+        values, names = self._values, self._names
+        if values is None or names is None:
+            frozen = self._frozen or ()
+            names = self._names = {low: name for low, name, _ in frozen}
+            values = self._values = {low: v for low, _, v in frozen}
+        return values, names
+
+    def _changing(self) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+        tables = self._tables()
+        self._frozen = None  # the frozen form no longer matches
+        return tables
+
     def __getitem__(self, key: str) -> str:
-        return self._values[key.lower()][0]
+        return self._tables()[0][key.lower()][0]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names.values())
+        return iter(self._tables()[1].values())
 
     def __len__(self) -> int:
+        if self._values is None:
+            return len(self._frozen or ())
         return len(self._values)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._values
+        return isinstance(key, str) and key.lower() in self._tables()[0]
 
     def __delitem__(self, key: str) -> None:
-        self._frozen = None  # the frozen form no longer matches
+        values, names = self._changing()
         low = key.lower()
-        del self._values[low]
-        del self._names[low]
+        del values[low]
+        del names[low]
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Metadata):
-            return self._values == other._values
+            return self._tables()[0] == other._tables()[0]
         if isinstance(other, Mapping):
             return self == Metadata(other)
         return NotImplemented
@@ -119,34 +142,34 @@ class Metadata(Mapping[str, str]):
         return f"Metadata({self.to_dict()!r})"
 
     def get(self, key: str, default: Any = None) -> Any:
-        values = self._values.get(key.lower())
+        values = self._tables()[0].get(key.lower())
         return values[0] if values else default
 
     def getall(self, key: str) -> list[str]:
         """Every value of ``key``, ``[]`` when it is absent."""
-        return list(self._values.get(key.lower(), ()))
+        return list(self._tables()[0].get(key.lower(), ()))
 
     def set(self, key: str, value: str) -> None:
         """Replace every value of ``key`` with ``value``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
-        self._frozen = None  # the frozen form no longer matches
+        values, names = self._changing()
         low = key.lower()
-        self._values[low] = (value,)
-        self._names.setdefault(low, key)
+        values[low] = (value,)
+        names.setdefault(low, key)
 
     def add(self, key: str, value: str) -> None:
         """Append ``value`` to the values of ``key``."""
         if not isinstance(value, str):
             raise _bad_value(key, value)
-        self._frozen = None  # the frozen form no longer matches
+        values, names = self._changing()
         low = key.lower()
-        values = self._values.get(low)
-        if values is None:
-            self._values[low] = (value,)
-            self._names[low] = key
+        found = values.get(low)
+        if found is None:
+            values[low] = (value,)
+            names[low] = key
         else:
-            self._values[low] = (*values, value)
+            values[low] = (*found, value)
 
     def frozen(self) -> Frozen:
         """The header as tuples of strings, ``((key, spelling, values), ...)``, kept
@@ -154,43 +177,42 @@ class Metadata(Mapping[str, str]):
         store that keeps many headers (a dict inside a tuple would stay tracked)."""
         found = self._frozen
         if found is None:
-            names = self._names
-            found = self._frozen = tuple([(low, names[low], v) for low, v in self._values.items()])
+            values, names = self._tables()
+            found = self._frozen = tuple([(low, names[low], v) for low, v in values.items()])
         return found
 
     @classmethod
     def from_frozen(cls, frozen: Frozen) -> Metadata:
         """The inverse of :meth:`frozen`."""
         new = cls.__new__(cls)
-        new._names = {low: name for low, name, _ in frozen}
-        new._values = {low: values for low, _, values in frozen}
         new._frozen = frozen
+        new._values = new._names = None
         return new
 
     def copy(self) -> Metadata:
-        new = Metadata.__new__(Metadata)
-        new._values = self._values.copy()
-        new._names = self._names.copy()
-        new._frozen = self._frozen
-        return new
+        return Metadata.from_frozen(self.frozen())
 
-    def with_values(self, values: Mapping[str, str]) -> Metadata:
-        """A copy with each of ``values`` set (keys already in their first spelling and
-        values known to be text: the engine's own headers, one step at a time)."""
-        new = Metadata.__new__(Metadata)
-        new._values = own = self._values.copy()
-        new._names = names = self._names.copy()
-        new._frozen = None
-        for key, value in values.items():
-            low = key.lower()
-            own[low] = (value,)
-            if low not in names:
-                names[low] = key
+    def with_entries(self, entries: Frozen) -> Metadata:
+        """A copy with each of ``entries`` (in the frozen form, keys in lower case) set:
+        the engine's own headers, one step at a time. Keys the header lacks are
+        appended to its frozen form, without building any table."""
+        values = self._tables()[0]
+        for low, _, _ in entries:
+            if low in values:
+                break
+        else:
+            return Metadata.from_frozen(self.frozen() + entries)
+        new = self.copy()
+        for _, name, value in entries:
+            new.set(name, value[0])
         return new
 
     def to_dict(self) -> dict[str, list[str]]:
         """The headers as ``{key: [values]}``, keys in their first spelling."""
-        return {self._names[low]: list(values) for low, values in self._values.items()}
+        if self._values is None:
+            return {name: list(values) for _, name, values in self._frozen or ()}
+        names = self._tables()[1]
+        return {names[low]: list(values) for low, values in self._values.items()}
 
 
 class Message:

@@ -31,9 +31,15 @@ def base_header(request: Message, workflow_id: str, execution_id: str) -> Metada
     return header
 
 
+_STEP_KEY, _IDEMPOTENCY_KEY = STEP_HEADER.lower(), IDEMPOTENCY_HEADER.lower()
+
+
 def _header(base: Metadata, execution_id: str, step_id: str, suffix: str = "") -> Metadata:
-    return base.with_values(
-        {STEP_HEADER: step_id, IDEMPOTENCY_HEADER: f"{execution_id}:{step_id}{suffix}"}
+    return base.with_entries(
+        (
+            (_STEP_KEY, STEP_HEADER, (step_id,)),
+            (_IDEMPOTENCY_KEY, IDEMPOTENCY_HEADER, (f"{execution_id}:{step_id}{suffix}",)),
+        )
     )
 
 
