@@ -44,11 +44,22 @@ class Committer:
         self._committing = 0  # drains waiting on the store now
 
     async def submit(self, unit: Unit) -> Result:
+        done = self.now(unit)
+        if done is not None:
+            return done
+        return await self.later(unit)
+
+    def now(self, unit: Unit) -> Result | None:
+        """The unit committed at once, when the store can (``Store.commit_now``) and
+        it gains nothing from waiting for company; None: use :meth:`later`."""
         store = self.store
-        if not store.batching or (not self._queue and not self._drains and self.quiet()):
-            done = store.commit_now(unit)
-            if done is not None:
-                return done
+        if store.batching and (self._queue or self._drains or not self.quiet()):
+            return None
+        return store.commit_now(unit)
+
+    async def later(self, unit: Unit) -> Result:
+        """The unit committed in the next batch (without trying :meth:`now`)."""
+        store = self.store
         if not store.batching:
             return (await self._commit([unit]))[0]
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import _faults
@@ -98,13 +98,15 @@ class Run:
         self._wake_event: asyncio.Event | None = None
         self._records: list[StepRecord] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._prev: dict[tuple[str, int], StepRecord | None] = {}
         self._lost = False
         self.releasing = False
         self._inline = False
         self._main: asyncio.Task[None] | None = None
         self._interrupt: asyncio.Event | None = None
-        self.outcome: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        # how the run stopped (None: lost, or gave up) once ``ended``; see stopped()
+        self.ended = False
+        self.outcome: Outcome | None = None
+        self._waiters: list[asyncio.Future[Outcome | None]] = []
 
     # called by the worker --------------------------------------------------------
 
@@ -125,8 +127,7 @@ class Run:
             task.cancel()
         if self._inline and self._main is not None and self._main is not asyncio.current_task():
             self._main.cancel()
-        if not self.outcome.done():
-            self.outcome.set_result(None)
+        self.end(None)
         self._wake.set()
 
     @property
@@ -141,11 +142,7 @@ class Run:
         self._main = asyncio.current_task()
         try:
             self._arm_deadline()
-            if self._fresh:
-                await self._launch(self._initial)
-            else:
-                await self._respawn()
-            await self._loop()
+            await self._loop(self._initial if self._fresh else self._running_records())
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
             self.lose()
@@ -165,33 +162,54 @@ class Run:
         """The RUNNING records of the steps a new execution starts with; they are
         committed with the execution and invoked when the run is launched."""
         first = decide(self.plan, self.graph, self.state)
-        self._initial = [self._start(sid, FORWARD) for sid in first.start]
-        return self._initial
+        self._initial = starts = [self._start(sid, FORWARD) for sid in first.start]
+        self._started(starts)  # a run whose execution is not created is dropped
+        return starts
 
-    async def _respawn(self) -> None:
-        """Invoke again the step runs recorded RUNNING when this worker took over."""
-        again = [
+    def _running_records(self) -> list[StepRecord]:
+        """The step runs recorded RUNNING when this worker took over: invoked again."""
+        return [
             rec
             for states in (self.state.steps, self.state.comps)
             for rec in states.values()
             if rec.status is Status.RUNNING
         ]
-        await self._launch(again)
 
-    async def _loop(self) -> None:
-        state = self.state
-        while not self._lost:
-            self._fold()
-            decision = decide(self.plan, self.graph, state)
-            if decision.start and self._deadline_passed():
+    async def _loop(self, starts: list[StepRecord]) -> None:
+        """Invoke what the last commit started; fold what finished into the state; ask
+        the engine what comes next; commit it; again, until the run stops."""
+        state, plan, graph = self.state, self.plan, self.graph
+        committer = self.worker.committer
+        while True:
+            if starts:
+                self._launch(starts)
+                if len(starts) == 1 and not self._tasks:
+                    # a lone step runs in this loop's own task: a chain needs no task
+                    self._inline = True
+                    try:
+                        await self._attempts(starts[0])
+                    finally:
+                        self._inline = False
+                else:
+                    loop = asyncio.get_running_loop()
+                    for rec in starts:
+                        self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
+            if self._lost:
+                return
+            if self._done:
+                self._fold()
+            decision = decide(plan, graph, state)
+            if decision.start and self.deadline_at is not None and self._deadline_passed():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
                 await self.abort_for_deadline()
                 if state.abort == NO_ABORT:
                     raise MicrosagaError(f"execution {self.id}: the deadline abort was refused")
+                starts = []
                 continue
             starts = [self._start(sid, FORWARD) for sid in decision.start]
-            starts += [self._start(sid, COMPENSATION) for sid in decision.compensate]
+            if decision.compensate:
+                starts += [self._start(sid, COMPENSATION) for sid in decision.compensate]
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()
@@ -200,23 +218,19 @@ class Run:
                 self._wake.clear()
                 continue
             unit = Transition(
-                execution_id=self.id,
-                token=self.token,
-                expect=state.status,
-                status=decision.status,
-                records=self._records,
-                starts=starts,
-                release=final,
-                at=self._clock(),
+                self.id, self.token, state.status, decision.status, self._records, starts
             )
+            unit.release, unit.at = final, self._clock()
             if decision.done:
                 if decision.status is Status.SUCCESS:
-                    unit.response = data.execution_response(self.graph, state.steps)
+                    unit.response = data.execution_response(graph, state.steps)
                 elif decision.status is not Status.ABORTED or not compensated(state):
-                    unit.error = failure_summary(self.plan, self.graph, state)[1]
+                    unit.error = failure_summary(plan, graph, state)[1]
             self._records = []
             self.releasing = final  # the lease may go with this commit: not "lost" then
-            result = await self.worker.committer.submit(unit)
+            result = committer.now(unit)
+            if result is None:
+                result = await committer.later(unit)
             assert not isinstance(result, bool)
             if not result.owned:
                 raise LeaseLostError()
@@ -224,17 +238,16 @@ class Run:
                 _faults.hit("step_recorded")
             previous = state.status
             state.status, state.abort = result.status, max(state.abort, result.abort)
-            if not result.applied:
+            if not result.applied:  # nothing started: the state keeps its records
                 self.releasing = False
-                for rec in starts:
-                    self._unstart(rec)
                 self._set_status(state.status)
+                starts = []
                 continue
+            self._started(starts)
             if state.status is not previous:
                 self._set_status(state.status)
-            await self._launch(starts)
             if decision.done:
-                self._finish(unit.response)
+                self._finish()
                 return
             if decision.release:
                 self._stop(Outcome(Status.SUSPEND))
@@ -242,86 +255,56 @@ class Run:
 
     # steps -----------------------------------------------------------------------
 
-    def _states(self, phase: int) -> dict[str, StepRecord]:
-        return self.state.steps if phase == FORWARD else self.state.comps
-
     def _start(self, sid: str, phase: int) -> StepRecord:
-        """A step's RUNNING record, in place of its record in the state."""
-        states = self._states(phase)
-        before = states.get(sid)
+        """A step's RUNNING record; it enters the state once committed (_started)."""
+        state = self.state
         if phase == FORWARD:
+            before: StepRecord | None = state.steps[sid]
             request = data.step_input(
-                self.graph, self.state.steps, sid, self.request, self._base, self.id
+                self.graph, state.steps, sid, self.request, self._base, self.id
             )
         else:
-            forward = self.state.steps[sid]
+            before = state.comps.get(sid)
+            forward = state.steps[sid]
             request = data.compensation_input(self.plan.nodes[sid], forward, self._base, self.id)
         attempts = before.attempts + 1 if before is not None else 1
-        rec = StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, self._clock())
-        states[sid] = rec
-        self._prev[sid, phase] = before  # restored if the start is not applied
-        return rec
+        return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, self._clock())
 
-    def _unstart(self, rec: StepRecord) -> None:
-        before = self._prev.pop((rec.step_id, rec.phase), None)
-        states = self._states(rec.phase)
-        if before is None:
-            states.pop(rec.step_id, None)
-        else:
-            states[rec.step_id] = before
-
-    async def _launch(self, starts: list[StepRecord]) -> None:
-        """Invoke the started steps: a lone step in this loop's own task (a chain needs
-        no task per step), several as tasks of their own."""
-        prev = self._prev
+    def _started(self, starts: list[StepRecord]) -> None:
+        steps, comps = self.state.steps, self.state.comps
         for rec in starts:
-            prev.pop((rec.step_id, rec.phase), None)
-            live = self._live_step(rec)
+            (steps if rec.phase == FORWARD else comps)[rec.step_id] = rec
+
+    def _launch(self, starts: list[StepRecord]) -> None:
+        """The steps about to be invoked, as this process shows them (``Step.status``)."""
+        nodes = self.plan.nodes
+        for rec in starts:
+            node = nodes[rec.step_id]
+            live = node.step if rec.phase == FORWARD else node.compensate
             if live is not None:
                 live.status, live.request, live.response = Status.RUNNING, rec.request, None
-        if len(starts) == 1 and not self._tasks:
-            self._inline = True
-            try:
-                await self._attempts(starts[0])
-            finally:
-                self._inline = False
-            return
-        loop = asyncio.get_running_loop()
-        for rec in starts:
-            self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
-
-    def _live_step(self, rec: StepRecord) -> Step | None:
-        node = self.plan.nodes[rec.step_id]
-        return node.step if rec.phase == FORWARD else node.compensate
 
     def _fold(self) -> None:
         """Put finished step runs in the state; queue their records."""
-        if not self._done:
-            return
         done, self._done = self._done, []
         records = self._records
+        state = self.state
         for rec in done:
             sid = rec.step_id
             self._tasks.pop((sid, rec.phase), None)
             records.append(rec)
             live = self.plan.nodes[sid].step
             if rec.phase == FORWARD:
-                self.state.steps[sid] = rec
+                state.steps[sid] = rec
                 live.status, live.response = rec.status, rec.response
             else:
-                self.state.comps[sid] = rec
+                state.comps[sid] = rec
                 if rec.status is Status.SUCCESS:
-                    forward = self.state.steps[sid]
-                    forward.status = Status.COMPENSATED  # written below, not in flight
+                    # a new record: the one the store has may be the engine's own object
+                    forward = replace(state.steps[sid], status=Status.COMPENSATED)
+                    state.steps[sid] = forward
                     records.append(forward)
                     live.status = Status.COMPENSATED
-
-    def _policy(self, node: Node, phase: int) -> tuple[Step, Retry, float | None]:
-        if phase == FORWARD:
-            return node.step, node.retry, node.timeout or self.step_timeout
-        assert node.compensate is not None
-        retry = node.compensate_retry or self.flow.options.compensation_retry
-        return node.compensate, retry, node.compensate_timeout or self.step_timeout
 
     def _interrupt_wanted(self, phase: int) -> bool:
         if self.state.abort == ABORT_NO_COMPENSATION:
@@ -334,47 +317,62 @@ class Run:
         """Run a step until it succeeds, fails for good, or is interrupted."""
         sid, phase = rec.step_id, rec.phase
         node = self.plan.nodes[sid]
-        step, retry, timeout = self._policy(node, phase)
+        if phase == FORWARD:
+            step, retry, timeout = node.step, node.retry, node.timeout or self.step_timeout
+        else:
+            assert node.compensate is not None
+            step, timeout = node.compensate, node.compensate_timeout or self.step_timeout
+            retry = node.compensate_retry or self.flow.options.compensation_retry
         request = rec.request if rec.request is not None else Message()
-        attempt = max(rec.attempts, 1)
-        hook = "step_started" if phase == FORWARD else "compensation_started"
+        attempt = rec.attempts or 1
         if _faults.ARMED:
-            _faults.hit(hook)
+            _faults.hit("step_started" if phase == FORWARD else "compensation_started")
         result = StepRecord(
             sid, phase, Status.RUNNING, attempt, request, None, rec.error, rec.started_at
         )
+        slots = self.worker.slots
         while True:
+            ctx = StepContext(
+                self.flow, self.workflow_id, self.id, sid, attempt, timeout, phase == COMPENSATION
+            )
+            if not slots.take():
+                await slots.wait()
             try:
-                response = await self._invoke(step, request, sid, phase, attempt, timeout)
-            except asyncio.CancelledError:
-                raise
+                if timeout is None:
+                    response = await step.execute(request, ctx)
+                else:
+                    response = await _timed(step, request, ctx, timeout)
             except Exception as exc:
-                error = one_line(exc)
-                result.error = error
-                if retry.should_retry(exc, attempt):
-                    delay = retry.interval(attempt, self.flow.random())
-                    # a service that says when to come back (HTTP Retry-After) is obeyed
-                    if isinstance(exc, MicrosagaError) and exc.retry_after:
-                        delay = max(delay, exc.retry_after)
-                    if not await self._backoff(delay, phase) or not await self._next_attempt(
-                        sid, phase, attempt + 1, request, error, rec.started_at
-                    ):
-                        result.status = Status.PENDING
-                        break
-                    attempt += 1
-                    result.attempts = attempt
-                    continue
-                if phase == FORWARD and node.fallback is not None:
-                    fallback = await self._fallback(node, request, attempt, timeout)
-                    if fallback is not None:
-                        result.status, result.response = Status.SUCCESS, fallback
-                        result.error = f"{error} (fallback {node.fallback.id} used)"
-                        break
-                result.status = Status.FAILURE
-                break
+                failure: Exception | None = exc
             else:
+                failure = None
+            finally:
+                slots.give()  # not held while waiting to retry
+            if failure is None:
                 result.status, result.response = Status.SUCCESS, response
                 break
+            error = result.error = one_line(failure)
+            if retry.should_retry(failure, attempt):
+                delay = retry.interval(attempt, self.flow.random())
+                # a service that says when to come back (HTTP Retry-After) is obeyed
+                if isinstance(failure, MicrosagaError) and failure.retry_after:
+                    delay = max(delay, failure.retry_after)
+                if not await self._backoff(delay, phase) or not await self._next_attempt(
+                    sid, phase, attempt + 1, request, error, rec.started_at
+                ):
+                    result.status = Status.PENDING
+                    break
+                attempt += 1
+                result.attempts = attempt
+                continue
+            if phase == FORWARD and node.fallback is not None:
+                fallback = await self._fallback(node, request, attempt, timeout)
+                if fallback is not None:
+                    result.status, result.response = Status.SUCCESS, fallback
+                    result.error = f"{error} (fallback {node.fallback.id} used)"
+                    break
+            result.status = Status.FAILURE
+            break
         result.finished_at = self._clock() if result.status is not Status.PENDING else None
         if _faults.ARMED:
             _faults.hit("step_returned")
@@ -383,28 +381,17 @@ class Run:
             self._wake.set()
 
     async def _invoke(
-        self,
-        step: Step,
-        request: Message,
-        sid: str,
-        phase: int,
-        attempt: int,
-        timeout: float | None,
+        self, step: Step, request: Message, sid: str, attempt: int, timeout: float | None
     ) -> Message:
-        ctx = StepContext(
-            self.flow, self.workflow_id, self.id, sid, attempt, timeout, phase == COMPENSATION
-        )
+        """Invoke a fallback (see _attempts for steps and compensations)."""
+        ctx = StepContext(self.flow, self.workflow_id, self.id, sid, attempt, timeout)
         slots = self.worker.slots
         if not slots.take():
             await slots.wait()
         try:
             if timeout is None:
                 return await step.execute(request, ctx)
-            try:
-                async with asyncio.timeout(timeout):
-                    return await step.execute(request, ctx)
-            except TimeoutError as exc:
-                raise StepTimeoutError(f"step {sid} timed out after {timeout:g}s") from exc
+            return await _timed(step, request, ctx, timeout)
         finally:
             slots.give()
 
@@ -455,7 +442,7 @@ class Run:
         tries = 1
         while True:
             try:
-                return await self._invoke(fallback, req, node.id, FORWARD, attempt, timeout)
+                return await self._invoke(fallback, req, node.id, attempt, timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -472,7 +459,7 @@ class Run:
             self.workflow._status = status
         self.flow._notify(self.id)
 
-    def _finish(self, response: Message | None) -> None:
+    def _finish(self) -> None:
         state = self.state
         if state.status is Status.SUCCESS:
             self._stop(Outcome(Status.SUCCESS))
@@ -482,8 +469,26 @@ class Run:
 
     def _stop(self, outcome: Outcome) -> None:
         self._set_status(outcome.status)
-        if not self.outcome.done():
-            self.outcome.set_result(outcome)
+        self.end(outcome)
+
+    def end(self, outcome: Outcome | None) -> None:
+        """The run stopped (``None``: lost, or gave up); the first call counts."""
+        if self.ended:
+            return
+        self.ended, self.outcome = True, outcome
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(outcome)
+        self._waiters = []
+
+    async def stopped(self) -> Outcome | None:
+        """How the run stopped, once it has. Each waiter has its own future, so
+        cancelling a waiter stops only its waiting."""
+        if self.ended:
+            return self.outcome
+        fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return await fut
 
     def _deadline_passed(self) -> bool:
         return (
@@ -506,3 +511,11 @@ class Run:
         loop = asyncio.get_running_loop()
         delay = max(0.0, self.deadline_at - self._clock())
         self._deadline_timer = loop.call_later(delay, self.worker.deadline_passed, self)
+
+
+async def _timed(step: Step, request: Message, ctx: StepContext, timeout: float) -> Message:
+    try:
+        async with asyncio.timeout(timeout):
+            return await step.execute(request, ctx)
+    except TimeoutError as exc:
+        raise StepTimeoutError(f"step {ctx.step_id} timed out after {timeout:g}s") from exc

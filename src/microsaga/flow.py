@@ -427,7 +427,7 @@ class Flow:
 
     async def _outcome(self, eid: str, run: Run | None) -> Outcome:
         if run is not None:
-            found = await asyncio.shield(run.outcome)
+            found = await run.stopped()
             if found is not None:
                 return found
         info = await self.wait(eid)
@@ -439,7 +439,7 @@ class Flow:
         worker = self._running()
         run = worker.runs.get(execution_id)
         if run is not None:
-            await asyncio.shield(run.outcome)
+            await run.stopped()
 
     async def execution(self, execution_id: str) -> Execution:
         """The stored state of one execution.

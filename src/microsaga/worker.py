@@ -148,7 +148,7 @@ class Worker:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for run in runs:
-            if not run.outcome.done() or run.outcome.result() is None:
+            if run.outcome is None:
                 try:
                     await self.store.release(run.id, run.token, 0.0)
                 except MicrosagaError as exc:
@@ -169,9 +169,8 @@ class Worker:
         self._tasks.discard(task)
         if self.runs.get(run.id) is run:
             del self.runs[run.id]
-        if not run.outcome.done():
-            run.outcome.set_result(None)
-        if run.outcome.result() is None and self._loops:
+        run.end(None)
+        if run.outcome is None and self._loops:
             # the run gave up (store away too long, lost lease, a bug): free its lease,
             # else the heartbeat would renew it forever and nobody would take it over
             self._to_release[run.id] = run.token
@@ -304,7 +303,7 @@ class Worker:
         ids = [r.id for r in owned]
         held = await self.store.renew(self.id, ids, started, self.flow.options.lease_ttl)
         for run in owned:
-            if run.id not in held and not run.outcome.done() and not run.releasing:
+            if run.id not in held and not run.ended and not run.releasing:
                 log.warning("execution %s: lease lost", run.id)
                 run.lose()
 

@@ -15,8 +15,9 @@ FORWARD, COMPENSATION = 0, 1
 @dataclass(slots=True)
 class StepRecord:
     """One step run (``phase`` 0 forward, 1 compensation), as the engine holds it and
-    as a store writes it. The engine replaces records rather than changing ones it has
-    handed to a store, except to mark a compensated step."""
+    as a store writes it. The engine never changes a record it has handed to a store
+    (the memory store keeps the object itself while the execution is held): it makes
+    a new one."""
 
     step_id: str
     phase: int

@@ -8,6 +8,7 @@ worker (``microsaga.worker``) commits what it decides and then acts on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..status import Status
@@ -36,8 +37,8 @@ class ExecState:
 
 @dataclass(slots=True)
 class Decision:
-    start: list[str] = field(default_factory=list)
-    compensate: list[str] = field(default_factory=list)
+    start: Sequence[str] = ()
+    compensate: Sequence[str] = ()
     status: Status | None = None  # the status to write, when it changes
     done: bool = False  # finished: the status above is final
     release: bool = False  # suspended and settled: the lease can go

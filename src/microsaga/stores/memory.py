@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import msgspec
 
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError
@@ -38,51 +40,81 @@ __all__ = ["MemoryStore"]
 _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 
 
-# Rows keep only atomic values in tuples (strings, numbers, bytes and tuples of them),
-# so that the garbage collector stops tracking them: a test (or a benchmark) that keeps
-# many executions in memory would otherwise pay for every stored object at each full
-# collection. A dict inside a tuple keeps the tuple tracked for ever (CPython counts
-# any dict as maybe tracked), so a header is kept as Metadata.frozen() gives it.
-_Packed = tuple[bytes, Frozen]
-
-
-def _pack(msg: Message | None) -> _Packed | None:
-    return None if msg is None else _pack_message(msg)
-
-
-def _pack_message(msg: Message) -> _Packed:
-    return (msg.body, msg.header.frozen())
-
-
-def _unpack(packed: _Packed | None) -> Message | None:
-    if packed is None:
-        return None
-    return Message(packed[0], Metadata.from_frozen(packed[1]))
-
-
-_PackedRecord = tuple[
-    str, int, int, int, _Packed | None, _Packed | None, str | None, float | None, float | None
+# While its owner holds an execution, its row keeps the objects the engine handed over
+# (the engine never changes a record or message it has handed to a store), and reads
+# get copies. Once no worker holds it (finished, suspended, released), the row packs
+# them into one bytes object: a test (or a benchmark) that keeps many executions in
+# memory would otherwise keep a few dozen objects per execution that the garbage
+# collector tracks and walks at every full collection.
+_Record = tuple[
+    str,  # step id
+    int,  # phase
+    int,  # status
+    int,  # attempts
+    bytes | None,  # request body
+    Frozen | None,  # request header
+    bytes | None,  # response body
+    Frozen | None,  # response header
+    str | None,  # error
+    float | None,  # started_at
+    float | None,  # finished_at
 ]
+_Packed = tuple[bytes, Frozen, bytes | None, Frozen | None, list[_Record]]
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Packed).decode
 
 
-def _pack_record(r: StepRecord) -> _PackedRecord:
-    return (
+def _copy(msg: Message | None) -> Message | None:
+    return None if msg is None else Message(msg.body, msg.header.copy())
+
+
+def _copy_record(r: StepRecord) -> StepRecord:
+    return StepRecord(
         r.step_id,
         r.phase,
-        int(r.status),
+        r.status,
         r.attempts,
-        _pack(r.request),
-        _pack(r.response),
+        _copy(r.request),
+        _copy(r.response),
         r.error,
         r.started_at,
         r.finished_at,
     )
 
 
-def _unpack_record(t: _PackedRecord) -> StepRecord:
-    sid, phase, status, attempts, req, resp, error, started, finished = t
+def _message(body: bytes | None, header: Frozen | None) -> Message | None:
+    return None if body is None else Message(body, Metadata.from_frozen(header or ()))
+
+
+def _pack_record(r: StepRecord) -> _Record:
+    req, resp = r.request, r.response
+    return (
+        r.step_id,
+        r.phase,
+        int(r.status),
+        r.attempts,
+        None if req is None else req.body,
+        None if req is None else req.header.frozen(),
+        None if resp is None else resp.body,
+        None if resp is None else resp.header.frozen(),
+        r.error,
+        r.started_at,
+        r.finished_at,
+    )
+
+
+def _unpack_record(t: _Record) -> StepRecord:
+    sid, phase, status, attempts, req, req_h, resp, resp_h, error, started, finished = t
     return StepRecord(
-        sid, phase, Status(status), attempts, _unpack(req), _unpack(resp), error, started, finished
+        sid,
+        phase,
+        Status(status),
+        attempts,
+        _message(req, req_h),
+        _message(resp, resp_h),
+        error,
+        started,
+        finished,
     )
 
 
@@ -93,7 +125,6 @@ class _Row:
     workflow_id: str
     version: int | None
     definition_hash: str
-    request: _Packed
     start_step: str | None
     reverse: bool
     step_timeout: float | None
@@ -104,16 +135,63 @@ class _Row:
     owner: str | None = None
     token: int = 0
     lease_until: float = 0.0
-    response: _Packed | None = None
     error: str | None = None
     updated_at: float = 0.0
-    steps: dict[tuple[str, int], _PackedRecord] = field(default_factory=dict)
+    # held: the engine's own objects; settled: packed (see the note above)
+    request: Message | None = None
+    response: Message | None = None
+    steps: dict[tuple[str, int], StepRecord] | None = None
+    packed: bytes | None = None
 
     def put(self, rec: StepRecord) -> None:
-        self.steps[rec.step_id, rec.phase] = _pack_record(rec)
+        steps = self.steps if self.steps is not None else self._unpack()
+        steps[rec.step_id, rec.phase] = rec
 
     def records(self) -> list[StepRecord]:
-        return [_unpack_record(t) for t in self.steps.values()]
+        if self.steps is not None:
+            return [_copy_record(r) for r in self.steps.values()]
+        assert self.packed is not None
+        return [_unpack_record(t) for t in _decode(self.packed)[4]]
+
+    def request_message(self) -> Message:
+        if self.packed is not None:
+            body, header = _decode(self.packed)[:2]
+            return Message(body, Metadata.from_frozen(header))
+        assert self.request is not None
+        return Message(self.request.body, self.request.header.copy())
+
+    def response_message(self) -> Message | None:
+        if self.packed is not None:
+            return _message(*_decode(self.packed)[2:4])
+        return _copy(self.response)
+
+    def settle(self) -> None:
+        """Pack the row once no worker holds it."""
+        steps, req, resp = self.steps, self.request, self.response
+        if self.owner is not None or steps is None or req is None:
+            return
+        self.packed = _encode(
+            (
+                req.body,
+                req.header.frozen(),
+                None if resp is None else resp.body,
+                None if resp is None else resp.header.frozen(),
+                [_pack_record(r) for r in steps.values()],
+            )
+        )
+        self.steps = self.request = self.response = None
+
+    def _unpack(self) -> dict[tuple[str, int], StepRecord]:
+        assert self.packed is not None
+        body, header, resp, resp_h, records = _decode(self.packed)
+        self.request = Message(body, Metadata.from_frozen(header))
+        self.response = _message(resp, resp_h)
+        self.steps = steps = {}
+        for t in records:
+            rec = _unpack_record(t)
+            steps[rec.step_id, rec.phase] = rec
+        self.packed = None
+        return steps
 
 
 class MemoryStore(Store):
@@ -203,7 +281,6 @@ class MemoryStore(Store):
             workflow_id=new.workflow_id,
             version=new.version,
             definition_hash=new.definition_hash,
-            request=_pack_message(new.request),
             start_step=new.start_step,
             reverse=new.reverse,
             step_timeout=new.step_timeout,
@@ -214,9 +291,12 @@ class MemoryStore(Store):
             token=1 if new.owner else 0,
             lease_until=new.lease_until,
             updated_at=new.created_at,
+            request=new.request,
+            steps={},
         )
         for rec in new.starts:
             row.put(rec)
+        row.settle()
         self._rows[new.id] = row
         self._track(row)
         return True
@@ -239,7 +319,9 @@ class MemoryStore(Store):
                 row.status = t.status
                 self._track(row)
                 if t.response is not None:
-                    row.response = _pack(t.response)
+                    if row.steps is None:
+                        row._unpack()
+                    row.response = t.response
                 if t.error is not None:
                     row.error = t.error
             if t.starts and row.status in (Status.RUNNING, Status.COMPENSATING):
@@ -248,6 +330,7 @@ class MemoryStore(Store):
             if t.release:
                 row.owner = None
                 row.lease_until = 0.0
+                row.settle()
         row.updated_at = t.at
         return TransitionResult(True, row.status, row.abort, applied)
 
@@ -280,12 +363,14 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is not None and row.token == token:
             row.owner, row.lease_until = None, until
+            row.settle()
 
     async def release_all(self, owner: str) -> int:
         freed = 0
         for row in self._rows.values():
             if row.owner == owner:
                 row.owner, row.lease_until = None, 0.0
+                row.settle()
                 freed += 1
         return freed
 
@@ -303,7 +388,7 @@ class MemoryStore(Store):
             definition=self._definitions[row.definition_hash],
             status=row.status,
             abort=row.abort,
-            request=_unpack(row.request) or Message(),
+            request=row.request_message(),
             start_step=row.start_step,
             reverse=row.reverse,
             step_timeout=row.step_timeout,
@@ -344,6 +429,7 @@ class MemoryStore(Store):
             for rec in records:
                 if rec.phase == COMPENSATION and rec.status is Status.FAILURE:
                     row.put(dataclasses.replace(rec, status=Status.PENDING))
+        row.settle()
         self._control_seq += 1
         self._controls.append((self._control_seq, execution_id, now))
         return row.status
@@ -363,8 +449,8 @@ class MemoryStore(Store):
             workflow_id=row.workflow_id,
             version=row.version,
             status=row.status,
-            request=_unpack(row.request) or Message(),
-            response=_unpack(row.response),
+            request=row.request_message(),
+            response=row.response_message(),
             error=row.error,
             created_at=row.created_at,
             updated_at=row.updated_at,
