@@ -94,19 +94,21 @@ class Run:
         self._base = data.base_header(request, workflow_id, execution_id)
         self._done: list[StepRecord] = []
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
-        # made when first needed: a chain of inline steps never waits on them
-        self._wake_event: asyncio.Event | None = None
         self._records: list[StepRecord] = []
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._lost = False
-        self.releasing = False
-        self._inline = False
-        self._main: asyncio.Task[None] | None = None
-        self._interrupt: asyncio.Event | None = None
-        # how the run stopped (None: lost, or gave up) once ``ended``; see stopped()
-        self.ended = False
-        self.outcome: Outcome | None = None
         self._waiters: list[asyncio.Future[Outcome | None]] = []
+
+    # set when they change (class attributes until then: fewer writes per execution)
+    task: asyncio.Task[None] | None = None  # the task running main(), set by the worker
+    # made when first needed: a chain of inline steps never waits on them
+    _wake_event: asyncio.Event | None = None
+    _interrupt: asyncio.Event | None = None
+    _deadline_timer: asyncio.TimerHandle | None = None
+    _lost = False
+    _inline = False
+    releasing = False
+    # how the run stopped (None: lost, or gave up) once ``ended``; see stopped()
+    ended = False
+    outcome: Outcome | None = None
 
     # called by the worker --------------------------------------------------------
 
@@ -125,8 +127,8 @@ class Run:
         self._lost = True
         for task in self._tasks.values():
             task.cancel()
-        if self._inline and self._main is not None and self._main is not asyncio.current_task():
-            self._main.cancel()
+        if self._inline and self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
         self.end(None)
         self._wake.set()
 
@@ -139,9 +141,9 @@ class Run:
     # the loop ----------------------------------------------------------------------
 
     async def main(self) -> None:
-        self._main = asyncio.current_task()
         try:
-            self._arm_deadline()
+            if self.deadline_at is not None:
+                self._arm_deadline(self.deadline_at)
             await self._loop(self._initial if self._fresh else self._running_records())
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
@@ -505,11 +507,9 @@ class Run:
         except InvalidTransitionError:
             pass  # finished, or aborted already
 
-    def _arm_deadline(self) -> None:
-        if self.deadline_at is None:
-            return
+    def _arm_deadline(self, deadline_at: float) -> None:
         loop = asyncio.get_running_loop()
-        delay = max(0.0, self.deadline_at - self._clock())
+        delay = max(0.0, deadline_at - self._clock())
         self._deadline_timer = loop.call_later(delay, self.worker.deadline_passed, self)
 
 

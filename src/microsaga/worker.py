@@ -162,6 +162,7 @@ class Worker:
     def launch(self, run: Run) -> None:
         self.runs[run.id] = run
         task = asyncio.get_running_loop().create_task(run.main(), name=f"microsaga-{run.id}")
+        run.task = task
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._ended(run, t))
 

@@ -50,11 +50,26 @@ def _any(states: dict[str, StepRecord], status: Status) -> bool:
 
 def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     """What happens next to an execution in ``state``."""
+    # one pass over the steps: which are running, which failed, and which are ready
+    # (not started, every requirement succeeded), the last only used when nothing failed
+    steps, requires = state.steps, graph.requires
+    running_, failure, success, pending = (
+        Status.RUNNING,
+        Status.FAILURE,
+        Status.SUCCESS,
+        Status.PENDING,
+    )
     steps_running = failed = False
-    running_, failure = Status.RUNNING, Status.FAILURE
-    for st in state.steps.values():
-        current = st.status
-        if current is running_:
+    todo = []
+    for sid in graph.order:
+        current = steps[sid].status
+        if current is pending:
+            for r in requires[sid]:
+                if steps[r].status is not success:
+                    break
+            else:
+                todo.append(sid)
+        elif current is running_:
             steps_running = True
         elif current is failure:
             failed = True
@@ -69,31 +84,14 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
         status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
         if steps_running:
             return Decision(status=status)  # running steps finish before any rollback
-        todo = compensable(plan, graph, state)
-        if todo or running:
-            return Decision(compensate=todo, status=status)
+        comps = compensable(plan, graph, state)
+        if comps or running:
+            return Decision(compensate=comps, status=status)
         aborted = state.abort == ABORT and not _any(state.comps, Status.FAILURE)
         return Decision(status=Status.ABORTED if aborted else Status.FAILURE, done=True)
-    todo = ready(graph, state)
     if todo or running:
-        return Decision(start=todo)
+        return Decision(todo)
     return Decision(status=Status.SUCCESS, done=True)
-
-
-def ready(graph: RunGraph, state: ExecState) -> list[str]:
-    """Steps not started whose requirements all succeeded."""
-    steps = state.steps
-    requires = graph.requires
-    success, pending = Status.SUCCESS, Status.PENDING
-    out = []
-    for sid in graph.order:
-        if steps[sid].status is pending:
-            for r in requires[sid]:
-                if steps[r].status is not success:
-                    break
-            else:
-                out.append(sid)
-    return out
 
 
 def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
