@@ -35,9 +35,10 @@ from .errors import (
     one_line,
 )
 from .message import Message
-from .status import Status
+from .status import ABORTED, COMPENSATED, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition
+from .transports.base import to_message
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -91,7 +92,7 @@ class Run:
         self.workflow = workflow
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
-        self._base = data.base_header(request, workflow_id, execution_id)
+        self._headers = data.Headers(request, workflow_id, execution_id)
         self._done: list[StepRecord] = []
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._records: list[StepRecord] = []
@@ -174,7 +175,7 @@ class Run:
             rec
             for states in (self.state.steps, self.state.comps)
             for rec in states.values()
-            if rec.status is Status.RUNNING
+            if rec.status is RUNNING
         ]
 
     async def _loop(self, starts: list[StepRecord]) -> None:
@@ -224,9 +225,9 @@ class Run:
             )
             unit.release, unit.at = final, self._clock()
             if decision.done:
-                if decision.status is Status.SUCCESS:
+                if decision.status is SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
-                elif decision.status is not Status.ABORTED or not compensated(state):
+                elif decision.status is not ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
             self._records = []
             self.releasing = final  # the lease may go with this commit: not "lost" then
@@ -252,7 +253,7 @@ class Run:
                 self._finish()
                 return
             if decision.release:
-                self._stop(Outcome(Status.SUSPEND))
+                self._stop(Outcome(SUSPEND))
                 return
 
     # steps -----------------------------------------------------------------------
@@ -262,15 +263,13 @@ class Run:
         state = self.state
         if phase == FORWARD:
             before: StepRecord | None = state.steps[sid]
-            request = data.step_input(
-                self.graph, state.steps, sid, self.request, self._base, self.id
-            )
+            request = data.step_input(self.graph, state.steps, sid, self.request, self._headers)
         else:
             before = state.comps.get(sid)
             forward = state.steps[sid]
-            request = data.compensation_input(self.plan.nodes[sid], forward, self._base, self.id)
+            request = data.compensation_input(self.plan.nodes[sid], forward, self._headers)
         attempts = before.attempts + 1 if before is not None else 1
-        return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, self._clock())
+        return StepRecord(sid, phase, RUNNING, attempts, request, None, None, self._clock())
 
     def _started(self, starts: list[StepRecord]) -> None:
         steps, comps = self.state.steps, self.state.comps
@@ -284,11 +283,11 @@ class Run:
             node = nodes[rec.step_id]
             live = node.step if rec.phase == FORWARD else node.compensate
             if live is not None:
-                live.status, live.request, live.response = Status.RUNNING, rec.request, None
+                live.status, live.request, live.response = RUNNING, rec.request, None
 
     def _fold(self) -> None:
         """Put finished step runs in the state; queue their records."""
-        done, self._done = self._done, []
+        done = self._done
         records = self._records
         state = self.state
         for rec in done:
@@ -301,19 +300,20 @@ class Run:
                 live.status, live.response = rec.status, rec.response
             else:
                 state.comps[sid] = rec
-                if rec.status is Status.SUCCESS:
+                if rec.status is SUCCESS:
                     # a new record: the one the store has may be the engine's own object
-                    forward = replace(state.steps[sid], status=Status.COMPENSATED)
+                    forward = replace(state.steps[sid], status=COMPENSATED)
                     state.steps[sid] = forward
                     records.append(forward)
-                    live.status = Status.COMPENSATED
+                    live.status = COMPENSATED
+        done.clear()
 
     def _interrupt_wanted(self, phase: int) -> bool:
         if self.state.abort == ABORT_NO_COMPENSATION:
             return True
         if phase == COMPENSATION:
             return False
-        return self.state.status is Status.SUSPEND or self.state.abort != NO_ABORT
+        return self.state.status is SUSPEND or self.state.abort != NO_ABORT
 
     async def _attempts(self, rec: StepRecord) -> None:
         """Run a step until it succeeds, fails for good, or is interrupted."""
@@ -329,21 +329,30 @@ class Run:
         attempt = rec.attempts or 1
         if _faults.ARMED:
             _faults.hit("step_started" if phase == FORWARD else "compensation_started")
-        result = StepRecord(
-            sid, phase, Status.RUNNING, attempt, request, None, rec.error, rec.started_at
-        )
+        result = StepRecord(sid, phase, RUNNING, attempt, request, None, rec.error, rec.started_at)
         slots = self.worker.slots
+        direct = step.direct if timeout is None else None
         while True:
-            ctx = StepContext(
-                self.flow, self.workflow_id, self.id, sid, attempt, timeout, phase == COMPENSATION
-            )
             if not slots.take():
                 await slots.wait()
             try:
-                if timeout is None:
-                    response = await step.execute(request, ctx)
+                if direct is not None:  # a function that wants neither context nor timeout
+                    value = await direct(request)
+                    response = value if type(value) is Message else to_message(value)
                 else:
-                    response = await _timed(step, request, ctx, timeout)
+                    ctx = StepContext(
+                        self.flow,
+                        self.workflow_id,
+                        self.id,
+                        sid,
+                        attempt,
+                        timeout,
+                        phase == COMPENSATION,
+                    )
+                    if timeout is None:
+                        response = await step.execute(request, ctx)
+                    else:
+                        response = await _timed(step, request, ctx, timeout)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -351,7 +360,7 @@ class Run:
             finally:
                 slots.give()  # not held while waiting to retry
             if failure is None:
-                result.status, result.response = Status.SUCCESS, response
+                result.status, result.response = SUCCESS, response
                 break
             error = result.error = one_line(failure)
             if retry.should_retry(failure, attempt):
@@ -362,7 +371,7 @@ class Run:
                 if not await self._backoff(delay, phase) or not await self._next_attempt(
                     sid, phase, attempt + 1, request, error, rec.started_at
                 ):
-                    result.status = Status.PENDING
+                    result.status = PENDING
                     break
                 attempt += 1
                 result.attempts = attempt
@@ -370,12 +379,12 @@ class Run:
             if phase == FORWARD and node.fallback is not None:
                 fallback = await self._fallback(node, request, attempt, timeout)
                 if fallback is not None:
-                    result.status, result.response = Status.SUCCESS, fallback
+                    result.status, result.response = SUCCESS, fallback
                     result.error = f"{error} (fallback {node.fallback.id} used)"
                     break
-            result.status = Status.FAILURE
+            result.status = FAILURE
             break
-        result.finished_at = self._clock() if result.status is not Status.PENDING else None
+        result.finished_at = self._clock() if result.status is not PENDING else None
         if _faults.ARMED:
             _faults.hit("step_returned")
         self._done.append(result)
@@ -421,7 +430,7 @@ class Run:
         started_at: float | None,
     ) -> bool:
         """Record attempt ``attempt`` before making it; False if it may not start."""
-        rec = StepRecord(sid, phase, Status.RUNNING, attempt, request, None, error, started_at)
+        rec = StepRecord(sid, phase, RUNNING, attempt, request, None, error, started_at)
         result = await self.worker.committer.submit(
             Transition(self.id, self.token, self.state.status, starts=[rec], at=self._clock())
         )
@@ -463,8 +472,8 @@ class Run:
 
     def _finish(self) -> None:
         state = self.state
-        if state.status is Status.SUCCESS:
-            self._stop(Outcome(Status.SUCCESS))
+        if state.status is SUCCESS:
+            self._stop(Outcome(SUCCESS))
             return
         step_id, error = failure_summary(self.plan, self.graph, state)
         self._stop(Outcome(state.status, step_id, error, compensated(state)))

@@ -31,7 +31,7 @@ from .errors import (
 from .execution import Execution
 from .message import Message, encode_json
 from .settings import FlowOptions, resolve_options
-from .status import Status
+from .status import FAILURE, PENDING, RUNNING, Status
 from .step import Step
 from .stores import open_store
 from .stores.base import NewExecution, Store, StoredDefinition
@@ -125,6 +125,7 @@ class Flow:
         self._plans: dict[str, Any] = {}
         self._stored_definitions: set[str] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._yielded_at = 0.0  # see _let_others_run
         self._threads: ThreadPoolExecutor | None = None
 
     # options and lifecycle -------------------------------------------------------------
@@ -383,7 +384,7 @@ class Flow:
             definition=None if snap.hash in self._stored_definitions else snap.body,
             step_ids=snap.step_ids,
             request=request,
-            status=Status.RUNNING if runs_here else Status.PENDING,
+            status=RUNNING if runs_here else PENDING,
             owner=worker.id if runs_here else None,
             lease_until=now + self._options.lease_ttl if runs_here else 0.0,
             created_at=now,
@@ -398,7 +399,7 @@ class Flow:
         created = False  # when the id is running here already
         if run is None:
             if runs_here:
-                state = ExecState(Status.RUNNING, steps=graph.fresh_steps())
+                state = ExecState(RUNNING, steps=graph.fresh_steps())
                 run = Run(
                     worker,
                     plan,
@@ -420,7 +421,8 @@ class Flow:
                 if _faults.ARMED:
                     _faults.hit("execution_created")
                 if run is not None:
-                    worker.launch(run)
+                    # a caller that waits for the run can start it at once
+                    worker.launch(run, eager=not async_)
             else:
                 run = worker.runs.get(eid)
         if not created:  # the id exists: this call behaves as the one that started it
@@ -432,14 +434,27 @@ class Flow:
                     wf._status = found[0]
         if async_:
             return eid
-        outcome = await self._outcome(eid, run)
+        if run is not None and run.ended and run.outcome is not None:
+            outcome = run.outcome  # it ran to its end without waiting
+            await self._let_others_run()
+        else:
+            outcome = await self._outcome(eid, run)
         if wf._last_execution == eid:
             wf._status = outcome.status
-        if outcome.status is Status.FAILURE:
+        if outcome.status is FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated
             )
         return eid
+
+    async def _let_others_run(self) -> None:
+        """Yield to the event loop now and then: a caller running executions that never
+        wait (one after another, on the memory store) would otherwise starve the
+        worker's own tasks and everyone else's."""
+        now = asyncio.get_running_loop().time()
+        if now - self._yielded_at > 0.005:
+            self._yielded_at = now  # before the wait: other callers go on meanwhile
+            await asyncio.sleep(0)
 
     async def _outcome(self, eid: str, run: Run | None) -> Outcome:
         if run is not None:

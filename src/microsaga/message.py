@@ -193,18 +193,11 @@ class Metadata(Mapping[str, str]):
         return Metadata.from_frozen(self.frozen())
 
     def with_entries(self, entries: Frozen) -> Metadata:
-        """A copy with each of ``entries`` (in the frozen form, keys in lower case) set:
-        the engine's own headers, one step at a time. Keys the header lacks are
-        appended to its frozen form, without building any table."""
-        values = self._tables()[0]
-        for low, _, _ in entries:
-            if low in values:
-                break
-        else:
-            return Metadata.from_frozen(self.frozen() + entries)
+        """A copy with each of ``entries`` (in the frozen form) set: a key it has keeps
+        its place and first spelling, a new one comes last."""
         new = self.copy()
-        for _, name, value in entries:
-            new.set(name, value[0])
+        for _, name, values in entries:
+            new.set(name, values[0])
         return new
 
     def to_dict(self) -> dict[str, list[str]]:

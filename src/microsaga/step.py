@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -226,6 +226,10 @@ class Step:
     """
 
     kind: ClassVar[str] = ""
+    # what the engine may await with the request alone, in place of execute(req, ctx),
+    # when the step has no timeout: its result is taken as a FunctionStep's. Set by
+    # steps whose execute would only call it (a FunctionStep of an async function).
+    direct: Callable[[Message], Awaitable[Any]] | None = None
 
     def __init__(
         self,

@@ -163,6 +163,8 @@ class FunctionStep(Step):
         )
         self._with_ctx = _wants_context(fn)
         super().__init__(**options)
+        if self._async and not self._with_ctx and type(self).execute is FunctionStep.execute:
+            self.direct = fn  # the engine awaits fn(req) itself: no context, no wrapper
 
     @property
     def endpoint(self) -> str:

@@ -28,13 +28,13 @@ import socket
 import uuid
 from typing import TYPE_CHECKING
 
-from ._aio import Slots, wait_event
+from ._aio import Slots, start_task, wait_event
 from ._engine.records import COMPENSATION
 from ._engine.saga import ExecState
 from ._groupcommit import Committer
 from ._run import Run
 from .errors import MicrosagaError
-from .status import Status
+from .status import PENDING, RUNNING
 from .stores.base import Claim, StoredExecution
 
 if TYPE_CHECKING:
@@ -159,10 +159,20 @@ class Worker:
 
     # runs -----------------------------------------------------------------------
 
-    def launch(self, run: Run) -> None:
+    def launch(self, run: Run, *, eager: bool = False) -> None:
+        """Run ``run`` in a task of its own; ``eager``: one that starts in this call
+        and runs until the run first waits (see ``_aio.start_task``), so that a run
+        which never waits (the memory store, steps that do not wait) is over on return."""
         self.runs[run.id] = run
-        task = asyncio.get_running_loop().create_task(run.main(), name=f"microsaga-{run.id}")
+        loop = asyncio.get_running_loop()
+        name = f"microsaga-{run.id}"
+        task = (
+            start_task(loop, run.main(), name) if eager else loop.create_task(run.main(), name=name)
+        )
         run.task = task
+        if run.ended:  # it ran to its end already
+            self._ended(run, task)
+            return
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._ended(run, t))
 
@@ -351,6 +361,6 @@ def _state(stored: StoredExecution, graph: RunGraph) -> ExecState:
             state.comps[rec.step_id] = rec
         elif rec.step_id in state.steps:
             state.steps[rec.step_id] = rec
-    if state.status is Status.PENDING:
-        state.status = Status.RUNNING
+    if state.status is PENDING:
+        state.status = RUNNING
     return state

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from microsaga import (
     StepError,
     StepNotExistsError,
 )
+from microsaga.flow import new_execution_id
 from microsaga.testing import MemoryBroker, MockClient
 
 
@@ -459,3 +462,22 @@ async def test_custom_step_kind(flow: Flow) -> None:
     wf = await flow.workflow_create("custom", Upper("name"))
     info = await flow.execution(await wf.execute({"name": "ada"}))
     assert info.steps["upper:name"].response.json() == {"name": "ADA", "attempt": 1}  # type: ignore[union-attr]
+
+
+def test_execution_ids_are_unique_sort_by_time_and_differ_in_a_forked_child() -> None:
+    ids = [new_execution_id() for _ in range(2000)]  # several refills of the random pool
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert ids[0][:12] <= ids[-1][:12]  # the time part comes first
+    read, write = os.pipe()
+    with warnings.catch_warnings():  # 3.12 warns of fork() in a process with threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: what it hands out next
+        os.write(write, new_execution_id()[12:].encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != new_execution_id()[12:]  # the parent's next random part is not the child's

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidTransitionError
-from ..status import Status
+from ..status import ABORTED, COMPENSATING, FAILURE, PENDING, RUNNING, SUSPEND, Status
 from .saga import ABORT, ABORT_NO_COMPENSATION
 
 __all__ = ["ControlChange", "control_change"]
@@ -42,29 +42,27 @@ def control_change(
         InvalidTransitionError: naming the action and the status.
     """
     if action == "suspend":
-        if status in (Status.PENDING, Status.RUNNING, Status.SUSPEND):
-            return ControlChange(Status.SUSPEND, abort)
+        if status in (PENDING, RUNNING, SUSPEND):
+            return ControlChange(SUSPEND, abort)
     elif action == "resume":
-        if status is Status.SUSPEND:
-            resumed = Status.COMPENSATING if abort == ABORT else Status.RUNNING
+        if status is SUSPEND:
+            resumed = COMPENSATING if abort == ABORT else RUNNING
             return ControlChange(resumed, abort, free_lease=not held)
-        if status is Status.FAILURE and compensation_failed:
-            return ControlChange(
-                Status.COMPENSATING, abort, free_lease=True, retry_compensations=True
-            )
+        if status is FAILURE and compensation_failed:
+            return ControlChange(COMPENSATING, abort, free_lease=True, retry_compensations=True)
     elif action == "abort":
         if not status.finished:
             if not held and not steps_running and not steps_succeeded:
                 # nothing ran to the end, nothing runs: nothing to roll back, no worker
                 # needed (a queued execution ends here even when no worker is running)
-                return ControlChange(Status.ABORTED, ABORT, final=True)
-            return ControlChange(Status.COMPENSATING, ABORT, free_lease=not held)
+                return ControlChange(ABORTED, ABORT, final=True)
+            return ControlChange(COMPENSATING, ABORT, free_lease=not held)
     elif action == "abort_nocomp":
         if not status.finished:
             if not held and not steps_running:
-                return ControlChange(Status.ABORTED, ABORT_NO_COMPENSATION, final=True)
-            if status is Status.SUSPEND:
-                status = Status.RUNNING
+                return ControlChange(ABORTED, ABORT_NO_COMPENSATION, final=True)
+            if status is SUSPEND:
+                status = RUNNING
             return ControlChange(status, ABORT_NO_COMPENSATION, free_lease=not held)
     else:
         raise InvalidTransitionError(f"unknown action {action!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..message import Message, Metadata, decode_json_body, encode_json
+from ..message import Frozen, Message, Metadata, decode_json_body, encode_json
 from .plan import Node, RunGraph
 from .records import StepRecord
 
@@ -11,7 +11,7 @@ __all__ = [
     "IDEMPOTENCY_HEADER",
     "STEP_HEADER",
     "WORKFLOW_HEADER",
-    "base_header",
+    "Headers",
     "compensation_input",
     "execution_response",
     "step_input",
@@ -23,24 +23,43 @@ STEP_HEADER = "Micro-Flow-Step"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-def base_header(request: Message, workflow_id: str, execution_id: str) -> Metadata:
-    """The execution request's header plus the workflow and execution ids."""
-    header = request.header.copy()
-    header.set(WORKFLOW_HEADER, workflow_id)
-    header.set(EXECUTION_HEADER, execution_id)
-    return header
-
-
+_WORKFLOW_KEY, _EXECUTION_KEY = WORKFLOW_HEADER.lower(), EXECUTION_HEADER.lower()
 _STEP_KEY, _IDEMPOTENCY_KEY = STEP_HEADER.lower(), IDEMPOTENCY_HEADER.lower()
 
 
-def _header(base: Metadata, execution_id: str, step_id: str, suffix: str = "") -> Metadata:
-    return base.with_entries(
-        (
-            (_STEP_KEY, STEP_HEADER, (step_id,)),
-            (_IDEMPOTENCY_KEY, IDEMPOTENCY_HEADER, (f"{execution_id}:{step_id}{suffix}",)),
+class Headers:
+    """The headers of one execution's step requests: the execution request's header
+    plus the workflow and execution ids (``base``), and for each step its id and
+    idempotency key."""
+
+    __slots__ = ("_frozen", "_prefix", "base")
+
+    def __init__(self, request: Message, workflow_id: str, execution_id: str) -> None:
+        self._prefix = execution_id + ":"
+        ids = (
+            (_WORKFLOW_KEY, WORKFLOW_HEADER, (workflow_id,)),
+            (_EXECUTION_KEY, EXECUTION_HEADER, (execution_id,)),
         )
-    )
+        if not len(request.header):  # the usual request: no header of its own
+            self._frozen: Frozen | None = ids
+            self.base = Metadata.from_frozen(ids)
+            return
+        self.base = base = request.header.with_entries(ids)
+        # unless the request brings a step's own keys, a step's header is the base's
+        # frozen form with two entries after it
+        clean = _STEP_KEY not in base and _IDEMPOTENCY_KEY not in base
+        self._frozen = base.frozen() if clean else None
+
+    def step(self, step_id: str, suffix: str = "") -> Metadata:
+        """The header of a request of ``step_id`` (``suffix`` ends its key)."""
+        entries = (
+            (_STEP_KEY, STEP_HEADER, (step_id,)),
+            (_IDEMPOTENCY_KEY, IDEMPOTENCY_HEADER, (self._prefix + step_id + suffix,)),
+        )
+        frozen = self._frozen
+        if frozen is None:
+            return self.base.with_entries(entries)
+        return Metadata.from_frozen(frozen + entries)
 
 
 def _combine(responses: dict[str, Message | None]) -> bytes:
@@ -54,8 +73,7 @@ def step_input(
     steps: dict[str, StepRecord],
     step_id: str,
     request: Message,
-    base: Metadata,
-    execution_id: str,
+    headers: Headers,
 ) -> Message:
     """The request of ``step_id``: the execution request for a step with no inputs,
     the response of its one input, or a JSON object of its inputs' responses."""
@@ -67,12 +85,10 @@ def step_input(
         body = parent.body if parent is not None else b""
     else:
         body = _combine({p: steps[p].response for p in parents})
-    return Message(body, _header(base, execution_id, step_id))
+    return Message(body, headers.step(step_id))
 
 
-def compensation_input(
-    node: Node, forward: StepRecord, base: Metadata, execution_id: str
-) -> Message:
+def compensation_input(node: Node, forward: StepRecord, headers: Headers) -> Message:
     """The request of ``node``'s compensation, per its ``compensate_input``."""
     req = forward.request.body if forward.request is not None else b""
     resp = forward.response.body if forward.response is not None else b""
@@ -82,7 +98,7 @@ def compensation_input(
         body = resp
     else:
         body = encode_json({"request": decode_json_body(req), "response": decode_json_body(resp)})
-    return Message(body, _header(base, execution_id, node.id, ":compensate"))
+    return Message(body, headers.step(node.id, ":compensate"))
 
 
 def fallback_header(request: Message, execution_id: str, step_id: str) -> Message:

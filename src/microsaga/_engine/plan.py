@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import StepNotExistsError
-from ..status import Status
+from ..status import PENDING
 from ..step import Retry
 from . import dag
 from .records import FORWARD, StepRecord
@@ -113,5 +113,5 @@ class Plan:
         dependents = dag.dependents_of(requires)
         order = tuple(dag.topological(requires))
         leaves = tuple(s for s in order if not dependents[s])
-        pending = {s: StepRecord(s, FORWARD, Status.PENDING) for s in order}
+        pending = {s: StepRecord(s, FORWARD, PENDING) for s in order}
         return RunGraph(order, requires, dependents, inputs, leaves, pending)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..status import Status
+from ..status import ABORTED, COMPENSATING, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
 from .plan import Plan, RunGraph
 from .records import StepRecord
 
@@ -53,45 +53,39 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     # one pass over the steps: which are running, which failed, and which are ready
     # (not started, every requirement succeeded), the last only used when nothing failed
     steps, requires = state.steps, graph.requires
-    running_, failure, success, pending = (
-        Status.RUNNING,
-        Status.FAILURE,
-        Status.SUCCESS,
-        Status.PENDING,
-    )
     steps_running = failed = False
     todo = []
     for sid in graph.order:
         current = steps[sid].status
-        if current is pending:
+        if current is PENDING:
             for r in requires[sid]:
-                if steps[r].status is not success:
+                if steps[r].status is not SUCCESS:
                     break
             else:
                 todo.append(sid)
-        elif current is running_:
+        elif current is RUNNING:
             steps_running = True
-        elif current is failure:
+        elif current is FAILURE:
             failed = True
-    running = steps_running or (bool(state.comps) and _any(state.comps, running_))
+    running = steps_running or (bool(state.comps) and _any(state.comps, RUNNING))
     if state.abort == ABORT_NO_COMPENSATION:
         if running:
             return Decision()
-        return Decision(status=Status.ABORTED, done=True)
-    if state.status is Status.SUSPEND:
+        return Decision(status=ABORTED, done=True)
+    if state.status is SUSPEND:
         return Decision(release=not running)
     if failed or state.abort == ABORT:
-        status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
+        status = None if state.status is COMPENSATING else COMPENSATING
         if steps_running:
             return Decision(status=status)  # running steps finish before any rollback
         comps = compensable(plan, graph, state)
         if comps or running:
             return Decision(compensate=comps, status=status)
-        aborted = state.abort == ABORT and not _any(state.comps, Status.FAILURE)
-        return Decision(status=Status.ABORTED if aborted else Status.FAILURE, done=True)
+        aborted = state.abort == ABORT and not _any(state.comps, FAILURE)
+        return Decision(status=ABORTED if aborted else FAILURE, done=True)
     if todo or running:
         return Decision(todo)
-    return Decision(status=Status.SUCCESS, done=True)
+    return Decision(status=SUCCESS, done=True)
 
 
 def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
@@ -102,11 +96,11 @@ def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
     out = []
     for sid in reversed(graph.order):
         deps_settled = all(settled[d] for d in graph.dependents[sid])
-        needs = steps[sid].status is Status.SUCCESS and nodes[sid].compensate is not None
+        needs = steps[sid].status is SUCCESS and nodes[sid].compensate is not None
         settled[sid] = deps_settled and not needs
         if needs and deps_settled:
             comp = comps.get(sid)
-            if comp is None or comp.status is Status.PENDING:
+            if comp is None or comp.status is PENDING:
                 out.append(sid)
     out.reverse()
     return out
@@ -114,7 +108,7 @@ def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
 
 def failure_summary(plan: Plan, graph: RunGraph, state: ExecState) -> tuple[str | None, str]:
     """The failed step (or None) and a one-line error for a failed execution."""
-    failed = next((s for s in graph.order if state.steps[s].status is Status.FAILURE), None)
+    failed = next((s for s in graph.order if state.steps[s].status is FAILURE), None)
     parts = []
     if failed is not None:
         parts.append(f"step {failed} failed: {state.steps[failed].error}")
@@ -122,11 +116,11 @@ def failure_summary(plan: Plan, graph: RunGraph, state: ExecState) -> tuple[str 
         parts.append("aborted")
     for sid in graph.order:
         comp = state.comps.get(sid)
-        if comp is not None and comp.status is Status.FAILURE:
+        if comp is not None and comp.status is FAILURE:
             parts.append(f"compensation of {sid} failed: {comp.error}")
     return failed, "; ".join(parts) or "failed"
 
 
 def compensated(state: ExecState) -> bool:
     """True when no compensation failed."""
-    return not _any(state.comps, Status.FAILURE)
+    return not _any(state.comps, FAILURE)

@@ -17,7 +17,7 @@ from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError
 from ..execution import Execution
 from ..message import Frozen, Message, Metadata
-from ..status import Status
+from ..status import COMPENSATING, FAILURE, PENDING, RUNNING, SUCCESS, Status
 from ._rows import build_execution
 from .base import (
     COMPENSATION,
@@ -263,8 +263,9 @@ class MemoryStore(Store):
         return self._apply(unit)
 
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
-        if isinstance(unit, Transition):
+        if type(unit) is Transition or isinstance(unit, Transition):
             return self._transition(unit)
+        assert isinstance(unit, NewExecution)
         return self._create(unit)
 
     def _create(self, new: NewExecution) -> bool:
@@ -310,23 +311,22 @@ class MemoryStore(Store):
     def _transition(self, t: Transition) -> TransitionResult:
         row = self._rows.get(t.execution_id)
         if row is None or row.token != t.token or row.owner is None:
-            return TransitionResult(False, row.status if row else Status.PENDING, 0, False)
+            return TransitionResult(False, row.status if row else PENDING, 0, False)
+        steps = row.steps if row.steps is not None else row._unpack()
         for rec in t.records:
-            row.put(rec)
+            steps[rec.step_id, rec.phase] = rec
         applied = row.status is t.expect
         if applied:
             if t.status is not None:
                 row.status = t.status
                 self._track(row)
                 if t.response is not None:
-                    if row.steps is None:
-                        row._unpack()
                     row.response = t.response
                 if t.error is not None:
                     row.error = t.error
-            if t.starts and row.status in (Status.RUNNING, Status.COMPENSATING):
+            if t.starts and row.status in (RUNNING, COMPENSATING):
                 for rec in t.starts:
-                    row.put(rec)
+                    steps[rec.step_id, rec.phase] = rec
             if t.release:
                 row.owner = None
                 row.lease_until = 0.0
@@ -343,8 +343,8 @@ class MemoryStore(Store):
             # still runs them and renews them; taking them again would fence it off
             if row.status in RUNNABLE and row.lease_until < now and row.owner != owner:
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
-                if row.status is Status.PENDING:
-                    row.status = Status.RUNNING
+                if row.status is PENDING:
+                    row.status = RUNNING
                 out.append(Claim(row.id, row.token))
         return out
 
@@ -411,11 +411,11 @@ class MemoryStore(Store):
             row.status,
             row.abort,
             held=row.owner is not None and row.lease_until >= now,
-            steps_running=any(r.status is Status.RUNNING for r in records),
+            steps_running=any(r.status is RUNNING for r in records),
             compensation_failed=any(
-                r.phase == COMPENSATION and r.status is Status.FAILURE for r in records
+                r.phase == COMPENSATION and r.status is FAILURE for r in records
             ),
-            steps_succeeded=any(r.phase == FORWARD and r.status is Status.SUCCESS for r in records),
+            steps_succeeded=any(r.phase == FORWARD and r.status is SUCCESS for r in records),
         )
         row.status, row.abort, row.updated_at = change.status, change.abort, now
         self._track(row)
@@ -427,8 +427,8 @@ class MemoryStore(Store):
             row.owner, row.lease_until = None, 0.0
         if change.retry_compensations:
             for rec in records:
-                if rec.phase == COMPENSATION and rec.status is Status.FAILURE:
-                    row.put(dataclasses.replace(rec, status=Status.PENDING))
+                if rec.phase == COMPENSATION and rec.status is FAILURE:
+                    row.put(dataclasses.replace(rec, status=PENDING))
         row.settle()
         self._control_seq += 1
         self._controls.append((self._control_seq, execution_id, now))
