@@ -67,7 +67,6 @@ class Run:
         worker: Worker,
         plan: Plan,
         graph: RunGraph,
-        *,
         execution_id: str,
         workflow_id: str,
         request: Message,
@@ -145,7 +144,9 @@ class Run:
         try:
             if self.deadline_at is not None:
                 self._arm_deadline(self.deadline_at)
-            await self._loop(self._initial if self._fresh else self._running_records())
+            starts = self._initial if self._fresh else self._running_records()
+            self._show(starts)
+            await self._loop(starts)
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
             self.lose()
@@ -166,7 +167,9 @@ class Run:
         committed with the execution and invoked when the run is launched."""
         first = decide(self.plan, self.graph, self.state)
         self._initial = starts = [self._start(sid, FORWARD) for sid in first.start]
-        self._started(starts)  # a run whose execution is not created is dropped
+        steps = self.state.steps  # a run whose execution is not created is dropped
+        for rec in starts:
+            steps[rec.step_id] = rec
         return starts
 
     def _running_records(self) -> list[StepRecord]:
@@ -185,7 +188,6 @@ class Run:
         committer = self.worker.committer
         while True:
             if starts:
-                self._launch(starts)
                 if len(starts) == 1 and not self._tasks:
                     # a lone step runs in this loop's own task: a chain needs no task
                     self._inline = True
@@ -221,9 +223,17 @@ class Run:
                 self._wake.clear()
                 continue
             unit = Transition(
-                self.id, self.token, state.status, decision.status, self._records, starts
+                self.id,
+                self.token,
+                state.status,
+                decision.status,
+                self._records,
+                starts,
+                None,
+                None,
+                final,
+                self._clock(),
             )
-            unit.release, unit.at = final, self._clock()
             if decision.done:
                 if decision.status is SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
@@ -240,7 +250,9 @@ class Run:
             if unit.records and _faults.ARMED:
                 _faults.hit("step_recorded")
             previous = state.status
-            state.status, state.abort = result.status, max(state.abort, result.abort)
+            state.status = result.status
+            if result.abort > state.abort:
+                state.abort = result.abort
             if not result.applied:  # nothing started: the state keeps its records
                 self.releasing = False
                 self._set_status(state.status)
@@ -272,11 +284,13 @@ class Run:
         return StepRecord(sid, phase, RUNNING, attempts, request, None, None, self._clock())
 
     def _started(self, starts: list[StepRecord]) -> None:
+        """Committed starts: into the state, and shown (see _show)."""
         steps, comps = self.state.steps, self.state.comps
         for rec in starts:
             (steps if rec.phase == FORWARD else comps)[rec.step_id] = rec
+        self._show(starts)
 
-    def _launch(self, starts: list[StepRecord]) -> None:
+    def _show(self, starts: list[StepRecord]) -> None:
         """The steps about to be invoked, as this process shows them (``Step.status``)."""
         nodes = self.plan.nodes
         for rec in starts:

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _faults
 from ._aio import wait_event
-from ._engine.saga import ExecState
+from ._engine.saga import NO_ABORT, ExecState
 from ._run import Outcome, Run
 from .definitions import workflow_from_dict
 from .errors import (
@@ -125,7 +125,7 @@ class Flow:
         self._plans: dict[str, Any] = {}
         self._stored_definitions: set[str] = set()
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._yielded_at = 0.0  # see _let_others_run
+        self._yielded_at = 0.0  # when _execute last yielded to the event loop
         self._threads: ThreadPoolExecutor | None = None
 
     # options and lifecycle -------------------------------------------------------------
@@ -348,7 +348,6 @@ class Flow:
         self,
         wf: Workflow,
         req: Any,
-        *,
         async_: bool,
         start: str | None,
         reverse: bool,
@@ -358,8 +357,10 @@ class Flow:
     ) -> str:
         worker = self._running()
         request = Message.of(req)
-        timeout = _positive(timeout, "timeout")
-        deadline = _positive(deadline, "deadline")
+        if timeout is not None:
+            timeout = _positive(timeout, "timeout")
+        if deadline is not None:
+            deadline = _positive(deadline, "deadline")
         if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
             raise ConfigurationError("execution_id", "must be a non-empty string")
         plan = wf._plan()
@@ -376,22 +377,22 @@ class Flow:
         eid = execution_id or new_execution_id()
         now = self.clock()
         runs_here = self._options.worker
-        new = NewExecution(
-            id=eid,
-            workflow_id=wf.id,
-            version=wf.version,
-            definition_hash=snap.hash,
-            definition=None if snap.hash in self._stored_definitions else snap.body,
-            step_ids=snap.step_ids,
-            request=request,
-            status=RUNNING if runs_here else PENDING,
-            owner=worker.id if runs_here else None,
-            lease_until=now + self._options.lease_ttl if runs_here else 0.0,
-            created_at=now,
-            start_step=start,
-            reverse=reverse,
-            step_timeout=timeout,
-            deadline_at=now + deadline if deadline is not None else None,
+        new = NewExecution(  # positional, in field order: see Workflow.execute
+            eid,
+            wf.id,
+            wf.version,
+            snap.hash,
+            None if snap.hash in self._stored_definitions else snap.body,
+            snap.step_ids,
+            request,
+            RUNNING if runs_here else PENDING,
+            worker.id if runs_here else None,
+            now + self._options.lease_ttl if runs_here else 0.0,
+            now,
+            start,
+            reverse,
+            timeout,
+            now + deadline if deadline is not None else None,
         )
         wf._last_execution = eid
         wf._status = new.status
@@ -399,20 +400,20 @@ class Flow:
         created = False  # when the id is running here already
         if run is None:
             if runs_here:
-                state = ExecState(RUNNING, steps=graph.fresh_steps())
+                state = ExecState(RUNNING, NO_ABORT, graph.fresh_steps(), {})
                 run = Run(
                     worker,
                     plan,
                     graph,
-                    execution_id=eid,
-                    workflow_id=wf.id,
-                    request=request,
-                    token=1,
-                    state=state,
-                    step_timeout=timeout,
-                    deadline_at=new.deadline_at,
-                    fresh=True,
-                    workflow=wf,
+                    eid,
+                    wf.id,
+                    request,
+                    1,
+                    state,
+                    timeout,
+                    new.deadline_at,
+                    True,
+                    wf,
                 )
                 new.starts = run.first_steps()
             created = bool(await worker.committer.submit(new))
@@ -436,7 +437,12 @@ class Flow:
             return eid
         if run is not None and run.ended and run.outcome is not None:
             outcome = run.outcome  # it ran to its end without waiting
-            await self._let_others_run()
+            # now and then let others run: callers of executions that never wait, one
+            # after another, would otherwise starve the worker's tasks and everyone's
+            now = asyncio.get_running_loop().time()
+            if now - self._yielded_at > 0.005:
+                self._yielded_at = now  # before the wait: other callers go on meanwhile
+                await asyncio.sleep(0)
         else:
             outcome = await self._outcome(eid, run)
         if wf._last_execution == eid:
@@ -446,15 +452,6 @@ class Flow:
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated
             )
         return eid
-
-    async def _let_others_run(self) -> None:
-        """Yield to the event loop now and then: a caller running executions that never
-        wait (one after another, on the memory store) would otherwise starve the
-        worker's own tasks and everyone else's."""
-        now = asyncio.get_running_loop().time()
-        if now - self._yielded_at > 0.005:
-            self._yielded_at = now  # before the wait: other callers go on meanwhile
-            await asyncio.sleep(0)
 
     async def _outcome(self, eid: str, run: Run | None) -> Outcome:
         if run is not None:

@@ -26,9 +26,10 @@ import os
 import re
 import socket
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._aio import Slots, start_task, wait_event
+from ._aio import Slots, wait_event
+from ._eager import EagerStarter
 from ._engine.records import COMPENSATION
 from ._engine.saga import ExecState
 from ._groupcommit import Committer
@@ -118,6 +119,7 @@ class Worker:
         self._poke = asyncio.Event()
         self._control_seq = 0
         self._to_release: dict[str, int] = {}
+        self._eager = EagerStarter("microsaga-idle")
 
     # lifecycle ------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class Worker:
         ]
 
     async def stop(self) -> None:
+        self._eager.close()
         for task in self._loops:
             task.cancel()
         runs = list(self.runs.values())
@@ -161,23 +164,24 @@ class Worker:
 
     def launch(self, run: Run, *, eager: bool = False) -> None:
         """Run ``run`` in a task of its own; ``eager``: one that starts in this call
-        and runs until the run first waits (see ``_aio.start_task``), so that a run
+        and runs until the run first waits (see ``_eager``), so that a run
         which never waits (the memory store, steps that do not wait) is over on return."""
         self.runs[run.id] = run
-        loop = asyncio.get_running_loop()
         name = f"microsaga-{run.id}"
-        task = (
-            start_task(loop, run.main(), name) if eager else loop.create_task(run.main(), name=name)
-        )
+        if eager:
+            task = self._eager.start(run.main(), name)
+            if task is None:  # it ran to its end already
+                self._ended(run, None)
+                return
+        else:
+            task = asyncio.get_running_loop().create_task(run.main(), name=name)
         run.task = task
-        if run.ended:  # it ran to its end already
-            self._ended(run, task)
-            return
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._ended(run, t))
 
-    def _ended(self, run: Run, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _ended(self, run: Run, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._tasks.discard(task)
         if self.runs.get(run.id) is run:
             del self.runs[run.id]
         run.end(None)
@@ -223,13 +227,13 @@ class Worker:
             self,
             plan,
             graph,
-            execution_id=stored.id,
-            workflow_id=stored.workflow_id,
-            request=stored.request,
-            token=stored.token,
-            state=_state(stored, graph),
-            step_timeout=stored.step_timeout,
-            deadline_at=stored.deadline_at,
+            stored.id,
+            stored.workflow_id,
+            stored.request,
+            stored.token,
+            _state(stored, graph),
+            stored.step_timeout,
+            stored.deadline_at,
         )
         self.launch(run)
 

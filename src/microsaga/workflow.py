@@ -166,15 +166,9 @@ class Workflow:
             StepNotExistsError: ``start`` names no step.
             MissingClientError: a step needs a client or broker the flow lacks.
         """
+        # positional: keywords cost a call more than the rest of it (Python 3.11)
         return await self._bound()._execute(
-            self,
-            req,
-            async_=async_,
-            start=start,
-            reverse=reverse,
-            timeout=timeout,
-            deadline=deadline,
-            execution_id=execution_id,
+            self, req, async_, start, reverse, timeout, deadline, execution_id
         )
 
     async def suspend(self, execution_id: str) -> None:

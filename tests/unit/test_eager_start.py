@@ -9,42 +9,59 @@ import contextvars
 import pytest
 
 from microsaga import Flow, FunctionStep, Message, Status
-from microsaga._aio import start_task
+from microsaga._eager import EagerStarter
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-async def test_a_task_that_never_waits_is_over_when_it_is_made() -> None:
+async def test_a_coroutine_that_never_waits_is_over_when_it_is_started() -> None:
     seen: list[asyncio.Task[object] | None] = []
+    done: list[str] = []
 
-    async def body() -> str:
+    async def body() -> None:
         seen.append(asyncio.current_task())
-        return "done"
+        done.append("done")
 
     caller = asyncio.current_task()
-    task = start_task(asyncio.get_running_loop(), body(), "eager")
-    assert seen == [task]  # it ran at once, as its own task
+    starter = EagerStarter("idle")
+    assert starter.start(body(), "eager") is None  # no task: it ran to its end
+    assert done == ["done"]
+    assert seen[0] is not None
+    assert seen[0] is not caller  # it ran as a task of its own,
     assert asyncio.current_task() is caller  # and the caller is the current task again
-    assert await task == "done"
+    starter.close()
 
 
-async def test_a_task_that_waits_goes_on_in_its_own_task() -> None:
+async def test_a_coroutine_that_waits_goes_on_in_the_task_it_started_in() -> None:
     gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     steps: list[str] = []
+    tasks: list[asyncio.Task[object] | None] = []
 
     async def body() -> str:
+        tasks.append(asyncio.current_task())
         steps.append("started")
         got = await gate
+        tasks.append(asyncio.current_task())
         steps.append(f"resumed with {got}")
-        assert asyncio.current_task() is task
         return got
 
-    task = start_task(asyncio.get_running_loop(), body(), "eager")
+    starter = EagerStarter("idle")
+    task = starter.start(body(), "eager")
+    assert task is not None
     assert steps == ["started"]
     assert not task.done()
+    assert task.get_name() == "eager"
     gate.set_result("x")
     assert await task == "x"
     assert steps == ["started", "resumed with x"]
+    assert tasks == [task, task]
+    # the next start gets a new host: the one above is taken
+    gate = asyncio.get_running_loop().create_future()
+    again = starter.start(body(), "again")
+    assert again is not None
+    assert again is not task
+    again.cancel()
+    starter.close()
 
 
 async def test_a_timeout_taken_before_the_first_wait_cancels_the_task_not_the_caller() -> None:
@@ -56,12 +73,17 @@ async def test_a_timeout_taken_before_the_first_wait_cancels_the_task_not_the_ca
             return "timed out"
         return "slept"
 
-    task = start_task(asyncio.get_running_loop(), body(), "eager")
+    starter = EagerStarter("idle")
+    task = starter.start(body(), "eager")
+    assert task is not None
     assert await asyncio.wait_for(task, 2) == "timed out"
-    assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+    current = asyncio.current_task()
+    assert current is not None
+    assert not current.cancelling()
+    starter.close()
 
 
-async def test_cancelling_the_task_reaches_what_it_waits_on() -> None:
+async def test_cancelling_the_task_reaches_what_the_coroutine_waits_on() -> None:
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     caught: list[str] = []
 
@@ -72,32 +94,95 @@ async def test_cancelling_the_task_reaches_what_it_waits_on() -> None:
             caught.append("cancelled")
             raise
 
-    task = start_task(asyncio.get_running_loop(), body(), "eager")
+    starter = EagerStarter("idle")
+    task = starter.start(body(), "eager")
+    assert task is not None
     task.cancel()  # before the task's first step
     with pytest.raises(asyncio.CancelledError):
         await task
     assert caught == ["cancelled"]
     assert gate.cancelled()
+    starter.close()
 
 
-async def test_an_error_before_the_first_wait_ends_the_task_with_it() -> None:
+async def test_a_coroutine_that_cancels_its_task_before_waiting_is_cancelled_when_it_waits() -> (
+    None
+):
+    caught: list[str] = []
+
     async def body() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            caught.append("cancelled")
+            raise
+
+    starter = EagerStarter("idle")
+    task = starter.start(body(), "eager")
+    assert task is not None
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert caught == ["cancelled"]
+    starter.close()
+
+
+async def test_an_error_after_the_first_wait_ends_the_task_with_it() -> None:
+    async def body() -> None:
+        await asyncio.sleep(0)
         raise ValueError("bad")
 
-    task = start_task(asyncio.get_running_loop(), body(), "eager")
+    starter = EagerStarter("idle")
+    task = starter.start(body(), "eager")
+    assert task is not None
     with pytest.raises(ValueError, match="bad"):
         await task
+    starter.close()
 
 
-async def test_the_task_keeps_its_own_context() -> None:
-    async def body() -> str:
+async def test_the_coroutine_keeps_its_own_context() -> None:
+    got: list[str] = []
+
+    async def body() -> None:
         request_id.set("inner")
-        return request_id.get()
+        await asyncio.sleep(0)
+        got.append(request_id.get())
 
     request_id.set("outer")
-    task = start_task(asyncio.get_running_loop(), body(), "eager")
-    assert await task == "inner"
+    starter = EagerStarter("idle")
+    task = starter.start(body(), "eager")
     assert request_id.get() == "outer"
+    assert task is not None
+    await task
+    assert got == ["inner"]
+    assert request_id.get() == "outer"
+    starter.close()
+
+
+async def test_a_start_inside_a_start_gets_its_own_host() -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    starter = EagerStarter("idle")
+    inner_task: list[asyncio.Task[object] | None] = []
+
+    async def inner() -> str:
+        await gate
+        return "inner"
+
+    async def outer() -> str:
+        inner_task.append(starter.start(inner(), "inner"))
+        await asyncio.sleep(0)
+        return "outer"
+
+    outer_task = starter.start(outer(), "outer")
+    assert outer_task is not None
+    assert inner_task[0] is not None
+    assert inner_task[0] is not outer_task
+    gate.set_result(None)
+    assert await outer_task == "outer"
+    assert await inner_task[0] == "inner"
+    starter.close()
 
 
 async def slow_step(m: Message) -> object:

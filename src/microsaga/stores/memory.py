@@ -260,6 +260,8 @@ class MemoryStore(Store):
         return [self._apply(u) for u in units]
 
     def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult:
+        if type(unit) is Transition:
+            return self._transition(unit)
         return self._apply(unit)
 
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
@@ -276,24 +278,27 @@ class MemoryStore(Store):
                 new.definition_hash, new.workflow_id, new.definition, list(new.step_ids)
             )
         self._seq += 1
-        row = _Row(
-            seq=self._seq,
-            id=new.id,
-            workflow_id=new.workflow_id,
-            version=new.version,
-            definition_hash=new.definition_hash,
-            start_step=new.start_step,
-            reverse=new.reverse,
-            step_timeout=new.step_timeout,
-            deadline_at=new.deadline_at,
-            created_at=new.created_at,
-            status=new.status,
-            owner=new.owner,
-            token=1 if new.owner else 0,
-            lease_until=new.lease_until,
-            updated_at=new.created_at,
-            request=new.request,
-            steps={},
+        row = _Row(  # positional, in field order: keywords cost more than the rest
+            self._seq,
+            new.id,
+            new.workflow_id,
+            new.version,
+            new.definition_hash,
+            new.start_step,
+            new.reverse,
+            new.step_timeout,
+            new.deadline_at,
+            new.created_at,
+            new.status,
+            0,
+            new.owner,
+            1 if new.owner else 0,
+            new.lease_until,
+            None,
+            new.created_at,
+            new.request,
+            None,
+            {},
         )
         for rec in new.starts:
             row.put(rec)
