@@ -23,6 +23,7 @@ from ._engine.saga import (
     ABORT_NO_COMPENSATION,
     NO_ABORT,
     ExecState,
+    after_success,
     compensated,
     decide,
     failure_summary,
@@ -57,6 +58,9 @@ class Outcome:
     step_id: str | None = None
     error: str | None = None
     compensated: bool = True
+
+
+_SUCCEEDED = Outcome(SUCCESS)
 
 
 class Run:
@@ -146,7 +150,7 @@ class Run:
                 self._arm_deadline(self.deadline_at)
             starts = self._initial if self._fresh else self._running_records()
             self._show(starts)
-            await self._loop(starts)
+            await self._loop(starts, decided=self._fresh)
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
             self.lose()
@@ -166,10 +170,11 @@ class Run:
         """The RUNNING records of the steps a new execution starts with; they are
         committed with the execution and invoked when the run is launched."""
         first = decide(self.plan, self.graph, self.state)
-        self._initial = starts = [self._start(sid, FORWARD) for sid in first.start]
+        self._initial = starts = []
         steps = self.state.steps  # a run whose execution is not created is dropped
-        for rec in starts:
-            steps[rec.step_id] = rec
+        for sid in first.start:
+            rec = steps[sid] = self._start(sid, FORWARD)
+            starts.append(rec)
         return starts
 
     def _running_records(self) -> list[StepRecord]:
@@ -181,12 +186,17 @@ class Run:
             if rec.status is RUNNING
         ]
 
-    async def _loop(self, starts: list[StepRecord]) -> None:
+    async def _loop(self, starts: list[StepRecord], *, decided: bool) -> None:
         """Invoke what the last commit started; fold what finished into the state; ask
-        the engine what comes next; commit it; again, until the run stops."""
+        the engine what comes next; commit it; again, until the run stops.
+
+        ``decided``: ``starts`` are all that a decision started (a new execution's
+        first steps), not steps found running when this worker took over, when steps
+        that became ready meanwhile may not have started yet."""
         state, plan, graph = self.state, self.plan, self.graph
         committer = self.worker.committer
         while True:
+            lone = None  # a forward step run here, alone: see saga.after_success
             if starts:
                 if len(starts) == 1 and not self._tasks:
                     # a lone step runs in this loop's own task: a chain needs no task
@@ -195,15 +205,20 @@ class Run:
                         await self._attempts(starts[0])
                     finally:
                         self._inline = False
+                    if decided and starts[0].phase == FORWARD:
+                        lone = starts[0].step_id
                 else:
                     loop = asyncio.get_running_loop()
                     for rec in starts:
                         self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
             if self._lost:
                 return
+            decided = True  # from here on, every start comes from a decision made here
             if self._done:
                 self._fold()
-            decision = decide(plan, graph, state)
+            decision = (lone is not None and after_success(graph, state, lone)) or decide(
+                plan, graph, state
+            )
             if decision.start and self.deadline_at is not None and self._deadline_passed():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
@@ -212,9 +227,11 @@ class Run:
                     raise MicrosagaError(f"execution {self.id}: the deadline abort was refused")
                 starts = []
                 continue
-            starts = [self._start(sid, FORWARD) for sid in decision.start]
-            if decision.compensate:
-                starts += [self._start(sid, COMPENSATION) for sid in decision.compensate]
+            starts = []  # loops, not comprehensions: a comprehension is a call (3.11)
+            for sid in decision.start:
+                starts.append(self._start(sid, FORWARD))
+            for sid in decision.compensate:
+                starts.append(self._start(sid, COMPENSATION))
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()
@@ -285,10 +302,17 @@ class Run:
 
     def _started(self, starts: list[StepRecord]) -> None:
         """Committed starts: into the state, and shown (see _show)."""
-        steps, comps = self.state.steps, self.state.comps
+        state, nodes = self.state, self.plan.nodes
         for rec in starts:
-            (steps if rec.phase == FORWARD else comps)[rec.step_id] = rec
-        self._show(starts)
+            sid = rec.step_id
+            if rec.phase == FORWARD:
+                state.steps[sid] = rec
+                live: Step | None = nodes[sid].step
+            else:
+                state.comps[sid] = rec
+                live = nodes[sid].compensate
+            if live is not None:
+                live.status, live.request, live.response = RUNNING, rec.request, None
 
     def _show(self, starts: list[StepRecord]) -> None:
         """The steps about to be invoked, as this process shows them (``Step.status``)."""
@@ -304,9 +328,11 @@ class Run:
         done = self._done
         records = self._records
         state = self.state
+        tasks = self._tasks
         for rec in done:
             sid = rec.step_id
-            self._tasks.pop((sid, rec.phase), None)
+            if tasks:
+                tasks.pop((sid, rec.phase), None)
             records.append(rec)
             live = self.plan.nodes[sid].step
             if rec.phase == FORWARD:
@@ -343,9 +369,10 @@ class Run:
         attempt = rec.attempts or 1
         if _faults.ARMED:
             _faults.hit("step_started" if phase == FORWARD else "compensation_started")
-        result = StepRecord(sid, phase, RUNNING, attempt, request, None, rec.error, rec.started_at)
         slots = self.worker.slots
         direct = step.direct if timeout is None else None
+        error = rec.error
+        response: Message | None = None
         while True:
             if not slots.take():
                 await slots.wait()
@@ -374,9 +401,10 @@ class Run:
             finally:
                 slots.give()  # not held while waiting to retry
             if failure is None:
-                result.status, result.response = SUCCESS, response
+                status: Status = SUCCESS
                 break
-            error = result.error = one_line(failure)
+            error = one_line(failure)
+            response = None
             if retry.should_retry(failure, attempt):
                 delay = retry.interval(attempt, self.flow.random())
                 # a service that says when to come back (HTTP Retry-After) is obeyed
@@ -385,23 +413,25 @@ class Run:
                 if not await self._backoff(delay, phase) or not await self._next_attempt(
                     sid, phase, attempt + 1, request, error, rec.started_at
                 ):
-                    result.status = PENDING
+                    status = PENDING
                     break
                 attempt += 1
-                result.attempts = attempt
                 continue
             if phase == FORWARD and node.fallback is not None:
-                fallback = await self._fallback(node, request, attempt, timeout)
-                if fallback is not None:
-                    result.status, result.response = SUCCESS, fallback
-                    result.error = f"{error} (fallback {node.fallback.id} used)"
+                response = await self._fallback(node, request, attempt, timeout)
+                if response is not None:
+                    status, error = SUCCESS, f"{error} (fallback {node.fallback.id} used)"
                     break
-            result.status = FAILURE
+            status = FAILURE
             break
-        result.finished_at = self._clock() if result.status is not PENDING else None
+        finished = self._clock() if status is not PENDING else None
         if _faults.ARMED:
             _faults.hit("step_returned")
-        self._done.append(result)
+        self._done.append(
+            StepRecord(
+                sid, phase, status, attempt, request, response, error, rec.started_at, finished
+            )
+        )
         if not self._inline:
             self._wake.set()
 
@@ -487,7 +517,7 @@ class Run:
     def _finish(self) -> None:
         state = self.state
         if state.status is SUCCESS:
-            self._stop(Outcome(SUCCESS))
+            self._stop(_SUCCEEDED)
             return
         step_id, error = failure_summary(self.plan, self.graph, state)
         self._stop(Outcome(state.status, step_id, error, compensated(state)))

@@ -60,9 +60,18 @@ def _random_part() -> str:
             _random_parts.extend([raw[i : i + 20] for i in range(0, len(raw), 20)])
 
 
+_millisecond = (-1, "")  # the last millisecond and its hex form, made once per millisecond
+
+
 def new_execution_id() -> str:
     """A 32-hex-digit id that sorts by creation time (milliseconds, then random)."""
-    return f"{time.time_ns() // 1_000_000:012x}{_random_part()}"
+    global _millisecond
+    now = time.time_ns() // 1_000_000
+    last, hexed = _millisecond
+    if last != now:
+        hexed = f"{now:012x}"
+        _millisecond = (now, hexed)
+    return hexed + _random_part()
 
 
 def _positive(value: Any, name: str) -> float | None:
@@ -365,13 +374,13 @@ class Flow:
             raise ConfigurationError("execution_id", "must be a non-empty string")
         plan = wf._plan()
         graph = plan.graph(start, reverse)
-        checked = (id(self), len(self._services))  # what the steps were checked against
-        if plan.checked != checked:
+        checked = plan.checked  # the flow and services the steps were checked against
+        if checked is None or checked[0] is not self or checked[1] != len(self._services):
             for node in plan.nodes.values():
                 for step in (node.step, node.fallback, node.compensate):
                     if step is not None:
                         step.check(self)
-            plan.checked = checked
+            plan.checked = (self, len(self._services))
         snap = wf._snapshot()
         self._plans.setdefault(snap.hash, plan)
         eid = execution_id or new_execution_id()
@@ -416,9 +425,13 @@ class Flow:
                     wf,
                 )
                 new.starts = run.first_steps()
-            created = bool(await worker.committer.submit(new))
+            committed = worker.committer.now(new)
+            if committed is None:
+                committed = await worker.committer.later(new)
+            created = bool(committed)
             if created:
-                self._stored_definitions.add(snap.hash)
+                if new.definition is not None:
+                    self._stored_definitions.add(snap.hash)
                 if _faults.ARMED:
                     _faults.hit("execution_created")
                 if run is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Message", "Metadata", "decode_json_body", "encode_json"]
+__all__ = ["Message", "Metadata", "decode_json_body", "encode_json", "raw_message"]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -33,6 +33,8 @@ def decode_json_body(body: bytes) -> Any:
     except msgspec.DecodeError:
         return body.decode("utf-8", errors="replace")
 
+
+_new_object = object.__new__
 
 Frozen = tuple[tuple[str, str, tuple[str, ...]], ...]
 """A header as :meth:`Metadata.frozen` gives it."""
@@ -181,10 +183,10 @@ class Metadata(Mapping[str, str]):
             found = self._frozen = tuple([(low, names[low], v) for low, v in values.items()])
         return found
 
-    @classmethod
-    def from_frozen(cls, frozen: Frozen) -> Metadata:
+    @staticmethod
+    def from_frozen(frozen: Frozen) -> Metadata:
         """The inverse of :meth:`frozen`."""
-        new = cls.__new__(cls)
+        new = _new_object(Metadata)
         new._frozen = frozen
         new._values = new._names = None
         return new
@@ -264,3 +266,11 @@ class Message:
     def __repr__(self) -> str:
         body = self.body if len(self.body) <= 80 else self.body[:77] + b"..."
         return f"Message(body={body!r}, header={self.header.to_dict()!r})"
+
+
+def raw_message(body: bytes, header: Metadata) -> Message:
+    """A Message of a body already bytes and a header already a Metadata, made without
+    the constructor's checks: the engine's own step requests."""
+    msg: Message = _new_object(Message)
+    msg.body, msg.header = body, header
+    return msg

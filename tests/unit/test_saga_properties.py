@@ -11,6 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Status, StepError
+from microsaga._engine.plan import Plan
+from microsaga._engine.records import FORWARD, StepRecord
+from microsaga._engine.saga import ExecState, after_success, decide
 
 
 @st.composite
@@ -112,3 +115,46 @@ def test_rollback_follows_the_rules(
     if first_undo is not None:
         assert succeeded <= {sid for ev, sid in log[:first_undo] if ev == "done"}
         assert all(at["start", sid] < first_undo for sid in started)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sagas(), st.randoms(use_true_random=False))
+def test_the_shortcut_after_a_lone_step_decides_as_decide_does(
+    case: tuple[dict[str, list[str]], set[str], str | None], rnd: Any
+) -> None:
+    # run the engine's decisions by hand, finishing running steps in a random order;
+    # wherever the last decision started one step alone and it succeeds, the shortcut
+    # answers as decide() does, or defers to it
+    graph, _, _ = case
+
+    async def noop(m: Message) -> None:
+        return None
+
+    plan = Plan.build(
+        "p", [FunctionStep(noop, id=sid, requires=reqs) for sid, reqs in graph.items()]
+    )
+    run = plan.graph()
+    state = ExecState(Status.RUNNING, steps=run.fresh_steps())
+    running: list[str] = []
+    lone: str | None = None
+    shortcuts = 0
+    while True:
+        decision = decide(plan, run, state)
+        if lone is not None:
+            quick = after_success(run, state, lone)
+            if quick is not None:
+                shortcuts += 1
+                assert list(quick.start) == list(decision.start)
+                assert (quick.status, quick.done, list(quick.compensate)) == (None, False, [])
+        if decision.done:
+            assert decision.status is Status.SUCCESS
+            break
+        for sid in decision.start:
+            state.steps[sid] = StepRecord(sid, FORWARD, Status.RUNNING, 1)
+            running.append(sid)
+        lone = running[0] if len(decision.start) == 1 and len(running) == 1 else None
+        finished = running.pop(rnd.randrange(len(running)))
+        state.steps[finished] = StepRecord(finished, FORWARD, Status.SUCCESS, 1)
+    assert all(state.steps[s].status is Status.SUCCESS for s in graph)
+    if len(graph) > 1 and all(graph[f"s{i}"] == [f"s{i - 1}"] for i in range(1, len(graph))):
+        assert shortcuts == len(graph) - 1  # a chain takes the shortcut at every step

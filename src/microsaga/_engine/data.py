@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..message import Frozen, Message, Metadata, decode_json_body, encode_json
+from ..message import Frozen, Message, Metadata, decode_json_body, encode_json, raw_message
 from .plan import Node, RunGraph
 from .records import StepRecord
 
@@ -85,7 +85,7 @@ def step_input(
         body = parent.body if parent is not None else b""
     else:
         body = _combine({p: steps[p].response for p in parents})
-    return Message(body, headers.step(step_id))
+    return raw_message(body, headers.step(step_id))
 
 
 def compensation_input(node: Node, forward: StepRecord, headers: Headers) -> Message:

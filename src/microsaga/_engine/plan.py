@@ -14,6 +14,7 @@ from .records import FORWARD, StepRecord
 
 if TYPE_CHECKING:
     from ..step import Step
+    from .saga import Decision
 
 __all__ = ["Node", "Plan", "RunGraph"]
 
@@ -50,6 +51,8 @@ class RunGraph:
     inputs: dict[str, tuple[str, ...]]
     leaves: tuple[str, ...]
     pending: dict[str, StepRecord]  # a new run's records: copy the dict, share these
+    # the decisions to start one step, by its id: made once, shared (saga.decide)
+    single_starts: dict[str, Decision] = field(default_factory=dict)
 
     def fresh_steps(self) -> dict[str, StepRecord]:
         """The records of a run that has not started: every step PENDING. The engine
@@ -63,7 +66,8 @@ class Plan:
     workflow_id: str
     nodes: dict[str, Node]
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
-    checked: object = None  # set by the flow once every step found what it needs
+    # (flow, number of services) once every step found what it needs in that flow
+    checked: tuple[object, int] | None = None
 
     @classmethod
     def build(cls, workflow_id: str, steps: list[Step]) -> Plan:

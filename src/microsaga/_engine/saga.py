@@ -37,11 +37,18 @@ class ExecState:
 
 @dataclass(slots=True)
 class Decision:
+    """What to do next (read only: the engine shares some of them)."""
+
     start: Sequence[str] = ()
     compensate: Sequence[str] = ()
     status: Status | None = None  # the status to write, when it changes
     done: bool = False  # finished: the status above is final
     release: bool = False  # suspended and settled: the lease can go
+
+
+# decisions that carry nothing of their own (decisions are never changed: shared)
+_WAIT = Decision()
+_SUCCEEDED = Decision(status=SUCCESS, done=True)
 
 
 def _any(states: dict[str, StepRecord], status: Status) -> bool:
@@ -83,9 +90,46 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
             return Decision(compensate=comps, status=status)
         aborted = state.abort == ABORT and not _any(state.comps, FAILURE)
         return Decision(status=ABORTED if aborted else FAILURE, done=True)
-    if todo or running:
-        return Decision(todo)
-    return Decision(status=SUCCESS, done=True)
+    if todo:
+        if len(todo) > 1:
+            return Decision(todo)
+        single = graph.single_starts.get(todo[0])
+        if single is None:
+            single = graph.single_starts[todo[0]] = Decision((todo[0],))
+        return single
+    if running:
+        return _WAIT
+    return _SUCCEEDED
+
+
+def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision | None:
+    """:func:`decide`, cheaply, in the usual case: the last decision started one
+    forward step and nothing else, and that step has just succeeded. Steps that were
+    not ready then can only have become ready through it, so the ready steps now are
+    among its dependents. None when that case does not hold (a suspend, an abort, a
+    rollback) or when not exactly one step becomes ready: ask :func:`decide`."""
+    if state.status is not RUNNING or state.abort != NO_ABORT or state.comps:
+        return None
+    steps, requires = state.steps, graph.requires
+    if steps[step_id].status is not SUCCESS:
+        return None
+    found: str | None = None
+    for sid in graph.dependents[step_id]:
+        if steps[sid].status is not PENDING:
+            continue
+        for r in requires[sid]:
+            if steps[r].status is not SUCCESS:
+                break
+        else:
+            if found is not None:
+                return None  # several: decide() gives them in order
+            found = sid
+    if found is None:
+        return None
+    decision = graph.single_starts.get(found)
+    if decision is None:
+        decision = graph.single_starts[found] = Decision((found,))
+    return decision
 
 
 def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:

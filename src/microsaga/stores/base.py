@@ -83,6 +83,8 @@ class Transition:
 
 @dataclass(slots=True)
 class TransitionResult:
+    """What a transition found (never changed once made: stores may share them)."""
+
     owned: bool  # False: the lease was taken over; nothing was written
     status: Status  # the stored status after the transition
     abort: int

@@ -7,11 +7,10 @@ the process that names it, so several flows can share state in a test.
 from __future__ import annotations
 
 import dataclasses
+import marshal
 import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-
-import msgspec
 
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError
@@ -60,8 +59,23 @@ _Record = tuple[
     float | None,  # finished_at
 ]
 _Packed = tuple[bytes, Frozen, bytes | None, Frozen | None, list[_Record]]
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(_Packed).decode
+
+
+# marshal: the bytes never leave the process, and it writes an object shared in several
+# places once (a step's request body is the response of the step before it; the step
+# headers share their entries): about 60 % of msgpack's size, as fast. Storing is mostly
+# the first touch of new memory, so smaller is faster.
+def _encode(packed: _Packed) -> bytes:
+    return marshal.dumps(packed)
+
+
+def _decode(data: bytes) -> _Packed:
+    packed: _Packed = marshal.loads(data)
+    return packed
+
+
+# the usual result of a transition, by status (results are never changed, so shared)
+_APPLIED = [TransitionResult(True, status, 0, True) for status in Status]
 
 
 def _copy(msg: Message | None) -> Message | None:
@@ -337,6 +351,8 @@ class MemoryStore(Store):
                 row.lease_until = 0.0
                 row.settle()
         row.updated_at = t.at
+        if applied and not row.abort:
+            return _APPLIED[row.status]
         return TransitionResult(True, row.status, row.abort, applied)
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
