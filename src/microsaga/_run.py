@@ -83,7 +83,7 @@ class Run:
     ) -> None:
         self.worker = worker
         self.flow = worker.flow
-        self._clock = worker.flow.options.clock
+        self._clock = worker.clock
         self.plan, self.graph = plan, graph
         self.id = execution_id
         self.workflow_id = workflow_id
@@ -276,7 +276,7 @@ class Run:
                 starts = []
                 continue
             self._started(starts)
-            if state.status is not previous:
+            if state.status is not previous and not decision.done:  # _finish tells it
                 self._set_status(state.status)
             if decision.done:
                 self._finish()

@@ -364,16 +364,20 @@ class Flow:
         deadline: float | None,
         execution_id: str | None,
     ) -> str:
-        worker = self._running()
-        request = Message.of(req)
+        worker = self._worker
+        if worker is None or not self._open:
+            worker = self._running()  # raises
+        request = req if isinstance(req, Message) else Message(req)
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
         if deadline is not None:
             deadline = _positive(deadline, "deadline")
         if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
             raise ConfigurationError("execution_id", "must be a non-empty string")
-        plan = wf._plan()
-        graph = plan.graph(start, reverse)
+        plan = wf._plan_cache or wf._plan()
+        graph = plan.whole if start is None and not reverse else None
+        if graph is None:
+            graph = plan.graph(start, reverse)
         checked = plan.checked  # the flow and services the steps were checked against
         if checked is None or checked[0] is not self or checked[1] != len(self._services):
             for node in plan.nodes.values():
@@ -381,14 +385,17 @@ class Flow:
                     if step is not None:
                         step.check(self)
             plan.checked = (self, len(self._services))
-        snap = wf._snapshot()
-        self._plans.setdefault(snap.hash, plan)
+        snap = wf._snapshot_cache or wf._snapshot()
+        if snap.hash not in self._plans:
+            self._plans[snap.hash] = plan
         eid = execution_id or new_execution_id()
-        now = self.clock()
-        runs_here = self._options.worker
+        options = self._options
+        now = options.clock()
+        runs_here = options.worker
+        workflow_id = wf._id
         new = NewExecution(  # positional, in field order: see Workflow.execute
             eid,
-            wf.id,
+            workflow_id,
             wf.version,
             snap.hash,
             None if snap.hash in self._stored_definitions else snap.body,
@@ -396,7 +403,7 @@ class Flow:
             request,
             RUNNING if runs_here else PENDING,
             worker.id if runs_here else None,
-            now + self._options.lease_ttl if runs_here else 0.0,
+            now + options.lease_ttl if runs_here else 0.0,
             now,
             start,
             reverse,
@@ -415,7 +422,7 @@ class Flow:
                     plan,
                     graph,
                     eid,
-                    wf.id,
+                    workflow_id,
                     request,
                     1,
                     state,

@@ -108,6 +108,8 @@ class Worker:
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
         self.id = opts.worker_id or default_worker_id()
+        self.clock = opts.clock
+        self._max_executions = opts.max_executions
         self.store = flow.store
         self.committer = Committer(
             self.store, retry_for=opts.store_retry_for, quiet=lambda: len(self.runs) <= 1
@@ -189,7 +191,7 @@ class Worker:
             # the run gave up (store away too long, lost lease, a bug): free its lease,
             # else the heartbeat would renew it forever and nobody would take it over
             self._to_release[run.id] = run.token
-        if len(self.runs) + 1 >= self.flow.options.max_executions:
+        if len(self.runs) + 1 >= self._max_executions:
             self._poke.set()  # it was full: there is room to claim again
 
     async def adopt(self, claims: list[Claim]) -> None:

@@ -66,6 +66,7 @@ class Plan:
     workflow_id: str
     nodes: dict[str, Node]
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
+    whole: RunGraph | None = None  # the graph of a run of every step, once made
     # (flow, number of services) once every step found what it needs in that flow
     checked: tuple[object, int] | None = None
 
@@ -94,6 +95,8 @@ class Plan:
         found = self._graphs.get(key)
         if found is None:
             found = self._graphs[key] = self._make_graph(start, reverse)
+            if start is None and not reverse:
+                self.whole = found
         return found
 
     def _make_graph(self, start: str | None, reverse: bool) -> RunGraph:

@@ -312,13 +312,13 @@ class MemoryStore(Store):
             new.created_at,
             new.request,
             None,
-            {},
+            {(rec.step_id, rec.phase): rec for rec in new.starts},
         )
-        for rec in new.starts:
-            row.put(rec)
-        row.settle()
+        if row.owner is None:
+            row.settle()
         self._rows[new.id] = row
-        self._track(row)
+        if row.status in RUNNABLE:
+            self._runnable[row.id] = row
         return True
 
     def _track(self, row: _Row) -> None:
