@@ -85,3 +85,28 @@ async def test_many_executions_share_transactions(
     assert commits.count * 10 <= commits.units, (
         f"{commits.count} commits for {commits.units} transitions"
     )
+
+
+async def _quick(msg: Message) -> object:
+    return {"ok": True}  # a local function that never waits
+
+
+async def test_callers_that_wait_share_transactions_when_steps_never_wait(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # callers waiting for their executions (the usual execute()), steps that never wait:
+    # a run must not do all its commits alone, one after another, in its caller's call
+    async with Flow(store_url, concurrency=EXECUTIONS) as flow:
+        steps: list[FunctionStep] = []
+        for name in STEPS:
+            steps.append(FunctionStep(_quick, id=name, requires=steps[-1:]))
+        wf = await flow.workflow_create("order", *steps)
+        commits = Commits(flow.store, monkeypatch)
+        ids = await asyncio.gather(*(wf.execute({"order": n}) for n in range(EXECUTIONS)))
+        assert len(set(ids)) == EXECUTIONS
+        done = await flow.executions(status=Status.SUCCESS, limit=EXECUTIONS)
+        assert len(done) == EXECUTIONS
+    assert commits.units == EXECUTIONS * (1 + len(STEPS))
+    assert commits.count * 10 <= commits.units, (
+        f"{commits.count} commits for {commits.units} transitions"
+    )
