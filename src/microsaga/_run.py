@@ -172,8 +172,9 @@ class Run:
         first = decide(self.plan, self.graph, self.state)
         self._initial = starts = []
         steps = self.state.steps  # a run whose execution is not created is dropped
+        now = self._clock()
         for sid in first.start:
-            rec = steps[sid] = self._start(sid, FORWARD)
+            rec = steps[sid] = self._start(sid, FORWARD, now)
             starts.append(rec)
         return starts
 
@@ -195,6 +196,8 @@ class Run:
         that became ready meanwhile may not have started yet."""
         state, plan, graph = self.state, self.plan, self.graph
         committer = self.worker.committer
+        store = committer.store
+        commit_now = None if store.batching else store.commit_now  # it never waits
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
             if starts:
@@ -227,11 +230,12 @@ class Run:
                     raise MicrosagaError(f"execution {self.id}: the deadline abort was refused")
                 starts = []
                 continue
+            now = self._clock()  # the moment of this decision: its starts and its commit
             starts = []  # loops, not comprehensions: a comprehension is a call (3.11)
             for sid in decision.start:
-                starts.append(self._start(sid, FORWARD))
+                starts.append(self._start(sid, FORWARD, now))
             for sid in decision.compensate:
-                starts.append(self._start(sid, COMPENSATION))
+                starts.append(self._start(sid, COMPENSATION, now))
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()
@@ -249,7 +253,7 @@ class Run:
                 None,
                 None,
                 final,
-                self._clock(),
+                now,
             )
             if decision.done:
                 if decision.status is SUCCESS:
@@ -258,7 +262,7 @@ class Run:
                     unit.error = failure_summary(plan, graph, state)[1]
             self._records = []
             self.releasing = final  # the lease may go with this commit: not "lost" then
-            result = committer.now(unit)
+            result = commit_now(unit) if commit_now is not None else committer.now(unit)
             if result is None:
                 result = await committer.later(unit)
             assert not isinstance(result, bool)
@@ -287,7 +291,7 @@ class Run:
 
     # steps -----------------------------------------------------------------------
 
-    def _start(self, sid: str, phase: int) -> StepRecord:
+    def _start(self, sid: str, phase: int, now: float) -> StepRecord:
         """A step's RUNNING record; it enters the state once committed (_started)."""
         state = self.state
         if phase == FORWARD:
@@ -298,7 +302,7 @@ class Run:
             forward = state.steps[sid]
             request = data.compensation_input(self.plan.nodes[sid], forward, self._headers)
         attempts = before.attempts + 1 if before is not None else 1
-        return StepRecord(sid, phase, RUNNING, attempts, request, None, None, self._clock())
+        return StepRecord(sid, phase, RUNNING, attempts, request, None, None, now)
 
     def _started(self, starts: list[StepRecord]) -> None:
         """Committed starts: into the state, and shown (see _show)."""
@@ -374,7 +378,9 @@ class Run:
         error = rec.error
         response: Message | None = None
         while True:
-            if not slots.take():
+            if slots.free > 0 and not slots.waiters:  # Slots.take(), without the call
+                slots.free -= 1
+            else:
                 await slots.wait()
             try:
                 if direct is not None:  # a function that wants neither context nor timeout
@@ -531,10 +537,11 @@ class Run:
         if self.ended:
             return
         self.ended, self.outcome = True, outcome
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(outcome)
-        self._waiters = []
+        if self._waiters:
+            for fut in self._waiters:
+                if not fut.done():
+                    fut.set_result(outcome)
+            self._waiters = []
 
     async def stopped(self) -> Outcome | None:
         """How the run stopped, once it has. Each waiter has its own future, so

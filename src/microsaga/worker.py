@@ -186,7 +186,8 @@ class Worker:
             self._tasks.discard(task)
         if self.runs.get(run.id) is run:
             del self.runs[run.id]
-        run.end(None)
+        if not run.ended:
+            run.end(None)
         if run.outcome is None and self._loops:
             # the run gave up (store away too long, lost lease, a bug): free its lease,
             # else the heartbeat would renew it forever and nobody would take it over

@@ -74,6 +74,8 @@ def _decode(data: bytes) -> _Packed:
     return packed
 
 
+_STATUS_NUMBER = [int(status) for status in Status]  # indexed by a status
+
 # the usual result of a transition, by status (results are never changed, so shared)
 _APPLIED = [TransitionResult(True, status, 0, True) for status in Status]
 
@@ -98,23 +100,6 @@ def _copy_record(r: StepRecord) -> StepRecord:
 
 def _message(body: bytes | None, header: Frozen | None) -> Message | None:
     return None if body is None else Message(body, Metadata.from_frozen(header or ()))
-
-
-def _pack_record(r: StepRecord) -> _Record:
-    req, resp = r.request, r.response
-    return (
-        r.step_id,
-        r.phase,
-        int(r.status),
-        r.attempts,
-        None if req is None else req.body,
-        None if req is None else req.header.frozen(),
-        None if resp is None else resp.body,
-        None if resp is None else resp.header.frozen(),
-        r.error,
-        r.started_at,
-        r.finished_at,
-    )
 
 
 def _unpack_record(t: _Record) -> StepRecord:
@@ -184,13 +169,31 @@ class _Row:
         steps, req, resp = self.steps, self.request, self.response
         if self.owner is not None or steps is None or req is None:
             return
+        records: list[_Record] = []
+        for r in steps.values():  # a loop, not a call per record: this runs per execution
+            rq, rs = r.request, r.response
+            records.append(
+                (
+                    r.step_id,
+                    r.phase,
+                    _STATUS_NUMBER[r.status],  # marshal takes ints, not IntEnum members
+                    r.attempts,
+                    None if rq is None else rq.body,
+                    None if rq is None else rq.header.frozen(),
+                    None if rs is None else rs.body,
+                    None if rs is None else rs.header.frozen(),
+                    r.error,
+                    r.started_at,
+                    r.finished_at,
+                )
+            )
         self.packed = _encode(
             (
                 req.body,
                 req.header.frozen(),
                 None if resp is None else resp.body,
                 None if resp is None else resp.header.frozen(),
-                [_pack_record(r) for r in steps.values()],
+                records,
             )
         )
         self.steps = self.request = self.response = None
