@@ -27,6 +27,7 @@ from ._engine.saga import (
     compensated,
     decide,
     failure_summary,
+    first,
 )
 from .errors import (
     InvalidTransitionError,
@@ -150,7 +151,7 @@ class Run:
                 self._arm_deadline(self.deadline_at)
             starts = self._initial if self._fresh else self._running_records()
             self._show(starts)
-            await self._loop(starts, decided=self._fresh)
+            await self._loop(starts, self._fresh)
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
             self.lose()
@@ -169,11 +170,11 @@ class Run:
     def first_steps(self) -> list[StepRecord]:
         """The RUNNING records of the steps a new execution starts with; they are
         committed with the execution and invoked when the run is launched."""
-        first = decide(self.plan, self.graph, self.state)
+        decision = first(self.graph)
         self._initial = starts = []
         steps = self.state.steps  # a run whose execution is not created is dropped
         now = self._clock()
-        for sid in first.start:
+        for sid in decision.start:
             rec = steps[sid] = self._start(sid, FORWARD, now)
             starts.append(rec)
         return starts
@@ -187,7 +188,7 @@ class Run:
             if rec.status is RUNNING
         ]
 
-    async def _loop(self, starts: list[StepRecord], *, decided: bool) -> None:
+    async def _loop(self, starts: list[StepRecord], decided: bool) -> None:
         """Invoke what the last commit started; fold what finished into the state; ask
         the engine what comes next; commit it; again, until the run stops.
 

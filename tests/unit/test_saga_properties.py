@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Status, StepError
 from microsaga._engine.plan import Plan
 from microsaga._engine.records import FORWARD, StepRecord
-from microsaga._engine.saga import ExecState, after_success, decide
+from microsaga._engine.saga import ExecState, after_success, decide, first
 
 
 @st.composite
@@ -135,6 +135,7 @@ def test_the_shortcut_after_a_lone_step_decides_as_decide_does(
     )
     run = plan.graph()
     state = ExecState(Status.RUNNING, steps=run.fresh_steps())
+    assert list(first(run).start) == list(decide(plan, run, state).start)
     running: list[str] = []
     lone: str | None = None
     shortcuts = 0

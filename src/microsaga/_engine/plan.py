@@ -51,8 +51,10 @@ class RunGraph:
     inputs: dict[str, tuple[str, ...]]
     leaves: tuple[str, ...]
     pending: dict[str, StepRecord]  # a new run's records: copy the dict, share these
-    # the decisions to start one step, by its id: made once, shared (saga.decide)
-    single_starts: dict[str, Decision] = field(default_factory=dict)
+    roots: tuple[str, ...] = ()  # the steps that require none, in order
+    # decisions made once per graph and shared (saga): to start one step, by its id;
+    # the first one of a run, under None
+    decisions: dict[str | None, Decision] = field(default_factory=dict)
 
     def fresh_steps(self) -> dict[str, StepRecord]:
         """The records of a run that has not started: every step PENDING. The engine
@@ -121,4 +123,5 @@ class Plan:
         order = tuple(dag.topological(requires))
         leaves = tuple(s for s in order if not dependents[s])
         pending = {s: StepRecord(s, FORWARD, PENDING) for s in order}
-        return RunGraph(order, requires, dependents, inputs, leaves, pending)
+        roots = tuple(s for s in order if not requires[s])
+        return RunGraph(order, requires, dependents, inputs, leaves, pending, roots)

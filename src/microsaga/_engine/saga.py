@@ -93,13 +93,22 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     if todo:
         if len(todo) > 1:
             return Decision(todo)
-        single = graph.single_starts.get(todo[0])
+        single = graph.decisions.get(todo[0])
         if single is None:
-            single = graph.single_starts[todo[0]] = Decision((todo[0],))
+            single = graph.decisions[todo[0]] = Decision((todo[0],))
         return single
     if running:
         return _WAIT
     return _SUCCEEDED
+
+
+def first(graph: RunGraph) -> Decision:
+    """:func:`decide` for a run that has not started (every step PENDING, RUNNING, no
+    abort): its roots, the steps that require none. Made once per graph."""
+    found = graph.decisions.get(None)
+    if found is None:
+        found = graph.decisions[None] = Decision(graph.roots)
+    return found
 
 
 def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision | None:
@@ -126,9 +135,9 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
             found = sid
     if found is None:
         return None
-    decision = graph.single_starts.get(found)
+    decision = graph.decisions.get(found)
     if decision is None:
-        decision = graph.single_starts[found] = Decision((found,))
+        decision = graph.decisions[found] = Decision((found,))
     return decision
 
 
