@@ -32,10 +32,12 @@ class EagerStarter:
         self._name = name
         self._idle: _Host | None = None
 
-    def start(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any] | None:
+    def start(
+        self, coro: Coroutine[Any, Any, Any], name: str, suffix: str = ""
+    ) -> asyncio.Task[Any] | None:
         """Run ``coro`` until it first waits. Returns None when it finished (its result
-        is dropped, and so is an exception it raised); else the task that runs the rest
-        (named ``name``)."""
+        is dropped, and so is an exception it raised); else the task that runs the rest,
+        named ``name + suffix`` (joined only then)."""
         loop = asyncio.get_running_loop()
         host = self._idle
         if host is None or host.task.done():
@@ -63,7 +65,7 @@ class EagerStarter:
             _leave_task(loop, host.task)
             if caller is not None:
                 _enter_task(loop, caller)
-        host.task.set_name(name)
+        host.task.set_name(name + suffix)
         host.take(coro, context, waiting)
         return host.task
 

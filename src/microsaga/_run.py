@@ -100,7 +100,6 @@ class Run:
         self._done: list[StepRecord] = []
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._records: list[StepRecord] = []
-        self._waiters: list[asyncio.Future[Outcome | None]] = []
 
     # set when they change (class attributes until then: fewer writes per execution)
     task: asyncio.Task[None] | None = None  # the task running main(), set by the worker
@@ -114,6 +113,7 @@ class Run:
     # how the run stopped (None: lost, or gave up) once ``ended``; see stopped()
     ended = False
     outcome: Outcome | None = None
+    _waiters: list[asyncio.Future[Outcome | None]] | None = None  # see stopped()
 
     # called by the worker --------------------------------------------------------
 
@@ -199,6 +199,7 @@ class Run:
         committer = self.worker.committer
         store = committer.store
         commit_now = None if store.batching else store.commit_now  # it never waits
+        unit = Transition(self.id, self.token, state.status, None, self._records)
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
             if starts:
@@ -244,24 +245,16 @@ class Run:
                     return
                 self._wake.clear()
                 continue
-            unit = Transition(
-                self.id,
-                self.token,
-                state.status,
-                decision.status,
-                self._records,
-                starts,
-                None,
-                None,
-                final,
-                now,
-            )
+            # one unit per run, filled anew for each transition: a store does not keep
+            # a unit once its commit returned (see Store.commit)
+            unit.expect, unit.status, unit.starts = state.status, decision.status, starts
+            unit.response = unit.error = None
+            unit.release, unit.at = final, now
             if decision.done:
                 if decision.status is SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
                 elif decision.status is not ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
-            self._records = []
             self.releasing = final  # the lease may go with this commit: not "lost" then
             result = commit_now(unit) if commit_now is not None else committer.now(unit)
             if result is None:
@@ -269,8 +262,10 @@ class Run:
             assert not isinstance(result, bool)
             if not result.owned:
                 raise LeaseLostError()
-            if unit.records and _faults.ARMED:
-                _faults.hit("step_recorded")
+            if unit.records:
+                if _faults.ARMED:
+                    _faults.hit("step_recorded")
+                self._records.clear()  # written: the list serves the next transition
             previous = state.status
             state.status = result.status
             if result.abort > state.abort:
@@ -542,7 +537,7 @@ class Run:
             for fut in self._waiters:
                 if not fut.done():
                     fut.set_result(outcome)
-            self._waiters = []
+            self._waiters = None
 
     async def stopped(self) -> Outcome | None:
         """How the run stopped, once it has. Each waiter has its own future, so
@@ -550,6 +545,8 @@ class Run:
         if self.ended:
             return self.outcome
         fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(fut)
         return await fut
 

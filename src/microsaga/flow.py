@@ -416,7 +416,7 @@ class Flow:
         created = False  # when the id is running here already
         if run is None:
             if runs_here:
-                state = ExecState(RUNNING, NO_ABORT, graph.fresh_steps(), {})
+                state = ExecState(RUNNING, NO_ABORT, graph.pending.copy(), {})
                 run = Run(
                     worker,
                     plan,
@@ -447,7 +447,7 @@ class Flow:
                     # for its first commit in the caller, alone, and runs of many
                     # callers no longer share commits (SQLite went from 2,200 to 930
                     # order sagas/s that way)
-                    worker.launch(run, eager=not async_ and not self.store.batching)
+                    worker.launch(run, not async_ and not worker.store.batching)
             else:
                 run = worker.runs.get(eid)
         if not created:  # the id exists: this call behaves as the one that started it

@@ -164,19 +164,18 @@ class Worker:
 
     # runs -----------------------------------------------------------------------
 
-    def launch(self, run: Run, *, eager: bool = False) -> None:
+    def launch(self, run: Run, eager: bool = False) -> None:
         """Run ``run`` in a task of its own; ``eager``: one that starts in this call
         and runs until the run first waits (see ``_eager``), so that a run
         which never waits (the memory store, steps that do not wait) is over on return."""
         self.runs[run.id] = run
-        name = f"microsaga-{run.id}"
         if eager:
-            task = self._eager.start(run.main(), name)
+            task = self._eager.start(run.main(), "microsaga-", run.id)
             if task is None:  # it ran to its end already
                 self._ended(run, None)
                 return
         else:
-            task = asyncio.get_running_loop().create_task(run.main(), name=name)
+            task = asyncio.get_running_loop().create_task(run.main(), name=f"microsaga-{run.id}")
         run.task = task
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._ended(run, t))

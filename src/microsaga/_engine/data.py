@@ -29,10 +29,9 @@ _STEP_KEY, _IDEMPOTENCY_KEY = STEP_HEADER.lower(), IDEMPOTENCY_HEADER.lower()
 
 class Headers:
     """The headers of one execution's step requests: the execution request's header
-    plus the workflow and execution ids (``base``), and for each step its id and
-    idempotency key."""
+    plus the workflow and execution ids, and for each step its id and idempotency key."""
 
-    __slots__ = ("_frozen", "_prefix", "base")
+    __slots__ = ("_base", "_frozen", "_prefix")
 
     def __init__(self, request: Message, workflow_id: str, execution_id: str) -> None:
         self._prefix = execution_id + ":"
@@ -40,11 +39,11 @@ class Headers:
             (_WORKFLOW_KEY, WORKFLOW_HEADER, (workflow_id,)),
             (_EXECUTION_KEY, EXECUTION_HEADER, (execution_id,)),
         )
-        if not len(request.header):  # the usual request: no header of its own
+        if not request.header.frozen():  # the usual request: no header of its own
             self._frozen: Frozen | None = ids
-            self.base = Metadata.from_frozen(ids)
+            self._base: Metadata | None = None
             return
-        self.base = base = request.header.with_entries(ids)
+        self._base = base = request.header.with_entries(ids)
         # unless the request brings a step's own keys, a step's header is the base's
         # frozen form with two entries after it
         clean = _STEP_KEY not in base and _IDEMPOTENCY_KEY not in base
@@ -58,7 +57,8 @@ class Headers:
         )
         frozen = self._frozen
         if frozen is None:
-            return self.base.with_entries(entries)
+            assert self._base is not None
+            return self._base.with_entries(entries)
         return Metadata.from_frozen(frozen + entries)
 
 

@@ -198,6 +198,8 @@ class Store(abc.ABC):
 
         Returns, per unit, ``True``/``False`` for a NewExecution (created, or an
         execution with that id exists) and a :class:`TransitionResult` for a Transition.
+        A store keeps what a unit holds (its records and messages), never the unit or
+        its lists: a run fills the same unit anew for its next transition.
         """
 
     @abc.abstractmethod
