@@ -75,6 +75,7 @@ def _decode(data: bytes) -> _Packed:
 
 
 _STATUS_NUMBER = [int(status) for status in Status]  # indexed by a status
+_STARTABLE = (RUNNING, COMPENSATING)  # the statuses in which starts are written
 
 # the usual result of a transition, by status (results are never changed, so shared)
 _APPLIED = [TransitionResult(True, status, 0, True) for status in Status]
@@ -346,7 +347,7 @@ class MemoryStore(Store):
                     row.response = t.response
                 if t.error is not None:
                     row.error = t.error
-            if t.starts and row.status in (RUNNING, COMPENSATING):
+            if t.starts and row.status in _STARTABLE:
                 for rec in t.starts:
                     steps[rec.step_id, rec.phase] = rec
             if t.release:
