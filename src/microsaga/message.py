@@ -7,7 +7,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Message", "Metadata", "decode_json_body", "encode_json", "raw_message"]
+__all__ = [
+    "Message",
+    "Metadata",
+    "decode_json_body",
+    "encode_json",
+    "frozen_message",
+    "raw_message",
+]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -270,7 +277,17 @@ class Message:
 
 def raw_message(body: bytes, header: Metadata) -> Message:
     """A Message of a body already bytes and a header already a Metadata, made without
-    the constructor's checks: the engine's own step requests."""
+    the constructor's checks: the engine's own messages."""
     msg: Message = _new_object(Message)
     msg.body, msg.header = body, header
+    return msg
+
+
+def frozen_message(body: bytes, header: Frozen) -> Message:
+    """``raw_message(body, Metadata.from_frozen(header))`` in one call: the engine makes
+    one for every step it starts."""
+    md: Metadata = _new_object(Metadata)
+    md._frozen, md._values, md._names = header, None, None
+    msg: Message = _new_object(Message)
+    msg.body, msg.header = body, md
     return msg

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ..message import Frozen, Message, Metadata, decode_json_body, encode_json, raw_message
+from ..message import (
+    Frozen,
+    Message,
+    Metadata,
+    decode_json_body,
+    encode_json,
+    frozen_message,
+    raw_message,
+)
 from .plan import Node, RunGraph
 from .records import StepRecord
 
@@ -49,8 +57,8 @@ class Headers:
         clean = _STEP_KEY not in base and _IDEMPOTENCY_KEY not in base
         self._frozen = base.frozen() if clean else None
 
-    def step(self, step_id: str, suffix: str = "") -> Metadata:
-        """The header of a request of ``step_id`` (``suffix`` ends its key)."""
+    def request(self, body: bytes, step_id: str, suffix: str = "") -> Message:
+        """A request of ``step_id`` with ``body`` (``suffix`` ends its key)."""
         entries = (
             (_STEP_KEY, STEP_HEADER, (step_id,)),
             (_IDEMPOTENCY_KEY, IDEMPOTENCY_HEADER, (self._prefix + step_id + suffix,)),
@@ -58,8 +66,8 @@ class Headers:
         frozen = self._frozen
         if frozen is None:
             assert self._base is not None
-            return self._base.with_entries(entries)
-        return Metadata.from_frozen(frozen + entries)
+            return raw_message(body, self._base.with_entries(entries))
+        return frozen_message(body, frozen + entries)
 
 
 def _combine(responses: dict[str, Message | None]) -> bytes:
@@ -85,7 +93,7 @@ def step_input(
         body = parent.body if parent is not None else b""
     else:
         body = _combine({p: steps[p].response for p in parents})
-    return raw_message(body, headers.step(step_id))
+    return headers.request(body, step_id)
 
 
 def compensation_input(node: Node, forward: StepRecord, headers: Headers) -> Message:
@@ -98,7 +106,7 @@ def compensation_input(node: Node, forward: StepRecord, headers: Headers) -> Mes
         body = resp
     else:
         body = encode_json({"request": decode_json_body(req), "response": decode_json_body(resp)})
-    return Message(body, headers.step(node.id, ":compensate"))
+    return headers.request(body, node.id, ":compensate")
 
 
 def fallback_header(request: Message, execution_id: str, step_id: str) -> Message:
