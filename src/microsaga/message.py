@@ -13,6 +13,7 @@ __all__ = [
     "decode_json_body",
     "encode_json",
     "frozen_message",
+    "json_message",
     "raw_message",
 ]
 
@@ -281,6 +282,16 @@ def raw_message(body: bytes, header: Metadata) -> Message:
     msg: Message = _new_object(Message)
     msg.body, msg.header = body, header
     return msg
+
+
+def json_message(value: Any) -> Message:
+    """``Message(value)`` for a value to JSON-encode (a function step's dict), made in
+    one call: the engine makes one for every step that returns a value."""
+    try:
+        body = _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError):
+        return Message(value)  # the constructor raises the clear error
+    return frozen_message(body, ())
 
 
 def frozen_message(body: bytes, header: Frozen) -> Message:

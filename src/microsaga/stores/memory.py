@@ -296,6 +296,9 @@ class MemoryStore(Store):
                 new.definition_hash, new.workflow_id, new.definition, list(new.step_ids)
             )
         self._seq += 1
+        steps = {}  # a loop, not a comprehension: a comprehension is a call (3.11)
+        for rec in new.starts:
+            steps[rec.step_id, rec.phase] = rec
         row = _Row(  # positional, in field order: keywords cost more than the rest
             self._seq,
             new.id,
@@ -316,7 +319,7 @@ class MemoryStore(Store):
             new.created_at,
             new.request,
             None,
-            {(rec.step_id, rec.phase): rec for rec in new.starts},
+            steps,
         )
         if row.owner is None:
             row.settle()

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._urls import redact_url
 from ..errors import StepError, TransportError, one_line
-from ..message import Message, Metadata, encode_json, raw_message
+from ..message import Message, encode_json, json_message
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -45,7 +45,7 @@ Handler = Callable[[Message], Awaitable[Any] | Any]
 def to_message(value: Any) -> Message:
     """A handler's or function's return value as a Message (None is an empty body)."""
     if type(value) is dict:  # the usual result: what Message(value) makes, sooner
-        return raw_message(encode_json(value), Metadata())
+        return json_message(value)
     if isinstance(value, Message):
         return value
     return Message(value)
