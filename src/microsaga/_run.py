@@ -302,17 +302,10 @@ class Run:
 
     def _started(self, starts: list[StepRecord]) -> None:
         """Committed starts: into the state, and shown (see _show)."""
-        state, nodes = self.state, self.plan.nodes
+        steps, comps = self.state.steps, self.state.comps
         for rec in starts:
-            sid = rec.step_id
-            if rec.phase == FORWARD:
-                state.steps[sid] = rec
-                live: Step | None = nodes[sid].step
-            else:
-                state.comps[sid] = rec
-                live = nodes[sid].compensate
-            if live is not None:
-                live.status, live.request, live.response = RUNNING, rec.request, None
+            (steps if rec.phase == FORWARD else comps)[rec.step_id] = rec
+        self._show(starts)
 
     def _show(self, starts: list[StepRecord]) -> None:
         """The steps about to be invoked, as this process shows them (``Step.status``)."""

@@ -416,7 +416,7 @@ class Flow:
         created = False  # when the id is running here already
         if run is None:
             if runs_here:
-                state = ExecState(RUNNING, NO_ABORT, graph.pending.copy(), {})
+                state = ExecState(RUNNING, NO_ABORT, graph.fresh_steps(), {})
                 run = Run(
                     worker,
                     plan,
