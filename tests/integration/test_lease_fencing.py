@@ -107,7 +107,13 @@ async def _taken_over(store_url: str, eid: str) -> Store:
     """Another worker's claim of ``eid``, long after the lease expired."""
     thief = open_store(store_url)
     await thief.open()
-    taken = await thief.claim("thief", time.time() + 3600.0, 10.0, 10)
+    # PostgreSQL claims SKIP LOCKED: a row its owner is renewing at that moment (every
+    # 50 ms in the heartbeat test) is skipped, and a worker claims again at its next poll
+    for _ in range(100):
+        taken = await thief.claim("thief", time.time() + 3600.0, 10.0, 10)
+        if taken:
+            break
+        await asyncio.sleep(0.01)
     assert [c.execution_id for c in taken] == [eid]
     return thief
 
