@@ -28,35 +28,35 @@ class Slots:
     caller takes a slot with :meth:`take` without awaiting anything, and only waits
     (``await slots.wait()``) when none is free."""
 
-    __slots__ = ("free", "waiters")
+    __slots__ = ("_free", "_waiters")
 
     def __init__(self, size: int) -> None:
-        self.free = size  # read and taken directly by the engine's hot path, as take()
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def take(self) -> bool:
-        if self.free > 0 and not self.waiters:
-            self.free -= 1
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
             return True
         return False
 
     async def wait(self) -> None:
         """Wait for a slot and take it."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        self._waiters.append(fut)
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.give()  # handed a slot, but cancelled before using it
-            elif fut in self.waiters:
-                self.waiters.remove(fut)
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
             raise
 
     def give(self) -> None:
-        while self.waiters:
-            fut = self.waiters.popleft()
+        while self._waiters:
+            fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)  # the slot passes straight to the waiter
                 return
-        self.free += 1
+        self._free += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -197,8 +198,6 @@ class Run:
         that became ready meanwhile may not have started yet."""
         state, plan, graph = self.state, self.plan, self.graph
         committer = self.worker.committer
-        store = committer.store
-        commit_now = None if store.batching else store.commit_now  # it never waits
         unit = Transition(self.id, self.token, state.status, None, self._records)
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
@@ -256,7 +255,7 @@ class Run:
                 elif decision.status is not ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final  # the lease may go with this commit: not "lost" then
-            result = commit_now(unit) if commit_now is not None else committer.now(unit)
+            result = committer.now(unit)
             if result is None:
                 result = await committer.later(unit)
             assert not isinstance(result, bool)
@@ -367,28 +366,16 @@ class Run:
         error = rec.error
         response: Message | None = None
         while True:
-            if slots.free > 0 and not slots.waiters:  # Slots.take(), without the call
-                slots.free -= 1
-            else:
+            if not slots.take():
                 await slots.wait()
             try:
                 if direct is not None:  # a function that wants neither context nor timeout
                     value = await direct(request)
                     response = value if type(value) is Message else to_message(value)
                 else:
-                    ctx = StepContext(
-                        self.flow,
-                        self.workflow_id,
-                        self.id,
-                        sid,
-                        attempt,
-                        timeout,
-                        phase == COMPENSATION,
+                    response = await self._call(
+                        step, request, sid, attempt, timeout, phase == COMPENSATION
                     )
-                    if timeout is None:
-                        response = await step.execute(request, ctx)
-                    else:
-                        response = await _timed(step, request, ctx, timeout)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -430,18 +417,30 @@ class Run:
         if not self._inline:
             self._wake.set()
 
+    def _call(
+        self,
+        step: Step,
+        request: Message,
+        sid: str,
+        attempt: int,
+        timeout: float | None,
+        compensation: bool = False,
+    ) -> Awaitable[Message]:
+        """One invocation of ``step`` with its context, under its timeout."""
+        ctx = StepContext(self.flow, self.workflow_id, self.id, sid, attempt, timeout, compensation)
+        if timeout is None:
+            return step.execute(request, ctx)
+        return _timed(step, request, ctx, timeout)
+
     async def _invoke(
         self, step: Step, request: Message, sid: str, attempt: int, timeout: float | None
     ) -> Message:
-        """Invoke a fallback (see _attempts for steps and compensations)."""
-        ctx = StepContext(self.flow, self.workflow_id, self.id, sid, attempt, timeout)
+        """Invoke a fallback, in a slot (_attempts takes one for steps and compensations)."""
         slots = self.worker.slots
         if not slots.take():
             await slots.wait()
         try:
-            if timeout is None:
-                return await step.execute(request, ctx)
-            return await _timed(step, request, ctx, timeout)
+            return await self._call(step, request, sid, attempt, timeout)
         finally:
             slots.give()
 

@@ -364,9 +364,7 @@ class Flow:
         deadline: float | None,
         execution_id: str | None,
     ) -> str:
-        worker = self._worker
-        if worker is None or not self._open:
-            worker = self._running()  # raises
+        worker = self._running()
         request = req if isinstance(req, Message) else Message(req)
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
@@ -374,10 +372,8 @@ class Flow:
             deadline = _positive(deadline, "deadline")
         if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
             raise ConfigurationError("execution_id", "must be a non-empty string")
-        plan = wf._plan_cache or wf._plan()
-        graph = plan.whole if start is None and not reverse else None
-        if graph is None:
-            graph = plan.graph(start, reverse)
+        plan = wf._plan()
+        graph = plan.graph(start, reverse)
         checked = plan.checked  # the flow and services the steps were checked against
         if checked is None or checked[0] is not self or checked[1] != len(self._services):
             for node in plan.nodes.values():
@@ -385,7 +381,7 @@ class Flow:
                     if step is not None:
                         step.check(self)
             plan.checked = (self, len(self._services))
-        snap = wf._snapshot_cache or wf._snapshot()
+        snap = wf._snapshot()
         if snap.hash not in self._plans:
             self._plans[snap.hash] = plan
         eid = execution_id or new_execution_id()
@@ -447,7 +443,7 @@ class Flow:
                     # for its first commit in the caller, alone, and runs of many
                     # callers no longer share commits (SQLite went from 2,200 to 930
                     # order sagas/s that way)
-                    worker.launch(run, not async_ and not worker.store.batching)
+                    worker.launch(run, eager=not async_ and not worker.store.batching)
             else:
                 run = worker.runs.get(eid)
         if not created:  # the id exists: this call behaves as the one that started it

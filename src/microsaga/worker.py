@@ -164,7 +164,7 @@ class Worker:
 
     # runs -----------------------------------------------------------------------
 
-    def launch(self, run: Run, eager: bool = False) -> None:
+    def launch(self, run: Run, *, eager: bool = False) -> None:
         """Run ``run`` in a task of its own; ``eager``: one that starts in this call
         and runs until the run first waits (see ``_eager``), so that a run
         which never waits (the memory store, steps that do not wait) is over on return."""

@@ -4,12 +4,12 @@ share transactions, so a worker is not held to one commit per transition."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from microsaga import Flow, FunctionStep, Message, Status
+from microsaga import Flow, FunctionStep, Message, Status, Workflow
 from microsaga.stores.base import NewExecution, Store, Transition, TransitionResult
 from tests.helpers import eventually
 from tests.integration.pg import empty_store
@@ -51,6 +51,21 @@ class Commits:
         monkeypatch.setattr(store, "commit", batch)
         monkeypatch.setattr(store, "commit_now", one)
 
+    def assert_shared(self) -> None:
+        # a creation and a transition per step result: five units an execution
+        assert self.units == EXECUTIONS * (1 + len(STEPS))
+        # one commit per unit would be a thousand; shared, they are a few dozen at most (a
+        # PostgreSQL commit is at most three statements, a SQLite one a transaction)
+        assert self.count * 10 <= self.units, f"{self.count} commits for {self.units} transitions"
+
+
+async def _order(flow: Flow, fn: Callable[[Message], Awaitable[object]]) -> Workflow:
+    """The order workflow: STEPS in a chain, each running ``fn``."""
+    steps: list[FunctionStep] = []
+    for name in STEPS:
+        steps.append(FunctionStep(fn, id=name, requires=steps[-1:]))
+    return await flow.workflow_create("order", *steps)
+
 
 async def _step(msg: Message) -> object:
     await asyncio.sleep(0.005)  # a participant's round trip
@@ -61,10 +76,7 @@ async def test_many_executions_share_transactions(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with Flow(store_url, concurrency=EXECUTIONS) as flow:
-        steps: list[FunctionStep] = []
-        for name in STEPS:
-            steps.append(FunctionStep(_step, id=name, requires=steps[-1:]))
-        wf = await flow.workflow_create("order", *steps)
+        wf = await _order(flow, _step)
         commits = Commits(flow.store, monkeypatch)
         ids = await asyncio.gather(
             *(wf.execute({"order": n}, async_=True) for n in range(EXECUTIONS))
@@ -78,13 +90,7 @@ async def test_many_executions_share_transactions(
         for eid in ids[:: EXECUTIONS // 10]:
             info = await flow.execution(eid)
             assert [info.steps[s].status for s in STEPS] == [Status.SUCCESS] * len(STEPS)
-    # a creation and a transition per step result: five units an execution
-    assert commits.units == EXECUTIONS * (1 + len(STEPS))
-    # one commit per unit would be a thousand; shared, they are a few dozen at most (a
-    # PostgreSQL commit is at most three statements, a SQLite one a transaction)
-    assert commits.count * 10 <= commits.units, (
-        f"{commits.count} commits for {commits.units} transitions"
-    )
+    commits.assert_shared()
 
 
 async def _quick(msg: Message) -> object:
@@ -97,16 +103,10 @@ async def test_callers_that_wait_share_transactions_when_steps_never_wait(
     # callers waiting for their executions (the usual execute()), steps that never wait:
     # a run must not do all its commits alone, one after another, in its caller's call
     async with Flow(store_url, concurrency=EXECUTIONS) as flow:
-        steps: list[FunctionStep] = []
-        for name in STEPS:
-            steps.append(FunctionStep(_quick, id=name, requires=steps[-1:]))
-        wf = await flow.workflow_create("order", *steps)
+        wf = await _order(flow, _quick)
         commits = Commits(flow.store, monkeypatch)
         ids = await asyncio.gather(*(wf.execute({"order": n}) for n in range(EXECUTIONS)))
         assert len(set(ids)) == EXECUTIONS
         done = await flow.executions(status=Status.SUCCESS, limit=EXECUTIONS)
         assert len(done) == EXECUTIONS
-    assert commits.units == EXECUTIONS * (1 + len(STEPS))
-    assert commits.count * 10 <= commits.units, (
-        f"{commits.count} commits for {commits.units} transitions"
-    )
+    commits.assert_shared()

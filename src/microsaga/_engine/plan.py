@@ -51,7 +51,7 @@ class RunGraph:
     inputs: dict[str, tuple[str, ...]]
     leaves: tuple[str, ...]
     pending: dict[str, StepRecord]  # a new run's records: copy the dict, share these
-    roots: tuple[str, ...] = ()  # the steps that require none, in order
+    roots: tuple[str, ...]  # the steps that require none, in order
     # decisions made once per graph and shared (saga): to start one step, by its id;
     # the first one of a run, under None
     decisions: dict[str | None, Decision] = field(default_factory=dict)
@@ -68,7 +68,6 @@ class Plan:
     workflow_id: str
     nodes: dict[str, Node]
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
-    whole: RunGraph | None = None  # the graph of a run of every step, once made
     # (flow, number of services) once every step found what it needs in that flow
     checked: tuple[object, int] | None = None
 
@@ -97,8 +96,6 @@ class Plan:
         found = self._graphs.get(key)
         if found is None:
             found = self._graphs[key] = self._make_graph(start, reverse)
-            if start is None and not reverse:
-                self.whole = found
         return found
 
     def _make_graph(self, start: str | None, reverse: bool) -> RunGraph:

@@ -283,9 +283,8 @@ class MemoryStore(Store):
         return self._apply(unit)
 
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
-        if type(unit) is Transition or isinstance(unit, Transition):
+        if isinstance(unit, Transition):
             return self._transition(unit)
-        assert isinstance(unit, NewExecution)
         return self._create(unit)
 
     def _create(self, new: NewExecution) -> bool:
@@ -324,8 +323,7 @@ class MemoryStore(Store):
         if row.owner is None:
             row.settle()
         self._rows[new.id] = row
-        if row.status in RUNNABLE:
-            self._runnable[row.id] = row
+        self._track(row)
         return True
 
     def _track(self, row: _Row) -> None:
