@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from . import _faults
 from ._aio import wait_event
@@ -37,7 +39,7 @@ from .errors import (
     StepTimeoutError,
     one_line,
 )
-from .message import Message
+from .message import Message, json_message
 from .status import ABORTED, COMPENSATED, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition
@@ -151,7 +153,7 @@ class Run:
             if self.deadline_at is not None:
                 self._arm_deadline(self.deadline_at)
             starts = self._initial if self._fresh else self._running_records()
-            self._show(starts)
+            self._started(starts)  # in the state already: shown
             await self._loop(starts, self._fresh)
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
@@ -300,18 +302,19 @@ class Run:
         return StepRecord(sid, phase, RUNNING, attempts, request, None, None, now)
 
     def _started(self, starts: list[StepRecord]) -> None:
-        """Committed starts: into the state, and shown (see _show)."""
-        steps, comps = self.state.steps, self.state.comps
-        for rec in starts:
-            (steps if rec.phase == FORWARD else comps)[rec.step_id] = rec
-        self._show(starts)
-
-    def _show(self, starts: list[StepRecord]) -> None:
-        """The steps about to be invoked, as this process shows them (``Step.status``)."""
-        nodes = self.plan.nodes
-        for rec in starts:
-            node = nodes[rec.step_id]
-            live = node.step if rec.phase == FORWARD else node.compensate
+        """Committed starts: into the state, and shown as this process shows the steps
+        about to be invoked (``Step.status``)."""
+        steps, comps, nodes = self.state.steps, self.state.comps, self.plan.nodes
+        for rec in starts:  # one loop for both: this runs for every transition
+            sid = rec.step_id
+            node = nodes[sid]
+            live: Step | None
+            if rec.phase == FORWARD:
+                steps[sid] = rec
+                live = node.step
+            else:
+                comps[sid] = rec
+                live = node.compensate
             if live is not None:
                 live.status, live.request, live.response = RUNNING, rec.request, None
 
@@ -371,7 +374,10 @@ class Run:
             try:
                 if direct is not None:  # a function that wants neither context nor timeout
                     value = await direct(request)
-                    response = value if type(value) is Message else to_message(value)
+                    if type(value) is dict:  # the usual result, in one call less
+                        response = json_message(value)
+                    else:
+                        response = value if type(value) is Message else to_message(value)
                 else:
                     response = await self._call(
                         step, request, sid, attempt, timeout, phase == COMPENSATION

@@ -9,7 +9,9 @@ worker (``microsaga.worker``) commits what it decides and then acts on it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import msgspec
 
 from ..status import ABORTED, COMPENSATING, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
 from .plan import Plan, RunGraph
@@ -27,12 +29,14 @@ __all__ = [
 NO_ABORT, ABORT, ABORT_NO_COMPENSATION = 0, 1, 2
 
 
-@dataclass(slots=True)
-class ExecState:
+class ExecState(msgspec.Struct, gc=False):
+    """An execution's status, abort request and step runs, as the engine holds them
+    (a struct: made in C, one per execution run, and in no cycle)."""
+
     status: Status
     abort: int = NO_ABORT
-    steps: dict[str, StepRecord] = field(default_factory=dict)
-    comps: dict[str, StepRecord] = field(default_factory=dict)
+    steps: dict[str, StepRecord] = {}
+    comps: dict[str, StepRecord] = {}
 
 
 @dataclass(slots=True)

@@ -6,11 +6,11 @@ the process that names it, so several flows can share state in a test.
 
 from __future__ import annotations
 
-import dataclasses
 import marshal
 import weakref
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError
@@ -118,8 +118,7 @@ def _unpack_record(t: _Record) -> StepRecord:
     )
 
 
-@dataclass(slots=True)
-class _Row:
+class _Row(msgspec.Struct, gc=False):
     seq: int
     id: str
     workflow_id: str
@@ -454,7 +453,7 @@ class MemoryStore(Store):
         if change.retry_compensations:
             for rec in records:
                 if rec.phase == COMPENSATION and rec.status is FAILURE:
-                    row.put(dataclasses.replace(rec, status=PENDING))
+                    row.put(msgspec.structs.replace(rec, status=PENDING))
         row.settle()
         self._control_seq += 1
         self._controls.append((self._control_seq, execution_id, now))
