@@ -199,7 +199,10 @@ class Run:
         first steps), not steps found running when this worker took over, when steps
         that became ready meanwhile may not have started yet."""
         state, plan, graph = self.state, self.plan, self.graph
-        committer = self.worker.committer
+        committer, store = self.worker.committer, self.worker.store
+        # a store whose commits never wait is called at once (Committer.now would only
+        # pass the unit on to it)
+        commit_now = committer.now if store.batching else store.commit_now
         unit = Transition(self.id, self.token, state.status, None, self._records)
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
@@ -257,7 +260,7 @@ class Run:
                 elif decision.status is not ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final  # the lease may go with this commit: not "lost" then
-            result = committer.now(unit)
+            result = commit_now(unit)
             if result is None:
                 result = await committer.later(unit)
             assert not isinstance(result, bool)

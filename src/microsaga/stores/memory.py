@@ -276,15 +276,40 @@ class MemoryStore(Store):
     ) -> list[bool | TransitionResult]:
         return [self._apply(u) for u in units]
 
-    def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult:
-        if type(unit) is Transition:
-            return self._transition(unit)
-        return self._apply(unit)
-
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
-        if isinstance(unit, Transition):
-            return self._transition(unit)
-        return self._create(unit)
+        if type(unit) is not Transition:
+            assert isinstance(unit, NewExecution)
+            return self._create(unit)
+        t = unit  # a transition, applied here rather than in a call of its own: the
+        # engine commits one per step run
+        row = self._rows.get(t.execution_id)
+        if row is None or row.token != t.token or row.owner is None:
+            return TransitionResult(False, row.status if row else PENDING, 0, False)
+        steps = row.steps if row.steps is not None else row._unpack()
+        for rec in t.records:
+            steps[rec.step_id, rec.phase] = rec
+        applied = row.status is t.expect
+        if applied:
+            if t.status is not None:
+                row.status = t.status
+                self._track(row)
+                if t.response is not None:
+                    row.response = t.response
+                if t.error is not None:
+                    row.error = t.error
+            if t.starts and row.status in _STARTABLE:
+                for rec in t.starts:
+                    steps[rec.step_id, rec.phase] = rec
+            if t.release:
+                row.owner = None
+                row.lease_until = 0.0
+                row.settle()
+        row.updated_at = t.at
+        if applied and not row.abort:
+            return _APPLIED[row.status]
+        return TransitionResult(True, row.status, row.abort, applied)
+
+    commit_now = _apply  # a commit here never waits
 
     def _create(self, new: NewExecution) -> bool:
         if new.id in self._rows:
@@ -330,34 +355,6 @@ class MemoryStore(Store):
             self._runnable[row.id] = row
         else:
             self._runnable.pop(row.id, None)
-
-    def _transition(self, t: Transition) -> TransitionResult:
-        row = self._rows.get(t.execution_id)
-        if row is None or row.token != t.token or row.owner is None:
-            return TransitionResult(False, row.status if row else PENDING, 0, False)
-        steps = row.steps if row.steps is not None else row._unpack()
-        for rec in t.records:
-            steps[rec.step_id, rec.phase] = rec
-        applied = row.status is t.expect
-        if applied:
-            if t.status is not None:
-                row.status = t.status
-                self._track(row)
-                if t.response is not None:
-                    row.response = t.response
-                if t.error is not None:
-                    row.error = t.error
-            if t.starts and row.status in _STARTABLE:
-                for rec in t.starts:
-                    steps[rec.step_id, rec.phase] = rec
-            if t.release:
-                row.owner = None
-                row.lease_until = 0.0
-                row.settle()
-        row.updated_at = t.at
-        if applied and not row.abort:
-            return _APPLIED[row.status]
-        return TransitionResult(True, row.status, row.abort, applied)
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         out: list[Claim] = []
