@@ -35,6 +35,7 @@ class ExecState(msgspec.Struct, gc=False):
 
     status: Status
     abort: int = NO_ABORT
+    # a struct copies a mutable default for each instance
     steps: dict[str, StepRecord] = {}
     comps: dict[str, StepRecord] = {}
 

@@ -277,11 +277,11 @@ class MemoryStore(Store):
         return [self._apply(u) for u in units]
 
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
+        # a transition is applied here, not in a call of its own: one per step run
         if type(unit) is not Transition:
             assert isinstance(unit, NewExecution)
             return self._create(unit)
-        t = unit  # a transition, applied here rather than in a call of its own: the
-        # engine commits one per step run
+        t = unit
         row = self._rows.get(t.execution_id)
         if row is None or row.token != t.token or row.owner is None:
             return TransitionResult(False, row.status if row else PENDING, 0, False)
