@@ -42,6 +42,12 @@ class Committer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._drains = 0  # drain loops running (counted from their creation)
         self._committing = 0  # drains waiting on the store now
+        # the unit committed at once when the store can (Store.commit_now) and it gains
+        # nothing from waiting for company; None: use later(). A store whose commits
+        # never wait is called directly: the run calls this once per step run
+        self.now: Callable[[Unit], Result | None] = (
+            self._now_if_alone if store.batching else store.commit_now
+        )
 
     async def submit(self, unit: Unit) -> Result:
         done = self.now(unit)
@@ -49,13 +55,12 @@ class Committer:
             return done
         return await self.later(unit)
 
-    def now(self, unit: Unit) -> Result | None:
-        """The unit committed at once, when the store can (``Store.commit_now``) and
-        it gains nothing from waiting for company; None: use :meth:`later`."""
-        store = self.store
-        if store.batching and (self._queue or self._drains or not self.quiet()):
+    def _now_if_alone(self, unit: Unit) -> Result | None:
+        """``now`` for a batching store: only with nothing queued or in flight, and
+        the worker quiet."""
+        if self._queue or self._drains or not self.quiet():
             return None
-        return store.commit_now(unit)
+        return self.store.commit_now(unit)
 
     async def later(self, unit: Unit) -> Result:
         """The unit committed in the next batch (without trying :meth:`now`)."""

@@ -39,7 +39,7 @@ from .errors import (
     StepTimeoutError,
     one_line,
 )
-from .message import Message, json_message
+from .message import Message
 from .status import ABORTED, COMPENSATED, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition
@@ -199,10 +199,7 @@ class Run:
         first steps), not steps found running when this worker took over, when steps
         that became ready meanwhile may not have started yet."""
         state, plan, graph = self.state, self.plan, self.graph
-        committer, store = self.worker.committer, self.worker.store
-        # a store whose commits never wait is called at once (Committer.now would only
-        # pass the unit on to it)
-        commit_now = committer.now if store.batching else store.commit_now
+        committer = self.worker.committer
         unit = Transition(self.id, self.token, state.status, None, self._records)
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
@@ -260,7 +257,7 @@ class Run:
                 elif decision.status is not ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final  # the lease may go with this commit: not "lost" then
-            result = commit_now(unit)
+            result = committer.now(unit)
             if result is None:
                 result = await committer.later(unit)
             assert not isinstance(result, bool)
@@ -377,10 +374,7 @@ class Run:
             try:
                 if direct is not None:  # a function that wants neither context nor timeout
                     value = await direct(request)
-                    if type(value) is dict:  # the usual result, in one call less
-                        response = json_message(value)
-                    else:
-                        response = value if type(value) is Message else to_message(value)
+                    response = to_message(value)
                 else:
                     response = await self._call(
                         step, request, sid, attempt, timeout, phase == COMPENSATION

@@ -52,8 +52,6 @@ class RunGraph:
     leaves: tuple[str, ...]
     pending: dict[str, StepRecord]  # a new run's records: copy the dict, share these
     roots: tuple[str, ...]  # the steps that require none, in order
-    # a step's one dependent, when that requires only it: a chain's next step
-    follows: dict[str, str]
     # decisions made once per graph and shared (saga): to start one step, by its id;
     # the first one of a run, under None
     decisions: dict[str | None, Decision] = field(default_factory=dict)
@@ -123,9 +121,4 @@ class Plan:
         leaves = tuple(s for s in order if not dependents[s])
         pending = {s: StepRecord(s, FORWARD, PENDING) for s in order}
         roots = tuple(s for s in order if not requires[s])
-        follows = {
-            s: deps[0]
-            for s, deps in dependents.items()
-            if len(deps) == 1 and requires[deps[0]] == (s,)
-        }
-        return RunGraph(order, requires, dependents, inputs, leaves, pending, roots, follows)
+        return RunGraph(order, requires, dependents, inputs, leaves, pending, roots)

@@ -127,23 +127,19 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
     steps, requires = state.steps, graph.requires
     if steps[step_id].status is not SUCCESS:
         return None
-    found = graph.follows.get(step_id)  # a chain: its next step, if not started yet
-    if found is not None:
-        if steps[found].status is not PENDING:
-            return None
-    else:
-        for sid in graph.dependents[step_id]:
-            if steps[sid].status is not PENDING:
-                continue
-            for r in requires[sid]:
-                if steps[r].status is not SUCCESS:
-                    break
-            else:
-                if found is not None:
-                    return None  # several: decide() gives them in order
-                found = sid
-        if found is None:
-            return None
+    found: str | None = None
+    for sid in graph.dependents[step_id]:
+        if steps[sid].status is not PENDING:
+            continue
+        for r in requires[sid]:
+            if steps[r].status is not SUCCESS:
+                break
+        else:
+            if found is not None:
+                return None  # several: decide() gives them in order
+            found = sid
+    if found is None:
+        return None
     decision = graph.decisions.get(found)
     if decision is None:
         decision = graph.decisions[found] = Decision((found,))
