@@ -28,9 +28,10 @@ from .errors import (
 )
 from .execution import Execution, StepRun
 from .flow import Flow
+from .hooks import CommitEvent, ExecutionEvent, Hook, StepEvent
 from .message import Message, Metadata
 from .settings import FlowOptions
-from .status import STATUS_STRING, STRING_STATUS, Status
+from .status import STATUS_STRING, STRING_STATUS, Phase, Status
 from .step import Retry, Step, StepContext, StepOptions, register_step
 from .steps import CallStep, FunctionStep, PublishStep
 from .transports import Broker, Client
@@ -44,28 +45,33 @@ __all__ = [
     "Broker",
     "CallStep",
     "Client",
+    "CommitEvent",
     "ConfigurationError",
     "CycleError",
     "DefinitionError",
     "DuplicateStepError",
     "Execution",
+    "ExecutionEvent",
     "ExecutionFailedError",
     "ExecutionNotFoundError",
     "Flow",
     "FlowOptions",
     "FunctionStep",
+    "Hook",
     "InvalidTransitionError",
     "LeaseLostError",
     "Message",
     "Metadata",
     "MicrosagaError",
     "MissingClientError",
+    "Phase",
     "PublishStep",
     "Retry",
     "SchemaVersionError",
     "Status",
     "Step",
     "StepContext",
+    "StepEvent",
     "StepError",
     "StepNotExistsError",
     "StepOptions",

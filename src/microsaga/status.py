@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["STATUS_STRING", "STRING_STATUS", "Status"]
+__all__ = ["STATUS_STRING", "STRING_STATUS", "Phase", "Status"]
 
 
 class Status(enum.IntEnum):
@@ -59,3 +59,20 @@ STRING_STATUS: dict[str, Status] = {v: k for k, v in STATUS_STRING.items()}
 
 _FINISHED = frozenset({Status.SUCCESS, Status.FAILURE, Status.ABORTED})
 _STOPPED = _FINISHED | {Status.SUSPEND}
+
+
+class Phase(enum.IntEnum):
+    """Which way a step run goes: the step itself, or its compensation.
+
+    ``str(Phase.COMPENSATE) == "compensate"`` (the ``microsaga.phase`` of traces and
+    the ``phase`` label of metrics); stores keep the number.
+    """
+
+    FORWARD = 0
+    COMPENSATE = 1
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)

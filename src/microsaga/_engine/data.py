@@ -11,24 +11,16 @@ from ..message import (
     frozen_message,
     raw_message,
 )
+from ..protocol import EXECUTION_HEADER, IDEMPOTENCY_HEADER, STEP_HEADER, WORKFLOW_HEADER
 from .plan import Node, RunGraph
 from .records import StepRecord
 
 __all__ = [
-    "EXECUTION_HEADER",
-    "IDEMPOTENCY_HEADER",
-    "STEP_HEADER",
-    "WORKFLOW_HEADER",
     "Headers",
     "compensation_input",
     "execution_response",
     "step_input",
 ]
-
-WORKFLOW_HEADER = "Micro-Flow-Workflow"
-EXECUTION_HEADER = "Micro-Flow-Execution"
-STEP_HEADER = "Micro-Flow-Step"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 _WORKFLOW_KEY, _EXECUTION_KEY = WORKFLOW_HEADER.lower(), EXECUTION_HEADER.lower()

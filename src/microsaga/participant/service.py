@@ -9,9 +9,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from .._engine.data import IDEMPOTENCY_HEADER
 from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
 from ..message import Message
+from ..protocol import IDEMPOTENCY_HEADER
 from ..transports.base import Broker, Subscription, to_message
 from . import asgi, subscriber
 from .dedupe import DedupeStore, MemoryDedupeStore, Reply, error_answer

@@ -13,6 +13,7 @@ from typing import Any
 from .._urls import redact_url
 from ..errors import StepError, TransportError, one_line
 from ..message import Message, encode_json, json_message
+from ..protocol import CORRELATION_HEADER, ERROR_HEADER, REPLY_TO_HEADER, REPLY_TOPIC_PREFIX
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -31,12 +32,6 @@ __all__ = [
 
 log = logging.getLogger("microsaga.transports")
 
-REPLY_TOPIC_PREFIX = "microsaga.reply."
-"""The start of the reply topics microsaga's brokers make for themselves."""
-REPLY_TO_HEADER = "Micro-Flow-Reply-To"
-CORRELATION_HEADER = "Micro-Flow-Correlation-Id"
-ERROR_HEADER = "Micro-Flow-Error"
-"""Set on a reply that reports a failure; its value is the error code."""
 
 Handler = Callable[[Message], Awaitable[Any] | Any]
 """A subscriber: takes a Message; its return value (if not None) is the reply."""

@@ -42,9 +42,9 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from .._engine.data import IDEMPOTENCY_HEADER
 from ..errors import StepError, TransportError, one_line
 from ..message import Message, Metadata
+from ..protocol import IDEMPOTENCY_HEADER
 from .base import (
     CORRELATION_HEADER,
     REPLY_TO_HEADER,

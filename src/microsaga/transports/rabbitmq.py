@@ -48,9 +48,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from .._engine.data import IDEMPOTENCY_HEADER
 from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata
+from ..protocol import IDEMPOTENCY_HEADER
 from .base import CORRELATION_HEADER, REPLY_TO_HEADER, Broker, Handler, Subscription, redact_url
 
 __all__ = ["RabbitMQBroker"]
