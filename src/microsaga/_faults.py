@@ -2,16 +2,24 @@
 
 Armed from the environment (``MICROSAGA_FAULTS="step_recorded:kill"``) or with
 :func:`microsaga.testing.arm_fault`. Actions: ``kill`` (SIGKILL this process),
-``raise`` (raise :class:`FaultError`), or a callable.
+``raise`` (raise :class:`FaultError`, which stops the run as a crash would), or a
+callable.
+
+The points are a :class:`~microsaga.Hook`, added to every flow's hooks while any
+point is armed, so that they cost nothing otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import weakref
 from collections.abc import Callable
 
-__all__ = ["POINTS", "FaultError", "arm", "disarm", "hit"]
+from .hooks import ExecutionEvent, Hook, Hooks, StepEvent
+from .status import Phase, Status
+
+__all__ = ["POINTS", "FaultError", "arm", "attach", "disarm", "hit"]
 
 POINTS = (
     "execution_created",  # the execution and its first steps are committed
@@ -27,38 +35,10 @@ class FaultError(RuntimeError):
 
 
 _armed: dict[str, Callable[[], None] | str] = {}
-ARMED = False  # checked before calling hit(): the points sit on the hot path
-
-
-def _from_env() -> None:
-    global ARMED
-    for item in filter(None, os.environ.get("MICROSAGA_FAULTS", "").split(",")):
-        name, _, action = item.partition(":")
-        _armed[name.strip()] = action.strip() or "kill"
-    ARMED = bool(_armed)
-
-
-def arm(name: str, action: Callable[[], None] | str = "raise") -> None:
-    global ARMED
-    if name not in POINTS:
-        raise ValueError(f"unknown fault point {name!r}; known: {', '.join(POINTS)}")
-    _armed[name] = action
-    ARMED = True
-
-
-def disarm(name: str | None = None) -> None:
-    global ARMED
-    if name is None:
-        _armed.clear()
-    else:
-        _armed.pop(name, None)
-    ARMED = bool(_armed)
 
 
 def hit(name: str) -> None:
     """Called at fault point ``name``; does nothing unless armed."""
-    if not _armed:
-        return
     action = _armed.get(name)
     if action is None:
         return
@@ -70,4 +50,61 @@ def hit(name: str) -> None:
         action()
 
 
+class FaultPoints(Hook):
+    """The fault points, where the hooks are called."""
+
+    def execution_created(self, event: ExecutionEvent) -> None:
+        hit("execution_created")
+
+    def step_started(self, event: StepEvent) -> None:
+        hit("step_started" if event.phase is Phase.FORWARD else "compensation_started")
+
+    def step_finished(self, event: StepEvent) -> None:
+        if not event.retrying and event.status is not Status.PENDING:
+            hit("step_returned")
+
+    def step_recorded(self, event: StepEvent) -> None:
+        hit("step_recorded")
+
+
+_POINTS = FaultPoints()
+_attached: weakref.WeakSet[Hooks] = weakref.WeakSet()
+
+
+def attach(hooks: Hooks) -> None:
+    """Let the fault points reach ``hooks`` (a flow's) whenever one is armed."""
+    _attached.add(hooks)
+    if _armed:
+        hooks.add(_POINTS)
+
+
+def _update() -> None:
+    for hooks in list(_attached):
+        hooks.remove(_POINTS)
+        if _armed:
+            hooks.add(_POINTS)
+
+
+def arm(name: str, action: Callable[[], None] | str = "raise") -> None:
+    if name not in POINTS:
+        raise ValueError(f"unknown fault point {name!r}; known: {', '.join(POINTS)}")
+    _armed[name] = action
+    _update()
+
+
+def disarm(name: str | None = None) -> None:
+    if name is None:
+        _armed.clear()
+    else:
+        _armed.pop(name, None)
+    _update()
+
+
+def _from_env() -> None:
+    for item in filter(None, os.environ.get("MICROSAGA_FAULTS", "").split(",")):
+        name, _, action = item.partition(":")
+        _armed[name.strip()] = action.strip() or "kill"
+
+
 _from_env()
+Hooks.passthrough = (FaultError,)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from .errors import StoreError
+from .hooks import CommitEvent, Hooks
 from .stores.base import NewExecution, Store, Transition, TransitionResult
 
 __all__ = ["Committer"]
@@ -31,39 +32,59 @@ class Committer:
     """
 
     def __init__(
-        self, store: Store, *, retry_for: float = 60.0, quiet: Callable[[], bool] | None = None
+        self,
+        store: Store,
+        *,
+        retry_for: float = 60.0,
+        quiet: Callable[[], bool] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.retry_for = retry_for
         # when the worker runs little or nothing else, a lone unit gains nothing from
         # waiting for company: the store may commit it at once (Store.commit_now)
         self.quiet = quiet or (lambda: False)
+        self.hooks = hooks or Hooks()
         self._queue: list[tuple[Unit, asyncio.Future[Result]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._drains = 0  # drain loops running (counted from their creation)
         self._committing = 0  # drains waiting on the store now
-        # the unit committed at once when the store can (Store.commit_now) and it gains
-        # nothing from waiting for company; None: use later(). A store whose commits
-        # never wait is called directly: the run calls this once per step run
-        self.now: Callable[[Unit], Result | None] = (
-            self._now_if_alone if store.batching else store.commit_now
-        )
 
-    async def submit(self, unit: Unit) -> Result:
-        done = self.now(unit)
-        if done is not None:
-            return done
-        return await self.later(unit)
+    async def create(self, new: NewExecution) -> bool:
+        """Commit a new execution: False when an execution with its id exists."""
+        result = self.now(new)
+        if result is None:
+            result = await self._later(new)
+        assert isinstance(result, bool)
+        return result
 
-    def _now_if_alone(self, unit: Unit) -> Result | None:
-        """``now`` for a batching store: only with nothing queued or in flight, and
-        the worker quiet."""
-        if self._queue or self._drains or not self.quiet():
+    async def submit(self, unit: Transition) -> TransitionResult:
+        """Commit a transition of an execution."""
+        result = self.now(unit)
+        if result is None:
+            result = await self._later(unit)
+        assert isinstance(result, TransitionResult)
+        return result
+
+    def now(self, unit: Unit) -> Result | None:
+        """The unit committed at once, when the store can (Store.commit_now) and the
+        unit gains nothing from waiting for company; else None (then ``submit``).
+
+        A caller on the hot path tries this first: a run on the memory store commits
+        every transition this way, without making a coroutine for it."""
+        store = self.store
+        if store.batching and (self._queue or self._drains or not self.quiet()):
             return None
-        return self.store.commit_now(unit)
+        if not self.hooks.store_committed:
+            return store.commit_now(unit)
+        started = time.perf_counter()
+        done = store.commit_now(unit)
+        if done is not None:
+            self._committed(1, started)
+        return done
 
-    async def later(self, unit: Unit) -> Result:
-        """The unit committed in the next batch (without trying :meth:`now`)."""
+    async def _later(self, unit: Unit) -> Result:
+        """The unit committed in the next batch."""
         store = self.store
         if not store.batching:
             return (await self._commit([unit]))[0]
@@ -74,6 +95,10 @@ class Committer:
         if self._drains == self._committing and self._drains < store.commit_concurrency:
             self._start_drain()
         return await fut
+
+    def _committed(self, units: int, started: float) -> None:
+        event = CommitEvent(units=units, seconds=time.perf_counter() - started)
+        self.hooks.emit(self.hooks.store_committed, event)
 
     def _start_drain(self) -> None:
         self._drains += 1
@@ -131,11 +156,16 @@ class Committer:
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
+            started = time.perf_counter()
             try:
-                return await self.store.commit(units)
+                results = await self.store.commit(units)
             except StoreError as exc:
                 if not exc.retryable or time.monotonic() + delay > deadline:
                     raise
                 log.warning("store %s: %s; retrying in %.2fs", self.store.url, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            if self.hooks.store_committed:
+                self._committed(len(units), started)
+            return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ._aio import wait_event
 from .execution import Execution, StepRun
+from .hooks import ExecutionEvent, Hook, StepEvent
 from .status import Status
 
 if TYPE_CHECKING:
@@ -77,17 +80,38 @@ def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table
     return table
 
 
+class _Changes(Hook):
+    """Sets ``changed`` when a step or the status of one execution changes here."""
+
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        self.changed = asyncio.Event()
+
+    def _seen(self, event: ExecutionEvent | StepEvent) -> None:
+        if event.execution_id == self.execution_id:
+            self.changed.set()
+
+    execution_status = step_started = step_finished = step_recorded = _seen
+
+
 async def follow(flow: Flow, execution_id: str, console: Console, order: list[str]) -> Execution:
-    """Show the execution's steps live until it stops; returns its final state."""
-    info = await flow.execution(execution_id)
-    with Live(progress_table(info, order), console=console, refresh_per_second=10) as live:
-        while not info.status.stopped:
-            try:
-                await flow.wait(execution_id, timeout=0.1)
-            except TimeoutError:
-                pass
-            info = await flow.execution(execution_id)
-            live.update(progress_table(info, order))
+    """Show the execution's steps live until it stops; returns its final state.
+
+    Redrawn when the flow's hooks see a change of the execution (it runs here), and at
+    least every half second (it runs in another process)."""
+    changes = _Changes(execution_id)
+    flow.add_hook(changes)
+    try:
+        info = await flow.execution(execution_id)
+        with Live(progress_table(info, order), console=console, refresh_per_second=10) as live:
+            while not info.status.stopped:
+                await wait_event(changes.changed, 0.5)
+                changes.changed.clear()
+                await asyncio.sleep(0.05)  # a burst of changes makes one redraw
+                info = await flow.execution(execution_id)
+                live.update(progress_table(info, order))
+    finally:
+        flow.remove_hook(changes)
     if not console.is_terminal:
         console.print()  # a Live display off a terminal ends without a newline
     return info

@@ -1,61 +1,48 @@
 """One execution driven by the worker that holds its lease.
 
-The loop is: fold finished step attempts into the state, ask the engine
-(:func:`microsaga._engine.saga.decide`) what comes next, commit that as one
-:class:`Transition` (shared with other executions' transitions by group commit), and
-only then start the steps it started: a lone step in the loop's own task, several as
-tasks of their own. A retry is recorded before it is made.
+The loop: invoke the steps the last commit started; fold the attempts that finished
+into the state; ask the engine (:func:`microsaga._engine.saga.decide`) what comes
+next; commit that as one :class:`Transition` (shared with other executions' by group
+commit); only then start what it started. A retry is recorded before it is made.
+
+A run knows its worker only as a :class:`RunHost`: the clock, the committer, the
+slots that bound how many steps run at once, the hooks, and whom to tell when its
+status changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from msgspec.structs import replace
 
-from . import _faults
-from ._aio import wait_event
+from ._aio import Slots, wait_event
 from ._engine import data
-from ._engine.plan import Node, Plan, RunGraph
-from ._engine.records import COMPENSATION, FORWARD, StepRecord
-from ._engine.saga import (
-    ABORT_NO_COMPENSATION,
-    NO_ABORT,
-    ExecState,
-    after_success,
-    compensated,
-    decide,
-    failure_summary,
-    first,
-)
-from .errors import (
-    InvalidTransitionError,
-    LeaseLostError,
-    MicrosagaError,
-    StepTimeoutError,
-    one_line,
-)
+from ._engine.plan import Node, Plan, RetryPolicy, RunGraph
+from ._engine.records import Abort, ExecState, StepRecord
+from ._engine.saga import after_success, compensated, decide, failure_summary, first
+from ._groupcommit import Committer
+from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
+from .hooks import ExecutionEvent, Hooks, StepEvent
 from .message import Message
-from .status import ABORTED, COMPENSATED, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
+from .status import Phase, Status
 from .step import Retry, Step, StepContext
-from .stores.base import Transition
+from .stores.base import Transition, TransitionResult
 from .transports.base import to_message
 
 if TYPE_CHECKING:
-    from .worker import Worker
-    from .workflow import Workflow
+    from .flow import Flow
 
-__all__ = ["Outcome", "Run"]
+__all__ = ["Outcome", "Run", "RunHost", "RunSpec"]
 
 log = logging.getLogger("microsaga.run")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """How a run stopped, for the caller waiting on it in this process."""
 
     status: Status
@@ -64,67 +51,86 @@ class Outcome:
     compensated: bool = True
 
 
-_SUCCEEDED = Outcome(SUCCESS)
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run needs to know of its execution, besides its state."""
+
+    execution_id: str
+    workflow_id: str
+    plan: Plan
+    graph: RunGraph
+    request: Message
+    token: int  # the lease's fencing token
+    created_at: float
+    step_timeout: float | None = None
+    deadline_at: float | None = None
+
+
+class RunHost(Protocol):
+    """What a run asks of the worker that runs it."""
+
+    flow: Flow  # handed to steps in their StepContext
+    committer: Committer
+    slots: Slots
+    hooks: Hooks
+    compensation_retry: RetryPolicy
+    clock: Callable[[], float]  # the flow's clock: seconds since the epoch
+    random: Callable[[], float]  # the flow's randomness, in [0, 1)
+
+    def status_changed(self, run: Run) -> None:
+        """The run's status changed, or it stopped."""
+
+    def deadline_passed(self, run: Run) -> None:
+        """The execution's deadline passed (its timer fired): abort it soon."""
+
+    async def abort_for_deadline(self, run: Run) -> None:
+        """Abort the execution (with compensation) because its deadline passed; the
+        request reaches the run through :meth:`Run.control`."""
 
 
 class Run:
     """Drives one execution to a stop: finished, suspended, or its lease lost."""
 
-    def __init__(
-        self,
-        worker: Worker,
-        plan: Plan,
-        graph: RunGraph,
-        execution_id: str,
-        workflow_id: str,
-        request: Message,
-        token: int,
-        state: ExecState,
-        step_timeout: float | None,
-        deadline_at: float | None,
-        fresh: bool = False,
-        workflow: Workflow | None = None,
-    ) -> None:
-        self.worker = worker
-        self.flow = worker.flow
-        self._clock = worker.clock
-        self.plan, self.graph = plan, graph
-        self.id = execution_id
-        self.workflow_id = workflow_id
-        self.request = request
-        self.token = token
+    task: asyncio.Task[None] | None = None  # the task running main(), set by the worker
+    releasing = False  # the lease goes with the commit in flight: not "lost" meanwhile
+    ended = False  # see end()
+    outcome: Outcome | None = None  # how it stopped once ended; None: lost, or gave up
+
+    def __init__(self, spec: RunSpec, state: ExecState, host: RunHost, *, fresh: bool) -> None:
+        self.spec = spec
+        self.id = spec.execution_id
         self.state = state
-        self.step_timeout = step_timeout
-        self.deadline_at = deadline_at
-        self.workflow = workflow
+        self.host = host
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
-        self._headers = data.Headers(request, workflow_id, execution_id)
-        self._done: list[StepRecord] = []
-        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._records: list[StepRecord] = []
+        self._headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
+        self._done: list[StepRecord] = []  # attempts finished, not yet in the state
+        self._records: list[StepRecord] = []  # records to write with the next commit
+        self._tasks: dict[tuple[str, Phase], asyncio.Task[None]] = {}
+        self._wake_event: asyncio.Event | None = None
+        self._interrupt: asyncio.Event | None = None  # wakes a retry's backoff
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        # a lone step runs in the loop's own task (a chain needs no task per step), and
+        # then tells the loop it finished by returning, not through _wake
+        self._inline = False
+        self._waiters: list[asyncio.Future[Outcome | None]] = []
 
-    # set when they change (class attributes until then: fewer writes per execution)
-    task: asyncio.Task[None] | None = None  # the task running main(), set by the worker
-    # made when first needed: a chain of inline steps never waits on them
-    _wake_event: asyncio.Event | None = None
-    _interrupt: asyncio.Event | None = None
-    _deadline_timer: asyncio.TimerHandle | None = None
-    _lost = False
-    _inline = False
-    releasing = False
-    # how the run stopped (None: lost, or gave up) once ``ended``; see stopped()
-    ended = False
-    outcome: Outcome | None = None
-    _waiters: list[asyncio.Future[Outcome | None]] | None = None  # see stopped()
+    @property
+    def _wake(self) -> asyncio.Event:
+        """Set when a step run in a task of its own finishes, or a request arrives;
+        made on first use (a chain of steps run inline never waits on it)."""
+        if self._wake_event is None:
+            self._wake_event = asyncio.Event()
+        return self._wake_event
 
     # called by the worker --------------------------------------------------------
 
-    def control(self, status: Status, abort: int) -> None:
+    def control(self, status: Status, abort: Abort) -> None:
         """A suspend, resume or abort request reached this execution."""
         self.state.status = status
-        self.state.abort = max(self.state.abort, abort)
-        self._set_status(status)
+        if abort > self.state.abort:
+            self.state.abort = abort
+        self.host.status_changed(self)
         self._wake.set()
         if self._interrupt is not None:
             self._interrupt.set()  # wakes a backoff; the next wait gets a new event
@@ -140,21 +146,50 @@ class Run:
         self.end(None)
         self._wake.set()
 
-    @property
-    def _wake(self) -> asyncio.Event:
-        if self._wake_event is None:
-            self._wake_event = asyncio.Event()
-        return self._wake_event
+    def first_steps(self) -> list[StepRecord]:
+        """The RUNNING records of the steps a new execution starts with; they are
+        committed with the execution and invoked when the run starts."""
+        now = self.host.clock()
+        self._initial = [
+            self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start
+        ]
+        for rec in self._initial:
+            self.state.steps[rec.step_id] = rec
+        return self._initial
+
+    def event(self, *, taken_over: bool = False) -> ExecutionEvent:
+        """The execution as it stands, for hooks."""
+        state = self.state
+        error = None
+        if state.status in (Status.FAILURE, Status.ABORTED):
+            error = failure_summary(self.spec.plan, self.spec.graph, state)[1]
+        return ExecutionEvent(
+            execution_id=self.id,
+            workflow_id=self.spec.workflow_id,
+            status=state.status,
+            at=self.host.clock(),
+            created_at=self.spec.created_at,
+            error=error,
+            taken_over=taken_over,
+            request=self.spec.request,
+        )
 
     # the loop ----------------------------------------------------------------------
 
     async def main(self) -> None:
         try:
-            if self.deadline_at is not None:
-                self._arm_deadline(self.deadline_at)
-            starts = self._initial if self._fresh else self._running_records()
-            self._started(starts)  # in the state already: shown
-            await self._loop(starts, self._fresh)
+            if self.spec.deadline_at is not None:
+                self._arm_deadline(self.spec.deadline_at)
+            if self._fresh:
+                await self._loop(self._initial, decided=True)
+            else:  # taken over: the steps recorded RUNNING are invoked again
+                running = [
+                    rec
+                    for records in (self.state.steps, self.state.comps)
+                    for rec in records.values()
+                    if rec.status is Status.RUNNING
+                ]
+                await self._loop(running, decided=False)
         except LeaseLostError:
             log.warning("execution %s: lease lost, another worker runs it now", self.id)
             self.lose()
@@ -170,215 +205,203 @@ class Run:
             for task in self._tasks.values():
                 task.cancel()
 
-    def first_steps(self) -> list[StepRecord]:
-        """The RUNNING records of the steps a new execution starts with; they are
-        committed with the execution and invoked when the run is launched."""
-        decision = first(self.graph)
-        self._initial = starts = []
-        steps = self.state.steps  # a run whose execution is not created is dropped
-        now = self._clock()
-        for sid in decision.start:
-            rec = steps[sid] = self._start(sid, FORWARD, now)
-            starts.append(rec)
-        return starts
-
-    def _running_records(self) -> list[StepRecord]:
-        """The step runs recorded RUNNING when this worker took over: invoked again."""
-        return [
-            rec
-            for states in (self.state.steps, self.state.comps)
-            for rec in states.values()
-            if rec.status is RUNNING
-        ]
-
-    async def _loop(self, starts: list[StepRecord], decided: bool) -> None:
+    async def _loop(self, starts: list[StepRecord], *, decided: bool) -> None:
         """Invoke what the last commit started; fold what finished into the state; ask
         the engine what comes next; commit it; again, until the run stops.
 
-        ``decided``: ``starts`` are all that a decision started (a new execution's
-        first steps), not steps found running when this worker took over, when steps
-        that became ready meanwhile may not have started yet."""
-        state, plan, graph = self.state, self.plan, self.graph
-        committer = self.worker.committer
-        unit = Transition(self.id, self.token, state.status, None, self._records)
+        ``decided``: ``starts`` are all that a decision started, not steps found
+        running when this worker took over (steps may have become ready meanwhile)."""
+        state, plan, graph = self.state, self.spec.plan, self.spec.graph
+        committer = self.host.committer
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
-            if starts:
-                if len(starts) == 1 and not self._tasks:
-                    # a lone step runs in this loop's own task: a chain needs no task
-                    self._inline = True
-                    try:
-                        await self._attempts(starts[0])
-                    finally:
-                        self._inline = False
-                    if decided and starts[0].phase == FORWARD:
-                        lone = starts[0].step_id
-                else:
-                    loop = asyncio.get_running_loop()
-                    for rec in starts:
-                        self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
+            if len(starts) == 1 and not self._tasks:
+                self._inline = True
+                try:
+                    await self._attempts(starts[0])
+                finally:
+                    self._inline = False
+                if decided and starts[0].phase is Phase.FORWARD:
+                    lone = starts[0].step_id
+            else:
+                loop = asyncio.get_running_loop()
+                for rec in starts:
+                    self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
             if self._lost:
                 return
             decided = True  # from here on, every start comes from a decision made here
-            if self._done:
-                self._fold()
+            self._fold()
             decision = (lone is not None and after_success(graph, state, lone)) or decide(
                 plan, graph, state
             )
-            if decision.start and self.deadline_at is not None and self._deadline_passed():
+            if decision.start and self.spec.deadline_at is not None and self._deadline_passed():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
-                await self.abort_for_deadline()
-                if state.abort == NO_ABORT:
+                await self.host.abort_for_deadline(self)
+                if state.abort is Abort.NONE:
                     raise MicrosagaError(f"execution {self.id}: the deadline abort was refused")
                 starts = []
                 continue
-            now = self._clock()  # the moment of this decision: its starts and its commit
-            starts = []  # loops, not comprehensions: a comprehension is a call (3.11)
-            for sid in decision.start:
-                starts.append(self._start(sid, FORWARD, now))
-            for sid in decision.compensate:
-                starts.append(self._start(sid, COMPENSATION, now))
+            now = self.host.clock()
+            starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
+            starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
-                await self._wake.wait()
+                await self._wake.wait()  # steps are running: wait for one to finish
                 if self._lost:
                     return
                 self._wake.clear()
+                starts = []
                 continue
-            # one unit per run, filled anew for each transition: a store does not keep
-            # a unit once its commit returned (see Store.commit)
-            unit.expect, unit.status, unit.starts = state.status, decision.status, starts
-            unit.response = unit.error = None
-            unit.release, unit.at = final, now
+            unit = Transition(
+                execution_id=self.id,
+                token=self.spec.token,
+                expect=state.status,
+                status=decision.status,
+                records=self._records,
+                starts=starts,
+                release=final,
+                at=now,
+            )
             if decision.done:
-                if decision.status is SUCCESS:
+                if decision.status is Status.SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
-                elif decision.status is not ABORTED or not compensated(state):
+                elif decision.status is not Status.ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
-            self.releasing = final  # the lease may go with this commit: not "lost" then
+            self.releasing = final
             result = committer.now(unit)
             if result is None:
-                result = await committer.later(unit)
-            assert not isinstance(result, bool)
+                result = await committer.submit(unit)
+            assert isinstance(result, TransitionResult)
             if not result.owned:
                 raise LeaseLostError()
-            if unit.records:
-                if _faults.ARMED:
-                    _faults.hit("step_recorded")
-                self._records.clear()  # written: the list serves the next transition
+            recorded, self._records = self._records, []
             previous = state.status
             state.status = result.status
             if result.abort > state.abort:
                 state.abort = result.abort
-            if not result.applied:  # nothing started: the state keeps its records
+            if not result.applied:  # a control request came first: nothing started
                 self.releasing = False
-                self._set_status(state.status)
+                self.host.status_changed(self)
                 starts = []
                 continue
-            self._started(starts)
-            if state.status is not previous and not decision.done:  # _finish tells it
-                self._set_status(state.status)
+            for rec in starts:
+                (state.steps if rec.phase is Phase.FORWARD else state.comps)[rec.step_id] = rec
+            hooks = self.host.hooks
+            if recorded and hooks.step_recorded:
+                for rec in recorded:
+                    if rec.status is not Status.RUNNING:
+                        hooks.emit(hooks.step_recorded, self._step_event(rec, now))
             if decision.done:
                 self._finish()
                 return
+            if state.status is not previous:
+                self.host.status_changed(self)
             if decision.release:
-                self._stop(Outcome(SUSPEND))
+                self._stop(Outcome(Status.SUSPEND))
                 return
 
     # steps -----------------------------------------------------------------------
 
-    def _start(self, sid: str, phase: int, now: float) -> StepRecord:
-        """A step's RUNNING record; it enters the state once committed (_started)."""
+    def _start(self, sid: str, phase: Phase, now: float) -> StepRecord:
+        """A step's RUNNING record; it enters the state once committed."""
         state = self.state
-        if phase == FORWARD:
+        if phase is Phase.FORWARD:
             before: StepRecord | None = state.steps[sid]
-            request = data.step_input(self.graph, state.steps, sid, self.request, self._headers)
+            request = data.step_input(
+                self.spec.graph, state.steps, sid, self.spec.request, self._headers
+            )
         else:
             before = state.comps.get(sid)
-            forward = state.steps[sid]
-            request = data.compensation_input(self.plan.nodes[sid], forward, self._headers)
+            node = self.spec.plan.nodes[sid]
+            request = data.compensation_input(node, state.steps[sid], self._headers)
         attempts = before.attempts + 1 if before is not None else 1
-        return StepRecord(sid, phase, RUNNING, attempts, request, None, None, now)
-
-    def _started(self, starts: list[StepRecord]) -> None:
-        """Committed starts: into the state, and shown as this process shows the steps
-        about to be invoked (``Step.status``)."""
-        steps, comps, nodes = self.state.steps, self.state.comps, self.plan.nodes
-        for rec in starts:  # one loop for both: this runs for every transition
-            sid = rec.step_id
-            node = nodes[sid]
-            live: Step | None
-            if rec.phase == FORWARD:
-                steps[sid] = rec
-                live = node.step
-            else:
-                comps[sid] = rec
-                live = node.compensate
-            if live is not None:
-                live.status, live.request, live.response = RUNNING, rec.request, None
+        return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
 
     def _fold(self) -> None:
-        """Put finished step runs in the state; queue their records."""
-        done = self._done
-        records = self._records
+        """Put the step runs that finished in the state; queue their records."""
         state = self.state
-        tasks = self._tasks
-        for rec in done:
+        for rec in self._done:
             sid = rec.step_id
-            if tasks:
-                tasks.pop((sid, rec.phase), None)
-            records.append(rec)
-            live = self.plan.nodes[sid].step
-            if rec.phase == FORWARD:
+            self._tasks.pop((sid, rec.phase), None)
+            self._records.append(rec)
+            if rec.phase is Phase.FORWARD:
                 state.steps[sid] = rec
-                live.status, live.response = rec.status, rec.response
             else:
                 state.comps[sid] = rec
-                if rec.status is SUCCESS:
-                    # a new record: the one the store has may be the engine's own object
-                    forward = replace(state.steps[sid], status=COMPENSATED)
+                if rec.status is Status.SUCCESS:
+                    forward = replace(state.steps[sid], status=Status.COMPENSATED)
                     state.steps[sid] = forward
-                    records.append(forward)
-                    live.status = COMPENSATED
-        done.clear()
+                    self._records.append(forward)
+        self._done.clear()
 
-    def _interrupt_wanted(self, phase: int) -> bool:
-        if self.state.abort == ABORT_NO_COMPENSATION:
+    def _interrupt_wanted(self, phase: Phase) -> bool:
+        if self.state.abort is Abort.NO_COMPENSATION:
             return True
-        if phase == COMPENSATION:
+        if phase is Phase.COMPENSATE:
             return False
-        return self.state.status is SUSPEND or self.state.abort != NO_ABORT
+        return self.state.status is Status.SUSPEND or self.state.abort is not Abort.NONE
+
+    def _step_event(
+        self,
+        rec: StepRecord,
+        at: float,
+        *,
+        status: Status | None = None,
+        error: str | None = None,
+        retrying: bool = False,
+    ) -> StepEvent:
+        return StepEvent(
+            execution_id=self.id,
+            workflow_id=self.spec.workflow_id,
+            step_id=rec.step_id,
+            phase=rec.phase,
+            attempt=rec.attempts,
+            status=status or rec.status,
+            at=at,
+            started_at=rec.started_at,
+            error=error or rec.error,
+            retrying=retrying,
+            request=rec.request,
+            response=rec.response,
+        )
 
     async def _attempts(self, rec: StepRecord) -> None:
-        """Run a step until it succeeds, fails for good, or is interrupted."""
+        """Run a step until it succeeds, fails for good, or is interrupted; the final
+        record goes to ``_done`` for the loop to fold and commit."""
         sid, phase = rec.step_id, rec.phase
-        node = self.plan.nodes[sid]
-        if phase == FORWARD:
-            step, retry, timeout = node.step, node.retry, node.timeout or self.step_timeout
+        node = self.spec.plan.nodes[sid]
+        step: Any
+        retry: RetryPolicy
+        if phase is Phase.FORWARD:
+            step, retry = node.step, node.retry
+            timeout = node.timeout or self.spec.step_timeout
         else:
-            assert node.compensate is not None
-            step, timeout = node.compensate, node.compensate_timeout or self.step_timeout
-            retry = node.compensate_retry or self.flow.options.compensation_retry
+            step = node.compensate
+            retry = node.compensate_retry or self.host.compensation_retry
+            timeout = node.compensate_timeout or self.spec.step_timeout
+        hooks = self.host.hooks
+        direct = step.direct
         request = rec.request if rec.request is not None else Message()
         attempt = rec.attempts or 1
-        if _faults.ARMED:
-            _faults.hit("step_started" if phase == FORWARD else "compensation_started")
-        slots = self.worker.slots
-        direct = step.direct if timeout is None else None
         error = rec.error
         response: Message | None = None
+        status = Status.FAILURE
         while True:
+            if hooks.step_started:
+                hooks.emit(
+                    hooks.step_started,
+                    self._step_event(replace(rec, attempts=attempt), self.host.clock()),
+                )
+            slots = self.host.slots
             if not slots.take():
                 await slots.wait()
             try:
-                if direct is not None:  # a function that wants neither context nor timeout
-                    value = await direct(request)
-                    response = to_message(value)
+                if direct is not None and timeout is None:
+                    # a plain async function of the request: awaited without a context
+                    response = to_message(await direct(request))
                 else:
-                    response = await self._call(
-                        step, request, sid, attempt, timeout, phase == COMPENSATION
-                    )
+                    response = await self._call(step, request, sid, attempt, timeout, phase)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -386,37 +409,42 @@ class Run:
             finally:
                 slots.give()  # not held while waiting to retry
             if failure is None:
-                status: Status = SUCCESS
+                status = Status.SUCCESS
                 break
-            error = one_line(failure)
-            response = None
+            error, response = one_line(failure), None
             if retry.should_retry(failure, attempt):
-                delay = retry.interval(attempt, self.flow.random())
+                if hooks.step_finished:
+                    event = self._step_event(
+                        replace(rec, attempts=attempt),
+                        self.host.clock(),
+                        status=Status.FAILURE,
+                        error=error,
+                        retrying=True,
+                    )
+                    hooks.emit(hooks.step_finished, event)
+                delay = retry.interval(attempt, self.host.random())
                 # a service that says when to come back (HTTP Retry-After) is obeyed
                 if isinstance(failure, MicrosagaError) and failure.retry_after:
                     delay = max(delay, failure.retry_after)
                 if not await self._backoff(delay, phase) or not await self._next_attempt(
-                    sid, phase, attempt + 1, request, error, rec.started_at
+                    rec, attempt + 1, error
                 ):
-                    status = PENDING
+                    status = Status.PENDING  # interrupted: it starts again on resume
                     break
                 attempt += 1
                 continue
-            if phase == FORWARD and node.fallback is not None:
+            if phase is Phase.FORWARD and node.fallback is not None:
                 response = await self._fallback(node, request, attempt, timeout)
                 if response is not None:
-                    status, error = SUCCESS, f"{error} (fallback {node.fallback.id} used)"
-                    break
-            status = FAILURE
+                    status, error = Status.SUCCESS, f"{error} (fallback {node.id} used)"
             break
-        finished = self._clock() if status is not PENDING else None
-        if _faults.ARMED:
-            _faults.hit("step_returned")
-        self._done.append(
-            StepRecord(
-                sid, phase, status, attempt, request, response, error, rec.started_at, finished
-            )
+        finished = self.host.clock() if status is not Status.PENDING else None
+        done = StepRecord(
+            sid, phase, status, attempt, request, response, error, rec.started_at, finished
         )
+        if hooks.step_finished and status is not Status.PENDING:
+            hooks.emit(hooks.step_finished, self._step_event(done, self.host.clock()))
+        self._done.append(done)
         if not self._inline:
             self._wake.set()
 
@@ -427,19 +455,27 @@ class Run:
         sid: str,
         attempt: int,
         timeout: float | None,
-        compensation: bool = False,
+        phase: Phase = Phase.FORWARD,
     ) -> Awaitable[Message]:
         """One invocation of ``step`` with its context, under its timeout."""
-        ctx = StepContext(self.flow, self.workflow_id, self.id, sid, attempt, timeout, compensation)
+        ctx = StepContext(
+            self.host.flow,
+            self.spec.workflow_id,
+            self.id,
+            sid,
+            attempt,
+            timeout,
+            phase is Phase.COMPENSATE,
+        )
         if timeout is None:
             return step.execute(request, ctx)
-        return _timed(step, request, ctx, timeout)
+        return _timed(step.execute(request, ctx), sid, timeout)
 
     async def _invoke(
         self, step: Step, request: Message, sid: str, attempt: int, timeout: float | None
     ) -> Message:
-        """Invoke a fallback, in a slot (_attempts takes one for steps and compensations)."""
-        slots = self.worker.slots
+        """A fallback's invocation, in one of the worker's slots."""
+        slots = self.host.slots
         if not slots.take():
             await slots.wait()
         try:
@@ -447,7 +483,7 @@ class Run:
         finally:
             slots.give()
 
-    async def _backoff(self, delay: float, phase: int) -> bool:
+    async def _backoff(self, delay: float, phase: Phase) -> bool:
         """Wait before a retry; False when a suspend or abort interrupts the wait."""
         loop = asyncio.get_running_loop()
         until = loop.time() + delay
@@ -461,78 +497,69 @@ class Run:
                 return True
         return False
 
-    async def _next_attempt(
-        self,
-        sid: str,
-        phase: int,
-        attempt: int,
-        request: Message,
-        error: str,
-        started_at: float | None,
-    ) -> bool:
+    async def _next_attempt(self, rec: StepRecord, attempt: int, error: str) -> bool:
         """Record attempt ``attempt`` before making it; False if it may not start."""
-        rec = StepRecord(sid, phase, RUNNING, attempt, request, None, error, started_at)
-        result = await self.worker.committer.submit(
-            Transition(self.id, self.token, self.state.status, starts=[rec], at=self._clock())
+        running = replace(rec, attempts=attempt, error=error)
+        result = await self.host.committer.submit(
+            Transition(
+                execution_id=self.id,
+                token=self.spec.token,
+                expect=self.state.status,
+                starts=[running],
+                at=self.host.clock(),
+            )
         )
-        assert not isinstance(result, bool)
         if not result.owned:
             self.lose()
             raise asyncio.CancelledError()
         if result.status is not self.state.status:
             self.control(result.status, result.abort)
-        return result.applied and not self._interrupt_wanted(phase)
+        return result.applied and not self._interrupt_wanted(rec.phase)
 
     async def _fallback(
         self, node: Node, request: Message, attempt: int, timeout: float | None
     ) -> Message | None:
         assert node.fallback is not None
-        fallback = node.fallback
-        retry = fallback.options.retry or Retry()
-        timeout = fallback.options.timeout or timeout
+        fallback: Any = node.fallback
+        retry = node.fallback_retry or Retry()
+        timeout = node.fallback_timeout or timeout
         req = data.fallback_header(request, self.id, node.id)
         tries = 1
         while True:
             try:
                 return await self._invoke(fallback, req, node.id, attempt, timeout)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 if not retry.should_retry(exc, tries):
                     log.info("execution %s: fallback of %s failed: %s", self.id, node.id, exc)
                     return None
-                await asyncio.sleep(retry.interval(tries, self.flow.random()))
+                delay = retry.interval(tries, self.host.random())
+                if not await self._backoff(delay, Phase.FORWARD):
+                    return None
                 tries += 1
 
     # ending --------------------------------------------------------------------------
 
-    def _set_status(self, status: Status) -> None:
-        if self.workflow is not None and self.workflow._last_execution == self.id:
-            self.workflow._status = status
-        self.flow._notify(self.id)
-
     def _finish(self) -> None:
         state = self.state
-        if state.status is SUCCESS:
-            self._stop(_SUCCEEDED)
+        if state.status is Status.SUCCESS:
+            self._stop(Outcome(Status.SUCCESS))
             return
-        step_id, error = failure_summary(self.plan, self.graph, state)
+        step_id, error = failure_summary(self.spec.plan, self.spec.graph, state)
         self._stop(Outcome(state.status, step_id, error, compensated(state)))
 
     def _stop(self, outcome: Outcome) -> None:
-        self._set_status(outcome.status)
         self.end(outcome)
+        self.host.status_changed(self)
 
     def end(self, outcome: Outcome | None) -> None:
         """The run stopped (``None``: lost, or gave up); the first call counts."""
         if self.ended:
             return
         self.ended, self.outcome = True, outcome
-        if self._waiters:
-            for fut in self._waiters:
-                if not fut.done():
-                    fut.set_result(outcome)
-            self._waiters = None
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(outcome)
+        self._waiters.clear()
 
     async def stopped(self) -> Outcome | None:
         """How the run stopped, once it has. Each waiter has its own future, so
@@ -540,35 +567,26 @@ class Run:
         if self.ended:
             return self.outcome
         fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
         self._waiters.append(fut)
         return await fut
 
     def _deadline_passed(self) -> bool:
+        deadline = self.spec.deadline_at
         return (
-            self.deadline_at is not None
-            and self.state.abort == NO_ABORT
-            and self._clock() >= self.deadline_at
+            deadline is not None
+            and self.state.abort is Abort.NONE
+            and self.host.clock() >= deadline
         )
-
-    async def abort_for_deadline(self) -> None:
-        """Request the abort a passed deadline means (from its timer, or from the loop
-        when the timer has not fired yet); the request reaches this run's state."""
-        try:
-            await self.flow._request(self.id, "abort", reason="deadline exceeded")
-        except InvalidTransitionError:
-            pass  # finished, or aborted already
 
     def _arm_deadline(self, deadline_at: float) -> None:
         loop = asyncio.get_running_loop()
-        delay = max(0.0, deadline_at - self._clock())
-        self._deadline_timer = loop.call_later(delay, self.worker.deadline_passed, self)
+        delay = max(0.0, deadline_at - self.host.clock())
+        self._deadline_timer = loop.call_later(delay, self.host.deadline_passed, self)
 
 
-async def _timed(step: Step, request: Message, ctx: StepContext, timeout: float) -> Message:
+async def _timed(call: Awaitable[Message], step_id: str, timeout: float) -> Message:
     try:
         async with asyncio.timeout(timeout):
-            return await step.execute(request, ctx)
+            return await call
     except TimeoutError as exc:
-        raise StepTimeoutError(f"step {ctx.step_id} timed out after {timeout:g}s") from exc
+        raise StepTimeoutError(f"step {step_id} timed out after {timeout:g}s") from exc

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from ._validate import check_id
 from .definitions import load_definition
 from .errors import (
     ConfigurationError,
@@ -54,47 +55,20 @@ def _fail(code: str, message: str) -> None:
 
 
 def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
-    ctx = click.get_current_context()
-    try:
-        code = asyncio.run(fn())
-    except ConfigurationError as exc:
-        raise _named_for_the_cli(exc, ctx.find_root().obj or {}) from None
-    raise Exit(code)
-
-
-# the API's argument names as the options the user typed (these come only from them)
-_OPTIONS = {
-    "concurrency": "--concurrency",
-    "worker_id": "--id",
-    "timeout": "--timeout",
-    "deadline": "--deadline",
-    "execution_id": "--execution-id",
-    "status": "--status",
-}
-
-
-def _named_for_the_cli(exc: ConfigurationError, given: dict[str, Any]) -> ConfigurationError:
-    """The error naming the option or variable the user set, not the API's argument."""
-    name = exc.setting or ""
-    # a value from the environment is named MICROSAGA_* by the Flow already
-    if name in ("store", "services", "broker") and given.get(name) is not None:
-        return ConfigurationError(f"--{name}", exc.reason)
-    if name in _OPTIONS:
-        return ConfigurationError(_OPTIONS[name], exc.reason)
-    return exc
+    raise Exit(asyncio.run(fn()))
 
 
 def _flow(ctx: click.Context, **extra: Any) -> Flow:
-    opts = ctx.obj
+    opts = ctx.find_root().obj
     return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
 
 
 def _services(value: str | None) -> dict[str, str] | None:
     if not value:
         return None
-    from .settings import parse_services
+    from .settings import check_services, parse_services
 
-    return parse_services(value, "--services")
+    return check_services(parse_services(value, "--services"), "--services")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -117,7 +91,13 @@ def cli(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = {"store": store, "services": _services(services), "broker": broker}
+    from .settings import broker_url, store_url
+
+    ctx.obj = {
+        "store": store_url(store, "--store") if store else None,
+        "services": _services(services),
+        "broker": broker_url(broker, "--broker") if broker else None,
+    }
 
 
 def _parse_input(text: str | None) -> Message:
@@ -136,6 +116,21 @@ def _parse_input(text: str | None) -> Message:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigurationError("--input", f"not valid JSON: {exc}") from None
     return Message(raw)
+
+
+def _seconds(value: float | None, option: str) -> float | None:
+    if value is not None and not (value > 0):  # NaN included
+        raise ConfigurationError(option, f"must be a positive number of seconds, not {value!r}")
+    return value
+
+
+def _status(value: str | None) -> Status | None:
+    if value is None:
+        return None
+    found = Status.lookup(value)
+    if found is None:
+        raise ConfigurationError("--status", f"unknown status {value!r}")
+    return found
 
 
 def _outcome_code(status: Status) -> int:
@@ -161,6 +156,10 @@ def run(
 ) -> None:
     """Run the workflow defined in FILE (JSON or YAML), showing its steps live."""
     request = _parse_input(input_)
+    if execution_id is not None:
+        check_id(execution_id, "--execution-id")
+    timeout = _seconds(timeout, "--timeout")
+    deadline = _seconds(deadline, "--deadline")
     wf = load_definition(file)
 
     async def main() -> int:
@@ -205,10 +204,11 @@ def list_(
     ctx: click.Context, workflow: str | None, status: str | None, limit: int, before: str | None
 ) -> None:
     """List executions, newest first."""
+    wanted = _status(status)
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
-            found = await flow.executions(workflow, status, limit, before)
+            found = await flow.executions(workflow, wanted, limit, before)
         for info in found:
             created = info.created_at.isoformat(timespec="seconds")
             error = f"  {info.error}" if info.error else ""
@@ -288,6 +288,8 @@ cli.command("abort")(
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -> None:
     """Run executions from the store until stopped (SIGINT or SIGTERM)."""
+    if worker_id is not None and not worker_id.strip():
+        raise ConfigurationError("--id", f"must be a non-empty string, not {worker_id!r}")
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -295,10 +297,7 @@ def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with _flow(ctx, worker=True, concurrency=concurrency, worker_id=worker_id) as flow:
-            assert flow._worker is not None
-            click.echo(
-                f"worker {flow._worker.id} on {flow.store.url}: running executions", err=True
-            )
+            click.echo(f"worker {flow.worker_id} on {flow.store.url}: running executions", err=True)
             await stop.wait()
             click.echo("worker stopping: unfinished executions go to other workers", err=True)
         return EXIT_OK
@@ -322,13 +321,13 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     It serves its own two services, so --services does not apply to it."""
     from ._progress import progress_console
     from .demo import run_demo
+    from .settings import store_url
 
-    store = demo_store or ctx.obj["store"]
-    ctx.find_root().obj["store"] = store  # its errors name --store
+    store = store_url(demo_store, "--store") if demo_store else ctx.obj["store"]
     if store is None and not os.environ.get("MICROSAGA_STORE", "").strip():
         # its own file when no store is set: the demo should not write into the
         # default store of your own workflows
-        store = DEMO_STORE
+        store = store_url(DEMO_STORE)
     _run_async(lambda: run_demo(store, progress_console()))
 
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ._progress import follow
-from ._urls import redact_url
+from ._urls import Url
 from .errors import StepError
 from .flow import Flow
 from .message import Message
@@ -113,11 +113,11 @@ async def _running_services(calls: list[str]) -> AsyncIterator[dict[str, str]]:
         yield {"inventory": inventory_url, "payments": payments_url}
 
 
-async def run_demo(store: str | None, console: Console) -> int:
+async def run_demo(store: Url | None, console: Console) -> int:
     """Run the demo on ``store`` (None: ``MICROSAGA_STORE``); 0 when both orders
     ended as they should."""
-    flow = Flow(store)  # the setting is checked, and named in errors, as it came
-    shown = redact_url(str(flow.options.store))
+    flow = Flow(store)
+    shown = str(flow.options.store)
     try:
         import uvicorn  # noqa: F401  - the participants need it
     except ImportError:

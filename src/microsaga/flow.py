@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from . import _faults
+from . import _faults, _views
 from ._aio import wait_event
-from ._engine.saga import NO_ABORT, ExecState
+from ._engine.plan import Plan
 from ._run import Outcome, Run
+from ._urls import Url
+from ._validate import check_id
 from .definitions import workflow_from_dict
 from .errors import (
     ConfigurationError,
@@ -29,14 +30,15 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .execution import Execution
+from .hooks import ExecutionEvent, Hook, Hooks
 from .message import Message, encode_json
 from .settings import FlowOptions, resolve_options
-from .status import FAILURE, PENDING, RUNNING, Status
+from .status import Status
 from .step import Step
 from .stores import open_store
-from .stores.base import NewExecution, Store, StoredDefinition
+from .stores.base import Store, StoredDefinition
 from .transports.base import Broker, Client
-from .worker import Worker
+from .worker import NewRun, Worker
 from .workflow import Workflow
 
 __all__ = ["Flow", "new_execution_id"]
@@ -44,34 +46,9 @@ __all__ = ["Flow", "new_execution_id"]
 log = logging.getLogger("microsaga")
 
 
-# the random part of execution ids: the OS's random bytes, read 256 ids at a time (a
-# system call per id cost more than the rest of the id); a forked child starts afresh,
-# so that parent and child never hand out the same bytes
-_random_parts: list[str] = []
-os.register_at_fork(after_in_child=_random_parts.clear)
-
-
-def _random_part() -> str:
-    while True:
-        try:
-            return _random_parts.pop()
-        except IndexError:
-            raw = os.urandom(10 * 256).hex()
-            _random_parts.extend([raw[i : i + 20] for i in range(0, len(raw), 20)])
-
-
-_millisecond = (-1, "")  # the last millisecond and its hex form, made once per millisecond
-
-
 def new_execution_id() -> str:
     """A 32-hex-digit id that sorts by creation time (milliseconds, then random)."""
-    global _millisecond
-    now = time.time_ns() // 1_000_000
-    last, hexed = _millisecond
-    if last != now:
-        hexed = f"{now:012x}"
-        _millisecond = (now, hexed)
-    return hexed + _random_part()
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def _positive(value: Any, name: str) -> float | None:
@@ -98,7 +75,8 @@ class Flow:
         concurrency: steps running at once in this flow.
         worker: run executions here and take over those other workers left.
         **options: ``lease_ttl``, ``heartbeat_interval``, ``poll_interval``,
-            ``max_executions``, ``compensation_retry`` (see ``microsaga.settings``).
+            ``max_executions``, ``compensation_retry``, ``hooks`` (see
+            ``microsaga.settings`` and :class:`~microsaga.Hook`).
 
     Use it as ``async with Flow(...) as flow:``, or ``await flow.open()`` and
     ``await flow.close()``.
@@ -106,11 +84,11 @@ class Flow:
 
     def __init__(
         self,
-        store: str | Store | None = None,
+        store: str | Url | Store | None = None,
         *,
         services: Mapping[str, str] | None = None,
         client: Client | None = None,
-        broker: str | Broker | None = None,
+        broker: str | Url | Broker | None = None,
         concurrency: int | None = None,
         worker: bool | None = None,
         **options: Any,
@@ -131,10 +109,17 @@ class Flow:
         self._broker: Broker | None = None
         self._http: Client | None = None
         self._services: dict[str, str] = dict(self._options.services)
-        self._plans: dict[str, Any] = {}
+        self.hooks = Hooks(self._options.hooks)
+        _faults.attach(self.hooks)
+        # plans by the hash of the definition stored with their executions: a claimed
+        # execution's plan (definitions of local steps cannot be loaded, only found here)
+        self._plans: dict[str, Plan] = {}
+        # definitions this flow has seen stored: a new execution need not send it again
         self._stored_definitions: set[str] = set()
+        # plans whose steps found what they need here: (plan, number of services)
+        self._checked: dict[int, tuple[Plan, int]] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._yielded_at = 0.0  # when _execute last yielded to the event loop
+        self._yielded_at = 0.0  # when execute() last let other tasks run
         self._threads: ThreadPoolExecutor | None = None
 
     # options and lifecycle -------------------------------------------------------------
@@ -150,12 +135,27 @@ class Flow:
         self._explicit.update(options)
         self._options = resolve_options(self._explicit)
         self._services = dict(self._options.services)
+        for hook in self._options.hooks:
+            if hook not in self.hooks:
+                self.hooks.add(hook)
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add a hook (see :class:`~microsaga.Hook`); it sees what happens from now on."""
+        self.hooks.add(hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        self.hooks.remove(hook)
 
     @property
     def store(self) -> Store:
         if self._store is None:
             raise MicrosagaError("the flow is not open: use 'async with Flow(...) as flow'")
         return self._store
+
+    @property
+    def worker_id(self) -> str:
+        """The id under which this flow holds the leases of the executions it runs."""
+        return self._running().id
 
     @property
     def services(self) -> Mapping[str, str]:
@@ -181,37 +181,31 @@ class Flow:
     async def open(self) -> Flow:
         if self._open:
             return self
-        with self._naming("store"):
-            store = open_store(self._options.store)
-            await store.open()
+        store = open_store(self._options.store)
+        await store.open()
         self._store = store
         try:
             broker = self._options.broker
             if broker is not None:
                 from .transports import open_broker
 
-                with self._naming("broker"):
-                    self._broker = open_broker(broker)
-                    await self._broker.connect()
-            self._worker = Worker(self)
-            await self._worker.start()
+                self._broker = open_broker(broker)
+                await self._broker.connect()
+            self._worker = Worker(
+                flow=self,
+                store=store,
+                options=self._options,
+                hooks=self.hooks,
+                plan_for=self._plan_of_stored,
+                notify=self._notify,
+            )
+            if self._options.worker:
+                await self._worker.start_polling()
         except BaseException:
             await self._close_parts()
             raise
         self._open = True
         return self
-
-    @contextlib.contextmanager
-    def _naming(self, name: str) -> Iterator[None]:
-        """Errors of the store or broker name the setting its URL came from: the
-        argument ``name``, else its ``MICROSAGA_*`` variable."""
-        setting = name if self._explicit.get(name) is not None else f"MICROSAGA_{name.upper()}"
-        try:
-            yield
-        except ConfigurationError as exc:
-            if exc.setting != name or setting == name:
-                raise
-            raise ConfigurationError(setting, exc.reason) from exc
 
     async def close(self) -> None:
         if not self._open:
@@ -337,7 +331,9 @@ class Flow:
         if not await self.store.remove_workflow(id):
             raise WorkflowNotFoundError(id)
 
-    def _plan_for(self, definition: StoredDefinition) -> Any:
+    def _plan_of_stored(self, definition: StoredDefinition) -> Plan:
+        """The plan of a definition stored with an execution (one this process did not
+        start: claimed from the store)."""
         plan = self._plans.get(definition.hash)
         if plan is None:
             if definition.body is None:
@@ -348,130 +344,119 @@ class Flow:
             wf = workflow_from_dict(Message(definition.body).json())
             for name, url in wf.services.items():
                 self._services.setdefault(name, url)
-            plan = self._plans[definition.hash] = wf._plan()
+            plan = self._plans[definition.hash] = wf.plan()
+        return plan
+
+    def _checked_plan(self, wf: Workflow) -> Plan:
+        """``wf``'s plan, once every step found what it needs in this flow (its client,
+        its broker).
+
+        Raises:
+            MissingClientError: before anything is stored.
+        """
+        plan = wf.plan()
+        checked = self._checked.get(id(plan))
+        if checked is None or checked[0] is not plan or checked[1] != len(self._services):
+            for node in plan.nodes.values():
+                for step in (node.step, node.fallback, node.compensate):
+                    if isinstance(step, Step):
+                        step.check(self)
+            self._checked[id(plan)] = (plan, len(self._services))
         return plan
 
     # executions -------------------------------------------------------------------------
 
-    async def _execute(
+    async def execute(
         self,
         wf: Workflow,
-        req: Any,
-        async_: bool,
-        start: str | None,
-        reverse: bool,
-        timeout: float | None,
-        deadline: float | None,
-        execution_id: str | None,
+        req: Any = None,
+        *,
+        async_: bool = False,
+        start: str | None = None,
+        reverse: bool = False,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        execution_id: str | None = None,
     ) -> str:
+        """Start an execution of ``wf`` and (unless ``async_``) wait until it stops:
+        what ``wf.execute(...)`` does (see :meth:`Workflow.execute`)."""
         worker = self._running()
         request = req if isinstance(req, Message) else Message(req)
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
         if deadline is not None:
             deadline = _positive(deadline, "deadline")
-        if execution_id is not None and (not isinstance(execution_id, str) or not execution_id):
-            raise ConfigurationError("execution_id", "must be a non-empty string")
-        plan = wf._plan()
-        graph = plan.graph(start, reverse)
-        checked = plan.checked  # the flow and services the steps were checked against
-        if checked is None or checked[0] is not self or checked[1] != len(self._services):
-            for node in plan.nodes.values():
-                for step in (node.step, node.fallback, node.compensate):
-                    if step is not None:
-                        step.check(self)
-            plan.checked = (self, len(self._services))
-        snap = wf._snapshot()
-        if snap.hash not in self._plans:
-            self._plans[snap.hash] = plan
+        if execution_id is not None:
+            check_id(execution_id, "execution_id")
+        plan = self._checked_plan(wf)
+        graph = plan.graph(start, reverse)  # an unknown start raises here, before anything
+        if self.hooks.execution_header:
+            request = self._with_hook_headers(wf, request)
+        snap = wf.snapshot()
+        self._plans.setdefault(snap.hash, plan)
         eid = execution_id or new_execution_id()
-        options = self._options
-        now = options.clock()
-        runs_here = options.worker
-        workflow_id = wf._id
-        new = NewExecution(  # positional, in field order: see Workflow.execute
-            eid,
-            workflow_id,
-            wf.version,
-            snap.hash,
-            None if snap.hash in self._stored_definitions else snap.body,
-            snap.step_ids,
-            request,
-            RUNNING if runs_here else PENDING,
-            worker.id if runs_here else None,
-            now + options.lease_ttl if runs_here else 0.0,
-            now,
-            start,
-            reverse,
-            timeout,
-            now + deadline if deadline is not None else None,
+        new = NewRun(
+            execution_id=eid,
+            workflow_id=wf.id,
+            version=wf.version,
+            definition_hash=snap.hash,
+            definition=None if snap.hash in self._stored_definitions else snap.body,
+            step_ids=snap.step_ids,
+            plan=plan,
+            graph=graph,
+            start_step=start,
+            reverse=reverse,
+            request=request,
+            step_timeout=timeout,
+            deadline=deadline,
         )
-        wf._last_execution = eid
-        wf._status = new.status
-        run: Run | None = worker.runs.get(eid)
-        created = False  # when the id is running here already
-        if run is None:
-            if runs_here:
-                state = ExecState(RUNNING, NO_ABORT, graph.fresh_steps(), {})
-                run = Run(
-                    worker,
-                    plan,
-                    graph,
-                    eid,
-                    workflow_id,
-                    request,
-                    1,
-                    state,
-                    timeout,
-                    new.deadline_at,
-                    True,
-                    wf,
-                )
-                new.starts = run.first_steps()
-            committed = worker.committer.now(new)
-            if committed is None:
-                committed = await worker.committer.later(new)
-            created = bool(committed)
-            if created:
-                if new.definition is not None:
-                    self._stored_definitions.add(snap.hash)
-                if _faults.ARMED:
-                    _faults.hit("execution_created")
-                if run is not None:
-                    # a caller that waits for the run can start it at once, when the
-                    # store's commits never wait (the memory store); else the run waits
-                    # for its first commit in the caller, alone, and runs of many
-                    # callers no longer share commits (SQLite went from 2,200 to 930
-                    # order sagas/s that way)
-                    worker.launch(run, eager=not async_ and not worker.store.batching)
-            else:
-                run = worker.runs.get(eid)
-        if not created:  # the id exists: this call behaves as the one that started it
-            if run is not None:
-                wf._status = run.state.status
-            else:
-                found = await self.store.get_status(eid)
-                if found is not None:
-                    wf._status = found[0]
+        # a run that waits on nothing (the memory store, steps that do not wait) is
+        # done when the call returns, when it starts in this call (see Worker._launch)
+        started = await worker.start(new, eager=not async_ and not worker.store.batching)
+        if started.created:
+            self._stored_definitions.add(snap.hash)
+        run = started.run
+        if run is not None:
+            _views.started(wf, eid, run.state, run.state.status)
+        else:
+            found = await self.store.get_status(eid)
+            status = found[0] if found is not None else Status.PENDING
+            _views.started(wf, eid, None, status)
         if async_:
             return eid
-        if run is not None and run.ended and run.outcome is not None:
-            outcome = run.outcome  # it ran to its end without waiting
-            # now and then let others run: callers of executions that never wait, one
-            # after another, would otherwise starve the worker's tasks and everyone's
+        if run is not None and run.outcome is not None:
+            outcome = run.outcome  # it ran to its end in this call
+            # callers that never wait would starve the worker's tasks and everyone's:
+            # now and then they let the others run
             now = asyncio.get_running_loop().time()
             if now - self._yielded_at > 0.005:
-                self._yielded_at = now  # before the wait: other callers go on meanwhile
+                self._yielded_at = now
                 await asyncio.sleep(0)
         else:
             outcome = await self._outcome(eid, run)
-        if wf._last_execution == eid:
-            wf._status = outcome.status
-        if outcome.status is FAILURE:
+        seen = _views.seen(wf)
+        if seen is not None and seen.execution_id == eid and seen.state is None:
+            seen.status = outcome.status
+        if outcome.status is Status.FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated
             )
         return eid
+
+    def _with_hook_headers(self, wf: Workflow, request: Message) -> Message:
+        event = ExecutionEvent(
+            execution_id="",
+            workflow_id=wf.id,
+            status=Status.PENDING,
+            at=self.clock(),
+            created_at=self.clock(),
+            request=request,
+        )
+        header = request.header.copy()
+        for extra in self.hooks.collect(self.hooks.execution_header, event):
+            for key, value in (extra or {}).items():
+                header.set(key, value)
+        return Message(request.body, header)
 
     async def _outcome(self, eid: str, run: Run | None) -> Outcome:
         if run is not None:
@@ -484,8 +469,7 @@ class Flow:
     async def settle(self, execution_id: str) -> None:
         """Wait until this process has stopped working on the execution (its running
         steps finished and were recorded), e.g. after it was suspended."""
-        worker = self._running()
-        run = worker.runs.get(execution_id)
+        run = self._running().runs.get(execution_id)
         if run is not None:
             await run.stopped()
 
@@ -543,6 +527,7 @@ class Flow:
                             del self._waiters[execution_id]
 
     def _notify(self, execution_id: str) -> None:
+        """The execution changed in this process: wake who waits for it."""
         for event in self._waiters.get(execution_id, ()):
             event.set()
 
@@ -554,7 +539,7 @@ class Flow:
         Raises:
             InvalidTransitionError: the execution is finished or compensating.
         """
-        await self._request(execution_id, "suspend")
+        await self._running().control(execution_id, "suspend")
 
     async def resume(self, execution_id: str) -> None:
         """Continue a suspended execution (status RUNNING at once), or retry the failed
@@ -563,7 +548,7 @@ class Flow:
         Raises:
             InvalidTransitionError: nothing to resume.
         """
-        await self._request(execution_id, "resume")
+        await self._running().control(execution_id, "resume")
 
     async def abort(self, execution_id: str, compensate: bool = True) -> None:
         """Stop starting steps, let running ones finish, then roll back (unless
@@ -572,15 +557,4 @@ class Flow:
         Raises:
             InvalidTransitionError: the execution is finished.
         """
-        await self._request(execution_id, "abort" if compensate else "abort_nocomp")
-
-    async def _request(self, execution_id: str, action: str, reason: str | None = None) -> None:
-        worker = self._running()
-        await self.store.request(execution_id, action, self.clock(), reason)
-        run = worker.runs.get(execution_id)
-        if run is not None:
-            found = await self.store.get_status(execution_id)
-            if found is not None:
-                run.control(*found)
-        worker.poke()
-        self._notify(execution_id)
+        await self._running().control(execution_id, "abort" if compensate else "abort_nocomp")

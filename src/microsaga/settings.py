@@ -41,23 +41,36 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._urls import redact_url
+from ._urls import (
+    BROKER_SCHEMES,
+    STORE_SCHEMES,
+    Url,
+    broker_url,
+    check_url,
+    redact_url,
+    store_url,
+)
 from .errors import ConfigurationError
+from .hooks import Hook
 from .step import Retry
 
 __all__ = [
+    "BROKER_SCHEMES",
     "DEFAULT_STORE",
+    "STORE_SCHEMES",
     "FlowOptions",
+    "Url",
+    "broker_url",
     "check_services",
     "parse_services",
     "resolve_options",
     "service_url_problem",
+    "store_url",
 ]
 
 DEFAULT_STORE = "sqlite:///microsaga.db"
-STORE_SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
-BROKER_SCHEMES = ("memory", "nats", "amqp", "amqps", "redis", "rediss")
 
+_DEFAULT_STORE_URL = Url(DEFAULT_STORE, "store")
 _DEFAULT_COMPENSATION_RETRY = Retry(
     max_attempts=10, initial_interval=0.1, multiplier=2.0, max_interval=30.0
 )
@@ -67,10 +80,10 @@ _DEFAULT_COMPENSATION_RETRY = Retry(
 class FlowOptions:
     """The resolved settings of a :class:`~microsaga.Flow` (upstream ``Options``)."""
 
-    store: Any = DEFAULT_STORE  # a URL or a Store object
+    store: Any = _DEFAULT_STORE_URL  # a Url or a Store object
     services: Mapping[str, str] = field(default_factory=dict)
     client: Any = None
-    broker: Any = None  # a URL or a Broker object
+    broker: Any = None  # a Url or a Broker object
     concurrency: int = 64
     worker: bool = True
     lease_ttl: float = 10.0
@@ -82,6 +95,7 @@ class FlowOptions:
     store_retry_for: float = 60.0
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = random.random
+    hooks: tuple[Hook, ...] = ()
 
     def __call__(self) -> FlowOptions:
         """``flow.options()`` works too, as upstream's ``Options()``."""
@@ -131,19 +145,16 @@ def check_services(services: Mapping[str, str], setting: str = "services") -> di
     return out
 
 
-def check_url(value: Any, setting: str, schemes: tuple[str, ...]) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        scheme = urlsplit(value).scheme
-    except ValueError as exc:  # an unclosed [ in the host
-        raise ConfigurationError(setting, f"{redact_url(value)}: not a valid URL ({exc})") from None
-    if scheme not in schemes:
-        raise ConfigurationError(
-            setting,
-            f"unknown scheme in {redact_url(value)!r}; expected one of {', '.join(schemes)}",
-        )
-    return value
+def _url_setting(
+    values: dict[str, Any], name: str, env_name: str, schemes: tuple[str, ...]
+) -> None:
+    """The ``name`` setting (``store`` or ``broker``): an explicit Url, object or
+    string, else the environment's, as a Url naming where it came from."""
+    given = values.get(name)
+    if isinstance(given, str):
+        values[name] = check_url(given, name, schemes)
+    elif given is None and os.environ.get(env_name, "").strip():
+        values[name] = check_url(os.environ[env_name].strip(), env_name, schemes)
 
 
 def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
@@ -185,11 +196,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
     values: dict[str, Any] = {k: v for k, v in explicit.items() if v is not None}
     env = os.environ
 
-    if "store" in values:
-        values["store"] = check_url(values["store"], "store", STORE_SCHEMES)
-    elif env.get("MICROSAGA_STORE", "").strip():
-        store = env["MICROSAGA_STORE"].strip()
-        values["store"] = check_url(store, "MICROSAGA_STORE", STORE_SCHEMES)
+    _url_setting(values, "store", "MICROSAGA_STORE", STORE_SCHEMES)
 
     services = check_services(
         parse_services(env.get("MICROSAGA_SERVICES", "")), "MICROSAGA_SERVICES"
@@ -200,11 +207,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
     services.update(check_services(given, "services"))
     values["services"] = services
 
-    if "broker" in values:
-        values["broker"] = check_url(values["broker"], "broker", BROKER_SCHEMES)
-    elif env.get("MICROSAGA_BROKER", "").strip():
-        broker = env["MICROSAGA_BROKER"].strip()
-        values["broker"] = check_url(broker, "MICROSAGA_BROKER", BROKER_SCHEMES)
+    _url_setting(values, "broker", "MICROSAGA_BROKER", BROKER_SCHEMES)
 
     if "worker" in values and not isinstance(values["worker"], bool):
         raise ConfigurationError("worker", f"must be True or False, not {values['worker']!r}")
@@ -247,4 +250,9 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
     retry = values.get("compensation_retry")
     if retry is not None and not isinstance(retry, Retry):
         raise ConfigurationError("compensation_retry", f"must be a Retry, not {retry!r}")
+    if "hooks" in values:
+        hooks = values["hooks"]
+        if isinstance(hooks, Hook) or not all(isinstance(h, Hook) for h in hooks):
+            raise ConfigurationError("hooks", f"must be a list of microsaga.Hook, not {hooks!r}")
+        values["hooks"] = tuple(hooks)
     return FlowOptions(**values)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from . import _views
 from .errors import DefinitionError, MicrosagaError, error_code, is_retryable
 from .message import Message
 from .status import Status
@@ -254,9 +255,6 @@ class Step:
                 compensate_input=compensate_input,
             )
         self.options = options
-        self.status = Status.PENDING
-        self.request: Message | None = None
-        self.response: Message | None = None
 
     # identity ---------------------------------------------------------------
 
@@ -272,6 +270,27 @@ class Step:
     def endpoint(self) -> str:
         """The RPC endpoint, topic or function path this step calls."""
         return type(self).__name__
+
+    # what this process last saw of the step ---------------------------------------
+
+    @property
+    def status(self) -> Status:
+        """The step's status in the latest execution run here of a workflow it is in
+        (PENDING before any)."""
+        found = _views.record_of(self)
+        return found.status if found is not None else Status.PENDING
+
+    @property
+    def request(self) -> Message | None:
+        """The step's request in that execution, once it started."""
+        found = _views.record_of(self)
+        return found.request if found is not None else None
+
+    @property
+    def response(self) -> Message | None:
+        """The step's response in that execution, once it succeeded."""
+        found = _views.record_of(self)
+        return found.response if found is not None else None
 
     @property
     def requires(self) -> list[str]:

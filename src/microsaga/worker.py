@@ -25,24 +25,36 @@ import logging
 import os
 import re
 import socket
+import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._aio import Slots, wait_event
-from ._eager import EagerStarter
-from ._engine.records import COMPENSATION
-from ._engine.saga import ExecState
+from ._engine.plan import Plan, RetryPolicy, RunGraph
+from ._engine.records import Abort, ExecState, Phase
 from ._groupcommit import Committer
-from ._run import Run
-from .errors import MicrosagaError
-from .status import PENDING, RUNNING
-from .stores.base import Claim, StoredExecution
+from ._run import Run, RunSpec
+from .errors import InvalidTransitionError, MicrosagaError
+from .hooks import ExecutionEvent, Hooks
+from .message import Message
+from .settings import FlowOptions
+from .status import Status
+from .stores.base import (
+    Claim,
+    ControlAction,
+    NewExecution,
+    Store,
+    StoredDefinition,
+    StoredExecution,
+)
 
 if TYPE_CHECKING:
-    from ._engine.plan import RunGraph
     from .flow import Flow
 
-__all__ = ["Worker"]
+__all__ = ["NewRun", "Started", "Worker"]
 
 log = logging.getLogger("microsaga.worker")
 
@@ -101,34 +113,103 @@ def _alive(pid: int) -> bool:
     return state not in (["Z"], ["X"])  # a zombie is dead, only not reaped yet
 
 
+class NewRun(msgspec.Struct, frozen=True, kw_only=True):
+    """A new execution, as the flow hands it to the worker to create and run."""
+
+    execution_id: str
+    workflow_id: str
+    version: int | None
+    definition_hash: str
+    definition: bytes | None  # None when the store has it already
+    step_ids: list[str]
+    plan: Plan
+    graph: RunGraph
+    start_step: str | None
+    reverse: bool
+    request: Message
+    step_timeout: float | None
+    deadline: float | None  # seconds for the whole execution
+
+
+class Started(msgspec.Struct, frozen=True):
+    """What :meth:`Worker.start` did: created the execution (False: its id exists),
+    and the run that runs it in this process, if any."""
+
+    execution_id: str
+    created: bool
+    run: Run | None
+
+
 class Worker:
-    def __init__(self, flow: Flow) -> None:
+    """Runs executions in this process: those its flow starts and, when the flow is a
+    worker, those it claims from the store. It holds their leases, renews them, and
+    passes suspend, resume and abort requests to the runs they concern.
+
+    :meth:`start` (a new execution) and :meth:`adopt` (claimed ones) are the only
+    places where an execution becomes a :class:`~microsaga._run.Run`; the worker is
+    the runs' :class:`~microsaga._run.RunHost`.
+    """
+
+    def __init__(
+        self,
+        *,
+        flow: Flow,
+        store: Store,
+        options: FlowOptions,
+        hooks: Hooks,
+        plan_for: Callable[[StoredDefinition], Plan],
+        notify: Callable[[str], None],
+    ) -> None:
         self.flow = flow
-        opts = flow.options
+        self.store = store
+        self.options = options
+        self.hooks = hooks
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
-        self.id = opts.worker_id or default_worker_id()
-        self.clock = opts.clock
-        self._max_executions = opts.max_executions
-        self.store = flow.store
+        self.id = options.worker_id or default_worker_id()
         self.committer = Committer(
-            self.store, retry_for=opts.store_retry_for, quiet=lambda: len(self.runs) <= 1
+            store,
+            retry_for=options.store_retry_for,
+            quiet=lambda: len(self.runs) <= 1,
+            hooks=hooks,
         )
-        self.slots = Slots(opts.concurrency)
+        self.slots = Slots(options.concurrency)
+        self.compensation_retry: RetryPolicy = options.compensation_retry
+        self.clock = options.clock
+        self.random = options.random
         self.runs: dict[str, Run] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._plan_for = plan_for
+        self._notify = notify
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._control_seq = 0
         self._to_release: dict[str, int] = {}
-        self._eager = EagerStarter("microsaga-idle")
+
+    # the run's host ---------------------------------------------------------------
+
+    def status_changed(self, run: Run) -> None:
+        if self.hooks.execution_status:
+            self.hooks.emit(self.hooks.execution_status, run.event())
+        self._notify(run.id)
+
+    def deadline_passed(self, run: Run) -> None:
+        self._spawn(self.abort_for_deadline(run))
+
+    async def abort_for_deadline(self, run: Run) -> None:
+        try:
+            await self.control(run.id, "abort", reason="deadline exceeded")
+        except InvalidTransitionError:
+            pass  # finished, or aborted already
+        except MicrosagaError as exc:
+            log.warning("execution %s: deadline abort failed: %s", run.id, exc)
 
     # lifecycle ------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if not self.flow.options.worker:
-            return
-        if self.flow.options.worker_id is not None:
+    async def start_polling(self) -> None:
+        """Claim executions from the store and take control requests of any process
+        (a flow that is a worker)."""
+        if self.options.worker_id is not None:
             # nothing runs here yet: what this id holds was left by a previous life
             freed = await self.store.release_all(self.id)
             if freed:
@@ -143,7 +224,6 @@ class Worker:
         ]
 
     async def stop(self) -> None:
-        self._eager.close()
         for task in self._loops:
             task.cancel()
         runs = list(self.runs.values())
@@ -155,7 +235,7 @@ class Worker:
         for run in runs:
             if run.outcome is None:
                 try:
-                    await self.store.release(run.id, run.token, 0.0)
+                    await self.store.release(run.id, run.spec.token, 0.0)
                 except MicrosagaError as exc:
                     log.warning("could not release %s: %s", run.id, exc)
         if self._loops:
@@ -164,34 +244,116 @@ class Worker:
 
     # runs -----------------------------------------------------------------------
 
-    def launch(self, run: Run, *, eager: bool = False) -> None:
-        """Run ``run`` in a task of its own; ``eager``: one that starts in this call
-        and runs until the run first waits (see ``_eager``), so that a run
-        which never waits (the memory store, steps that do not wait) is over on return."""
-        self.runs[run.id] = run
-        if eager:
-            task = self._eager.start(run.main(), "microsaga-", run.id)
-            if task is None:  # it ran to its end already
-                self._ended(run, None)
-                return
+    async def start(self, new: NewRun, *, eager: bool = False) -> Started:
+        """Create a new execution and, when this flow runs executions, run it here
+        (``eager``: start it in this call, see :meth:`_launch`)."""
+        found = self.runs.get(new.execution_id)
+        if found is not None:  # the id is running here already
+            return Started(new.execution_id, False, found)
+        now = self.clock()
+        runs_here = self.options.worker
+        run = None
+        if runs_here:
+            spec = RunSpec(
+                execution_id=new.execution_id,
+                workflow_id=new.workflow_id,
+                plan=new.plan,
+                graph=new.graph,
+                request=new.request,
+                token=1,  # the lease of a new execution, held by its creator
+                created_at=now,
+                step_timeout=new.step_timeout,
+                deadline_at=now + new.deadline if new.deadline is not None else None,
+            )
+            run = self._make_run(spec, Status.RUNNING, [], fresh=True)
+        created = await self.committer.create(
+            NewExecution(
+                id=new.execution_id,
+                workflow_id=new.workflow_id,
+                version=new.version,
+                definition_hash=new.definition_hash,
+                definition=new.definition,
+                step_ids=new.step_ids,
+                request=new.request,
+                status=Status.RUNNING if runs_here else Status.PENDING,
+                owner=self.id if runs_here else None,
+                lease_until=now + self.options.lease_ttl if runs_here else 0.0,
+                created_at=now,
+                start_step=new.start_step,
+                reverse=new.reverse,
+                step_timeout=new.step_timeout,
+                deadline_at=now + new.deadline if new.deadline is not None else None,
+                starts=run.first_steps() if run is not None else [],
+            )
+        )
+        if not created:
+            return Started(new.execution_id, False, self.runs.get(new.execution_id))
+        hooks = self.hooks
+        if hooks.execution_created:
+            event = ExecutionEvent(
+                execution_id=new.execution_id,
+                workflow_id=new.workflow_id,
+                status=Status.RUNNING if runs_here else Status.PENDING,
+                at=now,
+                created_at=now,
+                request=new.request,
+            )
+            hooks.emit(hooks.execution_created, event)
+        if run is not None:
+            self._launch(run, eager=eager)
         else:
-            task = asyncio.get_running_loop().create_task(run.main(), name=f"microsaga-{run.id}")
+            self._notify(new.execution_id)
+        return Started(new.execution_id, True, run)
+
+    def _make_run(
+        self,
+        spec: RunSpec,
+        status: Status,
+        records: list[Any],
+        *,
+        fresh: bool,
+        abort: Abort = Abort.NONE,
+    ) -> Run:
+        """An execution made into a run: the one place where that happens."""
+        state = ExecState(status, abort, steps=spec.graph.fresh_steps(), comps={})
+        for rec in records:
+            if rec.phase is Phase.COMPENSATE:
+                state.comps[rec.step_id] = rec
+            elif rec.step_id in state.steps:
+                state.steps[rec.step_id] = rec
+        return Run(spec, state, self, fresh=fresh)
+
+    def _launch(self, run: Run, *, eager: bool = False, taken_over: bool = False) -> None:
+        """Run ``run`` in a task of its own. ``eager`` (Python 3.12+): the task starts
+        in this call and runs until it first waits, so that a run that never waits (on
+        the memory store) is over on return, without a turn of the event loop."""
+        self.runs[run.id] = run
+        if self.hooks.run_started:
+            self.hooks.emit(self.hooks.run_started, run.event(taken_over=taken_over))
+        name = f"microsaga-{run.id}"
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[None]
+        if eager and _EAGER_TASKS:
+            task = asyncio.Task(run.main(), loop=loop, name=name, eager_start=True)  # type: ignore[call-arg]
+        else:
+            task = loop.create_task(run.main(), name=name)
         run.task = task
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._ended(run, t))
 
-    def _ended(self, run: Run, task: asyncio.Task[Any] | None) -> None:
-        if task is not None:
-            self._tasks.discard(task)
+    def _ended(self, run: Run, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
         if self.runs.get(run.id) is run:
             del self.runs[run.id]
         if not run.ended:
             run.end(None)
+        if self.hooks.run_stopped:
+            self.hooks.emit(self.hooks.run_stopped, run.event())
         if run.outcome is None and self._loops:
             # the run gave up (store away too long, lost lease, a bug): free its lease,
             # else the heartbeat would renew it forever and nobody would take it over
-            self._to_release[run.id] = run.token
-        if len(self.runs) + 1 >= self._max_executions:
+            self._to_release[run.id] = run.spec.token
+        if len(self.runs) + 1 >= self.options.max_executions:
             self._poke.set()  # it was full: there is room to claim again
 
     async def adopt(self, claims: list[Claim]) -> None:
@@ -214,56 +376,85 @@ class Worker:
 
     async def _adopt_one(self, stored: StoredExecution) -> None:
         try:
-            plan = self.flow._plan_for(stored.definition)
+            plan = self._plan_for(stored.definition)
             graph = plan.graph(stored.start_step, stored.reverse)
         except MicrosagaError as exc:
             # another process may have the code this one lacks: let it have a go
             log.warning("execution %s cannot run in this process: %s", stored.id, exc)
-            until = self.flow.clock() + self.flow.options.lease_ttl * 3
+            until = self.clock() + self.options.lease_ttl * 3
             try:
                 await self.store.release(stored.id, stored.token, until)
             except MicrosagaError:
                 self._to_release[stored.id] = stored.token
             return
-        run = Run(
-            self,
-            plan,
-            graph,
-            stored.id,
-            stored.workflow_id,
-            stored.request,
-            stored.token,
-            _state(stored, graph),
-            stored.step_timeout,
-            stored.deadline_at,
+        spec = RunSpec(
+            execution_id=stored.id,
+            workflow_id=stored.workflow_id,
+            plan=plan,
+            graph=graph,
+            request=stored.request,
+            token=stored.token,
+            created_at=stored.created_at,
+            step_timeout=stored.step_timeout,
+            deadline_at=stored.deadline_at,
         )
-        self.launch(run)
+        status = Status.RUNNING if stored.status is Status.PENDING else stored.status
+        run = self._make_run(spec, status, stored.records, fresh=False, abort=Abort(stored.abort))
+        self._launch(run, taken_over=True)
 
-    def deadline_passed(self, run: Run) -> None:
-        async def abort() -> None:
-            try:
-                await run.abort_for_deadline()
-            except MicrosagaError as exc:
-                log.warning("execution %s: deadline abort failed: %s", run.id, exc)
+    # control ----------------------------------------------------------------------
 
-        task = asyncio.get_running_loop().create_task(abort())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def control(
+        self, execution_id: str, action: ControlAction, reason: str | None = None
+    ) -> Status:
+        """Suspend, resume or abort an execution, held here or anywhere.
+
+        Raises:
+            ExecutionNotFoundError: unknown id.
+            InvalidTransitionError: not from the execution's status.
+        """
+        status = await self.store.request(execution_id, action, self.clock(), reason)
+        run = self.runs.get(execution_id)
+        if run is not None:
+            found = await self.store.get_status(execution_id)
+            if found is not None:
+                run.control(found[0], Abort(found[1]))
+        else:
+            if self.hooks.execution_status:
+                info = await self.store.get_execution(execution_id)
+                if info is not None:
+                    event = ExecutionEvent(
+                        execution_id=execution_id,
+                        workflow_id=info.workflow_id,
+                        status=info.status,
+                        at=self.clock(),
+                        created_at=info.created_at.timestamp(),
+                        error=info.error,
+                        request=info.request,
+                    )
+                    self.hooks.emit(self.hooks.execution_status, event)
+            self._notify(execution_id)
+        self.poke()
+        return status
 
     def poke(self) -> None:
         """Look for work and control requests now rather than at the next poll."""
         self._poke.set()
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # loops -------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        opts = self.flow.options
         last_prune = 0.0
         while True:
             try:
                 await self._controls()
                 claimed = await self._claim()
-                now = self.flow.clock()
+                now = self.clock()
                 if now - last_prune > 60:
                     last_prune = now
                     await self.store.prune_controls(now - 600)
@@ -275,7 +466,7 @@ class Worker:
                 claimed = 0
             if claimed:
                 continue  # a full batch: there may be more waiting
-            await wait_event(self._poke, opts.poll_interval)
+            await wait_event(self._poke, self.options.poll_interval)
             self._poke.clear()
 
     async def _controls(self) -> None:
@@ -286,22 +477,21 @@ class Worker:
                 continue
             found = await self.store.get_status(eid)
             if found is not None:
-                run.control(*found)
+                run.control(found[0], Abort(found[1]))
 
     async def _claim(self) -> int:
         """Claim what this worker has room for; the count when it took a full batch."""
-        opts = self.flow.options
-        room = opts.max_executions - len(self.runs)
+        room = self.options.max_executions - len(self.runs)
         if room <= 0:
             return 0
         limit = min(room, 256)
-        claims = await self.store.claim(self.id, self.flow.clock(), opts.lease_ttl, limit)
+        claims = await self.store.claim(self.id, self.clock(), self.options.lease_ttl, limit)
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.flow.options.heartbeat_interval)
+            await asyncio.sleep(self.options.heartbeat_interval)
             try:
                 await self._heartbeat()
             except MicrosagaError as exc:
@@ -315,10 +505,10 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         await self._release_abandoned()
-        started = self.flow.clock()
         owned = list(self.runs.values())
-        ids = [r.id for r in owned]
-        held = await self.store.renew(self.id, ids, started, self.flow.options.lease_ttl)
+        held = await self.store.renew(
+            self.id, [r.id for r in owned], self.clock(), self.options.lease_ttl
+        )
         for run in owned:
             if run.id not in held and not run.ended and not run.releasing:
                 log.warning("execution %s: lease lost", run.id)
@@ -360,13 +550,5 @@ class Worker:
             self._poke.set()  # claimable now, by this worker too
 
 
-def _state(stored: StoredExecution, graph: RunGraph) -> ExecState:
-    state = ExecState(stored.status, stored.abort, steps=graph.fresh_steps())
-    for rec in stored.records:
-        if rec.phase == COMPENSATION:
-            state.comps[rec.step_id] = rec
-        elif rec.step_id in state.steps:
-            state.steps[rec.step_id] = rec
-    if state.status is PENDING:
-        state.status = RUNNING
-    return state
+# asyncio.Task(..., eager_start=True): Python 3.12+
+_EAGER_TASKS = sys.version_info >= (3, 12)

@@ -7,12 +7,13 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import _views
 from ._engine import dag
-from ._engine.plan import Plan
+from ._engine.plan import Node, Plan
 from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
 from .message import Message, encode_json
-from .status import Status
-from .step import Step, check_steps
+from .status import Phase, Status
+from .step import Retry, Step, check_steps
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -53,8 +54,6 @@ class Workflow:
         self.description = description
         self.flow = flow
         self.version: int | None = None
-        self._status = Status.PENDING
-        self._last_execution: str | None = None
         self._steps: dict[str, Step] = {}
         self._steps = self._validated(check_steps(list(steps)))
         self._plan_cache: Plan | None = None
@@ -68,13 +67,16 @@ class Workflow:
 
     @property
     def status(self) -> Status:
-        """The status of the latest execution started through this object."""
-        return self._status
+        """The status of the latest execution started through this object (PENDING
+        before any)."""
+        found = _views.seen(self)
+        return found.current if found is not None else Status.PENDING
 
     @property
     def last_execution(self) -> str | None:
         """The id of the latest execution started through this object."""
-        return self._last_execution
+        found = _views.seen(self)
+        return found.execution_id if found is not None else None
 
     def __repr__(self) -> str:
         return f"<Workflow {self._id!r} steps={len(self._steps)} version={self.version}>"
@@ -166,9 +168,15 @@ class Workflow:
             StepNotExistsError: ``start`` names no step.
             MissingClientError: a step needs a client or broker the flow lacks.
         """
-        # positional: keywords cost a call more than the rest of it (Python 3.11)
-        return await self._bound()._execute(
-            self, req, async_, start, reverse, timeout, deadline, execution_id
+        return await self._bound().execute(
+            self,
+            req,
+            async_=async_,
+            start=start,
+            reverse=reverse,
+            timeout=timeout,
+            deadline=deadline,
+            execution_id=execution_id,
         )
 
     async def suspend(self, execution_id: str) -> None:
@@ -188,12 +196,25 @@ class Workflow:
 
         return workflow_to_dict(self)
 
-    def _plan(self) -> Plan:
+    def plan(self) -> Plan:
+        """The workflow compiled for running (made once per change of its steps)."""
         if self._plan_cache is None:
-            self._plan_cache = Plan.build(self._id, list(self._steps.values()))
+            self._plan_cache = build_plan(self._id, list(self._steps.values()))
+            _views.steps_of(
+                self,
+                [
+                    (step, sid, phase)
+                    for sid, node in self._plan_cache.nodes.items()
+                    for step, phase in (
+                        (node.step, Phase.FORWARD),
+                        (node.compensate, Phase.COMPENSATE),
+                    )
+                    if isinstance(step, Step)
+                ],
+            )
         return self._plan_cache
 
-    def _snapshot(self) -> Snapshot:
+    def snapshot(self) -> Snapshot:
         """The definition stored with executions, hashed; custom steps that cannot be
         saved give a snapshot only this process can run."""
         if self._snapshot_cache is None:
@@ -209,3 +230,29 @@ class Workflow:
             )
             self._snapshot_cache = Snapshot(digest, body, ids)
         return self._snapshot_cache
+
+
+_ONE_ATTEMPT = Retry()
+
+
+def build_plan(workflow_id: str, steps: list[Step]) -> Plan:
+    """The plan of ``steps``: each step's options resolved into a node."""
+    nodes: dict[str, Node] = {}
+    for step in steps:
+        opts = step.options
+        comp, fallback = opts.compensate, opts.fallback
+        nodes[step.id] = Node(
+            id=step.id,
+            step=step,
+            requires=opts.requires,
+            retry=opts.retry or _ONE_ATTEMPT,
+            timeout=opts.timeout,
+            fallback=fallback,
+            fallback_retry=fallback.options.retry if fallback is not None else None,
+            fallback_timeout=fallback.options.timeout if fallback is not None else None,
+            compensate=comp,
+            compensate_input=opts.compensate_input,
+            compensate_retry=comp.options.retry if comp is not None else None,
+            compensate_timeout=comp.options.timeout if comp is not None else None,
+        )
+    return Plan(workflow_id, nodes)

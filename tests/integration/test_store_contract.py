@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from microsaga import (
     ExecutionFailedError,
@@ -24,11 +25,9 @@ from microsaga import (
     Status,
     StepError,
 )
-from microsaga._engine.saga import ABORT, ABORT_NO_COMPENSATION, NO_ABORT
+from microsaga._engine.records import Abort, Phase
 from microsaga.stores import open_store
 from microsaga.stores.base import (
-    COMPENSATION,
-    FORWARD,
     NewExecution,
     StepRecord,
     Store,
@@ -103,13 +102,15 @@ def new(
     )
 
 
-def running(step: str, *, at: float = 100.0, phase: int = FORWARD, attempt: int = 1) -> StepRecord:
+def running(
+    step: str, *, at: float = 100.0, phase: Phase = Phase.FORWARD, attempt: int = 1
+) -> StepRecord:
     return StepRecord(
         step, phase, Status.RUNNING, attempt, Message(b'{"in": 1}', {"K": "v"}), None, None, at
     )
 
 
-def succeeded(step: str, *, at: float = 101.0, phase: int = FORWARD) -> StepRecord:
+def succeeded(step: str, *, at: float = 101.0, phase: Phase = Phase.FORWARD) -> StepRecord:
     return StepRecord(
         step,
         phase,
@@ -147,7 +148,7 @@ async def test_create_pending_and_load(store: Store) -> None:
     assert stored is not None
     assert (stored.id, stored.workflow_id, stored.version) == ("e1", "order", None)
     assert stored.status is Status.PENDING
-    assert stored.abort == NO_ABORT
+    assert stored.abort == Abort.NONE
     assert stored.token == 0
     assert stored.records == []
     assert stored.request.body == REQUEST.body
@@ -179,8 +180,8 @@ async def test_create_owned_with_its_first_steps(store: Store) -> None:
         160.0,
     )
     records = {(r.step_id, r.phase): r for r in stored.records}
-    assert set(records) == {("a", FORWARD), ("b", FORWARD)}
-    a = records["a", FORWARD]
+    assert set(records) == {("a", Phase.FORWARD), ("b", Phase.FORWARD)}
+    a = records["a", Phase.FORWARD]
     assert (a.status, a.attempts, a.started_at, a.finished_at) == (Status.RUNNING, 1, 100.0, None)
     assert a.request is not None
     assert a.request.body == b'{"in": 1}'
@@ -254,7 +255,7 @@ async def test_transition_applies_when_expected(store: Store) -> None:
             at=105.0,
         ),
     )
-    assert result == TransitionResult(True, Status.SUCCESS, NO_ABORT, True)
+    assert result == TransitionResult(True, Status.SUCCESS, Abort.NONE, True)
     info = await store.get_execution("e1")
     assert info is not None
     assert info.status is Status.SUCCESS
@@ -275,7 +276,7 @@ async def test_transition_applies_when_expected(store: Store) -> None:
 
 async def test_transition_error_is_kept(store: Store) -> None:
     await store.commit([new("e1", owner="w1")])
-    failed = StepRecord("a", FORWARD, Status.FAILURE, 3, None, None, "boom", 100.0, 101.0)
+    failed = StepRecord("a", Phase.FORWARD, Status.FAILURE, 3, None, None, "boom", 100.0, 101.0)
     result = await commit_one(
         store,
         transition("e1", status=Status.FAILURE, records=[failed], error="a: boom", release=True),
@@ -308,10 +309,10 @@ async def test_records_are_written_even_when_not_applied(store: Store) -> None:
             at=102.0,
         ),
     )
-    assert result == TransitionResult(True, Status.SUSPEND, NO_ABORT, False)
+    assert result == TransitionResult(True, Status.SUSPEND, Abort.NONE, False)
     records = await steps_of(store, "e1")
-    assert records["a", FORWARD].status is Status.SUCCESS  # the result of a step is kept
-    assert ("b", FORWARD) not in records  # nothing starts
+    assert records["a", Phase.FORWARD].status is Status.SUCCESS  # the result of a step is kept
+    assert ("b", Phase.FORWARD) not in records  # nothing starts
     info = await store.get_execution("e1")
     assert info is not None
     assert (info.status, info.response) == (Status.SUSPEND, None)
@@ -334,7 +335,7 @@ async def test_not_applied_when_expect_differs_even_if_status_matches(
         store,
         transition("e1", expect=Status.RUNNING, status=Status.SUSPEND, release=release, at=102.0),
     )
-    assert result == TransitionResult(True, Status.SUSPEND, NO_ABORT, False)
+    assert result == TransitionResult(True, Status.SUSPEND, Abort.NONE, False)
 
 
 async def test_starts_need_a_running_status(store: Store) -> None:
@@ -343,15 +344,15 @@ async def test_starts_need_a_running_status(store: Store) -> None:
     result = await commit_one(
         store, transition("e1", records=[succeeded("a")], starts=[running("b", at=102.0)])
     )
-    assert result == TransitionResult(True, Status.RUNNING, NO_ABORT, True)
+    assert result == TransitionResult(True, Status.RUNNING, Abort.NONE, True)
     # applied, but the new status does not run steps: starts are dropped
     result = await commit_one(
         store, transition("e1", status=Status.SUSPEND, starts=[running("c")], release=True)
     )
-    assert result == TransitionResult(True, Status.SUSPEND, NO_ABORT, True)
+    assert result == TransitionResult(True, Status.SUSPEND, Abort.NONE, True)
     records = await steps_of(store, "e1")
-    assert set(records) == {("a", FORWARD), ("b", FORWARD)}
-    assert records["b", FORWARD].started_at == 102.0
+    assert set(records) == {("a", Phase.FORWARD), ("b", Phase.FORWARD)}
+    assert records["b", Phase.FORWARD].started_at == 102.0
 
 
 async def test_compensation_records(store: Store) -> None:
@@ -359,13 +360,12 @@ async def test_compensation_records(store: Store) -> None:
     await store.commit([transition("e1", records=[succeeded("a")])])
     result = await commit_one(
         store,
-        transition("e1", status=Status.COMPENSATING, starts=[running("a", phase=COMPENSATION)]),
+        transition("e1", status=Status.COMPENSATING, starts=[running("a", phase=Phase.COMPENSATE)]),
     )
     assert isinstance(result, TransitionResult)
     assert result.applied
-    comp = succeeded("a", phase=COMPENSATION, at=103.0)
-    forward = succeeded("a")
-    forward.status = Status.COMPENSATED
+    comp = succeeded("a", phase=Phase.COMPENSATE, at=103.0)
+    forward = replace(succeeded("a"), status=Status.COMPENSATED)
     await store.commit(
         [
             transition(
@@ -402,11 +402,11 @@ async def test_transition_is_fenced_after_a_takeover(store: Store) -> None:
     assert isinstance(stale, TransitionResult)
     assert (stale.owned, stale.applied) == (False, False)
     records = await steps_of(store, "e1")
-    assert records["a", FORWARD].status is Status.RUNNING  # nothing of w1's was written
-    assert await store.get_status("e1") == (Status.RUNNING, NO_ABORT)
+    assert records["a", Phase.FORWARD].status is Status.RUNNING  # nothing of w1's was written
+    assert await store.get_status("e1") == (Status.RUNNING, Abort.NONE)
     assert await store.renew("w1", EVERY, 112.0, 10.0) == set()
     fresh = await commit_one(store, transition("e1", token=2, records=[succeeded("a")]))
-    assert fresh == TransitionResult(True, Status.RUNNING, NO_ABORT, True)
+    assert fresh == TransitionResult(True, Status.RUNNING, Abort.NONE, True)
 
 
 async def test_no_writes_after_release(store: Store) -> None:
@@ -445,16 +445,16 @@ async def test_one_batch_applies_units_in_order(store: Store) -> None:
     assert (late.owned, late.applied) == (False, False)
     assert results == [
         True,
-        TransitionResult(True, Status.SUSPEND, NO_ABORT, True),
-        TransitionResult(True, Status.SUSPEND, NO_ABORT, False),
-        TransitionResult(True, Status.SUCCESS, NO_ABORT, True),
+        TransitionResult(True, Status.SUSPEND, Abort.NONE, True),
+        TransitionResult(True, Status.SUSPEND, Abort.NONE, False),
+        TransitionResult(True, Status.SUCCESS, Abort.NONE, True),
         False,
     ]
     e1 = await steps_of(store, "e1")
-    assert set(e1) == {("a", FORWARD)}
-    assert e1["a", FORWARD].finished_at == 150.0  # the later record of the batch wins
+    assert set(e1) == {("a", Phase.FORWARD)}
+    assert e1["a", Phase.FORWARD].finished_at == 150.0  # the later record of the batch wins
     assert await steps_of(store, "e2") == {}
-    assert set(await steps_of(store, "e3")) == {("a", FORWARD)}
+    assert set(await steps_of(store, "e3")) == {("a", Phase.FORWARD)}
 
 
 async def test_abort_request_reaches_the_owner_through_its_transition(store: Store) -> None:
@@ -463,11 +463,11 @@ async def test_abort_request_reaches_the_owner_through_its_transition(store: Sto
     result = await commit_one(
         store, transition("e1", expect=Status.RUNNING, records=[succeeded("a")])
     )
-    assert result == TransitionResult(True, Status.COMPENSATING, ABORT, False)
+    assert result == TransitionResult(True, Status.COMPENSATING, Abort.COMPENSATE, False)
     result = await commit_one(
         store, transition("e1", expect=Status.COMPENSATING, status=Status.ABORTED, release=True)
     )
-    assert result == TransitionResult(True, Status.ABORTED, ABORT, True)
+    assert result == TransitionResult(True, Status.ABORTED, Abort.COMPENSATE, True)
 
 
 # leases -------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ async def test_claim_takes_runnable_executions_whose_lease_is_free_or_expired(
     claims = await store.claim("w2", 105.0, 10.0, 10)
     assert sorted((c.execution_id, c.token) for c in claims) == [("pending-1", 1), ("pending-2", 1)]
     for eid in ("pending-1", "pending-2"):
-        assert await store.get_status(eid) == (Status.RUNNING, NO_ABORT)
+        assert await store.get_status(eid) == (Status.RUNNING, Abort.NONE)
     assert await store.claim("w3", 105.0, 10.0, 10) == []
     # at 200 every lease has expired; finished and suspended ones stay where they are
     claims = await store.claim("w3", 200.0, 10.0, 10)
@@ -518,7 +518,7 @@ async def test_claim_takes_over_a_compensating_execution(store: Store) -> None:
     await store.commit([transition("e1", status=Status.COMPENSATING)])
     (claim,) = await store.claim("w2", 106.0, 10.0, 10)
     assert claim.token == 2
-    assert await store.get_status("e1") == (Status.COMPENSATING, NO_ABORT)
+    assert await store.get_status("e1") == (Status.COMPENSATING, Abort.NONE)
 
 
 async def test_a_claim_never_takes_back_the_claimers_own_executions(store: Store) -> None:
@@ -530,8 +530,8 @@ async def test_a_claim_never_takes_back_the_claimers_own_executions(store: Store
     assert [(c.execution_id, c.token) for c in claims] == [("e2", 2)]  # w2's, not its own
     assert await store.renew("w1", ["e1", "e2"], 120.0, 10.0) == {"e1", "e2"}
     result = await commit_one(store, transition("e1", token=1, records=[succeeded("a")]))
-    assert result == TransitionResult(True, Status.RUNNING, NO_ABORT, True)
-    assert (await steps_of(store, "e1"))["a", FORWARD].status is Status.SUCCESS
+    assert result == TransitionResult(True, Status.RUNNING, Abort.NONE, True)
+    assert (await steps_of(store, "e1"))["a", Phase.FORWARD].status is Status.SUCCESS
     # renewed until 130: nobody takes them before; then anyone else may
     assert await store.claim("w3", 125.0, 10.0, 10) == []
     assert await store.claim("w1", 131.0, 10.0, 10) == []
@@ -614,8 +614,10 @@ async def test_load_and_queries_of_an_unknown_execution(store: Store) -> None:
 
 async def test_load_has_every_record(store: Store) -> None:
     await store.commit([new("e1", owner="w1", starts=("a", "b"))])
-    retried = StepRecord("b", FORWARD, Status.RUNNING, 2, Message(b"[]"), None, "flaky", 100.0)
-    comp = running("a", phase=COMPENSATION, at=104.0)
+    retried = StepRecord(
+        "b", Phase.FORWARD, Status.RUNNING, 2, Message(b"[]"), None, "flaky", 100.0
+    )
+    comp = running("a", phase=Phase.COMPENSATE, at=104.0)
     await store.commit([transition("e1", records=[succeeded("a")], starts=[retried])])
     await store.commit([transition("e1", status=Status.COMPENSATING, starts=[comp])])
     stored = await store.load("e1")
@@ -623,15 +625,15 @@ async def test_load_has_every_record(store: Store) -> None:
     assert stored.status is Status.COMPENSATING
     assert stored.token == 1
     records = {(r.step_id, r.phase): r for r in stored.records}
-    assert set(records) == {("a", FORWARD), ("b", FORWARD), ("a", COMPENSATION)}
-    b = records["b", FORWARD]
+    assert set(records) == {("a", Phase.FORWARD), ("b", Phase.FORWARD), ("a", Phase.COMPENSATE)}
+    b = records["b", Phase.FORWARD]
     assert (b.status, b.attempts, b.error, b.started_at) == (Status.RUNNING, 2, "flaky", 100.0)
     assert b.request is not None
     assert b.request.body == b"[]"
-    a = records["a", FORWARD]
+    a = records["a", Phase.FORWARD]
     assert a.response is not None
     assert a.response.body == b'{"out": "a"}'
-    assert records["a", COMPENSATION].started_at == 104.0
+    assert records["a", Phase.COMPENSATE].started_at == 104.0
 
 
 async def test_load_after_a_claim_sees_what_came_after_it(store: Store) -> None:
@@ -690,7 +692,7 @@ async def test_abort_of_an_execution_with_nothing_done_ends_it_at_once(store: St
     await store.commit([new("queued"), new("suspended"), new("held", owner="w1")])
     # queued, no step ever ran: nothing to roll back, no worker needed
     assert await store.request("queued", "abort", 101.0) is Status.ABORTED
-    assert await store.get_status("queued") == (Status.ABORTED, ABORT)
+    assert await store.get_status("queued") == (Status.ABORTED, Abort.COMPENSATE)
     await store.request("suspended", "suspend", 101.0)
     assert await store.request("suspended", "abort", 102.0) is Status.ABORTED
     assert await store.claim("w2", 102.0, 10.0, 10) == []
@@ -703,12 +705,12 @@ async def test_abort_of_a_suspended_execution_rolls_back(store: Store) -> None:
     await store.commit([transition("e1", records=[succeeded("a")])])
     await store.request("e1", "suspend", 101.0)
     assert await store.request("e1", "abort", 102.0) is Status.COMPENSATING
-    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+    assert await store.get_status("e1") == (Status.COMPENSATING, Abort.COMPENSATE)
     with pytest.raises(InvalidTransitionError, match="suspend"):
         await store.request("e1", "suspend", 103.0)
     (claim,) = await store.claim("w2", 103.0, 10.0, 10)
     assert claim.execution_id == "e1"
-    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+    assert await store.get_status("e1") == (Status.COMPENSATING, Abort.COMPENSATE)
 
 
 async def test_invalid_requests(store: Store) -> None:
@@ -722,7 +724,7 @@ async def test_invalid_requests(store: Store) -> None:
     with pytest.raises(ExecutionNotFoundError):
         await store.request("nope", "suspend", 102.0)
     # a refused request changes nothing and wakes nobody
-    assert await store.get_status("e1") == (Status.SUCCESS, NO_ABORT)
+    assert await store.get_status("e1") == (Status.SUCCESS, Abort.NONE)
     _, last = await store.controls(2**62)
     assert await store.controls(last) == ([], last)
 
@@ -732,7 +734,7 @@ async def test_abort_of_a_held_execution_is_left_to_its_owner(store: Store) -> N
     assert await store.request("e1", "abort", 101.0, reason="deadline exceeded") is (
         Status.COMPENSATING
     )
-    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+    assert await store.get_status("e1") == (Status.COMPENSATING, Abort.COMPENSATE)
     assert await store.renew("w1", EVERY, 102.0, 10.0) == {"e1"}
     info = await store.get_execution("e1")
     assert info is not None
@@ -752,11 +754,11 @@ async def test_abort_without_compensation(store: Store) -> None:
     await store.commit([new("idle"), new("busy", owner="w1", starts=("a",), ttl=5.0)])
     # nobody holds it and no step runs: it ends at once
     assert await store.request("idle", "abort_nocomp", 101.0) is Status.ABORTED
-    assert await store.get_status("idle") == (Status.ABORTED, ABORT_NO_COMPENSATION)
+    assert await store.get_status("idle") == (Status.ABORTED, Abort.NO_COMPENSATION)
     assert await store.claim("w2", 101.0, 10.0, 10) == []
     # a step is still running: a worker must record how it ends
     assert await store.request("busy", "abort_nocomp", 106.0) is Status.RUNNING
-    assert await store.get_status("busy") == (Status.RUNNING, ABORT_NO_COMPENSATION)
+    assert await store.get_status("busy") == (Status.RUNNING, Abort.NO_COMPENSATION)
     (claim,) = await store.claim("w2", 106.0, 10.0, 10)
     assert claim.execution_id == "busy"
 
@@ -764,7 +766,7 @@ async def test_abort_without_compensation(store: Store) -> None:
 async def test_resume_retries_failed_compensations(store: Store) -> None:
     await store.commit([new("e1", owner="w1", starts=("a",))])
     await store.commit([transition("e1", records=[succeeded("a")], status=Status.COMPENSATING)])
-    failed = StepRecord("a", COMPENSATION, Status.FAILURE, 10, None, None, "down", 101.0, 102.0)
+    failed = StepRecord("a", Phase.COMPENSATE, Status.FAILURE, 10, None, None, "down", 101.0, 102.0)
     await store.commit(
         [
             transition(
@@ -779,8 +781,8 @@ async def test_resume_retries_failed_compensations(store: Store) -> None:
     )
     assert await store.request("e1", "resume", 110.0) is Status.COMPENSATING
     records = await steps_of(store, "e1")
-    assert records["a", COMPENSATION].status is Status.PENDING
-    assert records["a", FORWARD].status is Status.SUCCESS
+    assert records["a", Phase.COMPENSATE].status is Status.PENDING
+    assert records["a", Phase.FORWARD].status is Status.SUCCESS
     (claim,) = await store.claim("w2", 110.0, 10.0, 10)
     assert claim.token == 2
     # a failure without a failed compensation cannot be resumed
@@ -843,9 +845,9 @@ async def test_list_executions_newest_first_with_filters_and_pages(store: Store)
 
 async def test_get_status(store: Store) -> None:
     await store.commit([new("e1", owner="w1")])
-    assert await store.get_status("e1") == (Status.RUNNING, NO_ABORT)
+    assert await store.get_status("e1") == (Status.RUNNING, Abort.NONE)
     await store.request("e1", "abort", 101.0)
-    assert await store.get_status("e1") == (Status.COMPENSATING, ABORT)
+    assert await store.get_status("e1") == (Status.COMPENSATING, Abort.COMPENSATE)
 
 
 # workflow definitions --------------------------------------------------------------------

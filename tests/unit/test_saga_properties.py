@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Status, StepError
-from microsaga._engine.plan import Plan
-from microsaga._engine.records import FORWARD, StepRecord
-from microsaga._engine.saga import ExecState, after_success, decide, first
+from microsaga._engine.records import ExecState, Phase, StepRecord
+from microsaga._engine.saga import after_success, decide, first
+from microsaga.workflow import build_plan
 
 
 @st.composite
@@ -130,7 +130,7 @@ def test_the_shortcut_after_a_lone_step_decides_as_decide_does(
     async def noop(m: Message) -> None:
         return None
 
-    plan = Plan.build(
+    plan = build_plan(
         "p", [FunctionStep(noop, id=sid, requires=reqs) for sid, reqs in graph.items()]
     )
     run = plan.graph()
@@ -146,16 +146,16 @@ def test_the_shortcut_after_a_lone_step_decides_as_decide_does(
             if quick is not None:
                 shortcuts += 1
                 assert list(quick.start) == list(decision.start)
-                assert (quick.status, quick.done, list(quick.compensate)) == (None, False, [])
+                assert (quick.status, quick.done, quick.compensate) == (None, False, ())
         if decision.done:
             assert decision.status is Status.SUCCESS
             break
         for sid in decision.start:
-            state.steps[sid] = StepRecord(sid, FORWARD, Status.RUNNING, 1)
+            state.steps[sid] = StepRecord(sid, Phase.FORWARD, Status.RUNNING, 1)
             running.append(sid)
         lone = running[0] if len(decision.start) == 1 and len(running) == 1 else None
         finished = running.pop(rnd.randrange(len(running)))
-        state.steps[finished] = StepRecord(finished, FORWARD, Status.SUCCESS, 1)
+        state.steps[finished] = StepRecord(finished, Phase.FORWARD, Status.SUCCESS, 1)
     assert all(state.steps[s].status is Status.SUCCESS for s in graph)
     if len(graph) > 1 and all(graph[f"s{i}"] == [f"s{i - 1}"] for i in range(1, len(graph))):
         assert shortcuts == len(graph) - 1  # a chain takes the shortcut at every step

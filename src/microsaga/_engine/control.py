@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidTransitionError
-from ..status import ABORTED, COMPENSATING, FAILURE, PENDING, RUNNING, SUSPEND, Status
-from .saga import ABORT, ABORT_NO_COMPENSATION
+from ..status import Status
+from .records import Abort
 
 __all__ = ["ControlChange", "control_change"]
 
@@ -14,7 +14,7 @@ __all__ = ["ControlChange", "control_change"]
 @dataclass(frozen=True, slots=True)
 class ControlChange:
     status: Status
-    abort: int
+    abort: Abort
     free_lease: bool = False  # make the execution claimable by any worker now
     retry_compensations: bool = False  # failed compensations go back to PENDING
     final: bool = False  # the execution ends here (nobody has to act)
@@ -23,7 +23,7 @@ class ControlChange:
 def control_change(
     action: str,
     status: Status,
-    abort: int,
+    abort: Abort,
     *,
     held: bool,
     steps_running: bool,
@@ -41,29 +41,32 @@ def control_change(
     Raises:
         InvalidTransitionError: naming the action and the status.
     """
+    abort = Abort(abort)
     if action == "suspend":
-        if status in (PENDING, RUNNING, SUSPEND):
-            return ControlChange(SUSPEND, abort)
+        if status in (Status.PENDING, Status.RUNNING, Status.SUSPEND):
+            return ControlChange(Status.SUSPEND, abort)
     elif action == "resume":
-        if status is SUSPEND:
-            resumed = COMPENSATING if abort == ABORT else RUNNING
+        if status is Status.SUSPEND:
+            resumed = Status.COMPENSATING if abort is Abort.COMPENSATE else Status.RUNNING
             return ControlChange(resumed, abort, free_lease=not held)
-        if status is FAILURE and compensation_failed:
-            return ControlChange(COMPENSATING, abort, free_lease=True, retry_compensations=True)
+        if status is Status.FAILURE and compensation_failed:
+            return ControlChange(
+                Status.COMPENSATING, abort, free_lease=True, retry_compensations=True
+            )
     elif action == "abort":
         if not status.finished:
             if not held and not steps_running and not steps_succeeded:
                 # nothing ran to the end, nothing runs: nothing to roll back, no worker
                 # needed (a queued execution ends here even when no worker is running)
-                return ControlChange(ABORTED, ABORT, final=True)
-            return ControlChange(COMPENSATING, ABORT, free_lease=not held)
+                return ControlChange(Status.ABORTED, Abort.COMPENSATE, final=True)
+            return ControlChange(Status.COMPENSATING, Abort.COMPENSATE, free_lease=not held)
     elif action == "abort_nocomp":
         if not status.finished:
             if not held and not steps_running:
-                return ControlChange(ABORTED, ABORT_NO_COMPENSATION, final=True)
-            if status is SUSPEND:
-                status = RUNNING
-            return ControlChange(status, ABORT_NO_COMPENSATION, free_lease=not held)
+                return ControlChange(Status.ABORTED, Abort.NO_COMPENSATION, final=True)
+            if status is Status.SUSPEND:
+                status = Status.RUNNING
+            return ControlChange(status, Abort.NO_COMPENSATION, free_lease=not held)
     else:
         raise InvalidTransitionError(f"unknown action {action!r}")
     verb = "abort" if action.startswith("abort") else action

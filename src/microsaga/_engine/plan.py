@@ -1,40 +1,53 @@
 """A workflow compiled for running: nodes with their resolved options, and the graph
-of one run (all steps, or those selected by ``start``/``reverse``)."""
+of one run (all steps, or those selected by ``start``/``reverse``).
+
+The engine does not know what a step is: a node carries the step, its fallback and its
+compensation as opaque objects for the shell to invoke, and its retry policies as
+objects that answer two questions (:class:`RetryPolicy`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 from ..errors import StepNotExistsError
-from ..status import PENDING
-from ..step import Retry
+from ..status import Phase, Status
 from . import dag
-from .records import FORWARD, StepRecord
+from .records import StepRecord
 
-if TYPE_CHECKING:
-    from ..step import Step
-    from .saga import Decision
+__all__ = ["Node", "Plan", "RetryPolicy", "RunGraph"]
 
-__all__ = ["Node", "Plan", "RunGraph"]
-
-_ONE_ATTEMPT = Retry()
+CompensateInput = Literal["request", "response", "both"]
 
 
-@dataclass(frozen=True, slots=True)
+class RetryPolicy(Protocol):
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether attempt ``attempt`` that raised ``exc`` is followed by another."""
+        ...
+
+    def interval(self, attempt: int, rand: float) -> float:
+        """Seconds to wait after failed attempt ``attempt``; ``rand`` in [0, 1)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Node:
     """One step of a plan, its options resolved."""
 
     id: str
-    step: Step
+    step: object
     requires: tuple[str, ...]
-    retry: Retry
+    retry: RetryPolicy
     timeout: float | None
-    fallback: Step | None
-    compensate: Step | None
-    compensate_input: str
-    compensate_retry: Retry | None  # None: the flow's compensation_retry
-    compensate_timeout: float | None
+    fallback: object | None = None
+    fallback_retry: RetryPolicy | None = None
+    fallback_timeout: float | None = None
+    compensate: object | None = None
+    compensate_input: CompensateInput = "both"
+    compensate_retry: RetryPolicy | None = None  # None: the flow's compensation_retry
+    compensate_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,52 +59,34 @@ class RunGraph:
     """
 
     order: tuple[str, ...]
-    requires: dict[str, tuple[str, ...]]
-    dependents: dict[str, tuple[str, ...]]
-    inputs: dict[str, tuple[str, ...]]
+    requires: Mapping[str, tuple[str, ...]]
+    dependents: Mapping[str, tuple[str, ...]]
+    inputs: Mapping[str, tuple[str, ...]]
     leaves: tuple[str, ...]
-    pending: dict[str, StepRecord]  # a new run's records: copy the dict, share these
     roots: tuple[str, ...]  # the steps that require none, in order
-    # decisions made once per graph and shared (saga): to start one step, by its id;
-    # the first one of a run, under None
-    decisions: dict[str | None, Decision] = field(default_factory=dict)
+    pending: Mapping[str, StepRecord]  # every step PENDING: a run that has not started
 
     def fresh_steps(self) -> dict[str, StepRecord]:
-        """The records of a run that has not started: every step PENDING. The engine
-        replaces a PENDING record when the step starts and never changes it, so runs
-        share them."""
-        return self.pending.copy()
+        """The step records of a run that has not started. Records are frozen, so
+        every run shares these until its steps start."""
+        return dict(self.pending)
 
 
 @dataclass(slots=True)
 class Plan:
+    """The nodes of a workflow, and the graphs of its runs (made on first use)."""
+
     workflow_id: str
     nodes: dict[str, Node]
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
-    # (flow, number of services) once every step found what it needs in that flow
-    checked: tuple[object, int] | None = None
-
-    @classmethod
-    def build(cls, workflow_id: str, steps: list[Step]) -> Plan:
-        nodes: dict[str, Node] = {}
-        for step in steps:
-            opts = step.options
-            comp = opts.compensate
-            nodes[step.id] = Node(
-                id=step.id,
-                step=step,
-                requires=opts.requires,
-                retry=opts.retry or _ONE_ATTEMPT,
-                timeout=opts.timeout,
-                fallback=opts.fallback,
-                compensate=comp,
-                compensate_input=opts.compensate_input,
-                compensate_retry=comp.options.retry if comp is not None else None,
-                compensate_timeout=comp.options.timeout if comp is not None else None,
-            )
-        return cls(workflow_id, nodes)
 
     def graph(self, start: str | None = None, reverse: bool = False) -> RunGraph:
+        """The graph of a run of every step, or of ``start`` and its descendants
+        (``reverse``: its ancestors, the edges turned around).
+
+        Raises:
+            StepNotExistsError: ``start`` names no step.
+        """
         key = (start, reverse)
         found = self._graphs.get(key)
         if found is None:
@@ -114,11 +109,15 @@ class Plan:
             requires = {s: back[s] for s in selected}
             inputs: dict[str, tuple[str, ...]] = dict.fromkeys(selected, ())
         else:
-            requires = forward
-            inputs = forward
+            requires = inputs = forward
         dependents = dag.dependents_of(requires)
         order = tuple(dag.topological(requires))
-        leaves = tuple(s for s in order if not dependents[s])
-        pending = {s: StepRecord(s, FORWARD, PENDING) for s in order}
-        roots = tuple(s for s in order if not requires[s])
-        return RunGraph(order, requires, dependents, inputs, leaves, pending, roots)
+        return RunGraph(
+            order=order,
+            requires=requires,
+            dependents=dependents,
+            inputs=inputs,
+            leaves=tuple(s for s in order if not dependents[s]),
+            roots=tuple(s for s in order if not requires[s]),
+            pending={s: StepRecord(s, Phase.FORWARD, Status.PENDING) for s in order},
+        )

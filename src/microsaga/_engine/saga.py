@@ -8,52 +8,34 @@ worker (``microsaga.worker``) commits what it decides and then acts on it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import msgspec
 
-from ..status import ABORTED, COMPENSATING, FAILURE, PENDING, RUNNING, SUCCESS, SUSPEND, Status
+from ..status import Status
 from .plan import Plan, RunGraph
-from .records import StepRecord
+from .records import Abort, ExecState, StepRecord
 
 __all__ = [
-    "ABORT",
-    "ABORT_NO_COMPENSATION",
-    "NO_ABORT",
     "Decision",
-    "ExecState",
+    "after_success",
+    "compensable",
+    "compensated",
     "decide",
+    "failure_summary",
+    "first",
 ]
 
-NO_ABORT, ABORT, ABORT_NO_COMPENSATION = 0, 1, 2
 
+class Decision(msgspec.Struct, frozen=True, gc=False):
+    """What to do next."""
 
-class ExecState(msgspec.Struct, gc=False):
-    """An execution's status, abort request and step runs, as the engine holds them
-    (a struct: made in C, one per execution run, and in no cycle)."""
-
-    status: Status
-    abort: int = NO_ABORT
-    # a struct copies a mutable default for each instance
-    steps: dict[str, StepRecord] = {}
-    comps: dict[str, StepRecord] = {}
-
-
-@dataclass(slots=True)
-class Decision:
-    """What to do next (read only: the engine shares some of them)."""
-
-    start: Sequence[str] = ()
-    compensate: Sequence[str] = ()
+    start: tuple[str, ...] = ()  # forward steps to start
+    compensate: tuple[str, ...] = ()  # compensations to start
     status: Status | None = None  # the status to write, when it changes
     done: bool = False  # finished: the status above is final
     release: bool = False  # suspended and settled: the lease can go
 
 
-# decisions that carry nothing of their own (decisions are never changed: shared)
 _WAIT = Decision()
-_SUCCEEDED = Decision(status=SUCCESS, done=True)
 
 
 def _any(states: dict[str, StepRecord], status: Status) -> bool:
@@ -66,54 +48,43 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     # (not started, every requirement succeeded), the last only used when nothing failed
     steps, requires = state.steps, graph.requires
     steps_running = failed = False
-    todo = []
+    ready = []
     for sid in graph.order:
         current = steps[sid].status
-        if current is PENDING:
-            for r in requires[sid]:
-                if steps[r].status is not SUCCESS:
-                    break
-            else:
-                todo.append(sid)
-        elif current is RUNNING:
+        if current is Status.PENDING:
+            if _satisfied(steps, requires[sid]):
+                ready.append(sid)
+        elif current is Status.RUNNING:
             steps_running = True
-        elif current is FAILURE:
+        elif current is Status.FAILURE:
             failed = True
-    running = steps_running or (bool(state.comps) and _any(state.comps, RUNNING))
-    if state.abort == ABORT_NO_COMPENSATION:
+    running = steps_running or _any(state.comps, Status.RUNNING)
+    if state.abort is Abort.NO_COMPENSATION:
         if running:
-            return Decision()
-        return Decision(status=ABORTED, done=True)
-    if state.status is SUSPEND:
+            return _WAIT
+        return Decision(status=Status.ABORTED, done=True)
+    if state.status is Status.SUSPEND:
         return Decision(release=not running)
-    if failed or state.abort == ABORT:
-        status = None if state.status is COMPENSATING else COMPENSATING
+    if failed or state.abort is Abort.COMPENSATE:
+        status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
         if steps_running:
             return Decision(status=status)  # running steps finish before any rollback
         comps = compensable(plan, graph, state)
         if comps or running:
-            return Decision(compensate=comps, status=status)
-        aborted = state.abort == ABORT and not _any(state.comps, FAILURE)
-        return Decision(status=ABORTED if aborted else FAILURE, done=True)
-    if todo:
-        if len(todo) > 1:
-            return Decision(todo)
-        single = graph.decisions.get(todo[0])
-        if single is None:
-            single = graph.decisions[todo[0]] = Decision((todo[0],))
-        return single
+            return Decision(compensate=tuple(comps), status=status)
+        aborted = state.abort is Abort.COMPENSATE and not _any(state.comps, Status.FAILURE)
+        return Decision(status=Status.ABORTED if aborted else Status.FAILURE, done=True)
+    if ready:
+        return Decision(start=tuple(ready))
     if running:
         return _WAIT
-    return _SUCCEEDED
+    return Decision(status=Status.SUCCESS, done=True)
 
 
 def first(graph: RunGraph) -> Decision:
     """:func:`decide` for a run that has not started (every step PENDING, RUNNING, no
-    abort): its roots, the steps that require none. Made once per graph."""
-    found = graph.decisions.get(None)
-    if found is None:
-        found = graph.decisions[None] = Decision(graph.roots)
-    return found
+    abort): its roots, the steps that require none."""
+    return Decision(start=graph.roots)
 
 
 def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision | None:
@@ -122,28 +93,28 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
     not ready then can only have become ready through it, so the ready steps now are
     among its dependents. None when that case does not hold (a suspend, an abort, a
     rollback) or when not exactly one step becomes ready: ask :func:`decide`."""
-    if state.status is not RUNNING or state.abort != NO_ABORT or state.comps:
+    if state.status is not Status.RUNNING or state.abort is not Abort.NONE or state.comps:
         return None
     steps, requires = state.steps, graph.requires
-    if steps[step_id].status is not SUCCESS:
+    if steps[step_id].status is not Status.SUCCESS:
         return None
-    found: str | None = None
-    for sid in graph.dependents[step_id]:
-        if steps[sid].status is not PENDING:
-            continue
-        for r in requires[sid]:
-            if steps[r].status is not SUCCESS:
-                break
-        else:
-            if found is not None:
-                return None  # several: decide() gives them in order
-            found = sid
-    if found is None:
-        return None
-    decision = graph.decisions.get(found)
-    if decision is None:
-        decision = graph.decisions[found] = Decision((found,))
-    return decision
+    ready = [
+        sid
+        for sid in graph.dependents[step_id]
+        if steps[sid].status is Status.PENDING and _satisfied(steps, requires[sid])
+    ]
+    if len(ready) != 1:
+        return None  # none (decide() tells whether the run is over), or several
+    return Decision(start=(ready[0],))
+
+
+def _satisfied(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
+    """Whether every step of ``requires`` succeeded (a loop: cheaper than ``all()``
+    over a generator, and this runs for every step of every run)."""
+    for r in requires:  # noqa: SIM110
+        if steps[r].status is not Status.SUCCESS:
+            return False
+    return True
 
 
 def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
@@ -154,11 +125,11 @@ def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
     out = []
     for sid in reversed(graph.order):
         deps_settled = all(settled[d] for d in graph.dependents[sid])
-        needs = steps[sid].status is SUCCESS and nodes[sid].compensate is not None
+        needs = steps[sid].status is Status.SUCCESS and nodes[sid].compensate is not None
         settled[sid] = deps_settled and not needs
         if needs and deps_settled:
             comp = comps.get(sid)
-            if comp is None or comp.status is PENDING:
+            if comp is None or comp.status is Status.PENDING:
                 out.append(sid)
     out.reverse()
     return out
@@ -166,19 +137,19 @@ def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
 
 def failure_summary(plan: Plan, graph: RunGraph, state: ExecState) -> tuple[str | None, str]:
     """The failed step (or None) and a one-line error for a failed execution."""
-    failed = next((s for s in graph.order if state.steps[s].status is FAILURE), None)
+    failed = next((s for s in graph.order if state.steps[s].status is Status.FAILURE), None)
     parts = []
     if failed is not None:
         parts.append(f"step {failed} failed: {state.steps[failed].error}")
-    elif state.abort:
+    elif state.abort is not Abort.NONE:
         parts.append("aborted")
     for sid in graph.order:
         comp = state.comps.get(sid)
-        if comp is not None and comp.status is FAILURE:
+        if comp is not None and comp.status is Status.FAILURE:
             parts.append(f"compensation of {sid} failed: {comp.error}")
     return failed, "; ".join(parts) or "failed"
 
 
 def compensated(state: ExecState) -> bool:
     """True when no compensation failed."""
-    return not _any(state.comps, FAILURE)
+    return not _any(state.comps, Status.FAILURE)

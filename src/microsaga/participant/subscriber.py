@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from .._urls import broker_url
 from ..errors import MicrosagaError
 from ..message import Message
 from ..transports import ERROR_HEADER, error_reply, open_broker
@@ -54,7 +55,7 @@ async def subscribe(broker: Broker | str, topic: str, handler: MessageHandler) -
     closed with the subscription."""
     if not isinstance(broker, str):
         return await broker.subscribe(topic, handler)
-    owned = open_broker(broker, "participant broker")
+    owned = open_broker(broker_url(broker, "participant broker"))
     await owned.connect()
     try:
         return _OwningSubscription(await owned.subscribe(topic, handler), owned)

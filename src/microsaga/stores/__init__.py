@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
-from .._urls import redact_url
-from ..errors import ConfigurationError
-from ..settings import STORE_SCHEMES, check_url
+from .._urls import Url, store_url
 from .base import Store
 from .memory import MemoryStore
 
 __all__ = ["MemoryStore", "Store", "open_store"]
 
 
-def open_store(url: str | Store, setting: str = "store") -> Store:
-    """The store for ``url`` (not opened yet); drivers are imported here, lazily."""
+def open_store(url: str | Url | Store) -> Store:
+    """The store for ``url`` (not opened yet); drivers are imported here, lazily.
+
+    Raises:
+        ConfigurationError: naming the URL's setting.
+    """
     if isinstance(url, Store):
         return url
-    scheme = urlsplit(check_url(url, setting, STORE_SCHEMES)).scheme
+    if isinstance(url, str):
+        url = store_url(url)
+    scheme = url.scheme
     if scheme == "memory":
-        return MemoryStore.from_url(url)
+        return MemoryStore.from_url(url.value)
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url.value, setting=url.setting)
     try:  # postgresql:// or postgres://, the schemes left
         from .postgres import PostgresStore
     except ImportError as exc:
-        raise ConfigurationError(
-            setting,
-            f"{redact_url(url)} needs the PostgreSQL driver: pip install 'microsaga[postgres]'",
+        raise url.error(
+            f"{url} needs the PostgreSQL driver: pip install 'microsaga[postgres]'"
         ) from exc
-    return PostgresStore(url)
+    return PostgresStore(url.value, setting=url.setting)

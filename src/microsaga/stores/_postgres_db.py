@@ -78,7 +78,7 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # refused, reset, unreachable, timed out
 
 
-def parse_url(url: str) -> tuple[str, int]:
+def parse_url(url: str, setting: str = "store") -> tuple[str, int]:
     """The DSN asyncpg gets (without ``pool_size``) and the pool size.
 
     Checks what the driver would otherwise trip on only when it first connects, with
@@ -91,7 +91,7 @@ def parse_url(url: str) -> tuple[str, int]:
     shown = redact_url(url)
 
     def bad(why: str) -> ConfigurationError:
-        return ConfigurationError("store", f"{shown}: {why}")
+        return ConfigurationError(setting, f"{shown}: {why}")
 
     try:
         parts = urlsplit(url)
@@ -154,8 +154,9 @@ def _is_lost(conn: Any) -> bool:
 class Database:
     """The pool of one store, the errors it raises, its schema and its LISTEN."""
 
-    def __init__(self, url: str) -> None:
-        self.dsn, self.pool_size = parse_url(url)
+    def __init__(self, url: str, *, setting: str = "store") -> None:
+        self.setting = setting  # the setting the URL came from, for errors
+        self.dsn, self.pool_size = parse_url(url, setting)
         self.url = redact_url(url)
         self._pool: Any = None
         self._wakers: list[Callable[[], None]] = []
@@ -268,7 +269,7 @@ class Database:
         else:
             wrong = isinstance(exc, _BAD_URL)
         if wrong:
-            return ConfigurationError("store", f"{self.url}: {one_line(exc)}")
+            return ConfigurationError(self.setting, f"{self.url}: {one_line(exc)}")
         return StoreError(
             f"cannot open PostgreSQL store {self.url}: {one_line(exc)}", retryable=retryable(exc)
         )

@@ -9,8 +9,8 @@ import msgspec
 
 from ..execution import Execution, StepRun, to_datetime
 from ..message import Message, Metadata
-from ..status import Status
-from .base import COMPENSATION, FORWARD, StepRecord
+from ..status import Phase, Status
+from .base import StepRecord
 
 __all__ = [
     "build_execution",
@@ -49,7 +49,7 @@ def step_row(
     return (
         eid,
         r.step_id,
-        r.phase,
+        int(r.phase),
         int(r.status),
         r.attempts,
         req.body if req is not None else None,
@@ -66,7 +66,7 @@ def record_from_row(row: Sequence[Any]) -> StepRecord:
     """A record from the columns of a step_runs row after ``execution_id``."""
     return StepRecord(
         step_id=row[0],
-        phase=row[1],
+        phase=Phase(row[1]),
         status=Status(row[2]),
         attempts=row[3],
         request=message_or_none(row[4], row[5]),
@@ -109,11 +109,11 @@ def build_execution(
     forward: dict[str, StepRecord] = {}
     comps: dict[str, StepRecord] = {}
     for rec in records:
-        (comps if rec.phase == COMPENSATION else forward)[rec.step_id] = rec
+        (comps if rec.phase is Phase.COMPENSATE else forward)[rec.step_id] = rec
     steps: dict[str, StepRun] = {}
     for sid in step_ids:
         comp = comps.get(sid)
-        rec = forward.get(sid) or StepRecord(sid, FORWARD, Status.PENDING)
+        rec = forward.get(sid) or StepRecord(sid, Phase.FORWARD, Status.PENDING)
         steps[sid] = _step_run(rec, _step_run(comp) if comp is not None else None)
     created = to_datetime(created_at)
     updated = to_datetime(updated_at)

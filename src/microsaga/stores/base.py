@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .._engine.records import COMPENSATION, FORWARD, StepRecord
+import msgspec
+
+from .._engine.records import Abort, StepRecord
 from ..execution import Execution
 from ..message import Message
 from ..status import Status
 
 __all__ = [
-    "COMPENSATION",
-    "FORWARD",
+    "Abort",
     "Claim",
     "ControlAction",
     "NewExecution",
@@ -38,8 +39,7 @@ CONTROL_ACTIONS = ("suspend", "resume", "abort", "abort_nocomp")
 RUNNABLE = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
 
 
-@dataclass(slots=True)
-class NewExecution:
+class NewExecution(msgspec.Struct, gc=False):
     """A new execution, and the steps it starts with when it is created owned."""
 
     id: str
@@ -57,11 +57,10 @@ class NewExecution:
     reverse: bool = False
     step_timeout: float | None = None
     deadline_at: float | None = None
-    starts: list[StepRecord] = field(default_factory=list)
+    starts: list[StepRecord] = []  # a struct copies a mutable default for each instance
 
 
-@dataclass(slots=True)
-class Transition:
+class Transition(msgspec.Struct, gc=False):
     """Writes of one execution by its owner, fenced by the lease token.
 
     ``records`` are always written. ``status`` is set, ``starts`` written and the lease
@@ -73,21 +72,20 @@ class Transition:
     token: int
     expect: Status
     status: Status | None = None
-    records: list[StepRecord] = field(default_factory=list)
-    starts: list[StepRecord] = field(default_factory=list)
+    records: list[StepRecord] = []
+    starts: list[StepRecord] = []
     response: Message | None = None
     error: str | None = None
     release: bool = False
     at: float = 0.0
 
 
-@dataclass(slots=True)
-class TransitionResult:
+class TransitionResult(msgspec.Struct, frozen=True, gc=False):
     """What a transition found (never changed once made: stores may share them)."""
 
     owned: bool  # False: the lease was taken over; nothing was written
     status: Status  # the stored status after the transition
-    abort: int
+    abort: Abort
     applied: bool
 
 
@@ -123,7 +121,7 @@ class StoredExecution:
     version: int | None
     definition: StoredDefinition
     status: Status
-    abort: int
+    abort: Abort
     request: Message
     start_step: str | None
     reverse: bool
@@ -131,6 +129,7 @@ class StoredExecution:
     deadline_at: float | None
     token: int
     records: list[StepRecord]
+    created_at: float = 0.0
 
 
 class Store(abc.ABC):
@@ -278,7 +277,7 @@ class Store(abc.ABC):
     async def get_execution(self, execution_id: str) -> Execution | None: ...
 
     @abc.abstractmethod
-    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
+    async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:
         """The status and abort request of one execution, cheaply."""
 
     @abc.abstractmethod

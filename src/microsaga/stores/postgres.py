@@ -69,6 +69,7 @@ from ._rows import (
     step_row,
 )
 from .base import (
+    Abort,
     Claim,
     ControlAction,
     NewExecution,
@@ -132,8 +133,8 @@ class PostgresStore(Store):
     # on two, and their WAL flushes are shared (docs/stores.md, "Group commit")
     batch_split = 32
 
-    def __init__(self, url: str) -> None:
-        self._db = Database(url)
+    def __init__(self, url: str, *, setting: str = "store") -> None:
+        self._db = Database(url, setting=setting)
         self.url = self._db.url
         self.pool_size = self._db.pool_size
         # definitions never change once stored
@@ -274,7 +275,7 @@ class PostgresStore(Store):
                 if row is None or row.token != t.token or row.owner is None:
                     # never owned again: a claim takes a new token
                     status = row.status if row is not None else Status.PENDING
-                    results[i] = TransitionResult(False, status, 0, False)
+                    results[i] = TransitionResult(False, status, Abort.NONE, False)
                     continue
                 steps.update(_step_rows(eid, t.records))
                 applied = row.status is t.expect
@@ -290,7 +291,7 @@ class PostgresStore(Store):
                     if t.release:
                         row.owner, row.release = None, True
                 row.dirty, row.at = True, t.at
-                results[i] = TransitionResult(True, row.status, row.abort, applied)
+                results[i] = TransitionResult(True, row.status, Abort(row.abort), applied)
             changed = [
                 (
                     eid,
@@ -452,10 +453,10 @@ class PostgresStore(Store):
 
     # queries ------------------------------------------------------------------------------
 
-    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
-        async def get(conn: Any) -> tuple[Status, int] | None:
+    async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:
+        async def get(conn: Any) -> tuple[Status, Abort] | None:
             row = await conn.fetchrow(Q["get_status"], execution_id)
-            return None if row is None else (Status(row[0]), row[1])
+            return None if row is None else (Status(row[0]), Abort(row[1]))
 
         return await self._db.retrying(get)
 

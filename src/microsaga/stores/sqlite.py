@@ -36,6 +36,7 @@ from ._rows import (
 )
 from ._sql import load_queries, migrations, statements
 from .base import (
+    Abort,
     Claim,
     ControlAction,
     NewExecution,
@@ -61,15 +62,15 @@ _OPTIONS = ("inline_commit", "synchronous")
 _NO_BEFORE = 2**62
 
 
-def _path_of(url: str) -> str:
+def _path_of(url: str, setting: str) -> str:
     parts = urlsplit(url)
     path = unquote(parts.path)
     if parts.netloc:
-        raise ConfigurationError("store", f"{url}: use sqlite:///relative.db or sqlite:////abs.db")
+        raise ConfigurationError(setting, f"{url}: use sqlite:///relative.db or sqlite:////abs.db")
     if path.startswith("/"):
         path = path[1:]
     if not path:
-        raise ConfigurationError("store", f"{url}: no file path")
+        raise ConfigurationError(setting, f"{url}: no file path")
     return path
 
 
@@ -94,24 +95,24 @@ def _transition_statement(unit: Transition) -> tuple[str, dict[str, Any]]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, setting: str = "store") -> None:
         self.url = url
-        self.path = _path_of(url)
+        self.path = _path_of(url, setting)
         query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         for name in query:
             if name not in _OPTIONS:
                 raise ConfigurationError(
-                    "store", f"{url}: unknown option {name!r}; known: {', '.join(_OPTIONS)}"
+                    setting, f"{url}: unknown option {name!r}; known: {', '.join(_OPTIONS)}"
                 )
         sync = query.get("synchronous", "FULL").upper()
         if sync not in _SYNC:
             raise ConfigurationError(
-                "store", f"{url}: synchronous must be one of {', '.join(_SYNC)}"
+                setting, f"{url}: synchronous must be one of {', '.join(_SYNC)}"
             )
         self.synchronous = sync
         inline = query.get("inline_commit", "1")
         if inline not in ("0", "1"):
-            raise ConfigurationError("store", f"{url}: inline_commit must be 0 or 1")
+            raise ConfigurationError(setting, f"{url}: inline_commit must be 0 or 1")
         self.inline_commit = inline == "1"
         # one transaction at a time on the writer connection, whichever thread runs it
         self._tx_lock = threading.Lock()
@@ -348,7 +349,7 @@ class SQLiteStore(Store):
             if found is None:  # fenced: another worker holds the lease now
                 now = conn.execute(Q["get_status"], (unit.execution_id,)).fetchone()
                 status = Status(now[0]) if now is not None else Status.PENDING
-                results.append(TransitionResult(False, status, now[1] if now else 0, False))
+                results.append(TransitionResult(False, status, Abort(now[1] if now else 0), False))
                 continue
             status = Status(found[0])
             applied = bool(found[2])
@@ -356,7 +357,7 @@ class SQLiteStore(Store):
             rows.extend(step_row(eid, r) for r in unit.records)
             if applied and unit.starts and status in (Status.RUNNING, Status.COMPENSATING):
                 rows.extend(step_row(eid, r) for r in unit.starts)
-            results.append(TransitionResult(True, status, found[1], applied))
+            results.append(TransitionResult(True, status, Abort(found[1]), applied))
         if rows:
             conn.executemany(Q["upsert_step"], rows)
         return results
@@ -459,7 +460,7 @@ class SQLiteStore(Store):
                     version=row[2],
                     definition=StoredDefinition(row[3], row[4], row[5], _ids.decode(row[6])),
                     status=Status(row[7]),
-                    abort=row[8],
+                    abort=Abort(row[8]),
                     request=Message(row[9], decode_header(row[10])),
                     start_step=row[11],
                     reverse=bool(row[12]),
@@ -527,10 +528,10 @@ class SQLiteStore(Store):
 
     # queries ------------------------------------------------------------------------------
 
-    async def get_status(self, execution_id: str) -> tuple[Status, int] | None:
-        def get() -> tuple[Status, int] | None:
+    async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:
+        def get() -> tuple[Status, Abort] | None:
             row = self.r.execute(Q["get_status"], (execution_id,)).fetchone()
-            return None if row is None else (Status(row[0]), row[1])
+            return None if row is None else (Status(row[0]), Abort(row[1]))
 
         return await self._read(get)
 

@@ -16,9 +16,8 @@ Drivers are imported only when their scheme is used. The wire formats are in
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError
+from .._urls import Url, broker_url
 from .base import (
     ERROR_HEADER,
     Broker,
@@ -56,24 +55,23 @@ _BROKERS = {
 _DRIVER_DEPENDENCIES = {"aio_pika": ("aio_pika", "aiormq", "pamqp", "yarl")}
 
 
-def open_broker(url: str | Broker, setting: str = "broker") -> Broker:
+def open_broker(url: str | Url | Broker) -> Broker:
     """The broker for ``url`` (not connected yet); its driver is imported now.
 
     Raises:
         ConfigurationError: unknown scheme, or the driver is not installed (the
-            message names the extra to install).
+            message names the extra to install), naming the URL's setting.
     """
     if isinstance(url, Broker):
         return url
-    scheme = urlsplit(url).scheme
+    if isinstance(url, str):
+        url = broker_url(url)
+    scheme = url.scheme
     if scheme == "memory":
         return MemoryBroker()
     found = _BROKERS.get(scheme)
     if found is None:
-        raise ConfigurationError(
-            setting,
-            f"no broker for {redact_url(url)!r}: use nats://, amqp://, redis:// or memory://",
-        )
+        raise url.error(f"no broker for {str(url)!r}: use nats://, amqp://, redis:// or memory://")
     module_name, class_name, driver, extra = found
     try:
         module = importlib.import_module(module_name, __name__)
@@ -81,9 +79,12 @@ def open_broker(url: str | Broker, setting: str = "broker") -> Broker:
         missing = (exc.name or "").split(".")[0]
         if missing not in _DRIVER_DEPENDENCIES.get(driver, (driver,)):
             raise
-        raise ConfigurationError(
-            setting,
-            f"{scheme}:// needs the {driver} driver: pip install 'microsaga[{extra}]'",
+        raise url.error(
+            f"{scheme}:// needs the {driver} driver: pip install 'microsaga[{extra}]'"
         ) from None
-    broker: Broker = getattr(module, class_name)(url)
+    cls = getattr(module, class_name)
+    if scheme == "nats":  # its errors name no setting
+        broker: Broker = cls(url.value)
+    else:
+        broker = cls(url.value, setting=url.setting)
     return broker

@@ -93,6 +93,7 @@ class RabbitMQBroker(Broker):
         self,
         url: str = "amqp://guest:guest@127.0.0.1:5672/",
         *,
+        setting: str = "broker",
         publish_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         reconnect_interval: float = 1.0,
@@ -102,6 +103,7 @@ class RabbitMQBroker(Broker):
     ) -> None:
         super().__init__()
         self.url = url
+        self.setting = setting  # the setting the URL came from, for errors
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         self.exchange_name = next((v for k, v in query if k == "exchange"), "")
@@ -161,7 +163,8 @@ class RabbitMQBroker(Broker):
         except aio_pika.exceptions.ChannelNotFoundEntity:
             await conn.close()
             raise ConfigurationError(
-                "broker", f"{redact_url(self.url)}: exchange {self.exchange_name!r} does not exist"
+                self.setting,
+                f"{redact_url(self.url)}: exchange {self.exchange_name!r} does not exist",
             ) from None
         except _FAILURES as exc:
             await conn.close()

@@ -67,6 +67,7 @@ class RedisBroker(Broker):
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,
+        setting: str = "broker",
         group: str = "microsaga",
         block: float = 1.0,
         claim_idle: float = 30.0,
@@ -75,6 +76,7 @@ class RedisBroker(Broker):
     ) -> None:
         super().__init__()
         self.url = url
+        self.setting = setting  # the setting the URL came from, for errors
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         maxlen = next((v for k, v in query if k == "maxlen"), None)
@@ -112,7 +114,7 @@ class RedisBroker(Broker):
             await client.ping()
         except (TypeError, ValueError) as exc:  # redis-py checks URL parameters late
             await client.aclose()
-            raise ConfigurationError("broker", f"{redact_url(self.url)}: {exc}") from None
+            raise ConfigurationError(self.setting, f"{redact_url(self.url)}: {exc}") from None
         except _FAILURES as exc:
             await client.aclose()
             raise TransportError(
