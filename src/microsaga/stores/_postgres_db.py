@@ -5,8 +5,9 @@ server rather than about executions: reading the URL (checked up front, so a typ
 configuration error and not a crash at the first connection), wrapping driver errors
 into :class:`~microsaga.errors.StoreError` (retryable when the server is away),
 retrying idempotent reads across a restart, creating or migrating the schema under an
-advisory lock, and keeping a connection that ``LISTEN``\\s. The queries are in
-:mod:`microsaga.stores.postgres`.
+advisory lock, and keeping a connection that ``LISTEN``\\s. The statements about
+executions are run by :mod:`microsaga.stores.postgres`; all of them are in
+``sql/postgres/queries.sql``.
 """
 
 from __future__ import annotations

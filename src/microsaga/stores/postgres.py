@@ -6,44 +6,10 @@ parameters are passed to the server as settings (``?application_name=orders``,
 10). The schema is created or migrated when the store opens; a database whose schema
 is newer than this code is refused with :class:`~microsaga.errors.SchemaVersionError`.
 
-How it keeps the :class:`~microsaga.stores.base.Store` promises with many processes:
-
-- Group commit: a batch costs at most three round trips whatever its size: one
-  statement creates its new executions, one reads the rows its transitions concern, one
-  writes them with their step runs (``unnest`` arrays). Each statement is its own
-  transaction and holds whole units, so every unit is written entirely or not at all;
-  the batch as a whole is not atomic, which nothing needs (units of different
-  executions are independent), and it saves the BEGIN/COMMIT round trips.
-- Transitions are decided here, by the rules of the memory store, on rows read without
-  a lock; the write applies a row only if its status, abort request, owner and fencing
-  token are still those read (compare and set), and decides again on a fresh read for
-  rows that changed in between (a control request, a takeover). The write locks its
-  rows in id order, as every statement locking several execution rows here does, so
-  concurrent batches and lease renewals never deadlock.
-- Leases: claims take free or expired rows with ``FOR UPDATE SKIP LOCKED``, never the
-  claimer's own; each claim increments the row's fencing token, so a worker whose lease
-  was taken over cannot write.
-- A creation retried after its reply was lost (the server went away between the
-  commit and the answer) finds its own row and counts as created.
-- Times are the engine's clock (``now`` and ``at`` arguments), as in the SQLite store;
-  machines sharing a database need synchronised clocks (NTP), well within a lease.
-- Wake-ups: new unowned executions, control requests and released leases ``NOTIFY``
-  the ``microsaga`` channel; :meth:`PostgresStore.watch` ``LISTEN``\\s on a connection
-  of its own and reconnects after a server restart.
-- Control requests are read by sequence number. Sequence values are handed out before
-  commit, so two requests could commit out of order and a reader that saw the later one
-  would skip the earlier; inserting them under a transaction-scoped advisory lock makes
-  sequence order commit order (requests are rare, the lock costs nothing).
-- The connections, the errors, the schema and the ``LISTEN`` connection are the
-  business of :class:`~microsaga.stores._postgres_db.Database`; this module holds the
-  queries. A URL the driver could not read, or a setting the server refuses, is a
-  :class:`~microsaga.errors.ConfigurationError`, raised before any connection or at
-  the first.
-- Errors: a lost connection, a server restarting or shutting down, too many
-  connections and deadlocks are retryable :class:`~microsaga.errors.StoreError`\\s
-  (the group committer retries them; the pool reconnects); reads are retried here for
-  a few seconds, so a restart does not reach workers. Anything else (a constraint, a
-  syntax error) is not retryable.
+This module decides transitions and runs the statements of ``sql/postgres/queries.sql``;
+connections, errors, the schema and ``LISTEN`` are the business of
+:class:`~microsaga.stores._postgres_db.Database`. How the two keep the
+:class:`~microsaga.stores.base.Store` promises with many processes: ``docs/stores.md``.
 """
 
 from __future__ import annotations
@@ -120,12 +86,10 @@ class _Row:
 
 
 class PostgresStore(Store):
-    """Keeps everything in PostgreSQL; see the module docstring for the guarantees."""
+    """Keeps everything in PostgreSQL; ``docs/stores.md`` says how, with many workers."""
 
     commit_concurrency = 3
-    # 64 executions in flight made one batch of 64 transitions at a time, the worker
-    # waiting while the server ran it on one core; two batches of 32 side by side run
-    # on two, and their WAL flushes are shared (docs/stores.md, "Group commit")
+    # batches committed side by side keep the server's cores busy and share WAL flushes
     batch_split = 32
 
     def __init__(self, url: str) -> None:

@@ -301,11 +301,10 @@ class SQLiteStore(Store):
 
         Why: the writer thread gives back the GIL at every statement and waits for it at
         every return, and with the event loop running Python that costs more than the
-        commit itself (measured: about 1,700 order sagas/s here against 1,400). The
-        loop does wait for the disk's sync (a fraction of a millisecond here); it never
-        waits for a lock: this connection does not wait (busy_timeout 0), so when the
-        writer thread or another process holds the database, the commit goes to the
-        writer thread, which waits there. Off with ``?inline_commit=0``.
+        commit itself. The loop does wait for the disk's sync; it never waits for a
+        lock: this connection does not wait (busy_timeout 0), so when the writer thread
+        or another process holds the database, the commit goes to the writer thread,
+        which waits there. Off with ``?inline_commit=0`` (``docs/stores.md``).
         """
         conn = self._w_loop
         if conn is None or not self._tx_lock.acquire(blocking=False):
