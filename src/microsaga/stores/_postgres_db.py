@@ -79,7 +79,7 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # refused, reset, unreachable, timed out
 
 
-def parse_url(url: str) -> tuple[str, int]:
+def parse_url(url: str, *, setting: str = "store") -> tuple[str, int]:
     """The DSN asyncpg gets (without ``pool_size``) and the pool size.
 
     Checks what the driver would otherwise trip on only when it first connects, with
@@ -87,12 +87,12 @@ def parse_url(url: str) -> tuple[str, int]:
     unclosed ``[``, an unknown ``sslmode``, a malformed query).
 
     Raises:
-        ConfigurationError: naming the URL, its password hidden.
+        ConfigurationError: of ``setting``, naming the URL, its password hidden.
     """
     shown = redact_url(url)
 
     def bad(why: str) -> ConfigurationError:
-        return ConfigurationError("store", f"{shown}: {why}")
+        return ConfigurationError(setting, f"{shown}: {why}")
 
     try:
         parts = urlsplit(url)
@@ -153,11 +153,15 @@ def _is_lost(conn: Any) -> bool:
 
 
 class Database:
-    """The pool of one store, the errors it raises, its schema and its LISTEN."""
+    """The pool of one store, the errors it raises, its schema and its LISTEN.
 
-    def __init__(self, url: str) -> None:
-        self.dsn, self.pool_size = parse_url(url)
+    ``setting`` names where the URL came from in configuration errors (``--store``).
+    """
+
+    def __init__(self, url: str, *, setting: str = "store") -> None:
+        self.dsn, self.pool_size = parse_url(url, setting=setting)
         self.url = redact_url(url)
+        self.setting = setting
         self._pool: Any = None
         self._wakers: list[Callable[[], None]] = []
         self._watcher: asyncio.Task[None] | None = None
@@ -269,7 +273,7 @@ class Database:
         else:
             wrong = isinstance(exc, _BAD_URL)
         if wrong:
-            return ConfigurationError("store", f"{self.url}: {one_line(exc)}")
+            return ConfigurationError(self.setting, f"{self.url}: {one_line(exc)}")
         return StoreError(
             f"cannot open PostgreSQL store {self.url}: {one_line(exc)}", retryable=retryable(exc)
         )

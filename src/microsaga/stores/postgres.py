@@ -86,14 +86,24 @@ class _Row:
 
 
 class PostgresStore(Store):
-    """Keeps everything in PostgreSQL; ``docs/stores.md`` says how, with many workers."""
+    """Keeps everything in PostgreSQL; ``docs/stores.md`` says how, with many workers.
+
+    Args:
+        url: ``postgresql://...``, with the parameters of the module docstring.
+        setting: the name of the setting the URL came from, for configuration errors
+            (``--store``, ``MICROSAGA_STORE``).
+
+    Raises:
+        ConfigurationError: a URL the driver could not read (at once), or a setting or
+            login the server refuses (at :meth:`open`).
+    """
 
     commit_concurrency = 3
     # batches committed side by side keep the server's cores busy and share WAL flushes
     batch_split = 32
 
-    def __init__(self, url: str) -> None:
-        self._db = Database(url)
+    def __init__(self, url: str, *, setting: str = "store") -> None:
+        self._db = Database(url, setting=setting)
         self.url = self._db.url
         self.pool_size = self._db.pool_size
         # definitions never change once stored

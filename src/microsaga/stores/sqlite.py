@@ -50,15 +50,15 @@ _OPTIONS = ("inline_commit", "synchronous")
 _NO_BEFORE = 2**62
 
 
-def _path_of(url: str) -> str:
+def _path_of(url: str, setting: str) -> str:
     parts = urlsplit(url)
     path = unquote(parts.path)
     if parts.netloc:
-        raise ConfigurationError("store", f"{url}: use sqlite:///relative.db or sqlite:////abs.db")
+        raise ConfigurationError(setting, f"{url}: use sqlite:///relative.db or sqlite:////abs.db")
     if path.startswith("/"):
         path = path[1:]
     if not path:
-        raise ConfigurationError("store", f"{url}: no file path")
+        raise ConfigurationError(setting, f"{url}: no file path")
     return path
 
 
@@ -83,24 +83,35 @@ def _transition_statement(unit: Transition) -> tuple[str, dict[str, Any]]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, url: str) -> None:
+    """Keeps everything in one SQLite file.
+
+    Args:
+        url: ``sqlite:///PATH``, options ``synchronous`` and ``inline_commit``.
+        setting: the name of the setting the URL came from, for configuration errors
+            (``--store``, ``MICROSAGA_STORE``).
+
+    Raises:
+        ConfigurationError: the URL has no path, a host, or an unknown or wrong option.
+    """
+
+    def __init__(self, url: str, *, setting: str = "store") -> None:
         self.url = url
-        self.path = _path_of(url)
+        self.path = _path_of(url, setting)
         query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         for name in query:
             if name not in _OPTIONS:
                 raise ConfigurationError(
-                    "store", f"{url}: unknown option {name!r}; known: {', '.join(_OPTIONS)}"
+                    setting, f"{url}: unknown option {name!r}; known: {', '.join(_OPTIONS)}"
                 )
         sync = query.get("synchronous", "FULL").upper()
         if sync not in _SYNC:
             raise ConfigurationError(
-                "store", f"{url}: synchronous must be one of {', '.join(_SYNC)}"
+                setting, f"{url}: synchronous must be one of {', '.join(_SYNC)}"
             )
         self.synchronous = sync
         inline = query.get("inline_commit", "1")
         if inline not in ("0", "1"):
-            raise ConfigurationError("store", f"{url}: inline_commit must be 0 or 1")
+            raise ConfigurationError(setting, f"{url}: inline_commit must be 0 or 1")
         self.inline_commit = inline == "1"
         # one transaction at a time on the writer connection, whichever thread runs it
         self._tx_lock = threading.Lock()
