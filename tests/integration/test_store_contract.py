@@ -636,6 +636,80 @@ async def test_load_has_every_record(store: Store) -> None:
     assert records["a", Phase.COMPENSATE].started_at == 104.0
 
 
+async def test_every_field_of_an_execution_and_its_records_comes_back(store: Store) -> None:
+    forward = StepRecord(
+        "a",
+        Phase.FORWARD,
+        Status.FAILURE,
+        3,
+        Message(b'{"in": 1}', {"Trace": ["t1", "t2"], "K": "v"}),
+        Message(b'{"out": 2}', {"R": "r"}),
+        "declined",
+        100.5,
+        101.25,
+    )
+    compensation = StepRecord(
+        "a", Phase.COMPENSATE, Status.SUCCESS, 1, Message(b"[]"), Message(b"{}"), None, 102.0, 103.0
+    )
+    unit = NewExecution(
+        id="e1",
+        workflow_id="order",
+        version=4,
+        definition_hash="hash-1",
+        definition=b'{"id": "order"}',
+        step_ids=["a", "b"],
+        request=REQUEST,
+        status=Status.RUNNING,
+        owner="w1",
+        lease_until=110.0,
+        created_at=100.0,
+        start_step="a",
+        reverse=True,
+        step_timeout=2.5,
+        deadline_at=500.0,
+        starts=[forward, compensation],
+    )
+    assert await store.commit([unit]) == [True]
+    stored = await store.load("e1")
+    assert stored is not None
+    assert (stored.id, stored.workflow_id, stored.version, stored.status, stored.abort) == (
+        "e1",
+        "order",
+        4,
+        Status.RUNNING,
+        Abort.NONE,
+    )
+    assert (stored.request, stored.start_step, stored.reverse) == (REQUEST, "a", True)
+    assert (stored.step_timeout, stored.deadline_at, stored.token) == (2.5, 500.0, 1)
+    definition = stored.definition
+    assert (definition.hash, definition.workflow_id) == ("hash-1", "order")
+    assert (definition.body, definition.step_ids) == (b'{"id": "order"}', ["a", "b"])
+    assert sorted(stored.records, key=lambda r: r.phase) == [forward, compensation]
+    response = Message(b'{"done": true}', {"D": "d"})
+    done = transition("e1", status=Status.SUCCESS, response=response, error="late", at=104.0)
+    await store.commit([done])
+    shown = await store.get_execution("e1")
+    assert shown is not None
+    assert (shown.id, shown.workflow_id, shown.version, shown.status) == (
+        "e1",
+        "order",
+        4,
+        Status.SUCCESS,
+    )
+    assert (shown.request, shown.response, shown.error) == (REQUEST, response, "late")
+    assert [t.timestamp() for t in (shown.created_at, shown.updated_at)] == [100.0, 104.0]
+    assert shown.deadline_at is not None
+    assert shown.deadline_at.timestamp() == 500.0
+    a = shown.steps["a"]
+    assert (a.status, a.attempts, a.error) == (Status.FAILURE, 3, "declined")
+    assert (a.request, a.response) == (forward.request, forward.response)
+    assert [t and t.timestamp() for t in (a.started_at, a.finished_at)] == [100.5, 101.25]
+    assert a.compensation is not None
+    assert (a.compensation.status, a.compensation.response) == (Status.SUCCESS, Message(b"{}"))
+    assert shown.steps["b"].status is Status.PENDING
+    assert [e.id for e in await store.list_executions()] == ["e1"]
+
+
 async def test_load_after_a_claim_sees_what_came_after_it(store: Store) -> None:
     await store.commit([new("e1"), new("e2")])
     claims = await store.claim("w1", 100.0, 10.0, 10)

@@ -92,6 +92,28 @@ async def test_a_setting_the_server_refuses_is_a_configuration_error(
     assert "\n" not in message
 
 
+def test_a_malformed_postgresql_url_names_the_setting_the_caller_gives() -> None:
+    needs_driver()
+    from microsaga.stores.postgres import PostgresStore
+
+    with pytest.raises(ConfigurationError) as wrong:
+        PostgresStore("postgresql://u:s3cret@h:abc/x", setting="--store")
+    assert wrong.value.setting == "--store"
+    assert str(wrong.value).startswith("--store: postgresql://u:***@h:abc/x: port 'abc'")
+
+
+@pytest.mark.postgres
+async def test_a_setting_the_server_refuses_names_the_setting_the_caller_gives() -> None:
+    from microsaga.stores.postgres import PostgresStore
+
+    async with pg.fresh_database() as url:
+        store = PostgresStore(f"{url}?bogus_setting=1", setting="MICROSAGA_STORE")
+        with pytest.raises(ConfigurationError) as wrong:
+            await store.open()
+    assert wrong.value.setting == "MICROSAGA_STORE"
+    assert str(wrong.value).startswith(f"MICROSAGA_STORE: {url}?bogus_setting=1: ")
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     ("where", "words"),

@@ -68,6 +68,20 @@ def test_unknown_url_options_are_refused_naming_the_known_ones(tmp_path: Path, q
     assert f"unknown option {name!r}; known: inline_commit, synchronous" in str(wrong.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://host/x.db", "sqlite://", "sqlite:///x.db?foo=1", "sqlite:///x.db?synchronous=no"],
+)
+def test_configuration_errors_name_the_setting_the_caller_gives(url: str) -> None:
+    with pytest.raises(ConfigurationError) as default:
+        SQLiteStore(url)
+    assert default.value.setting == "store"
+    with pytest.raises(ConfigurationError) as named:
+        SQLiteStore(url, setting="MICROSAGA_STORE")
+    assert named.value.setting == "MICROSAGA_STORE"
+    assert str(named.value) == f"MICROSAGA_STORE: {default.value.reason}"
+
+
 async def test_a_transition_writing_only_step_records_rewrites_no_index(tmp_path: Path) -> None:
     # SQLite rewrites the entries of every index whose column an UPDATE sets, even to
     # the value it had: most transitions (a response and the next start) set none

@@ -5,8 +5,9 @@ server rather than about executions: reading the URL (checked up front, so a typ
 configuration error and not a crash at the first connection), wrapping driver errors
 into :class:`~microsaga.errors.StoreError` (retryable when the server is away),
 retrying idempotent reads across a restart, creating or migrating the schema under an
-advisory lock, and keeping a connection that ``LISTEN``\\s. The queries are in
-:mod:`microsaga.stores.postgres`.
+advisory lock, and keeping a connection that ``LISTEN``\\s. The statements about
+executions are run by :mod:`microsaga.stores.postgres`; all of them are in
+``sql/postgres/queries.sql``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # refused, reset, unreachable, timed out
 
 
-def parse_url(url: str, setting: str = "store") -> tuple[str, int]:
+def parse_url(url: str, *, setting: str = "store") -> tuple[str, int]:
     """The DSN asyncpg gets (without ``pool_size``) and the pool size.
 
     Checks what the driver would otherwise trip on only when it first connects, with
@@ -86,7 +87,7 @@ def parse_url(url: str, setting: str = "store") -> tuple[str, int]:
     unclosed ``[``, an unknown ``sslmode``, a malformed query).
 
     Raises:
-        ConfigurationError: naming the URL, its password hidden.
+        ConfigurationError: of ``setting``, naming the URL, its password hidden.
     """
     shown = redact_url(url)
 
@@ -152,12 +153,15 @@ def _is_lost(conn: Any) -> bool:
 
 
 class Database:
-    """The pool of one store, the errors it raises, its schema and its LISTEN."""
+    """The pool of one store, the errors it raises, its schema and its LISTEN.
+
+    ``setting`` names where the URL came from in configuration errors (``--store``).
+    """
 
     def __init__(self, url: str, *, setting: str = "store") -> None:
-        self.setting = setting  # the setting the URL came from, for errors
-        self.dsn, self.pool_size = parse_url(url, setting)
+        self.dsn, self.pool_size = parse_url(url, setting=setting)
         self.url = redact_url(url)
+        self.setting = setting
         self._pool: Any = None
         self._wakers: list[Callable[[], None]] = []
         self._watcher: asyncio.Task[None] | None = None

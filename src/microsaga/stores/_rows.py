@@ -1,32 +1,138 @@
-"""Turning stored rows into the public :class:`Execution` (shared by every store)."""
+"""Rows of the SQL stores to records and back, for SQLite and PostgreSQL alike.
+
+Both databases have the same tables, and the queries of both select the columns named
+below in the order below (``tests/unit/test_sql_rows.py`` holds them to it), so one
+function maps each kind of row. The databases differ only in how the JSON columns
+travel: the SQLite driver takes and gives JSON as bytes, asyncpg takes it as text and
+gives a definition's step ids as an array. :data:`SQLITE` and :data:`POSTGRES` are
+the mappings of each, built from those few codecs.
+
+:func:`build_execution` also makes the memory store's :class:`Execution`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from .._engine.control import ControlChange, control_change
 from ..execution import Execution, StepRun, to_datetime
 from ..message import Message, Metadata
 from ..status import Phase, Status
-from .base import StepRecord
+from .base import (
+    Abort,
+    ControlAction,
+    NewExecution,
+    StepRecord,
+    StoredDefinition,
+    StoredExecution,
+    StoredWorkflow,
+)
 
 __all__ = [
+    "DEFINITION_COLUMNS",
+    "EXECUTION_COLUMNS",
+    "LOAD_COLUMNS",
+    "NEW_EXECUTION_COLUMNS",
+    "POSTGRES",
+    "SQLITE",
+    "STEP_COLUMNS",
+    "WORKFLOW_COLUMNS",
+    "RowMapping",
     "build_execution",
     "decode_header",
-    "encode_header",
-    "message_or_none",
-    "record_from_row",
-    "step_row",
 ]
 
+# A step run, after its execution_id (step_runs written and read; load_executions).
+STEP_COLUMNS = (
+    "step_id",
+    "phase",
+    "status",
+    "attempts",
+    "request_body",
+    "request_header",
+    "response_body",
+    "response_header",
+    "error",
+    "started_at",
+    "finished_at",
+)
+# An execution as a worker loads it (load_executions, followed by STEP_COLUMNS).
+LOAD_COLUMNS = (
+    "id",
+    "workflow_id",
+    "version",
+    "definition",
+    "status",
+    "abort",
+    "request_body",
+    "request_header",
+    "start_step",
+    "reverse",
+    "step_timeout",
+    "deadline_at",
+    "lease_token",
+    "created_at",
+)
+# A definition (definitions written and read).
+DEFINITION_COLUMNS = ("hash", "workflow_id", "body", "step_ids")
+# An execution as users see it (get_execution, list_executions...).
+EXECUTION_COLUMNS = (
+    "id",
+    "workflow_id",
+    "version",
+    "status",
+    "request_body",
+    "request_header",
+    "response_body",
+    "response_header",
+    "error",
+    "created_at",
+    "updated_at",
+    "deadline_at",
+    "step_ids",
+)
+# A new execution (insert_execution, create_executions; updated_at is created_at).
+NEW_EXECUTION_COLUMNS = (
+    "id",
+    "workflow_id",
+    "version",
+    "definition",
+    "status",
+    "request_body",
+    "request_header",
+    "start_step",
+    "reverse",
+    "step_timeout",
+    "deadline_at",
+    "owner",
+    "lease_token",
+    "lease_until",
+    "created_at",
+)
+# A saved workflow (load_workflow..., list_workflows).
+WORKFLOW_COLUMNS = ("id", "version", "hash", "body", "created_at")
+
+_DEFINITION = LOAD_COLUMNS.index("definition")
+
 _header_decoder = msgspec.json.Decoder(dict[str, list[str]])
-_encoder = msgspec.json.Encoder()
+_ids_decoder = msgspec.json.Decoder(list[str])
+_encode = msgspec.json.Encoder().encode
 
 
-def encode_header(header: Metadata) -> bytes | None:
-    return _encoder.encode(header.to_dict()) if len(header) else None
+def _header_bytes(header: Metadata) -> bytes | None:
+    return _encode(header.to_dict()) if len(header) else None
+
+
+def _header_text(header: Metadata) -> str | None:
+    return _encode(header.to_dict()).decode() if len(header) else None
+
+
+def _ids_text(ids: list[str]) -> str:
+    return _encode(ids).decode()
 
 
 def decode_header(raw: bytes | str | None) -> Metadata:
@@ -35,46 +141,231 @@ def decode_header(raw: bytes | str | None) -> Metadata:
     return Metadata(_header_decoder.decode(raw))
 
 
-def message_or_none(body: bytes | None, header: bytes | str | None) -> Message | None:
+def _message_or_none(body: bytes | None, header: bytes | str | None) -> Message | None:
     if body is None:
         return None
     return Message(bytes(body), decode_header(header))
 
 
-def step_row(
-    eid: str, r: StepRecord, header: Callable[[Metadata], Any] = encode_header
-) -> tuple[Any, ...]:
-    """The step_runs row of a record, headers encoded by ``header``."""
-    req, resp = r.request, r.response
-    return (
-        eid,
-        r.step_id,
-        int(r.phase),
-        int(r.status),
-        r.attempts,
-        req.body if req is not None else None,
-        header(req.header) if req is not None else None,
-        resp.body if resp is not None else None,
-        header(resp.header) if resp is not None else None,
-        r.error,
-        r.started_at,
-        r.finished_at,
-    )
+@dataclass(frozen=True, slots=True)
+class RowMapping:
+    """Records to the rows of one database and back.
+
+    Rows are written as tuples in the order of the ``*_COLUMNS`` above, and read in the
+    same order. Phases, statuses and abort requests are ints in SQL: they are written
+    with ``int()``, so ints and int enums alike go in.
+    """
+
+    encode_header: Callable[[Metadata], Any]  # a header to its JSON column, None if empty
+    encode_ids: Callable[[list[str]], Any]  # step ids to their JSON column
+    decode_ids: Callable[[Any], list[str]]  # a definitions.step_ids column to the ids
+
+    # writing -----------------------------------------------------------------------------
+
+    def step_row(self, execution_id: str, r: StepRecord) -> tuple[Any, ...]:
+        """The step_runs row of a record: execution_id, then STEP_COLUMNS."""
+        req, resp = r.request, r.response
+        header = self.encode_header
+        return (
+            execution_id,
+            r.step_id,
+            int(r.phase),
+            int(r.status),
+            r.attempts,
+            req.body if req is not None else None,
+            header(req.header) if req is not None else None,
+            resp.body if resp is not None else None,
+            header(resp.header) if resp is not None else None,
+            r.error,
+            r.started_at,
+            r.finished_at,
+        )
+
+    def definition_row(self, new: NewExecution) -> tuple[Any, ...]:
+        """The definitions row a new execution needs (DEFINITION_COLUMNS)."""
+        return (new.definition_hash, new.workflow_id, new.definition, self.encode_ids(new.step_ids))
+
+    def new_execution_row(self, new: NewExecution) -> tuple[Any, ...]:
+        """The executions row of a new execution (NEW_EXECUTION_COLUMNS)."""
+        return (
+            new.id,
+            new.workflow_id,
+            new.version,
+            new.definition_hash,
+            int(new.status),
+            new.request.body,
+            self.encode_header(new.request.header),
+            new.start_step,
+            new.reverse,
+            new.step_timeout,
+            new.deadline_at,
+            new.owner,
+            1 if new.owner else 0,
+            new.lease_until,
+            new.created_at,
+        )
+
+    # reading -----------------------------------------------------------------------------
+
+    def record(self, row: Sequence[Any]) -> StepRecord:
+        """A record from the STEP_COLUMNS of a row."""
+        (
+            step_id,
+            phase,
+            status,
+            attempts,
+            request_body,
+            request_header,
+            response_body,
+            response_header,
+            error,
+            started_at,
+            finished_at,
+        ) = row
+        return StepRecord(
+            step_id=step_id,
+            phase=Phase(phase),
+            status=Status(status),
+            attempts=attempts,
+            request=_message_or_none(request_body, request_header),
+            response=_message_or_none(response_body, response_header),
+            error=error,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
+
+    def records_by_execution(self, rows: Iterable[Sequence[Any]]) -> dict[str, list[StepRecord]]:
+        """The records of step_runs rows (execution_id, then STEP_COLUMNS), by execution."""
+        out: dict[str, list[StepRecord]] = {}
+        for row in rows:
+            out.setdefault(row[0], []).append(self.record(row[1:]))
+        return out
+
+    def definition(self, row: Sequence[Any]) -> StoredDefinition:
+        """A definition from a row of DEFINITION_COLUMNS."""
+        hash, workflow_id, body, step_ids = row
+        return StoredDefinition(hash, workflow_id, body, self.decode_ids(step_ids))
+
+    def stored_executions(
+        self, rows: Iterable[Sequence[Any]], definitions: Mapping[str, StoredDefinition]
+    ) -> dict[str, StoredExecution]:
+        """Executions as a worker loads them, from rows of LOAD_COLUMNS then
+        STEP_COLUMNS (NULLs for an execution without step runs), by id."""
+        out: dict[str, StoredExecution] = {}
+        width = len(LOAD_COLUMNS)
+        for row in rows:
+            eid = row[0]
+            found = out.get(eid)
+            if found is None:
+                (
+                    _,
+                    workflow_id,
+                    version,
+                    definition,
+                    status,
+                    abort,
+                    request_body,
+                    request_header,
+                    start_step,
+                    reverse,
+                    step_timeout,
+                    deadline_at,
+                    token,
+                    created_at,
+                ) = row[:width]
+                found = out[eid] = StoredExecution(
+                    id=eid,
+                    workflow_id=workflow_id,
+                    version=version,
+                    definition=definitions[definition],
+                    status=Status(status),
+                    abort=Abort(abort),
+                    request=Message(request_body, decode_header(request_header)),
+                    start_step=start_step,
+                    reverse=bool(reverse),
+                    step_timeout=step_timeout,
+                    deadline_at=deadline_at,
+                    token=token,
+                    records=[],
+                    created_at=created_at,
+                )
+            if row[width] is not None:  # the step_id of a step run
+                found.records.append(self.record(row[width:]))
+        return out
+
+    def executions(
+        self, rows: Iterable[Sequence[Any]], step_rows: Iterable[Sequence[Any]]
+    ) -> list[Execution]:
+        """Executions from rows of EXECUTION_COLUMNS, with the step_runs rows of them
+        (execution_id, then STEP_COLUMNS)."""
+        records = self.records_by_execution(step_rows)
+        out = []
+        for row in rows:
+            (
+                eid,
+                workflow_id,
+                version,
+                status,
+                request_body,
+                request_header,
+                response_body,
+                response_header,
+                error,
+                created_at,
+                updated_at,
+                deadline_at,
+                step_ids,
+            ) = row
+            out.append(
+                build_execution(
+                    id=eid,
+                    workflow_id=workflow_id,
+                    version=version,
+                    status=Status(status),
+                    request=Message(request_body, decode_header(request_header)),
+                    response=_message_or_none(response_body, response_header),
+                    error=error,
+                    created_at=created_at,
+                    updated_at=updated_at,
+                    deadline_at=deadline_at,
+                    step_ids=self.decode_ids(step_ids),
+                    records=records.get(eid, ()),
+                )
+            )
+        return out
+
+    def definition_hashes(self, rows: Iterable[Sequence[Any]]) -> set[str]:
+        """The definitions that rows of LOAD_COLUMNS refer to."""
+        return {row[_DEFINITION] for row in rows}
+
+    def workflow(self, row: Sequence[Any]) -> StoredWorkflow:
+        """A saved workflow from a row of WORKFLOW_COLUMNS."""
+        id, version, hash, body, created_at = row
+        return StoredWorkflow(id, version, hash, body, created_at)
+
+    def status(self, row: Sequence[Any]) -> tuple[Status, Abort]:
+        """The status and abort request of a get_status row."""
+        status, abort = row
+        return Status(status), Abort(abort)
+
+    def control_change(
+        self, action: ControlAction, row: Sequence[Any], now: float
+    ) -> ControlChange:
+        """What ``action`` does to the execution of a control_row row at ``now``."""
+        status, abort, owner, lease_until, running, compensation_failed, succeeded = row
+        return control_change(
+            action,
+            Status(status),
+            Abort(abort),
+            held=owner is not None and lease_until >= now,
+            steps_running=bool(running),
+            compensation_failed=bool(compensation_failed),
+            steps_succeeded=bool(succeeded),
+        )
 
 
-def record_from_row(row: Sequence[Any]) -> StepRecord:
-    """A record from the columns of a step_runs row after ``execution_id``."""
-    return StepRecord(
-        step_id=row[0],
-        phase=Phase(row[1]),
-        status=Status(row[2]),
-        attempts=row[3],
-        request=message_or_none(row[4], row[5]),
-        response=message_or_none(row[6], row[7]),
-        error=row[8],
-        started_at=row[9],
-        finished_at=row[10],
-    )
+SQLITE = RowMapping(encode_header=_header_bytes, encode_ids=_encode, decode_ids=_ids_decoder.decode)
+POSTGRES = RowMapping(encode_header=_header_text, encode_ids=_ids_text, decode_ids=list)
 
 
 def _step_run(rec: StepRecord, compensation: StepRun | None = None) -> StepRun:

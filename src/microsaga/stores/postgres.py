@@ -6,44 +6,10 @@ parameters are passed to the server as settings (``?application_name=orders``,
 10). The schema is created or migrated when the store opens; a database whose schema
 is newer than this code is refused with :class:`~microsaga.errors.SchemaVersionError`.
 
-How it keeps the :class:`~microsaga.stores.base.Store` promises with many processes:
-
-- Group commit: a batch costs at most three round trips whatever its size: one
-  statement creates its new executions, one reads the rows its transitions concern, one
-  writes them with their step runs (``unnest`` arrays). Each statement is its own
-  transaction and holds whole units, so every unit is written entirely or not at all;
-  the batch as a whole is not atomic, which nothing needs (units of different
-  executions are independent), and it saves the BEGIN/COMMIT round trips.
-- Transitions are decided here, by the rules of the memory store, on rows read without
-  a lock; the write applies a row only if its status, abort request, owner and fencing
-  token are still those read (compare and set), and decides again on a fresh read for
-  rows that changed in between (a control request, a takeover). The write locks its
-  rows in id order, as every statement locking several execution rows here does, so
-  concurrent batches and lease renewals never deadlock.
-- Leases: claims take free or expired rows with ``FOR UPDATE SKIP LOCKED``, never the
-  claimer's own; each claim increments the row's fencing token, so a worker whose lease
-  was taken over cannot write.
-- A creation retried after its reply was lost (the server went away between the
-  commit and the answer) finds its own row and counts as created.
-- Times are the engine's clock (``now`` and ``at`` arguments), as in the SQLite store;
-  machines sharing a database need synchronised clocks (NTP), well within a lease.
-- Wake-ups: new unowned executions, control requests and released leases ``NOTIFY``
-  the ``microsaga`` channel; :meth:`PostgresStore.watch` ``LISTEN``\\s on a connection
-  of its own and reconnects after a server restart.
-- Control requests are read by sequence number. Sequence values are handed out before
-  commit, so two requests could commit out of order and a reader that saw the later one
-  would skip the earlier; inserting them under a transaction-scoped advisory lock makes
-  sequence order commit order (requests are rare, the lock costs nothing).
-- The connections, the errors, the schema and the ``LISTEN`` connection are the
-  business of :class:`~microsaga.stores._postgres_db.Database`; this module holds the
-  queries. A URL the driver could not read, or a setting the server refuses, is a
-  :class:`~microsaga.errors.ConfigurationError`, raised before any connection or at
-  the first.
-- Errors: a lost connection, a server restarting or shutting down, too many
-  connections and deadlocks are retryable :class:`~microsaga.errors.StoreError`\\s
-  (the group committer retries them; the pool reconnects); reads are retried here for
-  a few seconds, so a restart does not reach workers. Anything else (a constraint, a
-  syntax error) is not retryable.
+This module decides transitions and runs the statements of ``sql/postgres/queries.sql``;
+connections, errors, the schema and ``LISTEN`` are the business of
+:class:`~microsaga.stores._postgres_db.Database`. How the two keep the
+:class:`~microsaga.stores.base.Store` promises with many processes: ``docs/stores.md``.
 """
 
 from __future__ import annotations
@@ -52,22 +18,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
-from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError, StoreError
 from ..execution import Execution
-from ..message import Message, Metadata
+from ..message import Message
 from ..status import Status
 from ._postgres_db import CHANNEL, SCHEMA_VERSION, Database, Q, retryable
-from ._rows import (
-    build_execution,
-    decode_header,
-    encode_header,
-    message_or_none,
-    record_from_row,
-    step_row,
-)
+from ._rows import DEFINITION_COLUMNS, NEW_EXECUTION_COLUMNS, STEP_COLUMNS
+from ._rows import POSTGRES as ROWS
 from .base import (
     Abort,
     Claim,
@@ -86,19 +43,24 @@ __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore", "retryable"]
 
 _NO_BEFORE = 2**62
 _RUNNING = (Status.RUNNING, Status.COMPENSATING)
+# the listing for each combination of filters (workflow id given, status given)
+_LISTINGS = {
+    (False, False): "list_executions",
+    (True, False): "list_executions_by_workflow",
+    (False, True): "list_executions_by_status",
+    (True, True): "list_executions_by_workflow_status",
+}
 _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or takeover
-_encode = msgspec.json.Encoder().encode
-
-
-def _header(md: Metadata) -> str | None:
-    raw = encode_header(md)
-    return None if raw is None else raw.decode()
+# the width of a step_runs row: execution_id, then the step run's columns
+_STEP_ROW = 1 + len(STEP_COLUMNS)
+# the columns of write_transitions' executions (see queries.sql)
+_WRITTEN = 12
 
 
 def _step_rows(
     eid: str, records: Sequence[StepRecord]
 ) -> dict[tuple[str, str, int], tuple[Any, ...]]:
-    return {(eid, r.step_id, r.phase): step_row(eid, r, _header) for r in records}
+    return {(eid, r.step_id, int(r.phase)): ROWS.step_row(eid, r) for r in records}
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -125,12 +87,20 @@ class _Row:
 
 
 class PostgresStore(Store):
-    """Keeps everything in PostgreSQL; see the module docstring for the guarantees."""
+    """Keeps everything in PostgreSQL; ``docs/stores.md`` says how, with many workers.
+
+    Args:
+        url: ``postgresql://...``, with the parameters of the module docstring.
+        setting: the name of the setting the URL came from, for configuration errors
+            (``--store``, ``MICROSAGA_STORE``).
+
+    Raises:
+        ConfigurationError: a URL the driver could not read (at once), or a setting or
+            login the server refuses (at :meth:`open`).
+    """
 
     commit_concurrency = 3
-    # 64 executions in flight made one batch of 64 transitions at a time, the worker
-    # waiting while the server ran it on one core; two batches of 32 side by side run
-    # on two, and their WAL flushes are shared (docs/stores.md, "Group commit")
+    # batches committed side by side keep the server's cores busy and share WAL flushes
     batch_split = 32
 
     def __init__(self, url: str, *, setting: str = "store") -> None:
@@ -169,13 +139,13 @@ class PostgresStore(Store):
                 row = await conn.fetchrow(Q["load_workflow_latest"], workflow_id)
             else:
                 row = await conn.fetchrow(Q["load_workflow_version"], workflow_id, version)
-            return None if row is None else StoredWorkflow(*row)
+            return None if row is None else ROWS.workflow(row)
 
         return await self._db.retrying(load)
 
     async def list_workflows(self) -> list[StoredWorkflow]:
         async def rows(conn: Any) -> list[StoredWorkflow]:
-            return [StoredWorkflow(*r) for r in await conn.fetch(Q["list_workflows"])]
+            return [ROWS.workflow(r) for r in await conn.fetch(Q["list_workflows"])]
 
         return await self._db.retrying(rows)
 
@@ -214,39 +184,17 @@ class PostgresStore(Store):
             first.setdefault(new.id, new)
         # a definition the flow believes stored is inserted without a body if missing,
         # as the SQLite store does: the execution row needs it
-        defs = [
-            (h, d.workflow_id, d.definition, _encode(d.step_ids).decode())
-            for h, d in definitions.items()
-        ]
-        rows = []
+        defs = [ROWS.definition_row(d) for d in definitions.values()]
+        executions = []
         starts: list[tuple[Any, ...]] = []
         for new in first.values():
-            req = new.request
-            rows.append(
-                (
-                    new.id,
-                    new.workflow_id,
-                    new.version,
-                    new.definition_hash,
-                    int(new.status),
-                    req.body,
-                    _header(req.header),
-                    new.start_step,
-                    new.reverse,
-                    new.step_timeout,
-                    new.deadline_at,
-                    new.owner,
-                    1 if new.owner else 0,
-                    new.lease_until,
-                    new.created_at,
-                )
-            )
+            executions.append(ROWS.new_execution_row(new))
             starts.extend(_step_rows(new.id, new.starts).values())
         found = await conn.fetch(
             Q["create_executions"],
-            *_columns(defs, 4),
-            *_columns(rows, 15),
-            *_columns(starts, 12),
+            *_columns(defs, len(DEFINITION_COLUMNS)),
+            *_columns(executions, len(NEW_EXECUTION_COLUMNS)),
+            *_columns(starts, _STEP_ROW),
             CHANNEL,
         )
         inserted = {r[0] for r in found}
@@ -299,7 +247,7 @@ class PostgresStore(Store):
                     int(r.status),
                     r.has_response,
                     r.response.body if r.response is not None else None,
-                    _header(r.response.header) if r.response is not None else None,
+                    ROWS.encode_header(r.response.header) if r.response is not None else None,
                     r.error,
                     r.release,
                     r.at,
@@ -313,8 +261,8 @@ class PostgresStore(Store):
                 r[0]
                 for r in await conn.fetch(
                     Q["write_transitions"],
-                    *_columns(changed, 12),
-                    *_columns(list(steps.values()), 12),
+                    *_columns(changed, _WRITTEN),
+                    *_columns(list(steps.values()), _STEP_ROW),
                 )
             }
             missed = {eid for eid, r in rows.items() if r.dirty} - written
@@ -371,32 +319,12 @@ class PostgresStore(Store):
         return await self._db.retrying(load)
 
     async def _load(self, conn: Any, ids: list[str]) -> dict[str, StoredExecution]:
-        by_id: dict[str, list[Any]] = {}
-        for row in await conn.fetch(Q["load_executions"], ids):
-            by_id.setdefault(row[0], []).append(row)
-        missing = {rows[0][3] for rows in by_id.values()} - self._definitions.keys()
+        rows = await conn.fetch(Q["load_executions"], ids)
+        missing = ROWS.definition_hashes(rows) - self._definitions.keys()
         if missing:
             for d in await conn.fetch(Q["load_definitions"], list(missing)):
-                self._definitions[d[0]] = StoredDefinition(d[0], d[1], d[2], list(d[3]))
-        out = {}
-        for eid, rows in by_id.items():
-            row = rows[0]
-            out[eid] = StoredExecution(
-                id=eid,
-                workflow_id=row[1],
-                version=row[2],
-                definition=self._definitions[row[3]],
-                status=Status(row[4]),
-                abort=row[5],
-                request=Message(row[6], decode_header(row[7])),
-                start_step=row[8],
-                reverse=row[9],
-                step_timeout=row[10],
-                deadline_at=row[11],
-                token=row[12],
-                records=[record_from_row(r[13:]) for r in rows if r[13] is not None],
-            )
-        return out
+                self._definitions[d[0]] = ROWS.definition(d)
+        return ROWS.stored_executions(rows, self._definitions)
 
     # control ----------------------------------------------------------------------------
 
@@ -408,16 +336,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(Q["control_row"], execution_id)
             if row is None:
                 raise ExecutionNotFoundError(execution_id)
-            status, abort, owner, lease_until, running, comp_failed, succeeded = row
-            change = control_change(
-                action,
-                Status(status),
-                abort,
-                held=owner is not None and lease_until >= now,
-                steps_running=running,
-                compensation_failed=comp_failed,
-                steps_succeeded=succeeded,
-            )
+            change = ROWS.control_change(action, row, now)
             await conn.execute(
                 Q["control_update"],
                 execution_id,
@@ -456,32 +375,13 @@ class PostgresStore(Store):
     async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:
         async def get(conn: Any) -> tuple[Status, Abort] | None:
             row = await conn.fetchrow(Q["get_status"], execution_id)
-            return None if row is None else (Status(row[0]), Abort(row[1]))
+            return None if row is None else ROWS.status(row)
 
         return await self._db.retrying(get)
 
     async def _executions(self, conn: Any, rows: list[Any]) -> list[Execution]:
-        by_id: dict[str, list[StepRecord]] = {}
-        if rows:
-            for s in await conn.fetch(Q["step_rows_of_many"], [r[0] for r in rows]):
-                by_id.setdefault(s[0], []).append(record_from_row(s[1:]))
-        return [
-            build_execution(
-                id=row[0],
-                workflow_id=row[1],
-                version=row[2],
-                status=Status(row[3]),
-                request=Message(row[4], decode_header(row[5])),
-                response=message_or_none(row[6], row[7]),
-                error=row[8],
-                created_at=row[9],
-                updated_at=row[10],
-                deadline_at=row[11],
-                step_ids=row[12],
-                records=by_id.get(row[0], ()),
-            )
-            for row in rows
-        ]
+        steps = await conn.fetch(Q["step_rows_of_many"], [r[0] for r in rows]) if rows else []
+        return ROWS.executions(rows, steps)
 
     async def get_execution(self, execution_id: str) -> Execution | None:
         async def get(conn: Any) -> Execution | None:
@@ -505,13 +405,11 @@ class PostgresStore(Store):
                     raise ExecutionNotFoundError(before)
                 bound = found
             args: list[Any] = [bound, limit]
-            name = "list_executions"
             if workflow_id is not None:
-                name += "_by_workflow"
                 args.append(workflow_id)
             if status is not None:
-                name += "_status" if workflow_id is not None else "_by_status"
                 args.append(int(status))
+            name = _LISTINGS[workflow_id is not None, status is not None]
             rows = await conn.fetch(Q[name], *args)
             return await self._executions(conn, rows)
 

@@ -270,7 +270,7 @@ SELECT pg_notify($4, 'release') FROM released;
 -- snapshot; their definitions (immutable) come from load_definitions.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
-       e.lease_token,
+       e.lease_token, e.created_at,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
 FROM microsaga_executions e
