@@ -6,7 +6,7 @@ Each contender runs as a subprocess of this one, one after the other, each store
 (a new SQLite file, a new PostgreSQL database), and every contender ``--runs`` times,
 interleaved (A B C A B C) so that a slow spell of the shared machine does not fall on
 one contender only. Then it prints the medians, microsaga's speed over DBOS's, the
-issue's targets and whether each is met, and writes the raw figures to
+project's performance targets and whether each is met, and writes the raw figures to
 ``benchmarks/results/<time>.json`` and ``benchmarks/results/latest.json``.
 
 DBOS runs in its own virtualenv, ``benchmarks/.venv-dbos``, made here on first use:
@@ -182,7 +182,7 @@ def speedup(med: dict[str, dict[str, float]], ours: str, theirs: str, key: str) 
 
 
 def targets(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """The targets of issue 5, each with the measured figure and whether it is met."""
+    """The project's performance targets, each with the measured figure and whether it is met."""
     rows: list[tuple[str, float | None, Callable[[float], bool]]] = [
         (
             "order saga on SQLite >= 20x DBOS on SQLite",
@@ -252,7 +252,7 @@ def report(names: list[str], runs: dict[str, list[dict[str, Any]]]) -> dict[str,
         errors = {r["error"] for r in runs[n] if "error" in r}
         for error in sorted(errors):
             print(f"  {n}: unavailable: {error}")
-    print("\nTargets (issue 5):")
+    print("\nTargets:")
     found = targets(med)
     for t in found:
         verdict = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]

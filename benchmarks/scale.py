@@ -1,4 +1,4 @@
-"""Scale of state (issue 5): a worker's memory over a large store, and recovery after a kill.
+"""Scale of state: a worker's memory over a large store, and recovery after a kill.
 
     .venv/bin/python benchmarks/scale.py [--quick] [--only sqlite,postgres]
 

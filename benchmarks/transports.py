@@ -17,10 +17,12 @@ pool does work per request that grows with the number of connections (below 8 it
 about the same per request; at 32 several times more), so a wider figure would measure
 httpx's pool rather than the round trip.
 
-Brokers (servers of SERVICES.md on loopback; a missing one is skipped): publishes/s,
-each confirmed by the broker, of (1) the client library directly (nats-py JetStream
-publish, aio-pika with publisher confirms and ``mandatory``, redis-py ``XADD``), (2)
-microsaga's ``Broker.publish`` and (3) a one-step saga (a ``PublishStep``).
+Brokers (on loopback: NATS with JetStream on 4222, RabbitMQ on 5672, Redis on 6379, the
+servers of the integration tests, which ``.ci/run`` starts; a missing one is skipped):
+publishes/s, each confirmed by the broker, of (1) the client library directly (nats-py
+JetStream publish, aio-pika with publisher confirms and ``mandatory``, redis-py
+``XADD``), (2) microsaga's ``Broker.publish`` and (3) a one-step saga (a
+``PublishStep``).
 
 ``--width`` publishes are in flight at once. Each contender runs ``--seconds`` per
 run after a short warm-up; runs are interleaved (direct, adapter, saga, direct, ...)

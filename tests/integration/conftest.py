@@ -18,7 +18,8 @@ import pytest
 
 from ..helpers import eventually
 
-# the servers of SERVICES.md; tests never reach beyond loopback
+# the servers .ci/run starts on loopback (NATS with JetStream, RabbitMQ as guest, Redis);
+# tests never reach beyond loopback
 NATS_URL = "nats://127.0.0.1:4222"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -30,7 +31,7 @@ def require_server(name: str, host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=1.0):
             return
     except OSError as exc:
-        reason = f"{name} is not running on {host}:{port} ({exc}); see SERVICES.md"
+        reason = f"{name} is not running on {host}:{port} ({exc}); .ci/run shows how to start it"
     if os.environ.get("CI"):
         pytest.fail(f"CI is set but {reason}")
     pytest.skip(reason)
