@@ -25,11 +25,12 @@ from __future__ import annotations
 import inspect
 import sys
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from .errors import DefinitionError, StepError
 from .message import Message, frozen_message, json_message
@@ -239,6 +240,36 @@ def _pydantic_detail(exc: Any, prefix: str = "$") -> str:
     return f"{first['msg']} - at `{where}`{tail}"
 
 
+def _unknown_types(node: Any, seen: set[int]) -> Iterator[type]:
+    """The classes msgspec would take as custom types (decodable only with a hook)."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, msgspec.inspect.CustomType):
+        yield node.cls
+    elif isinstance(node, msgspec.inspect.Type | msgspec.inspect.Field):
+        for name in node.__struct_fields__:
+            yield from _unknown_types(getattr(node, name), seen)
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _unknown_types(item, seen)
+
+
+def _decoder(fn: Callable[..., Any], tp: Any, what: str) -> msgspec.json.Decoder[Any]:
+    try:
+        unknown = next(_unknown_types(msgspec.inspect.type_info(tp), set()), None)
+        if unknown is not None:
+            raise TypeError(
+                f"no way to decode {unknown.__qualname__} (use a msgspec.Struct, a dataclass, "
+                "a TypedDict or a pydantic model)"
+            )
+        return msgspec.json.Decoder(tp)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(
+            f"{_describe(fn)}: {what} cannot be decoded from JSON: {exc}"
+        ) from None
+
+
 def _decoder_for(fn: Callable[..., Any], p: _Param) -> Callable[[bytes], Any]:
     """Decodes a body into parameter ``p``'s type; a StepError when it does not fit."""
     what = f"parameter {p.name}"
@@ -254,13 +285,7 @@ def _decoder_for(fn: Callable[..., Any], p: _Param) -> Callable[[bytes], Any]:
                 raise _input_error(fn, what, _pydantic_detail(exc)) from None
 
         return decode_model
-    try:
-        decoder = msgspec.json.Decoder(Any if p.role == _LOOSELY else p.type)
-    except (TypeError, ValueError) as exc:
-        raise DefinitionError(
-            f"{_describe(fn)}: parameter {p.name} cannot be decoded from JSON: {exc}"
-        ) from None
-    decode = decoder.decode
+    decode = _decoder(fn, Any if p.role == _LOOSELY else p.type, what).decode
 
     def decode_typed(body: bytes) -> Any:
         try:
@@ -280,15 +305,14 @@ def _fields_decoder(fn: Callable[..., Any], data: list[_Param]) -> Callable[[byt
         if _pydantic_model(tp):
             models[p.name], tp = tp, Any
         fields.append((p.name, tp) if p.default is _EMPTY else (p.name, tp, p.default))
-    name = getattr(fn, "__name__", "function") + "_inputs"
-    try:
-        decoder = msgspec.json.Decoder(msgspec.defstruct(name, fields, kw_only=True))
-    except (TypeError, ValueError) as exc:
-        raise DefinitionError(
-            f"{_describe(fn)}: its parameters cannot be decoded from JSON: {exc}"
-        ) from None
     names = [p.name for p in data]
     what = "the parameters " + ", ".join(names)
+    name = getattr(fn, "__name__", "function") + "_inputs"
+    try:
+        inputs = msgspec.defstruct(name, fields, kw_only=True)
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(f"{_describe(fn)}: {what} cannot be decoded: {exc}") from None
+    decoder = _decoder(fn, inputs, what)
 
     def decode_fields(body: bytes) -> list[Any]:
         try:
