@@ -255,37 +255,42 @@ def _unknown_types(node: Any, seen: set[int]) -> Iterator[type]:
             yield from _unknown_types(item, seen)
 
 
-def _decoder(fn: Callable[..., Any], tp: Any, what: str) -> msgspec.json.Decoder[Any]:
+def _pydantic_adapter(fn: Callable[..., Any], tp: Any, what: str) -> Any | None:
+    """pydantic's TypeAdapter for a type holding pydantic models (they validate their
+    own), None for a type msgspec decodes alone."""
     try:
-        unknown = next(_unknown_types(msgspec.inspect.type_info(tp), set()), None)
-        if unknown is not None:
-            raise TypeError(
-                f"no way to decode {unknown.__qualname__} (use a msgspec.Struct, a dataclass, "
-                "a TypedDict or a pydantic model)"
-            )
-        return msgspec.json.Decoder(tp)
+        unknown = list(_unknown_types(msgspec.inspect.type_info(tp), set()))
     except (TypeError, ValueError) as exc:
-        raise DefinitionError(
-            f"{_describe(fn)}: {what} cannot be decoded from JSON: {exc}"
-        ) from None
+        raise DefinitionError(f"{_describe(fn)}: {what} cannot be decoded: {exc}") from None
+    if not unknown:
+        return None
+    for cls in unknown:
+        if not _pydantic_model(cls):
+            raise DefinitionError(
+                f"{_describe(fn)}: {what} cannot be decoded from JSON: no way to decode "
+                f"{cls.__qualname__} (use a msgspec.Struct, a dataclass, a TypedDict or a "
+                "pydantic model)"
+            )
+    return sys.modules["pydantic"].TypeAdapter(tp)
 
 
 def _decoder_for(fn: Callable[..., Any], p: _Param) -> Callable[[bytes], Any]:
     """Decodes a body into parameter ``p``'s type; a StepError when it does not fit."""
     what = f"parameter {p.name}"
-    if _pydantic_model(p.type):
-        pydantic: Any = sys.modules["pydantic"]  # imported by the model's module
-
-        model: Any = p.type
+    tp = Any if p.role == _LOOSELY else p.type
+    adapter = _pydantic_adapter(fn, tp, what)
+    if adapter is not None:
+        invalid = sys.modules["pydantic"].ValidationError
+        validate = adapter.validate_json
 
         def decode_model(body: bytes) -> Any:
             try:
-                return model.model_validate_json(body)
-            except pydantic.ValidationError as exc:
+                return validate(body)
+            except invalid as exc:
                 raise _input_error(fn, what, _pydantic_detail(exc)) from None
 
         return decode_model
-    decode = _decoder(fn, Any if p.role == _LOOSELY else p.type, what).decode
+    decode = msgspec.json.Decoder(tp).decode
 
     def decode_typed(body: bytes) -> Any:
         try:
@@ -298,21 +303,22 @@ def _decoder_for(fn: Callable[..., Any], p: _Param) -> Callable[[bytes], Any]:
 
 def _fields_decoder(fn: Callable[..., Any], data: list[_Param]) -> Callable[[bytes], list[Any]]:
     """Decodes a JSON object into one value per data parameter, by name."""
-    models: dict[str, Any] = {}
+    adapters: dict[str, Any] = {}  # those that pydantic validates, after msgspec
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for p in data:
         tp = Any if p.role == _LOOSELY else p.type
-        if _pydantic_model(tp):
-            models[p.name], tp = tp, Any
+        adapter = _pydantic_adapter(fn, tp, f"parameter {p.name}")
+        if adapter is not None:
+            adapters[p.name], tp = adapter, Any
         fields.append((p.name, tp) if p.default is _EMPTY else (p.name, tp, p.default))
     names = [p.name for p in data]
     what = "the parameters " + ", ".join(names)
     name = getattr(fn, "__name__", "function") + "_inputs"
     try:
-        inputs = msgspec.defstruct(name, fields, kw_only=True)
+        decoder = msgspec.json.Decoder(msgspec.defstruct(name, fields, kw_only=True))
     except (TypeError, ValueError) as exc:
         raise DefinitionError(f"{_describe(fn)}: {what} cannot be decoded: {exc}") from None
-    decoder = _decoder(fn, inputs, what)
+    invalid: Any = sys.modules["pydantic"].ValidationError if adapters else None
 
     def decode_fields(body: bytes) -> list[Any]:
         try:
@@ -320,17 +326,14 @@ def _fields_decoder(fn: Callable[..., Any], data: list[_Param]) -> Callable[[byt
         except msgspec.DecodeError as exc:
             raise _input_error(fn, what, str(exc)) from None
         values = [getattr(found, n) for n in names]
-        if models:
-            pydantic: Any = sys.modules["pydantic"]  # imported by the models' modules
-
-            for i, n in enumerate(names):
-                model = models.get(n)
-                if model is not None:
-                    try:
-                        values[i] = model.model_validate(values[i])
-                    except pydantic.ValidationError as exc:
-                        detail = _pydantic_detail(exc, f"$.{n}")
-                        raise _input_error(fn, f"parameter {n}", detail) from None
+        for i, n in enumerate(names):
+            adapter = adapters.get(n)
+            if adapter is not None:
+                try:
+                    values[i] = adapter.validate_python(values[i])
+                except invalid as exc:
+                    detail = _pydantic_detail(exc, f"$.{n}")
+                    raise _input_error(fn, f"parameter {n}", detail) from None
         return values
 
     return decode_fields
