@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -30,8 +28,6 @@ from microsaga import (
 )
 from microsaga.sync import SyncWorkflow
 from tests.unit import front_saga as shop
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def poll(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -280,36 +276,6 @@ def test_a_sync_step_may_use_the_sync_flow(sync_flow: SyncFlow) -> None:
     wf = sync_flow.workflow_create("count", FunctionStep(count, id="count"))
     eid = wf.execute()
     assert sync_flow.execution(eid).response == Message(b"1")
-
-
-SCRIPT = """
-import atexit, sys
-from microsaga import SyncFlow
-from tests.unit import front_saga as shop
-
-flow = SyncFlow(sys.argv[1])
-atexit.register(lambda: print("at exit:", flow))  # runs after the flow's own handler
-flow.open()
-wf = flow.workflow_add(shop.saga)
-print(wf.execute({"order_id": 1, "customer": "ada"}))
-# no close: the interpreter's exit closes it
-"""
-
-
-def test_a_flow_left_open_is_closed_at_interpreter_exit(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'exit.db'}"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, store],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[-1] == f"at exit: <SyncFlow closed store={store!r}>"
-    with SyncFlow(store) as flow:
-        assert flow.execution(lines[0]).status is Status.SUCCESS
 
 
 def test_a_saga_is_added_like_a_workflow(sync_flow: SyncFlow) -> None:
