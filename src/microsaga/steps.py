@@ -140,8 +140,8 @@ class FunctionStep(Step):
     ``fn(message)`` or ``fn(message, ctx)`` returns a Message, a JSON-able value or
     None (an empty body). A function with typed parameters gets the step's input
     decoded into their types instead (a ``msgspec.Struct``, dataclass, ``TypedDict``,
-    pydantic model...), and ``ctx: StepContext`` by annotation; see
-    ``microsaga._signature``. ``id`` defaults to ``fn.__qualname__``; ``endpoint`` is
+    pydantic model...), and ``ctx: StepContext`` by annotation (docs/python.md).
+    ``id`` defaults to ``fn.__qualname__``; ``endpoint`` is
     ``"module:qualname"``, which a saved definition imports again.
     """
 
