@@ -2,11 +2,14 @@
 
     python benchmarks/engine_cost.py                  # both measures, about a minute
     python benchmarks/engine_cost.py --only gc        # the garbage collector's share
+    python benchmarks/engine_cost.py --only typed     # typed @saga.step over FunctionStep
 
 ``instructions``: ``valgrind --tool=callgrind`` counts the instructions of two runs of
 the order saga (workload (a) of ``run.py``) with different counts and divides the
 difference by the difference of the counts, for microsaga on ``memory://`` and for
-plain asyncio calling the same four functions. Counted instructions do not depend on
+plain asyncio calling the same four functions. ``typed``: the same count for the order
+saga written as typed ``@saga.step`` functions (``microsaga_bench.py --steps typed``),
+beside the FunctionSteps of Message functions. Counted instructions do not depend on
 what else the machine is doing, unlike seconds: the ratio is repeatable on a busy host.
 
 ``gc``: the share of wall time spent in the garbage collector's collections (timed with
@@ -42,8 +45,12 @@ async def _order_sagas(store: str, n: int) -> None:
         await b.plain_asyncio(50, 64)
         await b.plain_asyncio(n, 64)
         return
-    async with Flow(store, concurrency=256) as flow:
-        order = await flow.workflow_create("order", *b.order_steps())
+    typed = store == "memory-typed"
+    async with Flow("memory://" if typed else store, concurrency=256) as flow:
+        if typed:
+            order = await flow.workflow_add(b.typed)
+        else:
+            order = await flow.workflow_create("order", *b.order_steps())
         for i in range(50):
             await order.execute(w.order(i))
         await b.in_flight(n, 64, lambda i: order.execute(w.order(i)))
@@ -104,7 +111,7 @@ async def gc_share(rounds: int, n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["instructions", "gc"])
+    parser.add_argument("--only", choices=["instructions", "gc", "typed"])
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -121,6 +128,17 @@ def main() -> None:
                 "memory_per_execution": round(ours),
                 "asyncio_per_execution": round(floor),
                 "ratio_asyncio_over_memory": round(floor / ours, 3),
+            }
+    if args.only in (None, "typed"):
+        if shutil.which("valgrind") is None:
+            print("typed: valgrind is not installed, skipped", file=sys.stderr)
+        else:
+            plain = per_execution("memory://", 200, 1200)
+            typed = per_execution("memory-typed", 200, 1200)
+            result["typed"] = {
+                "function_steps_per_execution": round(plain),
+                "typed_steps_per_execution": round(typed),
+                "ratio_typed_over_function_steps": round(typed / plain, 3),
             }
     if args.only in (None, "gc"):
         result["gc"] = asyncio.run(gc_share(5, 2000))

@@ -1,9 +1,11 @@
 """microsaga on the benchmark workloads, printed as JSON (one run of each workload).
 
-    python benchmarks/microsaga_bench.py --store sqlite:///bench.db [--quick]
+    python benchmarks/microsaga_bench.py --store sqlite:///bench.db [--quick] [--steps typed]
 
 Stores: ``memory://``, ``sqlite:///PATH`` (``synchronous=FULL``), ``postgresql://...``.
 Also measures plain asyncio calling the same four functions, the floor of overhead.
+``--steps typed`` writes the order saga with ``@saga.step`` over functions of
+msgspec Structs (the decorator form) instead of ``FunctionStep``s of Message functions.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import msgspec
 import workloads as w
 
-from microsaga import ExecutionFailedError, Flow, FunctionStep, Message
+from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Saga, Workflow
 
 
 async def reserve(m: Message) -> Any:
@@ -67,6 +70,56 @@ def order_steps() -> list[FunctionStep]:
     return [r, c, s, n]
 
 
+# the same order saga in the decorator form, typed ------------------------------------
+
+
+class Item(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+class Order(msgspec.Struct, omit_defaults=True):
+    order_id: int
+    customer: str
+    items: list[Item]
+    total: float
+    currency: str
+    fail: bool = False
+    reservation: str | None = None
+    payment: str | None = None
+    tracking: str | None = None
+
+
+class Notice(msgspec.Struct):
+    order_id: int
+    sent: bool
+
+
+typed = Saga("order")
+
+
+@typed.step(compensate=FunctionStep(undo, id="release"), id="reserve")
+async def typed_reserve(order: Order) -> Order:
+    return msgspec.structs.replace(order, reservation=f"r-{order.order_id}")
+
+
+@typed.step(requires=[typed_reserve], compensate=FunctionStep(undo, id="refund"), id="charge")
+async def typed_charge(order: Order) -> Order:
+    return msgspec.structs.replace(order, payment=f"p-{order.order_id}")
+
+
+@typed.step(requires=[typed_charge], id="ship")
+async def typed_ship(order: Order) -> Order:
+    if order.fail:
+        raise RuntimeError("no courier")
+    return msgspec.structs.replace(order, tracking=f"t-{order.order_id}")
+
+
+@typed.step(requires=[typed_ship], id="notify")
+async def typed_notify(order: Order) -> Notice:
+    return Notice(order.order_id, True)
+
+
 async def in_flight(n: int, width: int, one: Any) -> float:
     sem = asyncio.Semaphore(width)
 
@@ -91,10 +144,16 @@ async def plain_asyncio(n: int, width: int) -> dict[str, float]:
     return {"order_saga_per_s": n / elapsed}
 
 
-async def bench(store: str, n: int, one_at_a_time: int, fan: int) -> dict[str, float]:
+async def bench(
+    store: str, n: int, one_at_a_time: int, fan: int, steps: str = "plain"
+) -> dict[str, float]:
     out: dict[str, float] = {}
     async with Flow(store, concurrency=256) as flow:
-        order = await flow.workflow_create("order", *order_steps())
+        order: Workflow
+        if steps == "typed":
+            order = await flow.workflow_add(typed)
+        else:
+            order = await flow.workflow_create("order", *order_steps())
         fanout = await flow.workflow_create(
             "fanout",
             FunctionStep(fan_root, id="root"),
@@ -134,14 +193,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", default="memory://")
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument(
+        "--steps",
+        choices=["plain", "typed"],
+        default="plain",
+        help="FunctionSteps of Message functions, or @saga.step over typed functions",
+    )
     args = parser.parse_args()
     n, one, fan = (200, 50, 10) if args.quick else (2000, 500, 100)
     if args.store == "asyncio":
         result = asyncio.run(plain_asyncio(n * 5, 64))
     else:
-        result = asyncio.run(bench(args.store, n, one, fan))
+        result = asyncio.run(bench(args.store, n, one, fan, args.steps))
     contender = "asyncio" if args.store == "asyncio" else "microsaga"
-    print(json.dumps({"contender": contender, "store": args.store, **result}))
+    print(json.dumps({"contender": contender, "store": args.store, "steps": args.steps, **result}))
 
 
 if __name__ == "__main__":

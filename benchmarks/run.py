@@ -46,12 +46,15 @@ class Contender:
     engine: str  # "microsaga" or "dbos"
     store: str  # "asyncio", "memory", "sqlite" or "postgres"
     title: str
+    steps: str = "plain"  # microsaga's order saga: "plain" FunctionSteps or "typed" @saga.step
 
 
 CONTENDERS = [
     Contender("asyncio", "microsaga", "asyncio", "plain asyncio"),
     Contender("memory", "microsaga", "memory", "microsaga memory"),
+    Contender("memory-typed", "microsaga", "memory", "microsaga memory, typed", "typed"),
     Contender("sqlite", "microsaga", "sqlite", "microsaga SQLite"),
+    Contender("sqlite-typed", "microsaga", "sqlite", "microsaga SQLite, typed", "typed"),
     Contender("dbos-sqlite", "dbos", "sqlite", "DBOS SQLite"),
     Contender("postgres", "microsaga", "postgres", "microsaga PostgreSQL"),
     Contender("dbos-postgres", "dbos", "postgres", "DBOS PostgreSQL"),
@@ -71,6 +74,8 @@ COMPARISONS = [
     ("sqlite", "dbos-sqlite", "SQLite vs DBOS"),
     ("postgres", "dbos-postgres", "PostgreSQL vs DBOS"),
     ("memory", "asyncio", "memory vs asyncio"),
+    ("memory-typed", "memory", "typed vs plain steps, memory"),
+    ("sqlite-typed", "sqlite", "typed vs plain steps, SQLite"),
 ]
 
 
@@ -126,7 +131,8 @@ def command(c: Contender, url: str, quick: bool) -> list[str]:
         cmd = [str(_dbos_python()), str(HERE / "dbos_bench.py")]
     else:
         cmd = [sys.executable, str(HERE / "microsaga_bench.py")]
-    return [*cmd, "--store", url, *(["--quick"] if quick else [])]
+    typed = ["--steps", c.steps] if c.steps != "plain" else []
+    return [*cmd, "--store", url, *typed, *(["--quick"] if quick else [])]
 
 
 def _last_line(text: str) -> str:
@@ -208,6 +214,16 @@ def targets(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             "one execution p50 on SQLite <= 2 ms",
             med.get("sqlite", {}).get("one_p50_ms"),
             lambda x: x <= 2,
+        ),
+        (
+            "order saga of typed @saga.step functions >= 1/1.1 of FunctionSteps (memory)",
+            speedup(med, "memory-typed", "memory", "order_saga_per_s"),
+            lambda x: x >= 1 / 1.1,
+        ),
+        (
+            "order saga of typed @saga.step functions >= 1/1.1 of FunctionSteps (SQLite)",
+            speedup(med, "sqlite-typed", "sqlite", "order_saga_per_s"),
+            lambda x: x >= 1 / 1.1,
         ),
         (
             "memory store >= 1/3 of plain asyncio (order saga)",

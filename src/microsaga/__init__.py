@@ -30,10 +30,12 @@ from .execution import Execution, StepRun
 from .flow import Flow
 from .hooks import CommitEvent, ExecutionEvent, Hook, StepEvent
 from .message import Message, Metadata
+from .saga import Saga
 from .settings import FlowOptions
 from .status import STATUS_STRING, STRING_STATUS, Phase, Status
 from .step import Retry, Step, StepContext, StepOptions, register_step
 from .steps import CallStep, FunctionStep, PublishStep
+from .sync import SyncFlow
 from .transports import Broker, Client
 from .workflow import Workflow
 
@@ -67,6 +69,7 @@ __all__ = [
     "Phase",
     "PublishStep",
     "Retry",
+    "Saga",
     "SchemaVersionError",
     "Status",
     "Step",
@@ -78,6 +81,7 @@ __all__ = [
     "StepRun",
     "StepTimeoutError",
     "StoreError",
+    "SyncFlow",
     "TransportError",
     "Workflow",
     "WorkflowNotFoundError",

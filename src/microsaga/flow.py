@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _faults, _views
 from ._aio import wait_event
@@ -40,6 +40,9 @@ from .stores.base import Store, StoredDefinition
 from .transports.base import Broker, Client
 from .worker import NewRun, Worker
 from .workflow import Workflow
+
+if TYPE_CHECKING:
+    from .saga import Saga
 
 __all__ = ["Flow", "new_execution_id"]
 
@@ -285,8 +288,10 @@ class Flow:
         """A new workflow of ``steps``, validated, bound to this flow (not saved)."""
         return Workflow(id, steps, flow=self)
 
-    async def workflow_add(self, wf: Workflow) -> Workflow:
-        """Bind a workflow (from ``load_definition``) to this flow."""
+    async def workflow_add(self, wf: Workflow | Saga) -> Workflow:
+        """Bind a workflow (from ``load_definition``), or a Saga's, to this flow."""
+        if not isinstance(wf, Workflow):
+            wf = wf.workflow
         wf.flow = self
         for name, url in wf.services.items():
             self._services.setdefault(name, url)

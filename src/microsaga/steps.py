@@ -10,10 +10,10 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._signature import function_call, result_message
 from .errors import DefinitionError, one_line
 from .message import Message
 from .step import Step, StepContext, register_step
-from .transports.base import to_message
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -134,20 +134,14 @@ def import_function(path: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-def _wants_context(fn: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
-
-
 class FunctionStep(Step):
     """Runs a local Python function (a sync one in a worker thread).
 
     ``fn(message)`` or ``fn(message, ctx)`` returns a Message, a JSON-able value or
-    None (an empty body). ``id`` defaults to ``fn.__qualname__``; ``endpoint`` is
+    None (an empty body). A function with typed parameters gets the step's input
+    decoded into their types instead (a ``msgspec.Struct``, dataclass, ``TypedDict``,
+    pydantic model...), and ``ctx: StepContext`` by annotation (docs/python.md).
+    ``id`` defaults to ``fn.__qualname__``; ``endpoint`` is
     ``"module:qualname"``, which a saved definition imports again.
     """
 
@@ -158,13 +152,12 @@ class FunctionStep(Step):
         if not callable(fn):
             raise DefinitionError(f"FunctionStep needs a callable, not {fn!r}")
         self.fn = fn
-        self._async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - callable objects
-        )
-        self._with_ctx = _wants_context(fn)
+        self._call = function_call(fn)
+        self._async = self._call.is_async
         super().__init__(**options)
-        if self._async and not self._with_ctx and type(self).execute is FunctionStep.execute:
-            self.direct = fn  # the engine awaits fn(req) itself: no context, no wrapper
+        if self._call.direct is not None and type(self).execute is FunctionStep.execute:
+            # the engine awaits it with the request alone: no context, no execute
+            self.direct = self._call.direct
 
     @property
     def endpoint(self) -> str:
@@ -176,17 +169,17 @@ class FunctionStep(Step):
         return getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
-        args: tuple[Any, ...] = (req, ctx) if self._with_ctx else (req,)
+        invoke = self._call.invoke
         if self._async:
-            result = await self.fn(*args)
+            result = await invoke(req, ctx)
         else:
             # the flow's own threads, as many as its concurrency: asyncio's default pool
             # has only a few per core and would cap how many sync steps run at once
-            call = functools.partial(contextvars.copy_context().run, self.fn, *args)
+            call = functools.partial(contextvars.copy_context().run, invoke, req, ctx)
             result = await asyncio.get_running_loop().run_in_executor(ctx.flow.threads, call)
             if inspect.isawaitable(result):
                 result = await result
-        return result if type(result) is Message else to_message(result)
+        return result if type(result) is Message else result_message(result)
 
     def to_config(self) -> dict[str, Any]:
         path = self.endpoint

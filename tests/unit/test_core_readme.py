@@ -1,4 +1,4 @@
-"""The README's saga runs as written, with its services and broker in-process."""
+"""The README's examples run as written (the services and broker in-process)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,21 @@ from microsaga.testing import MemoryBroker, MockClient
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def python_blocks(path: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.DOTALL)
+
+
 def first_python_block() -> str:
-    found = re.search(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
-    assert found, "README.md has no python block"
-    return found.group(1)
+    blocks = python_blocks()
+    assert blocks, "README.md has no python block"
+    return blocks[0]
+
+
+def steps_block() -> str:
+    """The example of Step objects (services and a broker), further down."""
+    found = [b for b in python_blocks() if "CallStep(" in b]
+    assert len(found) == 1
+    return found[0]
 
 
 def services(service: str, endpoint: str, msg: Message) -> dict[str, Any]:
@@ -27,11 +38,28 @@ def services(service: str, endpoint: str, msg: Message) -> dict[str, Any]:
     return {**order, endpoint: f"{endpoint} of order {order['order_id']}"}
 
 
-def test_the_readme_saga_succeeds(
+def test_the_first_example_runs_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = first_python_block()
-    assert len([line for line in code.splitlines() if line.strip()]) <= 20
+    first, sync_example = python_blocks()[:2]
+    assert "@saga.step" in first
+    # short enough to read at a glance
+    assert len([line for line in first.splitlines() if line.strip()]) <= 40
+    monkeypatch.chdir(tmp_path)  # the README's sqlite:///orders.db lands here
+    namespace = {"__name__": "readme"}
+    exec(compile(first, str(README), "exec", dont_inherit=True), namespace)
+    assert capsys.readouterr().out == (
+        "{'sent_to': 'ada@example.com'}\nreleased R-43\ncharge step charge failed: card declined\n"
+    )
+    exec(compile(sync_example, str(README), "exec", dont_inherit=True), namespace)
+    assert capsys.readouterr().out == "StatusSuccess\n"
+    assert (tmp_path / "orders.db").exists()
+
+
+def test_the_steps_example_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = steps_block()
     client, memory_broker = MockClient(services), MemoryBroker()
     real_flow = microsaga.Flow
 
@@ -43,7 +71,7 @@ def test_the_readme_saga_succeeds(
     monkeypatch.setattr(microsaga, "Flow", in_process_flow)
     monkeypatch.chdir(tmp_path)  # the README's sqlite:///orders.db lands here
 
-    exec(compile(code, str(README), "exec"), {"__name__": "readme"})
+    exec(compile(code, str(README), "exec", dont_inherit=True), {"__name__": "readme"})
 
     assert capsys.readouterr().out == "{'sent_to': 'ada@example.com'}\n"
     assert [(s, e) for s, e, _ in client.calls] == [
