@@ -229,7 +229,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         async with _flow(ctx, worker=False) as flow:
             info = await flow.execution(execution_id)
         if as_json:
-            from ._json import execution_json
+            from .api.models import execution_json
 
             click.echo(json.dumps(execution_json(info), indent=2))
         else:
