@@ -184,3 +184,19 @@ async def test_changes_by_another_process_arrive(kind: str, tmp_path: Path) -> N
         await worker.wait(eid, timeout=10)
         events = parse_events((await asyncio.wait_for(stream, 5)).text)
         assert events[-1] == ("end", {"id": eid, "status": "SUCCESS"})
+
+
+async def test_a_suspended_stream_lasts_until_its_running_steps_end(memory_api: Client) -> None:
+    eid = await memory_api.start({"gate": "suspended"})
+    await eventually(lambda: running(memory_api, eid), timeout=10)
+    assert (await memory_api.post(f"/api/executions/{eid}/suspend")).status_code == 200
+    stream = asyncio.create_task(memory_api.get(f"/api/executions/{eid}/events"))
+    feed: Feed = memory_api.app.state.feed
+    await eventually(lambda: feed.subscribers == 1, timeout=10)
+    assert not stream.done()  # SUSPEND, but reserve still runs: its end is yet to come
+    steps.gate("suspended").set()
+    events = parse_events((await asyncio.wait_for(stream, 10)).text)
+    assert ("reserve", "SUCCESS") in [
+        (d["step_id"], d["step"]["status"]) for k, d in events if k == "step"
+    ]
+    assert events[-1] == ("end", {"id": eid, "status": "SUSPEND"})

@@ -376,8 +376,9 @@ Each event is `event: <type>` and one `data:` line of JSON. `execution`
 (ExecutionChange): the execution's status; `step` (StepChange): a step whose status,
 compensation status or attempts changed, with the whole step run; `end`:
 `{"id", "status"}`, the last event, once the execution stops (SUCCESS, FAILURE, ABORTED
-or SUSPEND). A stream starts with the current state: the execution and each step that
-has started. A comment line comes after each 15 s of silence."""
+or SUSPEND) and none of its steps runs any more. A stream starts with the current state:
+the execution and each step that has started. A comment line comes after each 15 s of
+silence."""
 
 _EVENTS_MEDIA = {
     "x-events": {

@@ -34,12 +34,13 @@ from .._aio import wait_event
 from ..errors import ExecutionNotFoundError, MicrosagaError, one_line
 from ..execution import Execution
 from ..hooks import ExecutionEvent, Hook, StepEvent
+from ..status import Status
 from . import models
 
 if TYPE_CHECKING:
     from ..flow import Flow
 
-__all__ = ["Feed", "Subscription", "sse"]
+__all__ = ["Feed", "Subscription", "settled", "sse"]
 
 log = logging.getLogger("microsaga.api")
 
@@ -149,6 +150,19 @@ def _events(info: Execution, before: _Watched | None) -> tuple[list[bytes], _Wat
     return events, _Watched(model.status, keys, snapshot)
 
 
+def settled(info: Execution) -> bool:
+    """Whether the execution has stopped and nothing of it runs any more: a suspended
+    execution's running steps still finish and are recorded."""
+    if not info.status.stopped:
+        return False
+    for run in info.steps.values():
+        if run.status is Status.RUNNING:
+            return False
+        if run.compensation is not None and run.compensation.status is Status.RUNNING:
+            return False
+    return True
+
+
 def _end(status: str | None, execution_id: str) -> bytes:
     """The last event of a stream: the status the execution stopped with (null when it
     was deleted meanwhile)."""
@@ -206,7 +220,8 @@ class Feed:
     async def subscribe(self, execution_id: str) -> Subscription:
         """A stream of the execution's changes: first its current state (its status
         and each step that started), then one event per change, and ``end`` once it
-        stops (at once for an execution that has stopped already).
+        has stopped and none of its steps runs any more (at once for such an
+        execution: a suspended execution's running steps still finish).
 
         Raises:
             ExecutionNotFoundError: unknown id.
@@ -218,7 +233,7 @@ class Feed:
             watched = self._watched.get(execution_id)  # someone else may have come meanwhile
             if watched is None:
                 _, watched = _events(info, None)
-                if info.status.stopped:
+                if settled(info):
                     stopped_status = info.status.name
                 else:
                     self._watched[execution_id] = watched
@@ -334,7 +349,7 @@ class Feed:
         for chunk in events:
             for sub in list(now.subscribers):
                 sub.put(chunk)
-        if info.status.stopped:
+        if settled(info):
             self._finish(execution_id, _end(info.status.name, execution_id))
 
     def _finish(self, execution_id: str, end: bytes) -> None:

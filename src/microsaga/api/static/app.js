@@ -450,6 +450,11 @@
         follow();
       };
     }
+    // stopped, and no step still running (a suspended execution's steps finish)
+    function settled() {
+      return STOPPED.has(info.status) && !Object.values(info.steps).some((r) =>
+        r.status === "RUNNING" || (r.compensation && r.compensation.status === "RUNNING"));
+    }
     function compensationFailed() {
       return Object.values(info.steps).some((r) => r.compensation && r.compensation.status === "FAILURE");
     }
@@ -489,7 +494,7 @@
     function follow() {
       if (stop) stop();
       clearTimeout(retry);
-      if (STOPPED.has(info.status)) { live.textContent = ""; return; }
+      if (settled()) { live.textContent = ""; return; }
       live.textContent = "live";
       stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
         if (type === "execution") {
