@@ -12,11 +12,14 @@ default) and, from this process:
   worker runs meanwhile); p50 and p99 of each, and the requests per second.
 - SSE: N clients each open ``GET /api/executions/{id}/events`` (``fanout``: on 10
   executions, N/10 clients each; ``spread``: each client on an execution of its own).
-  The executions' first step waits for a file; once every stream has its first events
-  the file appears, every first step finishes, and each client notes when the step's
-  SUCCESS reaches it: the delay from the step's ``finished_at`` (as stored) to the
-  arrival, p50/p99/max over all clients, and how many clients got their stream's
-  ``end``. Held means: every client got its events, the p99 within 1 s.
+  The executions' first step waits for a file. Once every stream has its first events,
+  every execution is suspended through the API (``push``: the delay from the stored
+  ``updated_at`` to the SUSPEND's arrival at each client, what the API's own actions
+  and hook events take); then the file appears, the running first steps finish, and
+  each client notes when the step's SUCCESS reaches it (``delay``: from the step's
+  stored ``finished_at``; the worker's changes, found by the feed's periodic read in a
+  build whose engine calls no hooks), and whether it got its stream's ``end``. Held
+  means: every client got every event, the ``delay`` p99 within 1 s.
 
 Prints each run and the medians over the runs as JSON on stdout (progress on stderr).
 The clients and the server share the machine: on a 2-core box the clients' own work
@@ -185,7 +188,8 @@ async def sse(url: str, clients: int, executions: int) -> dict[str, Any]:
             ids.append(started.json()["id"])
         connected = asyncio.Event()
         ready = 0
-        delays: list[float] = []
+        delays: list[float] = []  # a step's SUCCESS: found by the periodic read
+        pushed: list[float] = []  # SUSPEND asked through the API: read at once
         ended = 0
 
         host, port = url.removeprefix("http://").split(":")
@@ -224,6 +228,9 @@ async def sse(url: str, clients: int, executions: int) -> dict[str, Any]:
                             if step["status"] == "SUCCESS":
                                 done = datetime.fromisoformat(step["finished_at"]).timestamp()
                                 delays.append(time.time() - done)
+                        elif kind == "execution" and data["status"] == "SUSPEND":
+                            at = datetime.fromisoformat(data["updated_at"]).timestamp()
+                            pushed.append(time.time() - at)
                         elif kind == "end":
                             ended += 1
             finally:
@@ -233,6 +240,11 @@ async def sse(url: str, clients: int, executions: int) -> dict[str, Any]:
         tasks = [asyncio.create_task(watch(ids[i % executions])) for i in range(clients)]
         await asyncio.wait_for(connected.wait(), 120)
         connect_s = time.perf_counter() - t0
+        # what this process changes reaches the streams at once (as hook events will)
+        await asyncio.gather(*(http.post(f"/api/executions/{eid}/suspend") for eid in ids))
+        while len(pushed) < clients:
+            await asyncio.sleep(0.05)
+        # what the worker does is found by the once-a-second read in this build
         Path(gate_path).touch()
         try:
             await asyncio.wait_for(asyncio.gather(*tasks), 120)
@@ -247,6 +259,8 @@ async def sse(url: str, clients: int, executions: int) -> dict[str, Any]:
             "delay_p50_ms": round(pct(delays, 0.50) * 1000),
             "delay_p99_ms": round(pct(delays, 0.99) * 1000),
             "delay_max_ms": round(max(delays, default=float("nan")) * 1000),
+            "push_p50_ms": round(pct(pushed, 0.50) * 1000),
+            "push_p99_ms": round(pct(pushed, 0.99) * 1000),
             "held": ended == clients and len(delays) == clients and pct(delays, 0.99) <= 1.0,
         }
 
