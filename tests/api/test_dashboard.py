@@ -83,9 +83,9 @@ def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> An
     """Poll ``check`` (in the browser) until it is truthy; fail after ``timeout``."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(
-        None, timeout, poll_frequency=0.05, ignored_exceptions=(Exception,)
-    ).until(lambda _: check(), message=f"not within {timeout}s: {what}")
+    return WebDriverWait(None, timeout, poll_frequency=0.05, ignored_exceptions=(Exception,)).until(
+        lambda _: check(), message=f"not within {timeout}s: {what}"
+    )
 
 
 def start(live: LiveServer, input: Any) -> str:
@@ -156,9 +156,7 @@ def test_the_dashboard_follows_and_steers_executions(
     until(lambda: statuses(driver).get("reserve") == "RUNNING", what="reserve RUNNING")
     assert statuses(driver)["charge"] == "PENDING"
     open_gate(live, "first")
-    until(
-        lambda: set(statuses(driver).values()) == {"SUCCESS"}, what="every box SUCCESS, live"
-    )
+    until(lambda: set(statuses(driver).values()) == {"SUCCESS"}, what="every box SUCCESS, live")
     until(lambda: execution_status(driver) == "SUCCESS", what="the execution SUCCESS")
     assert driver.execute_script("return window.sameDocument") is True
     cards = driver.find_elements(By.CSS_SELECTOR, "#steps .step")
