@@ -195,9 +195,18 @@ def test_the_dashboard_follows_and_steers_executions(
     until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS after resume")
     assert set(statuses(driver).values()) == {"SUCCESS"}
 
-    # redrive a failed execution with an edited input
-    if not hasattr(Flow, "redrive"):
-        pytest.skip("redrive with edited input: flow.redrive is not in this build yet")
+
+@pytest.mark.skipif(
+    not hasattr(Flow, "redrive"),
+    reason="redrive with edited input: Flow.redrive is not in this build yet",
+)
+def test_the_dashboard_redrives_with_edited_input(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    failed = start(live, {"fail": True})
+    driver.get(live.url + "/")
+    driver.execute_script(f"sessionStorage.setItem('microsaga.token', {json.dumps(TOKEN)})")
     driver.get(f"{live.url}/#/executions/{failed}")
     until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")
     click_action(driver, "redrive")
