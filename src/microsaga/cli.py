@@ -229,7 +229,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         async with _flow(ctx, worker=False) as flow:
             info = await flow.execution(execution_id)
         if as_json:
-            from ._json import execution_json
+            from .api.models import execution_json
 
             click.echo(json.dumps(execution_json(info), indent=2))
         else:
@@ -303,6 +303,36 @@ def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -
         return EXIT_OK
 
     _run_async(main)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--no-worker", is_flag=True, help="Serve only: workers elsewhere run executions.")
+@click.option("--token-file", help="File holding the API token (default: MICROSAGA_API_TOKEN).")
+@click.option("--max-body", default="10MB", show_default=True, help="Largest request body.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    no_worker: bool,
+    token_file: str | None,
+    max_body: str,
+) -> None:
+    """Serve the HTTP API, the dashboard and /metrics (docs/api.md); run a worker too
+    unless --no-worker. Without a token, only on a loopback address."""
+    from .api.serve import serve as serve_api
+
+    _run_async(
+        lambda: serve_api(
+            lambda: _flow(ctx, worker=not no_worker),
+            host=host,
+            port=port,
+            token_file=token_file,
+            max_body=max_body,
+        )
+    )
 
 
 DEMO_STORE = "sqlite:///microsaga-demo.db"

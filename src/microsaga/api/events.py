@@ -1,0 +1,361 @@
+"""Live changes of executions, for ``GET /api/executions/{id}/events`` (Server-Sent Events).
+
+One :class:`Feed` serves every subscriber of an app. It keeps, for each execution that
+someone watches, the statuses last sent, and finds what changed by reading the
+execution again: one read per execution however many clients watch it, and the events
+found are encoded once and handed to every subscriber's queue. Reads happen
+
+- at once (coalesced) when this process changes the execution: a :class:`~microsaga.Hook`
+  added to the flow while anyone watches (``flow.add_hook``), and the API's own
+  suspend/resume/abort calls;
+- when the store signals a change (``Store.watch``: PostgreSQL's ``LISTEN``), at most
+  every :data:`MIN_GAP` seconds;
+- and for every watched execution once per ``interval`` (1 s), which is how changes
+  made by workers in other processes arrive when the store does not signal them.
+
+Changes quicker than a read (a step RUNNING then SUCCESS between two reads) arrive as
+one event with the latest state: a client never misses a final status, and the data of
+each event is the whole step as it is now. A subscriber that does not keep up (its
+queue full) is dropped, and its stream ends; reconnecting gives the current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._aio import wait_event
+from ..errors import ExecutionNotFoundError, MicrosagaError, one_line
+from ..execution import Execution
+from ..hooks import ExecutionEvent, Hook, StepEvent
+from ..status import Status
+from . import models
+
+if TYPE_CHECKING:
+    from ..flow import Flow
+
+__all__ = ["Feed", "Subscription", "settled", "sse"]
+
+log = logging.getLogger("microsaga.api")
+
+MIN_GAP = 0.1  # seconds between two reads of everything that a store signal starts
+READS_AT_ONCE = 16  # executions read side by side in one sweep
+HEARTBEAT = 15.0  # seconds of silence after which a stream sends a comment
+
+_encoder = msgspec.json.Encoder()
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One Server-Sent Event (msgspec's JSON has no newline, so one data line)."""
+    return b"event: " + event.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
+
+
+def _step_key(run: models.StepRun) -> tuple[str, str | None, int]:
+    """What makes a step's change worth an event: its status, its compensation's, its
+    attempts (a retry of a RUNNING step)."""
+    comp = run.compensation.status if run.compensation is not None else None
+    return (run.status, comp, run.attempts)
+
+
+class Subscription:
+    """One client's stream: the events for it, in order, then the end of the stream."""
+
+    def __init__(self, feed: Feed, execution_id: str, size: int) -> None:
+        self.feed = feed
+        self.execution_id = execution_id
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(size)
+        self.closed = False
+
+    def put(self, chunk: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._queue.put_nowait(chunk)
+        except asyncio.QueueFull:  # too slow: drop it; it reconnects for the current state
+            log.info("an event stream of %s fell behind; closing it", self.execution_id)
+            self.close()
+
+    def close(self) -> None:
+        """End the stream (after the events already queued, unless it fell behind)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._queue.full():
+            while not self._queue.empty():
+                self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The bytes to send: events, a comment line after each quiet ``HEARTBEAT``
+        (proxies keep the connection, the server notices a client gone), until the end."""
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(HEARTBEAT):
+                        chunk = await self._queue.get()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            self.feed.unsubscribe(self)
+
+
+@dataclass(slots=True)
+class _Watched:
+    """An execution someone watches: what its subscribers were last told."""
+
+    status: str
+    steps: dict[str, tuple[str, str | None, int]]
+    snapshot: list[bytes]  # the current state as events, for a new subscriber
+    subscribers: set[Subscription] = field(default_factory=set)
+
+
+def _events(info: Execution, before: _Watched | None) -> tuple[list[bytes], _Watched]:
+    """The events from ``before`` to ``info``, and the new state (all of it as events
+    when ``before`` is None; steps that never started are left out then)."""
+    model = models.execution(info)
+    change = sse(
+        "execution",
+        models.ExecutionChange(
+            id=model.id,
+            workflow_id=model.workflow_id,
+            status=model.status,
+            error=model.error,
+            updated_at=model.updated_at,
+        ),
+    )
+    snapshot = [change]
+    events = [] if before is not None and before.status == model.status else [change]
+    keys = {}
+    for sid, run in model.steps.items():
+        key = keys[sid] = _step_key(run)
+        if key == ("PENDING", None, 0):
+            continue
+        event = sse("step", models.StepChange(execution_id=model.id, step_id=sid, step=run))
+        snapshot.append(event)
+        if before is None or before.steps.get(sid) != key:
+            events.append(event)
+    # the execution's own change last: a client that sees it stop has every step's event
+    if events and events[0] is change and len(events) > 1:
+        events.append(events.pop(0))
+    return events, _Watched(model.status, keys, snapshot)
+
+
+def settled(info: Execution) -> bool:
+    """Whether the execution has stopped and nothing of it runs any more: a suspended
+    execution's running steps still finish and are recorded."""
+    if not info.status.stopped:
+        return False
+    for run in info.steps.values():
+        if run.status is Status.RUNNING:
+            return False
+        if run.compensation is not None and run.compensation.status is Status.RUNNING:
+            return False
+    return True
+
+
+def _end(status: str | None, execution_id: str) -> bytes:
+    """The last event of a stream: the status the execution stopped with (null when it
+    was deleted meanwhile)."""
+    return sse("end", {"id": execution_id, "status": status})
+
+
+class _FeedHook(Hook):
+    """Changes this process makes: the executions they concern are read again now."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+
+    def execution_status(self, event: ExecutionEvent) -> None:
+        self.feed.touch(event.execution_id)
+
+    def step_started(self, event: StepEvent) -> None:
+        self.feed.touch(event.execution_id)
+
+    def step_recorded(self, event: StepEvent) -> None:
+        self.feed.touch(event.execution_id)
+
+
+class Feed:
+    """The live changes of the executions that clients watch (see the module's text).
+
+    Args:
+        flow: an open flow.
+        interval: seconds between two reads of every watched execution.
+        queue_size: events a subscriber may have waiting before it is dropped.
+    """
+
+    def __init__(self, flow: Flow, *, interval: float = 1.0, queue_size: int = 1000) -> None:
+        self.flow = flow
+        self.interval = interval
+        self.queue_size = queue_size
+        self._watched: dict[str, _Watched] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._sweep_at = 0.0  # when to read every watched execution next (loop time)
+        self._task: asyncio.Task[None] | None = None
+        self._hook = _FeedHook(self)
+        self._hooked = False
+        self._watching_store = False
+        self.reads = 0  # executions read since the feed was made (for tests and figures)
+
+    @property
+    def watched(self) -> int:
+        """How many executions someone watches now."""
+        return len(self._watched)
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(w.subscribers) for w in self._watched.values())
+
+    async def subscribe(self, execution_id: str) -> Subscription:
+        """A stream of the execution's changes: first its current state (its status
+        and each step that started), then one event per change, and ``end`` once it
+        has stopped and none of its steps runs any more (at once for such an
+        execution: a suspended execution's running steps still finish).
+
+        Raises:
+            ExecutionNotFoundError: unknown id.
+        """
+        watched = self._watched.get(execution_id)
+        stopped_status: str | None = None
+        if watched is None:
+            info = await self._read(execution_id)  # raises ExecutionNotFoundError
+            watched = self._watched.get(execution_id)  # someone else may have come meanwhile
+            if watched is None:
+                _, watched = _events(info, None)
+                if settled(info):
+                    stopped_status = info.status.name
+                else:
+                    self._watched[execution_id] = watched
+        sub = Subscription(self, execution_id, self.queue_size)
+        for chunk in watched.snapshot:
+            sub.put(chunk)
+        if stopped_status is not None:
+            sub.put(_end(stopped_status, execution_id))
+            sub.close()
+            return sub
+        watched.subscribers.add(sub)
+        await self._start()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close()
+        watched = self._watched.get(sub.execution_id)
+        if watched is None:
+            return
+        watched.subscribers.discard(sub)
+        if not watched.subscribers:
+            del self._watched[sub.execution_id]
+
+    def touch(self, execution_id: str) -> None:
+        """The execution changed: read it again soon (if anyone watches it)."""
+        if execution_id in self._watched:
+            self._dirty.add(execution_id)
+            self._wake.set()
+
+    def _store_changed(self) -> None:
+        if self._watched:
+            loop = asyncio.get_running_loop()
+            self._sweep_at = min(self._sweep_at, loop.time() + MIN_GAP)
+            self._wake.set()
+
+    async def _start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        add_hook = getattr(self.flow, "add_hook", None)
+        if add_hook is not None and not self._hooked:
+            add_hook(self._hook)
+            self._hooked = True
+        if not self._watching_store:
+            self._watching_store = True
+            try:
+                await self.flow.store.watch(self._store_changed)
+            except MicrosagaError as exc:  # the periodic reads cover it
+                log.warning("event feed: no store notifications: %s", one_line(exc))
+        if self._task is not None and not self._task.done():
+            return  # started by another subscriber while this one awaited the store
+        self._sweep_at = asyncio.get_running_loop().time() + self.interval
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="microsaga-api-feed")
+
+    async def close(self) -> None:
+        """End every stream and stop reading."""
+        for watched in list(self._watched.values()):
+            for sub in list(watched.subscribers):
+                sub.close()
+        self._watched.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._unhook()
+
+    def _unhook(self) -> None:
+        remove_hook = getattr(self.flow, "remove_hook", None)
+        if self._hooked and remove_hook is not None:
+            remove_hook(self._hook)
+        self._hooked = False
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._watched:
+                await wait_event(self._wake, max(0.0, self._sweep_at - loop.time()))
+                self._wake.clear()
+                if loop.time() >= self._sweep_at:
+                    self._sweep_at = loop.time() + self.interval
+                    ids = list(self._watched)
+                    self._dirty.clear()
+                else:
+                    ids = [eid for eid in self._dirty if eid in self._watched]
+                    self._dirty.clear()
+                for at in range(0, len(ids), READS_AT_ONCE):
+                    await asyncio.gather(*(self._refresh(e) for e in ids[at : at + READS_AT_ONCE]))
+        finally:
+            if not self._watched:  # nobody left: no cost on the flow's runs
+                self._unhook()
+
+    async def _read(self, execution_id: str) -> Execution:
+        self.reads += 1
+        return await self.flow.execution(execution_id)
+
+    async def _refresh(self, execution_id: str) -> None:
+        watched = self._watched.get(execution_id)
+        if watched is None:
+            return
+        try:
+            info = await self._read(execution_id)
+        except ExecutionNotFoundError:  # pruned meanwhile
+            self._finish(execution_id, _end(None, execution_id))
+            return
+        except MicrosagaError as exc:  # the store is away: try again at the next sweep
+            log.warning("event feed: cannot read %s: %s", execution_id, one_line(exc))
+            return
+        if self._watched.get(execution_id) is not watched:
+            return  # its last subscriber left while it was read
+        events, now = _events(info, watched)
+        now.subscribers = watched.subscribers
+        self._watched[execution_id] = now
+        for chunk in events:
+            for sub in list(now.subscribers):
+                sub.put(chunk)
+        if settled(info):
+            self._finish(execution_id, _end(info.status.name, execution_id))
+
+    def _finish(self, execution_id: str, end: bytes) -> None:
+        watched = self._watched.pop(execution_id, None)
+        if watched is None:
+            return
+        for sub in list(watched.subscribers):
+            sub.put(end)
+            sub.close()

@@ -1,0 +1,164 @@
+"""``microsaga serve``: the API and the dashboard under uvicorn, with a worker.
+
+Without a token the server listens on loopback addresses only: anyone who can reach an
+API without a token can steer every execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from .._urls import redact_url
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..flow import Flow
+
+__all__ = ["is_loopback", "parse_size", "read_token", "serve"]
+
+TOKEN_ENV = "MICROSAGA_API_TOKEN"
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3,
+          "gb": 1024**3}  # fmt: skip
+
+
+def parse_size(text: str, setting: str = "--max-body") -> int:
+    """``10MB``, ``512kB``, ``1048576``: bytes (units are powers of 1024)."""
+    found = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _UNITS or int(found.group(1)) <= 0:
+        raise ConfigurationError(
+            setting, f"expected a positive size such as 10MB, 512kB or 1048576, not {text!r}"
+        )
+    return int(found.group(1)) * _UNITS[unit]
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The API token: the file's content (whitespace around it stripped), else
+    ``MICROSAGA_API_TOKEN``, else None. Never echoed in an error."""
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                "--token-file", f"cannot read {token_file}: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigurationError("--token-file", f"{token_file} is not UTF-8 text") from None
+        if not token:
+            raise ConfigurationError("--token-file", f"{token_file} is empty")
+        setting = "--token-file"
+    else:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            return None
+        setting = TOKEN_ENV
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigurationError(setting, "the token must be one word of printable characters")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigurationError("--host", f"cannot listen on {host}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            "--port", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    make_flow: Callable[[], Flow],
+    *,
+    host: str,
+    port: int,
+    token_file: str | None,
+    max_body: str,
+    announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> int:
+    """Serve until SIGINT or SIGTERM; the exit status."""
+    token = read_token(token_file)
+    limit = parse_size(max_body)
+    if token is None and not is_loopback(host):
+        raise ConfigurationError(
+            "--host",
+            f"refusing to serve on {host} without a token (anyone reaching it could steer "
+            f"every execution): set {TOKEN_ENV} or --token-file, or serve on 127.0.0.1",
+        )
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        raise ConfigurationError(
+            "serve", f"needs the api extra: pip install 'microsaga[api]' ({exc})"
+        ) from None
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # SIGINT and SIGTERM are handled below: the flow closes before exit
+
+    sock = _listen(host, port)
+    try:
+        async with make_flow() as flow:
+            app = create_app(flow, token=token, max_body=limit)
+            server = Server(
+                uvicorn.Config(
+                    app,
+                    log_config=None,  # the CLI's logging: access lines with -v
+                    lifespan="on",
+                    server_header=False,
+                    timeout_graceful_shutdown=10,
+                )
+            )
+            loop = asyncio.get_running_loop()
+            closing: list[asyncio.Task[None]] = []
+
+            def stop() -> None:
+                server.should_exit = True
+                closing.append(loop.create_task(app.state.feed.close()))  # streams end now
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop)
+            bound = sock.getsockname()
+            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            announce(
+                f"serving http://{shown}:{bound[1]}/ on {redact_url(flow.store.url)} "
+                f"(worker {'on' if flow.options.worker else 'off'}, "
+                f"token {'required' if token else 'none: loopback only'})"
+            )
+            await server.serve(sockets=[sock])
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,64 @@
+"""Step functions of the API's tests: importable, so saved definitions can name them.
+
+``held`` waits while the gate named by its request's ``"gate"`` is closed, so a test
+can watch an execution while a step runs. Gates are asyncio events of the loop that
+runs the flow: open one from another thread with ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from microsaga import Message, StepError
+
+GATES: dict[str, asyncio.Event] = {}
+
+
+def gate(name: str) -> asyncio.Event:
+    return GATES.setdefault(name, asyncio.Event())
+
+
+async def held(msg: Message) -> Any:
+    body = msg.json()
+    name = body.get("gate") if isinstance(body, dict) else None
+    if name:
+        await gate(name).wait()
+    return body
+
+
+async def charge(msg: Message) -> dict[str, Any]:
+    body = msg.json()
+    if isinstance(body, dict) and body.get("fail"):
+        raise StepError("card declined", retryable=False)
+    return {"charged": True}
+
+
+async def release(msg: Message) -> None:
+    return None
+
+
+async def notify(msg: Message) -> dict[str, Any]:
+    return {"sent": True}
+
+
+# reserve (held) -> charge -> ship, notify; reserve and charge are compensated
+ORDER: dict[str, Any] = {
+    "id": "order",
+    "description": "reserve, charge, then ship and notify",
+    "steps": [
+        {
+            "function": "tests.api.steps:held",
+            "id": "reserve",
+            "compensate": {"function": "tests.api.steps:release"},
+        },
+        {
+            "function": "tests.api.steps:charge",
+            "id": "charge",
+            "requires": ["reserve"],
+            "compensate": {"function": "tests.api.steps:release"},
+        },
+        {"function": "tests.api.steps:notify", "id": "ship", "requires": ["charge"]},
+        {"function": "tests.api.steps:notify", "id": "notify", "requires": ["charge"]},
+    ],
+}

@@ -1,0 +1,180 @@
+"""``microsaga serve`` as a process: what it refuses, the token, the body cap, stopping."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from microsaga.api.serve import is_loopback, parse_size
+
+TOKEN = "serve-T0ken-123"
+
+
+def microsaga(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "microsaga", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: str) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error[{code}]: "), lines[0]
+    return lines[0]
+
+
+class Served:
+    """A running ``microsaga serve``; its stderr is collected in a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "microsaga", *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **env},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 20
+        while not any(line.startswith("serving http") for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError("serve did not start: " + "".join(self.lines))
+            time.sleep(0.02)
+        announce = next(line for line in self.lines if line.startswith("serving http"))
+        found = re.search(r"http://[^/]+", announce)
+        assert found is not None
+        self.url = found.group(0)
+        self.announce = announce
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(20)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[type[Served]]:
+    started: list[Served] = []
+
+    class Tracked(Served):
+        def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+            store = ["--store", f"sqlite:///{tmp_path / 'store.db'}"]
+            super().__init__([*store, *args], env or {})
+            started.append(self)
+
+    yield Tracked
+    for served in started:
+        served.close()
+
+
+def test_no_token_means_loopback_only() -> None:
+    line = one_error_line(microsaga("serve", "--host", "0.0.0.0", "--port", "0"), "configuration")
+    assert line.startswith("error[configuration]: --host: refusing to serve on 0.0.0.0")
+    assert "MICROSAGA_API_TOKEN" in line
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("[::1]")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("::")
+    assert not is_loopback("example.org")
+
+
+def test_bad_options_are_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert "--max-body" in one_error_line(microsaga("serve", "--max-body", "lots"), "configuration")
+    line = one_error_line(microsaga("serve", "--token-file", str(empty)), "configuration")
+    assert line.endswith("is empty")
+    missing = one_error_line(
+        microsaga("serve", "--token-file", str(tmp_path / "nope")), "configuration"
+    )
+    assert "cannot read" in missing
+    spaced = one_error_line(
+        microsaga("serve", env={"MICROSAGA_API_TOKEN": "two words"}), "configuration"
+    )
+    assert spaced.startswith("error[configuration]: MICROSAGA_API_TOKEN:")
+    assert "two words" not in spaced  # a token is never echoed
+    assert parse_size("10MB") == 10 * 1024 * 1024
+    assert parse_size("512kB") == 512 * 1024
+    assert parse_size("1000") == 1000
+
+
+def test_a_port_in_use_is_named() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error_line(microsaga("serve", "--port", str(port)), "configuration")
+    assert line.startswith(f"error[configuration]: --port: cannot listen on 127.0.0.1:{port}")
+
+
+def test_serve_with_a_token_file(serve: type[Served], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    served = serve(
+        ["-v", "serve", "--port", "0", "--token-file", str(token_file), "--max-body", "1kB"]
+    )
+    assert "token required" in served.announce
+    assert "worker on" in served.announce
+    with httpx.Client(base_url=served.url, timeout=10) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/").status_code == 200
+        denied = http.get("/api/executions")
+        assert denied.status_code == 401
+        assert denied.json()["code"] == "unauthorized"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert http.get("/api/executions", headers=auth).json() == {"items": [], "next": None}
+        big = {"steps": [{"publish": "t"}], "description": "x" * 2000}
+        too_big = http.put("/api/workflows/w", json=big, headers=auth)
+        assert too_big.status_code == 413
+        assert too_big.json()["code"] == "payload_too_large"
+    assert served.stop() == 0
+    logged = "".join(served.lines)
+    assert "GET /api/executions" in logged  # -v shows the access log...
+    assert TOKEN not in logged  # ...and never the token
+
+
+def test_serve_without_a_worker(serve: type[Served]) -> None:
+    served = serve(["serve", "--port", "0", "--no-worker"], env={"MICROSAGA_API_TOKEN": TOKEN})
+    assert "worker off" in served.announce
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=served.url, timeout=10, headers=auth) as http:
+        saved = http.put("/api/workflows/w", json={"steps": [{"function": "json:dumps"}]})
+        assert saved.status_code == 200
+        eid = http.post("/api/workflows/w/executions", json={}).json()["id"]
+        assert http.get(f"/api/executions/{eid}").json()["status"] == "PENDING"  # queued
+    assert served.stop() == 0
