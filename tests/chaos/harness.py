@@ -208,8 +208,13 @@ class Run:
         self.details: dict[str, Any] = {}
         self.long = False  # the long version of the scenario
 
-    def fault(self, kind: str, detail: str = "") -> None:
-        self.faults.append(Fault(time.time(), kind, detail))
+    def fault(self, kind: str, detail: str = "", since: float | None = None) -> None:
+        """Record a fault; ``since``: it began then and is over now (a restart)."""
+        now = time.time()
+        if since is None:
+            self.faults.append(Fault(now, kind, detail))
+        else:
+            self.faults.append(Fault(since, kind, detail, until=now))
 
     @property
     def finished(self) -> int:
@@ -280,7 +285,10 @@ class Run:
         for info in found:
             steps = {
                 sid: FinalStep(
-                    run.status.name, run.compensation.status.name if run.compensation else None
+                    run.status.name,
+                    run.compensation.status.name if run.compensation else None,
+                    run.attempts,
+                    run.compensation.attempts if run.compensation else 0,
                 )
                 for sid, run in info.steps.items()
             }
@@ -336,6 +344,7 @@ class Run:
             await self._drain()
             finals = await self.finals(flow)
             await _cancel(observer)
+            await _cancel(supervisor)
             self.workers.stop()
             proxies = self.details.pop("proxies", [])
             for proxy in proxies:
@@ -351,8 +360,13 @@ class Run:
             effects=[Effect(t, k, e) for t, k, e in done],
             published=published,
             faults=self.faults,
+            lag=2 * self.params.lease_ttl,
         )
         counters = check(history)
+        (self.folder / "faults.txt").write_text(
+            "".join(f"{f.t:.3f} {f.kind} {f.key or '-'} {f.detail}\n" for f in self.faults)
+        )
+        (self.folder / "problems.txt").write_text("".join(p + "\n" for p in counters.problems))
         assert self.workers is not None
         self.details.pop("broker", None)
         self.details["worker_exits"] = len(self.workers.exits)

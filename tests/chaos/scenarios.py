@@ -31,6 +31,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -76,8 +77,9 @@ async def restart_postgres(run: Run) -> None:
     server: Postgres = run.details["postgres"]
     while not await pause(run, run.rng.uniform(low, high), restarts):
         down = run.rng.uniform(0.0, 2.0)
-        run.fault("restart", f"postgres down {down:.1f} s")
+        since = time.time()
         await asyncio.to_thread(server.restart, down)
+        run.fault("restart", f"postgres down {down:.1f} s", since)
         restarts += 1
     run.details["restarts"] = restarts
 
@@ -87,8 +89,9 @@ async def restart_broker(run: Run) -> None:
     server = run.details["broker"]
     while not await pause(run, run.rng.uniform(2.0, 8.0), restarts):
         down = run.rng.uniform(0.0, 2.0)
-        run.fault("restart", f"broker killed, down {down:.1f} s")
+        since = time.time()
         await asyncio.to_thread(server.restart, down, False)
+        run.fault("restart", f"broker killed, down {down:.1f} s", since)
         restarts += 1
     run.details["restarts"] = restarts
 
@@ -115,11 +118,12 @@ async def fill_disk(run: Run) -> None:
     store = str(run.folder / "store")
     while not await pause(run, run.rng.uniform(2.0, 6.0), fills):
         hold = run.rng.uniform(2.0, 6.0)
+        since = time.time()
         written = await asyncio.to_thread(_fill, store)
-        run.fault("disk_full", f"{written} bytes, held {hold:.1f} s")
         fills += 1
         await asyncio.sleep(hold)
         os.remove(os.path.join(store, "filler"))
+        run.fault("disk_full", f"{written} bytes, held {hold:.1f} s", since)
     run.details["fills"] = fills
 
 
@@ -128,8 +132,8 @@ async def read_only_folder(run: Run) -> None:
     store = run.folder / "store"
     while not await pause(run, run.rng.uniform(2.0, 6.0), windows):
         hold = run.rng.uniform(2.0, 6.0)
+        since = time.time()
         store.chmod(0o555)
-        run.fault("read_only", f"held {hold:.1f} s")
         assert run.workers is not None
         alive = run.workers.alive()
         if alive:  # a worker started now opens the store inside the window
@@ -139,6 +143,7 @@ async def read_only_folder(run: Run) -> None:
         windows += 1
         await asyncio.sleep(hold)
         store.chmod(0o755)
+        run.fault("read_only", f"held {hold:.1f} s", since)
     run.details["windows"] = windows
 
 
