@@ -127,8 +127,8 @@ class Report:
 class Workers:
     """``microsaga worker`` processes; a worker that dies is replaced (and counted)."""
 
-    def __init__(self, folder: Path, env: dict[str, str], user: int | None = None) -> None:
-        self.folder, self.env, self.user = folder, env, user
+    def __init__(self, folder: Path, env: dict[str, str], prefix: list[str] | None = None) -> None:
+        self.folder, self.env, self.prefix = folder, env, prefix or []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = 0
         self.exits: list[tuple[int, int]] = []  # (pid, status) of deaths not ours
@@ -138,13 +138,11 @@ class Workers:
         self.started += 1
         with open(self.folder / f"worker-{self.started}.log", "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "microsaga", "worker"],
+                [*self.prefix, sys.executable, "-m", "microsaga", "worker"],
                 env=self.env,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                user=self.user,
-                group=self.user,
             )
         self.procs.append(proc)
         return proc
@@ -198,7 +196,7 @@ class Run:
         self.store_url = f"sqlite:///{folder / 'store' / 'microsaga.db'}"
         self.broker_url = ""
         self.services: dict[str, str] = {}
-        self.worker_user: int | None = None
+        self.worker_prefix: list[str] = []  # a command the workers run under
         self.workers: Workers | None = None
         self.submitted: list[str] = []
         self.view: dict[str, str] = {}  # the latest status seen of each execution
@@ -329,7 +327,7 @@ class Run:
             wf = load_definition(definition(self.services))
             await flow.workflow_add(wf)
             await flow.workflow_save(wf)
-            self.workers = Workers(self.folder, self.worker_env(), self.worker_user)
+            self.workers = Workers(self.folder, self.worker_env(), self.worker_prefix)
             stack.callback(self.workers.stop)
             self.workers.start(self.params.workers)
             observer = asyncio.create_task(self.observe(flow))

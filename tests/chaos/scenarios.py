@@ -13,7 +13,7 @@ sqlite-disk-full       the SQLite store on a small tmpfs, filled to the last byt
                        2-6 s at a time
 sqlite-readonly        the SQLite file's folder made read-only (``chmod 555``) for 2-6 s
                        at a time, a worker killed and started inside each window; the
-                       workers run as ``nobody`` (root ignores file modes)
+                       workers run without root's power to ignore file modes
 participant-faults     a proxy before two participants: slow answers, resets after the
                        effect, garbage instead of HTTP, 502 pages
 =====================  =============================================================
@@ -190,23 +190,19 @@ async def tmpfs_store(run: Run, size_mb: int) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def nobody_store(run: Run) -> AsyncIterator[None]:
+async def unprivileged_store(run: Run) -> AsyncIterator[None]:
+    """Root ignores file modes: the workers run as root without the capabilities that
+    bypass them (``setpriv``), so a folder made read-only is read-only to them."""
     if os.geteuid() != 0:
-        raise Unavailable("the read-only scenario runs its workers as nobody: needs root")
-    import pwd
-
-    try:
-        nobody = pwd.getpwnam("nobody").pw_uid
-    except KeyError:
-        raise Unavailable("no 'nobody' user to run the workers as") from None
-    folder = run.folder / "store"
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chown(folder, nobody, nobody)
-    run.worker_user = nobody
+        raise Unavailable("the read-only scenario drops root's file capabilities: run as root")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise Unavailable("the read-only scenario needs setpriv (util-linux)")
+    run.worker_prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
     try:
         yield
     finally:
-        folder.chmod(0o755)
+        (run.folder / "store").chmod(0o755)
 
 
 @dataclass(frozen=True)
@@ -274,7 +270,9 @@ SCENARIOS: dict[str, Scenario] = {
             long=LONG,
             store=lambda run: tmpfs_store(run, 64),
         ),
-        Scenario("sqlite-readonly", read_only_folder, short=SHORT, long=LONG, store=nobody_store),
+        Scenario(
+            "sqlite-readonly", read_only_folder, short=SHORT, long=LONG, store=unprivileged_store
+        ),
         Scenario(
             "participant-faults",
             proxy_faults,
