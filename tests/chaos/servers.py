@@ -9,9 +9,11 @@ scenario that needs it is skipped (it fails when ``CI`` is set).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -32,6 +34,11 @@ def free_port() -> int:
 
 
 def find_binary(name: str, *patterns: str) -> str:
+    """The first of ``patterns`` (globs) that exists, else ``name`` on PATH."""
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern), reverse=True):
+            if os.access(path, os.X_OK):
+                return path
     found = shutil.which(name)
     if found:
         return found
@@ -58,6 +65,16 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = 
         time.sleep(0.05)
 
 
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _Process:
     """A server run as a child process; ``restart`` kills it (SIGKILL unless
     ``graceful``), waits ``down`` seconds and starts it again on the same data."""
@@ -78,23 +95,33 @@ class _Process:
 
     def start(self) -> None:
         with open(self.folder / "server.log", "ab") as log:
+            # a session of its own: a stop reaches the children a start script forks
             self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env()
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=self.folder,
+                start_new_session=True,
             )
         wait_port(self.port, self.startup, self.proc)
 
     def stop(self, graceful: bool = True) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        if graceful:
-            self.proc.terminate()
-        else:
-            self.proc.kill()
+        group = self.proc.pid  # its session's process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM if graceful else signal.SIGKILL)
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        deadline = time.monotonic() + 60
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
     def restart(self, down: float, graceful: bool = False) -> None:
         self.stop(graceful)
@@ -145,9 +172,12 @@ class RabbitMQ(_Process):
         self.node = f"chaos{self.port}@localhost"
 
     def command(self) -> list[str]:
-        return [find_binary("rabbitmq-server")]
+        # the script itself, not Debian's wrapper, which switches to the rabbitmq user
+        return [find_binary("rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server")]
 
     def env(self) -> dict[str, str]:
+        for sub in ("mnesia", "log"):
+            (self.folder / sub).mkdir(exist_ok=True)
         plugins = self.folder / "enabled_plugins"
         plugins.write_text("[].\n")
         conf = self.folder / "rabbitmq"
