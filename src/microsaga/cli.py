@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import click
+import msgspec
 
 from .definitions import load_definition
 from .errors import (
@@ -34,6 +35,7 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 log = logging.getLogger("microsaga.cli")
+_json_check = msgspec.json.Decoder(msgspec.Raw)
 
 
 class Exit(Exception):
@@ -131,10 +133,12 @@ def _parse_input(text: str | None) -> Message:
             raise ConfigurationError("--input", f"cannot read {text[1:]}: {exc.strerror}") from None
     else:
         raw = text.encode()
-    try:
-        json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
+        _json_check.decode(raw)
+    except msgspec.DecodeError as exc:
         raise ConfigurationError("--input", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigurationError("--input", "not valid JSON: nested too deeply") from None
     return Message(raw)
 
 
