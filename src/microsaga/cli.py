@@ -142,6 +142,24 @@ def _parse_input(text: str | None) -> Message:
     return Message(raw)
 
 
+MAX_EXECUTION_ID = 200
+
+
+def _check_execution_id(value: str) -> None:
+    """An id that fits in a header, a log line and an idempotency key: printable,
+    without spaces, at most MAX_EXECUTION_ID characters."""
+    if not value:
+        raise ConfigurationError("--execution-id", "must not be empty")
+    if len(value) > MAX_EXECUTION_ID:
+        raise ConfigurationError(
+            "--execution-id", f"at most {MAX_EXECUTION_ID} characters, not {len(value)}"
+        )
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ConfigurationError(
+            "--execution-id", f"no spaces or control characters, not {value!r}"
+        )
+
+
 def _outcome_code(status: Status) -> int:
     return EXIT_FAILED if status in (Status.FAILURE, Status.ABORTED) else EXIT_OK
 
@@ -164,6 +182,8 @@ def run(
     deadline: float | None,
 ) -> None:
     """Run the workflow defined in FILE (JSON or YAML), showing its steps live."""
+    if execution_id is not None:
+        _check_execution_id(execution_id)
     request = _parse_input(input_)
     wf = load_definition(file)
 
