@@ -51,8 +51,14 @@ def _exit_code(exc: MicrosagaError) -> int:
     return EXIT_USAGE
 
 
+MAX_ERROR = 1000  # characters of an error line: a message may quote a huge input
+
+
 def _fail(code: str, message: str) -> None:
-    click.echo(f"error[{code}]: {' '.join(message.split())}", err=True)
+    text = " ".join(message.split())
+    if len(text) > MAX_ERROR:
+        text = f"{text[: MAX_ERROR - 30]}... ({len(text)} characters)"
+    click.echo(f"error[{code}]: {text}", err=True)
 
 
 def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
