@@ -22,6 +22,7 @@ registered with ``register_step``). The other keys are the common options (``id`
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,10 +67,12 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
     else:
         path = Path(source)
         where = str(path)
+        if len(where) > 200:  # text without a newline taken for a path: quote a little
+            where = f"{where[:100]}...({len(where)} characters)"
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise DefinitionError(f"cannot read definition file {path}: {exc.strerror}") from None
+            raise DefinitionError(f"cannot read definition file {where}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise DefinitionError(f"definition file {path} is not UTF-8 text") from None
     data = _parse(text, where)
@@ -116,6 +119,21 @@ def _yaml_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]
 _YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
 
 
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(token: str) -> Any:
+    raise _NotJson(f"{token} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"{text} is out of range")
+    return value
+
+
 def _parse(text: str, where: str) -> Any:
     """JSON or YAML. A ``.json`` file is JSON; other text that starts with ``{`` is
     read as JSON first, then as YAML (flow-style YAML such as ``{id: x, steps: []}``
@@ -125,17 +143,30 @@ def _parse(text: str, where: str) -> Any:
     json_error: str | None = None
     if json_file or text.lstrip().startswith("{"):
         try:
-            return json.loads(text, object_pairs_hook=_json_object)
+            return json.loads(
+                text,
+                object_pairs_hook=_json_object,
+                parse_constant=_not_json,
+                parse_float=_finite_float,
+            )
         except _DuplicateKey as exc:
             raise DefinitionError(
                 f"{where}: key {exc.args[0]!r} appears twice in one object"
             ) from None
+        except _NotJson as exc:
+            json_error = f"{where}: invalid JSON: {exc}"
         except json.JSONDecodeError as exc:
             json_error = f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        except RecursionError:
+            raise DefinitionError(f"{where}: nested too deeply") from None
         if json_file:
             raise DefinitionError(json_error) from None
     try:
         return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no Python objects
+    except RecursionError:
+        raise DefinitionError(f"{where}: nested too deeply") from None
+    except ValueError as exc:  # a value the constructor cannot make (a 5,000-digit int)
+        raise DefinitionError(f"{where}: invalid YAML: {exc}") from None
     except yaml.YAMLError as exc:
         if json_error is not None and not yaml_file:
             raise DefinitionError(json_error) from None  # it looked like JSON
@@ -163,7 +194,10 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     for name, url in services.items():
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"service names are strings, not {name!r}", path="services")
-        problem = service_url_problem(url)
+        try:
+            problem = service_url_problem(url)
+        except ValueError as exc:  # urlsplit: an unclosed [ in the host
+            problem = f"not a valid URL ({exc})"
         if problem is not None:
             raise DefinitionError(problem, path=_join("services", str(name)))
     services = dict(services)
