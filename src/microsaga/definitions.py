@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,12 @@ def _yaml_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]
 
 
 _YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+# YAML 1.2 floats without a dot (1e308, 2E-3), which PyYAML's 1.1 rules read as strings
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class _NotJson(ValueError):
@@ -153,8 +160,8 @@ def _parse(text: str, where: str) -> Any:
             raise DefinitionError(
                 f"{where}: key {exc.args[0]!r} appears twice in one object"
             ) from None
-        except _NotJson as exc:
-            json_error = f"{where}: invalid JSON: {exc}"
+        except _NotJson as exc:  # JSON, and no YAML either: NaN and 1e400 are numbers there
+            raise DefinitionError(f"{where}: invalid JSON: {exc}") from None
         except json.JSONDecodeError as exc:
             json_error = f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         except RecursionError:
