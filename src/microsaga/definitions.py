@@ -195,6 +195,7 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     wf_id = data.get("id")
     if not isinstance(wf_id, str) or not wf_id.strip():
         raise DefinitionError(f"must be a non-empty string, not {wf_id!r}", path="id")
+    _check_id(wf_id, "id")
     services = data.get("services") or {}
     if not isinstance(services, Mapping):
         raise DefinitionError("must map service names to URLs", path="services")
@@ -217,6 +218,18 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     if description is not None and not isinstance(description, str):
         raise DefinitionError(f"must be a string, not {description!r}", path="description")
     return Workflow(wf_id, built, services=services, description=description)
+
+
+MAX_ID = 200
+
+
+def _check_id(value: str, path: str) -> None:
+    """An id fit for headers, keys and log lines: at most MAX_ID characters, no
+    control characters (a newline in a header or a log line splits it)."""
+    if len(value) > MAX_ID:
+        raise DefinitionError(f"at most {MAX_ID} characters, not {len(value)}", path=path)
+    if not value.isprintable():
+        raise DefinitionError(f"no control characters, not {value!r}", path=path)
 
 
 def _check_ids(steps: list[Step]) -> None:
@@ -284,6 +297,8 @@ def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
     kw: dict[str, Any] = {}
     if "id" in entry:
         kw["id"] = entry["id"]
+        if isinstance(kw["id"], str):
+            _check_id(kw["id"], _join(path, "id"))
     if "requires" in entry:
         req = entry["requires"]
         if isinstance(req, str):
