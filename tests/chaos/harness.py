@@ -310,6 +310,9 @@ class Run:
             self.details["broker"] = server
             self.broker_url = server.url
             urls = await stack.enter_async_context(participants(self.folder / "participants"))
+            pid = urls.pop("_pid")
+            dog = asyncio.create_task(watchdog(self, dict(urls), pid))
+            stack.push_async_callback(_cancel, dog)
             self.services = dict(urls)
             if proxied:
                 from tests.chaos.proxy import FaultyProxy
@@ -371,6 +374,9 @@ class Run:
         if self.workers.exits:
             self.details["exit_statuses"] = dict(Counter(code for _, code in self.workers.exits))
         self.details["fault_kinds"] = dict(Counter(f.kind for f in self.faults))
+        stalls = self.details.pop("participant_stalls", [])
+        if stalls:  # the participants' own trouble, not microsaga's: stacks in their log
+            self.details["participant_stalls"] = f"{len(stalls)}, first {stalls[0]}"
         return Report(
             self.scenario,
             self.seed,
@@ -427,8 +433,28 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await task
 
 
+async def watchdog(run: Run, urls: dict[str, str], pid: int) -> None:
+    """Ask each participant something cheap every 5 s (an unknown endpoint: 404); when
+    one does not answer within 10 s, record it and have the process dump its stacks
+    (SIGUSR1, ``faulthandler``) into ``participants.log``."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while True:
+            await asyncio.sleep(5.0)
+            for name, url in urls.items():
+                try:
+                    await client.post(f"{url}/Chaos/Ping", content=b"{}")
+                except httpx.HTTPError as exc:
+                    run.details.setdefault("participant_stalls", []).append(
+                        f"{time.time():.0f} {name}: {type(exc).__name__}"
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR1)
+
+
 @contextlib.asynccontextmanager
-async def participants(folder: Path) -> AsyncIterator[dict[str, str]]:
+async def participants(folder: Path) -> AsyncIterator[dict[str, Any]]:
     """The participants' process; yields ``{service: url}``."""
     folder.mkdir(parents=True, exist_ok=True)
     ports = folder / "ports.json"
@@ -447,7 +473,9 @@ async def participants(folder: Path) -> AsyncIterator[dict[str, str]]:
                 text = (folder / "participants.log").read_text(errors="replace")
                 raise RuntimeError(f"the participants did not start:\n{text}")
             await asyncio.sleep(0.05)
-        yield json.loads(ports.read_text())
+        urls = json.loads(ports.read_text())
+        urls["_pid"] = proc.pid
+        yield urls
     finally:
         proc.terminate()
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -173,6 +174,9 @@ async def serve(folder: Path, ports_file: Path) -> None:
 
 
 def main() -> None:
+    # the harness's watchdog sends SIGUSR1 when the services stop answering: the
+    # stacks of every thread go to the log
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--ports-file", type=Path, required=True)
