@@ -53,6 +53,15 @@ def _join(path: str, key: str | int | None) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _shown(key: Any) -> str:
+    """A key as it may stand in an error's path: itself when short and printable,
+    else quoted and cut (a key may hold a newline, or be a megabyte long)."""
+    text = str(key)
+    if text.isprintable() and len(text) <= 100:
+        return text
+    return repr(text[:100]) + ("..." if len(text) > 100 else "")
+
+
 def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workflow:
     """A validated workflow, not bound to a flow, from a file path, JSON or YAML text,
     or a dict. A string is text when it holds a newline or starts with ``{``.
@@ -190,7 +199,7 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     for key in data:
         if key not in _TOP:
             raise DefinitionError(
-                f"unknown field (expected one of {', '.join(_TOP)})", path=str(key)
+                f"unknown field (expected one of {', '.join(_TOP)})", path=_shown(key)
             )
     wf_id = data.get("id")
     if not isinstance(wf_id, str) or not wf_id.strip():
@@ -207,7 +216,7 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
         except ValueError as exc:  # urlsplit: an unclosed [ in the host
             problem = f"not a valid URL ({exc})"
         if problem is not None:
-            raise DefinitionError(problem, path=_join("services", str(name)))
+            raise DefinitionError(problem, path=_join("services", _shown(name)))
     services = dict(services)
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
@@ -266,7 +275,7 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     if allowed is not None:
         for key in own:
             if key not in allowed:
-                raise DefinitionError("unknown field", path=_join(path, str(key)))
+                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
     try:
         step = cls.from_config(own)
     except DefinitionError as exc:
@@ -335,7 +344,7 @@ def _retry(value: Any, path: str) -> Retry:
         if key not in _RETRY_FIELDS:
             raise DefinitionError(
                 f"unknown field (expected one of {', '.join(_RETRY_FIELDS)})",
-                path=_join(path, str(key)),
+                path=_join(path, _shown(key)),
             )
         kw[key] = item
     if "non_retryable" in kw:
