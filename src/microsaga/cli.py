@@ -138,7 +138,10 @@ def _parse_input(text: str | None) -> Message:
         except OSError as exc:
             raise ConfigurationError("--input", f"cannot read {text[1:]}: {exc.strerror}") from None
     else:
-        raw = text.encode()
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in argv come as surrogates
+            raise ConfigurationError("--input", "not valid UTF-8 text") from None
     try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
         _json_check.decode(raw)
     except msgspec.DecodeError as exc:
