@@ -86,7 +86,7 @@ async def published(kind: str, url: str, topic: str) -> Counter[str]:
         try:
             last = "-"
             while True:
-                entries = await client.xrange(topic, min=last, max="+", count=1000)
+                entries: Any = await client.xrange(topic, min=last, max="+", count=1000)
                 if last != "-":
                     entries = entries[1:]  # the bound is inclusive
                 if not entries:

@@ -323,12 +323,12 @@ def check(history: History) -> Counters:
         if final.status == "SUCCESS":
             continue
         for step in saga.compensable:
-            undone = effects.get(f"{eid}:{step}{COMPENSATE}")
-            if not undone:
+            undos = effects.get(f"{eid}:{step}{COMPENSATE}")
+            if not undos:
                 continue
             for earlier in _ancestors(saga, step):  # undone only after ``step`` was
                 calls = invocations.get(f"{eid}:{earlier}{COMPENSATE}")
-                if calls and calls[0].t < min(e.t for e in undone):
+                if calls and calls[0].t < min(e.t for e in undos):
                     out.compensations_out_of_order += 1
                     problem(f"out of order: {eid}: {earlier} undone before {step}")
 
@@ -344,10 +344,10 @@ def check(history: History) -> Counters:
         out.repeated_invocations += len(calls) - 1
         if key in faulted_keys:
             continue
-        first, last = calls[0].t - SLACK, calls[-1].t + SLACK
+        since, until = calls[0].t - SLACK, calls[-1].t + SLACK
         lag = history.lag + SLACK
         if any(
-            f.t <= last and (f.until if f.until is not None else f.t) + lag >= first
+            f.t <= until and (f.until if f.until is not None else f.t) + lag >= since
             for f in faults
             if f.key is None
         ):

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,7 +295,7 @@ class Run:
 
     async def execute(
         self,
-        faults: Callable[[Run], Awaitable[None]],
+        faults: Callable[[Run], Coroutine[Any, Any, None]],
         *,
         store: Callable[[Run], contextlib.AbstractAsyncContextManager[None]] | None = None,
         broker: str = "redis",

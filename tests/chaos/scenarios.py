@@ -32,7 +32,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -208,7 +208,7 @@ async def unprivileged_store(run: Run) -> AsyncIterator[None]:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    faults: Callable[[Run], Awaitable[None]]
+    faults: Callable[[Run], Coroutine[Any, Any, None]]
     short: Params
     long: Params
     store: Callable[[Run], contextlib.AbstractAsyncContextManager[None]] | None = None
