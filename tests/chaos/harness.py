@@ -201,6 +201,7 @@ class Run:
         self.submitted: list[str] = []
         self.view: dict[str, str] = {}  # the latest status seen of each execution
         self.observations: list[Observation] = []
+        self._last_seen: dict[str, tuple[str, float]] = {}
         self.stop = asyncio.Event()  # the submitter is done: faults may end
         self.enough = asyncio.Event()  # the faults reached ``min_faults``
         self.details: dict[str, Any] = {}
@@ -272,9 +273,10 @@ class Run:
                 status = info.status.name
                 self.view[info.id] = status
                 if status in FINISHED:
-                    self.observations.append(
-                        Observation(now, info.id, status, info.updated_at.timestamp())
-                    )
+                    seen = (status, info.updated_at.timestamp())
+                    if self._last_seen.get(info.id) != seen:  # changes only: memory
+                        self._last_seen[info.id] = seen
+                        self.observations.append(Observation(now, info.id, *seen))
             await asyncio.sleep(0.5 if found else 1.0)
 
     async def finals(self, flow: Flow) -> dict[str, Final]:
