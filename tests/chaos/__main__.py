@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import sys
 import time
 
@@ -21,7 +22,12 @@ from tests.chaos.scenarios import SCENARIOS
 from tests.chaos.servers import Unavailable
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # asyncio.run cancels the run: its servers and workers stop
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
     parser.add_argument("--seed", default=os.environ.get("CHAOS_SEED"), help="default: random")
