@@ -158,7 +158,7 @@ def _check_execution_id(value: str) -> None:
     """An id that fits in a header, a log line and an idempotency key: printable,
     without spaces, at most MAX_EXECUTION_ID characters."""
     if not value:
-        raise ConfigurationError("--execution-id", "must not be empty")
+        raise ConfigurationError("--execution-id", "must be a non-empty string, not ''")
     if len(value) > MAX_EXECUTION_ID:
         raise ConfigurationError(
             "--execution-id", f"at most {MAX_EXECUTION_ID} characters, not {len(value)}"
