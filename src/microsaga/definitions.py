@@ -314,6 +314,8 @@ def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
             req = [req]
         if not isinstance(req, list) or not all(isinstance(r, str) and r for r in req):
             raise DefinitionError("must be a list of step ids", path=_join(path, "requires"))
+        for n, item in enumerate(req):  # no step has such an id: say why, in one line
+            _check_id(item, f"{_join(path, 'requires')}[{n}]")
         kw["requires"] = tuple(dict.fromkeys(req))
     if "retry" in entry:
         kw["retry"] = _retry(entry["retry"], _join(path, "retry"))
