@@ -8,7 +8,7 @@ from .errors import ConfigurationError
 
 __all__ = ["MAX_ID", "check_id", "shown"]
 
-MAX_ID = 255
+MAX_ID = 200
 """The longest id a caller may choose (execution ids; step and workflow ids)."""
 
 
@@ -19,8 +19,9 @@ def shown(value: Any, limit: int = 60) -> str:
 
 
 def check_id(value: Any, setting: str) -> str:
-    """``value`` if it can be an id: a non-empty string of printable characters, with
-    no space at either end, at most :data:`MAX_ID` characters.
+    """``value`` if it can be an id: at most :data:`MAX_ID` printable characters,
+    without spaces or ``:`` (which joins an execution id and a step id into an
+    idempotency key, and a parent execution's id and a step id into a child's).
 
     Raises:
         ConfigurationError: naming ``setting``.
@@ -31,9 +32,8 @@ def check_id(value: Any, setting: str) -> str:
         raise ConfigurationError(
             setting, f"must be at most {MAX_ID} characters, not {len(value)} ({shown(value)})"
         )
-    if not value.isprintable() or value.strip() != value:
+    if not value.isprintable() or any(c.isspace() or c == ":" for c in value):
         raise ConfigurationError(
-            setting,
-            f"must be printable characters without spaces at the ends, not {shown(value)}",
+            setting, f"must be printable characters without spaces or ':', not {shown(value)}"
         )
     return value

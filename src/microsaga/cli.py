@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import click
+import msgspec
 
 from ._validate import check_id
 from .definitions import load_definition
@@ -35,6 +36,7 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 log = logging.getLogger("microsaga.cli")
+_json_check = msgspec.json.Decoder(msgspec.Raw)
 
 
 class Exit(Exception):
@@ -50,8 +52,14 @@ def _exit_code(exc: MicrosagaError) -> int:
     return EXIT_USAGE
 
 
+MAX_ERROR = 1000  # characters of an error line: a message may quote a huge input
+
+
 def _fail(code: str, message: str) -> None:
-    click.echo(f"error[{code}]: {' '.join(message.split())}", err=True)
+    text = " ".join(message.split())
+    if len(text) > MAX_ERROR:
+        text = f"{text[: MAX_ERROR - 30]}... ({len(text)} characters)"
+    click.echo(f"error[{code}]: {text}", err=True)
 
 
 def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
@@ -110,11 +118,16 @@ def _parse_input(text: str | None) -> Message:
         except OSError as exc:
             raise ConfigurationError("--input", f"cannot read {text[1:]}: {exc.strerror}") from None
     else:
-        raw = text.encode()
-    try:
-        json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in argv come as surrogates
+            raise ConfigurationError("--input", "not valid UTF-8 text") from None
+    try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
+        _json_check.decode(raw)
+    except msgspec.DecodeError as exc:
         raise ConfigurationError("--input", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigurationError("--input", "not valid JSON: nested too deeply") from None
     return Message(raw)
 
 

@@ -22,7 +22,9 @@ registered with ``register_step``). The other keys are the common options (``id`
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,15 @@ def _join(path: str, key: str | int | None) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _shown(key: Any) -> str:
+    """A key as it may stand in an error's path: itself when short and printable,
+    else quoted and cut (a key may hold a newline, or be a megabyte long)."""
+    text = str(key)
+    if text.isprintable() and len(text) <= 100:
+        return text
+    return repr(text[:100]) + ("..." if len(text) > 100 else "")
+
+
 def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workflow:
     """A validated workflow, not bound to a flow, from a file path, JSON or YAML text,
     or a dict. A string is text when it holds a newline or starts with ``{``.
@@ -66,10 +77,12 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
     else:
         path = Path(source)
         where = str(path)
+        if len(where) > 200:  # text without a newline taken for a path: quote a little
+            where = f"{where[:100]}...({len(where)} characters)"
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise DefinitionError(f"cannot read definition file {path}: {exc.strerror}") from None
+            raise DefinitionError(f"cannot read definition file {where}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise DefinitionError(f"definition file {path} is not UTF-8 text") from None
     data = _parse(text, where)
@@ -114,6 +127,27 @@ def _yaml_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]
 
 
 _YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+# YAML 1.2 floats without a dot (1e308, 2E-3), which PyYAML's 1.1 rules read as strings
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(token: str) -> Any:
+    raise _NotJson(f"{token} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"{text} is out of range")
+    return value
 
 
 def _parse(text: str, where: str) -> Any:
@@ -125,17 +159,30 @@ def _parse(text: str, where: str) -> Any:
     json_error: str | None = None
     if json_file or text.lstrip().startswith("{"):
         try:
-            return json.loads(text, object_pairs_hook=_json_object)
+            return json.loads(
+                text,
+                object_pairs_hook=_json_object,
+                parse_constant=_not_json,
+                parse_float=_finite_float,
+            )
         except _DuplicateKey as exc:
             raise DefinitionError(
                 f"{where}: key {exc.args[0]!r} appears twice in one object"
             ) from None
+        except _NotJson as exc:  # JSON, and no YAML either: NaN and 1e400 are numbers there
+            raise DefinitionError(f"{where}: invalid JSON: {exc}") from None
         except json.JSONDecodeError as exc:
             json_error = f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        except RecursionError:
+            raise DefinitionError(f"{where}: nested too deeply") from None
         if json_file:
             raise DefinitionError(json_error) from None
     try:
         return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no Python objects
+    except RecursionError:
+        raise DefinitionError(f"{where}: nested too deeply") from None
+    except ValueError as exc:  # a value the constructor cannot make (a 5,000-digit int)
+        raise DefinitionError(f"{where}: invalid YAML: {exc}") from None
     except yaml.YAMLError as exc:
         if json_error is not None and not yaml_file:
             raise DefinitionError(json_error) from None  # it looked like JSON
@@ -152,20 +199,24 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     for key in data:
         if key not in _TOP:
             raise DefinitionError(
-                f"unknown field (expected one of {', '.join(_TOP)})", path=str(key)
+                f"unknown field (expected one of {', '.join(_TOP)})", path=_shown(key)
             )
     wf_id = data.get("id")
     if not isinstance(wf_id, str) or not wf_id.strip():
         raise DefinitionError(f"must be a non-empty string, not {wf_id!r}", path="id")
+    _check_id(wf_id, "id")
     services = data.get("services") or {}
     if not isinstance(services, Mapping):
         raise DefinitionError("must map service names to URLs", path="services")
     for name, url in services.items():
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"service names are strings, not {name!r}", path="services")
-        problem = service_url_problem(url)
+        try:
+            problem = service_url_problem(url)
+        except ValueError as exc:  # urlsplit: an unclosed [ in the host
+            problem = f"not a valid URL ({exc})"
         if problem is not None:
-            raise DefinitionError(problem, path=_join("services", str(name)))
+            raise DefinitionError(problem, path=_join("services", _shown(name)))
     services = dict(services)
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
@@ -176,6 +227,18 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     if description is not None and not isinstance(description, str):
         raise DefinitionError(f"must be a string, not {description!r}", path="description")
     return Workflow(wf_id, built, services=services, description=description)
+
+
+MAX_ID = 200
+
+
+def _check_id(value: str, path: str) -> None:
+    """An id fit for headers, keys and log lines: at most MAX_ID characters, no
+    control characters (a newline in a header or a log line splits it)."""
+    if len(value) > MAX_ID:
+        raise DefinitionError(f"at most {MAX_ID} characters, not {len(value)}", path=path)
+    if not value.isprintable():
+        raise DefinitionError(f"no control characters, not {value!r}", path=path)
 
 
 def _check_ids(steps: list[Step]) -> None:
@@ -212,7 +275,7 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     if allowed is not None:
         for key in own:
             if key not in allowed:
-                raise DefinitionError("unknown field", path=_join(path, str(key)))
+                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
     try:
         step = cls.from_config(own)
     except DefinitionError as exc:
@@ -243,12 +306,16 @@ def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
     kw: dict[str, Any] = {}
     if "id" in entry:
         kw["id"] = entry["id"]
+        if isinstance(kw["id"], str):
+            _check_id(kw["id"], _join(path, "id"))
     if "requires" in entry:
         req = entry["requires"]
         if isinstance(req, str):
             req = [req]
         if not isinstance(req, list) or not all(isinstance(r, str) and r for r in req):
             raise DefinitionError("must be a list of step ids", path=_join(path, "requires"))
+        for n, item in enumerate(req):  # no step has such an id: say why, in one line
+            _check_id(item, f"{_join(path, 'requires')}[{n}]")
         kw["requires"] = tuple(dict.fromkeys(req))
     if "retry" in entry:
         kw["retry"] = _retry(entry["retry"], _join(path, "retry"))
@@ -279,7 +346,7 @@ def _retry(value: Any, path: str) -> Retry:
         if key not in _RETRY_FIELDS:
             raise DefinitionError(
                 f"unknown field (expected one of {', '.join(_RETRY_FIELDS)})",
-                path=_join(path, str(key)),
+                path=_join(path, _shown(key)),
             )
         kw[key] = item
     if "non_retryable" in kw:

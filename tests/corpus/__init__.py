@@ -1,0 +1,1 @@
+"""The bad-input corpus (see ``loader.py``) and hypothesis strategies (``strategies.py``)."""
