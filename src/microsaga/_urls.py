@@ -59,6 +59,9 @@ class Url:
     def __str__(self) -> str:
         return redact_url(self.value)
 
+    def __repr__(self) -> str:
+        return repr(redact_url(self.value))
+
     def error(self, reason: str) -> ConfigurationError:
         """A :class:`ConfigurationError` about this URL, naming its setting."""
         return ConfigurationError(self.setting, reason)

@@ -102,9 +102,9 @@ def cli(
     from .settings import broker_url, store_url
 
     ctx.obj = {
-        "store": store_url(store, "--store") if store else None,
+        "store": store_url(store, "--store") if store is not None else None,
         "services": _services(services),
-        "broker": broker_url(broker, "--broker") if broker else None,
+        "broker": broker_url(broker, "--broker") if broker is not None else None,
     }
 
 

@@ -357,8 +357,9 @@ def _retry(value: Any, path: str) -> Retry:
             )
         kw["non_retryable"] = tuple(_error_class(c, path) for c in codes)
     for key in ("initial_interval", "multiplier", "max_interval"):
-        if isinstance(kw.get(key), int) and not isinstance(kw[key], bool):
-            kw[key] = float(kw[key])
+        value = kw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 2**53:
+            kw[key] = float(value)
     if "jitter" in kw and not isinstance(kw["jitter"], bool):
         raise DefinitionError("must be true or false", path=_join(path, "jitter"))
     try:

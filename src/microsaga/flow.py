@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -59,7 +58,7 @@ def _positive(value: Any, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigurationError(name, f"must be a positive number of seconds, not {value!r}")
-    if math.isinf(value):
+    if value >= 2**53:  # too long to mean anything but "never"
         return None
     return float(value)
 

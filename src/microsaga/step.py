@@ -111,8 +111,14 @@ def _check_int(value: Any, path: str, *, minimum: int) -> None:
 def _check_number(value: Any, path: str, *, minimum: float, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise DefinitionError(f"must be a number, not {value!r}", path=path)
+    if isinstance(value, float) and math.isnan(value):
+        raise DefinitionError(f"must be a number, not {value!r}", path=path)
+    if isinstance(value, int) and abs(value) > 2**53:
+        raise DefinitionError(
+            f"must be at most {2**53}, not a {len(str(value))}-digit number", path=path
+        )
     if value < minimum:
         raise DefinitionError(f"must be at least {minimum}, not {value}", path=path)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from microsaga import Flow, Hook, Phase, Status, StepEvent
+from microsaga import Flow, Status
 from microsaga.api.events import Feed, Subscription
 from tests.helpers import eventually
 from tests.integration.pg import empty_store
@@ -84,46 +84,29 @@ async def test_subscribers_share_one_read(memory_api: Client, memory_flow: Flow)
     await memory_flow.wait(eid, timeout=10)
     feed.touch(eid)
     results = await asyncio.wait_for(asyncio.gather(*streams), 10)
-    assert feed.reads == 2  # one read for 200 subscribers
+    # a read per change (hooks) and per touch, not per subscriber: 200 of them here
+    assert 2 <= feed.reads <= 4
     assert all(result == results[0] for result in results)
     assert results[0][-1] == ("end", {"id": eid, "status": "SUCCESS"})
     assert feed.watched == 0
     await feed.close()
 
 
-class HookedFlow(Flow):
-    """A flow with the hook seam's registration (``add_hook``/``remove_hook``)."""
-
-    hooks: list[Hook]
-
-    def add_hook(self, hook: Hook) -> None:
-        self.hooks.append(hook)
-
-    def remove_hook(self, hook: Hook) -> None:
-        self.hooks.remove(hook)
-
-
 async def test_a_hook_event_reads_the_execution_at_once() -> None:
-    async with HookedFlow("memory://") as flow:
-        flow.hooks = []
+    async with Flow("memory://") as flow:
+        before = len(list(flow.hooks))
         async with order_api(flow) as api:
             eid = await api.start({"gate": "hook"})
             await eventually(lambda: running(api, eid), timeout=10)
-            feed = Feed(flow, interval=3600)
+            feed = Feed(flow, interval=3600)  # no periodic reads: only hooks
             sub = await feed.subscribe(eid)
-            assert len(flow.hooks) == 1  # one hook for the feed, however many subscribers
+            assert len(list(flow.hooks)) == before + 1  # one hook, however many subscribers
             assert (await feed.subscribe(eid)) is not sub
-            assert len(flow.hooks) == 1
+            assert len(list(flow.hooks)) == before + 1
             steps.gate("hook").set()
-            await flow.wait(eid, timeout=10)
-            assert feed.reads == 1
-            # what the engine will tell the hook once the seam is wired
-            flow.hooks[0].step_recorded(
-                StepEvent(eid, "order", "notify", Phase.FORWARD, 1, Status.SUCCESS, 0.0)
-            )
             events = await asyncio.wait_for(collect(sub), 5)
             assert events[-1] == ("end", {"id": eid, "status": "SUCCESS"})
-            await eventually(lambda: not flow.hooks, timeout=5)  # nobody left: removed
+            await eventually(lambda: len(list(flow.hooks)) == before, timeout=5)  # removed
             await feed.close()
 
 

@@ -1,4 +1,4 @@
-"""What each step receives and what an execution returns (SPEC section 4)."""
+"""What each step receives and what an execution returns (docs/semantics.md)."""
 
 from __future__ import annotations
 
