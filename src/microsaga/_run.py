@@ -234,7 +234,7 @@ class Run:
             decision = (lone is not None and after_success(graph, state, lone)) or decide(
                 plan, graph, state
             )
-            if decision.start and self.spec.deadline_at is not None and self._deadline_passed():
+            if decision.start and self.spec.deadline_at is not None and self.deadline_due():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
                 await self.host.abort_for_deadline(self)
@@ -570,7 +570,10 @@ class Run:
         self._waiters.append(fut)
         return await fut
 
-    def _deadline_passed(self) -> bool:
+    def deadline_due(self) -> bool:
+        """Whether the execution's deadline has passed by the flow's clock and it is
+        not aborted yet (its timer fires on time; the worker also asks at every poll,
+        which is what a test moving the flow's clock relies on)."""
         deadline = self.spec.deadline_at
         return (
             deadline is not None

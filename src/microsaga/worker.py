@@ -185,6 +185,7 @@ class Worker:
         self._poke = asyncio.Event()
         self._control_seq = 0
         self._to_release: dict[str, int] = {}
+        self._aborting: set[str] = set()  # deadline aborts requested, not yet done
 
     # the run's host ---------------------------------------------------------------
 
@@ -194,7 +195,9 @@ class Worker:
         self._notify(run.id)
 
     def deadline_passed(self, run: Run) -> None:
-        self._spawn(self.abort_for_deadline(run))
+        if run.deadline_due() and run.id not in self._aborting:
+            self._aborting.add(run.id)
+            self._spawn(self.abort_for_deadline(run))
 
     async def abort_for_deadline(self, run: Run) -> None:
         try:
@@ -203,6 +206,8 @@ class Worker:
             pass  # finished, or aborted already
         except MicrosagaError as exc:
             log.warning("execution %s: deadline abort failed: %s", run.id, exc)
+        finally:
+            self._aborting.discard(run.id)
 
     # lifecycle ------------------------------------------------------------------
 
@@ -453,6 +458,9 @@ class Worker:
         while True:
             try:
                 await self._controls()
+                for run in list(self.runs.values()):
+                    if run.spec.deadline_at is not None:
+                        self.deadline_passed(run)
                 claimed = await self._claim()
                 now = self.clock()
                 if now - last_prune > 60:

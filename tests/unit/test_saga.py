@@ -305,47 +305,67 @@ async def test_transitions_that_make_no_sense_are_refused(flow: Flow) -> None:
         await flow.abort(eid)
 
 
-async def test_deadline_aborts_with_compensation(flow: Flow) -> None:
+class Clock:
+    """The flow's clock, moved by the test (``Flow(clock=...)``)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_deadline_aborts_with_compensation(store_url: str) -> None:
+    clock = Clock()
     ledger = Ledger()
     a = ledger.step("a")
     b = ledger.step("b", a, wait=True)
-    wf = await flow.workflow_create("deadline", a, b)
-
-    async def release_later() -> None:
+    # leases long enough that moving the clock does not let them expire
+    async with Flow(store_url, poll_interval=0.05, clock=clock, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("deadline", a, b)
+        running = asyncio.create_task(wf.execute(deadline=3600))
         await eventually(lambda: "start b" in ledger.log)
-        await asyncio.sleep(0.4)  # past the deadline: b finishes after the abort
-        ledger.gate("b").set()
-
-    task = asyncio.create_task(release_later())
-    eid = await asyncio.wait_for(wf.execute(deadline=0.2), 10)  # returns the id: no raise
-    await task
-    info = await flow.execution(eid)
+        clock.now += 3601  # past the deadline, by the flow's clock: the abort comes
+        await eventually(async_execution_status(flow, Status.COMPENSATING))
+        ledger.gate("b").set()  # b finishes after the abort, and is compensated too
+        eid = await asyncio.wait_for(running, 10)  # returns the id: no raise
+        info = await flow.execution(eid)
     assert info.status is Status.ABORTED
     assert info.steps["a"].status is Status.COMPENSATED
     assert info.error is not None
     assert "deadline" in info.error
 
 
-async def test_no_step_starts_after_the_deadline_passed_while_suspended(flow: Flow) -> None:
+async def test_no_step_starts_after_the_deadline_passed_while_suspended(store_url: str) -> None:
+    clock = Clock()
     ledger = Ledger()
     a = ledger.step("a", wait=True)
     b = ledger.step("b", a)
-    wf = await flow.workflow_create("deadline-suspended", a, b)
-    eid = await wf.execute(async_=True, deadline=0.5)
-    await eventually(lambda: "start a" in ledger.log)
-    await flow.suspend(eid)
-    ledger.gate("a").set()
-    await flow.settle(eid)  # a finished and was recorded; nothing else starts
-    until = time.time() + 0.5
-    await eventually(lambda: time.time() > until)  # the deadline is behind us now
-    await flow.resume(eid)
-    info = await flow.wait(eid, timeout=10)
+    # leases long enough that moving the clock does not let them expire
+    async with Flow(store_url, poll_interval=0.05, clock=clock, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("deadline-suspended", a, b)
+        eid = await wf.execute(async_=True, deadline=60)
+        await eventually(lambda: "start a" in ledger.log)
+        await flow.suspend(eid)
+        ledger.gate("a").set()
+        await flow.settle(eid)  # a finished and was recorded; nothing else starts
+        clock.now += 61  # the deadline is behind us now
+        await flow.resume(eid)
+        info = await flow.wait(eid, timeout=10)
     assert info.status is Status.ABORTED
     assert "start b" not in ledger.log
     assert info.steps["b"].status is Status.PENDING
     assert info.steps["a"].status is Status.COMPENSATED
     assert info.error is not None
     assert "deadline" in info.error
+
+
+def async_execution_status(flow: Flow, status: Status) -> Any:
+    async def check() -> bool:
+        found = await flow.executions(status=status)
+        return bool(found)
+
+    return check
 
 
 async def test_abort_of_a_queued_execution_ends_it_without_a_worker(store_url: str) -> None:
