@@ -58,6 +58,10 @@ async def _pause() -> None:
     delay = float(os.environ.get("MICROSAGA_BENCH_STEP_DELAY", "0") or 0)
     if delay:
         await asyncio.sleep(delay)
+    log = os.environ.get("MICROSAGA_BENCH_LOG")
+    if log:  # which process ran the step (backlog.py counts them)
+        with open(log, "a", encoding="ascii") as fh:
+            fh.write(f"{os.getpid()}\n")
 
 
 async def reserve(msg: Any) -> Any:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 
+from ._health import StoreHealth
 from .errors import StoreError
 from .hooks import CommitEvent, Hooks
 from .stores.base import NewExecution, Store, Transition, TransitionResult
 
 __all__ = ["Committer"]
-
-log = logging.getLogger("microsaga.store")
 
 Unit = NewExecution | Transition
 Result = bool | TransitionResult
@@ -38,8 +36,10 @@ class Committer:
         retry_for: float = 60.0,
         quiet: Callable[[], bool] | None = None,
         hooks: Hooks | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.store = store
+        self.health = health or StoreHealth()
         self.retry_for = retry_for
         # when the worker runs little or nothing else, a lone unit gains nothing from
         # waiting for company: the store may commit it at once (Store.commit_now)
@@ -162,10 +162,11 @@ class Committer:
             except StoreError as exc:
                 if not exc.retryable or time.monotonic() + delay > deadline:
                     raise
-                log.warning("store %s: %s; retrying in %.2fs", self.store.url, exc, delay)
+                self.health.failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            self.health.ok()
             if self.hooks.store_committed:
                 self._committed(len(units), started)
             return results

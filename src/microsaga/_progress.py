@@ -132,6 +132,8 @@ def show_lines(info: Execution) -> list[str]:
     ]
     if info.error:
         lines.append(f"error      {info.error}")
+    if info.note:
+        lines.append(f"note       {info.note}")
     if info.response is not None:
         lines.append(f"response   {info.response.body.decode('utf-8', 'replace')[:200]}")
     width = max((len(s) for s in info.steps), default=4) + 2

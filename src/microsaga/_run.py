@@ -94,6 +94,7 @@ class Run:
     releasing = False  # the lease goes with the commit in flight: not "lost" meanwhile
     ended = False  # see end()
     outcome: Outcome | None = None  # how it stopped once ended; None: lost, or gave up
+    handed_back = False  # drained: its lease released, for another worker to continue
 
     def __init__(self, spec: RunSpec, state: ExecState, host: RunHost, *, fresh: bool) -> None:
         self.spec = spec
@@ -110,6 +111,7 @@ class Run:
         self._interrupt: asyncio.Event | None = None  # wakes a retry's backoff
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._lost = False
+        self._draining = False
         # a lone step runs in the loop's own task (a chain needs no task per step), and
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
@@ -134,6 +136,15 @@ class Run:
         self._wake.set()
         if self._interrupt is not None:
             self._interrupt.set()  # wakes a backoff; the next wait gets a new event
+            self._interrupt = None
+
+    def drain(self) -> None:
+        """The worker stops: start no step; once the running ones finished and were
+        recorded, release the lease with the execution as it stands."""
+        self._draining = True
+        self._wake.set()
+        if self._interrupt is not None:
+            self._interrupt.set()
             self._interrupt = None
 
     def lose(self) -> None:
@@ -215,6 +226,8 @@ class Run:
         committer = self.host.committer
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
+            if self._draining:
+                starts = []  # recorded RUNNING: the next worker invokes them
             if len(starts) == 1 and not self._tasks:
                 self._inline = True
                 try:
@@ -231,6 +244,14 @@ class Run:
                 return
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
+            if self._draining:
+                if self._tasks:  # running steps finish and are recorded first
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                if await self._hand_back():
+                    return
+                continue
             decision = (lone is not None and after_success(graph, state, lone)) or decide(
                 plan, graph, state
             )
@@ -301,6 +322,30 @@ class Run:
                 self._stop(Outcome(Status.SUSPEND))
                 return
 
+    async def _hand_back(self) -> bool:
+        """Commit what finished and release the lease (the worker stops); False when
+        the status changed meanwhile (a request came first: fold it and try again)."""
+        unit = Transition(
+            execution_id=self.id,
+            token=self.spec.token,
+            expect=self.state.status,
+            records=self._records,
+            release=True,
+            at=self.host.clock(),
+        )
+        self.releasing = True
+        result = await self.host.committer.submit(unit)
+        if not result.owned:
+            raise LeaseLostError()
+        self._records = []
+        if not result.applied:
+            self.releasing = False
+            self.state.status = result.status
+            return False
+        self.handed_back = True
+        self.end(None)
+        return True
+
     # steps -----------------------------------------------------------------------
 
     def _start(self, sid: str, phase: Phase, now: float) -> StepRecord:
@@ -336,7 +381,7 @@ class Run:
         self._done.clear()
 
     def _interrupt_wanted(self, phase: Phase) -> bool:
-        if self.state.abort is Abort.NO_COMPENSATION:
+        if self.state.abort is Abort.NO_COMPENSATION or self._draining:
             return True
         if phase is Phase.COMPENSATE:
             return False

@@ -6,7 +6,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["MAX_ID", "check_id", "shown"]
+__all__ = ["MAX_ID", "check_id", "name_problem", "shown"]
 
 MAX_ID = 200
 """The longest id a caller may choose (execution ids; step and workflow ids)."""
@@ -37,3 +37,22 @@ def check_id(value: Any, setting: str) -> str:
             setting, f"must be printable characters without spaces or ':', not {shown(value)}"
         )
     return value
+
+
+def name_problem(
+    value: Any, *, spaces: bool = False, colon: bool = False, limit: int | None = MAX_ID
+) -> str | None:
+    """Why ``value`` cannot be a step id, a workflow id or a topic, or None: it must be a
+    non-empty string of at most ``limit`` printable characters, without spaces at
+    its ends, inside it unless ``spaces``, nor ``:`` unless ``colon``."""
+    if not isinstance(value, str) or not value:
+        return f"must be a non-empty string, not {shown(value)}"
+    if limit is not None and len(value) > limit:
+        return f"must be at most {limit} characters, not {len(value)} ({shown(value)})"
+    if not value.isprintable() or value.strip() != value:
+        return f"must be printable characters without spaces at the ends, not {shown(value)}"
+    if not spaces and any(c.isspace() for c in value):
+        return f"must hold no spaces, not {shown(value)}"
+    if not colon and ":" in value:
+        return f"must hold no ':' (it joins ids into idempotency keys), not {shown(value)}"
+    return None

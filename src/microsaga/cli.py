@@ -2,7 +2,8 @@
 
 Errors are one line on stderr, ``error[CODE]: message``. Exit status: 0 success,
 1 the execution failed or was aborted, 2 bad usage, definition or setting (an unknown
-execution id included), 3 store or transport unavailable.
+execution id included), 3 store or transport unavailable, 4 the execution ``run``
+waited for was suspended, 70 an internal error (a bug: please report it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from .status import Status
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SUSPENDED = 0, 1, 2, 3, 4
+EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
 
 log = logging.getLogger("microsaga.cli")
 _json_check = msgspec.json.Decoder(msgspec.Raw)
@@ -179,7 +181,9 @@ def run(
         from ._progress import progress_console
 
         console = progress_console()
-        async with _flow(ctx, worker=not async_) as flow:
+        # without --async it runs its own execution, and only that one: it does not
+        # claim what other processes queued (a worker does)
+        async with _flow(ctx, worker=not async_, claim=False) as flow:
             await flow.workflow_add(wf)
             await flow.workflow_save(wf)
             eid = await wf.execute(
@@ -192,17 +196,25 @@ def run(
             if async_:
                 click.echo(eid)
                 return EXIT_OK
-            from rich.text import Text
 
             from ._progress import follow
 
             order = [s.id for level in wf.steps() for s in level]
             info = await follow(flow, eid, console, order)
             await flow.settle(eid)  # steps still running here finish before we exit
-            if info.error:
-                console.print(Text(info.error, style="red"))  # never markup: remote text
-            click.echo(eid)
-            return _outcome_code(info.status)
+        click.echo(eid)
+        if info.status is Status.SUSPEND:
+            _fail(
+                "suspended",
+                f"execution {eid} is suspended: `microsaga resume {eid}`, and a worker "
+                "(`microsaga worker`) continues it",
+            )
+            return EXIT_SUSPENDED
+        if info.status is Status.FAILURE:
+            _fail("execution_failed", f"execution {eid} failed: {info.error or 'failed'}")
+        elif info.status is Status.ABORTED:
+            _fail("execution_aborted", f"execution {eid} aborted: {info.error or 'aborted'}")
+        return _outcome_code(info.status)
 
     _run_async(main)
 
@@ -212,9 +224,15 @@ def run(
 @click.option("--status", help="Only executions with this status (RUNNING, FAILURE...).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option("--before", help="Page back: executions older than this id.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (the API's fields).")
 @click.pass_context
 def list_(
-    ctx: click.Context, workflow: str | None, status: str | None, limit: int, before: str | None
+    ctx: click.Context,
+    workflow: str | None,
+    status: str | None,
+    limit: int,
+    before: str | None,
+    as_json: bool,
 ) -> None:
     """List executions, newest first."""
     wanted = _status(status)
@@ -222,10 +240,16 @@ def list_(
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
             found = await flow.executions(workflow, wanted, limit, before)
+        if as_json:
+            from .api.models import summary_json
+
+            click.echo(json.dumps([summary_json(info) for info in found], indent=2))
+            return EXIT_OK
         for info in found:
             created = info.created_at.isoformat(timespec="seconds")
-            error = f"  {info.error}" if info.error else ""
-            click.echo(f"{info.id}  {info.workflow_id:<20} {info.status.name:<13} {created}{error}")
+            said = info.error or info.note
+            tail = f"  {said}" if said else ""
+            click.echo(f"{info.id}  {info.workflow_id:<20} {info.status.name:<13} {created}{tail}")
         return EXIT_OK
 
     _run_async(main)
@@ -399,5 +423,5 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("MICROSAGA_DEBUG"):
             raise
         _fail("internal", f"{type(exc).__name__}: {exc} (set MICROSAGA_DEBUG=1 for details)")
-        code = EXIT_FAILED
+        code = EXIT_INTERNAL
     sys.exit(code)

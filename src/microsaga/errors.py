@@ -14,6 +14,7 @@ the default message::
     ├── MissingClientError         missing_client
     ├── WorkflowNotFoundError      workflow_not_found
     ├── ExecutionNotFoundError     execution_not_found
+    ├── ExecutionConflictError     execution_conflict     an id taken by another workflow
     ├── ExecutionFailedError       execution_failed
     ├── InvalidTransitionError     invalid_transition
     ├── StepError                  step_failed            raised by step code
@@ -33,6 +34,7 @@ __all__ = [
     "CycleError",
     "DefinitionError",
     "DuplicateStepError",
+    "ExecutionConflictError",
     "ExecutionFailedError",
     "ExecutionNotFoundError",
     "InvalidTransitionError",
@@ -165,6 +167,12 @@ class ExecutionNotFoundError(MicrosagaError):
         else:  # an empty id, or one with spaces or control characters: show it quoted
             message = f"execution not found: {execution_id!r}"
         super().__init__(message)
+
+
+class ExecutionConflictError(MicrosagaError):
+    """An execution with that id exists, of another workflow or definition."""
+
+    code = "execution_conflict"
 
 
 class ExecutionFailedError(MicrosagaError):

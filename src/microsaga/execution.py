@@ -42,7 +42,11 @@ class StepRun:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Execution:
-    """One execution of a workflow, as stored."""
+    """One execution of a workflow, as stored.
+
+    ``note`` says why an execution waits for a worker that can run it (a service this
+    worker has no address for, a function it cannot import), while it does.
+    """
 
     id: str
     workflow_id: str
@@ -55,6 +59,9 @@ class Execution:
     updated_at: datetime
     steps: dict[str, StepRun] = field(default_factory=dict)
     deadline_at: datetime | None = None
+    parent_id: str | None = None  # the parent execution of a sub-workflow's child
+    redrive_of: str | None = None  # the execution this one redrives
+    note: str | None = None  # why it waits for a worker, while it does
 
     @property
     def failed_step(self) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import time
@@ -11,6 +12,8 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from . import _faults, _views
 from ._aio import wait_event
@@ -51,6 +54,27 @@ log = logging.getLogger("microsaga")
 def new_execution_id() -> str:
     """A 32-hex-digit id that sorts by creation time (milliseconds, then random)."""
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def _check_json(body: bytes) -> None:
+    """A request's body is JSON (empty: no body), or a ConfigurationError."""
+    if not body:
+        return
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        if "out of range" not in str(exc):
+            raise ConfigurationError("request", f"the body is not JSON: {exc}") from None
+        try:  # a number too large for msgspec is still JSON
+            json.loads(body, parse_int=len, parse_float=len, parse_constant=_no_constant)
+        except ValueError as again:
+            raise ConfigurationError("request", f"the body is not JSON: {again}") from None
+    except RecursionError:
+        raise ConfigurationError("request", "the body is JSON nested too deep") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _positive(value: Any, name: str) -> float | None:
@@ -349,6 +373,7 @@ class Flow:
             for name, url in wf.services.items():
                 self._services.setdefault(name, url)
             plan = self._plans[definition.hash] = wf.plan()
+        self._check(plan)
         return plan
 
     def _checked_plan(self, wf: Workflow) -> Plan:
@@ -359,6 +384,16 @@ class Flow:
             MissingClientError: before anything is stored.
         """
         plan = wf.plan()
+        self._check(plan)
+        return plan
+
+    def _check(self, plan: Plan) -> None:
+        """Every step of ``plan`` finds what it needs in this flow (once per plan and
+        set of services).
+
+        Raises:
+            MissingClientError: a service without an address, no broker.
+        """
         checked = self._checked.get(id(plan))
         if checked is None or checked[0] is not plan or checked[1] != len(self._services):
             for node in plan.nodes.values():
@@ -366,7 +401,6 @@ class Flow:
                     if isinstance(step, Step):
                         step.check(self)
             self._checked[id(plan)] = (plan, len(self._services))
-        return plan
 
     # executions -------------------------------------------------------------------------
 
@@ -385,7 +419,11 @@ class Flow:
         """Start an execution of ``wf`` and (unless ``async_``) wait until it stops:
         what ``wf.execute(...)`` does (see :meth:`Workflow.execute`)."""
         worker = self._running()
-        request = req if isinstance(req, Message) else Message(req)
+        if isinstance(req, Message | bytes | bytearray | memoryview):
+            request = Message.of(req)
+            _check_json(request.body)  # bytes of the caller's: checked, not trusted
+        else:
+            request = Message(req)
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
         if deadline is not None:

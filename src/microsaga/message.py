@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -236,6 +237,8 @@ class Message:
             self.body = b""
         elif isinstance(body, bytearray | memoryview):
             self.body = bytes(body)
+        elif type(body) is float and not math.isfinite(body):
+            raise TypeError(f"cannot encode {body!r} as JSON: JSON has no NaN or infinity")
         else:
             self.body = encode_json(body)
         # type() first: Metadata is a Mapping, and isinstance against an ABC is slow

@@ -10,7 +10,7 @@ concurrency            ``MICROSAGA_CONCURRENCY``     64 steps running at once
 lease_ttl              ``MICROSAGA_LEASE_TTL``       10 s
 heartbeat_interval     ``MICROSAGA_HEARTBEAT``       lease_ttl / 3
 poll_interval          ``MICROSAGA_POLL_INTERVAL``   0.25 s
-max_executions         ``MICROSAGA_MAX_EXECUTIONS``  1024 executions claimed at once
+max_executions         ``MICROSAGA_MAX_EXECUTIONS``  executions held at once: concurrency
 worker_id              ``MICROSAGA_WORKER_ID``       host:pid:nonce:machine (see below)
 =====================  ============================  ==================================
 
@@ -89,7 +89,8 @@ class FlowOptions:
     lease_ttl: float = 10.0
     heartbeat_interval: float = 10.0 / 3
     poll_interval: float = 0.25
-    max_executions: int = 1024
+    max_executions: int = 64  # executions held at once (default: the concurrency)
+    claim: bool = True  # with worker: take executions from the store, not only its own
     worker_id: str | None = None
     compensation_retry: Retry = _DEFAULT_COMPENSATION_RETRY
     store_retry_for: float = 60.0
@@ -153,6 +154,12 @@ def _url_setting(
     given = values.get(name)
     if isinstance(given, str):
         values[name] = check_url(given, name, schemes)
+    elif (
+        given is not None
+        and not isinstance(given, Url)
+        and not hasattr(given, "open" if name == "store" else "connect")
+    ):
+        raise ConfigurationError(name, f"must be a URL or a {name} object, not {given!r}")
     elif given is None and os.environ.get(env_name, "").strip():
         values[name] = check_url(os.environ[env_name].strip(), env_name, schemes)
 
@@ -209,8 +216,9 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
 
     _url_setting(values, "broker", "MICROSAGA_BROKER", BROKER_SCHEMES)
 
-    if "worker" in values and not isinstance(values["worker"], bool):
-        raise ConfigurationError("worker", f"must be True or False, not {values['worker']!r}")
+    for flag in ("worker", "claim"):
+        if flag in values and not isinstance(values[flag], bool):
+            raise ConfigurationError(flag, f"must be True or False, not {values[flag]!r}")
     if "store_retry_for" in values:  # how long commits are retried while the store is away
         values["store_retry_for"] = _check_number(
             values["store_retry_for"], "store_retry_for", float
@@ -233,6 +241,8 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
                 values[name] = from_env
                 source[name] = var
     lease_ttl = values.get("lease_ttl", 10.0)
+    if "max_executions" not in values:
+        values["max_executions"] = values.get("concurrency", 64)  # the default concurrency
     if "heartbeat_interval" not in values:
         values["heartbeat_interval"] = lease_ttl / 3
     elif values["heartbeat_interval"] >= lease_ttl:

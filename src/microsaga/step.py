@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from . import _views
+from ._validate import name_problem
 from .errors import DefinitionError, MicrosagaError, error_code, is_retryable
 from .message import Message
 from .status import Status
@@ -136,8 +137,10 @@ class StepOptions:
     compensate_input: CompensateInput = "both"
 
     def __post_init__(self) -> None:
-        if self.id is not None and (not isinstance(self.id, str) or not self.id):
-            raise DefinitionError(f"must be a non-empty string, not {self.id!r}", path="id")
+        if self.id is not None:
+            problem = name_problem(self.id, spaces=True, colon=True, limit=1000)
+            if problem is not None:
+                raise DefinitionError(problem, path="id")
         if self.retry is not None and not isinstance(self.retry, Retry):
             raise DefinitionError(f"must be a Retry, not {self.retry!r}", path="retry")
         _check_number(self.timeout, "timeout", minimum=0.0, allow_none=True)
@@ -212,6 +215,8 @@ def _requirement_ids(requires: Iterable[Step | str] | Step | str | None) -> tupl
         return ()
     if isinstance(requires, Step | str):
         requires = [requires]
+    if not isinstance(requires, Iterable):
+        raise DefinitionError(f"must be steps or step ids, not {requires!r}", path="requires")
     out: list[str] = []
     for item in requires:
         if isinstance(item, Step):

@@ -7,10 +7,12 @@ import contextvars
 import functools
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._signature import function_call, result_message
+from ._validate import name_problem, shown
 from .errors import DefinitionError, one_line
 from .message import Message
 from .step import Step, StepContext, register_step
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from .flow import Flow
 
 __all__ = ["CallStep", "FunctionStep", "PublishStep", "import_function"]
+
+_CALL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
 
 
 class CallStep(Step):
@@ -32,9 +36,10 @@ class CallStep(Step):
 
     def __init__(self, service: str, name: str, method: str, **options: Any) -> None:
         for label, value in (("service", service), ("name", name), ("method", method)):
-            if not isinstance(value, str) or not value or "." in value:
+            if not isinstance(value, str) or not _CALL_NAME.fullmatch(value):
                 raise DefinitionError(
-                    f"CallStep {label} must be a non-empty name without dots, not {value!r}"
+                    f"CallStep {label} must be letters, digits, '_' or '-' (it names a "
+                    f"service or goes into the HTTP path), not {shown(value)}"
                 )
         self.service, self.name, self.method = service, name, method
         super().__init__(**options)
@@ -76,8 +81,9 @@ class PublishStep(Step):
     config_fields = frozenset({"publish", "reply"})
 
     def __init__(self, topic: str, *, reply: bool = False, **options: Any) -> None:
-        if not isinstance(topic, str) or not topic:
-            raise DefinitionError(f"PublishStep topic must be a non-empty string, not {topic!r}")
+        problem = name_problem(topic, colon=True, limit=None)  # brokers have their own
+        if problem is not None:
+            raise DefinitionError(f"PublishStep topic {problem}")
         if not isinstance(reply, bool):
             raise DefinitionError(f"must be true or false, not {reply!r}", path="reply")
         self.topic, self.reply = topic, reply

@@ -36,8 +36,9 @@ from ._aio import Slots, wait_event
 from ._engine.plan import Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, Phase
 from ._groupcommit import Committer
+from ._health import StoreHealth
 from ._run import Run, RunSpec
-from .errors import InvalidTransitionError, MicrosagaError
+from .errors import ExecutionConflictError, InvalidTransitionError, MicrosagaError, StoreError
 from .hooks import ExecutionEvent, Hooks
 from .message import Message
 from .settings import FlowOptions
@@ -167,11 +168,13 @@ class Worker:
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
         self.id = options.worker_id or default_worker_id()
+        self.health = StoreHealth()
         self.committer = Committer(
             store,
             retry_for=options.store_retry_for,
             quiet=lambda: len(self.runs) <= 1,
             hooks=hooks,
+            health=self.health,
         )
         self.slots = Slots(options.concurrency)
         self.compensation_retry: RetryPolicy = options.compensation_retry
@@ -186,6 +189,7 @@ class Worker:
         self._control_seq = 0
         self._to_release: dict[str, int] = {}
         self._aborting: set[str] = set()  # deadline aborts requested, not yet done
+        self._cannot_run: dict[str, str] = {}  # executions left for others, and why
 
     # the run's host ---------------------------------------------------------------
 
@@ -229,16 +233,26 @@ class Worker:
         ]
 
     async def stop(self) -> None:
+        """Hand back what this worker runs: no new step starts, the running ones finish
+        and are recorded (for up to the lease's TTL), and the leases are released, so
+        that another worker continues each execution without invoking a step twice.
+        A step still running after that is left RUNNING: the next worker invokes it
+        again, with the same idempotency key."""
         for task in self._loops:
             task.cancel()
         runs = list(self.runs.values())
+        for run in runs:
+            run.drain()
+        running = [run.task for run in runs if run.task is not None and not run.task.done()]
+        if running:
+            await asyncio.wait(running, timeout=self.options.lease_ttl)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for run in runs:
-            if run.outcome is None:
+            if run.outcome is None and not run.handed_back:
                 try:
                     await self.store.release(run.id, run.spec.token, 0.0)
                 except MicrosagaError as exc:
@@ -292,6 +306,7 @@ class Worker:
             )
         )
         if not created:
+            await self._same_execution(new)
             return Started(new.execution_id, False, self.runs.get(new.execution_id))
         hooks = self.hooks
         if hooks.execution_created:
@@ -309,6 +324,28 @@ class Worker:
         else:
             self._notify(new.execution_id)
         return Started(new.execution_id, True, run)
+
+    async def _same_execution(self, new: NewRun) -> None:
+        """An execution id that exists is the idempotency key of that execution: reused
+        with another workflow or definition, it is a conflict.
+
+        Raises:
+            ExecutionConflictError: naming the workflow the id belongs to.
+        """
+        found = await self.store.load(new.execution_id)
+        if found is None:
+            return
+        if found.workflow_id != new.workflow_id:
+            raise ExecutionConflictError(
+                f"execution {new.execution_id} exists, of workflow {found.workflow_id}, "
+                f"not {new.workflow_id}"
+            )
+        if found.definition.hash != new.definition_hash:
+            raise ExecutionConflictError(
+                f"execution {new.execution_id} exists, of another definition of workflow "
+                f"{new.workflow_id}"
+                + (f" (version {found.version})" if found.version is not None else "")
+            )
 
     def _make_run(
         self,
@@ -384,14 +421,21 @@ class Worker:
             plan = self._plan_for(stored.definition)
             graph = plan.graph(stored.start_step, stored.reverse)
         except MicrosagaError as exc:
-            # another process may have the code this one lacks: let it have a go
-            log.warning("execution %s cannot run in this process: %s", stored.id, exc)
+            # this worker lacks what the execution needs (a service's address, a broker,
+            # a function's code): not the execution's failure; another worker may have
+            # it, or this one once configured. It waits, saying why; an operator can
+            # abort it.
+            note = f"waits for a worker that can run it: {exc}"
+            if self._cannot_run.get(stored.id) != note:  # said once, not at every claim
+                log.warning("execution %s cannot run in this worker: %s", stored.id, exc)
+                self._cannot_run[stored.id] = note
             until = self.clock() + self.options.lease_ttl * 3
             try:
-                await self.store.release(stored.id, stored.token, until)
+                await self.store.release(stored.id, stored.token, until, note)
             except MicrosagaError:
                 self._to_release[stored.id] = stored.token
             return
+        self._cannot_run.pop(stored.id, None)
         spec = RunSpec(
             execution_id=stored.id,
             workflow_id=stored.workflow_id,
@@ -405,6 +449,7 @@ class Worker:
         )
         status = Status.RUNNING if stored.status is Status.PENDING else stored.status
         run = self._make_run(spec, status, stored.records, fresh=False, abort=Abort(stored.abort))
+        log.info("execution %s: taken up (lease token %d)", stored.id, stored.token)
         self._launch(run, taken_over=True)
 
     # control ----------------------------------------------------------------------
@@ -461,11 +506,15 @@ class Worker:
                 for run in list(self.runs.values()):
                     if run.spec.deadline_at is not None:
                         self.deadline_passed(run)
-                claimed = await self._claim()
+                claimed = await self._claim() if self.options.claim else 0
                 now = self.clock()
                 if now - last_prune > 60:
                     last_prune = now
                     await self.store.prune_controls(now - 600)
+                self.health.ok()
+            except StoreError as exc:
+                self.health.failed(exc)
+                claimed = 0
             except MicrosagaError as exc:
                 log.warning("worker %s: %s", self.id, exc)
                 claimed = 0
@@ -489,6 +538,8 @@ class Worker:
 
     async def _claim(self) -> int:
         """Claim what this worker has room for; the count when it took a full batch."""
+        # what it can start soon: a worker that took more than it runs would hold a
+        # backlog that other workers could run
         room = self.options.max_executions - len(self.runs)
         if room <= 0:
             return 0
@@ -502,6 +553,9 @@ class Worker:
             await asyncio.sleep(self.options.heartbeat_interval)
             try:
                 await self._heartbeat()
+                self.health.ok()
+            except StoreError as exc:
+                self.health.failed(exc)
             except MicrosagaError as exc:
                 log.warning("worker %s: lease renewal failed: %s", self.id, exc)
             except Exception:  # a bug must not stop the leases from being renewed
@@ -539,6 +593,8 @@ class Worker:
                             owner,
                         )
                     freed += count
+        except StoreError as exc:
+            self.health.failed(exc)
         except MicrosagaError as exc:
             log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
         if freed:
@@ -551,9 +607,10 @@ class Worker:
                 continue
             try:
                 await self.store.release(eid, token, 0.0)
-            except MicrosagaError as exc:
-                log.warning("execution %s: release failed, will retry: %s", eid, exc)
+            except StoreError as exc:
+                self.health.failed(exc)
                 return
+            log.info("execution %s: released for any worker", eid)
             del self._to_release[eid]
             self._poke.set()  # claimable now, by this worker too
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import _views
 from ._engine import dag
 from ._engine.plan import Node, Plan
+from ._validate import name_problem
 from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
 from .message import Message, encode_json
 from .status import Phase, Status
@@ -47,8 +48,9 @@ class Workflow:
         flow: Flow | None = None,
         description: str | None = None,
     ) -> None:
-        if not isinstance(id, str) or not id.strip():
-            raise DefinitionError(f"workflow id must be a non-empty string, not {id!r}", path="id")
+        problem = name_problem(id, spaces=True)
+        if problem is not None:
+            raise DefinitionError(f"workflow id {problem}", path="id")
         self._id = id
         self.services: dict[str, str] = dict(services or {})
         self.description = description
@@ -102,6 +104,9 @@ class Workflow:
     def _validated(steps: list[Step]) -> dict[str, Step]:
         out: dict[str, Step] = {}
         for step in steps:
+            problem = name_problem(step.id, spaces=True, colon=True, limit=1000)
+            if problem is not None:
+                raise DefinitionError(f"step id {problem}")
             if step.id in out:
                 raise DuplicateStepError(step.id)
             out[step.id] = step

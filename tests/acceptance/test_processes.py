@@ -138,8 +138,9 @@ async def test_suspend_and_resume_from_another_process(world: World, reader: Flo
     assert done.stdout.split() == ["e3", "SUSPEND"]
     assert (await reader.execution("e3")).status is Status.SUSPEND
     world.open_gate("charge")
-    # the running step finishes and is recorded; the run ends without starting ship
-    assert runner.wait(20) == 0
+    # the running step finishes and is recorded; the run ends without starting ship,
+    # with the exit status of a suspended execution
+    assert runner.wait(20) == 4
     info = await reader.execution("e3")
     assert info.status is Status.SUSPEND
     assert info.steps["charge"].status is Status.SUCCESS

@@ -107,9 +107,15 @@ async def test_a_body_that_is_not_json_fails_the_typed_step(flow: Flow) -> None:
     async def typed(order: Order) -> None:
         return None
 
-    wf = await flow.workflow_create("typed", FunctionStep(typed, id="typed"))
+    async def garbled(msg: Message) -> Message:  # a step may answer anything
+        return Message(b"{nope")
+
+    first = FunctionStep(garbled, id="garbled")
+    wf = await flow.workflow_create(
+        "typed", first, FunctionStep(typed, id="typed", requires=[first])
+    )
     with pytest.raises(ExecutionFailedError, match="JSON is malformed"):
-        await wf.execute(Message(b"{nope"))
+        await wf.execute({})
 
 
 async def test_several_requirements_come_one_parameter_each_by_name(flow: Flow) -> None:

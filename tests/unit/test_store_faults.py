@@ -4,9 +4,12 @@ lost, and the execution finishes once the store is back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Collection, Sequence
 from pathlib import Path
+
+import pytest
 
 from microsaga import Flow, FunctionStep, Message, Status
 from microsaga.stores.base import Claim, NewExecution, Transition, TransitionResult
@@ -46,9 +49,11 @@ class FlakySQLite(SQLiteStore):
         self._check()
         return await super().renew(owner, execution_ids, now, ttl)
 
-    async def release(self, execution_id: str, token: int, until: float) -> None:
+    async def release(
+        self, execution_id: str, token: int, until: float, note: str | None = None
+    ) -> None:
         self._check()
-        await super().release(execution_id, token, until)
+        await super().release(execution_id, token, until, note)
 
 
 async def test_commits_are_retried_while_the_store_is_away(tmp_path: Path) -> None:
@@ -110,3 +115,29 @@ async def test_a_store_away_longer_than_the_retries_resumes_later(tmp_path: Path
     assert info.status is Status.SUCCESS
     # first's result was never stored: it ran again (same idempotency key), then second
     assert calls == ["first", "first", "second"]
+
+
+async def test_an_outage_is_said_once_when_it_starts_and_once_when_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakySQLite(f"sqlite:///{tmp_path / 'flaky.db'}")
+
+    async def step(msg: Message) -> dict[str, int]:
+        store.down = True
+        return {"n": 1}
+
+    async with Flow(store, poll_interval=0.01, heartbeat_interval=0.02, lease_ttl=5.0) as flow:
+        wf = await flow.workflow_create("w", FunctionStep(step, id="a"))
+        caplog.set_level(logging.DEBUG, logger="microsaga")
+        running = asyncio.create_task(wf.execute({}))
+        while store.failures < 30:  # many failed commits, polls and renewals
+            await asyncio.sleep(0.01)
+        store.down = False
+        await asyncio.wait_for(running, 10)
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(",")[0].split(" after")[0] for r in said] == [
+        "store unavailable",
+        "store available again",
+    ], [r.getMessage() for r in said]
+    assert "disk I/O error" in said[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)  # no traceback

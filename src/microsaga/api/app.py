@@ -334,7 +334,7 @@ class Api:
             Operation("POST", "/api/workflows/{workflow_id}/executions", "start_execution",
                       "Start an execution of the workflow's latest saved version",
                       self.start_execution, ex, body=models.StartExecution, ok=202,
-                      result=models.Started, errors=(404, 503)),
+                      result=models.Started, errors=(404, 409, 503)),
             Operation("POST", eid + "/suspend", "suspend", "Suspend: no new step starts",
                       self.suspend, ex, result=models.Execution, errors=(404, 409, 503)),
             Operation("POST", eid + "/resume", "resume",

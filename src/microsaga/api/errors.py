@@ -10,6 +10,7 @@ unknown execution / workflow / route            404    ``execution_not_found``,
                                                        ``not_found``
 method not allowed                              405    ``method_not_allowed``
 invalid transition (resume a SUCCESS...)        409    ``invalid_transition``
+an execution id taken by another workflow       409    ``execution_conflict``
 body larger than ``max_body``                   413    ``payload_too_large``
 body of the wrong shape, bad definition         422    ``invalid_request``,
                                                        ``definition``, ``cycle``...
@@ -31,6 +32,7 @@ import msgspec
 from ..errors import (
     ConfigurationError,
     DefinitionError,
+    ExecutionConflictError,
     ExecutionNotFoundError,
     InvalidTransitionError,
     MicrosagaError,
@@ -76,7 +78,7 @@ def status_for(exc: MicrosagaError) -> int:
     """The HTTP status of an error of the tree."""
     if isinstance(exc, ExecutionNotFoundError | WorkflowNotFoundError):
         return 404
-    if isinstance(exc, InvalidTransitionError):
+    if isinstance(exc, InvalidTransitionError | ExecutionConflictError):
         return 409
     if isinstance(exc, StoreError | TransportError):
         return 503

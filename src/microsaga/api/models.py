@@ -96,6 +96,7 @@ class Execution(Struct):
     deadline_at: datetime | None
     parent_id: str | None
     redrive_of: str | None
+    note: str | None  # why it waits for a worker, while it does
     steps: dict[str, StepRun]
 
 
@@ -107,6 +108,7 @@ class ExecutionSummary(Struct):
     version: int | None
     status: StatusName
     error: str | None
+    note: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -290,9 +292,9 @@ def execution(info: core.Execution) -> Execution:
         created_at=info.created_at,
         updated_at=info.updated_at,
         deadline_at=info.deadline_at,
-        # in the contract, not yet in every build: None where the core lacks them
-        parent_id=getattr(info, "parent_id", None),
-        redrive_of=getattr(info, "redrive_of", None),
+        parent_id=info.parent_id,
+        redrive_of=info.redrive_of,
+        note=info.note,
         steps={sid: step_run(run) for sid, run in info.steps.items()},
     )
 
@@ -304,9 +306,16 @@ def summary(info: core.Execution) -> ExecutionSummary:
         version=info.version,
         status=info.status.name,
         error=info.error,
+        note=info.note,
         created_at=info.created_at,
         updated_at=info.updated_at,
     )
+
+
+def summary_json(info: core.Execution) -> dict[str, Any]:
+    """An execution in a list as JSON-able builtins (``microsaga list --json``)."""
+    out: dict[str, Any] = msgspec.to_builtins(summary(info))
+    return out
 
 
 def execution_json(info: core.Execution) -> dict[str, Any]:

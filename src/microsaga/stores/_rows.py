@@ -94,6 +94,9 @@ EXECUTION_COLUMNS = (
     "updated_at",
     "deadline_at",
     "step_ids",
+    "parent_id",
+    "redrive_of",
+    "note",
 )
 # A new execution (insert_execution, create_executions; updated_at is created_at).
 NEW_EXECUTION_COLUMNS = (
@@ -315,6 +318,9 @@ class RowMapping:
                 updated_at,
                 deadline_at,
                 step_ids,
+                parent_id,
+                redrive_of,
+                note,
             ) = row
             out.append(
                 build_execution(
@@ -330,6 +336,9 @@ class RowMapping:
                     deadline_at=deadline_at,
                     step_ids=self.decode_ids(step_ids),
                     records=records.get(eid, ()),
+                    parent_id=parent_id,
+                    redrive_of=redrive_of,
+                    note=note,
                 )
             )
         return out
@@ -396,6 +405,9 @@ def build_execution(
     deadline_at: float | None,
     step_ids: Iterable[str],
     records: Iterable[StepRecord],
+    parent_id: str | None = None,
+    redrive_of: str | None = None,
+    note: str | None = None,
 ) -> Execution:
     forward: dict[str, StepRecord] = {}
     comps: dict[str, StepRecord] = {}
@@ -422,4 +434,7 @@ def build_execution(
         updated_at=updated,
         steps=steps,
         deadline_at=to_datetime(deadline_at),
+        parent_id=parent_id,
+        redrive_of=redrive_of,
+        note=note,
     )

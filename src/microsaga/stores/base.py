@@ -222,8 +222,11 @@ class Store(abc.ABC):
         renewed, so they expire and any worker can take them over."""
 
     @abc.abstractmethod
-    async def release(self, execution_id: str, token: int, until: float) -> None:
-        """Give up a lease; nobody claims the execution before ``until``."""
+    async def release(
+        self, execution_id: str, token: int, until: float, note: str | None = None
+    ) -> None:
+        """Give up a lease; nobody claims the execution before ``until``. ``note``
+        says why it waits for another worker (``Execution.note``); a claim clears it."""
 
     @abc.abstractmethod
     async def release_all(self, owner: str) -> int:

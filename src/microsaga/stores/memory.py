@@ -134,6 +134,9 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
     token: int = 0
     lease_until: float = 0.0
     error: str | None = None
+    note: str | None = None
+    parent_id: str | None = None
+    redrive_of: str | None = None
     request: Message | None = None  # None once packed
     response: Message | None = None
     steps: dict[tuple[str, Phase], StepRecord] | None = None  # None once packed
@@ -323,6 +326,7 @@ class MemoryStore(Store):
             # still runs them and renews them; taking them again would fence it off
             if row.lease_until < now and row.owner != owner:
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
+                row.note = None
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING
                 out.append(Claim(row.id, row.token))
@@ -339,9 +343,12 @@ class MemoryStore(Store):
                 held.add(eid)
         return held
 
-    async def release(self, execution_id: str, token: int, until: float) -> None:
+    async def release(
+        self, execution_id: str, token: int, until: float, note: str | None = None
+    ) -> None:
         row = self._rows.get(execution_id)
         if row is not None and row.token == token:
+            row.note = note
             row.free(until)
 
     async def release_all(self, owner: str) -> int:
@@ -437,6 +444,9 @@ class MemoryStore(Store):
             deadline_at=row.deadline_at,
             step_ids=self._definitions[row.definition_hash].step_ids,
             records=row.records(),
+            parent_id=row.parent_id,
+            redrive_of=row.redrive_of,
+            note=row.note,
         )
 
     async def get_execution(self, execution_id: str) -> Execution | None:

@@ -289,10 +289,11 @@ class PostgresStore(Store):
 
         return await self._db.retrying(renew)
 
-    async def release(self, execution_id: str, token: int, until: float) -> None:
-
+    async def release(
+        self, execution_id: str, token: int, until: float, note: str | None = None
+    ) -> None:
         async def release(conn: Any) -> None:
-            await conn.execute(Q["release"], execution_id, token, until, CHANNEL)
+            await conn.execute(Q["release"], execution_id, token, until, CHANNEL, note)
 
         await self._db.retrying(release)
 

@@ -394,9 +394,12 @@ class SQLiteStore(Store):
 
         return await self._write(self._tx, renew)
 
-    async def release(self, execution_id: str, token: int, until: float) -> None:
+    async def release(
+        self, execution_id: str, token: int, until: float, note: str | None = None
+    ) -> None:
         def release(conn: sqlite3.Connection) -> None:
-            conn.execute(Q["release"], {"id": execution_id, "token": token, "until": until})
+            params = {"id": execution_id, "token": token, "until": until, "note": note}
+            conn.execute(Q["release"], params)
 
         await self._write(self._tx, release)
 

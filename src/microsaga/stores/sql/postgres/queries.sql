@@ -219,7 +219,8 @@ UPDATE microsaga_executions SET
     owner = $1,
     lease_token = lease_token + 1,
     lease_until = $2,
-    status = CASE WHEN status = 0 THEN 1 ELSE status END
+    status = CASE WHEN status = 0 THEN 1 ELSE status END,
+    note = NULL
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
     WHERE status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
@@ -257,9 +258,9 @@ SELECT DISTINCT owner FROM microsaga_executions WHERE owner IS NOT NULL;
 
 -- name: release
 -- $1 id, $2 token, $3 until, $4 the channel: another worker may take it now (or at
--- $3), so tell them to look.
+-- $3), so tell them to look; $5 a note saying why it waits (or NULL).
 WITH released AS (
-    UPDATE microsaga_executions SET owner = NULL, lease_until = $3
+    UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $5
     WHERE id = $1 AND lease_token = $2
     RETURNING id
 )
@@ -343,7 +344,7 @@ SELECT seq FROM microsaga_executions WHERE id = $1;
 -- name: get_execution
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
 WHERE e.id = $1;
 
@@ -354,7 +355,7 @@ WHERE e.id = $1;
 -- $1 before (seq), $2 limit.
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
 WHERE e.seq < $1
 ORDER BY e.seq DESC
@@ -364,7 +365,7 @@ LIMIT $2;
 -- $1 before (seq), $2 limit, $3 workflow id.
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
 WHERE e.seq < $1 AND e.workflow_id = $3
 ORDER BY e.seq DESC
@@ -374,7 +375,7 @@ LIMIT $2;
 -- $1 before (seq), $2 limit, $3 status.
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
 WHERE e.seq < $1 AND e.status = $3
 ORDER BY e.seq DESC
@@ -384,7 +385,7 @@ LIMIT $2;
 -- $1 before (seq), $2 limit, $3 workflow id, $4 status.
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
 WHERE e.seq < $1 AND e.workflow_id = $3 AND e.status = $4
 ORDER BY e.seq DESC

@@ -45,7 +45,11 @@ CREATE TABLE microsaga_executions (
     lease_token      bigint NOT NULL DEFAULT 0,
     lease_until      double precision NOT NULL DEFAULT 0,
     created_at       double precision NOT NULL,
-    updated_at       double precision NOT NULL
+    updated_at       double precision NOT NULL,
+    parent_id        text,                -- the parent's id, for a sub-workflow's child
+    redrive_of       text,                -- the execution this one redrives
+    note             text,                -- why it waits for a worker, if it does
+    recovery_attempts integer NOT NULL DEFAULT 0
 ) WITH (fillfactor = 70);
 
 CREATE INDEX microsaga_executions_by_workflow ON microsaga_executions (workflow_id, seq);
@@ -55,7 +59,6 @@ CREATE INDEX microsaga_executions_by_owner ON microsaga_executions (owner)
 -- runnable executions (PENDING, RUNNING, COMPENSATING) by lease expiry, for claims
 CREATE INDEX microsaga_executions_claimable ON microsaga_executions (lease_until, seq)
     WHERE status IN (0, 1, 6);
-
 CREATE TABLE microsaga_step_runs (
     execution_id     text NOT NULL,
     step_id          text NOT NULL,
@@ -82,3 +85,15 @@ CREATE TABLE microsaga_controls (
 );
 
 CREATE INDEX microsaga_controls_by_time ON microsaga_controls (at);
+
+-- Signals delivered to executions: one per event (a second of the same event is
+-- ignored); consumed once a waiting step took its payload.
+CREATE TABLE microsaga_signals (
+    execution_id  text NOT NULL,
+    event         text NOT NULL,
+    body          bytea NOT NULL,
+    header        json,
+    at            double precision NOT NULL,
+    consumed      boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (execution_id, event)
+);

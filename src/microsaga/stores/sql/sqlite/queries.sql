@@ -55,7 +55,8 @@ UPDATE executions SET
     owner = :owner,
     lease_token = lease_token + 1,
     lease_until = :until,
-    status = CASE WHEN status = 0 THEN 1 ELSE status END
+    status = CASE WHEN status = 0 THEN 1 ELSE status END,
+    note = NULL
 WHERE seq IN (
     SELECT seq FROM executions
     WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
@@ -76,7 +77,7 @@ UPDATE executions SET owner = NULL, lease_until = 0 WHERE owner = ?;
 SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL;
 
 -- name: release
-UPDATE executions SET owner = NULL, lease_until = :until
+UPDATE executions SET owner = NULL, lease_until = :until, note = :note
 WHERE id = :id AND lease_token = :token;
 
 -- name: load_executions
@@ -144,7 +145,7 @@ SELECT seq FROM executions WHERE id = ?;
 -- Optional filters; the planner uses the index matching the filter given.
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM executions e JOIN definitions d ON d.hash = e.definition
 WHERE (:workflow_id IS NULL OR e.workflow_id = :workflow_id)
   AND (:status IS NULL OR e.status = :status)
@@ -155,7 +156,7 @@ LIMIT :limit;
 -- name: get_execution
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
-       e.deadline_at, d.step_ids
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM executions e JOIN definitions d ON d.hash = e.definition
 WHERE e.id = ?;
 

@@ -1,0 +1,187 @@
+"""What a new user met (issue: `run` took others' work, a reused id said nothing,
+suspend left `run` confused): the CLI as processes, on one SQLite file."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.procs import ROOT, cli, spawn
+
+ORDER = str(ROOT / "tests" / "acceptance" / "order.yaml")
+OTHER = """id: other
+steps:
+  - function: tests.acceptance.steps:notify
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "MICROSAGA_TEST_LOG": str(tmp_path / "log"),
+        "MICROSAGA_STORE": f"sqlite:///{tmp_path / 'cli.db'}",
+    }
+
+
+def invocations(env: dict[str, str]) -> list[str]:
+    path = Path(env["MICROSAGA_TEST_LOG"])
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_run_runs_only_its_own_execution(tmp_path: Path, env: dict[str, str]) -> None:
+    queued = [
+        cli("run", ORDER, "--async", "--input", f'{{"n": {i}}}', extra_env=env) for i in range(5)
+    ]
+    assert all(q.returncode == 0 for q in queued)
+    other = tmp_path / "other.yaml"
+    other.write_text(OTHER)
+    done = cli("run", str(other), "--input", "{}", extra_env=env)
+    assert done.returncode == 0, done.stderr
+    # the queued order sagas were not touched: only `other`'s step ran
+    assert [line.split()[0] for line in invocations(env)] == ["notify"]
+    listed = cli("list", "--workflow", "order", "--status", "PENDING", extra_env=env)
+    assert len(listed.stdout.splitlines()) == 5
+
+
+def test_an_execution_id_of_another_workflow_is_a_conflict(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    first = cli("run", ORDER, "--async", "--execution-id", "order-1", extra_env=env)
+    assert first.returncode == 0, first.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text(OTHER)
+    again = cli("run", str(other), "--execution-id", "order-1", extra_env=env)
+    assert again.returncode == 2, again.stderr
+    assert again.stderr.strip().splitlines()[-1] == (
+        "error[execution_conflict]: execution order-1 exists, of workflow order, not other"
+    )
+    # the same id with the same workflow is that execution: nothing new starts
+    same = cli("run", ORDER, "--async", "--execution-id", "order-1", extra_env=env)
+    assert (same.returncode, same.stdout.strip()) == (0, "order-1")
+
+
+def test_run_of_a_suspended_execution_exits_4_saying_how_to_continue(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # the charge step waits for its gate file: suspend meanwhile
+    running = spawn(
+        "run", ORDER, "--execution-id", "pausing", "--input", "{}",
+        output=tmp_path / "run.out", extra_env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("charge") for line in invocations(env)):
+            assert time.monotonic() < deadline, (tmp_path / "run.out").read_text()
+            time.sleep(0.05)
+        assert cli("suspend", "pausing", extra_env=env).returncode == 0
+        Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()  # charge finishes
+        assert running.wait(timeout=30) == 4
+    finally:
+        if running.poll() is None:
+            running.kill()
+    out = (tmp_path / "run.out").read_text()
+    assert (
+        "error[suspended]: execution pausing is suspended: `microsaga resume pausing`, "
+        "and a worker (`microsaga worker`) continues it"
+    ) in out
+    shown = cli("show", "pausing", extra_env=env).stdout
+    assert "status     SUSPEND" in shown
+    assert any(line.split()[:2] == ["charge", "SUCCESS"] for line in shown.splitlines())
+    # resumed, a worker continues it to its end, charge not invoked twice
+    assert cli("resume", "pausing", extra_env=env).returncode == 0
+    worker = spawn("worker", output=tmp_path / "worker.out", extra_env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "status     SUCCESS" not in cli("show", "pausing", extra_env=env).stdout:
+            assert time.monotonic() < deadline, (tmp_path / "worker.out").read_text()
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    charges = [line for line in invocations(env) if line.startswith("charge")]
+    assert charges == ["charge pausing:charge"]
+
+
+def test_a_failed_run_ends_with_an_error_line(env: dict[str, str]) -> None:
+    Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
+    failed = cli("run", ORDER, "--input", '{"fail": true}', extra_env=env)
+    assert failed.returncode == 1
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error[execution_failed]: execution ")
+    assert "no courier" in last
+
+
+def test_a_worker_without_a_service_address_leaves_the_execution_waiting(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    definition = tmp_path / "svc.yaml"
+    definition.write_text("id: svc\nsteps:\n  - call: a.Things.Do\n")
+    queued = cli(
+        "run", str(definition), "--async", "--execution-id", "needs-a",
+        extra_env={**env, "MICROSAGA_SERVICES": "a=http://127.0.0.1:9"},
+    )  # fmt: skip
+    assert queued.returncode == 0, queued.stderr
+    worker = spawn("-v", "worker", output=tmp_path / "worker.out", extra_env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "note" not in cli("show", "needs-a", extra_env=env).stdout:
+            assert time.monotonic() < deadline, (tmp_path / "worker.out").read_text()
+            time.sleep(0.2)
+        time.sleep(1.0)  # several polls: the worker says it once
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    shown = cli("show", "needs-a", extra_env=env).stdout
+    assert "status     RUNNING" in shown
+    assert "note       waits for a worker that can run it: client not set" in shown
+    assert "service 'a'" in shown
+    listed = cli("list", extra_env=env).stdout
+    assert "waits for a worker that can run it" in listed
+    said = (tmp_path / "worker.out").read_text()
+    assert said.count("cannot run in this worker") == 1, said
+    # an operator may end it
+    assert cli("abort", "needs-a", extra_env=env).returncode == 0
+
+
+def test_a_stopped_worker_hands_back_what_it_runs(tmp_path: Path, env: dict[str, str]) -> None:
+    queued = cli(
+        "run", ORDER, "--async", "--execution-id", "handed", "--input", "{}", extra_env=env
+    )
+    assert queued.returncode == 0
+    first = spawn("worker", output=tmp_path / "first.out", extra_env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("charge") for line in invocations(env)):
+            assert time.monotonic() < deadline, (tmp_path / "first.out").read_text()
+            time.sleep(0.05)
+        first.terminate()  # SIGTERM while charge waits: charge finishes, is recorded
+        time.sleep(0.3)
+        Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
+        assert first.wait(timeout=30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    shown = cli("show", "handed", extra_env=env).stdout
+    assert any(line.split()[:2] == ["charge", "SUCCESS"] for line in shown.splitlines())
+    second = spawn("worker", output=tmp_path / "second.out", extra_env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "status     SUCCESS" not in cli("show", "handed", extra_env=env).stdout:
+            assert time.monotonic() < deadline, (tmp_path / "second.out").read_text()
+            time.sleep(0.2)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    steps = [line.split()[0] for line in invocations(env)]
+    assert steps == ["reserve", "charge", "ship", "notify"]  # nothing invoked twice
+
+
+def test_a_request_that_is_not_json_is_refused_before_anything_is_stored(
+    env: dict[str, str],
+) -> None:
+    bad = cli("run", ORDER, "--input", "[" * 50_000, extra_env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("error[configuration]: --input: ")
+    assert cli("list", extra_env=env).stdout == ""
