@@ -107,7 +107,10 @@ def _services(value: str | None) -> dict[str, str] | None:
 def cli(
     ctx: click.Context, store: str | None, services: str | None, broker: str | None, verbose: bool
 ) -> None:
-    """Durable sagas for Python microservices."""
+    """Durable sagas for Python microservices.
+
+    The modules that function: steps name import from the current folder, as with
+    python -m, and for run from FILE's folder before it."""
     if ctx.invoked_subcommand is None:  # one line, not the whole help as an error
         assert isinstance(ctx.command, click.Group)
         commands = ", ".join(sorted(ctx.command.commands))
