@@ -15,13 +15,15 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/microsaga demo
+	@echo "the CLI is $(BIN)/microsaga; '. $(BIN)/activate' puts it on PATH (README.md)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy examples/shop  # what the README's quick start runs
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -73,6 +73,24 @@ def _flow(ctx: click.Context, **extra: Any) -> Flow:
     return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
 
 
+def _import_from(folder: str) -> None:
+    """Put ``folder`` first on the import path unless it is on it already.
+
+    ``python -m microsaga`` has the current folder on ``sys.path``, the ``microsaga``
+    script has its own ``bin`` folder instead: this makes the two import a definition's
+    ``function:`` steps (``shop.notify:send_email``) from the same places."""
+    path = os.path.abspath(folder)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _definition_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``run FILE``: FILE's folder goes on the import path ahead of the current one, as
+    ``python FILE`` puts its script's, so the modules beside a definition import."""
+    _import_from(os.path.dirname(value) or os.curdir)
+    return value
+
+
 def _services(value: str | None) -> dict[str, str] | None:
     if not value:
         return None
@@ -91,11 +109,15 @@ def _services(value: str | None) -> dict[str, str] | None:
 def cli(
     ctx: click.Context, store: str | None, services: str | None, broker: str | None, verbose: bool
 ) -> None:
-    """Durable sagas for Python microservices."""
+    """Durable sagas for Python microservices.
+
+    The modules that function: steps name import from the current folder, as with
+    python -m, and for run from FILE's folder before it."""
     if ctx.invoked_subcommand is None:  # one line, not the whole help as an error
         assert isinstance(ctx.command, click.Group)
         commands = ", ".join(sorted(ctx.command.commands))
         raise click.UsageError(f"missing command, one of: {commands} (see microsaga --help)")
+    _import_from(os.curdir)  # for function steps, as `python -m` does
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -153,7 +175,7 @@ def _outcome_code(status: Status) -> int:
 
 
 @cli.command()
-@click.argument("file")
+@click.argument("file", callback=_definition_file)
 @click.option("--input", "input_", help="The request: JSON text, or @FILE.")
 @click.option("--async", "async_", is_flag=True, help="Queue it for a worker; print the id.")
 @click.option("--execution-id", help="Your id for the execution (idempotency key).")

@@ -242,6 +242,18 @@ async def test_nats_subject_without_a_stream_fails_the_step_naming_it(nats_url: 
     run_ = info.steps[topic]
     assert (info.status, run_.attempts) == (Status.FAILURE, 1)
     assert f"no JetStream stream captures subject '{topic}'" in run_.error
+    first = topic.split(".")[0]  # and how to make one, with the NATS CLI
+    assert f"nats stream add {first.upper()} --subjects '{first}.>' --defaults" in run_.error
+
+
+async def test_nats_subscribe_without_a_stream_says_how_to_make_one(nats_url: str) -> None:
+    topic = new_topic()
+    shipping = Participant()
+    shipping.add_handler(topic, lambda msg: None)
+    with pytest.raises(TransportError) as caught:
+        await shipping.subscribe(nats_url, topic)
+    assert f"no JetStream stream captures subject '{topic}'" in str(caught.value)
+    assert "nats stream add MICROSAGA --subjects 'microsaga.>' --defaults" in str(caught.value)
 
 
 async def test_rabbitmq_unroutable_message_fails_the_step(amqp_url: str) -> None:

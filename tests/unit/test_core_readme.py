@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +10,9 @@ import pytest
 import microsaga
 from microsaga import Message
 from microsaga.testing import MemoryBroker, MockClient
+from tests.docblocks import ROOT, find
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def python_blocks(path: Path = README) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.DOTALL)
-
-
-def first_python_block() -> str:
-    blocks = python_blocks()
-    assert blocks, "README.md has no python block"
-    return blocks[0]
-
-
-def steps_block() -> str:
-    """The example of Step objects (services and a broker), further down."""
-    found = [b for b in python_blocks() if "CallStep(" in b]
-    assert len(found) == 1
-    return found[0]
+README = ROOT / "README.md"
 
 
 def services(service: str, endpoint: str, msg: Message) -> dict[str, Any]:
@@ -41,8 +24,10 @@ def services(service: str, endpoint: str, msg: Message) -> dict[str, Any]:
 def test_the_first_example_runs_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first, sync_example = python_blocks()[:2]
-    assert "@saga.step" in first
+    first, sync_example = (
+        find("README.md", 'Saga("order")').text,
+        find("README.md", "SyncFlow(").text,
+    )
     # short enough to read at a glance
     assert len([line for line in first.splitlines() if line.strip()]) <= 40
     monkeypatch.chdir(tmp_path)  # the README's sqlite:///orders.db lands here
@@ -59,7 +44,7 @@ def test_the_first_example_runs_as_written(
 def test_the_steps_example_succeeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = steps_block()
+    code = find("README.md", "CallStep(").text
     client, memory_broker = MockClient(services), MemoryBroker()
     real_flow = microsaga.Flow
 

@@ -11,7 +11,8 @@ Wire format (``docs/transports.md``):
   new on every attempt, because a retried request must reach the participant, which
   deduplicates by ``Idempotency-Key`` and sends its first answer again.
 - No stream captures the subject: the step fails at once (``StepError`` code
-  ``nats_no_stream``) naming the subject. So does a publish that can never be stored,
+  ``nats_no_stream``) naming the subject and a ``nats stream add`` command that makes
+  a stream for it. So does a publish that can never be stored,
   without retry: a wildcard or malformed subject (``nats_bad_subject``), a header name
   that is not a token or a value with a line break (``nats_bad_message``), a message
   over the server's ``max_payload`` (``nats_payload_too_large``), a message the stream
@@ -34,6 +35,7 @@ import asyncio
 import functools
 import logging
 import re
+import shlex
 from typing import Any
 
 import nats
@@ -201,7 +203,7 @@ class NatsBroker(Broker):
             )
         except nats.js.errors.NoStreamResponseError:
             raise StepError(
-                f"NATS {redact_url(self.url)}: no JetStream stream captures subject {topic!r}",
+                f"NATS {redact_url(self.url)}: {_no_stream(topic)}",
                 code="nats_no_stream",
                 retryable=False,
             ) from None
@@ -317,9 +319,7 @@ class NatsBroker(Broker):
             name = durable or _durable_name(topic)
             psub = await self._js.pull_subscribe(topic, durable=name, stream=stream)
         except nats.js.errors.NotFoundError:
-            raise TransportError(
-                f"NATS {redact_url(self.url)}: no JetStream stream captures subject {topic!r}"
-            ) from None
+            raise TransportError(f"NATS {redact_url(self.url)}: {_no_stream(topic)}") from None
         except (nats.errors.Error, OSError) as exc:
             raise TransportError(f"NATS: cannot subscribe to {topic!r}: {_describe(exc)}") from exc
         pull = _PullSubscription(self, psub, topic, handler, batch)
@@ -402,6 +402,7 @@ class _PullSubscription(Subscription):
 
 
 _DURABLE_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_STREAM_BAD = _DURABLE_BAD  # stream names and consumer names allow the same characters
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a token, as in HTTP
 _WHITESPACE = re.compile(r"\s")
 _HEADER_LINE = len(b"NATS/1.0\r\n")
@@ -432,6 +433,20 @@ def _headers_size(headers: dict[str, str], room: int) -> int:
     if framing + 4 * chars <= room:  # UTF-8 takes at most 4 bytes a character
         return framing + chars
     return framing + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+
+
+def _no_stream(subject: str) -> str:
+    """That no stream captures ``subject``, and the command that makes one: JetStream
+    stores only what a stream captures, and microsaga does not make streams itself (a
+    stream's limits and retention are the operator's choice)."""
+    first = subject.split(".", 1)[0]
+    name = _STREAM_BAD.sub("_", first).upper() or "MESSAGES"
+    subjects = f"{first}.>" if "." in subject else subject
+    return (
+        f"no JetStream stream captures subject {subject!r}; create one, e.g. with the NATS "
+        f"CLI: nats stream add {name} --subjects {shlex.quote(subjects)} --defaults "
+        "(docs/transports.md)"
+    )
 
 
 def _durable_name(topic: str) -> str:

@@ -1,0 +1,138 @@
+"""The commands of README.md and docs/*.md run as written, and so do the Python examples
+that need servers or other processes (tests/unit/test_docs_index.py lists which test
+runs each Python example).
+
+Each ``sh`` block runs as a shell session in a folder laid out like a fresh clone
+(tests/acceptance/docshell.py says how, and what is checked rather than run). A block
+naming a broker or database URL needs that server on 127.0.0.1: it is skipped saying
+so when the server is absent, and fails when ``CI`` is set. A block using NATS gets the
+stream the docs say to make, made the way they say (docs/transports.md), and left on
+the server as a reader's would be.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance import docshell
+from tests.docblocks import Block, all_blocks, find
+from tests.helpers import free_port
+from tests.integration.conftest import require_server
+
+SH_BLOCKS = [b for b in all_blocks("sh") if b.illustrative is None]
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def ports() -> dict[int, int]:
+    """A free port for each port the docs name, all different."""
+    found: dict[int, int] = {}
+    while len(set(found.values())) < len(docshell.DOC_PORTS):
+        found = {port: free_port() for port in docshell.DOC_PORTS}
+    return found
+
+
+def run_program(code: str, cwd: Path, timeout: float = 120) -> str:
+    """Run a Python example as a program of its own; its output."""
+    program = cwd / "example.py"
+    program.write_text(code, encoding="utf-8")
+    done = subprocess.run(
+        [PYTHON, str(program)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=docshell.environment(cwd, activates=False),
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def make_the_nats_stream(tmp_path: Path) -> None:
+    """What docs/transports.md says to do before publishing on NATS, its way."""
+    require_server("NATS", "127.0.0.1", 4222)
+    folder = tmp_path / "stream"
+    folder.mkdir(exist_ok=True)
+    run_program(find("docs/transports.md", "add_stream(").text, folder)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("block", SH_BLOCKS, ids=[b.name for b in SH_BLOCKS])
+def test_the_commands_run_as_written(block: Block, tmp_path: Path, ports: dict[int, int]) -> None:
+    plan = docshell.plan(block, ports)
+    for tool in sorted(plan.tools):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{block.name} runs {tool}, which is not installed here")
+    for name, port in sorted(plan.servers):
+        require_server(name, "127.0.0.1", port)
+    if ("NATS", 4222) in plan.servers:
+        make_the_nats_stream(tmp_path)
+    work = docshell.workspace(tmp_path / "clone", ports)
+
+    print("\n".join(plan.checked))  # what is checked rather than run (pytest -rP shows it)
+    status, output = docshell.run(block, plan.script, work)
+
+    assert status == 0, f"{block.name} failed (exit status {status}):\n{output[-6000:]}"
+
+
+@pytest.mark.timeout(120)
+def test_the_stream_example_makes_a_stream_that_takes_the_readme_subject(
+    tmp_path: Path,
+) -> None:
+    make_the_nats_stream(tmp_path)
+    check = """
+import asyncio
+import nats
+
+async def main():
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    print(await nc.jetstream().find_stream_name_by_subject("shipping.requested"))
+    await nc.close()
+
+asyncio.run(main())
+"""
+    assert run_program(check, tmp_path) == "SHIPPING\n"
+
+
+@pytest.mark.timeout(120)
+def test_the_subscribe_example_gets_its_reply(tmp_path: Path) -> None:
+    make_the_nats_stream(tmp_path)
+    block = find("docs/transports.md", "shipping.subscribe(")
+    assert run_program(block.text, tmp_path) == "{'tracking': 'T-42'}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_steps_example_runs_against_the_example_services_and_nats(
+    tmp_path: Path, ports: dict[int, int]
+) -> None:
+    """The README's example of Step objects, for real: the services of examples/shop
+    over HTTP, the publish on NATS (tests/unit/test_core_readme.py runs it in-process)."""
+    make_the_nats_stream(tmp_path)
+    block = find("README.md", "CallStep(")
+    work = docshell.workspace(tmp_path / "clone", ports)
+    with subprocess.Popen(
+        [PYTHON, "-m", "shop"],
+        cwd=work / "examples",
+        env=docshell.environment(work, activates=False),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as services:
+        try:
+            assert services.stdout is not None
+            ready = services.stdout.readline()  # after both listen
+            assert "payments on" in ready, ready
+            output = run_program(docshell.map_ports(block.text, ports), work)
+        finally:
+            services.send_signal(signal.SIGINT)
+            assert services.wait(30) == 0
+    assert output == "{'sent_to': 'ada@example.com'}\n"
