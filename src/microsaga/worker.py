@@ -40,6 +40,7 @@ from ._run import Run, RunSpec
 from .errors import InvalidTransitionError, MicrosagaError
 from .hooks import ExecutionEvent, Hooks
 from .message import Message
+from .observability.logs import about
 from .settings import FlowOptions
 from .status import Status
 from .stores.base import (
@@ -202,7 +203,12 @@ class Worker:
         except InvalidTransitionError:
             pass  # finished, or aborted already
         except MicrosagaError as exc:
-            log.warning("execution %s: deadline abort failed: %s", run.id, exc)
+            log.warning(
+                "execution %s: deadline abort failed: %s",
+                run.id,
+                exc,
+                extra=about(run.id, run.spec.workflow_id),
+            )
 
     # lifecycle ------------------------------------------------------------------
 
@@ -237,7 +243,12 @@ class Worker:
                 try:
                     await self.store.release(run.id, run.spec.token, 0.0)
                 except MicrosagaError as exc:
-                    log.warning("could not release %s: %s", run.id, exc)
+                    log.warning(
+                        "could not release %s: %s",
+                        run.id,
+                        exc,
+                        extra=about(run.id, run.spec.workflow_id),
+                    )
         if self._loops:
             await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
@@ -380,7 +391,12 @@ class Worker:
             graph = plan.graph(stored.start_step, stored.reverse)
         except MicrosagaError as exc:
             # another process may have the code this one lacks: let it have a go
-            log.warning("execution %s cannot run in this process: %s", stored.id, exc)
+            log.warning(
+                "execution %s cannot run in this process: %s",
+                stored.id,
+                exc,
+                extra=about(stored.id, stored.workflow_id),
+            )
             until = self.clock() + self.options.lease_ttl * 3
             try:
                 await self.store.release(stored.id, stored.token, until)
@@ -511,7 +527,9 @@ class Worker:
         )
         for run in owned:
             if run.id not in held and not run.ended and not run.releasing:
-                log.warning("execution %s: lease lost", run.id)
+                log.warning(
+                    "execution %s: lease lost", run.id, extra=about(run.id, run.spec.workflow_id)
+                )
                 run.lose()
 
     async def _free_dead_owners(self) -> None:
@@ -544,7 +562,9 @@ class Worker:
             try:
                 await self.store.release(eid, token, 0.0)
             except MicrosagaError as exc:
-                log.warning("execution %s: release failed, will retry: %s", eid, exc)
+                log.warning(
+                    "execution %s: release failed, will retry: %s", eid, exc, extra=about(eid)
+                )
                 return
             del self._to_release[eid]
             self._poke.set()  # claimable now, by this worker too
