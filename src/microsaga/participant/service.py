@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
 from ..message import Message
+from ..observability.tracing import participant_failed, participant_span
 from ..protocol import IDEMPOTENCY_HEADER
 from ..transports.base import Broker, Subscription, to_message
 from . import asgi, subscriber
@@ -34,14 +35,24 @@ class Participant:
         prefix: a path before ``/Name/Method`` (``"/rpc"`` for a service whose
             address is ``http://host/rpc/{name}/{method}``).
         max_body: the largest request body accepted, in bytes.
+        tracing: continue the trace of the step that sent a request (its W3C
+            ``traceparent``): each handler call is a span, a child of the step's span,
+            current while the handler runs. On when OpenTelemetry is installed
+            (without a tracer provider configured it makes no span).
     """
 
     def __init__(
-        self, *, dedupe: DedupeStore | None = None, prefix: str = "", max_body: int = 1 << 20
+        self,
+        *,
+        dedupe: DedupeStore | None = None,
+        prefix: str = "",
+        max_body: int = 1 << 20,
+        tracing: bool = True,
     ) -> None:
         self.dedupe: DedupeStore = dedupe if dedupe is not None else MemoryDedupeStore()
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.max_body = max_body
+        self.tracing = tracing
         self._handlers: dict[str, _Handler] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
 
@@ -94,10 +105,12 @@ class Participant:
             return error_answer(404, "unknown_endpoint", f"no handler for {name}"), False
         return await self._handle(name, fn, request)
 
-    async def _handle(self, name: str, fn: _Handler, request: Message) -> tuple[Reply, bool]:
+    async def _handle(
+        self, name: str, fn: _Handler, request: Message, kind: str = "server"
+    ) -> tuple[Reply, bool]:
         key = request.header.get(IDEMPOTENCY_HEADER)
         if not key:
-            return await _run(fn, name, request), False
+            return await self._run(fn, name, request, kind), False
         store_key = f"{name} {key}"
         running = self._inflight.get(store_key)
         if running is not None:
@@ -115,7 +128,7 @@ class Participant:
             if kept is not None:
                 future.set_result(kept)
                 return kept, True
-            reply = await _run(fn, name, request)
+            reply = await self._run(fn, name, request, kind)
             if reply.final:
                 try:
                     reply = await self.dedupe.put(store_key, reply)
@@ -130,6 +143,12 @@ class Participant:
             raise
         finally:
             del self._inflight[store_key]
+
+    async def _run(self, fn: _Handler, name: str, request: Message, kind: str) -> Reply:
+        if not self.tracing:
+            return await _run(fn, name, request)
+        with participant_span(name, request.header, kind=kind) as span:
+            return await _run(fn, name, request, span)
 
     # HTTP ------------------------------------------------------------------------------
 
@@ -167,7 +186,7 @@ class Participant:
             raise ConfigurationError("handler", f"no handler for topic {topic}")
 
         async def answer(message: Message) -> Reply:
-            reply, _ = await self._handle(topic, fn, message)
+            reply, _ = await self._handle(topic, fn, message, "consumer")
             return reply
 
         return subscriber.on_message(topic, answer)
@@ -200,11 +219,12 @@ def _wrap(fn: HandlerFn) -> _Handler:
     return in_thread
 
 
-async def _run(fn: _Handler, name: str, request: Message) -> Reply:
+async def _run(fn: _Handler, name: str, request: Message, span: Any = None) -> Reply:
     try:
         result = await fn(request)
         message = to_message(result)
     except Exception as exc:
+        participant_failed(span, exc)
         return _failure(name, exc)
     return Reply(200, message.body, message.header.to_dict())
 
