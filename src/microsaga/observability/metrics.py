@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..hooks import CommitEvent, ExecutionEvent, Hook, StepEvent
 from ..status import Status
+from ._events import fallback_used
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -234,7 +235,7 @@ class Metrics(Hook):
     def step_finished(self, event: StepEvent) -> None:
         started = self._attempts.pop((event.execution_id, event.step_id, event.phase), None)
         if event.status is Status.SUCCESS:
-            outcome = "fallback" if event.error else "success"
+            outcome = "fallback" if fallback_used(event.error) else "success"
         elif event.retrying:
             outcome = "retry"
         else:

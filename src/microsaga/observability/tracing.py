@@ -39,6 +39,7 @@ from ..hooks import ExecutionEvent, Hook, StepEvent
 from ..message import Metadata
 from ..status import Status
 from . import propagation
+from ._events import fallback_used
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -212,7 +213,7 @@ class Tracing(Hook):
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
             if event.retrying:
                 span.set_attribute("microsaga.retrying", True)
-        elif event.error:  # succeeded through its fallback
+        elif fallback_used(event.error):
             span.add_event("microsaga.fallback", {"exception.message": event.error})
         span.end()
 
