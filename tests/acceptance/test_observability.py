@@ -203,3 +203,71 @@ def test_log_format_json_prints_one_object_a_line_with_the_execution(tmp_path: P
     assert fallback["step_id"] == "ship"
     assert {"time", "level", "logger", "message"} <= fallback.keys()
     assert "s3cret" not in done.stderr
+
+
+async def test_no_secret_in_any_log_line_of_serve_run_and_list(tmp_path: Path) -> None:
+    token = "tok-4f9a8c1d2e"
+    port = free_port()
+    store = f"sqlite:///{tmp_path / 'api.db'}"
+    output = tmp_path / "serve.out"
+    secrets = {
+        "MICROSAGA_API_TOKEN": token,
+        "MICROSAGA_TEST_LOG": str(tmp_path / "log"),
+    }
+    with open(output, "ab") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "microsaga", "--store", store,
+             "--services", "pay=http://shop:svc-pass-77@127.0.0.1:9",
+             "--log-format", "json", "-v", "serve", "--port", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env(secrets), cwd=ROOT,
+        )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def get(path: str, auth: str) -> int:
+            request = urllib.request.Request(base + path, headers={"Authorization": auth})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError:
+                return 0
+
+        await eventually(lambda: asyncio.to_thread(get, "/healthz", ""), timeout=30, interval=0.2)
+        assert await asyncio.to_thread(get, "/api/executions", f"Bearer {token}") == 200
+        assert await asyncio.to_thread(get, "/api/executions", "Bearer wrong-guess-9") == 401
+        assert await asyncio.to_thread(get, f"/api/executions?token={token}", "") == 401
+        body = json.dumps(
+            {"id": "pay", "steps": [{"call": "pay.Pay.Charge", "retry": {"max_attempts": 2}}]}
+        ).encode()
+        put = urllib.request.Request(
+            base + "/api/workflows/pay", data=body, method="PUT",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        await asyncio.to_thread(urllib.request.urlopen, put, timeout=5)
+        start = urllib.request.Request(
+            base + "/api/workflows/pay/executions", data=b'{"input": {}}', method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with await asyncio.to_thread(urllib.request.urlopen, start, timeout=5) as resp:
+            eid = json.loads(resp.read())["id"]
+
+        async def failed() -> bool:
+            async with Flow(store, worker=False) as flow:
+                return (await flow.execution(eid)).status is Status.FAILURE
+
+        await eventually(failed, timeout=30, interval=0.2)
+    finally:
+        server.terminate()
+        server.wait(20)
+    listed = cli(
+        "--store", "postgresql://saga:pg-pass-31@127.0.0.1:1/saga", "--log-format", "json",
+        "-v", "list",
+    )  # fmt: skip
+    text = output.read_text() + listed.stdout + listed.stderr
+    lines = [line for line in output.read_text().splitlines() if line.strip()]
+    assert any("/api/executions" in line for line in lines)  # access lines were logged
+    assert all(line.startswith("{") for line in lines if not line.startswith("serving"))
+    for secret in (token, "wrong-guess-9", "svc-pass-77", "pg-pass-31"):
+        assert secret not in text, secret

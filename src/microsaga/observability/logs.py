@@ -78,6 +78,7 @@ _RECORD_FIELDS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
 _ABOUT = ("execution_id", "workflow_id", "step_id")
+_LEFT_OUT = frozenset({"color_message"})  # uvicorn's message again, with terminal colours
 
 
 class TextFormatter(logging.Formatter):
@@ -108,7 +109,7 @@ class JsonFormatter(logging.Formatter):
             if key in fields:
                 out[key] = fields[key]
         for key, value in fields.items():
-            if key not in _RECORD_FIELDS and key not in out and not key.startswith("_"):
+            if key not in _RECORD_FIELDS and key not in _LEFT_OUT and key not in out:
                 out[key] = _plain(value)
         trace = _current_trace()
         if trace is not None:

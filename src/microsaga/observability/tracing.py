@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +42,9 @@ from . import propagation
 from ._events import fallback_used
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.trace import Span, TracerProvider
 
-__all__ = ["Tracing", "participant_failed", "participant_span"]
+__all__ = ["Tracing", "participant_failed", "participant_span", "participant_tracer"]
 
 log = logging.getLogger("microsaga.observability")
 
@@ -229,32 +228,29 @@ def _exception_attributes(error: str) -> dict[str, str]:
 
 # participants -----------------------------------------------------------------------
 
-_participant_tracer: Any = None
+
+def participant_tracer(tracer_provider: TracerProvider | None = None) -> Any:
+    """The tracer of participants' handler spans (from ``tracer_provider``, else the
+    global one); None when OpenTelemetry is not installed."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return trace.get_tracer("microsaga.participant", _version(), tracer_provider=tracer_provider)
 
 
 @contextmanager
-def participant_span(
-    name: str, header: MutableMapping[str, Any] | Metadata, *, kind: str
-) -> Iterator[Span | None]:
+def participant_span(tracer: Any, name: str, header: Metadata, *, kind: str) -> Iterator[Span]:
     """The span of a participant's handler, a child of the step span whose context
-    came in the request's header, current while the handler runs (so the handler's
-    own spans are its children); None when OpenTelemetry is not installed.
+    came in the request's ``header``, current while the handler runs (so that the
+    handler's own spans are its children).
 
-    ``kind``: ``"server"`` (HTTP) or ``"consumer"`` (a broker).
+    ``tracer``: from :func:`participant_tracer`; ``kind``: ``"server"`` (HTTP) or
+    ``"consumer"`` (a broker).
     """
-    global _participant_tracer
-    if _participant_tracer is False:
-        yield None
-        return
-    try:
-        from opentelemetry import context, propagate, trace
-    except ImportError:
-        _participant_tracer = False
-        yield None
-        return
-    if _participant_tracer is None:
-        _participant_tracer = trace.get_tracer("microsaga.participant", _version())
-    parent: Context = propagate.extract(header)
+    from opentelemetry import context, propagate, trace
+
+    parent = propagate.extract(header)
     span_kind = trace.SpanKind.SERVER if kind == "server" else trace.SpanKind.CONSUMER
     attributes = {"microsaga.handler": name}
     for attribute, key in (
@@ -265,9 +261,7 @@ def participant_span(
         value = header.get(key)
         if isinstance(value, str):
             attributes[attribute] = value
-    span = _participant_tracer.start_span(
-        name, context=parent, kind=span_kind, attributes=attributes
-    )
+    span = tracer.start_span(name, context=parent, kind=span_kind, attributes=attributes)
     token = context.attach(trace.set_span_in_context(span, parent))
     try:
         yield span

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
 from ..message import Message
-from ..observability.tracing import participant_failed, participant_span
+from ..observability.tracing import participant_failed, participant_span, participant_tracer
 from ..protocol import IDEMPOTENCY_HEADER
 from ..transports.base import Broker, Subscription, to_message
 from . import asgi, subscriber
@@ -39,6 +39,7 @@ class Participant:
             ``traceparent``): each handler call is a span, a child of the step's span,
             current while the handler runs. On when OpenTelemetry is installed
             (without a tracer provider configured it makes no span).
+        tracer_provider: where those spans go; the global provider by default.
     """
 
     def __init__(
@@ -48,11 +49,14 @@ class Participant:
         prefix: str = "",
         max_body: int = 1 << 20,
         tracing: bool = True,
+        tracer_provider: Any = None,
     ) -> None:
         self.dedupe: DedupeStore = dedupe if dedupe is not None else MemoryDedupeStore()
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.max_body = max_body
         self.tracing = tracing
+        self.tracer_provider = tracer_provider
+        self._tracer: Any = None  # made on first use: None, the tracer, or False
         self._handlers: dict[str, _Handler] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
 
@@ -145,9 +149,14 @@ class Participant:
             del self._inflight[store_key]
 
     async def _run(self, fn: _Handler, name: str, request: Message, kind: str) -> Reply:
-        if not self.tracing:
+        tracer = self._tracer
+        if tracer is None:
+            tracer = self._tracer = (
+                self.tracing and participant_tracer(self.tracer_provider)
+            ) or False
+        if not tracer:  # off, or OpenTelemetry is not installed
             return await _run(fn, name, request)
-        with participant_span(name, request.header, kind=kind) as span:
+        with participant_span(tracer, name, request.header, kind=kind) as span:
             return await _run(fn, name, request, span)
 
     # HTTP ------------------------------------------------------------------------------
