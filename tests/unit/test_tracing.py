@@ -233,7 +233,7 @@ async def test_the_callers_span_parents_the_execution_and_steps_parent_their_spa
         assert parent.span_id == steps[step].context.span_id  # type: ignore[union-attr]
 
 
-async def test_without_a_tracer_provider_nothing_is_made_and_a_context_passes_through() -> None:
+async def test_without_a_tracer_provider_nothing_is_done_and_a_context_passes_through() -> None:
     received: list[Message] = []
 
     def service(name: str, endpoint: str, msg: Message) -> Message:
@@ -241,6 +241,8 @@ async def test_without_a_tracer_provider_nothing_is_made_and_a_context_passes_th
         return Message()
 
     hook = Tracing(trace.NoOpTracerProvider())
+    assert isinstance(hook, Tracing)
+    assert not hook.traced  # a no-op provider: the hook listens to nothing
     async with Flow("memory://", client=MockClient(service), hooks=[hook]) as flow:
         wf = await flow.workflow_create("w", CallStep("svc", "S", "M"))
         eid = await wf.execute({})
@@ -250,9 +252,8 @@ async def test_without_a_tracer_provider_nothing_is_made_and_a_context_passes_th
     assert "traceparent" not in plain.request.header
     assert "traceparent" not in received[0].header
     assert received[1].header.getall("traceparent") == [TRACEPARENT]
-    assert not hook._executions
-    assert not hook._steps
-    assert not hook._pending
+    assert not flow.hooks.step_started
+    assert not flow.hooks.execution_header
 
 
 async def test_a_run_taken_over_continues_the_trace(

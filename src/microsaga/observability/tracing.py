@@ -80,9 +80,22 @@ class Tracing(Hook):
     Making one also makes the requests of every ``CallStep`` and ``PublishStep`` of
     the process carry the current trace context (W3C ``traceparent``).
 
+    The provider is looked at when the hook is made: with none configured (nor
+    passed), OpenTelemetry's no-op tracer would make no span, and the hook listens to
+    nothing, at no cost (``traced`` is False; a ``traceparent`` in an execution's
+    request header still reaches its participants, as any header does). So configure
+    OpenTelemetry first (``opentelemetry-instrument`` does it before your code runs).
+
     Raises:
         ConfigurationError: OpenTelemetry is not installed (``microsaga[otel]``).
     """
+
+    traced = True
+
+    def __new__(cls, tracer_provider: TracerProvider | None = None) -> Tracing:
+        if cls is Tracing and not _configured(tracer_provider):
+            return super().__new__(_Untraced)
+        return super().__new__(cls)
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         context, propagate, trace = _otel()
@@ -215,6 +228,29 @@ class Tracing(Hook):
         elif fallback_used(event.error):
             span.add_event("microsaga.fallback", {"exception.message": event.error})
         span.end()
+
+
+def _configured(tracer_provider: TracerProvider | None) -> bool:
+    """Whether spans would be made: a provider given or set globally, not a no-op."""
+    _, _, trace = _otel()
+    found = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    return not isinstance(found, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+class _Untraced(Tracing):
+    """``Tracing()`` with no tracer provider: listens to nothing (see :class:`Tracing`)."""
+
+    traced = False
+    execution_header = Hook.execution_header
+    execution_created = Hook.execution_created
+    run_started = Hook.run_started
+    execution_status = Hook.execution_status
+    run_stopped = Hook.run_stopped
+    step_started = Hook.step_started
+    step_finished = Hook.step_finished
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        pass
 
 
 def _exception_attributes(error: str) -> dict[str, str]:
