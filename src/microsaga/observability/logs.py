@@ -28,6 +28,7 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "about",
+    "about_request",
     "add_secret",
     "configure_logging",
     "redact",
@@ -41,6 +42,16 @@ def about(
 ) -> dict[str, str | None]:
     """The ``extra`` of a record about an execution (and one of its steps)."""
     return {"execution_id": execution_id, "workflow_id": workflow_id, "step_id": step_id}
+
+
+def about_request(header: Mapping[str, str]) -> dict[str, str | None]:
+    """The ``extra`` of a record about a step request (its ``Micro-Flow-*`` headers),
+    for transports and participants; empty ids are None."""
+    return about(
+        header.get("Micro-Flow-Execution") or "",
+        header.get("Micro-Flow-Workflow"),
+        header.get("Micro-Flow-Step"),
+    )
 
 
 # secrets -------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ series                                     type       labels
 good) or ``fallback`` (it failed and its fallback succeeded); ``phase`` is
 ``forward`` or ``compensate``. ``status`` is the status name (``SUCCESS``,
 ``FAILURE``, ``ABORTED``). An execution counts as started in the process that created
-it and as finished in the one that finished it; the gauges are this process's: the
-executions it runs, and the steps it left waiting. Sum them over your workers.
+it and as finished in the one that finished it; ``executions_running`` counts the
+executions this process runs: sum it over your workers. ``steps_waiting`` stays 0
+until the engine has waiting steps.
 
 Labels are bounded: workflow and step ids, never execution ids; the runs of a map
 step (``items[3]``) count under ``items[]``, and past 10,000 label sets per series new
@@ -196,7 +197,6 @@ class Metrics(Hook):
         self._m = _families_of(self.registry)
         self._attempts: dict[tuple[str, str, int], float] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._waiting: set[tuple[str, str]] = set()
         self._running: set[str] = set()
 
     def execution_created(self, event: ExecutionEvent) -> None:
@@ -246,27 +246,10 @@ class Metrics(Hook):
         if started is not None:
             m.step_duration(event.workflow_id, step, phase).observe(max(0.0, event.at - started))
 
-    def step_recorded(self, event: StepEvent) -> None:
-        waiting = _WAITING
-        if waiting is None:
-            return
-        key = (event.execution_id, event.step_id)
-        if event.status is waiting:
-            if key not in self._waiting:
-                self._waiting.add(key)
-                self._m.waiting.inc()
-        elif key in self._waiting:
-            self._waiting.discard(key)
-            self._m.waiting.dec()
-
     def store_committed(self, event: CommitEvent) -> None:
         m = self._m
         m.commit_seconds.observe(event.seconds)
         m.batch_size.observe(event.units)
-
-
-# Status.WAITING, once the engine has it (waiting steps)
-_WAITING: Status | None = Status.__members__.get("WAITING")
 
 
 def serve_metrics(

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
 from ..message import Message
+from ..observability.logs import about_request
 from ..observability.tracing import participant_failed, participant_span, participant_tracer
 from ..protocol import IDEMPOTENCY_HEADER
 from ..transports.base import Broker, Subscription, to_message
@@ -125,7 +126,9 @@ class Participant:
             try:
                 kept = await self.dedupe.get(store_key)
             except Exception as exc:  # without the store the handler could run twice
-                log.warning("%s: dedupe store failed: %s", name, exc)
+                log.warning(
+                    "%s: dedupe store failed: %s", name, exc, extra=about_request(request.header)
+                )
                 reply = error_answer(503, "dedupe_unavailable", f"{name}: {one_line(exc)}")
                 future.set_result(reply)
                 return reply, False
@@ -137,7 +140,13 @@ class Participant:
                 try:
                     reply = await self.dedupe.put(store_key, reply)
                 except Exception as exc:  # the answer stands; only its replay is lost
-                    log.warning("%s: cannot keep the answer for key %s: %s", name, key, exc)
+                    log.warning(
+                        "%s: cannot keep the answer for key %s: %s",
+                        name,
+                        key,
+                        exc,
+                        extra=about_request(request.header),
+                    )
             future.set_result(reply)
             return reply, False
         except BaseException as exc:
@@ -234,11 +243,11 @@ async def _run(fn: _Handler, name: str, request: Message, span: Any = None) -> R
         message = to_message(result)
     except Exception as exc:
         participant_failed(span, exc)
-        return _failure(name, exc)
+        return _failure(name, exc, request)
     return Reply(200, message.body, message.header.to_dict())
 
 
-def _failure(name: str, exc: Exception) -> Reply:
+def _failure(name: str, exc: Exception, request: Message) -> Reply:
     """The answer to a handler that raised: 422 final, 503 retryable, 500 unexpected."""
     header: dict[str, list[str]] = {}
     retry_after = getattr(exc, "retry_after", None)
@@ -248,5 +257,5 @@ def _failure(name: str, exc: Exception) -> Reply:
         return error_answer(422, error_code(exc), one_line(exc), header)
     if isinstance(exc, MicrosagaError):
         return error_answer(503, error_code(exc), one_line(exc), header)
-    log.exception("%s: the handler failed", name)
+    log.exception("%s: the handler failed", name, extra=about_request(request.header))
     return error_answer(500, "internal", one_line(exc), header)
