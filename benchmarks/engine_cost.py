@@ -3,13 +3,16 @@
     python benchmarks/engine_cost.py                  # both measures, about a minute
     python benchmarks/engine_cost.py --only gc        # the garbage collector's share
     python benchmarks/engine_cost.py --only typed     # typed @saga.step over FunctionStep
+    python benchmarks/engine_cost.py --only observability  # Tracing, Metrics hooks
 
 ``instructions``: ``valgrind --tool=callgrind`` counts the instructions of two runs of
 the order saga (workload (a) of ``run.py``) with different counts and divides the
 difference by the difference of the counts, for microsaga on ``memory://`` and for
 plain asyncio calling the same four functions. ``typed``: the same count for the order
 saga written as typed ``@saga.step`` functions (``microsaga_bench.py --steps typed``),
-beside the FunctionSteps of Message functions. Counted instructions do not depend on
+beside the FunctionSteps of Message functions. ``observability``: the same count with
+``Tracing()`` (OpenTelemetry installed, no tracer provider configured: the no-op
+tracer) and with ``Metrics()``, beside no hook. Counted instructions do not depend on
 what else the machine is doing, unlike seconds: the ratio is repeatable on a busy host.
 
 ``gc``: the share of wall time spent in the garbage collector's collections (timed with
@@ -46,7 +49,41 @@ async def _order_sagas(store: str, n: int) -> None:
         await b.plain_asyncio(n, 64)
         return
     typed = store == "memory-typed"
-    async with Flow("memory://" if typed else store, concurrency=256) as flow:
+    hooks: list[Any] = []
+    if store == "memory-traced":
+        from microsaga.observability import Tracing
+
+        hooks.append(Tracing())  # no tracer provider is configured: the no-op tracer
+    elif store == "memory-traced-sdk":
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from microsaga.observability import Tracing
+
+        hooks.append(Tracing(TracerProvider()))  # spans made and ended, exported nowhere
+    elif store == "memory-empty-hook":
+        from microsaga import Hook
+
+        class Empty(Hook):  # what the engine's events cost, for a hook that does nothing
+            def execution_header(self, event: Any) -> None:
+                return None
+
+            def execution_created(self, event: Any) -> None: ...
+            def run_started(self, event: Any) -> None: ...
+            def run_stopped(self, event: Any) -> None: ...
+            def execution_status(self, event: Any) -> None: ...
+            def step_started(self, event: Any) -> None: ...
+            def step_finished(self, event: Any) -> None: ...
+
+        hooks.append(Empty())
+    elif store == "memory-metrics":
+        import prometheus_client
+
+        from microsaga.observability import Metrics
+
+        hooks.append(Metrics(prometheus_client.CollectorRegistry()))
+    if store.startswith("memory-"):
+        store = "memory://"
+    async with Flow(store, concurrency=256, hooks=hooks) as flow:
         if typed:
             order = await flow.workflow_add(b.typed)
         else:
@@ -111,7 +148,7 @@ async def gc_share(rounds: int, n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["instructions", "gc", "typed"])
+    parser.add_argument("--only", choices=["instructions", "gc", "typed", "observability"])
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -139,6 +176,20 @@ def main() -> None:
                 "function_steps_per_execution": round(plain),
                 "typed_steps_per_execution": round(typed),
                 "ratio_typed_over_function_steps": round(typed / plain, 3),
+            }
+    if args.only in (None, "observability"):
+        if shutil.which("valgrind") is None:
+            print("observability: valgrind is not installed, skipped", file=sys.stderr)
+        else:
+            plain = per_execution("memory://", 200, 1200)
+            found = {
+                "noop_tracing": per_execution("memory-traced", 200, 1200),
+                "empty_hook": per_execution("memory-empty-hook", 200, 1200),
+                "sdk_tracing": per_execution("memory-traced-sdk", 200, 1200),
+                "metrics": per_execution("memory-metrics", 200, 1200),
+            }
+            result["observability"] = {"no_hook_per_execution": round(plain)} | {
+                f"{name}_cost": round(count / plain - 1, 4) for name, count in found.items()
             }
     if args.only in (None, "gc"):
         result["gc"] = asyncio.run(gc_share(5, 2000))

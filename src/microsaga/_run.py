@@ -29,6 +29,7 @@ from ._groupcommit import Committer
 from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
 from .hooks import ExecutionEvent, Hooks, StepEvent
 from .message import Message
+from .observability.logs import about
 from .status import Phase, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition, TransitionResult
@@ -183,6 +184,12 @@ class Run:
             error=error,
             taken_over=taken_over,
             request=self.spec.request,
+            interrupted=taken_over
+            and any(
+                rec.status is Status.RUNNING
+                for records in (state.steps, state.comps)
+                for rec in records.values()
+            ),
         )
 
     # the loop ----------------------------------------------------------------------
@@ -202,13 +209,22 @@ class Run:
                 ]
                 await self._loop(running, decided=False)
         except LeaseLostError:
-            log.warning("execution %s: lease lost, another worker runs it now", self.id)
+            log.warning(
+                "execution %s: lease lost, another worker runs it now",
+                self.id,
+                extra=about(self.id, self.spec.workflow_id),
+            )
             self.lose()
         except asyncio.CancelledError:
             self.lose()
             raise
         except Exception as exc:
-            log.exception("execution %s: stopped by an error, left for recovery: %s", self.id, exc)
+            log.exception(
+                "execution %s: stopped by an error, left for recovery: %s",
+                self.id,
+                exc,
+                extra=about(self.id, self.spec.workflow_id),
+            )
             self.lose()
         finally:
             if self._deadline_timer is not None:
@@ -575,7 +591,13 @@ class Run:
                 return await self._invoke(fallback, req, node.id, attempt, timeout)
             except Exception as exc:
                 if not retry.should_retry(exc, tries):
-                    log.info("execution %s: fallback of %s failed: %s", self.id, node.id, exc)
+                    log.info(
+                        "execution %s: fallback of %s failed: %s",
+                        self.id,
+                        node.id,
+                        exc,
+                        extra=about(self.id, self.spec.workflow_id, node.id),
+                    )
                     return None
                 delay = retry.interval(tries, self.host.random())
                 if not await self._backoff(delay, Phase.FORWARD):

@@ -68,8 +68,11 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
     raise Exit(asyncio.run(fn()))
 
 
-def _flow(ctx: click.Context, **extra: Any) -> Flow:
+def _flow(ctx: click.Context, *, observed: bool = False, **extra: Any) -> Flow:
+    """The flow of a command; ``observed``: with the hooks of :func:`_observers`."""
     opts = ctx.find_root().obj
+    if observed:
+        extra["hooks"] = _observers(metrics=extra.pop("metrics", False))
     return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
 
 
@@ -91,6 +94,26 @@ def _definition_file(ctx: click.Context, param: click.Parameter, value: str) -> 
     return value
 
 
+def _observers(*, metrics: bool) -> list[Any]:
+    """Tracing when OpenTelemetry is installed (its no-op tracer unless a tracer
+    provider is configured, by ``opentelemetry-instrument`` say), and Prometheus
+    metrics when asked for and prometheus-client is installed."""
+    from .errors import ConfigurationError
+    from .observability import Metrics, Tracing
+
+    hooks: list[Any] = []
+    try:
+        hooks.append(Tracing())
+    except ConfigurationError:
+        pass  # not installed: nothing traced, nothing imported
+    if metrics:
+        try:
+            hooks.append(Metrics())
+        except ConfigurationError:
+            pass
+    return hooks
+
+
 def _services(value: str | None) -> dict[str, str] | None:
     if not value:
         return None
@@ -104,10 +127,22 @@ def _services(value: str | None) -> dict[str, str] | None:
 @click.option("--services", help="Service addresses: JSON object or name=url,name=url.")
 @click.option("--broker", help="Broker URL (nats://, amqp://, redis://, memory://).")
 @click.option("-v", "--verbose", is_flag=True, help="Log what workers do.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object a line (docs/observability.md).",
+)
 @click.version_option(package_name="microsaga")
 @click.pass_context
 def cli(
-    ctx: click.Context, store: str | None, services: str | None, broker: str | None, verbose: bool
+    ctx: click.Context,
+    store: str | None,
+    services: str | None,
+    broker: str | None,
+    verbose: bool,
+    log_format: str,
 ) -> None:
     """Durable sagas for Python microservices.
 
@@ -118,11 +153,9 @@ def cli(
         commands = ", ".join(sorted(ctx.command.commands))
         raise click.UsageError(f"missing command, one of: {commands} (see microsaga --help)")
     _import_from(os.curdir)  # for function steps, as `python -m` does
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .observability.logs import configure_logging
+
+    configure_logging(log_format, logging.INFO if verbose else logging.WARNING, sys.stderr)
     from .settings import broker_url, store_url
 
     ctx.obj = {
@@ -205,7 +238,7 @@ def run(
         console = progress_console()
         # without --async it runs its own execution, and only that one: it does not
         # claim what other processes queued (a worker does)
-        async with _flow(ctx, worker=not async_, claim=False) as flow:
+        async with _flow(ctx, observed=True, worker=not async_, claim=False) as flow:
             await flow.workflow_add(wf)
             await flow.workflow_save(wf)
             eid = await wf.execute(
@@ -344,21 +377,52 @@ cli.command("abort")(
     "unfinished executions at once. Dead workers of this machine are detected "
     "anyway; a stable id helps across machines and containers.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (microsaga[prometheus]).",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port."
+)
 @click.pass_context
-def worker(ctx: click.Context, concurrency: int | None, worker_id: str | None) -> None:
+def worker(
+    ctx: click.Context,
+    concurrency: int | None,
+    worker_id: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run executions from the store until stopped (SIGINT or SIGTERM)."""
     if worker_id is not None and not worker_id.strip():
         raise ConfigurationError("--id", f"must be a non-empty string, not {worker_id!r}")
+    server = None
+    if metrics_port is not None:
+        from .observability import Metrics, serve_metrics
+
+        Metrics()  # fails now, naming the extra, when prometheus-client is missing
+        server = serve_metrics(metrics_port, metrics_host)
+        port = server.server_address[1]
+        click.echo(f"metrics on http://{metrics_host}:{port}/metrics", err=True)
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with _flow(ctx, worker=True, concurrency=concurrency, worker_id=worker_id) as flow:
+        async with _flow(
+            ctx,
+            observed=True,
+            metrics=server is not None,
+            worker=True,
+            concurrency=concurrency,
+            worker_id=worker_id,
+        ) as flow:
             click.echo(f"worker {flow.worker_id} on {flow.store.url}: running executions", err=True)
             await stop.wait()
             click.echo("worker stopping: unfinished executions go to other workers", err=True)
+        if server is not None:
+            server.shutdown()
         return EXIT_OK
 
     _run_async(main)
@@ -385,7 +449,7 @@ def serve(
 
     _run_async(
         lambda: serve_api(
-            lambda: _flow(ctx, worker=not no_worker),
+            lambda: _flow(ctx, observed=True, metrics=True, worker=not no_worker),
             host=host,
             port=port,
             token_file=token_file,
@@ -417,7 +481,7 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
         # its own file when no store is set: the demo should not write into the
         # default store of your own workflows
         store = store_url(DEMO_STORE)
-    _run_async(lambda: run_demo(store, progress_console()))
+    _run_async(lambda: run_demo(store, progress_console(), hooks=_observers(metrics=False)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +23,7 @@ from ._progress import follow
 from ._urls import Url
 from .errors import StepError
 from .flow import Flow
+from .hooks import Hook
 from .message import Message
 from .status import Status
 from .step import Retry, Step
@@ -113,10 +114,10 @@ async def _running_services(calls: list[str]) -> AsyncIterator[dict[str, str]]:
         yield {"inventory": inventory_url, "payments": payments_url}
 
 
-async def run_demo(store: Url | None, console: Console) -> int:
-    """Run the demo on ``store`` (None: ``MICROSAGA_STORE``); 0 when both orders
-    ended as they should."""
-    flow = Flow(store)
+async def run_demo(store: Url | None, console: Console, hooks: Sequence[Hook] = ()) -> int:
+    """Run the demo on ``store`` (None: ``MICROSAGA_STORE``) with ``hooks``; 0 when
+    both orders ended as they should."""
+    flow = Flow(store, hooks=list(hooks))
     shown = str(flow.options.store)
     try:
         import uvicorn  # noqa: F401  - the participants need it

@@ -49,6 +49,9 @@ class ExecutionEvent(msgspec.Struct, frozen=True, gc=False):
         error: the execution's one-line error, when it ended FAILURE or ABORTED.
         taken_over: for :meth:`Hook.run_started`, whether this process took the
             execution over from another worker (or a previous life of its own).
+        interrupted: for :meth:`Hook.run_started` of an execution taken over, whether
+            its previous worker stopped it mid-run (died, lost its lease, or gave up):
+            steps were RUNNING, and are invoked again. False for one resumed or woken.
         request: the execution's request, as stored (its header carries what
             :meth:`Hook.execution_header` added, a trace context say).
     """
@@ -61,6 +64,7 @@ class ExecutionEvent(msgspec.Struct, frozen=True, gc=False):
     error: str | None = None
     taken_over: bool = False
     request: Message | None = None
+    interrupted: bool = False
 
 
 class StepEvent(msgspec.Struct, frozen=True, gc=False):
@@ -221,5 +225,16 @@ class Hooks:
             key = (id(getattr(method, "__self__", method)), method.__name__)
             if key not in self._failed:  # once per hook and method, not per event
                 self._failed.add(key)
-                log.exception("hook %s failed (its later failures are not logged)", method)
+                eid = getattr(event, "execution_id", None)
+                log.exception(
+                    "hook %s failed (its later failures are not logged)",
+                    method,
+                    extra=None
+                    if eid is None
+                    else {
+                        "execution_id": eid,
+                        "workflow_id": event.workflow_id,
+                        "step_id": getattr(event, "step_id", None),
+                    },
+                )
             return None

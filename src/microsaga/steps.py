@@ -15,6 +15,7 @@ from ._signature import function_call, result_message
 from ._validate import name_problem, shown
 from .errors import DefinitionError, one_line
 from .message import Message
+from .observability.propagation import outgoing
 from .step import Step, StepContext, register_step
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class CallStep(Step):
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
         client = ctx.flow.client_for(self.service)
+        req = outgoing(req)  # the attempt's trace context, when traced
         return await client.call(self.service, self.endpoint, req, timeout=ctx.timeout)
 
     def to_config(self) -> dict[str, Any]:
@@ -100,6 +102,7 @@ class PublishStep(Step):
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
         broker = ctx.flow.require_broker()
+        req = outgoing(req)  # the attempt's trace context, when traced
         if self.reply:
             return await broker.request(self.topic, req, timeout=ctx.timeout)
         await broker.publish(self.topic, req)

@@ -41,6 +41,7 @@ from ._run import Run, RunSpec
 from .errors import ExecutionConflictError, InvalidTransitionError, MicrosagaError, StoreError
 from .hooks import ExecutionEvent, Hooks
 from .message import Message
+from .observability.logs import about
 from .settings import FlowOptions
 from .status import Status
 from .stores.base import (
@@ -209,7 +210,12 @@ class Worker:
         except InvalidTransitionError:
             pass  # finished, or aborted already
         except MicrosagaError as exc:
-            log.warning("execution %s: deadline abort failed: %s", run.id, exc)
+            log.warning(
+                "execution %s: deadline abort failed: %s",
+                run.id,
+                exc,
+                extra=about(run.id, run.spec.workflow_id),
+            )
         finally:
             self._aborting.discard(run.id)
 
@@ -256,7 +262,12 @@ class Worker:
                 try:
                     await self.store.release(run.id, run.spec.token, 0.0)
                 except MicrosagaError as exc:
-                    log.warning("could not release %s: %s", run.id, exc)
+                    log.warning(
+                        "could not release %s: %s",
+                        run.id,
+                        exc,
+                        extra=about(run.id, run.spec.workflow_id),
+                    )
         if self._loops:
             await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
@@ -427,7 +438,12 @@ class Worker:
             # abort it.
             note = f"waits for a worker that can run it: {exc}"
             if self._cannot_run.get(stored.id) != note:  # said once, not at every claim
-                log.warning("execution %s cannot run in this worker: %s", stored.id, exc)
+                log.warning(
+                    "execution %s cannot run in this worker: %s",
+                    stored.id,
+                    exc,
+                    extra=about(stored.id, stored.workflow_id),
+                )
                 self._cannot_run[stored.id] = note
             until = self.clock() + self.options.lease_ttl * 3
             try:
@@ -573,7 +589,9 @@ class Worker:
         )
         for run in owned:
             if run.id not in held and not run.ended and not run.releasing:
-                log.warning("execution %s: lease lost", run.id)
+                log.warning(
+                    "execution %s: lease lost", run.id, extra=about(run.id, run.spec.workflow_id)
+                )
                 run.lose()
 
     async def _free_dead_owners(self) -> None:
@@ -610,7 +628,7 @@ class Worker:
             except StoreError as exc:
                 self.health.failed(exc)
                 return
-            log.info("execution %s: released for any worker", eid)
+            log.info("execution %s: released for any worker", eid, extra=about(eid))
             del self._to_release[eid]
             self._poke.set()  # claimable now, by this worker too
 

@@ -33,6 +33,7 @@ from ..errors import (
     WorkflowNotFoundError,
 )
 from ..message import Message
+from ..observability.metrics import Metrics
 from ..status import Status
 from . import models
 from .auth import BearerAuth, BodyLimit
@@ -310,8 +311,13 @@ class Api:
                 "not_implemented",
                 "metrics need prometheus-client: pip install 'microsaga[prometheus]'",
             ) from None
+        registry = next(
+            (hook.registry for hook in self.flow.hooks if isinstance(hook, Metrics)),
+            prometheus_client.REGISTRY,
+        )
         return Response(
-            prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+            prometheus_client.generate_latest(registry),
+            media_type=prometheus_client.CONTENT_TYPE_LATEST,
         )
 
     # the table ---------------------------------------------------------------------------
@@ -427,6 +433,10 @@ def create_app(flow: Flow, *, token: str | None = None, max_body: int = DEFAULT_
         token: when set, every request but ``/healthz`` and the dashboard's files needs
             ``Authorization: Bearer <token>``.
         max_body: the largest request body accepted, in bytes (413 beyond).
+
+    ``/metrics`` serves the registry of the flow's
+    :class:`~microsaga.observability.Metrics` hook; when the flow has none and
+    prometheus-client is installed, one on the default registry is added to it.
     """
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise ConfigurationError("token", "must be a non-empty string")
@@ -434,6 +444,11 @@ def create_app(flow: Flow, *, token: str | None = None, max_body: int = DEFAULT_
         raise ConfigurationError(
             "max_body", f"must be a positive number of bytes, not {max_body!r}"
         )
+    if not any(isinstance(hook, Metrics) for hook in flow.hooks):
+        try:  # /metrics serves the flow's metrics (docs/observability.md)
+            flow.add_hook(Metrics())
+        except ConfigurationError:
+            pass  # prometheus-client is not installed: /metrics says so
     feed = Feed(flow)
     api = Api(flow, feed)
     openapi: list[bytes] = []

@@ -34,6 +34,7 @@ from .._aio import wait_event
 from ..errors import ExecutionNotFoundError, MicrosagaError, one_line
 from ..execution import Execution
 from ..hooks import ExecutionEvent, Hook, StepEvent
+from ..observability.logs import about
 from ..status import Status
 from . import models
 
@@ -78,7 +79,11 @@ class Subscription:
         try:
             self._queue.put_nowait(chunk)
         except asyncio.QueueFull:  # too slow: drop it; it reconnects for the current state
-            log.info("an event stream of %s fell behind; closing it", self.execution_id)
+            log.info(
+                "an event stream of %s fell behind; closing it",
+                self.execution_id,
+                extra=about(self.execution_id),
+            )
             self.close()
 
     def close(self) -> None:
@@ -339,7 +344,12 @@ class Feed:
             self._finish(execution_id, _end(None, execution_id))
             return
         except MicrosagaError as exc:  # the store is away: try again at the next sweep
-            log.warning("event feed: cannot read %s: %s", execution_id, one_line(exc))
+            log.warning(
+                "event feed: cannot read %s: %s",
+                execution_id,
+                one_line(exc),
+                extra=about(execution_id),
+            )
             return
         if self._watched.get(execution_id) is not watched:
             return  # its last subscriber left while it was read

@@ -108,6 +108,10 @@ async def serve(
 ) -> int:
     """Serve until SIGINT or SIGTERM; the exit status."""
     token = read_token(token_file)
+    if token is not None:
+        from ..observability.logs import add_secret
+
+        add_secret(token)  # never in a log line, whatever logs it
     limit = parse_size(max_body)
     if token is None and not is_loopback(host):
         raise ConfigurationError(

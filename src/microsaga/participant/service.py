@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
 from ..message import Message
+from ..observability.logs import about_request
+from ..observability.tracing import participant_failed, participant_span, participant_tracer
 from ..protocol import IDEMPOTENCY_HEADER
 from ..transports.base import Broker, Subscription, to_message
 from . import asgi, subscriber
@@ -34,14 +36,28 @@ class Participant:
         prefix: a path before ``/Name/Method`` (``"/rpc"`` for a service whose
             address is ``http://host/rpc/{name}/{method}``).
         max_body: the largest request body accepted, in bytes.
+        tracing: continue the trace of the step that sent a request (its W3C
+            ``traceparent``): each handler call is a span, a child of the step's span,
+            current while the handler runs. On when OpenTelemetry is installed
+            (without a tracer provider configured it makes no span).
+        tracer_provider: where those spans go; the global provider by default.
     """
 
     def __init__(
-        self, *, dedupe: DedupeStore | None = None, prefix: str = "", max_body: int = 1 << 20
+        self,
+        *,
+        dedupe: DedupeStore | None = None,
+        prefix: str = "",
+        max_body: int = 1 << 20,
+        tracing: bool = True,
+        tracer_provider: Any = None,
     ) -> None:
         self.dedupe: DedupeStore = dedupe if dedupe is not None else MemoryDedupeStore()
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.max_body = max_body
+        self.tracing = tracing
+        self.tracer_provider = tracer_provider
+        self._tracer: Any = None  # made on first use: None, the tracer, or False
         self._handlers: dict[str, _Handler] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
 
@@ -94,10 +110,12 @@ class Participant:
             return error_answer(404, "unknown_endpoint", f"no handler for {name}"), False
         return await self._handle(name, fn, request)
 
-    async def _handle(self, name: str, fn: _Handler, request: Message) -> tuple[Reply, bool]:
+    async def _handle(
+        self, name: str, fn: _Handler, request: Message, kind: str = "server"
+    ) -> tuple[Reply, bool]:
         key = request.header.get(IDEMPOTENCY_HEADER)
         if not key:
-            return await _run(fn, name, request), False
+            return await self._run(fn, name, request, kind), False
         store_key = f"{name} {key}"
         running = self._inflight.get(store_key)
         if running is not None:
@@ -108,19 +126,27 @@ class Participant:
             try:
                 kept = await self.dedupe.get(store_key)
             except Exception as exc:  # without the store the handler could run twice
-                log.warning("%s: dedupe store failed: %s", name, exc)
+                log.warning(
+                    "%s: dedupe store failed: %s", name, exc, extra=about_request(request.header)
+                )
                 reply = error_answer(503, "dedupe_unavailable", f"{name}: {one_line(exc)}")
                 future.set_result(reply)
                 return reply, False
             if kept is not None:
                 future.set_result(kept)
                 return kept, True
-            reply = await _run(fn, name, request)
+            reply = await self._run(fn, name, request, kind)
             if reply.final:
                 try:
                     reply = await self.dedupe.put(store_key, reply)
                 except Exception as exc:  # the answer stands; only its replay is lost
-                    log.warning("%s: cannot keep the answer for key %s: %s", name, key, exc)
+                    log.warning(
+                        "%s: cannot keep the answer for key %s: %s",
+                        name,
+                        key,
+                        exc,
+                        extra=about_request(request.header),
+                    )
             future.set_result(reply)
             return reply, False
         except BaseException as exc:
@@ -130,6 +156,17 @@ class Participant:
             raise
         finally:
             del self._inflight[store_key]
+
+    async def _run(self, fn: _Handler, name: str, request: Message, kind: str) -> Reply:
+        tracer = self._tracer
+        if tracer is None:
+            tracer = self._tracer = (
+                self.tracing and participant_tracer(self.tracer_provider)
+            ) or False
+        if not tracer:  # off, or OpenTelemetry is not installed
+            return await _run(fn, name, request)
+        with participant_span(tracer, name, request.header, kind=kind) as span:
+            return await _run(fn, name, request, span)
 
     # HTTP ------------------------------------------------------------------------------
 
@@ -167,7 +204,7 @@ class Participant:
             raise ConfigurationError("handler", f"no handler for topic {topic}")
 
         async def answer(message: Message) -> Reply:
-            reply, _ = await self._handle(topic, fn, message)
+            reply, _ = await self._handle(topic, fn, message, "consumer")
             return reply
 
         return subscriber.on_message(topic, answer)
@@ -200,16 +237,17 @@ def _wrap(fn: HandlerFn) -> _Handler:
     return in_thread
 
 
-async def _run(fn: _Handler, name: str, request: Message) -> Reply:
+async def _run(fn: _Handler, name: str, request: Message, span: Any = None) -> Reply:
     try:
         result = await fn(request)
         message = to_message(result)
     except Exception as exc:
-        return _failure(name, exc)
+        participant_failed(span, exc)
+        return _failure(name, exc, request)
     return Reply(200, message.body, message.header.to_dict())
 
 
-def _failure(name: str, exc: Exception) -> Reply:
+def _failure(name: str, exc: Exception, request: Message) -> Reply:
     """The answer to a handler that raised: 422 final, 503 retryable, 500 unexpected."""
     header: dict[str, list[str]] = {}
     retry_after = getattr(exc, "retry_after", None)
@@ -219,5 +257,5 @@ def _failure(name: str, exc: Exception) -> Reply:
         return error_answer(422, error_code(exc), one_line(exc), header)
     if isinstance(exc, MicrosagaError):
         return error_answer(503, error_code(exc), one_line(exc), header)
-    log.exception("%s: the handler failed", name)
+    log.exception("%s: the handler failed", name, extra=about_request(request.header))
     return error_answer(500, "internal", one_line(exc), header)

@@ -46,6 +46,7 @@ from nats.aio.msg import Msg
 
 from ..errors import StepError, TransportError, one_line
 from ..message import Message, Metadata
+from ..observability.logs import about_request
 from ..protocol import IDEMPOTENCY_HEADER
 from .base import (
     CORRELATION_HEADER,
@@ -229,7 +230,12 @@ class NatsBroker(Broker):
                 f"{_describe(exc)}"
             ) from exc
         if ack.duplicate:
-            log.info("%s: JetStream dropped a duplicate of %s", topic, key)
+            log.info(
+                "%s: JetStream dropped a duplicate of %s",
+                topic,
+                key,
+                extra=about_request(message.header),
+            )
 
     async def send_reply(self, topic: str, reply: Message) -> None:
         """Send the reply as a core NATS message: reply subjects need no stream.
