@@ -27,8 +27,9 @@ from ._engine.records import Abort, ExecState, StepRecord
 from ._engine.saga import after_success, compensated, decide, failure_summary, first
 from ._groupcommit import Committer
 from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
+from .expressions import truthy
 from .hooks import ExecutionEvent, Hooks, StepEvent
-from .message import Message
+from .message import Message, encode_json
 from .observability.logs import about
 from .status import Phase, Status
 from .step import Retry, Step, StepContext
@@ -113,6 +114,8 @@ class Run:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._lost = False
         self._draining = False
+        self._settled = False  # _start settled a step without starting it
+        self._decoded: dict[str, Any] = {}  # decoded bodies for context documents
         # a lone step runs in the loop's own task (a chain needs no task per step), and
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
@@ -281,6 +284,9 @@ class Run:
                 continue
             now = self.host.clock()
             starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
+            if self._settled:  # skipped, or failed by their when or input: not started
+                starts = [rec for rec in starts if rec.status is Status.RUNNING]
+                self._settled = False
             starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
@@ -305,6 +311,8 @@ class Run:
                     unit.response = data.execution_response(graph, state.steps)
                 elif decision.status is not Status.ABORTED or not compensated(state):
                     unit.error = failure_summary(plan, graph, state)[1]
+            elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
+                unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final
             result = committer.now(unit)
             if result is None:
@@ -365,19 +373,79 @@ class Run:
     # steps -----------------------------------------------------------------------
 
     def _start(self, sid: str, phase: Phase, now: float) -> StepRecord:
-        """A step's RUNNING record; it enters the state once committed."""
+        """A step's RUNNING record; it enters the state once committed. A forward step
+        whose ``when`` is false, or whose requirements were all skipped, is SKIPPED at
+        once instead, and one whose ``when`` or ``input`` cannot be evaluated FAILS:
+        those records enter the state now and go with the next commit."""
         state = self.state
-        if phase is Phase.FORWARD:
-            before: StepRecord | None = state.steps[sid]
+        if phase is Phase.COMPENSATE:
+            before = state.comps.get(sid)
+            node = self.spec.plan.nodes[sid]
+            request = data.compensation_input(node, state.steps[sid], self._headers)
+            attempts = before.attempts + 1 if before is not None else 1
+            return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
+        before_step = state.steps[sid]
+        node = self.spec.plan.nodes[sid]
+        requires = self.spec.graph.requires[sid]
+        if node.when is None and node.input is None and before_step.request is None:
+            if requires and _all_skipped(state.steps, requires):
+                return self._settle(sid, Status.SKIPPED, None, now)
             request = data.step_input(
                 self.spec.graph, state.steps, sid, self.spec.request, self._headers
             )
         else:
-            before = state.comps.get(sid)
-            node = self.spec.plan.nodes[sid]
-            request = data.compensation_input(node, state.steps[sid], self._headers)
-        attempts = before.attempts + 1 if before is not None else 1
+            found = self._input_of(node, before_step, requires, now)
+            if isinstance(found, StepRecord):
+                return found
+            request = found
+        attempts = before_step.attempts + 1
         return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
+
+    def _input_of(
+        self, node: Node, before: StepRecord, requires: tuple[str, ...], now: float
+    ) -> Message | StepRecord:
+        """The request of a step with a ``when``, an ``input``, or a request given by a
+        redrive; or its settled record (SKIPPED, or FAILURE of an expression)."""
+        state, sid = self.state, node.id
+        if requires and _all_skipped(state.steps, requires):
+            return self._settle(sid, Status.SKIPPED, None, now)
+        document: dict[str, Any] | None = None
+        if node.when is not None:
+            document = data.context_document(node, state.steps, self.spec.request, self._decoded)
+            try:
+                go = truthy(node.when(document))
+            except Exception as exc:
+                return self._settle(
+                    sid,
+                    Status.FAILURE,
+                    f"when {node.when} cannot be evaluated: {one_line(exc)}",
+                    now,
+                )
+            if not go:
+                return self._settle(sid, Status.SKIPPED, None, now)
+        if before.request is not None:  # given by a redrive, or kept by an interruption
+            return self._headers.request(before.request.body, sid)
+        if node.input is None:
+            return data.step_input(
+                self.spec.graph, state.steps, sid, self.spec.request, self._headers
+            )
+        if document is None:
+            document = data.context_document(node, state.steps, self.spec.request, self._decoded)
+        try:
+            body = encode_json(node.input(document))
+        except Exception as exc:
+            why = f"input {node.input} cannot be evaluated: {one_line(exc)}"
+            return self._settle(sid, Status.FAILURE, why, now)
+        return self._headers.request(body, sid)
+
+    def _settle(self, sid: str, status: Status, error: str | None, now: float) -> StepRecord:
+        """A step settled without being invoked (SKIPPED, or FAILURE of an expression):
+        in the state now, written with the next commit."""
+        rec = StepRecord(sid, Phase.FORWARD, status, 0, None, None, error, now, now)
+        self.state.steps[sid] = rec
+        self._records.append(rec)
+        self._settled = True
+        return rec
 
     def _fold(self) -> None:
         """Put the step runs that finished in the state; queue their records."""
@@ -527,6 +595,7 @@ class Run:
             attempt,
             timeout,
             phase is Phase.COMPENSATE,
+            self.spec.request,
         )
         if timeout is None:
             return step.execute(request, ctx)
@@ -652,6 +721,10 @@ class Run:
         loop = asyncio.get_running_loop()
         delay = max(0.0, deadline_at - self.host.clock())
         self._deadline_timer = loop.call_later(delay, self.host.deadline_passed, self)
+
+
+def _all_skipped(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
+    return all(steps[r].status is Status.SKIPPED for r in requires)
 
 
 async def _timed(call: Awaitable[Message], step_id: str, timeout: float) -> Message:

@@ -39,8 +39,8 @@ from .workflow import Workflow
 
 __all__ = ["load_definition", "step_from_dict", "step_to_dict", "workflow_from_dict"]
 
-_COMMON = ("id", "requires", "retry", "timeout", "fallback", "compensate", "input")
-_TOP = ("id", "services", "steps", "description")
+_COMMON = ("id", "requires", "retry", "timeout", "fallback", "compensate", "input", "when")
+_TOP = ("id", "services", "steps", "description", "on_failure")
 _RETRY_FIELDS = Retry.__dataclass_fields__
 
 
@@ -226,7 +226,8 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     description = data.get("description")
     if description is not None and not isinstance(description, str):
         raise DefinitionError(f"must be a string, not {description!r}", path="description")
-    return Workflow(wf_id, built, services=services, description=description)
+    on_failure = data.get("on_failure", "compensate")
+    return Workflow(wf_id, built, services=services, description=description, on_failure=on_failure)
 
 
 MAX_ID = 200
@@ -282,8 +283,18 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
         raise DefinitionError(_strip_path(exc), path=_join(path, exc.path)) from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of a wrong type
         raise DefinitionError(f"invalid {named[0]} step: {exc}", path=path) from None
-    if "input" in entry and nested != "compensate":
-        raise DefinitionError("only a compensate step takes input", path=_join(path, "input"))
+    if nested == "fallback":
+        for key in ("input", "when"):
+            if key in entry:
+                raise DefinitionError(
+                    f"a fallback step takes no {key} (it gets its step's request)",
+                    path=_join(path, key),
+                )
+    if nested == "compensate" and "when" in entry:
+        raise DefinitionError(
+            "a compensate step takes no when (it runs when its step succeeded)",
+            path=_join(path, "when"),
+        )
     if nested is not None:  # the engine would ignore these: say so rather than drop them
         for key in ("requires", "fallback", "compensate"):
             if key in entry:
@@ -291,7 +302,7 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
                 raise DefinitionError(
                     f"a {nested} step takes no {key} (it runs {when})", path=_join(path, key)
                 )
-    step.options = _options(entry, path)
+    step.options = _options(entry, path, nested)
     return step
 
 
@@ -302,7 +313,7 @@ def _strip_path(exc: DefinitionError) -> str:
     return text
 
 
-def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
+def _options(entry: Mapping[str, Any], path: str, nested: str | None = None) -> StepOptions:
     kw: dict[str, Any] = {}
     if "id" in entry:
         kw["id"] = entry["id"]
@@ -321,6 +332,9 @@ def _options(entry: Mapping[str, Any], path: str) -> StepOptions:
         kw["retry"] = _retry(entry["retry"], _join(path, "retry"))
     if "timeout" in entry:
         kw["timeout"] = entry["timeout"]
+    for key in ("input", "when"):  # JMESPath (a compensate step's input is not: below)
+        if key in entry and not (key == "input" and nested == "compensate"):
+            kw[key] = entry[key]
     if entry.get("fallback") is not None:
         kw["fallback"] = step_from_dict(
             entry["fallback"], _join(path, "fallback"), nested="fallback"
@@ -399,6 +413,10 @@ def step_to_dict(step: Step, *, nested: bool = False) -> dict[str, Any]:
         out["timeout"] = opts.timeout
     if nested:
         return out
+    if opts.input is not None:
+        out["input"] = opts.input
+    if opts.when is not None:
+        out["when"] = opts.when
     if opts.fallback is not None:
         out["fallback"] = step_to_dict(opts.fallback, nested=True)
     if opts.compensate is not None:
@@ -413,6 +431,8 @@ def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
     out: dict[str, Any] = {"id": wf.id}
     if wf.description is not None:
         out["description"] = wf.description
+    if wf.on_failure != "compensate":
+        out["on_failure"] = wf.on_failure
     if wf.services:
         out["services"] = dict(sorted(wf.services.items()))
     out["steps"] = [step_to_dict(s) for s in wf.step_list]

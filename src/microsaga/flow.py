@@ -17,7 +17,7 @@ import msgspec
 
 from . import _faults, _views
 from ._aio import wait_event
-from ._engine.plan import Plan
+from ._engine.plan import OnFailure, Plan
 from ._run import Outcome, Run
 from ._urls import Url
 from ._validate import check_id
@@ -27,6 +27,7 @@ from .errors import (
     DefinitionError,
     ExecutionFailedError,
     ExecutionNotFoundError,
+    InvalidTransitionError,
     MicrosagaError,
     MissingClientError,
     WorkflowNotFoundError,
@@ -54,6 +55,32 @@ log = logging.getLogger("microsaga")
 def new_execution_id() -> str:
     """A 32-hex-digit id that sorts by creation time (milliseconds, then random)."""
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+_PRUNE_BATCH = 1000  # executions deleted per statement
+_FINISHED = (Status.SUCCESS, Status.FAILURE, Status.ABORTED)
+
+
+def _finished_statuses(status: Any) -> tuple[Status, ...]:
+    if status is None:
+        return _FINISHED
+    items = [status] if isinstance(status, Status | str) else list(status)
+    out = []
+    for item in items:
+        found = Status.lookup(item) if isinstance(item, str) else item
+        if not isinstance(found, Status) or found not in _FINISHED:
+            raise ConfigurationError(
+                "status", f"must be SUCCESS, FAILURE or ABORTED (finished), not {item!r}"
+            )
+        out.append(found)
+    return tuple(out)
+
+
+def _input_body(value: Any) -> bytes:
+    """A redrive's input as a request body: JSON bytes, checked."""
+    body = Message.of(value).body
+    _check_json(body)
+    return body
 
 
 def _check_json(body: bytes) -> None:
@@ -307,9 +334,16 @@ class Flow:
 
     # workflows ------------------------------------------------------------------------
 
-    async def workflow_create(self, id: str, *steps: Step) -> Workflow:
-        """A new workflow of ``steps``, validated, bound to this flow (not saved)."""
-        return Workflow(id, steps, flow=self)
+    async def workflow_create(
+        self, id: str, *steps: Step, on_failure: OnFailure = "compensate"
+    ) -> Workflow:
+        """A new workflow of ``steps``, validated, bound to this flow (not saved).
+
+        ``on_failure``: what a step failing for good does: ``"compensate"`` rolls back
+        what succeeded; ``"suspend"`` leaves the execution SUSPEND, nothing compensated,
+        for an operator to ``resume`` (the failed steps are tried again), ``redrive``
+        (with a new input) or ``abort`` (roll back)."""
+        return Workflow(id, steps, flow=self, on_failure=on_failure)
 
     async def workflow_add(self, wf: Workflow | Saga) -> Workflow:
         """Bind a workflow (from ``load_definition``), or a Saga's, to this flow."""
@@ -585,12 +619,118 @@ class Flow:
 
     async def resume(self, execution_id: str) -> None:
         """Continue a suspended execution (status RUNNING at once), or retry the failed
-        compensations of a failed one.
+        compensations of a failed one. An execution that a step's failure suspended (the
+        failure policy ``"suspend"``) tries its failed steps again, each with a fresh
+        retry budget.
 
         Raises:
             InvalidTransitionError: nothing to resume.
         """
-        await self._running().control(execution_id, "resume")
+        info = await self.execution(execution_id)
+        action = "resume"
+        failed = info.status is Status.SUSPEND and info.failed_step is not None
+        if failed and await self._failure_policy(execution_id) == "suspend":
+            action = "retry"
+        await self._running().control(execution_id, action)
+
+    async def _failure_policy(self, execution_id: str) -> str:
+        """The failure policy of the definition an execution runs."""
+        stored = await self.store.load(execution_id)
+        if stored is None:
+            raise ExecutionNotFoundError(execution_id)
+        plan = self._plans.get(stored.definition.hash)
+        if plan is not None:
+            return plan.on_failure
+        body = stored.definition.body
+        found = Message(body).json().get("on_failure") if body else None
+        return found if isinstance(found, str) else "compensate"
+
+    async def redrive(
+        self, execution_id: str, *, step: str | None = None, input: Any = None
+    ) -> str:
+        """Run a failed execution again, with an edited input if given.
+
+        - A SUSPEND execution with a FAILURE step (the failure policy ``"suspend"``):
+          runs ``step`` again (default: every FAILURE step), with ``input`` as its
+          request when given, then carries on; finished steps are not run again.
+          Returns ``execution_id``.
+        - A finished FAILURE or ABORTED execution: starts a new execution of the same
+          definition with the same request, or ``input``; returns its id
+          (``Execution.redrive_of`` is the old one).
+
+        Raises:
+            InvalidTransitionError: the execution is in neither case, or ``step`` did
+                not fail.
+            ExecutionNotFoundError: unknown id.
+        """
+        info = await self.execution(execution_id)
+        body = None if input is None else _input_body(input)
+        if info.status is Status.SUSPEND and info.failed_step is not None:
+            failed = [sid for sid, run in info.steps.items() if run.status is Status.FAILURE]
+            if step is not None and step not in failed:
+                raise InvalidTransitionError(
+                    f"cannot redrive step {step} of execution {execution_id}: "
+                    f"it did not fail (failed: {', '.join(failed)})"
+                )
+            await self._running().control(
+                execution_id, "redrive", steps=None if step is None else [step], body=body
+            )
+            return execution_id
+        if info.status in (Status.FAILURE, Status.ABORTED):
+            if step is not None:
+                raise InvalidTransitionError(
+                    f"execution {execution_id} is {info.status.name}: a redrive starts a "
+                    "new execution from the start, so it takes no step"
+                )
+            return await self._redrive_anew(execution_id, body)
+        raise InvalidTransitionError(
+            f"cannot redrive an execution that is {info.status.name}: only a SUSPEND one "
+            "whose step failed, or a FAILURE or ABORTED one"
+        )
+
+    async def _redrive_anew(self, execution_id: str, body: bytes | None) -> str:
+        stored = await self.store.load(execution_id)
+        if stored is None:
+            raise ExecutionNotFoundError(execution_id)
+        plan = self._plan_of_stored(stored.definition)
+        request = stored.request if body is None else Message(body, stored.request.header)
+        new = NewRun(
+            execution_id=new_execution_id(),
+            workflow_id=stored.workflow_id,
+            version=stored.version,
+            definition_hash=stored.definition.hash,
+            definition=None,  # the store has it: this execution's
+            step_ids=stored.definition.step_ids,
+            plan=plan,
+            graph=plan.graph(stored.start_step, stored.reverse),
+            start_step=stored.start_step,
+            reverse=stored.reverse,
+            request=request,
+            step_timeout=stored.step_timeout,
+            deadline=None,
+            redrive_of=execution_id,
+        )
+        started = await self._running().start(new)
+        return started.execution_id
+
+    async def prune(self, older_than: float, *, status: Any = None) -> int:
+        """Delete executions that finished more than ``older_than`` seconds ago (every
+        finished status, or those of ``status``: one or a list), with their steps and
+        signals; how many. Running, suspended and waiting executions are never pruned.
+        """
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+            raise ConfigurationError("older_than", f"must be seconds, not {older_than!r}")
+        if not older_than >= 0:
+            raise ConfigurationError("older_than", f"must be 0 or more, not {older_than!r}")
+        statuses = _finished_statuses(status)
+        before = self.clock() - older_than
+        pruned = 0
+        while True:
+            count = await self.store.prune(before, statuses, _PRUNE_BATCH)
+            pruned += count
+            if count < _PRUNE_BATCH:
+                return pruned
+            await asyncio.sleep(0)  # a batch at a time: others go on meanwhile
 
     async def abort(self, execution_id: str, compensate: bool = True) -> None:
         """Stop starting steps, let running ones finish, then roll back (unless

@@ -22,6 +22,8 @@ class Status(enum.IntEnum):
     SUSPEND = 5
     COMPENSATING = 6
     COMPENSATED = 7
+    WAITING = 8  # a step waiting for an event, a timer or a child execution
+    SKIPPED = 9  # a step whose ``when`` was false
 
     def __str__(self) -> str:
         return STATUS_STRING[self]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from . import _views
 from ._validate import name_problem
 from .errors import DefinitionError, MicrosagaError, error_code, is_retryable
+from .expressions import compile_expression
 from .message import Message
 from .status import Status
 
@@ -135,6 +136,8 @@ class StepOptions:
     fallback: Step | None = None
     compensate: Step | None = None
     compensate_input: CompensateInput = "both"
+    input: str | None = None  # a JMESPath expression: the step's request body
+    when: str | None = None  # a JMESPath expression: falsy -> the step is SKIPPED
 
     def __post_init__(self) -> None:
         if self.id is not None:
@@ -159,6 +162,9 @@ class StepOptions:
                             f"a {name} step cannot have its own {field_name}",
                             path=f"{name}.{field_name}",
                         )
+        for name in ("input", "when"):
+            if getattr(self, name) is not None:
+                compile_expression(getattr(self, name), name)
         if self.compensate_input not in _COMPENSATE_INPUTS:
             raise DefinitionError(
                 f"must be one of {', '.join(_COMPENSATE_INPUTS)}, not {self.compensate_input!r}",
@@ -175,10 +181,11 @@ class StepContext:
         attempt: the attempt number, from 1.
         timeout: the attempt's timeout in seconds, or None.
         compensation: True when this is the step's compensation.
+        request: the execution's request.
     """
 
-    __slots__ = ("attempt", "compensation", "execution_id", "flow", "step_id", "timeout",
-                 "workflow_id")  # fmt: skip
+    __slots__ = ("attempt", "compensation", "execution_id", "flow", "request", "step_id",
+                 "timeout", "workflow_id")  # fmt: skip
 
     def __init__(
         self,
@@ -189,8 +196,10 @@ class StepContext:
         attempt: int = 1,
         timeout: float | None = None,
         compensation: bool = False,
+        request: Message | None = None,
     ) -> None:
         self.flow = flow
+        self.request = request if request is not None else Message()
         self.workflow_id = workflow_id
         self.execution_id = execution_id
         self.step_id = step_id
@@ -253,6 +262,8 @@ class Step:
         fallback: Step | None = None,
         compensate: Step | None = None,
         compensate_input: CompensateInput = "both",
+        input: str | None = None,
+        when: str | None = None,
         options: StepOptions | None = None,
     ) -> None:
         if options is None:
@@ -264,6 +275,8 @@ class Step:
                 fallback=fallback,
                 compensate=compensate,
                 compensate_input=compensate_input,
+                input=input,
+                when=when,
             )
         self.options = options
 

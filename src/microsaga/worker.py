@@ -27,7 +27,7 @@ import re
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -131,6 +131,8 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     request: Message
     step_timeout: float | None
     deadline: float | None  # seconds for the whole execution
+    parent_id: str | None = None  # a sub-workflow's child: its parent
+    redrive_of: str | None = None  # the execution it redrives
 
 
 class Started(msgspec.Struct, frozen=True):
@@ -314,6 +316,8 @@ class Worker:
                 step_timeout=new.step_timeout,
                 deadline_at=now + new.deadline if new.deadline is not None else None,
                 starts=run.first_steps() if run is not None else [],
+                parent_id=new.parent_id,
+                redrive_of=new.redrive_of,
             )
         )
         if not created:
@@ -471,7 +475,13 @@ class Worker:
     # control ----------------------------------------------------------------------
 
     async def control(
-        self, execution_id: str, action: ControlAction, reason: str | None = None
+        self,
+        execution_id: str,
+        action: ControlAction,
+        reason: str | None = None,
+        *,
+        steps: Sequence[str] | None = None,
+        body: bytes | None = None,
     ) -> Status:
         """Suspend, resume or abort an execution, held here or anywhere.
 
@@ -479,7 +489,9 @@ class Worker:
             ExecutionNotFoundError: unknown id.
             InvalidTransitionError: not from the execution's status.
         """
-        status = await self.store.request(execution_id, action, self.clock(), reason)
+        status = await self.store.request(
+            execution_id, action, self.clock(), reason, steps=steps, body=body
+        )
         run = self.runs.get(execution_id)
         if run is not None:
             found = await self.store.get_status(execution_id)

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import _views
 from ._engine import dag
-from ._engine.plan import Node, Plan
+from ._engine.plan import Node, OnFailure, Plan
 from ._validate import name_problem
 from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
+from .expressions import compile_expression
 from .message import Message, encode_json
 from .status import Phase, Status
 from .step import Retry, Step, check_steps
@@ -47,11 +48,17 @@ class Workflow:
         services: Mapping[str, str] | None = None,
         flow: Flow | None = None,
         description: str | None = None,
+        on_failure: OnFailure = "compensate",
     ) -> None:
         problem = name_problem(id, spaces=True)
         if problem is not None:
             raise DefinitionError(f"workflow id {problem}", path="id")
         self._id = id
+        if on_failure not in ("compensate", "suspend"):
+            raise DefinitionError(
+                f"must be 'compensate' or 'suspend', not {on_failure!r}", path="on_failure"
+            )
+        self.on_failure: OnFailure = on_failure
         self.services: dict[str, str] = dict(services or {})
         self.description = description
         self.flow = flow
@@ -204,7 +211,7 @@ class Workflow:
     def plan(self) -> Plan:
         """The workflow compiled for running (made once per change of its steps)."""
         if self._plan_cache is None:
-            self._plan_cache = build_plan(self._id, list(self._steps.values()))
+            self._plan_cache = build_plan(self._id, list(self._steps.values()), self.on_failure)
             _views.steps_of(
                 self,
                 [
@@ -240,12 +247,15 @@ class Workflow:
 _ONE_ATTEMPT = Retry()
 
 
-def build_plan(workflow_id: str, steps: list[Step]) -> Plan:
+def build_plan(workflow_id: str, steps: list[Step], on_failure: OnFailure = "compensate") -> Plan:
     """The plan of ``steps``: each step's options resolved into a node."""
+    requires = {step.id: step.options.requires for step in steps}
+    order = {sid: n for n, sid in enumerate(dag.topological(requires))}
     nodes: dict[str, Node] = {}
     for step in steps:
         opts = step.options
         comp, fallback = opts.compensate, opts.fallback
+        uses_context = opts.input is not None or opts.when is not None
         nodes[step.id] = Node(
             id=step.id,
             step=step,
@@ -259,5 +269,12 @@ def build_plan(workflow_id: str, steps: list[Step]) -> Plan:
             compensate_input=opts.compensate_input,
             compensate_retry=comp.options.retry if comp is not None else None,
             compensate_timeout=comp.options.timeout if comp is not None else None,
+            input=compile_expression(opts.input, "input") if opts.input else None,
+            when=compile_expression(opts.when, "when") if opts.when else None,
+            ancestors=tuple(
+                sorted(dag.ancestors(requires, step.id) - {step.id}, key=order.__getitem__)
+            )
+            if uses_context
+            else (),
         )
-    return Plan(workflow_id, nodes)
+    return Plan(workflow_id, nodes, on_failure)

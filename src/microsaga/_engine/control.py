@@ -17,6 +17,7 @@ class ControlChange:
     abort: Abort
     free_lease: bool = False  # make the execution claimable by any worker now
     retry_compensations: bool = False  # failed compensations go back to PENDING
+    retry_steps: bool = False  # failed steps go back to PENDING, with a fresh retry budget
     final: bool = False  # the execution ends here (nobody has to act)
 
 
@@ -53,6 +54,10 @@ def control_change(
             return ControlChange(
                 Status.COMPENSATING, abort, free_lease=True, retry_compensations=True
             )
+    elif action in ("retry", "redrive"):
+        # a step failed for good under the failure policy "suspend": try it again
+        if status is Status.SUSPEND and abort is Abort.NONE:
+            return ControlChange(Status.RUNNING, abort, free_lease=not held, retry_steps=True)
     elif action == "abort":
         if not status.finished:
             if not held and not steps_running and not steps_succeeded:
@@ -69,5 +74,5 @@ def control_change(
             return ControlChange(status, Abort.NO_COMPENSATION, free_lease=not held)
     else:
         raise InvalidTransitionError(f"unknown action {action!r}")
-    verb = "abort" if action.startswith("abort") else action
+    verb = "abort" if action.startswith("abort") else "resume" if action == "retry" else action
     raise InvalidTransitionError(f"cannot {verb} an execution that is {status.name}")

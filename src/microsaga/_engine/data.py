@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..message import (
     Frozen,
     Message,
@@ -12,12 +14,14 @@ from ..message import (
     raw_message,
 )
 from ..protocol import EXECUTION_HEADER, IDEMPOTENCY_HEADER, STEP_HEADER, WORKFLOW_HEADER
+from ..status import Status
 from .plan import Node, RunGraph
 from .records import StepRecord
 
 __all__ = [
     "Headers",
     "compensation_input",
+    "context_document",
     "execution_response",
     "step_input",
 ]
@@ -78,6 +82,9 @@ def step_input(
     """The request of ``step_id``: the execution request for a step with no inputs,
     the response of its one input, or a JSON object of its inputs' responses."""
     parents = graph.inputs[step_id]
+    if parents and any(steps[p].status is Status.SKIPPED for p in parents):
+        # a skipped step is left out, as a step outside a ``start`` run
+        parents = tuple(p for p in parents if steps[p].status is not Status.SKIPPED)
     if not parents:
         body = request.body
     elif len(parents) == 1:
@@ -110,7 +117,27 @@ def fallback_header(request: Message, execution_id: str, step_id: str) -> Messag
 
 def execution_response(graph: RunGraph, steps: dict[str, StepRecord]) -> Message:
     """The response of the single leaf, or a JSON object of every leaf's response."""
+    leaves = [leaf for leaf in graph.leaves if steps[leaf].status is not Status.SKIPPED]
     if len(graph.leaves) == 1:
         found = steps[graph.leaves[0]].response
         return found if found is not None else Message()
-    return Message(_combine({leaf: steps[leaf].response for leaf in graph.leaves}))
+    return Message(_combine({leaf: steps[leaf].response for leaf in leaves}))
+
+
+def context_document(
+    node: Node, steps: dict[str, StepRecord], request: Message, decoded: dict[str, Any]
+) -> dict[str, Any]:
+    """The context document of ``node``: the execution's request and the responses of
+    the steps it requires, directly or not, that succeeded, decoded (``decoded``
+    caches the decoded bodies of one run: ``"request"`` and step ids)."""
+    if "" not in decoded:
+        decoded[""] = decode_json_body(request.body)
+    out: dict[str, Any] = {}
+    for sid in node.ancestors:
+        rec = steps.get(sid)
+        if rec is None or rec.status is not Status.SUCCESS:
+            continue
+        if sid not in decoded:
+            decoded[sid] = decode_json_body(rec.response.body) if rec.response else None
+        out[sid] = decoded[sid]
+    return {"request": decoded[""], "steps": out}

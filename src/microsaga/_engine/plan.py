@@ -8,9 +8,9 @@ objects that answer two questions (:class:`RetryPolicy`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import StepNotExistsError
 from ..status import Phase, Status
@@ -20,6 +20,8 @@ from .records import StepRecord
 __all__ = ["Node", "Plan", "RetryPolicy", "RunGraph"]
 
 CompensateInput = Literal["request", "response", "both"]
+OnFailure = Literal["compensate", "suspend"]
+Expression = Callable[[Any], Any]  # evaluated on a step's context document
 
 
 class RetryPolicy(Protocol):
@@ -48,6 +50,9 @@ class Node:
     compensate_input: CompensateInput = "both"
     compensate_retry: RetryPolicy | None = None  # None: the flow's compensation_retry
     compensate_timeout: float | None = None
+    input: Expression | None = None  # the request body, from the context document
+    when: Expression | None = None  # falsy: the step is SKIPPED
+    ancestors: tuple[str, ...] = ()  # the steps it requires, transitively (in order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class Plan:
 
     workflow_id: str
     nodes: dict[str, Node]
+    on_failure: OnFailure = "compensate"
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
 
     def graph(self, start: str | None = None, reverse: bool = False) -> RunGraph:

@@ -65,6 +65,9 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
         return Decision(status=Status.ABORTED, done=True)
     if state.status is Status.SUSPEND:
         return Decision(release=not running)
+    if failed and plan.on_failure == "suspend" and state.abort is Abort.NONE:
+        # the failure policy "suspend": wait for an operator, compensating nothing
+        return Decision(status=Status.SUSPEND, release=not running)
     if failed or state.abort is Abort.COMPENSATE:
         status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
         if steps_running:
@@ -112,9 +115,12 @@ def _satisfied(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
     """Whether every step of ``requires`` succeeded (a loop: cheaper than ``all()``
     over a generator, and this runs for every step of every run)."""
     for r in requires:  # noqa: SIM110
-        if steps[r].status is not Status.SUCCESS:
+        if steps[r].status not in _DONE:
             return False
     return True
+
+
+_DONE = (Status.SUCCESS, Status.SKIPPED)  # what a dependent needs of a step
 
 
 def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:

@@ -115,6 +115,8 @@ NEW_EXECUTION_COLUMNS = (
     "lease_token",
     "lease_until",
     "created_at",
+    "parent_id",
+    "redrive_of",
 )
 # A saved workflow (load_workflow..., list_workflows).
 WORKFLOW_COLUMNS = ("id", "version", "hash", "body", "created_at")
@@ -206,6 +208,8 @@ class RowMapping:
             1 if new.owner else 0,
             new.lease_until,
             new.created_at,
+            new.parent_id,
+            new.redrive_of,
         )
 
     # reading -----------------------------------------------------------------------------

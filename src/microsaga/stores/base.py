@@ -33,8 +33,8 @@ __all__ = [
     "TransitionResult",
 ]
 
-ControlAction = str  # "suspend" | "resume" | "abort" | "abort_nocomp"
-CONTROL_ACTIONS = ("suspend", "resume", "abort", "abort_nocomp")
+ControlAction = str  # "suspend" | "resume" | "retry" | "redrive" | "abort" | "abort_nocomp"
+CONTROL_ACTIONS = ("suspend", "resume", "retry", "redrive", "abort", "abort_nocomp")
 
 RUNNABLE = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
 
@@ -58,6 +58,8 @@ class NewExecution(msgspec.Struct, gc=False):
     step_timeout: float | None = None
     deadline_at: float | None = None
     starts: list[StepRecord] = []  # a struct copies a mutable default for each instance
+    parent_id: str | None = None  # a sub-workflow's child: its parent execution
+    redrive_of: str | None = None  # a redrive: the execution it redrives
 
 
 class Transition(msgspec.Struct, gc=False):
@@ -261,9 +263,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def request(
-        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+        self,
+        execution_id: str,
+        action: ControlAction,
+        now: float,
+        reason: str | None = None,
+        *,
+        steps: Sequence[str] | None = None,
+        body: bytes | None = None,
     ) -> Status:
         """Suspend, resume or abort, from any process; returns the new status.
+
+        ``retry`` and ``redrive`` set the execution's failed steps (``steps`` of them,
+        or all) back to PENDING with a fresh retry budget; ``body`` becomes their
+        request (``redrive`` with an input).
 
         Raises:
             ExecutionNotFoundError: unknown id.
@@ -292,6 +305,11 @@ class Store(abc.ABC):
         before: str | None = None,
     ) -> list[Execution]:
         """Newest first; ``before`` is an execution id (keyset pagination)."""
+
+    @abc.abstractmethod
+    async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:
+        """Delete up to ``limit`` finished executions of ``statuses`` last changed before
+        ``before`` (oldest first), with their step runs and signals; how many."""
 
     async def prune_controls(self, before: float) -> None:  # noqa: B027 - optional
         """Forget control requests older than ``before``."""

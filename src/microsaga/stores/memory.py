@@ -304,6 +304,8 @@ class MemoryStore(Store):
             owner=new.owner,
             token=1 if new.owner else 0,
             lease_until=new.lease_until,
+            parent_id=new.parent_id,
+            redrive_of=new.redrive_of,
         )
         row.put(new.starts)
         row.settle()  # created for any worker to claim
@@ -384,7 +386,14 @@ class MemoryStore(Store):
     # control --------------------------------------------------------------------
 
     async def request(
-        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+        self,
+        execution_id: str,
+        action: ControlAction,
+        now: float,
+        reason: str | None = None,
+        *,
+        steps: Sequence[str] | None = None,
+        body: bytes | None = None,
     ) -> Status:
         row = self._rows.get(execution_id)
         if row is None:
@@ -417,6 +426,23 @@ class MemoryStore(Store):
                     if r.phase is Phase.COMPENSATE and r.status is Status.FAILURE
                 ]
             )
+        if change.retry_steps:
+            row.put(
+                [
+                    replace(
+                        r,
+                        status=Status.PENDING,
+                        attempts=0,
+                        request=Message(body) if body is not None else None,
+                        response=None,
+                        finished_at=None,
+                    )
+                    for r in records
+                    if r.phase is Phase.FORWARD
+                    and r.status is Status.FAILURE
+                    and (steps is None or r.step_id in steps)
+                ]
+            )
         self._control_seq += 1
         self._controls.append((self._control_seq, execution_id, now))
         return row.status
@@ -424,6 +450,15 @@ class MemoryStore(Store):
     async def controls(self, after: int) -> tuple[list[str], int]:
         ids = [eid for seq, eid, _ in self._controls if seq > after]
         return ids, self._control_seq
+
+    async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:
+        gone = [
+            row for row in self._rows.values() if row.status in statuses and row.updated_at < before
+        ][:limit]
+        for row in gone:
+            del self._rows[row.id]
+            self._runnable.pop(row.id, None)
+        return len(gone)
 
     async def prune_controls(self, before: float) -> None:
         self._controls = [c for c in self._controls if c[2] >= before]

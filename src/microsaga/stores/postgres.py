@@ -330,7 +330,14 @@ class PostgresStore(Store):
     # control ----------------------------------------------------------------------------
 
     async def request(
-        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+        self,
+        execution_id: str,
+        action: ControlAction,
+        now: float,
+        reason: str | None = None,
+        *,
+        steps: Sequence[str] | None = None,
+        body: bytes | None = None,
     ) -> Status:
 
         async def request(conn: Any) -> Status:
@@ -349,6 +356,9 @@ class PostgresStore(Store):
             )
             if change.retry_compensations:
                 await conn.execute(Q["retry_compensations"], execution_id)
+            if change.retry_steps:
+                named = list(steps or ())
+                await conn.execute(Q["retry_steps"], execution_id, steps is None, named, body)
             await conn.execute(Q["lock_controls"])
             await conn.execute(Q["insert_control"], execution_id, action, now)
             await conn.execute(Q["notify"], CHANNEL, "control")
@@ -364,6 +374,15 @@ class PostgresStore(Store):
             return [r[1] for r in rows], (rows[-1][0] if rows else after)
 
         return await self._db.retrying(controls)
+
+    async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:
+        async def prune(conn: Any) -> int:
+            found = await conn.fetchval(
+                Q["prune_executions"], [int(s) for s in statuses], before, limit
+            )
+            return int(found)
+
+        return await self._db.retrying(prune)
 
     async def prune_controls(self, before: float) -> None:
         async def prune(conn: Any) -> None:

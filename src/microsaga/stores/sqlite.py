@@ -432,7 +432,14 @@ class SQLiteStore(Store):
     # control ----------------------------------------------------------------------------
 
     async def request(
-        self, execution_id: str, action: ControlAction, now: float, reason: str | None = None
+        self,
+        execution_id: str,
+        action: ControlAction,
+        now: float,
+        reason: str | None = None,
+        *,
+        steps: Sequence[str] | None = None,
+        body: bytes | None = None,
     ) -> Status:
         def request(conn: sqlite3.Connection) -> Status:
             row = conn.execute(Q["control_row"], (execution_id,)).fetchone()
@@ -452,6 +459,14 @@ class SQLiteStore(Store):
             )
             if change.retry_compensations:
                 conn.execute(Q["retry_compensations"], (execution_id,))
+            if change.retry_steps:
+                params = {
+                    "id": execution_id,
+                    "all": steps is None,
+                    "steps": _encode(list(steps or ())),
+                    "body": body,
+                }
+                conn.execute(Q["retry_steps"], params)
             conn.execute(Q["insert_control"], (execution_id, action, now))
             return change.status
 
@@ -465,6 +480,21 @@ class SQLiteStore(Store):
             return [r[1] for r in rows], (rows[-1][0] if rows else after)
 
         return await self._read(controls)
+
+    async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            params = {
+                "statuses": _encode([int(s) for s in statuses]),
+                "before": before,
+                "limit": limit,
+            }
+            ids = [row[0] for row in conn.execute(Q["prune_executions"], params)]
+            if ids:
+                conn.execute(Q["prune_step_runs"], (_encode(ids),))
+                conn.execute(Q["prune_signals"], (_encode(ids),))
+            return len(ids)
+
+        return await self._write(self._tx, prune)
 
     async def prune_controls(self, before: float) -> None:
         def prune(conn: sqlite3.Connection) -> None:

@@ -60,8 +60,9 @@ DELETE FROM microsaga_workflows WHERE id = $1;
 -- Definitions: $1 hash, $2 workflow_id, $3 body, $4 step_ids (a JSON list).
 -- Executions: $5 id, $6 workflow_id, $7 version, $8 definition, $9 status,
 -- $10 request_body, $11 request_header, $12 start_step, $13 reverse, $14 step_timeout,
--- $15 deadline_at, $16 owner, $17 lease_token, $18 lease_until, $19 created_at.
--- Step runs of their starts: $20 .. $31 as in write_transitions. $32 the channel
+-- $15 deadline_at, $16 owner, $17 lease_token, $18 lease_until, $19 created_at,
+-- $20 parent_id, $21 redrive_of.
+-- Step runs of their starts: $22 .. $33 as in write_transitions. $34 the channel
 -- notified when an execution nobody owns is created (a worker should claim it).
 -- Identity values follow the array order, so seq (newest first listings) follows the
 -- order the units were submitted in.
@@ -76,20 +77,21 @@ created AS (
     INSERT INTO microsaga_executions (
         id, workflow_id, version, definition, status, request_body, request_header,
         start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
-        created_at, updated_at
+        created_at, parent_id, redrive_of, updated_at
     )
     SELECT u.id, u.workflow_id, u.version, u.definition, u.status, u.request_body,
            u.request_header, u.start_step, u.reverse, u.step_timeout, u.deadline_at,
-           u.owner, u.lease_token, u.lease_until, u.created_at, u.created_at
+           u.owner, u.lease_token, u.lease_until, u.created_at, u.parent_id,
+           u.redrive_of, u.created_at
     FROM unnest(
         $5::text[], $6::text[], $7::integer[], $8::text[], $9::smallint[], $10::bytea[],
         $11::json[], $12::text[], $13::boolean[], $14::double precision[],
         $15::double precision[], $16::text[], $17::bigint[], $18::double precision[],
-        $19::double precision[]
+        $19::double precision[], $20::text[], $21::text[]
     ) WITH ORDINALITY AS u (
         id, workflow_id, version, definition, status, request_body, request_header,
         start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
-        created_at, ord
+        created_at, parent_id, redrive_of, ord
     )
     ORDER BY u.ord
     ON CONFLICT (id) DO NOTHING
@@ -101,9 +103,9 @@ starts AS (
         response_body, response_header, error, started_at, finished_at
     )
     SELECT s.* FROM unnest(
-        $20::text[], $21::text[], $22::smallint[], $23::smallint[], $24::integer[],
-        $25::bytea[], $26::json[], $27::bytea[], $28::json[], $29::text[],
-        $30::double precision[], $31::double precision[]
+        $22::text[], $23::text[], $24::smallint[], $25::smallint[], $26::integer[],
+        $27::bytea[], $28::json[], $29::bytea[], $30::json[], $31::text[],
+        $32::double precision[], $33::double precision[]
     ) AS s (
         execution_id, step_id, phase, status, attempts, request_body, request_header,
         response_body, response_header, error, started_at, finished_at
@@ -111,7 +113,7 @@ starts AS (
     WHERE s.execution_id IN (SELECT id FROM created)
 )
 -- several notifications of one transaction with the same payload arrive as one
-SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($32, 'new') END FROM created c
+SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($34, 'new') END FROM created c
 UNION ALL
 -- an owned unit committed before whose reply was lost (the server went away), and
 -- retried: its own row (same owner and creation time, never claimed since) counts as
@@ -314,6 +316,14 @@ WHERE id = $1;
 UPDATE microsaga_step_runs SET status = 0
 WHERE execution_id = $1 AND phase = 1 AND status = 2;
 
+-- name: retry_steps
+-- $1 id, $2 every failed step, $3 else those named, $4 their request body (or NULL).
+-- Failed forward steps back to PENDING with a fresh retry budget.
+UPDATE microsaga_step_runs SET
+    status = 0, attempts = 0, request_body = $4, request_header = NULL,
+    response_body = NULL, response_header = NULL, finished_at = NULL
+WHERE execution_id = $1 AND phase = 0 AND status = 2 AND ($2 OR step_id = ANY($3::text[]));
+
 -- name: lock_controls
 -- Held from here to the commit: a control row gets its seq only after the one before
 -- it committed, so a reader that sees seq N also sees every seq below N. Without it,
@@ -390,3 +400,24 @@ FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definitio
 WHERE e.seq < $1 AND e.workflow_id = $3 AND e.status = $4
 ORDER BY e.seq DESC
 LIMIT $2;
+
+-- name: prune_executions
+-- $1 statuses, $2 before, $3 limit: up to $3 finished executions last changed before
+-- $2, oldest first, with their step runs and signals. A batch at a time, skipping rows
+-- another transaction holds, so that pruning never makes a worker wait long.
+WITH gone AS (
+    DELETE FROM microsaga_executions WHERE seq IN (
+        SELECT seq FROM microsaga_executions
+        WHERE status = ANY($1::smallint[]) AND updated_at < $2
+        ORDER BY seq LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+),
+steps AS (
+    DELETE FROM microsaga_step_runs WHERE execution_id IN (SELECT id FROM gone)
+),
+signals AS (
+    DELETE FROM microsaga_signals WHERE execution_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone;

@@ -12,8 +12,8 @@ ON CONFLICT (hash) DO NOTHING;
 INSERT INTO executions (
     id, workflow_id, version, definition, status, request_body, request_header,
     start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
-    created_at, updated_at
-) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)
+    created_at, parent_id, redrive_of, updated_at
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?15)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: transition
@@ -123,6 +123,15 @@ WHERE id = :id;
 -- name: retry_compensations
 UPDATE step_runs SET status = 0 WHERE execution_id = ? AND phase = 1 AND status = 2;
 
+-- name: retry_steps
+-- Failed forward steps (all of them, or those named) back to PENDING with a fresh
+-- retry budget; a request body given becomes their request (a redrive's input).
+UPDATE step_runs SET
+    status = 0, attempts = 0, request_body = :body, request_header = NULL,
+    response_body = NULL, response_header = NULL, finished_at = NULL
+WHERE execution_id = :id AND phase = 0 AND status = 2
+  AND (:all OR step_id IN (SELECT value FROM json_each(:steps)));
+
 -- name: insert_control
 INSERT INTO controls (execution_id, action, at) VALUES (?, ?, ?);
 
@@ -180,3 +189,19 @@ ORDER BY w.id;
 
 -- name: remove_workflow
 DELETE FROM workflows WHERE id = ?;
+
+-- name: prune_executions
+-- Up to :limit finished executions (of the statuses in :statuses) last changed before
+-- :before, oldest first; their step runs and signals go with them (prune_of).
+DELETE FROM executions WHERE seq IN (
+    SELECT seq FROM executions
+    WHERE status IN (SELECT value FROM json_each(:statuses)) AND updated_at < :before
+    ORDER BY seq LIMIT :limit
+)
+RETURNING id;
+
+-- name: prune_step_runs
+DELETE FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
+
+-- name: prune_signals
+DELETE FROM signals WHERE execution_id IN (SELECT value FROM json_each(?));
