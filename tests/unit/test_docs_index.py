@@ -51,6 +51,12 @@ RUN_BY: dict[tuple[str, str], tuple[str, ...]] = {
         "tests/integration/test_front_peers.py::test_the_temporal_program_of_the_comparison_runs",
     ),
     ("docs/api.md", "app.mount("): (f"{FRONT_TESTS}::test_the_api_mount_example_serves",),
+    ("docs/observability.md", "hooks=[Tracing(), Metrics()]"): (
+        "tests/unit/test_observability_docs.py::test_the_hooks_example_runs",
+    ),
+    ("docs/observability.md", "addFilter("): (
+        "tests/unit/test_observability_docs.py::test_the_log_filter_example_runs",
+    ),
     ("docs/transports.md", "# examples/shop/payments.py"): (
         "tests/unit/test_docs_index.py::test_a_block_naming_a_file_shows_it_whole",
         f"{DOC_TESTS}::test_the_commands_run_as_written",  # the quick start serves it
@@ -67,6 +73,10 @@ ILLUSTRATIVE = [
     (
         "docs/benchmarks.md",
         "installs py-spy from the package index, then profiles a benchmark for minutes",
+    ),
+    (
+        "docs/observability.md",
+        "needs Docker for the Jaeger collector and packages from the index",
     ),
 ]
 
