@@ -136,19 +136,25 @@ def show_lines(info: Execution) -> list[str]:
         lines.append(f"note       {info.note}")
     if info.response is not None:
         lines.append(f"response   {info.response.body.decode('utf-8', 'replace')[:200]}")
-    width = max((len(s) for s in info.steps), default=4) + 2
-    lines.append("")
-    lines.append(f"{'STEP':<{width}}{'STATUS':<13}{'ATTEMPTS':<10}{'STARTED':<31}{'TIME':<10}ERROR")
+    table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
+    for name in ("STEP", "STATUS", "ATTEMPTS", "STARTED", "TIME", "ERROR"):
+        table.add_column(name, no_wrap=True, overflow="fold")
     for sid, run in info.steps.items():
-        lines.append(
-            f"{sid:<{width}}{run.status.name:<13}{run.attempts:<10}{when(run):<31}"
-            f"{_seconds(run) or '-':<10}{run.error or ''}".rstrip()
-        )
-        comp = run.compensation
-        if comp is not None:
-            label = "  compensation"
-            lines.append(
-                f"{label:<{width}}{comp.status.name:<13}{comp.attempts:<10}{when(comp):<31}"
-                f"{_seconds(comp) or '-':<10}{comp.error or ''}".rstrip()
+        rows = [(sid, run)]
+        if run.compensation is not None:
+            rows.append(("  compensation", run.compensation))
+        for label, shown in rows:
+            table.add_row(
+                Text(label),
+                shown.status.name,
+                str(shown.attempts),
+                when(shown),
+                _seconds(shown) or "-",
+                Text(shown.error or ""),
             )
+    console = Console(width=10_000, no_color=True, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    lines.append("")
+    lines.extend(line.rstrip() for line in captured.get().splitlines())
     return lines

@@ -162,15 +162,16 @@ class Run:
         self._wake.set()
 
     def first_steps(self) -> list[StepRecord]:
-        """The RUNNING records of the steps a new execution starts with; they are
-        committed with the execution and invoked when the run starts."""
+        """The records of the steps a new execution starts with, committed with the
+        execution: RUNNING ones are invoked when the run starts; a root whose ``when``
+        is false is SKIPPED already."""
         now = self.host.clock()
-        self._initial = [
-            self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start
-        ]
-        for rec in self._initial:
+        records = [self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start]
+        self._records, self._settled = [], False  # settled ones go with the creation
+        self._initial = [rec for rec in records if rec.status is Status.RUNNING]
+        for rec in records:
             self.state.steps[rec.step_id] = rec
-        return self._initial
+        return records
 
     def event(self, *, taken_over: bool = False) -> ExecutionEvent:
         """The execution as it stands, for hooks."""
@@ -563,9 +564,13 @@ class Run:
                 attempt += 1
                 continue
             if phase is Phase.FORWARD and node.fallback is not None:
-                response = await self._fallback(node, request, attempt, timeout)
-                if response is not None:
-                    status, error = Status.SUCCESS, f"{error} (fallback {node.id} used)"
+                fallen = await self._fallback(node, rec, request, attempt, timeout, error)
+                if fallen is _INTERRUPTED:
+                    status = Status.PENDING  # it starts again on resume
+                elif isinstance(fallen, Message):
+                    response = fallen
+                    fallback_id = getattr(node.fallback, "id", node.id)
+                    status, error = Status.SUCCESS, f"{error} (fallback {fallback_id} used)"
             break
         finished = self.host.clock() if status is not Status.PENDING else None
         done = StepRecord(
@@ -629,7 +634,11 @@ class Run:
 
     async def _next_attempt(self, rec: StepRecord, attempt: int, error: str) -> bool:
         """Record attempt ``attempt`` before making it; False if it may not start."""
-        running = replace(rec, attempts=attempt, error=error)
+        return await self._record(replace(rec, attempts=attempt, error=error))
+
+    async def _record(self, running: StepRecord) -> bool:
+        """Commit a RUNNING record of a step about to be tried again (a retry, or its
+        fallback's); False if it may not go on (a suspend or abort came)."""
         result = await self.host.committer.submit(
             Transition(
                 execution_id=self.id,
@@ -644,11 +653,20 @@ class Run:
             raise asyncio.CancelledError()
         if result.status is not self.state.status:
             self.control(result.status, result.abort)
-        return result.applied and not self._interrupt_wanted(rec.phase)
+        return result.applied and not self._interrupt_wanted(running.phase)
 
     async def _fallback(
-        self, node: Node, request: Message, attempt: int, timeout: float | None
-    ) -> Message | None:
+        self,
+        node: Node,
+        rec: StepRecord,
+        request: Message,
+        attempt: int,
+        timeout: float | None,
+        error: str | None,
+    ) -> Message | object | None:
+        """The fallback's response; None when it failed for good; _INTERRUPTED when a
+        suspend or abort came while it waited to retry. Each retry of the fallback is
+        recorded before it is made, as the step's are."""
         assert node.fallback is not None
         fallback: Any = node.fallback
         retry = node.fallback_retry or Retry()
@@ -669,8 +687,11 @@ class Run:
                     )
                     return None
                 delay = retry.interval(tries, self.host.random())
-                if not await self._backoff(delay, Phase.FORWARD):
-                    return None
+                note = f"{error}; fallback {fallback.id} attempt {tries}: {one_line(exc)}"
+                if not await self._backoff(delay, Phase.FORWARD) or not await self._record(
+                    replace(rec, attempts=attempt, error=note)
+                ):
+                    return _INTERRUPTED
                 tries += 1
 
     # ending --------------------------------------------------------------------------
@@ -721,6 +742,9 @@ class Run:
         loop = asyncio.get_running_loop()
         delay = max(0.0, deadline_at - self.host.clock())
         self._deadline_timer = loop.call_later(delay, self.host.deadline_passed, self)
+
+
+_INTERRUPTED = object()  # a fallback's wait for a retry was interrupted
 
 
 def _all_skipped(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:

@@ -356,6 +356,71 @@ def _control(action: str, doc: str) -> Callable[..., None]:
     return command
 
 
+@cli.command()
+@click.argument("execution_id")
+@click.option("--step", help="Only this failed step (a suspended execution).")
+@click.option("--input", "input_", help="The new request: JSON text, or @FILE.")
+@click.pass_context
+def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str | None) -> None:
+    """Run a failed execution again, with an edited input if given.
+
+    A SUSPEND execution whose step failed (failure policy "suspend") runs its failed
+    step (or --step) again with --input as its request, and carries on: prints its
+    id. A FAILURE or ABORTED execution is started anew, from the start, with its
+    request or --input: prints the new execution's id."""
+    body = _parse_input(input_).body if input_ is not None else None
+
+    async def main() -> int:
+        async with _flow(ctx, worker=False) as flow:
+            eid = await flow.redrive(execution_id, step=step, input=body)
+            found = await flow.store.get_status(eid)
+        click.echo(f"{eid} {found[0].name if found else '?'}")
+        return EXIT_OK
+
+    _run_async(main)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> float:
+    """``30d``, ``12h``, ``15m``, ``90s`` (or plain seconds) as seconds."""
+    text = value.strip()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigurationError(
+            "--older-than", f"must be a duration such as 30d, 12h, 15m or 90s, not {value!r}"
+        )
+    return seconds
+
+
+@cli.command()
+@click.option("--older-than", required=True, help="Finished more than this ago: 30d, 12h...")
+@click.option("--status", "statuses", multiple=True, help="Only these: SUCCESS, FAILURE, ABORTED.")
+@click.pass_context
+def prune(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> None:
+    """Delete finished executions (with their steps), keeping the recent ones.
+    Running, suspended and waiting executions are never deleted."""
+    seconds = _duration(older_than)
+    wanted = [_status(s) for s in statuses] or None
+    if wanted is not None and any(
+        s not in (Status.SUCCESS, Status.FAILURE, Status.ABORTED) for s in wanted
+    ):
+        raise ConfigurationError("--status", "must be SUCCESS, FAILURE or ABORTED (finished)")
+
+    async def main() -> int:
+        async with _flow(ctx, worker=False) as flow:
+            count = await flow.prune(seconds, status=wanted)
+        click.echo(f"pruned {count} executions")
+        return EXIT_OK
+
+    _run_async(main)
+
+
 cli.command("suspend")(_control("suspend", "Suspend an execution: no new steps start."))
 cli.command("resume")(
     _control("resume", "Resume a suspended execution (or retry a failed rollback).")

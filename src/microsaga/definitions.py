@@ -33,7 +33,7 @@ import yaml
 
 from .errors import DefinitionError, DuplicateStepError, StepNotExistsError
 from .settings import service_url_problem
-from .step import Retry, Step, StepOptions, step_kinds
+from .step import Retry, Step, StepOptions, kind_of, step_kinds
 from .steps import import_function
 from .workflow import Workflow
 
@@ -273,12 +273,23 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     cls = kinds[named[0]]
     own = {k: v for k, v in entry.items() if k not in _COMMON}
     allowed = getattr(cls, "config_fields", None)
-    if allowed is not None:
+    if allowed is not None:  # a built-in kind: its fields beside the common options
         for key in own:
             if key not in allowed:
                 raise DefinitionError("unknown field", path=_join(path, _shown(key)))
+        config: Any = own
+    else:  # a kind of register_step: its to_config() nested under the kind
+        for key in own:
+            if key != named[0]:
+                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
+        config = entry[named[0]]
+        if not isinstance(config, Mapping):
+            raise DefinitionError(
+                f"must be a mapping (the step's own fields), not {type(config).__name__}",
+                path=_join(path, named[0]),
+            )
     try:
-        step = cls.from_config(own)
+        step = cls.from_config(config)
     except DefinitionError as exc:
         raise DefinitionError(_strip_path(exc), path=_join(path, exc.path)) from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a value of a wrong type
@@ -400,8 +411,13 @@ def step_to_dict(step: Step, *, nested: bool = False) -> dict[str, Any]:
     """A step as a definition entry: its kind's fields and its common options.
 
     A ``nested`` step (a fallback or a compensation) keeps only what the engine uses
-    of it (id, retry, timeout), so the entry loads again."""
-    out = dict(step.to_config())
+    of it (id, retry, timeout), so the entry loads again. A built-in kind writes its
+    fields beside the common options (``{"call": ...}``); a kind registered with
+    :func:`register_step` has its ``to_config()`` nested under the kind."""
+    if getattr(type(step), "config_fields", None) is not None:
+        out = dict(step.to_config())
+    else:
+        out = {kind_of(step): dict(step.to_config())}
     opts = step.options
     if opts.id is not None:
         out["id"] = opts.id

@@ -18,8 +18,6 @@ returned unchanged, so tests call it directly with its own signature.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar, overload
 
@@ -39,28 +37,12 @@ StepRef: TypeAlias = "Callable[..., Any] | Step | str"
 """A step named in ``requires``: a function decorated in the same saga, a Step, an id."""
 
 
-def _workflow_takes(name: str) -> bool:
-    """Whether ``Workflow(...)`` takes the keyword ``name`` (the failure policy comes
-    with the engine's support for it)."""
-    return name in inspect.signature(Workflow).parameters
-
-
-def _options_take(*names: str) -> bool:
-    fields = {f.name for f in dataclasses.fields(StepOptions)}
-    return all(name in fields for name in names)
-
-
 def _expression(value: Any, option: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise DefinitionError(
             f"must be a JMESPath expression (a non-empty string), not {value!r}", path=option
-        )
-    if not _options_take(option):
-        raise DefinitionError(
-            f"{option}= needs step expressions, which this version of microsaga does not have yet",
-            path=option,
         )
     return value
 
@@ -94,12 +76,6 @@ class Saga:
         if on_failure not in _ON_FAILURE:
             raise DefinitionError(
                 f"must be one of {', '.join(_ON_FAILURE)}, not {on_failure!r}",
-                path="on_failure",
-            )
-        if on_failure != "compensate" and not _workflow_takes("on_failure"):
-            raise DefinitionError(
-                f"{on_failure!r} needs the failure policies, which this version of "
-                "microsaga does not have yet",
                 path="on_failure",
             )
         self._id = id
@@ -287,15 +263,12 @@ class Saga:
         """The saga as a :class:`~microsaga.Workflow` (validated: unknown requirements
         and cycles are DefinitionErrors); the same object until a step is added."""
         if self._workflow is None:
-            policy: dict[str, Any] = {}
-            if _workflow_takes("on_failure"):
-                policy["on_failure"] = self._on_failure
             self._workflow = Workflow(
                 self._id,
                 self._steps.values(),
                 services=self._services,
                 description=self._description,
-                **policy,
+                on_failure=self._on_failure,
             )
         return self._workflow
 

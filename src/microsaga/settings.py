@@ -94,6 +94,7 @@ class FlowOptions:
     worker_id: str | None = None
     compensation_retry: Retry = _DEFAULT_COMPENSATION_RETRY
     store_retry_for: float = 60.0
+    retention: float | None = None  # seconds a finished execution is kept (None: always)
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = random.random
     hooks: tuple[Hook, ...] = ()
@@ -219,6 +220,8 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
     for flag in ("worker", "claim"):
         if flag in values and not isinstance(values[flag], bool):
             raise ConfigurationError(flag, f"must be True or False, not {values[flag]!r}")
+    if "retention" in values:  # finished executions older than this are pruned by workers
+        values["retention"] = _check_number(values["retention"], "retention", float)
     if "store_retry_for" in values:  # how long commits are retried while the store is away
         values["store_retry_for"] = _check_number(
             values["store_retry_for"], "store_retry_for", float

@@ -24,6 +24,7 @@ __all__ = [
     "Step",
     "StepContext",
     "StepOptions",
+    "kind_of",
     "register_step",
     "step_kinds",
 ]
@@ -384,6 +385,21 @@ def register_step(cls: type[Step], kind: str | None = None) -> type[Step]:
 def step_kinds() -> Mapping[str, type[Step]]:
     """The registered step kinds."""
     return dict(_KINDS)
+
+
+def kind_of(step: Step) -> str:
+    """The kind ``step``'s class is registered under (the latest, if several).
+
+    Raises:
+        DefinitionError: the class is not registered.
+    """
+    found = [kind for kind, cls in _KINDS.items() if cls is type(step)]
+    if not found:
+        raise DefinitionError(
+            f"step {step.id} of type {type(step).__name__} cannot be saved: "
+            "register its class with register_step"
+        )
+    return found[-1]
 
 
 def check_steps(steps: Sequence[Any]) -> list[Step]:

@@ -539,6 +539,8 @@ class Worker:
                 if now - last_prune > 60:
                     last_prune = now
                     await self.store.prune_controls(now - 600)
+                    if self.options.retention is not None:
+                        await self._prune(now - self.options.retention)
                 self.health.ok()
             except StoreError as exc:
                 self.health.failed(exc)
@@ -553,6 +555,13 @@ class Worker:
                 continue  # a full batch: there may be more waiting
             await wait_event(self._poke, self.options.poll_interval)
             self._poke.clear()
+
+    async def _prune(self, before: float) -> None:
+        """Delete what finished before ``before`` (``Flow(retention=...)``), a batch at
+        a time, letting the worker's own work go on between batches."""
+        finished = (Status.SUCCESS, Status.FAILURE, Status.ABORTED)
+        while await self.store.prune(before, finished, 1000) == 1000:
+            await asyncio.sleep(0)
 
     async def _controls(self) -> None:
         ids, self._control_seq = await self.store.controls(self._control_seq)

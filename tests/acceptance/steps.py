@@ -64,3 +64,12 @@ DECLINED = "[declined] card refused [/red] by [bold]the bank"
 async def decline(msg: Message) -> None:
     """Fails with text that looks like Rich markup, as a participant's '[code] message'."""
     raise StepError(DECLINED, retryable=False)
+
+
+async def picky(msg: Message) -> dict[str, Any]:
+    """Fails for good unless its request says ``ok``."""
+    _log("picky", msg)
+    body = msg.json() or {}
+    if not body.get("ok"):
+        raise StepError("not ok", retryable=False)
+    return {"picked": True}

@@ -208,6 +208,7 @@ def test_the_dashboard_redrives_with_edited_input(browser: Any, live: LiveServer
     driver.get(live.url + "/")
     driver.execute_script(f"sessionStorage.setItem('microsaga.token', {json.dumps(TOKEN)})")
     driver.get(f"{live.url}/#/executions/{failed}")
+    driver.refresh()  # a new hash alone does not reload: the token is read at load
     until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")
     click_action(driver, "redrive")
     editor = driver.find_element(By.CSS_SELECTOR, '#confirm-fields textarea[name="input"]')

@@ -1043,3 +1043,48 @@ async def test_saga_succeeds_and_suspends_from_another_flow(store_url: str) -> N
     assert done.status is Status.SUCCESS
     assert done.steps["after"].response is not None
     assert done.steps["after"].response.json() == {"after": {"slow": True}}
+
+
+async def test_a_redrive_sets_failed_steps_pending_with_a_new_request(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a", "b"))])
+    failed = StepRecord("a", Phase.FORWARD, Status.FAILURE, 3, None, None, "boom", 100.0, 101.0)
+    other = StepRecord("b", Phase.FORWARD, Status.FAILURE, 1, None, None, "bust", 100.0, 101.0)
+    await store.commit([transition("e1", status=Status.SUSPEND, records=[failed, other])])
+    status = await store.request("e1", "redrive", 102.0, steps=["a"], body=b'{"new": 1}')
+    assert status is Status.RUNNING
+    records = await steps_of(store, "e1")
+    a = records["a", Phase.FORWARD]
+    assert (a.status, a.attempts) == (Status.PENDING, 0)  # a fresh retry budget
+    assert a.request is not None
+    assert a.request.body == b'{"new": 1}'
+    assert records["b", Phase.FORWARD].status is Status.FAILURE  # not named: left as it is
+    with pytest.raises(InvalidTransitionError):
+        await store.request("e1", "retry", 103.0)  # not suspended any more
+
+
+async def test_retry_sets_every_failed_step_pending(store: Store) -> None:
+    await store.commit([new("e1", owner="w1", starts=("a", "b"))])
+    failed = StepRecord("a", Phase.FORWARD, Status.FAILURE, 3, None, None, "boom", 100.0, 101.0)
+    await store.commit([transition("e1", status=Status.SUSPEND, records=[failed, succeeded("b")])])
+    assert await store.request("e1", "retry", 102.0) is Status.RUNNING
+    records = await steps_of(store, "e1")
+    assert records["a", Phase.FORWARD].status is Status.PENDING
+    assert records["a", Phase.FORWARD].request is None  # its input is made again
+    assert records["b", Phase.FORWARD].status is Status.SUCCESS
+
+
+async def test_prune_deletes_finished_executions_older_than_a_time(store: Store) -> None:
+    await store.commit([new(f"e{i}", owner="w1", starts=("a",)) for i in range(4)])
+    for i, status in enumerate((Status.SUCCESS, Status.FAILURE, Status.SUCCESS)):
+        await store.commit(
+            [transition(f"e{i}", status=status, records=[succeeded("a")], at=100.0 + i * 10)]
+        )
+    # e3 is still running; e2 finished at 120
+    assert await store.prune(115.0, [Status.FAILURE], 10) == 1  # e1 alone
+    assert await store.prune(115.0, [Status.SUCCESS, Status.FAILURE], 10) == 1  # e0
+    assert await store.load("e0") is None
+    assert await store.load("e1") is None
+    assert await store.get_status("e2") is not None
+    assert await store.get_status("e3") is not None
+    assert await store.prune(1e9, [Status.SUCCESS, Status.FAILURE, Status.ABORTED], 10) == 1
+    assert await store.get_status("e3") is not None  # running: never pruned

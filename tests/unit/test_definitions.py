@@ -117,8 +117,16 @@ def test_to_dict_round_trips() -> None:
             "steps[0].compensate.input: must be one of",
         ),
         (
-            "id: x\nsteps: [{call: a.B.C, input: request}]",
-            "steps[0].input: only a compensate step takes input",
+            "id: x\nsteps: [{call: a.B.C, input: 'request.['}]",
+            "steps[0].input: not a valid JMESPath expression 'request.['",
+        ),
+        (
+            "id: x\nsteps: [{call: a.B.C, when: '== 1'}]",
+            "steps[0].when: not a valid JMESPath expression",
+        ),
+        (
+            "id: x\non_failure: retry\nsteps: [{call: a.B.C}]",
+            "on_failure: must be 'compensate' or 'suspend'",
         ),
         ("id: x\nsteps: [{call: a.B.C, requires: 3}]", "steps[0].requires: must be a list"),
         (
@@ -265,29 +273,62 @@ class Sleep(Step):
         return Message({"slept": self.seconds})
 
     def to_config(self) -> dict[str, Any]:
-        return {"sleep_test": self.seconds}
+        return {"seconds": self.seconds}  # knows nothing of its kind (SPEC 4b)
 
     @classmethod
     def from_config(cls, config: Any) -> Step:
-        seconds = config["sleep_test"]
+        seconds = config["seconds"]
         if not isinstance(seconds, int | float):
-            raise DefinitionError("must be a number", path="sleep_test")
+            raise DefinitionError("must be a number", path="seconds")
         return cls(seconds)
 
 
 def test_custom_kinds_through_register_step() -> None:
     register_step(Sleep)
     wf = load_definition(
-        "id: x\nsteps:\n  - {sleep_test: 0.5, id: nap, retry: {max_attempts: 3}}\n"
+        "id: x\nsteps:\n  - {sleep_test: {seconds: 0.5}, id: nap, retry: {max_attempts: 3}}\n"
     )
     nap = wf.step("nap")
     assert isinstance(nap, Sleep)
     assert nap.seconds == 0.5
     assert nap.options.retry is not None
     assert nap.options.retry.max_attempts == 3
-    assert wf.to_dict()["steps"] == [{"sleep_test": 0.5, "id": "nap", "retry": {"max_attempts": 3}}]
-    with pytest.raises(DefinitionError, match=r"steps\[0\]\.sleep_test: must be a number"):
-        load_definition("id: x\nsteps:\n  - {sleep_test: long}\n")
+    written = wf.to_dict()["steps"]
+    assert written == [{"sleep_test": {"seconds": 0.5}, "id": "nap", "retry": {"max_attempts": 3}}]
+    assert load_definition(wf.to_dict()).to_dict() == wf.to_dict()  # round trip
+    with pytest.raises(DefinitionError, match=r"steps\[0\]\.seconds: must be a number"):
+        load_definition("id: x\nsteps:\n  - {sleep_test: {seconds: long}}\n")
+    with pytest.raises(DefinitionError, match=r"steps\[0\]\.sleep_test: must be a mapping"):
+        load_definition("id: x\nsteps:\n  - {sleep_test: 3}\n")
+
+
+class Shout(Step):
+    """The issue's example: a step registered under a kind its class does not name."""
+
+    def __init__(self, suffix: str, **options: Any) -> None:
+        self.suffix = suffix
+        super().__init__(**options)
+
+    @property
+    def endpoint(self) -> str:
+        return "shout"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"suffix": self.suffix}
+
+    @classmethod
+    def from_config(cls, config: Any) -> Step:
+        return cls(config["suffix"])
+
+
+def test_a_custom_kind_is_saved_under_its_registered_kind() -> None:
+    register_step(Shout, kind="shout")
+    wf = Workflow("w", [Shout("?")])
+    assert wf.to_dict()["steps"] == [{"shout": {"suffix": "?"}}]
+    again = load_definition(wf.to_dict())
+    step = again.step("shout")
+    assert isinstance(step, Shout)
+    assert step.suffix == "?"
 
 
 _ids = st.text(alphabet="abcdefghij", min_size=1, max_size=6)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-import microsaga.saga as saga_module
 from microsaga import (
     CallStep,
     CycleError,
@@ -23,8 +20,6 @@ from microsaga import (
     Saga,
     Status,
     StepNotExistsError,
-    StepOptions,
-    Workflow,
 )
 from microsaga.testing import MockClient
 from tests.unit import front_saga as shop
@@ -35,14 +30,6 @@ def calls() -> Iterator[list[str]]:
     shop.CALLS.clear()
     yield shop.CALLS
     shop.CALLS.clear()
-
-
-def _expressions_supported() -> bool:
-    return {"when", "input"} <= {f.name for f in dataclasses.fields(StepOptions)}
-
-
-def _policy_supported() -> bool:
-    return "on_failure" in inspect.signature(Workflow).parameters
 
 
 def test_decorated_functions_are_the_saga_steps_in_order() -> None:
@@ -286,51 +273,28 @@ def test_a_workflow_is_made_once_until_a_step_is_added() -> None:
     assert len(saga.workflow.step_list) == 2
 
 
-@pytest.mark.skipif(_policy_supported(), reason="Workflow has the failure policies")
-def test_the_suspend_policy_is_refused_until_the_engine_has_it() -> None:
-    with pytest.raises(DefinitionError, match="on_failure: 'suspend' needs the failure policies"):
-        Saga("x", on_failure="suspend")
-    assert Saga("x").on_failure == "compensate"
-
-
-@pytest.mark.skipif(not _policy_supported(), reason="Workflow has no failure policies yet")
 def test_the_failure_policy_goes_to_the_workflow() -> None:
+    assert Saga("x").on_failure == "compensate"
     saga = Saga("x", on_failure="suspend")
 
     @saga.step
     def one(msg: Message) -> None:
         return None
 
-    assert saga.workflow.on_failure == "suspend"  # type: ignore[attr-defined]
+    assert saga.workflow.on_failure == "suspend"
 
 
-@pytest.mark.skipif(_expressions_supported(), reason="StepOptions has when and input")
-def test_expressions_are_refused_until_step_options_have_them() -> None:
-    saga = Saga("x")
-    with pytest.raises(DefinitionError, match="when: when= needs step expressions"):
-        saga.step(when="request.physical")
-
-
-def test_expressions_go_into_the_step_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _expressions_supported():  # as StepOptions will be: the same with two fields more
-
-        @dataclass(frozen=True, slots=True)
-        class WithExpressions(StepOptions):
-            when: str | None = None
-            input: str | None = None
-
-        monkeypatch.setattr(saga_module, "StepOptions", WithExpressions)
+def test_expressions_go_into_the_step_options() -> None:
     saga = Saga("x")
 
     @saga.step(when="request.physical", input="{order: request}")
     def ship(msg: Message) -> None:
         return None
 
-    options: Any = saga.step_of(ship).options
+    options = saga.step_of(ship).options
     assert (options.when, options.input) == ("request.physical", "{order: request}")
 
 
-@pytest.mark.skipif(not _expressions_supported(), reason="StepOptions has no when/input yet")
 async def test_a_false_when_skips_the_step(flow: Flow) -> None:
     saga = Saga("when")
 

@@ -134,8 +134,10 @@ class TestMessage:
 
 class TestStatus:
     def test_values_and_strings_as_upstream(self) -> None:
-        assert [int(s) for s in Status] == list(range(8))
+        assert [int(s) for s in Status] == list(range(10))
         assert str(Status.RUNNING) == "StatusRunning"
+        assert (str(Status.WAITING), str(Status.SKIPPED)) == ("StatusWaiting", "StatusSkipped")
+        assert Status.parse("StatusSkipped") is Status.SKIPPED
         assert f"{Status.SUSPEND}" == "StatusSuspend"
         assert str(Status.COMPENSATED) == "StatusCompensated"
         assert STATUS_STRING[Status.PENDING] == "StatusPending"

@@ -1,0 +1,323 @@
+"""Data where a step needs it (input, when), the failure policy, redrive and pruning,
+on memory and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from microsaga import (
+    ExecutionFailedError,
+    Flow,
+    FunctionStep,
+    InvalidTransitionError,
+    Message,
+    Retry,
+    Status,
+    StepContext,
+    StepError,
+    load_definition,
+)
+from tests.helpers import eventually
+
+
+class Shop:
+    """Steps that log what they get; ``charge`` fails while ``declines`` > 0."""
+
+    def __init__(self, declines: int = 0) -> None:
+        self.log: list[tuple[str, Any]] = []
+        self.declines = declines
+
+    def steps(self, **charge_options: Any) -> list[FunctionStep]:
+        async def reserve(msg: Message) -> dict[str, Any]:
+            self.log.append(("reserve", msg.json()))
+            return {"reservation": "R1"}
+
+        async def release(msg: Message) -> None:
+            self.log.append(("release", msg.json()))
+
+        async def charge(msg: Message) -> dict[str, Any]:
+            self.log.append(("charge", msg.json()))
+            if self.declines:
+                self.declines -= 1
+                raise StepError("card declined")
+            return {"payment": "P1"}
+
+        async def ship(msg: Message) -> dict[str, Any]:
+            self.log.append(("ship", msg.json()))
+            return {"tracking": "T1"}
+
+        r = FunctionStep(reserve, id="reserve", compensate=FunctionStep(release))
+        c = FunctionStep(charge, id="charge", requires=[r], **charge_options)
+        s = FunctionStep(ship, id="ship", requires=[c])
+        return [r, c, s]
+
+    def calls(self, step: str) -> list[Any]:
+        return [got for name, got in self.log if name == step]
+
+
+async def test_input_builds_a_request_from_the_context_document(flow: Flow) -> None:
+    shop = Shop()
+    steps = shop.steps(input="{order: request, reservation: steps.reserve.reservation}")
+    wf = await flow.workflow_create("order", *steps)
+    await wf.execute({"order_id": 7})
+    assert shop.calls("charge") == [{"order": {"order_id": 7}, "reservation": "R1"}]
+    assert shop.calls("ship") == [{"payment": "P1"}]  # without input: as before
+
+
+async def test_a_false_when_skips_a_step_and_its_dependents_go_on(flow: Flow) -> None:
+    shop = Shop()
+
+    async def gift(msg: Message) -> dict[str, str]:
+        shop.log.append(("gift", msg.json()))
+        return {"gift": "wrapped"}
+
+    async def wrap_note(msg: Message) -> None:
+        shop.log.append(("note", msg.json()))
+
+    async def done(msg: Message) -> Any:
+        shop.log.append(("done", msg.json()))
+        return msg.json()
+
+    reserve, charge, ship = shop.steps()
+    g = FunctionStep(gift, id="gift", requires=[reserve], when="request.gift")
+    note = FunctionStep(wrap_note, id="note", requires=[g])  # only requires a skipped step
+    end = FunctionStep(done, id="done", requires=[ship, g])
+    wf = await flow.workflow_create("order", reserve, charge, ship, g, note, end)
+    eid = await wf.execute({"gift": False})
+    info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    assert info.steps["gift"].status is Status.SKIPPED
+    assert info.steps["note"].status is Status.SKIPPED  # all its requirements skipped
+    # a skipped requirement is left out of the default input: done gets ship's alone
+    assert shop.calls("done") == [{"tracking": "T1"}]
+    assert shop.calls("gift") == []
+    await wf.execute({"gift": True})
+    assert shop.calls("gift") == [{"reservation": "R1"}]
+
+
+async def test_a_skipped_step_is_never_compensated(flow: Flow) -> None:
+    undone: list[str] = []
+
+    async def hold(msg: Message) -> None:
+        return None
+
+    async def release(msg: Message) -> None:
+        undone.append("released")
+
+    async def fail(msg: Message) -> None:
+        raise StepError("broke", retryable=False)
+
+    held = FunctionStep(hold, id="hold", when="request.hold", compensate=FunctionStep(release))
+    kept = FunctionStep(hold, id="kept", compensate=FunctionStep(release))
+    broke = FunctionStep(fail, id="broke", requires=[held, kept])
+    wf = await flow.workflow_create("w", held, kept, broke)
+    with pytest.raises(ExecutionFailedError) as err:
+        await wf.execute({"hold": False})
+    info = await flow.execution(err.value.execution_id)
+    assert info.steps["hold"].status is Status.SKIPPED  # skipped: nothing to undo
+    assert info.steps["kept"].status is Status.COMPENSATED
+    assert undone == ["released"]
+
+
+async def test_a_when_that_cannot_be_evaluated_fails_the_step_naming_it(flow: Flow) -> None:
+    shop = Shop()
+    reserve, charge, ship = shop.steps(when="length(request.amount) > `0`")
+    wf = await flow.workflow_create("order", reserve, charge, ship)
+    with pytest.raises(ExecutionFailedError, match=r"when length\(request.amount\)") as err:
+        await wf.execute({"amount": 5})  # length() of a number: an error
+    info = await flow.execution(err.value.execution_id)
+    assert info.steps["charge"].status is Status.FAILURE
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert shop.calls("charge") == []
+
+
+async def test_a_step_sees_the_execution_request_in_its_context(flow: Flow) -> None:
+    seen: list[Any] = []
+
+    async def first(msg: Message) -> dict[str, int]:
+        return {"n": 1}
+
+    async def second(msg: Message, ctx: StepContext) -> None:
+        seen.append(ctx.request.json())
+
+    a = FunctionStep(first, id="a")
+    wf = await flow.workflow_create("w", a, FunctionStep(second, id="b", requires=[a]))
+    await wf.execute({"order_id": 3})
+    assert seen == [{"order_id": 3}]
+
+
+async def test_the_suspend_policy_waits_for_an_operator_and_resume_retries(flow: Flow) -> None:
+    shop = Shop(declines=3)
+    wf = await flow.workflow_create(
+        "order", *shop.steps(retry=Retry(max_attempts=2, initial_interval=0)), on_failure="suspend"
+    )
+    eid = await wf.execute({"order_id": 1})  # returns: the execution waits, not failed
+    info = await flow.execution(eid)
+    assert info.status is Status.SUSPEND
+    assert info.steps["charge"].status is Status.FAILURE
+    assert info.steps["charge"].attempts == 2
+    assert info.steps["reserve"].status is Status.SUCCESS  # nothing compensated
+    assert "card declined" in (info.error or "")
+    assert shop.calls("release") == []
+    await flow.resume(eid)  # a fresh budget of 2 attempts: the third decline, then success
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.SUCCESS
+    assert info.steps["charge"].attempts == 2
+    assert len(shop.calls("charge")) == 4
+    assert len(shop.calls("reserve")) == 1  # finished steps are not run again
+
+
+async def test_abort_of_a_suspended_failure_rolls_back(flow: Flow) -> None:
+    shop = Shop(declines=1)
+    wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")
+    eid = await wf.execute({})
+    await flow.abort(eid)
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.ABORTED
+    assert info.steps["reserve"].status is Status.COMPENSATED
+
+
+async def test_redrive_of_a_suspended_failure_with_an_edited_input(flow: Flow) -> None:
+    shop = Shop(declines=1)
+    wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")
+    eid = await wf.execute({"card": "expired"})
+    assert (await flow.redrive(eid, step="charge", input={"card": "new"})) == eid
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.SUCCESS
+    assert shop.calls("charge") == [{"reservation": "R1"}, {"card": "new"}]
+    assert info.steps["charge"].request is not None
+    assert info.steps["charge"].request.json() == {"card": "new"}
+    assert info.steps["charge"].request.header["Idempotency-Key"] == f"{eid}:charge"
+    assert len(shop.calls("reserve")) == 1
+    with pytest.raises(InvalidTransitionError, match="SUCCESS"):
+        await flow.redrive(eid)
+
+
+async def test_redrive_names_only_a_failed_step(flow: Flow) -> None:
+    shop = Shop(declines=1)
+    wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")
+    eid = await wf.execute({})
+    with pytest.raises(InvalidTransitionError, match=r"reserve.*did not fail"):
+        await flow.redrive(eid, step="reserve")
+
+
+async def test_redrive_of_a_finished_failure_starts_a_new_execution(flow: Flow) -> None:
+    shop = Shop(declines=1)
+    wf = await flow.workflow_create("order", *shop.steps())
+    with pytest.raises(ExecutionFailedError) as err:
+        await wf.execute({"order_id": 9})
+    old = err.value.execution_id
+    new = await flow.redrive(old, input={"order_id": 10})
+    assert new != old
+    info = await flow.wait(new, timeout=10)
+    assert info.status is Status.SUCCESS
+    assert info.redrive_of == old
+    assert info.request.json() == {"order_id": 10}
+    assert (await flow.execution(old)).status is Status.FAILURE  # untouched
+    again = await flow.redrive(old)  # the same request as the old one
+    assert (await flow.wait(again, timeout=10)).request.json() == {"order_id": 9}
+
+
+async def test_prune_deletes_what_finished_long_enough_ago(store_url: str) -> None:
+    now = [1_000_000.0]
+    shop = Shop()
+    async with Flow(store_url, clock=lambda: now[0], lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("order", *shop.steps())
+        old = await wf.execute({})
+        shop.declines = 1
+        with pytest.raises(ExecutionFailedError) as err:
+            await wf.execute({})
+        failed = err.value.execution_id
+        now[0] += 3600
+        recent = await wf.execute({})
+        waiting = await wf.execute({}, async_=True)
+        await flow.suspend(waiting)
+        assert await flow.prune(600, status="FAILURE") == 1
+        assert {e.id for e in await flow.executions()} == {old, recent, waiting}
+        assert await flow.prune(600) == 1  # old; recent is too recent, waiting unfinished
+        assert {e.id for e in await flow.executions()} == {recent, waiting}
+        with pytest.raises(Exception, match="not found"):
+            await flow.execution(failed)
+        with pytest.raises(Exception, match="finished"):
+            await flow.prune(0, status="RUNNING")
+
+
+async def test_retention_prunes_by_itself(store_url: str) -> None:
+    now = [1_000_000.0]
+    async with Flow(store_url, clock=lambda: now[0], lease_ttl=10**6, retention=60) as flow:
+
+        async def ok(msg: Message) -> None:
+            return None
+
+        wf = await flow.workflow_create("w", FunctionStep(ok, id="ok"))
+        eid = await wf.execute({})
+        now[0] += 120  # past the retention, and past the worker's minute between prunes
+        await eventually(lambda: _gone(flow, eid), timeout=10)
+
+
+async def _gone(flow: Flow, eid: str) -> bool:
+    return not any(e.id == eid for e in await flow.executions())
+
+
+def test_expressions_and_the_policy_in_definitions() -> None:
+    wf = load_definition(
+        """
+id: order
+on_failure: suspend
+steps:
+  - function: tests.unit.steps_for_tests:reserve
+    id: reserve
+  - function: tests.unit.steps_for_tests:reserve
+    id: charge
+    requires: [reserve]
+    input: "{order: request, r: steps.reserve}"
+    when: "request.pay"
+    compensate: {function: "tests.unit.steps_for_tests:reserve", input: response}
+"""
+    )
+    assert wf.on_failure == "suspend"
+    charge = wf.step("charge")
+    assert (charge.options.input, charge.options.when) == (
+        "{order: request, r: steps.reserve}",
+        "request.pay",
+    )
+    assert charge.options.compensate_input == "response"
+    assert load_definition(wf.to_dict()).to_dict() == wf.to_dict()
+
+
+async def test_a_fallbacks_retries_are_recorded_and_a_suspend_interrupts_them(
+    flow: Flow,
+) -> None:
+    tries: list[int] = []
+
+    async def primary(msg: Message) -> None:
+        raise StepError("primary down", retryable=False)
+
+    async def backup(msg: Message) -> None:
+        tries.append(1)
+        raise ConnectionError("backup down too")
+
+    step = FunctionStep(
+        primary,
+        id="pay",
+        fallback=FunctionStep(backup, retry=Retry(max_attempts=50, initial_interval=0.2)),
+    )
+    wf = await flow.workflow_create("w", step)
+    eid = await wf.execute({}, async_=True)
+
+    async def recorded() -> bool:
+        run = (await flow.execution(eid)).steps["pay"]
+        return "backup attempt 1: ConnectionError" in (run.error or "")
+
+    await eventually(recorded)
+    await flow.suspend(eid)
+    await flow.settle(eid)
+    info = await flow.execution(eid)
+    assert info.status is Status.SUSPEND
+    assert info.steps["pay"].status is Status.PENDING  # starts again on resume
+    count = len(tries)
+    await asyncio.sleep(0.5)
+    assert len(tries) == count  # no more tries while suspended
