@@ -20,23 +20,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 from msgspec.structs import replace
 
+from . import _faults
 from ._aio import Slots, wait_event
 from ._engine import data
 from ._engine.plan import Node, Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, StepRecord
 from ._engine.saga import after_success, compensated, decide, failure_summary, first
 from ._groupcommit import Committer
-from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
+from .errors import LeaseLostError, MicrosagaError, StepError, StepTimeoutError, one_line
 from .expressions import truthy
 from .hooks import ExecutionEvent, Hooks, StepEvent
-from .message import Message, encode_json
+from .message import Message, decode_json_body, encode_json
 from .observability.logs import about
 from .status import Phase, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition, TransitionResult
 from .transports.base import to_message
+from .waits import RUNS_ROLLBACK, MapStep, Marker, SleepStep, SubflowStep, WaitStep
 
 if TYPE_CHECKING:
+    from .execution import Execution
     from .flow import Flow
 
 __all__ = ["Outcome", "Run", "RunHost", "RunSpec"]
@@ -65,6 +68,7 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     step_timeout: float | None = None
     deadline_at: float | None = None
+    parent_id: str | None = None  # a sub-workflow's child: its parent execution
 
 
 class RunHost(Protocol):
@@ -87,6 +91,36 @@ class RunHost(Protocol):
     async def abort_for_deadline(self, run: Run) -> None:
         """Abort the execution (with compensation) because its deadline passed; the
         request reaches the run through :meth:`Run.control`."""
+
+    # waiting steps (microsaga.waits) ------------------------------------------------
+
+    @property
+    def can_park(self) -> bool:
+        """Whether a worker takes parked executions back (one that claims): else a
+        waiting run waits in this process."""
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        """The signals kept for an execution, by event."""
+
+    async def park(self, run: Run, until: float, events: list[str], children: list[str]) -> bool:
+        """Give up the run's lease until ``until``; False when what it waits for is
+        there already (see :meth:`Store.park`)."""
+
+    async def child(self, child_id: str) -> Execution | None:
+        """A sub-workflow's child execution, or None before it exists."""
+
+    async def start_child(self, run: Run, node: Node, request: Message) -> None:
+        """Start the child execution of a SubflowStep (once: its id is fixed)."""
+
+    async def abort_child(self, child_id: str) -> None:
+        """Abort a child whose parent no longer waits for it (a rollback)."""
+
+    async def compensate_child(self, child_id: str) -> None:
+        """Roll back a child that succeeded, and wait until it is rolled back.
+
+        Raises:
+            MicrosagaError: the child's rollback failed.
+        """
 
 
 class Run:
@@ -120,6 +154,11 @@ class Run:
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
         self._waiters: list[asyncio.Future[Outcome | None]] = []
+        # WAITING steps, resolved by the loop (microsaga.waits)
+        self._waiting = {sid for sid, rec in state.steps.items() if rec.status is Status.WAITING}
+        self.items: dict[tuple[str, Phase], StepRecord] = {}  # runs of map steps
+        self.parked = False  # gave up its lease to wait: not lost, not finished
+        self._park_refused = False
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -141,6 +180,10 @@ class Run:
         if self._interrupt is not None:
             self._interrupt.set()  # wakes a backoff; the next wait gets a new event
             self._interrupt = None
+
+    def poke(self) -> None:
+        """Something a waiting step waits for may have come: look again."""
+        self._wake.set()
 
     def drain(self) -> None:
         """The worker stops: start no step; once the running ones finished and were
@@ -171,6 +214,8 @@ class Run:
         self._initial = [rec for rec in records if rec.status is Status.RUNNING]
         for rec in records:
             self.state.steps[rec.step_id] = rec
+            if rec.status is Status.WAITING:
+                self._waiting.add(rec.step_id)
         return records
 
     def event(self, *, taken_over: bool = False) -> ExecutionEvent:
@@ -264,6 +309,8 @@ class Run:
                 return
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
+            if self._waiting and not self._draining:
+                await self._check_waits()
             if self._draining:
                 if self._tasks:  # running steps finish and are recorded first
                     await self._wake.wait()
@@ -275,6 +322,13 @@ class Run:
             decision = (lone is not None and after_success(graph, state, lone)) or decide(
                 plan, graph, state
             )
+            if decision.cancel:
+                await self._cancel(decision.cancel)
+            if decision.park and not self._records:
+                if await self._wait_or_park():
+                    return
+                starts = []
+                continue
             if decision.start and self.spec.deadline_at is not None and self.deadline_due():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
@@ -333,6 +387,9 @@ class Run:
                 continue
             for rec in starts:
                 (state.steps if rec.phase is Phase.FORWARD else state.comps)[rec.step_id] = rec
+            if any(rec.status is Status.WAITING for rec in starts):
+                self._waiting.update(r.step_id for r in starts if r.status is Status.WAITING)
+                starts = [rec for rec in starts if rec.status is not Status.WAITING]
             hooks = self.host.hooks
             if recorded and hooks.step_recorded:
                 for rec in recorded:
@@ -400,6 +457,8 @@ class Run:
                 return found
             request = found
         attempts = before_step.attempts + 1
+        if node.waits:  # resolved by the loop: see _check_waits
+            return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
         return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
 
     def _input_of(
@@ -459,7 +518,8 @@ class Run:
                 state.steps[sid] = rec
             else:
                 state.comps[sid] = rec
-                if rec.status is Status.SUCCESS:
+                # a failed map whose runs were compensated stays the step that failed
+                if rec.status is Status.SUCCESS and state.steps[sid].status is Status.SUCCESS:
                     forward = replace(state.steps[sid], status=Status.COMPENSATED)
                     state.steps[sid] = forward
                     self._records.append(forward)
@@ -501,6 +561,13 @@ class Run:
         record goes to ``_done`` for the loop to fold and commit."""
         sid, phase = rec.step_id, rec.phase
         node = self.spec.plan.nodes[sid]
+        if isinstance(node.step, MapStep) or (
+            phase is Phase.COMPENSATE and isinstance(node.compensate, Marker)
+        ):
+            self._done.append(await self._run_special(rec, node))
+            if not self._inline:
+                self._wake.set()
+            return
         step: Any
         retry: RetryPolicy
         if phase is Phase.FORWARD:
@@ -694,6 +761,323 @@ class Run:
                     return _INTERRUPTED
                 tries += 1
 
+    # waiting steps (microsaga.waits) ---------------------------------------------------
+
+    async def _check_waits(self) -> None:
+        """Resolve the WAITING steps whose signal came, whose time came, or whose child
+        finished: their records enter the state and go with the next commit."""
+        state, nodes, now = self.state, self.spec.plan.nodes, self.host.clock()
+        signals: dict[str, Message] | None = None
+        for sid in sorted(self._waiting):
+            rec, node = state.steps[sid], nodes[sid]
+            step = node.step
+            started = rec.started_at if rec.started_at is not None else now
+            if isinstance(step, WaitStep):
+                if signals is None:
+                    signals = await self.host.signals(self.id)
+                payload = signals.get(step.event)
+                if payload is not None:
+                    self._resolve(sid, Status.SUCCESS, payload, None, now)
+                elif node.timeout is not None and now >= started + node.timeout:
+                    why = f"step {sid} timed out after {node.timeout:g}s waiting for {step.event}"
+                    await self._timed_out(node, rec, StepTimeoutError(why), now)
+            elif isinstance(step, SleepStep):
+                if now >= step.due(started):
+                    self._resolve(sid, Status.SUCCESS, rec.request, None, now)
+            elif isinstance(step, SubflowStep):
+                child_id = f"{self.id}:{sid}"
+                child = await self.host.child(child_id)
+                if child is None:
+                    await self.host.start_child(self, node, rec.request or Message())
+                elif child.status is Status.SUCCESS:
+                    self._resolve(sid, Status.SUCCESS, child.response or Message(), None, now)
+                elif child.status.finished:
+                    why = f"child execution {child_id} ended {child.status.name}: {child.error}"
+                    self._resolve(sid, Status.FAILURE, None, why, now)
+
+    async def _timed_out(self, node: Node, rec: StepRecord, exc: Exception, now: float) -> None:
+        """A wait's timeout passed: the step fails, or its fallback answers for it."""
+        error = one_line(exc)
+        if node.fallback is not None:
+            request = rec.request or Message()
+            fallen = await self._fallback(node, rec, request, rec.attempts, None, error)
+            if isinstance(fallen, Message):
+                fallback_id = getattr(node.fallback, "id", node.id)
+                note = f"{error} (fallback {fallback_id} used)"
+                self._resolve(node.id, Status.SUCCESS, fallen, note, self.host.clock())
+                return
+            if fallen is _INTERRUPTED:
+                return  # still WAITING: decided again on resume
+        self._resolve(node.id, Status.FAILURE, None, error, now)
+
+    def _resolve(
+        self, sid: str, status: Status, response: Message | None, error: str | None, now: float
+    ) -> None:
+        rec = self.state.steps[sid]
+        done = StepRecord(
+            sid,
+            Phase.FORWARD,
+            status,
+            rec.attempts,
+            rec.request,
+            response,
+            error,
+            rec.started_at,
+            now,
+        )
+        self.state.steps[sid] = done
+        self._records.append(done)
+        self._waiting.discard(sid)
+        hooks = self.host.hooks
+        if hooks.step_finished:
+            hooks.emit(hooks.step_finished, self._step_event(done, now))
+
+    async def _cancel(self, sids: tuple[str, ...]) -> None:
+        """Give up waiting steps (a rollback or an abort): back to PENDING, never
+        compensated; a child that runs for one of them is aborted."""
+        now = self.host.clock()
+        for sid in sids:
+            rec = self.state.steps[sid]
+            pending = replace(rec, status=Status.PENDING, finished_at=now, error="cancelled")
+            self.state.steps[sid] = pending
+            self._records.append(pending)
+            self._waiting.discard(sid)
+            if isinstance(self.spec.plan.nodes[sid].step, SubflowStep):
+                await self.host.abort_child(f"{self.id}:{sid}")
+
+    async def _wait_or_park(self) -> bool:
+        """Only WAITING steps are left: park the execution (True: the run is over), or,
+        when the wait is short or no worker would take it back, wait here."""
+        now = self.host.clock()
+        due, events, children = _FAR, [], []
+        nodes = self.spec.plan.nodes
+        for sid in self._waiting:
+            rec, node = self.state.steps[sid], nodes[sid]
+            step = node.step
+            started = rec.started_at if rec.started_at is not None else now
+            if isinstance(step, SleepStep):
+                due = min(due, step.due(started))
+            elif isinstance(step, WaitStep):
+                events.append(step.event)
+                if node.timeout is not None:
+                    due = min(due, started + node.timeout)
+            elif isinstance(step, SubflowStep):
+                children.append(f"{self.id}:{sid}")
+                due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
+        wait = due - now
+        if self._park_refused or wait < 1.0 or not self.host.can_park:
+            # a wait of its own: a poke (a signal, a child's end) or a look now and then
+            self._park_refused = False
+            self._wake.clear()
+            await wait_event(self._wake, max(0.0, min(wait, _LOOK_AGAIN)))
+            return self._lost
+        note = "waiting for " + ", ".join(sorted(self._waiting))
+        await _faults.reached("before_park")
+        self.releasing = True
+        if not await self.host.park(self, due, events, children):
+            self.releasing = False
+            self._park_refused = True  # what it waits for came: look again, then wait
+            return False
+        self.parked = True
+        self.end(None)
+        log.debug("execution %s: parked (%s)", self.id, note)
+        return True
+
+    async def _run_special(self, rec: StepRecord, node: Node) -> StepRecord:
+        """A run the loop does itself: a map (its runs), the compensation of a map's
+        runs, or the rollback of a sub-workflow's child."""
+        sid, phase = rec.step_id, rec.phase
+        response: Message | None = None
+        error = None
+        try:
+            if phase is Phase.FORWARD:
+                response = await self._map(node, rec)
+            elif node.compensate is RUNS_ROLLBACK:
+                response = await self._compensate_runs(node)
+            else:
+                await self.host.compensate_child(f"{self.id}:{sid}")
+                response = Message()
+            status = Status.SUCCESS
+        except _Interrupted:
+            status = Status.PENDING  # it starts again on resume
+        except Exception as exc:
+            status, error = Status.FAILURE, one_line(exc)
+        finished = self.host.clock() if status is not Status.PENDING else None
+        return StepRecord(
+            sid,
+            phase,
+            status,
+            rec.attempts,
+            rec.request,
+            response,
+            error,
+            rec.started_at,
+            finished,
+        )
+
+    async def _map(self, node: Node, rec: StepRecord) -> Message:
+        """Run a MapStep's step once per element of its list, each run recorded as
+        ``<id>[<i>]``; the responses as a JSON list, in element order."""
+        step = node.step
+        assert isinstance(step, MapStep)
+        sid = node.id
+        items = decode_json_body(rec.request.body if rec.request is not None else b"")
+        if not isinstance(items, list):
+            raise StepError(f"map {sid}: over {step.over} is {_json_type(items)}, not a list")
+        inner = step.step
+        retry: RetryPolicy = inner.options.retry or Retry()
+        timeout = inner.options.timeout or self.spec.step_timeout
+        gate = asyncio.Semaphore(step.concurrency or len(items) or 1)
+        responses: list[Message | None] = [None] * len(items)
+        failed: list[str] = []
+
+        async def one(i: int) -> None:
+            rid = f"{sid}[{i}]"
+            before = self.items.get((rid, Phase.FORWARD))
+            if before is not None and before.status is Status.SUCCESS:
+                responses[i] = before.response  # done before a takeover
+                return
+            async with gate:
+                if failed or self._interrupt_wanted(Phase.FORWARD):
+                    return
+                request = self._headers.request(encode_json(items[i]), rid)
+                attempt = (before.attempts if before is not None else 0) + 1
+                now = self.host.clock()
+                running = StepRecord(
+                    rid, Phase.FORWARD, Status.RUNNING, attempt, request, None, None, now
+                )
+                if not await self._write_items([running]):
+                    return
+                while True:
+                    slots = self.host.slots
+                    if not slots.take():
+                        await slots.wait()
+                    try:
+                        response = await self._call(inner, request, rid, attempt, timeout)
+                        failure: Exception | None = None
+                    except Exception as exc:
+                        failure = exc
+                    finally:
+                        slots.give()
+                    if failure is None:
+                        responses[i] = response
+                        done = replace(
+                            running,
+                            status=Status.SUCCESS,
+                            attempts=attempt,
+                            response=response,
+                            finished_at=self.host.clock(),
+                        )
+                        await self._write_items([done])
+                        return
+                    error = one_line(failure)
+                    if retry.should_retry(failure, attempt) and await self._backoff(
+                        retry.interval(attempt, self.host.random()), Phase.FORWARD
+                    ):
+                        attempt += 1
+                        continue
+                    failed.append(f"run {rid} failed: {error}")
+                    done = replace(
+                        running,
+                        status=Status.FAILURE,
+                        attempts=attempt,
+                        error=error,
+                        finished_at=self.host.clock(),
+                    )
+                    await self._write_items([done])
+                    return
+
+        await asyncio.gather(*(one(i) for i in range(len(items))))
+        if failed:
+            raise StepError(failed[0])
+        if any(r is None for r in responses):
+            raise _Interrupted()
+        return Message(
+            encode_json([decode_json_body(r.body) if r is not None else None for r in responses])
+        )
+
+    async def _compensate_runs(self, node: Node) -> Message:
+        """Compensate the runs of a map that succeeded, the last element first."""
+        step = node.step
+        assert isinstance(step, MapStep)
+        comp = step.step.options.compensate
+        assert comp is not None
+        retry = comp.options.retry or self.host.compensation_retry
+        timeout = comp.options.timeout or self.spec.step_timeout
+        what = step.step.options.compensate_input
+        runs = [
+            rec
+            for (rid, phase), rec in self.items.items()
+            if phase is Phase.FORWARD
+            and rec.status is Status.SUCCESS
+            and rid.startswith(node.id + "[")
+        ]
+        runs.sort(key=lambda r: int(r.step_id[len(node.id) + 1 : -1]), reverse=True)
+        for run in runs:
+            rid = run.step_id
+            request = self._headers.request(data.compensation_body(what, run), rid, ":compensate")
+            attempt = 1
+            started = self.host.clock()
+            while True:
+                try:
+                    response = await self._invoke(comp, request, rid, attempt, timeout)
+                    break
+                except Exception as exc:
+                    if not retry.should_retry(exc, attempt):
+                        failed = StepRecord(
+                            rid,
+                            Phase.COMPENSATE,
+                            Status.FAILURE,
+                            attempt,
+                            request,
+                            None,
+                            one_line(exc),
+                            started,
+                            self.host.clock(),
+                        )
+                        await self._write_items([failed])
+                        why = f"compensation of run {rid} failed: {one_line(exc)}"
+                        raise StepError(why) from exc
+                    if not await self._backoff(
+                        retry.interval(attempt, self.host.random()), Phase.COMPENSATE
+                    ):
+                        raise _Interrupted() from None
+                    attempt += 1
+            done = StepRecord(
+                rid,
+                Phase.COMPENSATE,
+                Status.SUCCESS,
+                attempt,
+                request,
+                response,
+                None,
+                started,
+                self.host.clock(),
+            )
+            await self._write_items([done, replace(run, status=Status.COMPENSATED)])
+        return Message()
+
+    async def _write_items(self, records: list[StepRecord]) -> bool:
+        """Commit records of a map's runs; False when a suspend or an abort came (no
+        run starts then)."""
+        result = await self.host.committer.submit(
+            Transition(
+                execution_id=self.id,
+                token=self.spec.token,
+                expect=self.state.status,
+                records=records,
+                at=self.host.clock(),
+            )
+        )
+        if not result.owned:
+            self.lose()
+            raise asyncio.CancelledError()
+        for rec in records:
+            self.items[rec.step_id, rec.phase] = rec
+        if result.status is not self.state.status:
+            self.control(result.status, result.abort)
+        return result.applied and not self._interrupt_wanted(Phase.FORWARD)
+
     # ending --------------------------------------------------------------------------
 
     def _finish(self) -> None:
@@ -745,6 +1129,19 @@ class Run:
 
 
 _INTERRUPTED = object()  # a fallback's wait for a retry was interrupted
+_FAR = 1e15  # "never": a park that only a signal ends
+_LOOK_AGAIN = 1.0  # a run waiting in its process looks for signals this often
+_CHILD_LOOK = 60.0  # a parked parent looks at its child at least this often
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", dict: "an object"}.get(type(value), "a number")
+
+
+class _Interrupted(Exception):
+    """A map's runs were stopped by a suspend or an abort: the map starts again."""
 
 
 def _all_skipped(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:

@@ -18,12 +18,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ExecutionNotFoundError, StoreError
+from ..errors import ExecutionNotFoundError, InvalidTransitionError, StoreError
 from ..execution import Execution
 from ..message import Message
 from ..status import Status
 from ._postgres_db import CHANNEL, SCHEMA_VERSION, Database, Q, retryable
-from ._rows import DEFINITION_COLUMNS, NEW_EXECUTION_COLUMNS, STEP_COLUMNS
+from ._rows import DEFINITION_COLUMNS, NEW_EXECUTION_COLUMNS, STEP_COLUMNS, decode_header
 from ._rows import POSTGRES as ROWS
 from .base import (
     Abort,
@@ -389,6 +389,61 @@ class PostgresStore(Store):
             await conn.execute(Q["prune_controls"], before)
 
         await self._db.retrying(prune)
+
+    # waiting ------------------------------------------------------------------------------
+
+    async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
+        header = ROWS.encode_header(payload.header)
+
+        async def signal(conn: Any) -> None:
+            row = await conn.fetchrow(Q["signal_row"], execution_id)
+            if row is None:
+                raise ExecutionNotFoundError(execution_id)
+            if Status(row[0]).finished:
+                raise InvalidTransitionError(
+                    f"cannot signal an execution that is {Status(row[0]).name}"
+                )
+            await conn.execute(Q["insert_signal"], execution_id, event, payload.body, header, now)
+            await self._wake(conn, execution_id, "signal", now)
+
+        await self._db.tx(signal, retry=True)
+
+    async def _wake(self, conn: Any, execution_id: str, action: str, now: float) -> None:
+        await conn.execute(Q["wake"], execution_id)
+        await conn.execute(Q["lock_controls"])
+        await conn.execute(Q["insert_control"], execution_id, action, now)
+        await conn.execute(Q["notify"], CHANNEL, action)
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        async def signals(conn: Any) -> dict[str, Message]:
+            rows = await conn.fetch(Q["signals_of"], execution_id)
+            return {r[0]: Message(bytes(r[1]), decode_header(r[2])) for r in rows}
+
+        return await self._db.retrying(signals)
+
+    async def park(
+        self,
+        execution_id: str,
+        token: int,
+        until: float,
+        events: Collection[str],
+        children: Collection[str],
+        note: str,
+    ) -> bool:
+        async def park(conn: Any) -> bool:
+            # the row lock orders this against a signal of the same execution
+            await conn.execute(Q["lock_execution"], execution_id)
+            if await conn.fetchval(Q["park_blocked"], execution_id, list(events), list(children)):
+                return False
+            return await conn.fetchval(Q["park"], execution_id, token, until, note) is not None
+
+        return await self._db.tx(park, retry=True)
+
+    async def wake(self, execution_id: str, now: float) -> None:
+        async def wake(conn: Any) -> None:
+            await self._wake(conn, execution_id, "wake", now)
+
+        await self._db.tx(wake, retry=True)
 
     # queries ------------------------------------------------------------------------------
 

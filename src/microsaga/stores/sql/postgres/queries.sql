@@ -273,7 +273,7 @@ SELECT pg_notify($4, 'release') FROM released;
 -- snapshot; their definitions (immutable) come from load_definitions.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
-       e.lease_token, e.created_at,
+       e.lease_token, e.created_at, e.parent_id,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
 FROM microsaga_executions e
@@ -309,7 +309,8 @@ UPDATE microsaga_executions SET
     updated_at = $4,
     error = coalesce($5, error),
     owner = CASE WHEN $6 THEN NULL ELSE owner END,
-    lease_until = CASE WHEN $6 THEN 0 ELSE lease_until END
+    lease_until = CASE WHEN $6 THEN 0 ELSE lease_until END,
+    note = CASE WHEN $6 THEN NULL ELSE note END
 WHERE id = $1;
 
 -- name: retry_compensations
@@ -421,3 +422,43 @@ signals AS (
     DELETE FROM microsaga_signals WHERE execution_id IN (SELECT id FROM gone)
 )
 SELECT count(*) FROM gone;
+
+-- waiting ------------------------------------------------------------------------
+
+-- name: signal_row
+-- Locked: a park of the same execution waits for this transaction, and then sees the
+-- signal (or this one sees the execution parked, and wakes it).
+SELECT status, owner FROM microsaga_executions WHERE id = $1 FOR UPDATE;
+
+-- name: insert_signal
+-- A second signal of the same event is kept for nothing: the first one counts.
+INSERT INTO microsaga_signals (execution_id, event, body, header, at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (execution_id, event) DO NOTHING;
+
+-- name: wake
+-- A parked execution (no owner) is claimable now; one with an owner is told through
+-- the control row that goes with this.
+UPDATE microsaga_executions SET lease_until = 0
+WHERE id = $1 AND owner IS NULL AND status IN (0, 1, 6);
+
+-- name: signals_of
+SELECT event, body, header FROM microsaga_signals WHERE execution_id = $1;
+
+-- name: lock_execution
+SELECT lease_token FROM microsaga_executions WHERE id = $1 FOR UPDATE;
+
+-- name: park_blocked
+-- Whether a signal the execution waits for, or the end of a child it waits for, is
+-- there already: then it does not park.
+SELECT EXISTS (
+    SELECT 1 FROM microsaga_signals WHERE execution_id = $1 AND event = ANY($2::text[])
+) OR EXISTS (
+    SELECT 1 FROM microsaga_executions WHERE id = ANY($3::text[]) AND status IN (2, 3, 4)
+);
+
+-- name: park
+-- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
+WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status = 1
+RETURNING id;
