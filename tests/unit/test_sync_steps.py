@@ -37,7 +37,7 @@ async def test_a_blocking_sync_step_does_not_stall_the_loop(flow: Flow) -> None:
 
 
 async def test_sync_steps_that_block_together_each_get_a_thread(flow: Flow) -> None:
-    width = 6
+    width = 12  # more than the threads started at once: the others when they block
     together = threading.Barrier(width, timeout=20)  # broken if any of them waits its turn
 
     def part(m: Message) -> int:
@@ -126,11 +126,12 @@ async def test_a_flow_closes_while_a_sync_step_hangs(store_url: str) -> None:
         release.wait(30)
 
     try:
-        async with Flow(store_url, poll_interval=0.05, lease_ttl=5.0) as flow:
+        async with Flow(store_url, poll_interval=0.05, lease_ttl=0.5) as flow:
             wf = await flow.workflow_create("hang", FunctionStep(hangs, id="h"))
             eid = await wf.execute({}, async_=True)
             while (await flow.execution(eid)).steps["h"].status is not Status.RUNNING:
                 await asyncio.sleep(0.01)
-        # closed without waiting for the function: the execution is left to be resumed
+        # closed without waiting for the function (after lease_ttl at most): the
+        # execution is left to be resumed
     finally:
         release.set()
