@@ -9,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from . import _faults, _views
 from ._aio import wait_event
 from ._engine.plan import OnFailure, Plan
 from ._run import Outcome, Run
+from ._threads import StepThreads
 from ._urls import Url
 from ._validate import check_id, name_problem
 from .definitions import workflow_from_dict
@@ -177,7 +177,7 @@ class Flow:
         self._subflows: dict[int, tuple[Plan, bool]] = {}  # plans with SubflowSteps
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._yielded_at = 0.0  # when execute() last let other tasks run
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
 
     # options and lifecycle -------------------------------------------------------------
 
@@ -220,13 +220,14 @@ class Flow:
         return self._services
 
     @property
-    def threads(self) -> ThreadPoolExecutor:
-        """The threads sync :class:`FunctionStep` functions run in: as many as the
-        flow's ``concurrency``, made on first use and shut down with the flow."""
+    def threads(self) -> StepThreads:
+        """The threads sync :class:`FunctionStep` functions run in, off the event loop
+        (they may block): a few for quick functions, more when functions block, at
+        most as many as the flow's ``concurrency``; stopped with the flow. A call
+        costs one asyncio future, and the calls that finish together are handed back
+        to the loop in one wake-up (``microsaga._threads``; docs/semantics.md)."""
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                self._options.concurrency, thread_name_prefix="microsaga-step"
-            )
+            self._threads = StepThreads(self._options.concurrency)
         return self._threads
 
     def clock(self) -> float:
@@ -286,7 +287,7 @@ class Flow:
             self._store = None
         if self._threads is not None:
             # a sync step still running (it timed out, say) cannot be stopped: not waited for
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             self._threads = None
 
     async def __aenter__(self) -> Flow:

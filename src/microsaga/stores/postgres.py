@@ -55,6 +55,8 @@ _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or 
 _STEP_ROW = 1 + len(STEP_COLUMNS)
 # the columns of write_transitions' executions (see queries.sql)
 _WRITTEN = 12
+# the columns of write_expected's executions
+_EXPECTED = 10
 
 
 def _step_rows(
@@ -204,8 +206,16 @@ class PostgresStore(Store):
         self, conn: Any, units: list[tuple[int, Transition]]
     ) -> dict[int, TransitionResult]:
         """Decide on a fresh read, write if nothing changed since; again for the
-        executions that did change (a control request or a takeover came between)."""
+        executions that did change (a control request or a takeover came between).
+
+        Transitions of distinct executions are first written without the read, on the
+        condition that the execution is as its owner expects: one statement, one round
+        trip, for the usual transition (``_write_expected``)."""
         results: dict[int, TransitionResult] = {}
+        if len({t.execution_id for _, t in units}) == len(units):
+            units = await self._write_expected(conn, units, results)
+            if not units:
+                return results
         for _ in range(_WRITE_ROUNDS):
             ids = sorted({t.execution_id for _, t in units})
             rows = {
@@ -273,6 +283,53 @@ class PostgresStore(Store):
             f"PostgreSQL store {self.url}: executions kept changing during a commit",
             retryable=True,
         )
+
+    async def _write_expected(
+        self, conn: Any, units: list[tuple[int, Transition]], results: dict[int, TransitionResult]
+    ) -> list[tuple[int, Transition]]:
+        """Write each transition as if its execution is as expected (still owned with
+        its token, in the status it expects): the outcome is then known without reading.
+        Returns the units whose execution was not, left for ``_transition`` to decide."""
+        executions = []
+        steps: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        outcome: dict[str, Status] = {}
+        for _, t in units:
+            eid, status = t.execution_id, t.status if t.status is not None else t.expect
+            response = t.response if t.status is not None else None
+            executions.append(
+                (
+                    eid,
+                    t.token,
+                    int(t.expect),
+                    int(status),
+                    response is not None,
+                    response.body if response is not None else None,
+                    ROWS.encode_header(response.header) if response is not None else None,
+                    t.error if t.status is not None else None,
+                    t.release,
+                    t.at,
+                )
+            )
+            steps.update(_step_rows(eid, t.records))
+            if t.starts and status in _RUNNING:
+                steps.update(_step_rows(eid, t.starts))
+            outcome[eid] = status
+        step_columns = _columns(list(steps.values()), _STEP_ROW)
+        if len(executions) == 1:
+            rows = await conn.fetch(Q["write_expected_one"], *executions[0], *step_columns)
+        else:
+            rows = await conn.fetch(
+                Q["write_expected"], *_columns(executions, _EXPECTED), *step_columns
+            )
+        written = {r[0]: r[1] for r in rows}
+        left = []
+        for i, t in units:
+            abort = written.get(t.execution_id)
+            if abort is None:
+                left.append((i, t))
+            else:
+                results[i] = TransitionResult(True, outcome[t.execution_id], Abort(abort), True)
+        return left
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         async with self._db.connection() as conn:

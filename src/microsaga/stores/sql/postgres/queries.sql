@@ -203,6 +203,120 @@ steps AS (
 )
 SELECT id FROM done;
 
+-- name: write_expected
+-- A batch of transitions of distinct executions in one statement, without reading
+-- first: what the usual transition finds (its lease token, an owner, the status it
+-- expects) is the condition of its write. $1 id, $2 lease token, $3 the status
+-- expected, $4 status, $5 has_response, $6 response_body, $7 response_header, $8 error,
+-- $9 release, $10 at; then the step runs ($11 .. $22, as write_transitions'). Returns
+-- the id and abort of each execution written; one not returned is left alone with its
+-- step runs, and the store decides on it from read_executions.
+WITH u AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::bigint[], $3::smallint[], $4::smallint[], $5::boolean[],
+        $6::bytea[], $7::json[], $8::text[], $9::boolean[], $10::double precision[]
+    ) AS u (
+        id, token, expect, status, has_response, response_body, response_header, error,
+        release, at
+    )
+),
+-- rows locked in id order, as every statement that locks several execution rows does
+locked AS MATERIALIZED (
+    SELECT e.id FROM microsaga_executions e
+    WHERE e.id IN (SELECT id FROM u)
+    ORDER BY e.id
+    FOR UPDATE
+),
+done AS (
+    UPDATE microsaga_executions e SET
+        status = u.status,
+        response_body = CASE WHEN u.has_response
+            THEN u.response_body ELSE e.response_body END,
+        response_header = CASE WHEN u.has_response
+            THEN u.response_header ELSE e.response_header END,
+        error = coalesce(u.error, e.error),
+        owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
+        lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
+        updated_at = u.at
+    FROM u JOIN locked l ON l.id = u.id
+    WHERE e.id = u.id
+      AND e.lease_token = u.token
+      AND e.owner IS NOT NULL
+      AND e.status = u.expect
+    RETURNING e.id, e.abort
+),
+steps AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM unnest(
+        $11::text[], $12::text[], $13::smallint[], $14::smallint[], $15::integer[],
+        $16::bytea[], $17::json[], $18::bytea[], $19::json[], $20::text[],
+        $21::double precision[], $22::double precision[]
+    ) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM done)
+    ON CONFLICT (execution_id, step_id, phase) DO UPDATE SET
+        status = excluded.status,
+        attempts = excluded.attempts,
+        request_body = excluded.request_body,
+        request_header = excluded.request_header,
+        response_body = excluded.response_body,
+        response_header = excluded.response_header,
+        error = excluded.error,
+        started_at = excluded.started_at,
+        finished_at = excluded.finished_at
+)
+SELECT id, abort FROM done;
+
+-- name: write_expected_one
+-- write_expected for one execution: its parameters are values, not arrays, and the
+-- UPDATE alone locks the one row.
+WITH done AS (
+    UPDATE microsaga_executions e SET
+        status = $4::smallint,
+        response_body = CASE WHEN $5::boolean THEN $6::bytea ELSE e.response_body END,
+        response_header = CASE WHEN $5::boolean THEN $7::json ELSE e.response_header END,
+        error = coalesce($8::text, e.error),
+        owner = CASE WHEN $9::boolean THEN NULL ELSE e.owner END,
+        lease_until = CASE WHEN $9::boolean THEN 0 ELSE e.lease_until END,
+        updated_at = $10::double precision
+    WHERE e.id = $1::text
+      AND e.lease_token = $2::bigint
+      AND e.owner IS NOT NULL
+      AND e.status = $3::smallint
+    RETURNING e.id, e.abort
+),
+steps AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM unnest(
+        $11::text[], $12::text[], $13::smallint[], $14::smallint[], $15::integer[],
+        $16::bytea[], $17::json[], $18::bytea[], $19::json[], $20::text[],
+        $21::double precision[], $22::double precision[]
+    ) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM done)
+    ON CONFLICT (execution_id, step_id, phase) DO UPDATE SET
+        status = excluded.status,
+        attempts = excluded.attempts,
+        request_body = excluded.request_body,
+        request_header = excluded.request_header,
+        response_body = excluded.response_body,
+        response_header = excluded.response_header,
+        error = excluded.error,
+        started_at = excluded.started_at,
+        finished_at = excluded.finished_at
+)
+SELECT id, abort FROM done;
+
 -- name: notify
 -- Delivered when the transaction commits, so a woken worker finds the row.
 SELECT pg_notify($1, $2);
