@@ -35,6 +35,7 @@ from .errors import (
 from .execution import Execution
 from .hooks import ExecutionEvent, Hook, Hooks
 from .message import Message, encode_json
+from .payloads import check_size
 from .settings import FlowOptions, resolve_options
 from .status import Status
 from .step import Step
@@ -235,6 +236,8 @@ class Flow:
         if self._open:
             return self
         store = open_store(self._options.store)
+        if self._options.codec is not None:
+            store.use_codec(self._options.codec)
         await store.open()
         self._store = store
         try:
@@ -458,6 +461,7 @@ class Flow:
             _check_json(request.body)  # bytes of the caller's: checked, not trusted
         else:
             request = Message(req)
+        check_size(request, self._options.max_payload, "the request")
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
         if deadline is not None:

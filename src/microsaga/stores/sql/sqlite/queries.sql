@@ -205,3 +205,29 @@ DELETE FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
 
 -- name: prune_signals
 DELETE FROM signals WHERE execution_id IN (SELECT value FROM json_each(?));
+
+-- payloads ----------------------------------------------------------------------------
+
+-- name: existing_payloads
+-- Of the hashes in the JSON array, those stored: a commit sends only the others.
+SELECT hash FROM payloads WHERE hash IN (SELECT value FROM json_each(?));
+
+-- name: insert_payload
+INSERT OR IGNORE INTO payloads (hash, body) VALUES (?, ?);
+
+-- name: insert_payload_ref
+INSERT OR IGNORE INTO payload_refs (execution_id, hash) VALUES (?, ?);
+
+-- name: load_payloads
+SELECT hash, body FROM payloads WHERE hash IN (SELECT value FROM json_each(?));
+
+-- name: prune_payload_refs
+-- The references of pruned executions (a JSON array of ids): the hashes they held.
+DELETE FROM payload_refs WHERE execution_id IN (SELECT value FROM json_each(?))
+RETURNING hash;
+
+-- name: prune_payloads
+-- Of the hashes in the JSON array, the payloads no execution refers to any more.
+DELETE FROM payloads
+WHERE hash IN (SELECT value FROM json_each(?))
+  AND NOT EXISTS (SELECT 1 FROM payload_refs r WHERE r.hash = payloads.hash);
