@@ -35,7 +35,7 @@ from .errors import (
 from .execution import Execution
 from .hooks import ExecutionEvent, Hook, Hooks
 from .message import Message, encode_json
-from .payloads import check_size
+from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Status
 from .step import Step
@@ -562,7 +562,7 @@ class Flow:
         found = await self.store.get_execution(execution_id)
         if found is None:
             raise ExecutionNotFoundError(execution_id)
-        return found
+        return redacted_execution(found, self._options.redact_headers)
 
     async def executions(
         self,
@@ -579,7 +579,8 @@ class Flow:
             status = parsed
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ConfigurationError("limit", f"must be a positive integer, not {limit!r}")
-        return await self.store.list_executions(workflow_id, status, limit, before)
+        found = await self.store.list_executions(workflow_id, status, limit, before)
+        return [redacted_execution(info, self._options.redact_headers) for info in found]
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Wait until the execution stops (SUCCESS, FAILURE, ABORTED or SUSPEND).

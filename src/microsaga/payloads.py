@@ -21,11 +21,12 @@ import base64
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .codecs import PayloadCodec
 from .errors import CodecError, PayloadTooLargeError
+from .execution import Execution, StepRun
 from .message import Message, Metadata
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Pending",
     "check_size",
     "redacted",
+    "redacted_execution",
     "too_large",
 ]
 
@@ -82,6 +84,35 @@ def redacted(header: Metadata, names: Iterable[str]) -> Metadata:
     for name in hidden:
         out.set(name, REDACTED)
     return out
+
+
+def _redacted_message(msg: Message | None, names: tuple[str, ...]) -> Message | None:
+    if msg is None or not any(n in msg.header for n in names):
+        return msg
+    return Message(msg.body, redacted(msg.header, names))
+
+
+def _redacted_run(run: StepRun, names: tuple[str, ...]) -> StepRun:
+    return replace(
+        run,
+        request=_redacted_message(run.request, names),
+        response=_redacted_message(run.response, names),
+        compensation=None if run.compensation is None else _redacted_run(run.compensation, names),
+    )
+
+
+def redacted_execution(info: Execution, names: tuple[str, ...]) -> Execution:
+    """``info`` as shown: the values of the headers ``names`` are ``[redacted]``."""
+    if not names:
+        return info
+    request = _redacted_message(info.request, names)
+    assert request is not None
+    return replace(
+        info,
+        request=request,
+        response=_redacted_message(info.response, names),
+        steps={sid: _redacted_run(run, names) for sid, run in info.steps.items()},
+    )
 
 
 @dataclass(slots=True)

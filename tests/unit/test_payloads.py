@@ -216,3 +216,24 @@ def test_redacted_hides_the_values_of_the_names_given() -> None:
     assert shown["authorization"] == "[redacted]"
     assert shown["x-id"] == "1"
     assert header["authorization"] == "Bearer x"  # not changed
+
+
+async def test_redacted_headers_are_never_shown(store_url: str) -> None:
+    request = Message({}, {"Authorization": "Bearer tok", "Cookie": "c=1", "X-Id": "7"})
+    async with Flow(store_url) as flow:
+        wf = await flow.workflow_create("chain", *chain(2))
+        eid = await wf.execute(request)
+        seen = [await flow.execution(eid), *(await flow.executions()), await flow.wait(eid)]
+    for info in seen:
+        for msg in (info.request, info.steps["s1"].request, info.steps["s1"].response):
+            assert msg is not None
+            assert msg.header.getall("authorization") == ["[redacted]"]
+            assert msg.header["cookie"] == "[redacted]"
+            assert msg.header["x-id"] == "7"
+    async with Flow(store_url, redact_headers=["X-Id"]) as flow:
+        wf = await flow.workflow_create("chain", *chain(2))
+        info = await flow.execution(await wf.execute(request))
+    assert info.request.header["authorization"] == "Bearer tok"
+    assert info.request.header["x-id"] == "[redacted]"
+    with pytest.raises(ConfigurationError, match="redact_headers"):
+        Flow(store_url, redact_headers="authorization")
