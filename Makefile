@@ -33,6 +33,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/payloads.py
 	$(BIN)/python benchmarks/soak.py --minutes 3
 
 # every chaos scenario with a summary line each: SEED=N replays one, LONG=1 the long
