@@ -5,7 +5,8 @@
 Each run is a fresh process on a fresh store (a new SQLite file, a new PostgreSQL
 database), interleaved (sqlite postgres sqlite postgres ...). A run warms up with a
 small execution of the same chain, then measures one execution whose request is
-``--mb`` megabytes of JSON (a string of random base64: it does not compress), passed unchanged by each step (``echo``) to the next:
+``--mb`` megabytes of JSON (a string of random base64: it does not compress), passed
+unchanged by each step (``echo``) to the next:
 
 - seconds: the execution, from ``execute`` to its return;
 - peer: one raw INSERT of the same bytes into a table of the same database and its
@@ -128,7 +129,8 @@ async def child(url: str, mb: float) -> dict[str, float]:
         seconds = time.perf_counter() - start
         peak = _status_kb("VmHWM") * 1024
         info = await flow.execution(eid)
-        assert info.response is not None and info.response.body == body
+        assert info.response is not None
+        assert info.response.body == body
     grown = await _store_size(url) - before_size
     raw = await _raw_insert(url, body)
     return {
@@ -176,7 +178,8 @@ def main() -> None:
                 with fresh_sqlite("payloads") as url:
                     runs[store].append(_run_child(url, args.mb))
             else:
-                assert server is not None and not isinstance(server, str)
+                assert server is not None
+                assert not isinstance(server, str)
                 with fresh_postgres(server, "payloads") as url:
                     runs[store].append(_run_child(url, args.mb))
     medians = {
