@@ -237,3 +237,20 @@ async def test_redacted_headers_are_never_shown(store_url: str) -> None:
     assert info.request.header["x-id"] == "[redacted]"
     with pytest.raises(ConfigurationError, match="redact_headers"):
         Flow(store_url, redact_headers="authorization")
+
+
+def test_the_python_docs_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.docblocks import ROOT, find
+
+    block = find("docs/python.md", "AesGcmCodec(dict(codec_keys))").text
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MICROSAGA_CODEC_KEYS", raising=False)
+    exec(compile(block, str(ROOT / "docs/python.md"), "exec", dont_inherit=True), {})
+    assert capsys.readouterr().out == "[redacted] {'charged': True}\n"
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"t0ken" not in stored
+    assert b'"order"' not in stored
+    assert resolve_options({}).codec is not None  # the keys as the setting
+    monkeypatch.delenv("MICROSAGA_CODEC_KEYS")
