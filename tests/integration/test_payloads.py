@@ -65,3 +65,27 @@ async def test_payloads_are_stored_once_and_pruned_with_their_last_reference(
         assert await flow.prune(600) == 1
     assert await table(store, "payloads") == []
     assert await table(store, "payload_refs") == []
+
+
+@pytest.mark.timeout(60)
+async def test_prune_keeps_a_payload_a_commit_is_about_to_refer_to(tmp_path: Path) -> None:
+    """PostgreSQL: a commit that found a payload stored sends no copy of it; a prune
+    running meanwhile must not delete it under the commit's feet."""
+    from microsaga.stores._postgres_db import Q
+
+    now = [1_000_000.0]
+    async with empty_store("postgres", tmp_path) as store:
+        async with Flow(store, clock=lambda: now[0], lease_ttl=10**6) as flow:
+            wf = await flow.workflow_create("one", FunctionStep(echo, id="a"))
+            await wf.execute(BIG)
+            [(digest, _)] = await table(store, "payloads")
+            now[0] += 3600
+            conn = await connect(store)
+            try:
+                async with conn.transaction():  # a commit in flight, past its check
+                    found = await conn.fetch(Q["existing_payloads"], [digest])
+                    assert [r[0] for r in found] == [digest]
+                    assert await flow.prune(600) == 1
+            finally:
+                await conn.close()
+            assert len(await table(store, "payloads")) == 1

@@ -427,10 +427,15 @@ refs AS (
 -- the payloads no other execution refers to (this statement's deletes are not seen
 -- by its own subqueries: the references of the executions pruned are left out)
 payloads AS (
-    DELETE FROM microsaga_payloads p WHERE p.hash IN (SELECT hash FROM refs)
-    AND NOT EXISTS (
-        SELECT 1 FROM microsaga_payload_refs r
-        WHERE r.hash = p.hash AND r.execution_id NOT IN (SELECT id FROM gone)
+    DELETE FROM microsaga_payloads WHERE hash IN (
+        SELECT p.hash FROM microsaga_payloads p
+        WHERE p.hash IN (SELECT hash FROM refs)
+        AND NOT EXISTS (
+            SELECT 1 FROM microsaga_payload_refs r
+            WHERE r.hash = p.hash AND r.execution_id NOT IN (SELECT id FROM gone)
+        )
+        -- those a commit is about to refer to again are kept (existing_payloads)
+        FOR UPDATE SKIP LOCKED
     )
 )
 SELECT count(*) FROM gone;
@@ -438,8 +443,10 @@ SELECT count(*) FROM gone;
 -- payloads ----------------------------------------------------------------------------
 
 -- name: existing_payloads
--- Of the hashes $1, those stored: a commit sends only the others.
-SELECT hash FROM microsaga_payloads WHERE hash = ANY($1::text[]);
+-- Of the hashes $1, those stored: a commit sends only the others. Locked until the
+-- commit's end: a prune running meanwhile skips them (prune_executions), and one
+-- that deleted one first has this wait and not find it, so that it is sent again.
+SELECT hash FROM microsaga_payloads WHERE hash = ANY($1::text[]) FOR KEY SHARE;
 
 -- name: insert_payloads
 -- $1 hashes, $2 bodies; $3 execution ids, $4 hashes they refer to.
