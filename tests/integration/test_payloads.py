@@ -74,18 +74,20 @@ async def test_prune_keeps_a_payload_a_commit_is_about_to_refer_to(tmp_path: Pat
     from microsaga.stores._postgres_db import Q
 
     now = [1_000_000.0]
-    async with empty_store("postgres", tmp_path) as store:
-        async with Flow(store, clock=lambda: now[0], lease_ttl=10**6) as flow:
-            wf = await flow.workflow_create("one", FunctionStep(echo, id="a"))
-            await wf.execute(BIG)
-            [(digest, _)] = await table(store, "payloads")
-            now[0] += 3600
-            conn = await connect(store)
-            try:
-                async with conn.transaction():  # a commit in flight, past its check
-                    found = await conn.fetch(Q["existing_payloads"], [digest])
-                    assert [r[0] for r in found] == [digest]
-                    assert await flow.prune(600) == 1
-            finally:
-                await conn.close()
-            assert len(await table(store, "payloads")) == 1
+    async with (
+        empty_store("postgres", tmp_path) as store,
+        Flow(store, clock=lambda: now[0], lease_ttl=10**6) as flow,
+    ):
+        wf = await flow.workflow_create("one", FunctionStep(echo, id="a"))
+        await wf.execute(BIG)
+        [(digest, _)] = await table(store, "payloads")
+        now[0] += 3600
+        conn = await connect(store)
+        try:
+            async with conn.transaction():  # a commit in flight, past its check
+                found = await conn.fetch(Q["existing_payloads"], [digest])
+                assert [r[0] for r in found] == [digest]
+                assert await flow.prune(600) == 1
+        finally:
+            await conn.close()
+        assert len(await table(store, "payloads")) == 1
