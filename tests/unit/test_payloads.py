@@ -254,3 +254,20 @@ def test_the_python_docs_example_runs_as_written(
     assert b'"order"' not in stored
     assert resolve_options({}).codec is not None  # the keys as the setting
     monkeypatch.delenv("MICROSAGA_CODEC_KEYS")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\x00ref:" + b"a" * 64, b"\x00enc:\x01\x02k1", b"\x00raw:x", b"\x00", b"x" * 40_000],
+)
+async def test_bodies_that_look_like_stored_references_come_back_as_they_were(
+    store_url: str, body: bytes
+) -> None:
+    async def odd(msg: Message) -> Message:
+        return Message(body)
+
+    async with Flow(store_url) as flow:
+        wf = await flow.workflow_create("odd", FunctionStep(odd, id="odd"))
+        info = await flow.execution(await wf.execute({}))
+    assert info.steps["odd"].response is not None
+    assert info.steps["odd"].response.body == body
