@@ -670,6 +670,8 @@ class Flow:
         """
         info = await self.execution(execution_id)
         body = None if input is None else _input_body(input)
+        if body is not None:
+            check_size(Message(body), self._options.max_payload, "the input")
         if info.status is Status.SUSPEND and info.failed_step is not None:
             failed = [sid for sid, run in info.steps.items() if run.status is Status.FAILURE]
             if step is not None and step not in failed:

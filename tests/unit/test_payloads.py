@@ -271,3 +271,15 @@ async def test_bodies_that_look_like_stored_references_come_back_as_they_were(
         info = await flow.execution(await wf.execute({}))
     assert info.steps["odd"].response is not None
     assert info.steps["odd"].response.body == body
+
+
+async def test_a_redrive_input_over_max_payload_is_refused(store_url: str) -> None:
+    async def fail(msg: Message) -> Message:
+        raise ValueError("no")
+
+    async with Flow(store_url, max_payload=1000) as flow:
+        wf = await flow.workflow_create("fail", FunctionStep(fail, retry=Retry(max_attempts=1)))
+        with pytest.raises(ExecutionFailedError) as err:
+            await wf.execute({})
+        with pytest.raises(PayloadTooLargeError, match="the input"):
+            await flow.redrive(err.value.execution_id, input={"x": "y" * 1000})
