@@ -138,7 +138,8 @@ class Bodies:
         self.codec = codec
         self.inline_limit = inline_limit
         # the digests of the last large bodies seen, by identity: a body passed from
-        # step to step is one bytes object, hashed once
+        # step to step is one bytes object, hashed once. Two: each entry keeps its
+        # body alive, and a chain passes one body at a time
         self._digests: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
 
     @property
@@ -155,7 +156,7 @@ class Bodies:
             return found[1]
         digest = hashlib.sha256(body).hexdigest()
         self._digests[id(body)] = (body, digest)
-        if len(self._digests) > 4:
+        if len(self._digests) > 2:
             self._digests.popitem(last=False)
         return digest
 

@@ -192,8 +192,8 @@ class PostgresStore(Store):
         transitions = [(i, u) for i, u in enumerate(units) if isinstance(u, Transition)]
         async with self._db.connection() as conn:
             if any(_large(u) for u in units):
-                # the payloads first, in a transaction of their own: a commit that
-                # fails after it leaves payloads that prune finds unreferred
+                # one transaction with the payloads the rows refer to: a reference
+                # is never stored without its payload
                 async with conn.transaction():
                     return await self._commit_large(conn, units, news, transitions)
             if news:
