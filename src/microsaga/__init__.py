@@ -8,6 +8,7 @@ for good.
 
 from .definitions import load_definition
 from .errors import (
+    CodecError,
     ConfigurationError,
     CycleError,
     DefinitionError,
@@ -19,6 +20,7 @@ from .errors import (
     LeaseLostError,
     MicrosagaError,
     MissingClientError,
+    PayloadTooLargeError,
     SchemaVersionError,
     StepError,
     StepNotExistsError,
@@ -49,6 +51,7 @@ __all__ = [
     "Broker",
     "CallStep",
     "Client",
+    "CodecError",
     "CommitEvent",
     "ConfigurationError",
     "CycleError",
@@ -70,6 +73,7 @@ __all__ = [
     "Metadata",
     "MicrosagaError",
     "MissingClientError",
+    "PayloadTooLargeError",
     "Phase",
     "PublishStep",
     "Retry",

@@ -32,6 +32,7 @@ from .expressions import truthy
 from .hooks import ExecutionEvent, Hooks, StepEvent
 from .message import Message, decode_json_body, encode_json
 from .observability.logs import about
+from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition, TransitionResult
@@ -605,6 +606,8 @@ class Run:
                 failure = None
             finally:
                 slots.give()  # not held while waiting to retry
+            if failure is None and response is not None:
+                failure = too_large(response, self.host.flow)
             if failure is None:
                 status = Status.SUCCESS
                 break

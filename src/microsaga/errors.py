@@ -11,6 +11,8 @@ the default message::
     │   ├── CycleError             cycle
     │   └── DuplicateStepError     duplicate_step
     ├── ConfigurationError         configuration          a setting is wrong
+    ├── PayloadTooLargeError       payload_too_large      a body over max_payload
+    ├── CodecError                 codec                  a stored body cannot be decoded
     ├── MissingClientError         missing_client
     ├── WorkflowNotFoundError      workflow_not_found
     ├── ExecutionNotFoundError     execution_not_found
@@ -30,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "CodecError",
     "ConfigurationError",
     "CycleError",
     "DefinitionError",
@@ -41,6 +44,7 @@ __all__ = [
     "LeaseLostError",
     "MicrosagaError",
     "MissingClientError",
+    "PayloadTooLargeError",
     "SchemaVersionError",
     "StepError",
     "StepNotExistsError",
@@ -137,6 +141,28 @@ class ConfigurationError(MicrosagaError):
         if message is not None and setting:
             message = f"{setting}: {message}"
         super().__init__(message)
+
+
+class PayloadTooLargeError(MicrosagaError):
+    """The body is larger than the flow's max_payload."""
+
+    code = "payload_too_large"
+
+
+class CodecError(MicrosagaError):
+    """A stored body or header cannot be encoded or decoded with the flow's codec.
+
+    ``code`` says why: ``codec`` in general, ``codec_key_unknown`` for a body
+    encrypted with a key the codec does not have, ``codec_tampered`` for a body that
+    fails its authentication.
+    """
+
+    code = "codec"
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class MissingClientError(MicrosagaError):

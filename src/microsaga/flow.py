@@ -36,6 +36,7 @@ from .errors import (
 from .execution import Execution
 from .hooks import ExecutionEvent, Hook, Hooks
 from .message import Message, encode_json
+from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Status
 from .step import Step
@@ -240,6 +241,8 @@ class Flow:
         if self._open:
             return self
         store = open_store(self._options.store)
+        if self._options.codec is not None:
+            store.use_codec(self._options.codec)
         await store.open()
         self._store = store
         try:
@@ -465,6 +468,7 @@ class Flow:
             _check_json(request.body)  # bytes of the caller's: checked, not trusted
         else:
             request = Message(req)
+        check_size(request, self._options.max_payload, "the request")
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
         if deadline is not None:
@@ -659,7 +663,7 @@ class Flow:
         found = await self.store.get_execution(execution_id)
         if found is None:
             raise ExecutionNotFoundError(execution_id)
-        return found
+        return redacted_execution(found, self._options.redact_headers)
 
     async def executions(
         self,
@@ -676,7 +680,8 @@ class Flow:
             status = parsed
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ConfigurationError("limit", f"must be a positive integer, not {limit!r}")
-        return await self.store.list_executions(workflow_id, status, limit, before)
+        found = await self.store.list_executions(workflow_id, status, limit, before)
+        return [redacted_execution(info, self._options.redact_headers) for info in found]
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Wait until the execution stops (SUCCESS, FAILURE, ABORTED or SUSPEND).
@@ -766,6 +771,8 @@ class Flow:
         """
         info = await self.execution(execution_id)
         body = None if input is None else _input_body(input)
+        if body is not None:
+            check_size(Message(body), self._options.max_payload, "the input")
         if info.status is Status.SUSPEND and info.failed_step is not None:
             failed = [sid for sid, run in info.steps.items() if run.status is Status.FAILURE]
             if step is not None and step not in failed:

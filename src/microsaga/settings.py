@@ -12,6 +12,9 @@ heartbeat_interval     ``MICROSAGA_HEARTBEAT``       lease_ttl / 3
 poll_interval          ``MICROSAGA_POLL_INTERVAL``   0.25 s
 max_executions         ``MICROSAGA_MAX_EXECUTIONS``  executions held at once: concurrency
 worker_id              ``MICROSAGA_WORKER_ID``       host:pid:nonce:machine (see below)
+max_payload            ``MICROSAGA_MAX_PAYLOAD``     64 MiB (bytes of a request or response)
+codec                  ``MICROSAGA_CODEC_KEYS``      none; keys make an AES-GCM codec
+redact_headers         none                          authorization, cookie, proxy-authorization
 =====================  ============================  ==================================
 
 Explicit values win over the environment (``MICROSAGA_SERVICES`` is merged under
@@ -50,8 +53,10 @@ from ._urls import (
     redact_url,
     store_url,
 )
+from .codecs import PayloadCodec, codec_from_setting
 from .errors import ConfigurationError
 from .hooks import Hook
+from .payloads import DEFAULT_MAX_PAYLOAD, DEFAULT_REDACT_HEADERS
 from .step import Retry
 
 __all__ = [
@@ -98,6 +103,10 @@ class FlowOptions:
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = random.random
     hooks: tuple[Hook, ...] = ()
+    max_payload: int = DEFAULT_MAX_PAYLOAD  # bytes of a request or a step's response
+    codec: Any = None  # a PayloadCodec: bodies and headers encoded at rest
+    # headers whose values are never logged nor shown (lower case)
+    redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
 
     def __call__(self) -> FlowOptions:
         """``flow.options()`` works too, as upstream's ``Options()``."""
@@ -234,6 +243,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
         ("heartbeat_interval", "MICROSAGA_HEARTBEAT", float),
         ("poll_interval", "MICROSAGA_POLL_INTERVAL", float),
         ("max_executions", "MICROSAGA_MAX_EXECUTIONS", int),
+        ("max_payload", "MICROSAGA_MAX_PAYLOAD", int),
     ):
         if name in values:
             values[name] = _check_number(values[name], name, kind)
@@ -260,6 +270,20 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
             raise ConfigurationError("worker_id", f"must be a non-empty string, not {wid!r}")
     elif env.get("MICROSAGA_WORKER_ID", "").strip():
         values["worker_id"] = env["MICROSAGA_WORKER_ID"].strip()
+    if "codec" in values:
+        if not isinstance(values["codec"], PayloadCodec):
+            raise ConfigurationError(
+                "codec", f"must have encode and decode methods, not {values['codec']!r}"
+            )
+    elif env.get("MICROSAGA_CODEC_KEYS", "").strip():
+        values["codec"] = codec_from_setting(env["MICROSAGA_CODEC_KEYS"])
+    if "redact_headers" in values:
+        names = values["redact_headers"]
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigurationError(
+                "redact_headers", f"must be a list of header names, not {names!r}"
+            )
+        values["redact_headers"] = tuple(n.lower() for n in names)
     retry = values.get("compensation_retry")
     if retry is not None and not isinstance(retry, Retry):
         raise ConfigurationError("compensation_retry", f"must be a Retry, not {retry!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from microsaga import Flow, FunctionStep, Message
+from microsaga.codecs import AesGcmCodec
 from tests.acceptance.procs import cli
 from tests.chaos.secrets import find_secret
 from tests.corpus import steps
@@ -43,12 +44,9 @@ async def test_find_secret_finds_the_header_stored_in_plain_text(tmp_path: Path)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 20 item 5: no payload codec nor redacted headers yet")
 async def test_a_run_leaves_no_secret_behind(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from microsaga.codecs import AesGcmCodec  # type: ignore[import-not-found]
-
     store = f"sqlite:///{tmp_path / 'store.db'}"
     codec = AesGcmCodec({"k1": os.urandom(32)}, current="k1")
     with caplog.at_level(logging.DEBUG, logger="microsaga"):

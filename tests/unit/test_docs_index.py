@@ -33,6 +33,9 @@ DOC_TESTS = "tests/acceptance/test_docs.py"
 
 # (page, text that only its block holds) -> the tests that run the block
 RUN_BY: dict[tuple[str, str], tuple[str, ...]] = {
+    ("docs/python.md", "AesGcmCodec(dict(codec_keys))"): (
+        "tests/unit/test_payloads.py::test_the_python_docs_example_runs_as_written",
+    ),
     ("README.md", 'Saga("order")'): (f"{README_TESTS}::test_the_first_example_runs_as_written",),
     ("README.md", "SyncFlow("): (f"{README_TESTS}::test_the_first_example_runs_as_written",),
     ("README.md", "CallStep("): (

@@ -13,7 +13,7 @@ the mappings of each, built from those few codecs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -21,6 +21,7 @@ import msgspec
 from .._engine.control import ControlChange, control_change
 from ..execution import Execution, StepRun, to_datetime
 from ..message import Message, Metadata
+from ..payloads import PLAIN, Bodies, Pending
 from ..status import Phase, Status
 from .base import (
     Abort,
@@ -147,10 +148,7 @@ def decode_header(raw: bytes | str | None) -> Metadata:
     return Metadata(_header_decoder.decode(raw))
 
 
-def _message_or_none(body: bytes | None, header: bytes | str | None) -> Message | None:
-    if body is None:
-        return None
-    return Message(bytes(body), decode_header(header))
+_NONE_FOUND: Mapping[str, bytes] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,22 +163,61 @@ class RowMapping:
     encode_header: Callable[[Metadata], Any]  # a header to its JSON column, None if empty
     encode_ids: Callable[[list[str]], Any]  # step ids to their JSON column
     decode_ids: Callable[[Any], list[str]]  # a definitions.step_ids column to the ids
+    # large bodies by reference, the codec (microsaga.payloads); a store with a codec
+    # has a mapping of its own (with_bodies)
+    bodies: Bodies = field(default=PLAIN)
+
+    def with_bodies(self, bodies: Bodies) -> RowMapping:
+        return RowMapping(self.encode_header, self.encode_ids, self.decode_ids, bodies)
+
+    def body_out(self, body: bytes, execution_id: str, pending: Pending | None) -> bytes:
+        return self.bodies.body_out(body, execution_id, pending)
+
+    def header_out(self, header: Metadata) -> Any:
+        return self.encode_header(self.bodies.header_out(header))
+
+    def message(
+        self,
+        body: bytes,
+        header: bytes | str | None,
+        found: Mapping[str, bytes] = _NONE_FOUND,
+        strict: bool = True,
+    ) -> Message:
+        """A message from its stored body and header."""
+        bodies = self.bodies
+        md = decode_header(header)
+        if not bodies.plain:
+            md = bodies.header_in(md, strict)
+        return Message(bodies.body_in(bytes(body), found, strict), md)
+
+    def message_or_none(
+        self,
+        body: bytes | None,
+        header: bytes | str | None,
+        found: Mapping[str, bytes] = _NONE_FOUND,
+        strict: bool = True,
+    ) -> Message | None:
+        return None if body is None else self.message(body, header, found, strict)
 
     # writing -----------------------------------------------------------------------------
 
-    def step_row(self, execution_id: str, r: StepRecord) -> tuple[Any, ...]:
-        """The step_runs row of a record: execution_id, then STEP_COLUMNS."""
+    def step_row(
+        self, execution_id: str, r: StepRecord, pending: Pending | None = None
+    ) -> tuple[Any, ...]:
+        """The step_runs row of a record: execution_id, then STEP_COLUMNS; large
+        bodies go to ``pending`` (stored by reference) when it is given."""
         req, resp = r.request, r.response
-        header = self.encode_header
+        header = self.header_out
+        body = self.bodies.body_out
         return (
             execution_id,
             r.step_id,
             int(r.phase),
             int(r.status),
             r.attempts,
-            req.body if req is not None else None,
+            body(req.body, execution_id, pending) if req is not None else None,
             header(req.header) if req is not None else None,
-            resp.body if resp is not None else None,
+            body(resp.body, execution_id, pending) if resp is not None else None,
             header(resp.header) if resp is not None else None,
             r.error,
             r.started_at,
@@ -191,7 +228,9 @@ class RowMapping:
         """The definitions row a new execution needs (DEFINITION_COLUMNS)."""
         return (new.definition_hash, new.workflow_id, new.definition, self.encode_ids(new.step_ids))
 
-    def new_execution_row(self, new: NewExecution) -> tuple[Any, ...]:
+    def new_execution_row(
+        self, new: NewExecution, pending: Pending | None = None
+    ) -> tuple[Any, ...]:
         """The executions row of a new execution (NEW_EXECUTION_COLUMNS)."""
         return (
             new.id,
@@ -199,8 +238,8 @@ class RowMapping:
             new.version,
             new.definition_hash,
             int(new.status),
-            new.request.body,
-            self.encode_header(new.request.header),
+            self.bodies.body_out(new.request.body, new.id, pending),
+            self.header_out(new.request.header),
             new.start_step,
             new.reverse,
             new.step_timeout,
@@ -215,8 +254,11 @@ class RowMapping:
 
     # reading -----------------------------------------------------------------------------
 
-    def record(self, row: Sequence[Any]) -> StepRecord:
-        """A record from the STEP_COLUMNS of a row."""
+    def record(
+        self, row: Sequence[Any], found: Mapping[str, bytes] = _NONE_FOUND, strict: bool = True
+    ) -> StepRecord:
+        """A record from the STEP_COLUMNS of a row; ``found``: the payloads it refers
+        to; ``strict`` False (views) shows what it cannot decode as ``"[encrypted]"``."""
         (
             step_id,
             phase,
@@ -235,18 +277,23 @@ class RowMapping:
             phase=Phase(phase),
             status=Status(status),
             attempts=attempts,
-            request=_message_or_none(request_body, request_header),
-            response=_message_or_none(response_body, response_header),
+            request=self.message_or_none(request_body, request_header, found, strict),
+            response=self.message_or_none(response_body, response_header, found, strict),
             error=error,
             started_at=started_at,
             finished_at=finished_at,
         )
 
-    def records_by_execution(self, rows: Iterable[Sequence[Any]]) -> dict[str, list[StepRecord]]:
+    def records_by_execution(
+        self,
+        rows: Iterable[Sequence[Any]],
+        found: Mapping[str, bytes] = _NONE_FOUND,
+        strict: bool = True,
+    ) -> dict[str, list[StepRecord]]:
         """The records of step_runs rows (execution_id, then STEP_COLUMNS), by execution."""
         out: dict[str, list[StepRecord]] = {}
         for row in rows:
-            out.setdefault(row[0], []).append(self.record(row[1:]))
+            out.setdefault(row[0], []).append(self.record(row[1:], found, strict))
         return out
 
     def definition(self, row: Sequence[Any]) -> StoredDefinition:
@@ -255,7 +302,10 @@ class RowMapping:
         return StoredDefinition(hash, workflow_id, body, self.decode_ids(step_ids))
 
     def stored_executions(
-        self, rows: Iterable[Sequence[Any]], definitions: Mapping[str, StoredDefinition]
+        self,
+        rows: Iterable[Sequence[Any]],
+        definitions: Mapping[str, StoredDefinition],
+        found: Mapping[str, bytes] = _NONE_FOUND,
     ) -> dict[str, StoredExecution]:
         """Executions as a worker loads them, from rows of LOAD_COLUMNS then
         STEP_COLUMNS (NULLs for an execution without step runs), by id."""
@@ -263,8 +313,8 @@ class RowMapping:
         width = len(LOAD_COLUMNS)
         for row in rows:
             eid = row[0]
-            found = out.get(eid)
-            if found is None:
+            one = out.get(eid)
+            if one is None:
                 (
                     _,
                     workflow_id,
@@ -282,14 +332,14 @@ class RowMapping:
                     created_at,
                     parent_id,
                 ) = row[:width]
-                found = out[eid] = StoredExecution(
+                one = out[eid] = StoredExecution(
                     id=eid,
                     workflow_id=workflow_id,
                     version=version,
                     definition=definitions[definition],
                     status=Status(status),
                     abort=Abort(abort),
-                    request=Message(request_body, decode_header(request_header)),
+                    request=self.message(request_body, request_header, found),
                     start_step=start_step,
                     reverse=bool(reverse),
                     step_timeout=step_timeout,
@@ -300,15 +350,19 @@ class RowMapping:
                     parent_id=parent_id,
                 )
             if row[width] is not None:  # the step_id of a step run
-                found.records.append(self.record(row[width:]))
+                one.records.append(self.record(row[width:], found))
         return out
 
     def executions(
-        self, rows: Iterable[Sequence[Any]], step_rows: Iterable[Sequence[Any]]
+        self,
+        rows: Iterable[Sequence[Any]],
+        step_rows: Iterable[Sequence[Any]],
+        found: Mapping[str, bytes] = _NONE_FOUND,
     ) -> list[Execution]:
         """Executions from rows of EXECUTION_COLUMNS, with the step_runs rows of them
-        (execution_id, then STEP_COLUMNS)."""
-        records = self.records_by_execution(step_rows)
+        (execution_id, then STEP_COLUMNS), to be shown: what cannot be decoded shows
+        as ``"[encrypted]"``."""
+        records = self.records_by_execution(step_rows, found, strict=False)
         out = []
         for row in rows:
             (
@@ -335,8 +389,8 @@ class RowMapping:
                     workflow_id=workflow_id,
                     version=version,
                     status=Status(status),
-                    request=Message(request_body, decode_header(request_header)),
-                    response=_message_or_none(response_body, response_header),
+                    request=self.message(request_body, request_header, found, False),
+                    response=self.message_or_none(response_body, response_header, found, False),
                     error=error,
                     created_at=created_at,
                     updated_at=updated_at,

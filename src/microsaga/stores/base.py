@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .._engine.records import Abort, StepRecord
+from ..codecs import PayloadCodec
 from ..execution import Execution
 from ..message import Message
 from ..status import Status
@@ -157,6 +158,13 @@ class Store(abc.ABC):
     # with commit_concurrency > 1: a queue longer than this many units is shared among
     # batches committed side by side, each of at least this many (None: never)
     batch_split: int | None = None
+
+    def use_codec(self, codec: PayloadCodec | None) -> None:  # noqa: B027 - optional
+        """Encode bodies and headers with ``codec`` at rest (before :meth:`open`).
+
+        The memory store keeps nothing at rest and ignores it; it keeps a body passed
+        from step to step as the one bytes object it is.
+        """
 
     def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult | None:
         """Commit one unit right away, on the caller's thread, if this store can do so

@@ -18,13 +18,20 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..codecs import PayloadCodec
 from ..errors import ExecutionNotFoundError, InvalidTransitionError, StoreError
 from ..execution import Execution
 from ..message import Message
+from ..payloads import INLINE_LIMIT, Bodies, Pending
 from ..status import Status
 from ._postgres_db import CHANNEL, SCHEMA_VERSION, Database, Q, retryable
-from ._rows import DEFINITION_COLUMNS, NEW_EXECUTION_COLUMNS, STEP_COLUMNS, decode_header
-from ._rows import POSTGRES as ROWS
+from ._rows import (
+    DEFINITION_COLUMNS,
+    NEW_EXECUTION_COLUMNS,
+    POSTGRES,
+    STEP_COLUMNS,
+    RowMapping,
+)
 from .base import (
     Abort,
     Claim,
@@ -60,9 +67,24 @@ _EXPECTED = 10
 
 
 def _step_rows(
-    eid: str, records: Sequence[StepRecord]
+    rows: RowMapping, eid: str, records: Sequence[StepRecord], pending: Pending
 ) -> dict[tuple[str, str, int], tuple[Any, ...]]:
-    return {(eid, r.step_id, int(r.phase)): ROWS.step_row(eid, r) for r in records}
+    return {(eid, r.step_id, int(r.phase)): rows.step_row(eid, r, pending) for r in records}
+
+
+def _large(unit: NewExecution | Transition) -> bool:
+    """Whether a unit holds a body stored by reference (microsaga.payloads)."""
+
+    def over(m: Message | None) -> bool:
+        return m is not None and len(m.body) > INLINE_LIMIT
+
+    if isinstance(unit, NewExecution):
+        return over(unit.request) or any(over(r.request) for r in unit.starts)
+    return over(unit.response) or any(
+        over(r.request) or over(r.response)
+        for records in (unit.records, unit.starts)
+        for r in records
+    )
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -111,6 +133,10 @@ class PostgresStore(Store):
         self.pool_size = self._db.pool_size
         # definitions never change once stored
         self._definitions: dict[str, StoredDefinition] = {}
+        self._rows = POSTGRES.with_bodies(Bodies())
+
+    def use_codec(self, codec: PayloadCodec | None) -> None:
+        self._rows = POSTGRES.with_bodies(Bodies(codec))
 
     async def open(self) -> None:
         await self._db.open()
@@ -141,13 +167,13 @@ class PostgresStore(Store):
                 row = await conn.fetchrow(Q["load_workflow_latest"], workflow_id)
             else:
                 row = await conn.fetchrow(Q["load_workflow_version"], workflow_id, version)
-            return None if row is None else ROWS.workflow(row)
+            return None if row is None else self._rows.workflow(row)
 
         return await self._db.retrying(load)
 
     async def list_workflows(self) -> list[StoredWorkflow]:
         async def rows(conn: Any) -> list[StoredWorkflow]:
-            return [ROWS.workflow(r) for r in await conn.fetch(Q["list_workflows"])]
+            return [self._rows.workflow(r) for r in await conn.fetch(Q["list_workflows"])]
 
         return await self._db.retrying(rows)
 
@@ -167,6 +193,11 @@ class PostgresStore(Store):
         news = [(i, u) for i, u in enumerate(units) if isinstance(u, NewExecution)]
         transitions = [(i, u) for i, u in enumerate(units) if isinstance(u, Transition)]
         async with self._db.connection() as conn:
+            if any(_large(u) for u in units):
+                # one transaction with the payloads the rows refer to: a reference
+                # is never stored without its payload
+                async with conn.transaction():
+                    return await self._commit_large(conn, units, news, transitions)
             if news:
                 created = await self._create(conn, [u for _, u in news])
                 for (i, _), ok in zip(news, created, strict=True):
@@ -176,7 +207,55 @@ class PostgresStore(Store):
                     results[i] = result
         return results
 
-    async def _create(self, conn: Any, news: list[NewExecution]) -> list[bool]:
+    async def _commit_large(
+        self,
+        conn: Any,
+        units: Sequence[NewExecution | Transition],
+        news: list[tuple[int, NewExecution]],
+        transitions: list[tuple[int, Transition]],
+    ) -> list[bool | TransitionResult]:
+        """A commit with large bodies, in one transaction with the payloads it needs."""
+        results: list[bool | TransitionResult] = [False] * len(units)
+        pending = Pending()
+        if news:
+            created = await self._create(conn, [u for _, u in news], pending)
+            for (i, _), ok in zip(news, created, strict=True):
+                results[i] = ok
+        if transitions:
+            for i, result in (await self._transition(conn, transitions, pending)).items():
+                results[i] = result
+        if pending:
+            await self._put_payloads(conn, pending)
+        return results
+
+    async def _put_payloads(self, conn: Any, pending: Pending) -> None:
+        stored = {r[0] for r in await conn.fetch(Q["existing_payloads"], list(pending.payloads))}
+        payload_out = self._rows.bodies.payload_out
+        held = {h for h, _ in pending.refs}
+        new = [
+            (h, payload_out(b))
+            for h, b in pending.payloads.items()
+            if h in held and h not in stored
+        ]
+        refs = sorted(pending.refs)
+        await conn.execute(
+            Q["insert_payloads"],
+            [h for h, _ in new],
+            [b for _, b in new],
+            [eid for _, eid in refs],
+            [h for h, _ in refs],
+        )
+
+    async def _payloads(self, conn: Any, *row_lists: Sequence[Any]) -> dict[str, bytes]:
+        """The stored payloads that rows refer to, by hash."""
+        refs = self._rows.bodies.refs(r for rows in row_lists for r in rows)
+        if not refs:
+            return {}
+        return {r[0]: r[1] for r in await conn.fetch(Q["load_payloads"], list(refs))}
+
+    async def _create(
+        self, conn: Any, news: list[NewExecution], pending: Pending | None = None
+    ) -> list[bool]:
         definitions: dict[str, NewExecution] = {}
         first: dict[str, NewExecution] = {}
         for new in news:
@@ -186,12 +265,13 @@ class PostgresStore(Store):
             first.setdefault(new.id, new)
         # a definition the flow believes stored is inserted without a body if missing,
         # as the SQLite store does: the execution row needs it
-        defs = [ROWS.definition_row(d) for d in definitions.values()]
+        defs = [self._rows.definition_row(d) for d in definitions.values()]
+        took = Pending()
         executions = []
         starts: list[tuple[Any, ...]] = []
         for new in first.values():
-            executions.append(ROWS.new_execution_row(new))
-            starts.extend(_step_rows(new.id, new.starts).values())
+            executions.append(self._rows.new_execution_row(new, took))
+            starts.extend(_step_rows(self._rows, new.id, new.starts, took).values())
         found = await conn.fetch(
             Q["create_executions"],
             *_columns(defs, len(DEFINITION_COLUMNS)),
@@ -200,10 +280,15 @@ class PostgresStore(Store):
             CHANNEL,
         )
         inserted = {r[0] for r in found}
+        if pending is not None and took:
+            # the references of executions that were created; their payloads
+            pending.refs.update(ref for ref in took.refs if ref[1] in inserted)
+            held = {h for h, _ in pending.refs}
+            pending.payloads.update((h, b) for h, b in took.payloads.items() if h in held)
         return [new.id in inserted and first[new.id] is new for new in news]
 
     async def _transition(
-        self, conn: Any, units: list[tuple[int, Transition]]
+        self, conn: Any, units: list[tuple[int, Transition]], pending: Pending | None = None
     ) -> dict[int, TransitionResult]:
         """Decide on a fresh read, write if nothing changed since; again for the
         executions that did change (a control request or a takeover came between).
@@ -213,10 +298,12 @@ class PostgresStore(Store):
         trip, for the usual transition (``_write_expected``)."""
         results: dict[int, TransitionResult] = {}
         if len({t.execution_id for _, t in units}) == len(units):
-            units = await self._write_expected(conn, units, results)
+            units = await self._write_expected(conn, units, results, pending)
             if not units:
                 return results
+        mapping = self._rows
         for _ in range(_WRITE_ROUNDS):
+            took = Pending()
             ids = sorted({t.execution_id for _, t in units})
             rows = {
                 r[0]: _Row(Status(r[1]), r[2], r[3], r[4])
@@ -235,7 +322,7 @@ class PostgresStore(Store):
                     status = row.status if row is not None else Status.PENDING
                     results[i] = TransitionResult(False, status, Abort.NONE, False)
                     continue
-                steps.update(_step_rows(eid, t.records))
+                steps.update(_step_rows(mapping, eid, t.records, took))
                 applied = row.status is t.expect
                 if applied:
                     if t.status is not None:
@@ -245,7 +332,7 @@ class PostgresStore(Store):
                         if t.error is not None:
                             row.error = t.error
                     if t.starts and row.status in _RUNNING:
-                        steps.update(_step_rows(eid, t.starts))
+                        steps.update(_step_rows(mapping, eid, t.starts, took))
                     if t.release:
                         row.owner, row.release = None, True
                 row.dirty, row.at = True, t.at
@@ -256,8 +343,10 @@ class PostgresStore(Store):
                     *seen[eid],
                     int(r.status),
                     r.has_response,
-                    r.response.body if r.response is not None else None,
-                    ROWS.encode_header(r.response.header) if r.response is not None else None,
+                    mapping.body_out(r.response.body, eid, took)
+                    if r.response is not None
+                    else None,
+                    mapping.header_out(r.response.header) if r.response is not None else None,
                     r.error,
                     r.release,
                     r.at,
@@ -275,6 +364,9 @@ class PostgresStore(Store):
                     *_columns(list(steps.values()), _STEP_ROW),
                 )
             }
+            if pending is not None:
+                pending.refs.update(ref for ref in took.refs if ref[1] in written)
+                pending.payloads.update(took.payloads)  # those of no ref are not stored
             missed = {eid for eid, r in rows.items() if r.dirty} - written
             units = [(i, t) for i, t in units if t.execution_id in missed]
             if not units:
@@ -285,11 +377,17 @@ class PostgresStore(Store):
         )
 
     async def _write_expected(
-        self, conn: Any, units: list[tuple[int, Transition]], results: dict[int, TransitionResult]
+        self,
+        conn: Any,
+        units: list[tuple[int, Transition]],
+        results: dict[int, TransitionResult],
+        pending: Pending | None = None,
     ) -> list[tuple[int, Transition]]:
         """Write each transition as if its execution is as expected (still owned with
         its token, in the status it expects): the outcome is then known without reading.
         Returns the units whose execution was not, left for ``_transition`` to decide."""
+        mapping = self._rows
+        took = Pending()
         executions = []
         steps: dict[tuple[str, str, int], tuple[Any, ...]] = {}
         outcome: dict[str, Status] = {}
@@ -303,16 +401,16 @@ class PostgresStore(Store):
                     int(t.expect),
                     int(status),
                     response is not None,
-                    response.body if response is not None else None,
-                    ROWS.encode_header(response.header) if response is not None else None,
+                    mapping.body_out(response.body, eid, took) if response is not None else None,
+                    mapping.header_out(response.header) if response is not None else None,
                     t.error if t.status is not None else None,
                     t.release,
                     t.at,
                 )
             )
-            steps.update(_step_rows(eid, t.records))
+            steps.update(_step_rows(mapping, eid, t.records, took))
             if t.starts and status in _RUNNING:
-                steps.update(_step_rows(eid, t.starts))
+                steps.update(_step_rows(mapping, eid, t.starts, took))
             outcome[eid] = status
         step_columns = _columns(list(steps.values()), _STEP_ROW)
         if len(executions) == 1:
@@ -322,6 +420,9 @@ class PostgresStore(Store):
                 Q["write_expected"], *_columns(executions, _EXPECTED), *step_columns
             )
         written = {r[0]: r[1] for r in rows}
+        if pending is not None:
+            pending.refs.update(ref for ref in took.refs if ref[1] in written)
+            pending.payloads.update(took.payloads)  # those of no ref are not stored
         left = []
         for i, t in units:
             abort = written.get(t.execution_id)
@@ -378,11 +479,12 @@ class PostgresStore(Store):
 
     async def _load(self, conn: Any, ids: list[str]) -> dict[str, StoredExecution]:
         rows = await conn.fetch(Q["load_executions"], ids)
-        missing = ROWS.definition_hashes(rows) - self._definitions.keys()
+        missing = self._rows.definition_hashes(rows) - self._definitions.keys()
         if missing:
             for d in await conn.fetch(Q["load_definitions"], list(missing)):
-                self._definitions[d[0]] = ROWS.definition(d)
-        return ROWS.stored_executions(rows, self._definitions)
+                self._definitions[d[0]] = self._rows.definition(d)
+        found = await self._payloads(conn, rows)
+        return self._rows.stored_executions(rows, self._definitions, found)
 
     # control ----------------------------------------------------------------------------
 
@@ -401,7 +503,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow(Q["control_row"], execution_id)
             if row is None:
                 raise ExecutionNotFoundError(execution_id)
-            change = ROWS.control_change(action, row, now)
+            change = self._rows.control_change(action, row, now)
             await conn.execute(
                 Q["control_update"],
                 execution_id,
@@ -415,7 +517,11 @@ class PostgresStore(Store):
                 await conn.execute(Q["retry_compensations"], execution_id)
             if change.retry_steps:
                 named = list(steps or ())
-                await conn.execute(Q["retry_steps"], execution_id, steps is None, named, body)
+                pending = Pending()
+                stored = None if body is None else self._rows.body_out(body, execution_id, pending)
+                await conn.execute(Q["retry_steps"], execution_id, steps is None, named, stored)
+                if pending:
+                    await self._put_payloads(conn, pending)
             await conn.execute(Q["lock_controls"])
             await conn.execute(Q["insert_control"], execution_id, action, now)
             await conn.execute(Q["notify"], CHANNEL, "control")
@@ -450,7 +556,7 @@ class PostgresStore(Store):
     # waiting ------------------------------------------------------------------------------
 
     async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
-        header = ROWS.encode_header(payload.header)
+        header = self._rows.header_out(payload.header)
 
         async def signal(conn: Any) -> None:
             row = await conn.fetchrow(Q["signal_row"], execution_id)
@@ -460,7 +566,8 @@ class PostgresStore(Store):
                 raise InvalidTransitionError(
                     f"cannot signal an execution that is {Status(row[0]).name}"
                 )
-            await conn.execute(Q["insert_signal"], execution_id, event, payload.body, header, now)
+            body = self._rows.body_out(payload.body, execution_id, None)
+            await conn.execute(Q["insert_signal"], execution_id, event, body, header, now)
             await self._wake(conn, execution_id, "signal", now)
 
         await self._db.tx(signal, retry=True)
@@ -474,7 +581,7 @@ class PostgresStore(Store):
     async def signals(self, execution_id: str) -> dict[str, Message]:
         async def signals(conn: Any) -> dict[str, Message]:
             rows = await conn.fetch(Q["signals_of"], execution_id)
-            return {r[0]: Message(bytes(r[1]), decode_header(r[2])) for r in rows}
+            return {r[0]: self._rows.message(r[1], r[2]) for r in rows}
 
         return await self._db.retrying(signals)
 
@@ -507,13 +614,14 @@ class PostgresStore(Store):
     async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:
         async def get(conn: Any) -> tuple[Status, Abort] | None:
             row = await conn.fetchrow(Q["get_status"], execution_id)
-            return None if row is None else ROWS.status(row)
+            return None if row is None else self._rows.status(row)
 
         return await self._db.retrying(get)
 
     async def _executions(self, conn: Any, rows: list[Any]) -> list[Execution]:
         steps = await conn.fetch(Q["step_rows_of_many"], [r[0] for r in rows]) if rows else []
-        return ROWS.executions(rows, steps)
+        found = await self._payloads(conn, rows, steps)
+        return self._rows.executions(rows, steps, found)
 
     async def get_execution(self, execution_id: str) -> Execution | None:
         async def get(conn: Any) -> Execution | None:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
 
+from ..codecs import PayloadCodec
 from ..errors import (
     ConfigurationError,
     ExecutionNotFoundError,
@@ -30,9 +31,9 @@ from ..errors import (
 )
 from ..execution import Execution
 from ..message import Message
+from ..payloads import Bodies, Pending
 from ..status import Status
-from ._rows import SQLITE as ROWS
-from ._rows import decode_header
+from ._rows import SQLITE, RowMapping
 from ._sql import load_queries, migrations, statements
 from .base import (
     Abort,
@@ -71,7 +72,9 @@ def _path_of(url: str, setting: str) -> str:
     return path
 
 
-def _transition_statement(unit: Transition) -> tuple[str, dict[str, Any]]:
+def _transition_statement(
+    unit: Transition, rows: RowMapping, pending: Pending
+) -> tuple[str, dict[str, Any]]:
     """The UPDATE of an execution's row for ``unit``, with its parameters."""
     params: dict[str, Any] = {
         "id": unit.execution_id,
@@ -84,8 +87,9 @@ def _transition_statement(unit: Transition) -> tuple[str, dict[str, Any]]:
         return Q["transition_records"], params  # sets no indexed column
     params["status"] = None if unit.status is None else int(unit.status)
     params["has_response"] = resp is not None
-    params["response_body"] = resp.body if resp is not None else None
-    params["response_header"] = ROWS.encode_header(resp.header) if resp is not None else None
+    eid = unit.execution_id
+    params["response_body"] = rows.body_out(resp.body, eid, pending) if resp is not None else None
+    params["response_header"] = rows.header_out(resp.header) if resp is not None else None
     params["error"] = unit.error
     params["release"] = unit.release
     return Q["transition"], params
@@ -131,6 +135,10 @@ class SQLiteStore(Store):
         self._r: sqlite3.Connection | None = None
         # definitions never change once stored
         self._definitions: dict[str, StoredDefinition] = {}
+        self._rows = SQLITE.with_bodies(Bodies())
+
+    def use_codec(self, codec: PayloadCodec | None) -> None:
+        self._rows = SQLITE.with_bodies(Bodies(codec))
 
     # plumbing ------------------------------------------------------------------------
 
@@ -284,13 +292,13 @@ class SQLiteStore(Store):
                 row = self.r.execute(Q["load_workflow_latest"], (workflow_id,)).fetchone()
             else:
                 row = self.r.execute(Q["load_workflow_version"], (workflow_id, version)).fetchone()
-            return None if row is None else ROWS.workflow(row)
+            return None if row is None else self._rows.workflow(row)
 
         return await self._read(load)
 
     async def list_workflows(self) -> list[StoredWorkflow]:
         def rows() -> list[StoredWorkflow]:
-            return [ROWS.workflow(r) for r in self.r.execute(Q["list_workflows"])]
+            return [self._rows.workflow(r) for r in self.r.execute(Q["list_workflows"])]
 
         return await self._read(rows)
 
@@ -350,11 +358,13 @@ class SQLiteStore(Store):
     ) -> list[bool | TransitionResult]:
         results: list[bool | TransitionResult] = []
         rows: list[tuple[Any, ...]] = []
+        pending = Pending()
+        mapping = self._rows
         for unit in units:
             if isinstance(unit, NewExecution):
-                results.append(self._create(conn, unit, rows))
+                results.append(self._create(conn, unit, rows, pending))
                 continue
-            found = conn.execute(*_transition_statement(unit)).fetchone()
+            found = conn.execute(*_transition_statement(unit, mapping, pending)).fetchone()
             if found is None:  # fenced: another worker holds the lease now
                 now = conn.execute(Q["get_status"], (unit.execution_id,)).fetchone()
                 status = Status(now[0]) if now is not None else Status.PENDING
@@ -363,27 +373,53 @@ class SQLiteStore(Store):
             status = Status(found[0])
             applied = bool(found[2])
             eid = unit.execution_id
-            rows.extend(ROWS.step_row(eid, r) for r in unit.records)
+            rows.extend(mapping.step_row(eid, r, pending) for r in unit.records)
             if applied and unit.starts and status in (Status.RUNNING, Status.COMPENSATING):
-                rows.extend(ROWS.step_row(eid, r) for r in unit.starts)
+                rows.extend(mapping.step_row(eid, r, pending) for r in unit.starts)
             results.append(TransitionResult(True, status, Abort(found[1]), applied))
         if rows:
             conn.executemany(Q["upsert_step"], rows)
+        if pending:
+            self._put_payloads(conn, pending)
         return results
 
+    def _put_payloads(self, conn: sqlite3.Connection, pending: Pending) -> None:
+        """Store the payloads a commit refers to, each once (in its transaction)."""
+        hashes = _encode(list(pending.payloads))
+        stored = {row[0] for row in conn.execute(Q["existing_payloads"], (hashes,))}
+        payload_out = self._rows.bodies.payload_out
+        for digest, body in pending.payloads.items():
+            if digest not in stored:
+                conn.execute(Q["insert_payload"], (digest, payload_out(body)))
+        conn.executemany(Q["insert_payload_ref"], [(eid, h) for h, eid in pending.refs])
+
+    def _payloads(self, conn: sqlite3.Connection, *row_lists: list[Any]) -> dict[str, bytes]:
+        """The stored payloads that rows refer to, by hash."""
+        refs = self._rows.bodies.refs(r for rows in row_lists for r in rows)
+        if not refs:
+            return {}
+        return dict(conn.execute(Q["load_payloads"], (_encode(list(refs)),)).fetchall())
+
     def _create(
-        self, conn: sqlite3.Connection, new: NewExecution, rows: list[tuple[Any, ...]]
+        self,
+        conn: sqlite3.Connection,
+        new: NewExecution,
+        rows: list[tuple[Any, ...]],
+        pending: Pending,
     ) -> bool:
         # no body: the flow believes it stored, and a lookup costs less than an idle insert
         if (
             new.definition is not None
             or conn.execute(Q["has_definition"], (new.definition_hash,)).fetchone() is None
         ):
-            conn.execute(Q["insert_definition"], ROWS.definition_row(new))
-        cur = conn.execute(Q["insert_execution"], ROWS.new_execution_row(new))
+            conn.execute(Q["insert_definition"], self._rows.definition_row(new))
+        took = Pending()  # kept only when the execution is created
+        cur = conn.execute(Q["insert_execution"], self._rows.new_execution_row(new, took))
         if cur.rowcount != 1:
             return False
-        rows.extend(ROWS.step_row(new.id, r) for r in new.starts)
+        rows.extend(self._rows.step_row(new.id, r, took) for r in new.starts)
+        pending.payloads.update(took.payloads)
+        pending.refs.update(took.refs)
         return True
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
@@ -428,12 +464,20 @@ class SQLiteStore(Store):
 
     async def load_many(self, execution_ids: Sequence[str]) -> dict[str, StoredExecution]:
         def load() -> dict[str, StoredExecution]:
-            rows = self.r.execute(Q["load_executions"], (_encode(list(execution_ids)),)).fetchall()
-            missing = ROWS.definition_hashes(rows) - self._definitions.keys()
+            conn = self.r
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(
+                    Q["load_executions"], (_encode(list(execution_ids)),)
+                ).fetchall()
+                found = self._payloads(conn, rows)
+            finally:
+                conn.execute("COMMIT")
+            missing = self._rows.definition_hashes(rows) - self._definitions.keys()
             if missing:
-                for d in self.r.execute(Q["load_definitions"], (_encode(list(missing)),)):
-                    self._definitions[d[0]] = ROWS.definition(d)
-            return ROWS.stored_executions(rows, self._definitions)
+                for d in conn.execute(Q["load_definitions"], (_encode(list(missing)),)):
+                    self._definitions[d[0]] = self._rows.definition(d)
+            return self._rows.stored_executions(rows, self._definitions, found)
 
         return await self._read(load)
 
@@ -453,7 +497,7 @@ class SQLiteStore(Store):
             row = conn.execute(Q["control_row"], (execution_id,)).fetchone()
             if row is None:
                 raise ExecutionNotFoundError(execution_id)
-            change = ROWS.control_change(action, row, now)
+            change = self._rows.control_change(action, row, now)
             conn.execute(
                 Q["control_update"],
                 {
@@ -468,13 +512,18 @@ class SQLiteStore(Store):
             if change.retry_compensations:
                 conn.execute(Q["retry_compensations"], (execution_id,))
             if change.retry_steps:
+                pending = Pending()
                 params = {
                     "id": execution_id,
                     "all": steps is None,
                     "steps": _encode(list(steps or ())),
-                    "body": body,
+                    "body": None
+                    if body is None
+                    else self._rows.body_out(body, execution_id, pending),
                 }
                 conn.execute(Q["retry_steps"], params)
+                if pending:
+                    self._put_payloads(conn, pending)
             conn.execute(Q["insert_control"], (execution_id, action, now))
             return change.status
 
@@ -500,6 +549,9 @@ class SQLiteStore(Store):
             if ids:
                 conn.execute(Q["prune_step_runs"], (_encode(ids),))
                 conn.execute(Q["prune_signals"], (_encode(ids),))
+                held = [row[0] for row in conn.execute(Q["prune_payload_refs"], (_encode(ids),))]
+                if held:
+                    conn.execute(Q["prune_payloads"], (_encode(held),))
             return len(ids)
 
         return await self._write(self._tx, prune)
@@ -513,7 +565,7 @@ class SQLiteStore(Store):
     # waiting -----------------------------------------------------------------------------
 
     async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
-        header = ROWS.encode_header(payload.header)
+        header = self._rows.header_out(payload.header)
 
         def signal(conn: sqlite3.Connection) -> None:
             row = conn.execute(Q["signal_row"], (execution_id,)).fetchone()
@@ -523,7 +575,8 @@ class SQLiteStore(Store):
                 raise InvalidTransitionError(
                     f"cannot signal an execution that is {Status(row[0]).name}"
                 )
-            conn.execute(Q["insert_signal"], (execution_id, event, payload.body, header, now))
+            body = self._rows.body_out(payload.body, execution_id, None)
+            conn.execute(Q["insert_signal"], (execution_id, event, body, header, now))
             conn.execute(Q["wake"], (execution_id,))
             conn.execute(Q["insert_control"], (execution_id, "signal", now))
 
@@ -532,7 +585,7 @@ class SQLiteStore(Store):
     async def signals(self, execution_id: str) -> dict[str, Message]:
         def signals() -> dict[str, Message]:
             rows = self.r.execute(Q["signals_of"], (execution_id,)).fetchall()
-            return {event: Message(bytes(body), decode_header(h)) for event, body, h in rows}
+            return {event: self._rows.message(body, h) for event, body, h in rows}
 
         return await self._read(signals)
 
@@ -570,7 +623,7 @@ class SQLiteStore(Store):
     async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:
         def get() -> tuple[Status, Abort] | None:
             row = self.r.execute(Q["get_status"], (execution_id,)).fetchone()
-            return None if row is None else ROWS.status(row)
+            return None if row is None else self._rows.status(row)
 
         return await self._read(get)
 
@@ -583,9 +636,10 @@ class SQLiteStore(Store):
                 if row is None:
                     return None
                 steps = conn.execute(Q["step_rows_of_many"], (_encode([execution_id]),)).fetchall()
+                found = self._payloads(conn, [row], steps)
             finally:
                 conn.execute("COMMIT")
-            return ROWS.executions([row], steps)[0]
+            return self._rows.executions([row], steps, found)[0]
 
         return await self._read(get)
 
@@ -615,8 +669,9 @@ class SQLiteStore(Store):
                 rows = conn.execute(Q["list_executions"], params).fetchall()
                 ids = _encode([r[0] for r in rows])
                 steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall() if rows else []
+                found = self._payloads(conn, rows, steps)
             finally:
                 conn.execute("COMMIT")
-            return ROWS.executions(rows, steps)
+            return self._rows.executions(rows, steps, found)
 
         return await self._read(listing)

@@ -534,6 +534,24 @@ steps AS (
 ),
 signals AS (
     DELETE FROM microsaga_signals WHERE execution_id IN (SELECT id FROM gone)
+),
+refs AS (
+    DELETE FROM microsaga_payload_refs WHERE execution_id IN (SELECT id FROM gone)
+    RETURNING hash
+),
+-- the payloads no other execution refers to (this statement's deletes are not seen
+-- by its own subqueries: the references of the executions pruned are left out)
+payloads AS (
+    DELETE FROM microsaga_payloads WHERE hash IN (
+        SELECT p.hash FROM microsaga_payloads p
+        WHERE p.hash IN (SELECT hash FROM refs)
+        AND NOT EXISTS (
+            SELECT 1 FROM microsaga_payload_refs r
+            WHERE r.hash = p.hash AND r.execution_id NOT IN (SELECT id FROM gone)
+        )
+        -- those a commit is about to refer to again are kept (existing_payloads)
+        FOR UPDATE SKIP LOCKED
+    )
 )
 SELECT count(*) FROM gone;
 
@@ -576,3 +594,25 @@ SELECT EXISTS (
 UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
 WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status = 1
 RETURNING id;
+
+-- payloads ----------------------------------------------------------------------------
+
+-- name: existing_payloads
+-- Of the hashes $1, those stored: a commit sends only the others. Locked until the
+-- commit's end: a prune running meanwhile skips them (prune_executions), and one
+-- that deleted one first has this wait and not find it, so that it is sent again.
+SELECT hash FROM microsaga_payloads WHERE hash = ANY($1::text[]) FOR KEY SHARE;
+
+-- name: insert_payloads
+-- $1 hashes, $2 bodies; $3 execution ids, $4 hashes they refer to.
+WITH bodies AS (
+    INSERT INTO microsaga_payloads (hash, body)
+    SELECT * FROM unnest($1::text[], $2::bytea[])
+    ON CONFLICT (hash) DO NOTHING
+)
+INSERT INTO microsaga_payload_refs (execution_id, hash)
+SELECT * FROM unnest($3::text[], $4::text[])
+ON CONFLICT DO NOTHING;
+
+-- name: load_payloads
+SELECT hash, body FROM microsaga_payloads WHERE hash = ANY($1::text[]);

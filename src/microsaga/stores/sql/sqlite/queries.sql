@@ -242,3 +242,29 @@ SELECT EXISTS (
 UPDATE executions SET owner = NULL, lease_until = :until, note = :note
 WHERE id = :id AND lease_token = :token AND owner IS NOT NULL AND status = 1
 RETURNING id;
+
+-- payloads ----------------------------------------------------------------------------
+
+-- name: existing_payloads
+-- Of the hashes in the JSON array, those stored: a commit sends only the others.
+SELECT hash FROM payloads WHERE hash IN (SELECT value FROM json_each(?));
+
+-- name: insert_payload
+INSERT OR IGNORE INTO payloads (hash, body) VALUES (?, ?);
+
+-- name: insert_payload_ref
+INSERT OR IGNORE INTO payload_refs (execution_id, hash) VALUES (?, ?);
+
+-- name: load_payloads
+SELECT hash, body FROM payloads WHERE hash IN (SELECT value FROM json_each(?));
+
+-- name: prune_payload_refs
+-- The references of pruned executions (a JSON array of ids): the hashes they held.
+DELETE FROM payload_refs WHERE execution_id IN (SELECT value FROM json_each(?))
+RETURNING hash;
+
+-- name: prune_payloads
+-- Of the hashes in the JSON array, the payloads no execution refers to any more.
+DELETE FROM payloads
+WHERE hash IN (SELECT value FROM json_each(?))
+  AND NOT EXISTS (SELECT 1 FROM payload_refs r WHERE r.hash = payloads.hash);
