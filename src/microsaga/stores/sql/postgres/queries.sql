@@ -330,10 +330,8 @@ SELECT 1;
 -- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
 -- same time take different executions instead of queueing on the same rows. Never the
 -- claimer's own rows: a live worker whose lease ran out (a stall, the server away)
--- still runs them, and its heartbeat renews them. In the order of the index of
--- runnable executions by lease expiry: free ones (lease_until 0) oldest first, then
--- expired leases and due timers; parked executions whose time has not come are never
--- read.
+-- still runs them, and its heartbeat renews them. Oldest first; the planner reads
+-- the due ones off the index by lease expiry, not the parked ones.
 UPDATE microsaga_executions SET
     owner = $1,
     lease_token = lease_token + 1,
@@ -343,7 +341,7 @@ UPDATE microsaga_executions SET
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
     WHERE status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
-    ORDER BY lease_until, seq
+    ORDER BY seq
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 )

@@ -50,11 +50,10 @@ INSERT OR REPLACE INTO step_runs (
 
 -- name: claim
 -- Never the claimer's own rows: a live worker whose lease ran out (a stall, the store
--- away) still runs them, and its heartbeat renews them. Read off the index of runnable
--- executions by lease expiry, in its order: free ones (new, released, freed from dead
--- workers: lease_until 0) oldest first, then expired leases and due timers by how long
--- ago. Never a scan of the parked executions whose time has not come (by status, the
--- planner's own choice, reads every waiting execution at every claim).
+-- away) still runs them, and its heartbeat renews them. Oldest first, of those read
+-- off the index of runnable executions by lease expiry: only the due ones. Never the
+-- parked executions whose time has not come (by status, the planner's own choice, it
+-- would read every waiting execution at every claim).
 UPDATE executions SET
     owner = :owner,
     lease_token = lease_token + 1,
@@ -64,7 +63,7 @@ UPDATE executions SET
 WHERE seq IN (
     SELECT seq FROM executions INDEXED BY executions_claimable
     WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
-    ORDER BY lease_until, seq LIMIT :limit
+    ORDER BY seq LIMIT :limit
 )
 RETURNING id, lease_token;
 
