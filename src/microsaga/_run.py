@@ -20,24 +20,24 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 from msgspec.structs import replace
 
-from . import _faults
 from ._aio import Slots, wait_event
 from ._engine import data
 from ._engine.plan import Node, Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, StepRecord
 from ._engine.saga import after_success, compensated, decide, failure_summary, first
 from ._groupcommit import Committer
-from .errors import LeaseLostError, MicrosagaError, StepError, StepTimeoutError, one_line
+from ._waiting import Waiting
+from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
 from .expressions import truthy
 from .hooks import ExecutionEvent, Hooks, StepEvent
-from .message import Message, decode_json_body, encode_json
+from .message import Message, encode_json
 from .observability.logs import about
 from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition, TransitionResult
 from .transports.base import to_message
-from .waits import RUNS_ROLLBACK, MapStep, Marker, SleepStep, SubflowStep, WaitStep
+from .waits import MapStep, Marker
 
 if TYPE_CHECKING:
     from .execution import Execution
@@ -140,7 +140,7 @@ class Run:
         self.host = host
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
-        self._headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
+        self.headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
         self._done: list[StepRecord] = []  # attempts finished, not yet in the state
         self._records: list[StepRecord] = []  # records to write with the next commit
         self._tasks: dict[tuple[str, Phase], asyncio.Task[None]] = {}
@@ -155,11 +155,7 @@ class Run:
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
         self._waiters: list[asyncio.Future[Outcome | None]] = []
-        # WAITING steps, resolved by the loop (microsaga.waits)
-        self._waiting = {sid for sid, rec in state.steps.items() if rec.status is Status.WAITING}
-        self.items: dict[tuple[str, Phase], StepRecord] = {}  # runs of map steps
-        self.parked = False  # gave up its lease to wait: not lost, not finished
-        self._park_refused = False
+        self.waiting = Waiting(self)  # its WAITING steps and map runs (_waiting.py)
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -185,6 +181,24 @@ class Run:
     def poke(self) -> None:
         """Something a waiting step waits for may have come: look again."""
         self._wake.set()
+
+    # for the steps that wait (microsaga._waiting) ----------------------------------
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lease was taken over: the run writes nothing more."""
+        return self._lost
+
+    async def pause(self, seconds: float) -> None:
+        """Wait up to ``seconds``, or until poked (a signal, a control request)."""
+        self._wake.clear()
+        await wait_event(self._wake, seconds)
+
+    def put(self, rec: StepRecord) -> None:
+        """A forward step's record settled without a step run (a wait resolved or given
+        up): in the state now, written with the next commit."""
+        self.state.steps[rec.step_id] = rec
+        self._records.append(rec)
 
     def drain(self) -> None:
         """The worker stops: start no step; once the running ones finished and were
@@ -216,7 +230,7 @@ class Run:
         for rec in records:
             self.state.steps[rec.step_id] = rec
             if rec.status is Status.WAITING:
-                self._waiting.add(rec.step_id)
+                self.waiting.ids.add(rec.step_id)
         return records
 
     def event(self, *, taken_over: bool = False) -> ExecutionEvent:
@@ -310,8 +324,8 @@ class Run:
                 return
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
-            if self._waiting and not self._draining:
-                await self._check_waits()
+            if self.waiting.ids and not self._draining:
+                await self.waiting.resolve()
             if self._draining:
                 if self._tasks:  # running steps finish and are recorded first
                     await self._wake.wait()
@@ -324,9 +338,9 @@ class Run:
                 plan, graph, state
             )
             if decision.cancel:
-                await self._cancel(decision.cancel)
+                await self.waiting.cancel(decision.cancel)
             if decision.park and not self._records:
-                if await self._wait_or_park():
+                if await self.waiting.wait_or_park():
                     return
                 starts = []
                 continue
@@ -389,13 +403,13 @@ class Run:
             for rec in starts:
                 (state.steps if rec.phase is Phase.FORWARD else state.comps)[rec.step_id] = rec
             if any(rec.status is Status.WAITING for rec in starts):
-                self._waiting.update(r.step_id for r in starts if r.status is Status.WAITING)
+                self.waiting.ids.update(r.step_id for r in starts if r.status is Status.WAITING)
                 starts = [rec for rec in starts if rec.status is not Status.WAITING]
             hooks = self.host.hooks
             if recorded and hooks.step_recorded:
                 for rec in recorded:
                     if rec.status is not Status.RUNNING:
-                        hooks.emit(hooks.step_recorded, self._step_event(rec, now))
+                        hooks.emit(hooks.step_recorded, self.step_event(rec, now))
             if decision.done:
                 self._finish()
                 return
@@ -440,7 +454,7 @@ class Run:
         if phase is Phase.COMPENSATE:
             before = state.comps.get(sid)
             node = self.spec.plan.nodes[sid]
-            request = data.compensation_input(node, state.steps[sid], self._headers)
+            request = data.compensation_input(node, state.steps[sid], self.headers)
             attempts = before.attempts + 1 if before is not None else 1
             return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
         before_step = state.steps[sid]
@@ -450,7 +464,7 @@ class Run:
             if requires and _all_skipped(state.steps, requires):
                 return self._settle(sid, Status.SKIPPED, None, now)
             request = data.step_input(
-                self.spec.graph, state.steps, sid, self.spec.request, self._headers
+                self.spec.graph, state.steps, sid, self.spec.request, self.headers
             )
         else:
             found = self._input_of(node, before_step, requires, now)
@@ -485,10 +499,10 @@ class Run:
             if not go:
                 return self._settle(sid, Status.SKIPPED, None, now)
         if before.request is not None:  # given by a redrive, or kept by an interruption
-            return self._headers.request(before.request.body, sid)
+            return self.headers.request(before.request.body, sid)
         if node.input is None:
             return data.step_input(
-                self.spec.graph, state.steps, sid, self.spec.request, self._headers
+                self.spec.graph, state.steps, sid, self.spec.request, self.headers
             )
         if document is None:
             document = data.context_document(node, state.steps, self.spec.request, self._decoded)
@@ -497,7 +511,7 @@ class Run:
         except Exception as exc:
             why = f"input {node.input} cannot be evaluated: {one_line(exc)}"
             return self._settle(sid, Status.FAILURE, why, now)
-        return self._headers.request(body, sid)
+        return self.headers.request(body, sid)
 
     def _settle(self, sid: str, status: Status, error: str | None, now: float) -> StepRecord:
         """A step settled without being invoked (SKIPPED, or FAILURE of an expression):
@@ -526,14 +540,14 @@ class Run:
                     self._records.append(forward)
         self._done.clear()
 
-    def _interrupt_wanted(self, phase: Phase) -> bool:
+    def interrupt_wanted(self, phase: Phase) -> bool:
         if self.state.abort is Abort.NO_COMPENSATION or self._draining:
             return True
         if phase is Phase.COMPENSATE:
             return False
         return self.state.status is Status.SUSPEND or self.state.abort is not Abort.NONE
 
-    def _step_event(
+    def step_event(
         self,
         rec: StepRecord,
         at: float,
@@ -565,7 +579,7 @@ class Run:
         if isinstance(node.step, MapStep) or (
             phase is Phase.COMPENSATE and isinstance(node.compensate, Marker)
         ):
-            self._done.append(await self._run_special(rec, node))
+            self._done.append(await self.waiting.run_special(rec, node))
             if not self._inline:
                 self._wake.set()
             return
@@ -589,7 +603,7 @@ class Run:
             if hooks.step_started:
                 hooks.emit(
                     hooks.step_started,
-                    self._step_event(replace(rec, attempts=attempt), self.host.clock()),
+                    self.step_event(replace(rec, attempts=attempt), self.host.clock()),
                 )
             slots = self.host.slots
             if not slots.take():
@@ -599,7 +613,7 @@ class Run:
                     # a plain async function of the request: awaited without a context
                     response = to_message(await direct(request))
                 else:
-                    response = await self._call(step, request, sid, attempt, timeout, phase)
+                    response = await self.call(step, request, sid, attempt, timeout, phase)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -614,7 +628,7 @@ class Run:
             error, response = one_line(failure), None
             if retry.should_retry(failure, attempt):
                 if hooks.step_finished:
-                    event = self._step_event(
+                    event = self.step_event(
                         replace(rec, attempts=attempt),
                         self.host.clock(),
                         status=Status.FAILURE,
@@ -626,7 +640,7 @@ class Run:
                 # a service that says when to come back (HTTP Retry-After) is obeyed
                 if isinstance(failure, MicrosagaError) and failure.retry_after:
                     delay = max(delay, failure.retry_after)
-                if not await self._backoff(delay, phase) or not await self._next_attempt(
+                if not await self.backoff(delay, phase) or not await self._next_attempt(
                     rec, attempt + 1, error
                 ):
                     status = Status.PENDING  # interrupted: it starts again on resume
@@ -634,7 +648,7 @@ class Run:
                 attempt += 1
                 continue
             if phase is Phase.FORWARD and node.fallback is not None:
-                fallen = await self._fallback(node, rec, request, attempt, timeout, error)
+                fallen = await self.fallback(node, rec, request, attempt, timeout, error)
                 if fallen is _INTERRUPTED:
                     status = Status.PENDING  # it starts again on resume
                 elif isinstance(fallen, Message):
@@ -647,12 +661,12 @@ class Run:
             sid, phase, status, attempt, request, response, error, rec.started_at, finished
         )
         if hooks.step_finished and status is not Status.PENDING:
-            hooks.emit(hooks.step_finished, self._step_event(done, self.host.clock()))
+            hooks.emit(hooks.step_finished, self.step_event(done, self.host.clock()))
         self._done.append(done)
         if not self._inline:
             self._wake.set()
 
-    def _call(
+    def call(
         self,
         step: Step,
         request: Message,
@@ -676,7 +690,7 @@ class Run:
             return step.execute(request, ctx)
         return _timed(step.execute(request, ctx), sid, timeout)
 
-    async def _invoke(
+    async def invoke(
         self, step: Step, request: Message, sid: str, attempt: int, timeout: float | None
     ) -> Message:
         """A fallback's invocation, in one of the worker's slots."""
@@ -684,15 +698,15 @@ class Run:
         if not slots.take():
             await slots.wait()
         try:
-            return await self._call(step, request, sid, attempt, timeout)
+            return await self.call(step, request, sid, attempt, timeout)
         finally:
             slots.give()
 
-    async def _backoff(self, delay: float, phase: Phase) -> bool:
+    async def backoff(self, delay: float, phase: Phase) -> bool:
         """Wait before a retry; False when a suspend or abort interrupts the wait."""
         loop = asyncio.get_running_loop()
         until = loop.time() + delay
-        while not self._interrupt_wanted(phase):
+        while not self.interrupt_wanted(phase):
             left = until - loop.time()
             if left <= 0:
                 return True
@@ -723,9 +737,9 @@ class Run:
             raise asyncio.CancelledError()
         if result.status is not self.state.status:
             self.control(result.status, result.abort)
-        return result.applied and not self._interrupt_wanted(running.phase)
+        return result.applied and not self.interrupt_wanted(running.phase)
 
-    async def _fallback(
+    async def fallback(
         self,
         node: Node,
         rec: StepRecord,
@@ -745,7 +759,7 @@ class Run:
         tries = 1
         while True:
             try:
-                return await self._invoke(fallback, req, node.id, attempt, timeout)
+                return await self.invoke(fallback, req, node.id, attempt, timeout)
             except Exception as exc:
                 if not retry.should_retry(exc, tries):
                     log.info(
@@ -758,328 +772,11 @@ class Run:
                     return None
                 delay = retry.interval(tries, self.host.random())
                 note = f"{error}; fallback {fallback.id} attempt {tries}: {one_line(exc)}"
-                if not await self._backoff(delay, Phase.FORWARD) or not await self._record(
+                if not await self.backoff(delay, Phase.FORWARD) or not await self._record(
                     replace(rec, attempts=attempt, error=note)
                 ):
                     return _INTERRUPTED
                 tries += 1
-
-    # waiting steps (microsaga.waits) ---------------------------------------------------
-
-    async def _check_waits(self) -> None:
-        """Resolve the WAITING steps whose signal came, whose time came, or whose child
-        finished: their records enter the state and go with the next commit."""
-        state, nodes, now = self.state, self.spec.plan.nodes, self.host.clock()
-        signals: dict[str, Message] | None = None
-        for sid in sorted(self._waiting):
-            rec, node = state.steps[sid], nodes[sid]
-            step = node.step
-            started = rec.started_at if rec.started_at is not None else now
-            if isinstance(step, WaitStep):
-                if signals is None:
-                    signals = await self.host.signals(self.id)
-                payload = signals.get(step.event)
-                if payload is not None:
-                    self._resolve(sid, Status.SUCCESS, payload, None, now)
-                elif node.timeout is not None and now >= started + node.timeout:
-                    why = f"step {sid} timed out after {node.timeout:g}s waiting for {step.event}"
-                    await self._timed_out(node, rec, StepTimeoutError(why), now)
-            elif isinstance(step, SleepStep):
-                if now >= step.due(started):
-                    self._resolve(sid, Status.SUCCESS, rec.request, None, now)
-            elif isinstance(step, SubflowStep):
-                child_id = f"{self.id}:{sid}"
-                child = await self.host.child(child_id)
-                if child is None:
-                    await self.host.start_child(self, node, rec.request or Message())
-                elif child.status is Status.SUCCESS:
-                    self._resolve(sid, Status.SUCCESS, child.response or Message(), None, now)
-                elif child.status.finished:
-                    why = f"child execution {child_id} ended {child.status.name}: {child.error}"
-                    self._resolve(sid, Status.FAILURE, None, why, now)
-
-    async def _timed_out(self, node: Node, rec: StepRecord, exc: Exception, now: float) -> None:
-        """A wait's timeout passed: the step fails, or its fallback answers for it."""
-        error = one_line(exc)
-        if node.fallback is not None:
-            request = rec.request or Message()
-            fallen = await self._fallback(node, rec, request, rec.attempts, None, error)
-            if isinstance(fallen, Message):
-                fallback_id = getattr(node.fallback, "id", node.id)
-                note = f"{error} (fallback {fallback_id} used)"
-                self._resolve(node.id, Status.SUCCESS, fallen, note, self.host.clock())
-                return
-            if fallen is _INTERRUPTED:
-                return  # still WAITING: decided again on resume
-        self._resolve(node.id, Status.FAILURE, None, error, now)
-
-    def _resolve(
-        self, sid: str, status: Status, response: Message | None, error: str | None, now: float
-    ) -> None:
-        rec = self.state.steps[sid]
-        done = StepRecord(
-            sid,
-            Phase.FORWARD,
-            status,
-            rec.attempts,
-            rec.request,
-            response,
-            error,
-            rec.started_at,
-            now,
-        )
-        self.state.steps[sid] = done
-        self._records.append(done)
-        self._waiting.discard(sid)
-        hooks = self.host.hooks
-        if hooks.step_finished:
-            hooks.emit(hooks.step_finished, self._step_event(done, now))
-
-    async def _cancel(self, sids: tuple[str, ...]) -> None:
-        """Give up waiting steps (a rollback or an abort): back to PENDING, never
-        compensated; a child that runs for one of them is aborted."""
-        now = self.host.clock()
-        for sid in sids:
-            rec = self.state.steps[sid]
-            pending = replace(rec, status=Status.PENDING, finished_at=now, error="cancelled")
-            self.state.steps[sid] = pending
-            self._records.append(pending)
-            self._waiting.discard(sid)
-            if isinstance(self.spec.plan.nodes[sid].step, SubflowStep):
-                await self.host.abort_child(f"{self.id}:{sid}")
-
-    async def _wait_or_park(self) -> bool:
-        """Only WAITING steps are left: park the execution (True: the run is over), or,
-        when the wait is short or no worker would take it back, wait here."""
-        now = self.host.clock()
-        due, events, children = _FAR, [], []
-        nodes = self.spec.plan.nodes
-        for sid in self._waiting:
-            rec, node = self.state.steps[sid], nodes[sid]
-            step = node.step
-            started = rec.started_at if rec.started_at is not None else now
-            if isinstance(step, SleepStep):
-                due = min(due, step.due(started))
-            elif isinstance(step, WaitStep):
-                events.append(step.event)
-                if node.timeout is not None:
-                    due = min(due, started + node.timeout)
-            elif isinstance(step, SubflowStep):
-                children.append(f"{self.id}:{sid}")
-                due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
-        wait = due - now
-        if self._park_refused or wait < 1.0 or not self.host.can_park:
-            # a wait of its own: a poke (a signal, a child's end) or a look now and then
-            self._park_refused = False
-            self._wake.clear()
-            await wait_event(self._wake, max(0.0, min(wait, _LOOK_AGAIN)))
-            return self._lost
-        note = "waiting for " + ", ".join(sorted(self._waiting))
-        await _faults.reached("before_park")
-        self.releasing = True
-        if not await self.host.park(self, due, events, children):
-            self.releasing = False
-            self._park_refused = True  # what it waits for came: look again, then wait
-            return False
-        self.parked = True
-        self.end(None)
-        log.debug("execution %s: parked (%s)", self.id, note)
-        return True
-
-    async def _run_special(self, rec: StepRecord, node: Node) -> StepRecord:
-        """A run the loop does itself: a map (its runs), the compensation of a map's
-        runs, or the rollback of a sub-workflow's child."""
-        sid, phase = rec.step_id, rec.phase
-        response: Message | None = None
-        error = None
-        try:
-            if phase is Phase.FORWARD:
-                response = await self._map(node, rec)
-            elif node.compensate is RUNS_ROLLBACK:
-                response = await self._compensate_runs(node)
-            else:
-                await self.host.compensate_child(f"{self.id}:{sid}")
-                response = Message()
-            status = Status.SUCCESS
-        except _Interrupted:
-            status = Status.PENDING  # it starts again on resume
-        except Exception as exc:
-            status, error = Status.FAILURE, one_line(exc)
-        finished = self.host.clock() if status is not Status.PENDING else None
-        return StepRecord(
-            sid,
-            phase,
-            status,
-            rec.attempts,
-            rec.request,
-            response,
-            error,
-            rec.started_at,
-            finished,
-        )
-
-    async def _map(self, node: Node, rec: StepRecord) -> Message:
-        """Run a MapStep's step once per element of its list, each run recorded as
-        ``<id>[<i>]``; the responses as a JSON list, in element order."""
-        step = node.step
-        assert isinstance(step, MapStep)
-        sid = node.id
-        items = decode_json_body(rec.request.body if rec.request is not None else b"")
-        if not isinstance(items, list):
-            raise StepError(f"map {sid}: over {step.over} is {_json_type(items)}, not a list")
-        inner = step.step
-        retry: RetryPolicy = inner.options.retry or Retry()
-        timeout = inner.options.timeout or self.spec.step_timeout
-        gate = asyncio.Semaphore(step.concurrency or len(items) or 1)
-        responses: list[Message | None] = [None] * len(items)
-        failed: list[str] = []
-
-        async def one(i: int) -> None:
-            rid = f"{sid}[{i}]"
-            before = self.items.get((rid, Phase.FORWARD))
-            if before is not None and before.status is Status.SUCCESS:
-                responses[i] = before.response  # done before a takeover
-                return
-            async with gate:
-                if failed or self._interrupt_wanted(Phase.FORWARD):
-                    return
-                request = self._headers.request(encode_json(items[i]), rid)
-                attempt = (before.attempts if before is not None else 0) + 1
-                now = self.host.clock()
-                running = StepRecord(
-                    rid, Phase.FORWARD, Status.RUNNING, attempt, request, None, None, now
-                )
-                if not await self._write_items([running]):
-                    return
-                while True:
-                    slots = self.host.slots
-                    if not slots.take():
-                        await slots.wait()
-                    try:
-                        response = await self._call(inner, request, rid, attempt, timeout)
-                        failure: Exception | None = None
-                    except Exception as exc:
-                        failure = exc
-                    finally:
-                        slots.give()
-                    if failure is None:
-                        responses[i] = response
-                        done = replace(
-                            running,
-                            status=Status.SUCCESS,
-                            attempts=attempt,
-                            response=response,
-                            finished_at=self.host.clock(),
-                        )
-                        await self._write_items([done])
-                        return
-                    error = one_line(failure)
-                    if retry.should_retry(failure, attempt) and await self._backoff(
-                        retry.interval(attempt, self.host.random()), Phase.FORWARD
-                    ):
-                        attempt += 1
-                        continue
-                    failed.append(f"run {rid} failed: {error}")
-                    done = replace(
-                        running,
-                        status=Status.FAILURE,
-                        attempts=attempt,
-                        error=error,
-                        finished_at=self.host.clock(),
-                    )
-                    await self._write_items([done])
-                    return
-
-        await asyncio.gather(*(one(i) for i in range(len(items))))
-        if failed:
-            raise StepError(failed[0])
-        if any(r is None for r in responses):
-            raise _Interrupted()
-        return Message(
-            encode_json([decode_json_body(r.body) if r is not None else None for r in responses])
-        )
-
-    async def _compensate_runs(self, node: Node) -> Message:
-        """Compensate the runs of a map that succeeded, the last element first."""
-        step = node.step
-        assert isinstance(step, MapStep)
-        comp = step.step.options.compensate
-        assert comp is not None
-        retry = comp.options.retry or self.host.compensation_retry
-        timeout = comp.options.timeout or self.spec.step_timeout
-        what = step.step.options.compensate_input
-        runs = [
-            rec
-            for (rid, phase), rec in self.items.items()
-            if phase is Phase.FORWARD
-            and rec.status is Status.SUCCESS
-            and rid.startswith(node.id + "[")
-        ]
-        runs.sort(key=lambda r: int(r.step_id[len(node.id) + 1 : -1]), reverse=True)
-        for run in runs:
-            rid = run.step_id
-            request = self._headers.request(data.compensation_body(what, run), rid, ":compensate")
-            attempt = 1
-            started = self.host.clock()
-            while True:
-                try:
-                    response = await self._invoke(comp, request, rid, attempt, timeout)
-                    break
-                except Exception as exc:
-                    if not retry.should_retry(exc, attempt):
-                        failed = StepRecord(
-                            rid,
-                            Phase.COMPENSATE,
-                            Status.FAILURE,
-                            attempt,
-                            request,
-                            None,
-                            one_line(exc),
-                            started,
-                            self.host.clock(),
-                        )
-                        await self._write_items([failed])
-                        why = f"compensation of run {rid} failed: {one_line(exc)}"
-                        raise StepError(why) from exc
-                    if not await self._backoff(
-                        retry.interval(attempt, self.host.random()), Phase.COMPENSATE
-                    ):
-                        raise _Interrupted() from None
-                    attempt += 1
-            done = StepRecord(
-                rid,
-                Phase.COMPENSATE,
-                Status.SUCCESS,
-                attempt,
-                request,
-                response,
-                None,
-                started,
-                self.host.clock(),
-            )
-            await self._write_items([done, replace(run, status=Status.COMPENSATED)])
-        return Message()
-
-    async def _write_items(self, records: list[StepRecord]) -> bool:
-        """Commit records of a map's runs; False when a suspend or an abort came (no
-        run starts then)."""
-        result = await self.host.committer.submit(
-            Transition(
-                execution_id=self.id,
-                token=self.spec.token,
-                expect=self.state.status,
-                records=records,
-                at=self.host.clock(),
-            )
-        )
-        if not result.owned:
-            self.lose()
-            raise asyncio.CancelledError()
-        for rec in records:
-            self.items[rec.step_id, rec.phase] = rec
-        if result.status is not self.state.status:
-            self.control(result.status, result.abort)
-        return result.applied and not self._interrupt_wanted(Phase.FORWARD)
 
     # ending --------------------------------------------------------------------------
 
@@ -1132,19 +829,6 @@ class Run:
 
 
 _INTERRUPTED = object()  # a fallback's wait for a retry was interrupted
-_FAR = 1e15  # "never": a park that only a signal ends
-_LOOK_AGAIN = 1.0  # a run waiting in its process looks for signals this often
-_CHILD_LOOK = 60.0  # a parked parent looks at its child at least this often
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", str: "a string", dict: "an object"}.get(type(value), "a number")
-
-
-class _Interrupted(Exception):
-    """A map's runs were stopped by a suspend or an abort: the map starts again."""
 
 
 def _all_skipped(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:

@@ -456,7 +456,7 @@ class Worker:
                 state.steps[rec.step_id] = rec
         run = Run(spec, state, self, fresh=fresh)
         for rec in items:
-            run.items[rec.step_id, rec.phase] = rec
+            run.waiting.items[rec.step_id, rec.phase] = rec
         return run
 
     def _launch(self, run: Run, *, eager: bool = False, taken_over: bool = False) -> None:
@@ -485,7 +485,7 @@ class Worker:
             run.end(None)
         if self.hooks.run_stopped:
             self.hooks.emit(self.hooks.run_stopped, run.event())
-        if run.outcome is None and self._loops and not run.parked:
+        if run.outcome is None and self._loops and not run.waiting.parked:
             # the run gave up (store away too long, lost lease, a bug): free its lease,
             # else the heartbeat would renew it forever and nobody would take it over
             self._to_release[run.id] = run.spec.token
