@@ -161,3 +161,33 @@ async def test_subflows_and_maps_on_every_store(store_url: str) -> None:
         child_info = await flow.execution(f"{eid}:pay")
         assert child_info.parent_id == eid
         assert len([c for c in LOG if c[0] == "charge"]) == 5
+
+
+async def after_nap(msg: Message) -> None:
+    LOG.append(("after", msg.json()))
+
+
+async def test_each_due_timer_fires_once_with_two_workers(store_url: str) -> None:
+    """Timers due at once, two workers claiming: every execution goes on exactly once."""
+    LOG.clear()
+    now = [5_000_000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    options: dict[str, Any] = {"clock": clock, "poll_interval": 0.02, "lease_ttl": 3600}
+    async with Flow(store_url, **options) as first, Flow(store_url, **options) as second:
+        wf = await first.workflow_create(
+            "naps", SleepStep(60, id="nap"), FunctionStep(after_nap, id="after", requires=["nap"])
+        )
+        ids = [await wf.execute({"n": n}, async_=True) for n in range(40)]
+
+        async def all_parked() -> bool:
+            infos = [await second.execution(eid) for eid in ids]
+            return all(i.note == "waiting for a timer" for i in infos)
+
+        await eventually(all_parked)
+        now[0] += 61
+        for eid in ids:
+            assert (await second.wait(eid, timeout=20)).status is Status.SUCCESS
+    assert sorted(n["n"] for _, n in LOG) == list(range(40))

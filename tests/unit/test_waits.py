@@ -455,3 +455,19 @@ async def test_many_executions_wait_holding_no_run(flow: Flow) -> None:
 
 async def all_parked(flow: Flow, ids: list[str]) -> bool:
     return all([await parked(flow, eid) for eid in ids])
+
+
+async def test_a_timer_that_passed_while_suspended_fires_on_resume(store_url: str) -> None:
+    now = [6_000_000.0]
+    async with Flow(store_url, clock=lambda: now[0], poll_interval=0.02, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("remind", SleepStep(60, id="nap"))
+        eid = await wf.execute({"n": 4}, async_=True)
+        await eventually(lambda: parked(flow, eid))
+        await flow.suspend(eid)
+        now[0] += 120
+        await asyncio.sleep(0.1)  # polls go by: a suspended execution is not claimed
+        assert (await flow.execution(eid)).status is Status.SUSPEND
+        await flow.resume(eid)
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.SUCCESS
+        assert body(done.steps["nap"].response) == {"n": 4}
