@@ -385,14 +385,16 @@ SELECT pg_notify($4, 'release') FROM released;
 
 -- name: load_executions
 -- Executions with their step runs (NULLs when none), in one statement, so one
--- snapshot; their definitions (immutable) come from load_definitions.
+-- snapshot; their definitions (immutable) come from load_definitions. The ids are
+-- repeated on the step runs: the generic plan of a prepared statement, not knowing how
+-- many ids come, would otherwise hash-join a scan of every step run.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
        e.lease_token, e.created_at, e.parent_id,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
 FROM microsaga_executions e
-LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id
+LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[])
 WHERE e.id = ANY($1::text[]);
 
 -- name: load_definitions
