@@ -33,7 +33,10 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/many_steps.py --store memory
+	$(BIN)/python benchmarks/many_steps.py --store sqlite
 	$(BIN)/python benchmarks/payloads.py
+	$(BIN)/python benchmarks/waits.py
 	$(BIN)/python benchmarks/soak.py --minutes 3
 
 # every chaos scenario with a summary line each: SEED=N replays one, LONG=1 the long

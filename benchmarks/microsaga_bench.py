@@ -5,7 +5,9 @@
 Stores: ``memory://``, ``sqlite:///PATH`` (``synchronous=FULL``), ``postgresql://...``.
 Also measures plain asyncio calling the same four functions, the floor of overhead.
 ``--steps typed`` writes the order saga with ``@saga.step`` over functions of
-msgspec Structs (the decorator form) instead of ``FunctionStep``s of Message functions.
+msgspec Structs (the decorator form) instead of ``FunctionStep``s of Message functions;
+``--steps sync`` makes every step function a plain ``def`` (run on the flow's threads),
+what DBOS's sync API runs.
 """
 
 from __future__ import annotations
@@ -68,6 +70,66 @@ def order_steps() -> list[FunctionStep]:
     s = FunctionStep(ship, requires=[c])
     n = FunctionStep(notify, requires=[s])
     return [r, c, s, n]
+
+
+# the same steps as plain functions (--steps sync) --------------------------------------
+
+
+def sync_reserve(m: Message) -> Any:
+    return w.reserve(m.json())
+
+
+def sync_charge(m: Message) -> Any:
+    return w.charge(m.json())
+
+
+def sync_ship(m: Message) -> Any:
+    return w.ship(m.json())
+
+
+def sync_notify(m: Message) -> Any:
+    return w.notify(m.json())
+
+
+def sync_undo(m: Message) -> Any:
+    return w.undo(m.json())
+
+
+def sync_fan_root(m: Message) -> Any:
+    return m.json()
+
+
+def sync_fan_part(k: int) -> FunctionStep:
+    def part(m: Message) -> Any:
+        return w.fan_part(m.json(), k)
+
+    return FunctionStep(part, id=f"part{k:02d}", requires=["root"])
+
+
+def sync_fan_join(m: Message) -> Any:
+    return {"parts": len(m.json())}
+
+
+def sync_order_steps() -> list[FunctionStep]:
+    r = FunctionStep(sync_reserve, id="reserve", compensate=FunctionStep(sync_undo, id="release"))
+    c = FunctionStep(
+        sync_charge, id="charge", requires=[r], compensate=FunctionStep(sync_undo, id="refund")
+    )
+    s = FunctionStep(sync_ship, id="ship", requires=[c])
+    n = FunctionStep(sync_notify, id="notify", requires=[s])
+    return [r, c, s, n]
+
+
+def fanout_steps(steps: str) -> list[FunctionStep]:
+    if steps == "sync":
+        root, part, join = sync_fan_root, sync_fan_part, sync_fan_join
+    else:
+        root, part, join = fan_root, fan_part, fan_join
+    return [
+        FunctionStep(root, id="root"),
+        *(part(k) for k in range(50)),
+        FunctionStep(join, id="join", requires=[f"part{k:02d}" for k in range(50)]),
+    ]
 
 
 # the same order saga in the decorator form, typed ------------------------------------
@@ -152,14 +214,11 @@ async def bench(
         order: Workflow
         if steps == "typed":
             order = await flow.workflow_add(typed)
+        elif steps == "sync":
+            order = await flow.workflow_create("order", *sync_order_steps())
         else:
             order = await flow.workflow_create("order", *order_steps())
-        fanout = await flow.workflow_create(
-            "fanout",
-            FunctionStep(fan_root, id="root"),
-            *(fan_part(k) for k in range(50)),
-            FunctionStep(fan_join, id="join", requires=[f"part{k:02d}" for k in range(50)]),
-        )
+        fanout = await flow.workflow_create("fanout", *fanout_steps(steps))
         for i in range(50):  # warm-up
             await order.execute(w.order(i))
 
@@ -195,9 +254,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument(
         "--steps",
-        choices=["plain", "typed"],
+        choices=["plain", "typed", "sync"],
         default="plain",
-        help="FunctionSteps of Message functions, or @saga.step over typed functions",
+        help="FunctionSteps of async Message functions, @saga.step over typed "
+        "functions, or FunctionSteps of plain (sync) functions",
     )
     args = parser.parse_args()
     n, one, fan = (200, 50, 10) if args.quick else (2000, 500, 100)

@@ -43,20 +43,25 @@ DBOS_PACKAGES = [f"dbos=={DBOS_VERSION}", "psycopg[binary]"]
 @dataclass(frozen=True)
 class Contender:
     name: str
-    engine: str  # "microsaga" or "dbos"
+    engine: str  # "microsaga", "dbos" or "floor" (raw commits)
     store: str  # "asyncio", "memory", "sqlite" or "postgres"
     title: str
-    steps: str = "plain"  # microsaga's order saga: "plain" FunctionSteps or "typed" @saga.step
+    # microsaga's steps: "plain" async FunctionSteps, "typed" @saga.step, "sync" plain def
+    steps: str = "plain"
 
 
 CONTENDERS = [
     Contender("asyncio", "microsaga", "asyncio", "plain asyncio"),
     Contender("memory", "microsaga", "memory", "microsaga memory"),
     Contender("memory-typed", "microsaga", "memory", "microsaga memory, typed", "typed"),
+    Contender("memory-sync", "microsaga", "memory", "microsaga memory, sync", "sync"),
     Contender("sqlite", "microsaga", "sqlite", "microsaga SQLite"),
     Contender("sqlite-typed", "microsaga", "sqlite", "microsaga SQLite, typed", "typed"),
+    Contender("sqlite-sync", "microsaga", "sqlite", "microsaga SQLite, sync", "sync"),
     Contender("dbos-sqlite", "dbos", "sqlite", "DBOS SQLite"),
     Contender("postgres", "microsaga", "postgres", "microsaga PostgreSQL"),
+    Contender("postgres-sync", "microsaga", "postgres", "microsaga PostgreSQL, sync", "sync"),
+    Contender("postgres-floor", "floor", "postgres", "PostgreSQL, 5 raw commits"),
     Contender("dbos-postgres", "dbos", "postgres", "DBOS PostgreSQL"),
 ]
 
@@ -76,6 +81,10 @@ COMPARISONS = [
     ("memory", "asyncio", "memory vs asyncio"),
     ("memory-typed", "memory", "typed vs plain steps, memory"),
     ("sqlite-typed", "sqlite", "typed vs plain steps, SQLite"),
+    ("memory-sync", "memory", "sync vs async steps, memory"),
+    ("sqlite-sync", "dbos-sqlite", "sync, SQLite vs DBOS"),
+    ("postgres-sync", "dbos-postgres", "sync, PostgreSQL vs DBOS"),
+    ("postgres", "postgres-floor", "PostgreSQL vs its raw-commit floor"),
 ]
 
 
@@ -129,9 +138,11 @@ def store_url(c: Contender, server: Server | None) -> Iterator[str]:
 def command(c: Contender, url: str, quick: bool) -> list[str]:
     if c.engine == "dbos":
         cmd = [str(_dbos_python()), str(HERE / "dbos_bench.py")]
+    elif c.engine == "floor":
+        cmd = [sys.executable, str(HERE / "commit_floor.py")]
     else:
         cmd = [sys.executable, str(HERE / "microsaga_bench.py")]
-    typed = ["--steps", c.steps] if c.steps != "plain" else []
+    typed = ["--steps", c.steps] if c.engine == "microsaga" and c.steps != "plain" else []
     return [*cmd, "--store", url, *typed, *(["--quick"] if quick else [])]
 
 
@@ -187,6 +198,12 @@ def speedup(med: dict[str, dict[str, float]], ours: str, theirs: str, key: str) 
     return a / b if higher_is_better else b / a
 
 
+def _ratio(med: dict[str, dict[str, float]], a: str, b: str, key: str) -> float | None:
+    """``a``'s figure over ``b``'s, as measured (for latencies: how many times slower)."""
+    x, y = med.get(a, {}).get(key), med.get(b, {}).get(key)
+    return x / y if x and y else None
+
+
 def targets(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """The project's performance targets, each with the measured figure and whether it is met."""
     rows: list[tuple[str, float | None, Callable[[float], bool]]] = [
@@ -229,6 +246,31 @@ def targets(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             "memory store >= 1/3 of plain asyncio (order saga)",
             speedup(med, "memory", "asyncio", "order_saga_per_s"),
             lambda x: x >= 1 / 3,
+        ),
+        (
+            "order saga of sync functions on SQLite >= 25x DBOS on SQLite",
+            speedup(med, "sqlite-sync", "dbos-sqlite", "order_saga_per_s"),
+            lambda x: x >= 25,
+        ),
+        (
+            "order saga of sync functions on PostgreSQL >= 25x DBOS on PostgreSQL",
+            speedup(med, "postgres-sync", "dbos-postgres", "order_saga_per_s"),
+            lambda x: x >= 25,
+        ),
+        (
+            "order saga of sync functions >= 1/2 of async functions (memory)",
+            speedup(med, "memory-sync", "memory", "order_saga_per_s"),
+            lambda x: x >= 1 / 2,
+        ),
+        (
+            "one execution of sync functions p50 <= 3x async functions' (memory)",
+            _ratio(med, "memory-sync", "memory", "one_p50_ms"),
+            lambda x: x <= 3,
+        ),
+        (
+            "one execution p50 on PostgreSQL <= 1.5x five raw one-row commits",
+            _ratio(med, "postgres", "postgres-floor", "one_p50_ms"),
+            lambda x: x <= 1.5,
         ),
     ]
     return [
@@ -283,10 +325,11 @@ def availability(names: list[str]) -> tuple[Server | None, dict[str, str]]:
     """The PostgreSQL server (if any) and, per contender that cannot run, why."""
     unavailable: dict[str, str] = {}
     server: Server | None = None
-    if any(n in ("postgres", "dbos-postgres") for n in names):
+    on_postgres = [c.name for c in CONTENDERS if c.store == "postgres"]
+    if any(n in on_postgres for n in names):
         found = find_server()
         if isinstance(found, str):
-            unavailable.update(dict.fromkeys(("postgres", "dbos-postgres"), found))
+            unavailable.update(dict.fromkeys(on_postgres, found))
         else:
             server = found
     if any(n.startswith("dbos") for n in names):

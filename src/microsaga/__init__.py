@@ -40,6 +40,7 @@ from .step import Retry, Step, StepContext, StepOptions, register_step
 from .steps import CallStep, FunctionStep, PublishStep
 from .sync import SyncFlow
 from .transports import Broker, Client
+from .waits import MapStep, SleepStep, SubflowStep, WaitStep
 from .workflow import Workflow
 
 __version__ = "0.1.0"
@@ -67,6 +68,7 @@ __all__ = [
     "Hook",
     "InvalidTransitionError",
     "LeaseLostError",
+    "MapStep",
     "Message",
     "Metadata",
     "MicrosagaError",
@@ -77,6 +79,7 @@ __all__ = [
     "Retry",
     "Saga",
     "SchemaVersionError",
+    "SleepStep",
     "Status",
     "Step",
     "StepContext",
@@ -87,8 +90,10 @@ __all__ = [
     "StepRun",
     "StepTimeoutError",
     "StoreError",
+    "SubflowStep",
     "SyncFlow",
     "TransportError",
+    "WaitStep",
     "Workflow",
     "WorkflowNotFoundError",
     "load_definition",

@@ -3,7 +3,7 @@
 Armed from the environment (``MICROSAGA_FAULTS="step_recorded:kill"``) or with
 :func:`microsaga.testing.arm_fault`. Actions: ``kill`` (SIGKILL this process),
 ``raise`` (raise :class:`FaultError`, which stops the run as a crash would), or a
-callable.
+callable (at ``before_park``, an async one is awaited).
 
 The points are a :class:`~microsaga.Hook`, added to every flow's hooks while any
 point is armed, so that they cost nothing otherwise.
@@ -11,6 +11,7 @@ point is armed, so that they cost nothing otherwise.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import weakref
@@ -27,6 +28,7 @@ POINTS = (
     "step_returned",  # a step returned, before its result is committed
     "step_recorded",  # a step's result is committed, before dependents start
     "compensation_started",  # a compensation's RUNNING record is committed
+    "before_park",  # an execution that only waits looked at what it waits for, and parks
 )
 
 
@@ -48,6 +50,20 @@ def hit(name: str) -> None:
         raise FaultError(f"fault point {name}")
     elif callable(action):
         action()
+
+
+async def reached(name: str) -> None:
+    """:func:`hit` where the engine can wait: a callable may return an awaitable
+    (a test sends a signal there)."""
+    action = _armed.get(name)
+    if action is None:
+        return
+    if callable(action):
+        result: object = action()
+        if inspect.isawaitable(result):
+            await result
+        return
+    hit(name)
 
 
 class FaultPoints(Hook):

@@ -88,6 +88,8 @@ class Committer:
         store = self.store
         if not store.batching:
             return (await self._commit([unit]))[0]
+        if not self._queue and not self._drains and self.quiet():
+            return await self._alone(unit)
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((unit, fut))
         # a store that takes several commits at once (PostgreSQL) gets the next batch
@@ -95,6 +97,24 @@ class Committer:
         if self._drains == self._committing and self._drains < store.commit_concurrency:
             self._start_drain()
         return await fut
+
+    async def _alone(self, unit: Unit) -> Result:
+        """A lone unit committed in its submitter's task, as a drain of its own: no
+        task to start and switch to. Units submitted meanwhile start drains beside it,
+        or after it when the store takes one commit at a time."""
+        self._drains += 1
+        self._committing += 1
+        try:
+            return (await self._commit([unit]))[0]
+        finally:
+            self._committing -= 1
+            self._drains -= 1
+            if (
+                self._queue
+                and self._drains == self._committing
+                and self._drains < self.store.commit_concurrency
+            ):
+                self._start_drain()
 
     def _committed(self, units: int, started: float) -> None:
         event = CommitEvent(units=units, seconds=time.perf_counter() - started)

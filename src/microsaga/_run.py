@@ -26,6 +26,7 @@ from ._engine.plan import Node, Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, StepRecord
 from ._engine.saga import after_success, compensated, decide, failure_summary, first
 from ._groupcommit import Committer
+from ._waiting import Waiting
 from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
 from .expressions import truthy
 from .hooks import ExecutionEvent, Hooks, StepEvent
@@ -36,8 +37,10 @@ from .status import Phase, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition, TransitionResult
 from .transports.base import to_message
+from .waits import MapStep, Marker
 
 if TYPE_CHECKING:
+    from .execution import Execution
     from .flow import Flow
 
 __all__ = ["Outcome", "Run", "RunHost", "RunSpec"]
@@ -66,6 +69,7 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     step_timeout: float | None = None
     deadline_at: float | None = None
+    parent_id: str | None = None  # a sub-workflow's child: its parent execution
 
 
 class RunHost(Protocol):
@@ -89,6 +93,36 @@ class RunHost(Protocol):
         """Abort the execution (with compensation) because its deadline passed; the
         request reaches the run through :meth:`Run.control`."""
 
+    # waiting steps (microsaga.waits) ------------------------------------------------
+
+    @property
+    def can_park(self) -> bool:
+        """Whether a worker takes parked executions back (one that claims): else a
+        waiting run waits in this process."""
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        """The signals kept for an execution, by event."""
+
+    async def park(self, run: Run, until: float, events: list[str], children: list[str]) -> bool:
+        """Give up the run's lease until ``until``; False when what it waits for is
+        there already (see :meth:`Store.park`)."""
+
+    async def child(self, child_id: str) -> Execution | None:
+        """A sub-workflow's child execution, or None before it exists."""
+
+    async def start_child(self, run: Run, node: Node, request: Message) -> None:
+        """Start the child execution of a SubflowStep (once: its id is fixed)."""
+
+    async def abort_child(self, child_id: str) -> None:
+        """Abort a child whose parent no longer waits for it (a rollback)."""
+
+    async def compensate_child(self, child_id: str) -> None:
+        """Roll back a child that succeeded, and wait until it is rolled back.
+
+        Raises:
+            MicrosagaError: the child's rollback failed.
+        """
+
 
 class Run:
     """Drives one execution to a stop: finished, suspended, or its lease lost."""
@@ -106,7 +140,7 @@ class Run:
         self.host = host
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
-        self._headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
+        self.headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
         self._done: list[StepRecord] = []  # attempts finished, not yet in the state
         self._records: list[StepRecord] = []  # records to write with the next commit
         self._tasks: dict[tuple[str, Phase], asyncio.Task[None]] = {}
@@ -121,6 +155,7 @@ class Run:
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
         self._waiters: list[asyncio.Future[Outcome | None]] = []
+        self.waiting = Waiting(self)  # its WAITING steps and map runs (_waiting.py)
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -142,6 +177,28 @@ class Run:
         if self._interrupt is not None:
             self._interrupt.set()  # wakes a backoff; the next wait gets a new event
             self._interrupt = None
+
+    def poke(self) -> None:
+        """Something a waiting step waits for may have come: look again."""
+        self._wake.set()
+
+    # for the steps that wait (microsaga._waiting) ----------------------------------
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lease was taken over: the run writes nothing more."""
+        return self._lost
+
+    async def pause(self, seconds: float) -> None:
+        """Wait up to ``seconds``, or until poked (a signal, a control request)."""
+        self._wake.clear()
+        await wait_event(self._wake, seconds)
+
+    def put(self, rec: StepRecord) -> None:
+        """A forward step's record settled without a step run (a wait resolved or given
+        up): in the state now, written with the next commit."""
+        self.state.steps[rec.step_id] = rec
+        self._records.append(rec)
 
     def drain(self) -> None:
         """The worker stops: start no step; once the running ones finished and were
@@ -172,6 +229,8 @@ class Run:
         self._initial = [rec for rec in records if rec.status is Status.RUNNING]
         for rec in records:
             self.state.steps[rec.step_id] = rec
+            if rec.status is Status.WAITING:
+                self.waiting.ids.add(rec.step_id)
         return records
 
     def event(self, *, taken_over: bool = False) -> ExecutionEvent:
@@ -265,6 +324,8 @@ class Run:
                 return
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
+            if self.waiting.ids and not self._draining:
+                await self.waiting.resolve()
             if self._draining:
                 if self._tasks:  # running steps finish and are recorded first
                     await self._wake.wait()
@@ -276,6 +337,13 @@ class Run:
             decision = (lone is not None and after_success(graph, state, lone)) or decide(
                 plan, graph, state
             )
+            if decision.cancel:
+                await self.waiting.cancel(decision.cancel)
+            if decision.park and not self._records:
+                if await self.waiting.wait_or_park():
+                    return
+                starts = []
+                continue
             if decision.start and self.spec.deadline_at is not None and self.deadline_due():
                 # the timer may not have fired yet (a resumed or taken-over execution
                 # whose deadline passed meanwhile): no step starts after the deadline
@@ -334,11 +402,14 @@ class Run:
                 continue
             for rec in starts:
                 (state.steps if rec.phase is Phase.FORWARD else state.comps)[rec.step_id] = rec
+            if any(rec.status is Status.WAITING for rec in starts):
+                self.waiting.ids.update(r.step_id for r in starts if r.status is Status.WAITING)
+                starts = [rec for rec in starts if rec.status is not Status.WAITING]
             hooks = self.host.hooks
             if recorded and hooks.step_recorded:
                 for rec in recorded:
                     if rec.status is not Status.RUNNING:
-                        hooks.emit(hooks.step_recorded, self._step_event(rec, now))
+                        hooks.emit(hooks.step_recorded, self.step_event(rec, now))
             if decision.done:
                 self._finish()
                 return
@@ -383,7 +454,7 @@ class Run:
         if phase is Phase.COMPENSATE:
             before = state.comps.get(sid)
             node = self.spec.plan.nodes[sid]
-            request = data.compensation_input(node, state.steps[sid], self._headers)
+            request = data.compensation_input(node, state.steps[sid], self.headers)
             attempts = before.attempts + 1 if before is not None else 1
             return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
         before_step = state.steps[sid]
@@ -393,7 +464,7 @@ class Run:
             if requires and _all_skipped(state.steps, requires):
                 return self._settle(sid, Status.SKIPPED, None, now)
             request = data.step_input(
-                self.spec.graph, state.steps, sid, self.spec.request, self._headers
+                self.spec.graph, state.steps, sid, self.spec.request, self.headers
             )
         else:
             found = self._input_of(node, before_step, requires, now)
@@ -401,6 +472,8 @@ class Run:
                 return found
             request = found
         attempts = before_step.attempts + 1
+        if node.waits:  # resolved by the loop: see _check_waits
+            return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
         return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
 
     def _input_of(
@@ -426,10 +499,10 @@ class Run:
             if not go:
                 return self._settle(sid, Status.SKIPPED, None, now)
         if before.request is not None:  # given by a redrive, or kept by an interruption
-            return self._headers.request(before.request.body, sid)
+            return self.headers.request(before.request.body, sid)
         if node.input is None:
             return data.step_input(
-                self.spec.graph, state.steps, sid, self.spec.request, self._headers
+                self.spec.graph, state.steps, sid, self.spec.request, self.headers
             )
         if document is None:
             document = data.context_document(node, state.steps, self.spec.request, self._decoded)
@@ -438,7 +511,7 @@ class Run:
         except Exception as exc:
             why = f"input {node.input} cannot be evaluated: {one_line(exc)}"
             return self._settle(sid, Status.FAILURE, why, now)
-        return self._headers.request(body, sid)
+        return self.headers.request(body, sid)
 
     def _settle(self, sid: str, status: Status, error: str | None, now: float) -> StepRecord:
         """A step settled without being invoked (SKIPPED, or FAILURE of an expression):
@@ -460,20 +533,21 @@ class Run:
                 state.steps[sid] = rec
             else:
                 state.comps[sid] = rec
-                if rec.status is Status.SUCCESS:
+                # a failed map whose runs were compensated stays the step that failed
+                if rec.status is Status.SUCCESS and state.steps[sid].status is Status.SUCCESS:
                     forward = replace(state.steps[sid], status=Status.COMPENSATED)
                     state.steps[sid] = forward
                     self._records.append(forward)
         self._done.clear()
 
-    def _interrupt_wanted(self, phase: Phase) -> bool:
+    def interrupt_wanted(self, phase: Phase) -> bool:
         if self.state.abort is Abort.NO_COMPENSATION or self._draining:
             return True
         if phase is Phase.COMPENSATE:
             return False
         return self.state.status is Status.SUSPEND or self.state.abort is not Abort.NONE
 
-    def _step_event(
+    def step_event(
         self,
         rec: StepRecord,
         at: float,
@@ -502,6 +576,13 @@ class Run:
         record goes to ``_done`` for the loop to fold and commit."""
         sid, phase = rec.step_id, rec.phase
         node = self.spec.plan.nodes[sid]
+        if isinstance(node.step, MapStep) or (
+            phase is Phase.COMPENSATE and isinstance(node.compensate, Marker)
+        ):
+            self._done.append(await self.waiting.run_special(rec, node))
+            if not self._inline:
+                self._wake.set()
+            return
         step: Any
         retry: RetryPolicy
         if phase is Phase.FORWARD:
@@ -522,7 +603,7 @@ class Run:
             if hooks.step_started:
                 hooks.emit(
                     hooks.step_started,
-                    self._step_event(replace(rec, attempts=attempt), self.host.clock()),
+                    self.step_event(replace(rec, attempts=attempt), self.host.clock()),
                 )
             slots = self.host.slots
             if not slots.take():
@@ -532,7 +613,7 @@ class Run:
                     # a plain async function of the request: awaited without a context
                     response = to_message(await direct(request))
                 else:
-                    response = await self._call(step, request, sid, attempt, timeout, phase)
+                    response = await self.call(step, request, sid, attempt, timeout, phase)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -547,7 +628,7 @@ class Run:
             error, response = one_line(failure), None
             if retry.should_retry(failure, attempt):
                 if hooks.step_finished:
-                    event = self._step_event(
+                    event = self.step_event(
                         replace(rec, attempts=attempt),
                         self.host.clock(),
                         status=Status.FAILURE,
@@ -559,7 +640,7 @@ class Run:
                 # a service that says when to come back (HTTP Retry-After) is obeyed
                 if isinstance(failure, MicrosagaError) and failure.retry_after:
                     delay = max(delay, failure.retry_after)
-                if not await self._backoff(delay, phase) or not await self._next_attempt(
+                if not await self.backoff(delay, phase) or not await self._next_attempt(
                     rec, attempt + 1, error
                 ):
                     status = Status.PENDING  # interrupted: it starts again on resume
@@ -567,7 +648,7 @@ class Run:
                 attempt += 1
                 continue
             if phase is Phase.FORWARD and node.fallback is not None:
-                fallen = await self._fallback(node, rec, request, attempt, timeout, error)
+                fallen = await self.fallback(node, rec, request, attempt, timeout, error)
                 if fallen is _INTERRUPTED:
                     status = Status.PENDING  # it starts again on resume
                 elif isinstance(fallen, Message):
@@ -580,12 +661,12 @@ class Run:
             sid, phase, status, attempt, request, response, error, rec.started_at, finished
         )
         if hooks.step_finished and status is not Status.PENDING:
-            hooks.emit(hooks.step_finished, self._step_event(done, self.host.clock()))
+            hooks.emit(hooks.step_finished, self.step_event(done, self.host.clock()))
         self._done.append(done)
         if not self._inline:
             self._wake.set()
 
-    def _call(
+    def call(
         self,
         step: Step,
         request: Message,
@@ -609,7 +690,7 @@ class Run:
             return step.execute(request, ctx)
         return _timed(step.execute(request, ctx), sid, timeout)
 
-    async def _invoke(
+    async def invoke(
         self, step: Step, request: Message, sid: str, attempt: int, timeout: float | None
     ) -> Message:
         """A fallback's invocation, in one of the worker's slots."""
@@ -617,15 +698,15 @@ class Run:
         if not slots.take():
             await slots.wait()
         try:
-            return await self._call(step, request, sid, attempt, timeout)
+            return await self.call(step, request, sid, attempt, timeout)
         finally:
             slots.give()
 
-    async def _backoff(self, delay: float, phase: Phase) -> bool:
+    async def backoff(self, delay: float, phase: Phase) -> bool:
         """Wait before a retry; False when a suspend or abort interrupts the wait."""
         loop = asyncio.get_running_loop()
         until = loop.time() + delay
-        while not self._interrupt_wanted(phase):
+        while not self.interrupt_wanted(phase):
             left = until - loop.time()
             if left <= 0:
                 return True
@@ -656,9 +737,9 @@ class Run:
             raise asyncio.CancelledError()
         if result.status is not self.state.status:
             self.control(result.status, result.abort)
-        return result.applied and not self._interrupt_wanted(running.phase)
+        return result.applied and not self.interrupt_wanted(running.phase)
 
-    async def _fallback(
+    async def fallback(
         self,
         node: Node,
         rec: StepRecord,
@@ -678,7 +759,7 @@ class Run:
         tries = 1
         while True:
             try:
-                return await self._invoke(fallback, req, node.id, attempt, timeout)
+                return await self.invoke(fallback, req, node.id, attempt, timeout)
             except Exception as exc:
                 if not retry.should_retry(exc, tries):
                     log.info(
@@ -691,7 +772,7 @@ class Run:
                     return None
                 delay = retry.interval(tries, self.host.random())
                 note = f"{error}; fallback {fallback.id} attempt {tries}: {one_line(exc)}"
-                if not await self._backoff(delay, Phase.FORWARD) or not await self._record(
+                if not await self.backoff(delay, Phase.FORWARD) or not await self._record(
                     replace(rec, attempts=attempt, error=note)
                 ):
                     return _INTERRUPTED

@@ -165,7 +165,7 @@ def cli(
     }
 
 
-def _parse_input(text: str | None) -> Message:
+def _parse_input(text: str | None, option: str = "--input") -> Message:
     if text is None:
         return Message()
     if text.startswith("@"):
@@ -173,18 +173,18 @@ def _parse_input(text: str | None) -> Message:
             with open(text[1:], "rb") as fh:
                 raw = fh.read()
         except OSError as exc:
-            raise ConfigurationError("--input", f"cannot read {text[1:]}: {exc.strerror}") from None
+            raise ConfigurationError(option, f"cannot read {text[1:]}: {exc.strerror}") from None
     else:
         try:
             raw = text.encode()
         except UnicodeEncodeError:  # bytes that are not UTF-8 in argv come as surrogates
-            raise ConfigurationError("--input", "not valid UTF-8 text") from None
+            raise ConfigurationError(option, "not valid UTF-8 text") from None
     try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
         _json_check.decode(raw)
     except msgspec.DecodeError as exc:
-        raise ConfigurationError("--input", f"not valid JSON: {exc}") from None
+        raise ConfigurationError(option, f"not valid JSON: {exc}") from None
     except RecursionError:
-        raise ConfigurationError("--input", "not valid JSON: nested too deeply") from None
+        raise ConfigurationError(option, "not valid JSON: nested too deeply") from None
     return Message(raw)
 
 
@@ -375,6 +375,27 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
             eid = await flow.redrive(execution_id, step=step, input=body)
             found = await flow.store.get_status(eid)
         click.echo(f"{eid} {found[0].name if found else '?'}")
+        return EXIT_OK
+
+    _run_async(main)
+
+
+@cli.command("signal")
+@click.argument("execution_id")
+@click.argument("event")
+@click.option("--payload", help="The signal's payload: JSON text, or @FILE.")
+@click.pass_context
+def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | None) -> None:
+    """Deliver EVENT to an execution: its WaitStep for EVENT succeeds with --payload as
+    its response (kept for the step when it has not started yet). Prints the
+    execution's id and status."""
+    message = _parse_input(payload, "--payload")
+
+    async def main() -> int:
+        async with _flow(ctx, worker=False) as flow:
+            await flow.signal(execution_id, event, message)
+            found = await flow.store.get_status(execution_id)
+        click.echo(f"{execution_id} {found[0].name if found else '?'}")
         return EXIT_OK
 
     _run_async(main)

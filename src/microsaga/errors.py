@@ -113,9 +113,11 @@ class CycleError(DefinitionError):
 
     code = "cycle"
 
-    def __init__(self, steps: Iterable[str] = ()) -> None:
-        self.steps = list(steps)
-        super().__init__("cycle between steps: " + " -> ".join(self.steps) if self.steps else None)
+    def __init__(self, steps: Iterable[str] = (), *, between: str = "steps") -> None:
+        self.steps = list(steps)  # the steps (or workflows: sub-workflows) of the cycle
+        super().__init__(
+            f"cycle between {between}: " + " -> ".join(self.steps) if self.steps else None
+        )
 
 
 class DuplicateStepError(DefinitionError):

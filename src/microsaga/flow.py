@@ -9,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +18,13 @@ from . import _faults, _views
 from ._aio import wait_event
 from ._engine.plan import OnFailure, Plan
 from ._run import Outcome, Run
+from ._threads import StepThreads
 from ._urls import Url
-from ._validate import check_id
+from ._validate import check_id, name_problem
 from .definitions import workflow_from_dict
 from .errors import (
     ConfigurationError,
+    CycleError,
     DefinitionError,
     ExecutionFailedError,
     ExecutionNotFoundError,
@@ -42,10 +43,12 @@ from .step import Step
 from .stores import open_store
 from .stores.base import Store, StoredDefinition
 from .transports.base import Broker, Client
+from .waits import SubflowStep
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
 if TYPE_CHECKING:
+    from ._engine.plan import Node
     from .saga import Saga
 
 __all__ = ["Flow", "new_execution_id"]
@@ -172,9 +175,10 @@ class Flow:
         self._stored_definitions: set[str] = set()
         # plans whose steps found what they need here: (plan, number of services)
         self._checked: dict[int, tuple[Plan, int]] = {}
+        self._subflows: dict[int, tuple[Plan, bool]] = {}  # plans with SubflowSteps
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._yielded_at = 0.0  # when execute() last let other tasks run
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
 
     # options and lifecycle -------------------------------------------------------------
 
@@ -217,13 +221,14 @@ class Flow:
         return self._services
 
     @property
-    def threads(self) -> ThreadPoolExecutor:
-        """The threads sync :class:`FunctionStep` functions run in: as many as the
-        flow's ``concurrency``, made on first use and shut down with the flow."""
+    def threads(self) -> StepThreads:
+        """The threads sync :class:`FunctionStep` functions run in, off the event loop
+        (they may block): a few for quick functions, more when functions block, at
+        most as many as the flow's ``concurrency``; stopped with the flow. A call
+        costs one asyncio future, and the calls that finish together are handed back
+        to the loop in one wake-up (``microsaga._threads``; docs/semantics.md)."""
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                self._options.concurrency, thread_name_prefix="microsaga-step"
-            )
+            self._threads = StepThreads(self._options.concurrency)
         return self._threads
 
     def clock(self) -> float:
@@ -285,7 +290,7 @@ class Flow:
             self._store = None
         if self._threads is not None:
             # a sync step still running (it timed out, say) cannot be stopped: not waited for
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             self._threads = None
 
     async def __aenter__(self) -> Flow:
@@ -375,6 +380,8 @@ class Flow:
         Raises:
             WorkflowNotFoundError: nothing saved under ``id``.
         """
+        if version is not None and not 0 < version < 2**63:  # no store holds such a version
+            raise WorkflowNotFoundError(f"{id} version {version}")
         stored = await self.store.load_workflow(id, version)
         if stored is None:
             raise WorkflowNotFoundError(id if version is None else f"{id} version {version}")
@@ -470,6 +477,8 @@ class Flow:
             check_id(execution_id, "execution_id")
         plan = self._checked_plan(wf)
         graph = plan.graph(start, reverse)  # an unknown start raises here, before anything
+        if self._starts_children(plan):
+            await self._check_children(plan, (wf.id,))
         if self.hooks.execution_header:
             request = self._with_hook_headers(wf, request)
         snap = wf.snapshot()
@@ -522,6 +531,98 @@ class Flow:
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated
             )
         return eid
+
+    def _starts_children(self, plan: Plan) -> bool:
+        found = self._subflows.get(id(plan))
+        if found is None or found[0] is not plan:
+            has = any(isinstance(n.step, SubflowStep) for n in plan.nodes.values())
+            found = self._subflows[id(plan)] = (plan, has)
+        return found[1]
+
+    async def _check_children(self, plan: Plan, chain: tuple[str, ...]) -> None:
+        """The workflows that the SubflowSteps of ``plan`` start are saved, and none of
+        them starts a workflow of ``chain`` again.
+
+        Raises:
+            WorkflowNotFoundError: naming the step.
+            CycleError: naming the workflows of the cycle.
+        """
+        for node in plan.nodes.values():
+            step = node.step
+            if not isinstance(step, SubflowStep):
+                continue
+            target = step.workflow_id
+            if target in chain:
+                cycle = [*chain[chain.index(target) :], target]
+                raise CycleError(cycle, between="workflows")
+            stored = await self.store.load_workflow(target, step.version)
+            if stored is None:
+                version = "" if step.version is None else f" version {step.version}"
+                raise WorkflowNotFoundError(
+                    f"{target}{version} (started by step {node.id} of workflow {chain[-1]})"
+                )
+            child = self._plans.get(stored.hash)
+            if child is None:
+                child = self._plans[stored.hash] = workflow_from_dict(
+                    Message(stored.body).json()
+                ).plan()
+            await self._check_children(child, (*chain, target))
+
+    async def start_child(self, parent_id: str, node: Node, request: Message) -> None:
+        """Start the child execution of the SubflowStep ``node`` of execution
+        ``parent_id``, with ``request``: ``<parent_id>:<step id>``, once (the id is its
+        idempotency key)."""
+        step = node.step
+        assert isinstance(step, SubflowStep)
+        wf = await self.workflow_load(step.workflow_id, step.version)
+        plan = self._checked_plan(wf)
+        snap = wf.snapshot()
+        self._plans.setdefault(snap.hash, plan)
+        new = NewRun(
+            execution_id=f"{parent_id}:{node.id}",
+            workflow_id=wf.id,
+            version=wf.version,
+            definition_hash=snap.hash,
+            definition=snap.body,
+            step_ids=snap.step_ids,
+            plan=plan,
+            graph=plan.graph(),
+            start_step=None,
+            reverse=False,
+            request=request,
+            step_timeout=None,
+            deadline=node.timeout,
+            parent_id=parent_id,
+        )
+        await self._running().start(new)
+
+    async def signal(self, execution_id: str, event: str, payload: Any = None) -> None:
+        """Deliver ``event`` to an execution: a :class:`~microsaga.WaitStep` waiting for
+        it SUCCEEDS with ``payload`` (a Message, or anything ``Message(body=...)``
+        takes) as its response. A signal that comes before the step starts is kept for
+        it; a second one of the same event is ignored. Stored when this returns; the
+        execution wakes within a second, wherever it is parked.
+
+        Raises:
+            ExecutionNotFoundError: unknown id.
+            InvalidTransitionError: the execution is finished.
+            ConfigurationError: ``event`` is not a name, ``payload`` not JSON.
+        """
+        problem = name_problem(event, colon=True, limit=200)
+        if problem is not None:
+            raise ConfigurationError("event", problem)
+        try:
+            message = Message.of(payload)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError("payload", f"must be JSON: {exc}") from None
+        if isinstance(payload, Message | bytes | bytearray | memoryview):
+            try:
+                _check_json(message.body)
+            except ConfigurationError as exc:
+                raise ConfigurationError("payload", exc.reason) from None
+        worker = self._running()
+        await self.store.signal(execution_id, event, message, self.clock())
+        worker.signalled(execution_id)
 
     def _with_hook_headers(self, wf: Workflow, request: Message) -> Message:
         event = ExecutionEvent(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
 import importlib
 import inspect
 import re
@@ -184,8 +181,7 @@ class FunctionStep(Step):
         else:
             # the flow's own threads, as many as its concurrency: asyncio's default pool
             # has only a few per core and would cap how many sync steps run at once
-            call = functools.partial(contextvars.copy_context().run, invoke, req, ctx)
-            result = await asyncio.get_running_loop().run_in_executor(ctx.flow.threads, call)
+            result = await ctx.flow.threads.run(invoke, req, ctx)
             if inspect.isawaitable(result):
                 result = await result
         return result if type(result) is Message else result_message(result)

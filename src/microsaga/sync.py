@@ -236,6 +236,10 @@ class SyncFlow:
         """Stop starting steps, let running ones finish, then roll back."""
         self.run(self._flow.abort(execution_id, compensate=compensate))
 
+    def signal(self, execution_id: str, event: str, payload: Any = None) -> None:
+        """Deliver ``event`` to an execution (see :meth:`Flow.signal`)."""
+        self.run(self._flow.signal(execution_id, event, payload))
+
 
 class SyncWorkflow:
     """A :class:`~microsaga.Workflow` bound to a :class:`SyncFlow`, with blocking

@@ -38,7 +38,13 @@ from ._engine.records import Abort, ExecState, Phase
 from ._groupcommit import Committer
 from ._health import StoreHealth
 from ._run import Run, RunSpec
-from .errors import ExecutionConflictError, InvalidTransitionError, MicrosagaError, StoreError
+from .errors import (
+    ExecutionConflictError,
+    ExecutionNotFoundError,
+    InvalidTransitionError,
+    MicrosagaError,
+    StoreError,
+)
 from .hooks import ExecutionEvent, Hooks
 from .message import Message
 from .observability.logs import about
@@ -54,6 +60,8 @@ from .stores.base import (
 )
 
 if TYPE_CHECKING:
+    from ._engine.plan import Node
+    from .execution import Execution
     from .flow import Flow
 
 __all__ = ["NewRun", "Started", "Worker"]
@@ -200,6 +208,70 @@ class Worker:
         if self.hooks.execution_status:
             self.hooks.emit(self.hooks.execution_status, run.event())
         self._notify(run.id)
+        parent = run.spec.parent_id
+        if parent is not None and run.outcome is not None and run.outcome.status.finished:
+            self._spawn(self._child_ended(parent))
+
+    async def _child_ended(self, parent_id: str) -> None:
+        """A sub-workflow's child finished: its parent looks at it now."""
+        run = self.runs.get(parent_id)
+        if run is not None and not run.releasing and not run.ended:
+            run.poke()  # a park after this sees the child finished, and does not park
+            return
+        try:  # parked, or parking now: the wake comes after the park, in the store
+            await self.store.wake(parent_id, self.clock())
+        except MicrosagaError as exc:  # the parent looks at its child now and then
+            log.warning("could not wake execution %s: %s", parent_id, exc)
+        self.poke()
+
+    # waiting steps: the run's host (see microsaga.waits) -----------------------------
+
+    @property
+    def can_park(self) -> bool:
+        return self.options.claim and bool(self._loops)
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        return await self.store.signals(execution_id)
+
+    async def park(self, run: Run, until: float, events: list[str], children: list[str]) -> bool:
+        note = "waiting for " + ", ".join(sorted(events + children) or ["a timer"])
+        return await self.store.park(run.id, run.spec.token, until, events, children, note)
+
+    async def child(self, child_id: str) -> Execution | None:
+        return await self.store.get_execution(child_id)
+
+    async def start_child(self, run: Run, node: Node, request: Message) -> None:
+        await self.flow.start_child(run.id, node, request)
+
+    async def abort_child(self, child_id: str) -> None:
+        try:
+            await self.control(child_id, "abort")
+        except (InvalidTransitionError, ExecutionNotFoundError):
+            pass  # finished already, or never started
+
+    async def compensate_child(self, child_id: str) -> None:
+        try:
+            await self.control(child_id, "compensate")
+        except InvalidTransitionError:
+            pass  # rolling back already (a retry of this compensation), or rolled back
+        while True:
+            found = await self.store.get_execution(child_id)
+            if found is None or found.status is Status.ABORTED:
+                return
+            if found.status is Status.FAILURE:
+                raise MicrosagaError(
+                    f"the rollback of child execution {child_id} failed: {found.error}"
+                )
+            await asyncio.sleep(self.options.poll_interval)
+
+    def signalled(self, execution_id: str) -> None:
+        """A signal for the execution was stored by this process: its run here, if
+        any, looks at it; else the worker looks for work now (it may be parked)."""
+        run = self.runs.get(execution_id)
+        if run is not None:
+            run.poke()
+        else:
+            self.poke()
 
     def deadline_passed(self, run: Run) -> None:
         if run.deadline_due() and run.id not in self._aborting:
@@ -296,6 +368,7 @@ class Worker:
                 created_at=now,
                 step_timeout=new.step_timeout,
                 deadline_at=now + new.deadline if new.deadline is not None else None,
+                parent_id=new.parent_id,
             )
             run = self._make_run(spec, Status.RUNNING, [], fresh=True)
         created = await self.committer.create(
@@ -373,12 +446,18 @@ class Worker:
     ) -> Run:
         """An execution made into a run: the one place where that happens."""
         state = ExecState(status, abort, steps=spec.graph.fresh_steps(), comps={})
+        items = []  # the runs of map steps: <id>[<i>]
         for rec in records:
-            if rec.phase is Phase.COMPENSATE:
+            if rec.step_id not in state.steps and rec.step_id.endswith("]"):
+                items.append(rec)
+            elif rec.phase is Phase.COMPENSATE:
                 state.comps[rec.step_id] = rec
             elif rec.step_id in state.steps:
                 state.steps[rec.step_id] = rec
-        return Run(spec, state, self, fresh=fresh)
+        run = Run(spec, state, self, fresh=fresh)
+        for rec in items:
+            run.waiting.items[rec.step_id, rec.phase] = rec
+        return run
 
     def _launch(self, run: Run, *, eager: bool = False, taken_over: bool = False) -> None:
         """Run ``run`` in a task of its own. ``eager`` (Python 3.12+): the task starts
@@ -406,7 +485,7 @@ class Worker:
             run.end(None)
         if self.hooks.run_stopped:
             self.hooks.emit(self.hooks.run_stopped, run.event())
-        if run.outcome is None and self._loops:
+        if run.outcome is None and self._loops and not run.waiting.parked:
             # the run gave up (store away too long, lost lease, a bug): free its lease,
             # else the heartbeat would renew it forever and nobody would take it over
             self._to_release[run.id] = run.spec.token
@@ -466,6 +545,7 @@ class Worker:
             created_at=stored.created_at,
             step_timeout=stored.step_timeout,
             deadline_at=stored.deadline_at,
+            parent_id=stored.parent_id,
         )
         status = Status.RUNNING if stored.status is Status.PENDING else stored.status
         run = self._make_run(spec, status, stored.records, fresh=False, abort=Abort(stored.abort))
@@ -492,6 +572,8 @@ class Worker:
         status = await self.store.request(
             execution_id, action, self.clock(), reason, steps=steps, body=body
         )
+        if action in _PASSED_ON:
+            await self._pass_on(execution_id, action)
         run = self.runs.get(execution_id)
         if run is not None:
             found = await self.store.get_status(execution_id)
@@ -514,6 +596,20 @@ class Worker:
             self._notify(execution_id)
         self.poke()
         return status
+
+    async def _pass_on(self, execution_id: str, action: ControlAction) -> None:
+        """A suspend, resume or abort of a parent reaches the children its waiting
+        sub-workflow steps run (``<id>:<step id>``), and theirs."""
+        info = await self.store.get_execution(execution_id)
+        if info is None:
+            return
+        for sid, run in info.steps.items():
+            if run.status is not Status.WAITING:
+                continue
+            try:
+                await self.control(f"{execution_id}:{sid}", action)
+            except (InvalidTransitionError, ExecutionNotFoundError):
+                pass  # not a sub-workflow's step, or its child cannot do that
 
     def poke(self) -> None:
         """Look for work and control requests now rather than at the next poll."""
@@ -653,6 +749,9 @@ class Worker:
             del self._to_release[eid]
             self._poke.set()  # claimable now, by this worker too
 
+
+# control requests that reach the children of sub-workflow steps
+_PASSED_ON = ("suspend", "resume", "abort", "abort_nocomp")
 
 # asyncio.Task(..., eager_start=True): Python 3.12+
 _EAGER_TASKS = sys.version_info >= (3, 12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,6 +17,7 @@ from .expressions import compile_expression
 from .message import Message, encode_json
 from .status import Phase, Status
 from .step import Retry, Step, check_steps
+from .waits import CHILD_ROLLBACK, RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitingStep
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -110,7 +112,9 @@ class Workflow:
     @staticmethod
     def _validated(steps: list[Step]) -> dict[str, Step]:
         out: dict[str, Step] = {}
-        for step in steps:
+        for n, step in enumerate(steps, 1):
+            if isinstance(step, SleepStep) and step.options.id is None:
+                step.options = dataclasses.replace(step.options, id=f"sleep-{n}")
             problem = name_problem(step.id, spaces=True, colon=True, limit=1000)
             if problem is not None:
                 raise DefinitionError(f"step id {problem}")
@@ -254,8 +258,17 @@ def build_plan(workflow_id: str, steps: list[Step], on_failure: OnFailure = "com
     nodes: dict[str, Node] = {}
     for step in steps:
         opts = step.options
-        comp, fallback = opts.compensate, opts.fallback
+        comp: object | None = opts.compensate
+        fallback = opts.fallback
         uses_context = opts.input is not None or opts.when is not None
+        input = compile_expression(opts.input, "input") if opts.input else None
+        partial = False
+        if isinstance(step, SubflowStep) and comp is None:
+            comp = CHILD_ROLLBACK  # the child compensated as a unit
+        elif isinstance(step, MapStep):
+            uses_context, input, partial = True, step.over, True
+            comp = RUNS_ROLLBACK if step.step.options.compensate is not None else None
+        comp_opts = comp.options if isinstance(comp, Step) else None
         nodes[step.id] = Node(
             id=step.id,
             step=step,
@@ -267,14 +280,16 @@ def build_plan(workflow_id: str, steps: list[Step], on_failure: OnFailure = "com
             fallback_timeout=fallback.options.timeout if fallback is not None else None,
             compensate=comp,
             compensate_input=opts.compensate_input,
-            compensate_retry=comp.options.retry if comp is not None else None,
-            compensate_timeout=comp.options.timeout if comp is not None else None,
-            input=compile_expression(opts.input, "input") if opts.input else None,
+            compensate_retry=comp_opts.retry if comp_opts is not None else None,
+            compensate_timeout=comp_opts.timeout if comp_opts is not None else None,
+            input=input,
             when=compile_expression(opts.when, "when") if opts.when else None,
             ancestors=tuple(
                 sorted(dag.ancestors(requires, step.id) - {step.id}, key=order.__getitem__)
             )
             if uses_context
             else (),
+            waits=isinstance(step, WaitingStep),
+            partial=partial,
         )
     return Plan(workflow_id, nodes, on_failure)

@@ -281,14 +281,33 @@ class Redriving(Flow):
         self.calls.append(("signal", execution_id, event, payload))
 
 
-async def test_redrive_and_signal_answer_501_until_the_flow_has_them(memory_api: Client) -> None:
-    eid = await memory_api.start({"fail": True})
-    for action, body in (("redrive", {}), ("signal", {"event": "paid"})):
-        if hasattr(Flow, action):
-            pytest.skip(f"this build's Flow has {action}: the 501 is gone")
-        answer = await memory_api.post(f"/api/executions/{eid}/{action}", json=body)
-        detail = problem(answer, 501, "not_implemented")["detail"]
-        assert detail == f"{action} is not available in this version of microsaga"
+async def test_a_signal_completes_a_waiting_execution(api: Client) -> None:
+    approval = {"id": "approval", "steps": [{"wait": "approved", "timeout": 3600}]}
+    assert (await api.put("/api/workflows/approval", json=approval)).status_code == 200
+    started = await api.post("/api/workflows/approval/executions", json={"input": {"n": 1}})
+    eid = started.json()["id"]
+    answer = await api.post(
+        f"/api/executions/{eid}/signal", json={"event": "approved", "payload": {"by": "ann"}}
+    )
+    assert answer.status_code == 200, answer.text
+
+    async def done() -> Any:
+        found = (await api.get(f"/api/executions/{eid}")).json()
+        return found if found["status"] == "SUCCESS" else None
+
+    found = await eventually(done)
+    assert found["steps"]["approved"]["response"] == {"by": "ann"}
+    assert found["response"] == {"by": "ann"}
+    problem(
+        await api.post(f"/api/executions/{eid}/signal", json={"event": "approved"}),
+        409,
+        "invalid_transition",
+    )
+    problem(
+        await api.post("/api/executions/nope/signal", json={"event": "approved"}),
+        404,
+        "execution_not_found",
+    )
 
 
 async def test_redrive_and_signal_call_the_flow() -> None:

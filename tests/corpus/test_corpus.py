@@ -16,10 +16,21 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import microsaga
-from microsaga import FunctionStep, Message, MicrosagaError, StepError, load_definition
+from microsaga import (
+    Flow,
+    FunctionStep,
+    Message,
+    MicrosagaError,
+    SleepStep,
+    StepError,
+    WaitStep,
+    load_definition,
+)
+from microsaga.api import create_app
 from microsaga.cli import main
 from microsaga.participant import Participant
 from tests.corpus import steps
@@ -207,11 +218,47 @@ async def test_participant_case(case: Case) -> None:
     assert "\n" not in decoded["error"]["message"]
 
 
-# HTTP API bodies (when the API exists) ------------------------------------------------
+# HTTP API requests ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", params("http_api") or [None])
-def test_http_api_case(case: Case | None) -> None:
-    if case is None:
-        pytest.skip("no HTTP API yet (SPEC §9): tests/corpus/http_api/ holds no case")
-    pytest.skip("the HTTP API's runner comes with the API")
+async def _api_request(case: Case) -> httpx.Response:
+    """``case`` sent to the HTTP API over a memory flow holding two saved workflows, a
+    waiting execution (``{waiting}`` in a path or body) and a finished one
+    (``{finished}``)."""
+    async with Flow("memory://", poll_interval=0.05) as flow:
+        app = create_app(flow)
+        approval = await flow.workflow_create("approval", WaitStep("go"))
+        await flow.workflow_save(approval)
+        nap = await flow.workflow_create("nap", SleepStep(0.01, id="nap"))
+        await flow.workflow_save(nap)
+        ids = {"{waiting}": await approval.execute({}, async_=True),
+               "{finished}": await nap.execute({})}  # fmt: skip
+        path, body = case.spec["path"], case.get("body")
+        for name, eid in ids.items():
+            path = path.replace(name, eid)
+            if isinstance(body, str):
+                body = body.replace(name, eid)
+        content = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+        headers = {"content-type": "application/json"} if content is not None else {}
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://api.test"
+            ) as client:
+                return await client.request(
+                    case.spec["method"], path, content=content, headers=headers
+                )
+        finally:
+            await app.state.feed.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", params("http_api"))
+async def test_http_api_case(case: Case) -> None:
+    answer = await _api_request(case)
+    assert answer.status_code == case.spec["status"], answer.text[:300]
+    assert "Traceback" not in answer.text
+    if case.spec["code"] == "ok":
+        return
+    problem = answer.json()
+    assert problem["code"] == case.spec["code"], problem
+    assert "\n" not in problem["detail"]

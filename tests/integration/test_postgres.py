@@ -314,12 +314,14 @@ async def test_a_lost_connection_is_a_retryable_error_and_the_store_reconnects(
     assert (result.owned, result.status) == (True, Status.SUCCESS)
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["one-execution", "batch"])
 @pytest.mark.parametrize("change", ["suspend", "takeover"])
 async def test_a_row_changed_under_a_commit_is_decided_again(
-    store: PostgresStore, url: str, change: str
+    store: PostgresStore, url: str, change: str, alone: bool
 ) -> None:
-    """A commit decides on rows read without a lock, then writes only unchanged rows;
-    a row another process changed in between is decided again on a fresh read."""
+    """A commit writes a row only if it is as its owner expects (or as read); a row
+    another process changed under it is decided again on a fresh read. Alone, the
+    transition goes in the statement for one execution; in a batch, in the other."""
     owned = pending("e1")
     owned.status, owned.owner, owned.lease_until = Status.RUNNING, "w1", 110.0
     await store.commit([owned, pending("e2")])
@@ -335,7 +337,7 @@ async def test_a_row_changed_under_a_commit_is_decided_again(
             Transition("e1", 1, Status.RUNNING, Status.SUCCESS, [done], release=True, at=105.0),
             Transition("e2", 1, Status.RUNNING, records=[done], at=105.0),
         ]
-        committing = asyncio.ensure_future(store.commit(units))
+        committing = asyncio.ensure_future(store.commit(units[:1] if alone else units))
         await eventually(lambda: _backends(url, "wait_event_type = 'Lock'"))
         if change == "suspend":
             await blocker.execute("UPDATE microsaga_executions SET status = 5 WHERE id = 'e1'")
@@ -344,22 +346,61 @@ async def test_a_row_changed_under_a_commit_is_decided_again(
                 "UPDATE microsaga_executions SET owner = 'w2', lease_token = 2 WHERE id = 'e1'"
             )
         await tx.commit()
-        first, second = await committing
+        first, *rest = await committing
     finally:
         await blocker.close()
-    assert second == TransitionResult(True, Status.RUNNING, 0, True)
+    assert rest == ([] if alone else [TransitionResult(True, Status.RUNNING, 0, True)])
     records = await store.load("e1")
     assert records is not None
     if change == "suspend":
         # decided again: not applied (so not released), the step's result kept
         assert first == TransitionResult(True, Status.SUSPEND, 0, False)
         assert [r.status for r in records.records] == [Status.SUCCESS]
-        assert await store.renew("w1", ["e1", "e2"], 106.0, 10.0) == {"e1", "e2"}
+        assert await store.renew("w1", ["e1"], 106.0, 10.0) == {"e1"}
     else:
         assert isinstance(first, TransitionResult)
         assert (first.owned, first.applied) == (False, False)
         assert records.records == []
         assert await store.get_status("e1") == (Status.RUNNING, 0)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one-execution", "batch"])
+async def test_a_transition_that_cannot_be_written_leaves_nothing_written(
+    store: PostgresStore, url: str, alone: bool
+) -> None:
+    """The execution rows and their step runs change in one statement: a step run the
+    server refuses (here by a trigger) leaves every row of the commit as it was."""
+    for eid in ("e1", "e2"):
+        owned = pending(eid)
+        owned.status, owned.owner, owned.lease_until = Status.RUNNING, "w1", 110.0
+        await store.commit([owned])
+    admin = await connect(url)
+    try:
+        await admin.execute(
+            """
+            CREATE FUNCTION refuse_b() RETURNS trigger AS $$ BEGIN
+                IF NEW.step_id = 'b' THEN RAISE EXCEPTION 'step b refused'; END IF;
+                RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER refuse_b BEFORE INSERT ON microsaga_step_runs
+                FOR EACH ROW EXECUTE FUNCTION refuse_b();
+            """
+        )
+    finally:
+        await admin.close()
+    ok = StepRecord("a", 0, Status.SUCCESS, 1, Message(b"{}"), Message(b"[]"), None, 1, 2)
+    bad = StepRecord("b", 0, Status.SUCCESS, 1, Message(b"{}"), Message(b"[]"), None, 1, 2)
+    units = [Transition("e1", 1, Status.RUNNING, Status.SUCCESS, [ok, bad], release=True)]
+    if not alone:
+        units.append(Transition("e2", 1, Status.RUNNING, Status.SUCCESS, [ok], release=True))
+    with pytest.raises(StoreError, match="step b refused"):
+        await store.commit(units)
+    for eid in ("e1", "e2"):
+        assert await store.get_status(eid) == (Status.RUNNING, 0)
+        stored = await store.load(eid)
+        assert stored is not None
+        assert stored.records == []
+    assert await store.renew("w1", ["e1", "e2"], 106.0, 10.0) == {"e1", "e2"}
 
 
 async def test_concurrent_claims_take_different_executions(url: str) -> None:

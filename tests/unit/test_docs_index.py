@@ -81,6 +81,10 @@ ILLUSTRATIVE = [
         "docs/observability.md",
         "needs Docker for the Jaeger collector and packages from the index",
     ),
+    (
+        "docs/semantics.md",
+        "the waiting steps at a glance; tests/unit/test_waits.py runs each of them",
+    ),
 ]
 
 

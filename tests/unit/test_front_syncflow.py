@@ -25,6 +25,7 @@ from microsaga import (
     Saga,
     Status,
     SyncFlow,
+    WaitStep,
 )
 from microsaga.sync import SyncWorkflow
 from tests.unit import front_saga as shop
@@ -287,3 +288,11 @@ def test_a_saga_is_added_like_a_workflow(sync_flow: SyncFlow) -> None:
 
     eid = sync_flow.workflow_add(saga).execute("ada")
     assert sync_flow.execution(eid).response == Message(b'"hello ada"')
+
+
+def test_a_signal_from_sync_code_wakes_a_waiting_execution(sync_flow: SyncFlow) -> None:
+    wf = sync_flow.workflow_create("approval", WaitStep("approved"))
+    eid = wf.execute({"n": 1}, async_=True)
+    sync_flow.signal(eid, "approved", {"by": "ann"})
+    poll(lambda: sync_flow.execution(eid).status is Status.SUCCESS)
+    assert sync_flow.execution(eid).response == Message(b'{"by":"ann"}')

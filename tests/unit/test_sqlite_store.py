@@ -99,6 +99,22 @@ async def test_a_transition_writing_only_step_records_rewrites_no_index(tmp_path
     conn.close()
 
 
+async def test_a_claim_reads_only_due_executions(tmp_path: Path) -> None:
+    # parked executions (waiting steps) are RUNNING with their timer as lease_until: a
+    # claim must not read them all
+    path = tmp_path / "plan.db"
+    async with Flow(f"sqlite:///{path}"):
+        pass
+    conn = sqlite3.connect(path)
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN " + Q["claim"], {"owner": "w", "until": 1, "now": 1, "limit": 1}
+    ).fetchall()
+    details = [row[-1] for row in plan]
+    conn.close()
+    assert any("executions_claimable (lease_until<?)" in d for d in details), details
+    assert not any("executions_by_status" in d for d in details), details
+
+
 _PARAMS = (
     "id", "token", "at", "expect", "status", "has_response", "response_body",
     "response_header", "error", "release",

@@ -72,6 +72,10 @@ def control_change(
             if status is Status.SUSPEND:
                 status = Status.RUNNING
             return ControlChange(status, Abort.NO_COMPENSATION, free_lease=not held)
+    elif action == "compensate":
+        # a sub-workflow's child that succeeded, rolled back with its parent
+        if status is Status.SUCCESS:
+            return ControlChange(Status.COMPENSATING, Abort.COMPENSATE, free_lease=True)
     else:
         raise InvalidTransitionError(f"unknown action {action!r}")
     verb = "abort" if action.startswith("abort") else "resume" if action == "retry" else action

@@ -20,6 +20,7 @@ from .records import StepRecord
 
 __all__ = [
     "Headers",
+    "compensation_body",
     "compensation_input",
     "context_document",
     "execution_response",
@@ -97,15 +98,20 @@ def step_input(
 
 def compensation_input(node: Node, forward: StepRecord, headers: Headers) -> Message:
     """The request of ``node``'s compensation, per its ``compensate_input``."""
+    body = compensation_body(node.compensate_input, forward)
+    return headers.request(body, node.id, ":compensate")
+
+
+def compensation_body(what: str, forward: StepRecord) -> bytes:
+    """The body of a compensation's request: the forward run's ``"request"``, its
+    ``"response"``, or ``"both"`` as ``{"request": ..., "response": ...}``."""
     req = forward.request.body if forward.request is not None else b""
     resp = forward.response.body if forward.response is not None else b""
-    if node.compensate_input == "request":
-        body = req
-    elif node.compensate_input == "response":
-        body = resp
-    else:
-        body = encode_json({"request": decode_json_body(req), "response": decode_json_body(resp)})
-    return headers.request(body, node.id, ":compensate")
+    if what == "request":
+        return req
+    if what == "response":
+        return resp
+    return encode_json({"request": decode_json_body(req), "response": decode_json_body(resp)})
 
 
 def fallback_header(request: Message, execution_id: str, step_id: str) -> Message:

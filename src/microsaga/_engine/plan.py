@@ -53,6 +53,8 @@ class Node:
     input: Expression | None = None  # the request body, from the context document
     when: Expression | None = None  # falsy: the step is SKIPPED
     ancestors: tuple[str, ...] = ()  # the steps it requires, transitively (in order)
+    waits: bool = False  # WAITING once started, until the shell resolves it (waits.py)
+    partial: bool = False  # a failed run may have done part of its work: compensate it
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,9 +33,12 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     status: Status | None = None  # the status to write, when it changes
     done: bool = False  # finished: the status above is final
     release: bool = False  # suspended and settled: the lease can go
+    cancel: tuple[str, ...] = ()  # WAITING steps given up (a rollback, an abort): PENDING
+    park: bool = False  # only WAITING steps are left: wait for them holding nothing
 
 
 _WAIT = Decision()
+_PARK = Decision(park=True)
 
 
 def _any(states: dict[str, StepRecord], status: Status) -> bool:
@@ -49,6 +52,7 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
     steps, requires = state.steps, graph.requires
     steps_running = failed = False
     ready = []
+    waiting = []
     for sid in graph.order:
         current = steps[sid].status
         if current is Status.PENDING:
@@ -58,29 +62,37 @@ def decide(plan: Plan, graph: RunGraph, state: ExecState) -> Decision:
             steps_running = True
         elif current is Status.FAILURE:
             failed = True
+        elif current is Status.WAITING:
+            waiting.append(sid)
     running = steps_running or _any(state.comps, Status.RUNNING)
     if state.abort is Abort.NO_COMPENSATION:
         if running:
-            return _WAIT
-        return Decision(status=Status.ABORTED, done=True)
+            return Decision(cancel=tuple(waiting))
+        return Decision(cancel=tuple(waiting), status=Status.ABORTED, done=True)
     if state.status is Status.SUSPEND:
-        return Decision(release=not running)
+        return Decision(release=not running)  # waiting steps wait on, suspended
     if failed and plan.on_failure == "suspend" and state.abort is Abort.NONE:
         # the failure policy "suspend": wait for an operator, compensating nothing
         return Decision(status=Status.SUSPEND, release=not running)
     if failed or state.abort is Abort.COMPENSATE:
         status = None if state.status is Status.COMPENSATING else Status.COMPENSATING
+        cancel = tuple(waiting)  # a rollback waits for nothing
         if steps_running:
-            return Decision(status=status)  # running steps finish before any rollback
+            # running steps finish before any rollback
+            return Decision(cancel=cancel, status=status)
         comps = compensable(plan, graph, state)
         if comps or running:
-            return Decision(compensate=tuple(comps), status=status)
+            return Decision(compensate=tuple(comps), cancel=cancel, status=status)
+        if cancel:
+            return Decision(cancel=cancel, status=status)  # decided again once cancelled
         aborted = state.abort is Abort.COMPENSATE and not _any(state.comps, Status.FAILURE)
         return Decision(status=Status.ABORTED if aborted else Status.FAILURE, done=True)
     if ready:
         return Decision(start=tuple(ready))
     if running:
         return _WAIT
+    if waiting:
+        return _PARK
     return Decision(status=Status.SUCCESS, done=True)
 
 
@@ -131,14 +143,21 @@ def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
     out = []
     for sid in reversed(graph.order):
         deps_settled = all(settled[d] for d in graph.dependents[sid])
-        needs = steps[sid].status is Status.SUCCESS and nodes[sid].compensate is not None
+        node, current, comp = nodes[sid], steps[sid].status, comps.get(sid)
+        needs = node.compensate is not None and (
+            current is Status.SUCCESS
+            # a failed map: its runs that succeeded (the record stays FAILURE)
+            or (current is Status.FAILURE and node.partial and not _undone(comp))
+        )
         settled[sid] = deps_settled and not needs
-        if needs and deps_settled:
-            comp = comps.get(sid)
-            if comp is None or comp.status is Status.PENDING:
-                out.append(sid)
+        if needs and deps_settled and (comp is None or comp.status is Status.PENDING):
+            out.append(sid)
     out.reverse()
     return out
+
+
+def _undone(comp: StepRecord | None) -> bool:
+    return comp is not None and comp.status is Status.SUCCESS
 
 
 def failure_summary(plan: Plan, graph: RunGraph, state: ExecState) -> tuple[str | None, str]:

@@ -101,17 +101,16 @@ async def _decode_body(request: Request, op: Operation) -> Any:
         if op.body_required:
             raise ApiError(422, "invalid_request", "a JSON body is needed")
         raw = b"{}"
-    if op.raw_body:
-        try:
-            return msgspec.json.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     try:
+        if op.raw_body:
+            return msgspec.json.decode(raw)
         return msgspec.json.decode(raw, type=op.body)
     except msgspec.ValidationError as exc:
         raise ApiError(422, "invalid_request", _explain(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec decodes nesting as deep as the stack allows
+        raise ApiError(400, "invalid_json", "the body is JSON nested too deep") from None
 
 
 def _decode_query(request: Request, query: type) -> Any:

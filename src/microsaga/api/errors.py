@@ -14,7 +14,7 @@ an execution id taken by another workflow       409    ``execution_conflict``
 body larger than ``max_body``                   413    ``payload_too_large``
 body of the wrong shape, bad definition         422    ``invalid_request``,
                                                        ``definition``, ``cycle``...
-redrive / signal / metrics not in this build    501    ``not_implemented``
+metrics without prometheus-client installed     501    ``not_implemented``
 store or broker unavailable                     503    ``store_unavailable``...
 =============================================  ======  ==========================
 

@@ -22,8 +22,8 @@ good) or ``fallback`` (it failed and its fallback succeeded); ``phase`` is
 ``forward`` or ``compensate``. ``status`` is the status name (``SUCCESS``,
 ``FAILURE``, ``ABORTED``). An execution counts as started in the process that created
 it and as finished in the one that finished it; ``executions_running`` counts the
-executions this process runs: sum it over your workers. ``steps_waiting`` stays 0
-until the engine has waiting steps.
+executions this process runs: sum it over your workers. ``steps_waiting`` is not fed
+yet (waiting executions are parked in the store, held by no process) and stays 0.
 
 Labels are bounded: workflow and step ids, never execution ids; the runs of a map
 step (``items[3]``) count under ``items[]``, and past 10,000 label sets per series new

@@ -77,6 +77,9 @@ async def _answer(participant: Participant, scope: Scope, receive: Receive) -> t
         except msgspec.DecodeError as exc:
             text = f"{name}: body is not valid JSON: {exc}"
             return error_answer(400, "invalid_json", text), False
+        except RecursionError:  # msgspec decodes nesting as deep as the stack allows
+            text = f"{name}: body is JSON nested too deep"
+            return error_answer(400, "invalid_json", text), False
     return await participant.handle(name, Message(body, _message_header(scope["headers"])))
 
 

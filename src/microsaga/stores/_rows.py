@@ -77,6 +77,7 @@ LOAD_COLUMNS = (
     "deadline_at",
     "lease_token",
     "created_at",
+    "parent_id",
 )
 # A definition (definitions written and read).
 DEFINITION_COLUMNS = ("hash", "workflow_id", "body", "step_ids")
@@ -329,6 +330,7 @@ class RowMapping:
                     deadline_at,
                     token,
                     created_at,
+                    parent_id,
                 ) = row[:width]
                 one = out[eid] = StoredExecution(
                     id=eid,
@@ -345,6 +347,7 @@ class RowMapping:
                     token=token,
                     records=[],
                     created_at=created_at,
+                    parent_id=parent_id,
                 )
             if row[width] is not None:  # the step_id of a step run
                 one.records.append(self.record(row[width:], found))
@@ -449,6 +452,21 @@ def _step_run(rec: StepRecord, compensation: StepRun | None = None) -> StepRun:
     )
 
 
+def _map_runs(
+    forward: dict[str, StepRecord], step_ids: Iterable[str]
+) -> dict[str, list[StepRecord]]:
+    """The runs of map steps (records ``<map id>[<i>]``) by map id, in element order."""
+    known = set(step_ids)
+    out: dict[str, list[tuple[int, StepRecord]]] = {}
+    for sid, rec in forward.items():
+        if sid in known or not sid.endswith("]"):
+            continue
+        head, _, index = sid[:-1].rpartition("[")
+        if head in known and index.isdigit():
+            out.setdefault(head, []).append((int(index), rec))
+    return {head: [rec for _, rec in sorted(found)] for head, found in out.items()}
+
+
 def build_execution(
     *,
     id: str,
@@ -472,10 +490,15 @@ def build_execution(
     for rec in records:
         (comps if rec.phase is Phase.COMPENSATE else forward)[rec.step_id] = rec
     steps: dict[str, StepRun] = {}
-    for sid in step_ids:
+    ids = list(step_ids)
+    runs = _map_runs(forward, ids)
+    for sid in ids:
         comp = comps.get(sid)
         rec = forward.get(sid) or StepRecord(sid, Phase.FORWARD, Status.PENDING)
         steps[sid] = _step_run(rec, _step_run(comp) if comp is not None else None)
+        for run in runs.get(sid, ()):  # a map step's runs, <id>[<i>], after it
+            comp = comps.get(run.step_id)
+            steps[run.step_id] = _step_run(run, _step_run(comp) if comp is not None else None)
     created = to_datetime(created_at)
     updated = to_datetime(updated_at)
     assert created is not None

@@ -34,8 +34,18 @@ __all__ = [
     "TransitionResult",
 ]
 
-ControlAction = str  # "suspend" | "resume" | "retry" | "redrive" | "abort" | "abort_nocomp"
-CONTROL_ACTIONS = ("suspend", "resume", "retry", "redrive", "abort", "abort_nocomp")
+# "compensate": roll back a finished SUCCESS execution (a sub-workflow's child, when
+# its parent rolls back)
+ControlAction = str  # "suspend" | "resume" | "retry" | "redrive" | "abort" | ...
+CONTROL_ACTIONS = (
+    "suspend",
+    "resume",
+    "retry",
+    "redrive",
+    "abort",
+    "abort_nocomp",
+    "compensate",
+)
 
 RUNNABLE = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
 
@@ -133,6 +143,7 @@ class StoredExecution:
     token: int
     records: list[StepRecord]
     created_at: float = 0.0
+    parent_id: str | None = None  # a sub-workflow's child: its parent execution
 
 
 class Store(abc.ABC):
@@ -318,6 +329,44 @@ class Store(abc.ABC):
     async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:
         """Delete up to ``limit`` finished executions of ``statuses`` last changed before
         ``before`` (oldest first), with their step runs and signals; how many."""
+
+    # waiting -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
+        """Keep ``event`` for the execution (a second one of the same event is
+        ignored) and wake it: claimable now when parked, its owner told otherwise
+        (a control row). Committed when this returns.
+
+        Raises:
+            ExecutionNotFoundError: unknown id.
+            InvalidTransitionError: the execution is finished.
+        """
+
+    @abc.abstractmethod
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        """The signals kept for an execution, by event."""
+
+    @abc.abstractmethod
+    async def park(
+        self,
+        execution_id: str,
+        token: int,
+        until: float,
+        events: Collection[str],
+        children: Collection[str],
+        note: str,
+    ) -> bool:
+        """Give up the lease of an execution that only waits, until ``until`` (its
+        earliest timer), atomically with a look at what it waits for: False, keeping
+        the lease, when a signal of ``events`` is there or an execution of
+        ``children`` finished (the run resolves it instead), or when the execution is
+        no longer RUNNING (a suspend or an abort came first: the run acts on it)."""
+
+    @abc.abstractmethod
+    async def wake(self, execution_id: str, now: float) -> None:
+        """Something an execution waits for happened (its child finished): claimable
+        now when parked, its owner told otherwise."""
 
     async def prune_controls(self, before: float) -> None:  # noqa: B027 - optional
         """Forget control requests older than ``before``."""

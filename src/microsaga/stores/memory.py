@@ -17,7 +17,7 @@ import msgspec
 from msgspec.structs import replace
 
 from .._engine.control import control_change
-from ..errors import ExecutionNotFoundError
+from ..errors import ExecutionNotFoundError, InvalidTransitionError
 from ..execution import Execution
 from ..message import Frozen, Message, Metadata
 from ..status import Phase, Status
@@ -198,6 +198,7 @@ class MemoryStore(Store):
         self._workflows: dict[str, list[StoredWorkflow]] = {}
         self._controls: list[tuple[int, str, float]] = []
         self._control_seq = 0
+        self._signals: dict[str, dict[str, Message]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -381,6 +382,7 @@ class MemoryStore(Store):
             token=row.token,
             records=row.records(),
             created_at=row.created_at,
+            parent_id=row.parent_id,
         )
 
     # control --------------------------------------------------------------------
@@ -417,6 +419,7 @@ class MemoryStore(Store):
         if reason is not None:
             row.error = reason
         if change.free_lease or change.final:
+            row.note = None
             row.free()
         if change.retry_compensations:
             row.put(
@@ -458,10 +461,63 @@ class MemoryStore(Store):
         for row in gone:
             del self._rows[row.id]
             self._runnable.pop(row.id, None)
+            self._signals.pop(row.id, None)
         return len(gone)
 
     async def prune_controls(self, before: float) -> None:
         self._controls = [c for c in self._controls if c[2] >= before]
+
+    # waiting --------------------------------------------------------------------
+
+    async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
+        row = self._rows.get(execution_id)
+        if row is None:
+            raise ExecutionNotFoundError(execution_id)
+        if row.status.finished:
+            raise InvalidTransitionError(f"cannot signal an execution that is {row.status.name}")
+        kept = self._signals.setdefault(execution_id, {})
+        kept.setdefault(event, _copy(payload) or Message())
+        self._wake(row, "signal", now)
+
+    def _wake(self, row: _Row, action: str, now: float) -> None:
+        if row.owner is None and row.status in RUNNABLE:
+            row.lease_until = 0.0
+        self._control_seq += 1
+        self._controls.append((self._control_seq, row.id, now))
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        kept = self._signals.get(execution_id, {})
+        return {event: _copy(m) or Message() for event, m in kept.items()}
+
+    async def park(
+        self,
+        execution_id: str,
+        token: int,
+        until: float,
+        events: Collection[str],
+        children: Collection[str],
+        note: str,
+    ) -> bool:
+        row = self._rows.get(execution_id)
+        if row is None or row.token != token or row.owner is None:
+            return False
+        if row.status is not Status.RUNNING:  # a suspend or an abort came first
+            return False
+        kept = self._signals.get(execution_id, {})
+        if any(event in kept for event in events):
+            return False
+        for cid in children:
+            child = self._rows.get(cid)
+            if child is not None and child.status.finished:
+                return False
+        row.note = note
+        row.free(until)
+        return True
+
+    async def wake(self, execution_id: str, now: float) -> None:
+        row = self._rows.get(execution_id)
+        if row is not None:
+            self._wake(row, "wake", now)
 
     # queries ------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codecs import PayloadCodec
-from ..errors import ExecutionNotFoundError, StoreError
+from ..errors import ExecutionNotFoundError, InvalidTransitionError, StoreError
 from ..execution import Execution
 from ..message import Message
 from ..payloads import INLINE_LIMIT, Bodies, Pending
@@ -62,6 +62,8 @@ _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or 
 _STEP_ROW = 1 + len(STEP_COLUMNS)
 # the columns of write_transitions' executions (see queries.sql)
 _WRITTEN = 12
+# the columns of write_expected's executions
+_EXPECTED = 10
 
 
 def _step_rows(
@@ -289,8 +291,16 @@ class PostgresStore(Store):
         self, conn: Any, units: list[tuple[int, Transition]], pending: Pending | None = None
     ) -> dict[int, TransitionResult]:
         """Decide on a fresh read, write if nothing changed since; again for the
-        executions that did change (a control request or a takeover came between)."""
+        executions that did change (a control request or a takeover came between).
+
+        Transitions of distinct executions are first written without the read, on the
+        condition that the execution is as its owner expects: one statement, one round
+        trip, for the usual transition (``_write_expected``)."""
         results: dict[int, TransitionResult] = {}
+        if len({t.execution_id for _, t in units}) == len(units):
+            units = await self._write_expected(conn, units, results, pending)
+            if not units:
+                return results
         mapping = self._rows
         for _ in range(_WRITE_ROUNDS):
             took = Pending()
@@ -365,6 +375,62 @@ class PostgresStore(Store):
             f"PostgreSQL store {self.url}: executions kept changing during a commit",
             retryable=True,
         )
+
+    async def _write_expected(
+        self,
+        conn: Any,
+        units: list[tuple[int, Transition]],
+        results: dict[int, TransitionResult],
+        pending: Pending | None = None,
+    ) -> list[tuple[int, Transition]]:
+        """Write each transition as if its execution is as expected (still owned with
+        its token, in the status it expects): the outcome is then known without reading.
+        Returns the units whose execution was not, left for ``_transition`` to decide."""
+        mapping = self._rows
+        took = Pending()
+        executions = []
+        steps: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        outcome: dict[str, Status] = {}
+        for _, t in units:
+            eid, status = t.execution_id, t.status if t.status is not None else t.expect
+            response = t.response if t.status is not None else None
+            executions.append(
+                (
+                    eid,
+                    t.token,
+                    int(t.expect),
+                    int(status),
+                    response is not None,
+                    mapping.body_out(response.body, eid, took) if response is not None else None,
+                    mapping.header_out(response.header) if response is not None else None,
+                    t.error if t.status is not None else None,
+                    t.release,
+                    t.at,
+                )
+            )
+            steps.update(_step_rows(mapping, eid, t.records, took))
+            if t.starts and status in _RUNNING:
+                steps.update(_step_rows(mapping, eid, t.starts, took))
+            outcome[eid] = status
+        step_columns = _columns(list(steps.values()), _STEP_ROW)
+        if len(executions) == 1:
+            rows = await conn.fetch(Q["write_expected_one"], *executions[0], *step_columns)
+        else:
+            rows = await conn.fetch(
+                Q["write_expected"], *_columns(executions, _EXPECTED), *step_columns
+            )
+        written = {r[0]: r[1] for r in rows}
+        if pending is not None:
+            pending.refs.update(ref for ref in took.refs if ref[1] in written)
+            pending.payloads.update(took.payloads)  # those of no ref are not stored
+        left = []
+        for i, t in units:
+            abort = written.get(t.execution_id)
+            if abort is None:
+                left.append((i, t))
+            else:
+                results[i] = TransitionResult(True, outcome[t.execution_id], Abort(abort), True)
+        return left
 
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         async with self._db.connection() as conn:
@@ -486,6 +552,62 @@ class PostgresStore(Store):
             await conn.execute(Q["prune_controls"], before)
 
         await self._db.retrying(prune)
+
+    # waiting ------------------------------------------------------------------------------
+
+    async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
+        header = self._rows.header_out(payload.header)
+
+        async def signal(conn: Any) -> None:
+            row = await conn.fetchrow(Q["signal_row"], execution_id)
+            if row is None:
+                raise ExecutionNotFoundError(execution_id)
+            if Status(row[0]).finished:
+                raise InvalidTransitionError(
+                    f"cannot signal an execution that is {Status(row[0]).name}"
+                )
+            body = self._rows.body_out(payload.body, execution_id, None)
+            await conn.execute(Q["insert_signal"], execution_id, event, body, header, now)
+            await self._wake(conn, execution_id, "signal", now)
+
+        await self._db.tx(signal, retry=True)
+
+    async def _wake(self, conn: Any, execution_id: str, action: str, now: float) -> None:
+        await conn.execute(Q["wake"], execution_id)
+        await conn.execute(Q["lock_controls"])
+        await conn.execute(Q["insert_control"], execution_id, action, now)
+        await conn.execute(Q["notify"], CHANNEL, action)
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        async def signals(conn: Any) -> dict[str, Message]:
+            rows = await conn.fetch(Q["signals_of"], execution_id)
+            return {r[0]: self._rows.message(r[1], r[2]) for r in rows}
+
+        return await self._db.retrying(signals)
+
+    async def park(
+        self,
+        execution_id: str,
+        token: int,
+        until: float,
+        events: Collection[str],
+        children: Collection[str],
+        note: str,
+    ) -> bool:
+        async def park(conn: Any) -> bool:
+            # the row lock orders this against a signal of the same execution
+            await conn.execute(Q["lock_execution"], execution_id)
+            if await conn.fetchval(Q["park_blocked"], execution_id, list(events), list(children)):
+                return False
+            return await conn.fetchval(Q["park"], execution_id, token, until, note) is not None
+
+        return await self._db.tx(park, retry=True)
+
+    async def wake(self, execution_id: str, now: float) -> None:
+        async def wake(conn: Any) -> None:
+            await self._wake(conn, execution_id, "wake", now)
+
+        await self._db.tx(wake, retry=True)
 
     # queries ------------------------------------------------------------------------------
 

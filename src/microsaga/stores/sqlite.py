@@ -22,8 +22,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgspec
 
 from ..codecs import PayloadCodec
-from ..errors import ConfigurationError, ExecutionNotFoundError, SchemaVersionError, StoreError
+from ..errors import (
+    ConfigurationError,
+    ExecutionNotFoundError,
+    InvalidTransitionError,
+    SchemaVersionError,
+    StoreError,
+)
 from ..execution import Execution
+from ..message import Message
 from ..payloads import Bodies, Pending
 from ..status import Status
 from ._rows import SQLITE, RowMapping
@@ -554,6 +561,62 @@ class SQLiteStore(Store):
             conn.execute(Q["prune_controls"], (before,))
 
         await self._write(self._tx, prune)
+
+    # waiting -----------------------------------------------------------------------------
+
+    async def signal(self, execution_id: str, event: str, payload: Message, now: float) -> None:
+        header = self._rows.header_out(payload.header)
+
+        def signal(conn: sqlite3.Connection) -> None:
+            row = conn.execute(Q["signal_row"], (execution_id,)).fetchone()
+            if row is None:
+                raise ExecutionNotFoundError(execution_id)
+            if Status(row[0]).finished:
+                raise InvalidTransitionError(
+                    f"cannot signal an execution that is {Status(row[0]).name}"
+                )
+            body = self._rows.body_out(payload.body, execution_id, None)
+            conn.execute(Q["insert_signal"], (execution_id, event, body, header, now))
+            conn.execute(Q["wake"], (execution_id,))
+            conn.execute(Q["insert_control"], (execution_id, "signal", now))
+
+        await self._write(self._tx, signal)
+
+    async def signals(self, execution_id: str) -> dict[str, Message]:
+        def signals() -> dict[str, Message]:
+            rows = self.r.execute(Q["signals_of"], (execution_id,)).fetchall()
+            return {event: self._rows.message(body, h) for event, body, h in rows}
+
+        return await self._read(signals)
+
+    async def park(
+        self,
+        execution_id: str,
+        token: int,
+        until: float,
+        events: Collection[str],
+        children: Collection[str],
+        note: str,
+    ) -> bool:
+        def park(conn: sqlite3.Connection) -> bool:
+            look = {
+                "id": execution_id,
+                "events": _encode(list(events)),
+                "children": _encode(list(children)),
+            }
+            if conn.execute(Q["park_blocked"], look).fetchone()[0]:
+                return False
+            params = {"id": execution_id, "token": token, "until": until, "note": note}
+            return conn.execute(Q["park"], params).fetchone() is not None
+
+        return await self._write(self._tx, park)
+
+    async def wake(self, execution_id: str, now: float) -> None:
+        def wake(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["wake"], (execution_id,))
+            conn.execute(Q["insert_control"], (execution_id, "wake", now))
+
+        await self._write(self._tx, wake)
 
     # queries ------------------------------------------------------------------------------
 

@@ -203,6 +203,120 @@ steps AS (
 )
 SELECT id FROM done;
 
+-- name: write_expected
+-- A batch of transitions of distinct executions in one statement, without reading
+-- first: what the usual transition finds (its lease token, an owner, the status it
+-- expects) is the condition of its write. $1 id, $2 lease token, $3 the status
+-- expected, $4 status, $5 has_response, $6 response_body, $7 response_header, $8 error,
+-- $9 release, $10 at; then the step runs ($11 .. $22, as write_transitions'). Returns
+-- the id and abort of each execution written; one not returned is left alone with its
+-- step runs, and the store decides on it from read_executions.
+WITH u AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::bigint[], $3::smallint[], $4::smallint[], $5::boolean[],
+        $6::bytea[], $7::json[], $8::text[], $9::boolean[], $10::double precision[]
+    ) AS u (
+        id, token, expect, status, has_response, response_body, response_header, error,
+        release, at
+    )
+),
+-- rows locked in id order, as every statement that locks several execution rows does
+locked AS MATERIALIZED (
+    SELECT e.id FROM microsaga_executions e
+    WHERE e.id IN (SELECT id FROM u)
+    ORDER BY e.id
+    FOR UPDATE
+),
+done AS (
+    UPDATE microsaga_executions e SET
+        status = u.status,
+        response_body = CASE WHEN u.has_response
+            THEN u.response_body ELSE e.response_body END,
+        response_header = CASE WHEN u.has_response
+            THEN u.response_header ELSE e.response_header END,
+        error = coalesce(u.error, e.error),
+        owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
+        lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
+        updated_at = u.at
+    FROM u JOIN locked l ON l.id = u.id
+    WHERE e.id = u.id
+      AND e.lease_token = u.token
+      AND e.owner IS NOT NULL
+      AND e.status = u.expect
+    RETURNING e.id, e.abort
+),
+steps AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM unnest(
+        $11::text[], $12::text[], $13::smallint[], $14::smallint[], $15::integer[],
+        $16::bytea[], $17::json[], $18::bytea[], $19::json[], $20::text[],
+        $21::double precision[], $22::double precision[]
+    ) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM done)
+    ON CONFLICT (execution_id, step_id, phase) DO UPDATE SET
+        status = excluded.status,
+        attempts = excluded.attempts,
+        request_body = excluded.request_body,
+        request_header = excluded.request_header,
+        response_body = excluded.response_body,
+        response_header = excluded.response_header,
+        error = excluded.error,
+        started_at = excluded.started_at,
+        finished_at = excluded.finished_at
+)
+SELECT id, abort FROM done;
+
+-- name: write_expected_one
+-- write_expected for one execution: its parameters are values, not arrays, and the
+-- UPDATE alone locks the one row.
+WITH done AS (
+    UPDATE microsaga_executions e SET
+        status = $4::smallint,
+        response_body = CASE WHEN $5::boolean THEN $6::bytea ELSE e.response_body END,
+        response_header = CASE WHEN $5::boolean THEN $7::json ELSE e.response_header END,
+        error = coalesce($8::text, e.error),
+        owner = CASE WHEN $9::boolean THEN NULL ELSE e.owner END,
+        lease_until = CASE WHEN $9::boolean THEN 0 ELSE e.lease_until END,
+        updated_at = $10::double precision
+    WHERE e.id = $1::text
+      AND e.lease_token = $2::bigint
+      AND e.owner IS NOT NULL
+      AND e.status = $3::smallint
+    RETURNING e.id, e.abort
+),
+steps AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM unnest(
+        $11::text[], $12::text[], $13::smallint[], $14::smallint[], $15::integer[],
+        $16::bytea[], $17::json[], $18::bytea[], $19::json[], $20::text[],
+        $21::double precision[], $22::double precision[]
+    ) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM done)
+    ON CONFLICT (execution_id, step_id, phase) DO UPDATE SET
+        status = excluded.status,
+        attempts = excluded.attempts,
+        request_body = excluded.request_body,
+        request_header = excluded.request_header,
+        response_body = excluded.response_body,
+        response_header = excluded.response_header,
+        error = excluded.error,
+        started_at = excluded.started_at,
+        finished_at = excluded.finished_at
+)
+SELECT id, abort FROM done;
+
 -- name: notify
 -- Delivered when the transaction commits, so a woken worker finds the row.
 SELECT pg_notify($1, $2);
@@ -216,7 +330,8 @@ SELECT 1;
 -- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
 -- same time take different executions instead of queueing on the same rows. Never the
 -- claimer's own rows: a live worker whose lease ran out (a stall, the server away)
--- still runs them, and its heartbeat renews them.
+-- still runs them, and its heartbeat renews them. Oldest first; the planner reads
+-- the due ones off the index by lease expiry, not the parked ones.
 UPDATE microsaga_executions SET
     owner = $1,
     lease_token = lease_token + 1,
@@ -273,7 +388,7 @@ SELECT pg_notify($4, 'release') FROM released;
 -- snapshot; their definitions (immutable) come from load_definitions.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
-       e.lease_token, e.created_at,
+       e.lease_token, e.created_at, e.parent_id,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
 FROM microsaga_executions e
@@ -309,7 +424,8 @@ UPDATE microsaga_executions SET
     updated_at = $4,
     error = coalesce($5, error),
     owner = CASE WHEN $6 THEN NULL ELSE owner END,
-    lease_until = CASE WHEN $6 THEN 0 ELSE lease_until END
+    lease_until = CASE WHEN $6 THEN 0 ELSE lease_until END,
+    note = CASE WHEN $6 THEN NULL ELSE note END
 WHERE id = $1;
 
 -- name: retry_compensations
@@ -439,6 +555,46 @@ payloads AS (
     )
 )
 SELECT count(*) FROM gone;
+
+-- waiting ------------------------------------------------------------------------
+
+-- name: signal_row
+-- Locked: a park of the same execution waits for this transaction, and then sees the
+-- signal (or this one sees the execution parked, and wakes it).
+SELECT status, owner FROM microsaga_executions WHERE id = $1 FOR UPDATE;
+
+-- name: insert_signal
+-- A second signal of the same event is kept for nothing: the first one counts.
+INSERT INTO microsaga_signals (execution_id, event, body, header, at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (execution_id, event) DO NOTHING;
+
+-- name: wake
+-- A parked execution (no owner) is claimable now; one with an owner is told through
+-- the control row that goes with this.
+UPDATE microsaga_executions SET lease_until = 0
+WHERE id = $1 AND owner IS NULL AND status IN (0, 1, 6);
+
+-- name: signals_of
+SELECT event, body, header FROM microsaga_signals WHERE execution_id = $1;
+
+-- name: lock_execution
+SELECT lease_token FROM microsaga_executions WHERE id = $1 FOR UPDATE;
+
+-- name: park_blocked
+-- Whether a signal the execution waits for, or the end of a child it waits for, is
+-- there already: then it does not park.
+SELECT EXISTS (
+    SELECT 1 FROM microsaga_signals WHERE execution_id = $1 AND event = ANY($2::text[])
+) OR EXISTS (
+    SELECT 1 FROM microsaga_executions WHERE id = ANY($3::text[]) AND status IN (2, 3, 4)
+);
+
+-- name: park
+-- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
+WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status = 1
+RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------
 

@@ -50,7 +50,10 @@ INSERT OR REPLACE INTO step_runs (
 
 -- name: claim
 -- Never the claimer's own rows: a live worker whose lease ran out (a stall, the store
--- away) still runs them, and its heartbeat renews them.
+-- away) still runs them, and its heartbeat renews them. Oldest first, of those read
+-- off the index of runnable executions by lease expiry: only the due ones. Never the
+-- parked executions whose time has not come (by status, the planner's own choice, it
+-- would read every waiting execution at every claim).
 UPDATE executions SET
     owner = :owner,
     lease_token = lease_token + 1,
@@ -58,7 +61,7 @@ UPDATE executions SET
     status = CASE WHEN status = 0 THEN 1 ELSE status END,
     note = NULL
 WHERE seq IN (
-    SELECT seq FROM executions
+    SELECT seq FROM executions INDEXED BY executions_claimable
     WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
     ORDER BY seq LIMIT :limit
 )
@@ -85,7 +88,7 @@ WHERE id = :id AND lease_token = :token;
 -- snapshot; their definitions (immutable) come from load_definitions.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
-       e.lease_token, e.created_at,
+       e.lease_token, e.created_at, e.parent_id,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
 FROM executions e
@@ -117,7 +120,8 @@ UPDATE executions SET
     updated_at = :now,
     error = coalesce(:reason, error),
     owner = CASE WHEN :free THEN NULL ELSE owner END,
-    lease_until = CASE WHEN :free THEN 0 ELSE lease_until END
+    lease_until = CASE WHEN :free THEN 0 ELSE lease_until END,
+    note = CASE WHEN :free THEN NULL ELSE note END
 WHERE id = :id;
 
 -- name: retry_compensations
@@ -205,6 +209,42 @@ DELETE FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
 
 -- name: prune_signals
 DELETE FROM signals WHERE execution_id IN (SELECT value FROM json_each(?));
+
+-- waiting ------------------------------------------------------------------------
+
+-- name: signal_row
+SELECT status, owner FROM executions WHERE id = ?;
+
+-- name: insert_signal
+-- A second signal of the same event is kept for nothing: the first one counts.
+INSERT INTO signals (execution_id, event, body, header, at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (execution_id, event) DO NOTHING;
+
+-- name: wake
+-- A parked execution (no owner) is claimable now; one with an owner is told through
+-- the control row that goes with this.
+UPDATE executions SET lease_until = 0
+WHERE id = ? AND owner IS NULL AND status IN (0, 1, 6);
+
+-- name: signals_of
+SELECT event, body, header FROM signals WHERE execution_id = ?;
+
+-- name: park_blocked
+-- Whether a signal the execution waits for, or the end of a child it waits for, is
+-- there already: then it does not park.
+SELECT EXISTS (
+    SELECT 1 FROM signals
+    WHERE execution_id = :id AND event IN (SELECT value FROM json_each(:events))
+) OR EXISTS (
+    SELECT 1 FROM executions
+    WHERE id IN (SELECT value FROM json_each(:children)) AND status IN (2, 3, 4)
+);
+
+-- name: park
+-- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+UPDATE executions SET owner = NULL, lease_until = :until, note = :note
+WHERE id = :id AND lease_token = :token AND owner IS NOT NULL AND status = 1
+RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------
 

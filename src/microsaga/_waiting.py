@@ -1,0 +1,377 @@
+"""What a run does for the steps that wait (:mod:`microsaga.waits`) and for the runs of
+map steps.
+
+A run (:mod:`microsaga._run`) keeps one :class:`Waiting`. Before each decision it
+resolves the WAITING steps whose signal came, whose time came, or whose child
+execution finished (:meth:`Waiting.resolve`); when only WAITING steps are left it parks
+the execution in the store, or waits in its process when the wait is short or no
+worker would take it back (:meth:`Waiting.wait_or_park`). A map step, the compensation
+of a map's runs and the rollback of a sub-workflow's child are run here too
+(:meth:`Waiting.run_special`), each run of a map recorded as ``<map id>[<i>]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
+
+from . import _faults
+from ._engine import data
+from ._engine.plan import Node, RetryPolicy
+from ._engine.records import StepRecord
+from .errors import StepError, StepTimeoutError, one_line
+from .message import Message, decode_json_body, encode_json
+from .status import Phase, Status
+from .step import Retry
+from .stores.base import Transition
+from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep
+
+if TYPE_CHECKING:
+    from ._run import Run
+
+__all__ = ["Waiting"]
+
+log = logging.getLogger("microsaga.run")
+
+_FAR = 1e15  # "never": a park that only a signal ends
+_LOOK_AGAIN = 1.0  # a run waiting in its process looks for signals this often
+_CHILD_LOOK = 60.0  # a parked parent looks at its child at least this often
+
+
+class Waiting:
+    """The WAITING steps of one run, and the runs of its map steps."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        steps = run.state.steps
+        self.ids = {sid for sid, rec in steps.items() if rec.status is Status.WAITING}
+        self.items: dict[tuple[str, Phase], StepRecord] = {}  # runs of map steps
+        self.parked = False  # gave up its lease to wait: not lost, not finished
+        self._refused = False  # the last park found what it waits for
+
+    async def resolve(self) -> None:
+        """Resolve the WAITING steps whose signal came, whose time came, or whose child
+        finished: their records enter the state and go with the next commit."""
+        state, nodes, now = self.run.state, self.run.spec.plan.nodes, self.run.host.clock()
+        signals: dict[str, Message] | None = None
+        for sid in sorted(self.ids):
+            rec, node = state.steps[sid], nodes[sid]
+            step = node.step
+            started = rec.started_at if rec.started_at is not None else now
+            if isinstance(step, WaitStep):
+                if signals is None:
+                    signals = await self.run.host.signals(self.run.id)
+                payload = signals.get(step.event)
+                if payload is not None:
+                    self._settle(sid, Status.SUCCESS, payload, None, now)
+                elif node.timeout is not None and now >= started + node.timeout:
+                    why = f"step {sid} timed out after {node.timeout:g}s waiting for {step.event}"
+                    await self._timed_out(node, rec, StepTimeoutError(why), now)
+            elif isinstance(step, SleepStep):
+                if now >= step.due(started):
+                    self._settle(sid, Status.SUCCESS, rec.request, None, now)
+            elif isinstance(step, SubflowStep):
+                child_id = f"{self.run.id}:{sid}"
+                child = await self.run.host.child(child_id)
+                if child is None:
+                    await self.run.host.start_child(self.run, node, rec.request or Message())
+                elif child.status is Status.SUCCESS:
+                    self._settle(sid, Status.SUCCESS, child.response or Message(), None, now)
+                elif child.status.finished:
+                    why = f"child execution {child_id} ended {child.status.name}: {child.error}"
+                    self._settle(sid, Status.FAILURE, None, why, now)
+
+    async def _timed_out(self, node: Node, rec: StepRecord, exc: Exception, now: float) -> None:
+        """A wait's timeout passed: the step fails, or its fallback answers for it."""
+        error = one_line(exc)
+        if node.fallback is not None:
+            request = rec.request or Message()
+            fallen = await self.run.fallback(node, rec, request, rec.attempts, None, error)
+            if isinstance(fallen, Message):
+                fallback_id = getattr(node.fallback, "id", node.id)
+                note = f"{error} (fallback {fallback_id} used)"
+                self._settle(node.id, Status.SUCCESS, fallen, note, self.run.host.clock())
+                return
+            if fallen is not None:
+                return  # interrupted: still WAITING, decided again on resume
+        self._settle(node.id, Status.FAILURE, None, error, now)
+
+    def _settle(
+        self, sid: str, status: Status, response: Message | None, error: str | None, now: float
+    ) -> None:
+        rec = self.run.state.steps[sid]
+        done = StepRecord(
+            sid,
+            Phase.FORWARD,
+            status,
+            rec.attempts,
+            rec.request,
+            response,
+            error,
+            rec.started_at,
+            now,
+        )
+        self.run.put(done)
+        self.ids.discard(sid)
+        hooks = self.run.host.hooks
+        if hooks.step_finished:
+            hooks.emit(hooks.step_finished, self.run.step_event(done, now))
+
+    async def cancel(self, sids: tuple[str, ...]) -> None:
+        """Give up waiting steps (a rollback or an abort): back to PENDING, never
+        compensated; a child that runs for one of them is aborted."""
+        now = self.run.host.clock()
+        for sid in sids:
+            rec = self.run.state.steps[sid]
+            pending = replace(rec, status=Status.PENDING, finished_at=now, error="cancelled")
+            self.run.put(pending)
+            self.ids.discard(sid)
+            if isinstance(self.run.spec.plan.nodes[sid].step, SubflowStep):
+                await self.run.host.abort_child(f"{self.run.id}:{sid}")
+
+    async def wait_or_park(self) -> bool:
+        """Only WAITING steps are left: park the execution (True: the run is over), or,
+        when the wait is short or no worker would take it back, wait here."""
+        now = self.run.host.clock()
+        due, events, children = _FAR, [], []
+        nodes = self.run.spec.plan.nodes
+        for sid in self.ids:
+            rec, node = self.run.state.steps[sid], nodes[sid]
+            step = node.step
+            started = rec.started_at if rec.started_at is not None else now
+            if isinstance(step, SleepStep):
+                due = min(due, step.due(started))
+            elif isinstance(step, WaitStep):
+                events.append(step.event)
+                if node.timeout is not None:
+                    due = min(due, started + node.timeout)
+            elif isinstance(step, SubflowStep):
+                children.append(f"{self.run.id}:{sid}")
+                due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
+        wait = due - now
+        if self._refused or wait < 1.0 or not self.run.host.can_park:
+            # a wait of its own: a poke (a signal, a child's end) or a look now and then
+            self._refused = False
+            await self.run.pause(max(0.0, min(wait, _LOOK_AGAIN)))
+            return self.run.lost
+        note = "waiting for " + ", ".join(sorted(self.ids))
+        await _faults.reached("before_park")
+        self.run.releasing = True
+        if not await self.run.host.park(self.run, due, events, children):
+            self.run.releasing = False
+            self._refused = True  # what it waits for came: look again, then wait
+            return False
+        self.parked = True
+        self.run.end(None)
+        log.debug("execution %s: parked (%s)", self.run.id, note)
+        return True
+
+    async def run_special(self, rec: StepRecord, node: Node) -> StepRecord:
+        """A run the loop does itself: a map (its runs), the compensation of a map's
+        runs, or the rollback of a sub-workflow's child."""
+        sid, phase = rec.step_id, rec.phase
+        response: Message | None = None
+        error = None
+        try:
+            if phase is Phase.FORWARD:
+                response = await self._map(node, rec)
+            elif node.compensate is RUNS_ROLLBACK:
+                response = await self._compensate_runs(node)
+            else:
+                await self.run.host.compensate_child(f"{self.run.id}:{sid}")
+                response = Message()
+            status = Status.SUCCESS
+        except _Interrupted:
+            status = Status.PENDING  # it starts again on resume
+        except Exception as exc:
+            status, error = Status.FAILURE, one_line(exc)
+        finished = self.run.host.clock() if status is not Status.PENDING else None
+        return StepRecord(
+            sid,
+            phase,
+            status,
+            rec.attempts,
+            rec.request,
+            response,
+            error,
+            rec.started_at,
+            finished,
+        )
+
+    async def _map(self, node: Node, rec: StepRecord) -> Message:
+        """Run a MapStep's step once per element of its list, each run recorded as
+        ``<id>[<i>]``; the responses as a JSON list, in element order."""
+        step = node.step
+        assert isinstance(step, MapStep)
+        sid = node.id
+        items = decode_json_body(rec.request.body if rec.request is not None else b"")
+        if not isinstance(items, list):
+            raise StepError(f"map {sid}: over {step.over} is {_json_type(items)}, not a list")
+        inner = step.step
+        retry: RetryPolicy = inner.options.retry or Retry()
+        timeout = inner.options.timeout or self.run.spec.step_timeout
+        gate = asyncio.Semaphore(step.concurrency or len(items) or 1)
+        responses: list[Message | None] = [None] * len(items)
+        failed: list[str] = []
+
+        async def one(i: int) -> None:
+            rid = f"{sid}[{i}]"
+            before = self.items.get((rid, Phase.FORWARD))
+            if before is not None and before.status is Status.SUCCESS:
+                responses[i] = before.response  # done before a takeover
+                return
+            async with gate:
+                if failed or self.run.interrupt_wanted(Phase.FORWARD):
+                    return
+                request = self.run.headers.request(encode_json(items[i]), rid)
+                attempt = (before.attempts if before is not None else 0) + 1
+                now = self.run.host.clock()
+                running = StepRecord(
+                    rid, Phase.FORWARD, Status.RUNNING, attempt, request, None, None, now
+                )
+                if not await self._commit([running]):
+                    return
+                while True:
+                    slots = self.run.host.slots
+                    if not slots.take():
+                        await slots.wait()
+                    try:
+                        response = await self.run.call(inner, request, rid, attempt, timeout)
+                        failure: Exception | None = None
+                    except Exception as exc:
+                        failure = exc
+                    finally:
+                        slots.give()
+                    if failure is None:
+                        responses[i] = response
+                        done = replace(
+                            running,
+                            status=Status.SUCCESS,
+                            attempts=attempt,
+                            response=response,
+                            finished_at=self.run.host.clock(),
+                        )
+                        await self._commit([done])
+                        return
+                    error = one_line(failure)
+                    if retry.should_retry(failure, attempt) and await self.run.backoff(
+                        retry.interval(attempt, self.run.host.random()), Phase.FORWARD
+                    ):
+                        attempt += 1
+                        continue
+                    failed.append(f"run {rid} failed: {error}")
+                    done = replace(
+                        running,
+                        status=Status.FAILURE,
+                        attempts=attempt,
+                        error=error,
+                        finished_at=self.run.host.clock(),
+                    )
+                    await self._commit([done])
+                    return
+
+        await asyncio.gather(*(one(i) for i in range(len(items))))
+        if failed:
+            raise StepError(failed[0])
+        if any(r is None for r in responses):
+            raise _Interrupted()
+        return Message(
+            encode_json([decode_json_body(r.body) if r is not None else None for r in responses])
+        )
+
+    async def _compensate_runs(self, node: Node) -> Message:
+        """Compensate the runs of a map that succeeded, the last element first."""
+        step = node.step
+        assert isinstance(step, MapStep)
+        comp = step.step.options.compensate
+        assert comp is not None
+        retry = comp.options.retry or self.run.host.compensation_retry
+        timeout = comp.options.timeout or self.run.spec.step_timeout
+        what = step.step.options.compensate_input
+        runs = [
+            rec
+            for (rid, phase), rec in self.items.items()
+            if phase is Phase.FORWARD
+            and rec.status is Status.SUCCESS
+            and rid.startswith(node.id + "[")
+        ]
+        runs.sort(key=lambda r: int(r.step_id[len(node.id) + 1 : -1]), reverse=True)
+        for run in runs:
+            rid = run.step_id
+            request = self.run.headers.request(
+                data.compensation_body(what, run), rid, ":compensate"
+            )
+            attempt = 1
+            started = self.run.host.clock()
+            while True:
+                try:
+                    response = await self.run.invoke(comp, request, rid, attempt, timeout)
+                    break
+                except Exception as exc:
+                    if not retry.should_retry(exc, attempt):
+                        failed = StepRecord(
+                            rid,
+                            Phase.COMPENSATE,
+                            Status.FAILURE,
+                            attempt,
+                            request,
+                            None,
+                            one_line(exc),
+                            started,
+                            self.run.host.clock(),
+                        )
+                        await self._commit([failed])
+                        why = f"compensation of run {rid} failed: {one_line(exc)}"
+                        raise StepError(why) from exc
+                    if not await self.run.backoff(
+                        retry.interval(attempt, self.run.host.random()), Phase.COMPENSATE
+                    ):
+                        raise _Interrupted() from None
+                    attempt += 1
+            done = StepRecord(
+                rid,
+                Phase.COMPENSATE,
+                Status.SUCCESS,
+                attempt,
+                request,
+                response,
+                None,
+                started,
+                self.run.host.clock(),
+            )
+            await self._commit([done, replace(run, status=Status.COMPENSATED)])
+        return Message()
+
+    async def _commit(self, records: list[StepRecord]) -> bool:
+        """Commit records of a map's runs; False when a suspend or an abort came (no
+        run starts then)."""
+        result = await self.run.host.committer.submit(
+            Transition(
+                execution_id=self.run.id,
+                token=self.run.spec.token,
+                expect=self.run.state.status,
+                records=records,
+                at=self.run.host.clock(),
+            )
+        )
+        if not result.owned:
+            self.run.lose()
+            raise asyncio.CancelledError()
+        for rec in records:
+            self.items[rec.step_id, rec.phase] = rec
+        if result.status is not self.run.state.status:
+            self.run.control(result.status, result.abort)
+        return result.applied and not self.run.interrupt_wanted(Phase.FORWARD)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", dict: "an object"}.get(type(value), "a number")
+
+
+class _Interrupted(Exception):
+    """A map's runs were stopped by a suspend or an abort: the map starts again."""

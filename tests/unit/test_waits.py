@@ -1,0 +1,473 @@
+"""Steps that wait holding nothing (SPEC section 8): signals, timers, sub-workflows and
+map, on the memory and SQLite stores."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microsaga import (
+    ConfigurationError,
+    CycleError,
+    DefinitionError,
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    Flow,
+    FunctionStep,
+    InvalidTransitionError,
+    MapStep,
+    Message,
+    SleepStep,
+    Status,
+    StepError,
+    SubflowStep,
+    WaitStep,
+    WorkflowNotFoundError,
+    load_definition,
+    testing,
+)
+from tests.helpers import eventually
+
+LOG: list[tuple[str, Any]] = []  # what the module-level steps below were called with
+
+
+async def reserve(msg: Message) -> dict[str, str]:
+    LOG.append(("reserve", msg.json()))
+    return {"reservation": "R1"}
+
+
+async def release(msg: Message) -> None:
+    LOG.append(("release", msg.json()))
+
+
+async def pay(msg: Message) -> dict[str, Any]:
+    LOG.append(("pay", msg.json()))
+    return {"paid": msg.json()}
+
+
+async def refund(msg: Message) -> None:
+    LOG.append(("refund", msg.json()))
+
+
+async def decline(msg: Message) -> None:
+    LOG.append(("decline", msg.json()))
+    raise StepError("card declined")
+
+
+async def item(msg: Message) -> Any:
+    value = msg.json()
+    LOG.append(("item", (value, msg.header.get("Idempotency-Key"))))
+    if value == "bad":
+        raise StepError(f"cannot take {value}")
+    return {"took": value}
+
+
+async def put_back(msg: Message) -> None:
+    LOG.append(("put_back", msg.json()))
+
+
+@pytest.fixture(autouse=True)
+def _clear_log() -> None:
+    LOG.clear()
+
+
+def body(message: Message | None) -> Any:
+    assert message is not None
+    return message.json()
+
+
+def calls(name: str) -> list[Any]:
+    return [got for step, got in LOG if step == name]
+
+
+async def parked(flow: Flow, eid: str) -> bool:
+    """The execution waits in the store, held by no run of this worker."""
+    info = await flow.execution(eid)
+    return info.status is Status.RUNNING and eid not in flow._running().runs and bool(info.note)
+
+
+# signals ------------------------------------------------------------------------------
+
+
+async def test_a_signal_wakes_a_parked_execution_and_its_payload_is_the_response(
+    flow: Flow,
+) -> None:
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve"),
+        WaitStep("payment.confirmed", requires=["reserve"]),
+        FunctionStep(pay, id="pay", requires=["payment.confirmed"]),
+    )
+    eid = await wf.execute({"order": 1}, async_=True)
+    await eventually(lambda: parked(flow, eid))
+    info = await flow.execution(eid)
+    assert info.steps["payment.confirmed"].status is Status.WAITING
+    assert "payment.confirmed" in (info.note or "")
+
+    await flow.signal(eid, "payment.confirmed", {"amount": 42})
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS
+    assert done.steps["payment.confirmed"].response.json() == {"amount": 42}
+    assert calls("pay") == [{"amount": 42}]
+
+
+async def test_a_signal_sent_before_the_step_starts_is_kept_and_a_second_ignored(
+    flow: Flow,
+) -> None:
+    wf = await flow.workflow_create(
+        "order",
+        SleepStep(0.2, id="nap"),
+        WaitStep("approved", requires=["nap"]),
+    )
+    eid = await wf.execute({"order": 1}, async_=True)
+    await flow.signal(eid, "approved", {"by": "ann"})
+    await flow.signal(eid, "approved", {"by": "bob"})  # kept for nothing
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS
+    assert body(done.response) == {"by": "ann"}
+
+
+async def test_a_wait_that_times_out_fails_the_step_and_rolls_back(flow: Flow) -> None:
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve", compensate=FunctionStep(release)),
+        WaitStep("paid", timeout=0.3, requires=["reserve"]),
+    )
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"order": 1})
+    assert failed.value.step_id == "paid"
+    info = await flow.execution(failed.value.execution_id)
+    assert info.steps["paid"].status is Status.FAILURE
+    assert "timed out after 0.3s waiting for paid" in (info.steps["paid"].error or "")
+    assert calls("release") == [{"request": {"order": 1}, "response": {"reservation": "R1"}}]
+
+
+async def test_a_parked_timeout_fires_when_the_flows_clock_passes_it(store_url: str) -> None:
+    now = [1_000_000.0]
+    async with Flow(store_url, clock=lambda: now[0], poll_interval=0.02, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("order", WaitStep("paid", timeout=3600))
+        eid = await wf.execute(None, async_=True)
+        await eventually(lambda: parked(flow, eid))
+        now[0] += 3601
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.FAILURE
+        assert done.failed_step == "paid"
+
+
+async def test_signal_errors_name_what_is_wrong(flow: Flow) -> None:
+    wf = await flow.workflow_create("order", FunctionStep(reserve, id="reserve"))
+    eid = await wf.execute({})
+    with pytest.raises(ExecutionNotFoundError):
+        await flow.signal("no-such-execution", "paid")
+    with pytest.raises(InvalidTransitionError, match="SUCCESS"):
+        await flow.signal(eid, "paid")
+    with pytest.raises(ConfigurationError, match="event"):
+        await flow.signal(eid, "")
+    with pytest.raises(ConfigurationError, match="payload"):
+        await flow.signal(eid, "paid", object())
+    with pytest.raises(ConfigurationError, match="payload"):
+        await flow.signal(eid, "paid", b"{not json")
+
+
+async def test_a_signal_racing_the_park_is_not_lost(flow: Flow) -> None:
+    """The signal lands after the run looked for it and before it parks: the park
+    must see it (one transaction) rather than leave the execution waiting."""
+    wf = await flow.workflow_create("order", WaitStep("paid"))
+    sent: list[str] = []
+
+    async def signal_now() -> None:
+        if not sent:
+            sent.append(eid)
+            await flow.signal(eid, "paid", {"late": True})
+
+    eid = "race-1"
+    testing.arm_fault("before_park", signal_now)
+    await wf.execute(None, execution_id=eid, async_=True)
+    done = await flow.wait(eid, timeout=10)
+    assert sent == [eid]
+    assert done.status is Status.SUCCESS
+    assert body(done.response) == {"late": True}
+
+
+async def test_a_suspended_waiting_execution_resumes_and_still_waits(flow: Flow) -> None:
+    wf = await flow.workflow_create("order", WaitStep("paid"))
+    eid = await wf.execute(None, async_=True)
+    await eventually(lambda: parked(flow, eid))
+    await flow.suspend(eid)
+    await flow.signal(eid, "paid", 1)  # kept while suspended
+    assert (await flow.execution(eid)).status is Status.SUSPEND
+    await flow.resume(eid)
+    assert (await flow.wait(eid, timeout=10)).status is Status.SUCCESS
+
+
+async def test_an_abort_of_a_parked_execution_rolls_it_back(flow: Flow) -> None:
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve", compensate=FunctionStep(release)),
+        WaitStep("paid", requires=["reserve"]),
+    )
+    eid = await wf.execute({"order": 2}, async_=True)
+    await eventually(lambda: parked(flow, eid))
+    await flow.abort(eid)
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.ABORTED
+    assert done.steps["paid"].status is Status.PENDING
+    assert len(calls("release")) == 1
+
+
+# timers -------------------------------------------------------------------------------
+
+
+async def test_a_sleep_succeeds_with_its_request_when_the_clock_passes(store_url: str) -> None:
+    now = [2_000_000.0]
+    async with Flow(store_url, clock=lambda: now[0], poll_interval=0.02, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("remind", SleepStep(3 * 86400), FunctionStep(pay, id="pay"))
+        wf2 = await flow.workflow_create(
+            "later", SleepStep(until=now[0] + 60, id="at"), FunctionStep(pay, id="pay")
+        )
+        assert [s.id for s in wf.step_list] == ["sleep-1", "pay"]
+        eid = await wf.execute({"n": 1}, async_=True)
+        eid2 = await wf2.execute({"n": 2}, async_=True)
+        await eventually(lambda: parked(flow, eid))
+        await eventually(lambda: parked(flow, eid2))
+        now[0] += 61
+        assert (await flow.wait(eid2, timeout=10)).status is Status.SUCCESS
+        assert (await flow.execution(eid)).status is Status.RUNNING
+        now[0] += 3 * 86400
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.SUCCESS
+        assert done.steps["sleep-1"].response.json() == {"n": 1}
+
+
+async def test_a_timer_that_passed_while_no_worker_ran_fires_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'timers.db'}"
+    now = [3_000_000.0]
+    async with Flow(url, clock=lambda: now[0], poll_interval=0.02, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("remind", SleepStep(600, id="nap"))
+        eid = await wf.execute({"n": 3}, async_=True)
+        await eventually(lambda: parked(flow, eid))
+    now[0] += 3600  # no worker runs meanwhile
+    async with Flow(url, clock=lambda: now[0], poll_interval=0.02, lease_ttl=10**6) as flow:
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.SUCCESS
+
+
+# sub-workflows ------------------------------------------------------------------------
+
+
+async def _saved(flow: Flow, wf_id: str, *steps: Any) -> None:
+    await flow.workflow_save(await flow.workflow_create(wf_id, *steps))
+
+
+async def test_a_subflow_runs_the_saved_workflow_as_a_child(flow: Flow) -> None:
+    await _saved(flow, "payment", FunctionStep(pay, id="pay"))
+    wf = await flow.workflow_create("order", SubflowStep("payment", id="charge"))
+    eid = await wf.execute({"amount": 5})
+    done = await flow.execution(eid)
+    assert body(done.response) == {"paid": {"amount": 5}}
+    child = await flow.execution(f"{eid}:charge")
+    assert child.status is Status.SUCCESS
+    assert child.parent_id == eid
+    assert done.parent_id is None
+    assert calls("pay") == [{"amount": 5}]
+    # a parent taken over after it started its child starts it again: nothing happens
+    await flow.start_child(eid, wf.plan().nodes["charge"], Message(b'{"amount": 6}'))
+    assert calls("pay") == [{"amount": 5}]
+    assert (await flow.execution(f"{eid}:charge")).request.json() == {"amount": 5}
+
+
+async def test_a_failed_child_fails_the_step_after_its_own_rollback(flow: Flow) -> None:
+    await _saved(
+        flow,
+        "payment",
+        FunctionStep(reserve, id="hold", compensate=FunctionStep(release)),
+        FunctionStep(decline, id="charge", requires=["hold"]),
+    )
+    wf = await flow.workflow_create("order", SubflowStep("payment", id="pay"))
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"amount": 5})
+    eid = failed.value.execution_id
+    child = await flow.execution(f"{eid}:pay")
+    assert child.status is Status.FAILURE
+    assert len(calls("release")) == 1  # the child's own rollback, before the step failed
+    step = (await flow.execution(eid)).steps["pay"]
+    assert step.status is Status.FAILURE
+    assert "card declined" in (step.error or "")
+
+
+async def test_a_parent_rollback_compensates_a_succeeded_child_as_a_unit(flow: Flow) -> None:
+    await _saved(flow, "payment", FunctionStep(pay, id="pay", compensate=FunctionStep(refund)))
+    wf = await flow.workflow_create(
+        "order",
+        SubflowStep("payment", id="charge"),
+        FunctionStep(decline, id="ship", requires=["charge"]),
+    )
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"amount": 7})
+    eid = failed.value.execution_id
+    assert failed.value.compensated
+    child = await flow.execution(f"{eid}:charge")
+    assert child.status is Status.ABORTED
+    assert calls("refund") == [{"request": {"amount": 7}, "response": {"paid": {"amount": 7}}}]
+    assert (await flow.execution(eid)).steps["charge"].status is Status.COMPENSATED
+
+
+async def test_suspend_and_abort_of_the_parent_reach_a_waiting_child(flow: Flow) -> None:
+    await _saved(flow, "approval", WaitStep("approved"))
+    wf = await flow.workflow_create("order", SubflowStep("approval", id="ask"))
+    eid = await wf.execute({}, async_=True)
+    child_id = f"{eid}:ask"
+    await eventually(lambda: parked(flow, eid))
+    await eventually(lambda: parked(flow, child_id))
+    await flow.suspend(eid)
+    assert (await flow.execution(child_id)).status is Status.SUSPEND
+    await flow.resume(eid)
+    assert (await flow.execution(child_id)).status is Status.RUNNING
+    await flow.abort(eid)
+    assert (await flow.wait(eid, timeout=10)).status is Status.ABORTED
+    assert (await flow.wait(child_id, timeout=10)).status is Status.ABORTED
+
+
+async def test_unknown_and_cyclic_subflows_are_refused_before_anything_is_stored(
+    flow: Flow,
+) -> None:
+    missing = await flow.workflow_create("order", SubflowStep("nowhere", id="go"))
+    with pytest.raises(WorkflowNotFoundError, match=r"nowhere .*step go of workflow order"):
+        await missing.execute({}, execution_id="never-1")
+    with pytest.raises(ExecutionNotFoundError):
+        await flow.execution("never-1")
+    await _saved(flow, "b", SubflowStep("c", id="to-c"))
+    await _saved(flow, "c", SubflowStep("a", id="to-a"))
+    a = await flow.workflow_create("a", SubflowStep("b", id="to-b"))
+    with pytest.raises(CycleError, match="cycle between workflows: a -> b -> c -> a"):
+        await a.execute({})
+
+
+# map ----------------------------------------------------------------------------------
+
+
+def _mapper(**options: Any) -> MapStep:
+    step = FunctionStep(item, id="item", compensate=FunctionStep(put_back))
+    return MapStep(step, over="request.items", id="take", **options)
+
+
+async def test_a_map_runs_its_step_per_element_with_its_own_keys(flow: Flow) -> None:
+    wf = await flow.workflow_create("pick", _mapper(concurrency=2))
+    eid = await wf.execute({"items": ["a", "b", "c"]})
+    done = await flow.execution(eid)
+    assert done.response is not None
+    assert done.response.json() == [{"took": "a"}, {"took": "b"}, {"took": "c"}]
+    assert list(done.steps) == ["take", "take[0]", "take[1]", "take[2]"]
+    assert sorted(calls("item")) == [(v, f"{eid}:take[{i}]") for i, v in enumerate("abc")]
+    empty = await flow.execution(await wf.execute({"items": []}))
+    assert body(empty.response) == []
+
+
+async def test_a_failed_run_fails_the_map_and_the_succeeded_runs_are_compensated(
+    flow: Flow,
+) -> None:
+    wf = await flow.workflow_create("pick", _mapper(concurrency=1))
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"items": ["a", "b", "bad", "c"]})
+    info = await flow.execution(failed.value.execution_id)
+    assert info.steps["take"].status is Status.FAILURE
+    assert "run take[2] failed" in (info.steps["take"].error or "")
+    assert [got["request"] for got in calls("put_back")] == ["b", "a"]  # last first
+    assert info.steps["take[0]"].status is Status.COMPENSATED
+    assert "take[3]" not in info.steps  # never started
+
+
+async def test_a_map_over_something_not_a_list_fails_naming_the_expression(flow: Flow) -> None:
+    wf = await flow.workflow_create("pick", _mapper())
+    with pytest.raises(ExecutionFailedError, match=r"over request.items is a number"):
+        await wf.execute({"items": 3})
+    assert calls("item") == []
+
+
+# definitions --------------------------------------------------------------------------
+
+
+def test_the_waiting_kinds_round_trip_through_definitions() -> None:
+    definition = {
+        "id": "order",
+        "steps": [
+            {"wait": "payment.confirmed", "timeout": 3600},
+            {"sleep": 30, "id": "cool-off", "requires": ["payment.confirmed"]},
+            {"sleep": {"until": "2026-12-24T09:00:00Z"}, "id": "xmas"},
+            {"workflow": "payment", "version": 2, "id": "charge"},
+            {
+                "map": {
+                    "over": "request.items",
+                    "concurrency": 8,
+                    "step": {"function": "tests.unit.test_waits:item"},
+                },
+                "id": "take",
+            },
+        ],
+    }
+    wf = load_definition(definition)
+    assert wf.to_dict() == definition
+    assert isinstance(wf.step("take"), MapStep)
+
+
+@pytest.mark.parametrize(
+    ("steps", "where", "what"),
+    [
+        ([{"sleep": 30}], "steps[0]", "needs an id"),
+        ([{"sleep": {}, "id": "s"}], "steps[0].sleep", "seconds or"),
+        ([{"sleep": {"until": "tomorrow"}, "id": "s"}], "steps[0].sleep.until", "ISO 8601"),
+        ([{"sleep": -1, "id": "s"}], "steps[0].sleep", "0 or more"),
+        ([{"wait": ""}], "steps[0].wait", "non-empty"),
+        ([{"workflow": "p", "version": 0}], "steps[0].version", "from 1"),
+        ([{"map": {"step": {"function": "json:dumps"}}}], "steps[0].map.over", "missing"),
+        ([{"map": {"over": "[", "step": {"function": "json:dumps"}}}], "steps[0].map.over",
+         "JMESPath"),
+        ([{"map": {"over": "a", "step": {"wait": "x"}}}], "steps[0].map.step", "not a wait"),
+    ],
+)  # fmt: skip
+def test_bad_waiting_definitions_say_where(steps: list[Any], where: str, what: str) -> None:
+    with pytest.raises(DefinitionError) as found:
+        load_definition({"id": "w", "steps": steps})
+    assert found.value.path == where
+    assert what in str(found.value)
+
+
+def test_sleep_needs_seconds_or_until_in_code() -> None:
+    with pytest.raises(DefinitionError, match="seconds or until"):
+        SleepStep()
+
+
+async def test_many_executions_wait_holding_no_run(flow: Flow) -> None:
+    wf = await flow.workflow_create("order", WaitStep("paid"))
+    ids = [await wf.execute({"n": n}, async_=True) for n in range(50)]
+    await eventually(lambda: all_parked(flow, ids))
+    assert flow._running().runs == {}
+    await asyncio.gather(*(flow.signal(eid, "paid", n) for n, eid in enumerate(ids)))
+    for n, eid in enumerate(ids):
+        done = await flow.wait(eid, timeout=10)
+        assert body(done.response) == n
+
+
+async def all_parked(flow: Flow, ids: list[str]) -> bool:
+    return all([await parked(flow, eid) for eid in ids])
+
+
+async def test_a_timer_that_passed_while_suspended_fires_on_resume(store_url: str) -> None:
+    now = [6_000_000.0]
+    async with Flow(store_url, clock=lambda: now[0], poll_interval=0.02, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("remind", SleepStep(60, id="nap"))
+        eid = await wf.execute({"n": 4}, async_=True)
+        await eventually(lambda: parked(flow, eid))
+        await flow.suspend(eid)
+        now[0] += 120
+        await asyncio.sleep(0.1)  # polls go by: a suspended execution is not claimed
+        assert (await flow.execution(eid)).status is Status.SUSPEND
+        await flow.resume(eid)
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.SUCCESS
+        assert body(done.steps["nap"].response) == {"n": 4}
