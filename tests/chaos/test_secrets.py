@@ -12,6 +12,7 @@ and proxy-authorization.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -57,3 +58,21 @@ async def test_a_run_leaves_no_secret_behind(
         outputs[" ".join(args)] = done.stdout + done.stderr
     outputs["logs"] = "\n".join(r.getMessage() for r in caplog.records)
     assert find_secret(SECRET, texts=outputs, store=store) == []
+
+
+@pytest.mark.timeout(60)
+async def test_the_cli_reads_encrypted_executions_with_the_keys_setting(tmp_path: Path) -> None:
+    import base64
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    key = os.urandom(32)
+    eid = await _run(store, codec=AesGcmCodec({"k1": key}))
+    keys = f"k1={base64.b64encode(key).decode()}"
+    shown = cli(
+        "show", eid, "--json", extra_env={"MICROSAGA_STORE": store, "MICROSAGA_CODEC_KEYS": keys}
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["request"] == {"order": 1}
+    blind = cli("show", eid, "--json", extra_env={"MICROSAGA_STORE": store})
+    assert blind.returncode == 0, blind.stderr
+    assert json.loads(blind.stdout)["request"] == "[encrypted]"

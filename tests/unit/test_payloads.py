@@ -283,3 +283,19 @@ async def test_a_redrive_input_over_max_payload_is_refused(store_url: str) -> No
             await wf.execute({})
         with pytest.raises(PayloadTooLargeError, match="the input"):
             await flow.redrive(err.value.execution_id, input={"x": "y" * 1000})
+
+
+async def test_a_signal_payload_is_encrypted_at_rest(tmp_path: Path) -> None:
+    from microsaga import WaitStep
+
+    path = tmp_path / "s.db"
+    codec = AesGcmCodec({"k1": os.urandom(32)})
+    async with Flow(f"sqlite:///{path}", codec=codec) as flow:
+        wf = await flow.workflow_create("approve", WaitStep("approved"))
+        eid = await wf.execute({}, async_=True)
+        await flow.signal(eid, "approved", Message({"by": "ann-SECRET"}, {"X-Key": "k-SECRET"}))
+        done = await flow.wait(eid, timeout=10)
+        assert done.steps["approved"].response is not None
+        assert done.steps["approved"].response.json() == {"by": "ann-SECRET"}
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"SECRET" not in stored
