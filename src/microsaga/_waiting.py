@@ -24,6 +24,7 @@ from ._engine.plan import Node, RetryPolicy
 from ._engine.records import StepRecord
 from .errors import StepError, StepTimeoutError, one_line
 from .message import Message, decode_json_body, encode_json
+from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry
 from .stores.base import Transition
@@ -240,7 +241,7 @@ class Waiting:
                         await slots.wait()
                     try:
                         response = await self.run.call(inner, request, rid, attempt, timeout)
-                        failure: Exception | None = None
+                        failure: Exception | None = too_large(response, self.run.host.flow)
                     except Exception as exc:
                         failure = exc
                     finally:

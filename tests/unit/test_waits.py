@@ -471,3 +471,16 @@ async def test_a_timer_that_passed_while_suspended_fires_on_resume(store_url: st
         done = await flow.wait(eid, timeout=10)
         assert done.status is Status.SUCCESS
         assert body(done.steps["nap"].response) == {"n": 4}
+
+
+async def big(msg: Message) -> str:
+    return "x" * 2000
+
+
+async def test_a_map_run_answering_over_max_payload_fails_the_map(store_url: str) -> None:
+    async with Flow(store_url, max_payload=1000) as flow:
+        wf = await flow.workflow_create(
+            "big", MapStep(FunctionStep(big, id="big"), over="request", id="many")
+        )
+        with pytest.raises(ExecutionFailedError, match="over max_payload 1000"):
+            await wf.execute([1, 2])
