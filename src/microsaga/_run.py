@@ -32,7 +32,7 @@ from .expressions import truthy
 from .hooks import ExecutionEvent, Hooks, StepEvent
 from .message import Message, encode_json
 from .observability.logs import about
-from .payloads import too_large
+from .payloads import DEFAULT_MAX_PAYLOAD, too_large
 from .status import Phase, Status
 from .step import Retry, Step, StepContext
 from .stores.base import Transition, TransitionResult
@@ -150,12 +150,16 @@ class Run:
         self._lost = False
         self._draining = False
         self._settled = False  # _start settled a step without starting it
+        self._new_waits = False  # _start made WAITING records
+        flow = host.flow  # a step's response over it fails the step (payloads.py)
+        self._max_payload = flow.options.max_payload if flow is not None else DEFAULT_MAX_PAYLOAD
         self._decoded: dict[str, Any] = {}  # decoded bodies for context documents
         # a lone step runs in the loop's own task (a chain needs no task per step), and
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
         self._waiters: list[asyncio.Future[Outcome | None]] = []
-        self.waiting = Waiting(self)  # its WAITING steps and map runs (_waiting.py)
+        # its WAITING steps and map runs
+        self.waiting = Waiting(None if fresh else state.steps)
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -226,6 +230,7 @@ class Run:
         now = self.host.clock()
         records = [self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start]
         self._records, self._settled = [], False  # settled ones go with the creation
+        self._new_waits = False  # the WAITING ones are in waiting.ids: below
         self._initial = [rec for rec in records if rec.status is Status.RUNNING]
         for rec in records:
             self.state.steps[rec.step_id] = rec
@@ -325,7 +330,7 @@ class Run:
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
             if self.waiting.ids and not self._draining:
-                await self.waiting.resolve()
+                await self.waiting.resolve(self)
             if self._draining:
                 if self._tasks:  # running steps finish and are recorded first
                     await self._wake.wait()
@@ -338,9 +343,9 @@ class Run:
                 plan, graph, state
             )
             if decision.cancel:
-                await self.waiting.cancel(decision.cancel)
+                await self.waiting.cancel(self, decision.cancel)
             if decision.park and not self._records:
-                if await self.waiting.wait_or_park():
+                if await self.waiting.wait_or_park(self):
                     return
                 starts = []
                 continue
@@ -402,7 +407,8 @@ class Run:
                 continue
             for rec in starts:
                 (state.steps if rec.phase is Phase.FORWARD else state.comps)[rec.step_id] = rec
-            if any(rec.status is Status.WAITING for rec in starts):
+            if self._new_waits:  # WAITING steps are resolved by the loop, never invoked
+                self._new_waits = False
                 self.waiting.ids.update(r.step_id for r in starts if r.status is Status.WAITING)
                 starts = [rec for rec in starts if rec.status is not Status.WAITING]
             hooks = self.host.hooks
@@ -472,7 +478,8 @@ class Run:
                 return found
             request = found
         attempts = before_step.attempts + 1
-        if node.waits:  # resolved by the loop: see _check_waits
+        if node.waits:  # resolved by the loop: see Waiting.resolve
+            self._new_waits = True
             return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
         return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
 
@@ -579,7 +586,7 @@ class Run:
         if isinstance(node.step, MapStep) or (
             phase is Phase.COMPENSATE and isinstance(node.compensate, Marker)
         ):
-            self._done.append(await self.waiting.run_special(rec, node))
+            self._done.append(await self.waiting.run_special(self, rec, node))
             if not self._inline:
                 self._wake.set()
             return
@@ -620,7 +627,7 @@ class Run:
                 failure = None
             finally:
                 slots.give()  # not held while waiting to retry
-            if failure is None and response is not None:
+            if failure is None and response is not None and len(response.body) > self._max_payload:
                 failure = too_large(response, self.host.flow)
             if failure is None:
                 status = Status.SUCCESS

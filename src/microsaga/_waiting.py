@@ -45,18 +45,21 @@ _CHILD_LOOK = 60.0  # a parked parent looks at its child at least this often
 class Waiting:
     """The WAITING steps of one run, and the runs of its map steps."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        steps = run.state.steps
-        self.ids = {sid for sid, rec in steps.items() if rec.status is Status.WAITING}
+    def __init__(self, steps: dict[str, StepRecord] | None) -> None:
+        # a new execution (None) has none yet; one taken over may. The run is passed to
+        # each method rather than kept: a run and its Waiting referring to each other
+        # would be a cycle, left for the garbage collector instead of freed at its end
+        self.ids: set[str] = set()
+        if steps is not None:
+            self.ids.update(sid for sid, rec in steps.items() if rec.status is Status.WAITING)
         self.items: dict[tuple[str, Phase], StepRecord] = {}  # runs of map steps
         self.parked = False  # gave up its lease to wait: not lost, not finished
         self._refused = False  # the last park found what it waits for
 
-    async def resolve(self) -> None:
+    async def resolve(self, run: Run) -> None:
         """Resolve the WAITING steps whose signal came, whose time came, or whose child
         finished: their records enter the state and go with the next commit."""
-        state, nodes, now = self.run.state, self.run.spec.plan.nodes, self.run.host.clock()
+        state, nodes, now = run.state, run.spec.plan.nodes, run.host.clock()
         signals: dict[str, Message] | None = None
         for sid in sorted(self.ids):
             rec, node = state.steps[sid], nodes[sid]
@@ -64,46 +67,54 @@ class Waiting:
             started = rec.started_at if rec.started_at is not None else now
             if isinstance(step, WaitStep):
                 if signals is None:
-                    signals = await self.run.host.signals(self.run.id)
+                    signals = await run.host.signals(run.id)
                 payload = signals.get(step.event)
                 if payload is not None:
-                    self._settle(sid, Status.SUCCESS, payload, None, now)
+                    self._settle(run, sid, Status.SUCCESS, payload, None, now)
                 elif node.timeout is not None and now >= started + node.timeout:
                     why = f"step {sid} timed out after {node.timeout:g}s waiting for {step.event}"
-                    await self._timed_out(node, rec, StepTimeoutError(why), now)
+                    await self._timed_out(run, node, rec, StepTimeoutError(why), now)
             elif isinstance(step, SleepStep):
                 if now >= step.due(started):
-                    self._settle(sid, Status.SUCCESS, rec.request, None, now)
+                    self._settle(run, sid, Status.SUCCESS, rec.request, None, now)
             elif isinstance(step, SubflowStep):
-                child_id = f"{self.run.id}:{sid}"
-                child = await self.run.host.child(child_id)
+                child_id = f"{run.id}:{sid}"
+                child = await run.host.child(child_id)
                 if child is None:
-                    await self.run.host.start_child(self.run, node, rec.request or Message())
+                    await run.host.start_child(run, node, rec.request or Message())
                 elif child.status is Status.SUCCESS:
-                    self._settle(sid, Status.SUCCESS, child.response or Message(), None, now)
+                    self._settle(run, sid, Status.SUCCESS, child.response or Message(), None, now)
                 elif child.status.finished:
                     why = f"child execution {child_id} ended {child.status.name}: {child.error}"
-                    self._settle(sid, Status.FAILURE, None, why, now)
+                    self._settle(run, sid, Status.FAILURE, None, why, now)
 
-    async def _timed_out(self, node: Node, rec: StepRecord, exc: Exception, now: float) -> None:
+    async def _timed_out(
+        self, run: Run, node: Node, rec: StepRecord, exc: Exception, now: float
+    ) -> None:
         """A wait's timeout passed: the step fails, or its fallback answers for it."""
         error = one_line(exc)
         if node.fallback is not None:
             request = rec.request or Message()
-            fallen = await self.run.fallback(node, rec, request, rec.attempts, None, error)
+            fallen = await run.fallback(node, rec, request, rec.attempts, None, error)
             if isinstance(fallen, Message):
                 fallback_id = getattr(node.fallback, "id", node.id)
                 note = f"{error} (fallback {fallback_id} used)"
-                self._settle(node.id, Status.SUCCESS, fallen, note, self.run.host.clock())
+                self._settle(run, node.id, Status.SUCCESS, fallen, note, run.host.clock())
                 return
             if fallen is not None:
                 return  # interrupted: still WAITING, decided again on resume
-        self._settle(node.id, Status.FAILURE, None, error, now)
+        self._settle(run, node.id, Status.FAILURE, None, error, now)
 
     def _settle(
-        self, sid: str, status: Status, response: Message | None, error: str | None, now: float
+        self,
+        run: Run,
+        sid: str,
+        status: Status,
+        response: Message | None,
+        error: str | None,
+        now: float,
     ) -> None:
-        rec = self.run.state.steps[sid]
+        rec = run.state.steps[sid]
         done = StepRecord(
             sid,
             Phase.FORWARD,
@@ -115,32 +126,32 @@ class Waiting:
             rec.started_at,
             now,
         )
-        self.run.put(done)
+        run.put(done)
         self.ids.discard(sid)
-        hooks = self.run.host.hooks
+        hooks = run.host.hooks
         if hooks.step_finished:
-            hooks.emit(hooks.step_finished, self.run.step_event(done, now))
+            hooks.emit(hooks.step_finished, run.step_event(done, now))
 
-    async def cancel(self, sids: tuple[str, ...]) -> None:
+    async def cancel(self, run: Run, sids: tuple[str, ...]) -> None:
         """Give up waiting steps (a rollback or an abort): back to PENDING, never
         compensated; a child that runs for one of them is aborted."""
-        now = self.run.host.clock()
+        now = run.host.clock()
         for sid in sids:
-            rec = self.run.state.steps[sid]
+            rec = run.state.steps[sid]
             pending = replace(rec, status=Status.PENDING, finished_at=now, error="cancelled")
-            self.run.put(pending)
+            run.put(pending)
             self.ids.discard(sid)
-            if isinstance(self.run.spec.plan.nodes[sid].step, SubflowStep):
-                await self.run.host.abort_child(f"{self.run.id}:{sid}")
+            if isinstance(run.spec.plan.nodes[sid].step, SubflowStep):
+                await run.host.abort_child(f"{run.id}:{sid}")
 
-    async def wait_or_park(self) -> bool:
+    async def wait_or_park(self, run: Run) -> bool:
         """Only WAITING steps are left: park the execution (True: the run is over), or,
         when the wait is short or no worker would take it back, wait here."""
-        now = self.run.host.clock()
+        now = run.host.clock()
         due, events, children = _FAR, [], []
-        nodes = self.run.spec.plan.nodes
+        nodes = run.spec.plan.nodes
         for sid in self.ids:
-            rec, node = self.run.state.steps[sid], nodes[sid]
+            rec, node = run.state.steps[sid], nodes[sid]
             step = node.step
             started = rec.started_at if rec.started_at is not None else now
             if isinstance(step, SleepStep):
@@ -150,27 +161,27 @@ class Waiting:
                 if node.timeout is not None:
                     due = min(due, started + node.timeout)
             elif isinstance(step, SubflowStep):
-                children.append(f"{self.run.id}:{sid}")
+                children.append(f"{run.id}:{sid}")
                 due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
         wait = due - now
-        if self._refused or wait < 1.0 or not self.run.host.can_park:
+        if self._refused or wait < 1.0 or not run.host.can_park:
             # a wait of its own: a poke (a signal, a child's end) or a look now and then
             self._refused = False
-            await self.run.pause(max(0.0, min(wait, _LOOK_AGAIN)))
-            return self.run.lost
+            await run.pause(max(0.0, min(wait, _LOOK_AGAIN)))
+            return run.lost
         note = "waiting for " + ", ".join(sorted(self.ids))
         await _faults.reached("before_park")
-        self.run.releasing = True
-        if not await self.run.host.park(self.run, due, events, children):
-            self.run.releasing = False
+        run.releasing = True
+        if not await run.host.park(run, due, events, children):
+            run.releasing = False
             self._refused = True  # what it waits for came: look again, then wait
             return False
         self.parked = True
-        self.run.end(None)
-        log.debug("execution %s: parked (%s)", self.run.id, note)
+        run.end(None)
+        log.debug("execution %s: parked (%s)", run.id, note)
         return True
 
-    async def run_special(self, rec: StepRecord, node: Node) -> StepRecord:
+    async def run_special(self, run: Run, rec: StepRecord, node: Node) -> StepRecord:
         """A run the loop does itself: a map (its runs), the compensation of a map's
         runs, or the rollback of a sub-workflow's child."""
         sid, phase = rec.step_id, rec.phase
@@ -178,18 +189,18 @@ class Waiting:
         error = None
         try:
             if phase is Phase.FORWARD:
-                response = await self._map(node, rec)
+                response = await self._map(run, node, rec)
             elif node.compensate is RUNS_ROLLBACK:
-                response = await self._compensate_runs(node)
+                response = await self._compensate_runs(run, node)
             else:
-                await self.run.host.compensate_child(f"{self.run.id}:{sid}")
+                await run.host.compensate_child(f"{run.id}:{sid}")
                 response = Message()
             status = Status.SUCCESS
         except _Interrupted:
             status = Status.PENDING  # it starts again on resume
         except Exception as exc:
             status, error = Status.FAILURE, one_line(exc)
-        finished = self.run.host.clock() if status is not Status.PENDING else None
+        finished = run.host.clock() if status is not Status.PENDING else None
         return StepRecord(
             sid,
             phase,
@@ -202,7 +213,7 @@ class Waiting:
             finished,
         )
 
-    async def _map(self, node: Node, rec: StepRecord) -> Message:
+    async def _map(self, run: Run, node: Node, rec: StepRecord) -> Message:
         """Run a MapStep's step once per element of its list, each run recorded as
         ``<id>[<i>]``; the responses as a JSON list, in element order."""
         step = node.step
@@ -213,7 +224,7 @@ class Waiting:
             raise StepError(f"map {sid}: over {step.over} is {_json_type(items)}, not a list")
         inner = step.step
         retry: RetryPolicy = inner.options.retry or Retry()
-        timeout = inner.options.timeout or self.run.spec.step_timeout
+        timeout = inner.options.timeout or run.spec.step_timeout
         gate = asyncio.Semaphore(step.concurrency or len(items) or 1)
         responses: list[Message | None] = [None] * len(items)
         failed: list[str] = []
@@ -225,23 +236,23 @@ class Waiting:
                 responses[i] = before.response  # done before a takeover
                 return
             async with gate:
-                if failed or self.run.interrupt_wanted(Phase.FORWARD):
+                if failed or run.interrupt_wanted(Phase.FORWARD):
                     return
-                request = self.run.headers.request(encode_json(items[i]), rid)
+                request = run.headers.request(encode_json(items[i]), rid)
                 attempt = (before.attempts if before is not None else 0) + 1
-                now = self.run.host.clock()
+                now = run.host.clock()
                 running = StepRecord(
                     rid, Phase.FORWARD, Status.RUNNING, attempt, request, None, None, now
                 )
-                if not await self._commit([running]):
+                if not await self._commit(run, [running]):
                     return
                 while True:
-                    slots = self.run.host.slots
+                    slots = run.host.slots
                     if not slots.take():
                         await slots.wait()
                     try:
-                        response = await self.run.call(inner, request, rid, attempt, timeout)
-                        failure: Exception | None = too_large(response, self.run.host.flow)
+                        response = await run.call(inner, request, rid, attempt, timeout)
+                        failure: Exception | None = too_large(response, run.host.flow)
                     except Exception as exc:
                         failure = exc
                     finally:
@@ -253,13 +264,13 @@ class Waiting:
                             status=Status.SUCCESS,
                             attempts=attempt,
                             response=response,
-                            finished_at=self.run.host.clock(),
+                            finished_at=run.host.clock(),
                         )
-                        await self._commit([done])
+                        await self._commit(run, [done])
                         return
                     error = one_line(failure)
-                    if retry.should_retry(failure, attempt) and await self.run.backoff(
-                        retry.interval(attempt, self.run.host.random()), Phase.FORWARD
+                    if retry.should_retry(failure, attempt) and await run.backoff(
+                        retry.interval(attempt, run.host.random()), Phase.FORWARD
                     ):
                         attempt += 1
                         continue
@@ -269,9 +280,9 @@ class Waiting:
                         status=Status.FAILURE,
                         attempts=attempt,
                         error=error,
-                        finished_at=self.run.host.clock(),
+                        finished_at=run.host.clock(),
                     )
-                    await self._commit([done])
+                    await self._commit(run, [done])
                     return
 
         await asyncio.gather(*(one(i) for i in range(len(items))))
@@ -283,14 +294,14 @@ class Waiting:
             encode_json([decode_json_body(r.body) if r is not None else None for r in responses])
         )
 
-    async def _compensate_runs(self, node: Node) -> Message:
+    async def _compensate_runs(self, run: Run, node: Node) -> Message:
         """Compensate the runs of a map that succeeded, the last element first."""
         step = node.step
         assert isinstance(step, MapStep)
         comp = step.step.options.compensate
         assert comp is not None
-        retry = comp.options.retry or self.run.host.compensation_retry
-        timeout = comp.options.timeout or self.run.spec.step_timeout
+        retry = comp.options.retry or run.host.compensation_retry
+        timeout = comp.options.timeout or run.spec.step_timeout
         what = step.step.options.compensate_input
         runs = [
             rec
@@ -300,16 +311,15 @@ class Waiting:
             and rid.startswith(node.id + "[")
         ]
         runs.sort(key=lambda r: int(r.step_id[len(node.id) + 1 : -1]), reverse=True)
-        for run in runs:
-            rid = run.step_id
-            request = self.run.headers.request(
-                data.compensation_body(what, run), rid, ":compensate"
-            )
+        for item in runs:
+            rid = item.step_id
+            body = data.compensation_body(what, item)
+            request = run.headers.request(body, rid, ":compensate")
             attempt = 1
-            started = self.run.host.clock()
+            started = run.host.clock()
             while True:
                 try:
-                    response = await self.run.invoke(comp, request, rid, attempt, timeout)
+                    response = await run.invoke(comp, request, rid, attempt, timeout)
                     break
                 except Exception as exc:
                     if not retry.should_retry(exc, attempt):
@@ -322,13 +332,13 @@ class Waiting:
                             None,
                             one_line(exc),
                             started,
-                            self.run.host.clock(),
+                            run.host.clock(),
                         )
-                        await self._commit([failed])
+                        await self._commit(run, [failed])
                         why = f"compensation of run {rid} failed: {one_line(exc)}"
                         raise StepError(why) from exc
-                    if not await self.run.backoff(
-                        retry.interval(attempt, self.run.host.random()), Phase.COMPENSATE
+                    if not await run.backoff(
+                        retry.interval(attempt, run.host.random()), Phase.COMPENSATE
                     ):
                         raise _Interrupted() from None
                     attempt += 1
@@ -341,31 +351,31 @@ class Waiting:
                 response,
                 None,
                 started,
-                self.run.host.clock(),
+                run.host.clock(),
             )
-            await self._commit([done, replace(run, status=Status.COMPENSATED)])
+            await self._commit(run, [done, replace(item, status=Status.COMPENSATED)])
         return Message()
 
-    async def _commit(self, records: list[StepRecord]) -> bool:
+    async def _commit(self, run: Run, records: list[StepRecord]) -> bool:
         """Commit records of a map's runs; False when a suspend or an abort came (no
         run starts then)."""
-        result = await self.run.host.committer.submit(
+        result = await run.host.committer.submit(
             Transition(
-                execution_id=self.run.id,
-                token=self.run.spec.token,
-                expect=self.run.state.status,
+                execution_id=run.id,
+                token=run.spec.token,
+                expect=run.state.status,
                 records=records,
-                at=self.run.host.clock(),
+                at=run.host.clock(),
             )
         )
         if not result.owned:
-            self.run.lose()
+            run.lose()
             raise asyncio.CancelledError()
         for rec in records:
             self.items[rec.step_id, rec.phase] = rec
-        if result.status is not self.run.state.status:
-            self.run.control(result.status, result.abort)
-        return result.applied and not self.run.interrupt_wanted(Phase.FORWARD)
+        if result.status is not run.state.status:
+            run.control(result.status, result.abort)
+        return result.applied and not run.interrupt_wanted(Phase.FORWARD)
 
 
 def _json_type(value: Any) -> str:
