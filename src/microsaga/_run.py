@@ -161,6 +161,22 @@ class Run:
         self.end(None)
         self._wake.set()
 
+    def give_up_running(self, error: str) -> list[str]:
+        """Fail the steps (and compensations) recorded RUNNING with ``error`` instead of
+        invoking them again when the run starts: taken over too many times in a row
+        (``max_recovery_attempts``). Written with the first commit; the engine then
+        decides as after any failure. The ids of the steps given up."""
+        now = self.host.clock()
+        given_up = []
+        for records in (self.state.steps, self.state.comps):
+            for sid, rec in records.items():
+                if rec.status is Status.RUNNING:
+                    failed = replace(rec, status=Status.FAILURE, error=error, finished_at=now)
+                    records[sid] = failed
+                    self._records.append(failed)
+                    given_up.append(sid)
+        return given_up
+
     def first_steps(self) -> list[StepRecord]:
         """The records of the steps a new execution starts with, committed with the
         execution: RUNNING ones are invoked when the run starts; a root whose ``when``

@@ -1,18 +1,19 @@
 """Every setting of a flow in one place: explicit arguments, then ``MICROSAGA_*``.
 
-=====================  ============================  ==================================
-setting                environment                   default
-=====================  ============================  ==================================
-store                  ``MICROSAGA_STORE``           ``sqlite:///microsaga.db``
-services               ``MICROSAGA_SERVICES``        none (JSON object or ``a=url,b=url``)
-broker                 ``MICROSAGA_BROKER``          none
-concurrency            ``MICROSAGA_CONCURRENCY``     64 steps running at once
-lease_ttl              ``MICROSAGA_LEASE_TTL``       10 s
-heartbeat_interval     ``MICROSAGA_HEARTBEAT``       lease_ttl / 3
-poll_interval          ``MICROSAGA_POLL_INTERVAL``   0.25 s
-max_executions         ``MICROSAGA_MAX_EXECUTIONS``  executions held at once: concurrency
-worker_id              ``MICROSAGA_WORKER_ID``       host:pid:nonce:machine (see below)
-=====================  ============================  ==================================
+=====================  ===================================  =====================================
+setting                environment                          default
+=====================  ===================================  =====================================
+store                  ``MICROSAGA_STORE``                  ``sqlite:///microsaga.db``
+services               ``MICROSAGA_SERVICES``               none (JSON object or ``a=url,b=url``)
+broker                 ``MICROSAGA_BROKER``                 none
+concurrency            ``MICROSAGA_CONCURRENCY``            64 steps running at once
+lease_ttl              ``MICROSAGA_LEASE_TTL``              10 s
+heartbeat_interval     ``MICROSAGA_HEARTBEAT``              lease_ttl / 3
+poll_interval          ``MICROSAGA_POLL_INTERVAL``          0.25 s
+max_executions         ``MICROSAGA_MAX_EXECUTIONS``         executions held at once: concurrency
+worker_id              ``MICROSAGA_WORKER_ID``              host:pid:nonce:machine (see below)
+max_recovery_attempts  ``MICROSAGA_MAX_RECOVERY_ATTEMPTS``  5 takeovers in a row (see below)
+=====================  ===================================  =====================================
 
 Explicit values win over the environment (``MICROSAGA_SERVICES`` is merged under
 explicit ``services``); a wrong value raises
@@ -27,6 +28,12 @@ leases to expire (``docs/stores.md``). A stable ``worker_id``, unique among the
 workers running at the same time (e.g. the name of a service's replica), does the same
 across machines and containers: a worker restarted under it takes back its previous
 life's executions at once.
+
+An execution is taken over when its worker died (or stalled past its lease) while
+running it. After more than ``max_recovery_attempts`` takeovers in a row with nothing
+committed in between (a step that crashes the worker every time), the next worker does
+not invoke the steps that were running again: they fail with
+:class:`~microsaga.errors.RecoveryLimitError` and the execution rolls back.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class FlowOptions:
     heartbeat_interval: float = 10.0 / 3
     poll_interval: float = 0.25
     max_executions: int = 64  # executions held at once (default: the concurrency)
+    max_recovery_attempts: int = 5  # takeovers in a row before running steps are given up
     claim: bool = True  # with worker: take executions from the store, not only its own
     worker_id: str | None = None
     compensation_retry: Retry = _DEFAULT_COMPENSATION_RETRY
@@ -234,6 +242,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
         ("heartbeat_interval", "MICROSAGA_HEARTBEAT", float),
         ("poll_interval", "MICROSAGA_POLL_INTERVAL", float),
         ("max_executions", "MICROSAGA_MAX_EXECUTIONS", int),
+        ("max_recovery_attempts", "MICROSAGA_MAX_RECOVERY_ATTEMPTS", int),
     ):
         if name in values:
             values[name] = _check_number(values[name], name, kind)
