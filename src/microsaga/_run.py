@@ -120,6 +120,7 @@ class Run:
         # then tells the loop it finished by returning, not through _wake
         self._inline = False
         self._waiters: list[asyncio.Future[Outcome | None]] = []
+        self._step_error: BaseException | None = None  # raised in a step's own task
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -275,9 +276,13 @@ class Run:
             else:
                 loop = asyncio.get_running_loop()
                 for rec in starts:
-                    self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
+                    task = loop.create_task(self._attempts(rec))
+                    task.add_done_callback(self._step_task_done)
+                    self._tasks[rec.step_id, rec.phase] = task
             if self._lost:
                 return
+            if self._step_error is not None:  # the run stops, as when run inline
+                raise self._step_error
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
             if self._draining:
@@ -480,6 +485,15 @@ class Run:
                     state.steps[sid] = forward
                     self._records.append(forward)
         self._done.clear()
+
+    def _step_task_done(self, task: asyncio.Task[None]) -> None:
+        """A step's own task ended. One that raised (the store away past the commit's
+        retries while recording a retry, a fault point) never put a record in
+        ``_done``: the loop must hear of it, or it waits for ever while the worker
+        renews the lease."""
+        if not task.cancelled() and task.exception() is not None and self._step_error is None:
+            self._step_error = task.exception()
+            self._wake.set()
 
     def _interrupt_wanted(self, phase: Phase) -> bool:
         if self.state.abort is Abort.NO_COMPENSATION or self._draining:
