@@ -160,6 +160,7 @@ class Run:
         self._waiters: list[asyncio.Future[Outcome | None]] = []
         # its WAITING steps and map runs
         self.waiting = Waiting(None if fresh else state.steps)
+        self._step_error: BaseException | None = None  # raised in a step's own task
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -222,6 +223,22 @@ class Run:
             self.task.cancel()
         self.end(None)
         self._wake.set()
+
+    def give_up_running(self, error: str) -> list[str]:
+        """Fail the steps (and compensations) recorded RUNNING with ``error`` instead of
+        invoking them again when the run starts: taken over too many times in a row
+        (``max_recovery_attempts``). Written with the first commit; the engine then
+        decides as after any failure. The ids of the steps given up."""
+        now = self.host.clock()
+        given_up = []
+        for records in (self.state.steps, self.state.comps):
+            for sid, rec in records.items():
+                if rec.status is Status.RUNNING:
+                    failed = replace(rec, status=Status.FAILURE, error=error, finished_at=now)
+                    records[sid] = failed
+                    self._records.append(failed)
+                    given_up.append(sid)
+        return given_up
 
     def first_steps(self) -> list[StepRecord]:
         """The records of the steps a new execution starts with, committed with the
@@ -324,9 +341,13 @@ class Run:
             else:
                 loop = asyncio.get_running_loop()
                 for rec in starts:
-                    self._tasks[rec.step_id, rec.phase] = loop.create_task(self._attempts(rec))
+                    task = loop.create_task(self._attempts(rec))
+                    task.add_done_callback(self._step_task_done)
+                    self._tasks[rec.step_id, rec.phase] = task
             if self._lost:
                 return
+            if self._step_error is not None:  # the run stops, as when run inline
+                raise self._step_error
             decided = True  # from here on, every start comes from a decision made here
             self._fold()
             if self.waiting.ids and not self._draining:
@@ -546,6 +567,15 @@ class Run:
                     state.steps[sid] = forward
                     self._records.append(forward)
         self._done.clear()
+
+    def _step_task_done(self, task: asyncio.Task[None]) -> None:
+        """A step's own task ended. One that raised (the store away past the commit's
+        retries while recording a retry, a fault point) never put a record in
+        ``_done``: the loop must hear of it, or it waits for ever while the worker
+        renews the lease."""
+        if not task.cancelled() and task.exception() is not None and self._step_error is None:
+            self._step_error = task.exception()
+            self._wake.set()
 
     def interrupt_wanted(self, phase: Phase) -> bool:
         if self.state.abort is Abort.NO_COMPENSATION or self._draining:

@@ -20,7 +20,8 @@ the default message::
     ├── ExecutionFailedError       execution_failed
     ├── InvalidTransitionError     invalid_transition
     ├── StepError                  step_failed            raised by step code
-    │   └── StepTimeoutError       step_timeout
+    │   ├── StepTimeoutError       step_timeout
+    │   └── RecoveryLimitError     max_recovery_attempts_exceeded   workers died running it
     ├── StoreError                 store_unavailable      (retryable)
     │   ├── SchemaVersionError     schema_version
     │   └── LeaseLostError         lease_lost
@@ -45,6 +46,7 @@ __all__ = [
     "MicrosagaError",
     "MissingClientError",
     "PayloadTooLargeError",
+    "RecoveryLimitError",
     "SchemaVersionError",
     "StepError",
     "StepNotExistsError",
@@ -256,6 +258,18 @@ class StepTimeoutError(StepError):
     """The step attempt timed out."""
 
     code = "step_timeout"
+
+
+class RecoveryLimitError(StepError):
+    """The step was given up: the workers running it kept dying.
+
+    Recorded as the failure of the steps that were running when the execution was taken
+    over more than ``max_recovery_attempts`` times in a row, without anything committed
+    in between; the execution then rolls back as after any step failure.
+    """
+
+    code = "max_recovery_attempts_exceeded"
+    retryable = False
 
 
 class StoreError(MicrosagaError):

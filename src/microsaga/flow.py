@@ -132,7 +132,8 @@ class Flow:
         concurrency: steps running at once in this flow.
         worker: run executions here and take over those other workers left.
         **options: ``lease_ttl``, ``heartbeat_interval``, ``poll_interval``,
-            ``max_executions``, ``compensation_retry``, ``hooks`` (see
+            ``max_executions``, ``max_recovery_attempts``, ``compensation_retry``,
+            ``hooks`` (see
             ``microsaga.settings`` and :class:`~microsaga.Hook`).
 
     Use it as ``async with Flow(...) as flow:``, or ``await flow.open()`` and

@@ -1,22 +1,24 @@
 """Every setting of a flow in one place: explicit arguments, then ``MICROSAGA_*``.
 
-=====================  ============================  ==================================
-setting                environment                   default
-=====================  ============================  ==================================
-store                  ``MICROSAGA_STORE``           ``sqlite:///microsaga.db``
-services               ``MICROSAGA_SERVICES``        none (JSON object or ``a=url,b=url``)
-broker                 ``MICROSAGA_BROKER``          none
-concurrency            ``MICROSAGA_CONCURRENCY``     64 steps running at once
-lease_ttl              ``MICROSAGA_LEASE_TTL``       10 s
-heartbeat_interval     ``MICROSAGA_HEARTBEAT``       lease_ttl / 3
-poll_interval          ``MICROSAGA_POLL_INTERVAL``   0.25 s
-max_executions         ``MICROSAGA_MAX_EXECUTIONS``  executions held at once: concurrency
-worker_id              ``MICROSAGA_WORKER_ID``       host:pid:nonce:machine (see below)
-max_payload            ``MICROSAGA_MAX_PAYLOAD``     64 MiB (bytes of a request or response)
-codec                  ``MICROSAGA_CODEC_KEYS``      none; keys make an AES-GCM codec
-redact_headers         none                          authorization, cookie, proxy-authorization
-=====================  ============================  ==================================
+=====================  ===================================  =====================================
+setting                environment                          default
+=====================  ===================================  =====================================
+store                  ``MICROSAGA_STORE``                  ``sqlite:///microsaga.db``
+services               ``MICROSAGA_SERVICES``               none (JSON object or ``a=url,b=url``)
+broker                 ``MICROSAGA_BROKER``                 none
+concurrency            ``MICROSAGA_CONCURRENCY``            64 steps running at once
+lease_ttl              ``MICROSAGA_LEASE_TTL``              10 s
+heartbeat_interval     ``MICROSAGA_HEARTBEAT``              lease_ttl / 3
+poll_interval          ``MICROSAGA_POLL_INTERVAL``          0.25 s
+max_executions         ``MICROSAGA_MAX_EXECUTIONS``         executions held at once: concurrency
+worker_id              ``MICROSAGA_WORKER_ID``              host:pid:nonce:machine (see below)
+max_recovery_attempts  ``MICROSAGA_MAX_RECOVERY_ATTEMPTS``  5 takeovers in a row (see below)
+max_payload            ``MICROSAGA_MAX_PAYLOAD``            64 MiB (bytes of a request or response)
+codec                  ``MICROSAGA_CODEC_KEYS``             none; keys make an AES-GCM codec
+redact_headers         none                                 authorization, cookie, proxy-...
+=====================  ===================================  =====================================
 
+``redact_headers`` defaults to authorization, cookie and proxy-authorization.
 Explicit values win over the environment (``MICROSAGA_SERVICES`` is merged under
 explicit ``services``); a wrong value raises
 :class:`~microsaga.errors.ConfigurationError` naming where it came from: the argument
@@ -30,6 +32,12 @@ leases to expire (``docs/stores.md``). A stable ``worker_id``, unique among the
 workers running at the same time (e.g. the name of a service's replica), does the same
 across machines and containers: a worker restarted under it takes back its previous
 life's executions at once.
+
+An execution is taken over when its worker died (or stalled past its lease) while
+running it. After more than ``max_recovery_attempts`` takeovers in a row with nothing
+committed in between (a step that crashes the worker every time), the next worker does
+not invoke the steps that were running again: they fail with
+:class:`~microsaga.errors.RecoveryLimitError` and the execution rolls back.
 """
 
 from __future__ import annotations
@@ -95,6 +103,7 @@ class FlowOptions:
     heartbeat_interval: float = 10.0 / 3
     poll_interval: float = 0.25
     max_executions: int = 64  # executions held at once (default: the concurrency)
+    max_recovery_attempts: int = 5  # takeovers in a row before running steps are given up
     claim: bool = True  # with worker: take executions from the store, not only its own
     worker_id: str | None = None
     compensation_retry: Retry = _DEFAULT_COMPENSATION_RETRY
@@ -244,6 +253,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
         ("poll_interval", "MICROSAGA_POLL_INTERVAL", float),
         ("max_executions", "MICROSAGA_MAX_EXECUTIONS", int),
         ("max_payload", "MICROSAGA_MAX_PAYLOAD", int),
+        ("max_recovery_attempts", "MICROSAGA_MAX_RECOVERY_ATTEMPTS", int),
     ):
         if name in values:
             values[name] = _check_number(values[name], name, kind)

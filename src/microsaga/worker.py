@@ -43,7 +43,9 @@ from .errors import (
     ExecutionNotFoundError,
     InvalidTransitionError,
     MicrosagaError,
+    RecoveryLimitError,
     StoreError,
+    one_line,
 )
 from .hooks import ExecutionEvent, Hooks
 from .message import Message
@@ -508,9 +510,9 @@ class Worker:
         for claim in claims:
             stored = loaded.get(claim.execution_id)
             if stored is not None and stored.token == claim.token:
-                await self._adopt_one(stored)
+                await self._adopt_one(stored, claim.recovery_attempts)
 
-    async def _adopt_one(self, stored: StoredExecution) -> None:
+    async def _adopt_one(self, stored: StoredExecution, recovery_attempts: int = 0) -> None:
         try:
             plan = self._plan_for(stored.definition)
             graph = plan.graph(stored.start_step, stored.reverse)
@@ -550,7 +552,29 @@ class Worker:
         status = Status.RUNNING if stored.status is Status.PENDING else stored.status
         run = self._make_run(spec, status, stored.records, fresh=False, abort=Abort(stored.abort))
         log.info("execution %s: taken up (lease token %d)", stored.id, stored.token)
+        if recovery_attempts > self.options.max_recovery_attempts:
+            self._give_up_running(run, recovery_attempts)
         self._launch(run, taken_over=True)
+
+    def _give_up_running(self, run: Run, recovery_attempts: int) -> None:
+        """The execution's workers died ``recovery_attempts`` times in a row while running
+        it, more than ``max_recovery_attempts``: the steps they were running fail
+        instead of being invoked again (they would most likely kill this worker too)."""
+        limit = self.options.max_recovery_attempts
+        error = RecoveryLimitError(
+            f"given up after {recovery_attempts} recovery attempts in a row: the worker "
+            f"running it died each time (max_recovery_attempts {limit})"
+        )
+        given_up = run.give_up_running(one_line(error))
+        if given_up:
+            log.warning(
+                "execution %s: %d recovery attempts in a row, more than %d: steps %s fail",
+                run.id,
+                recovery_attempts,
+                limit,
+                ", ".join(given_up),
+                extra=about(run.id, run.spec.workflow_id),
+            )
 
     # control ----------------------------------------------------------------------
 

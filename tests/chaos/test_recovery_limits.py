@@ -1,9 +1,6 @@
 """Recovery limits (issue 20 item 6): an execution whose worker dies every time it runs
 a step (the step crashes the process) is given up after ``max_recovery_attempts``
 (default 5): FAILURE with a clear error, rolled back, not taken over for ever.
-
-Strict xfail until item 6 is built: today each new worker takes the execution over and
-dies in turn.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ MAX_RECOVERY_ATTEMPTS = 5  # the default the issue asks for
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason="issue 20 item 6: no max_recovery_attempts yet")
 async def test_a_step_that_kills_every_worker_is_given_up(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'store.db'}"
     log = tmp_path / "steps.log"

@@ -106,6 +106,9 @@ class TransitionResult(msgspec.Struct, frozen=True, gc=False):
 class Claim:
     execution_id: str
     token: int
+    # takeovers in a row of an execution whose worker died (or let its lease expire)
+    # while running it, counting this one; a commit sets it back to 0
+    recovery_attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -232,6 +235,10 @@ class Store(abc.ABC):
         and its heartbeat renews them; claiming them again would fence its own runs
         off. A worker frees what it holds but does not run (:meth:`release`,
         :meth:`release_all`) to make it claimable.
+
+        Taking an execution whose lease expired while a worker held it counts a
+        recovery attempt (``Claim.recovery_attempts``), as :meth:`release_all` does for
+        each execution it frees; a committed transition sets the count back to 0.
         """
 
     @abc.abstractmethod

@@ -137,6 +137,7 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
     note: str | None = None
     parent_id: str | None = None
     redrive_of: str | None = None
+    recovery_attempts: int = 0  # takeovers in a row from a dead worker (see Store.claim)
     request: Message | None = None  # None once packed
     response: Message | None = None
     steps: dict[tuple[str, Phase], StepRecord] | None = None  # None once packed
@@ -263,6 +264,7 @@ class MemoryStore(Store):
             status = row.status if row is not None else Status.PENDING
             return TransitionResult(owned=False, status=status, abort=Abort.NONE, applied=False)
         row.put(t.records)
+        row.recovery_attempts = 0  # its worker is alive and commits
         applied = row.status is t.expect
         if applied:
             if t.status is not None:
@@ -328,11 +330,13 @@ class MemoryStore(Store):
             # never its own: a live worker whose lease ran out (a stall, the store away)
             # still runs them and renews them; taking them again would fence it off
             if row.lease_until < now and row.owner != owner:
+                if row.owner is not None:  # its worker died, or stalled past its lease
+                    row.recovery_attempts += 1
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
                 row.note = None
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING
-                out.append(Claim(row.id, row.token))
+                out.append(Claim(row.id, row.token, row.recovery_attempts))
         return out
 
     async def renew(
@@ -357,6 +361,7 @@ class MemoryStore(Store):
     async def release_all(self, owner: str) -> int:
         held = [row for row in self._rows.values() if row.owner == owner]
         for row in held:
+            row.recovery_attempts += 1  # its worker died
             row.free()
         return len(held)
 

@@ -435,7 +435,7 @@ class PostgresStore(Store):
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         async with self._db.connection() as conn:
             rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit)
-        return [Claim(eid, token) for eid, token in rows]
+        return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
     async def renew(
         self, owner: str, execution_ids: Collection[str], now: float, ttl: float

@@ -425,7 +425,8 @@ class SQLiteStore(Store):
     async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             params = {"owner": owner, "until": now + ttl, "now": now, "limit": limit}
-            return [Claim(eid, token) for eid, token in conn.execute(Q["claim"], params)]
+            rows = conn.execute(Q["claim"], params)
+            return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
         return await self._write(self._tx, claim)
 

@@ -47,8 +47,9 @@ flow; :class:`~microsaga.Flow` creates it on first use and closes it with the fl
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
@@ -122,6 +123,8 @@ class HttpClient(Client):
             headers={"user-agent": "microsaga", "accept": "application/json"},
             transport=transport,
         )
+        # requests in flight, each in a task of its own (see _post)
+        self._requests: set[asyncio.Future[httpx.Response]] = set()
 
     def has_service(self, service: str) -> bool:
         """Whether ``service`` has an address."""
@@ -168,12 +171,7 @@ class HttpClient(Client):
         headers = _request_headers(request.header, where)
         headers.append((b"content-type", b"application/json"))
         try:
-            resp = await self._client.post(
-                url,
-                content=request.body,
-                headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            resp = await self._post(url, request.body, headers, timeout)
         except httpx.TimeoutException as exc:
             raise TransportError(f"{where}: timed out ({type(exc).__name__})") from exc
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -186,6 +184,25 @@ class HttpClient(Client):
         if resp.is_success:
             return _response_message(resp, where)
         raise self._status_error(resp, where)
+
+    async def _post(
+        self, url: str, body: bytes, headers: list[tuple[bytes, bytes]], timeout: float | None
+    ) -> httpx.Response:
+        """The request, in a task of its own that a cancelled caller (a step timeout, an
+        abort) leaves to end by httpx's own timeout: httpcore's pool loses a connection
+        slot when a request is cancelled at the wrong moment, and once every slot is
+        lost all requests wait for one (``PoolTimeout``)."""
+        task = asyncio.ensure_future(
+            self._client.post(
+                url,
+                content=body,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        )
+        self._requests.add(task)
+        task.add_done_callback(_forget(self._requests))
+        return await asyncio.shield(task)
 
     def _status_error(self, resp: httpx.Response, where: str) -> StepError | TransportError:
         status = resp.status_code
@@ -210,7 +227,12 @@ class HttpClient(Client):
         )
 
     async def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections, ending the requests still in flight."""
+        requests = list(self._requests)
+        for task in requests:
+            task.cancel()
+        if requests:
+            await asyncio.gather(*requests, return_exceptions=True)
         await self._client.aclose()
 
 
@@ -299,3 +321,17 @@ def _retry_after(value: str | None, cap: float) -> float | None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), cap)
+
+
+def _forget(
+    requests: set[asyncio.Future[httpx.Response]],
+) -> Callable[[asyncio.Future[httpx.Response]], None]:
+    """A done callback: drop the request, and read its outcome so that one whose caller
+    was cancelled is not reported as never retrieved."""
+
+    def done(task: asyncio.Future[httpx.Response]) -> None:
+        requests.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done

@@ -167,7 +167,8 @@ done AS (
         error = coalesce(u.error, e.error),
         owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
         lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
-        updated_at = u.at
+        updated_at = u.at,
+        recovery_attempts = 0  -- its worker is alive: see claim
     FROM u JOIN locked l ON l.id = u.id
     WHERE e.id = u.id
       AND e.status = u.seen_status
@@ -237,7 +238,8 @@ done AS (
         error = coalesce(u.error, e.error),
         owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
         lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
-        updated_at = u.at
+        updated_at = u.at,
+        recovery_attempts = 0  -- its worker is alive: see claim
     FROM u JOIN locked l ON l.id = u.id
     WHERE e.id = u.id
       AND e.lease_token = u.token
@@ -283,7 +285,8 @@ WITH done AS (
         error = coalesce($8::text, e.error),
         owner = CASE WHEN $9::boolean THEN NULL ELSE e.owner END,
         lease_until = CASE WHEN $9::boolean THEN 0 ELSE e.lease_until END,
-        updated_at = $10::double precision
+        updated_at = $10::double precision,
+        recovery_attempts = 0  -- its worker is alive: see claim
     WHERE e.id = $1::text
       AND e.lease_token = $2::bigint
       AND e.owner IS NOT NULL
@@ -331,8 +334,10 @@ SELECT 1;
 -- same time take different executions instead of queueing on the same rows. Never the
 -- claimer's own rows: a live worker whose lease ran out (a stall, the server away)
 -- still runs them, and its heartbeat renews them. Oldest first; the planner reads
--- the due ones off the index by lease expiry, not the parked ones.
+-- the due ones off the index by lease expiry, not the parked ones. A row still owned
+-- was left by a worker that died (or stalled): a recovery attempt.
 UPDATE microsaga_executions SET
+    recovery_attempts = recovery_attempts + CASE WHEN owner IS NULL THEN 0 ELSE 1 END,
     owner = $1,
     lease_token = lease_token + 1,
     lease_until = $2,
@@ -345,7 +350,7 @@ WHERE seq IN (
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id, lease_token;
+RETURNING id, lease_token, recovery_attempts;
 
 -- name: renew
 -- $1 owner, $2 lease until, $3 the ids the worker runs. Locks in id order, as
@@ -361,7 +366,8 @@ RETURNING id;
 -- name: release_all
 -- $1 owner, $2 the channel: what a restarted worker's previous life held is free now.
 WITH freed AS (
-    UPDATE microsaga_executions SET owner = NULL, lease_until = 0
+    UPDATE microsaga_executions
+    SET owner = NULL, lease_until = 0, recovery_attempts = recovery_attempts + 1
     WHERE id IN (
         SELECT id FROM microsaga_executions WHERE owner = $1 ORDER BY id FOR UPDATE
     )

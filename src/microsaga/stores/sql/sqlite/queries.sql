@@ -18,8 +18,10 @@ ON CONFLICT (id) DO NOTHING;
 
 -- name: transition
 -- Fenced by the lease token; every SET expression reads the row before the update.
+-- A commit sets recovery_attempts back to 0: the execution's worker is alive.
 UPDATE executions SET
     updated_at = :at,
+    recovery_attempts = 0,
     applied = status = :expect,
     status = CASE WHEN status = :expect AND :status IS NOT NULL THEN :status ELSE status END,
     response_body = CASE WHEN status = :expect AND :has_response
@@ -38,6 +40,7 @@ RETURNING status, abort, applied;
 -- the entries of every index whose column an UPDATE sets, even to the same value.
 UPDATE executions SET
     updated_at = :at,
+    recovery_attempts = 0,
     applied = status = :expect
 WHERE id = :id AND lease_token = :token AND owner IS NOT NULL
 RETURNING status, abort, applied;
@@ -53,8 +56,10 @@ INSERT OR REPLACE INTO step_runs (
 -- away) still runs them, and its heartbeat renews them. Oldest first, of those read
 -- off the index of runnable executions by lease expiry: only the due ones. Never the
 -- parked executions whose time has not come (by status, the planner's own choice, it
--- would read every waiting execution at every claim).
+-- would read every waiting execution at every claim). A row still owned was left by
+-- a worker that died (or stalled): a recovery attempt.
 UPDATE executions SET
+    recovery_attempts = recovery_attempts + (owner IS NOT NULL),
     owner = :owner,
     lease_token = lease_token + 1,
     lease_until = :until,
@@ -65,7 +70,7 @@ WHERE seq IN (
     WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
     ORDER BY seq LIMIT :limit
 )
-RETURNING id, lease_token;
+RETURNING id, lease_token, recovery_attempts;
 
 -- name: renew
 UPDATE executions SET lease_until = :until
@@ -73,7 +78,9 @@ WHERE owner = :owner AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id;
 
 -- name: release_all
-UPDATE executions SET owner = NULL, lease_until = 0 WHERE owner = ?;
+-- The owner died: a recovery attempt for each execution it held.
+UPDATE executions SET owner = NULL, lease_until = 0, recovery_attempts = recovery_attempts + 1
+WHERE owner = ?;
 
 -- name: lease_owners
 -- Read off the partial index executions_by_owner.
