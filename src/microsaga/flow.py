@@ -41,7 +41,7 @@ from .settings import FlowOptions, resolve_options
 from .status import Status
 from .step import Step
 from .stores import open_store
-from .stores.base import Store, StoredDefinition
+from .stores.base import Store, StoredDefinition, prune_paced
 from .transports.base import Broker, Client
 from .waits import SubflowStep
 from .worker import NewRun, Worker
@@ -61,7 +61,6 @@ def new_execution_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
-_PRUNE_BATCH = 1000  # executions deleted per statement
 _FINISHED = (Status.SUCCESS, Status.FAILURE, Status.ABORTED)
 
 
@@ -833,13 +832,7 @@ class Flow:
             raise ConfigurationError("older_than", f"must be 0 or more, not {older_than!r}")
         statuses = _finished_statuses(status)
         before = self.clock() - older_than
-        pruned = 0
-        while True:
-            count = await self.store.prune(before, statuses, _PRUNE_BATCH)
-            pruned += count
-            if count < _PRUNE_BATCH:
-                return pruned
-            await asyncio.sleep(0)  # a batch at a time: others go on meanwhile
+        return await prune_paced(self.store, before, statuses)
 
     async def abort(self, execution_id: str, compensate: bool = True) -> None:
         """Stop starting steps, let running ones finish, then roll back (unless

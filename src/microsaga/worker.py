@@ -59,6 +59,7 @@ from .stores.base import (
     Store,
     StoredDefinition,
     StoredExecution,
+    prune_paced,
 )
 
 if TYPE_CHECKING:
@@ -679,9 +680,7 @@ class Worker:
     async def _prune(self, before: float) -> None:
         """Delete what finished before ``before`` (``Flow(retention=...)``), a batch at
         a time, letting the worker's own work go on between batches."""
-        finished = (Status.SUCCESS, Status.FAILURE, Status.ABORTED)
-        while await self.store.prune(before, finished, 1000) == 1000:
-            await asyncio.sleep(0)
+        await prune_paced(self.store, before, (Status.SUCCESS, Status.FAILURE, Status.ABORTED))
 
     async def _controls(self) -> None:
         ids, self._control_seq = await self.store.controls(self._control_seq)

@@ -9,6 +9,8 @@ transaction (group commit); nothing is acted on before that commit returns.
 from __future__ import annotations
 
 import abc
+import asyncio
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -381,3 +383,20 @@ class Store(abc.ABC):
     async def watch(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional
         """Call ``wake()`` when another process creates, resumes or aborts an execution
         (PostgreSQL: LISTEN/NOTIFY). Optional: workers also poll."""
+
+
+PRUNE_BATCH = 1000  # executions deleted per statement
+
+
+async def prune_paced(store: Store, before: float, statuses: Collection[Status]) -> int:
+    """Delete what :meth:`Store.prune` finds, a batch at a time, resting after each
+    batch as long as it took: a large prune takes at most about half of the store's
+    time, and the executions running meanwhile keep the other half. How many."""
+    pruned = 0
+    while True:
+        started = time.monotonic()
+        count = await store.prune(before, statuses, PRUNE_BATCH)
+        pruned += count
+        if count < PRUNE_BATCH:
+            return pruned
+        await asyncio.sleep(time.monotonic() - started)
