@@ -169,7 +169,6 @@ class Waiting:
             self._refused = False
             await run.pause(max(0.0, min(wait, _LOOK_AGAIN)))
             return run.lost
-        note = "waiting for " + ", ".join(sorted(self.ids))
         await _faults.reached("before_park")
         run.releasing = True
         if not await run.host.park(run, due, events, children):
@@ -178,7 +177,7 @@ class Waiting:
             return False
         self.parked = True
         run.end(None)
-        log.debug("execution %s: parked (%s)", run.id, note)
+        log.debug("execution %s: parked, waiting for %s", run.id, ", ".join(sorted(self.ids)))
         return True
 
     async def run_special(self, run: Run, rec: StepRecord, node: Node) -> StepRecord:
@@ -257,33 +256,29 @@ class Waiting:
                         failure = exc
                     finally:
                         slots.give()
-                    if failure is None:
-                        responses[i] = response
-                        done = replace(
-                            running,
-                            status=Status.SUCCESS,
-                            attempts=attempt,
-                            response=response,
-                            finished_at=run.host.clock(),
+                    if failure is None or not (
+                        retry.should_retry(failure, attempt)
+                        and await run.backoff(
+                            retry.interval(attempt, run.host.random()), Phase.FORWARD
                         )
-                        await self._commit(run, [done])
-                        return
-                    error = one_line(failure)
-                    if retry.should_retry(failure, attempt) and await run.backoff(
-                        retry.interval(attempt, run.host.random()), Phase.FORWARD
                     ):
-                        attempt += 1
-                        continue
+                        break
+                    attempt += 1
+                if failure is None:
+                    responses[i] = response
+                    status, error = Status.SUCCESS, None
+                else:
+                    status, error = Status.FAILURE, one_line(failure)
                     failed.append(f"run {rid} failed: {error}")
-                    done = replace(
-                        running,
-                        status=Status.FAILURE,
-                        attempts=attempt,
-                        error=error,
-                        finished_at=run.host.clock(),
-                    )
-                    await self._commit(run, [done])
-                    return
+                done = replace(
+                    running,
+                    status=status,
+                    attempts=attempt,
+                    response=response if failure is None else None,
+                    error=error,
+                    finished_at=run.host.clock(),
+                )
+                await self._commit(run, [done])
 
         await asyncio.gather(*(one(i) for i in range(len(items))))
         if failed:

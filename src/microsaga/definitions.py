@@ -35,7 +35,6 @@ from .errors import DefinitionError, DuplicateStepError, StepNotExistsError
 from .settings import service_url_problem
 from .step import Retry, Step, StepOptions, kind_of, step_kinds
 from .steps import import_function
-from .waits import SleepStep
 from .workflow import Workflow
 
 __all__ = ["load_definition", "step_from_dict", "step_to_dict", "workflow_from_dict"]
@@ -272,10 +271,10 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     if len(named) > 1:
         raise DefinitionError(f"a step has one kind, not {', '.join(named)}", path=path)
     cls = kinds[named[0]]
-    if cls is SleepStep and "id" not in entry:
+    if cls.needs_id and "id" not in entry:
         raise DefinitionError(
-            "a sleep step needs an id in a definition (its position would be its id, and "
-            "change when steps are added)",
+            f"a {named[0]} step needs an id in a definition (its position would be its "
+            "id, and change when steps are added)",
             path=path,
         )
     own = {k: v for k, v in entry.items() if k not in _COMMON}

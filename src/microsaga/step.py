@@ -248,6 +248,9 @@ class Step:
     """
 
     kind: ClassVar[str] = ""
+    # whether a definition must give the step an id (its default id would depend on
+    # where it stands in the workflow)
+    needs_id: ClassVar[bool] = False
     # what the engine may await with the request alone, in place of execute(req, ctx),
     # when the step has no timeout: its result is taken as a FunctionStep's. Set by
     # steps whose execute would only call it (a FunctionStep of an async function).

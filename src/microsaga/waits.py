@@ -104,6 +104,7 @@ class SleepStep(WaitingStep):
 
     kind = "sleep"
     config_fields = frozenset({"sleep"})
+    needs_id = True  # sleep-<n> by position
 
     def __init__(
         self,
