@@ -18,6 +18,7 @@ from microsaga import (
     Status,
     StepContext,
     StepError,
+    WaitStep,
     load_definition,
 )
 from tests.helpers import eventually
@@ -231,10 +232,11 @@ async def test_prune_deletes_what_finished_long_enough_ago(store_url: str) -> No
         with pytest.raises(ExecutionFailedError) as err:
             await wf.execute({})
         failed = err.value.execution_id
+        # as old, but unfinished: it waits for a signal nobody sends
+        approval = await flow.workflow_create("approval", WaitStep("approved"))
+        waiting = await approval.execute({}, async_=True)
         now[0] += 3600
         recent = await wf.execute({})
-        waiting = await wf.execute({}, async_=True)
-        await flow.suspend(waiting)
         assert await flow.prune(600, status="FAILURE") == 1
         assert {e.id for e in await flow.executions()} == {old, recent, waiting}
         assert await flow.prune(600) == 1  # old; recent is too recent, waiting unfinished
