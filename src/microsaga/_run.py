@@ -488,7 +488,7 @@ class Run:
         node = self.spec.plan.nodes[sid]
         requires = self.spec.graph.requires[sid]
         if node.when is None and node.input is None and before_step.request is None:
-            if requires and _all_skipped(state.steps, requires):
+            if self.spec.graph.skips and requires and _all_skipped(state.steps, requires):
                 return self._settle(sid, Status.SKIPPED, None, now)
             request = data.step_input(
                 self.spec.graph, state.steps, sid, self.spec.request, self.headers
@@ -510,7 +510,7 @@ class Run:
         """The request of a step with a ``when``, an ``input``, or a request given by a
         redrive; or its settled record (SKIPPED, or FAILURE of an expression)."""
         state, sid = self.state, node.id
-        if requires and _all_skipped(state.steps, requires):
+        if self.spec.graph.skips and requires and _all_skipped(state.steps, requires):
             return self._settle(sid, Status.SKIPPED, None, now)
         document: dict[str, Any] | None = None
         if node.when is not None:

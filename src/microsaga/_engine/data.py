@@ -83,7 +83,7 @@ def step_input(
     """The request of ``step_id``: the execution request for a step with no inputs,
     the response of its one input, or a JSON object of its inputs' responses."""
     parents = graph.inputs[step_id]
-    if parents and any(steps[p].status is Status.SKIPPED for p in parents):
+    if graph.skips and any(steps[p].status is Status.SKIPPED for p in parents):
         # a skipped step is left out, as a step outside a ``start`` run
         parents = tuple(p for p in parents if steps[p].status is not Status.SKIPPED)
     if not parents:
@@ -123,10 +123,10 @@ def fallback_header(request: Message, execution_id: str, step_id: str) -> Messag
 
 def execution_response(graph: RunGraph, steps: dict[str, StepRecord]) -> Message:
     """The response of the single leaf, or a JSON object of every leaf's response."""
-    leaves = [leaf for leaf in graph.leaves if steps[leaf].status is not Status.SKIPPED]
     if len(graph.leaves) == 1:
         found = steps[graph.leaves[0]].response
         return found if found is not None else Message()
+    leaves = [leaf for leaf in graph.leaves if steps[leaf].status is not Status.SKIPPED]
     return Message(_combine({leaf: steps[leaf].response for leaf in leaves}))
 
 

@@ -72,6 +72,7 @@ class RunGraph:
     leaves: tuple[str, ...]
     roots: tuple[str, ...]  # the steps that require none, in order
     pending: Mapping[str, StepRecord]  # every step PENDING: a run that has not started
+    skips: bool  # some step has a ``when``: only then can a step be SKIPPED
 
     def fresh_steps(self) -> dict[str, StepRecord]:
         """The step records of a run that has not started. Records are frozen, so
@@ -128,4 +129,5 @@ class Plan:
             leaves=tuple(s for s in order if not dependents[s]),
             roots=tuple(s for s in order if not requires[s]),
             pending={s: StepRecord(s, Phase.FORWARD, Status.PENDING) for s in order},
+            skips=any(self.nodes[s].when is not None for s in order),
         )
