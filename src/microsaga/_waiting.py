@@ -256,13 +256,16 @@ class Waiting:
                         failure = exc
                     finally:
                         slots.give()
-                    if failure is None or not (
-                        retry.should_retry(failure, attempt)
-                        and await run.backoff(
-                            retry.interval(attempt, run.host.random()), Phase.FORWARD
-                        )
-                    ):
+                    if failure is None or not retry.should_retry(failure, attempt):
                         break
+                    # as any step's retry: recorded before it is made; a suspend or
+                    # abort meanwhile leaves the run RUNNING, to start again on resume
+                    delay = retry.interval(attempt, run.host.random())
+                    again = replace(running, attempts=attempt + 1, error=one_line(failure))
+                    if not await run.backoff(delay, Phase.FORWARD) or not await self._commit(
+                        run, [again]
+                    ):
+                        return
                     attempt += 1
                 if failure is None:
                     responses[i] = response
@@ -312,6 +315,11 @@ class Waiting:
             request = run.headers.request(body, rid, ":compensate")
             attempt = 1
             started = run.host.clock()
+            running = StepRecord(
+                rid, Phase.COMPENSATE, Status.RUNNING, attempt, request, None, None, started
+            )
+            if not await self._commit(run, [running], Phase.COMPENSATE):
+                raise _Interrupted()
             while True:
                 try:
                     response = await run.invoke(comp, request, rid, attempt, timeout)
@@ -332,9 +340,10 @@ class Waiting:
                         await self._commit(run, [failed])
                         why = f"compensation of run {rid} failed: {one_line(exc)}"
                         raise StepError(why) from exc
+                    again = replace(running, attempts=attempt + 1, error=one_line(exc))
                     if not await run.backoff(
                         retry.interval(attempt, run.host.random()), Phase.COMPENSATE
-                    ):
+                    ) or not await self._commit(run, [again], Phase.COMPENSATE):
                         raise _Interrupted() from None
                     attempt += 1
             done = StepRecord(
@@ -351,9 +360,11 @@ class Waiting:
             await self._commit(run, [done, replace(item, status=Status.COMPENSATED)])
         return Message()
 
-    async def _commit(self, run: Run, records: list[StepRecord]) -> bool:
-        """Commit records of a map's runs; False when a suspend or an abort came (no
-        run starts then)."""
+    async def _commit(
+        self, run: Run, records: list[StepRecord], phase: Phase = Phase.FORWARD
+    ) -> bool:
+        """Commit records of a map's runs; False when what came meanwhile stops runs
+        of ``phase`` (a suspend or an abort: no run starts then)."""
         result = await run.host.committer.submit(
             Transition(
                 execution_id=run.id,
@@ -370,7 +381,7 @@ class Waiting:
             self.items[rec.step_id, rec.phase] = rec
         if result.status is not run.state.status:
             run.control(result.status, result.abort)
-        return result.applied and not run.interrupt_wanted(Phase.FORWARD)
+        return result.applied and not run.interrupt_wanted(phase)
 
 
 def _json_type(value: Any) -> str:

@@ -20,8 +20,10 @@ from microsaga import (
     InvalidTransitionError,
     MapStep,
     Message,
+    Retry,
     SleepStep,
     Status,
+    StepContext,
     StepError,
     SubflowStep,
     WaitStep,
@@ -380,6 +382,75 @@ async def test_a_failed_run_fails_the_map_and_the_succeeded_runs_are_compensated
     assert [got["request"] for got in calls("put_back")] == ["b", "a"]  # last first
     assert info.steps["take[0]"].status is Status.COMPENSATED
     assert "take[3]" not in info.steps  # never started
+
+
+async def test_a_map_run_is_recorded_before_each_attempt_and_its_compensation(
+    flow: Flow,
+) -> None:
+    seen: list[tuple[str, int, int, Status]] = []  # what, attempt, as stored
+
+    async def stored(ctx: StepContext, what: str) -> None:
+        run = (await flow.execution(ctx.execution_id)).steps[ctx.step_id]
+        if what == "undo":
+            assert run.compensation is not None
+            run = run.compensation
+        seen.append((what, ctx.attempt, run.attempts, run.status))
+
+    async def flaky(msg: Message, ctx: StepContext) -> Any:
+        await stored(ctx, "do")
+        if msg.json() == "bad" or ctx.attempt < 2:
+            raise StepError("not yet")
+        return msg.json()
+
+    async def undo(msg: Message, ctx: StepContext) -> None:
+        await stored(ctx, "undo")
+        if ctx.attempt < 2:
+            raise StepError("not yet")
+
+    quick = Retry(max_attempts=2, initial_interval=0.001)
+    step = FunctionStep(
+        flaky, id="flaky", retry=quick, compensate=FunctionStep(undo, id="undo", retry=quick)
+    )
+    wf = await flow.workflow_create("m", MapStep(step, over="request", id="each", concurrency=1))
+    with pytest.raises(ExecutionFailedError, match=r"run each\[1\] failed"):
+        await wf.execute(["a", "bad"])
+    running = Status.RUNNING
+    assert seen == [
+        ("do", 1, 1, running),
+        ("do", 2, 2, running),  # the retry was stored before it was made
+        ("do", 1, 1, running),
+        ("do", 2, 2, running),
+        ("undo", 1, 1, running),  # each[0] compensated: stored before it ran
+        ("undo", 2, 2, running),
+    ]
+
+
+async def test_a_suspend_while_a_map_run_waits_to_retry_leaves_it_to_the_resume(
+    flow: Flow,
+) -> None:
+    tries: list[int] = []
+
+    async def flaky(msg: Message, ctx: StepContext) -> Any:
+        tries.append(ctx.attempt)
+        if ctx.attempt < 2:
+            raise StepError("not yet")
+        return msg.json()
+
+    step = FunctionStep(flaky, id="flaky", retry=Retry(max_attempts=2, initial_interval=30))
+    wf = await flow.workflow_create("m", MapStep(step, over="request", id="each"))
+    eid = await wf.execute(["a"], async_=True)
+    await eventually(lambda: tries == [1])  # now waiting 30 s to retry
+    await flow.suspend(eid)
+
+    async def stopped() -> bool:  # the run gave up its wait: the map starts again
+        return (await flow.execution(eid)).steps["each"].status is Status.PENDING
+
+    await eventually(stopped)  # not FAILURE: the retry was not made
+    assert (await flow.execution(eid)).status is Status.SUSPEND
+    await flow.resume(eid)
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS
+    assert tries == [1, 2]
 
 
 async def test_a_map_over_something_not_a_list_fails_naming_the_expression(flow: Flow) -> None:
