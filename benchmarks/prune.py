@@ -11,8 +11,9 @@ each: the sagas alone, then the sagas while ``flow.prune(older_than=1 day)`` (an
 flow in the same process, as a worker's retention is) deletes the old executions; the
 prune is stopped (cancelled) at the end of its window and resumed in the next round.
 
-Reported: both throughputs of each round and the median of the rounds' ratios (target:
-at least 0.5), the executions pruned per second of pruning, and the time pruning all
+Reported: both throughputs of each round, the median of the rounds' ratios (target:
+at least 0.5) and their mean weighted by the rounds' pruning time (the last round may
+be short), the executions pruned per second of pruning, and the time pruning all
 ``--finished`` takes at that rate: projected after ``--rounds`` rounds, or measured
 (the pruning windows added up) with ``--until-done``, which goes on until none is left.
 ``--rest F`` sets the rest after each batch to F times the batch's time (the library's
@@ -66,6 +67,17 @@ WHERE s.execution_id = $1
 LEFT = "SELECT count(*) FROM microsaga_executions WHERE updated_at < $1"
 
 
+async def count_left(url: str, before: float) -> int:
+    """The old executions not pruned yet (a connection of its own each time: another
+    helper's chaos run may restart the server between two rounds)."""
+    conn = await asyncpg.connect(url)
+    try:
+        found: int = await conn.fetchval(LEFT, before)
+        return found
+    finally:
+        await conn.close()
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -110,12 +122,11 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     seconds = args.seconds
     before = time.time() - DAY
     rounds: list[dict[str, Any]] = []
-    conn = await asyncpg.connect(url)
     async with Flow(url) as runner, Flow(url, worker=False) as pruner:
         wf = await runner.workflow_create("order", *b.order_steps())
         for i in range(200):  # warm-up
             await wf.execute(w.order(i))
-        left = await conn.fetchval(LEFT, before)
+        left = await count_left(url, before)
         pruning_s = 0.0
         while left and (args.until_done or len(rounds) < args.rounds):
             alone = await sagas_per_second(wf, seconds)
@@ -127,7 +138,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             pruning_s += window
-            now_left = await conn.fetchval(LEFT, before)
+            now_left = await count_left(url, before)
             rounds.append(
                 {
                     "alone_per_s": round(alone),
@@ -139,15 +150,17 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
             )
             left = now_left
             log(f"  round {len(rounds)}: {json.dumps(rounds[-1])}; {left:,} left")
-    await conn.close()
     pruned = args.finished - left
     rate = pruned / pruning_s
     ratio = statistics.median(r["ratio"] for r in rounds)
+    # each round's ratio weighted by its pruning window (the last one may be short)
+    weighted = sum(r["ratio"] * r["pruning_s"] for r in rounds) / pruning_s
     return {
         "rest": microsaga.stores.base.PRUNE_REST,
         "batch": microsaga.stores.base.PRUNE_BATCH,
         "rounds": rounds,
         "ratio_median": ratio,
+        "ratio_weighted": round(weighted, 2),
         "pruned": pruned,
         "pruned_per_s": round(rate),
         "all_pruned_s" if not left else "all_pruned_projected_s": round(args.finished / rate),
