@@ -1,21 +1,33 @@
 """Pruning a large PostgreSQL store while order sagas run (issue 15).
 
-    .venv/bin/python benchmarks/prune.py [--finished 1000000] [--seconds 20]
+    .venv/bin/python benchmarks/prune.py [--finished 1000000] [--seconds 15] [--rounds 3]
+                                         [--until-done] [--rest F]
 
 On a fresh PostgreSQL database: one order saga runs through microsaga, then
 ``--finished`` copies of it (finished two days ago, with their four step runs each) are
-written with one SQL statement per table. A flow that is a worker then runs order
-sagas, 64 in flight, for ``--seconds`` (the baseline), and again while
-``flow.prune(older_than=1 day)`` deletes every old execution from another flow, a
-thousand a time. It reports both throughputs, their ratio and how long the prune took.
-Target: the sagas' throughput while pruning at least half the baseline.
+written with one ``INSERT ... SELECT ... generate_series`` per table. A flow that is a
+worker then runs order sagas, 64 in flight, in rounds of two windows of ``--seconds``
+each: the sagas alone, then the sagas while ``flow.prune(older_than=1 day)`` (another
+flow in the same process, as a worker's retention is) deletes the old executions; the
+prune is stopped (cancelled) at the end of its window and resumed in the next round.
+
+Reported: both throughputs of each round, the median of the rounds' ratios (target:
+at least 0.5) and their mean weighted by the rounds' pruning time (the last round may
+be short), the executions pruned per second of pruning, and the time pruning all
+``--finished`` takes at that rate: projected after ``--rounds`` rounds, or measured
+(the pruning windows added up) with ``--until-done``, which goes on until none is left.
+``--rest F`` sets the rest after each batch to F times the batch's time (the library's
+``PRUNE_REST``), to compare pacings.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,10 +40,11 @@ import microsaga_bench as b
 import workloads as w
 from databases import find_server, fresh_postgres
 
+import microsaga.stores.base
 from microsaga import Flow, Status
 
 TARGET = 0.5
-TWO_DAYS = 2 * 86400
+DAY = 86400
 
 COPY_EXECUTIONS = """
 INSERT INTO microsaga_executions (
@@ -51,6 +64,18 @@ SELECT 'old-' || g, s.step_id, s.phase, s.status, s.attempts, s.request_body,
 FROM microsaga_step_runs s, generate_series(1, $3) g
 WHERE s.execution_id = $1
 """
+LEFT = "SELECT count(*) FROM microsaga_executions WHERE updated_at < $1"
+
+
+async def count_left(url: str, before: float) -> int:
+    """The old executions not pruned yet (a connection of its own each time: another
+    helper's chaos run may restart the server between two rounds)."""
+    conn = await asyncpg.connect(url)
+    try:
+        found: int = await conn.fetchval(LEFT, before)
+        return found
+    finally:
+        await conn.close()
 
 
 def log(text: str) -> None:
@@ -63,7 +88,7 @@ async def fill(url: str, count: int) -> None:
         template = await wf.execute(w.order(0))
     conn = await asyncpg.connect(url)
     try:
-        old = time.time() - TWO_DAYS
+        old = time.time() - 2 * DAY
         started = time.perf_counter()
         await conn.execute(COPY_EXECUTIONS, template, old, count)
         await conn.execute(COPY_STEPS, template, old, count)
@@ -73,8 +98,10 @@ async def fill(url: str, count: int) -> None:
         await conn.close()
 
 
-async def sagas_per_second(wf: Any, seconds: float, stop: asyncio.Event | None) -> float:
-    """Order sagas, 64 in flight, for ``seconds`` (or until ``stop``); per second."""
+async def sagas_per_second(
+    wf: Any, seconds: float, beside: asyncio.Future[int] | None = None
+) -> float:
+    """Order sagas, 64 in flight, for ``seconds`` (or until ``beside`` is done); per second."""
     done = 0
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()
@@ -82,7 +109,7 @@ async def sagas_per_second(wf: Any, seconds: float, stop: asyncio.Event | None) 
     async def caller(k: int) -> None:
         nonlocal done
         i = k
-        while time.perf_counter() < deadline and not (stop is not None and stop.is_set()):
+        while time.perf_counter() < deadline and not (beside is not None and beside.done()):
             await wf.execute(w.order(i))
             done += 1
             i += 64
@@ -91,51 +118,79 @@ async def sagas_per_second(wf: Any, seconds: float, stop: asyncio.Event | None) 
     return done / (time.perf_counter() - started)
 
 
-async def measure(url: str, seconds: float) -> dict[str, Any]:
+async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    seconds = args.seconds
+    before = time.time() - DAY
+    rounds: list[dict[str, Any]] = []
     async with Flow(url) as runner, Flow(url, worker=False) as pruner:
         wf = await runner.workflow_create("order", *b.order_steps())
         for i in range(200):  # warm-up
             await wf.execute(w.order(i))
-        log(f"  baseline: order sagas for {seconds:g} s ...")
-        baseline = await sagas_per_second(wf, seconds, None)
-        log(f"  baseline {baseline:,.0f}/s; pruning meanwhile ...")
-        stop = asyncio.Event()
-        prune_started = time.perf_counter()
-
-        async def prune() -> int:
-            try:
-                return await pruner.prune(86400, status=[Status.SUCCESS])
-            finally:
-                stop.set()
-
-        pruning = asyncio.ensure_future(prune())
-        during = await sagas_per_second(wf, 3600, stop)
-        pruned = await pruning
-        prune_s = time.perf_counter() - prune_started
+        left = await count_left(url, before)
+        pruning_s = 0.0
+        while left and (args.until_done or len(rounds) < args.rounds):
+            alone = await sagas_per_second(wf, seconds)
+            task = asyncio.ensure_future(pruner.prune(DAY, status=[Status.SUCCESS]))
+            started = time.perf_counter()
+            during = await sagas_per_second(wf, seconds, task)
+            window = time.perf_counter() - started
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            pruning_s += window
+            now_left = await count_left(url, before)
+            rounds.append(
+                {
+                    "alone_per_s": round(alone),
+                    "while_pruning_per_s": round(during),
+                    "ratio": round(during / alone, 2),
+                    "pruned": left - now_left,
+                    "pruning_s": round(window, 1),
+                }
+            )
+            left = now_left
+            log(f"  round {len(rounds)}: {json.dumps(rounds[-1])}; {left:,} left")
+    pruned = args.finished - left
+    rate = pruned / pruning_s
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    # each round's ratio weighted by its pruning window (the last one may be short)
+    weighted = sum(r["ratio"] * r["pruning_s"] for r in rounds) / pruning_s
     return {
-        "baseline_per_s": round(baseline),
-        "while_pruning_per_s": round(during),
-        "ratio": round(during / baseline, 2),
+        "rest": microsaga.stores.base.PRUNE_REST,
+        "batch": microsaga.stores.base.PRUNE_BATCH,
+        "rounds": rounds,
+        "ratio_median": ratio,
+        "ratio_weighted": round(weighted, 2),
         "pruned": pruned,
-        "prune_s": round(prune_s, 1),
-        "pruned_per_s": round(pruned / prune_s),
-        "met": during / baseline >= TARGET,
+        "pruned_per_s": round(rate),
+        "all_pruned_s" if not left else "all_pruned_projected_s": round(args.finished / rate),
+        "met": ratio >= TARGET,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--finished", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=20.0, help="of the baseline")
+    parser.add_argument("--seconds", type=float, default=15.0, help="of each window")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--until-done", action="store_true", help="prune all of them")
+    parser.add_argument("--rest", type=float, help="rest after a batch, times its time")
     args = parser.parse_args()
+    if args.rest is not None:
+        microsaga.stores.base.PRUNE_REST = args.rest
     server = find_server()
     if isinstance(server, str):
         sys.exit(f"not run: {server}")
     with fresh_postgres(server, "prune") as url:
         log(f"PostgreSQL: writing {args.finished:,} finished executions ...")
         asyncio.run(fill(url, args.finished))
-        result = {"date": time.strftime("%Y-%m-%d %H:%M"), "finished": args.finished}
-        result.update(asyncio.run(measure(url, args.seconds)))
+        result: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "finished": args.finished,
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+        }
+        result.update(asyncio.run(measure(url, args)))
+        result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
 
 

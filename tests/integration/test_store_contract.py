@@ -1074,12 +1074,13 @@ async def test_retry_sets_every_failed_step_pending(store: Store) -> None:
 
 
 async def test_prune_deletes_finished_executions_older_than_a_time(store: Store) -> None:
-    await store.commit([new(f"e{i}", owner="w1", starts=("a",)) for i in range(4)])
+    await store.commit([new(f"e{i}", owner="w1", starts=("a",)) for i in range(5)])
     for i, status in enumerate((Status.SUCCESS, Status.FAILURE, Status.SUCCESS)):
         await store.commit(
             [transition(f"e{i}", status=status, records=[succeeded("a")], at=100.0 + i * 10)]
         )
-    # e3 is still running; e2 finished at 120
+    assert await store.park("e4", 1, 1e12, ["approved"], [], "waits for approved")
+    # e3 is still running, e4 waits (parked); e2 finished at 120
     assert await store.prune(115.0, [Status.FAILURE], 10) == 1  # e1 alone
     assert await store.prune(115.0, [Status.SUCCESS, Status.FAILURE], 10) == 1  # e0
     assert await store.load("e0") is None
@@ -1088,3 +1089,4 @@ async def test_prune_deletes_finished_executions_older_than_a_time(store: Store)
     assert await store.get_status("e3") is not None
     assert await store.prune(1e9, [Status.SUCCESS, Status.FAILURE, Status.ABORTED], 10) == 1
     assert await store.get_status("e3") is not None  # running: never pruned
+    assert await store.get_status("e4") is not None  # waiting: never pruned

@@ -386,12 +386,13 @@ class Store(abc.ABC):
 
 
 PRUNE_BATCH = 1000  # executions deleted per statement
+PRUNE_REST = 1.0  # rest after a batch, as a multiple of the time the batch took
 
 
 async def prune_paced(store: Store, before: float, statuses: Collection[Status]) -> int:
     """Delete what :meth:`Store.prune` finds, a batch at a time, resting after each
-    batch as long as it took: a large prune takes at most about half of the store's
-    time, and the executions running meanwhile keep the other half. How many."""
+    batch ``PRUNE_REST`` times as long as it took, so that the executions running
+    meanwhile keep most of the store's time (docs/semantics.md). How many."""
     pruned = 0
     while True:
         started = time.monotonic()
@@ -399,4 +400,4 @@ async def prune_paced(store: Store, before: float, statuses: Collection[Status])
         pruned += count
         if count < PRUNE_BATCH:
             return pruned
-        await asyncio.sleep(time.monotonic() - started)
+        await asyncio.sleep(PRUNE_REST * (time.monotonic() - started))

@@ -528,39 +528,43 @@ LIMIT $2;
 -- name: prune_executions
 -- $1 statuses, $2 before, $3 limit: up to $3 finished executions last changed before
 -- $2, oldest first, with their step runs and signals. A batch at a time, skipping rows
--- another transaction holds, so that pruning never makes a worker wait long.
+-- another transaction holds, so that pruning never makes a worker wait long. Each
+-- delete takes its keys as an array (= ANY (ARRAY(...))): the generic plan of the
+-- prepared statement, not knowing how many rows come, would otherwise hash-join a scan
+-- of the whole table (0.8 s a batch with a million executions stored, against 20 ms).
 WITH gone AS (
-    DELETE FROM microsaga_executions WHERE seq IN (
+    DELETE FROM microsaga_executions WHERE seq = ANY (ARRAY(
         SELECT seq FROM microsaga_executions
         WHERE status = ANY($1::smallint[]) AND updated_at < $2
         ORDER BY seq LIMIT $3
         FOR UPDATE SKIP LOCKED
-    )
+    ))
     RETURNING id
 ),
 steps AS (
-    DELETE FROM microsaga_step_runs WHERE execution_id IN (SELECT id FROM gone)
+    DELETE FROM microsaga_step_runs WHERE execution_id = ANY (ARRAY(SELECT id FROM gone))
 ),
 signals AS (
-    DELETE FROM microsaga_signals WHERE execution_id IN (SELECT id FROM gone)
+    DELETE FROM microsaga_signals WHERE execution_id = ANY (ARRAY(SELECT id FROM gone))
 ),
 refs AS (
-    DELETE FROM microsaga_payload_refs WHERE execution_id IN (SELECT id FROM gone)
+    DELETE FROM microsaga_payload_refs
+    WHERE execution_id = ANY (ARRAY(SELECT id FROM gone))
     RETURNING hash
 ),
 -- the payloads no other execution refers to (this statement's deletes are not seen
 -- by its own subqueries: the references of the executions pruned are left out)
 payloads AS (
-    DELETE FROM microsaga_payloads WHERE hash IN (
+    DELETE FROM microsaga_payloads WHERE hash = ANY (ARRAY(
         SELECT p.hash FROM microsaga_payloads p
-        WHERE p.hash IN (SELECT hash FROM refs)
+        WHERE p.hash = ANY (ARRAY(SELECT hash FROM refs))
         AND NOT EXISTS (
             SELECT 1 FROM microsaga_payload_refs r
             WHERE r.hash = p.hash AND r.execution_id NOT IN (SELECT id FROM gone)
         )
         -- those a commit is about to refer to again are kept (existing_payloads)
         FOR UPDATE SKIP LOCKED
-    )
+    ))
 )
 SELECT count(*) FROM gone;
 
