@@ -182,7 +182,7 @@ class Worker:
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
         self.id = options.worker_id or default_worker_id()
-        self.health = StoreHealth()
+        self.health = StoreHealth(options.clock)
         self.committer = Committer(
             store,
             retry_for=options.store_retry_for,
@@ -655,6 +655,11 @@ class Worker:
                 for run in list(self.runs.values()):
                     if run.spec.deadline_at is not None:
                         self.deadline_passed(run)
+                if self._claim_paused():
+                    # only reads were made: they say nothing of whether writes work
+                    await wait_event(self._poke, self.options.poll_interval)
+                    self._poke.clear()
+                    continue
                 claimed = await self._claim() if self.options.claim else 0
                 now = self.clock()
                 if now - last_prune > 60:
@@ -692,6 +697,15 @@ class Worker:
             if found is not None:
                 run.control(found[0], Abort(found[1]))
 
+    def _claim_paused(self) -> bool:
+        """Whether the store failed less than a lease TTL ago. Every worker's leases
+        ran out while it could not renew them (the store away, full, restarting):
+        claiming them as soon as the store is back would take the executions of live
+        workers, each counted as a recovery attempt, as if their workers had died. A
+        live worker renews its own within a heartbeat; only then are the others
+        claimed (a dead worker's executions wait one TTL more)."""
+        return self.clock() - self.health.failed_at < self.options.lease_ttl
+
     async def _claim(self) -> int:
         """Claim what this worker has room for; the count when it took a full batch."""
         # what it can start soon: a worker that took more than it runs would hold a
@@ -722,7 +736,8 @@ class Worker:
                 log.exception("worker %s: looking for dead workers failed", self.id)
 
     async def _heartbeat(self) -> None:
-        await self._release_abandoned()
+        # renewals first: the releases are one write each, and hundreds of them (runs
+        # stopped at once) would make the leases run out while they are written
         owned = list(self.runs.values())
         held = await self.store.renew(
             self.id, [r.id for r in owned], self.clock(), self.options.lease_ttl
@@ -733,6 +748,7 @@ class Worker:
                     "execution %s: lease lost", run.id, extra=about(run.id, run.spec.workflow_id)
                 )
                 run.lose()
+        await self._release_abandoned()
 
     async def _free_dead_owners(self) -> None:
         """Free the leases of dead workers of this machine (see the module docstring),
