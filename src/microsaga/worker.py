@@ -99,14 +99,26 @@ def default_worker_id() -> str:
 
 def dead_here(owner: str) -> bool:
     """Whether ``owner`` is a default worker id of this machine whose process is gone."""
+    pid = _pid_here(owner)
+    return pid is not None and not _alive(pid)
+
+
+def alive_here(owner: str) -> bool:
+    """Whether ``owner`` is a default worker id of this machine whose process runs."""
+    pid = _pid_here(owner)
+    return pid is not None and _alive(pid)
+
+
+def _pid_here(owner: str) -> int | None:
+    """The pid of ``owner`` if it is a default worker id of this machine."""
     here = machine()
     if here is None:
-        return False
+        return None
     _, sep, tail = owner.partition(":")  # after the host name
     found = _DEFAULT_ID.fullmatch(tail) if sep else None
     if found is None or found["machine"] != here:
-        return False  # a stable id, or another machine's (or namespace's) worker
-    return not _alive(int(found["pid"]))
+        return None  # a stable id, or another machine's (or namespace's) worker
+    return int(found["pid"])
 
 
 def _alive(pid: int) -> bool:
@@ -198,6 +210,9 @@ class Worker:
         self._plan_for = plan_for
         self._notify = notify
         self._tasks: set[asyncio.Task[Any]] = set()
+        # the other workers of this machine whose process runs, as of the last heartbeat:
+        # taking over their expired leases is no recovery attempt (see Store.claim)
+        self._alive_owners: frozenset[str] = frozenset()
         self._loops: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._control_seq = 0
@@ -714,7 +729,9 @@ class Worker:
         if room <= 0:
             return 0
         limit = min(room, 256)
-        claims = await self.store.claim(self.id, self.clock(), self.options.lease_ttl, limit)
+        claims = await self.store.claim(
+            self.id, self.clock(), self.options.lease_ttl, limit, alive=self._alive_owners
+        )
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 
@@ -756,7 +773,9 @@ class Worker:
         the next heartbeat looks again."""
         freed = 0
         try:
-            for owner in await self.store.lease_owners():
+            owners = await self.store.lease_owners()
+            self._alive_owners = frozenset(o for o in owners if o != self.id and alive_here(o))
+            for owner in owners:
                 if owner != self.id and dead_here(owner):
                     count = await self.store.release_all(owner)
                     if count:

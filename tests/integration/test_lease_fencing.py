@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import pytest
@@ -72,8 +72,10 @@ def spy_claims(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[floa
     seen: list[tuple[float, list[Claim]]] = []
     real = store.claim
 
-    async def claim(owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
-        taken = await real(owner, now, ttl, limit)
+    async def claim(
+        owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
+        taken = await real(owner, now, ttl, limit, alive=alive)
         seen.append((now, taken))
         return taken
 
@@ -181,10 +183,12 @@ async def test_a_worker_back_from_a_store_outage_leaves_live_workers_their_lease
             full, claims, polls = True, [], 0
             real_claim, real_controls = other.store.claim, other.store.controls
 
-            async def claim(owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+            async def claim(
+                owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+            ) -> list[Claim]:
                 if full:
                     raise StoreError("database or disk is full")
-                taken = await real_claim(owner, now, ttl, limit)
+                taken = await real_claim(owner, now, ttl, limit, alive=alive)
                 claims.append(taken)
                 return taken
 
