@@ -103,12 +103,6 @@ def dead_here(owner: str) -> bool:
     return pid is not None and not _alive(pid)
 
 
-def alive_here(owner: str) -> bool:
-    """Whether ``owner`` is a default worker id of this machine whose process runs."""
-    pid = _pid_here(owner)
-    return pid is not None and _alive(pid)
-
-
 def _pid_here(owner: str) -> int | None:
     """The pid of ``owner`` if it is a default worker id of this machine."""
     here = machine()
@@ -769,23 +763,27 @@ class Worker:
 
     async def _free_dead_owners(self) -> None:
         """Free the leases of dead workers of this machine (see the module docstring),
-        so they are claimed now rather than when they expire. A store error is logged:
-        the next heartbeat looks again."""
+        so they are claimed now rather than when they expire, and note the live ones. A
+        store error is logged: the next heartbeat looks again."""
         freed = 0
         try:
-            owners = await self.store.lease_owners()
-            self._alive_owners = frozenset(o for o in owners if o != self.id and alive_here(o))
-            for owner in owners:
-                if owner != self.id and dead_here(owner):
-                    count = await self.store.release_all(owner)
-                    if count:
-                        log.info(
-                            "worker %s: freed %d executions of dead worker %s",
-                            self.id,
-                            count,
-                            owner,
-                        )
-                    freed += count
+            alive: set[str] = set()
+            dead: list[str] = []
+            for owner in await self.store.lease_owners():
+                pid = _pid_here(owner) if owner != self.id else None
+                if pid is not None:
+                    if _alive(pid):
+                        alive.add(owner)
+                    else:
+                        dead.append(owner)
+            self._alive_owners = frozenset(alive)
+            for owner in dead:
+                count = await self.store.release_all(owner)
+                if count:
+                    log.info(
+                        "worker %s: freed %d executions of dead worker %s", self.id, count, owner
+                    )
+                freed += count
         except StoreError as exc:
             self.health.failed(exc)
         except MicrosagaError as exc:
