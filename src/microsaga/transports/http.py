@@ -200,7 +200,7 @@ class HttpClient(Client):
         httpcore's pool (1.0.9) loses a connection slot for good when a request leaves
         its wait for a connection (a cancellation, or its pool timeout) just as a new
         connection was created for it: the connection stays CONNECTING, owned by no
-        request, and once every slot is lost so all requests wait (``PoolTimeout``) with
+        request, and once every slot is lost all requests wait (``PoolTimeout``) with
         no connection open. So a request enters httpx only with one of the client's
         ``max_connections`` slots, when the pool has a connection for it at once, and
         waits for a slot here instead, where leaving costs nothing."""
