@@ -204,9 +204,6 @@ class Worker:
         self._plan_for = plan_for
         self._notify = notify
         self._tasks: set[asyncio.Task[Any]] = set()
-        # the other workers of this machine whose process runs, as of the last heartbeat:
-        # taking over their expired leases is no recovery attempt (see Store.claim)
-        self._alive_owners: frozenset[str] = frozenset()
         self._loops: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._control_seq = 0
@@ -723,8 +720,13 @@ class Worker:
         if room <= 0:
             return 0
         limit = min(room, 256)
+        # the other workers of this machine whose process runs: taking over their
+        # expired leases is no recovery attempt (see Store.claim). Looked at now, not at
+        # the last heartbeat: a worker that held nothing then (every lease taken from it
+        # in a stall) may hold what this claim takes
+        alive, _ = await self._owners_here()
         claims = await self.store.claim(
-            self.id, self.clock(), self.options.lease_ttl, limit, alive=self._alive_owners
+            self.id, self.clock(), self.options.lease_ttl, limit, alive=alive
         )
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
@@ -763,20 +765,11 @@ class Worker:
 
     async def _free_dead_owners(self) -> None:
         """Free the leases of dead workers of this machine (see the module docstring),
-        so they are claimed now rather than when they expire, and note the live ones. A
-        store error is logged: the next heartbeat looks again."""
+        so they are claimed now rather than when they expire. A store error is logged:
+        the next heartbeat looks again."""
         freed = 0
         try:
-            alive: set[str] = set()
-            dead: list[str] = []
-            for owner in await self.store.lease_owners():
-                pid = _pid_here(owner) if owner != self.id else None
-                if pid is not None:
-                    if _alive(pid):
-                        alive.add(owner)
-                    else:
-                        dead.append(owner)
-            self._alive_owners = frozenset(alive)
+            _, dead = await self._owners_here()
             for owner in dead:
                 count = await self.store.release_all(owner)
                 if count:
@@ -790,6 +783,20 @@ class Worker:
             log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
         if freed:
             self._poke.set()
+
+    async def _owners_here(self) -> tuple[frozenset[str], list[str]]:
+        """The other owners of leases that are workers of this machine: those whose
+        process runs, and those whose process is gone."""
+        alive: set[str] = set()
+        dead: list[str] = []
+        for owner in await self.store.lease_owners():
+            pid = _pid_here(owner) if owner != self.id else None
+            if pid is not None:
+                if _alive(pid):
+                    alive.add(owner)
+                else:
+                    dead.append(owner)
+        return frozenset(alive), dead
 
     async def _release_abandoned(self) -> None:
         for eid, token in list(self._to_release.items()):
