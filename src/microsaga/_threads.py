@@ -167,6 +167,8 @@ class StepThreads:
             if call is None:
                 return
             future, context, fn, args, cpu = call
+            if cpu is not None and self._idle != len(self._threads) - 1:
+                cpu = None  # calls were queued after it (a fan-out): not alone after all
             if cpu != pinned and anywhere is not None:
                 pinned = cpu
                 try:
