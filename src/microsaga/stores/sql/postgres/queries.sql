@@ -166,11 +166,14 @@ starts AS (
 )
 SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($34, 'new') END FROM created c
 UNION ALL
--- a retried creation whose first reply was lost, as in create_executions
+-- a retried creation whose first reply was lost, as in create_executions. The owner is
+-- compared with IS NOT DISTINCT FROM, which no index serves, so that the plan looks the
+-- row up by id: the generic plan made on a fresh (empty) table otherwise scans every
+-- row the worker owns (by_owner)
 SELECT e.id, NULL
 FROM microsaga_executions e
-WHERE e.id = $5::text AND e.owner = $16::text AND e.created_at = $19::double precision
-  AND e.lease_token = 1;
+WHERE e.id = $5::text AND $16::text IS NOT NULL AND e.owner IS NOT DISTINCT FROM $16::text
+  AND e.created_at = $19::double precision AND e.lease_token = 1;
 
 -- name: read_executions
 -- What a batch of transitions is decided on. No lock: write_transitions writes a row
