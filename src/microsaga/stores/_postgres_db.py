@@ -198,10 +198,12 @@ class Database:
         try:
             yield conn
         except (*_DRIVER_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
-            await _release(pool, conn, self.url)
             # a connection that died mid-COMMIT can surface as an internal error of the
-            # driver: whatever it says, the server went away
-            raise self.error(exc, lost=_is_lost(conn)) from exc
+            # driver: whatever it says, the server went away (asked before the release,
+            # after which the connection is the pool's)
+            error = self.error(exc, lost=_is_lost(conn))
+            await _release(pool, conn, self.url)
+            raise error from exc
         except BaseException:
             await _release(pool, conn, self.url)
             raise
