@@ -284,6 +284,21 @@ async def _terminate(url: str, pids: list[int]) -> None:
         await conn.close()
 
 
+async def test_a_statement_the_server_refuses_is_not_retryable_and_the_store_goes_on(
+    store: PostgresStore,
+) -> None:
+    """The store keeps connections between uses: one whose statement failed is handed
+    back, the error says what the server said (not a lost connection), and the next
+    calls work."""
+    for _ in range(3):
+        with pytest.raises(StoreError) as refused:
+            await store.remove_workflow("nul\x00")  # text cannot hold NUL
+        assert not refused.value.retryable
+        assert "0x00" in str(refused.value)
+    await store.commit([pending("e1")])
+    assert await store.get_status("e1") == (Status.PENDING, 0)
+
+
 async def test_a_lost_connection_is_a_retryable_error_and_the_store_reconnects(
     store: PostgresStore, url: str
 ) -> None:
