@@ -99,14 +99,20 @@ def default_worker_id() -> str:
 
 def dead_here(owner: str) -> bool:
     """Whether ``owner`` is a default worker id of this machine whose process is gone."""
+    pid = _pid_here(owner)
+    return pid is not None and not _alive(pid)
+
+
+def _pid_here(owner: str) -> int | None:
+    """The pid of ``owner`` if it is a default worker id of this machine."""
     here = machine()
     if here is None:
-        return False
+        return None
     _, sep, tail = owner.partition(":")  # after the host name
     found = _DEFAULT_ID.fullmatch(tail) if sep else None
     if found is None or found["machine"] != here:
-        return False  # a stable id, or another machine's (or namespace's) worker
-    return not _alive(int(found["pid"]))
+        return None  # a stable id, or another machine's (or namespace's) worker
+    return int(found["pid"])
 
 
 def _alive(pid: int) -> bool:
@@ -182,7 +188,7 @@ class Worker:
         # a stable id (Flow(worker_id=...)) lets a restarted worker take back at once what
         # its previous life left, instead of waiting for those leases to expire
         self.id = options.worker_id or default_worker_id()
-        self.health = StoreHealth()
+        self.health = StoreHealth(options.clock)
         self.committer = Committer(
             store,
             retry_for=options.store_retry_for,
@@ -198,6 +204,9 @@ class Worker:
         self._plan_for = plan_for
         self._notify = notify
         self._tasks: set[asyncio.Task[Any]] = set()
+        # the other workers of this machine whose process runs, as of the last heartbeat:
+        # taking over their expired leases is no recovery attempt (see Store.claim)
+        self._alive_owners: frozenset[str] = frozenset()
         self._loops: list[asyncio.Task[None]] = []
         self._poke = asyncio.Event()
         self._control_seq = 0
@@ -655,6 +664,11 @@ class Worker:
                 for run in list(self.runs.values()):
                     if run.spec.deadline_at is not None:
                         self.deadline_passed(run)
+                if self._claim_paused():
+                    # only reads were made: they say nothing of whether writes work
+                    await wait_event(self._poke, self.options.poll_interval)
+                    self._poke.clear()
+                    continue
                 claimed = await self._claim() if self.options.claim else 0
                 now = self.clock()
                 if now - last_prune > 60:
@@ -692,6 +706,15 @@ class Worker:
             if found is not None:
                 run.control(found[0], Abort(found[1]))
 
+    def _claim_paused(self) -> bool:
+        """Whether the store failed less than a lease TTL ago. Every worker's leases
+        ran out while it could not renew them (the store away, full, restarting):
+        claiming them as soon as the store is back would take the executions of live
+        workers, each counted as a recovery attempt, as if their workers had died. A
+        live worker renews its own within a heartbeat; only then are the others
+        claimed (a dead worker's executions wait one TTL more)."""
+        return self.clock() - self.health.failed_at < self.options.lease_ttl
+
     async def _claim(self) -> int:
         """Claim what this worker has room for; the count when it took a full batch."""
         # what it can start soon: a worker that took more than it runs would hold a
@@ -700,7 +723,9 @@ class Worker:
         if room <= 0:
             return 0
         limit = min(room, 256)
-        claims = await self.store.claim(self.id, self.clock(), self.options.lease_ttl, limit)
+        claims = await self.store.claim(
+            self.id, self.clock(), self.options.lease_ttl, limit, alive=self._alive_owners
+        )
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 
@@ -722,7 +747,8 @@ class Worker:
                 log.exception("worker %s: looking for dead workers failed", self.id)
 
     async def _heartbeat(self) -> None:
-        await self._release_abandoned()
+        # renewals first: the releases are one write each, and hundreds of them (runs
+        # stopped at once) would make the leases run out while they are written
         owned = list(self.runs.values())
         held = await self.store.renew(
             self.id, [r.id for r in owned], self.clock(), self.options.lease_ttl
@@ -733,24 +759,31 @@ class Worker:
                     "execution %s: lease lost", run.id, extra=about(run.id, run.spec.workflow_id)
                 )
                 run.lose()
+        await self._release_abandoned()
 
     async def _free_dead_owners(self) -> None:
         """Free the leases of dead workers of this machine (see the module docstring),
-        so they are claimed now rather than when they expire. A store error is logged:
-        the next heartbeat looks again."""
+        so they are claimed now rather than when they expire, and note the live ones. A
+        store error is logged: the next heartbeat looks again."""
         freed = 0
         try:
+            alive: set[str] = set()
+            dead: list[str] = []
             for owner in await self.store.lease_owners():
-                if owner != self.id and dead_here(owner):
-                    count = await self.store.release_all(owner)
-                    if count:
-                        log.info(
-                            "worker %s: freed %d executions of dead worker %s",
-                            self.id,
-                            count,
-                            owner,
-                        )
-                    freed += count
+                pid = _pid_here(owner) if owner != self.id else None
+                if pid is not None:
+                    if _alive(pid):
+                        alive.add(owner)
+                    else:
+                        dead.append(owner)
+            self._alive_owners = frozenset(alive)
+            for owner in dead:
+                count = await self.store.release_all(owner)
+                if count:
+                    log.info(
+                        "worker %s: freed %d executions of dead worker %s", self.id, count, owner
+                    )
+                freed += count
         except StoreError as exc:
             self.health.failed(exc)
         except MicrosagaError as exc:

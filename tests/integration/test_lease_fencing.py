@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import pytest
 
 from microsaga import Flow, FunctionStep, Message, Status
+from microsaga.errors import StoreError
 from microsaga.stores import open_store
 from microsaga.stores.base import Claim, Store
 from tests.helpers import eventually
@@ -71,8 +72,10 @@ def spy_claims(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[tuple[floa
     seen: list[tuple[float, list[Claim]]] = []
     real = store.claim
 
-    async def claim(owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
-        taken = await real(owner, now, ttl, limit)
+    async def claim(
+        owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
+        taken = await real(owner, now, ttl, limit, alive=alive)
         seen.append((now, taken))
         return taken
 
@@ -160,3 +163,56 @@ async def test_a_worker_whose_lease_was_taken_over_stops_at_its_next_heartbeat(
             assert steps.calls == {"first": 1, "second": 0}
         finally:
             await thief.close()
+
+
+async def test_a_worker_back_from_a_store_outage_leaves_live_workers_their_leases(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store full (or away) for longer than the lease TTL: every worker's leases ran
+    out, since none could renew them. A worker whose claims failed must not take the
+    others' executions as soon as its first claim gets through, before their live
+    workers renewed: each would count as a recovery attempt, as if their worker had
+    died, and their runs would be fenced (the long sqlite-disk-full chaos run gave up
+    hundreds of executions after 6 such takeovers in a row). It claims them only once
+    the store has worked for a lease TTL."""
+    clock, steps = Clock(), Steps()
+    quiet = {"lease_ttl": 600.0, "heartbeat_interval": 599.0}  # no renewal in the test
+    async with Flow(store_url, clock=clock, **quiet) as runner:
+        eid = await steps.start(runner)
+        async with Flow(store_url, poll_interval=0.01, clock=clock, **quiet) as other:
+            full, claims, polls = True, [], 0
+            real_claim, real_controls = other.store.claim, other.store.controls
+
+            async def claim(
+                owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+            ) -> list[Claim]:
+                if full:
+                    raise StoreError("database or disk is full")
+                taken = await real_claim(owner, now, ttl, limit, alive=alive)
+                claims.append(taken)
+                return taken
+
+            async def controls(after: int) -> tuple[list[str], int]:
+                nonlocal polls
+                polls += 1
+                return await real_controls(after)
+
+            monkeypatch.setattr(other.store, "claim", claim)
+            monkeypatch.setattr(other.store, "controls", controls)
+            clock.now += 1000.0  # the runner's lease ran out while the store was full
+            seen = polls
+            await eventually(lambda: polls > seen + 3)  # claims failed meanwhile
+            full, seen = False, polls
+            try:
+                await eventually(lambda: polls > seen + 20)  # the store is back
+                assert [taken for taken in claims if taken] == []
+            finally:
+                steps.gate.set()  # else the flows wait for the step when they close
+            done = await runner.wait(eid, timeout=10)
+            assert done.status is Status.SUCCESS
+            clock.now += 600.0  # a lease TTL later, it claims again
+            await eventually(lambda: len(claims) > 0)
+        stored = await runner.store.load(eid)
+    assert stored is not None
+    assert stored.token == 1  # never taken over
+    assert steps.calls == {"first": 1, "second": 1}

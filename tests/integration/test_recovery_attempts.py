@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import pytest
@@ -81,10 +81,10 @@ async def crash(msg: Message) -> None:
     await asyncio.wait_for(Steps.current.gate.wait(), 20)
 
 
-async def _claim(store: Store, owner: str, at: float) -> Claim:
+async def _claim(store: Store, owner: str, at: float, alive: tuple[str, ...] = ()) -> Claim:
     # PostgreSQL claims SKIP LOCKED: a row locked at that moment is skipped; retry
     for _ in range(100):
-        taken = await store.claim(owner, at, 10.0, 10)
+        taken = await store.claim(owner, at, 10.0, 10, alive=alive)
         if taken:
             assert len(taken) == 1
             return taken[0]
@@ -140,6 +140,54 @@ async def test_takeovers_from_dead_workers_are_counted_and_a_commit_resets_them(
         fifth = await _claim(thief, "ghost-5", now + 3 * HOUR)
         assert fifth.recovery_attempts == 1
         steps.gate.set()  # the flow's run ends (fenced off) when the flow closes
+
+
+async def test_takeovers_from_workers_known_alive_are_not_counted(
+    store_url: str, thief: Store, steps: Steps
+) -> None:
+    async with Flow(store_url, claim=False, **QUIET) as flow:
+        await steps.start(flow)
+        now = time.time()
+        first = await _claim(thief, "ghost-1", now + HOUR)
+        assert first.recovery_attempts == 1
+        # ghost-1's process runs still: it stalled past its lease, it did not die
+        second = await _claim(thief, "ghost-2", now + 2 * HOUR, alive=("ghost-1",))
+        assert second.recovery_attempts == 1
+        third = await _claim(thief, "ghost-3", now + 3 * HOUR, alive=("ghost-1",))
+        assert third.recovery_attempts == 2  # ghost-2 is not known to run
+        steps.gate.set()
+
+
+async def test_a_worker_taking_over_from_a_live_worker_of_its_machine_counts_nothing(
+    store_url: str, steps: Steps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of one machine (here, two flows of this process) whose leases ran out
+    by a stall (the store full longer than the TTL, an overloaded machine) take each
+    other's executions: no worker died, so past ``max_recovery_attempts`` such
+    takeovers in a row the steps must not be given up (the long sqlite-disk-full
+    chaos run gave up hundreds, their effects never undone)."""
+    async with Flow(store_url, claim=False, **QUIET) as flow:
+        eid = await steps.start(flow)
+        clock = Clock(time.time())
+        polling = {**QUIET, "poll_interval": 0.02}
+        async with Flow(store_url, max_recovery_attempts=1, clock=clock, **polling) as heir:
+            claims: list[Claim] = []
+            real = heir.store.claim
+
+            async def claim(
+                owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+            ) -> list[Claim]:
+                taken = await real(owner, now, ttl, limit, alive=alive)
+                claims.extend(taken)
+                return taken
+
+            monkeypatch.setattr(heir.store, "claim", claim)
+            clock.now += HOUR  # the first flow's lease ran out
+            await eventually(lambda: steps.calls["crash"] == 2)  # invoked again
+            steps.gate.set()
+            done = await heir.wait(eid, timeout=10)
+    assert [(c.execution_id, c.recovery_attempts) for c in claims] == [(eid, 0)]
+    assert done.status is Status.SUCCESS
 
 
 async def test_past_the_limit_the_running_step_fails_and_the_execution_rolls_back(

@@ -107,7 +107,8 @@ async def test_a_claim_reads_only_due_executions(tmp_path: Path) -> None:
         pass
     conn = sqlite3.connect(path)
     plan = conn.execute(
-        "EXPLAIN QUERY PLAN " + Q["claim"], {"owner": "w", "until": 1, "now": 1, "limit": 1}
+        "EXPLAIN QUERY PLAN " + Q["claim"],
+        {"owner": "w", "until": 1, "now": 1, "limit": 1, "alive": "[]"},
     ).fetchall()
     details = [row[-1] for row in plan]
     conn.close()

@@ -39,9 +39,11 @@ class FlakySQLite(SQLiteStore):
             return None  # as a real failure there: the committer goes the usual way
         return super().commit_now(unit)
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
         self._check()
-        return await super().claim(owner, now, ttl, limit)
+        return await super().claim(owner, now, ttl, limit, alive=alive)
 
     async def renew(
         self, owner: str, execution_ids: Collection[str], now: float, ttl: float

@@ -228,7 +228,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
         """Take up to ``limit`` runnable executions whose lease is free or expired,
         bumping their fencing tokens.
 
@@ -241,6 +243,8 @@ class Store(abc.ABC):
         Taking an execution whose lease expired while a worker held it counts a
         recovery attempt (``Claim.recovery_attempts``), as :meth:`release_all` does for
         each execution it frees; a committed transition sets the count back to 0.
+        Except from the workers in ``alive``, known to run still (their process, on
+        the claimer's machine): one stalled past its lease did not die.
         """
 
     @abc.abstractmethod

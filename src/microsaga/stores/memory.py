@@ -322,7 +322,9 @@ class MemoryStore(Store):
         else:
             self._runnable.pop(row.id, None)
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
         out: list[Claim] = []
         for row in sorted(self._runnable.values(), key=lambda r: r.seq):
             if len(out) >= limit:
@@ -330,7 +332,7 @@ class MemoryStore(Store):
             # never its own: a live worker whose lease ran out (a stall, the store away)
             # still runs them and renews them; taking them again would fence it off
             if row.lease_until < now and row.owner != owner:
-                if row.owner is not None:  # its worker died, or stalled past its lease
+                if row.owner is not None and row.owner not in alive:  # its worker died
                     row.recovery_attempts += 1
                 row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
                 row.note = None

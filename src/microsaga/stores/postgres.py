@@ -442,9 +442,11 @@ class PostgresStore(Store):
                 results[i] = TransitionResult(True, outcome[t.execution_id], Abort(abort), True)
         return left
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
         async with self._db.connection() as conn:
-            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit)
+            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit, sorted(alive))
         return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
     async def renew(

@@ -422,9 +422,17 @@ class SQLiteStore(Store):
         pending.refs.update(took.refs)
         return True
 
-    async def claim(self, owner: str, now: float, ttl: float, limit: int) -> list[Claim]:
+    async def claim(
+        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
-            params = {"owner": owner, "until": now + ttl, "now": now, "limit": limit}
+            params = {
+                "owner": owner,
+                "until": now + ttl,
+                "now": now,
+                "limit": limit,
+                "alive": _encode(sorted(alive)),
+            }
             rows = conn.execute(Q["claim"], params)
             return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 

@@ -43,13 +43,16 @@ Errors
 
 One :class:`HttpClient` (one pooled ``httpx.AsyncClient``) serves every service of a
 flow; :class:`~microsaga.Flow` creates it on first use and closes it with the flow.
+At most ``max_connections`` requests are in httpx at once; the others wait in the
+client, up to the call's timeout, and fail as a timeout (``PoolTimeout``) when no
+connection comes free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
@@ -57,6 +60,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from .._aio import Slots
 from ..errors import ConfigurationError, MissingClientError, StepError, TransportError
 from ..message import Message, Metadata
 from .base import Client
@@ -125,6 +129,8 @@ class HttpClient(Client):
         )
         # requests in flight, each in a task of its own (see _post)
         self._requests: set[asyncio.Future[httpx.Response]] = set()
+        # one per connection: requests beyond them wait here, never in httpcore's pool
+        self._admitted = Slots(max_connections)
 
     def has_service(self, service: str) -> bool:
         """Whether ``service`` has an address."""
@@ -189,20 +195,46 @@ class HttpClient(Client):
         self, url: str, body: bytes, headers: list[tuple[bytes, bytes]], timeout: float | None
     ) -> httpx.Response:
         """The request, in a task of its own that a cancelled caller (a step timeout, an
-        abort) leaves to end by httpx's own timeout: httpcore's pool loses a connection
-        slot when a request is cancelled at the wrong moment, and once every slot is
-        lost all requests wait for one (``PoolTimeout``)."""
-        task = asyncio.ensure_future(
-            self._client.post(
-                url,
-                content=body,
-                headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        abort) leaves to end by httpx's own timeout.
+
+        httpcore's pool (1.0.9) loses a connection slot for good when a request leaves
+        its wait for a connection (a cancellation, or its pool timeout) just as a new
+        connection was created for it: the connection stays CONNECTING, owned by no
+        request, and once every slot is lost all requests wait (``PoolTimeout``) with
+        no connection open. So a request enters httpx only with one of the client's
+        ``max_connections`` slots, when the pool has a connection for it at once, and
+        waits for a slot here instead, where leaving costs nothing."""
+        admitted = self._admitted
+        if not admitted.take():
+            wait = timeout if timeout is not None else self._client.timeout.pool
+            try:
+                async with asyncio.timeout(wait):
+                    await admitted.wait()
+            except TimeoutError:
+                raise httpx.PoolTimeout(f"no connection free within {wait:g}s") from None
+        try:
+            task = asyncio.ensure_future(
+                self._client.post(
+                    url,
+                    content=body,
+                    headers=headers,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
             )
-        )
+        except BaseException:
+            admitted.give()
+            raise
         self._requests.add(task)
-        task.add_done_callback(_forget(self._requests))
+        task.add_done_callback(self._request_done)
         return await asyncio.shield(task)
+
+    def _request_done(self, task: asyncio.Future[httpx.Response]) -> None:
+        """A request ended: its slot is free; its outcome is read so that one whose
+        caller was cancelled is not reported as never retrieved."""
+        self._requests.discard(task)
+        self._admitted.give()
+        if not task.cancelled():
+            task.exception()
 
     def _status_error(self, resp: httpx.Response, where: str) -> StepError | TransportError:
         status = resp.status_code
@@ -321,17 +353,3 @@ def _retry_after(value: str | None, cap: float) -> float | None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), cap)
-
-
-def _forget(
-    requests: set[asyncio.Future[httpx.Response]],
-) -> Callable[[asyncio.Future[httpx.Response]], None]:
-    """A done callback: drop the request, and read its outcome so that one whose caller
-    was cancelled is not reported as never retrieved."""
-
-    def done(task: asyncio.Future[httpx.Response]) -> None:
-        requests.discard(task)
-        if not task.cancelled():
-            task.exception()
-
-    return done

@@ -387,14 +387,16 @@ SELECT 1;
 -- leases -----------------------------------------------------------------------------
 
 -- name: claim
--- $1 owner, $2 lease until, $3 now, $4 limit. SKIP LOCKED: workers claiming at the
+-- $1 owner, $2 lease until, $3 now, $4 limit, $5 owners known to run still (their
+-- rows taken are no recovery attempt). SKIP LOCKED: workers claiming at the
 -- same time take different executions instead of queueing on the same rows. Never the
 -- claimer's own rows: a live worker whose lease ran out (a stall, the server away)
 -- still runs them, and its heartbeat renews them. Oldest first; the planner reads
 -- the due ones off the index by lease expiry, not the parked ones. A row still owned
 -- was left by a worker that died (or stalled): a recovery attempt.
 UPDATE microsaga_executions SET
-    recovery_attempts = recovery_attempts + CASE WHEN owner IS NULL THEN 0 ELSE 1 END,
+    recovery_attempts = recovery_attempts
+        + CASE WHEN owner IS NULL OR owner = ANY($5::text[]) THEN 0 ELSE 1 END,
     owner = $1,
     lease_token = lease_token + 1,
     lease_until = $2,

@@ -57,9 +57,11 @@ INSERT OR REPLACE INTO step_runs (
 -- off the index of runnable executions by lease expiry: only the due ones. Never the
 -- parked executions whose time has not come (by status, the planner's own choice, it
 -- would read every waiting execution at every claim). A row still owned was left by
--- a worker that died (or stalled): a recovery attempt.
+-- a worker that died (or stalled): a recovery attempt, unless its owner is one of
+-- :alive (a JSON list), workers known to run still.
 UPDATE executions SET
-    recovery_attempts = recovery_attempts + (owner IS NOT NULL),
+    recovery_attempts = recovery_attempts
+        + (owner IS NOT NULL AND owner NOT IN (SELECT value FROM json_each(:alive))),
     owner = :owner,
     lease_token = lease_token + 1,
     lease_until = :until,
