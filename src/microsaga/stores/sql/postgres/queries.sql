@@ -117,11 +117,14 @@ SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($34, 'new') END FROM creat
 UNION ALL
 -- an owned unit committed before whose reply was lost (the server went away), and
 -- retried: its own row (same owner and creation time, never claimed since) counts as
--- created, or the worker would never run it
+-- created, or the worker would never run it. Each id is looked up on its own (see
+-- read_executions).
 SELECT e.id, NULL
-FROM microsaga_executions e
-JOIN unnest($5::text[], $16::text[], $19::double precision[]) AS u (id, owner, created_at)
-    ON e.id = u.id
+FROM unnest($5::text[], $16::text[], $19::double precision[]) AS u (id, owner, created_at)
+CROSS JOIN LATERAL (
+    SELECT id, owner, created_at, lease_token FROM microsaga_executions WHERE id = u.id
+    OFFSET 0
+) e
 WHERE e.owner = u.owner AND e.created_at = u.created_at AND e.lease_token = 1;
 
 -- name: create_execution_one
@@ -177,9 +180,19 @@ WHERE e.id = $5::text AND $16::text IS NOT NULL AND e.owner IS NOT DISTINCT FROM
 
 -- name: read_executions
 -- What a batch of transitions is decided on. No lock: write_transitions writes a row
--- only if these columns are unchanged (compare and set).
-SELECT id, status, abort, owner, lease_token FROM microsaga_executions
-WHERE id = ANY($1::text[]);
+-- only if these columns are unchanged (compare and set). $1 distinct ids.
+-- Each id is looked up on its own, through the unique index on id: OFFSET 0 keeps the
+-- subquery whole, so the only choice left is how to find one row by its id. Written
+-- as a join or id = ANY($1), the generic plan is chosen by the size of the table when
+-- a connection first runs it: made on a fresh table (which the planner takes for ten
+-- pages) it is a scan of every row, kept until autoanalyze replans it.
+SELECT e.id, e.status, e.abort, e.owner, e.lease_token
+FROM unnest($1::text[]) AS u (id)
+CROSS JOIN LATERAL (
+    SELECT id, status, abort, owner, lease_token FROM microsaga_executions
+    WHERE id = u.id
+    OFFSET 0
+) e;
 
 -- name: write_transitions
 -- The outcome of a batch of transitions, decided by the store from read_executions:
@@ -341,10 +354,13 @@ WITH done AS (
         lease_until = CASE WHEN $9::boolean THEN 0 ELSE e.lease_until END,
         updated_at = $10::double precision,
         recovery_attempts = 0  -- its worker is alive: see claim
+    -- the status is compared with IS NOT DISTINCT FROM, which no index serves, so that
+    -- the row is found by its id: made on a fresh table, where every index looks as
+    -- good, the generic plan otherwise read it off by_status (every running execution)
     WHERE e.id = $1::text
       AND e.lease_token = $2::bigint
       AND e.owner IS NOT NULL
-      AND e.status = $3::smallint
+      AND e.status IS NOT DISTINCT FROM $3::smallint
     RETURNING e.id, e.abort
 ),
 steps AS (
@@ -452,15 +468,16 @@ SELECT pg_notify($4, 'release') FROM released;
 -- Executions with their step runs (NULLs when none), in one statement, so one
 -- snapshot; their definitions (immutable) come from load_definitions. The ids are
 -- repeated on the step runs: the generic plan of a prepared statement, not knowing how
--- many ids come, would otherwise hash-join a scan of every step run.
+-- many ids come, would otherwise hash-join a scan of every step run. Each execution is
+-- looked up by its id on its own, as in read_executions.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
        e.lease_token, e.created_at, e.parent_id,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
-FROM microsaga_executions e
-LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[])
-WHERE e.id = ANY($1::text[]);
+FROM (SELECT DISTINCT unnest($1::text[])) AS u (id)
+CROSS JOIN LATERAL (SELECT * FROM microsaga_executions WHERE id = u.id OFFSET 0) e
+LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[]);
 
 -- name: load_definitions
 SELECT hash, workflow_id, body, step_ids FROM microsaga_definitions
@@ -654,17 +671,23 @@ SELECT lease_token FROM microsaga_executions WHERE id = $1 FOR UPDATE;
 
 -- name: park_blocked
 -- Whether a signal the execution waits for, or the end of a child it waits for, is
--- there already: then it does not park.
+-- there already: then it does not park. The children are looked up by id one by one,
+-- as in read_executions (else by_status: every finished execution).
 SELECT EXISTS (
     SELECT 1 FROM microsaga_signals WHERE execution_id = $1 AND event = ANY($2::text[])
 ) OR EXISTS (
-    SELECT 1 FROM microsaga_executions WHERE id = ANY($3::text[]) AND status IN (2, 3, 4)
+    SELECT 1 FROM unnest($3::text[]) AS u (id)
+    CROSS JOIN LATERAL (
+        SELECT status FROM microsaga_executions WHERE id = u.id OFFSET 0
+    ) e
+    WHERE e.status IN (2, 3, 4)
 );
 
 -- name: park
 -- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+-- IS NOT DISTINCT FROM: the row found by its id, not off by_status (write_expected_one).
 UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
-WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status = 1
+WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status IS NOT DISTINCT FROM 1
 RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------
