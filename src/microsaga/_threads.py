@@ -17,12 +17,20 @@ own. So a call finding no idle thread starts one only while there are fewer than
 ``EAGER``; beyond, it waits its turn, and a check every ``WATCH`` seconds while calls
 wait starts a thread for each waiting call if no call finished since the last check
 (the threads are blocked, not busy), up to ``size``.
+
+A call made while no other is in flight (one execution of plain functions at a time)
+runs on the CPU the loop's thread is on, where the platform lets a thread be pinned
+(Linux): the loop sleeps as soon as it hands the call over, so the thread takes that
+CPU at once and hands it back; left to itself the scheduler wakes the thread on an idle
+CPU instead, and waking an idle CPU (in a virtual machine, a halted one) costs more
+than the whole step. Once calls overlap, the threads run anywhere again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -33,10 +41,31 @@ EAGER = 4  # threads started at once, when a call finds none idle
 # switch interval (5 ms), or threads only waiting for the GIL would look blocked
 WATCH = 0.01
 
-# a call: the future to settle, the function and its arguments (None: stop the thread)
-_Call = tuple[asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...]]
+# a call: the future to settle, the function, its arguments and the CPU to run it on
+# (None: any); None instead of a call stops the thread
+_Call = tuple[
+    asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...], int | None
+]
 # a finished call: the future, whether it raised, what it returned or raised
 _Done = tuple[asyncio.Future[Any], bool, Any]
+
+
+def _cpu_probe() -> Callable[[], int] | None:
+    """``sched_getcpu`` where threads can be pinned to a CPU (Linux), else None."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        import ctypes
+
+        getcpu = ctypes.CDLL(None).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+    getcpu.argtypes = []
+    getcpu.restype = ctypes.c_int
+    return getcpu
+
+
+_current_cpu = _cpu_probe()
 
 
 class StepThreads:
@@ -70,7 +99,11 @@ class StepThreads:
         if self._loop is not loop:
             self._loop = loop
         future: asyncio.Future[Any] = loop.create_future()
-        self._calls.put((future, contextvars.copy_context(), fn, args))
+        cpu = None
+        if _current_cpu is not None and self._idle == len(self._threads):
+            cpu = _current_cpu()  # no other call in flight: run it where the loop is
+            cpu = cpu if cpu >= 0 else None
+        self._calls.put((future, contextvars.copy_context(), fn, args, cpu))
         with self._lock:
             self._idle -= 1
             waits = self._idle < 0
@@ -127,11 +160,21 @@ class StepThreads:
 
     def _work(self) -> None:
         calls = self._calls
+        anywhere = os.sched_getaffinity(0) if _current_cpu is not None else None
+        pinned: int | None = None
         while True:
             call = calls.get()
             if call is None:
                 return
-            future, context, fn, args = call
+            future, context, fn, args, cpu = call
+            if cpu is not None and self._idle != len(self._threads) - 1:
+                cpu = None  # calls were queued after it (a fan-out): not alone after all
+            if cpu != pinned and anywhere is not None:
+                pinned = cpu
+                try:
+                    os.sched_setaffinity(0, anywhere if cpu is None else {cpu})
+                except OSError:  # a CPU taken away meanwhile: run anywhere
+                    pinned = None
             try:
                 done: _Done = (future, False, context.run(fn, *args))
             except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
@@ -144,7 +187,7 @@ class StepThreads:
                 first = len(self._done) == 1
             if first:
                 self._wake()
-            del call, future, context, fn, args, done
+            del call, future, context, fn, args, cpu, done
 
     def _wake(self) -> None:
         loop = self._loop

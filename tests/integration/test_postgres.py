@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from microsaga import Flow, FunctionStep, Message, SchemaVersionError, Status, S
 from microsaga._urls import redact_url
 from microsaga.errors import ConfigurationError
 from microsaga.stores import open_store
+from microsaga.stores._postgres_db import Database, Q
 from microsaga.stores.base import NewExecution, StepRecord, Transition, TransitionResult
 from microsaga.stores.postgres import SCHEMA_VERSION, PostgresStore, retryable
 from tests.helpers import eventually
@@ -202,6 +204,57 @@ async def test_a_newer_schema_is_refused(url: str) -> None:
             pass
 
 
+# The statements that find executions by id, each run for every commit or every
+# execution: their plans must look the rows up by id from the first statement on.
+BY_ID = [
+    "create_executions",
+    "create_execution_one",
+    "read_executions",
+    "write_expected_one",
+    "load_executions",
+    "park",
+    "park_blocked",
+    "get_status",
+    "lock_execution",
+    "signal_row",
+    "release",
+]
+
+
+# what a plan reads: a table (Seq Scan on) or an index
+SCANS = re.compile(r"(?:Seq Scan on|Scan(?: Backward)? using|Bitmap Index Scan on) (\w+)")
+
+
+async def generic_plan(conn: Any, name: str) -> str:
+    """The plan a store connection keeps for statement ``name`` (any values)."""
+    count = max(int(n) for n in re.findall(r"\$(\d+)", Q[name]))
+    await conn.execute(f"PREPARE {name} AS {Q[name].strip().rstrip(';')}")
+    rows = await conn.fetch(f"EXPLAIN EXECUTE {name}({', '.join(['NULL'] * count)})")
+    return "\n".join(r[0] for r in rows)
+
+
+async def test_executions_are_found_by_id_from_the_first_statement_on(url: str) -> None:
+    """A store connection prepares its statements on first use and keeps their generic
+    plans (plan_cache_mode=force_generic_plan) until autoanalyze replans them. Made on
+    a fresh, empty table, those plans must still find executions through the index on
+    id: a scan of the table, or of another index, cheap while it is empty, would be kept
+    once it holds a million rows."""
+    db = Database(url)
+    await db.open()  # creates the schema
+    try:
+        async with db.connection() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            for name in BY_ID:
+                plan = await generic_plan(conn, name)
+                scans = SCANS.findall(plan)
+                found = [s for s in scans if s.startswith("microsaga_executions")]
+                assert found, (name, plan)
+                assert set(found) == {"microsaga_executions_id_key"}, (name, plan)
+                await conn.execute(f"DEALLOCATE {name}")
+    finally:
+        await db.close()
+
+
 # errors ----------------------------------------------------------------------------------
 
 
@@ -282,6 +335,21 @@ async def _terminate(url: str, pids: list[int]) -> None:
             await conn.execute("SELECT pg_terminate_backend($1)", pid)
     finally:
         await conn.close()
+
+
+async def test_a_statement_the_server_refuses_is_not_retryable_and_the_store_goes_on(
+    store: PostgresStore,
+) -> None:
+    """The store keeps connections between uses: one whose statement failed is handed
+    back, the error says what the server said (not a lost connection), and the next
+    calls work."""
+    for _ in range(3):
+        with pytest.raises(StoreError) as refused:
+            await store.remove_workflow("nul\x00")  # text cannot hold NUL
+        assert not refused.value.retryable
+        assert "0x00" in str(refused.value)
+    await store.commit([pending("e1")])
+    assert await store.get_status("e1") == (Status.PENDING, 0)
 
 
 async def test_a_lost_connection_is_a_retryable_error_and_the_store_reconnects(

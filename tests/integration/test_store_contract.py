@@ -355,6 +355,32 @@ async def test_starts_need_a_running_status(store: Store) -> None:
     assert records["b", Phase.FORWARD].started_at == 102.0
 
 
+async def test_a_transition_alone_stores_every_step_run_it_carries(store: Store) -> None:
+    """One execution's transition with no step run, one, two (a step ended, the next
+    started) and a fan-out of four: all of them stored, none invented (the PostgreSQL
+    store passes up to two as values, more as arrays)."""
+    await store.commit([new("e1", owner="w1", steps=("a", "b", "c", "d", "e", "f"))])
+    assert await commit_one(store, transition("e1", at=101.0)) == TransitionResult(
+        True, Status.RUNNING, Abort.NONE, True
+    )
+    assert await steps_of(store, "e1") == {}
+    await commit_one(store, transition("e1", starts=[running("a", at=101.0)]))
+    assert set(await steps_of(store, "e1")) == {("a", Phase.FORWARD)}
+    await commit_one(
+        store, transition("e1", records=[succeeded("a")], starts=[running("b", at=102.0)])
+    )
+    fan_out = [running(s, at=103.0) for s in ("c", "d", "e", "f")]
+    result = await commit_one(store, transition("e1", records=[succeeded("b")], starts=fan_out))
+    assert result == TransitionResult(True, Status.RUNNING, Abort.NONE, True)
+    records = await steps_of(store, "e1")
+    assert set(records) == {(s, Phase.FORWARD) for s in "abcdef"}
+    assert [records[s, Phase.FORWARD].status for s in "abcdef"] == [Status.SUCCESS] * 2 + [
+        Status.RUNNING
+    ] * 4
+    assert records["b", Phase.FORWARD].response == Message(b'{"out": "b"}', {"R": "r"})
+    assert records["f", Phase.FORWARD].started_at == 103.0
+
+
 async def test_compensation_records(store: Store) -> None:
     await store.commit([new("e1", owner="w1", starts=("a",))])
     await store.commit([transition("e1", records=[succeeded("a")])])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 
 import pytest
@@ -50,6 +51,32 @@ async def test_sync_steps_that_block_together_each_get_a_thread(flow: Flow) -> N
     assert sorted(r.response.json() for r in info.steps.values() if r.response) == list(
         range(width)
     )
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and two CPUs",
+)
+async def test_sync_steps_running_together_may_use_every_cpu(flow: Flow) -> None:
+    """A lone sync call runs on the loop's CPU (cheaper hops); steps that run at once,
+    after one (a fan-out behind a lone step), run on any CPU again."""
+    every = os.sched_getaffinity(0)
+    together = threading.Barrier(3, timeout=10)
+
+    def first(m: Message) -> int:
+        return len(os.sched_getaffinity(0))
+
+    def part(m: Message) -> int:
+        together.wait()  # all three in flight at once
+        return len(os.sched_getaffinity(0))
+
+    parts = [FunctionStep(part, id=f"part{k}", requires=["first"]) for k in range(3)]
+    wf = await flow.workflow_create("fan", FunctionStep(first, id="first"), *parts)
+    for _ in range(3):  # the threads, pinned by a lone call, are set free by each fan-out
+        info = await flow.execution(await wf.execute({}))
+        assert info.response is not None
+        assert info.response.json() == {f"part{k}": len(every) for k in range(3)}
+        assert info.steps["first"].response is not None
 
 
 async def test_a_failing_sync_step_is_retried(flow: Flow) -> None:

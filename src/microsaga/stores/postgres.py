@@ -64,6 +64,8 @@ _STEP_ROW = 1 + len(STEP_COLUMNS)
 _WRITTEN = 12
 # the columns of write_expected's executions
 _EXPECTED = 10
+# write_expected_one's place for a step run there is not
+_NO_STEP = (None,) * _STEP_ROW
 
 
 def _step_rows(
@@ -272,13 +274,19 @@ class PostgresStore(Store):
         for new in first.values():
             executions.append(self._rows.new_execution_row(new, took))
             starts.extend(_step_rows(self._rows, new.id, new.starts, took).values())
-        found = await conn.fetch(
-            Q["create_executions"],
-            *_columns(defs, len(DEFINITION_COLUMNS)),
-            *_columns(executions, len(NEW_EXECUTION_COLUMNS)),
-            *_columns(starts, _STEP_ROW),
-            CHANNEL,
-        )
+        if len(executions) == 1 and len(defs) == 1 and len(starts) <= 1:
+            start = starts[0] if starts else _NO_STEP
+            found = await conn.fetch(
+                Q["create_execution_one"], *defs[0], *executions[0], *start, CHANNEL
+            )
+        else:
+            found = await conn.fetch(
+                Q["create_executions"],
+                *_columns(defs, len(DEFINITION_COLUMNS)),
+                *_columns(executions, len(NEW_EXECUTION_COLUMNS)),
+                *_columns(starts, _STEP_ROW),
+                CHANNEL,
+            )
         inserted = {r[0] for r in found}
         if pending is not None and took:
             # the references of executions that were created; their payloads
@@ -412,12 +420,14 @@ class PostgresStore(Store):
             if t.starts and status in _RUNNING:
                 steps.update(_step_rows(mapping, eid, t.starts, took))
             outcome[eid] = status
-        step_columns = _columns(list(steps.values()), _STEP_ROW)
-        if len(executions) == 1:
-            rows = await conn.fetch(Q["write_expected_one"], *executions[0], *step_columns)
+        if len(executions) == 1 and len(steps) <= 2:
+            two = [*steps.values(), _NO_STEP, _NO_STEP][:2]
+            rows = await conn.fetch(Q["write_expected_one"], *executions[0], *two[0], *two[1])
         else:
             rows = await conn.fetch(
-                Q["write_expected"], *_columns(executions, _EXPECTED), *step_columns
+                Q["write_expected"],
+                *_columns(executions, _EXPECTED),
+                *_columns(list(steps.values()), _STEP_ROW),
             )
         written = {r[0]: r[1] for r in rows}
         if pending is not None:

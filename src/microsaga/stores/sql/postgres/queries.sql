@@ -117,18 +117,82 @@ SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($34, 'new') END FROM creat
 UNION ALL
 -- an owned unit committed before whose reply was lost (the server went away), and
 -- retried: its own row (same owner and creation time, never claimed since) counts as
--- created, or the worker would never run it
+-- created, or the worker would never run it. Each id is looked up on its own (see
+-- read_executions).
+SELECT e.id, NULL
+FROM unnest($5::text[], $16::text[], $19::double precision[]) AS u (id, owner, created_at)
+CROSS JOIN LATERAL (
+    SELECT id, owner, created_at, lease_token FROM microsaga_executions WHERE id = u.id
+    OFFSET 0
+) e
+WHERE e.owner = u.owner AND e.created_at = u.created_at AND e.lease_token = 1;
+
+-- name: create_execution_one
+-- create_executions for one execution with at most one step run started: values, not
+-- arrays (as write_expected_one). $1 .. $4 its definition, $5 .. $21 the execution,
+-- $22 .. $33 the step run (all NULL when there is none), $34 the channel; the columns
+-- and the answer are create_executions'.
+WITH defs AS (
+    INSERT INTO microsaga_definitions (hash, workflow_id, body, step_ids)
+    VALUES ($1::text, $2::text, $3::bytea, ARRAY(SELECT json_array_elements_text($4::json)))
+    ON CONFLICT (hash) DO NOTHING
+),
+created AS (
+    INSERT INTO microsaga_executions (
+        id, workflow_id, version, definition, status, request_body, request_header,
+        start_step, reverse, step_timeout, deadline_at, owner, lease_token, lease_until,
+        created_at, parent_id, redrive_of, updated_at
+    )
+    VALUES (
+        $5::text, $6::text, $7::integer, $8::text, $9::smallint, $10::bytea, $11::json,
+        $12::text, $13::boolean, $14::double precision, $15::double precision, $16::text,
+        $17::bigint, $18::double precision, $19::double precision, $20::text, $21::text,
+        $19::double precision
+    )
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, owner
+),
+starts AS (
+    INSERT INTO microsaga_step_runs (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    SELECT s.* FROM (VALUES (
+        $22::text, $23::text, $24::smallint, $25::smallint, $26::integer, $27::bytea,
+        $28::json, $29::bytea, $30::json, $31::text, $32::double precision,
+        $33::double precision
+    )) AS s (
+        execution_id, step_id, phase, status, attempts, request_body, request_header,
+        response_body, response_header, error, started_at, finished_at
+    )
+    WHERE s.execution_id IN (SELECT id FROM created)
+)
+SELECT c.id, CASE WHEN c.owner IS NULL THEN pg_notify($34, 'new') END FROM created c
+UNION ALL
+-- a retried creation whose first reply was lost, as in create_executions. The owner is
+-- compared with IS NOT DISTINCT FROM, which no index serves, so that the plan looks the
+-- row up by id: the generic plan made on a fresh (empty) table otherwise scans every
+-- row the worker owns (by_owner)
 SELECT e.id, NULL
 FROM microsaga_executions e
-JOIN unnest($5::text[], $16::text[], $19::double precision[]) AS u (id, owner, created_at)
-    ON e.id = u.id
-WHERE e.owner = u.owner AND e.created_at = u.created_at AND e.lease_token = 1;
+WHERE e.id = $5::text AND $16::text IS NOT NULL AND e.owner IS NOT DISTINCT FROM $16::text
+  AND e.created_at = $19::double precision AND e.lease_token = 1;
 
 -- name: read_executions
 -- What a batch of transitions is decided on. No lock: write_transitions writes a row
--- only if these columns are unchanged (compare and set).
-SELECT id, status, abort, owner, lease_token FROM microsaga_executions
-WHERE id = ANY($1::text[]);
+-- only if these columns are unchanged (compare and set). $1 distinct ids.
+-- Each id is looked up on its own, through the unique index on id: OFFSET 0 keeps the
+-- subquery whole, so the only choice left is how to find one row by its id. Written
+-- as a join or id = ANY($1), the generic plan is chosen by the size of the table when
+-- a connection first runs it: made on a fresh table (which the planner takes for ten
+-- pages) it is a scan of every row, kept until autoanalyze replans it.
+SELECT e.id, e.status, e.abort, e.owner, e.lease_token
+FROM unnest($1::text[]) AS u (id)
+CROSS JOIN LATERAL (
+    SELECT id, status, abort, owner, lease_token FROM microsaga_executions
+    WHERE id = u.id
+    OFFSET 0
+) e;
 
 -- name: write_transitions
 -- The outcome of a batch of transitions, decided by the store from read_executions:
@@ -275,8 +339,11 @@ steps AS (
 SELECT id, abort FROM done;
 
 -- name: write_expected_one
--- write_expected for one execution: its parameters are values, not arrays, and the
--- UPDATE alone locks the one row.
+-- write_expected for one execution with at most two step runs (the step that ended and
+-- the next one started): values, not arrays, which cost the driver and the server more
+-- to pass (about 30 us a statement); the UPDATE alone locks the one row. $1 .. $10 as
+-- write_expected's; the step runs $11 .. $22 and $23 .. $34, in write_transitions'
+-- columns, either all NULL when there is no such run.
 WITH done AS (
     UPDATE microsaga_executions e SET
         status = $4::smallint,
@@ -287,10 +354,13 @@ WITH done AS (
         lease_until = CASE WHEN $9::boolean THEN 0 ELSE e.lease_until END,
         updated_at = $10::double precision,
         recovery_attempts = 0  -- its worker is alive: see claim
+    -- the status is compared with IS NOT DISTINCT FROM, which no index serves, so that
+    -- the row is found by its id: made on a fresh table, where every index looks as
+    -- good, the generic plan otherwise read it off by_status (every running execution)
     WHERE e.id = $1::text
       AND e.lease_token = $2::bigint
       AND e.owner IS NOT NULL
-      AND e.status = $3::smallint
+      AND e.status IS NOT DISTINCT FROM $3::smallint
     RETURNING e.id, e.abort
 ),
 steps AS (
@@ -298,10 +368,13 @@ steps AS (
         execution_id, step_id, phase, status, attempts, request_body, request_header,
         response_body, response_header, error, started_at, finished_at
     )
-    SELECT s.* FROM unnest(
-        $11::text[], $12::text[], $13::smallint[], $14::smallint[], $15::integer[],
-        $16::bytea[], $17::json[], $18::bytea[], $19::json[], $20::text[],
-        $21::double precision[], $22::double precision[]
+    SELECT s.* FROM (VALUES
+        ($11::text, $12::text, $13::smallint, $14::smallint, $15::integer, $16::bytea,
+         $17::json, $18::bytea, $19::json, $20::text, $21::double precision,
+         $22::double precision),
+        ($23::text, $24::text, $25::smallint, $26::smallint, $27::integer, $28::bytea,
+         $29::json, $30::bytea, $31::json, $32::text, $33::double precision,
+         $34::double precision)
     ) AS s (
         execution_id, step_id, phase, status, attempts, request_body, request_header,
         response_body, response_header, error, started_at, finished_at
@@ -395,15 +468,16 @@ SELECT pg_notify($4, 'release') FROM released;
 -- Executions with their step runs (NULLs when none), in one statement, so one
 -- snapshot; their definitions (immutable) come from load_definitions. The ids are
 -- repeated on the step runs: the generic plan of a prepared statement, not knowing how
--- many ids come, would otherwise hash-join a scan of every step run.
+-- many ids come, would otherwise hash-join a scan of every step run. Each execution is
+-- looked up by its id on its own, as in read_executions.
 SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.request_body,
        e.request_header, e.start_step, e.reverse, e.step_timeout, e.deadline_at,
        e.lease_token, e.created_at, e.parent_id,
        s.step_id, s.phase, s.status, s.attempts, s.request_body, s.request_header,
        s.response_body, s.response_header, s.error, s.started_at, s.finished_at
-FROM microsaga_executions e
-LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[])
-WHERE e.id = ANY($1::text[]);
+FROM (SELECT DISTINCT unnest($1::text[])) AS u (id)
+CROSS JOIN LATERAL (SELECT * FROM microsaga_executions WHERE id = u.id OFFSET 0) e
+LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[]);
 
 -- name: load_definitions
 SELECT hash, workflow_id, body, step_ids FROM microsaga_definitions
@@ -597,17 +671,23 @@ SELECT lease_token FROM microsaga_executions WHERE id = $1 FOR UPDATE;
 
 -- name: park_blocked
 -- Whether a signal the execution waits for, or the end of a child it waits for, is
--- there already: then it does not park.
+-- there already: then it does not park. The children are looked up by id one by one,
+-- as in read_executions (else by_status: every finished execution).
 SELECT EXISTS (
     SELECT 1 FROM microsaga_signals WHERE execution_id = $1 AND event = ANY($2::text[])
 ) OR EXISTS (
-    SELECT 1 FROM microsaga_executions WHERE id = ANY($3::text[]) AND status IN (2, 3, 4)
+    SELECT 1 FROM unnest($3::text[]) AS u (id)
+    CROSS JOIN LATERAL (
+        SELECT status FROM microsaga_executions WHERE id = u.id OFFSET 0
+    ) e
+    WHERE e.status IN (2, 3, 4)
 );
 
 -- name: park
 -- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+-- IS NOT DISTINCT FROM: the row found by its id, not off by_status (write_expected_one).
 UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
-WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status = 1
+WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status IS NOT DISTINCT FROM 1
 RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------
