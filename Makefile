@@ -33,6 +33,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/one_at_a_time.py
 	$(BIN)/python benchmarks/many_steps.py --store memory
 	$(BIN)/python benchmarks/many_steps.py --store sqlite
 	$(BIN)/python benchmarks/payloads.py
