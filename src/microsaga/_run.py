@@ -488,7 +488,7 @@ class Run:
         node = self.spec.plan.nodes[sid]
         requires = self.spec.graph.requires[sid]
         if node.when is None and node.input is None and before_step.request is None:
-            if self.spec.graph.skips and requires and _all_skipped(state.steps, requires):
+            if _all_skipped(self.spec.graph, state.steps, requires):
                 return self._settle(sid, Status.SKIPPED, None, now)
             request = data.step_input(
                 self.spec.graph, state.steps, sid, self.spec.request, self.headers
@@ -510,7 +510,7 @@ class Run:
         """The request of a step with a ``when``, an ``input``, or a request given by a
         redrive; or its settled record (SKIPPED, or FAILURE of an expression)."""
         state, sid = self.state, node.id
-        if self.spec.graph.skips and requires and _all_skipped(state.steps, requires):
+        if _all_skipped(self.spec.graph, state.steps, requires):
             return self._settle(sid, Status.SKIPPED, None, now)
         document: dict[str, Any] | None = None
         if node.when is not None:
@@ -868,8 +868,12 @@ class Run:
 _INTERRUPTED = object()  # a fallback's wait for a retry was interrupted
 
 
-def _all_skipped(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
-    return all(steps[r].status is Status.SKIPPED for r in requires)
+def _all_skipped(graph: RunGraph, steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
+    """Whether a step requires steps and all were skipped (never, in a graph without a
+    ``when``: the order saga pays nothing for it)."""
+    return (
+        graph.skips and bool(requires) and all(steps[r].status is Status.SKIPPED for r in requires)
+    )
 
 
 async def _timed(call: Awaitable[Message], step_id: str, timeout: float) -> Message:

@@ -97,14 +97,9 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{nonce}{tail}"
 
 
-def dead_here(owner: str) -> bool:
-    """Whether ``owner`` is a default worker id of this machine whose process is gone."""
-    pid = _pid_here(owner)
-    return pid is not None and not _alive(pid)
-
-
-def _pid_here(owner: str) -> int | None:
-    """The pid of ``owner`` if it is a default worker id of this machine."""
+def running_here(owner: str) -> bool | None:
+    """Whether ``owner``, a default worker id of this machine, has its process still
+    running; None when that cannot be told (a stable id, another machine's worker)."""
     here = machine()
     if here is None:
         return None
@@ -112,7 +107,7 @@ def _pid_here(owner: str) -> int | None:
     found = _DEFAULT_ID.fullmatch(tail) if sep else None
     if found is None or found["machine"] != here:
         return None  # a stable id, or another machine's (or namespace's) worker
-    return int(found["pid"])
+    return _alive(int(found["pid"]))
 
 
 def _alive(pid: int) -> bool:
@@ -790,12 +785,11 @@ class Worker:
         alive: set[str] = set()
         dead: list[str] = []
         for owner in await self.store.lease_owners():
-            pid = _pid_here(owner) if owner != self.id else None
-            if pid is not None:
-                if _alive(pid):
-                    alive.add(owner)
-                else:
-                    dead.append(owner)
+            running = running_here(owner) if owner != self.id else None
+            if running:
+                alive.add(owner)
+            elif running is False:
+                dead.append(owner)
         return frozenset(alive), dead
 
     async def _release_abandoned(self) -> None:

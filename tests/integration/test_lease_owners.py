@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from microsaga import Flow, FunctionStep, Message, Status
-from microsaga.worker import dead_here, default_worker_id, machine
+from microsaga.worker import default_worker_id, machine, running_here
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.skipif(
@@ -59,14 +59,14 @@ def test_default_worker_ids_tell_the_machine() -> None:
 
 def test_only_default_ids_of_this_machine_with_a_gone_pid_are_dead(zombie: int) -> None:
     gone = dead_pid()
-    assert dead_here(worker_id(gone))
-    assert dead_here(worker_id(zombie))  # exited, only not reaped yet
-    assert not dead_here(worker_id(os.getpid()))  # alive (another flow of this process)
-    assert not dead_here(worker_id(1))  # alive, someone else's
-    assert not dead_here(worker_id(gone, where="0123456789ab"))  # another machine's pid
-    assert not dead_here(f"host:{gone}:0123abcd")  # no machine part: cannot tell
+    assert running_here(worker_id(gone)) is False
+    assert running_here(worker_id(zombie)) is False  # exited, only not reaped yet
+    assert running_here(worker_id(os.getpid())) is True  # another flow of this process
+    assert running_here(worker_id(1)) is True  # alive, someone else's
+    assert running_here(worker_id(gone, where="0123456789ab")) is None  # another machine
+    assert running_here(f"host:{gone}:0123abcd") is None  # no machine part: cannot tell
     for stable in ("api-1", f"{gone}", f"orders:{gone}", f"h:{gone}:x:{machine()}"):
-        assert not dead_here(stable)
+        assert running_here(stable) is None
 
 
 async def _step(msg: Message) -> object:

@@ -169,25 +169,56 @@ async def test_a_worker_taking_over_from_a_live_worker_of_its_machine_counts_not
     async with Flow(store_url, claim=False, **QUIET) as flow:
         eid = await steps.start(flow)
         clock = Clock(time.time())
-        polling = {**QUIET, "poll_interval": 0.02}
-        async with Flow(store_url, max_recovery_attempts=1, clock=clock, **polling) as heir:
-            claims: list[Claim] = []
-            real = heir.store.claim
-
-            async def claim(
-                owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
-            ) -> list[Claim]:
-                taken = await real(owner, now, ttl, limit, alive=alive)
-                claims.extend(taken)
-                return taken
-
-            monkeypatch.setattr(heir.store, "claim", claim)
+        async with Flow(store_url, max_recovery_attempts=1, clock=clock, **POLLING) as heir:
+            claims = _recorded_claims(heir, monkeypatch)
             clock.now += HOUR  # the first flow's lease ran out
             await eventually(lambda: steps.calls["crash"] == 2)  # invoked again
             steps.gate.set()
             done = await heir.wait(eid, timeout=10)
     assert [(c.execution_id, c.recovery_attempts) for c in claims] == [(eid, 0)]
     assert done.status is Status.SUCCESS
+
+
+async def test_a_takeover_from_a_live_worker_unseen_at_the_last_heartbeat_counts_nothing(
+    store_url: str, steps: Steps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when the claimer last looked at the lease owners while that worker held
+    nothing: in the long postgres-restart chaos run no worker died, yet 207 running
+    steps and compensations were given up. Workers learned which owners were alive once
+    per heartbeat; an owner that held no lease then (all taken from it in a stall), then
+    took executions again, counted as dead. A claim now looks at the owners first."""
+    clock = Clock(time.time())
+    # the heir looks at the lease owners when it starts: nobody holds a lease yet
+    async with Flow(store_url, max_recovery_attempts=1, clock=clock, **POLLING) as heir:
+        claims = _recorded_claims(heir, monkeypatch)
+        # a worker of this process (alive) takes an execution after that look
+        async with Flow(store_url, claim=False, **QUIET) as flow:
+            eid = await steps.start(flow)
+            clock.now += HOUR  # its lease ran out: a stall, not a death
+            await eventually(lambda: steps.calls["crash"] == 2)  # invoked again
+            steps.gate.set()
+            done = await heir.wait(eid, timeout=10)
+    assert [(c.execution_id, c.recovery_attempts) for c in claims] == [(eid, 0)]
+    assert done.status is Status.SUCCESS
+
+
+POLLING = {**QUIET, "poll_interval": 0.02}
+
+
+def _recorded_claims(flow: Flow, monkeypatch: pytest.MonkeyPatch) -> list[Claim]:
+    """The claims ``flow``'s worker makes from now on, as they are made."""
+    claims: list[Claim] = []
+    real = flow.store.claim
+
+    async def claim(
+        owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+    ) -> list[Claim]:
+        taken = await real(owner, now, ttl, limit, alive=alive)
+        claims.extend(taken)
+        return taken
+
+    monkeypatch.setattr(flow.store, "claim", claim)
+    return claims
 
 
 async def test_past_the_limit_the_running_step_fails_and_the_execution_rolls_back(
