@@ -1,13 +1,15 @@
 """One execution at a time, each figure beside its peer in the same process, as JSON.
 
-    .venv/bin/python benchmarks/one_at_a_time.py [--quick] [--only sync,postgres]
+    .venv/bin/python benchmarks/one_at_a_time.py [--quick] [--only sync,postgres] [--grown]
 
 The two latency targets of ``run.py`` compare figures measured in separate processes,
 minutes apart on a shared machine. Here each pair alternates in blocks of ten in one
 process, so both sides see the same moment:
 
 - ``sync``: the order saga of plain ``def`` functions against the same saga of async
-  functions, on the memory store (target: p50 at most 3x).
+  functions, on the memory store (target: p50 at most 3x). ``--grown`` first runs
+  2,000 executions of each with 64 in flight, as ``run.py`` does before its one at a
+  time: that phase starts more step threads.
 - ``postgres``: the order saga on PostgreSQL against five raw one-row commits on a
   connection of the same database (target: p50 at most 1.5x), with the CPU each side
   spends per execution, in this process and in the database's server processes (read
@@ -24,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -69,13 +72,18 @@ def _p50_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-async def sync_against_async(blocks: int) -> dict[str, float]:
-    async with Flow("memory://") as flow:
+async def sync_against_async(blocks: int, grown: bool = False) -> dict[str, float]:
+    # grown: run.py's flow (concurrency 256), after its 2,000 executions with 64 in flight
+    async with Flow("memory://", concurrency=256 if grown else None) as flow:
         plain = await flow.workflow_create("async", *mb.order_steps())
         sync = await flow.workflow_create("sync", *mb.sync_order_steps())
         for i in range(50):  # warm-up, the step threads started
             await plain.execute(w.order(i))
             await sync.execute(w.order(i))
+        if grown:
+            for workflow in (plain, sync):
+                await mb.in_flight(2000, 64, lambda i, wf=workflow: wf.execute(w.order(i)))
+        threads = sum(t.name.startswith("microsaga-step") for t in threading.enumerate())
 
         async def a(i: int) -> None:
             await plain.execute(w.order(i))
@@ -86,6 +94,7 @@ async def sync_against_async(blocks: int) -> dict[str, float]:
         lat, _ = await _alternate({"async": a, "sync": s}, blocks)
     out = {"async_p50_ms": _p50_ms(lat["async"]), "sync_p50_ms": _p50_ms(lat["sync"])}
     out["sync_over_async"] = out["sync_p50_ms"] / out["async_p50_ms"]
+    out["step_threads"] = threads  # alive when the one-at-a-time sagas ran
     return out
 
 
@@ -151,12 +160,15 @@ def main() -> None:
     parser.add_argument(
         "--no-flush", action="store_true", help="PostgreSQL with synchronous_commit=off"
     )
+    parser.add_argument(
+        "--grown", action="store_true", help="sync: 2,000 executions 64 in flight first"
+    )
     args = parser.parse_args()
     blocks = 10 if args.quick else 50
     result: dict[str, Any] = {}
     wanted = {name.strip() for name in args.only.split(",")}
     if "sync" in wanted:
-        result["sync"] = asyncio.run(sync_against_async(blocks))
+        result["sync"] = asyncio.run(sync_against_async(blocks, args.grown))
     if "postgres" in wanted:
         server = find_server()
         if isinstance(server, str):

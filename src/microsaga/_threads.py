@@ -6,17 +6,27 @@ future chained to it with callbacks on both sides, and one ``call_soon_threadsaf
 takes microseconds, that hop costs more than the orchestration around it; and a
 thread per call in flight (64 executions, 64 threads) makes them fight for the GIL.
 
-:class:`StepThreads` keeps one asyncio future per call and nothing else: a call goes
-on a ``queue.SimpleQueue`` that daemon threads take calls from; finished calls are put
-on a list, and the first one put on an empty list schedules one
+:class:`StepThreads` keeps one asyncio future per call and nothing else: a call is
+handed to an idle thread, each waiting on a ``queue.SimpleQueue`` of its own; finished
+calls are put on a list, and the first one put on an empty list schedules one
 ``call_soon_threadsafe`` that settles every future on the list at once. Under load,
 many completions share one wake-up of the loop.
+
+The idle threads are a stack: a call goes to the thread that went idle last, so calls
+made one at a time all run on one thread, whose CPU and caches are still warm, however
+many threads a busy spell started. (On one queue that every idle thread waits on, the
+system wakes the one that waited longest: after 64 executions in flight had started a
+few dozen threads, one execution of four plain functions took three times as long.)
+A call finding no idle thread joins a backlog, and a thread that finishes a call takes
+the oldest call of the backlog before it goes idle; both decisions are made under one
+lock, so a call never waits while a thread idles.
 
 Few threads run quick functions best, and a function that blocks needs a thread of its
 own. So a call finding no idle thread starts one only while there are fewer than
 ``EAGER``; beyond, it waits its turn, and a check every ``WATCH`` seconds while calls
 wait starts a thread for each waiting call if no call finished since the last check
-(the threads are blocked, not busy), up to ``size``.
+(the threads are blocked, not busy), up to ``size``. A thread idle for ``RETIRE``
+seconds stops while more than ``EAGER`` run.
 
 A call made while no other is in flight (one execution of plain functions at a time)
 runs on the CPU the loop's thread is on, where the platform lets a thread be pinned
@@ -29,6 +39,7 @@ than the whole step. Once calls overlap, the threads run anywhere again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import os
 import queue
@@ -40,14 +51,17 @@ EAGER = 4  # threads started at once, when a call finds none idle
 # seconds between checks for blocked threads while calls wait: longer than the GIL's
 # switch interval (5 ms), or threads only waiting for the GIL would look blocked
 WATCH = 0.01
+RETIRE = 5.0  # seconds a thread beyond the EAGER ones stays idle before it stops
 
 # a call: the future to settle, the function, its arguments and the CPU to run it on
-# (None: any); None instead of a call stops the thread
+# (None: any)
 _Call = tuple[
     asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...], int | None
 ]
 # a finished call: the future, whether it raised, what it returned or raised
 _Done = tuple[asyncio.Future[Any], bool, Any]
+# where one idle thread waits for its next call; None instead of a call stops it
+_Inbox = queue.SimpleQueue[_Call | None]
 
 
 def _cpu_probe() -> Callable[[], int] | None:
@@ -79,16 +93,19 @@ class StepThreads:
     def __init__(self, size: int, name: str = "microsaga-step") -> None:
         self.size = max(1, size)
         self._name = name
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0  # threads waiting for a call, less the calls queued for them
+        self._lock = threading.Lock()  # guards what the threads change, below
+        self._idle: list[_Inbox] = []  # the idle threads' inboxes, the last idle on top
+        self._backlog: collections.deque[_Call] = collections.deque()  # calls not taken
+        self._threads = 0  # threads running, idle or not
+        self._pending = 0  # calls made and not finished (running or in the backlog)
         self._finished = 0  # calls finished, ever
-        self._seen = 0  # ... at the last check
-        self._watching = False
-        self._lock = threading.Lock()
         self._done: list[_Done] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # the loop's thread only
+        self._started = 0  # threads started, ever (their names)
+        self._seen = 0  # calls finished at the last check
+        self._watching = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """``fn(*args)`` on one of the threads, in a copy of the caller's context;
@@ -100,19 +117,24 @@ class StepThreads:
             self._loop = loop
         future: asyncio.Future[Any] = loop.create_future()
         cpu = None
-        if _current_cpu is not None and self._idle == len(self._threads):
+        if _current_cpu is not None and self._pending == 0:
             cpu = _current_cpu()  # no other call in flight: run it where the loop is
             cpu = cpu if cpu >= 0 else None
-        self._calls.put((future, contextvars.copy_context(), fn, args, cpu))
+        call: _Call = (future, contextvars.copy_context(), fn, args, cpu)
+        start = False
         with self._lock:
-            self._idle -= 1
-            waits = self._idle < 0
-            start = waits and len(self._threads) < min(EAGER, self.size)
-            if start:
-                self._idle += 1  # the new thread takes it
-        if start:
+            self._pending += 1
+            inbox = self._idle.pop() if self._idle else None
+            if inbox is None:
+                self._backlog.append(call)
+                start = self._threads < min(EAGER, self.size)
+                if start:
+                    self._threads += 1  # the new thread takes a call from the backlog
+        if inbox is not None:
+            inbox.put(call)
+        elif start:
             self._start_thread()
-        elif waits and not self._watching and len(self._threads) < self.size:
+        elif not self._watching and self._threads < self.size:
             self._watching = True
             self._seen = self._finished
             loop.call_later(WATCH, self._watch)
@@ -122,14 +144,14 @@ class StepThreads:
         """While calls wait: if none finished since the last check, the threads are
         blocked; start one for each waiting call (up to ``size``)."""
         with self._lock:
-            waiting = -self._idle
+            waiting = len(self._backlog)
             stuck = self._finished == self._seen
-            more = min(waiting, self.size - len(self._threads)) if stuck else 0
-            self._idle += max(0, more)
+            more = min(waiting, self.size - self._threads) if stuck else 0
+            self._threads += more
         for _ in range(more):
             self._start_thread()
         self._seen = self._finished
-        if waiting - max(0, more) > 0 and len(self._threads) < self.size and not self._closed:
+        if waiting > more and self._threads < self.size and not self._closed:
             asyncio.get_running_loop().call_later(WATCH, self._watch)
         else:
             self._watching = False
@@ -140,35 +162,56 @@ class StepThreads:
         the loop's thread."""
         if self._closed:
             return
-        self._closed = True
-        while True:
-            try:
-                call = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            if call is not None:
-                call[0].cancel()
-        for _ in self._threads:
-            self._calls.put(None)
+        with self._lock:
+            self._closed = True
+            queued, self._backlog = self._backlog, collections.deque()
+            idle, self._idle = self._idle, []
+            self._pending -= len(queued)
+            self._threads -= len(idle)
+        for call in queued:
+            call[0].cancel()
+        for inbox in idle:
+            inbox.put(None)
 
     def _start_thread(self) -> None:
-        thread = threading.Thread(
-            target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
-        )
-        self._threads.append(thread)
-        thread.start()
+        inbox: _Inbox = queue.SimpleQueue()
+        name = f"{self._name}-{self._started}"
+        self._started += 1
+        threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True).start()
 
-    def _work(self) -> None:
-        calls = self._calls
+    def _work(self, inbox: _Inbox) -> None:
         anywhere = os.sched_getaffinity(0) if _current_cpu is not None else None
         pinned: int | None = None
+        done: _Done | None = None
         while True:
-            call = calls.get()
-            if call is None:
+            # hand back what finished, the bookkeeping first (the loop, once woken, does
+            # not wait for this thread); then the oldest call waiting, else go idle
+            first = False
+            with self._lock:
+                if done is not None:
+                    self._pending -= 1
+                    self._finished += 1
+                    self._done.append(done)
+                    first = len(self._done) == 1
+                call = self._backlog.popleft() if self._backlog else None
+                if call is None:
+                    if self._closed:
+                        self._threads -= 1
+                    else:
+                        self._idle.append(inbox)
+                stop = call is None and self._closed
+            done = None
+            if first:
+                self._wake()
+            if stop:
                 return
+            if call is None:
+                call = self._wait(inbox)
+                if call is None:
+                    return
             future, context, fn, args, cpu = call
-            if cpu is not None and self._idle != len(self._threads) - 1:
-                cpu = None  # calls were queued after it (a fan-out): not alone after all
+            if cpu is not None and self._pending > 1:
+                cpu = None  # calls were made after it (a fan-out): not alone after all
             if cpu != pinned and anywhere is not None:
                 pinned = cpu
                 try:
@@ -176,18 +219,24 @@ class StepThreads:
                 except OSError:  # a CPU taken away meanwhile: run anywhere
                     pinned = None
             try:
-                done: _Done = (future, False, context.run(fn, *args))
+                done = (future, False, context.run(fn, *args))
             except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
                 done = (future, True, exc)
-            # the bookkeeping first: the loop, once woken, does not wait for this thread
-            with self._lock:
-                self._idle += 1
-                self._finished += 1
-                self._done.append(done)
-                first = len(self._done) == 1
-            if first:
-                self._wake()
-            del call, future, context, fn, args, cpu, done
+            del call, future, context, fn, args
+
+    def _wait(self, inbox: _Inbox) -> _Call | None:
+        """The call handed to this idle thread; None: stop (shut down, or idle for
+        ``RETIRE`` seconds while more than ``EAGER`` threads run)."""
+        while True:
+            try:
+                return inbox.get(timeout=RETIRE)
+            except queue.Empty:
+                with self._lock:
+                    # not on the stack any more: a call (or a stop) is on its way
+                    if self._threads > EAGER and inbox in self._idle:
+                        self._idle.remove(inbox)
+                        self._threads -= 1
+                        return None
 
     def _wake(self) -> None:
         loop = self._loop

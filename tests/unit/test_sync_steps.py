@@ -53,6 +53,33 @@ async def test_sync_steps_that_block_together_each_get_a_thread(flow: Flow) -> N
     )
 
 
+async def test_one_execution_at_a_time_keeps_to_one_thread_after_a_busy_spell(
+    flow: Flow,
+) -> None:
+    width = 12
+    together = threading.Barrier(width, timeout=20)
+
+    def part(m: Message) -> int:
+        return together.wait()
+
+    def where(m: Message) -> str:
+        return threading.current_thread().name
+
+    wide = await flow.workflow_create(
+        "wide", *(FunctionStep(part, id=f"p{k}") for k in range(width))
+    )
+    await asyncio.wait_for(wide.execute({}), 30)  # a dozen threads started
+    first = FunctionStep(where, id="a")
+    chain = await flow.workflow_create(
+        "chain", first, FunctionStep(where, id="b", requires=[first])
+    )
+    names = set()
+    for _ in range(5):
+        info = await flow.execution(await chain.execute({}))
+        names |= {r.response.json() for r in info.steps.values() if r.response}
+    assert len(names) == 1  # the thread used last, still warm
+
+
 @pytest.mark.skipif(
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs CPU affinity and two CPUs",

@@ -1,0 +1,100 @@
+"""The threads a flow runs sync step functions on (``microsaga._threads.StepThreads``)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from microsaga import _threads
+from microsaga._threads import EAGER, StepThreads
+
+
+def _alive(prefix: str) -> int:
+    return sum(t.name.startswith(f"{prefix}-") for t in threading.enumerate())
+
+
+async def test_a_lone_call_after_a_busy_spell_runs_on_the_thread_used_last() -> None:
+    threads = StepThreads(32, name="lifo")
+    try:
+        width = 12  # blocked together: more threads than the EAGER ones
+        together = threading.Barrier(width, timeout=20)
+        await asyncio.gather(*(threads.run(together.wait) for _ in range(width)))
+        assert _alive("lifo") >= width
+        lone = [await threads.run(lambda: threading.current_thread().name) for _ in range(20)]
+        # one thread, kept warm, not the longest idle of the dozen each time
+        assert len(set(lone)) == 1
+    finally:
+        threads.shutdown()
+
+
+async def test_blocked_calls_do_not_stop_the_others() -> None:
+    threads = StepThreads(16, name="blocked")
+    release = threading.Event()
+    try:
+        held = [threads.run(release.wait, 30) for _ in range(EAGER + 2)]
+        quick = await asyncio.wait_for(
+            asyncio.gather(*(threads.run(abs, -i) for i in range(5))), 20
+        )
+        assert quick == list(range(5))
+        assert not any(f.done() for f in held)
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(*held), 20) == [True] * (EAGER + 2)
+    finally:
+        release.set()
+        threads.shutdown()
+
+
+async def test_calls_are_never_lost_while_threads_come_and_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_threads, "RETIRE", 0.001)  # idle threads beyond EAGER stop at once
+    threads = StepThreads(24, name="churn")
+    try:
+        for wave in range(10):
+            width = 8 + wave
+            together = threading.Barrier(width, timeout=20)  # grows the pool to width
+            blocked = [threads.run(together.wait) for _ in range(width)]
+            quick = [threads.run(pow, i, 2) for i in range(200)]
+            assert await asyncio.wait_for(asyncio.gather(*quick), 30) == [i * i for i in range(200)]
+            assert sorted(await asyncio.wait_for(asyncio.gather(*blocked), 30)) == list(
+                range(width)
+            )
+            for i in range(50):  # one at a time, while the threads beyond EAGER retire
+                assert await threads.run(pow, i, 3) == i**3
+                await asyncio.sleep(0.001)
+        for _ in range(1000):  # the busy spells over, the pool shrinks back
+            if _alive("churn") <= EAGER:
+                break
+            await asyncio.sleep(0.01)
+        assert _alive("churn") <= EAGER
+        assert await threads.run(str, 7) == "7"
+    finally:
+        threads.shutdown()
+
+
+async def test_shutdown_cancels_the_calls_not_started() -> None:
+    threads = StepThreads(1, name="closing")
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> str:
+        started.set()
+        release.wait(30)
+        return "finished"
+
+    running = threads.run(hold)
+    queued = [threads.run(str, i) for i in range(3)]  # one thread: these wait their turn
+    await asyncio.to_thread(started.wait, 20)
+    threads.shutdown()
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="shut down"):
+        threads.run(str, 1)
+    release.set()
+    # the call already running still hands its result back, then its thread stops
+    assert await asyncio.wait_for(running, 20) == "finished"
+    for _ in range(1000):
+        if _alive("closing") == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert _alive("closing") == 0
