@@ -132,6 +132,18 @@ class Run:
     ended = False  # see end()
     outcome: Outcome | None = None  # how it stopped once ended; None: lost, or gave up
     handed_back = False  # drained: its lease released, for another worker to continue
+    # rarely set: class defaults, not stores in every run's __init__
+    _wake_event: asyncio.Event | None = None
+    _interrupt: asyncio.Event | None = None  # wakes a retry's backoff
+    _deadline_timer: asyncio.TimerHandle | None = None
+    _lost = False
+    _draining = False
+    _settled = False  # _start settled a step without starting it
+    _new_waits = False  # _start made WAITING records
+    # a lone step runs in the loop's own task (a chain needs no task per step), and
+    # then tells the loop it finished by returning, not through _wake
+    _inline = False
+    _step_error: BaseException | None = None  # raised in a step's own task
 
     def __init__(self, spec: RunSpec, state: ExecState, host: RunHost, *, fresh: bool) -> None:
         self.spec = spec
@@ -144,23 +156,13 @@ class Run:
         self._done: list[StepRecord] = []  # attempts finished, not yet in the state
         self._records: list[StepRecord] = []  # records to write with the next commit
         self._tasks: dict[tuple[str, Phase], asyncio.Task[None]] = {}
-        self._wake_event: asyncio.Event | None = None
-        self._interrupt: asyncio.Event | None = None  # wakes a retry's backoff
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._lost = False
-        self._draining = False
-        self._settled = False  # _start settled a step without starting it
-        self._new_waits = False  # _start made WAITING records
         flow = host.flow  # a step's response over it fails the step (payloads.py)
         self._max_payload = flow.options.max_payload if flow is not None else DEFAULT_MAX_PAYLOAD
         self._decoded: dict[str, Any] = {}  # decoded bodies for context documents
-        # a lone step runs in the loop's own task (a chain needs no task per step), and
-        # then tells the loop it finished by returning, not through _wake
-        self._inline = False
         self._waiters: list[asyncio.Future[Outcome | None]] = []
-        # its WAITING steps and map runs
-        self.waiting = Waiting(None if fresh else state.steps)
-        self._step_error: BaseException | None = None  # raised in a step's own task
+        # its WAITING steps and map runs (a new run of steps that never wait has none)
+        waits = spec.graph.waits or not fresh
+        self.waiting = Waiting(None if fresh else state.steps) if waits else _NO_WAITING
 
     @property
     def _wake(self) -> asyncio.Event:
@@ -383,7 +385,8 @@ class Run:
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = [rec for rec in starts if rec.status is Status.RUNNING]
                 self._settled = False
-            starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
+            if decision.compensate:
+                starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()  # steps are running: wait for one to finish
@@ -866,6 +869,10 @@ class Run:
 
 
 _INTERRUPTED = object()  # a fallback's wait for a retry was interrupted
+
+# the Waiting of every new run whose graph has no waiting or map step: always empty
+# (only such steps add to it), so one is shared rather than made for each run
+_NO_WAITING = Waiting(None)
 
 
 def _all_skipped(graph: RunGraph, steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:

@@ -62,6 +62,7 @@ def new_execution_id() -> str:
 
 
 _FINISHED = (Status.SUCCESS, Status.FAILURE, Status.ABORTED)
+_RAW = (Message, bytes, bytearray, memoryview)  # a request given as bytes: checked
 
 
 def _finished_statuses(status: Any) -> tuple[Status, ...]:
@@ -463,7 +464,7 @@ class Flow:
         """Start an execution of ``wf`` and (unless ``async_``) wait until it stops:
         what ``wf.execute(...)`` does (see :meth:`Workflow.execute`)."""
         worker = self._running()
-        if isinstance(req, Message | bytes | bytearray | memoryview):
+        if isinstance(req, _RAW):
             request = Message.of(req)
             _check_json(request.body)  # bytes of the caller's: checked, not trusted
         else:
@@ -523,9 +524,10 @@ class Flow:
                 await asyncio.sleep(0)
         else:
             outcome = await self._outcome(eid, run)
-        seen = _views.seen(wf)
-        if seen is not None and seen.execution_id == eid and seen.state is None:
-            seen.status = outcome.status
+            if run is None:  # wf.status shows the run's state when it ran here
+                seen = _views.seen(wf)
+                if seen is not None and seen.execution_id == eid and seen.state is None:
+                    seen.status = outcome.status
         if outcome.status is Status.FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated

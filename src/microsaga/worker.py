@@ -375,28 +375,28 @@ class Worker:
                 parent_id=new.parent_id,
             )
             run = self._make_run(spec, Status.RUNNING, [], fresh=True)
-        created = await self.committer.create(
-            NewExecution(
-                id=new.execution_id,
-                workflow_id=new.workflow_id,
-                version=new.version,
-                definition_hash=new.definition_hash,
-                definition=new.definition,
-                step_ids=new.step_ids,
-                request=new.request,
-                status=Status.RUNNING if runs_here else Status.PENDING,
-                owner=self.id if runs_here else None,
-                lease_until=now + self.options.lease_ttl if runs_here else 0.0,
-                created_at=now,
-                start_step=new.start_step,
-                reverse=new.reverse,
-                step_timeout=new.step_timeout,
-                deadline_at=now + new.deadline if new.deadline is not None else None,
-                starts=run.first_steps() if run is not None else [],
-                parent_id=new.parent_id,
-                redrive_of=new.redrive_of,
-            )
+        unit = NewExecution(
+            id=new.execution_id,
+            workflow_id=new.workflow_id,
+            version=new.version,
+            definition_hash=new.definition_hash,
+            definition=new.definition,
+            step_ids=new.step_ids,
+            request=new.request,
+            status=Status.RUNNING if runs_here else Status.PENDING,
+            owner=self.id if runs_here else None,
+            lease_until=now + self.options.lease_ttl if runs_here else 0.0,
+            created_at=now,
+            start_step=new.start_step,
+            reverse=new.reverse,
+            step_timeout=new.step_timeout,
+            deadline_at=now + new.deadline if new.deadline is not None else None,
+            starts=run.first_steps() if run is not None else [],
+            parent_id=new.parent_id,
+            redrive_of=new.redrive_of,
         )
+        now_done = self.committer.now(unit)  # a store whose commits never wait: no coroutine
+        created = await self.committer.create(unit) if now_done is None else now_done is True
         if not created:
             await self._same_execution(new)
             return Started(new.execution_id, False, self.runs.get(new.execution_id))

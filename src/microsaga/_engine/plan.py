@@ -73,6 +73,7 @@ class RunGraph:
     roots: tuple[str, ...]  # the steps that require none, in order
     pending: Mapping[str, StepRecord]  # every step PENDING: a run that has not started
     skips: bool  # some step has a ``when``: only then can a step be SKIPPED
+    waits: bool  # some step waits or maps: only then does a run need the shell's Waiting
 
     def fresh_steps(self) -> dict[str, StepRecord]:
         """The step records of a run that has not started. Records are frozen, so
@@ -130,4 +131,5 @@ class Plan:
             roots=tuple(s for s in order if not requires[s]),
             pending={s: StepRecord(s, Phase.FORWARD, Status.PENDING) for s in order},
             skips=any(self.nodes[s].when is not None for s in order),
+            waits=any(self.nodes[s].waits or self.nodes[s].partial for s in order),
         )

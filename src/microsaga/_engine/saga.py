@@ -113,14 +113,15 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
     steps, requires = state.steps, graph.requires
     if steps[step_id].status is not Status.SUCCESS:
         return None
-    ready = [
-        sid
-        for sid in graph.dependents[step_id]
-        if steps[sid].status is Status.PENDING and _satisfied(steps, requires[sid])
-    ]
-    if len(ready) != 1:
-        return None  # none (decide() tells whether the run is over), or several
-    return Decision(start=(ready[0],))
+    ready = None
+    for sid in graph.dependents[step_id]:
+        if steps[sid].status is Status.PENDING and _satisfied(steps, requires[sid]):
+            if ready is not None:
+                return None  # several: decide()
+            ready = sid
+    if ready is None:
+        return None  # none: decide() tells whether the run is over
+    return Decision((ready,))
 
 
 def _satisfied(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
