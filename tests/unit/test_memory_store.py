@@ -45,3 +45,14 @@ async def test_what_a_reader_changes_is_not_stored() -> None:
         assert again.steps["add"].request is not None
         assert again.steps["add"].request.header["Idempotency-Key"] == "e:add"
         assert "X-New" not in again.request.header
+
+
+async def test_a_request_its_caller_changes_afterwards_stays_as_it_was() -> None:
+    async with Flow("memory://") as flow:
+        wf = await flow.workflow_create("cart", FunctionStep(add_item, id="add"))
+        request = Message({"n": 1}, {"X-Trace": "t"})
+        eid = await wf.execute(request)
+        request.header.set("X-Trace", "changed")  # to send it again, say
+        read = await flow.execution(eid)
+        assert read.request is not None
+        assert read.request.header["X-Trace"] == "t"

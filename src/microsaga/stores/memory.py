@@ -3,13 +3,12 @@
 ``memory://`` gives a fresh store; ``memory://NAME`` the same store to every Flow of
 the process that names it, so several flows can share state in a test.
 
-Everything is kept in dicts of the engine's own records (packed once settled: see
-:class:`_Row`). Reads hand out copies.
+Everything is kept in dicts of the engine's own records and messages, as they were
+handed over (the engine never changes one it handed to a store). Reads hand out copies.
 """
 
 from __future__ import annotations
 
-import marshal
 import weakref
 from collections.abc import Collection, Sequence
 
@@ -19,7 +18,7 @@ from msgspec.structs import replace
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError, InvalidTransitionError
 from ..execution import Execution
-from ..message import Frozen, Message, Metadata
+from ..message import Message
 from ..status import Phase, Status
 from ._rows import build_execution
 from .base import (
@@ -47,75 +46,17 @@ def _copy(msg: Message | None) -> Message | None:
     return None if msg is None else Message(msg.body, msg.header.copy())
 
 
+def _copy_request(msg: Message) -> Message:
+    return Message(msg.body, msg.header.copy())
+
+
 def _copy_record(rec: StepRecord) -> StepRecord:
     return replace(rec, request=_copy(rec.request), response=_copy(rec.response))
 
 
-def _pack_message(msg: Message | None) -> tuple[bytes, Frozen] | None:
-    return None if msg is None else (msg.body, msg.header.frozen())
-
-
-def _unpack_message(packed: tuple[bytes, Frozen] | None) -> Message | None:
-    return None if packed is None else Message(packed[0], Metadata.from_frozen(packed[1]))
-
-
-def _pack(request: Message, response: Message | None, records: list[StepRecord]) -> bytes:
-    """A settled row's messages and records in one bytes object (marshal: the bytes
-    never leave the process, and it writes an object shared in several places once)."""
-    return marshal.dumps(
-        (
-            _pack_message(request),
-            _pack_message(response),
-            [
-                (
-                    r.step_id,
-                    r.phase.value,  # marshal takes ints, not enum members
-                    r.status.value,
-                    r.attempts,
-                    _pack_message(r.request),
-                    _pack_message(r.response),
-                    r.error,
-                    r.started_at,
-                    r.finished_at,
-                )
-                for r in records
-            ],
-        )
-    )
-
-
-def _unpack(packed: bytes) -> tuple[Message, Message | None, list[StepRecord]]:
-    request, response, records = marshal.loads(packed)
-    return (
-        Message(request[0], Metadata.from_frozen(request[1])),
-        _unpack_message(response),
-        [
-            StepRecord(
-                sid,
-                Phase(phase),
-                Status(status),
-                attempts,
-                _unpack_message(req),
-                _unpack_message(resp),
-                error,
-                started,
-                finished,
-            )
-            for sid, phase, status, attempts, req, resp, error, started, finished in records
-        ],
-    )
-
-
 class _Row(msgspec.Struct, kw_only=True, gc=False):
-    """One execution.
-
-    While a worker holds it, the row keeps the records and messages it was handed
-    (records are frozen: the engine never changes one it handed over). Once no worker
-    holds it, the row packs them into one bytes object: a test or benchmark keeping
-    thousands of executions in memory would otherwise hold two dozen objects per
-    execution for the garbage collector to walk at every full collection (a third of
-    the time of a benchmark storing 10,000 order sagas went to collections).
-    """
+    """One execution: the engine's records and messages as they were handed over
+    (frozen records; the engine never changes a message once a store has it)."""
 
     seq: int
     id: str
@@ -129,6 +70,9 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
     created_at: float
     updated_at: float
     status: Status
+    request: Message
+    response: Message | None = None
+    steps: dict[tuple[str, Phase], StepRecord] = {}  # by step id and phase (copied per row)
     abort: Abort = Abort.NONE
     owner: str | None = None
     token: int = 0
@@ -138,51 +82,18 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
     parent_id: str | None = None
     redrive_of: str | None = None
     recovery_attempts: int = 0  # takeovers in a row from a dead worker (see Store.claim)
-    request: Message | None = None  # None once packed
-    response: Message | None = None
-    steps: dict[tuple[str, Phase], StepRecord] | None = None  # None once packed
-    packed: bytes | None = None
 
     def put(self, records: Sequence[StepRecord]) -> None:
-        steps = self.unpacked()
+        steps = self.steps
         for rec in records:
             steps[rec.step_id, rec.phase] = rec
 
-    def unpacked(self) -> dict[tuple[str, Phase], StepRecord]:
-        if self.packed is not None:
-            self.request, self.response, records = _unpack(self.packed)
-            self.steps = {(r.step_id, r.phase): r for r in records}
-            self.packed = None
-        if self.steps is None:
-            self.steps = {}
-        return self.steps
-
     def records(self) -> list[StepRecord]:
         """Copies of the records (a reader may change a message)."""
-        if self.packed is not None:
-            return _unpack(self.packed)[2]
-        return [_copy_record(r) for r in self.unpacked().values()]
-
-    def request_message(self) -> Message:
-        if self.packed is not None:
-            return _unpack(self.packed)[0]
-        assert self.request is not None
-        return Message(self.request.body, self.request.header.copy())
-
-    def response_message(self) -> Message | None:
-        if self.packed is not None:
-            return _unpack(self.packed)[1]
-        return _copy(self.response)
-
-    def settle(self) -> None:
-        """Pack the row once no worker holds it."""
-        if self.owner is None and self.packed is None and self.request is not None:
-            self.packed = _pack(self.request, self.response, list(self.unpacked().values()))
-            self.request = self.response = self.steps = None
+        return [_copy_record(r) for r in self.steps.values()]
 
     def free(self, until: float = 0.0) -> None:
         self.owner, self.lease_until = None, until
-        self.settle()
 
 
 class MemoryStore(Store):
@@ -250,13 +161,12 @@ class MemoryStore(Store):
     ) -> list[bool | TransitionResult]:
         return [self._apply(unit) for unit in units]
 
-    def commit_now(self, unit: NewExecution | Transition) -> bool | TransitionResult:
-        return self._apply(unit)  # a commit here never waits
-
     def _apply(self, unit: NewExecution | Transition) -> bool | TransitionResult:
-        if isinstance(unit, NewExecution):
-            return self._create(unit)
-        return self._transition(unit)
+        if isinstance(unit, Transition):
+            return self._transition(unit)
+        return self._create(unit)
+
+    commit_now = _apply  # a commit here never waits: applied at once, one call less
 
     def _transition(self, t: Transition) -> TransitionResult:
         row = self._rows.get(t.execution_id)
@@ -271,7 +181,6 @@ class MemoryStore(Store):
                 row.status = t.status
                 self._track(row)
                 if t.response is not None:
-                    row.unpacked()
                     row.response = t.response
                 if t.error is not None:
                     row.error = t.error
@@ -296,7 +205,7 @@ class MemoryStore(Store):
             workflow_id=new.workflow_id,
             version=new.version,
             definition_hash=new.definition_hash,
-            request=new.request,
+            request=_copy_request(new.request),  # the caller may change its own later
             start_step=new.start_step,
             reverse=new.reverse,
             step_timeout=new.step_timeout,
@@ -311,7 +220,6 @@ class MemoryStore(Store):
             redrive_of=new.redrive_of,
         )
         row.put(new.starts)
-        row.settle()  # created for any worker to claim
         self._rows[new.id] = row
         self._track(row)
         return True
@@ -381,7 +289,7 @@ class MemoryStore(Store):
             definition=self._definitions[row.definition_hash],
             status=row.status,
             abort=row.abort,
-            request=row.request_message(),
+            request=_copy_request(row.request),
             start_step=row.start_step,
             reverse=row.reverse,
             step_timeout=row.step_timeout,
@@ -407,7 +315,7 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is None:
             raise ExecutionNotFoundError(execution_id)
-        records = list(row.unpacked().values())
+        records = list(row.steps.values())
         change = control_change(
             action,
             row.status,
@@ -534,8 +442,8 @@ class MemoryStore(Store):
             workflow_id=row.workflow_id,
             version=row.version,
             status=row.status,
-            request=row.request_message(),
-            response=row.response_message(),
+            request=_copy_request(row.request),
+            response=_copy(row.response),
             error=row.error,
             created_at=row.created_at,
             updated_at=row.updated_at,
