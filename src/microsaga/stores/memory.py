@@ -42,12 +42,12 @@ _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDiction
 _STARTABLE = (Status.RUNNING, Status.COMPENSATING)  # the statuses in which starts are written
 
 
-def _copy(msg: Message | None) -> Message | None:
-    return None if msg is None else Message(msg.body, msg.header.copy())
-
-
 def _copy_request(msg: Message) -> Message:
     return Message(msg.body, msg.header.copy())
+
+
+def _copy(msg: Message | None) -> Message | None:
+    return None if msg is None else _copy_request(msg)
 
 
 def _copy_record(rec: StepRecord) -> StepRecord:
