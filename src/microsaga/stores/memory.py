@@ -3,8 +3,10 @@
 ``memory://`` gives a fresh store; ``memory://NAME`` the same store to every Flow of
 the process that names it, so several flows can share state in a test.
 
-Everything is kept in dicts of the engine's own records and messages, as they were
-handed over (the engine never changes one it handed to a store). Reads hand out copies.
+Everything is kept in dicts of the engine's own records, with each message taken apart
+into its body and frozen header: a store keeps thousands of them, and a Message or
+Metadata is always tracked by the garbage collector, whose full collections would walk
+them all. Reads hand out new messages.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from msgspec.structs import replace
 from .._engine.control import control_change
 from ..errors import ExecutionNotFoundError, InvalidTransitionError
 from ..execution import Execution
-from ..message import Message
+from ..message import Frozen, Message, frozen_message
 from ..status import Phase, Status
 from ._rows import build_execution
 from .base import (
@@ -42,21 +44,61 @@ _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDiction
 _STARTABLE = (Status.RUNNING, Status.COMPENSATING)  # the statuses in which starts are written
 
 
-def _copy_request(msg: Message) -> Message:
-    return Message(msg.body, msg.header.copy())
+class _Kept(msgspec.Struct, gc=False, frozen=True):
+    """A message as the store keeps it: its body and frozen header. The GC never tracks
+    one (a Message and its Metadata it always does), and no cycle can go through one:
+    its parts are a body (bytes) and tuples of strings, which refer to nothing."""
+
+    body: bytes
+    header: Frozen
+
+    def message(self) -> Message:
+        return frozen_message(self.body, self.header)
 
 
-def _copy(msg: Message | None) -> Message | None:
-    return None if msg is None else _copy_request(msg)
+def _keep(msg: Message) -> _Kept:
+    return _Kept(msg.body, msg.header.frozen())
 
 
-def _copy_record(rec: StepRecord) -> StepRecord:
-    return replace(rec, request=_copy(rec.request), response=_copy(rec.response))
+def _message(kept: _Kept | None) -> Message | None:
+    return None if kept is None else kept.message()
+
+
+class _Step(msgspec.Struct, gc=False, frozen=True):
+    """A step record as the store keeps it: without its messages, whose parts are kept
+    beside it as in :class:`_Kept` (flat: one object a write, not three)."""
+
+    record: StepRecord  # request and response None
+    request_body: bytes | None
+    request_header: Frozen | None
+    response_body: bytes | None
+    response_header: Frozen | None
+
+    def full(self) -> StepRecord:
+        """The record with new messages (a reader may change one)."""
+        req, resp = self.request_body, self.response_body
+        return replace(
+            self.record,
+            request=None if req is None else frozen_message(req, self.request_header or ()),
+            response=None if resp is None else frozen_message(resp, self.response_header or ()),
+        )
+
+
+def _step(rec: StepRecord) -> _Step:
+    req, resp = rec.request, rec.response
+    if req is None and resp is None:
+        return _Step(rec, None, None, None, None)
+    return _Step(
+        replace(rec, request=None, response=None),
+        None if req is None else req.body,
+        None if req is None else req.header.frozen(),
+        None if resp is None else resp.body,
+        None if resp is None else resp.header.frozen(),
+    )
 
 
 class _Row(msgspec.Struct, kw_only=True, gc=False):
-    """One execution: the engine's records and messages as they were handed over
-    (frozen records; the engine never changes a message once a store has it)."""
+    """One execution: what the engine handed over, its messages taken apart."""
 
     seq: int
     id: str
@@ -70,9 +112,12 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
     created_at: float
     updated_at: float
     status: Status
-    request: Message
-    response: Message | None = None
-    steps: dict[tuple[str, Phase], StepRecord] = {}  # by step id and phase (copied per row)
+    request: _Kept
+    response: _Kept | None = None
+    # by step id: the forward runs and the compensations (string keys and untracked
+    # values: the GC never tracks these dicts; copied per row)
+    forward: dict[str, _Step] = {}
+    comps: dict[str, _Step] = {}
     abort: Abort = Abort.NONE
     owner: str | None = None
     token: int = 0
@@ -84,13 +129,13 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
     recovery_attempts: int = 0  # takeovers in a row from a dead worker (see Store.claim)
 
     def put(self, records: Sequence[StepRecord]) -> None:
-        steps = self.steps
+        forward, comps = self.forward, self.comps
         for rec in records:
-            steps[rec.step_id, rec.phase] = rec
+            (comps if rec.phase is Phase.COMPENSATE else forward)[rec.step_id] = _step(rec)
 
     def records(self) -> list[StepRecord]:
-        """Copies of the records (a reader may change a message)."""
-        return [_copy_record(r) for r in self.steps.values()]
+        """The records, with new messages (a reader may change one)."""
+        return [s.full() for s in (*self.forward.values(), *self.comps.values())]
 
     def free(self, until: float = 0.0) -> None:
         self.owner, self.lease_until = None, until
@@ -110,7 +155,7 @@ class MemoryStore(Store):
         self._workflows: dict[str, list[StoredWorkflow]] = {}
         self._controls: list[tuple[int, str, float]] = []
         self._control_seq = 0
-        self._signals: dict[str, dict[str, Message]] = {}
+        self._signals: dict[str, dict[str, _Kept]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -181,7 +226,7 @@ class MemoryStore(Store):
                 row.status = t.status
                 self._track(row)
                 if t.response is not None:
-                    row.response = t.response
+                    row.response = _keep(t.response)
                 if t.error is not None:
                     row.error = t.error
             if row.status in _STARTABLE:
@@ -205,7 +250,7 @@ class MemoryStore(Store):
             workflow_id=new.workflow_id,
             version=new.version,
             definition_hash=new.definition_hash,
-            request=_copy_request(new.request),  # the caller may change its own later
+            request=_keep(new.request),
             start_step=new.start_step,
             reverse=new.reverse,
             step_timeout=new.step_timeout,
@@ -289,7 +334,7 @@ class MemoryStore(Store):
             definition=self._definitions[row.definition_hash],
             status=row.status,
             abort=row.abort,
-            request=_copy_request(row.request),
+            request=row.request.message(),
             start_step=row.start_step,
             reverse=row.reverse,
             step_timeout=row.step_timeout,
@@ -315,7 +360,7 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is None:
             raise ExecutionNotFoundError(execution_id)
-        records = list(row.steps.values())
+        records = row.records()
         change = control_change(
             action,
             row.status,
@@ -391,7 +436,7 @@ class MemoryStore(Store):
         if row.status.finished:
             raise InvalidTransitionError(f"cannot signal an execution that is {row.status.name}")
         kept = self._signals.setdefault(execution_id, {})
-        kept.setdefault(event, _copy(payload) or Message())
+        kept.setdefault(event, _keep(payload))
         self._wake(row, "signal", now)
 
     def _wake(self, row: _Row, action: str, now: float) -> None:
@@ -402,7 +447,7 @@ class MemoryStore(Store):
 
     async def signals(self, execution_id: str) -> dict[str, Message]:
         kept = self._signals.get(execution_id, {})
-        return {event: _copy(m) or Message() for event, m in kept.items()}
+        return {event: m.message() for event, m in kept.items()}
 
     async def park(
         self,
@@ -442,8 +487,8 @@ class MemoryStore(Store):
             workflow_id=row.workflow_id,
             version=row.version,
             status=row.status,
-            request=_copy_request(row.request),
-            response=_copy(row.response),
+            request=row.request.message(),
+            response=_message(row.response),
             error=row.error,
             created_at=row.created_at,
             updated_at=row.updated_at,
