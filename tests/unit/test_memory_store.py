@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from microsaga import Flow, FunctionStep, Message, Status
 
 
@@ -58,24 +56,3 @@ async def test_a_request_its_caller_changes_afterwards_stays_as_it_was() -> None
         read = await flow.execution(eid)
         assert read.request is not None
         assert read.request.header["X-Trace"] == "t"
-
-
-def _tracked_after_collections() -> int:
-    for _ in range(4):  # nested tuples are untracked one level per collection
-        gc.collect()
-    return len(gc.get_objects())
-
-
-async def test_stored_executions_leave_nothing_for_the_garbage_collector() -> None:
-    async with Flow("memory://", concurrency=64) as flow:
-        a = FunctionStep(add_item, id="add")
-        wf = await flow.workflow_create("cart", a, FunctionStep(pay, id="pay", requires=[a]))
-        for i in range(20):
-            await wf.execute({"n": i})
-        before = _tracked_after_collections()
-        for i in range(500):
-            await wf.execute(Message({"n": i}, {"X-Trace": "t"}))
-        grown = _tracked_after_collections() - before
-        # a Message and its Metadata are always tracked: a store that kept them would
-        # grow by several objects an execution
-        assert grown < 100, f"{grown} more objects tracked after 500 executions"
