@@ -33,7 +33,10 @@ runs on the CPU the loop's thread is on, where the platform lets a thread be pin
 (Linux): the loop sleeps as soon as it hands the call over, so the thread takes that
 CPU at once and hands it back; left to itself the scheduler wakes the thread on an idle
 CPU instead, and waking an idle CPU (in a virtual machine, a halted one) costs more
-than the whole step. Once calls overlap, the threads run anywhere again.
+than the whole step. The loop's thread pins the idle thread before handing it the
+call, so that it wakes up there: a thread pinning itself once awake would first wake
+on the CPU of its last call, and when the loop has moved since, move after it, at
+every step. Once calls overlap, the threads run anywhere again.
 """
 
 from __future__ import annotations
@@ -60,8 +63,27 @@ _Call = tuple[
 ]
 # a finished call: the future, whether it raised, what it returned or raised
 _Done = tuple[asyncio.Future[Any], bool, Any]
-# where one idle thread waits for its next call; None instead of a call stops it
-_Inbox = queue.SimpleQueue[_Call | None]
+
+
+class _Thread:
+    """One step thread: where it waits for its next call (None instead of a call stops
+    it), and the CPU it is pinned to. Its pin is changed by the loop's thread while it
+    is idle, by itself while it runs a call."""
+
+    __slots__ = ("cpu", "id", "inbox")
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.id = 0  # the system's id of the thread, set by the thread before its first call
+        self.cpu: int | None = None  # None: any CPU
+
+    def pin(self, cpu: int | None, anywhere: set[int]) -> None:
+        """Run the thread on ``cpu`` from now on (None: on any CPU of ``anywhere``)."""
+        try:
+            os.sched_setaffinity(self.id, anywhere if cpu is None else {cpu})
+        except OSError:  # a CPU taken away meanwhile: run anywhere
+            cpu = None
+        self.cpu = cpu
 
 
 def _cpu_probe() -> Callable[[], int] | None:
@@ -94,7 +116,7 @@ class StepThreads:
         self.size = max(1, size)
         self._name = name
         self._lock = threading.Lock()  # guards what the threads change, below
-        self._idle: list[_Inbox] = []  # the idle threads' inboxes, the last idle on top
+        self._idle: list[_Thread] = []  # the idle threads, the last idle on top
         self._backlog: collections.deque[_Call] = collections.deque()  # calls not taken
         self._threads = 0  # threads running, idle or not
         self._pending = 0  # calls made and not finished (running or in the backlog)
@@ -106,6 +128,8 @@ class StepThreads:
         self._seen = 0  # calls finished at the last check
         self._watching = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the CPUs a thread may run on when not pinned (None: no pinning here)
+        self._anywhere = os.sched_getaffinity(0) if _current_cpu is not None else None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """``fn(*args)`` on one of the threads, in a copy of the caller's context;
@@ -124,14 +148,16 @@ class StepThreads:
         start = False
         with self._lock:
             self._pending += 1
-            inbox = self._idle.pop() if self._idle else None
-            if inbox is None:
+            thread = self._idle.pop() if self._idle else None
+            if thread is None:
                 self._backlog.append(call)
                 start = self._threads < min(EAGER, self.size)
                 if start:
                     self._threads += 1  # the new thread takes a call from the backlog
-        if inbox is not None:
-            inbox.put(call)
+        if thread is not None:
+            if cpu is not None and thread.cpu != cpu and self._anywhere is not None:
+                thread.pin(cpu, self._anywhere)  # so that it wakes up on the loop's CPU
+            thread.inbox.put(call)
         elif start:
             self._start_thread()
         elif not self._watching and self._threads < self.size:
@@ -170,18 +196,17 @@ class StepThreads:
             self._threads -= len(idle)
         for call in queued:
             call[0].cancel()
-        for inbox in idle:
-            inbox.put(None)
+        for thread in idle:
+            thread.inbox.put(None)
 
     def _start_thread(self) -> None:
-        inbox: _Inbox = queue.SimpleQueue()
         name = f"{self._name}-{self._started}"
         self._started += 1
-        threading.Thread(target=self._work, args=(inbox,), name=name, daemon=True).start()
+        threading.Thread(target=self._work, args=(_Thread(),), name=name, daemon=True).start()
 
-    def _work(self, inbox: _Inbox) -> None:
-        anywhere = os.sched_getaffinity(0) if _current_cpu is not None else None
-        pinned: int | None = None
+    def _work(self, thread: _Thread) -> None:
+        thread.id = threading.get_native_id()
+        anywhere = self._anywhere
         done: _Done | None = None
         while True:
             # hand back what finished, the bookkeeping first (the loop, once woken, does
@@ -198,7 +223,7 @@ class StepThreads:
                     if self._closed:
                         self._threads -= 1
                     else:
-                        self._idle.append(inbox)
+                        self._idle.append(thread)
                 stop = call is None and self._closed
             done = None
             if first:
@@ -206,35 +231,31 @@ class StepThreads:
             if stop:
                 return
             if call is None:
-                call = self._wait(inbox)
+                call = self._wait(thread)
                 if call is None:
                     return
             future, context, fn, args, cpu = call
             if cpu is not None and self._pending > 1:
                 cpu = None  # calls were made after it (a fan-out): not alone after all
-            if cpu != pinned and anywhere is not None:
-                pinned = cpu
-                try:
-                    os.sched_setaffinity(0, anywhere if cpu is None else {cpu})
-                except OSError:  # a CPU taken away meanwhile: run anywhere
-                    pinned = None
+            if cpu != thread.cpu and anywhere is not None:
+                thread.pin(cpu, anywhere)  # a call of the backlog, or calls overlap
             try:
                 done = (future, False, context.run(fn, *args))
             except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
                 done = (future, True, exc)
             del call, future, context, fn, args
 
-    def _wait(self, inbox: _Inbox) -> _Call | None:
+    def _wait(self, thread: _Thread) -> _Call | None:
         """The call handed to this idle thread; None: stop (shut down, or idle for
         ``RETIRE`` seconds while more than ``EAGER`` threads run)."""
         while True:
             try:
-                return inbox.get(timeout=RETIRE)
+                return thread.inbox.get(timeout=RETIRE)
             except queue.Empty:
                 with self._lock:
                     # not on the stack any more: a call (or a stop) is on its way
-                    if self._threads > EAGER and inbox in self._idle:
-                        self._idle.remove(inbox)
+                    if self._threads > EAGER and thread in self._idle:
+                        self._idle.remove(thread)
                         self._threads -= 1
                         return None
 

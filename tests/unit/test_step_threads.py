@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -25,6 +26,31 @@ async def test_a_lone_call_after_a_busy_spell_runs_on_the_thread_used_last() -> 
         lone = [await threads.run(lambda: threading.current_thread().name) for _ in range(20)]
         # one thread, kept warm, not the longest idle of the dozen each time
         assert len(set(lone)) == 1
+    finally:
+        threads.shutdown()
+
+
+_PINNABLE = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
+
+
+@pytest.mark.skipif(not _PINNABLE, reason="threads cannot be pinned to a CPU here")
+async def test_a_lone_call_runs_on_one_cpu_and_overlapping_calls_anywhere() -> None:
+    everywhere = os.sched_getaffinity(0)
+    threads = StepThreads(8, name="pin")
+    try:
+        for _ in range(5):  # alone: on the loop's CPU, one of the process's
+            allowed = await threads.run(os.sched_getaffinity, 0)
+            assert len(allowed) == 1
+            assert allowed <= everywhere
+        gate = threading.Barrier(2, timeout=20)
+
+        def overlapping() -> set[int]:
+            gate.wait()  # both calls in flight at once
+            return os.sched_getaffinity(0)
+
+        both = await asyncio.gather(threads.run(overlapping), threads.run(overlapping))
+        assert both == [everywhere, everywhere]
+        assert len(await threads.run(os.sched_getaffinity, 0)) == 1  # alone again
     finally:
         threads.shutdown()
 
