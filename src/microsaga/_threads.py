@@ -65,6 +65,13 @@ _Call = tuple[
 _Done = tuple[asyncio.Future[Any], bool, Any]
 
 
+class _Look:
+    """Handed to an idle thread instead of a call: take the calls of the backlog."""
+
+
+_LOOK = _Look()
+
+
 class _Thread:
     """One step thread: where it waits for its next call (None instead of a call stops
     it), and the CPU it is pinned to. Its pin is changed by the loop's thread while it
@@ -73,7 +80,7 @@ class _Thread:
     __slots__ = ("cpu", "id", "inbox")
 
     def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[_Call | _Look | None] = queue.SimpleQueue()
         self.id = 0  # the system's id of the thread, set by the thread before its first call
         self.cpu: int | None = None  # None: any CPU
 
@@ -148,13 +155,18 @@ class StepThreads:
         start = False
         with self._lock:
             self._pending += 1
+            lone = self._pending == 1
             thread = self._idle.pop() if self._idle else None
-            if thread is None:
+            if thread is None or not lone:
                 self._backlog.append(call)
+            if thread is None:
                 start = self._threads < min(EAGER, self.size)
                 if start:
                     self._threads += 1  # the new thread takes a call from the backlog
         if thread is not None:
+            if not lone:
+                thread.inbox.put(_LOOK)
+                return future
             if cpu is not None and thread.cpu != cpu and self._anywhere is not None:
                 thread.pin(cpu, self._anywhere)  # so that it wakes up on the loop's CPU
             thread.inbox.put(call)
@@ -231,9 +243,12 @@ class StepThreads:
             if stop:
                 return
             if call is None:
-                call = self._wait(thread)
-                if call is None:
+                got = self._wait(thread)
+                if got is None:
                     return
+                if isinstance(got, _Look):
+                    continue  # to the backlog, which a busy thread may have emptied
+                call = got
             future, context, fn, args, cpu = call
             if cpu is not None and self._pending > 1:
                 cpu = None  # calls were made after it (a fan-out): not alone after all
@@ -245,9 +260,9 @@ class StepThreads:
                 done = (future, True, exc)
             del call, future, context, fn, args
 
-    def _wait(self, thread: _Thread) -> _Call | None:
-        """The call handed to this idle thread; None: stop (shut down, or idle for
-        ``RETIRE`` seconds while more than ``EAGER`` threads run)."""
+    def _wait(self, thread: _Thread) -> _Call | _Look | None:
+        """The call handed to this idle thread, or ``_LOOK``; None: stop (shut down, or
+        idle for ``RETIRE`` seconds while more than ``EAGER`` threads run)."""
         while True:
             try:
                 return thread.inbox.get(timeout=RETIRE)
