@@ -17,16 +17,19 @@ made one at a time all run on one thread, whose CPU and caches are still warm, h
 many threads a busy spell started. (On one queue that every idle thread waits on, the
 system wakes the one that waited longest: after 64 executions in flight had started a
 few dozen threads, one execution of four plain functions took three times as long.)
-A call finding no idle thread joins a backlog, and a thread that finishes a call takes
-the oldest call of the backlog before it goes idle; both decisions are made under one
-lock, so a call never waits while a thread idles.
+A call made while others are in flight joins a backlog, and a thread that finishes a
+call takes the oldest call of the backlog before it goes idle: the thread that holds
+the GIL takes the calls of a burst one after the other, where waking a thread for each
+would make them pass the GIL around. Such a call wakes one idle thread (with
+``_LOOK``) unless one was woken and has not looked at the backlog yet. Both decisions
+are made under one lock.
 
 Few threads run quick functions best, and a function that blocks needs a thread of its
 own. So a call finding no idle thread starts one only while there are fewer than
 ``EAGER``; beyond, it waits its turn, and a check every ``WATCH`` seconds while calls
-wait starts a thread for each waiting call if no call finished since the last check
-(the threads are blocked, not busy), up to ``size``. A thread idle for ``RETIRE``
-seconds stops while more than ``EAGER`` run.
+wait wakes an idle thread, or starts one, for each waiting call if no call finished
+since the last check (the threads are blocked, not busy), up to ``size`` threads. A
+thread idle for ``RETIRE`` seconds stops while more than ``EAGER`` run.
 
 A call made while no other is in flight (one execution of plain functions at a time)
 runs on the CPU the loop's thread is on, where the platform lets a thread be pinned
@@ -65,6 +68,13 @@ _Call = tuple[
 _Done = tuple[asyncio.Future[Any], bool, Any]
 
 
+class _Look:
+    """Handed to an idle thread instead of a call: take the calls of the backlog."""
+
+
+_LOOK = _Look()
+
+
 class _Thread:
     """One step thread: where it waits for its next call (None instead of a call stops
     it), and the CPU it is pinned to. Its pin is changed by the loop's thread while it
@@ -73,7 +83,7 @@ class _Thread:
     __slots__ = ("cpu", "id", "inbox")
 
     def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[_Call | _Look | None] = queue.SimpleQueue()
         self.id = 0  # the system's id of the thread, set by the thread before its first call
         self.cpu: int | None = None  # None: any CPU
 
@@ -120,6 +130,7 @@ class StepThreads:
         self._backlog: collections.deque[_Call] = collections.deque()  # calls not taken
         self._threads = 0  # threads running, idle or not
         self._pending = 0  # calls made and not finished (running or in the backlog)
+        self._waking = False  # an idle thread was woken to look at the backlog, not there yet
         self._finished = 0  # calls finished, ever
         self._done: list[_Done] = []
         self._closed = False
@@ -145,22 +156,32 @@ class StepThreads:
             cpu = _current_cpu()  # no other call in flight: run it where the loop is
             cpu = cpu if cpu >= 0 else None
         call: _Call = (future, contextvars.copy_context(), fn, args, cpu)
-        start = False
+        start = spare = False
         with self._lock:
             self._pending += 1
-            thread = self._idle.pop() if self._idle else None
-            if thread is None:
+            lone = self._pending == 1
+            thread = None
+            if self._idle and (lone or not self._waking):
+                thread = self._idle.pop()
+            if thread is None or not lone:
                 self._backlog.append(call)
+            if thread is not None and not lone:
+                self._waking = True  # calls made until it looks wait for it
+            elif thread is None and not self._idle:
                 start = self._threads < min(EAGER, self.size)
                 if start:
                     self._threads += 1  # the new thread takes a call from the backlog
+            spare = bool(self._idle) or self._threads < self.size
         if thread is not None:
+            if not lone:
+                thread.inbox.put(_LOOK)
+                return future
             if cpu is not None and thread.cpu != cpu and self._anywhere is not None:
                 thread.pin(cpu, self._anywhere)  # so that it wakes up on the loop's CPU
             thread.inbox.put(call)
         elif start:
             self._start_thread()
-        elif not self._watching and self._threads < self.size:
+        elif not self._watching and spare:
             self._watching = True
             self._seen = self._finished
             loop.call_later(WATCH, self._watch)
@@ -168,16 +189,22 @@ class StepThreads:
 
     def _watch(self) -> None:
         """While calls wait: if none finished since the last check, the threads are
-        blocked; start one for each waiting call (up to ``size``)."""
+        blocked; wake an idle thread or start one for each waiting call (up to
+        ``size`` threads)."""
         with self._lock:
             waiting = len(self._backlog)
             stuck = self._finished == self._seen
-            more = min(waiting, self.size - self._threads) if stuck else 0
+            woken = min(waiting, len(self._idle)) if stuck else 0
+            idle = [self._idle.pop() for _ in range(woken)]
+            more = min(waiting - woken, self.size - self._threads) if stuck else 0
             self._threads += more
+            spare = bool(self._idle) or self._threads < self.size
+        for thread in idle:
+            thread.inbox.put(_LOOK)
         for _ in range(more):
             self._start_thread()
         self._seen = self._finished
-        if waiting > more and self._threads < self.size and not self._closed:
+        if waiting > woken + more and spare and not self._closed:
             asyncio.get_running_loop().call_later(WATCH, self._watch)
         else:
             self._watching = False
@@ -218,6 +245,7 @@ class StepThreads:
                     self._finished += 1
                     self._done.append(done)
                     first = len(self._done) == 1
+                self._waking = False
                 call = self._backlog.popleft() if self._backlog else None
                 if call is None:
                     if self._closed:
@@ -231,9 +259,12 @@ class StepThreads:
             if stop:
                 return
             if call is None:
-                call = self._wait(thread)
-                if call is None:
+                got = self._wait(thread)
+                if got is None:
                     return
+                if isinstance(got, _Look):
+                    continue  # to the backlog, which a busy thread may have emptied
+                call = got
             future, context, fn, args, cpu = call
             if cpu is not None and self._pending > 1:
                 cpu = None  # calls were made after it (a fan-out): not alone after all
@@ -245,9 +276,9 @@ class StepThreads:
                 done = (future, True, exc)
             del call, future, context, fn, args
 
-    def _wait(self, thread: _Thread) -> _Call | None:
-        """The call handed to this idle thread; None: stop (shut down, or idle for
-        ``RETIRE`` seconds while more than ``EAGER`` threads run)."""
+    def _wait(self, thread: _Thread) -> _Call | _Look | None:
+        """The call handed to this idle thread, or ``_LOOK``; None: stop (shut down, or
+        idle for ``RETIRE`` seconds while more than ``EAGER`` threads run)."""
         while True:
             try:
                 return thread.inbox.get(timeout=RETIRE)

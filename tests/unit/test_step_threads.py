@@ -72,6 +72,25 @@ async def test_blocked_calls_do_not_stop_the_others() -> None:
         threads.shutdown()
 
 
+async def test_a_call_behind_blocked_ones_is_taken_by_an_idle_thread() -> None:
+    threads = StepThreads(3, name="behind")  # every thread started, one of them idle
+    release = threading.Event()
+    try:
+        together = threading.Barrier(3, timeout=20)
+        await asyncio.gather(*(threads.run(together.wait) for _ in range(3)))
+        assert _alive("behind") == 3
+        # made in one burst: the second wakes an idle thread to look at the backlog,
+        # the third waits for it, and both threads it could wait for block
+        held = [threads.run(release.wait, 30), threads.run(release.wait, 30)]
+        quick = threads.run(lambda: threading.current_thread().name)
+        name = await asyncio.wait_for(quick, 20)
+        assert name.startswith("behind-")
+        assert not any(f.done() for f in held)
+    finally:
+        release.set()
+        threads.shutdown()
+
+
 async def test_calls_are_never_lost_while_threads_come_and_go(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
