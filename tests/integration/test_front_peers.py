@@ -37,13 +37,28 @@ def block_importing(package: str) -> str:
     return found[0]
 
 
+# Runs a program, then leaves without the interpreter's teardown: the Temporal SDK's
+# threads sometimes crash the interpreter as it exits, after the program has finished
+# (SIGABRT or SIGSEGV; temporalio/sdk-python#300, open). An exception still exits with 1.
+_NO_TEARDOWN = (
+    "import os, runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__'); "
+    "sys.stdout.flush(); sys.stderr.flush(); os._exit(0)"
+)
+
+
 def run_program(
-    python: str, code: str, tmp_path: Path, env: dict[str, str] | None = None
+    python: str,
+    code: str,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    teardown: bool = True,
 ) -> list[str]:
     program = tmp_path / "program.py"
     program.write_text(code)
+    command = [python, str(program)] if teardown else [python, "-c", _NO_TEARDOWN, str(program)]
     done = subprocess.run(
-        [python, str(program)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+        command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.splitlines()
@@ -115,6 +130,10 @@ def test_the_temporal_program_of_the_comparison_runs(tmp_path: Path, temporal_se
     assert '"localhost:7233"' in code
     env = dict(os.environ, PYTHONPATH=str(TEMPORAL))
     lines = run_program(
-        sys.executable, code.replace("localhost:7233", temporal_server), tmp_path, env
+        sys.executable,
+        code.replace("localhost:7233", temporal_server),
+        tmp_path,
+        env,
+        teardown=False,
     )
     assert lines == [*EXPECTED, "failed: card declined"]
