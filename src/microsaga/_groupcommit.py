@@ -50,25 +50,18 @@ class Committer:
         self._drains = 0  # drain loops running (counted from their creation)
         self._committing = 0  # drains waiting on the store now
 
-    async def create(self, new: NewExecution) -> bool:
-        """Commit a new execution: False when an execution with its id exists."""
-        result = self.now(new)
-        if result is None:
-            result = await self._later(new)
-        assert isinstance(result, bool)
-        return result
-
     async def submit(self, unit: Transition) -> TransitionResult:
         """Commit a transition of an execution."""
         result = self.now(unit)
         if result is None:
-            result = await self._later(unit)
+            result = await self.later(unit)
         assert isinstance(result, TransitionResult)
         return result
 
     def now(self, unit: Unit) -> Result | None:
         """The unit committed at once, when the store can (Store.commit_now) and the
-        unit gains nothing from waiting for company; else None (then ``submit``).
+        unit gains nothing from waiting for company; else None (then :meth:`later`).
+        A new execution's result is False when an execution with its id exists.
 
         A caller on the hot path tries this first: a run on the memory store commits
         every transition this way, without making a coroutine for it."""
@@ -83,8 +76,8 @@ class Committer:
             self._committed(1, started)
         return done
 
-    async def _later(self, unit: Unit) -> Result:
-        """The unit committed in the next batch."""
+    async def later(self, unit: Unit) -> Result:
+        """The unit committed in the next batch: what :meth:`now` could not commit."""
         store = self.store
         if not store.batching:
             return (await self._commit([unit]))[0]

@@ -413,9 +413,9 @@ class Run:
             elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
                 unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final
-            result = committer.now(unit)
+            result = committer.now(unit)  # as submit(), without a coroutine where it can
             if result is None:
-                result = await committer.submit(unit)
+                result = await committer.later(unit)
             assert isinstance(result, TransitionResult)
             if not result.owned:
                 raise LeaseLostError()

@@ -156,21 +156,21 @@ class StepThreads:
             cpu = _current_cpu()  # no other call in flight: run it where the loop is
             cpu = cpu if cpu >= 0 else None
         call: _Call = (future, contextvars.copy_context(), fn, args, cpu)
-        start = spare = False
+        start = False
+        thread: _Thread | None = None
         with self._lock:
             self._pending += 1
             lone = self._pending == 1
-            thread = None
-            if self._idle and (lone or not self._waking):
-                thread = self._idle.pop()
-            if thread is None or not lone:
+            if lone and self._idle:
+                thread = self._idle.pop()  # handed the call itself
+            else:
                 self._backlog.append(call)
-            if thread is not None and not lone:
-                self._waking = True  # calls made until it looks wait for it
-            elif thread is None and not self._idle:
-                start = self._threads < min(EAGER, self.size)
-                if start:
-                    self._threads += 1  # the new thread takes a call from the backlog
+                if not self._idle:
+                    start = self._threads < min(EAGER, self.size)
+                    if start:
+                        self._threads += 1  # the new thread takes a call from the backlog
+                elif not self._waking:  # calls made until it looks wait for it
+                    thread, self._waking = self._idle.pop(), True
             spare = bool(self._idle) or self._threads < self.size
         if thread is not None:
             if not lone:

@@ -395,8 +395,10 @@ class Worker:
             parent_id=new.parent_id,
             redrive_of=new.redrive_of,
         )
-        now_done = self.committer.now(unit)  # a store whose commits never wait: no coroutine
-        created = await self.committer.create(unit) if now_done is None else now_done is True
+        created = self.committer.now(unit)  # a store whose commits never wait: no coroutine
+        if created is None:
+            created = await self.committer.later(unit)
+        assert isinstance(created, bool)
         if not created:
             await self._same_execution(new)
             return Started(new.execution_id, False, self.runs.get(new.execution_id))

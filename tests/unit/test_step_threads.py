@@ -10,6 +10,7 @@ import pytest
 
 from microsaga import _threads
 from microsaga._threads import EAGER, StepThreads
+from tests.helpers import eventually
 
 
 def _alive(prefix: str) -> int:
@@ -109,11 +110,8 @@ async def test_calls_are_never_lost_while_threads_come_and_go(
             for i in range(50):  # one at a time, while the threads beyond EAGER retire
                 assert await threads.run(pow, i, 3) == i**3
                 await asyncio.sleep(0.001)
-        for _ in range(1000):  # the busy spells over, the pool shrinks back
-            if _alive("churn") <= EAGER:
-                break
-            await asyncio.sleep(0.01)
-        assert _alive("churn") <= EAGER
+        # the busy spells over, the pool shrinks back
+        await eventually(lambda: _alive("churn") <= EAGER, timeout=10)
         assert await threads.run(str, 7) == "7"
     finally:
         threads.shutdown()
@@ -138,8 +136,4 @@ async def test_shutdown_cancels_the_calls_not_started() -> None:
     release.set()
     # the call already running still hands its result back, then its thread stops
     assert await asyncio.wait_for(running, 20) == "finished"
-    for _ in range(1000):
-        if _alive("closing") == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert _alive("closing") == 0
+    await eventually(lambda: _alive("closing") == 0, timeout=10)

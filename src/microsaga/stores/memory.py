@@ -60,41 +60,32 @@ def _keep(msg: Message) -> _Kept:
     return _Kept(msg.body, msg.header.frozen())
 
 
+def _kept(msg: Message | None) -> _Kept | None:
+    return None if msg is None else _keep(msg)
+
+
 def _message(kept: _Kept | None) -> Message | None:
     return None if kept is None else kept.message()
 
 
 class _Step(msgspec.Struct, gc=False, frozen=True):
-    """A step record as the store keeps it: without its messages, whose parts are kept
-    beside it as in :class:`_Kept` (flat: one object a write, not three)."""
+    """A step record as the store keeps it: its messages kept apart, as :class:`_Kept`."""
 
     record: StepRecord  # request and response None
-    request_body: bytes | None
-    request_header: Frozen | None
-    response_body: bytes | None
-    response_header: Frozen | None
+    request: _Kept | None
+    response: _Kept | None
 
     def full(self) -> StepRecord:
         """The record with new messages (a reader may change one)."""
-        req, resp = self.request_body, self.response_body
         return replace(
-            self.record,
-            request=None if req is None else frozen_message(req, self.request_header or ()),
-            response=None if resp is None else frozen_message(resp, self.response_header or ()),
+            self.record, request=_message(self.request), response=_message(self.response)
         )
 
 
 def _step(rec: StepRecord) -> _Step:
-    req, resp = rec.request, rec.response
-    if req is None and resp is None:
-        return _Step(rec, None, None, None, None)
-    return _Step(
-        replace(rec, request=None, response=None),
-        None if req is None else req.body,
-        None if req is None else req.header.frozen(),
-        None if resp is None else resp.body,
-        None if resp is None else resp.header.frozen(),
-    )
+    if rec.request is None and rec.response is None:
+        return _Step(rec, None, None)
+    return _Step(replace(rec, request=None, response=None), _kept(rec.request), _kept(rec.response))
 
 
 class _Row(msgspec.Struct, kw_only=True, gc=False):
