@@ -343,8 +343,9 @@ class Run:
         running when this worker took over (steps may have become ready meanwhile)."""
         state, plan, graph = self.state, self.spec.plan, self.spec.graph
         committer = self.host.committer
-        # the last decision started every step that was ready, none settled without
-        # running, and none waits: the steps that finish since are all that changed
+        # the last decision started every step that was ready (decide() did, or the
+        # case after_successes answers for held), none settled without running, and
+        # none waits: the steps that finish since are all that changed
         exact = False
         seen: dict[str, int] = {}  # see after_successes
         while True:
@@ -386,6 +387,15 @@ class Run:
                 decision = after_successes(graph, state, finished, running, seen)
             if decision is None:
                 decision = decide(plan, graph, state)
+                exact = (
+                    state.status is Status.RUNNING
+                    and state.abort is Abort.NONE
+                    and decision.status is None
+                    and not (decision.compensate or decision.cancel or decision.park)
+                    and self.waiting is _NO_WAITING
+                )
+                if seen:
+                    seen.clear()
             if decision.cancel:
                 await self.waiting.cancel(self, decision.cancel)
             if decision.park and not self._records:
@@ -403,15 +413,6 @@ class Run:
                 continue
             now = self.host.clock()
             starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
-            exact = (
-                state.status is Status.RUNNING
-                and state.abort is Abort.NONE
-                and decision.status is None
-                and not (decision.compensate or decision.cancel or decision.park)
-                and self.waiting is _NO_WAITING
-            )
-            if not exact:
-                seen.clear()
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = [rec for rec in starts if rec.status is Status.RUNNING]
                 self._settled = exact = False
@@ -583,18 +584,19 @@ class Run:
         self._settled = True
         return rec
 
-    def _fold(self) -> list[str]:
-        """Put the step runs that finished in the state; queue their records. The ids
-        of the forward steps among them."""
-        state = self.state
-        forward = []
-        for rec in self._done:
+    def _fold(self) -> list[StepRecord]:
+        """Put the step runs that finished in the state and queue their records; the
+        records folded."""
+        state, done = self.state, self._done
+        if not done:
+            return done
+        self._done = []
+        for rec in done:
             sid = rec.step_id
             self._tasks.pop((sid, rec.phase), None)
             self._records.append(rec)
             if rec.phase is Phase.FORWARD:
                 state.steps[sid] = rec
-                forward.append(sid)
             else:
                 state.comps[sid] = rec
                 # a failed map whose runs were compensated stays the step that failed
@@ -602,8 +604,7 @@ class Run:
                     undone = replace(state.steps[sid], status=Status.COMPENSATED)
                     state.steps[sid] = undone
                     self._records.append(undone)
-        self._done.clear()
-        return forward
+        return done
 
     def _spawn(self, rec: StepRecord) -> None:
         """Run a started step in a task of its own, or queue it when the run has as

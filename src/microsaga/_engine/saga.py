@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..status import Status
+from ..status import Phase, Status
 from .plan import Plan, RunGraph
 from .records import Abort, ExecState, StepRecord
 
@@ -126,14 +126,18 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
 
 
 def after_successes(
-    graph: RunGraph, state: ExecState, step_ids: list[str], running: bool, seen: dict[str, int]
+    graph: RunGraph,
+    state: ExecState,
+    finished: list[StepRecord],
+    running: bool,
+    seen: dict[str, int],
 ) -> Decision | None:
-    """:func:`decide`, cheaply, when the forward steps ``step_ids`` have just finished
-    and nothing else changed since the last decision, which started every step that
-    was ready (none settled without running). ``running``: whether other steps still
-    run. As :func:`after_success`, the ready steps now are among their dependents;
-    when none is, the decision is to wait while steps run. None when that case does
-    not hold (one of them did not succeed, a suspend, an abort, a rollback) or when
+    """:func:`decide`, cheaply, when the step runs ``finished`` have just ended and
+    nothing else changed since the last decision, which started every step that was
+    ready (none settled without running). ``running``: whether other steps still run.
+    As :func:`after_success`, the ready steps now are among their dependents; when
+    none is, the decision is to wait while steps run. None when that case does not
+    hold (one of them did not succeed, a suspend, an abort, a rollback) or when
     nothing runs any more: ask :func:`decide`. What keeps a fan-out of thousands of
     steps from looking at all of them each time some finish.
 
@@ -144,10 +148,10 @@ def after_successes(
         return None
     steps, requires, dependents = state.steps, graph.requires, graph.dependents
     ready: dict[str, None] = {}
-    for done in step_ids:
-        if steps[done].status is not Status.SUCCESS:
+    for rec in finished:
+        if rec.status is not Status.SUCCESS or rec.phase is not Phase.FORWARD:
             return None
-        for sid in dependents[done]:
+        for sid in dependents[rec.step_id]:
             if sid in ready or steps[sid].status is not Status.PENDING:
                 continue
             reqs, at = requires[sid], seen.get(sid, 0)
