@@ -28,9 +28,10 @@ class Slots:
     caller takes a slot with :meth:`take` without awaiting anything, and only waits
     (``await slots.wait()``) when none is free."""
 
-    __slots__ = ("_free", "_waiters")
+    __slots__ = ("_free", "_waiters", "size")
 
     def __init__(self, size: int) -> None:
+        self.size = size  # how many there are
         self._free = size
         self._waiters: deque[asyncio.Future[None]] = deque()
 

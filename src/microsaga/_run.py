@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +25,14 @@ from ._aio import Slots, wait_event
 from ._engine import data
 from ._engine.plan import Node, Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, StepRecord
-from ._engine.saga import after_success, compensated, decide, failure_summary, first
+from ._engine.saga import (
+    after_success,
+    after_successes,
+    compensated,
+    decide,
+    failure_summary,
+    first,
+)
 from ._groupcommit import Committer
 from ._waiting import Waiting
 from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
@@ -144,6 +152,9 @@ class Run:
     # then tells the loop it finished by returning, not through _wake
     _inline = False
     _step_error: BaseException | None = None  # raised in a step's own task
+    # steps started (recorded RUNNING) waiting for a task of their own: see _spawn
+    _queued: deque[StepRecord] | None = None
+    _live = 0  # step tasks not done yet
 
     def __init__(self, spec: RunSpec, state: ExecState, host: RunHost, *, fresh: bool) -> None:
         self.spec = spec
@@ -211,6 +222,8 @@ class Run:
         """The worker stops: start no step; once the running ones finished and were
         recorded, release the lease with the execution as it stands."""
         self._draining = True
+        if self._queued:  # never invoked here: recorded RUNNING, the next worker invokes them
+            self._queued.clear()
         self._wake.set()
         if self._interrupt is not None:
             self._interrupt.set()
@@ -219,6 +232,8 @@ class Run:
     def lose(self) -> None:
         """The lease was taken over: stop without writing anything more."""
         self._lost = True
+        if self._queued:
+            self._queued.clear()
         for task in self._tasks.values():
             task.cancel()
         if self._inline and self.task is not None and self.task is not asyncio.current_task():
@@ -328,11 +343,16 @@ class Run:
         running when this worker took over (steps may have become ready meanwhile)."""
         state, plan, graph = self.state, self.spec.plan, self.spec.graph
         committer = self.host.committer
+        # the last decision started every step that was ready (decide() did, or the
+        # case after_successes answers for held), none settled without running, and
+        # none waits: the steps that finish since are all that changed
+        exact = False
+        seen: dict[str, int] = {}  # see after_successes
         while True:
             lone = None  # a forward step run here, alone: see saga.after_success
             if self._draining:
                 starts = []  # recorded RUNNING: the next worker invokes them
-            if len(starts) == 1 and not self._tasks:
+            if len(starts) == 1 and not self._tasks and not self._queued:
                 self._inline = True
                 try:
                     await self._attempts(starts[0])
@@ -341,17 +361,14 @@ class Run:
                 if decided and starts[0].phase is Phase.FORWARD:
                     lone = starts[0].step_id
             else:
-                loop = asyncio.get_running_loop()
                 for rec in starts:
-                    task = loop.create_task(self._attempts(rec))
-                    task.add_done_callback(self._step_task_done)
-                    self._tasks[rec.step_id, rec.phase] = task
+                    self._spawn(rec)
             if self._lost:
                 return
             if self._step_error is not None:  # the run stops, as when run inline
                 raise self._step_error
             decided = True  # from here on, every start comes from a decision made here
-            self._fold()
+            finished = self._fold()
             if self.waiting.ids and not self._draining:
                 await self.waiting.resolve(self)
             if self._draining:
@@ -362,9 +379,23 @@ class Run:
                 if await self._hand_back():
                     return
                 continue
-            decision = (lone is not None and after_success(graph, state, lone)) or decide(
-                plan, graph, state
-            )
+            decision = None
+            if lone is not None:
+                decision = after_success(graph, state, lone)
+            elif exact:
+                running = bool(self._tasks or self._queued)
+                decision = after_successes(graph, state, finished, running, seen)
+            if decision is None:
+                decision = decide(plan, graph, state)
+                exact = (
+                    state.status is Status.RUNNING
+                    and state.abort is Abort.NONE
+                    and decision.status is None
+                    and not (decision.compensate or decision.cancel or decision.park)
+                    and self.waiting is _NO_WAITING
+                )
+                if seen:
+                    seen.clear()
             if decision.cancel:
                 await self.waiting.cancel(self, decision.cancel)
             if decision.park and not self._records:
@@ -384,7 +415,7 @@ class Run:
             starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = [rec for rec in starts if rec.status is Status.RUNNING]
-                self._settled = False
+                self._settled = exact = False
             if decision.compensate:
                 starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
             final = decision.done or decision.release
@@ -425,7 +456,7 @@ class Run:
             if result.abort > state.abort:
                 state.abort = result.abort
             if not result.applied:  # a control request came first: nothing started
-                self.releasing = False
+                self.releasing = exact = False
                 self.host.status_changed(self)
                 starts = []
                 continue
@@ -553,10 +584,14 @@ class Run:
         self._settled = True
         return rec
 
-    def _fold(self) -> None:
-        """Put the step runs that finished in the state; queue their records."""
-        state = self.state
-        for rec in self._done:
+    def _fold(self) -> list[StepRecord]:
+        """Put the step runs that finished in the state and queue their records; the
+        records folded."""
+        state, done = self.state, self._done
+        if not done:
+            return done
+        self._done = []
+        for rec in done:
             sid = rec.step_id
             self._tasks.pop((sid, rec.phase), None)
             self._records.append(rec)
@@ -566,19 +601,41 @@ class Run:
                 state.comps[sid] = rec
                 # a failed map whose runs were compensated stays the step that failed
                 if rec.status is Status.SUCCESS and state.steps[sid].status is Status.SUCCESS:
-                    forward = replace(state.steps[sid], status=Status.COMPENSATED)
-                    state.steps[sid] = forward
-                    self._records.append(forward)
-        self._done.clear()
+                    undone = replace(state.steps[sid], status=Status.COMPENSATED)
+                    state.steps[sid] = undone
+                    self._records.append(undone)
+        return done
+
+    def _spawn(self, rec: StepRecord) -> None:
+        """Run a started step in a task of its own, or queue it when the run has as
+        many step tasks as the worker has slots (the next starts as one ends): a
+        fan-out of thousands would otherwise hold a task per step, each waiting for a
+        slot, and the garbage collector would walk them all, again and again."""
+        if self._live >= self.host.slots.size or self._queued:
+            if self._queued is None:
+                self._queued = deque()
+            self._queued.append(rec)
+        else:
+            self._task(rec)
+
+    def _task(self, rec: StepRecord) -> None:
+        self._live += 1
+        task = asyncio.get_running_loop().create_task(self._attempts(rec))
+        task.add_done_callback(self._step_task_done)
+        self._tasks[rec.step_id, rec.phase] = task
 
     def _step_task_done(self, task: asyncio.Task[None]) -> None:
-        """A step's own task ended. One that raised (the store away past the commit's
-        retries while recording a retry, a fault point) never put a record in
-        ``_done``: the loop must hear of it, or it waits for ever while the worker
-        renews the lease."""
+        """A step's own task ended: the next queued step starts. One that raised (the
+        store away past the commit's retries while recording a retry, a fault point)
+        never put a record in ``_done``: the loop must hear of it, or it waits for
+        ever while the worker renews the lease."""
+        self._live -= 1
         if not task.cancelled() and task.exception() is not None and self._step_error is None:
             self._step_error = task.exception()
             self._wake.set()
+        queued = self._queued
+        if queued and not (self._lost or self._draining or self._step_error is not None):
+            self._task(queued.popleft())
 
     def interrupt_wanted(self, phase: Phase) -> bool:
         if self.state.abort is Abort.NO_COMPENSATION or self._draining:

@@ -282,6 +282,14 @@ class Worker:
             self._aborting.add(run.id)
             self._spawn(self.abort_for_deadline(run))
 
+    def _deadlines(self) -> None:
+        """Abort the runs whose deadline passed (a method, not a loop in the poll
+        loop: a loop variable there would keep the last run, and all it holds, alive
+        until the next poll)."""
+        for run in list(self.runs.values()):
+            if run.spec.deadline_at is not None:
+                self.deadline_passed(run)
+
     async def abort_for_deadline(self, run: Run) -> None:
         try:
             await self.control(run.id, "abort", reason="deadline exceeded")
@@ -655,9 +663,7 @@ class Worker:
         while True:
             try:
                 await self._controls()
-                for run in list(self.runs.values()):
-                    if run.spec.deadline_at is not None:
-                        self.deadline_passed(run)
+                self._deadlines()
                 if self._claim_paused():
                     # only reads were made: they say nothing of whether writes work
                     await wait_event(self._poke, self.options.poll_interval)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Status, StepError
 from microsaga._engine.records import ExecState, Phase, StepRecord
-from microsaga._engine.saga import after_success, decide, first
+from microsaga._engine.saga import after_success, after_successes, decide, first
 from microsaga.workflow import build_plan
 
 
@@ -40,7 +40,7 @@ def descendants(graph: dict[str, list[str]], root: str) -> set[str]:
 
 
 async def run_saga(
-    graph: dict[str, list[str]], undoable: set[str], failing: str | None
+    graph: dict[str, list[str]], undoable: set[str], failing: str | None, concurrency: int = 100
 ) -> tuple[Any, list[tuple[str, str]]]:
     log: list[tuple[str, str]] = []
 
@@ -61,7 +61,8 @@ async def run_saga(
         comp = FunctionStep(undo, id=f"undo-{sid}") if sid in undoable else None
         return FunctionStep(run, id=sid, requires=graph[sid], compensate=comp)
 
-    async with Flow("memory://") as flow:
+    # a small concurrency: a run queues the steps it started beyond the worker's slots
+    async with Flow("memory://", concurrency=concurrency) as flow:
         wf = await flow.workflow_create("prop", *(forward(s) for s in graph))
         try:
             eid = await wf.execute({})
@@ -73,12 +74,12 @@ async def run_saga(
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(sagas())
+@given(sagas(), st.sampled_from([1, 2, 100]))
 def test_rollback_follows_the_rules(
-    case: tuple[dict[str, list[str]], set[str], str | None],
+    case: tuple[dict[str, list[str]], set[str], str | None], concurrency: int
 ) -> None:
     graph, undoable, failing = case
-    info, log = asyncio.run(run_saga(graph, undoable, failing))
+    info, log = asyncio.run(run_saga(graph, undoable, failing, concurrency))
     started = {sid for ev, sid in log if ev == "start"}
     at = {(ev, sid): i for i, (ev, sid) in enumerate(log)}
 
@@ -159,3 +160,50 @@ def test_the_shortcut_after_a_lone_step_decides_as_decide_does(
     assert all(state.steps[s].status is Status.SUCCESS for s in graph)
     if len(graph) > 1 and all(graph[f"s{i}"] == [f"s{i - 1}"] for i in range(1, len(graph))):
         assert shortcuts == len(graph) - 1  # a chain takes the shortcut at every step
+
+
+@settings(max_examples=300, deadline=None)
+@given(sagas(), st.randoms(use_true_random=False))
+def test_the_shortcut_after_steps_finish_decides_as_decide_does(
+    case: tuple[dict[str, list[str]], set[str], str | None], rnd: Any
+) -> None:
+    # as above, finishing a random batch of the running steps each time: the shortcut
+    # starts what decide() starts, waits when decide() starts nothing while steps run,
+    # and defers to decide() only when nothing runs
+    graph, _, _ = case
+
+    async def noop(m: Message) -> None:
+        return None
+
+    plan = build_plan(
+        "p", [FunctionStep(noop, id=sid, requires=reqs) for sid, reqs in graph.items()]
+    )
+    run = plan.graph()
+    state = ExecState(Status.RUNNING, steps=run.fresh_steps())
+    running: list[str] = []
+    seen: dict[str, int] = {}
+    finished: list[StepRecord] | None = None  # None: the first decision
+    while True:
+        decision = decide(plan, run, state)
+        if finished is not None:
+            quick = after_successes(run, state, finished, bool(running), seen)
+            if quick is None:
+                assert not running
+            else:
+                assert sorted(quick.start) == sorted(decision.start)
+                assert (quick.status, quick.done, quick.compensate) == (None, False, ())
+        if decision.done:
+            assert decision.status is Status.SUCCESS
+            break
+        for sid in decision.start:
+            state.steps[sid] = StepRecord(sid, Phase.FORWARD, Status.RUNNING, 1)
+            running.append(sid)
+        rnd.shuffle(running)
+        count = rnd.randint(1, len(running))
+        finished = []
+        for sid in running[:count]:
+            rec = StepRecord(sid, Phase.FORWARD, Status.SUCCESS, 1)
+            state.steps[sid] = rec
+            finished.append(rec)
+        del running[:count]
+    assert all(state.steps[s].status is Status.SUCCESS for s in graph)

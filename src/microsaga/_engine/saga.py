@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import msgspec
 
-from ..status import Status
+from ..status import Phase, Status
 from .plan import Plan, RunGraph
 from .records import Abort, ExecState, StepRecord
 
 __all__ = [
     "Decision",
     "after_success",
+    "after_successes",
     "compensable",
     "compensated",
     "decide",
@@ -122,6 +123,47 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
     if ready is None:
         return None  # none: decide() tells whether the run is over
     return Decision((ready,))
+
+
+def after_successes(
+    graph: RunGraph,
+    state: ExecState,
+    finished: list[StepRecord],
+    running: bool,
+    seen: dict[str, int],
+) -> Decision | None:
+    """:func:`decide`, cheaply, when the step runs ``finished`` have just ended and
+    nothing else changed since the last decision, which started every step that was
+    ready (none settled without running). ``running``: whether other steps still run.
+    As :func:`after_success`, the ready steps now are among their dependents; when
+    none is, the decision is to wait while steps run. None when that case does not
+    hold (one of them did not succeed, a suspend, an abort, a rollback) or when
+    nothing runs any more: ask :func:`decide`. What keeps a fan-out of thousands of
+    steps from looking at all of them each time some finish.
+
+    ``seen``: for a step not ready yet, how many of its requirements (in order) were
+    found done, kept by the caller between calls while the case holds (they stay
+    done), so that a join of thousands looks at each once."""
+    if state.status is not Status.RUNNING or state.abort is not Abort.NONE or state.comps:
+        return None
+    steps, requires, dependents = state.steps, graph.requires, graph.dependents
+    ready: dict[str, None] = {}
+    for rec in finished:
+        if rec.status is not Status.SUCCESS or rec.phase is not Phase.FORWARD:
+            return None
+        for sid in dependents[rec.step_id]:
+            if sid in ready or steps[sid].status is not Status.PENDING:
+                continue
+            reqs, at = requires[sid], seen.get(sid, 0)
+            while at < len(reqs) and steps[reqs[at]].status in _DONE:
+                at += 1
+            if at == len(reqs):
+                ready[sid] = None
+            else:
+                seen[sid] = at
+    if ready:
+        return Decision(tuple(ready))
+    return _WAIT if running else None
 
 
 def _satisfied(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
