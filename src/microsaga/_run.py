@@ -415,7 +415,8 @@ class Run:
             starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = [rec for rec in starts if rec.status is Status.RUNNING]
-                self._settled = exact = False
+                # their dependents may be ready now: the next decision is decide()'s
+                self._settled = exact = decided = False
             if decision.compensate:
                 starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
             final = decision.done or decision.release

@@ -323,3 +323,34 @@ async def test_a_fallbacks_retries_are_recorded_and_a_suspend_interrupts_them(
     count = len(tries)
     await asyncio.sleep(0.5)
     assert len(tries) == count  # no more tries while suspended
+
+
+async def test_a_step_made_ready_by_a_skipped_sibling_runs_beside_the_other_branch(
+    flow: Flow,
+) -> None:
+    # root -> (left, gift); gift's when is false; side requires root and gift, so the
+    # skip of gift makes it ready while left runs: it must start then, beside left's
+    # dependent, not once that branch has ended (wait_side waits for side)
+    side_ran = asyncio.Event()
+
+    async def noop(msg: Message) -> None:
+        return None
+
+    async def wait_side(msg: Message) -> None:
+        await asyncio.wait_for(side_ran.wait(), 5)
+
+    async def side(msg: Message) -> None:
+        side_ran.set()
+
+    root = FunctionStep(noop, id="root")
+    left = FunctionStep(noop, id="left", requires=[root])
+    gift = FunctionStep(noop, id="gift", requires=[root], when="request.gift")
+    after_left = FunctionStep(wait_side, id="after_left", requires=[left])
+    then = FunctionStep(noop, id="then", requires=[after_left])
+    by_side = FunctionStep(side, id="side", requires=[root, gift])
+    wf = await flow.workflow_create("w", root, left, gift, after_left, then, by_side)
+    eid = await wf.execute({"gift": False})
+    info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    assert info.steps["gift"].status is Status.SKIPPED
+    assert info.steps["side"].status is Status.SUCCESS
