@@ -37,11 +37,13 @@ def cases(draw: st.DrawFn, failures: bool = False) -> Case:
         if i == 0:
             reqs: list[int] = []
         else:
-            shape = draw(st.sampled_from(["root", "chain", "fan", "join"]))
+            shape = draw(st.sampled_from(["root", "chain", "fan", "fan", "join", "diamond"]))
             if shape == "root":
                 reqs = []
             elif shape == "chain":  # the step just before: chains, and diamonds' arms
                 reqs = [i - 1]
+            elif shape == "diamond":  # the two steps just before: a diamond's end
+                reqs = [i - 1, max(i - 2, 0)]
             elif shape == "fan":  # one earlier step: fan-outs
                 reqs = [draw(st.integers(min_value=0, max_value=i - 1))]
             else:  # several earlier steps: joins, diamonds' ends
@@ -49,7 +51,8 @@ def cases(draw: st.DrawFn, failures: bool = False) -> Case:
                 reqs = draw(st.lists(ints, min_size=2, max_size=4))
         requires[f"s{i}"] = sorted({f"s{r}" for r in reqs})
     ids = sorted(requires)
-    when = draw(st.dictionaries(st.sampled_from(ids), st.booleans()))
+    flags = st.sampled_from([None, None, True, False])  # a when on half of the steps
+    when = {sid: flag for sid in ids if (flag := draw(flags)) is not None}
     yields = {sid: draw(st.integers(min_value=0, max_value=3)) for sid in ids}
     case = Case(requires, when, yields)
     if failures:
