@@ -263,6 +263,8 @@ class Run:
         is false is SKIPPED already."""
         now = self.host.clock()
         records = [self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start]
+        if self._settled:
+            records = self._with_made_ready(records, now)
         self._records, self._settled = [], False  # settled ones go with the creation
         self._new_waits = False  # the WAITING ones are in waiting.ids: below
         self._initial = [rec for rec in records if rec.status is Status.RUNNING]
@@ -414,9 +416,9 @@ class Run:
             now = self.host.clock()
             starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
             if self._settled:  # skipped, or failed by their when or input: not started
+                starts = self._with_made_ready(starts, now)
                 starts = [rec for rec in starts if rec.status is Status.RUNNING]
-                # their dependents may be ready now: the next decision is decide()'s
-                self._settled = exact = decided = False
+                self._settled = exact = decided = False  # the next decision is decide()'s
             if decision.compensate:
                 starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
             final = decision.done or decision.release
@@ -584,6 +586,23 @@ class Run:
         self._records.append(rec)
         self._settled = True
         return rec
+
+    def _with_made_ready(self, starts: list[StepRecord], now: float) -> list[StepRecord]:
+        """``starts`` and the steps that the skips among them made ready, started with
+        them (and so on: such a step may be skipped in turn). Started one decision
+        later, a step made ready by a skip would wait for the others: for the one
+        started alone beside the skip, run inline to its end, or at least for the
+        next commit, while the others run on."""
+        plan, graph, state = self.spec.plan, self.spec.graph, self.state
+        settled = True
+        while settled:  # settled ones are in the state already; the started ones not
+            self._settled = False
+            begun = {rec.step_id for rec in starts}
+            more = [sid for sid in decide(plan, graph, state).start if sid not in begun]
+            starts += [self._start(sid, Phase.FORWARD, now) for sid in more]
+            settled = self._settled
+        self._settled = True
+        return starts
 
     def _fold(self) -> list[StepRecord]:
         """Put the step runs that finished in the state and queue their records; the

@@ -354,3 +354,60 @@ async def test_a_step_made_ready_by_a_skipped_sibling_runs_beside_the_other_bran
     assert info.status is Status.SUCCESS
     assert info.steps["gift"].status is Status.SKIPPED
     assert info.steps["side"].status is Status.SUCCESS
+
+
+async def test_a_step_made_ready_by_a_skip_starts_beside_the_one_started_with_it(
+    flow: Flow,
+) -> None:
+    # root -> (left, gift); gift's when is false; side requires root and gift: the skip
+    # makes it ready as left starts, alone, and it must start then, not once left has
+    # run to its end (left waits for side)
+    side_ran = asyncio.Event()
+
+    async def noop(msg: Message) -> None:
+        return None
+
+    async def wait_side(msg: Message) -> None:
+        await asyncio.wait_for(side_ran.wait(), 5)
+
+    async def side(msg: Message) -> None:
+        side_ran.set()
+
+    root = FunctionStep(noop, id="root")
+    left = FunctionStep(wait_side, id="left", requires=[root])
+    gift = FunctionStep(noop, id="gift", requires=[root], when="request.gift")
+    by_side = FunctionStep(side, id="side", requires=[root, gift])
+    wf = await flow.workflow_create("w", root, left, gift, by_side)
+    info = await flow.execution(await wf.execute({"gift": False}))
+    assert info.status is Status.SUCCESS
+    assert info.steps["gift"].status is Status.SKIPPED
+    assert info.steps["left"].status is Status.SUCCESS
+
+
+async def test_a_step_made_ready_by_a_skipped_root_starts_beside_its_siblings(
+    flow: Flow,
+) -> None:
+    # roots gift (when false) and root; wrap requires gift alone (skipped too); side
+    # requires wrap and root, next root alone: once root ends, side and next are both
+    # ready and start together (next waits for side)
+    side_ran = asyncio.Event()
+
+    async def noop(msg: Message) -> None:
+        return None
+
+    async def wait_side(msg: Message) -> None:
+        await asyncio.wait_for(side_ran.wait(), 5)
+
+    async def side(msg: Message) -> None:
+        side_ran.set()
+
+    gift = FunctionStep(noop, id="gift", when="request.gift")
+    root = FunctionStep(noop, id="root")
+    wrap = FunctionStep(noop, id="wrap", requires=[gift])
+    by_side = FunctionStep(side, id="side", requires=[wrap, root])
+    after = FunctionStep(wait_side, id="next", requires=[root])
+    wf = await flow.workflow_create("w", gift, root, wrap, by_side, after)
+    info = await flow.execution(await wf.execute({"gift": False}))
+    assert info.status is Status.SUCCESS
+    assert info.steps["wrap"].status is Status.SKIPPED
+    assert info.steps["next"].status is Status.SUCCESS
