@@ -411,3 +411,29 @@ async def test_a_step_made_ready_by_a_skipped_root_starts_beside_its_siblings(
     assert info.status is Status.SUCCESS
     assert info.steps["wrap"].status is Status.SKIPPED
     assert info.steps["next"].status is Status.SUCCESS
+
+
+async def test_a_step_waiting_to_retry_lets_a_queued_step_run(store_url: str) -> None:
+    """With one slot, ``b`` waits in the run's queue while ``a`` runs; ``a`` fails and
+    waits to retry, holding no slot: ``b`` runs meanwhile instead of after ``a``'s next
+    attempt (the queue counted a step waiting to retry as one that runs)."""
+    log: list[str] = []
+
+    async def a(msg: Message) -> None:
+        log.append("a")
+        if log.count("a") == 1:
+            raise StepError("busy")
+
+    async def b(msg: Message) -> None:
+        log.append("b")
+
+    retry = Retry(max_attempts=2, initial_interval=0.5, jitter=False)
+    async with Flow(store_url, concurrency=1, poll_interval=0.05, lease_ttl=5.0) as flow:
+        wf = await flow.workflow_create(
+            "retry-beside", FunctionStep(a, id="a", retry=retry), FunctionStep(b, id="b")
+        )
+        eid = await wf.execute({})
+        info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    assert info.steps["a"].attempts == 2
+    assert log == ["a", "b", "a"]
