@@ -860,21 +860,27 @@ class Run:
     async def _record(self, running: StepRecord) -> bool:
         """Commit a RUNNING record of a step about to be tried again (a retry, or its
         fallback's); False if it may not go on (a suspend or abort came)."""
-        result = await self.host.committer.submit(
-            Transition(
-                execution_id=self.id,
-                token=self.spec.token,
-                expect=self.state.status,
-                starts=[running],
-                at=self.host.clock(),
+        while True:
+            result = await self.host.committer.submit(
+                Transition(
+                    execution_id=self.id,
+                    token=self.spec.token,
+                    expect=self.state.status,
+                    starts=[running],
+                    at=self.host.clock(),
+                )
             )
-        )
-        if not result.owned:
-            self.lose()
-            raise asyncio.CancelledError()
-        if result.status is not self.state.status:
-            self.control(result.status, result.abort)
-        return result.applied and not self.interrupt_wanted(running.phase)
+            if not result.owned:
+                self.lose()
+                raise asyncio.CancelledError()
+            if result.status is not self.state.status:
+                self.control(result.status, result.abort)
+            if result.applied or self.interrupt_wanted(running.phase):
+                return result.applied and not self.interrupt_wanted(running.phase)
+            # not applied, yet nothing stops the step: the run's own commit changed the
+            # status meanwhile (COMPENSATING: another step failed). The step goes on,
+            # as running steps do before a rollback, its retry recorded under the new
+            # status, instead of being dropped (left PENDING, never resumed)
 
     async def fallback(
         self,

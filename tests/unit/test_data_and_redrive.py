@@ -4,6 +4,7 @@ on memory and SQLite."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -437,3 +438,35 @@ async def test_a_step_waiting_to_retry_lets_a_queued_step_run(store_url: str) ->
     assert info.status is Status.SUCCESS
     assert info.steps["a"].attempts == 2
     assert log == ["a", "b", "a"]
+
+
+async def test_a_retry_recorded_while_the_rollback_begins_is_made(tmp_path: Path) -> None:
+    """``f`` fails for good while ``r`` runs; ``r`` fails and records its retry while
+    the run commits the execution COMPENSATING: the retry is made (running steps
+    finish before the rollback) instead of being dropped, ``r`` left PENDING."""
+    calls: list[str] = []
+
+    async def f(msg: Message) -> None:
+        raise StepError("broken", retryable=False)
+
+    async def r(msg: Message) -> None:
+        calls.append("r")
+        for _ in range(2):
+            await asyncio.sleep(0)  # the run folds f's failure and commits meanwhile
+        if len(calls) == 1:
+            raise StepError("busy")
+
+    retry = Retry(max_attempts=2, initial_interval=0.0, jitter=False)
+    # commits through the writer thread: the run's commit is in flight while r fails
+    url = f"sqlite:///{tmp_path / 'flow.db'}?inline_commit=0"
+    async with Flow(url, poll_interval=0.05, lease_ttl=5.0) as flow:
+        wf = await flow.workflow_create(
+            "retry-in-rollback", FunctionStep(f, id="f"), FunctionStep(r, id="r", retry=retry)
+        )
+        with pytest.raises(ExecutionFailedError) as err:
+            await wf.execute({})
+        info = await flow.execution(err.value.execution_id)
+    assert info.steps["f"].status is Status.FAILURE
+    assert calls == ["r", "r"]
+    assert info.steps["r"].status is Status.SUCCESS
+    assert info.steps["r"].attempts == 2
