@@ -263,7 +263,7 @@ settings_ = settings(
 )
 
 
-@settings(settings_, max_examples=60)
+@settings(settings_, max_examples=80)
 @given(cases())
 async def test_slots_and_retries_keep_every_step_prompt_and_run_once(
     flows: dict[int, Flow], case: Case
@@ -276,7 +276,7 @@ async def test_slots_and_retries_keep_every_step_prompt_and_run_once(
     check_prompt(case, info, trace.log)
 
 
-@settings(settings_, max_examples=60)
+@settings(settings_, max_examples=80)
 @given(cases(failures=True))
 async def test_with_slots_a_failure_runs_the_started_steps_then_undoes_in_reverse(
     flows: dict[int, Flow], case: Case
