@@ -861,11 +861,12 @@ class Run:
         """Commit a RUNNING record of a step about to be tried again (a retry, or its
         fallback's); False if it may not go on (a suspend or abort came)."""
         while True:
+            expect = self.state.status
             result = await self.host.committer.submit(
                 Transition(
                     execution_id=self.id,
                     token=self.spec.token,
-                    expect=self.state.status,
+                    expect=expect,
                     starts=[running],
                     at=self.host.clock(),
                 )
@@ -875,7 +876,8 @@ class Run:
                 raise asyncio.CancelledError()
             if result.status is not self.state.status:
                 self.control(result.status, result.abort)
-            if result.applied or self.interrupt_wanted(running.phase):
+            stop = result.applied or result.status is expect or self.interrupt_wanted(running.phase)
+            if stop:
                 return result.applied and not self.interrupt_wanted(running.phase)
             # not applied, yet nothing stops the step: the run's own commit changed the
             # status meanwhile (COMPENSATING: another step failed). The step goes on,
