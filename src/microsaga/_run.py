@@ -154,7 +154,7 @@ class Run:
     _step_error: BaseException | None = None  # raised in a step's own task
     # steps started (recorded RUNNING) waiting for a task of their own: see _spawn
     _queued: deque[StepRecord] | None = None
-    _live = 0  # step tasks not done yet
+    _live = 0  # step tasks not done yet, less those waiting to retry (see _step_backoff)
 
     def __init__(self, spec: RunSpec, state: ExecState, host: RunHost, *, fresh: bool) -> None:
         self.spec = spec
@@ -653,6 +653,10 @@ class Run:
         if not task.cancelled() and task.exception() is not None and self._step_error is None:
             self._step_error = task.exception()
             self._wake.set()
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start the next queued step, when there is one and it may start."""
         queued = self._queued
         if queued and not (self._lost or self._draining or self._step_error is not None):
             self._task(queued.popleft())
@@ -757,7 +761,7 @@ class Run:
                 # a service that says when to come back (HTTP Retry-After) is obeyed
                 if isinstance(failure, MicrosagaError) and failure.retry_after:
                     delay = max(delay, failure.retry_after)
-                if not await self.backoff(delay, phase) or not await self._next_attempt(
+                if not await self._step_backoff(delay, phase) or not await self._next_attempt(
                     rec, attempt + 1, error
                 ):
                     status = Status.PENDING  # interrupted: it starts again on resume
@@ -833,6 +837,22 @@ class Run:
                 return True
         return False
 
+    async def _step_backoff(self, delay: float, phase: Phase) -> bool:
+        """:meth:`backoff` of a step (or its fallback) run by :meth:`_attempts`."""
+        # a step waiting to retry holds no slot, and no place among the run's step
+        # tasks either: else, with every place taken by steps waiting to retry, the
+        # queued steps would wait for those retries while the slots stay free (a
+        # lone step run inline has no place: nothing else runs or is queued)
+        own = not self._inline
+        if own:
+            self._live -= 1
+            self._start_queued()
+        try:
+            return await self.backoff(delay, phase)
+        finally:
+            if own:
+                self._live += 1
+
     async def _next_attempt(self, rec: StepRecord, attempt: int, error: str) -> bool:
         """Record attempt ``attempt`` before making it; False if it may not start."""
         return await self._record(replace(rec, attempts=attempt, error=error))
@@ -840,21 +860,29 @@ class Run:
     async def _record(self, running: StepRecord) -> bool:
         """Commit a RUNNING record of a step about to be tried again (a retry, or its
         fallback's); False if it may not go on (a suspend or abort came)."""
-        result = await self.host.committer.submit(
-            Transition(
-                execution_id=self.id,
-                token=self.spec.token,
-                expect=self.state.status,
-                starts=[running],
-                at=self.host.clock(),
+        while True:
+            expect = self.state.status
+            result = await self.host.committer.submit(
+                Transition(
+                    execution_id=self.id,
+                    token=self.spec.token,
+                    expect=expect,
+                    starts=[running],
+                    at=self.host.clock(),
+                )
             )
-        )
-        if not result.owned:
-            self.lose()
-            raise asyncio.CancelledError()
-        if result.status is not self.state.status:
-            self.control(result.status, result.abort)
-        return result.applied and not self.interrupt_wanted(running.phase)
+            if not result.owned:
+                self.lose()
+                raise asyncio.CancelledError()
+            if result.status is not self.state.status:
+                self.control(result.status, result.abort)
+            stop = result.applied or result.status is expect or self.interrupt_wanted(running.phase)
+            if stop:
+                return result.applied and not self.interrupt_wanted(running.phase)
+            # not applied, yet nothing stops the step: the run's own commit changed the
+            # status meanwhile (COMPENSATING: another step failed). The step goes on,
+            # as running steps do before a rollback, its retry recorded under the new
+            # status, instead of being dropped (left PENDING, never resumed)
 
     async def fallback(
         self,
@@ -889,7 +917,7 @@ class Run:
                     return None
                 delay = retry.interval(tries, self.host.random())
                 note = f"{error}; fallback {fallback.id} attempt {tries}: {one_line(exc)}"
-                if not await self.backoff(delay, Phase.FORWARD) or not await self._record(
+                if not await self._step_backoff(delay, Phase.FORWARD) or not await self._record(
                     replace(rec, attempts=attempt, error=note)
                 ):
                     return _INTERRUPTED

@@ -4,6 +4,7 @@ on memory and SQLite."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -411,3 +412,61 @@ async def test_a_step_made_ready_by_a_skipped_root_starts_beside_its_siblings(
     assert info.status is Status.SUCCESS
     assert info.steps["wrap"].status is Status.SKIPPED
     assert info.steps["next"].status is Status.SUCCESS
+
+
+async def test_a_step_waiting_to_retry_lets_a_queued_step_run(store_url: str) -> None:
+    """With one slot, ``b`` waits in the run's queue while ``a`` runs; ``a`` fails and
+    waits to retry, holding no slot: ``b`` runs meanwhile instead of after ``a``'s next
+    attempt (the queue counted a step waiting to retry as one that runs)."""
+    log: list[str] = []
+
+    async def a(msg: Message) -> None:
+        log.append("a")
+        if log.count("a") == 1:
+            raise StepError("busy")
+
+    async def b(msg: Message) -> None:
+        log.append("b")
+
+    retry = Retry(max_attempts=2, initial_interval=0.5, jitter=False)
+    async with Flow(store_url, concurrency=1, poll_interval=0.05, lease_ttl=5.0) as flow:
+        wf = await flow.workflow_create(
+            "retry-beside", FunctionStep(a, id="a", retry=retry), FunctionStep(b, id="b")
+        )
+        eid = await wf.execute({})
+        info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    assert info.steps["a"].attempts == 2
+    assert log == ["a", "b", "a"]
+
+
+async def test_a_retry_recorded_while_the_rollback_begins_is_made(tmp_path: Path) -> None:
+    """``f`` fails for good while ``r`` runs; ``r`` fails and records its retry while
+    the run commits the execution COMPENSATING: the retry is made (running steps
+    finish before the rollback) instead of being dropped, ``r`` left PENDING."""
+    calls: list[str] = []
+
+    async def f(msg: Message) -> None:
+        raise StepError("broken", retryable=False)
+
+    async def r(msg: Message) -> None:
+        calls.append("r")
+        for _ in range(2):
+            await asyncio.sleep(0)  # the run folds f's failure and commits meanwhile
+        if len(calls) == 1:
+            raise StepError("busy")
+
+    retry = Retry(max_attempts=2, initial_interval=0.0, jitter=False)
+    # commits through the writer thread: the run's commit is in flight while r fails
+    url = f"sqlite:///{tmp_path / 'flow.db'}?inline_commit=0"
+    async with Flow(url, poll_interval=0.05, lease_ttl=5.0) as flow:
+        wf = await flow.workflow_create(
+            "retry-in-rollback", FunctionStep(f, id="f"), FunctionStep(r, id="r", retry=retry)
+        )
+        with pytest.raises(ExecutionFailedError) as err:
+            await wf.execute({})
+        info = await flow.execution(err.value.execution_id)
+    assert info.steps["f"].status is Status.FAILURE
+    assert calls == ["r", "r"]
+    assert info.steps["r"].status is Status.SUCCESS
+    assert info.steps["r"].attempts == 2
