@@ -433,6 +433,7 @@ class Run:
                 execution_id=self.id,
                 token=self.spec.token,
                 expect=state.status,
+                abort=state.abort,
                 status=decision.status,
                 records=self._records,
                 starts=starts,
@@ -490,6 +491,7 @@ class Run:
             execution_id=self.id,
             token=self.spec.token,
             expect=self.state.status,
+            abort=self.state.abort,
             records=self._records,
             release=True,
             at=self.host.clock(),
@@ -845,6 +847,7 @@ class Run:
                 execution_id=self.id,
                 token=self.spec.token,
                 expect=self.state.status,
+                abort=self.state.abort,
                 starts=[running],
                 at=self.host.clock(),
             )

@@ -211,7 +211,7 @@ class MemoryStore(Store):
             return TransitionResult(owned=False, status=status, abort=Abort.NONE, applied=False)
         row.put(t.records)
         row.recovery_attempts = 0  # its worker is alive and commits
-        applied = row.status is t.expect
+        applied = row.status is t.expect and row.abort <= t.abort
         if applied:
             if t.status is not None:
                 row.status = t.status
