@@ -495,8 +495,12 @@ FROM microsaga_step_runs WHERE execution_id = ANY($1::text[]);
 -- control ----------------------------------------------------------------------------
 
 -- name: control_row
+-- A step RUNNING or WAITING (1, 8): an abort then needs a worker, to give up the waits.
 SELECT status, abort, owner, lease_until,
-       EXISTS (SELECT 1 FROM microsaga_step_runs s WHERE s.execution_id = e.id AND s.status = 1),
+       EXISTS (
+           SELECT 1 FROM microsaga_step_runs s
+           WHERE s.execution_id = e.id AND s.status IN (1, 8)
+       ),
        EXISTS (SELECT 1 FROM microsaga_step_runs s
                WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2),
        EXISTS (SELECT 1 FROM microsaga_step_runs s
@@ -688,10 +692,12 @@ SELECT EXISTS (
 );
 
 -- name: park
--- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+-- Only a RUNNING execution with no abort request: a suspend or an abort that came first
+-- is the run's to act on (an abort without compensation leaves the status RUNNING).
 -- IS NOT DISTINCT FROM: the row found by its id, not off by_status (write_expected_one).
 UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
 WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status IS NOT DISTINCT FROM 1
+  AND abort = 0
 RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------
