@@ -309,6 +309,36 @@ async def test_an_abort_without_compensation_wins_over_the_decision_in_flight(
     assert ran == []
 
 
+async def test_an_abort_during_the_last_compensation_ends_the_execution_aborted(
+    flow: Flow,
+) -> None:
+    """As above, during a rollback (the status stays COMPENSATING): the run's commit
+    of FAILURE, decided without the abort, used to be applied on SQLite."""
+    aborting: list[asyncio.Task[None]] = []
+
+    async def a(msg: Message) -> dict[str, int]:
+        return {"a": 1}
+
+    async def undo_a(msg: Message) -> None:
+        aborting.append(asyncio.create_task(flow.abort(eid)))
+        while (found := await flow.store.get_status(eid)) and found[1] is Abort.NONE:
+            await asyncio.sleep(0)  # until the abort is stored, not yet known to the run
+
+    async def b(msg: Message) -> None:
+        raise StepError("declined", retryable=False)
+
+    wf = await flow.workflow_create(
+        "abort-rollback",
+        FunctionStep(a, id="a", compensate=FunctionStep(undo_a, id="undo-a")),
+        FunctionStep(b, id="b", requires=["a"]),
+    )
+    eid = await wf.execute(async_=True)
+    info = await flow.wait(eid, timeout=10)
+    await asyncio.wait_for(aborting[0], 10)  # accepted: the rollback was in progress
+    assert info.status is Status.ABORTED
+    assert info.steps["a"].status is Status.COMPENSATED
+
+
 async def test_abort_a_suspended_execution(flow: Flow) -> None:
     ledger = Ledger()
     a = ledger.step("a", wait=True)
