@@ -433,6 +433,7 @@ class Run:
                 execution_id=self.id,
                 token=self.spec.token,
                 expect=state.status,
+                abort=state.abort,
                 status=decision.status,
                 records=self._records,
                 starts=starts,
@@ -490,6 +491,7 @@ class Run:
             execution_id=self.id,
             token=self.spec.token,
             expect=self.state.status,
+            abort=self.state.abort,
             records=self._records,
             release=True,
             at=self.host.clock(),
@@ -867,6 +869,7 @@ class Run:
                     execution_id=self.id,
                     token=self.spec.token,
                     expect=expect,
+                    abort=self.state.abort,
                     starts=[running],
                     at=self.host.clock(),
                 )
@@ -874,7 +877,7 @@ class Run:
             if not result.owned:
                 self.lose()
                 raise asyncio.CancelledError()
-            if result.status is not self.state.status:
+            if result.status is not self.state.status or result.abort > self.state.abort:
                 self.control(result.status, result.abort)
             stop = result.applied or result.status is expect or self.interrupt_wanted(running.phase)
             if stop:

@@ -370,6 +370,7 @@ class Waiting:
                 execution_id=run.id,
                 token=run.spec.token,
                 expect=run.state.status,
+                abort=run.state.abort,
                 records=records,
                 at=run.host.clock(),
             )

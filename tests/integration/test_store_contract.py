@@ -490,10 +490,32 @@ async def test_abort_request_reaches_the_owner_through_its_transition(store: Sto
         store, transition("e1", expect=Status.RUNNING, records=[succeeded("a")])
     )
     assert result == TransitionResult(True, Status.COMPENSATING, Abort.COMPENSATE, False)
-    result = await commit_one(
-        store, transition("e1", expect=Status.COMPENSATING, status=Status.ABORTED, release=True)
-    )
+    done = transition("e1", expect=Status.COMPENSATING, status=Status.ABORTED, release=True)
+    result = await commit_one(store, done)  # decided without knowing of the abort
+    assert result == TransitionResult(True, Status.COMPENSATING, Abort.COMPENSATE, False)
+    done.abort = Abort.COMPENSATE
+    result = await commit_one(store, done)
     assert result == TransitionResult(True, Status.ABORTED, Abort.COMPENSATE, True)
+
+
+async def test_an_abort_without_compensation_stops_transitions_decided_without_it(
+    store: Store,
+) -> None:
+    """The status stays RUNNING: the abort the owner knows of tells its decisions made
+    before the abort (a step started, SUCCESS) from those made after."""
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    assert await store.request("e1", "abort_nocomp", 101.0) is Status.RUNNING
+    unaware = transition(
+        "e1", records=[succeeded("a")], starts=[running("b")], status=Status.SUCCESS
+    )
+    result = await commit_one(store, unaware)
+    assert result == TransitionResult(True, Status.RUNNING, Abort.NO_COMPENSATION, False)
+    steps = await steps_of(store, "e1")
+    assert steps["a", Phase.FORWARD].status is Status.SUCCESS  # records are written
+    assert ("b", Phase.FORWARD) not in steps
+    aware = transition("e1", status=Status.ABORTED, release=True, abort=Abort.NO_COMPENSATION)
+    result = await commit_one(store, aware)
+    assert result == TransitionResult(True, Status.ABORTED, Abort.NO_COMPENSATION, True)
 
 
 # leases -------------------------------------------------------------------------------------

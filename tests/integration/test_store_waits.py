@@ -80,6 +80,11 @@ async def test_a_park_is_refused_when_what_it_waits_for_is_there(store: Store) -
     assert not await store.park("e1", 9, 10**15, ["other"], [], "a stale token")
     await store.request("e1", "suspend", 104.0)
     assert not await store.park("e1", 1, 10**15, ["other"], [], "suspended meanwhile")
+    # an abort without compensation leaves the status RUNNING: parked, nobody would
+    # end the execution until its timer
+    await store.commit([new("e2", owner="w1")])
+    assert await store.request("e2", "abort_nocomp", 105.0) is Status.RUNNING
+    assert not await store.park("e2", 1, 10**15, ["other"], [], "aborted meanwhile")
 
 
 async def test_wake_makes_a_parked_execution_claimable_now(store: Store) -> None:

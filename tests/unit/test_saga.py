@@ -19,6 +19,7 @@ from microsaga import (
     Step,
     StepError,
 )
+from microsaga.stores.base import Abort
 from tests.helpers import eventually
 
 
@@ -274,6 +275,68 @@ async def test_sync_execute_returns_the_id_when_aborted(flow: Flow) -> None:
     assert info.status is Status.ABORTED
     assert info.steps["a"].status is Status.SUCCESS  # not compensated
     assert "undo a" not in ledger.log
+
+
+async def test_an_abort_without_compensation_wins_over_the_decision_in_flight(
+    flow: Flow,
+) -> None:
+    """The abort is stored while the step that makes ``b`` ready returns: the run's
+    next commit (``a`` done, ``b`` started) was decided without it. Found by
+    test_run_control_properties on SQLite, where that commit used to be applied (an
+    abort without compensation leaves the status RUNNING): ``b`` ran after the abort
+    returned, and a last step's SUCCESS ended the execution SUCCESS."""
+    aborting: list[asyncio.Task[None]] = []
+
+    async def a(msg: Message) -> None:
+        aborting.append(asyncio.create_task(flow.abort(eid, compensate=False)))
+        while (found := await flow.store.get_status(eid)) and found[1] is Abort.NONE:
+            await asyncio.sleep(0)  # until the abort is stored, not yet known to the run
+
+    ran: list[str] = []
+
+    async def b(msg: Message) -> None:
+        ran.append("b")
+
+    wf = await flow.workflow_create(
+        "abort-in-flight", FunctionStep(a, id="a"), FunctionStep(b, id="b", requires=["a"])
+    )
+    eid = await wf.execute(async_=True)
+    info = await flow.wait(eid, timeout=10)
+    await asyncio.wait_for(aborting[0], 10)  # accepted: the execution had not ended
+    assert info.status is Status.ABORTED
+    assert info.steps["a"].status is Status.SUCCESS
+    assert info.steps["b"].status is Status.PENDING
+    assert ran == []
+
+
+async def test_an_abort_during_the_last_compensation_ends_the_execution_aborted(
+    flow: Flow,
+) -> None:
+    """As above, during a rollback (the status stays COMPENSATING): the run's commit
+    of FAILURE, decided without the abort, used to be applied on SQLite."""
+    aborting: list[asyncio.Task[None]] = []
+
+    async def a(msg: Message) -> dict[str, int]:
+        return {"a": 1}
+
+    async def undo_a(msg: Message) -> None:
+        aborting.append(asyncio.create_task(flow.abort(eid)))
+        while (found := await flow.store.get_status(eid)) and found[1] is Abort.NONE:
+            await asyncio.sleep(0)  # until the abort is stored, not yet known to the run
+
+    async def b(msg: Message) -> None:
+        raise StepError("declined", retryable=False)
+
+    wf = await flow.workflow_create(
+        "abort-rollback",
+        FunctionStep(a, id="a", compensate=FunctionStep(undo_a, id="undo-a")),
+        FunctionStep(b, id="b", requires=["a"]),
+    )
+    eid = await wf.execute(async_=True)
+    info = await flow.wait(eid, timeout=10)
+    await asyncio.wait_for(aborting[0], 10)  # accepted: the rollback was in progress
+    assert info.status is Status.ABORTED
+    assert info.steps["a"].status is Status.COMPENSATED
 
 
 async def test_abort_a_suspended_execution(flow: Flow) -> None:

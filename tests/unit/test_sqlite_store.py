@@ -117,6 +117,6 @@ async def test_a_claim_reads_only_due_executions(tmp_path: Path) -> None:
 
 
 _PARAMS = (
-    "id", "token", "at", "expect", "status", "has_response", "response_body",
+    "id", "token", "at", "expect", "abort", "status", "has_response", "response_body",
     "response_header", "error", "release",
 )  # fmt: skip

@@ -220,6 +220,36 @@ async def test_an_abort_of_a_parked_execution_rolls_it_back(flow: Flow) -> None:
     assert len(calls("release")) == 1
 
 
+async def test_an_abort_without_compensation_of_an_execution_about_to_park_ends_it(
+    flow: Flow,
+) -> None:
+    """The abort is stored as the run parks (on SQLite, where the request waits for the
+    store): found by test_run_control_properties, the park used to be accepted (the
+    status stays RUNNING) and the execution waited, RUNNING, for a signal."""
+    wf = await flow.workflow_create("order", WaitStep("paid"))
+    eid = await wf.execute(None, async_=True)
+    await flow.abort(eid, compensate=False)
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.ABORTED
+    assert done.steps["paid"].status is Status.PENDING
+
+
+@pytest.mark.parametrize("compensate", [True, False])
+async def test_an_abort_of_a_parked_execution_with_nothing_to_undo_gives_up_the_wait(
+    flow: Flow, compensate: bool
+) -> None:
+    """No worker holds it and no step succeeded: the abort used to end it at once in the
+    store, leaving its step WAITING in an ABORTED execution (found by
+    test_run_control_properties). A worker now gives the wait up, as in any abort."""
+    wf = await flow.workflow_create("order", WaitStep("paid"))
+    eid = await wf.execute(None, async_=True)
+    await eventually(lambda: parked(flow, eid))
+    await flow.abort(eid, compensate=compensate)
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.ABORTED
+    assert done.steps["paid"].status is Status.PENDING
+
+
 # timers -------------------------------------------------------------------------------
 
 

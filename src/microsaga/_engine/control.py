@@ -35,7 +35,8 @@ def control_change(
 
     Args:
         held: a live worker holds the execution's lease.
-        steps_running: a step run is recorded RUNNING.
+        steps_running: a step run is recorded RUNNING or WAITING (an abort then takes a
+            worker: a waiting step is given up, its child aborted).
         compensation_failed: a compensation of the execution failed for good.
         steps_succeeded: a forward step succeeded (there may be something to compensate).
 

@@ -79,8 +79,9 @@ class Transition(msgspec.Struct, gc=False):
     """Writes of one execution by its owner, fenced by the lease token.
 
     ``records`` are always written. ``status`` is set, ``starts`` written and the lease
-    released only when the stored status is ``expect`` (``applied``); starts also need
-    the resulting status to be RUNNING or COMPENSATING.
+    released only when the stored status is ``expect`` and the stored abort request is
+    no later than ``abort`` (``applied``); starts also need the resulting status to be
+    RUNNING or COMPENSATING.
     """
 
     execution_id: str
@@ -93,6 +94,10 @@ class Transition(msgspec.Struct, gc=False):
     error: str | None = None
     release: bool = False
     at: float = 0.0
+    # the abort request its writer knows of: one stored since (an abort without
+    # compensation leaves the status as it is) must not be overwritten by a decision
+    # made without it, such as SUCCESS, or steps started after the abort returned
+    abort: Abort = Abort.NONE
 
 
 class TransitionResult(msgspec.Struct, frozen=True, gc=False):

@@ -42,6 +42,9 @@ __all__ = ["MemoryStore"]
 
 _NAMED: weakref.WeakValueDictionary[str, MemoryStore] = weakref.WeakValueDictionary()
 _STARTABLE = (Status.RUNNING, Status.COMPENSATING)  # the statuses in which starts are written
+# step runs that an abort must see to their end: a WAITING step goes back to PENDING
+# (docs/semantics.md, "Rollback gives up waiting"), which takes a worker
+_STARTED = (Status.RUNNING, Status.WAITING)
 
 
 class _Kept(msgspec.Struct, gc=False, frozen=True):
@@ -211,7 +214,7 @@ class MemoryStore(Store):
             return TransitionResult(owned=False, status=status, abort=Abort.NONE, applied=False)
         row.put(t.records)
         row.recovery_attempts = 0  # its worker is alive and commits
-        applied = row.status is t.expect
+        applied = row.status is t.expect and row.abort <= t.abort
         if applied:
             if t.status is not None:
                 row.status = t.status
@@ -357,7 +360,7 @@ class MemoryStore(Store):
             row.status,
             row.abort,
             held=row.owner is not None and row.lease_until >= now,
-            steps_running=any(r.status is Status.RUNNING for r in records),
+            steps_running=any(r.status in _STARTED for r in records),
             compensation_failed=any(
                 r.phase is Phase.COMPENSATE and r.status is Status.FAILURE for r in records
             ),
@@ -452,7 +455,8 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is None or row.token != token or row.owner is None:
             return False
-        if row.status is not Status.RUNNING:  # a suspend or an abort came first
+        # a suspend or an abort came first (one without compensation leaves it RUNNING)
+        if row.status is not Status.RUNNING or row.abort is not Abort.NONE:
             return False
         kept = self._signals.get(execution_id, {})
         if any(event in kept for event in events):

@@ -331,7 +331,7 @@ class PostgresStore(Store):
                     results[i] = TransitionResult(False, status, Abort.NONE, False)
                     continue
                 steps.update(_step_rows(mapping, eid, t.records, took))
-                applied = row.status is t.expect
+                applied = row.status is t.expect and row.abort <= t.abort
                 if applied:
                     if t.status is not None:
                         row.status = t.status
@@ -399,6 +399,7 @@ class PostgresStore(Store):
         executions = []
         steps: dict[tuple[str, str, int], tuple[Any, ...]] = {}
         outcome: dict[str, Status] = {}
+        aborts = [int(t.abort) for _, t in units]
         for _, t in units:
             eid, status = t.execution_id, t.status if t.status is not None else t.expect
             response = t.response if t.status is not None else None
@@ -422,12 +423,15 @@ class PostgresStore(Store):
             outcome[eid] = status
         if len(executions) == 1 and len(steps) <= 2:
             two = [*steps.values(), _NO_STEP, _NO_STEP][:2]
-            rows = await conn.fetch(Q["write_expected_one"], *executions[0], *two[0], *two[1])
+            rows = await conn.fetch(
+                Q["write_expected_one"], *executions[0], *two[0], *two[1], aborts[0]
+            )
         else:
             rows = await conn.fetch(
                 Q["write_expected"],
                 *_columns(executions, _EXPECTED),
                 *_columns(list(steps.values()), _STEP_ROW),
+                aborts,
             )
         written = {r[0]: r[1] for r in rows}
         if pending is not None:

@@ -81,6 +81,7 @@ def _transition_statement(
         "token": unit.token,
         "at": unit.at,
         "expect": int(unit.expect),
+        "abort": int(unit.abort),
     }
     resp = unit.response
     if unit.status is None and resp is None and unit.error is None and not unit.release:

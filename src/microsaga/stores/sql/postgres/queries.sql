@@ -273,16 +273,18 @@ SELECT id FROM done;
 -- first: what the usual transition finds (its lease token, an owner, the status it
 -- expects) is the condition of its write. $1 id, $2 lease token, $3 the status
 -- expected, $4 status, $5 has_response, $6 response_body, $7 response_header, $8 error,
--- $9 release, $10 at; then the step runs ($11 .. $22, as write_transitions'). Returns
+-- $9 release, $10 at; then the step runs ($11 .. $22, as write_transitions'); $23 the
+-- abort request each writer knows of (a later one stored: not as expected). Returns
 -- the id and abort of each execution written; one not returned is left alone with its
 -- step runs, and the store decides on it from read_executions.
 WITH u AS (
     SELECT * FROM unnest(
         $1::text[], $2::bigint[], $3::smallint[], $4::smallint[], $5::boolean[],
-        $6::bytea[], $7::json[], $8::text[], $9::boolean[], $10::double precision[]
+        $6::bytea[], $7::json[], $8::text[], $9::boolean[], $10::double precision[],
+        $23::smallint[]
     ) AS u (
         id, token, expect, status, has_response, response_body, response_header, error,
-        release, at
+        release, at, known_abort
     )
 ),
 -- rows locked in id order, as every statement that locks several execution rows does
@@ -309,6 +311,7 @@ done AS (
       AND e.lease_token = u.token
       AND e.owner IS NOT NULL
       AND e.status = u.expect
+      AND e.abort <= u.known_abort
     RETURNING e.id, e.abort
 ),
 steps AS (
@@ -343,7 +346,7 @@ SELECT id, abort FROM done;
 -- the next one started): values, not arrays, which cost the driver and the server more
 -- to pass (about 30 us a statement); the UPDATE alone locks the one row. $1 .. $10 as
 -- write_expected's; the step runs $11 .. $22 and $23 .. $34, in write_transitions'
--- columns, either all NULL when there is no such run.
+-- columns, either all NULL when there is no such run; $35 the abort its writer knows.
 WITH done AS (
     UPDATE microsaga_executions e SET
         status = $4::smallint,
@@ -361,6 +364,7 @@ WITH done AS (
       AND e.lease_token = $2::bigint
       AND e.owner IS NOT NULL
       AND e.status IS NOT DISTINCT FROM $3::smallint
+      AND e.abort <= $35::smallint
     RETURNING e.id, e.abort
 ),
 steps AS (
@@ -491,8 +495,12 @@ FROM microsaga_step_runs WHERE execution_id = ANY($1::text[]);
 -- control ----------------------------------------------------------------------------
 
 -- name: control_row
+-- A step RUNNING or WAITING (1, 8): an abort then needs a worker, to give up the waits.
 SELECT status, abort, owner, lease_until,
-       EXISTS (SELECT 1 FROM microsaga_step_runs s WHERE s.execution_id = e.id AND s.status = 1),
+       EXISTS (
+           SELECT 1 FROM microsaga_step_runs s
+           WHERE s.execution_id = e.id AND s.status IN (1, 8)
+       ),
        EXISTS (SELECT 1 FROM microsaga_step_runs s
                WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2),
        EXISTS (SELECT 1 FROM microsaga_step_runs s
@@ -684,10 +692,12 @@ SELECT EXISTS (
 );
 
 -- name: park
--- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+-- Only a RUNNING execution with no abort request: a suspend or an abort that came first
+-- is the run's to act on (an abort without compensation leaves the status RUNNING).
 -- IS NOT DISTINCT FROM: the row found by its id, not off by_status (write_expected_one).
 UPDATE microsaga_executions SET owner = NULL, lease_until = $3, note = $4
 WHERE id = $1 AND lease_token = $2 AND owner IS NOT NULL AND status IS NOT DISTINCT FROM 1
+  AND abort = 0
 RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------

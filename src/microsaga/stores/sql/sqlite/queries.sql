@@ -22,15 +22,15 @@ ON CONFLICT (id) DO NOTHING;
 UPDATE executions SET
     updated_at = :at,
     recovery_attempts = 0,
-    applied = status = :expect,
-    status = CASE WHEN status = :expect AND :status IS NOT NULL THEN :status ELSE status END,
-    response_body = CASE WHEN status = :expect AND :has_response
+    applied = (status = :expect AND abort <= :abort),
+    status = CASE WHEN (status = :expect AND abort <= :abort) AND :status IS NOT NULL THEN :status ELSE status END,
+    response_body = CASE WHEN (status = :expect AND abort <= :abort) AND :has_response
         THEN :response_body ELSE response_body END,
-    response_header = CASE WHEN status = :expect AND :has_response
+    response_header = CASE WHEN (status = :expect AND abort <= :abort) AND :has_response
         THEN :response_header ELSE response_header END,
-    error = CASE WHEN status = :expect AND :error IS NOT NULL THEN :error ELSE error END,
-    owner = CASE WHEN status = :expect AND :release THEN NULL ELSE owner END,
-    lease_until = CASE WHEN status = :expect AND :release THEN 0 ELSE lease_until END
+    error = CASE WHEN (status = :expect AND abort <= :abort) AND :error IS NOT NULL THEN :error ELSE error END,
+    owner = CASE WHEN (status = :expect AND abort <= :abort) AND :release THEN NULL ELSE owner END,
+    lease_until = CASE WHEN (status = :expect AND abort <= :abort) AND :release THEN 0 ELSE lease_until END
 WHERE id = :id AND lease_token = :token AND owner IS NOT NULL
 RETURNING status, abort, applied;
 
@@ -41,7 +41,7 @@ RETURNING status, abort, applied;
 UPDATE executions SET
     updated_at = :at,
     recovery_attempts = 0,
-    applied = status = :expect
+    applied = (status = :expect AND abort <= :abort)
 WHERE id = :id AND lease_token = :token AND owner IS NOT NULL
 RETURNING status, abort, applied;
 
@@ -114,8 +114,9 @@ SELECT execution_id, step_id, phase, status, attempts, request_body, request_hea
 FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
 
 -- name: control_row
+-- A step RUNNING or WAITING (1, 8): an abort then needs a worker, to give up the waits.
 SELECT status, abort, owner, lease_until,
-       EXISTS (SELECT 1 FROM step_runs s WHERE s.execution_id = e.id AND s.status = 1),
+       EXISTS (SELECT 1 FROM step_runs s WHERE s.execution_id = e.id AND s.status IN (1, 8)),
        EXISTS (SELECT 1 FROM step_runs s
                WHERE s.execution_id = e.id AND s.phase = 1 AND s.status = 2),
        EXISTS (SELECT 1 FROM step_runs s
@@ -250,9 +251,10 @@ SELECT EXISTS (
 );
 
 -- name: park
--- Only a RUNNING execution: a suspend or an abort that came first is the run's to act on.
+-- Only a RUNNING execution with no abort request: a suspend or an abort that came first
+-- is the run's to act on (an abort without compensation leaves the status RUNNING).
 UPDATE executions SET owner = NULL, lease_until = :until, note = :note
-WHERE id = :id AND lease_token = :token AND owner IS NOT NULL AND status = 1
+WHERE id = :id AND lease_token = :token AND owner IS NOT NULL AND status = 1 AND abort = 0
 RETURNING id;
 
 -- payloads ----------------------------------------------------------------------------
