@@ -236,10 +236,19 @@ async def run_with_deaths(world: World, folder: Path) -> Outcome:
                 at_death.append(stored)
             last = world.flows[-1]
             if done is None:
+
+                async def taken_over() -> bool:
+                    stored = await last.store.load(eid)
+                    return stored is not None and stored.token > at_death[-1].token
+
+                await eventually(taken_over)
+                # the dead flows wake up while the last one runs (or once it is done):
+                # their calls return and their writes go on, all to be refused
+                world.gate.set()
                 done = await last.wait(eid, timeout=30)
             log = list(world.log)
             before = await last.store.load(eid)
-            world.gate.set()  # the dead flows' calls return, their writes go on: refused
+            world.gate.set()
             for flow in world.flows[:-1]:
                 await asyncio.wait_for(flow.settle(eid), 10)
             assert await last.store.load(eid) == before, "a dead flow wrote"
