@@ -195,7 +195,8 @@ def cases(draw: st.DrawFn, failures: bool = False, suspend: bool = False) -> Cas
     kind: dict[str, str] = {}
     for sid in ids:
         # few steps that cost real time: one that hangs, one late child, at most
-        costly = ("hang", "late") if failures else ("hang",)
+        # a late child cannot be fixed (its deadline passes again): not under "suspend"
+        costly = ("hang", "late") if failures and not suspend else ("hang",)
         extra = [k for k in costly if k not in kind.values()]
         kind[sid] = draw(st.sampled_from(kinds + extra))
     undoable = {sid for sid in ids if draw(st.booleans())}
@@ -219,7 +220,9 @@ def cases(draw: st.DrawFn, failures: bool = False, suspend: bool = False) -> Cas
                 request[sid] = draw(st.lists(item, max_size=6))
             elif kind[sid] in ("sub", "late"):
                 late = kind[sid] == "late"
-                fail = not late and draw(fails) and draw(st.booleans())
+                # not under "suspend": resuming a failed SubflowStep finds its child
+                # (its id is fixed) failed again, and the docs do not say what then
+                fail = not (late or suspend) and draw(fails) and draw(st.booleans())
                 request[sid] = {"fail": fail, "late": late, "yields": base.yields[sid]}
         requests.append(request)
     return Case(
@@ -290,7 +293,7 @@ def workflow_steps(case: Case) -> list[Step]:
             eid = ctx.execution_id
             call = TRACE.enter(eid, sid)
             try:
-                if call == 1:  # hangs once: its timeout ends it
+                if call == 1 and not TRACE.fixed:  # hangs once: its timeout ends it
                     await NEVER().wait()
             except asyncio.CancelledError:
                 TRACE.log.append((eid, "timeout", sid))
@@ -701,3 +704,42 @@ async def test_maps_children_and_timeouts_at_once_fail_and_roll_back_by_the_rule
     flow = flows[case.slots]
     infos = await run(flow, case)
     await check_all(flow, case, infos)
+
+
+@settings(settings_, max_examples=15)
+@given(cases(failures=True, suspend=True), st.booleans())
+async def test_under_the_suspend_policy_a_failure_waits_until_fixed_and_resumed(
+    flows: dict[int, Flow], case: Case, redrive: bool
+) -> None:
+    """A step failing for good leaves the execution SUSPEND, the step FAILURE, nothing
+    compensated; once the cause is gone, resume (or redrive) tries the failed steps
+    again and the execution finishes, the finished steps not run again."""
+    flow = flows[case.slots]
+    infos = await run(flow, case)
+    first: dict[str, set[str]] = {}
+    for request, info in zip(case.requests, infos, strict=True):
+        bad = failing(case, request)
+        if not bad:
+            assert info.status is Status.SUCCESS, (info.error, case)
+            continue
+        assert info.status is Status.SUSPEND, (info.status, info.error, case)
+        failed = {sid for sid in case.requires if info.steps[sid].status is Status.FAILURE}
+        assert failed, info.steps
+        assert failed <= bad, (failed, bad)
+        assert any(f"step {sid} failed" in (info.error or "") for sid in failed), info.error
+        # nothing compensated (a failed child rolled itself back: its own rollback)
+        undone = [w for ev, w in TRACE.events(info.id) if ev == "undo" and "/" not in w]
+        assert not undone, undone
+        first[info.id] = failed
+    TRACE.fixed = True
+    for eid in first:
+        await (flow.redrive(eid) if redrive else flow.resume(eid))
+    async with asyncio.timeout(ENDS):
+        done = [await flow.wait(eid) for eid in first]
+    for info in done:
+        assert info.status is Status.SUCCESS, (info.error, info.steps, case)
+        for sid, kind in case.kind.items():
+            assert info.steps[sid].status is Status.SUCCESS, (sid, info.steps[sid])
+            if kind == "fn":  # tried again only when it failed
+                want = 1 + (sid in first[info.id])
+                assert TRACE.calls[info.id, sid] == want, (sid, TRACE.log)
