@@ -251,8 +251,15 @@ class Worker:
     async def abort_child(self, child_id: str) -> None:
         try:
             await self.control(child_id, "abort")
-        except (InvalidTransitionError, ExecutionNotFoundError):
-            pass  # finished already, or never started
+        except ExecutionNotFoundError:
+            pass  # never started
+        except InvalidTransitionError:
+            # finished already. One that succeeded after its parent last looked at it
+            # is undone as a unit now: its step, given up, is never compensated
+            try:
+                await self.control(child_id, "compensate")
+            except InvalidTransitionError:
+                pass  # it failed (or was aborted): rolled back already
 
     async def compensate_child(self, child_id: str) -> None:
         # the child's rollback is claimed like any execution, and the parent waiting
