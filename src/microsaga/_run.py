@@ -702,7 +702,11 @@ class Run:
         if isinstance(node.step, MapStep) or (
             phase is Phase.COMPENSATE and isinstance(node.compensate, Marker)
         ):
-            self._done.append(await self.waiting.run_special(self, rec, node))
+            # awaited first: ``self._done.append(await ...)`` would take the list
+            # before the await, and _fold replaces it meanwhile when a step beside
+            # this one ends: the record would go to a list nobody reads any more
+            special = await self.waiting.run_special(self, rec, node)
+            self._done.append(special)
             if not self._inline:
                 self._wake.set()
             return

@@ -365,23 +365,31 @@ class Waiting:
     ) -> bool:
         """Commit records of a map's runs; False when what came meanwhile stops runs
         of ``phase`` (a suspend or an abort: no run starts then)."""
-        result = await run.host.committer.submit(
-            Transition(
-                execution_id=run.id,
-                token=run.spec.token,
-                expect=run.state.status,
-                abort=run.state.abort,
-                records=records,
-                at=run.host.clock(),
+        while True:
+            expect = run.state.status
+            result = await run.host.committer.submit(
+                Transition(
+                    execution_id=run.id,
+                    token=run.spec.token,
+                    expect=expect,
+                    abort=run.state.abort,
+                    records=records,
+                    at=run.host.clock(),
+                )
             )
-        )
-        if not result.owned:
-            run.lose()
-            raise asyncio.CancelledError()
+            if not result.owned:
+                run.lose()
+                raise asyncio.CancelledError()
+            if result.status is not run.state.status or result.abort > run.state.abort:
+                run.control(result.status, result.abort)
+            if result.applied or result.status is expect or run.interrupt_wanted(phase):
+                break
+            # not applied, yet nothing stops the runs: the run's own commit changed the
+            # status meanwhile (COMPENSATING: another step failed). The map's runs go
+            # on, as running steps do before a rollback: written again under the new
+            # status, instead of lost (a run left RUNNING, its retry or end unwritten)
         for rec in records:
             self.items[rec.step_id, rec.phase] = rec
-        if result.status is not run.state.status:
-            run.control(result.status, result.abort)
         return result.applied and not run.interrupt_wanted(phase)
 
 

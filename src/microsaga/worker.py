@@ -205,6 +205,7 @@ class Worker:
         self._to_release: dict[str, int] = {}
         self._aborting: set[str] = set()  # deadline aborts requested, not yet done
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
+        self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
 
     # the run's host ---------------------------------------------------------------
 
@@ -250,23 +251,38 @@ class Worker:
     async def abort_child(self, child_id: str) -> None:
         try:
             await self.control(child_id, "abort")
-        except (InvalidTransitionError, ExecutionNotFoundError):
-            pass  # finished already, or never started
+        except ExecutionNotFoundError:
+            pass  # never started
+        except InvalidTransitionError:
+            # finished already. One that succeeded after its parent last looked at it
+            # is undone as a unit now: its step, given up, is never compensated
+            try:
+                await self.control(child_id, "compensate")
+            except InvalidTransitionError:
+                pass  # it failed (or was aborted): rolled back already
 
     async def compensate_child(self, child_id: str) -> None:
+        # the child's rollback is claimed like any execution, and the parent waiting
+        # for it runs nothing meanwhile: it leaves its place among the max_executions
+        # this worker holds to the child (else a worker full of such parents, one with
+        # a concurrency of 1, never claims the children and they all wait for ever)
+        self._rolling_back_children += 1
         try:
-            await self.control(child_id, "compensate")
-        except InvalidTransitionError:
-            pass  # rolling back already (a retry of this compensation), or rolled back
-        while True:
-            found = await self.store.get_execution(child_id)
-            if found is None or found.status is Status.ABORTED:
-                return
-            if found.status is Status.FAILURE:
-                raise MicrosagaError(
-                    f"the rollback of child execution {child_id} failed: {found.error}"
-                )
-            await asyncio.sleep(self.options.poll_interval)
+            try:
+                await self.control(child_id, "compensate")
+            except InvalidTransitionError:
+                pass  # rolling back already (a retry of this compensation), or rolled back
+            while True:
+                found = await self.store.get_execution(child_id)
+                if found is None or found.status is Status.ABORTED:
+                    return
+                if found.status is Status.FAILURE:
+                    raise MicrosagaError(
+                        f"the rollback of child execution {child_id} failed: {found.error}"
+                    )
+                await asyncio.sleep(self.options.poll_interval)
+        finally:
+            self._rolling_back_children -= 1
 
     def signalled(self, execution_id: str) -> None:
         """A signal for the execution was stored by this process: its run here, if
@@ -719,7 +735,7 @@ class Worker:
         """Claim what this worker has room for; the count when it took a full batch."""
         # what it can start soon: a worker that took more than it runs would hold a
         # backlog that other workers could run
-        room = self.options.max_executions - len(self.runs)
+        room = self.options.max_executions - len(self.runs) + self._rolling_back_children
         if room <= 0:
             return 0
         limit = min(room, 256)

@@ -349,6 +349,25 @@ async def test_a_parent_rollback_compensates_a_succeeded_child_as_a_unit(flow: F
     assert (await flow.execution(eid)).steps["charge"].status is Status.COMPENSATED
 
 
+async def test_a_worker_full_of_parents_still_rolls_their_children_back(store_url: str) -> None:
+    """A worker of one slot (so it holds one execution) rolls back a parent whose
+    child succeeded: the child's rollback is claimed, though the parent waiting for
+    it fills the worker (which waited for ever)."""
+    async with Flow(store_url, concurrency=1, poll_interval=0.05, lease_ttl=5.0) as flow:
+        await _saved(flow, "payment", FunctionStep(pay, id="pay", compensate=FunctionStep(refund)))
+        wf = await flow.workflow_create(
+            "order",
+            SubflowStep("payment", id="charge"),
+            FunctionStep(decline, id="ship", requires=["charge"]),
+        )
+        with pytest.raises(ExecutionFailedError) as failed:
+            async with asyncio.timeout(10):
+                await wf.execute({"amount": 3})
+        eid = failed.value.execution_id
+        assert (await flow.execution(f"{eid}:charge")).status is Status.ABORTED
+        assert calls("refund") == [{"request": {"amount": 3}, "response": {"paid": {"amount": 3}}}]
+
+
 async def test_suspend_and_abort_of_the_parent_reach_a_waiting_child(flow: Flow) -> None:
     await _saved(flow, "approval", WaitStep("approved"))
     wf = await flow.workflow_create("order", SubflowStep("approval", id="ask"))
@@ -483,6 +502,31 @@ async def test_a_suspend_while_a_map_run_waits_to_retry_leaves_it_to_the_resume(
     assert tries == [1, 2]
 
 
+async def test_a_map_that_ends_after_a_step_beside_it_is_recorded(flow: Flow) -> None:
+    """``quick`` ends while the map's runs go on, and the loop folds it: the map's end
+    is still recorded (it went to the list of ended steps that fold had taken, and the
+    execution waited for ever)."""
+
+    async def quick(msg: Message) -> str:
+        return "quick"
+
+    async def slow(msg: Message) -> Any:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return msg.json()
+
+    wf = await flow.workflow_create(
+        "beside",
+        FunctionStep(quick, id="quick"),
+        MapStep(FunctionStep(slow, id="slow"), over="request", id="each"),
+    )
+    async with asyncio.timeout(10):
+        eid = await wf.execute([1, 2])
+    done = await flow.execution(eid)
+    assert done.status is Status.SUCCESS
+    assert body(done.steps["each"].response) == [1, 2]
+
+
 async def test_a_map_over_something_not_a_list_fails_naming_the_expression(flow: Flow) -> None:
     wf = await flow.workflow_create("pick", _mapper())
     with pytest.raises(ExecutionFailedError, match=r"over request.items is a number"):
@@ -585,3 +629,37 @@ async def test_a_map_run_answering_over_max_payload_fails_the_map(store_url: str
         )
         with pytest.raises(ExecutionFailedError, match="over max_payload 1000"):
             await wf.execute([1, 2])
+
+
+async def test_a_map_runs_retry_recorded_while_the_rollback_begins_is_made(tmp_path: Path) -> None:
+    """``f`` fails for good while a map's run waits to retry; the run records its
+    retry while the run commits the execution COMPENSATING: the retry is made (running
+    steps finish before the rollback) instead of being lost, the run left RUNNING."""
+    tries: list[int] = []
+
+    async def f(msg: Message) -> None:
+        raise StepError("broken", retryable=False)
+
+    async def flaky(msg: Message, ctx: StepContext) -> Any:
+        tries.append(ctx.attempt)
+        for _ in range(2):
+            await asyncio.sleep(0)  # the run folds f's failure and commits meanwhile
+        if ctx.attempt == 1:
+            raise StepError("busy")
+        return msg.json()
+
+    retry = Retry(max_attempts=2, initial_interval=0.0, jitter=False)
+    url = f"sqlite:///{tmp_path / 'flow.db'}?inline_commit=0"
+    async with Flow(url, poll_interval=0.05, lease_ttl=5.0) as flow:
+        wf = await flow.workflow_create(
+            "map-retry-in-rollback",
+            FunctionStep(f, id="f"),
+            MapStep(FunctionStep(flaky, id="flaky", retry=retry), over="request", id="each"),
+        )
+        with pytest.raises(ExecutionFailedError) as err:
+            async with asyncio.timeout(10):
+                await wf.execute(["a"])
+        info = await flow.execution(err.value.execution_id)
+    assert tries == [1, 2]
+    assert info.steps["each[0]"].status is Status.SUCCESS
+    assert info.steps["each[0]"].attempts == 2
