@@ -866,6 +866,18 @@ class Run:
     async def _record(self, running: StepRecord) -> bool:
         """Commit a RUNNING record of a step about to be tried again (a retry, or its
         fallback's); False if it may not go on (a suspend or abort came)."""
+        return await self.commit_beside(running.phase, starts=[running])
+
+    async def commit_beside(
+        self,
+        phase: Phase,
+        *,
+        records: list[StepRecord] | None = None,
+        starts: list[StepRecord] | None = None,
+    ) -> bool:
+        """Commit what a step (or a map's run) records while the run goes on: a retry
+        about to be made, a map run's start or end. False when what came meanwhile
+        stops steps of ``phase`` (a suspend or an abort)."""
         while True:
             expect = self.state.status
             result = await self.host.committer.submit(
@@ -874,7 +886,8 @@ class Run:
                     token=self.spec.token,
                     expect=expect,
                     abort=self.state.abort,
-                    starts=[running],
+                    records=records or [],
+                    starts=starts or [],
                     at=self.host.clock(),
                 )
             )
@@ -883,13 +896,12 @@ class Run:
                 raise asyncio.CancelledError()
             if result.status is not self.state.status or result.abort > self.state.abort:
                 self.control(result.status, result.abort)
-            stop = result.applied or result.status is expect or self.interrupt_wanted(running.phase)
-            if stop:
-                return result.applied and not self.interrupt_wanted(running.phase)
+            if result.applied or result.status is expect or self.interrupt_wanted(phase):
+                return result.applied and not self.interrupt_wanted(phase)
             # not applied, yet nothing stops the step: the run's own commit changed the
             # status meanwhile (COMPENSATING: another step failed). The step goes on,
-            # as running steps do before a rollback, its retry recorded under the new
-            # status, instead of being dropped (left PENDING, never resumed)
+            # as running steps do before a rollback, its record written under the new
+            # status instead of dropped (a retry never made, a map run left RUNNING)
 
     async def fallback(
         self,

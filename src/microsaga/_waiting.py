@@ -27,7 +27,6 @@ from .message import Message, decode_json_body, encode_json
 from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry
-from .stores.base import Transition
 from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep
 
 if TYPE_CHECKING:
@@ -365,32 +364,10 @@ class Waiting:
     ) -> bool:
         """Commit records of a map's runs; False when what came meanwhile stops runs
         of ``phase`` (a suspend or an abort: no run starts then)."""
-        while True:
-            expect = run.state.status
-            result = await run.host.committer.submit(
-                Transition(
-                    execution_id=run.id,
-                    token=run.spec.token,
-                    expect=expect,
-                    abort=run.state.abort,
-                    records=records,
-                    at=run.host.clock(),
-                )
-            )
-            if not result.owned:
-                run.lose()
-                raise asyncio.CancelledError()
-            if result.status is not run.state.status or result.abort > run.state.abort:
-                run.control(result.status, result.abort)
-            if result.applied or result.status is expect or run.interrupt_wanted(phase):
-                break
-            # not applied, yet nothing stops the runs: the run's own commit changed the
-            # status meanwhile (COMPENSATING: another step failed). The map's runs go
-            # on, as running steps do before a rollback: written again under the new
-            # status, instead of lost (a run left RUNNING, its retry or end unwritten)
+        go_on = await run.commit_beside(phase, records=records)
         for rec in records:
             self.items[rec.step_id, rec.phase] = rec
-        return result.applied and not run.interrupt_wanted(phase)
+        return go_on
 
 
 def _json_type(value: Any) -> str:
