@@ -19,6 +19,7 @@ Stable ids chosen by the user are never taken for dead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -251,15 +252,15 @@ class Worker:
     async def abort_child(self, child_id: str) -> None:
         try:
             await self.control(child_id, "abort")
+            return
         except ExecutionNotFoundError:
-            pass  # never started
+            return  # never started
         except InvalidTransitionError:
-            # finished already. One that succeeded after its parent last looked at it
-            # is undone as a unit now: its step, given up, is never compensated
-            try:
-                await self.control(child_id, "compensate")
-            except InvalidTransitionError:
-                pass  # it failed (or was aborted): rolled back already
+            pass  # finished already
+        # one that succeeded after its parent last looked at it is undone as a unit
+        # now: its step, given up, is never compensated
+        with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
+            await self.control(child_id, "compensate")
 
     async def compensate_child(self, child_id: str) -> None:
         # the child's rollback is claimed like any execution, and the parent waiting
@@ -268,21 +269,24 @@ class Worker:
         # a concurrency of 1, never claims the children and they all wait for ever)
         self._rolling_back_children += 1
         try:
-            try:
-                await self.control(child_id, "compensate")
-            except InvalidTransitionError:
-                pass  # rolling back already (a retry of this compensation), or rolled back
-            while True:
-                found = await self.store.get_execution(child_id)
-                if found is None or found.status is Status.ABORTED:
-                    return
-                if found.status is Status.FAILURE:
-                    raise MicrosagaError(
-                        f"the rollback of child execution {child_id} failed: {found.error}"
-                    )
-                await asyncio.sleep(self.options.poll_interval)
+            await self._roll_back_child(child_id)
         finally:
             self._rolling_back_children -= 1
+
+    async def _roll_back_child(self, child_id: str) -> None:
+        try:
+            await self.control(child_id, "compensate")
+        except InvalidTransitionError:
+            pass  # rolling back already (a retry of this compensation), or rolled back
+        while True:
+            found = await self.store.get_execution(child_id)
+            if found is None or found.status is Status.ABORTED:
+                return
+            if found.status is Status.FAILURE:
+                raise MicrosagaError(
+                    f"the rollback of child execution {child_id} failed: {found.error}"
+                )
+            await asyncio.sleep(self.options.poll_interval)
 
     def signalled(self, execution_id: str) -> None:
         """A signal for the execution was stored by this process: its run here, if
