@@ -417,7 +417,7 @@ class Run:
             starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = self._with_made_ready(starts, now)
-                starts = [rec for rec in starts if rec.status is Status.RUNNING]
+                starts = [rec for rec in starts if rec.status in _STARTED]
                 self._settled = exact = decided = False  # the next decision is decide()'s
             if decision.compensate:
                 starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
@@ -603,7 +603,6 @@ class Run:
             more = [sid for sid in decide(plan, graph, state).start if sid not in begun]
             starts += [self._start(sid, Phase.FORWARD, now) for sid in more]
             settled = self._settled
-        self._settled = True
         return starts
 
     def _fold(self) -> list[StepRecord]:
@@ -993,6 +992,9 @@ class Run:
 
 
 _INTERRUPTED = object()  # a fallback's wait for a retry was interrupted
+# the records of started steps: RUNNING ones are invoked, WAITING ones resolved by the
+# loop (both go with the commit; the settled ones are among the run's records)
+_STARTED = (Status.RUNNING, Status.WAITING)
 
 # the Waiting of every new run whose graph has no waiting or map step: always empty
 # (only such steps add to it), so one is shared rather than made for each run
