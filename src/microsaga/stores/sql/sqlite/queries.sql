@@ -23,14 +23,18 @@ UPDATE executions SET
     updated_at = :at,
     recovery_attempts = 0,
     applied = (status = :expect AND abort <= :abort),
-    status = CASE WHEN (status = :expect AND abort <= :abort) AND :status IS NOT NULL THEN :status ELSE status END,
-    response_body = CASE WHEN (status = :expect AND abort <= :abort) AND :has_response
+    status = CASE WHEN status = :expect AND abort <= :abort AND :status IS NOT NULL
+        THEN :status ELSE status END,
+    response_body = CASE WHEN status = :expect AND abort <= :abort AND :has_response
         THEN :response_body ELSE response_body END,
-    response_header = CASE WHEN (status = :expect AND abort <= :abort) AND :has_response
+    response_header = CASE WHEN status = :expect AND abort <= :abort AND :has_response
         THEN :response_header ELSE response_header END,
-    error = CASE WHEN (status = :expect AND abort <= :abort) AND :error IS NOT NULL THEN :error ELSE error END,
-    owner = CASE WHEN (status = :expect AND abort <= :abort) AND :release THEN NULL ELSE owner END,
-    lease_until = CASE WHEN (status = :expect AND abort <= :abort) AND :release THEN 0 ELSE lease_until END
+    error = CASE WHEN status = :expect AND abort <= :abort AND :error IS NOT NULL
+        THEN :error ELSE error END,
+    owner = CASE WHEN status = :expect AND abort <= :abort AND :release
+        THEN NULL ELSE owner END,
+    lease_until = CASE WHEN status = :expect AND abort <= :abort AND :release
+        THEN 0 ELSE lease_until END
 WHERE id = :id AND lease_token = :token AND owner IS NOT NULL
 RETURNING status, abort, applied;
 
