@@ -7,6 +7,18 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hypothesis import HealthCheck, settings
+
+# the property tests that run flows: the same examples at every run (no example
+# database), no deadline (an example runs executions), and a flow fixture shared by
+# the examples of a test; each test adds its max_examples
+FLOW_EXAMPLES = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
 
 async def eventually(
     check: Callable[[], Awaitable[Any] | Any], *, timeout: float = 10.0, interval: float = 0.02

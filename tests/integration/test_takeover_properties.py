@@ -32,7 +32,7 @@ from microsaga import Flow, FunctionStep, Message, Retry, Status, StepContext, S
 from microsaga.execution import Execution
 from microsaga.status import Phase
 from microsaga.stores.base import Store, StoredExecution
-from tests.helpers import eventually
+from tests.helpers import FLOW_EXAMPLES, eventually
 from tests.unit.test_run_scheduling_properties import Case, cases, descendants, skipped
 
 HOUR = 3600.0
@@ -373,11 +373,9 @@ def check(world: World, out: Outcome) -> None:
 
 
 SETTINGS = settings(
+    FLOW_EXAMPLES,
     max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+    suppress_health_check=[*FLOW_EXAMPLES.suppress_health_check, HealthCheck.filter_too_much],
 )
 
 

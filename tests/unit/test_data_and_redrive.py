@@ -4,6 +4,7 @@ on memory and SQLite."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -326,12 +327,10 @@ async def test_a_fallbacks_retries_are_recorded_and_a_suspend_interrupts_them(
     assert len(tries) == count  # no more tries while suspended
 
 
-async def test_a_step_made_ready_by_a_skipped_sibling_runs_beside_the_other_branch(
-    flow: Flow,
-) -> None:
-    # root -> (left, gift); gift's when is false; side requires root and gift, so the
-    # skip of gift makes it ready while left runs: it must start then, beside left's
-    # dependent, not once that branch has ended (wait_side waits for side)
+def side_steps() -> tuple[Callable[[Message], Awaitable[None]], ...]:
+    """Step functions for the skip tests: ``noop``; ``wait_side``, which waits (5 s at
+    most, then fails) for ``side`` to have run, so that a ``side`` started only once
+    the branch of ``wait_side`` has ended fails the execution; and ``side``."""
     side_ran = asyncio.Event()
 
     async def noop(msg: Message) -> None:
@@ -342,6 +341,17 @@ async def test_a_step_made_ready_by_a_skipped_sibling_runs_beside_the_other_bran
 
     async def side(msg: Message) -> None:
         side_ran.set()
+
+    return noop, wait_side, side
+
+
+async def test_a_step_made_ready_by_a_skipped_sibling_runs_beside_the_other_branch(
+    flow: Flow,
+) -> None:
+    # root -> (left, gift); gift's when is false; side requires root and gift, so the
+    # skip of gift makes it ready while left runs: it must start then, beside left's
+    # dependent, not once that branch has ended (wait_side waits for side)
+    noop, wait_side, side = side_steps()
 
     root = FunctionStep(noop, id="root")
     left = FunctionStep(noop, id="left", requires=[root])
@@ -363,16 +373,7 @@ async def test_a_step_made_ready_by_a_skip_starts_beside_the_one_started_with_it
     # root -> (left, gift); gift's when is false; side requires root and gift: the skip
     # makes it ready as left starts, alone, and it must start then, not once left has
     # run to its end (left waits for side)
-    side_ran = asyncio.Event()
-
-    async def noop(msg: Message) -> None:
-        return None
-
-    async def wait_side(msg: Message) -> None:
-        await asyncio.wait_for(side_ran.wait(), 5)
-
-    async def side(msg: Message) -> None:
-        side_ran.set()
+    noop, wait_side, side = side_steps()
 
     root = FunctionStep(noop, id="root")
     left = FunctionStep(wait_side, id="left", requires=[root])
@@ -391,16 +392,7 @@ async def test_a_step_made_ready_by_a_skipped_root_starts_beside_its_siblings(
     # roots gift (when false) and root; wrap requires gift alone (skipped too); side
     # requires wrap and root, next root alone: once root ends, side and next are both
     # ready and start together (next waits for side)
-    side_ran = asyncio.Event()
-
-    async def noop(msg: Message) -> None:
-        return None
-
-    async def wait_side(msg: Message) -> None:
-        await asyncio.wait_for(side_ran.wait(), 5)
-
-    async def side(msg: Message) -> None:
-        side_ran.set()
+    noop, wait_side, side = side_steps()
 
     gift = FunctionStep(noop, id="gift", when="request.gift")
     root = FunctionStep(noop, id="root")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from microsaga import (
@@ -30,6 +30,7 @@ from microsaga import (
     Step,
     WaitStep,
 )
+from tests.helpers import FLOW_EXAMPLES
 from tests.unit.test_run_scheduling_properties import Case, cases, descendants, skipped
 
 T = TypeVar("T")
@@ -119,13 +120,7 @@ async def bounded(what: str, aw: Awaitable[T]) -> T:
 _names = iter(range(10**9))
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(FLOW_EXAMPLES, max_examples=300)
 @given(scenarios())
 async def test_requests_stop_resume_and_roll_back_as_documented(mflow: Flow, sc: Scenario) -> None:
     flow, case, waits = mflow, sc.case, sc.waits

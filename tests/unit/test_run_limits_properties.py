@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Retry, Status, StepError
 from microsaga.execution import Execution
+from tests.helpers import FLOW_EXAMPLES
 from tests.unit.test_run_scheduling_properties import descendants
 
 SLOTS = (1, 2, 3)
@@ -42,16 +43,20 @@ class Ticks:
         return self.last
 
 
+async def slot_flows(stack: AsyncExitStack, store_url: str, tmp_path: Path) -> dict[int, Flow]:
+    """A flow (a worker, a store of its own) for each number of slots, open in ``stack``."""
+    out = {}
+    for n in SLOTS:
+        url = store_url if store_url == "memory://" else f"sqlite:///{tmp_path / f'{n}.db'}"
+        flow = Flow(url, concurrency=n, poll_interval=0.05, lease_ttl=5.0, clock=Ticks())
+        out[n] = await stack.enter_async_context(flow)
+    return out
+
+
 @pytest.fixture
 async def flows(store_url: str, tmp_path: Path) -> AsyncIterator[dict[int, Flow]]:
-    """A flow (a worker, a store of its own) for each number of slots."""
     async with AsyncExitStack() as stack:
-        out = {}
-        for n in SLOTS:
-            url = store_url if store_url == "memory://" else f"sqlite:///{tmp_path / f'{n}.db'}"
-            flow = Flow(url, concurrency=n, poll_interval=0.05, lease_ttl=5.0, clock=Ticks())
-            out[n] = await stack.enter_async_context(flow)
-        yield out
+        yield await slot_flows(stack, store_url, tmp_path)
 
 
 @dataclass
@@ -255,15 +260,7 @@ def descendants_direct(case: Case, sid: str) -> list[str]:
     return [s for s, reqs in case.requires.items() if sid in reqs]
 
 
-settings_ = settings(
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-
-
-@settings(settings_, max_examples=80)
+@settings(FLOW_EXAMPLES, max_examples=80)
 @given(cases())
 async def test_slots_and_retries_keep_every_step_prompt_and_run_once(
     flows: dict[int, Flow], case: Case
@@ -276,7 +273,7 @@ async def test_slots_and_retries_keep_every_step_prompt_and_run_once(
     check_prompt(case, info, trace.log)
 
 
-@settings(settings_, max_examples=80)
+@settings(FLOW_EXAMPLES, max_examples=80)
 @given(cases(failures=True))
 async def test_with_slots_a_failure_runs_the_started_steps_then_undoes_in_reverse(
     flows: dict[int, Flow], case: Case

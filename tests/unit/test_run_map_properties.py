@@ -41,8 +41,9 @@ from microsaga import (
 )
 from microsaga.execution import Execution
 from microsaga.step import Step
-from tests.unit.test_run_limits_properties import SLOTS, Ticks
+from tests.helpers import FLOW_EXAMPLES
 from tests.unit.test_run_limits_properties import cases as dags
+from tests.unit.test_run_limits_properties import slot_flows
 from tests.unit.test_run_scheduling_properties import descendants
 
 HANG = 0.05  # a hanging step's timeout: real time, so few such steps
@@ -221,7 +222,7 @@ def cases(draw: st.DrawFn, failures: bool = False, suspend: bool = False) -> Cas
             elif kind[sid] in ("sub", "late"):
                 late = kind[sid] == "late"
                 # not under "suspend": resuming a failed SubflowStep finds its child
-                # (its id is fixed) failed again, and the docs do not say what then
+                # (its id is fixed) failed again (docs/semantics.md, on_failure)
                 fail = not (late or suspend) and draw(fails) and draw(st.booleans())
                 request[sid] = {"fail": fail, "late": late, "yields": base.yields[sid]}
         requests.append(request)
@@ -262,11 +263,8 @@ async def flows(store_url: str, tmp_path: Path) -> AsyncIterator[dict[int, Flow]
     """A flow (a worker, a store of its own) for each number of slots, with the
     child workflows saved."""
     async with AsyncExitStack() as stack:
-        out = {}
-        for n in SLOTS:
-            url = store_url if store_url == "memory://" else f"sqlite:///{tmp_path / f'{n}.db'}"
-            flow = Flow(url, concurrency=n, poll_interval=0.05, lease_ttl=5.0, clock=Ticks())
-            out[n] = await stack.enter_async_context(flow)
+        out = await slot_flows(stack, store_url, tmp_path)
+        for flow in out.values():
             for late, name in KIDS.items():
                 await flow.workflow_save(await flow.workflow_create(name, *kid_steps(late)))
         yield out
@@ -666,10 +664,8 @@ def check_rollback(case: Case, info: Execution, log: list[tuple[str, str]]) -> N
 # the tests ----------------------------------------------------------------------------
 
 settings_ = settings(
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    FLOW_EXAMPLES,
+    suppress_health_check=[*FLOW_EXAMPLES.suppress_health_check, HealthCheck.too_slow],
 )
 
 

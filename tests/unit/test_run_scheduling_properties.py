@@ -10,10 +10,11 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Status, StepError
+from tests.helpers import FLOW_EXAMPLES
 
 
 @dataclass
@@ -147,13 +148,7 @@ def check_eager(case: Case, log: list[tuple[str, str]]) -> None:
             )
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(FLOW_EXAMPLES, max_examples=150)
 @given(cases())
 async def test_steps_start_as_soon_as_ready_and_settle_by_the_rules(flow: Flow, case: Case) -> None:
     eid, log = await run(flow, case)
@@ -168,13 +163,7 @@ async def test_steps_start_as_soon_as_ready_and_settle_by_the_rules(flow: Flow, 
     check_eager(case, log)
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(FLOW_EXAMPLES, max_examples=100)
 @given(cases(failures=True))
 async def test_a_failure_stops_the_forward_steps_and_undoes_in_reverse_order(
     flow: Flow, case: Case
