@@ -612,6 +612,20 @@ async def test_lease_owners_are_those_holding_a_lease_expired_or_not(store: Stor
     assert await store.lease_owners() == {"w2", "w4"}
 
 
+async def test_released_and_parked_leases_leave_their_owner(store: Store) -> None:
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w2"), new("e3", owner="w2")])
+    await store.release("e1", 1, 0.0)
+    assert await store.lease_owners() == {"w2"}
+    assert await store.park("e2", 1, 1e12, ["paid"], [], "waits for paid")
+    assert await store.lease_owners() == {"w2"}  # e3 still
+    # its lease expired, nothing ran: the abort ends it at once, and frees it
+    assert await store.request("e3", "abort", 200.0) is Status.ABORTED
+    assert await store.lease_owners() == set()
+    (claim,) = await store.claim("w5", 200.0, 10.0, 5)  # e2 is parked till its time
+    assert claim.execution_id == "e1"
+    assert await store.lease_owners() == {"w5"}
+
+
 async def test_load_many_reads_what_a_worker_needs(store: Store) -> None:
     await store.commit([new("e1", owner="w1", starts=("a",)), new("e2", owner="w1")])
     loaded = await store.load_many(["e1", "e2", "missing"])

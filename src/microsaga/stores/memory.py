@@ -131,9 +131,6 @@ class _Row(msgspec.Struct, kw_only=True, gc=False):
         """The records, with new messages (a reader may change one)."""
         return [s.full() for s in (*self.forward.values(), *self.comps.values())]
 
-    def free(self, until: float = 0.0) -> None:
-        self.owner, self.lease_until = None, until
-
 
 class MemoryStore(Store):
     """Keeps everything in dicts; applies each unit at once, without I/O."""
@@ -144,6 +141,8 @@ class MemoryStore(Store):
         self.url = url
         self._rows: dict[str, _Row] = {}
         self._runnable: dict[str, _Row] = {}  # claims look only here, not at every row
+        # the rows whose lease is held, by owner: every poll asks for the owners
+        self._held: dict[str, dict[str, _Row]] = {}
         self._seq = 0
         self._definitions: dict[str, StoredDefinition] = {}
         self._workflows: dict[str, list[StoredWorkflow]] = {}
@@ -226,7 +225,7 @@ class MemoryStore(Store):
             if row.status in _STARTABLE:
                 row.put(t.starts)
             if t.release:
-                row.free()
+                self._free(row)
         row.updated_at = t.at
         return TransitionResult(owned=True, status=row.status, abort=row.abort, applied=applied)
 
@@ -252,7 +251,6 @@ class MemoryStore(Store):
             created_at=new.created_at,
             updated_at=new.created_at,
             status=new.status,
-            owner=new.owner,
             token=1 if new.owner else 0,
             lease_until=new.lease_until,
             parent_id=new.parent_id,
@@ -261,6 +259,8 @@ class MemoryStore(Store):
         row.put(new.starts)
         self._rows[new.id] = row
         self._track(row)
+        if new.owner is not None:
+            self._own(row, new.owner)
         return True
 
     def _track(self, row: _Row) -> None:
@@ -268,6 +268,21 @@ class MemoryStore(Store):
             self._runnable[row.id] = row
         else:
             self._runnable.pop(row.id, None)
+
+    def _own(self, row: _Row, owner: str) -> None:
+        if row.owner is not None:
+            self._free(row)
+        row.owner = owner
+        self._held.setdefault(owner, {})[row.id] = row
+
+    def _free(self, row: _Row, until: float = 0.0) -> None:
+        owner = row.owner
+        if owner is not None:
+            held = self._held[owner]
+            del held[row.id]
+            if not held:
+                del self._held[owner]
+        row.owner, row.lease_until = None, until
 
     async def claim(
         self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
@@ -281,7 +296,8 @@ class MemoryStore(Store):
             if row.lease_until < now and row.owner != owner:
                 if row.owner is not None and row.owner not in alive:  # its worker died
                     row.recovery_attempts += 1
-                row.owner, row.token, row.lease_until = owner, row.token + 1, now + ttl
+                self._own(row, owner)
+                row.token, row.lease_until = row.token + 1, now + ttl
                 row.note = None
                 if row.status is Status.PENDING:
                     row.status = Status.RUNNING
@@ -305,17 +321,17 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         if row is not None and row.token == token:
             row.note = note
-            row.free(until)
+            self._free(row, until)
 
     async def release_all(self, owner: str) -> int:
-        held = [row for row in self._rows.values() if row.owner == owner]
+        held = list(self._held.get(owner, {}).values())
         for row in held:
             row.recovery_attempts += 1  # its worker died
-            row.free()
+            self._free(row)
         return len(held)
 
     async def lease_owners(self) -> set[str]:
-        return {row.owner for row in self._rows.values() if row.owner is not None}
+        return set(self._held)
 
     async def load(self, execution_id: str) -> StoredExecution | None:
         row = self._rows.get(execution_id)
@@ -374,7 +390,7 @@ class MemoryStore(Store):
             row.error = reason
         if change.free_lease or change.final:
             row.note = None
-            row.free()
+            self._free(row)
         if change.retry_compensations:
             row.put(
                 [
@@ -415,6 +431,7 @@ class MemoryStore(Store):
         for row in gone:
             del self._rows[row.id]
             self._runnable.pop(row.id, None)
+            self._free(row)
             self._signals.pop(row.id, None)
         return len(gone)
 
@@ -466,7 +483,7 @@ class MemoryStore(Store):
             if child is not None and child.status.finished:
                 return False
         row.note = note
-        row.free(until)
+        self._free(row, until)
         return True
 
     async def wake(self, execution_id: str, now: float) -> None:
