@@ -87,6 +87,12 @@ def _input_body(value: Any) -> bytes:
     return body
 
 
+def _is_run_of(step_id: str, map_id: str) -> bool:
+    """Whether ``step_id`` names a run of the map step ``map_id``: ``<map_id>[<i>]``."""
+    index = step_id.removeprefix(f"{map_id}[").removesuffix("]")
+    return len(index) + len(map_id) + 2 == len(step_id) and index.isdigit()
+
+
 def _check_json(body: bytes) -> None:
     """A request's body is JSON (empty: no body), or a ConfigurationError."""
     if not body:
@@ -782,9 +788,12 @@ class Flow:
                     f"cannot redrive step {step} of execution {execution_id}: "
                     f"it did not fail (failed: {', '.join(failed)})"
                 )
-            await self._running().control(
-                execution_id, "redrive", steps=None if step is None else [step], body=body
-            )
+            named = None
+            if step is not None:
+                # a map's failed runs (<id>[<i>]) go with it, each with a fresh retry
+                # budget, as every failed run does on resume
+                named = [step, *(s for s in failed if _is_run_of(s, step))]
+            await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
         if info.status in (Status.FAILURE, Status.ABORTED):
             if step is not None:

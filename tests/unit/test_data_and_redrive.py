@@ -15,6 +15,7 @@ from microsaga import (
     Flow,
     FunctionStep,
     InvalidTransitionError,
+    MapStep,
     Message,
     Retry,
     Status,
@@ -171,6 +172,42 @@ async def test_the_suspend_policy_waits_for_an_operator_and_resume_retries(flow:
     assert info.steps["charge"].attempts == 2
     assert len(shop.calls("charge")) == 4
     assert len(shop.calls("reserve")) == 1  # finished steps are not run again
+
+
+@pytest.mark.parametrize("again", ["resume", "redrive the map"])
+async def test_a_failed_map_run_tried_again_has_a_fresh_retry_budget(
+    flow: Flow, again: str
+) -> None:
+    declines = {"x": 3}
+    tried: list[str] = []
+
+    async def take(msg: Message) -> str:
+        item = msg.json()
+        tried.append(item)
+        if declines.get(item, 0) > 0:
+            declines[item] -= 1
+            raise StepError(f"{item} declined")
+        return str(item)
+
+    step = FunctionStep(take, id="take", retry=Retry(max_attempts=2, initial_interval=0))
+    wf = await flow.workflow_create(
+        "pick", MapStep(step, over="request", id="each"), on_failure="suspend"
+    )
+    eid = await wf.execute(["a", "x"])
+    info = await flow.execution(eid)
+    assert info.status is Status.SUSPEND
+    assert (info.steps["each[1]"].status, info.steps["each[1]"].attempts) == (Status.FAILURE, 2)
+    if again == "resume":
+        await flow.resume(eid)
+    else:
+        await flow.redrive(eid, step="each")
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.SUCCESS  # two more attempts: a third decline, then taken
+    assert info.response is not None
+    assert info.response.json() == ["a", "x"]
+    assert info.steps["each[1]"].attempts == 2
+    assert tried.count("x") == 4
+    assert tried.count("a") == 1  # a run that succeeded is not run again
 
 
 async def test_abort_of_a_suspended_failure_rolls_back(flow: Flow) -> None:
