@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -87,10 +87,13 @@ def _input_body(value: Any) -> bytes:
     return body
 
 
-def _is_run_of(step_id: str, map_id: str) -> bool:
-    """Whether ``step_id`` names a run of the map step ``map_id``: ``<map_id>[<i>]``."""
-    index = step_id.removeprefix(f"{map_id}[").removesuffix("]")
-    return len(index) + len(map_id) + 2 == len(step_id) and index.isdigit()
+def _map_of(step_id: str, steps: Collection[str]) -> str | None:
+    """The step of ``steps`` (a definition's) that ``step_id`` is a run of, if it is one:
+    runs of a map step are recorded as ``<map id>[<i>]``."""
+    if step_id in steps or not step_id.endswith("]"):
+        return None
+    head, _, index = step_id[:-1].rpartition("[")
+    return head if head in steps and index.isdigit() else None
 
 
 def _check_json(body: bytes) -> None:
@@ -783,16 +786,26 @@ class Flow:
             check_size(Message(body), self._options.max_payload, "the input")
         if info.status is Status.SUSPEND and info.failed_step is not None:
             failed = [sid for sid, run in info.steps.items() if run.status is Status.FAILURE]
-            if step is not None and step not in failed:
-                raise InvalidTransitionError(
-                    f"cannot redrive step {step} of execution {execution_id}: "
-                    f"it did not fail (failed: {', '.join(failed)})"
-                )
             named = None
             if step is not None:
+                stored = await self.store.load(execution_id)
+                if stored is None:
+                    raise ExecutionNotFoundError(execution_id)
+                known = set(stored.definition.step_ids)
+                map_id = _map_of(step, known)
+                if map_id is not None:
+                    raise InvalidTransitionError(
+                        f"cannot redrive {step} of execution {execution_id}: it is a run of "
+                        f"map step {map_id}, which redrives its failed runs"
+                    )
+                if step not in failed:
+                    raise InvalidTransitionError(
+                        f"cannot redrive step {step} of execution {execution_id}: "
+                        f"it did not fail (failed: {', '.join(failed)})"
+                    )
                 # a map's failed runs (<id>[<i>]) go with it, each with a fresh retry
                 # budget, as every failed run does on resume
-                named = [step, *(s for s in failed if _is_run_of(s, step))]
+                named = [step, *(s for s in failed if _map_of(s, known) == step)]
             await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
         if info.status in (Status.FAILURE, Status.ABORTED):

@@ -210,6 +210,21 @@ async def test_a_failed_map_run_tried_again_has_a_fresh_retry_budget(
     assert tried.count("a") == 1  # a run that succeeded is not run again
 
 
+async def test_a_map_run_is_redriven_with_its_map_not_alone(flow: Flow) -> None:
+    async def take(msg: Message) -> None:
+        raise StepError("declined")
+
+    wf = await flow.workflow_create(
+        "pick",
+        MapStep(FunctionStep(take, id="take"), over="request", id="each"),
+        on_failure="suspend",
+    )
+    eid = await wf.execute(["x"])
+    with pytest.raises(InvalidTransitionError, match=r"each\[0\] .* is a run of map step each"):
+        await flow.redrive(eid, step="each[0]")
+    assert (await flow.execution(eid)).status is Status.SUSPEND
+
+
 async def test_abort_of_a_suspended_failure_rolls_back(flow: Flow) -> None:
     shop = Shop(declines=1)
     wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")
