@@ -261,6 +261,7 @@ class Worker:
         # now: its step, given up, is never compensated
         with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
             await self.control(child_id, "compensate")
+            await self._take_back(child_id)
 
     async def compensate_child(self, child_id: str) -> None:
         # the child's rollback is claimed like any execution, and the parent waiting
@@ -278,6 +279,7 @@ class Worker:
             await self.control(child_id, "compensate")
         except InvalidTransitionError:
             pass  # rolling back already (a retry of this compensation), or rolled back
+        await self._take_back(child_id)
         while True:
             found = await self.store.get_execution(child_id)
             if found is None or found.status is Status.ABORTED:
@@ -287,6 +289,15 @@ class Worker:
                     f"the rollback of child execution {child_id} failed: {found.error}"
                 )
             await asyncio.sleep(self.options.poll_interval)
+
+    async def _take_back(self, child_id: str) -> None:
+        """A child's rollback is claimed like any execution: a worker that does not
+        claim (``Flow(claim=False)``, ``microsaga run``) takes this one itself, or it
+        would wait for another worker."""
+        if not self.options.claim:
+            now = self.clock()
+            ttl = self.options.lease_ttl
+            await self.adopt(await self.store.claim(self.id, now, ttl, 1, only=[child_id]))
 
     def signalled(self, execution_id: str) -> None:
         """A signal for the execution was stored by this process: its run here, if

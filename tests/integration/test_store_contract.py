@@ -587,6 +587,14 @@ async def test_a_claim_never_takes_back_the_claimers_own_executions(store: Store
     assert sorted((c.execution_id, c.token) for c in claims) == [("e1", 2), ("e2", 3)]
 
 
+async def test_a_claim_of_some_executions_takes_those_only(store: Store) -> None:
+    await store.commit([new("e1"), new("e2"), new("e3", owner="w1", ttl=10.0)])
+    assert await store.claim("w2", 101.0, 10.0, 10, only=["e9"]) == []
+    (claim,) = await store.claim("w2", 101.0, 10.0, 10, only=["e2", "e3"])  # e3 is held
+    assert (claim.execution_id, claim.token) == ("e2", 1)
+    assert [c.execution_id for c in await store.claim("w3", 101.0, 10.0, 10)] == ["e1"]
+
+
 async def test_release_all_frees_every_lease_of_an_owner(store: Store) -> None:
     await store.commit([new("e1", owner="w1"), new("e2", owner="w2"), new("e3", owner="w1")])
     await store.commit([transition("e1", status=Status.SUCCESS, release=True)])

@@ -368,6 +368,26 @@ async def test_a_worker_full_of_parents_still_rolls_their_children_back(store_ur
         assert calls("refund") == [{"request": {"amount": 3}, "response": {"paid": {"amount": 3}}}]
 
 
+async def test_a_flow_that_does_not_claim_rolls_its_own_child_back(store_url: str) -> None:
+    """As ``microsaga run`` does: the child's rollback is claimed like any execution,
+    and a flow that does not claim takes this one itself (the parent waited for ever
+    for a worker to claim it)."""
+    async with Flow(store_url, claim=False, poll_interval=0.05) as flow:
+        await _saved(flow, "payment", FunctionStep(pay, id="pay", compensate=FunctionStep(refund)))
+        wf = await flow.workflow_create(
+            "order",
+            SubflowStep("payment", id="charge"),
+            FunctionStep(decline, id="ship", requires=["charge"]),
+        )
+        with pytest.raises(ExecutionFailedError) as failed:
+            async with asyncio.timeout(10):
+                await wf.execute({"amount": 4})
+        assert failed.value.compensated
+        eid = failed.value.execution_id
+        assert (await flow.execution(f"{eid}:charge")).status is Status.ABORTED
+        assert calls("refund") == [{"request": {"amount": 4}, "response": {"paid": {"amount": 4}}}]
+
+
 async def test_suspend_and_abort_of_the_parent_reach_a_waiting_child(flow: Flow) -> None:
     await _saved(flow, "approval", WaitStep("approved"))
     wf = await flow.workflow_create("order", SubflowStep("approval", id="ask"))

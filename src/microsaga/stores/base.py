@@ -234,10 +234,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+        self,
+        owner: str,
+        now: float,
+        ttl: float,
+        limit: int,
+        *,
+        alive: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[Claim]:
         """Take up to ``limit`` runnable executions whose lease is free or expired,
-        bumping their fencing tokens.
+        bumping their fencing tokens; with ``only``, among those executions only (a
+        flow that does not claim takes the rollback of its own child).
 
         Never those ``owner`` holds itself, even expired: a live worker whose lease ran
         out (an event-loop stall, the store away longer than the TTL) still runs them,

@@ -12,7 +12,7 @@ them all. Reads hand out new messages.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import msgspec
 from msgspec.structs import replace
@@ -285,10 +285,20 @@ class MemoryStore(Store):
         row.owner, row.lease_until = None, until
 
     async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+        self,
+        owner: str,
+        now: float,
+        ttl: float,
+        limit: int,
+        *,
+        alive: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[Claim]:
         out: list[Claim] = []
-        for row in sorted(self._runnable.values(), key=lambda r: r.seq):
+        rows: Iterable[_Row] = self._runnable.values()
+        if only is not None:
+            rows = [row for eid in only if (row := self._runnable.get(eid)) is not None]
+        for row in sorted(rows, key=lambda r: r.seq):
             if len(out) >= limit:
                 break
             # never its own: a live worker whose lease ran out (a stall, the store away)

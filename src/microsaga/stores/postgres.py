@@ -447,10 +447,21 @@ class PostgresStore(Store):
         return left
 
     async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+        self,
+        owner: str,
+        now: float,
+        ttl: float,
+        limit: int,
+        *,
+        alive: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[Claim]:
+        args = (owner, now + ttl, now, limit, sorted(alive))
         async with self._db.connection() as conn:
-            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit, sorted(alive))
+            if only is None:
+                rows = await conn.fetch(Q["claim"], *args)
+            else:
+                rows = await conn.fetch(Q["claim_only"], *args, sorted(only))
         return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
     async def renew(

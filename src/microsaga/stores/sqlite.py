@@ -424,7 +424,14 @@ class SQLiteStore(Store):
         return True
 
     async def claim(
-        self, owner: str, now: float, ttl: float, limit: int, *, alive: Collection[str] = ()
+        self,
+        owner: str,
+        now: float,
+        ttl: float,
+        limit: int,
+        *,
+        alive: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             params = {
@@ -434,7 +441,10 @@ class SQLiteStore(Store):
                 "limit": limit,
                 "alive": _encode(sorted(alive)),
             }
-            rows = conn.execute(Q["claim"], params)
+            if only is None:
+                rows = conn.execute(Q["claim"], params)
+            else:
+                rows = conn.execute(Q["claim_only"], {**params, "only": _encode(sorted(only))})
             return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
         return await self._write(self._tx, claim)

@@ -431,6 +431,26 @@ WHERE seq IN (
 )
 RETURNING id, lease_token, recovery_attempts;
 
+-- name: claim_only
+-- claim, among the executions of $6 (ids) only.
+UPDATE microsaga_executions SET
+    recovery_attempts = recovery_attempts
+        + CASE WHEN owner IS NULL OR owner = ANY($5::text[]) THEN 0 ELSE 1 END,
+    owner = $1,
+    lease_token = lease_token + 1,
+    lease_until = $2,
+    status = CASE WHEN status = 0 THEN 1 ELSE status END,
+    note = NULL
+WHERE seq IN (
+    SELECT seq FROM microsaga_executions
+    WHERE id = ANY($6::text[])
+      AND status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
+    ORDER BY seq
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, lease_token, recovery_attempts;
+
 -- name: renew
 -- $1 owner, $2 lease until, $3 the ids the worker runs. Locks in id order, as
 -- lock_executions does.

@@ -78,6 +78,24 @@ WHERE seq IN (
 )
 RETURNING id, lease_token, recovery_attempts;
 
+-- name: claim_only
+-- claim, among the executions of :only (a JSON list of ids) only.
+UPDATE executions SET
+    recovery_attempts = recovery_attempts
+        + (owner IS NOT NULL AND owner NOT IN (SELECT value FROM json_each(:alive))),
+    owner = :owner,
+    lease_token = lease_token + 1,
+    lease_until = :until,
+    status = CASE WHEN status = 0 THEN 1 ELSE status END,
+    note = NULL
+WHERE seq IN (
+    SELECT seq FROM executions
+    WHERE id IN (SELECT value FROM json_each(:only))
+      AND status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
+    ORDER BY seq LIMIT :limit
+)
+RETURNING id, lease_token, recovery_attempts;
+
 -- name: renew
 UPDATE executions SET lease_until = :until
 WHERE owner = :owner AND id IN (SELECT value FROM json_each(:ids))
