@@ -118,8 +118,9 @@ class RunHost(Protocol):
     async def child(self, child_id: str) -> Execution | None:
         """A sub-workflow's child execution, or None before it exists."""
 
-    async def start_child(self, run: Run, node: Node, request: Message) -> None:
-        """Start the child execution of a SubflowStep (once: its id is fixed)."""
+    async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
+        """Start the child execution of try ``attempt`` of a SubflowStep (once: its id
+        is fixed, see :func:`microsaga.waits.child_id`)."""
 
     async def abort_child(self, child_id: str) -> None:
         """Abort a child whose parent no longer waits for it (a rollback)."""
@@ -306,6 +307,7 @@ class Run:
             if self._fresh:
                 await self._loop(self._initial, decided=True)
             else:  # taken over: the steps recorded RUNNING are invoked again
+                await self.waiting.number_tries(self)
                 running = [
                     rec
                     for records in (self.state.steps, self.state.comps)
@@ -539,6 +541,8 @@ class Run:
             request = found
         attempts = before_step.attempts + 1
         if node.waits:  # resolved by the loop: see Waiting.resolve
+            # a SubflowStep's attempts are its try, which names its child
+            attempts = self.waiting.tries.pop(sid, attempts)
             self._new_waits = True
             return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
         return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)

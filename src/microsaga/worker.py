@@ -62,6 +62,7 @@ from .stores.base import (
     StoredExecution,
     prune_paced,
 )
+from .waits import child_id
 
 if TYPE_CHECKING:
     from ._engine.plan import Node
@@ -246,8 +247,8 @@ class Worker:
     async def child(self, child_id: str) -> Execution | None:
         return await self.store.get_execution(child_id)
 
-    async def start_child(self, run: Run, node: Node, request: Message) -> None:
-        await self.flow.start_child(run.id, node, request)
+    async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
+        await self.flow.start_child(run.id, node, request, attempt=attempt)
 
     async def abort_child(self, child_id: str) -> None:
         try:
@@ -666,7 +667,7 @@ class Worker:
 
     async def _pass_on(self, execution_id: str, action: ControlAction) -> None:
         """A suspend, resume or abort of a parent reaches the children its waiting
-        sub-workflow steps run (``<id>:<step id>``), and theirs."""
+        sub-workflow steps run (see :func:`microsaga.waits.child_id`), and theirs."""
         info = await self.store.get_execution(execution_id)
         if info is None:
             return
@@ -674,7 +675,7 @@ class Worker:
             if run.status is not Status.WAITING:
                 continue
             try:
-                await self.control(f"{execution_id}:{sid}", action)
+                await self.control(child_id(execution_id, sid, run.attempts), action)
             except (InvalidTransitionError, ExecutionNotFoundError):
                 pass  # not a sub-workflow's step, or its child cannot do that
 
