@@ -35,7 +35,7 @@ import msgspec
 
 from ._aio import Slots, wait_event
 from ._engine.plan import Plan, RetryPolicy, RunGraph
-from ._engine.records import Abort, ExecState, Phase
+from ._engine.records import Abort, ExecState, Phase, StepRecord
 from ._groupcommit import Committer
 from ._health import StoreHealth
 from ._run import Run, RunSpec
@@ -263,6 +263,10 @@ class Worker:
         with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
             await self.control(child_id, "compensate")
             await self._take_back(child_id)
+
+    async def step_records(self, execution_id: str) -> list[StepRecord]:
+        stored = await self.store.load(execution_id)
+        return [] if stored is None else stored.records
 
     async def compensate_child(self, child_id: str) -> None:
         # the child's rollback is claimed like any execution, and the parent waiting

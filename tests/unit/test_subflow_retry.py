@@ -4,6 +4,7 @@ redrive): each try runs a child of its own, ``<eid>:<step id>`` for the first an
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,33 @@ async def test_each_redrive_runs_a_new_child_with_the_new_input(flow: Flow) -> N
         {"card": "expired", "again": True},
         {"card": "new"},
     ]
+
+
+async def test_a_resume_while_a_step_beside_still_runs_runs_a_new_child(flow: Flow) -> None:
+    """The parent is SUSPEND while a step beside the failed one still runs (its run
+    holds it): the resume reaches that run, which starts the second try's child."""
+    gate = asyncio.Event()
+
+    async def pack(msg: Message) -> dict[str, Any]:
+        await gate.wait()
+        return {"packed": True}
+
+    # two steps beside: a lone one would run in the run's own task, and the child
+    # start only once it ended
+    wf = await _order(flow, FunctionStep(pack, id="pack"), FunctionStep(pack, id="label"))
+    eid = await wf.execute({"card": "expired"}, async_=True)
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.SUSPEND
+    assert info.steps["pay"].status is Status.FAILURE
+    assert info.steps["pack"].status is Status.RUNNING
+    await flow.redrive(eid, step="pay", input={"card": "new"})
+    gate.set()
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS, done.error
+    assert done.steps["pay"].attempts == 2
+    assert (await flow.execution(f"{eid}:pay::2")).status is Status.SUCCESS
+    assert (await flow.execution(f"{eid}:pay")).status is Status.FAILURE
+    assert calls("charge") == [{"card": "expired"}, {"card": "new"}]
 
 
 async def test_a_rollback_compensates_the_child_of_the_last_try(flow: Flow) -> None:
