@@ -118,11 +118,15 @@ class RunHost(Protocol):
     async def child(self, child_id: str) -> Execution | None:
         """A sub-workflow's child execution, or None before it exists."""
 
-    async def start_child(self, run: Run, node: Node, request: Message) -> None:
-        """Start the child execution of a SubflowStep (once: its id is fixed)."""
+    async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
+        """Start the child execution of try ``attempt`` of a SubflowStep (once: its id
+        is fixed, see :func:`microsaga.waits.child_id`)."""
 
     async def abort_child(self, child_id: str) -> None:
         """Abort a child whose parent no longer waits for it (a rollback)."""
+
+    async def step_records(self, execution_id: str) -> list[StepRecord]:
+        """The stored records of an execution's steps (and of its map's runs)."""
 
     async def compensate_child(self, child_id: str) -> None:
         """Roll back a child that succeeded, and wait until it is rolled back.
@@ -147,6 +151,7 @@ class Run:
     _lost = False
     _draining = False
     _settled = False  # _start settled a step without starting it
+    _resumed = False  # suspended, then resumed while held here: see _take_resets
     _new_waits = False  # _start made WAITING records
     # a lone step runs in the loop's own task (a chain needs no task per step), and
     # then tells the loop it finished by returning, not through _wake
@@ -187,6 +192,8 @@ class Run:
 
     def control(self, status: Status, abort: Abort) -> None:
         """A suspend, resume or abort request reached this execution."""
+        if self.state.status is Status.SUSPEND and status is not Status.SUSPEND:
+            self._resumed = True
         self.state.status = status
         if abort > self.state.abort:
             self.state.abort = abort
@@ -306,6 +313,7 @@ class Run:
             if self._fresh:
                 await self._loop(self._initial, decided=True)
             else:  # taken over: the steps recorded RUNNING are invoked again
+                await self.waiting.number_tries(self)
                 running = [
                     rec
                     for records in (self.state.steps, self.state.comps)
@@ -381,6 +389,9 @@ class Run:
                 if await self._hand_back():
                     return
                 continue
+            if self._resumed:
+                await self._take_resets()
+                lone, exact = None, False
             decision = None
             if lone is not None:
                 decision = after_success(graph, state, lone)
@@ -460,6 +471,8 @@ class Run:
             if result.abort > state.abort:
                 state.abort = result.abort
             if not result.applied:  # a control request came first: nothing started
+                if previous is Status.SUSPEND and result.status is not Status.SUSPEND:
+                    self._resumed = True
                 self.releasing = exact = False
                 self.host.status_changed(self)
                 starts = []
@@ -483,6 +496,29 @@ class Run:
             if decision.release:
                 self._stop(Outcome(Status.SUSPEND))
                 return
+
+    async def _take_resets(self) -> None:
+        """The execution was resumed while this run held it (suspended, its running
+        steps not finished): a resume or redrive of failed steps put them (and their
+        map's runs) back to PENDING in the store, not in this run's state. Take those
+        records, else the run would find the steps failed and suspend again."""
+        self._resumed = False
+        state = self.state
+        if not any(rec.status is Status.FAILURE for rec in state.steps.values()):
+            return
+        items = self.waiting.items
+        for rec in await self.host.step_records(self.id):
+            if rec.status is not Status.PENDING or rec.phase is not Phase.FORWARD:
+                continue
+            mine = state.steps.get(rec.step_id) or items.get((rec.step_id, rec.phase))
+            if mine is None or mine.status is not Status.FAILURE:
+                continue
+            if rec.step_id in state.steps:
+                state.steps[rec.step_id] = rec
+            else:  # a map's run
+                items[rec.step_id, rec.phase] = rec
+        if self.waiting is not _NO_WAITING:
+            await self.waiting.number_tries(self)
 
     async def _hand_back(self) -> bool:
         """Commit what finished and release the lease (the worker stops); False when
@@ -539,6 +575,8 @@ class Run:
             request = found
         attempts = before_step.attempts + 1
         if node.waits:  # resolved by the loop: see Waiting.resolve
+            # a SubflowStep's attempts are its try, which names its child
+            attempts = self.waiting.tries.pop(sid, attempts)
             self._new_waits = True
             return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
         return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)

@@ -27,7 +27,7 @@ from .message import Message, decode_json_body, encode_json
 from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry
-from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep
+from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep, child_id
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -54,6 +54,23 @@ class Waiting:
         self.items: dict[tuple[str, Phase], StepRecord] = {}  # runs of map steps
         self.parked = False  # gave up its lease to wait: not lost, not finished
         self._refused = False  # the last park found what it waits for
+        # SubflowSteps that ran before (resumed or redriven), by the try they start next
+        self.tries: dict[str, int] = {}
+
+    async def number_tries(self, run: Run) -> None:
+        """Find the try each SubflowStep that ran before and is PENDING again (its
+        failure resumed or redriven) starts next: the first whose child id is free.
+        Its WAITING record keeps that number as its ``attempts``, committed before the
+        child is started: a run that takes it over finds that child, or starts it."""
+        for sid, rec in run.state.steps.items():
+            if rec.status is not Status.PENDING or rec.started_at is None:
+                continue
+            if not isinstance(run.spec.plan.nodes[sid].step, SubflowStep):
+                continue
+            attempt = 1
+            while await run.host.child(child_id(run.id, sid, attempt)) is not None:
+                attempt += 1
+            self.tries[sid] = attempt
 
     async def resolve(self, run: Run) -> None:
         """Resolve the WAITING steps whose signal came, whose time came, or whose child
@@ -77,14 +94,14 @@ class Waiting:
                 if now >= step.due(started):
                     self._settle(run, sid, Status.SUCCESS, rec.request, None, now)
             elif isinstance(step, SubflowStep):
-                child_id = f"{run.id}:{sid}"
-                child = await run.host.child(child_id)
+                cid = child_id(run.id, sid, rec.attempts)
+                child = await run.host.child(cid)
                 if child is None:
-                    await run.host.start_child(run, node, rec.request or Message())
+                    await run.host.start_child(run, node, rec.request or Message(), rec.attempts)
                 elif child.status is Status.SUCCESS:
                     self._settle(run, sid, Status.SUCCESS, child.response or Message(), None, now)
                 elif child.status.finished:
-                    why = f"child execution {child_id} ended {child.status.name}: {child.error}"
+                    why = f"child execution {cid} ended {child.status.name}: {child.error}"
                     self._settle(run, sid, Status.FAILURE, None, why, now)
 
     async def _timed_out(
@@ -141,7 +158,7 @@ class Waiting:
             run.put(pending)
             self.ids.discard(sid)
             if isinstance(run.spec.plan.nodes[sid].step, SubflowStep):
-                await run.host.abort_child(f"{run.id}:{sid}")
+                await run.host.abort_child(child_id(run.id, sid, rec.attempts))
 
     async def wait_or_park(self, run: Run) -> bool:
         """Only WAITING steps are left: park the execution (True: the run is over), or,
@@ -160,7 +177,7 @@ class Waiting:
                 if node.timeout is not None:
                     due = min(due, started + node.timeout)
             elif isinstance(step, SubflowStep):
-                children.append(f"{run.id}:{sid}")
+                children.append(child_id(run.id, sid, rec.attempts))
                 due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
         wait = due - now
         if self._refused or wait < 1.0 or not run.host.can_park:
@@ -191,7 +208,8 @@ class Waiting:
             elif node.compensate is RUNS_ROLLBACK:
                 response = await self._compensate_runs(run, node)
             else:
-                await run.host.compensate_child(f"{run.id}:{sid}")
+                done = run.state.steps[sid]  # the try whose child succeeded
+                await run.host.compensate_child(child_id(run.id, sid, done.attempts))
                 response = Message()
             status = Status.SUCCESS
         except _Interrupted:

@@ -43,7 +43,7 @@ from .step import Step
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep
+from .waits import SubflowStep, child_id
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
@@ -579,10 +579,12 @@ class Flow:
                 ).plan()
             await self._check_children(child, (*chain, target))
 
-    async def start_child(self, parent_id: str, node: Node, request: Message) -> None:
-        """Start the child execution of the SubflowStep ``node`` of execution
-        ``parent_id``, with ``request``: ``<parent_id>:<step id>``, once (the id is its
-        idempotency key)."""
+    async def start_child(
+        self, parent_id: str, node: Node, request: Message, *, attempt: int = 1
+    ) -> None:
+        """Start the child execution of try ``attempt`` of the SubflowStep ``node`` of
+        execution ``parent_id``, with ``request``: ``<parent_id>:<step id>`` (then
+        ``::<attempt>`` from the second try), once (the id is its idempotency key)."""
         step = node.step
         assert isinstance(step, SubflowStep)
         wf = await self.workflow_load(step.workflow_id, step.version)
@@ -590,7 +592,7 @@ class Flow:
         snap = wf.snapshot()
         self._plans.setdefault(snap.hash, plan)
         new = NewRun(
-            execution_id=f"{parent_id}:{node.id}",
+            execution_id=child_id(parent_id, node.id, attempt),
             workflow_id=wf.id,
             version=wf.version,
             definition_hash=snap.hash,

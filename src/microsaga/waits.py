@@ -54,6 +54,15 @@ CHILD_ROLLBACK = Marker("rollback of the child execution")  # a SubflowStep's
 RUNS_ROLLBACK = Marker("compensation of the map's runs")  # a MapStep's
 
 
+def child_id(execution_id: str, step_id: str, attempt: int) -> str:
+    """The id of the child execution that try ``attempt`` of the SubflowStep
+    ``step_id`` of ``execution_id`` runs: ``<eid>:<step id>`` for the first,
+    ``<eid>:<step id>::<n>`` for the n-th (a resume or redrive of the failed step). No
+    other execution has such an id: ``::`` is in none, ids and step ids hold no ``:``."""
+    first = f"{execution_id}:{step_id}"
+    return first if attempt <= 1 else f"{first}::{attempt}"
+
+
 class WaitingStep(Step):
     """A step the run loop resolves itself, WAITING meanwhile."""
 
@@ -188,9 +197,11 @@ class SubflowStep(WaitingStep):
     """Starts a child execution of the saved workflow ``workflow_id`` (its latest
     version, or ``version``) with the step's input; WAITING while the child runs; then
     SUCCEEDS with the child's response or FAILS with its error (after the child's own
-    rollback). The child's id is ``<execution id>:<step id>``. ``timeout`` is the
-    child's deadline. When the parent rolls back, a succeeded child is compensated as
-    a unit, unless this step has a ``compensate`` of its own.
+    rollback). The child's id is ``<execution id>:<step id>``; a failed step tried
+    again (resume or redrive) runs a new one (:func:`child_id`), its ``attempts``
+    counting the tries. ``timeout`` is the child's deadline. When the parent rolls
+    back, a succeeded child is compensated as a unit, unless this step has a
+    ``compensate`` of its own.
     """
 
     kind = "workflow"

@@ -35,7 +35,7 @@ import msgspec
 
 from ._aio import Slots, wait_event
 from ._engine.plan import Plan, RetryPolicy, RunGraph
-from ._engine.records import Abort, ExecState, Phase
+from ._engine.records import Abort, ExecState, Phase, StepRecord
 from ._groupcommit import Committer
 from ._health import StoreHealth
 from ._run import Run, RunSpec
@@ -62,6 +62,7 @@ from .stores.base import (
     StoredExecution,
     prune_paced,
 )
+from .waits import child_id
 
 if TYPE_CHECKING:
     from ._engine.plan import Node
@@ -246,8 +247,8 @@ class Worker:
     async def child(self, child_id: str) -> Execution | None:
         return await self.store.get_execution(child_id)
 
-    async def start_child(self, run: Run, node: Node, request: Message) -> None:
-        await self.flow.start_child(run.id, node, request)
+    async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
+        await self.flow.start_child(run.id, node, request, attempt=attempt)
 
     async def abort_child(self, child_id: str) -> None:
         try:
@@ -262,6 +263,10 @@ class Worker:
         with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
             await self.control(child_id, "compensate")
             await self._take_back(child_id)
+
+    async def step_records(self, execution_id: str) -> list[StepRecord]:
+        stored = await self.store.load(execution_id)
+        return [] if stored is None else stored.records
 
     async def compensate_child(self, child_id: str) -> None:
         # the child's rollback is claimed like any execution, and the parent waiting
@@ -666,7 +671,7 @@ class Worker:
 
     async def _pass_on(self, execution_id: str, action: ControlAction) -> None:
         """A suspend, resume or abort of a parent reaches the children its waiting
-        sub-workflow steps run (``<id>:<step id>``), and theirs."""
+        sub-workflow steps run (see :func:`microsaga.waits.child_id`), and theirs."""
         info = await self.store.get_execution(execution_id)
         if info is None:
             return
@@ -674,7 +679,7 @@ class Worker:
             if run.status is not Status.WAITING:
                 continue
             try:
-                await self.control(f"{execution_id}:{sid}", action)
+                await self.control(child_id(execution_id, sid, run.attempts), action)
             except (InvalidTransitionError, ExecutionNotFoundError):
                 pass  # not a sub-workflow's step, or its child cannot do that
 

@@ -25,6 +25,7 @@ from microsaga.stores._postgres_db import Database, Q
 from microsaga.stores.base import NewExecution, StepRecord, Transition, TransitionResult
 from microsaga.stores.postgres import SCHEMA_VERSION, PostgresStore, retryable
 from tests.helpers import eventually
+from tests.integration import test_store_contract as contract
 from tests.integration.pg import asyncpg, connect, fresh_database
 
 pytestmark = pytest.mark.postgres
@@ -542,6 +543,31 @@ async def test_watch_wakes_on_new_work_and_requests(store: PostgresStore, url: s
         await eventually(lambda: woken, timeout=2.0)
     finally:
         await other.close()
+
+
+async def test_a_wake_while_a_park_commits_makes_the_execution_claimable(
+    store: PostgresStore, url: str
+) -> None:
+    """A sub-workflow's child ends while its parent parks, after the park looked at
+    the child: the wake waits for the park's commit, then finds the parent parked and
+    makes it claimable (it was left parked until its next look at the child, a minute
+    later by default)."""
+    await store.commit([contract.new("parent", owner="w1")])
+    parking = await connect(url)
+    try:
+        tx = parking.transaction()
+        await tx.start()  # the park, as Store.park makes it, not yet committed
+        await parking.execute(Q["lock_execution"], "parent")
+        assert await parking.fetchval(Q["park"], "parent", 1, 10**9, "waiting for a child")
+        waking = asyncio.create_task(store.wake("parent", 200.0))
+        # the wake waits for the park's row lock (or, wrongly, has finished already)
+        await eventually(lambda: waking.done() or _backends(url, "wait_event_type = 'Lock'"))
+        await tx.commit()
+        await waking
+    finally:
+        await parking.close()
+    claimed = await store.claim("w2", 201.0, 10.0, 10)
+    assert [c.execution_id for c in claimed] == ["parent"]
 
 
 async def test_a_new_execution_reaches_a_worker_without_polling(url: str) -> None:

@@ -16,6 +16,7 @@ from microsaga import (
     Message,
     SleepStep,
     Status,
+    StepError,
     SubflowStep,
     WaitStep,
 )
@@ -166,6 +167,42 @@ async def test_subflows_and_maps_on_every_store(store_url: str) -> None:
         child_info = await flow.execution(f"{eid}:pay")
         assert child_info.parent_id == eid
         assert len([c for c in LOG if c[0] == "charge"]) == 5
+
+
+async def picky_charge(msg: Message) -> dict[str, Any]:
+    LOG.append(("picky_charge", msg.json()))
+    if msg.json().get("card") == "expired":
+        raise StepError("card declined")
+    return {"charged": msg.json()}
+
+
+async def test_each_redrive_of_a_subflow_step_runs_a_new_child_on_every_store(
+    store_url: str,
+) -> None:
+    """Under the failure policy "suspend", each redrive of a failed SubflowStep runs a
+    new child (``::2``, ``::3``), the children of the tries before left as they ended."""
+    LOG.clear()
+    async with Flow(store_url, poll_interval=0.05, lease_ttl=5.0) as flow:
+        child = await flow.workflow_create("payment", FunctionStep(picky_charge, id="charge"))
+        await flow.workflow_save(child)
+        wf = await flow.workflow_create(
+            "order", SubflowStep("payment", id="pay"), on_failure="suspend"
+        )
+        eid = await wf.execute({"card": "expired"})
+        assert (await flow.execution(eid)).status is Status.SUSPEND
+        await flow.redrive(eid, input={"card": "expired", "again": True})
+        assert (await flow.wait(eid, timeout=20)).status is Status.SUSPEND
+        await flow.redrive(eid, input={"card": "new"})
+        done = await flow.wait(eid, timeout=20)
+        assert done.status is Status.SUCCESS
+        assert done.steps["pay"].attempts == 3
+        assert done.response is not None
+        assert done.response.json() == {"charged": {"card": "new"}}
+        tries = [await flow.execution(f"{eid}:pay{n}") for n in ("", "::2", "::3")]
+        assert [t.status for t in tries] == [Status.FAILURE, Status.FAILURE, Status.SUCCESS]
+        assert {t.parent_id for t in tries} == {eid}
+        assert [t.request.json()["card"] for t in tries] == ["expired", "expired", "new"]
+        assert len([c for c in LOG if c[0] == "picky_charge"]) == 3
 
 
 async def after_nap(msg: Message) -> None:

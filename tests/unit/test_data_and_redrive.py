@@ -251,6 +251,50 @@ async def test_redrive_of_a_suspended_failure_with_an_edited_input(flow: Flow) -
         await flow.redrive(eid)
 
 
+@pytest.mark.parametrize("redrive", [False, True])
+async def test_a_failed_step_is_tried_again_when_resumed_while_another_still_runs(
+    flow: Flow, redrive: bool
+) -> None:
+    """The execution is SUSPEND while a step beside the failed one still runs (its run
+    holds it): resume or redrive tries the failed step again rather than suspending
+    the execution again, the failed step left PENDING."""
+    gate = asyncio.Event()
+    fixed: list[Any] = []
+    calls: list[Any] = []
+
+    async def charge(msg: Message) -> dict[str, Any]:
+        calls.append(msg.json())
+        if not fixed:
+            raise StepError("card declined", retryable=False)
+        return {"charged": msg.json()}
+
+    async def pack(msg: Message) -> dict[str, Any]:
+        await gate.wait()
+        return {"packed": True}
+
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(charge, id="charge"),
+        FunctionStep(pack, id="pack"),
+        on_failure="suspend",
+    )
+    eid = await wf.execute({"card": "expired"}, async_=True)
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.SUSPEND
+    assert info.steps["pack"].status is Status.RUNNING
+    fixed.append(True)
+    if redrive:
+        await flow.redrive(eid, input={"card": "new"})
+    else:
+        await flow.resume(eid)
+    gate.set()
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS, done.error
+    assert done.steps["charge"].status is Status.SUCCESS
+    assert done.steps["pack"].status is Status.SUCCESS
+    assert calls == [{"card": "expired"}, {"card": "new" if redrive else "expired"}]
+
+
 async def test_redrive_names_only_a_failed_step(flow: Flow) -> None:
     shop = Shop(declines=1)
     wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")

@@ -632,6 +632,10 @@ class PostgresStore(Store):
 
     async def wake(self, execution_id: str, now: float) -> None:
         async def wake(conn: Any) -> None:
+            # locked first, as a signal does: a park in flight (which did not see what
+            # wakes it) commits before the update below, which then finds it parked.
+            # Unlocked, the update skips the row, which is not parked in its snapshot
+            await conn.execute(Q["lock_execution"], execution_id)
             await self._wake(conn, execution_id, "wake", now)
 
         await self._db.tx(wake, retry=True)
