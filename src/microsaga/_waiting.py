@@ -261,6 +261,11 @@ class Waiting:
                     rid, Phase.FORWARD, Status.RUNNING, attempt, request, None, None, now
                 )
                 if not await self._commit(run, [running]):
+                    # a suspend or an abort came as it was recorded: the run is not
+                    # made, so its record goes back as it was (the store keeps the
+                    # records of a refused commit), the attempt not counted on resume
+                    unmade = replace(running, status=Status.PENDING, attempts=attempt - 1)
+                    await self._commit(run, [before or unmade])
                     return
                 while True:
                     slots = run.host.slots

@@ -31,6 +31,8 @@ from microsaga import (
     load_definition,
     testing,
 )
+from microsaga.stores.base import Transition, TransitionResult
+from microsaga.stores.memory import MemoryStore
 from tests.helpers import eventually
 
 LOG: list[tuple[str, Any]] = []  # what the module-level steps below were called with
@@ -520,6 +522,46 @@ async def test_a_suspend_while_a_map_run_waits_to_retry_leaves_it_to_the_resume(
     done = await flow.wait(eid, timeout=10)
     assert done.status is Status.SUCCESS
     assert tries == [1, 2]
+
+
+class _SuspendedAtRun(MemoryStore):
+    """Suspends the execution as the start of map run ``run`` is committed: the
+    commit finds it suspended."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__()
+        self.run: str | None = run
+
+    def _transition(self, t: Transition) -> TransitionResult:
+        if any(r.step_id == self.run and r.status is Status.RUNNING for r in t.records):
+            self.run = None
+            self._rows[t.execution_id].status = Status.SUSPEND  # as flow.suspend does
+        return super()._transition(t)
+
+
+async def test_a_map_run_stopped_as_it_is_recorded_counts_no_attempt() -> None:
+    """A suspend comes as a map run's start is committed: the run is not made, and on
+    resume it makes its first attempt (the store kept its record RUNNING, and the
+    resumed map counted a second attempt, eating a retry never made)."""
+    calls: list[tuple[str, int]] = []
+
+    async def take(msg: Message, ctx: StepContext) -> Any:
+        calls.append((ctx.step_id, ctx.attempt))
+        return msg.json()
+
+    async with Flow(_SuspendedAtRun("each[1]"), poll_interval=0.05) as flow:
+        wf = await flow.workflow_create(
+            "m", MapStep(FunctionStep(take, id="take"), over="request", id="each")
+        )
+        eid = await wf.execute(["a", "b"])
+        info = await flow.execution(eid)
+        assert info.status is Status.SUSPEND
+        assert calls == [("each[0]", 1)]
+        await flow.resume(eid)
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.SUCCESS
+        assert calls == [("each[0]", 1), ("each[1]", 1)]
+        assert done.steps["each[1]"].attempts == 1
 
 
 async def test_a_map_that_ends_after_a_step_beside_it_is_recorded(flow: Flow) -> None:
