@@ -362,7 +362,9 @@ class Run:
             lone = None  # a forward step run here, alone: see saga.after_success
             if self._draining:
                 starts = []  # recorded RUNNING: the next worker invokes them
-            if len(starts) == 1 and not self._tasks and not self._queued:
+            # not beside waiting steps: the loop looks at them (a signal, a child's
+            # end) while the step runs, which it cannot do while it runs the step
+            if len(starts) == 1 and not self._tasks and not self._queued and not self.waiting.ids:
                 self._inline = True
                 try:
                     await self._attempts(starts[0])

@@ -161,6 +161,29 @@ async def test_a_parked_timeout_fires_when_the_flows_clock_passes_it(store_url: 
         assert done.failed_step == "paid"
 
 
+async def test_a_signal_completes_a_wait_while_a_step_beside_it_runs(flow: Flow) -> None:
+    """The step beside the wait is the only one running: the loop still looks at the
+    wait (it ran such a step in its own task, and saw the signal only once the step
+    had returned)."""
+    release = asyncio.Event()
+
+    async def slow(msg: Message) -> dict[str, int]:
+        await release.wait()
+        return {"slow": 1}
+
+    wf = await flow.workflow_create("w", FunctionStep(slow, id="slow"), WaitStep("go", id="go"))
+    eid = await wf.execute({}, async_=True)
+    await flow.signal(eid, "go", {"ok": 1})
+
+    async def waited() -> bool:
+        return (await flow.execution(eid)).steps["go"].status is Status.SUCCESS
+
+    await eventually(waited)
+    assert (await flow.execution(eid)).steps["slow"].status is Status.RUNNING
+    release.set()
+    assert (await flow.wait(eid, timeout=10)).status is Status.SUCCESS
+
+
 async def test_signal_errors_name_what_is_wrong(flow: Flow) -> None:
     wf = await flow.workflow_create("order", FunctionStep(reserve, id="reserve"))
     eid = await wf.execute({})
