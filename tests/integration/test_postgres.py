@@ -513,6 +513,41 @@ async def test_control_sequence_order_is_commit_order(store: PostgresStore, url:
     assert ids == ["e1", "e2"]
 
 
+@pytest.mark.parametrize("why", ["wake", "signal"])
+async def test_a_wake_during_a_park_leaves_the_execution_claimable(
+    store: PostgresStore, url: str, why: str
+) -> None:
+    """A child's end (wake) or a signal that comes while its execution parks (after the
+    park looked for them, before it committed) must not be lost: once the park is in,
+    the execution is claimable at once, not at the end of its wait."""
+    owned = pending("e1")
+    owned.status, owned.owner, owned.lease_until = Status.RUNNING, "w1", 110.0
+    await store.commit([owned])
+    parking = await connect(url)
+    try:
+        # the park of another process, under way: its row locked, the row parked
+        tx = parking.transaction()
+        await tx.start()
+        await parking.execute("SELECT 1 FROM microsaga_executions WHERE id = 'e1' FOR UPDATE")
+        await parking.execute(
+            "UPDATE microsaga_executions SET owner = NULL, lease_until = 1000 WHERE id = 'e1'"
+        )
+        if why == "wake":
+            waking = asyncio.ensure_future(store.wake("e1", 101.0))
+        else:
+            waking = asyncio.ensure_future(store.signal("e1", "go", Message(b"{}"), 101.0))
+
+        async def waits_or_done() -> bool:
+            return waking.done() or bool(await _backends(url, "wait_event_type = 'Lock'"))
+
+        await eventually(waits_or_done)
+        await tx.commit()
+        await waking
+    finally:
+        await parking.close()
+    assert [c.execution_id for c in await store.claim("w2", 102.0, 10.0, 1)] == ["e1"]
+
+
 async def test_watch_wakes_on_new_work_and_requests(store: PostgresStore, url: str) -> None:
     woken: list[int] = []
     await store.watch(lambda: woken.append(1))

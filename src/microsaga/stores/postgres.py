@@ -589,6 +589,10 @@ class PostgresStore(Store):
         await self._db.tx(signal, retry=True)
 
     async def _wake(self, conn: Any, execution_id: str, action: str, now: float) -> None:
+        # the row lock first: a park under way (it holds the lock) commits before the
+        # wake reads the row, found parked then. The UPDATE alone would read the row as
+        # it was before the park, still owned, and leave it parked for its whole wait.
+        await conn.execute(Q["lock_execution"], execution_id)
         await conn.execute(Q["wake"], execution_id)
         await conn.execute(Q["lock_controls"])
         await conn.execute(Q["insert_control"], execution_id, action, now)
