@@ -1,13 +1,16 @@
-"""The property tests of control requests (tests/unit/test_run_control_properties.py)
-and of takeover (test_takeover_properties.py) on PostgreSQL, whose store has its own
-write paths: a transition written on the condition that the execution is as expected,
-or decided on a fresh read; abort fencing; park, signal and claim. Fewer examples than
-on SQLite: each costs a few round trips more."""
+"""The property tests of control requests (tests/unit/test_run_control_properties.py),
+of takeover (test_takeover_properties.py) and of maps and sub-workflows
+(tests/unit/test_run_map_properties.py) on PostgreSQL, whose store has its own write
+paths: a transition written on the condition that the execution is as expected, or
+decided on a fresh read; abort fencing; park, wake, signal and claim. Fewer examples
+than on SQLite: each costs a few round trips more."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +28,7 @@ from tests.integration.test_takeover_properties import (
     dying_during_the_rollback,
     dying_mid_run,
 )
+from tests.unit import test_run_map_properties as maps
 from tests.unit.test_run_control_properties import (
     Scenario,
     monotonic_flow,
@@ -85,3 +89,27 @@ async def test_a_worker_dying_during_the_rollback_is_taken_over(
 ) -> None:
     async with fresh_schema(pg_url) as url:
         await dying_during_the_rollback(url, case, data)
+
+
+@pytest.fixture
+async def map_flows(pg_url: str, tmp_path: Path) -> AsyncIterator[dict[int, Flow]]:
+    async with AsyncExitStack() as stack:
+        yield await maps.kid_flows(stack, pg_url, tmp_path)
+
+
+@settings(maps.settings_, max_examples=30)
+@given(maps.cases())
+async def test_maps_children_and_timeouts_at_once_succeed_by_the_rules(
+    map_flows: dict[int, Flow], case: maps.Case
+) -> None:
+    flow = map_flows[case.slots]
+    await maps.check_all(flow, case, await maps.run(flow, case))
+
+
+@settings(maps.settings_, max_examples=40)
+@given(maps.cases(failures=True))
+async def test_maps_children_and_timeouts_at_once_fail_and_roll_back_by_the_rules(
+    map_flows: dict[int, Flow], case: maps.Case
+) -> None:
+    flow = map_flows[case.slots]
+    await maps.check_all(flow, case, await maps.run(flow, case))
