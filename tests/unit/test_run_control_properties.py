@@ -72,9 +72,11 @@ def called_first(case: Case, waits: set[str], signal_at: dict[str, str]) -> list
     that run and depend on no WaitStep whose signal comes later."""
     off, blocked = skipped(case), set()
     for sid, reqs in case.requires.items():  # earlier steps first
-        if sid in off:
-            continue
-        if any(r in blocked for r in reqs) or (sid in waits and signal_at[sid] != "early"):
+        # a step is started or skipped once the steps it requires ended: after a wait
+        # whose signal comes later, neither until then
+        if any(r in blocked for r in reqs) or (
+            sid in waits and sid not in off and signal_at[sid] != "early"
+        ):
             blocked.add(sid)
     return [s for s in case.requires if s not in off | waits | blocked]
 
