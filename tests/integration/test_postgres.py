@@ -545,13 +545,14 @@ async def test_watch_wakes_on_new_work_and_requests(store: PostgresStore, url: s
         await other.close()
 
 
+@pytest.mark.parametrize("why", ["wake", "signal"])
 async def test_a_wake_while_a_park_commits_makes_the_execution_claimable(
-    store: PostgresStore, url: str
+    store: PostgresStore, url: str, why: str
 ) -> None:
-    """A sub-workflow's child ends while its parent parks, after the park looked at
-    the child: the wake waits for the park's commit, then finds the parent parked and
-    makes it claimable (it was left parked until its next look at the child, a minute
-    later by default)."""
+    """A sub-workflow's child ends (a wake), or a signal comes, while its parent parks,
+    after the park looked for them: the wake waits for the park's commit, then finds
+    the parent parked and makes it claimable (a wake left it parked until its next look
+    at the child, a minute later by default)."""
     await store.commit([contract.new("parent", owner="w1")])
     parking = await connect(url)
     try:
@@ -559,7 +560,10 @@ async def test_a_wake_while_a_park_commits_makes_the_execution_claimable(
         await tx.start()  # the park, as Store.park makes it, not yet committed
         await parking.execute(Q["lock_execution"], "parent")
         assert await parking.fetchval(Q["park"], "parent", 1, 10**9, "waiting for a child")
-        waking = asyncio.create_task(store.wake("parent", 200.0))
+        if why == "wake":
+            waking = asyncio.create_task(store.wake("parent", 200.0))
+        else:
+            waking = asyncio.create_task(store.signal("parent", "go", Message(b"{}"), 200.0))
         # the wake waits for the park's row lock (or, wrongly, has finished already)
         await eventually(lambda: waking.done() or _backends(url, "wait_event_type = 'Lock'"))
         await tx.commit()

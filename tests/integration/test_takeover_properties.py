@@ -1,10 +1,11 @@
-"""Property tests of crash recovery on random DAGs (hypothesis, derandomized), on SQLite:
-a worker (flow A) dies at its k-th step call (or compensation call), another (flow B,
-same file) takes the execution over, and may die in turn for a flow C. Whatever the
-shape, the retries and the points of death, the execution ends as an undisturbed run
-would, every step ran, an attempt was invoked again only if it was recorded RUNNING when
-a flow died (once more per death, with the same attempt number and idempotency key), in
-the DAG's order, the rollback's order kept; and nothing a dead flow does is written.
+"""Property tests of crash recovery on random DAGs (hypothesis, derandomized), on SQLite
+(and on PostgreSQL: test_postgres_properties): a worker (flow A) dies at its k-th step
+call (or compensation call), another (flow B, same file) takes the execution over, and
+may die in turn for a flow C. Whatever the shape, the retries and the points of death,
+the execution ends as an undisturbed run would, every step ran, an attempt was invoked
+again only if it was recorded RUNNING when a flow died (once more per death, with the
+same attempt number and idempotency key), in the DAG's order, the rollback's order kept;
+and nothing a dead flow does is written.
 
 A flow dies in-process, as in test_recovery_attempts (a live flow taken for dead): from
 its k-th call on, its step calls never return and its writes to the store (commits,
@@ -103,7 +104,7 @@ class World:
         """Never returns once the caller is dead (but at the end of the test)."""
         if self.dead(event.who):
             self.blocked.append(event)
-            await asyncio.wait_for(self.gate.wait(), 60)
+            await until_the_end(self.gate)
             raise Zombie  # then returns (the step succeeded), logging no more
 
     def kill_writes(self, store: Store, who: int) -> None:
@@ -112,7 +113,7 @@ class World:
         def dying(real: Callable[..., Any]) -> Callable[..., Any]:
             async def write(*args: Any, **kwargs: Any) -> Any:
                 if self.dead(who):
-                    await asyncio.wait_for(self.gate.wait(), 60)
+                    await until_the_end(self.gate)
                     return await real(*args, **kwargs)
                 self.writing += 1
                 try:
@@ -135,6 +136,14 @@ class World:
 
 class Zombie(Exception):
     pass
+
+
+async def until_the_end(gate: asyncio.Event) -> None:
+    """Wait for the end of the test. Not with ``asyncio.wait_for``: on Python 3.11 it
+    swallows the cancellation of a flow's loop that comes as the gate opens (as the
+    flows close), and that flow's close then waits for the loop forever."""
+    async with asyncio.timeout(60):
+        await gate.wait()
 
 
 CURRENT: list[World] = []
@@ -197,10 +206,14 @@ class Outcome:
         return len(self.at_death)
 
 
-async def run_with_deaths(world: World, folder: Path) -> Outcome:
+def sqlite_url(folder: Path) -> str:
+    """A new SQLite file in ``folder``, for one example."""
+    return f"sqlite:///{folder / f'takeover{next(_names)}.db'}"
+
+
+async def run_with_deaths(world: World, url: str) -> Outcome:
     """Runs the world's case on flow 0 until it dies (or the execution ends), then on
-    flow 1, and so on."""
-    url = f"sqlite:///{folder / f'takeover{next(_names)}.db'}"
+    flow 1, and so on, each flow on the empty store at ``url``."""
     CURRENT.append(world)
     at_death: list[StoredExecution] = []
     try:
@@ -391,13 +404,18 @@ def flaky_steps(data: st.DataObject, case: Case) -> dict[str, int]:
 async def test_a_worker_dying_mid_run_is_taken_over_as_if_nothing_happened(
     tmp_path: Path, case: Case, data: st.DataObject
 ) -> None:
+    await dying_mid_run(sqlite_url(tmp_path), case, data)
+
+
+async def dying_mid_run(url: str, case: Case, data: st.DataObject) -> None:
+    """Flow A dies at one of its forward calls (B maybe too), on the store at ``url``."""
     ran = [sid for sid in case.requires if sid not in skipped(case)]
     assume(ran)
     flaky = flaky_steps(data, case)
     calls = sum(flaky.get(sid, 1) for sid in ran)
     deaths = st.lists(st.integers(min_value=1, max_value=calls), min_size=1, max_size=2)
     world = World(case, data.draw(deaths, label="kill_at"), "forward", flaky)
-    out = await run_with_deaths(world, tmp_path)
+    out = await run_with_deaths(world, url)
     assert out.died  # every step that is not skipped runs: A's k-th call comes
     check(world, out)
 
@@ -407,10 +425,15 @@ async def test_a_worker_dying_mid_run_is_taken_over_as_if_nothing_happened(
 async def test_a_worker_dying_before_a_failure_is_taken_over_and_rolls_back(
     tmp_path: Path, case: Case, data: st.DataObject
 ) -> None:
+    await dying_before_a_failure(sqlite_url(tmp_path), case, data)
+
+
+async def dying_before_a_failure(url: str, case: Case, data: st.DataObject) -> None:
+    """Flow A dies at one of its first forward calls, of a saga that may fail."""
     flaky = flaky_steps(data, case)
     deaths = st.lists(st.integers(min_value=1, max_value=4), min_size=1, max_size=2)
     world = World(case, data.draw(deaths, label="kill_at"), "forward", flaky)
-    out = await run_with_deaths(world, tmp_path)  # or it ended before A's k-th call
+    out = await run_with_deaths(world, url)  # or it ended before A's k-th call
     check(world, out)
 
 
@@ -437,12 +460,17 @@ def undone_for_sure(case: Case) -> int:
 async def test_a_worker_dying_during_the_rollback_is_taken_over(
     tmp_path: Path, case: Case, data: st.DataObject
 ) -> None:
+    await dying_during_the_rollback(sqlite_url(tmp_path), case, data)
+
+
+async def dying_during_the_rollback(url: str, case: Case, data: st.DataObject) -> None:
+    """Flow A dies at one of the compensations of a saga that fails for sure."""
     if not undone_for_sure(case):
         case.undoable = set(case.requires)  # give the rollback something to do
     sure = undone_for_sure(case)
     assume(sure)
     deaths = st.lists(st.integers(min_value=1, max_value=sure), min_size=1, max_size=2)
     world = World(case, data.draw(deaths, label="kill_at"), "undo", flaky_steps(data, case))
-    out = await run_with_deaths(world, tmp_path)
+    out = await run_with_deaths(world, url)
     assert out.died
     check(world, out)

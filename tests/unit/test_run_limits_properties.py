@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Retry, Status, StepError
 from microsaga.execution import Execution
 from tests.helpers import FLOW_EXAMPLES
+from tests.integration.pg import fresh_schema
 from tests.unit.test_run_scheduling_properties import descendants
 
 SLOTS = (1, 2, 3)
@@ -44,10 +45,16 @@ class Ticks:
 
 
 async def slot_flows(stack: AsyncExitStack, store_url: str, tmp_path: Path) -> dict[int, Flow]:
-    """A flow (a worker, a store of its own) for each number of slots, open in ``stack``."""
+    """A flow (a worker, a store of its own) for each number of slots, open in ``stack``:
+    on SQLite a file each, on PostgreSQL (a database's URL) a schema each."""
     out = {}
     for n in SLOTS:
-        url = store_url if store_url == "memory://" else f"sqlite:///{tmp_path / f'{n}.db'}"
+        if store_url.startswith("postgresql:"):
+            url = await stack.enter_async_context(fresh_schema(store_url))
+        elif store_url.startswith("sqlite:"):
+            url = f"sqlite:///{tmp_path / f'{n}.db'}"
+        else:
+            url = store_url
         flow = Flow(url, concurrency=n, poll_interval=0.05, lease_ttl=5.0, clock=Ticks())
         out[n] = await stack.enter_async_context(flow)
     return out

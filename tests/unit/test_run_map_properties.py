@@ -258,16 +258,20 @@ def failing(case: Case, request: dict[str, Any]) -> set[str]:
 # running ------------------------------------------------------------------------------
 
 
+async def kid_flows(stack: AsyncExitStack, store_url: str, tmp_path: Path) -> dict[int, Flow]:
+    """A flow (a worker, a store of its own) for each number of slots, open in
+    ``stack``, with the child workflows saved."""
+    out = await slot_flows(stack, store_url, tmp_path)
+    for flow in out.values():
+        for late, name in KIDS.items():
+            await flow.workflow_save(await flow.workflow_create(name, *kid_steps(late)))
+    return out
+
+
 @pytest.fixture
 async def flows(store_url: str, tmp_path: Path) -> AsyncIterator[dict[int, Flow]]:
-    """A flow (a worker, a store of its own) for each number of slots, with the
-    child workflows saved."""
     async with AsyncExitStack() as stack:
-        out = await slot_flows(stack, store_url, tmp_path)
-        for flow in out.values():
-            for late, name in KIDS.items():
-                await flow.workflow_save(await flow.workflow_create(name, *kid_steps(late)))
-        yield out
+        yield await kid_flows(stack, store_url, tmp_path)
 
 
 _names = itertools.count()

@@ -687,7 +687,8 @@ ON CONFLICT (execution_id, event) DO NOTHING;
 
 -- name: wake
 -- A parked execution (no owner) is claimable now; one with an owner is told through
--- the control row that goes with this.
+-- the control row that goes with this. After lock_execution, in the same transaction:
+-- a park under way commits first, and this statement's snapshot sees the row parked.
 UPDATE microsaga_executions SET lease_until = 0
 WHERE id = $1 AND owner IS NULL AND status IN (0, 1, 6);
 
