@@ -113,3 +113,11 @@ async def test_maps_children_and_timeouts_at_once_fail_and_roll_back_by_the_rule
 ) -> None:
     flow = map_flows[case.slots]
     await maps.check_all(flow, case, await maps.run(flow, case))
+
+
+@settings(maps.settings_, max_examples=15)
+@given(maps.cases(failures=True, suspend=True), st.booleans())
+async def test_under_the_suspend_policy_a_failure_waits_until_fixed_and_resumed(
+    map_flows: dict[int, Flow], case: maps.Case, redrive: bool
+) -> None:
+    await maps.fails_then_resumed(map_flows[case.slots], case, redrive)

@@ -709,7 +709,11 @@ async def test_under_the_suspend_policy_a_failure_waits_until_fixed_and_resumed(
     """A step failing for good leaves the execution SUSPEND, the step FAILURE, nothing
     compensated; once the cause is gone, resume (or redrive) tries the failed steps
     again and the execution finishes, the finished steps not run again."""
-    flow = flows[case.slots]
+    await fails_then_resumed(flows[case.slots], case, redrive)
+
+
+async def fails_then_resumed(flow: Flow, case: Case, redrive: bool) -> None:
+    """The suspend policy's case run on ``flow``, resumed (or redriven), and checked."""
     infos = await run(flow, case)
     first: dict[str, set[str]] = {}
     for request, info in zip(case.requests, infos, strict=True):
