@@ -21,7 +21,7 @@ from msgspec.structs import replace
 from . import _faults
 from ._engine import data
 from ._engine.plan import Node, RetryPolicy
-from ._engine.records import StepRecord
+from ._engine.records import Abort, StepRecord
 from .errors import StepError, StepTimeoutError, one_line
 from .message import Message, decode_json_body, encode_json
 from .payloads import too_large
@@ -162,6 +162,9 @@ class Waiting:
             elif isinstance(step, SubflowStep):
                 children.append(f"{run.id}:{sid}")
                 due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
+        deadline = run.spec.deadline_at
+        if deadline is not None and run.state.abort is Abort.NONE:
+            due = min(due, deadline)  # the deadline is a timer too: it aborts the execution
         wait = due - now
         if self._refused or wait < 1.0 or not run.host.can_park:
             # a wait of its own: a poke (a signal, a child's end) or a look now and then
