@@ -94,7 +94,8 @@ class Waiting:
         error = one_line(exc)
         if node.fallback is not None:
             request = rec.request or Message()
-            fallen = await run.fallback(node, rec, request, rec.attempts, None, error)
+            timeout = run.spec.step_timeout  # the execution's, as for any invocation
+            fallen = await run.fallback(node, rec, request, rec.attempts, timeout, error)
             if isinstance(fallen, Message):
                 fallback_id = getattr(node.fallback, "id", node.id)
                 note = f"{error} (fallback {fallback_id} used)"

@@ -573,3 +573,21 @@ async def test_sleeps_waits_and_the_deadline_fire_on_time_and_once(
         for sid in undone:
             for later in descendants(case.requires, sid) & undone:
                 assert where["undone", later] < where["undo", sid], (sid, later, events)
+
+
+async def test_a_waits_fallback_is_bounded_by_the_executions_step_timeout(world: World) -> None:
+    flow, clock = world.flow, world.clock
+    never = asyncio.Event()
+
+    async def overrun(msg: Message) -> None:
+        await never.wait()  # the tick it waits for never comes
+
+    fb = FunctionStep(overrun, id="fb-paid")
+    wf = await flow.workflow_create("wait-fallback", WaitStep("paid", timeout=TICK, fallback=fb))
+    eid = await wf.execute({}, async_=True, timeout=0.01)
+    await eventually(lambda: still(flow, eid))
+    clock.now += TICK + 1  # the wait times out; its fallback overruns
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.FAILURE
+    assert info.steps["paid"].status is Status.FAILURE
+    assert info.steps["paid"].error == f"step paid timed out after {TICK:g}s waiting for paid"
