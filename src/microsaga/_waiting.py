@@ -21,7 +21,7 @@ from msgspec.structs import replace
 from . import _faults
 from ._engine import data
 from ._engine.plan import Node, RetryPolicy
-from ._engine.records import StepRecord
+from ._engine.records import Abort, StepRecord
 from .errors import StepError, StepTimeoutError, one_line
 from .message import Message, decode_json_body, encode_json
 from .payloads import too_large
@@ -111,7 +111,8 @@ class Waiting:
         error = one_line(exc)
         if node.fallback is not None:
             request = rec.request or Message()
-            fallen = await run.fallback(node, rec, request, rec.attempts, None, error)
+            timeout = run.spec.step_timeout  # the execution's, as for any invocation
+            fallen = await run.fallback(node, rec, request, rec.attempts, timeout, error)
             if isinstance(fallen, Message):
                 fallback_id = getattr(node.fallback, "id", node.id)
                 note = f"{error} (fallback {fallback_id} used)"
@@ -179,6 +180,9 @@ class Waiting:
             elif isinstance(step, SubflowStep):
                 children.append(child_id(run.id, sid, rec.attempts))
                 due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
+        deadline = run.spec.deadline_at
+        if deadline is not None and run.state.abort is Abort.NONE:
+            due = min(due, deadline)  # the deadline is a timer too: it aborts the execution
         wait = due - now
         if self._refused or wait < 1.0 or not run.host.can_park:
             # a wait of its own: a poke (a signal, a child's end) or a look now and then

@@ -15,9 +15,11 @@ from microsaga import (
     InvalidTransitionError,
     Message,
     Retry,
+    SleepStep,
     Status,
     Step,
     StepError,
+    WaitStep,
 )
 from microsaga.stores.base import Abort
 from tests.helpers import eventually
@@ -421,6 +423,34 @@ async def test_no_step_starts_after_the_deadline_passed_while_suspended(store_ur
     assert info.steps["a"].status is Status.COMPENSATED
     assert info.error is not None
     assert "deadline" in info.error
+
+
+@pytest.mark.parametrize("waiting", ["wait", "sleep"])
+async def test_the_deadline_of_a_parked_execution_aborts_it(store_url: str, waiting: str) -> None:
+    clock = Clock()
+    ledger = Ledger()
+    a = ledger.step("a")
+    if waiting == "wait":  # a signal that never comes
+        later: Step = WaitStep("paid", requires=[a])
+    else:  # a sleep longer than the deadline
+        later = SleepStep(86400, id="nap", requires=[a])
+    async with Flow(store_url, poll_interval=0.02, clock=clock, lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create(f"deadline-{waiting}", a, later)
+        eid = await wf.execute(async_=True, deadline=60)
+        await eventually(lambda: parked(flow, eid))
+        clock.now += 61  # the deadline passes while the execution waits in the store
+        info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.ABORTED
+    assert info.steps["a"].status is Status.COMPENSATED
+    assert info.steps[later.id].status is Status.PENDING  # the wait given up
+    assert info.error is not None
+    assert "deadline" in info.error
+
+
+async def parked(flow: Flow, eid: str) -> bool:
+    """The execution waits in the store, held by no run of this worker."""
+    info = await flow.execution(eid)
+    return info.status is Status.RUNNING and eid not in flow._running().runs and bool(info.note)
 
 
 def async_execution_status(flow: Flow, status: Status) -> Any:
