@@ -87,6 +87,20 @@ def _input_body(value: Any) -> bytes:
     return body
 
 
+def _workflow_of(wf: Any) -> Workflow:
+    """The Workflow of ``wf`` (a Workflow or a Saga), or a ConfigurationError."""
+    if isinstance(wf, Workflow):
+        return wf
+    found = getattr(wf, "workflow", None)  # a Saga's
+    if isinstance(found, Workflow):
+        return found
+    raise ConfigurationError(
+        "wf",
+        f"must be a Workflow (from workflow_create, workflow_load or load_definition) or a "
+        f"Saga, not {wf!r}",
+    )
+
+
 def _map_of(step_id: str, steps: Collection[str]) -> str | None:
     """The step of ``steps`` (a definition's) that ``step_id`` is a run of, if it is one:
     runs of a map step are recorded as ``<map id>[<i>]``."""
@@ -364,20 +378,27 @@ class Flow:
         return Workflow(id, steps, flow=self, on_failure=on_failure)
 
     async def workflow_add(self, wf: Workflow | Saga) -> Workflow:
-        """Bind a workflow (from ``load_definition``), or a Saga's, to this flow."""
-        if not isinstance(wf, Workflow):
-            wf = wf.workflow
+        """Bind a workflow (from ``load_definition``), or a Saga's, to this flow.
+
+        Raises:
+            ConfigurationError: ``wf`` is neither.
+        """
+        wf = _workflow_of(wf)
         wf.flow = self
         for name, url in wf.services.items():
             self._services.setdefault(name, url)
         return wf
 
-    async def workflow_save(self, wf: Workflow) -> int:
+    async def workflow_save(self, wf: Workflow | Saga) -> int:
         """Save the definition; a changed definition gets a new version.
 
         Returns:
             The saved version, also set on ``wf.version``.
+
+        Raises:
+            ConfigurationError: ``wf`` is not a Workflow (or a Saga).
         """
+        wf = _workflow_of(wf)
         body = encode_json(wf.to_dict())
         digest = hashlib.sha256(body).hexdigest()[:32]
         wf.version = await self.store.save_workflow(wf.id, digest, body, self.clock())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from microsaga import Flow, FunctionStep, Message, StepNotExistsError
+from microsaga import ConfigurationError, Flow, FunctionStep, Message, StepNotExistsError
 
 
 async def first(msg: Message) -> dict[str, int]:
@@ -47,3 +47,12 @@ async def test_a_refused_change_keeps_the_version() -> None:
         with pytest.raises(StepNotExistsError):
             await wf.append_steps(FunctionStep(second, requires=["ghost"]))
         assert wf.version == 1  # nothing changed
+
+
+async def test_saving_or_adding_something_not_a_workflow_is_refused_by_name() -> None:
+    async with Flow("memory://") as flow:
+        await flow.workflow_create("w", FunctionStep(first))
+        for call in (flow.workflow_save, flow.workflow_add):
+            with pytest.raises(ConfigurationError, match=r"wf: must be a Workflow .* not 'w'"):
+                await call("w")  # type: ignore[arg-type]
+        assert await flow.workflow_list() == []
