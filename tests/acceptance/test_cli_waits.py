@@ -1,6 +1,6 @@
 """Waiting executions from the command line, across processes: parked by one worker,
 which is then killed with SIGKILL; signalled with ``microsaga signal``; finished by
-another worker."""
+another worker; and a sub-workflow's child rolled back by ``microsaga run``."""
 
 from __future__ import annotations
 
@@ -90,3 +90,38 @@ def test_waiting_executions_survive_a_killed_worker_and_signals_from_the_cli(
     assert unknown.stderr.startswith("error[execution_not_found]: ")
     bad = cli("signal", ids[0], "approved", "--payload", "{oops", extra_env=env)
     assert bad.stderr.startswith("error[configuration]: --payload: not valid JSON")
+
+
+PAYMENT = """id: payment
+steps:
+  - function: tests.acceptance.steps:reserve
+    id: hold
+    compensate: {function: tests.acceptance.steps:release, id: unhold}
+"""
+
+ORDER = """id: order
+steps:
+  - workflow: payment
+    id: pay
+  - function: tests.acceptance.steps:decline
+    id: ship
+    requires: [pay]
+"""
+
+
+def test_run_rolls_back_the_child_of_a_sub_workflow_step_itself(tmp_path: Path) -> None:
+    """``microsaga run`` claims nothing else, yet the rollback of its execution's child
+    is its own to run (it waited COMPENSATING for a worker before)."""
+    log = tmp_path / "log"
+    env = {"MICROSAGA_TEST_LOG": str(log), "MICROSAGA_STORE": f"sqlite:///{tmp_path / 'cli.db'}"}
+    for name, text in (("payment", PAYMENT), ("order", ORDER)):
+        (tmp_path / f"{name}.yaml").write_text(text)
+    saved = cli("run", str(tmp_path / "payment.yaml"), extra_env=env)
+    assert saved.returncode == 0, saved.stderr
+    done = cli("run", str(tmp_path / "order.yaml"), "--input", '{"n": 1}', extra_env=env)
+    assert done.returncode == 1, done.stderr
+    assert "error[execution_failed]" in done.stderr
+    eid = done.stdout.split()[-1]
+    assert shown(eid, env)["status"] == "FAILURE"
+    assert shown(f"{eid}:pay", env)["status"] == "ABORTED"
+    assert log.read_text().splitlines()[-1] == f"release {eid}:pay:hold:compensate"
