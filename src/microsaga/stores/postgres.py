@@ -456,12 +456,9 @@ class PostgresStore(Store):
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
     ) -> list[Claim]:
-        args = (owner, now + ttl, now, limit, sorted(alive))
+        ids = None if only is None else sorted(only)
         async with self._db.connection() as conn:
-            if only is None:
-                rows = await conn.fetch(Q["claim"], *args)
-            else:
-                rows = await conn.fetch(Q["claim_only"], *args, sorted(only))
+            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit, sorted(alive), ids)
         return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
     async def renew(

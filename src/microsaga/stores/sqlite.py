@@ -440,11 +440,9 @@ class SQLiteStore(Store):
                 "now": now,
                 "limit": limit,
                 "alive": _encode(sorted(alive)),
+                "only": None if only is None else _encode(sorted(only)),
             }
-            if only is None:
-                rows = conn.execute(Q["claim"], params)
-            else:
-                rows = conn.execute(Q["claim_only"], {**params, "only": _encode(sorted(only))})
+            rows = conn.execute(Q["claim"], params)
             return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
         return await self._write(self._tx, claim)

@@ -413,7 +413,8 @@ SELECT 1;
 -- claimer's own rows: a live worker whose lease ran out (a stall, the server away)
 -- still runs them, and its heartbeat renews them. Oldest first; the planner reads
 -- the due ones off the index by lease expiry, not the parked ones. A row still owned
--- was left by a worker that died (or stalled): a recovery attempt.
+-- was left by a worker that died (or stalled): a recovery attempt. $6 some ids to
+-- claim among only (a flow that does not claim takes its child's rollback), or NULL.
 UPDATE microsaga_executions SET
     recovery_attempts = recovery_attempts
         + CASE WHEN owner IS NULL OR owner = ANY($5::text[]) THEN 0 ELSE 1 END,
@@ -425,26 +426,7 @@ UPDATE microsaga_executions SET
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
     WHERE status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
-    ORDER BY seq
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, lease_token, recovery_attempts;
-
--- name: claim_only
--- claim, among the executions of $6 (ids) only.
-UPDATE microsaga_executions SET
-    recovery_attempts = recovery_attempts
-        + CASE WHEN owner IS NULL OR owner = ANY($5::text[]) THEN 0 ELSE 1 END,
-    owner = $1,
-    lease_token = lease_token + 1,
-    lease_until = $2,
-    status = CASE WHEN status = 0 THEN 1 ELSE status END,
-    note = NULL
-WHERE seq IN (
-    SELECT seq FROM microsaga_executions
-    WHERE id = ANY($6::text[])
-      AND status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
+      AND ($6::text[] IS NULL OR id = ANY($6::text[]))
     ORDER BY seq
     LIMIT $4
     FOR UPDATE SKIP LOCKED

@@ -62,7 +62,8 @@ INSERT OR REPLACE INTO step_runs (
 -- parked executions whose time has not come (by status, the planner's own choice, it
 -- would read every waiting execution at every claim). A row still owned was left by
 -- a worker that died (or stalled): a recovery attempt, unless its owner is one of
--- :alive (a JSON list), workers known to run still.
+-- :alive (a JSON list), workers known to run still. Among the ids of :only (a JSON list)
+-- only, unless it is NULL (a flow that does not claim takes its child's rollback).
 UPDATE executions SET
     recovery_attempts = recovery_attempts
         + (owner IS NOT NULL AND owner NOT IN (SELECT value FROM json_each(:alive))),
@@ -74,24 +75,7 @@ UPDATE executions SET
 WHERE seq IN (
     SELECT seq FROM executions INDEXED BY executions_claimable
     WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
-    ORDER BY seq LIMIT :limit
-)
-RETURNING id, lease_token, recovery_attempts;
-
--- name: claim_only
--- claim, among the executions of :only (a JSON list of ids) only.
-UPDATE executions SET
-    recovery_attempts = recovery_attempts
-        + (owner IS NOT NULL AND owner NOT IN (SELECT value FROM json_each(:alive))),
-    owner = :owner,
-    lease_token = lease_token + 1,
-    lease_until = :until,
-    status = CASE WHEN status = 0 THEN 1 ELSE status END,
-    note = NULL
-WHERE seq IN (
-    SELECT seq FROM executions
-    WHERE id IN (SELECT value FROM json_each(:only))
-      AND status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
+      AND (:only IS NULL OR id IN (SELECT value FROM json_each(:only)))
     ORDER BY seq LIMIT :limit
 )
 RETURNING id, lease_token, recovery_attempts;
