@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -41,6 +42,24 @@ HOUR = 3600.0
 QUIET = {"lease_ttl": 600.0, "heartbeat_interval": 599.0, "poll_interval": 30.0}
 POLLING = {**QUIET, "poll_interval": 0.02}
 WRITES = ("commit", "claim", "renew", "release", "release_all", "park", "wake")
+
+
+def route_writes(store: Store, write: Callable[..., Any], dead: Callable[[], bool]) -> None:
+    """Every write of ``store`` goes through ``write(real, *args)``, which makes it or
+    holds it; a commit made at once (``commit_now``) is refused once ``dead()``."""
+
+    def through(real: Callable[..., Any]) -> Callable[..., Any]:
+        return functools.partial(write, real)
+
+    for name in WRITES:
+        setattr(store, name, through(getattr(store, name)))
+    real_now = store.commit_now
+
+    def commit_now(unit: Any) -> Any:
+        # None: "not now", the caller then goes through commit
+        return None if dead() else real_now(unit)
+
+    store.commit_now = commit_now  # type: ignore[method-assign]
 
 
 class Clock:
@@ -110,28 +129,17 @@ class World:
     def kill_writes(self, store: Store, who: int) -> None:
         """Flow ``who``'s writes from its death on wait for the end of the test."""
 
-        def dying(real: Callable[..., Any]) -> Callable[..., Any]:
-            async def write(*args: Any, **kwargs: Any) -> Any:
-                if self.dead(who):
-                    await until_the_end(self.gate)
-                    return await real(*args, **kwargs)
-                self.writing += 1
-                try:
-                    return await real(*args, **kwargs)
-                finally:
-                    self.writing -= 1
+        async def write(real: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            if self.dead(who):
+                await until_the_end(self.gate)
+                return await real(*args, **kwargs)
+            self.writing += 1
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                self.writing -= 1
 
-            return write
-
-        for name in WRITES:
-            setattr(store, name, dying(getattr(store, name)))
-        real_now = store.commit_now
-
-        def commit_now(unit: Any) -> Any:
-            # None: "not now", the caller then goes through commit
-            return None if self.dead(who) else real_now(unit)
-
-        store.commit_now = commit_now  # type: ignore[method-assign]
+        route_writes(store, write, lambda: self.dead(who))
 
 
 class Zombie(Exception):

@@ -38,12 +38,12 @@ from microsaga import (
 from microsaga.execution import Execution
 from microsaga.stores.base import Store
 from tests.helpers import FLOW_EXAMPLES, eventually
+from tests.integration.test_takeover_properties import route_writes
 
 HOUR = 3600.0
 TICK = 60.0  # every timer is a few minutes: all passed for B
 QUIET = {"lease_ttl": 600.0, "heartbeat_interval": 599.0, "poll_interval": 30.0}
 POLLING = {**QUIET, "poll_interval": 0.02}
-WRITES = ("commit", "claim", "renew", "release", "release_all", "park", "wake")
 
 
 class Clock:
@@ -135,26 +135,16 @@ class World:
         await asyncio.wait_for(self.gate.wait(), 60)
 
     def kill_writes(self, store: Store) -> None:
-        def dying(real: Callable[..., Any]) -> Callable[..., Any]:
-            async def write(*args: Any, **kwargs: Any) -> Any:
-                if not self.killed.is_set():
-                    return await real(*args, **kwargs)
-                await self.hold()
-                try:
-                    return await real(*args, **kwargs)
-                finally:
-                    self.held -= 1
+        async def write(real: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            if not self.killed.is_set():
+                return await real(*args, **kwargs)
+            await self.hold()
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                self.held -= 1
 
-            return write
-
-        for name in WRITES:
-            setattr(store, name, dying(getattr(store, name)))
-        real_now = store.commit_now
-
-        def commit_now(unit: Any) -> Any:
-            return None if self.killed.is_set() else real_now(unit)
-
-        store.commit_now = commit_now  # type: ignore[method-assign]
+        route_writes(store, write, self.killed.is_set)
 
 
 CURRENT: list[World] = []
