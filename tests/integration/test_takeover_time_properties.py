@@ -39,6 +39,7 @@ from microsaga.execution import Execution
 from microsaga.stores.base import Store
 from tests.helpers import FLOW_EXAMPLES, eventually
 from tests.integration.test_takeover_properties import route_writes
+from tests.unit.test_saga_properties import descendants
 
 HOUR = 3600.0
 TICK = 60.0  # every timer is a few minutes: all passed for B
@@ -279,18 +280,6 @@ async def run_with_death(world: World, folder: Path) -> tuple[Execution, bool, f
     finally:
         world.gate.set()
         CURRENT.remove(world)
-
-
-def descendants(requires: dict[str, list[str]], sid: str) -> set[str]:
-    out: set[str] = set()
-    todo = [sid]
-    while todo:
-        cur = todo.pop()
-        for s, reqs in requires.items():
-            if cur in reqs and s not in out:
-                out.add(s)
-                todo.append(s)
-    return out
 
 
 @settings(FLOW_EXAMPLES, max_examples=20)

@@ -42,6 +42,7 @@ from microsaga import (
 )
 from microsaga.execution import Execution
 from tests.helpers import FLOW_EXAMPLES, eventually
+from tests.unit.test_saga_properties import descendants
 
 TICK = 10.0  # seconds of the flows' clock; every wait is whole ticks, so it parks
 START = 1_000_000.0
@@ -86,18 +87,6 @@ def shapes(draw: st.DrawFn, n: int) -> dict[str, list[str]]:
             reqs = draw(st.lists(st.integers(min_value=0, max_value=i - 1), min_size=2, max_size=3))
         requires[f"s{i}"] = sorted({f"s{r}" for r in reqs})
     return requires
-
-
-def descendants(requires: dict[str, list[str]], sid: str) -> set[str]:
-    out: set[str] = set()
-    todo = [sid]
-    while todo:
-        cur = todo.pop()
-        for s, reqs in requires.items():
-            if cur in reqs and s not in out:
-                out.add(s)
-                todo.append(s)
-    return out
 
 
 def at(moment: datetime | None) -> float:
