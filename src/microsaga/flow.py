@@ -38,10 +38,10 @@ from .hooks import ExecutionEvent, Hook, Hooks
 from .message import Message, encode_json
 from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
-from .status import Status
+from .status import Phase, Status
 from .step import Step
 from .stores import open_store
-from .stores.base import Store, StoredDefinition, prune_paced
+from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
 from .waits import SubflowStep, child_id
 from .worker import NewRun, Worker
@@ -803,17 +803,21 @@ class Flow:
                 not fail.
             ExecutionNotFoundError: unknown id.
         """
-        info = await self.execution(execution_id)
+        stored = await self.store.load(execution_id)
+        if stored is None:
+            raise ExecutionNotFoundError(execution_id)
         body = None if input is None else _input_body(input)
         if body is not None:
             check_size(Message(body), self._options.max_payload, "the input")
-        if info.status is Status.SUSPEND and info.failed_step is not None:
-            failed = [sid for sid, run in info.steps.items() if run.status is Status.FAILURE]
+        status = stored.status
+        failed = [
+            r.step_id
+            for r in stored.records
+            if r.phase is Phase.FORWARD and r.status is Status.FAILURE
+        ]
+        if status is Status.SUSPEND and failed:
             named = None
             if step is not None:
-                stored = await self.store.load(execution_id)
-                if stored is None:
-                    raise ExecutionNotFoundError(execution_id)
                 known = set(stored.definition.step_ids)
                 map_id = _map_of(step, known)
                 if map_id is not None:
@@ -831,22 +835,19 @@ class Flow:
                 named = [step, *(s for s in failed if _map_of(s, known) == step)]
             await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
-        if info.status in (Status.FAILURE, Status.ABORTED):
+        if status in (Status.FAILURE, Status.ABORTED):
             if step is not None:
                 raise InvalidTransitionError(
-                    f"execution {execution_id} is {info.status.name}: a redrive starts a "
+                    f"execution {execution_id} is {status.name}: a redrive starts a "
                     "new execution from the start, so it takes no step"
                 )
-            return await self._redrive_anew(execution_id, body)
+            return await self._redrive_anew(stored, body)
         raise InvalidTransitionError(
-            f"cannot redrive an execution that is {info.status.name}: only a SUSPEND one "
+            f"cannot redrive an execution that is {status.name}: only a SUSPEND one "
             "whose step failed, or a FAILURE or ABORTED one"
         )
 
-    async def _redrive_anew(self, execution_id: str, body: bytes | None) -> str:
-        stored = await self.store.load(execution_id)
-        if stored is None:
-            raise ExecutionNotFoundError(execution_id)
+    async def _redrive_anew(self, stored: StoredExecution, body: bytes | None) -> str:
         plan = self._plan_of_stored(stored.definition)
         request = stored.request if body is None else Message(body, stored.request.header)
         new = NewRun(
@@ -863,7 +864,7 @@ class Flow:
             request=request,
             step_timeout=stored.step_timeout,
             deadline=None,
-            redrive_of=execution_id,
+            redrive_of=stored.id,
         )
         started = await self._running().start(new)
         return started.execution_id
