@@ -126,16 +126,12 @@ async def fresh_schema(url: str) -> AsyncIterator[str]:
     conn = await connect(url)
     try:
         await conn.execute(f'CREATE SCHEMA "{name}"')
+        try:
+            yield f"{url}?search_path={name}"
+        finally:
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
     finally:
         await conn.close()
-    try:
-        yield f"{url}?search_path={name}"
-    finally:
-        conn = await connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
-        finally:
-            await conn.close()
 
 
 @asynccontextmanager
