@@ -9,6 +9,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 
+from microsaga import FunctionStep, Message
+
 # the property tests that run flows: the same examples at every run (no example
 # database), no deadline (an example runs executions), and a flow fixture shared by
 # the examples of a test; each test adds its max_examples
@@ -44,3 +46,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def logged_undo(log: list[tuple[str, str]], sid: str) -> FunctionStep:
+    """The compensation of step ``sid`` in the property tests: logs ``("undo", sid)``,
+    lets the others run once, then logs ``("undone", sid)``."""
+
+    async def undo(msg: Message) -> None:
+        log.append(("undo", sid))
+        await asyncio.sleep(0)
+        log.append(("undone", sid))
+
+    return FunctionStep(undo, id=f"undo-{sid}")

@@ -31,7 +31,7 @@ from microsaga import (
     Step,
     WaitStep,
 )
-from tests.helpers import FLOW_EXAMPLES
+from tests.helpers import FLOW_EXAMPLES, logged_undo
 from tests.unit.test_run_scheduling_properties import Case, cases, descendants, skipped
 
 T = TypeVar("T")
@@ -153,16 +153,11 @@ async def run_scenario(flow: Flow, sc: Scenario) -> None:
             log.append(("end", sid))
             return {"step": sid}
 
-        async def undo(msg: Message) -> None:
-            log.append(("undo", sid))
-            await asyncio.sleep(0)
-            log.append(("undone", sid))
-
         options: dict[str, Any] = {
             "id": sid,
             "requires": case.requires[sid],
             "when": f"request.{sid}" if sid in case.when else None,
-            "compensate": FunctionStep(undo, id=f"undo-{sid}") if sid in case.undoable else None,
+            "compensate": logged_undo(log, sid) if sid in case.undoable else None,
         }
         if sid in waits:
             return WaitStep(f"ev-{sid}", **options)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microsaga import ExecutionFailedError, Flow, FunctionStep, Message, Status, StepError
-from tests.helpers import FLOW_EXAMPLES
+from tests.helpers import FLOW_EXAMPLES, logged_undo
 
 
 @dataclass
@@ -101,12 +101,7 @@ async def run(flow: Flow, case: Case) -> tuple[str, list[tuple[str, str]]]:
             log.append(("end", sid))
             return {"step": sid}
 
-        async def undo(msg: Message) -> None:
-            log.append(("undo", sid))
-            await asyncio.sleep(0)
-            log.append(("undone", sid))
-
-        comp = FunctionStep(undo, id=f"undo-{sid}") if sid in case.undoable else None
+        comp = logged_undo(log, sid) if sid in case.undoable else None
         when = f"request.{sid}" if sid in case.when else None
         reqs = case.requires[sid]
         return FunctionStep(forward, id=sid, requires=reqs, when=when, compensate=comp)

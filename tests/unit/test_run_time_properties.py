@@ -41,7 +41,7 @@ from microsaga import (
     WaitStep,
 )
 from microsaga.execution import Execution
-from tests.helpers import FLOW_EXAMPLES, eventually
+from tests.helpers import FLOW_EXAMPLES, eventually, logged_undo
 from tests.unit.test_saga_properties import descendants
 
 TICK = 10.0  # seconds of the flows' clock; every wait is whole ticks, so it parks
@@ -211,11 +211,6 @@ async def run_timeouts(w: World, case: TimeoutCase) -> tuple[Execution, Log]:
             what, own = case.fallback[sid]
             return await act(what, sid, f"fb-{sid}", own or case.step_timeout(sid))
 
-        async def undo(msg: Message) -> None:
-            log.events.append(("undo", sid))
-            await asyncio.sleep(0)
-            log.events.append(("undone", sid))
-
         fb = None
         if sid in case.fallback:
             fb = FunctionStep(fallback, id=f"fb-{sid}", timeout=case.fallback[sid][1])
@@ -233,7 +228,7 @@ async def run_timeouts(w: World, case: TimeoutCase) -> tuple[Execution, Log]:
             retry=retry,
             timeout=case.timeout[sid],
             fallback=fb,
-            compensate=FunctionStep(undo, id=f"undo-{sid}") if sid in case.undoable else None,
+            compensate=logged_undo(log.events, sid) if sid in case.undoable else None,
         )
 
     wf = await w.flow.workflow_create(f"timeouts{next(_names)}", *(step(s) for s in case.requires))
@@ -362,12 +357,7 @@ def wait_steps(w: World, case: WaitCase, events: list[tuple[str, str]]) -> list[
             events.append(("end", sid))
             return {"step": sid}
 
-        async def undo(msg: Message) -> None:
-            events.append(("undo", sid))
-            await asyncio.sleep(0)
-            events.append(("undone", sid))
-
-        comp = FunctionStep(undo, id=f"undo-{sid}") if sid in case.undoable else None
+        comp = logged_undo(events, sid) if sid in case.undoable else None
         return FunctionStep(forward, id=sid, requires=case.requires[sid], compensate=comp)
 
     async def stand_in(msg: Message, ctx: StepContext) -> dict[str, str]:
