@@ -1160,3 +1160,17 @@ async def test_prune_deletes_finished_executions_older_than_a_time(store: Store)
     assert await store.prune(1e9, [Status.SUCCESS, Status.FAILURE, Status.ABORTED], 10) == 1
     assert await store.get_status("e3") is not None  # running: never pruned
     assert await store.get_status("e4") is not None  # waiting: never pruned
+
+
+async def test_a_lease_is_free_at_its_end_time(store: Store) -> None:
+    # a parked execution's timer is due at its time: claimable then, not a moment later
+    # (a test clock stopped on the time would never see it otherwise)
+    await store.commit([new("e1", owner="w1"), new("e2", owner="w1", ttl=10.0)])
+    assert await store.park("e1", 1, 150.0, [], [], "sleeps till 150")
+    assert await store.claim("w2", 109.9, 10.0, 10) == []
+    assert [c.execution_id for c in await store.claim("w2", 110.0, 10.0, 10)] == ["e2"]
+    # held until its end, not at it: an abort just before is left to the owner
+    assert await store.request("e2", "abort", 119.9) is Status.COMPENSATING
+    assert [c.execution_id for c in await store.claim("w2", 150.0, 10.0, 10)] == ["e1"]
+    # at the end nobody holds it and nothing ran: the abort ends it at once
+    assert await store.request("e1", "abort", 160.0) is Status.ABORTED

@@ -427,7 +427,7 @@ class RowMapping:
             action,
             Status(status),
             Abort(abort),
-            held=owner is not None and lease_until >= now,
+            held=owner is not None and lease_until > now,
             steps_running=bool(running),
             compensation_failed=bool(compensation_failed),
             steps_succeeded=bool(succeeded),

@@ -243,9 +243,11 @@ class Store(abc.ABC):
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
     ) -> list[Claim]:
-        """Take up to ``limit`` runnable executions whose lease is free or expired,
-        bumping their fencing tokens; with ``only``, among those executions only (a
-        flow that does not claim takes the rollback of its own child).
+        """Take up to ``limit`` runnable executions whose lease is free or expired
+        (its ``lease_until`` at or before ``now``: a parked execution is due at its
+        time, as its timer is), bumping their fencing tokens; with ``only``, among
+        those executions only (a flow that does not claim takes the rollback of its
+        own child).
 
         Never those ``owner`` holds itself, even expired: a live worker whose lease ran
         out (an event-loop stall, the store away longer than the TTL) still runs them,

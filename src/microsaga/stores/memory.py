@@ -303,7 +303,7 @@ class MemoryStore(Store):
                 break
             # never its own: a live worker whose lease ran out (a stall, the store away)
             # still runs them and renews them; taking them again would fence it off
-            if row.lease_until < now and row.owner != owner:
+            if row.lease_until <= now and row.owner != owner:
                 if row.owner is not None and row.owner not in alive:  # its worker died
                     row.recovery_attempts += 1
                 self._own(row, owner)
@@ -385,7 +385,7 @@ class MemoryStore(Store):
             action,
             row.status,
             row.abort,
-            held=row.owner is not None and row.lease_until >= now,
+            held=row.owner is not None and row.lease_until > now,
             steps_running=any(r.status in _STARTED for r in records),
             compensation_failed=any(
                 r.phase is Phase.COMPENSATE and r.status is Status.FAILURE for r in records

@@ -425,7 +425,7 @@ UPDATE microsaga_executions SET
     note = NULL
 WHERE seq IN (
     SELECT seq FROM microsaga_executions
-    WHERE status IN (0, 1, 6) AND lease_until < $3 AND owner IS DISTINCT FROM $1
+    WHERE status IN (0, 1, 6) AND lease_until <= $3 AND owner IS DISTINCT FROM $1
       AND ($6::text[] IS NULL OR id = ANY($6::text[]))
     ORDER BY seq
     LIMIT $4

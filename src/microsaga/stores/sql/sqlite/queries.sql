@@ -74,7 +74,7 @@ UPDATE executions SET
     note = NULL
 WHERE seq IN (
     SELECT seq FROM executions INDEXED BY executions_claimable
-    WHERE status IN (0, 1, 6) AND lease_until < :now AND owner IS NOT :owner
+    WHERE status IN (0, 1, 6) AND lease_until <= :now AND owner IS NOT :owner
       AND (:only IS NULL OR id IN (SELECT value FROM json_each(:only)))
     ORDER BY seq LIMIT :limit
 )
