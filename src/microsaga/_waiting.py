@@ -180,11 +180,14 @@ class Waiting:
             elif isinstance(step, SubflowStep):
                 children.append(child_id(run.id, sid, rec.attempts))
                 due = min(due, now + _CHILD_LOOK)  # in case a wake went astray
-        deadline = run.spec.deadline_at
+        deadline, passed = run.spec.deadline_at, False
         if deadline is not None and run.state.abort is Abort.NONE:
-            due = min(due, deadline)  # the deadline is a timer too: it aborts the execution
+            if deadline > now:
+                due = min(due, deadline)  # the deadline is a timer too: it aborts the execution
+            else:  # its abort is on its way (Worker.deadline_passed) and pokes the run
+                passed = True
         wait = due - now
-        if self._refused or wait < 1.0 or not run.host.can_park:
+        if self._refused or passed or wait < 1.0 or not run.host.can_park:
             # a wait of its own: a poke (a signal, a child's end) or a look now and then
             self._refused = False
             await run.pause(max(0.0, min(wait, _LOOK_AGAIN)))

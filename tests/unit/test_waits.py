@@ -31,6 +31,7 @@ from microsaga import (
     load_definition,
     testing,
 )
+from microsaga._run import Run
 from microsaga.stores.base import Transition, TransitionResult
 from microsaga.stores.memory import MemoryStore
 from tests.helpers import eventually
@@ -737,3 +738,43 @@ async def test_a_map_runs_retry_recorded_while_the_rollback_begins_is_made(tmp_p
     assert tries == [1, 2]
     assert info.steps["each[0]"].status is Status.SUCCESS
     assert info.steps["each[0]"].attempts == 2
+
+
+class _SlowAbort(MemoryStore):
+    """A store whose control requests wait until let through: a deadline's abort that
+    takes its time to land (a slow or restarting server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_through = asyncio.Event()
+
+    async def request(self, *args: Any, **kwargs: Any) -> Status:
+        await self.let_through.wait()
+        return await super().request(*args, **kwargs)
+
+
+async def test_a_waiting_run_past_its_deadline_waits_for_the_abort_without_spinning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the deadline and its abort landing, the run waits to be poked; it
+    looked again and again with a 0 s pause, a busy loop for as long as the store
+    took (a minute of retries, when the server is away)."""
+    pauses = 0
+    pause = Run.pause
+
+    async def counted(run: Run, seconds: float) -> None:
+        nonlocal pauses
+        pauses += 1
+        await pause(run, seconds)
+
+    monkeypatch.setattr(Run, "pause", counted)
+    store = _SlowAbort()
+    async with Flow(store) as flow:
+        wf = await flow.workflow_create("w", WaitStep("paid"))
+        eid = await wf.execute(async_=True, deadline=0.2)
+        await asyncio.sleep(0.7)  # the deadline passed, its abort waits for the store
+        assert pauses < 10
+        assert (await flow.execution(eid)).status is Status.RUNNING
+        store.let_through.set()
+        done = await flow.wait(eid, timeout=10)
+        assert done.status is Status.ABORTED
