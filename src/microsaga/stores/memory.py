@@ -63,10 +63,6 @@ def _keep(msg: Message) -> _Kept:
     return _Kept(msg.body, msg.header.frozen())
 
 
-def _kept(msg: Message | None) -> _Kept | None:
-    return None if msg is None else _keep(msg)
-
-
 def _message(kept: _Kept | None) -> Message | None:
     return None if kept is None else kept.message()
 
@@ -86,9 +82,14 @@ class _Step(msgspec.Struct, gc=False, frozen=True):
 
 
 def _step(rec: StepRecord) -> _Step:
-    if rec.request is None and rec.response is None:
+    request, response = rec.request, rec.response
+    if request is None and response is None:
         return _Step(rec, None, None)
-    return _Step(replace(rec, request=None, response=None), _kept(rec.request), _kept(rec.response))
+    return _Step(
+        replace(rec, request=None, response=None),
+        None if request is None else _Kept(request.body, request.header.frozen()),
+        None if response is None else _Kept(response.body, response.header.frozen()),
+    )
 
 
 class _Row(msgspec.Struct, kw_only=True, gc=False):
