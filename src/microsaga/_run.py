@@ -56,7 +56,7 @@ __all__ = ["Outcome", "Run", "RunHost", "RunSpec"]
 log = logging.getLogger("microsaga.run")
 
 
-class Outcome(msgspec.Struct, frozen=True):
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """How a run stopped, for the caller waiting on it in this process."""
 
     status: Status
@@ -65,8 +65,11 @@ class Outcome(msgspec.Struct, frozen=True):
     compensated: bool = True
 
 
-class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a run needs to know of its execution, besides its state."""
+
+    # gc=False, as Outcome: made for every execution, and in no cycle (nothing it
+    # refers to refers back to it); the collector need not count or walk it
 
     execution_id: str
     workflow_id: str
