@@ -171,7 +171,7 @@ class Run:
         self.host = host
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
-        self.headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
+        self.headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id, spec.plan)
         self._done: list[StepRecord] = []  # attempts finished, not yet in the state
         self._records: list[StepRecord] = []  # records to write with the next commit
         self._tasks: dict[tuple[str, Phase], asyncio.Task[None]] = {}
