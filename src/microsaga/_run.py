@@ -56,7 +56,7 @@ __all__ = ["Outcome", "Run", "RunHost", "RunSpec"]
 log = logging.getLogger("microsaga.run")
 
 
-class Outcome(msgspec.Struct, frozen=True):
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """How a run stopped, for the caller waiting on it in this process."""
 
     status: Status
@@ -65,8 +65,11 @@ class Outcome(msgspec.Struct, frozen=True):
     compensated: bool = True
 
 
-class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a run needs to know of its execution, besides its state."""
+
+    # gc=False, as Outcome: made for every execution, and in no cycle (nothing it
+    # refers to refers back to it); the collector need not count or walk it
 
     execution_id: str
     workflow_id: str
@@ -168,7 +171,7 @@ class Run:
         self.host = host
         self._fresh = fresh  # created by this process: nothing to take over
         self._initial: list[StepRecord] = []
-        self.headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id)
+        self.headers = data.Headers(spec.request, spec.workflow_id, spec.execution_id, spec.plan)
         self._done: list[StepRecord] = []  # attempts finished, not yet in the state
         self._records: list[StepRecord] = []  # records to write with the next commit
         self._tasks: dict[tuple[str, Phase], asyncio.Task[None]] = {}

@@ -17,7 +17,7 @@ import msgspec
 from . import _faults, _views
 from ._aio import wait_event
 from ._engine.plan import OnFailure, Plan
-from ._run import Outcome, Run
+from ._run import Outcome
 from ._threads import StepThreads
 from ._urls import Url
 from ._validate import check_id, name_problem
@@ -553,7 +553,8 @@ class Flow:
                 self._yielded_at = now
                 await asyncio.sleep(0)
         else:
-            outcome = await self._outcome(eid, run)
+            ended = await run.stopped() if run is not None else None
+            outcome = ended if ended is not None else await self._stored_outcome(eid)
             if run is None:  # wf.status shows the run's state when it ran here
                 seen = _views.seen(wf)
                 if seen is not None and seen.execution_id == eid and seen.state is None:
@@ -673,11 +674,9 @@ class Flow:
                 header.set(key, value)
         return Message(request.body, header)
 
-    async def _outcome(self, eid: str, run: Run | None) -> Outcome:
-        if run is not None:
-            found = await run.stopped()
-            if found is not None:
-                return found
+    async def _stored_outcome(self, eid: str) -> Outcome:
+        """How an execution stopped that no run here saw to its end (it ran elsewhere,
+        or its run here gave up)."""
         info = await self.wait(eid)
         return Outcome(info.status, info.failed_step, info.error, info.compensated)
 

@@ -129,8 +129,11 @@ def _alive(pid: int) -> bool:
     return state not in (["Z"], ["X"])  # a zombie is dead, only not reaped yet
 
 
-class NewRun(msgspec.Struct, frozen=True, kw_only=True):
+class NewRun(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A new execution, as the flow hands it to the worker to create and run."""
+
+    # gc=False, as Started: made for every execution, and in no cycle (nothing it
+    # refers to refers back to it); the collector need not count or walk it
 
     execution_id: str
     workflow_id: str
@@ -149,7 +152,7 @@ class NewRun(msgspec.Struct, frozen=True, kw_only=True):
     redrive_of: str | None = None  # the execution it redrives
 
 
-class Started(msgspec.Struct, frozen=True):
+class Started(msgspec.Struct, frozen=True, gc=False):
     """What :meth:`Worker.start` did: created the execution (False: its id exists),
     and the run that runs it in this process, if any."""
 

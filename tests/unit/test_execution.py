@@ -181,6 +181,32 @@ async def test_headers_carry_ids_and_the_idempotency_key(flow: Flow) -> None:
         assert header["Idempotency-Key"] == [f"{eid}:{sid}"]
 
 
+async def test_each_execution_of_a_workflow_has_its_own_ids(flow: Flow) -> None:
+    seen: list[dict[str, list[str]]] = []
+
+    async def look(msg: Message) -> None:
+        seen.append(msg.header.to_dict())
+
+    a = FunctionStep(look, id="a")
+    b = FunctionStep(look, id="b", requires=[a])
+    wf = await flow.workflow_create("ids", a, b)
+    first, second = await wf.execute(), await wf.execute()  # requests without a header
+    expected = [
+        {
+            "Micro-Flow-Workflow": ["ids"],
+            "Micro-Flow-Execution": [eid],
+            "Micro-Flow-Step": [sid],
+            "Idempotency-Key": [f"{eid}:{sid}"],
+        }
+        for eid in (first, second)
+        for sid in ("a", "b")
+    ]
+    assert seen == expected
+    info = await flow.execution(second)
+    assert info.steps["b"].request is not None
+    assert info.steps["b"].request.header.to_dict() == expected[3]
+
+
 async def test_retries_with_backoff_keep_the_idempotency_key(flow: Flow) -> None:
     attempts: list[tuple[int, str]] = []
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from microsaga import Flow, FunctionStep, Message, Status
+from microsaga import Flow, FunctionStep, Message, Phase, Status
+from microsaga.stores.base import NewExecution, StepRecord, Transition
+from microsaga.stores.memory import MemoryStore
 
 
 async def add_item(m: Message) -> dict[str, object]:
@@ -56,3 +58,40 @@ async def test_a_request_its_caller_changes_afterwards_stays_as_it_was() -> None
         read = await flow.execution(eid)
         assert read.request is not None
         assert read.request.header["X-Trace"] == "t"
+
+
+async def test_a_step_record_reads_back_field_for_field() -> None:
+    store = MemoryStore()
+    created = NewExecution(
+        id="e",
+        workflow_id="w",
+        version=None,
+        definition_hash="h",
+        definition=b"{}",
+        step_ids=["a"],
+        request=Message({"n": 1}),
+        status=Status.RUNNING,
+        owner="me",
+        lease_until=10.0,
+        created_at=1.0,
+    )
+    assert await store.commit([created]) == [True]
+    written = StepRecord(
+        "a",
+        Phase.FORWARD,
+        Status.FAILURE,
+        3,
+        Message({"x": 1}, {"K": "v"}),
+        Message("r", {"R": ["1", "2"]}),
+        "boom",
+        2.0,
+        3.0,
+    )
+    await store.commit(
+        [Transition(execution_id="e", token=1, expect=Status.RUNNING, records=[written])]
+    )
+    loaded = await store.load("e")
+    assert loaded is not None
+    (read,) = loaded.records
+    for field in StepRecord.__struct_fields__:
+        assert getattr(read, field) == getattr(written, field), field

@@ -15,7 +15,7 @@ from ..message import (
 )
 from ..protocol import EXECUTION_HEADER, IDEMPOTENCY_HEADER, STEP_HEADER, WORKFLOW_HEADER
 from ..status import Status
-from .plan import Node, RunGraph
+from .plan import Node, Plan, RunGraph
 from .records import StepRecord
 
 __all__ = [
@@ -30,41 +30,49 @@ __all__ = [
 
 _WORKFLOW_KEY, _EXECUTION_KEY = WORKFLOW_HEADER.lower(), EXECUTION_HEADER.lower()
 _STEP_KEY, _IDEMPOTENCY_KEY = STEP_HEADER.lower(), IDEMPOTENCY_HEADER.lower()
+Entry = tuple[str, str, tuple[str, ...]]  # one header entry in the frozen form
 
 
 class Headers:
     """The headers of one execution's step requests: the execution request's header
-    plus the workflow and execution ids, and for each step its id and idempotency key."""
+    plus the workflow and execution ids, and for each step its id and idempotency key.
 
-    __slots__ = ("_base", "_frozen", "_prefix")
+    The entries every execution of a plan shares (each step's id) are made once per
+    plan: a store keeps every request's header, and these then are not new tuples for
+    each request (which the garbage collector would count, and walk)."""
 
-    def __init__(self, request: Message, workflow_id: str, execution_id: str) -> None:
+    __slots__ = ("_base", "_execution", "_frozen", "_prefix", "_steps", "_workflow")
+
+    def __init__(self, request: Message, workflow_id: str, execution_id: str, plan: Plan) -> None:
         self._prefix = execution_id + ":"
-        ids = (
-            (_WORKFLOW_KEY, WORKFLOW_HEADER, (workflow_id,)),
-            (_EXECUTION_KEY, EXECUTION_HEADER, (execution_id,)),
-        )
-        if not request.header.frozen():  # the usual request: no header of its own
-            self._frozen: Frozen | None = ids
-            self._base: Metadata | None = None
-            return
-        self._base = base = request.header.with_entries(ids)
-        # unless the request brings a step's own keys, a step's header is the base's
-        # frozen form with two entries after it
-        clean = _STEP_KEY not in base and _IDEMPOTENCY_KEY not in base
-        self._frozen = base.frozen() if clean else None
+        self._workflow: Entry = (_WORKFLOW_KEY, WORKFLOW_HEADER, (workflow_id,))
+        self._execution: Entry = (_EXECUTION_KEY, EXECUTION_HEADER, (execution_id,))
+        if not plan.step_headers:
+            plan.step_headers.update({sid: _step_entry(sid) for sid in plan.nodes})
+        self._steps = plan.step_headers
+        self._base: Metadata | None = None
+        self._frozen: Frozen | None = None
+        if request.header.frozen():  # not the usual request, which has no header
+            self._base = base = request.header.with_entries((self._workflow, self._execution))
+            # unless the request brings a step's own keys, a step's header is the
+            # base's frozen form with two entries after it
+            if _STEP_KEY not in base and _IDEMPOTENCY_KEY not in base:
+                self._frozen = base.frozen()
 
     def request(self, body: bytes, step_id: str, suffix: str = "") -> Message:
         """A request of ``step_id`` with ``body`` (``suffix`` ends its key)."""
-        entries = (
-            (_STEP_KEY, STEP_HEADER, (step_id,)),
-            (_IDEMPOTENCY_KEY, IDEMPOTENCY_HEADER, (self._prefix + step_id + suffix,)),
-        )
-        frozen = self._frozen
-        if frozen is None:
-            assert self._base is not None
-            return raw_message(body, self._base.with_entries(entries))
-        return frozen_message(body, frozen + entries)
+        step = self._steps.get(step_id) or _step_entry(step_id)  # a map's run: its own
+        key = (_IDEMPOTENCY_KEY, IDEMPOTENCY_HEADER, (self._prefix + step_id + suffix,))
+        base = self._base
+        if base is None:
+            return frozen_message(body, (self._workflow, self._execution, step, key))
+        if self._frozen is None:
+            return raw_message(body, base.with_entries((step, key)))
+        return frozen_message(body, (*self._frozen, step, key))
+
+
+def _step_entry(step_id: str) -> Entry:
+    return (_STEP_KEY, STEP_HEADER, (step_id,))
 
 
 def _combine(responses: dict[str, Message | None]) -> bytes:

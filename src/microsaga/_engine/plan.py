@@ -89,6 +89,8 @@ class Plan:
     nodes: dict[str, Node]
     on_failure: OnFailure = "compensate"
     _graphs: dict[tuple[str | None, bool], RunGraph] = field(default_factory=dict)
+    # each step's id as a header entry, made once for every execution (data.Headers)
+    step_headers: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
 
     def graph(self, start: str | None = None, reverse: bool = False) -> RunGraph:
         """The graph of a run of every step, or of ``start`` and its descendants

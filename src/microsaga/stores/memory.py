@@ -3,10 +3,10 @@
 ``memory://`` gives a fresh store; ``memory://NAME`` the same store to every Flow of
 the process that names it, so several flows can share state in a test.
 
-Everything is kept in dicts of the engine's own records, with each message taken apart
-into its body and frozen header: a store keeps thousands of them, and a Message or
-Metadata is always tracked by the garbage collector, whose full collections would walk
-them all. Reads hand out new messages.
+Everything is kept in dicts of untracked structs, with each message taken apart into
+its body and frozen header: a store keeps thousands of them, and a Message or Metadata
+is always tracked by the garbage collector, whose full collections would walk them all.
+Reads hand out new messages.
 """
 
 from __future__ import annotations
@@ -63,32 +63,57 @@ def _keep(msg: Message) -> _Kept:
     return _Kept(msg.body, msg.header.frozen())
 
 
-def _kept(msg: Message | None) -> _Kept | None:
-    return None if msg is None else _keep(msg)
-
-
 def _message(kept: _Kept | None) -> Message | None:
     return None if kept is None else kept.message()
 
 
 class _Step(msgspec.Struct, gc=False, frozen=True):
-    """A step record as the store keeps it: its messages kept apart, as :class:`_Kept`."""
+    """A step record as the store keeps it, in one struct: each message as its body
+    (None: the record has none) and frozen header."""
 
-    record: StepRecord  # request and response None
-    request: _Kept | None
-    response: _Kept | None
+    step_id: str
+    phase: Phase
+    status: Status
+    attempts: int
+    request: bytes | None
+    request_header: Frozen
+    response: bytes | None
+    response_header: Frozen
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
 
     def full(self) -> StepRecord:
         """The record with new messages (a reader may change one)."""
-        return replace(
-            self.record, request=_message(self.request), response=_message(self.response)
+        request, response = self.request, self.response
+        return StepRecord(
+            self.step_id,
+            self.phase,
+            self.status,
+            self.attempts,
+            None if request is None else frozen_message(request, self.request_header),
+            None if response is None else frozen_message(response, self.response_header),
+            self.error,
+            self.started_at,
+            self.finished_at,
         )
 
 
 def _step(rec: StepRecord) -> _Step:
-    if rec.request is None and rec.response is None:
-        return _Step(rec, None, None)
-    return _Step(replace(rec, request=None, response=None), _kept(rec.request), _kept(rec.response))
+    request, response = rec.request, rec.response
+    return _Step(
+        rec.step_id,
+        rec.phase,
+        rec.status,
+        rec.attempts,
+        None if request is None else request.body,
+        () if request is None else request.header.frozen(),
+        None if response is None else response.body,
+        () if response is None else response.header.frozen(),
+        rec.error,
+        rec.started_at,
+        rec.finished_at,
+    )
 
 
 class _Row(msgspec.Struct, kw_only=True, gc=False):
