@@ -3,7 +3,8 @@
 Errors are one line on stderr, ``error[CODE]: message``. Exit status: 0 success,
 1 the execution failed or was aborted, 2 bad usage, definition or setting (an unknown
 execution id included), 3 store or transport unavailable, 4 the execution ``run``
-waited for was suspended, 70 an internal error (a bug: please report it).
+waited for was suspended, 70 an internal error (a bug: please report it), 130 (143)
+``run`` stopped by SIGINT (SIGTERM), its execution left to a worker.
 """
 
 from __future__ import annotations
@@ -203,6 +204,23 @@ def _status(value: str | None) -> Status | None:
     return found
 
 
+def _stop_on_signals() -> list[int]:
+    """On SIGINT or SIGTERM, cancel the running task; the list returned then holds the
+    signal's number."""
+    received: list[int] = []
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    return received
+
+
 def _outcome_code(status: Status) -> int:
     return EXIT_FAILED if status in (Status.FAILURE, Status.ABORTED) else EXIT_OK
 
@@ -236,28 +254,48 @@ def run(
         from ._progress import progress_console
 
         console = progress_console()
-        # without --async it runs its own execution, and only that one: it does not
-        # claim what other processes queued (a worker does)
-        async with _flow(ctx, observed=True, worker=not async_, claim=False) as flow:
-            await flow.workflow_add(wf)
-            await flow.workflow_save(wf)
-            eid = await wf.execute(
-                request,
-                async_=True,
-                execution_id=execution_id,
-                timeout=timeout,
-                deadline=deadline,
-            )
-            if async_:
-                click.echo(eid)
-                return EXIT_OK
+        stopped_by: list[int] = []  # the signal that stopped `run`, if one did
+        try:
+            # without --async it runs its own execution, and only that one: it does not
+            # claim what other processes queued (a worker does)
+            async with _flow(ctx, observed=True, worker=not async_, claim=False) as flow:
+                await flow.workflow_add(wf)
+                await flow.workflow_save(wf)
+                eid = await wf.execute(
+                    request,
+                    async_=True,
+                    execution_id=execution_id,
+                    timeout=timeout,
+                    deadline=deadline,
+                )
+                if async_:
+                    click.echo(eid)
+                    return EXIT_OK
 
-            from ._progress import follow
+                from ._progress import follow
 
-            order = [s.id for level in wf.steps() for s in level]
-            info = await follow(flow, eid, console, order)
-            await flow.settle(eid)  # steps still running here finish before we exit
+                # Ctrl-C or SIGTERM from here on: stop following, and the flow hands the
+                # execution back as a stopping worker does (a second one: at once)
+                stopped_by = _stop_on_signals()
+                order = [s.id for level in wf.steps() for s in level]
+                info = await follow(flow, eid, console, order)
+                await flow.settle(eid)  # steps still running here finish before we exit
+        except asyncio.CancelledError:
+            if not stopped_by:
+                raise
+            task = asyncio.current_task()
+            while task is not None and task.uncancel():
+                pass
+            if not console.is_terminal:
+                console.print()  # the cut-off live display ends without a newline
         click.echo(eid)
+        if stopped_by:
+            _fail(
+                "interrupted",
+                f"execution {eid} goes on without this process: a worker (`microsaga "
+                f"worker`) continues it, or `microsaga abort {eid}` rolls it back",
+            )
+            return 128 + stopped_by[0]
         if info.status is Status.SUSPEND:
             _fail(
                 "suspended",

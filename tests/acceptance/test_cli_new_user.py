@@ -3,6 +3,7 @@ suspend left `run` confused): the CLI as processes, on one SQLite file."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -185,3 +186,70 @@ def test_a_request_that_is_not_json_is_refused_before_anything_is_stored(
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error[configuration]: --input: ")
     assert cli("list", extra_env=env).stdout == ""
+
+
+def wait_for_charge(env: dict[str, str], output: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not any(line.startswith("charge") for line in invocations(env)):
+        assert time.monotonic() < deadline, output.read_text()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+def test_an_interrupted_run_says_which_execution_goes_on_and_how(
+    tmp_path: Path, env: dict[str, str], signum: int, status: int
+) -> None:
+    output = tmp_path / "run.out"
+    running = spawn(
+        "run", ORDER, "--execution-id", "cut", "--input", "{}", output=output, extra_env=env
+    )
+    try:
+        wait_for_charge(env, output)
+        running.send_signal(signum)  # Ctrl-C (or a container's stop) while charge runs
+        time.sleep(0.3)
+        Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
+        assert running.wait(timeout=30) == status
+    finally:
+        if running.poll() is None:
+            running.kill()
+    lines = output.read_text().strip().splitlines()
+    assert "cut" in lines  # the id, on stdout
+    assert lines[-1] == (
+        "error[interrupted]: execution cut goes on without this process: a worker "
+        "(`microsaga worker`) continues it, or `microsaga abort cut` rolls it back"
+    )
+    shown = cli("show", "cut", extra_env=env).stdout
+    assert any(line.split()[:2] == ["charge", "SUCCESS"] for line in shown.splitlines())
+
+
+def test_a_second_ctrl_c_stops_run_at_once_and_a_worker_finishes_the_execution(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    output = tmp_path / "run.out"
+    running = spawn(
+        "run", ORDER, "--execution-id", "cut", "--input", "{}", output=output, extra_env=env
+    )
+    try:
+        wait_for_charge(env, output)
+        running.send_signal(signal.SIGINT)  # run waits for charge, which waits for its gate
+        time.sleep(0.5)
+        running.send_signal(signal.SIGINT)  # the impatient second one
+        assert running.wait(timeout=30) == 130
+    finally:
+        if running.poll() is None:
+            running.kill()
+    said = output.read_text()
+    assert "Traceback" not in said
+    assert said.strip().splitlines()[-1].startswith("error[interrupted]: execution cut goes on")
+    Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
+    worker = spawn("worker", output=tmp_path / "worker.out", extra_env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "status     SUCCESS" not in cli("show", "cut", extra_env=env).stdout:
+            assert time.monotonic() < deadline, (tmp_path / "worker.out").read_text()
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
