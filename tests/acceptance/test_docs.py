@@ -136,3 +136,42 @@ def test_the_steps_example_runs_against_the_example_services_and_nats(
             services.send_signal(signal.SIGINT)
             assert services.wait(30) == 0
     assert output == "{'sent_to': 'ada@example.com'}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_quick_starts_declined_order_compensates_what_the_readme_says(
+    tmp_path: Path, ports: dict[int, int]
+) -> None:
+    """The README's quick start says which steps a declined order compensates."""
+    block = find("README.md", "microsaga run order.yaml", "sh")
+    declined = next(c for c in docshell.commands(block) if "5000" in c.text)
+    assert "so Reserve is compensated" in declined.comment
+    work = docshell.workspace(tmp_path / "clone", ports)
+    env = {**docshell.environment(work, activates=False), "MICROSAGA_BROKER": "memory://"}
+    with subprocess.Popen(
+        [PYTHON, "-m", "shop"],
+        cwd=work / "examples",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as services:
+        try:
+            assert services.stdout is not None
+            assert "payments on" in services.stdout.readline()
+            run = subprocess.run(
+                declined.text, shell=True, cwd=work / "examples", env=env,
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            services.send_signal(signal.SIGINT)
+            assert services.wait(30) == 0
+    assert run.returncode == 1, run.stderr
+    shown = subprocess.run(
+        ["microsaga", "show", run.stdout.strip()], cwd=work / "examples", env=env,
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    statuses = dict(line.split()[:2] for line in shown.splitlines()[7:] if line.strip())
+    assert statuses["inventory.Inventory.Reserve"] == "COMPENSATED"
+    assert statuses["payments.Payments.Charge"] == "FAILURE"  # declined: nothing to refund
