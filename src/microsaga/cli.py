@@ -183,7 +183,10 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
     try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
         _json_check.decode(raw)
     except msgspec.DecodeError as exc:
-        raise ConfigurationError(option, f"not valid JSON: {exc}") from None
+        hint = ""
+        if not text.startswith("@") and os.path.isfile(text):
+            hint = f"; to read the file {text}, write {option} @{text}"
+        raise ConfigurationError(option, f"not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise ConfigurationError(option, "not valid JSON: nested too deeply") from None
     return Message(raw)

@@ -253,3 +253,13 @@ def test_a_second_ctrl_c_stops_run_at_once_and_a_worker_finishes_the_execution(
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_an_input_naming_a_file_without_its_at_says_how_to_read_it(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    (tmp_path / "order.json").write_text('{"order_id": 42}')
+    bad = cli("run", ORDER, "--input", "order.json", cwd=tmp_path, extra_env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith("; to read the file order.json, write --input @order.json")
+    assert cli("list", extra_env=env).stdout == ""  # nothing was started
