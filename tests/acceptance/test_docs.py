@@ -17,11 +17,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from microsaga import Flow, Saga, Status, StepError
 from tests.acceptance import docshell
-from tests.docblocks import Block, all_blocks, find
+from tests.docblocks import ROOT, Block, all_blocks, find
 from tests.helpers import free_port
 from tests.integration.conftest import require_server
 
@@ -175,3 +177,31 @@ def test_the_quick_starts_declined_order_compensates_what_the_readme_says(
     statuses = dict(line.split()[:2] for line in shown.splitlines()[7:] if line.strip())
     assert statuses["inventory.Inventory.Reserve"] == "COMPENSATED"
     assert statuses["payments.Payments.Charge"] == "FAILURE"  # declined: nothing to refund
+
+
+async def test_the_python_pages_failure_policy_when_and_input_work_as_it_says() -> None:
+    """docs/python.md: `on_failure="suspend"`, `when=` and `input=` of `@saga.step`."""
+    page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    assert 'Saga(..., on_failure="suspend")` leaves the execution SUSPEND' in page
+    assert "a falsy `when` skips the step" in page
+    saga = Saga("policies", on_failure="suspend")
+
+    @saga.step(input="request.card", id="charge")
+    async def charge(card: str) -> str:
+        if card == "declined":
+            raise StepError("card declined", retryable=False)
+        return card
+
+    @saga.step(when="request.gift", id="wrap")
+    async def wrap(order: dict[str, Any]) -> str:
+        return "wrapped"
+
+    async with Flow("memory://") as flow:
+        wf = await flow.workflow_add(saga)
+        paid = await flow.execution(await wf.execute({"card": "visa", "gift": False}))
+        assert paid.status is Status.SUCCESS
+        assert paid.steps["charge"].request.json() == "visa"
+        assert paid.steps["wrap"].status is Status.SKIPPED
+        declined = await flow.execution(await wf.execute({"card": "declined"}))
+        assert declined.status is Status.SUSPEND
+        assert declined.steps["charge"].status is Status.FAILURE
