@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from microsaga import Flow, Saga, Status, StepError
+from microsaga import CallStep, Flow, Message, PublishStep, Saga, Status, StepError
+from microsaga.testing import FAULT_POINTS, MemoryBroker, MockClient
 from tests.acceptance import docshell
 from tests.docblocks import ROOT, Block, all_blocks, find
 from tests.helpers import free_port
@@ -205,3 +206,28 @@ async def test_the_python_pages_failure_policy_when_and_input_work_as_it_says() 
         declined = await flow.execution(await wf.execute({"card": "declined"}))
         assert declined.status is Status.SUSPEND
         assert declined.steps["charge"].status is Status.FAILURE
+
+
+async def test_the_readmes_testing_section_names_what_to_pass_to_the_flow() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert 'Flow("memory://", client=MockClient(handler), broker=MemoryBroker())' in readme
+    assert '`handler(service, endpoint, message)`\n(`"inventory"`, `"Inventory.Reserve"`' in readme
+
+    def handler(service: str, endpoint: str, message: Message) -> dict[str, Any]:
+        return {"reservation": f"{service} {endpoint} {message.json()['order_id']}"}
+
+    client, broker = MockClient(handler), MemoryBroker()
+    async with Flow("memory://", client=client, broker=broker) as flow:
+        reserve = CallStep("inventory", "Inventory", "Reserve")
+        ship = PublishStep("shipping.requested", requires=[reserve])
+        wf = await flow.workflow_create("order", reserve, ship)
+        await wf.execute({"order_id": 42})
+    assert [(service, endpoint) for service, endpoint, _ in client.calls] == [
+        ("inventory", "Inventory.Reserve")
+    ]
+    [(topic, message)] = broker.published
+    assert (topic, message.json()) == (
+        "shipping.requested",
+        {"reservation": "inventory Inventory.Reserve 42"},
+    )
+    assert "step_recorded" in FAULT_POINTS
