@@ -26,6 +26,7 @@ from .definitions import load_definition
 from .errors import (
     ConfigurationError,
     MicrosagaError,
+    MissingClientError,
     StoreError,
     TransportError,
 )
@@ -611,6 +612,15 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     _run_async(lambda: run_demo(store, progress_console(), hooks=_observers(metrics=False)))
 
 
+def _how_to_mend(exc: MicrosagaError) -> str:
+    """What the command line can do about ``exc``, when that is plain."""
+    if not isinstance(exc, MissingClientError):
+        return ""
+    if "broker" in str(exc):
+        return "; set one with --broker or MICROSAGA_BROKER (memory:// inside this process)"
+    return "; give its address in the definition's services:, --services or MICROSAGA_SERVICES"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: never a traceback, always an exit status."""
     code = EXIT_OK
@@ -627,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("usage", exc.format_message())
         code = EXIT_USAGE
     except MicrosagaError as exc:
-        _fail(exc.code, str(exc))
+        _fail(exc.code, str(exc) + _how_to_mend(exc))
         code = _exit_code(exc)
     except KeyboardInterrupt:
         _fail("interrupted", "interrupted; unfinished executions resume in any worker")

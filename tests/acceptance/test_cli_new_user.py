@@ -263,3 +263,30 @@ def test_an_input_naming_a_file_without_its_at_says_how_to_read_it(
     assert bad.returncode == 2
     assert bad.stderr.strip().endswith("; to read the file order.json, write --input @order.json")
     assert cli("list", extra_env=env).stdout == ""  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("step", "advice"),
+    [
+        (
+            "call: payments.Payments.Charge",
+            "no client and no address for service 'payments'; give its address in the "
+            "definition's services:, --services or MICROSAGA_SERVICES",
+        ),
+        (
+            "publish: shipping.requested",
+            "no broker configured for publish steps; set one with --broker or "
+            "MICROSAGA_BROKER (memory:// inside this process)",
+        ),
+    ],
+    ids=["service", "broker"],
+)
+def test_a_workflow_missing_a_service_or_broker_says_how_to_give_it(
+    tmp_path: Path, env: dict[str, str], step: str, advice: str
+) -> None:
+    definition = tmp_path / "pay.yaml"
+    definition.write_text(f"id: pay\nsteps:\n  - {step}\n")
+    refused = cli("run", str(definition), "--input", "{}", extra_env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(advice)
+    assert cli("list", extra_env=env).stdout == ""  # nothing was started
