@@ -297,7 +297,7 @@ def run(
             _fail(
                 "interrupted",
                 f"execution {eid} goes on without this process: a worker (`microsaga "
-                f"worker`) continues it, or `microsaga abort {eid}` rolls it back",
+                f"worker`) continues it, or rolls it back after `microsaga abort {eid}`",
             )
             return 128 + stopped_by[0]
         if info.status is Status.SUSPEND:
@@ -409,7 +409,8 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
     A SUSPEND execution whose step failed (failure policy "suspend") runs its failed
     step (or --step) again with --input as its request, and carries on: prints its
     id. A FAILURE or ABORTED execution is started anew, from the start, with its
-    request or --input: prints the new execution's id."""
+    request or --input: prints the new execution's id. A worker (microsaga worker or
+    serve) runs it."""
     body = _parse_input(input_).body if input_ is not None else None
 
     async def main() -> int:
@@ -486,11 +487,19 @@ def prune(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> Non
 
 cli.command("suspend")(_control("suspend", "Suspend an execution: no new steps start."))
 cli.command("resume")(
-    _control("resume", "Resume a suspended execution (or retry a failed rollback).")
+    _control(
+        "resume",
+        "Resume a suspended execution (or retry a failed rollback); a worker "
+        "(microsaga worker or serve) runs it on.",
+    )
 )
 cli.command("abort")(
     click.option("--no-compensate", is_flag=True, help="Stop without rolling back.")(
-        _control("abort", "Abort an execution and roll back what it did.")
+        _control(
+            "abort",
+            "Abort an execution and roll back what it did: the process running it does, "
+            "else a worker (microsaga worker or serve).",
+        )
     )
 )
 

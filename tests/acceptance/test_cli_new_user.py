@@ -218,7 +218,7 @@ def test_an_interrupted_run_says_which_execution_goes_on_and_how(
     assert "cut" in lines  # the id, on stdout
     assert lines[-1] == (
         "error[interrupted]: execution cut goes on without this process: a worker "
-        "(`microsaga worker`) continues it, or `microsaga abort cut` rolls it back"
+        "(`microsaga worker`) continues it, or rolls it back after `microsaga abort cut`"
     )
     shown = cli("show", "cut", extra_env=env).stdout
     assert any(line.split()[:2] == ["charge", "SUCCESS"] for line in shown.splitlines())
@@ -290,3 +290,11 @@ def test_a_workflow_missing_a_service_or_broker_says_how_to_give_it(
     assert refused.returncode == 2
     assert refused.stderr.strip().endswith(advice)
     assert cli("list", extra_env=env).stdout == ""  # nothing was started
+
+
+@pytest.mark.parametrize("command", ["resume", "abort", "redrive"])
+def test_the_help_of_a_control_command_says_a_worker_does_the_work(command: str) -> None:
+    # without a worker (or the `run` that started it) a resumed execution sits still
+    helped = cli(command, "--help")
+    assert helped.returncode == 0
+    assert "(microsaga worker or serve)" in " ".join(helped.stdout.split())
