@@ -493,3 +493,15 @@ async def test_show_json_prints_the_api_model(memory_api: Client, memory_flow: F
     info = await memory_flow.wait(eid, timeout=10)
     assert execution_json(info) == (await memory_api.get(f"/api/executions/{eid}")).json()
     assert isinstance(info.request, Message)
+
+
+@pytest.mark.parametrize("bad", ["a:b", "a b", "a/b", "tab\there", "x" * 201])
+async def test_an_execution_id_the_docs_refuse_is_refused_by_its_schema(
+    memory_api: Client, bad: str
+) -> None:
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert "1-200 printable characters without spaces, `:`" in page
+    assert "or `/` (so that it fits in a URL)" in page
+    start = "/api/workflows/order/executions"
+    body = problem(await memory_api.post(start, json={"execution_id": bad}), 422, "invalid_request")
+    assert body["detail"].startswith("execution_id: expected `str")
