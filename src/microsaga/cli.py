@@ -30,6 +30,7 @@ from .errors import (
     StoreError,
     TransportError,
 )
+from .execution import Execution
 from .flow import Flow
 from .message import Message
 from .status import Status
@@ -259,6 +260,7 @@ def run(
 
         console = progress_console()
         stopped_by: list[int] = []  # the signal that stopped `run`, if one did
+        info: Execution | None = None  # the execution as it stopped, once it did
         try:
             # without --async it runs its own execution, and only that one: it does not
             # claim what other processes queued (a worker does)
@@ -290,16 +292,17 @@ def run(
             task = asyncio.current_task()
             while task is not None and task.uncancel():
                 pass
-            if not console.is_terminal:
+            if info is None and not console.is_terminal:
                 console.print()  # the cut-off live display ends without a newline
         click.echo(eid)
-        if stopped_by:
+        if info is None:  # a signal came before the execution stopped
             _fail(
                 "interrupted",
                 f"execution {eid} goes on without this process: a worker (`microsaga "
                 f"worker`) continues it, or rolls it back after `microsaga abort {eid}`",
             )
             return 128 + stopped_by[0]
+        # a signal after the execution stopped cut only the wait for its last steps
         if info.status is Status.SUSPEND:
             _fail(
                 "suspended",
