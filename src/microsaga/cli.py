@@ -10,6 +10,7 @@ waited for was suspended, 70 an internal error (a bug: please report it), 130 (1
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 import os
@@ -177,6 +178,7 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
                 raw = fh.read()
         except OSError as exc:
             raise ConfigurationError(option, f"cannot read {text[1:]}: {exc.strerror}") from None
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # as Windows editors save; JSON may skip it
     else:
         try:
             raw = text.encode()

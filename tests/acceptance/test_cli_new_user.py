@@ -3,6 +3,7 @@ suspend left `run` confused): the CLI as processes, on one SQLite file."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -298,3 +299,15 @@ def test_the_help_of_a_control_command_says_a_worker_does_the_work(command: str)
     helped = cli(command, "--help")
     assert helped.returncode == 0
     assert "(microsaga worker or serve)" in " ".join(helped.stdout.split())
+
+
+def test_an_input_file_saved_with_a_byte_order_mark_is_read(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    (tmp_path / "order.json").write_bytes(b'\xef\xbb\xbf{"n": 7}')  # as Notepad saves it
+    other = tmp_path / "other.yaml"
+    other.write_text(OTHER)
+    done = cli("run", str(other), "--input", "@order.json", cwd=tmp_path, extra_env=env)
+    assert done.returncode == 0, done.stderr
+    shown = cli("show", "--json", done.stdout.strip(), extra_env=env)
+    assert json.loads(shown.stdout)["request"] == {"n": 7}
