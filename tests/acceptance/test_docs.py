@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,22 @@ async def test_the_readmes_testing_section_names_what_to_pass_to_the_flow() -> N
         {"reservation": "inventory Inventory.Reserve 42"},
     )
     assert "step_recorded" in FAULT_POINTS
+
+
+@pytest.mark.timeout(60)
+def test_the_example_services_started_twice_say_so_in_one_line(
+    tmp_path: Path, ports: dict[int, int]
+) -> None:
+    work = docshell.workspace(tmp_path / "clone", ports)
+    with socket.socket() as taken:  # the quick start's services, left running
+        taken.bind(("127.0.0.1", ports[8001]))
+        taken.listen()
+        again = subprocess.run(
+            [PYTHON, "-m", "shop"], cwd=work / "examples", capture_output=True, text=True,
+            env=docshell.environment(work, activates=False), timeout=30, check=False,
+        )  # fmt: skip
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"error[configuration]: participant: cannot serve on 127.0.0.1:{ports[8001]}: "
+        "Address already in use (is `python -m shop` running already?)\n"
+    )
