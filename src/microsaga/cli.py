@@ -169,6 +169,24 @@ def cli(
     }
 
 
+class _Text(click.ParamType[str]):
+    """Text that can be stored: an argument of bytes that are not UTF-8 is refused
+    here, naming it, rather than failing deep in a store."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in argv come as surrogates
+            self.fail("not valid UTF-8 text", param, ctx)
+        return text
+
+
+TEXT = _Text()
+
+
 def _parse_input(text: str | None, option: str = "--input") -> Message:
     if text is None:
         return Message()
@@ -322,10 +340,10 @@ def run(
 
 
 @cli.command("list")
-@click.option("--workflow", help="Only executions of this workflow.")
-@click.option("--status", help="Only executions with this status (RUNNING, FAILURE...).")
+@click.option("--workflow", type=TEXT, help="Only executions of this workflow.")
+@click.option("--status", type=TEXT, help="Only executions with this status (RUNNING, FAILURE...).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
-@click.option("--before", help="Page back: executions older than this id.")
+@click.option("--before", type=TEXT, help="Page back: executions older than this id.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (the API's fields).")
 @click.pass_context
 def list_(
@@ -358,7 +376,7 @@ def list_(
 
 
 @cli.command()
-@click.argument("execution_id")
+@click.argument("execution_id", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the execution as JSON.")
 @click.pass_context
 def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
@@ -382,7 +400,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 
 
 def _control(action: str, doc: str) -> Callable[..., None]:
-    @click.argument("execution_id")
+    @click.argument("execution_id", type=TEXT)
     @click.pass_context
     def command(ctx: click.Context, /, execution_id: str, **kw: Any) -> None:
         async def main() -> int:
@@ -404,8 +422,8 @@ def _control(action: str, doc: str) -> Callable[..., None]:
 
 
 @cli.command()
-@click.argument("execution_id")
-@click.option("--step", help="Only this failed step (a suspended execution).")
+@click.argument("execution_id", type=TEXT)
+@click.option("--step", type=TEXT, help="Only this failed step (a suspended execution).")
 @click.option("--input", "input_", help="The new request: JSON text, or @FILE.")
 @click.pass_context
 def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str | None) -> None:
@@ -429,8 +447,8 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
 
 
 @cli.command("signal")
-@click.argument("execution_id")
-@click.argument("event")
+@click.argument("execution_id", type=TEXT)
+@click.argument("event", type=TEXT)
 @click.option("--payload", help="The signal's payload: JSON text, or @FILE.")
 @click.pass_context
 def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | None) -> None:
@@ -469,7 +487,9 @@ def _duration(value: str) -> float:
 
 @cli.command()
 @click.option("--older-than", required=True, help="Finished more than this ago: 30d, 12h...")
-@click.option("--status", "statuses", multiple=True, help="Only these: SUCCESS, FAILURE, ABORTED.")
+@click.option(
+    "--status", "statuses", type=TEXT, multiple=True, help="Only these: SUCCESS, FAILURE, ABORTED."
+)
 @click.pass_context
 def prune(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> None:
     """Delete finished executions (with their steps), keeping the recent ones.
@@ -514,6 +534,7 @@ cli.command("abort")(
 @click.option(
     "--id",
     "worker_id",
+    type=TEXT,
     help="A stable worker id (default MICROSAGA_WORKER_ID, else one made of the host, "
     "pid and machine): restarted under the same id, the worker takes back its "
     "unfinished executions at once. Dead workers of this machine are detected "

@@ -311,3 +311,22 @@ def test_an_input_file_saved_with_a_byte_order_mark_is_read(
     assert done.returncode == 0, done.stderr
     shown = cli("show", "--json", done.stdout.strip(), extra_env=env)
     assert json.loads(shown.stdout)["request"] == {"n": 7}
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["show", "\udcff"], "EXECUTION_ID"),
+        (["signal", "some-id", "\udcff"], "EVENT"),
+        (["list", "--workflow", "\udcff"], "--workflow"),
+        (["worker", "--id", "\udcff"], "--id"),
+    ],
+    ids=["show", "signal", "list", "worker"],
+)
+def test_an_argument_that_is_not_utf8_is_named_not_an_internal_error(
+    env: dict[str, str], args: list[str], named: str
+) -> None:
+    # \udcff is how Python passes on the byte 0xff of a command line in another encoding
+    refused = cli(*args, extra_env=env)
+    assert refused.returncode == 2
+    assert refused.stderr == f"error[usage]: Invalid value for '{named}': not valid UTF-8 text\n"
