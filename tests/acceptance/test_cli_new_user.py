@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.procs import ROOT, cli, spawn
+from tests.helpers import eventually
+from tests.integration import pg
 
 ORDER = str(ROOT / "tests" / "acceptance" / "order.yaml")
 OTHER = """id: other
@@ -330,3 +332,42 @@ def test_an_argument_that_is_not_utf8_is_named_not_an_internal_error(
     refused = cli(*args, extra_env=env)
     assert refused.returncode == 2
     assert refused.stderr == f"error[usage]: Invalid value for '{named}': not valid UTF-8 text\n"
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_and_the_cli_share_a_postgresql_schema_of_their_own(
+    tmp_path: Path,
+) -> None:
+    # docs/stores.md: `?search_path=NAME`; here a worker runs what `run --async` queues
+    srv = await pg.server()
+    async with pg.fresh_schema(srv.url("test")) as url:
+        env = {"MICROSAGA_TEST_LOG": str(tmp_path / "log"), "MICROSAGA_STORE": url}
+        Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
+        worker = spawn("worker", output=tmp_path / "worker.out", extra_env=env)
+        try:
+            queued = cli(
+                "run", ORDER, "--async", "--execution-id", "pg-1", "--input", "{}",
+                extra_env=env,
+            )  # fmt: skip
+            assert queued.returncode == 0, queued.stderr
+
+            def succeeded() -> bool:
+                return "status     SUCCESS" in cli("show", "pg-1", extra_env=env).stdout
+
+            await eventually(succeeded, timeout=60, interval=0.2)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        assert [line.split()[0] for line in invocations(env)] == [
+            "reserve", "charge", "ship", "notify",
+        ]  # fmt: skip
+        schema = url.rpartition("search_path=")[2]
+        conn = await pg.connect(srv.url("test"))
+        try:
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                schema,
+            )
+        finally:
+            await conn.close()
+        assert "microsaga_executions" in {row["table_name"] for row in tables}
