@@ -647,6 +647,19 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     _run_async(lambda: run_demo(store, progress_console(), hooks=_observers(metrics=False)))
 
 
+def _misplaced_option(exc: click.ClickException) -> str:
+    """An option of ``microsaga`` itself given after the command: say where it goes."""
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
+        return ""
+    option = exc.option_name
+    if option not in {name for param in cli.params for name in param.opts}:
+        return ""
+    return (
+        f"{option} is an option of microsaga itself, not of {exc.ctx.info_name}: "
+        f"put it before the command (microsaga {option} ... {exc.ctx.info_name})"
+    )
+
+
 def _how_to_mend(exc: MicrosagaError) -> str:
     """What the command line can do about ``exc``, when that is plain."""
     if not isinstance(exc, MissingClientError):
@@ -669,7 +682,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", "interrupted")
         code = 130
     except click.ClickException as exc:
-        _fail("usage", exc.format_message())
+        _fail("usage", _misplaced_option(exc) or exc.format_message())
         code = EXIT_USAGE
     except MicrosagaError as exc:
         _fail(exc.code, str(exc) + _how_to_mend(exc))

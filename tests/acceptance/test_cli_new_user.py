@@ -371,3 +371,21 @@ async def test_a_worker_and_the_cli_share_a_postgresql_schema_of_their_own(
         finally:
             await conn.close()
         assert "microsaga_executions" in {row["table_name"] for row in tables}
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [(["serve", "-v"], "-v"), (["list", "--store", "sqlite:///x.db"], "--store")],
+    ids=["verbose", "store"],
+)
+def test_an_option_of_microsaga_after_the_command_says_where_it_goes(
+    env: dict[str, str], args: list[str], option: str
+) -> None:
+    refused = cli(*args, extra_env=env)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"error[usage]: {option} is an option of microsaga itself, not of {args[0]}: "
+        f"put it before the command (microsaga {option} ... {args[0]})\n"
+    )
+    for page in ("docs/api.md", "docs/observability.md"):  # the docs put it there
+        assert "`microsaga -v serve`" in (ROOT / page).read_text(encoding="utf-8")
