@@ -581,7 +581,12 @@ def worker(
             concurrency=concurrency,
             worker_id=worker_id,
         ) as flow:
-            click.echo(f"worker {flow.worker_id} on {flow.store.url}: running executions", err=True)
+            from .api.serve import shown_store
+
+            click.echo(
+                f"worker {flow.worker_id} on {shown_store(flow.store.url)}: running executions",
+                err=True,
+            )
             await stop.wait()
             click.echo("worker stopping: unfinished executions go to other workers", err=True)
         if server is not None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.acceptance import procs
 from tests.acceptance.procs import ROOT, cli, spawn
 from tests.helpers import eventually
 from tests.integration import pg
@@ -389,3 +392,27 @@ def test_an_option_of_microsaga_after_the_command_says_where_it_goes(
     )
     for page in ("docs/api.md", "docs/observability.md"):  # the docs put it there
         assert "`microsaga -v serve`" in (ROOT / page).read_text(encoding="utf-8")
+
+
+def test_a_worker_says_which_sqlite_file_it_runs_from(tmp_path: Path) -> None:
+    # a worker started in another folder than `run` opens another microsaga.db: its
+    # first line says which file, so that a user sees why it finds nothing
+    (tmp_path / "elsewhere").mkdir()
+    output = tmp_path / "worker.out"
+    env = {"MICROSAGA_STORE": "sqlite:///microsaga.db"}
+    with open(output, "ab") as sink:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "microsaga", "worker"], cwd=tmp_path / "elsewhere",
+            stdout=sink, stderr=subprocess.STDOUT, env=procs.env(env),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "running executions" not in output.read_text():
+            assert worker.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    first = output.read_text().splitlines()[0]
+    assert f"on sqlite:///microsaga.db ({tmp_path / 'elsewhere' / 'microsaga.db'})" in first
