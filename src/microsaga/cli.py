@@ -40,6 +40,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SUSPENDED = 0, 1, 2, 3, 4
 EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
+STEP_ONLY = (Status.WAITING, Status.SKIPPED, Status.COMPENSATED)  # no execution has them
 
 log = logging.getLogger("microsaga.cli")
 _json_check = msgspec.json.Decoder(msgspec.Raw)
@@ -226,6 +227,13 @@ def _status(value: str | None) -> Status | None:
     found = Status.lookup(value)
     if found is None:
         raise ConfigurationError("--status", f"unknown status {value!r}")
+    if found in STEP_ONLY:
+        raise ConfigurationError(
+            "--status",
+            f"{found.name} is a status of steps, not of executions (an execution "
+            "waiting for a signal, a timer or a child is RUNNING; `show` says what it "
+            "waits for)",
+        )
     return found
 
 

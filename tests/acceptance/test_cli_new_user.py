@@ -416,3 +416,14 @@ def test_a_worker_says_which_sqlite_file_it_runs_from(tmp_path: Path) -> None:
         worker.wait(timeout=30)
     first = output.read_text().splitlines()[0]
     assert f"on sqlite:///microsaga.db ({tmp_path / 'elsewhere' / 'microsaga.db'})" in first
+
+
+def test_listing_the_waiting_executions_says_they_are_running(env: dict[str, str]) -> None:
+    # WAITING is what `show` prints for a step waiting for a signal: a user tries it
+    listed = cli("list", "--status", "WAITING", extra_env=env)
+    assert listed.returncode == 2
+    assert listed.stderr == (
+        "error[configuration]: --status: WAITING is a status of steps, not of executions "
+        "(an execution waiting for a signal, a timer or a child is RUNNING; `show` says "
+        "what it waits for)\n"
+    )

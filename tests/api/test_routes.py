@@ -505,3 +505,12 @@ async def test_an_execution_id_the_docs_refuse_is_refused_by_its_schema(
     start = "/api/workflows/order/executions"
     body = problem(await memory_api.post(start, json={"execution_id": bad}), 422, "invalid_request")
     assert body["detail"].startswith("execution_id: expected `str")
+
+
+@pytest.mark.parametrize("status", ["WAITING", "SKIPPED", "COMPENSATED"])
+async def test_a_status_only_steps_have_is_refused_when_listing_executions(
+    memory_api: Client, status: str
+) -> None:
+    found = await memory_api.get(f"/api/executions?status={status}")
+    body = problem(found, 400, "invalid_request")
+    assert body["detail"].startswith(f"status: {status} is a status of steps, not of executions")
