@@ -427,3 +427,52 @@ def test_listing_the_waiting_executions_says_they_are_running(env: dict[str, str
         "(an execution waiting for a signal, a timer or a child is RUNNING; `show` says "
         "what it waits for)\n"
     )
+
+
+SCRIPT = """
+import asyncio, os
+from microsaga import Flow, Saga
+
+saga = Saga("scripted")
+
+@saga.step
+async def first(order: dict) -> dict:
+    return order
+
+@saga.step(requires=[first])
+async def second(order: dict) -> dict:
+    os._exit(9)  # the script dies here
+
+async def main():
+    async with Flow(os.environ["MICROSAGA_STORE"]) as flow:
+        await (await flow.workflow_add(saga)).execute({"n": 1})
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_cannot_take_over_a_saga_defined_in_a_script(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # docs/python.md: define sagas in a module the workers import, not in __main__
+    page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    assert "a `microsaga worker` cannot import `__main__:reserve`" in page
+    (tmp_path / "script.py").write_text(SCRIPT)
+    died = subprocess.run(
+        [sys.executable, "script.py"], cwd=tmp_path, env=procs.env(env), check=False
+    )
+    assert died.returncode == 9
+    worker = spawn("worker", output=tmp_path / "worker.out", extra_env=env)
+    try:
+
+        def noted() -> str | None:
+            listed = cli("list", extra_env=env).stdout
+            return listed if "cannot import" in listed else None
+
+        listed = await eventually(noted, interval=0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert "waits for a worker that can run it" in listed
+    assert "cannot import __main__:first" in listed
