@@ -124,6 +124,8 @@ async def serve(
 
         add_secret(token)  # never in a log line, whatever logs it
     limit = parse_size(max_body)
+    if not host.strip():  # an unset variable, say (`--host "$HOST"`)
+        raise ConfigurationError("--host", "must not be empty (0.0.0.0 is every address)")
     if token is None and not is_loopback(host):
         raise ConfigurationError(
             "--host",
