@@ -2,6 +2,9 @@
 
 import asyncio
 import contextlib
+import sys
+
+from microsaga import MicrosagaError
 
 from .inventory import inventory
 from .payments import payments
@@ -13,5 +16,8 @@ async def main() -> None:
         await asyncio.Event().wait()  # serve until stopped
 
 
-with contextlib.suppress(KeyboardInterrupt):
-    asyncio.run(main())
+try:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+except MicrosagaError as exc:  # a port in use, most likely: say so in one line
+    sys.exit(f"error[{exc.code}]: {exc} (is `python -m shop` running already?)")

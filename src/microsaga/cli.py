@@ -3,12 +3,14 @@
 Errors are one line on stderr, ``error[CODE]: message``. Exit status: 0 success,
 1 the execution failed or was aborted, 2 bad usage, definition or setting (an unknown
 execution id included), 3 store or transport unavailable, 4 the execution ``run``
-waited for was suspended, 70 an internal error (a bug: please report it).
+waited for was suspended, 70 an internal error (a bug: please report it), 130 (143)
+``run`` stopped by SIGINT (SIGTERM), its execution left to a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import logging
 import os
@@ -25,9 +27,11 @@ from .definitions import load_definition
 from .errors import (
     ConfigurationError,
     MicrosagaError,
+    MissingClientError,
     StoreError,
     TransportError,
 )
+from .execution import Execution
 from .flow import Flow
 from .message import Message
 from .status import Status
@@ -36,6 +40,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SUSPENDED = 0, 1, 2, 3, 4
 EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
+STEP_ONLY = (Status.WAITING, Status.SKIPPED, Status.COMPENSATED)  # no execution has them
 
 log = logging.getLogger("microsaga.cli")
 _json_check = msgspec.json.Decoder(msgspec.Raw)
@@ -165,6 +170,24 @@ def cli(
     }
 
 
+class _Text(click.ParamType[str]):
+    """Text that can be stored: an argument of bytes that are not UTF-8 is refused
+    here, naming it, rather than failing deep in a store."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in argv come as surrogates
+            self.fail("not valid UTF-8 text", param, ctx)
+        return text
+
+
+TEXT = _Text()
+
+
 def _parse_input(text: str | None, option: str = "--input") -> Message:
     if text is None:
         return Message()
@@ -174,6 +197,7 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
                 raw = fh.read()
         except OSError as exc:
             raise ConfigurationError(option, f"cannot read {text[1:]}: {exc.strerror}") from None
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # as Windows editors save; JSON may skip it
     else:
         try:
             raw = text.encode()
@@ -182,7 +206,10 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
     try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
         _json_check.decode(raw)
     except msgspec.DecodeError as exc:
-        raise ConfigurationError(option, f"not valid JSON: {exc}") from None
+        hint = ""
+        if not text.startswith("@") and os.path.isfile(text):
+            hint = f"; to read the file {text}, write {option} @{text}"
+        raise ConfigurationError(option, f"not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise ConfigurationError(option, "not valid JSON: nested too deeply") from None
     return Message(raw)
@@ -200,7 +227,31 @@ def _status(value: str | None) -> Status | None:
     found = Status.lookup(value)
     if found is None:
         raise ConfigurationError("--status", f"unknown status {value!r}")
+    if found in STEP_ONLY:
+        raise ConfigurationError(
+            "--status",
+            f"{found.name} is a status of steps, not of executions (an execution "
+            "waiting for a signal, a timer or a child is RUNNING; `show` says what it "
+            "waits for)",
+        )
     return found
+
+
+def _stop_on_signals() -> list[int]:
+    """On SIGINT or SIGTERM, cancel the running task; the list returned then holds the
+    signal's number."""
+    received: list[int] = []
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    return received
 
 
 def _outcome_code(status: Status) -> int:
@@ -236,28 +287,50 @@ def run(
         from ._progress import progress_console
 
         console = progress_console()
-        # without --async it runs its own execution, and only that one: it does not
-        # claim what other processes queued (a worker does)
-        async with _flow(ctx, observed=True, worker=not async_, claim=False) as flow:
-            await flow.workflow_add(wf)
-            await flow.workflow_save(wf)
-            eid = await wf.execute(
-                request,
-                async_=True,
-                execution_id=execution_id,
-                timeout=timeout,
-                deadline=deadline,
-            )
-            if async_:
-                click.echo(eid)
-                return EXIT_OK
+        stopped_by: list[int] = []  # the signal that stopped `run`, if one did
+        info: Execution | None = None  # the execution as it stopped, once it did
+        try:
+            # without --async it runs its own execution, and only that one: it does not
+            # claim what other processes queued (a worker does)
+            async with _flow(ctx, observed=True, worker=not async_, claim=False) as flow:
+                await flow.workflow_add(wf)
+                await flow.workflow_save(wf)
+                eid = await wf.execute(
+                    request,
+                    async_=True,
+                    execution_id=execution_id,
+                    timeout=timeout,
+                    deadline=deadline,
+                )
+                if async_:
+                    click.echo(eid)
+                    return EXIT_OK
 
-            from ._progress import follow
+                from ._progress import follow
 
-            order = [s.id for level in wf.steps() for s in level]
-            info = await follow(flow, eid, console, order)
-            await flow.settle(eid)  # steps still running here finish before we exit
+                # Ctrl-C or SIGTERM from here on: stop following, and the flow hands the
+                # execution back as a stopping worker does (a second one: at once)
+                stopped_by = _stop_on_signals()
+                order = [s.id for level in wf.steps() for s in level]
+                info = await follow(flow, eid, console, order)
+                await flow.settle(eid)  # steps still running here finish before we exit
+        except asyncio.CancelledError:
+            if not stopped_by:
+                raise
+            task = asyncio.current_task()
+            while task is not None and task.uncancel():
+                pass
+            if info is None and not console.is_terminal:
+                console.print()  # the cut-off live display ends without a newline
         click.echo(eid)
+        if info is None:  # a signal came before the execution stopped
+            _fail(
+                "interrupted",
+                f"execution {eid} goes on without this process: a worker (`microsaga "
+                f"worker`) continues it, or rolls it back after `microsaga abort {eid}`",
+            )
+            return 128 + stopped_by[0]
+        # a signal after the execution stopped cut only the wait for its last steps
         if info.status is Status.SUSPEND:
             _fail(
                 "suspended",
@@ -275,10 +348,10 @@ def run(
 
 
 @cli.command("list")
-@click.option("--workflow", help="Only executions of this workflow.")
-@click.option("--status", help="Only executions with this status (RUNNING, FAILURE...).")
+@click.option("--workflow", type=TEXT, help="Only executions of this workflow.")
+@click.option("--status", type=TEXT, help="Only executions with this status (RUNNING, FAILURE...).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
-@click.option("--before", help="Page back: executions older than this id.")
+@click.option("--before", type=TEXT, help="Page back: executions older than this id.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (the API's fields).")
 @click.pass_context
 def list_(
@@ -311,7 +384,7 @@ def list_(
 
 
 @cli.command()
-@click.argument("execution_id")
+@click.argument("execution_id", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the execution as JSON.")
 @click.pass_context
 def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
@@ -335,7 +408,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 
 
 def _control(action: str, doc: str) -> Callable[..., None]:
-    @click.argument("execution_id")
+    @click.argument("execution_id", type=TEXT)
     @click.pass_context
     def command(ctx: click.Context, /, execution_id: str, **kw: Any) -> None:
         async def main() -> int:
@@ -357,8 +430,8 @@ def _control(action: str, doc: str) -> Callable[..., None]:
 
 
 @cli.command()
-@click.argument("execution_id")
-@click.option("--step", help="Only this failed step (a suspended execution).")
+@click.argument("execution_id", type=TEXT)
+@click.option("--step", type=TEXT, help="Only this failed step (a suspended execution).")
 @click.option("--input", "input_", help="The new request: JSON text, or @FILE.")
 @click.pass_context
 def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str | None) -> None:
@@ -367,7 +440,8 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
     A SUSPEND execution whose step failed (failure policy "suspend") runs its failed
     step (or --step) again with --input as its request, and carries on: prints its
     id. A FAILURE or ABORTED execution is started anew, from the start, with its
-    request or --input: prints the new execution's id."""
+    request or --input: prints the new execution's id. A worker (microsaga worker or
+    serve) runs it."""
     body = _parse_input(input_).body if input_ is not None else None
 
     async def main() -> int:
@@ -381,8 +455,8 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
 
 
 @cli.command("signal")
-@click.argument("execution_id")
-@click.argument("event")
+@click.argument("execution_id", type=TEXT)
+@click.argument("event", type=TEXT)
 @click.option("--payload", help="The signal's payload: JSON text, or @FILE.")
 @click.pass_context
 def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | None) -> None:
@@ -421,7 +495,9 @@ def _duration(value: str) -> float:
 
 @cli.command()
 @click.option("--older-than", required=True, help="Finished more than this ago: 30d, 12h...")
-@click.option("--status", "statuses", multiple=True, help="Only these: SUCCESS, FAILURE, ABORTED.")
+@click.option(
+    "--status", "statuses", type=TEXT, multiple=True, help="Only these: SUCCESS, FAILURE, ABORTED."
+)
 @click.pass_context
 def prune(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> None:
     """Delete finished executions (with their steps), keeping the recent ones.
@@ -444,11 +520,19 @@ def prune(ctx: click.Context, older_than: str, statuses: tuple[str, ...]) -> Non
 
 cli.command("suspend")(_control("suspend", "Suspend an execution: no new steps start."))
 cli.command("resume")(
-    _control("resume", "Resume a suspended execution (or retry a failed rollback).")
+    _control(
+        "resume",
+        "Resume a suspended execution (or retry a failed rollback); a worker "
+        "(microsaga worker or serve) runs it on.",
+    )
 )
 cli.command("abort")(
     click.option("--no-compensate", is_flag=True, help="Stop without rolling back.")(
-        _control("abort", "Abort an execution and roll back what it did.")
+        _control(
+            "abort",
+            "Abort an execution and roll back what it did: the process running it does, "
+            "else a worker (microsaga worker or serve).",
+        )
     )
 )
 
@@ -458,6 +542,7 @@ cli.command("abort")(
 @click.option(
     "--id",
     "worker_id",
+    type=TEXT,
     help="A stable worker id (default MICROSAGA_WORKER_ID, else one made of the host, "
     "pid and machine): restarted under the same id, the worker takes back its "
     "unfinished executions at once. Dead workers of this machine are detected "
@@ -504,7 +589,12 @@ def worker(
             concurrency=concurrency,
             worker_id=worker_id,
         ) as flow:
-            click.echo(f"worker {flow.worker_id} on {flow.store.url}: running executions", err=True)
+            from .api.serve import shown_store
+
+            click.echo(
+                f"worker {flow.worker_id} on {shown_store(flow.store.url)}: running executions",
+                err=True,
+            )
             await stop.wait()
             click.echo("worker stopping: unfinished executions go to other workers", err=True)
         if server is not None:
@@ -570,6 +660,28 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     _run_async(lambda: run_demo(store, progress_console(), hooks=_observers(metrics=False)))
 
 
+def _misplaced_option(exc: click.ClickException) -> str:
+    """An option of ``microsaga`` itself given after the command: say where it goes."""
+    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
+        return ""
+    option = exc.option_name
+    if option not in {name for param in cli.params for name in param.opts}:
+        return ""
+    return (
+        f"{option} is an option of microsaga itself, not of {exc.ctx.info_name}: "
+        f"put it before the command (microsaga {option} ... {exc.ctx.info_name})"
+    )
+
+
+def _how_to_mend(exc: MicrosagaError) -> str:
+    """What the command line can do about ``exc``, when that is plain."""
+    if not isinstance(exc, MissingClientError):
+        return ""
+    if "broker" in str(exc):
+        return "; set one with --broker or MICROSAGA_BROKER (memory:// inside this process)"
+    return "; give its address in the definition's services:, --services or MICROSAGA_SERVICES"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: never a traceback, always an exit status."""
     code = EXIT_OK
@@ -583,10 +695,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", "interrupted")
         code = 130
     except click.ClickException as exc:
-        _fail("usage", exc.format_message())
+        _fail("usage", _misplaced_option(exc) or exc.format_message())
         code = EXIT_USAGE
     except MicrosagaError as exc:
-        _fail(exc.code, str(exc))
+        _fail(exc.code, str(exc) + _how_to_mend(exc))
         code = _exit_code(exc)
     except KeyboardInterrupt:
         _fail("interrupted", "interrupted; unfinished executions resume in any worker")

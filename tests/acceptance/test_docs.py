@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from microsaga import CallStep, Flow, Message, PublishStep, Saga, Status, StepError
+from microsaga.testing import FAULT_POINTS, MemoryBroker, MockClient
 from tests.acceptance import docshell
-from tests.docblocks import Block, all_blocks, find
+from tests.docblocks import ROOT, Block, all_blocks, find
 from tests.helpers import free_port
 from tests.integration.conftest import require_server
 
@@ -136,3 +140,114 @@ def test_the_steps_example_runs_against_the_example_services_and_nats(
             services.send_signal(signal.SIGINT)
             assert services.wait(30) == 0
     assert output == "{'sent_to': 'ada@example.com'}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_quick_starts_declined_order_compensates_what_the_readme_says(
+    tmp_path: Path, ports: dict[int, int]
+) -> None:
+    """The README's quick start says which steps a declined order compensates."""
+    block = find("README.md", "microsaga run order.yaml", "sh")
+    declined = next(c for c in docshell.commands(block) if "5000" in c.text)
+    assert "so Reserve is compensated" in declined.comment
+    work = docshell.workspace(tmp_path / "clone", ports)
+    env = {**docshell.environment(work, activates=False), "MICROSAGA_BROKER": "memory://"}
+    with subprocess.Popen(
+        [PYTHON, "-m", "shop"],
+        cwd=work / "examples",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as services:
+        try:
+            assert services.stdout is not None
+            assert "payments on" in services.stdout.readline()
+            run = subprocess.run(
+                declined.text, shell=True, cwd=work / "examples", env=env,
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        finally:
+            services.send_signal(signal.SIGINT)
+            assert services.wait(30) == 0
+    assert run.returncode == 1, run.stderr
+    shown = subprocess.run(
+        ["microsaga", "show", run.stdout.strip()], cwd=work / "examples", env=env,
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    statuses = dict(line.split()[:2] for line in shown.splitlines()[7:] if line.strip())
+    assert statuses["inventory.Inventory.Reserve"] == "COMPENSATED"
+    assert statuses["payments.Payments.Charge"] == "FAILURE"  # declined: nothing to refund
+
+
+async def test_the_python_pages_failure_policy_when_and_input_work_as_it_says() -> None:
+    """docs/python.md: `on_failure="suspend"`, `when=` and `input=` of `@saga.step`."""
+    page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    assert 'Saga(..., on_failure="suspend")` leaves the execution SUSPEND' in page
+    assert "a falsy `when` skips the step" in page
+    saga = Saga("policies", on_failure="suspend")
+
+    @saga.step(input="request.card", id="charge")
+    async def charge(card: str) -> str:
+        if card == "declined":
+            raise StepError("card declined", retryable=False)
+        return card
+
+    @saga.step(when="request.gift", id="wrap")
+    async def wrap(order: dict[str, Any]) -> str:
+        return "wrapped"
+
+    async with Flow("memory://") as flow:
+        wf = await flow.workflow_add(saga)
+        paid = await flow.execution(await wf.execute({"card": "visa", "gift": False}))
+        assert paid.status is Status.SUCCESS
+        assert paid.steps["charge"].request.json() == "visa"
+        assert paid.steps["wrap"].status is Status.SKIPPED
+        declined = await flow.execution(await wf.execute({"card": "declined"}))
+        assert declined.status is Status.SUSPEND
+        assert declined.steps["charge"].status is Status.FAILURE
+
+
+async def test_the_readmes_testing_section_names_what_to_pass_to_the_flow() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert 'Flow("memory://", client=MockClient(handler), broker=MemoryBroker())' in readme
+    assert '`handler(service, endpoint, message)`\n(`"inventory"`, `"Inventory.Reserve"`' in readme
+
+    def handler(service: str, endpoint: str, message: Message) -> dict[str, Any]:
+        return {"reservation": f"{service} {endpoint} {message.json()['order_id']}"}
+
+    client, broker = MockClient(handler), MemoryBroker()
+    async with Flow("memory://", client=client, broker=broker) as flow:
+        reserve = CallStep("inventory", "Inventory", "Reserve")
+        ship = PublishStep("shipping.requested", requires=[reserve])
+        wf = await flow.workflow_create("order", reserve, ship)
+        await wf.execute({"order_id": 42})
+    assert [(service, endpoint) for service, endpoint, _ in client.calls] == [
+        ("inventory", "Inventory.Reserve")
+    ]
+    [(topic, message)] = broker.published
+    assert (topic, message.json()) == (
+        "shipping.requested",
+        {"reservation": "inventory Inventory.Reserve 42"},
+    )
+    assert "step_recorded" in FAULT_POINTS
+
+
+@pytest.mark.timeout(60)
+def test_the_example_services_started_twice_say_so_in_one_line(
+    tmp_path: Path, ports: dict[int, int]
+) -> None:
+    work = docshell.workspace(tmp_path / "clone", ports)
+    with socket.socket() as taken:  # the quick start's services, left running
+        taken.bind(("127.0.0.1", ports[8001]))
+        taken.listen()
+        again = subprocess.run(
+            [PYTHON, "-m", "shop"], cwd=work / "examples", capture_output=True, text=True,
+            env=docshell.environment(work, activates=False), timeout=30, check=False,
+        )  # fmt: skip
+    assert again.returncode == 1
+    assert again.stderr == (
+        f"error[configuration]: participant: cannot serve on 127.0.0.1:{ports[8001]}: "
+        "Address already in use (is `python -m shop` running already?)\n"
+    )

@@ -5,6 +5,7 @@ app's own /openapi.json by the ``api`` client."""
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 
 from microsaga import Flow, Message, StoreError
 from microsaga.api import create_app
+from tests.docblocks import ROOT
 from tests.helpers import eventually
 
 from . import steps
@@ -104,6 +106,31 @@ async def test_an_execution_started_runs_and_reads_back(api: Client, flow: Flow)
     assert again.json() == {"id": "order-7"}
     page = (await api.get("/api/executions")).json()
     assert [item["id"] for item in page["items"]] == ["order-7"]
+
+
+def documented_fields(route: str, after: str) -> set[str]:
+    """The fields docs/api.md's row of ``route`` lists in backquotes after ``after``."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "api.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith(f"| `{route}")
+    )
+    listed = re.search(re.escape(after) + r"\s*`\{?([^`}]*)\}?`", row)
+    assert listed is not None, row
+    return {name.strip() for name in listed[1].split(",")}
+
+
+async def test_the_docs_list_the_fields_an_execution_has(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    eid = await memory_api.start()
+    await memory_flow.wait(eid, timeout=10)
+    got = (await memory_api.get(f"/api/executions/{eid}")).json()
+    assert set(got) == documented_fields("GET /api/executions/{id}`", "the execution:")
+    step = documented_fields("GET /api/executions/{id}`", "maps step ids to")
+    assert all(set(run) == step for run in got["steps"].values())
+    summary = (await memory_api.get("/api/executions")).json()["items"][0]
+    assert set(summary) == documented_fields("GET /api/executions?", "A summary has")
 
 
 async def test_an_empty_input_is_null(api: Client, flow: Flow) -> None:
@@ -466,3 +493,24 @@ async def test_show_json_prints_the_api_model(memory_api: Client, memory_flow: F
     info = await memory_flow.wait(eid, timeout=10)
     assert execution_json(info) == (await memory_api.get(f"/api/executions/{eid}")).json()
     assert isinstance(info.request, Message)
+
+
+@pytest.mark.parametrize("bad", ["a:b", "a b", "a/b", "tab\there", "x" * 201])
+async def test_an_execution_id_the_docs_refuse_is_refused_by_its_schema(
+    memory_api: Client, bad: str
+) -> None:
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert "1-200 printable characters without spaces, `:`" in page
+    assert "or `/` (so that it fits in a URL)" in page
+    start = "/api/workflows/order/executions"
+    body = problem(await memory_api.post(start, json={"execution_id": bad}), 422, "invalid_request")
+    assert body["detail"].startswith("execution_id: expected `str")
+
+
+@pytest.mark.parametrize("status", ["WAITING", "SKIPPED", "COMPENSATED"])
+async def test_a_status_only_steps_have_is_refused_when_listing_executions(
+    memory_api: Client, status: str
+) -> None:
+    found = await memory_api.get(f"/api/executions?status={status}")
+    body = problem(found, 400, "invalid_request")
+    assert body["detail"].startswith(f"status: {status} is a status of steps, not of executions")

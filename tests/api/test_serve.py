@@ -178,3 +178,12 @@ def test_serve_without_a_worker(serve: type[Served]) -> None:
         eid = http.post("/api/workflows/w/executions", json={}).json()["id"]
         assert http.get(f"/api/executions/{eid}").json()["status"] == "PENDING"  # queued
     assert served.stop() == 0
+
+
+@pytest.mark.parametrize("token", [None, "s3cr3t-token"], ids=["no-token", "token"])
+def test_an_empty_host_is_named_as_such(token: str | None) -> None:
+    # `--host "$HOST"` with HOST unset: say so, not "cannot listen on :" or "refusing
+    # to serve on  without a token"
+    env = {"MICROSAGA_API_TOKEN": token} if token else None
+    line = one_error_line(microsaga("serve", "--host", "", "--port", "0", env=env), "configuration")
+    assert line == "error[configuration]: --host: must not be empty (0.0.0.0 is every address)"

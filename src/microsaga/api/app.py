@@ -165,6 +165,13 @@ class Api:
                     f"status: unknown status {query.status!r} "
                     f"(expected one of {', '.join(models.STATUS_NAMES)})",
                 )
+            if status in (Status.WAITING, Status.SKIPPED, Status.COMPENSATED):
+                raise ApiError(
+                    400,
+                    "invalid_request",
+                    f"status: {status.name} is a status of steps, not of executions (an "
+                    "execution waiting for a signal, a timer or a child is RUNNING)",
+                )
         before = query.before
         if before is not None:
             self._check_id(before)

@@ -57,8 +57,8 @@ AnyJson = Annotated[
     Any, msgspec.Meta(description="Decoded JSON: null when the message is empty, a string "
                       "when its body is not JSON.")
 ]  # fmt: skip
-# an id that can stand in a URL path segment
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/\x00-\x1f\x7f]+$")]
+# an execution id: check_id's rules (no space, no ':'), and no '/' to fit in a URL path
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/:\s\x00-\x1f\x7f]+$")]
 
 
 class Struct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

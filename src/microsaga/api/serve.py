@@ -23,11 +23,22 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from ..flow import Flow
 
-__all__ = ["is_loopback", "parse_size", "read_token", "serve"]
+__all__ = ["is_loopback", "parse_size", "read_token", "serve", "shown_store"]
 
 TOKEN_ENV = "MICROSAGA_API_TOKEN"
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3,
           "gb": 1024**3}  # fmt: skip
+
+
+def shown_store(url: str) -> str:
+    """A store's URL for a banner: its password hidden, and a relative SQLite path
+    resolved, since another folder means another store."""
+    shown = redact_url(url)
+    head = "sqlite:///"
+    if url.startswith(head) and not url.startswith(head + "/"):
+        path = url[len(head) :].partition("?")[0]
+        shown += f" ({os.path.abspath(path)})"
+    return shown
 
 
 def parse_size(text: str, setting: str = "--max-body") -> int:
@@ -113,6 +124,8 @@ async def serve(
 
         add_secret(token)  # never in a log line, whatever logs it
     limit = parse_size(max_body)
+    if not host.strip():  # an unset variable, say (`--host "$HOST"`)
+        raise ConfigurationError("--host", "must not be empty (0.0.0.0 is every address)")
     if token is None and not is_loopback(host):
         raise ConfigurationError(
             "--host",
@@ -158,7 +171,7 @@ async def serve(
             bound = sock.getsockname()
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
             announce(
-                f"serving http://{shown}:{bound[1]}/ on {redact_url(flow.store.url)} "
+                f"serving http://{shown}:{bound[1]}/ on {shown_store(flow.store.url)} "
                 f"(worker {'on' if flow.options.worker else 'off'}, "
                 f"token {'required' if token else 'none: loopback only'})"
             )
