@@ -425,7 +425,10 @@ def step_to_dict(step: Step, *, nested: bool = False) -> dict[str, Any]:
     else:
         out = {kind_of(step): dict(step.to_config())}
     opts = step.options
-    if opts.id is not None:
+    # an id that is the kind's default is left out: the same definition written with
+    # or without it (as GET /api/workflows/{id} writes every id) is one definition,
+    # with one hash; a kind that needs an id in definitions keeps it
+    if opts.id is not None and (opts.id != step.default_id() or type(step).needs_id):
         out["id"] = opts.id
     if opts.requires and not nested:
         out["requires"] = list(opts.requires)

@@ -399,6 +399,23 @@ async def test_workflow_definitions(api: Client) -> None:
     assert len(old["steps"]) == 4
 
 
+async def test_a_definition_read_back_saves_as_the_same_version(memory_api: Client) -> None:
+    """GET writes every step's id out, the default ones too: that is the definition
+    PUT had, not a new version (nor, run by the CLI, a conflicting execution)."""
+    plain = {
+        "steps": [
+            {"function": "tests.api.steps:charge"},
+            {"function": "tests.api.steps:notify", "requires": ["charge"]},
+        ]
+    }
+    first = await memory_api.put("/api/workflows/plain", json=plain)
+    assert first.json()["version"] == 1
+    got = (await memory_api.get("/api/workflows/plain")).json()
+    assert [s["id"] for s in got["steps"]] == ["charge", "notify"]
+    again = await memory_api.put("/api/workflows/plain", json=got)
+    assert again.json()["version"] == 1
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code", "words"),
     [
