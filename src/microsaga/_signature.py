@@ -33,7 +33,7 @@ import msgspec
 import msgspec.inspect
 
 from .errors import DefinitionError, StepError
-from .message import Message, frozen_message, json_message
+from .message import Message, check_finite, frozen_message, json_message
 from .step import StepContext
 
 __all__ = ["INVALID_INPUT", "FunctionCall", "function_call", "result_message"]
@@ -67,7 +67,12 @@ _encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 
 
 def result_message(value: Any) -> Message:
-    """A step function's return value as a Message."""
+    """A step function's return value as a Message.
+
+    Raises:
+        ConfigurationError: the value holds NaN or infinity (not retryable: the same
+            value would fail again).
+    """
     if type(value) is dict:
         return json_message(value)
     if isinstance(value, Message):
@@ -78,6 +83,7 @@ def result_message(value: Any) -> Message:
         body = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    check_finite(value, body, _enc_hook)
     return frozen_message(body, ())
 
 

@@ -498,7 +498,10 @@ class Flow:
             request = Message.of(req)
             _check_json(request.body)  # bytes of the caller's: checked, not trusted
         else:
-            request = Message(req)
+            try:
+                request = Message(req)
+            except ConfigurationError as exc:  # NaN or infinity
+                raise ConfigurationError("request", exc.reason) from None
         check_size(request, self._options.max_payload, "the request")
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
@@ -648,6 +651,8 @@ class Flow:
             raise ConfigurationError("event", problem)
         try:
             message = Message.of(payload)
+        except ConfigurationError as exc:  # NaN or infinity
+            raise ConfigurationError("payload", exc.reason) from None
         except (TypeError, ValueError) as exc:
             raise ConfigurationError("payload", f"must be JSON: {exc}") from None
         if isinstance(payload, Message | bytes | bytearray | memoryview):

@@ -8,9 +8,12 @@ from typing import Any
 
 import msgspec
 
+from .errors import ConfigurationError
+
 __all__ = [
     "Message",
     "Metadata",
+    "check_finite",
     "decode_json_body",
     "encode_json",
     "frozen_message",
@@ -23,11 +26,46 @@ _decoder = msgspec.json.Decoder()
 
 
 def encode_json(value: Any) -> bytes:
-    """JSON-encode a value compactly; a clear TypeError when it cannot be."""
+    """JSON-encode a value compactly; a clear TypeError when it cannot be, a
+    ConfigurationError when it holds NaN or infinity (see :func:`check_finite`)."""
     try:
-        return _encoder.encode(value)
+        body = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    check_finite(value, body)
+    return body
+
+
+def check_finite(value: Any, body: bytes, enc_hook: Any = None) -> None:
+    """Refuse a ``value`` holding NaN or infinity, which msgspec encodes (as ``body``) as
+    null: JSON has neither, and null would be another value than the one given.
+
+    Raises:
+        ConfigurationError: of ``body``, naming where the number is (``$.x[2]``).
+    """
+    if b"null" not in body:  # the usual case, and a quick look
+        return
+    found = _non_finite(msgspec.to_builtins(value, enc_hook=enc_hook))
+    if found is not None:
+        where, number = found
+        raise ConfigurationError(
+            "body", f"{number} at `{where}` is not JSON (JSON has no NaN or infinity)"
+        )
+
+
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity in ``value`` (builtins only) and where it is."""
+    todo: list[tuple[Any, str]] = [(value, "$")]
+    while todo:
+        node, where = todo.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return where, node
+        elif isinstance(node, dict):
+            todo.extend(reversed([(v, f"{where}.{k}") for k, v in node.items()]))
+        elif isinstance(node, list | tuple):
+            todo.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(node)]))
+    return None
 
 
 def decode_json_body(body: bytes) -> Any:
@@ -224,7 +262,9 @@ class Message:
 
     Args:
         body: raw bytes, kept byte for byte; any other value (dict, list, str,
-            number, bool) is JSON-encoded; ``None`` is an empty body.
+            number, bool) is JSON-encoded; ``None`` is an empty body. A value holding
+            NaN or infinity is a :class:`~microsaga.ConfigurationError` naming where
+            (JSON has neither).
         header: a :class:`Metadata` or a dict of ``str`` or ``list[str]`` values.
     """
 
@@ -237,8 +277,6 @@ class Message:
             self.body = b""
         elif isinstance(body, bytearray | memoryview):
             self.body = bytes(body)
-        elif type(body) is float and not math.isfinite(body):
-            raise TypeError(f"cannot encode {body!r} as JSON: JSON has no NaN or infinity")
         else:
             self.body = encode_json(body)
         # type() first: Metadata is a Mapping, and isinstance against an ABC is slow
@@ -294,6 +332,7 @@ def json_message(value: Any) -> Message:
         body = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError):
         return Message(value)  # the constructor raises the clear error
+    check_finite(value, body)
     return frozen_message(body, ())
 
 
