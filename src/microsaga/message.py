@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -17,7 +18,9 @@ __all__ = [
     "decode_json_body",
     "encode_json",
     "frozen_message",
+    "huge_number",
     "json_message",
+    "out_of_range",
     "raw_message",
 ]
 
@@ -79,6 +82,36 @@ def decode_json_body(body: bytes) -> Any:
         return _decoder.decode(body)
     except msgspec.DecodeError:
         return body.decode("utf-8", errors="replace")
+
+
+def huge_number(body: bytes) -> str | None:
+    """The first number of ``body`` (JSON) too large for a float, as written
+    (``1e999``), or None when there is none or the body is not JSON. JSON sets no
+    limit, but msgspec, which reads every body, cannot read such a number: a request
+    holding one would fail the step that reads it, not the call that sent it."""
+    found: list[str] = []
+
+    def real(text: str) -> None:
+        if math.isinf(float(text)):
+            found.append(text)
+
+    def whole(text: str) -> None:
+        try:
+            int(text)
+        except ValueError:  # more digits than Python reads (4300)
+            found.append(text)
+
+    try:
+        json.loads(body, parse_float=real, parse_int=whole)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
+
+
+def out_of_range(number: str) -> str:
+    """What is wrong with a body holding ``number`` (see :func:`huge_number`)."""
+    shown = number if len(number) <= 30 else f"{number[:20]}... ({len(number)} characters)"
+    return f"the number {shown} is out of range (a float holds at most about 1.8e308)"
 
 
 _new_object = object.__new__

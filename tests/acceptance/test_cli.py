@@ -158,6 +158,9 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
     _, env = setup
     bad_json = cli("run", ORDER, "--input", "{not json", extra_env=env)
     assert "--input: not valid JSON" in assert_one_line_error(bad_json, "configuration", 2)
+    huge = cli("run", ORDER, "--input", '{"x": 1e999}', extra_env=env)
+    error = assert_one_line_error(huge, "configuration", 2)
+    assert "--input: the number 1e999 is out of range" in error
     for command in ("show", "suspend", "resume", "abort"):
         result = cli(command, "no-such-execution", extra_env=env)
         assert "no-such-execution" in assert_one_line_error(result, "execution_not_found", 2)

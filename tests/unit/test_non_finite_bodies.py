@@ -1,4 +1,5 @@
-"""NaN and infinity in a body made from Python values: refused, never stored as null."""
+"""Numbers JSON cannot carry: NaN and infinity in a body made from Python values, and
+numbers too large to read in raw JSON, refused at once, never stored."""
 
 from __future__ import annotations
 
@@ -65,3 +66,23 @@ async def test_a_signal_payload_holding_infinity_is_refused(flow: Flow) -> None:
     with pytest.raises(ConfigurationError, match=r"inf at `\$.amount`") as err:
         await flow.signal(eid, "approved", {"amount": float("inf")})
     assert err.value.setting == "payload"
+
+
+@pytest.mark.parametrize(
+    ("body", "number"),
+    [
+        (b'{"x": 1e999}', "1e999"),
+        (b'[1, {"y": -1e400}]', "-1e400"),
+        (b"1" + b"0" * 400 + b".5", "10000000000000000000..."),
+    ],
+)
+async def test_execute_refuses_raw_json_with_a_number_out_of_range(
+    flow: Flow, body: bytes, number: str
+) -> None:
+    wf = await flow.workflow_create("s", FunctionStep(noop, id="a"))
+    for request in (body, Message(body)):
+        with pytest.raises(ConfigurationError, match="out of range") as err:
+            await wf.execute(request)
+        assert err.value.setting == "request"
+        assert f"the number {number}" in str(err.value)
+    assert await flow.executions() == []  # nothing was stored
