@@ -192,6 +192,9 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
         (("--services", "a=ftp://x"), {}, "--services: service 'a' must be"),
         ((), {"MICROSAGA_LEASE_TTL": "soon"}, "MICROSAGA_LEASE_TTL: must be a number"),
         ((), {"MICROSAGA_HEARTBEAT": "20"}, "MICROSAGA_HEARTBEAT: must be shorter"),
+        ((), {"MICROSAGA_MAX_PAYLOAD": "64MB"}, "MICROSAGA_MAX_PAYLOAD: must be a whole"),
+        # bytes that are not UTF-8 (\xff): Python sees them as a lone surrogate
+        ((), {"MICROSAGA_WORKER_ID": "w\udcff"}, "MICROSAGA_WORKER_ID: not valid UTF-8"),
     ],
 )
 def test_bad_settings_name_the_setting(
