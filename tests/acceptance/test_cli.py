@@ -231,15 +231,19 @@ def test_run_with_an_existing_execution_id_follows_that_execution(
     assert "reserve" in again.stderr  # the progress of order-7's own steps
 
 
-def test_unwritable_store_path(tmp_path: Path) -> None:
+def test_a_store_path_no_retry_can_open_is_a_setting_error(tmp_path: Path) -> None:
+    # exit 2 (fix the setting), not 3 (try again later): waiting mends neither
     store = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
     result = cli("--store", store, "list")
-    assert "cannot open SQLite store" in assert_one_line_error(result, "store_unavailable", 3)
+    line = assert_one_line_error(result, "configuration", 2)
+    assert line.endswith(
+        f"--store: {store}: folder {tmp_path / 'no' / 'such' / 'dir'} does not exist"
+    )
     locked = tmp_path / "ro"
     locked.mkdir()
     (locked / "x.db").write_bytes(b"this is not a database, it is text" * 100)
     result = cli("--store", f"sqlite:///{locked / 'x.db'}", "list")
-    assert_one_line_error(result, "store_unavailable", 3)
+    assert "x.db is not a SQLite database" in assert_one_line_error(result, "configuration", 2)
 
 
 def test_an_unreachable_service_fails_the_execution(tmp_path: Path) -> None:
