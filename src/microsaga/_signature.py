@@ -33,7 +33,7 @@ import msgspec
 import msgspec.inspect
 
 from .errors import DefinitionError, StepError
-from .message import Message, frozen_message, json_message
+from .message import Message, check_finite, frozen_message, json_message
 from .step import StepContext
 
 __all__ = ["INVALID_INPUT", "FunctionCall", "function_call", "result_message"]
@@ -67,7 +67,12 @@ _encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 
 
 def result_message(value: Any) -> Message:
-    """A step function's return value as a Message."""
+    """A step function's return value as a Message.
+
+    Raises:
+        ConfigurationError: the value holds NaN or infinity (not retryable: the same
+            value would fail again).
+    """
     if type(value) is dict:
         return json_message(value)
     if isinstance(value, Message):
@@ -78,6 +83,7 @@ def result_message(value: Any) -> Message:
         body = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    check_finite(value, body, _enc_hook)
     return frozen_message(body, ())
 
 
@@ -189,7 +195,17 @@ def _role(annotation: Any) -> str:
     return _DATA
 
 
+_ALLOWED = (
+    "a step function takes (msg) or (msg, ctx), or typed parameters (a Message, a "
+    "StepContext, data decoded from the input; docs/python.md)"
+)
+
+
 def _analyse(fn: Callable[..., Any]) -> FunctionCall:
+    if inspect.isclass(fn):  # called, it makes an instance: rarely JSON
+        raise DefinitionError(f"{_describe(fn)} is a class: {_ALLOWED}")
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        raise DefinitionError(f"{_describe(fn)} yields: a step returns its result; {_ALLOWED}")
     is_async = _is_async(fn)
     try:
         raw = inspect.signature(fn)
@@ -200,7 +216,14 @@ def _analyse(fn: Callable[..., Any]) -> FunctionCall:
     params = [_Param(p.name, p.kind, _role(p.annotation), p.annotation, p.default) for p in named]
     roles = {p.role for p in params}
     if _DATA not in roles and _CONTEXT not in roles:
-        return _message_call(fn, is_async, with_ctx=_wants_context(raw))
+        with_ctx = _wants_context(raw)
+        try:  # what the call will pass: the request, and the context if it wants one
+            raw.bind(*(("msg", "ctx") if with_ctx else ("msg",)))
+        except TypeError:
+            shown = [p.replace(annotation=_EMPTY) for p in raw.parameters.values()]
+            form = raw.replace(parameters=shown, return_annotation=_EMPTY)
+            raise DefinitionError(f"{_describe(fn)}{form} cannot be a step: {_ALLOWED}") from None
+        return _message_call(fn, is_async, with_ctx=with_ctx)
     return _typed_call(fn, is_async, params)
 
 

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .execution import Execution
 from .flow import Flow
-from .message import Message
+from .message import Message, huge_number, out_of_range
 from .status import Status
 
 __all__ = ["main"]
@@ -212,6 +212,9 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
         raise ConfigurationError(option, f"not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise ConfigurationError(option, "not valid JSON: nested too deeply") from None
+    huge = huge_number(raw)
+    if huge is not None:
+        raise ConfigurationError(option, out_of_range(huge))
     return Message(raw)
 
 

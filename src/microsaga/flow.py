@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import time
@@ -35,7 +34,7 @@ from .errors import (
 )
 from .execution import Execution
 from .hooks import ExecutionEvent, Hook, Hooks
-from .message import Message, encode_json
+from .message import Message, encode_json, huge_number, out_of_range
 from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Phase, Status
@@ -117,18 +116,12 @@ def _check_json(body: bytes) -> None:
     try:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        if "out of range" not in str(exc):
-            raise ConfigurationError("request", f"the body is not JSON: {exc}") from None
-        try:  # a number too large for msgspec is still JSON
-            json.loads(body, parse_int=len, parse_float=len, parse_constant=_no_constant)
-        except ValueError as again:
-            raise ConfigurationError("request", f"the body is not JSON: {again}") from None
+        huge = huge_number(body) if "out of range" in str(exc) else None
+        if huge is not None:  # JSON, but no step could read it
+            raise ConfigurationError("request", out_of_range(huge)) from None
+        raise ConfigurationError("request", f"the body is not JSON: {exc}") from None
     except RecursionError:
         raise ConfigurationError("request", "the body is JSON nested too deep") from None
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _positive(value: Any, name: str) -> float | None:
@@ -498,7 +491,10 @@ class Flow:
             request = Message.of(req)
             _check_json(request.body)  # bytes of the caller's: checked, not trusted
         else:
-            request = Message(req)
+            try:
+                request = Message(req)
+            except ConfigurationError as exc:  # NaN or infinity
+                raise ConfigurationError("request", exc.reason) from None
         check_size(request, self._options.max_payload, "the request")
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
@@ -648,6 +644,8 @@ class Flow:
             raise ConfigurationError("event", problem)
         try:
             message = Message.of(payload)
+        except ConfigurationError as exc:  # NaN or infinity
+            raise ConfigurationError("payload", exc.reason) from None
         except (TypeError, ValueError) as exc:
             raise ConfigurationError("payload", f"must be JSON: {exc}") from None
         if isinstance(payload, Message | bytes | bytearray | memoryview):

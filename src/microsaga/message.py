@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
+from .errors import ConfigurationError
+
 __all__ = [
     "Message",
     "Metadata",
+    "check_finite",
     "decode_json_body",
     "encode_json",
     "frozen_message",
+    "huge_number",
     "json_message",
+    "out_of_range",
     "raw_message",
 ]
 
@@ -23,11 +29,46 @@ _decoder = msgspec.json.Decoder()
 
 
 def encode_json(value: Any) -> bytes:
-    """JSON-encode a value compactly; a clear TypeError when it cannot be."""
+    """JSON-encode a value compactly; a clear TypeError when it cannot be, a
+    ConfigurationError when it holds NaN or infinity (see :func:`check_finite`)."""
     try:
-        return _encoder.encode(value)
+        body = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    check_finite(value, body)
+    return body
+
+
+def check_finite(value: Any, body: bytes, enc_hook: Any = None) -> None:
+    """Refuse a ``value`` holding NaN or infinity, which msgspec encodes (as ``body``) as
+    null: JSON has neither, and null would be another value than the one given.
+
+    Raises:
+        ConfigurationError: of ``body``, naming where the number is (``$.x[2]``).
+    """
+    if b"null" not in body:  # the usual case, and a quick look
+        return
+    found = _non_finite(msgspec.to_builtins(value, enc_hook=enc_hook))
+    if found is not None:
+        where, number = found
+        raise ConfigurationError(
+            "body", f"{number} at `{where}` is not JSON (JSON has no NaN or infinity)"
+        )
+
+
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity in ``value`` (builtins only) and where it is."""
+    todo: list[tuple[Any, str]] = [(value, "$")]
+    while todo:
+        node, where = todo.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return where, node
+        elif isinstance(node, dict):
+            todo.extend(reversed([(v, f"{where}.{k}") for k, v in node.items()]))
+        elif isinstance(node, list | tuple):
+            todo.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(node)]))
+    return None
 
 
 def decode_json_body(body: bytes) -> Any:
@@ -41,6 +82,36 @@ def decode_json_body(body: bytes) -> Any:
         return _decoder.decode(body)
     except msgspec.DecodeError:
         return body.decode("utf-8", errors="replace")
+
+
+def huge_number(body: bytes) -> str | None:
+    """The first number of ``body`` (JSON) too large for a float, as written
+    (``1e999``), or None when there is none or the body is not JSON. JSON sets no
+    limit, but msgspec, which reads every body, cannot read such a number: a request
+    holding one would fail the step that reads it, not the call that sent it."""
+    found: list[str] = []
+
+    def real(text: str) -> None:
+        if math.isinf(float(text)):
+            found.append(text)
+
+    def whole(text: str) -> None:
+        try:
+            int(text)
+        except ValueError:  # more digits than Python reads (4300)
+            found.append(text)
+
+    try:
+        json.loads(body, parse_float=real, parse_int=whole)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None
+
+
+def out_of_range(number: str) -> str:
+    """What is wrong with a body holding ``number`` (see :func:`huge_number`)."""
+    shown = number if len(number) <= 30 else f"{number[:20]}... ({len(number)} characters)"
+    return f"the number {shown} is out of range (a float holds at most about 1.8e308)"
 
 
 _new_object = object.__new__
@@ -224,7 +295,9 @@ class Message:
 
     Args:
         body: raw bytes, kept byte for byte; any other value (dict, list, str,
-            number, bool) is JSON-encoded; ``None`` is an empty body.
+            number, bool) is JSON-encoded; ``None`` is an empty body. A value holding
+            NaN or infinity is a :class:`~microsaga.ConfigurationError` naming where
+            (JSON has neither).
         header: a :class:`Metadata` or a dict of ``str`` or ``list[str]`` values.
     """
 
@@ -237,8 +310,6 @@ class Message:
             self.body = b""
         elif isinstance(body, bytearray | memoryview):
             self.body = bytes(body)
-        elif type(body) is float and not math.isfinite(body):
-            raise TypeError(f"cannot encode {body!r} as JSON: JSON has no NaN or infinity")
         else:
             self.body = encode_json(body)
         # type() first: Metadata is a Mapping, and isinstance against an ABC is slow
@@ -294,6 +365,7 @@ def json_message(value: Any) -> Message:
         body = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError):
         return Message(value)  # the constructor raises the clear error
+    check_finite(value, body)
     return frozen_message(body, ())
 
 

@@ -19,6 +19,8 @@ redact_headers         none                                 authorization, cooki
 =====================  ===================================  =====================================
 
 ``redact_headers`` defaults to authorization, cookie and proxy-authorization.
+``MICROSAGA_MAX_PAYLOAD`` is a number of bytes or one with a unit of B, KiB, MiB or GiB
+(``64MiB``, ``512 KiB``).
 Explicit values win over the environment (``MICROSAGA_SERVICES`` is merged under
 explicit ``services``); a wrong value raises
 :class:`~microsaga.errors.ConfigurationError` naming where it came from: the argument
@@ -46,6 +48,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -197,6 +200,28 @@ def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
     return value
 
 
+_SIZE = re.compile(r"([0-9]+) ?([A-Za-z]*)")
+_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _env_size(name: str) -> int | None:
+    """A number of bytes, alone or with a unit: ``65536``, ``64MiB``, ``512 KiB``."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    found = _SIZE.fullmatch(raw.strip())
+    unit = _UNITS.get(found[2].lower()) if found else None
+    if found is None or unit is None:
+        raise ConfigurationError(
+            name,
+            f"must be a whole number of bytes, alone or with a unit (B, KiB, MiB, GiB: "
+            f"64MiB, 512 KiB), not {raw!r}",
+        )
+    if int(found[1]) <= 0:
+        raise ConfigurationError(name, f"must be positive, not {raw!r}")
+    return int(found[1]) * unit
+
+
 def _check_number(value: Any, name: str, kind: type[float] | type[int]) -> float | int:
     ok = (
         not isinstance(value, bool)
@@ -208,6 +233,16 @@ def _check_number(value: Any, name: str, kind: type[float] | type[int]) -> float
         what = "a positive whole number" if kind is int else "a positive number"
         raise ConfigurationError(name, f"must be {what}, not {value!r}")
     return int(value) if kind is int else float(value)
+
+
+def _check_text(text: str, name: str) -> str:
+    """``text`` if it is UTF-8 text: bytes that are not come from the environment or
+    the command line as lone surrogates, which no store can keep."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigurationError(name, f"not valid UTF-8 text: {text!r}") from None
+    return text
 
 
 def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
@@ -259,7 +294,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
             values[name] = _check_number(values[name], name, kind)
             source[name] = name
         else:
-            from_env = _env_number(var, kind)
+            from_env = _env_size(var) if name == "max_payload" else _env_number(var, kind)
             if from_env is not None:
                 values[name] = from_env
                 source[name] = var
@@ -278,8 +313,9 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
         wid = values["worker_id"]
         if not isinstance(wid, str) or not wid.strip():
             raise ConfigurationError("worker_id", f"must be a non-empty string, not {wid!r}")
+        _check_text(wid, "worker_id")
     elif env.get("MICROSAGA_WORKER_ID", "").strip():
-        values["worker_id"] = env["MICROSAGA_WORKER_ID"].strip()
+        values["worker_id"] = _check_text(env["MICROSAGA_WORKER_ID"].strip(), "MICROSAGA_WORKER_ID")
     if "codec" in values:
         if not isinstance(values["codec"], PayloadCodec):
             raise ConfigurationError(

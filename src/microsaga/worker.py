@@ -231,7 +231,7 @@ class Worker:
         try:  # parked, or parking now: the wake comes after the park, in the store
             await self.store.wake(parent_id, self.clock())
         except MicrosagaError as exc:  # the parent looks at its child now and then
-            log.warning("could not wake execution %s: %s", parent_id, exc)
+            log.warning("could not wake execution %s: %s", parent_id, exc, extra=about(parent_id))
         self.poke()
 
     # waiting steps: the run's host (see microsaga.waits) -----------------------------
@@ -602,7 +602,12 @@ class Worker:
         )
         status = Status.RUNNING if stored.status is Status.PENDING else stored.status
         run = self._make_run(spec, status, stored.records, fresh=False, abort=Abort(stored.abort))
-        log.info("execution %s: taken up (lease token %d)", stored.id, stored.token)
+        log.info(
+            "execution %s: taken up (lease token %d)",
+            stored.id,
+            stored.token,
+            extra=about(stored.id, stored.workflow_id),
+        )
         if recovery_attempts > self.options.max_recovery_attempts:
             self._give_up_running(run, recovery_attempts)
         self._launch(run, taken_over=True)

@@ -158,6 +158,9 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
     _, env = setup
     bad_json = cli("run", ORDER, "--input", "{not json", extra_env=env)
     assert "--input: not valid JSON" in assert_one_line_error(bad_json, "configuration", 2)
+    huge = cli("run", ORDER, "--input", '{"x": 1e999}', extra_env=env)
+    error = assert_one_line_error(huge, "configuration", 2)
+    assert "--input: the number 1e999 is out of range" in error
     for command in ("show", "suspend", "resume", "abort"):
         result = cli(command, "no-such-execution", extra_env=env)
         assert "no-such-execution" in assert_one_line_error(result, "execution_not_found", 2)
@@ -189,6 +192,9 @@ def test_bad_input_and_unknown_ids(setup: tuple[str, dict[str, str]]) -> None:
         (("--services", "a=ftp://x"), {}, "--services: service 'a' must be"),
         ((), {"MICROSAGA_LEASE_TTL": "soon"}, "MICROSAGA_LEASE_TTL: must be a number"),
         ((), {"MICROSAGA_HEARTBEAT": "20"}, "MICROSAGA_HEARTBEAT: must be shorter"),
+        ((), {"MICROSAGA_MAX_PAYLOAD": "64MB"}, "MICROSAGA_MAX_PAYLOAD: must be a whole"),
+        # bytes that are not UTF-8 (\xff): Python sees them as a lone surrogate
+        ((), {"MICROSAGA_WORKER_ID": "w\udcff"}, "MICROSAGA_WORKER_ID: not valid UTF-8"),
     ],
 )
 def test_bad_settings_name_the_setting(
@@ -225,15 +231,19 @@ def test_run_with_an_existing_execution_id_follows_that_execution(
     assert "reserve" in again.stderr  # the progress of order-7's own steps
 
 
-def test_unwritable_store_path(tmp_path: Path) -> None:
+def test_a_store_path_no_retry_can_open_is_a_setting_error(tmp_path: Path) -> None:
+    # exit 2 (fix the setting), not 3 (try again later): waiting mends neither
     store = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
     result = cli("--store", store, "list")
-    assert "cannot open SQLite store" in assert_one_line_error(result, "store_unavailable", 3)
+    line = assert_one_line_error(result, "configuration", 2)
+    assert line.endswith(
+        f"--store: {store}: folder {tmp_path / 'no' / 'such' / 'dir'} does not exist"
+    )
     locked = tmp_path / "ro"
     locked.mkdir()
     (locked / "x.db").write_bytes(b"this is not a database, it is text" * 100)
     result = cli("--store", f"sqlite:///{locked / 'x.db'}", "list")
-    assert_one_line_error(result, "store_unavailable", 3)
+    assert "x.db is not a SQLite database" in assert_one_line_error(result, "configuration", 2)
 
 
 def test_an_unreachable_service_fails_the_execution(tmp_path: Path) -> None:

@@ -266,6 +266,8 @@ async def test_bad_bodies(memory_api: Client) -> None:
     start = "/api/workflows/order/executions"
     body = problem(await api.post(start, content=b"{not json"), 400, "invalid_json")
     assert body["detail"].startswith("the body is not valid JSON")
+    body = problem(await api.post(start, content=b'{"input": {"x": 1e999}}'), 422, "configuration")
+    assert body["detail"].startswith("request: the number 1e999 is out of range")
     body = problem(await api.post(start, json={"inputs": 1}), 422, "invalid_request")
     assert "unknown field `inputs`" in body["detail"]
     body = problem(await api.post(start, json={"execution_id": "a/b"}), 422, "invalid_request")

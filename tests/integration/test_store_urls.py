@@ -140,6 +140,37 @@ async def test_a_role_or_database_the_server_does_not_know_is_a_configuration_er
     assert "\n" not in message
 
 
+@pytest.mark.postgres
+async def test_a_search_path_schema_that_does_not_exist_is_a_configuration_error() -> None:
+    async with pg.fresh_database() as url:
+        store = open_store(f"{url}?search_path=nosuch")
+        with pytest.raises(ConfigurationError) as wrong:
+            await store.open()
+    message = str(wrong.value)
+    assert message.startswith(f"store: {url}?search_path=nosuch: "), message
+    assert "create the schema its search_path names" in message
+
+
+async def test_a_sqlite_store_in_a_missing_folder_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}"
+    with pytest.raises(ConfigurationError) as wrong:
+        await open_store(url).open()
+    assert str(wrong.value) == f"store: {url}: folder {tmp_path / 'no' / 'such'} does not exist"
+
+
+async def test_a_file_that_is_not_a_sqlite_database_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"this is not a database, it is text" * 100)
+    with pytest.raises(ConfigurationError) as wrong:
+        await open_store(f"sqlite:///{path}").open()
+    assert str(wrong.value) == f"store: sqlite:///{path}: {path} is not a SQLite database"
+    assert path.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -194,6 +225,13 @@ async def test_the_cli_reports_a_setting_the_server_refuses_as_a_configuration_e
         done = cli("--store", f"{url}?bogus_setting=1", "worker")
     line = assert_configuration_error(done, f"{url}?bogus_setting=1")
     assert "bogus_setting" in line
+
+
+@pytest.mark.postgres
+async def test_the_cli_reports_a_missing_search_path_schema_as_a_configuration_error() -> None:
+    async with pg.fresh_database() as url:
+        done = cli("--store", f"{url}?search_path=nosuch", "list")
+    assert "InvalidSchemaNameError" in assert_configuration_error(done, f"{url}?search_path=nosuch")
 
 
 def test_the_cli_refuses_an_unknown_sqlite_option(tmp_path: Path) -> None:

@@ -34,6 +34,11 @@ from microsaga import ConfigurationError, Flow
         ),
         ({}, {"worker": "no"}, "worker: must be True or False"),
         ({}, {"store_retry_for": -1}, "store_retry_for: must be a positive number"),
+        ({"MICROSAGA_MAX_PAYLOAD": "64MB"}, {}, "MICROSAGA_MAX_PAYLOAD: must be a whole number"),
+        ({"MICROSAGA_MAX_PAYLOAD": "1.5GiB"}, {}, "MICROSAGA_MAX_PAYLOAD: must be a whole"),
+        ({"MICROSAGA_MAX_PAYLOAD": "0 KiB"}, {}, "MICROSAGA_MAX_PAYLOAD: must be positive"),
+        ({"MICROSAGA_WORKER_ID": "w\udcff"}, {}, "MICROSAGA_WORKER_ID: not valid UTF-8 text"),
+        ({}, {"worker_id": "w\udcff"}, "worker_id: not valid UTF-8 text"),
     ],
 )
 def test_errors_name_the_setting(
@@ -48,6 +53,24 @@ def test_errors_name_the_setting(
     with pytest.raises(ConfigurationError) as err:
         Flow(**kwargs)
     assert str(err.value).startswith(start), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("written", "size"),
+    [
+        ("65536", 65536),
+        ("100B", 100),
+        ("512 KiB", 512 * 1024),
+        ("64MiB", 64 * 1024 * 1024),
+        ("64 MiB", 64 * 1024 * 1024),  # as the docs write it
+        ("2 gib", 2 * 1024**3),
+    ],
+)
+def test_max_payload_from_the_environment_takes_the_units_of_the_docs(
+    monkeypatch: pytest.MonkeyPatch, written: str, size: int
+) -> None:
+    monkeypatch.setenv("MICROSAGA_MAX_PAYLOAD", written)
+    assert Flow("memory://").options.max_payload == size
 
 
 def test_environment_services_merge_under_explicit_ones(monkeypatch: pytest.MonkeyPatch) -> None:

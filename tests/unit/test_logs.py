@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,19 @@ def test_configure_logging_writes_json_lines() -> None:
     lines = stream.getvalue().splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["hello world", "second"]
     assert json.loads(lines[0])["step_id"] == "s"
+
+
+async def test_an_execution_taken_up_from_the_store_is_logged_with_its_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = f"sqlite:///{tmp_path / 'logs.db'}"
+    async with Flow(store, worker=False) as client:  # stores it; runs nothing
+        wf = await client.workflow_create("w", FunctionStep(fine, id="a"))
+        eid = await wf.execute({}, async_=True)
+    caplog.set_level(logging.INFO, logger="microsaga")
+    async with Flow(store, poll_interval=0.05) as worker:
+        await worker.wait(eid, timeout=10)
+    taken = [r for r in caplog.records if "taken up" in r.getMessage()]
+    assert taken, [r.getMessage() for r in caplog.records]
+    assert taken[0].execution_id == eid  # type: ignore[attr-defined]
+    assert taken[0].workflow_id == "w"  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from microsaga import STATUS_STRING, STRING_STATUS, Message, Metadata, Status
+from microsaga import STATUS_STRING, STRING_STATUS, ConfigurationError, Message, Metadata, Status
 
 
 class TestMetadata:
@@ -130,6 +130,26 @@ class TestMessage:
     def test_unencodable_body_is_a_clear_type_error(self) -> None:
         with pytest.raises(TypeError, match="cannot encode object as JSON"):
             Message(object())
+
+    @pytest.mark.parametrize(
+        ("value", "where"),
+        [
+            ({"x": float("nan")}, "nan at `$.x`"),
+            (float("inf"), "inf at `$`"),
+            ({"a": [1, {"b": -float("inf")}]}, "-inf at `$.a[1].b`"),
+            ([1.5, (2.0, float("nan"))], "nan at `$[1][1]`"),
+        ],
+    )
+    def test_nan_or_infinity_anywhere_is_refused_not_made_null(
+        self, value: object, where: str
+    ) -> None:
+        with pytest.raises(ConfigurationError, match="JSON has no NaN or infinity") as err:
+            Message(value)
+        assert err.value.setting == "body"
+        assert where in str(err.value)
+
+    def test_null_and_the_text_null_stay_allowed(self) -> None:
+        assert Message({"x": None, "s": "null"}).body == b'{"x":null,"s":"null"}'
 
 
 class TestStatus:

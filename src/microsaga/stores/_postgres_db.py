@@ -288,6 +288,11 @@ class Database:
         self._pool = pool
 
     def _cannot_open(self, exc: BaseException, *, connected: bool = False) -> Exception:
+        if isinstance(exc, asyncpg.exceptions.InvalidSchemaNameError):  # 3F000
+            return ConfigurationError(
+                self.setting,
+                f"{self.url}: {one_line(exc)} (create the schema its search_path names)",
+            )
         if isinstance(exc, asyncpg.PostgresError):
             wrong = isinstance(exc, _BAD_LOGIN) or (not connected and isinstance(exc, _BAD_SETTING))
         else:

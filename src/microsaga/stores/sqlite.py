@@ -110,6 +110,7 @@ class SQLiteStore(Store):
 
     def __init__(self, url: str, *, setting: str = "store") -> None:
         self.url = url
+        self.setting = setting
         self.path = _path_of(url, setting)
         query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         for name in query:
@@ -200,11 +201,8 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         folder = Path(self.path).parent
-        if not folder.is_dir():
-            raise StoreError(
-                f"cannot open SQLite store {self.path}: folder {folder} does not exist",
-                retryable=False,
-            )
+        if not folder.is_dir():  # no retry makes it: the URL names the wrong place
+            raise ConfigurationError(self.setting, f"{self.url}: folder {folder} does not exist")
         try:
             await self._write(self._open_writer)
             await self._read(self._open_reader)
@@ -215,6 +213,11 @@ class SQLiteStore(Store):
             raise
         except StoreError as exc:
             await self.close()
+            cause = exc.__cause__
+            if getattr(cause, "sqlite_errorname", None) == "SQLITE_NOTADB":
+                raise ConfigurationError(
+                    self.setting, f"{self.url}: {self.path} is not a SQLite database"
+                ) from exc
             raise StoreError(
                 f"cannot open SQLite store {self.path}: {exc.__cause__ or exc}", retryable=False
             ) from exc
