@@ -37,6 +37,19 @@ def invocations(env: dict[str, str]) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def finish_with_a_worker(eid: str, env: dict[str, str], output: Path) -> None:
+    """Run `microsaga worker` until the execution shows SUCCESS (30 s at most)."""
+    worker = spawn("worker", output=output, extra_env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "status     SUCCESS" not in cli("show", eid, extra_env=env).stdout:
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
 def test_run_runs_only_its_own_execution(tmp_path: Path, env: dict[str, str]) -> None:
     queued = [
         cli("run", ORDER, "--async", "--input", f'{{"n": {i}}}', extra_env=env) for i in range(5)
@@ -98,15 +111,7 @@ def test_run_of_a_suspended_execution_exits_4_saying_how_to_continue(
     assert any(line.split()[:2] == ["charge", "SUCCESS"] for line in shown.splitlines())
     # resumed, a worker continues it to its end, charge not invoked twice
     assert cli("resume", "pausing", extra_env=env).returncode == 0
-    worker = spawn("worker", output=tmp_path / "worker.out", extra_env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while "status     SUCCESS" not in cli("show", "pausing", extra_env=env).stdout:
-            assert time.monotonic() < deadline, (tmp_path / "worker.out").read_text()
-            time.sleep(0.2)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+    finish_with_a_worker("pausing", env, tmp_path / "worker.out")
     charges = [line for line in invocations(env) if line.startswith("charge")]
     assert charges == ["charge pausing:charge"]
 
@@ -250,15 +255,7 @@ def test_a_second_ctrl_c_stops_run_at_once_and_a_worker_finishes_the_execution(
     assert "Traceback" not in said
     assert said.strip().splitlines()[-1].startswith("error[interrupted]: execution cut goes on")
     Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
-    worker = spawn("worker", output=tmp_path / "worker.out", extra_env=env)
-    try:
-        deadline = time.monotonic() + 30
-        while "status     SUCCESS" not in cli("show", "cut", extra_env=env).stdout:
-            assert time.monotonic() < deadline, (tmp_path / "worker.out").read_text()
-            time.sleep(0.2)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+    finish_with_a_worker("cut", env, tmp_path / "worker.out")
 
 
 def test_an_input_naming_a_file_without_its_at_says_how_to_read_it(

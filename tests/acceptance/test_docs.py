@@ -17,6 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,28 @@ def test_the_subscribe_example_gets_its_reply(tmp_path: Path) -> None:
     assert run_program(block.text, tmp_path) == "{'tracking': 'T-42'}\n"
 
 
+@contextmanager
+def shop_services(work: Path, env: dict[str, str]) -> Iterator[None]:
+    """The example services of examples/shop (`python -m shop`), listening, in ``work``;
+    stopped with Ctrl-C afterwards, which they take as a clean exit."""
+    with subprocess.Popen(
+        [PYTHON, "-m", "shop"],
+        cwd=work / "examples",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as services:
+        try:
+            assert services.stdout is not None
+            ready = services.stdout.readline()  # after both listen
+            assert "payments on" in ready, ready
+            yield
+        finally:
+            services.send_signal(signal.SIGINT)
+            assert services.wait(30) == 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_steps_example_runs_against_the_example_services_and_nats(
@@ -123,22 +147,8 @@ def test_the_steps_example_runs_against_the_example_services_and_nats(
     make_the_nats_stream(tmp_path)
     block = find("README.md", "CallStep(")
     work = docshell.workspace(tmp_path / "clone", ports)
-    with subprocess.Popen(
-        [PYTHON, "-m", "shop"],
-        cwd=work / "examples",
-        env=docshell.environment(work, activates=False),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as services:
-        try:
-            assert services.stdout is not None
-            ready = services.stdout.readline()  # after both listen
-            assert "payments on" in ready, ready
-            output = run_program(docshell.map_ports(block.text, ports), work)
-        finally:
-            services.send_signal(signal.SIGINT)
-            assert services.wait(30) == 0
+    with shop_services(work, docshell.environment(work, activates=False)):
+        output = run_program(docshell.map_ports(block.text, ports), work)
     assert output == "{'sent_to': 'ada@example.com'}\n"
 
 
@@ -153,24 +163,11 @@ def test_the_quick_starts_declined_order_compensates_what_the_readme_says(
     assert "so Reserve is compensated" in declined.comment
     work = docshell.workspace(tmp_path / "clone", ports)
     env = {**docshell.environment(work, activates=False), "MICROSAGA_BROKER": "memory://"}
-    with subprocess.Popen(
-        [PYTHON, "-m", "shop"],
-        cwd=work / "examples",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as services:
-        try:
-            assert services.stdout is not None
-            assert "payments on" in services.stdout.readline()
-            run = subprocess.run(
-                declined.text, shell=True, cwd=work / "examples", env=env,
-                capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-        finally:
-            services.send_signal(signal.SIGINT)
-            assert services.wait(30) == 0
+    with shop_services(work, env):
+        run = subprocess.run(
+            declined.text, shell=True, cwd=work / "examples", env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
     assert run.returncode == 1, run.stderr
     shown = subprocess.run(
         ["microsaga", "show", run.stdout.strip()], cwd=work / "examples", env=env,

@@ -77,6 +77,7 @@ async def test_a_flow_on_a_malformed_url_raises_a_configuration_error() -> None:
         ("bogus_setting=1", 'unrecognized configuration parameter "bogus_setting"'),
         ("synchronous_commit=bogus", 'invalid value for parameter "synchronous_commit"'),
         ("ssl_min_protocol_version=TLSv9", "TLSv9"),
+        ("search_path=nosuch", "create the schema its search_path names"),
     ],
 )
 async def test_a_setting_the_server_refuses_is_a_configuration_error(
@@ -138,17 +139,6 @@ async def test_a_role_or_database_the_server_does_not_know_is_a_configuration_er
     assert words in message
     assert "s3cret" not in message
     assert "\n" not in message
-
-
-@pytest.mark.postgres
-async def test_a_search_path_schema_that_does_not_exist_is_a_configuration_error() -> None:
-    async with pg.fresh_database() as url:
-        store = open_store(f"{url}?search_path=nosuch")
-        with pytest.raises(ConfigurationError) as wrong:
-            await store.open()
-    message = str(wrong.value)
-    assert message.startswith(f"store: {url}?search_path=nosuch: "), message
-    assert "create the schema its search_path names" in message
 
 
 async def test_a_sqlite_store_in_a_missing_folder_is_a_configuration_error(
