@@ -126,7 +126,8 @@ class RunHost(Protocol):
         is fixed, see :func:`microsaga.waits.child_id`)."""
 
     async def abort_child(self, child_id: str) -> None:
-        """Abort a child whose parent no longer waits for it (a rollback)."""
+        """Abort a child whose parent no longer waits for it (a rollback), or roll it
+        back when it succeeded, and wait until it ended."""
 
     async def step_records(self, execution_id: str) -> list[StepRecord]:
         """The stored records of an execution's steps (and of its map's runs)."""

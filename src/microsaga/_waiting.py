@@ -151,7 +151,8 @@ class Waiting:
 
     async def cancel(self, run: Run, sids: tuple[str, ...]) -> None:
         """Give up waiting steps (a rollback or an abort): back to PENDING, never
-        compensated; a child that runs for one of them is aborted."""
+        compensated; a child that runs for one of them is aborted, and its rollback
+        ends before anything the step requires is compensated."""
         now = run.host.clock()
         for sid in sids:
             rec = run.state.steps[sid]

@@ -211,6 +211,7 @@ class Worker:
         self._aborting: set[str] = set()  # deadline aborts requested, not yet done
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
+        self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
 
     # the run's host ---------------------------------------------------------------
 
@@ -218,6 +219,9 @@ class Worker:
         if self.hooks.execution_status:
             self.hooks.emit(self.hooks.execution_status, run.event())
         self._notify(run.id)
+        changed = self._child_changes.get(run.id)
+        if changed is not None:
+            changed.set()
         parent = run.spec.parent_id
         if parent is not None and run.outcome is not None and run.outcome.status.finished:
             self._spawn(self._child_ended(parent))
@@ -254,18 +258,29 @@ class Worker:
         await self.flow.start_child(run.id, node, request, attempt=attempt)
 
     async def abort_child(self, child_id: str) -> None:
+        # the parent's rollback goes on once the child's is over: the steps its
+        # SubflowStep requires are compensated after the child's (as after any
+        # dependent's), and the parent ends after its child (see compensate_child)
+        self._rolling_back_children += 1
+        try:
+            await self._abort_child(child_id)
+        finally:
+            self._rolling_back_children -= 1
+
+    async def _abort_child(self, child_id: str) -> None:
         try:
             await self.control(child_id, "abort")
-            return
         except ExecutionNotFoundError:
             return  # never started
         except InvalidTransitionError:
-            pass  # finished already
-        # one that succeeded after its parent last looked at it is undone as a unit
-        # now: its step, given up, is never compensated
-        with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
-            await self.control(child_id, "compensate")
-            await self._take_back(child_id)
+            # finished already; one that succeeded after its parent last looked at it
+            # is undone as a unit now: its step, given up, is never compensated
+            with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
+                await self.control(child_id, "compensate")
+        await self._take_back(child_id)
+        found = await self._child_end(child_id)
+        if found is not None and not found.compensated:
+            log.warning("the rollback of child execution %s failed: %s", child_id, found.error)
 
     async def step_records(self, execution_id: str) -> list[StepRecord]:
         stored = await self.store.load(execution_id)
@@ -288,15 +303,26 @@ class Worker:
         except InvalidTransitionError:
             pass  # rolling back already (a retry of this compensation), or rolled back
         await self._take_back(child_id)
-        while True:
-            found = await self.store.get_execution(child_id)
-            if found is None or found.status is Status.ABORTED:
-                return
-            if found.status is Status.FAILURE:
-                raise MicrosagaError(
-                    f"the rollback of child execution {child_id} failed: {found.error}"
-                )
-            await asyncio.sleep(self.options.poll_interval)
+        found = await self._child_end(child_id)
+        if found is not None and found.status is not Status.ABORTED:
+            raise MicrosagaError(
+                f"the rollback of child execution {child_id} failed: {found.error}"
+            )
+
+    async def _child_end(self, child_id: str) -> Execution | None:
+        """The child once finished (None if there is none): woken when its status
+        changes in this process, else looking again every ``poll_interval``."""
+        changed = self._child_changes[child_id] = asyncio.Event()
+        try:
+            while True:
+                changed.clear()
+                found = await self.store.get_execution(child_id)
+                if found is None or found.status.finished:
+                    return found
+                await wait_event(changed, self.options.poll_interval)
+        finally:
+            if self._child_changes.get(child_id) is changed:
+                del self._child_changes[child_id]
 
     async def _take_back(self, child_id: str) -> None:
         """A child's rollback is claimed like any execution: a worker that does not

@@ -375,6 +375,40 @@ async def test_a_parent_rollback_compensates_a_succeeded_child_as_a_unit(flow: F
     assert (await flow.execution(eid)).steps["charge"].status is Status.COMPENSATED
 
 
+async def test_a_rollback_giving_up_a_child_undoes_it_before_what_it_required(
+    flow: Flow,
+) -> None:
+    """The child of a SubflowStep still waiting when the parent rolls back is aborted:
+    its rollback ends before the steps that the SubflowStep requires are compensated
+    (they were compensated at once, the child's undone after)."""
+    await _saved(
+        flow,
+        "payment",
+        FunctionStep(pay, id="pay", compensate=FunctionStep(refund)),
+        WaitStep("confirmed", requires=["pay"]),
+    )
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve", compensate=FunctionStep(release)),
+        SubflowStep("payment", id="charge", requires=["reserve"]),
+        WaitStep("go"),
+        FunctionStep(decline, id="ship", requires=["go"]),
+    )
+    eid = await wf.execute({"amount": 2}, async_=True)
+    child_id = f"{eid}:charge"
+
+    async def child_parked() -> bool:  # paid, waits for "confirmed"
+        return await flow.store.get_execution(child_id) is not None and await parked(flow, child_id)
+
+    await eventually(child_parked)
+    await flow.signal(eid, "go")
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.FAILURE
+    assert done.compensated
+    assert (await flow.execution(child_id)).status is Status.ABORTED
+    assert [step for step, _ in LOG if step in ("refund", "release")] == ["refund", "release"]
+
+
 @pytest.mark.parametrize(
     "options",
     [{"concurrency": 1, "lease_ttl": 5.0}, {"claim": False}],
