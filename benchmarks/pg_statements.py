@@ -82,7 +82,7 @@ def scripts() -> dict[str, str]:
         *_step("'fixed'", "('s' || :id)", 1, False),
         "0",
     ]  # fmt: skip
-    every = "\\set id random(1, 2000000000)\n"
+    every = "\\set id random(1, 9000000000000000000)\n"  # no two alike
     return {
         "floor": every + f"INSERT INTO floor_rows VALUES (:id, '{BODY}');\n",
         "create": every + _bind(q["create_execution_one"], dict(enumerate(create, 1))) + ";\n",
@@ -94,12 +94,15 @@ def scripts() -> dict[str, str]:
 
 def pgbench(url: str, script: Path, seconds: int) -> float:
     """The mean latency of ``script``'s transaction, in milliseconds."""
-    out = subprocess.run(
+    done = subprocess.run(
         ["pgbench", "-n", "-M", "prepared", "-c", "1", "-T", str(seconds), "-f", str(script), url],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"pgbench failed on {script.name}: {done.stderr.strip()[-500:]}")
+    out = done.stdout
     found = re.search(r"latency average = ([\d.]+) ms", out)
     if found is None:
         raise SystemExit(f"pgbench printed no latency:\n{out}")
