@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -39,6 +40,12 @@ def encode_json(value: Any) -> bytes:
     return body
 
 
+# a float that is NaN or infinity as msgpack writes it: 0xcb, then the 8 bytes of a
+# float64 with every exponent bit set (valid UTF-8 never has 0x7f or 0xff after 0xcb;
+# other bytes that match, in an int or a bytes value, only cost the walk)
+_NON_FINITE = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+
+
 def check_finite(value: Any, body: bytes, enc_hook: Any = None) -> None:
     """Refuse a ``value`` holding NaN or infinity, which msgspec encodes (as ``body``) as
     null: JSON has neither, and null would be another value than the one given.
@@ -47,6 +54,14 @@ def check_finite(value: Any, body: bytes, enc_hook: Any = None) -> None:
         ConfigurationError: of ``body``, naming where the number is (``$.x[2]``).
     """
     if b"null" not in body:  # the usual case, and a quick look
+        return
+    # msgpack keeps NaN and infinity, and msgspec writes it at C speed: a look for them
+    # there first spares a walk of the value in Python (50x slower on a large body)
+    try:
+        packed: bytes | None = msgspec.msgpack.encode(value, enc_hook=enc_hook)
+    except Exception:  # what msgpack cannot hold (an int over 64 bits): the walk tells
+        packed = None
+    if packed is not None and _NON_FINITE.search(packed) is None:
         return
     found = _non_finite(msgspec.to_builtins(value, enc_hook=enc_hook))
     if found is not None:

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from microsaga import STATUS_STRING, STRING_STATUS, ConfigurationError, Message, Metadata, Status
+from microsaga import (
+    STATUS_STRING,
+    STRING_STATUS,
+    ConfigurationError,
+    Message,
+    Metadata,
+    Status,
+    message,
+)
 
 
 class TestMetadata:
@@ -150,6 +158,44 @@ class TestMessage:
 
     def test_null_and_the_text_null_stay_allowed(self) -> None:
         assert Message({"x": None, "s": "null"}).body == b'{"x":null,"s":"null"}'
+
+    @pytest.mark.parametrize(
+        ("value", "where"),
+        [
+            # an int msgpack cannot hold: the quick look cannot be made, the walk is
+            ({"n": 2**70, "x": [None, float("nan")]}, "nan at `$.x[1]`"),
+            # NaN among many nulls
+            (
+                {"rows": [{"v": None} for _ in range(1000)] + [{"v": float("-inf")}]},
+                "$.rows[1000].v",
+            ),
+        ],
+    )
+    def test_nan_is_found_however_the_body_is_made(self, value: object, where: str) -> None:
+        with pytest.raises(ConfigurationError, match="JSON has no NaN or infinity") as err:
+            Message(value)
+        assert where in str(err.value)
+
+    def test_bytes_that_look_like_nan_to_the_quick_look_are_taken(self) -> None:
+        # the bytes of a float64 NaN, as msgpack writes one, inside a bytes value
+        raw = b"\xcb\x7f\xf8" + bytes(6)
+        msg = Message({"x": None, "raw": raw})
+        assert msg.json() == {"x": None, "raw": "y3/4AAAAAAAA"}
+
+    def test_a_body_of_nulls_without_nan_is_not_walked_in_python(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the walk costs 50x the encoding on a large body: the quick look answers
+        def walk(value: object) -> None:
+            raise AssertionError("walked")
+
+        monkeypatch.setattr(message, "_non_finite", walk)
+        rows = [{"id": i, "note": None, "price": 1.5} for i in range(1000)]
+        assert Message({"rows": rows}).json()["rows"][999] == {
+            "id": 999,
+            "note": None,
+            "price": 1.5,
+        }
 
 
 class TestStatus:
