@@ -9,7 +9,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-from microsaga import FunctionStep, Message
+from microsaga import Flow, FunctionStep, Message, Status
 
 # the property tests that run flows: the same examples at every run (no example
 # database), no deadline (an example runs executions), and a flow fixture shared by
@@ -38,6 +38,22 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
+
+
+async def killed_in_time(flow: Flow, eid: str, kill_at: int, killed: asyncio.Event) -> bool:
+    """The takeover tests' moment to kill a worker: at its ``kill_at``-th call (a step
+    sets ``killed``), once a step waits (``kill_at`` 0), or once only waiting steps are
+    left (the dying worker's clock never moves: its timers never fire). True once it
+    is killed, or the execution (read through ``flow``) finished first."""
+    if killed.is_set():
+        return True
+    info = await flow.execution(eid)
+    if info.status.finished:
+        return True
+    statuses = {r.status for r in info.steps.values()}
+    if Status.WAITING in statuses and (kill_at == 0 or Status.RUNNING not in statuses):
+        killed.set()
+    return killed.is_set()
 
 
 def free_port() -> int:

@@ -37,7 +37,7 @@ from microsaga import (
 )
 from microsaga.execution import Execution
 from microsaga.stores.base import Store
-from tests.helpers import FLOW_EXAMPLES, eventually
+from tests.helpers import FLOW_EXAMPLES, eventually, killed_in_time
 from tests.integration.test_takeover_properties import route_writes
 from tests.unit.test_saga_properties import descendants
 
@@ -222,22 +222,7 @@ async def run_with_death(world: World, folder: Path) -> tuple[Execution, bool, f
                 if when == "early":
                     await other.signal(eid, f"ev-{sid}", {"signal": sid})
 
-            async def dies() -> bool:
-                if world.killed.is_set():
-                    return True
-                info = await a.execution(eid)
-                if info.status.finished:
-                    return True
-                statuses = {r.status for r in info.steps.values()}
-                # at its k-th call, or once a step waits (0), or once only waits are
-                # left (A's clock never moves: its timers never fire)
-                if Status.WAITING in statuses and (
-                    case.kill_at == 0 or Status.RUNNING not in statuses
-                ):
-                    world.killed.set()
-                return world.killed.is_set()
-
-            await eventually(dies, timeout=20)
+            await eventually(lambda: killed_in_time(a, eid, case.kill_at, world.killed), timeout=20)
             if not world.killed.is_set():
                 return await a.execution(eid), False, start
             clock_b = start + HOUR

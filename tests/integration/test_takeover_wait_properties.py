@@ -48,7 +48,7 @@ from microsaga import (
 from microsaga.execution import Execution
 from microsaga.status import Phase
 from microsaga.stores.base import Store
-from tests.helpers import FLOW_EXAMPLES, eventually
+from tests.helpers import FLOW_EXAMPLES, eventually, killed_in_time
 from tests.integration.test_takeover_properties import Clock, route_writes, until_the_end
 from tests.unit.test_saga_properties import descendants
 
@@ -286,23 +286,10 @@ async def run_with_death(world: World, url: str) -> Outcome:
                 if when in ("early", "twice"):
                     await send(other, eid, sid, 1)
 
-            async def dies() -> bool:
-                if world.killed.is_set():
-                    return True
-                info = await other.execution(eid)
-                if info.status.finished:
-                    return True
-                statuses = {r.status for r in info.steps.values()}
-                # at its k-th call, or once a step waits (0), or once only waiting
-                # steps are left (A's clock never moves: its timers never fire)
-                if Status.WAITING in statuses and (
-                    case.kill_at == 0 or Status.RUNNING not in statuses
-                ):
-                    world.killed.set()
-                return world.killed.is_set()
-
             try:
-                await eventually(dies, timeout=20)
+                await eventually(
+                    lambda: killed_in_time(other, eid, case.kill_at, world.killed), timeout=20
+                )
             except AssertionError:
                 raise AssertionError(f"A neither died nor ended: {show(world)}") from None
             cid = f"{eid}:{case.sub}"
