@@ -27,7 +27,7 @@ from .message import Message, decode_json_body, encode_json
 from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry
-from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep, child_id
+from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep, child_id, run_id
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -254,7 +254,7 @@ class Waiting:
         failed: list[str] = []
 
         async def one(i: int) -> None:
-            rid = f"{sid}[{i}]"
+            rid = run_id(sid, i)
             before = self.items.get((rid, Phase.FORWARD))
             if before is not None and before.status is Status.SUCCESS:
                 responses[i] = before.response  # done before a takeover

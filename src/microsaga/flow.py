@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ from .step import Step
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep, child_id
+from .waits import SubflowStep, child_id, run_of
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
@@ -98,15 +98,6 @@ def _workflow_of(wf: Any) -> Workflow:
         f"must be a Workflow (from workflow_create, workflow_load or load_definition) or a "
         f"Saga, not {wf!r}",
     )
-
-
-def _map_of(step_id: str, steps: Collection[str]) -> str | None:
-    """The step of ``steps`` (a definition's) that ``step_id`` is a run of, if it is one:
-    runs of a map step are recorded as ``<map id>[<i>]``."""
-    if step_id in steps or not step_id.endswith("]"):
-        return None
-    head, _, index = step_id[:-1].rpartition("[")
-    return head if head in steps and index.isdigit() else None
 
 
 def _check_json(body: bytes) -> None:
@@ -816,11 +807,11 @@ class Flow:
             named = None
             if step is not None:
                 known = set(stored.definition.step_ids)
-                map_id = _map_of(step, known)
-                if map_id is not None:
+                run = run_of(step, known)
+                if run is not None:
                     raise InvalidTransitionError(
                         f"cannot redrive {step} of execution {execution_id}: it is a run of "
-                        f"map step {map_id}, which redrives its failed runs"
+                        f"map step {run[0]}, which redrives its failed runs"
                     )
                 if step not in failed:
                     raise InvalidTransitionError(
@@ -829,7 +820,7 @@ class Flow:
                     )
                 # a map's failed runs (<id>[<i>]) go with it, each with a fresh retry
                 # budget, as every failed run does on resume
-                named = [step, *(s for s in failed if _map_of(s, known) == step)]
+                named = [step, *(s for s in failed if (r := run_of(s, known)) and r[0] == step)]
             await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
         if status in (Status.FAILURE, Status.ABORTED):

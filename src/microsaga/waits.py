@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._validate import name_problem, shown
@@ -61,6 +61,20 @@ def child_id(execution_id: str, step_id: str, attempt: int) -> str:
     other execution has such an id: ``::`` is in none, ids and step ids hold no ``:``."""
     first = f"{execution_id}:{step_id}"
     return first if attempt <= 1 else f"{first}::{attempt}"
+
+
+def run_id(map_id: str, index: int) -> str:
+    """The step id of run ``index`` of map step ``map_id``: ``<map id>[<i>]``."""
+    return f"{map_id}[{index}]"
+
+
+def run_of(step_id: str, step_ids: Collection[str]) -> tuple[str, int] | None:
+    """The map step of ``step_ids`` (a definition's) and the index that ``step_id`` is
+    a run of (see :func:`run_id`), or None when it is no map's run."""
+    if step_id in step_ids or not step_id.endswith("]"):
+        return None
+    head, _, index = step_id[:-1].rpartition("[")
+    return (head, int(index)) if head in step_ids and index.isdigit() else None
 
 
 class WaitingStep(Step):

@@ -23,6 +23,7 @@ from ..execution import Execution, StepRun, to_datetime
 from ..message import Message, Metadata
 from ..payloads import PLAIN, Bodies, Pending
 from ..status import Phase, Status
+from ..waits import run_of
 from .base import (
     Abort,
     ControlAction,
@@ -459,11 +460,9 @@ def _map_runs(
     known = set(step_ids)
     out: dict[str, list[tuple[int, StepRecord]]] = {}
     for sid, rec in forward.items():
-        if sid in known or not sid.endswith("]"):
-            continue
-        head, _, index = sid[:-1].rpartition("[")
-        if head in known and index.isdigit():
-            out.setdefault(head, []).append((int(index), rec))
+        found = run_of(sid, known)
+        if found is not None:
+            out.setdefault(found[0], []).append((found[1], rec))
     return {head: [rec for _, rec in sorted(found)] for head, found in out.items()}
 
 
