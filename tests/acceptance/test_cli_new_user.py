@@ -37,6 +37,21 @@ def invocations(env: dict[str, str]) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def run_until_charge(eid: str, env: dict[str, str], output: Path) -> subprocess.Popen[bytes]:
+    """`microsaga run` of the order as ``eid``, once its charge step was invoked (it
+    then waits for its gate file, ``MICROSAGA_TEST_LOG.charge.open``)."""
+    running = spawn(
+        "run", ORDER, "--execution-id", eid, "--input", "{}", output=output, extra_env=env
+    )
+    deadline = time.monotonic() + 30
+    while not any(line.startswith("charge") for line in invocations(env)):
+        if time.monotonic() > deadline:
+            running.kill()
+            raise AssertionError(output.read_text())
+        time.sleep(0.05)
+    return running
+
+
 def finish_with_a_worker(eid: str, env: dict[str, str], output: Path) -> None:
     """Run `microsaga worker` until the execution shows SUCCESS (30 s at most)."""
     worker = spawn("worker", output=output, extra_env=env)
@@ -86,15 +101,8 @@ def test_run_of_a_suspended_execution_exits_4_saying_how_to_continue(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     # the charge step waits for its gate file: suspend meanwhile
-    running = spawn(
-        "run", ORDER, "--execution-id", "pausing", "--input", "{}",
-        output=tmp_path / "run.out", extra_env=env,
-    )  # fmt: skip
+    running = run_until_charge("pausing", env, tmp_path / "run.out")
     try:
-        deadline = time.monotonic() + 30
-        while not any(line.startswith("charge") for line in invocations(env)):
-            assert time.monotonic() < deadline, (tmp_path / "run.out").read_text()
-            time.sleep(0.05)
         assert cli("suspend", "pausing", extra_env=env).returncode == 0
         Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()  # charge finishes
         assert running.wait(timeout=30) == 4
@@ -199,13 +207,6 @@ def test_a_request_that_is_not_json_is_refused_before_anything_is_stored(
     assert cli("list", extra_env=env).stdout == ""
 
 
-def wait_for_charge(env: dict[str, str], output: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not any(line.startswith("charge") for line in invocations(env)):
-        assert time.monotonic() < deadline, output.read_text()
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
 )
@@ -213,11 +214,8 @@ def test_an_interrupted_run_says_which_execution_goes_on_and_how(
     tmp_path: Path, env: dict[str, str], signum: int, status: int
 ) -> None:
     output = tmp_path / "run.out"
-    running = spawn(
-        "run", ORDER, "--execution-id", "cut", "--input", "{}", output=output, extra_env=env
-    )
+    running = run_until_charge("cut", env, output)
     try:
-        wait_for_charge(env, output)
         running.send_signal(signum)  # Ctrl-C (or a container's stop) while charge runs
         time.sleep(0.3)
         Path(env["MICROSAGA_TEST_LOG"] + ".charge.open").touch()
@@ -239,11 +237,8 @@ def test_a_second_ctrl_c_stops_run_at_once_and_a_worker_finishes_the_execution(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     output = tmp_path / "run.out"
-    running = spawn(
-        "run", ORDER, "--execution-id", "cut", "--input", "{}", output=output, extra_env=env
-    )
+    running = run_until_charge("cut", env, output)
     try:
-        wait_for_charge(env, output)
         running.send_signal(signal.SIGINT)  # run waits for charge, which waits for its gate
         time.sleep(0.5)
         running.send_signal(signal.SIGINT)  # the impatient second one
