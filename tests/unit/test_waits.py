@@ -74,6 +74,10 @@ async def put_back(msg: Message) -> None:
     LOG.append(("put_back", msg.json()))
 
 
+async def let_go(msg: Message) -> None:
+    LOG.append(("let_go", msg.json()))
+
+
 REFUSED: set[str] = set()  # what the steps below refuse to do, while named here
 
 
@@ -448,6 +452,7 @@ async def test_a_given_up_child_whose_rollback_fails_stops_the_rollback_above_it
             requires=["reserve"],
             compensate=FunctionStep(put_back) if own_compensate else None,
         ),
+        FunctionStep(reserve, id="hold", compensate=FunctionStep(let_go)),  # independent
         WaitStep("go"),
         FunctionStep(decline, id="ship", requires=["go"]),
     )
@@ -466,6 +471,10 @@ async def test_a_given_up_child_whose_rollback_fails_stops_the_rollback_above_it
     assert "refund refused" in (done.error or "")
     assert done.steps["reserve"].status is Status.SUCCESS
     assert calls("release") == []
+    assert done.steps["hold"].status is Status.COMPENSATED  # an independent branch
+    charge = done.steps["charge"]
+    assert charge.compensation is not None
+    assert charge.compensation.status is Status.FAILURE
     with pytest.raises(ExecutionFailedError) as failed:
         await wf.execute({"amount": 2}, execution_id=eid)
     assert not failed.value.compensated
@@ -478,6 +487,7 @@ async def test_a_given_up_child_whose_rollback_fails_stops_the_rollback_above_it
     assert done.compensated
     assert done.steps["reserve"].status is Status.COMPENSATED
     assert (await flow.execution(child_id)).status is Status.ABORTED
+    assert len(calls("let_go")) == 1
     assert [step for step, _ in LOG if step in ("refund", "release", "put_back")] == [
         "refund",
         "refund",
