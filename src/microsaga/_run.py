@@ -127,13 +127,18 @@ class RunHost(Protocol):
 
     async def abort_child(self, child_id: str) -> None:
         """Abort a child whose parent no longer waits for it (a rollback), or roll it
-        back when it succeeded, and wait until it ended."""
+        back when it succeeded, and wait until it ended.
+
+        Raises:
+            MicrosagaError: the child's rollback failed.
+        """
 
     async def step_records(self, execution_id: str) -> list[StepRecord]:
         """The stored records of an execution's steps (and of its map's runs)."""
 
     async def compensate_child(self, child_id: str) -> None:
-        """Roll back a child that succeeded, and wait until it is rolled back.
+        """Roll back a child that succeeded, or retry the rollback of one that failed
+        (as a resume of it would), and wait until it is rolled back.
 
         Raises:
             MicrosagaError: the child's rollback failed.
@@ -224,9 +229,10 @@ class Run:
         await wait_event(self._wake, seconds)
 
     def put(self, rec: StepRecord) -> None:
-        """A forward step's record settled without a step run (a wait resolved or given
-        up): in the state now, written with the next commit."""
-        self.state.steps[rec.step_id] = rec
+        """A record settled without a step run (a wait resolved or given up, the
+        rollback of a given-up child failed): in the state now, written with the next
+        commit."""
+        (self.state.steps if rec.phase is Phase.FORWARD else self.state.comps)[rec.step_id] = rec
         self._records.append(rec)
 
     def drain(self) -> None:
@@ -415,8 +421,10 @@ class Run:
                 )
                 if seen:
                     seen.clear()
-            if decision.cancel:
-                await self.waiting.cancel(self, decision.cancel)
+            if decision.cancel and await self.waiting.cancel(self, decision.cancel):
+                # a given-up child's rollback failed: the compensations decided with
+                # it may include what its SubflowStep requires, which stays SUCCESS
+                decision = decide(plan, graph, state)
             if decision.park and not self._records:
                 if await self.waiting.wait_or_park(self):
                     return
@@ -743,7 +751,13 @@ class Run:
         sid, phase = rec.step_id, rec.phase
         node = self.spec.plan.nodes[sid]
         if isinstance(node.step, MapStep) or (
-            phase is Phase.COMPENSATE and isinstance(node.compensate, Marker)
+            phase is Phase.COMPENSATE
+            # a child's rollback: of a child that succeeded, or the retry of a given-up
+            # child's that failed (its step PENDING again, whatever its compensate)
+            and (
+                isinstance(node.compensate, Marker)
+                or self.state.steps[sid].status is not Status.SUCCESS
+            )
         ):
             # awaited first: ``self._done.append(await ...)`` would take the list
             # before the await, and _fold replaces it meanwhile when a step beside

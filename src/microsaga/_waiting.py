@@ -22,7 +22,7 @@ from . import _faults
 from ._engine import data
 from ._engine.plan import Node, RetryPolicy
 from ._engine.records import Abort, StepRecord
-from .errors import StepError, StepTimeoutError, one_line
+from .errors import MicrosagaError, StepError, StepTimeoutError, one_line
 from .message import Message, decode_json_body, encode_json
 from .payloads import too_large
 from .status import Phase, Status
@@ -149,18 +149,40 @@ class Waiting:
         if hooks.step_finished:
             hooks.emit(hooks.step_finished, run.step_event(done, now))
 
-    async def cancel(self, run: Run, sids: tuple[str, ...]) -> None:
+    async def cancel(self, run: Run, sids: tuple[str, ...]) -> bool:
         """Give up waiting steps (a rollback or an abort): back to PENDING, never
         compensated; a child that runs for one of them is aborted, and its rollback
-        ends before anything the step requires is compensated."""
+        ends before anything the step requires is compensated.
+
+        A child whose rollback failed is the step's compensation failing (as for a
+        child that succeeded, see :meth:`run_special`): recorded FAILURE, it stops the
+        rollback of what the step requires, and a resume retries it. True when one
+        did: what the run decided before is stale (decide again)."""
         now = run.host.clock()
+        failed = False
         for sid in sids:
             rec = run.state.steps[sid]
             pending = replace(rec, status=Status.PENDING, finished_at=now, error="cancelled")
             run.put(pending)
             self.ids.discard(sid)
-            if isinstance(run.spec.plan.nodes[sid].step, SubflowStep):
+            if not isinstance(run.spec.plan.nodes[sid].step, SubflowStep):
+                continue
+            try:
                 await run.host.abort_child(child_id(run.id, sid, rec.attempts))
+            except MicrosagaError as exc:
+                if run.state.abort is Abort.NO_COMPENSATION:  # nothing is compensated
+                    log.warning("execution %s: %s", run.id, one_line(exc))
+                    continue
+                before = run.state.comps.get(sid)
+                attempts = before.attempts + 1 if before is not None else 1
+                done = run.host.clock()
+                error = one_line(exc)
+                comp = StepRecord(
+                    sid, Phase.COMPENSATE, Status.FAILURE, attempts, None, None, error, now, done
+                )
+                run.put(comp)
+                failed = True
+        return failed
 
     async def wait_or_park(self, run: Run) -> bool:
         """Only WAITING steps are left: park the execution (True: the run is over), or,

@@ -280,7 +280,11 @@ class Worker:
         await self._take_back(child_id)
         found = await self._child_end(child_id)
         if found is not None and not found.compensated:
-            log.warning("the rollback of child execution %s failed: %s", child_id, found.error)
+            # as compensate_child: the parent's rollback stops above the SubflowStep,
+            # and a resume of the parent retries this rollback (see _roll_back_child)
+            raise MicrosagaError(
+                f"the rollback of child execution {child_id} failed: {found.error}"
+            )
 
     async def step_records(self, execution_id: str) -> list[StepRecord]:
         stored = await self.store.load(execution_id)
@@ -301,10 +305,18 @@ class Worker:
         try:
             await self.control(child_id, "compensate")
         except InvalidTransitionError:
-            pass  # rolling back already (a retry of this compensation), or rolled back
+            # rolling back already, or rolled back; or a retry of this compensation
+            # (the parent resumed): a child whose rollback failed retries it, as when
+            # its user resumes it
+            found = await self.store.get_execution(child_id)
+            if found is not None and found.status is Status.FAILURE and not found.compensated:
+                with contextlib.suppress(InvalidTransitionError):  # resumed meanwhile
+                    await self.control(child_id, "resume")
         await self._take_back(child_id)
         found = await self._child_end(child_id)
-        if found is not None and found.status is not Status.ABORTED:
+        # undone: rolled back (ABORTED), or a child given up that failed on its own
+        # and rolled itself back (see _abort_child)
+        if found is not None and (found.status is Status.SUCCESS or not found.compensated):
             raise MicrosagaError(
                 f"the rollback of child execution {child_id} failed: {found.error}"
             )

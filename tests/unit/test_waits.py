@@ -74,9 +74,23 @@ async def put_back(msg: Message) -> None:
     LOG.append(("put_back", msg.json()))
 
 
+async def let_go(msg: Message) -> None:
+    LOG.append(("let_go", msg.json()))
+
+
+REFUSED: set[str] = set()  # what the steps below refuse to do, while named here
+
+
+async def refund_unless_refused(msg: Message) -> None:
+    LOG.append(("refund", msg.json()))
+    if "refund" in REFUSED:
+        raise StepError("refund refused")
+
+
 @pytest.fixture(autouse=True)
 def _clear_log() -> None:
     LOG.clear()
+    REFUSED.clear()
 
 
 def body(message: Message | None) -> Any:
@@ -407,6 +421,122 @@ async def test_a_rollback_giving_up_a_child_undoes_it_before_what_it_required(
     assert done.compensated
     assert (await flow.execution(child_id)).status is Status.ABORTED
     assert [step for step, _ in LOG if step in ("refund", "release")] == ["refund", "release"]
+
+
+@pytest.mark.parametrize("own_compensate", [False, True], ids=["child-rollback", "own-compensate"])
+async def test_a_given_up_child_whose_rollback_fails_stops_the_rollback_above_it(
+    flow: Flow, own_compensate: bool
+) -> None:
+    """SPEC 4b: the rollback of a child given up while it runs fails as a compensation
+    of its SubflowStep that fails (as a succeeded child's does): the steps the
+    SubflowStep requires stay SUCCESS, the parent ends FAILURE, not compensated (it
+    went on as if the child was undone: it compensated them and said so). A resume of
+    the parent retries the child's rollback (never the SubflowStep's own compensate,
+    which is for a child that succeeded), then carries on with its own."""
+    await _saved(
+        flow,
+        "payment",
+        FunctionStep(
+            pay,
+            id="pay",
+            compensate=FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1)),
+        ),
+        WaitStep("confirmed", requires=["pay"]),
+    )
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve", compensate=FunctionStep(release)),
+        SubflowStep(
+            "payment",
+            id="charge",
+            requires=["reserve"],
+            compensate=FunctionStep(put_back) if own_compensate else None,
+        ),
+        FunctionStep(reserve, id="hold", compensate=FunctionStep(let_go)),  # independent
+        WaitStep("go"),
+        FunctionStep(decline, id="ship", requires=["go"]),
+    )
+    REFUSED.add("refund")
+    eid = await wf.execute({"amount": 2}, async_=True)
+    child_id = f"{eid}:charge"
+
+    async def child_parked() -> bool:  # paid, waits for "confirmed"
+        return await flow.store.get_execution(child_id) is not None and await parked(flow, child_id)
+
+    await eventually(child_parked)
+    await flow.signal(eid, "go")
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.FAILURE
+    assert not done.compensated
+    assert "refund refused" in (done.error or "")
+    assert done.steps["reserve"].status is Status.SUCCESS
+    assert calls("release") == []
+    assert done.steps["hold"].status is Status.COMPENSATED  # an independent branch
+    charge = done.steps["charge"]
+    assert charge.compensation is not None
+    assert charge.compensation.status is Status.FAILURE
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"amount": 2}, execution_id=eid)
+    assert not failed.value.compensated
+    assert (await flow.execution(child_id)).status is Status.FAILURE
+
+    REFUSED.clear()
+    await flow.resume(eid)
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.FAILURE
+    assert done.compensated
+    assert done.steps["reserve"].status is Status.COMPENSATED
+    assert (await flow.execution(child_id)).status is Status.ABORTED
+    assert len(calls("let_go")) == 1
+    assert [step for step, _ in LOG if step in ("refund", "release", "put_back")] == [
+        "refund",
+        "refund",
+        "release",
+    ]
+
+
+async def test_a_resume_retries_the_failed_rollback_of_a_child_that_succeeded(
+    flow: Flow,
+) -> None:
+    """SPEC 4b: a succeeded child whose rollback fails stops the parent's rollback
+    above its SubflowStep; a resume of the parent retries the child's rollback (it
+    found the child finished and failed again at once), then carries on."""
+    await _saved(
+        flow,
+        "payment",
+        FunctionStep(
+            pay,
+            id="pay",
+            compensate=FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1)),
+        ),
+    )
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve", compensate=FunctionStep(release)),
+        SubflowStep("payment", id="charge", requires=["reserve"]),
+        FunctionStep(decline, id="ship", requires=["charge"]),
+    )
+    REFUSED.add("refund")
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"amount": 4})
+    assert not failed.value.compensated
+    eid = failed.value.execution_id
+    assert (await flow.execution(eid)).steps["reserve"].status is Status.SUCCESS
+    assert calls("release") == []
+
+    REFUSED.clear()
+    await flow.resume(eid)
+    done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.FAILURE
+    assert done.compensated
+    assert done.steps["charge"].status is Status.COMPENSATED
+    assert done.steps["reserve"].status is Status.COMPENSATED
+    assert (await flow.execution(f"{eid}:charge")).status is Status.ABORTED
+    assert [step for step, _ in LOG if step in ("refund", "release")] == [
+        "refund",
+        "refund",
+        "release",
+    ]
 
 
 @pytest.mark.parametrize(
