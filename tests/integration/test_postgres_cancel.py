@@ -184,35 +184,37 @@ async def _cancelled_at_reply(
     return True
 
 
-@pytest.mark.parametrize("call", CALLS)
 async def test_a_call_cancelled_as_each_reply_arrives_leaves_the_store_usable(
-    url: str, call: str
+    url: str,
 ) -> None:
-    """The call is cancelled before any reply (0), then as its first, second, ... reply
+    """Each call is cancelled before any reply (0), then as its first, second, ... reply
     from the server arrives, until it finishes first. Each time on a new connection, on
     which the driver still has to prepare the call's statements: cancelled as the reply
-    to the preparation arrives, the call used to leave the server in the implicit
+    to the preparation arrives, a call used to leave the server in the implicit
     transaction asyncpg opens to prepare, and the next snapshot read on the connection
     failed (ActiveSQLTransactionError)."""
     admin = await connect(url)
     try:
-        replies = 0
-        while True:
-            store = PostgresStore(f"{url}?pool_size=1")
-            await store.open()
-            try:
-                make = _calls(store, replies)[call]
-                if call == "commit" and replies % 2:  # a worker's commit of a transition
-                    unit = await _claimed(store, f"t-{replies}")
-                    make = functools.partial(store.commit, [unit])
-                finished = await _cancelled_at_reply(store, make, replies)
-                await _check_usable(store, admin)
-            finally:
-                await store.close()
-            if finished:
-                break
-            replies += 1
-        assert replies > 1
+        for call in CALLS:
+            replies = 0
+            finished = False
+            while not finished:
+                store = PostgresStore(f"{url}?pool_size=1")
+                await store.open()
+                try:
+                    make = _calls(store, replies)[call]
+                    if call == "commit" and replies % 2:  # a worker's transition
+                        unit = await _claimed(store, f"t-{replies}")
+                        make = functools.partial(store.commit, [unit])
+                    finished = await _cancelled_at_reply(store, make, replies)
+                    await _check_usable(store, admin)
+                except BaseException as exc:
+                    exc.add_note(f"{call} cancelled at reply {replies}")
+                    raise
+                finally:
+                    await store.close()
+                replies += 1
+            assert replies > 2, call  # cancelled at least once as a reply arrived
     finally:
         await admin.close()
 
