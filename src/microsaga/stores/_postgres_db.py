@@ -148,6 +148,28 @@ async def _release(pool: Any, conn: Any, url: str) -> None:
         log.debug("store %s: dropping a broken connection: %s", url, exc)
 
 
+async def _release_after_failure(pool: Any, conn: Any, url: str) -> None:
+    """Hand back a connection whose use raised or was cancelled, after ending the
+    transaction the server may have open on it that asyncpg does not know of.
+
+    asyncpg prepares a statement (Parse, Describe) without the Sync that ends the
+    implicit transaction the server opens for it: the Sync comes with the execution.
+    Cancelled in between (or its arguments refused by the driver), the call leaves that
+    transaction open, with a snapshot taken; the pool's reset rolls back only the
+    transactions asyncpg knows of, and the next ``BEGIN ISOLATION LEVEL`` on the
+    connection fails with ActiveSQLTransactionError. A simple query ends it, changing
+    nothing. Shielded: cancelled again, the caller must not leave it half done."""
+
+    async def end_and_release() -> None:
+        try:
+            await conn.execute(Q["ping"], timeout=_CONNECT_TIMEOUT)
+        except Exception as exc:  # broken: the release drops it
+            log.debug("store %s: a failed connection does not answer: %s", url, exc)
+        await _release(pool, conn, url)
+
+    await asyncio.shield(end_and_release())
+
+
 def _is_lost(conn: Any) -> bool:
     try:
         return bool(conn.is_closed())
@@ -182,8 +204,8 @@ class Database:
         """A pooled connection; driver errors become :class:`StoreError`.
 
         A connection that served without error is kept (up to ``_HELD``) for the next
-        use rather than handed back to the pool; one that raised goes back, where the
-        pool replaces it if it is broken."""
+        use rather than handed back to the pool; one that raised or was cancelled goes
+        back with no transaction open, and the pool replaces it if it is broken."""
         pool = self._pool
         if pool is None:
             raise StoreError(f"PostgreSQL store {self.url} is closed", retryable=False)
@@ -202,10 +224,10 @@ class Database:
             # driver: whatever it says, the server went away (asked before the release,
             # after which the connection is the pool's)
             error = self.error(exc, lost=_is_lost(conn))
-            await _release(pool, conn, self.url)
+            await _release_after_failure(pool, conn, self.url)
             raise error from exc
         except BaseException:
-            await _release(pool, conn, self.url)
+            await _release_after_failure(pool, conn, self.url)
             raise
         if len(held) < _HELD and self._pool is pool and not conn.is_in_transaction():
             held.append(conn)
