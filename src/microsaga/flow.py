@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -53,6 +54,23 @@ if TYPE_CHECKING:
 __all__ = ["Flow", "new_execution_id"]
 
 log = logging.getLogger("microsaga")
+
+
+def _trace_when_configured(hooks: Hooks) -> None:
+    """SPEC §10: "with a tracer provider configured", executions are traced. A provider
+    set globally means OpenTelemetry is imported already: nothing is imported when it
+    is not, nor when it only has its no-op provider."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return
+    if isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    ):
+        return
+    from .observability import Tracing
+
+    if not any(isinstance(hook, Tracing) for hook in hooks):
+        hooks.add(Tracing())
 
 
 def new_execution_id() -> str:
@@ -142,6 +160,10 @@ class Flow:
             ``max_executions``, ``max_recovery_attempts``, ``compensation_retry``,
             ``hooks`` (see
             ``microsaga.settings`` and :class:`~microsaga.Hook`).
+
+    With an OpenTelemetry tracer provider set globally when it opens, the flow traces
+    its executions (it adds ``microsaga.observability.Tracing()`` unless ``hooks``
+    has one).
 
     Use it as ``async with Flow(...) as flow:``, or ``await flow.open()`` and
     ``await flow.close()``.
@@ -249,6 +271,7 @@ class Flow:
     async def open(self) -> Flow:
         if self._open:
             return self
+        _trace_when_configured(self.hooks)
         store = open_store(self._options.store)
         if self._options.codec is not None:
             store.use_codec(self._options.codec)

@@ -5,12 +5,17 @@ own elsewhere)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from microsaga import Flow, FunctionStep, Message, Status, WaitStep
+from microsaga import CallStep, Flow, FunctionStep, Message, Status, WaitStep
+from microsaga.testing import MockClient
 from tests.helpers import eventually
 
 
@@ -70,3 +75,56 @@ async def test_wf_status_and_step_status_follow_a_signalled_execution(flow: Flow
     assert confirmed.status is Status.SUCCESS
     assert confirmed.response is not None
     assert confirmed.response.json() == {"paid": True}
+
+
+# SPEC §10: "Traces: with a tracer provider configured, a span microsaga.execution per
+# execution ... and a child microsaga.step per attempt"; the span context goes to
+# participants as W3C traceparent. A user who configures OpenTelemetry and opens a
+# Flow gets them, with no microsaga hook to add.
+
+
+@pytest.fixture
+def global_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # what trace.set_tracer_provider(provider) does, undone after the test (the real
+    # one can be called once per process)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    yield exporter
+    provider.shutdown()
+
+
+async def test_a_configured_tracer_provider_traces_executions(
+    global_provider: InMemorySpanExporter,
+) -> None:
+    received: list[Message] = []
+
+    def service(name: str, endpoint: str, msg: Message) -> Message:
+        received.append(msg)
+        return Message({"reserved": True})
+
+    async with Flow("memory://", client=MockClient(service)) as flow:
+        reserve = CallStep("inventory", "Inventory", "Reserve")
+        wf = await flow.workflow_create("order", reserve, FunctionStep(first, requires=[reserve]))
+        eid = await wf.execute({"order_id": 42})
+    spans = global_provider.get_finished_spans()
+    (execution,) = [s for s in spans if s.name == "microsaga.execution"]
+    assert execution.attributes is not None
+    assert execution.attributes["microsaga.workflow_id"] == "order"
+    assert execution.attributes["microsaga.execution_id"] == eid
+    steps = sorted(
+        (str(s.attributes["microsaga.step_id"]), s.attributes["microsaga.phase"])
+        for s in spans
+        if s.name == "microsaga.step" and s.attributes is not None
+    )
+    assert steps == [("first", "forward"), ("inventory.Inventory.Reserve", "forward")]
+    assert all(s.parent is not None for s in spans if s.name == "microsaga.step")
+    assert received[0].header.get("traceparent") is not None
+
+
+async def test_without_a_configured_tracer_provider_a_flow_adds_no_hook() -> None:
+    async with Flow("memory://") as flow:
+        wf = await flow.workflow_create("order", FunctionStep(first))
+        await wf.execute({"order_id": 42})
+        assert list(flow.hooks) == []
