@@ -5,6 +5,7 @@ own elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -128,3 +129,24 @@ async def test_without_a_configured_tracer_provider_a_flow_adds_no_hook() -> Non
         wf = await flow.workflow_create("order", FunctionStep(first))
         await wf.execute({"order_id": 42})
         assert list(flow.hooks) == []
+
+
+# SPEC §10: "Logs: loggers under microsaga, every record about an execution with
+# extra={"execution_id", "workflow_id", "step_id"}".
+
+
+async def test_the_record_of_a_parked_execution_carries_its_ids(
+    flow: Flow, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="microsaga")
+    wf = await flow.workflow_create("approval", WaitStep("approved"))
+    eid = await wf.execute({"order_id": 42}, async_=True)
+
+    def parked() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "parked" in r.getMessage()]
+
+    (record,) = await eventually(parked)
+    assert record.name.startswith("microsaga")
+    assert record.execution_id == eid  # type: ignore[attr-defined]
+    assert record.workflow_id == "approval"  # type: ignore[attr-defined]
+    assert record.step_id is None  # type: ignore[attr-defined]
