@@ -2,7 +2,10 @@
 ``step.status/request/response`` read it; runs never write into user objects.
 
 A workflow maps to its latest execution started through it (the run's live state while
-it runs here); a step maps to the workflow and step id it was last compiled under.
+it runs here); a step maps to the workflow and step id it was last compiled under. An
+execution that stops running here and goes on later (resumed, woken by a signal or a
+timer) is followed: :func:`follow` points its views at the later run's state, and
+:func:`observed` brings their status up to what was read of it in the store.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
     from .step import Step
     from .workflow import Workflow
 
-__all__ = ["Seen", "record_of", "seen", "started", "steps_of"]
+__all__ = ["Seen", "follow", "observed", "record_of", "seen", "started", "steps_of", "watched"]
 
 
 class Seen(msgspec.Struct):
@@ -37,6 +40,8 @@ class Seen(msgspec.Struct):
 # by id() of the workflow, each entry dropped when its workflow is (weakref.finalize):
 # a WeakKeyDictionary would make a weak reference at every execution
 _latest: dict[int, Seen] = {}
+# the keys in _latest of the workflows whose latest execution is each id
+_watchers: dict[str, set[int]] = {}
 _steps: weakref.WeakKeyDictionary[Step, tuple[weakref.ref[Workflow], str, Phase]] = (
     weakref.WeakKeyDictionary()
 )
@@ -46,8 +51,50 @@ def started(wf: Workflow, execution_id: str, state: ExecState | None, status: St
     """``execution_id`` is the latest execution started through ``wf``."""
     key = id(wf)
     if key not in _latest:
-        weakref.finalize(wf, _latest.pop, key, None)
+        weakref.finalize(wf, _forget, key)
+    else:
+        _unwatch(key)
     _latest[key] = Seen(execution_id, state, status)
+    _watchers.setdefault(execution_id, set()).add(key)
+
+
+def _forget(key: int) -> None:
+    _unwatch(key)
+    _latest.pop(key, None)
+
+
+def _unwatch(key: int) -> None:
+    old = _latest.get(key)
+    if old is None:
+        return
+    keys = _watchers.get(old.execution_id)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del _watchers[old.execution_id]
+
+
+def watched(execution_id: str) -> bool:
+    """Whether ``execution_id`` is the latest execution of a workflow object."""
+    return execution_id in _watchers
+
+
+def follow(execution_id: str, state: ExecState) -> None:
+    """A later run of ``execution_id`` started here: its views show that run's state."""
+    for key in _watchers.get(execution_id, ()):
+        _latest[key].state = state
+
+
+def observed(execution_id: str, status: Status) -> None:
+    """``execution_id`` was read ``status`` in the store while no run of it was here:
+    its views show that status (their step records stay as last seen)."""
+    for key in _watchers.get(execution_id, ()):
+        seen = _latest[key]
+        if seen.state is None:
+            seen.status = status
+        elif seen.state.status is not status:
+            # a copy: the state of the run that stopped is left alone
+            seen.state = msgspec.structs.replace(seen.state, status=status)
 
 
 def seen(wf: Workflow) -> Seen | None:

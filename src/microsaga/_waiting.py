@@ -24,6 +24,7 @@ from ._engine.plan import Node, RetryPolicy
 from ._engine.records import Abort, StepRecord
 from .errors import MicrosagaError, StepError, StepTimeoutError, one_line
 from .message import Message, decode_json_body, encode_json
+from .observability.logs import about
 from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry
@@ -223,7 +224,12 @@ class Waiting:
             return False
         self.parked = True
         run.end(None)
-        log.debug("execution %s: parked, waiting for %s", run.id, ", ".join(sorted(self.ids)))
+        log.debug(
+            "execution %s: parked, waiting for %s",
+            run.id,
+            ", ".join(sorted(self.ids)),
+            extra=about(run.id, run.spec.workflow_id),
+        )
         return True
 
     async def run_special(self, run: Run, rec: StepRecord, node: Node) -> StepRecord:

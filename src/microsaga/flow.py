@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -53,6 +54,23 @@ if TYPE_CHECKING:
 __all__ = ["Flow", "new_execution_id"]
 
 log = logging.getLogger("microsaga")
+
+
+def _trace_when_configured(hooks: Hooks) -> None:
+    """SPEC §10: "with a tracer provider configured", executions are traced. A provider
+    set globally means OpenTelemetry is imported already: nothing is imported when it
+    is not, nor when it only has its no-op provider."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return
+    if isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    ):
+        return
+    from .observability import Tracing
+
+    if not any(isinstance(hook, Tracing) for hook in hooks):
+        hooks.add(Tracing())
 
 
 def new_execution_id() -> str:
@@ -143,6 +161,10 @@ class Flow:
             ``hooks`` (see
             ``microsaga.settings`` and :class:`~microsaga.Hook`).
 
+    With an OpenTelemetry tracer provider set globally when it opens, the flow traces
+    its executions (it adds ``microsaga.observability.Tracing()`` unless ``hooks``
+    has one).
+
     Use it as ``async with Flow(...) as flow:``, or ``await flow.open()`` and
     ``await flow.close()``.
     """
@@ -171,6 +193,7 @@ class Flow:
         self._open = False
         self._store: Store | None = None
         self._worker: Worker | None = None
+        self._following = False  # see _follow_runs
         self._broker: Broker | None = None
         self._http: Client | None = None
         self._services: dict[str, str] = dict(self._options.services)
@@ -248,6 +271,7 @@ class Flow:
     async def open(self) -> Flow:
         if self._open:
             return self
+        _trace_when_configured(self.hooks)
         store = open_store(self._options.store)
         if self._options.codec is not None:
             store.use_codec(self._options.codec)
@@ -530,6 +554,7 @@ class Flow:
             status = found[0] if found is not None else Status.PENDING
             _views.started(wf, eid, None, status)
         if async_:
+            self._follow_runs()
             return eid
         if run is not None and run.outcome is not None:
             outcome = run.outcome  # it ran to its end in this call
@@ -542,10 +567,11 @@ class Flow:
         else:
             ended = await run.stopped() if run is not None else None
             outcome = ended if ended is not None else await self._stored_outcome(eid)
-            if run is None:  # wf.status shows the run's state when it ran here
-                seen = _views.seen(wf)
-                if seen is not None and seen.execution_id == eid and seen.state is None:
-                    seen.status = outcome.status
+            # wf.status shows how it stopped, wherever it went on (a later run here
+            # is followed, a run elsewhere is not)
+            _views.observed(eid, outcome.status)
+        if outcome.status is not Status.SUCCESS:
+            self._follow_runs()  # a resume may run it here again
         if outcome.status is Status.FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated
@@ -647,6 +673,7 @@ class Flow:
         worker = self._running()
         await self.store.signal(execution_id, event, message, self.clock())
         worker.signalled(execution_id)
+        await self._observe(execution_id)
 
     def _with_hook_headers(self, wf: Workflow, request: Message) -> Message:
         event = ExecutionEvent(
@@ -685,7 +712,47 @@ class Flow:
         found = await self.store.get_execution(execution_id)
         if found is None:
             raise ExecutionNotFoundError(execution_id)
+        self._observed(execution_id, found.status)
         return redacted_execution(found, self._options.redact_headers)
+
+    def _follow_runs(self) -> None:
+        """From now on ``wf.status`` and ``step.status`` follow an execution started
+        through a workflow object into its later runs here (resumed, woken by a signal
+        or a timer): watched from the first time an execution may go on later."""
+        if not self._following:
+            self._following = True
+            # beside the hooks, not one of them: flow.hooks lists the user's
+            self.hooks.run_started.append(self._run_started)
+
+    def _run_started(self, event: ExecutionEvent) -> None:
+        """Points the views of an execution at each later run of it here."""
+        if event.taken_over and _views.watched(event.execution_id):
+            worker = self._worker
+            run = worker.runs.get(event.execution_id) if worker is not None else None
+            if run is not None:
+                _views.follow(event.execution_id, run.state)
+
+    def _observed(self, execution_id: str, status: Status) -> None:
+        """``status`` was read in the store: what ``wf.status`` shows of the execution,
+        unless a run of it here holds a newer state."""
+        if _views.watched(execution_id):
+            worker = self._worker
+            if worker is None or execution_id not in worker.runs:
+                _views.observed(execution_id, status)
+
+    async def _observe(self, execution_id: str) -> None:
+        """After a request changed an execution (suspend, resume, abort, signal): the
+        status ``wf.status`` shows, when no run of it here shows it already."""
+        if _views.watched(execution_id):
+            self._follow_runs()
+            worker = self._worker
+            if worker is None or execution_id not in worker.runs:
+                try:
+                    found = await self.store.get_status(execution_id)
+                except MicrosagaError:  # the request was made: the view can wait
+                    return
+                if found is not None:
+                    _views.observed(execution_id, found[0])
 
     async def executions(
         self,
@@ -744,6 +811,7 @@ class Flow:
             InvalidTransitionError: the execution is finished or compensating.
         """
         await self._running().control(execution_id, "suspend")
+        await self._observe(execution_id)
 
     async def resume(self, execution_id: str) -> None:
         """Continue a suspended execution (status RUNNING at once), or retry the failed
@@ -760,6 +828,7 @@ class Flow:
         if failed and await self._failure_policy(execution_id) == "suspend":
             action = "retry"
         await self._running().control(execution_id, action)
+        await self._observe(execution_id)
 
     async def _failure_policy(self, execution_id: str) -> str:
         """The failure policy of the definition an execution runs."""
@@ -878,3 +947,4 @@ class Flow:
             InvalidTransitionError: the execution is finished.
         """
         await self._running().control(execution_id, "abort" if compensate else "abort_nocomp")
+        await self._observe(execution_id)
