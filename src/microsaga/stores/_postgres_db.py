@@ -40,6 +40,7 @@ CHANNEL = "microsaga"
 _CONNECT_TIMEOUT = 10.0
 _COMMAND_TIMEOUT = 60.0  # a statement that long means the server is wedged, not busy
 _READ_RETRY_FOR = 5.0
+_PING_TIMEOUT = 2.0  # a connection handed back after a failure: see _release_after_failure
 _LISTEN_PING = 10.0
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 # SQLSTATE classes after which the same statement may well succeed: 08 connection,
@@ -161,10 +162,11 @@ async def _release_after_failure(pool: Any, conn: Any, url: str) -> None:
     nothing. Shielded: cancelled again, the caller must not leave it half done."""
 
     async def end_and_release() -> None:
-        try:
-            await conn.execute(Q["ping"], timeout=_CONNECT_TIMEOUT)
-        except Exception as exc:  # broken: the release drops it
-            log.debug("store %s: a failed connection does not answer: %s", url, exc)
+        if not _is_lost(conn):
+            try:
+                await conn.execute(Q["ping"], timeout=_PING_TIMEOUT)
+            except Exception as exc:  # broken: the release drops it
+                log.debug("store %s: a failed connection does not answer: %s", url, exc)
         await _release(pool, conn, url)
 
     await asyncio.shield(end_and_release())
