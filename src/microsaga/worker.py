@@ -442,6 +442,8 @@ class Worker:
         (``eager``: start it in this call, see :meth:`_launch`)."""
         found = self.runs.get(new.execution_id)
         if found is not None:  # the id is running here already
+            if found.spec.plan is not new.plan:  # of another workflow or definition?
+                await self._same_execution(new)
             return Started(new.execution_id, False, found)
         now = self.clock()
         runs_here = self.options.worker

@@ -13,6 +13,7 @@ import pytest
 
 from microsaga import (
     CallStep,
+    ExecutionConflictError,
     ExecutionFailedError,
     Flow,
     FunctionStep,
@@ -25,6 +26,7 @@ from microsaga import (
     StepContext,
     StepError,
     StepNotExistsError,
+    WaitStep,
 )
 from microsaga.flow import new_execution_id
 from microsaga.testing import MemoryBroker, MockClient
@@ -507,3 +509,16 @@ def test_execution_ids_are_unique_sort_by_time_and_differ_in_a_forked_child() ->
     os.close(read)
     os.close(write)
     assert child != new_execution_id()[12:]  # the parent's next random part is not the child's
+
+
+@pytest.mark.parametrize("runs_here", [True, False], ids=["running here", "queued"])
+async def test_an_execution_id_reused_with_another_workflow_is_a_conflict(runs_here: bool) -> None:
+    async with Flow("memory://", worker=runs_here) as flow:
+        waits = await flow.workflow_create("waits", WaitStep("paid"))
+        other = await flow.workflow_create("other", fn("a"))
+        await waits.execute(1, execution_id="k1", async_=True)
+        with pytest.raises(ExecutionConflictError, match="k1 exists, of workflow waits, not"):
+            await other.execute(1, execution_id="k1", async_=True)
+        # the same workflow again is the same execution (its idempotency key)
+        assert await waits.execute(1, execution_id="k1", async_=True) == "k1"
+        assert (await flow.execution("k1")).workflow_id == "waits"
