@@ -824,6 +824,7 @@ class Run:
                 # a service that says when to come back (HTTP Retry-After) is obeyed
                 if isinstance(failure, MicrosagaError) and failure.retry_after:
                     delay = max(delay, failure.retry_after)
+                self._log_failure(sid, phase, attempt, error, delay)
                 if not await self._step_backoff(delay, phase) or not await self._next_attempt(
                     rec, attempt + 1, error
                 ):
@@ -840,6 +841,8 @@ class Run:
                     fallback_id = getattr(node.fallback, "id", node.id)
                     status, error = Status.SUCCESS, f"{error} (fallback {fallback_id} used)"
             break
+        if status is Status.FAILURE:
+            self._log_failure(sid, phase, attempt, error, None)
         finished = self.host.clock() if status is not Status.PENDING else None
         done = StepRecord(
             sid, phase, status, attempt, request, response, error, rec.started_at, finished
@@ -849,6 +852,29 @@ class Run:
         self._done.append(done)
         if not self._inline:
             self._wake.set()
+
+    def _log_failure(
+        self, sid: str, phase: Phase, attempt: int, error: str | None, retry_in: float | None
+    ) -> None:
+        """A failed attempt of a step or compensation: at info, retried or failed for
+        good; a compensation failed for good at warning (the rollback stops there until
+        an operator resumes the execution)."""
+        what = "compensation of step" if phase is Phase.COMPENSATE else "step"
+        extra = about(self.id, self.spec.workflow_id, sid)
+        if retry_in is not None:
+            log.info(
+                "execution %s: %s %s failed (attempt %d), retrying in %.3gs: %s",
+                *(self.id, what, sid, attempt, retry_in, error),
+                extra=extra,
+            )
+        else:
+            level = logging.WARNING if phase is Phase.COMPENSATE else logging.INFO
+            log.log(
+                level,
+                "execution %s: %s %s failed for good (attempt %d): %s",
+                *(self.id, what, sid, attempt, error),
+                extra=extra,
+            )
 
     def call(
         self,

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from microsaga import ExecutionFailedError, Flow, FunctionStep, Hook, Message, StepError, StepEvent
+from microsaga import (
+    ExecutionFailedError,
+    Flow,
+    FunctionStep,
+    Hook,
+    Message,
+    Retry,
+    StepError,
+    StepEvent,
+)
 from microsaga.observability import JsonFormatter, TextFormatter, redact
 from microsaga.observability.logs import add_secret, configure_logging
 
@@ -38,13 +47,64 @@ async def test_records_about_an_execution_carry_its_ids(caplog: pytest.LogCaptur
             await wf.execute({})
     eid = failed.value.execution_id
     about = [r for r in caplog.records if r.name.startswith("microsaga")]
-    assert len(about) == 2
+    assert len(about) == 3
     fallback = next(r for r in about if "fallback" in r.getMessage())
     hook = next(r for r in about if "hook" in r.getMessage())
-    for record, step in ((fallback, "b"), (hook, "a")):
+    failed_b = next(r for r in about if "failed for good" in r.getMessage())
+    for record, step in ((fallback, "b"), (hook, "a"), (failed_b, "b")):
         assert record.execution_id == eid  # type: ignore[attr-defined]
         assert record.workflow_id == "w"  # type: ignore[attr-defined]
         assert record.step_id == step  # type: ignore[attr-defined]
+
+
+async def test_failed_attempts_are_logged_and_a_failed_compensation_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="microsaga")
+    tries = {"pay": 0}
+
+    async def pay(msg: Message) -> dict[str, int]:
+        tries["pay"] += 1
+        if tries["pay"] == 1:
+            raise StepError("card declined once")
+        return {"paid": 1}
+
+    async def refund(msg: Message) -> None:
+        raise StepError("refund service down", retryable=False)
+
+    async with Flow("memory://") as flow:
+        paid = FunctionStep(
+            pay,
+            id="pay",
+            retry=Retry(max_attempts=2, initial_interval=0.0),
+            compensate=FunctionStep(refund, id="refund"),
+        )
+        wf = await flow.workflow_create(
+            "shop", paid, FunctionStep(broken, id="ship", requires=[paid])
+        )
+        with pytest.raises(ExecutionFailedError) as failed:
+            await wf.execute({})
+    assert failed.value.compensated is False
+    eid = failed.value.execution_id
+    lines = [
+        (r.levelno, r.step_id, r.getMessage())  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "execution_id", None) == eid
+    ]
+    assert lines == [
+        (
+            logging.INFO,
+            "pay",
+            f"execution {eid}: step pay failed (attempt 1), retrying in 0s: card declined once",
+        ),
+        (logging.INFO, "ship", f"execution {eid}: step ship failed for good (attempt 1): no"),
+        (
+            logging.WARNING,
+            "pay",
+            f"execution {eid}: compensation of step pay failed for good (attempt 1): "
+            "refund service down",
+        ),
+    ]
 
 
 def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:
