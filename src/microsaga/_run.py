@@ -628,7 +628,8 @@ class Run:
         try:
             body = encode_json(node.input(document))
         except Exception as exc:
-            why = f"input {node.input} cannot be evaluated: {one_line(exc)}"
+            what = "over" if isinstance(node.step, MapStep) else "input"  # a map's input
+            why = f"{what} {node.input} cannot be evaluated: {one_line(exc)}"
             return self._settle(sid, Status.FAILURE, why, now)
         return self.headers.request(body, sid)
 

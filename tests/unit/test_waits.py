@@ -773,6 +773,14 @@ async def test_a_map_over_something_not_a_list_fails_naming_the_expression(flow:
     assert calls("item") == []
 
 
+async def test_a_map_whose_over_cannot_be_evaluated_fails_naming_over(flow: Flow) -> None:
+    step = FunctionStep(item, id="item")
+    wf = await flow.workflow_create("pick", MapStep(step, over="abs(request.items)", id="take"))
+    with pytest.raises(ExecutionFailedError, match=r"^.*over abs\(request.items\) cannot be"):
+        await wf.execute({"items": "abc"})
+    assert calls("item") == []
+
+
 # definitions --------------------------------------------------------------------------
 
 
