@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 import msgspec
+from click.core import ParameterSource
 
 from ._validate import check_id
 from .definitions import load_definition
@@ -75,7 +76,7 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> None:
 
 def _flow(ctx: click.Context, *, observed: bool = False, **extra: Any) -> Flow:
     """The flow of a command; ``observed``: with the hooks of :func:`_observers`."""
-    opts = ctx.find_root().obj
+    opts = ctx.obj  # settled by _Command.invoke
     if observed:
         extra["hooks"] = _observers(metrics=extra.pop("metrics", False))
     return Flow(opts["store"], services=opts["services"], broker=opts["broker"], **extra)
@@ -127,47 +128,89 @@ def _services(value: str | None) -> dict[str, str] | None:
     return check_services(parse_services(value, "--services"), "--services")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
-@click.option("--store", envvar=None, help="Store URL (default: MICROSAGA_STORE, sqlite).")
-@click.option("--services", help="Service addresses: JSON object or name=url,name=url.")
-@click.option("--broker", help="Broker URL (nats://, amqp://, redis://, memory://).")
-@click.option("-v", "--verbose", is_flag=True, help="Log what workers do.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines as text, or one JSON object a line (docs/observability.md).",
+STORE_HELP = "Store URL (default: MICROSAGA_STORE, sqlite)."
+
+
+def _settings(store_help: str = STORE_HELP) -> list[click.Option]:
+    """microsaga's own options, of ``microsaga`` and of each command: given before the
+    command, after it, or both (then the one after it wins)."""
+    return [
+        click.Option(["--store"], help=store_help),
+        click.Option(["--services"], help="Service addresses: JSON object or name=url,name=url."),
+        click.Option(["--broker"], help="Broker URL (nats://, amqp://, redis://, memory://)."),
+        click.Option(["-v", "--verbose"], is_flag=True, help="Log what workers do."),
+        click.Option(
+            ["--log-format"],
+            type=click.Choice(["text", "json"]),
+            default="text",
+            show_default=True,
+            help="Log lines as text, or one JSON object a line (docs/observability.md).",
+        ),
+    ]
+
+
+SETTINGS = [str(option.name) for option in _settings()]  # store, services, ..., log_format
+
+
+def _settle(ctx: click.Context, given: dict[str, Any]) -> None:
+    """Configure logging and check the store, services and broker, from the settings
+    given after the command, else before it; ``ctx.obj`` holds them for :func:`_flow`."""
+    before = ctx.find_root().params
+    settings = {
+        name: value if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+        else before[name]
+        for name, value in given.items()
+    }  # fmt: skip
+    from .observability.logs import configure_logging
+    from .settings import broker_url, store_url
+
+    level = logging.INFO if settings["verbose"] else logging.WARNING
+    configure_logging(settings["log_format"], level, sys.stderr)
+    store, broker = settings["store"], settings["broker"]
+    ctx.obj = {
+        "store": store_url(store, "--store") if store is not None else None,
+        "services": _services(settings["services"]),
+        "broker": broker_url(broker, "--broker") if broker is not None else None,
+    }
+
+
+class _Command(click.Command):
+    """A command that takes microsaga's own options (:func:`_settings`) too."""
+
+    def __init__(self, *args: Any, store_help: str = STORE_HELP, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_settings(store_help))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        _settle(ctx, {name: ctx.params.pop(name) for name in SETTINGS})
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(
+    cls=_Group,
+    params=_settings(),
+    context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=True,
 )
 @click.version_option(package_name="microsaga")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    store: str | None,
-    services: str | None,
-    broker: str | None,
-    verbose: bool,
-    log_format: str,
-) -> None:
+def cli(ctx: click.Context, /, **_given: Any) -> None:
     """Durable sagas for Python microservices.
 
     The modules that function: steps name import from the current folder, as with
-    python -m, and for run from FILE's folder before it."""
+    python -m, and for run from FILE's folder before it. --store, --services, --broker,
+    -v and --log-format go before the command or after it (after it wins if both)."""
     if ctx.invoked_subcommand is None:  # one line, not the whole help as an error
         assert isinstance(ctx.command, click.Group)
         commands = ", ".join(sorted(ctx.command.commands))
         raise click.UsageError(f"missing command, one of: {commands} (see microsaga --help)")
-    _import_from(os.curdir)  # for function steps, as `python -m` does
-    from .observability.logs import configure_logging
-
-    configure_logging(log_format, logging.INFO if verbose else logging.WARNING, sys.stderr)
-    from .settings import broker_url, store_url
-
-    ctx.obj = {
-        "store": store_url(store, "--store") if store is not None else None,
-        "services": _services(services),
-        "broker": broker_url(broker, "--broker") if broker is not None else None,
-    }
+    # for function steps, as `python -m` does; before `run FILE` puts FILE's folder
+    # ahead of it. The settings given here are settled with the command's (_settle).
+    _import_from(os.curdir)
 
 
 class _Text(click.ParamType[str]):
@@ -640,14 +683,9 @@ def serve(
 DEMO_STORE = "sqlite:///microsaga-demo.db"
 
 
-@cli.command()
-@click.option(
-    "--store",
-    "demo_store",
-    help=f"Store URL (default: the global --store, else MICROSAGA_STORE, else {DEMO_STORE}).",
-)
+@cli.command(store_help=f"Store URL (default: MICROSAGA_STORE, else {DEMO_STORE}).")
 @click.pass_context
-def demo(ctx: click.Context, demo_store: str | None) -> None:
+def demo(ctx: click.Context) -> None:
     """Run the order saga twice: one run succeeds, one fails and is compensated.
 
     It serves its own two services, so --services does not apply to it."""
@@ -655,25 +693,12 @@ def demo(ctx: click.Context, demo_store: str | None) -> None:
     from .demo import run_demo
     from .settings import store_url
 
-    store = store_url(demo_store, "--store") if demo_store else ctx.obj["store"]
+    store = ctx.obj["store"]
     if store is None and not os.environ.get("MICROSAGA_STORE", "").strip():
         # its own file when no store is set: the demo should not write into the
         # default store of your own workflows
         store = store_url(DEMO_STORE)
     _run_async(lambda: run_demo(store, progress_console(), hooks=_observers(metrics=False)))
-
-
-def _misplaced_option(exc: click.ClickException) -> str:
-    """An option of ``microsaga`` itself given after the command: say where it goes."""
-    if not isinstance(exc, click.NoSuchOption) or exc.ctx is None:
-        return ""
-    option = exc.option_name
-    if option not in {name for param in cli.params for name in param.opts}:
-        return ""
-    return (
-        f"{option} is an option of microsaga itself, not of {exc.ctx.info_name}: "
-        f"put it before the command (microsaga {option} ... {exc.ctx.info_name})"
-    )
 
 
 def _how_to_mend(exc: MicrosagaError) -> str:
@@ -698,7 +723,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", "interrupted")
         code = 130
     except click.ClickException as exc:
-        _fail("usage", _misplaced_option(exc) or exc.format_message())
+        _fail("usage", exc.format_message())
         code = EXIT_USAGE
     except MicrosagaError as exc:
         _fail(exc.code, str(exc) + _how_to_mend(exc))

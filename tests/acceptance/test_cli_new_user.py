@@ -368,22 +368,85 @@ async def test_a_worker_and_the_cli_share_a_postgresql_schema_of_their_own(
         assert "microsaga_executions" in {row["table_name"] for row in tables}
 
 
-@pytest.mark.parametrize(
-    ("args", "option"),
-    [(["serve", "-v"], "-v"), (["list", "--store", "sqlite:///x.db"], "--store")],
-    ids=["verbose", "store"],
-)
-def test_an_option_of_microsaga_after_the_command_says_where_it_goes(
-    env: dict[str, str], args: list[str], option: str
+def test_the_store_option_goes_after_the_command_too(tmp_path: Path, env: dict[str, str]) -> None:
+    # SPEC section 7: microsaga's own options (--store, -v...), before or after the command
+    store = f"sqlite:///{tmp_path / 'mine.db'}"
+    other = tmp_path / "other.yaml"
+    other.write_text(OTHER)
+    done = cli("run", str(other), "--store", store, "--input", "{}", extra_env=env)
+    assert done.returncode == 0, done.stderr
+    eid = done.stdout.strip().splitlines()[-1]
+    listed = cli("list", "--store", store, extra_env=env)
+    assert listed.stdout.split()[:3] == [eid, "other", "SUCCESS"], listed.stderr
+    assert cli("list", extra_env=env).stdout == ""  # not in the store of MICROSAGA_STORE
+    shown = cli("show", eid, "--store", store, extra_env=env)
+    assert "status     SUCCESS" in shown.stdout.splitlines(), shown.stderr
+    # given before and after the command: the one after it wins
+    mine = cli("--store", env["MICROSAGA_STORE"], "list", "--store", store, extra_env=env)
+    assert mine.stdout == listed.stdout, mine.stderr
+    theirs = cli("--store", store, "list", "--store", env["MICROSAGA_STORE"], extra_env=env)
+    assert (theirs.returncode, theirs.stdout) == (0, ""), theirs.stderr
+    for page in ("docs/api.md", "docs/observability.md"):  # the docs say so
+        text = " ".join((ROOT / page).read_text(encoding="utf-8").split())
+        assert "before the command or after it" in text, page
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["after", "both"])
+def test_a_bad_store_after_the_command_is_named(
+    tmp_path: Path, env: dict[str, str], before: bool
 ) -> None:
-    refused = cli(*args, extra_env=env)
+    fine = ("--store", f"sqlite:///{tmp_path / 'fine.db'}") if before else ()
+    refused = cli(*fine, "list", "--store", "mysql://x", extra_env=env)
     assert refused.returncode == 2
-    assert refused.stderr == (
-        f"error[usage]: {option} is an option of microsaga itself, not of {args[0]}: "
-        f"put it before the command (microsaga {option} ... {args[0]})\n"
+    assert refused.stderr.startswith("error[configuration]: --store: unknown scheme"), (
+        refused.stderr
     )
-    for page in ("docs/api.md", "docs/observability.md"):  # the docs put it there
-        assert "`microsaga -v serve`" in (ROOT / page).read_text(encoding="utf-8")
+
+
+def test_the_demos_store_after_the_command_wins(tmp_path: Path) -> None:
+    chosen, elsewhere = tmp_path / "chosen.db", tmp_path / "elsewhere.db"
+    done = cli(
+        "--store", f"sqlite:///{elsewhere}", "demo", "--store", f"sqlite:///{chosen}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert chosen.exists()
+    assert not elsewhere.exists()
+    assert not (tmp_path / "microsaga-demo.db").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"]], ids=["worker", "serve"])
+async def test_logging_options_go_after_worker_and_serve(
+    tmp_path: Path, env: dict[str, str], command: list[str]
+) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(OTHER)
+    queued = cli("run", str(other), "--async", "--input", "{}", extra_env=env)
+    assert queued.returncode == 0, queued.stderr
+    eid = queued.stdout.strip()
+    output = tmp_path / "worker.out"
+    # --log-format before and after the command: the one after it wins
+    running = spawn(
+        "--log-format", "text", *command, "-v", "--log-format", "json",
+        output=output, extra_env=env,
+    )  # fmt: skip
+
+    def taken_up() -> bool:  # logged at info (-v), as JSON (--log-format json)
+        assert running.poll() is None, output.read_text()
+        lines = output.read_text().splitlines()
+        records = [json.loads(line) for line in lines if line.startswith("{")]
+        return any(
+            r["execution_id"] == eid and "taken up" in r["message"]
+            for r in records
+            if r["logger"] == "microsaga.worker"
+        )
+
+    try:
+        await eventually(taken_up, timeout=60, interval=0.2)
+    finally:
+        running.terminate()
+        running.wait(timeout=30)
 
 
 def test_a_worker_says_which_sqlite_file_it_runs_from(tmp_path: Path) -> None:
