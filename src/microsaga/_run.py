@@ -637,6 +637,8 @@ class Run:
         """A step settled without being invoked (SKIPPED, or FAILURE of an expression):
         in the state now, written with the next commit."""
         rec = StepRecord(sid, Phase.FORWARD, status, 0, None, None, error, now, now)
+        if status is Status.FAILURE:
+            self.log_failure(sid, Phase.FORWARD, 0, error, None)
         self.state.steps[sid] = rec
         self._records.append(rec)
         self._settled = True
@@ -764,6 +766,8 @@ class Run:
             # before the await, and _fold replaces it meanwhile when a step beside
             # this one ends: the record would go to a list nobody reads any more
             special = await self.waiting.run_special(self, rec, node)
+            if special.status is Status.FAILURE:
+                self.log_failure(sid, phase, special.attempts, special.error, None)
             self._done.append(special)
             if not self._inline:
                 self._wake.set()
@@ -825,7 +829,7 @@ class Run:
                 # a service that says when to come back (HTTP Retry-After) is obeyed
                 if isinstance(failure, MicrosagaError) and failure.retry_after:
                     delay = max(delay, failure.retry_after)
-                self._log_failure(sid, phase, attempt, error, delay)
+                self.log_failure(sid, phase, attempt, error, delay)
                 if not await self._step_backoff(delay, phase) or not await self._next_attempt(
                     rec, attempt + 1, error
                 ):
@@ -843,7 +847,7 @@ class Run:
                     status, error = Status.SUCCESS, f"{error} (fallback {fallback_id} used)"
             break
         if status is Status.FAILURE:
-            self._log_failure(sid, phase, attempt, error, None)
+            self.log_failure(sid, phase, attempt, error, None)
         finished = self.host.clock() if status is not Status.PENDING else None
         done = StepRecord(
             sid, phase, status, attempt, request, response, error, rec.started_at, finished
@@ -854,7 +858,7 @@ class Run:
         if not self._inline:
             self._wake.set()
 
-    def _log_failure(
+    def log_failure(
         self, sid: str, phase: Phase, attempt: int, error: str | None, retry_in: float | None
     ) -> None:
         """A failed attempt of a step or compensation: at info, retried or failed for

@@ -133,6 +133,8 @@ class Waiting:
         now: float,
     ) -> None:
         rec = run.state.steps[sid]
+        if status is Status.FAILURE:
+            run.log_failure(sid, Phase.FORWARD, rec.attempts, error, None)
         done = StepRecord(
             sid,
             Phase.FORWARD,
@@ -171,13 +173,19 @@ class Waiting:
             try:
                 await run.host.abort_child(child_id(run.id, sid, rec.attempts))
             except MicrosagaError as exc:
+                error = one_line(exc)
                 if run.state.abort is Abort.NO_COMPENSATION:  # nothing is compensated
-                    log.warning("execution %s: %s", run.id, one_line(exc))
+                    log.warning(
+                        "execution %s: %s",
+                        run.id,
+                        error,
+                        extra=about(run.id, run.spec.workflow_id, sid),
+                    )
                     continue
                 before = run.state.comps.get(sid)
                 attempts = before.attempts + 1 if before is not None else 1
                 done = run.host.clock()
-                error = one_line(exc)
+                run.log_failure(sid, Phase.COMPENSATE, attempts, error, None)
                 comp = StepRecord(
                     sid, Phase.COMPENSATE, Status.FAILURE, attempts, None, None, error, now, done
                 )

@@ -18,6 +18,7 @@ from microsaga import (
     Retry,
     StepError,
     StepEvent,
+    WaitStep,
 )
 from microsaga.observability import JsonFormatter, TextFormatter, redact
 from microsaga.observability.logs import add_secret, configure_logging
@@ -105,6 +106,21 @@ async def test_failed_attempts_are_logged_and_a_failed_compensation_warns(
             "refund service down",
         ),
     ]
+
+
+async def test_a_wait_that_times_out_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="microsaga")
+    async with Flow("memory://") as flow:
+        wf = await flow.workflow_create("pay", WaitStep("paid", timeout=0.01))
+        with pytest.raises(ExecutionFailedError) as failed:
+            await wf.execute({})
+    eid = failed.value.execution_id
+    [record] = [r for r in caplog.records if getattr(r, "execution_id", None) == eid]
+    assert (record.levelno, record.step_id) == (logging.INFO, "paid")  # type: ignore[attr-defined]
+    assert record.getMessage() == (
+        f"execution {eid}: step paid failed for good (attempt 1): "
+        "step paid timed out after 0.01s waiting for paid"
+    )
 
 
 def _record(message: str, *args: object, **extra: object) -> logging.LogRecord:
