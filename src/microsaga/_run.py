@@ -162,6 +162,9 @@ class Run:
     _settled = False  # _start settled a step without starting it
     _resumed = False  # suspended, then resumed while held here: see _take_resets
     _new_waits = False  # _start made WAITING records
+    # _start retried a compensation that failed for good (a resume): the execution's
+    # stored error names that failure, and is written again when it ends
+    _retried_comp = False
     # a lone step runs in the loop's own task (a chain needs no task per step), and
     # then tells the loop it finished by returning, not through _wake
     _inline = False
@@ -468,7 +471,11 @@ class Run:
             if decision.done:
                 if decision.status is Status.SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
-                elif decision.status is not Status.ABORTED or not compensated(state):
+                elif (
+                    decision.status is not Status.ABORTED
+                    or not compensated(state)
+                    or self._retried_comp  # else it would keep naming a failure now undone
+                ):
                     unit.error = failure_summary(plan, graph, state)[1]
             elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
                 unit.error = failure_summary(plan, graph, state)[1]
@@ -572,6 +579,8 @@ class Run:
             node = self.spec.plan.nodes[sid]
             request = data.compensation_input(node, state.steps[sid], self.headers)
             attempts = before.attempts + 1 if before is not None else 1
+            if before is not None and before.error is not None:
+                self._retried_comp = True
             return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
         before_step = state.steps[sid]
         node = self.spec.plan.nodes[sid]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,9 @@ GO = "go"  # wait mode: the wait that lets BAD start once the child waits
 # the parent resumed at once
 HANDS = ("no", "no", "wait", "nowait")
 SLOW = (0.0, 0.005, 0.03)
+BASE = {"poll_interval": 0.05, "lease_ttl": 5.0}
+# a worker with few slots: a parent waiting for its child's rollback leaves its place
+OPTIONS: tuple[dict[str, int], ...] = ({}, {"concurrency": 1}, {"max_executions": 1})
 
 
 @dataclass
@@ -75,6 +78,8 @@ class Case:
     fails: dict[str, int]
     by_hand: list[str]
     delays: tuple[float, float] = (0.0, 0.0)  # slow: of the child's last step, of BAD
+    options: int = 0  # the workers' options: OPTIONS[options]
+    two: bool = False  # two workers on the store; the user's calls go to the second
 
     @property
     def kids(self) -> list[str]:
@@ -112,7 +117,9 @@ def cases(draw: st.DrawFn) -> Case:
     delays = (0.0, 0.0)
     if mode == "slow":  # either may come first
         delays = (draw(st.sampled_from(SLOW)), draw(st.sampled_from(SLOW)))
-    return Case(requires, undoable, kid, mode, own, fails, by_hand, delays)
+    options = draw(st.integers(0, len(OPTIONS) - 1))
+    two = draw(st.booleans())
+    return Case(requires, undoable, kid, mode, own, fails, by_hand, delays, options, two)
 
 
 @dataclass(frozen=True)
@@ -354,7 +361,20 @@ async def child_waits(flow: Flow, cid: str) -> bool:
     return found is not None and found.steps["never"].status is Status.WAITING
 
 
-async def run_case(flow: Flow, world: World) -> None:
+async def run_case(url: str, world: World) -> None:
+    case = world.case
+    options = {**BASE, **OPTIONS[case.options]}
+    async with contextlib.AsyncExitStack() as stack:
+        flow = await stack.enter_async_context(Flow(url, **options))  # type: ignore[arg-type]
+        user = flow
+        if case.two:
+            user = await stack.enter_async_context(Flow(url, **options))  # type: ignore[arg-type]
+        await run_on(flow, user, world)
+
+
+async def run_on(flow: Flow, user: Flow, world: World) -> None:
+    """Run the case: saved and started on ``flow``, signalled, aborted, resumed and
+    waited for by ``user`` (another worker, or the same)."""
     case = world.case
     world.left = dict(case.fails)
     n = next(_names)
@@ -364,68 +384,125 @@ async def run_case(flow: Flow, world: World) -> None:
     eid = await wf.execute({}, async_=True)
     cid = f"{eid}:{SUB}"
     if case.mode in ("wait", "abort"):
-        await eventually(lambda: child_waits(flow, cid))
+        await eventually(lambda: child_waits(user, cid))
         if case.mode == "wait":
-            await flow.signal(eid, GO)
+            await user.signal(eid, GO)
         else:
-            await flow.abort(eid)
-    info = await flow.wait(eid, timeout=20)
+            await user.abort(eid)
+    info = await user.wait(eid, timeout=20)
     world.by_own = case.own and info.steps[SUB].status is not Status.PENDING
     check_order(world)
-    check_run(world, 0, info, await flow.store.get_execution(cid))
+    check_run(world, 0, info, await user.store.get_execution(cid))
     for by_hand in case.by_hand:
         if info.compensated:
             break
-        child = await flow.store.get_execution(cid)
+        child = await user.store.get_execution(cid)
         alone = True
         if by_hand != "no" and child is not None and not child.compensated:
             alone = by_hand == "wait"
             event(f"the child resumed by hand ({by_hand})")
             first = len(world.log)
-            await flow.resume(cid)
+            await user.resume(cid)
             if by_hand == "wait":
-                child = await flow.wait(cid, timeout=20)
+                child = await user.wait(cid, timeout=20)
                 raised = [c for c in world.log[first:] if c.what == "raise"]
                 assert child.compensated == (not raised), describe(world)
                 check_child(world, child)
         first = len(world.log)
-        await flow.resume(eid)
-        info = await flow.wait(eid, timeout=20)
+        await user.resume(eid)
+        info = await user.wait(eid, timeout=20)
         check_order(world)
-        check_run(world, first, info, await flow.store.get_execution(cid), alone)
+        check_run(world, first, info, await user.store.get_execution(cid), alone)
     why = describe(world)
     assert info.compensated, (info.error, why)
     seen = Seen(case, world.log, world.by_own)
     assert not [u for u in [*case.requires, *case.kids] if seen.pending(u)], why
     event(f"mode {case.mode}, own {world.by_own}")
     event(f"{len([c for c in world.log if c.what == 'raise'])} failed compensations")
+    assert "compensation" not in (info.error or ""), (info.error, why)
     with pytest.raises(InvalidTransitionError):  # nothing left to resume
-        await flow.resume(eid)
+        await user.resume(eid)
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def shared_flow(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Flow]:
-    """One flow for the examples of a test (each example names its workflows anew)."""
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "memory":
-            url = "memory://"
-        elif request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / 'flow.db'}"
-        else:
-            from tests.integration.pg import fresh_database
+async def store_urls(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[[], contextlib.AbstractAsyncContextManager[str]]]:
+    """A new store per example: in memory, a SQLite file, or a PostgreSQL schema (in a
+    database of the test's)."""
+    if request.param == "postgres":
+        from tests.integration.pg import fresh_database, fresh_schema
 
-            url = await stack.enter_async_context(fresh_database())
-        yield await stack.enter_async_context(Flow(url, poll_interval=0.05, lease_ttl=5.0))
+        async with fresh_database() as url:
+            yield lambda: fresh_schema(url)
+        return
+
+    @contextlib.asynccontextmanager
+    async def fresh() -> AsyncIterator[str]:
+        n = next(_names)
+        yield (
+            f"memory://props-{n}"
+            if request.param == "memory"
+            else f"sqlite:///{tmp_path / f'{n}.db'}"
+        )
+
+    yield fresh
 
 
 @settings(FLOW_EXAMPLES, max_examples=25)
 @given(cases())
 async def test_failing_compensations_around_a_child_end_by_the_rules(
-    shared_flow: Flow, case: Case
+    store_urls: Callable[[], contextlib.AbstractAsyncContextManager[str]], case: Case
 ) -> None:
     world = World(case)
     CURRENT.append(world)
     try:
-        await run_case(shared_flow, world)
+        async with store_urls() as url:
+            await run_case(url, world)
     finally:
         CURRENT.remove(world)
+
+
+# regressions found by the property test --------------------------------------------
+
+
+async def test_an_aborted_execution_whose_retried_compensation_succeeds_has_no_stale_error(
+    store_urls: Callable[[], contextlib.AbstractAsyncContextManager[str]],
+) -> None:
+    """An abort whose compensation failed ends FAILURE, its error naming the failed
+    compensation; a resume that retries it with success ends ABORTED, compensated, and
+    its error no longer names a failed compensation (it kept the first run's)."""
+    refused = [1]
+
+    async def hold(msg: Message) -> dict[str, int]:
+        return {"held": 1}
+
+    async def let_go(msg: Message) -> None:
+        if refused:
+            refused.pop()
+            raise StepError("cannot let go")
+
+    async with store_urls() as url, Flow(url, **BASE) as flow:  # type: ignore[arg-type]
+        wf = await flow.workflow_create(
+            f"hold{next(_names)}",
+            FunctionStep(hold, id="hold", compensate=FunctionStep(let_go, retry=ONCE)),
+            WaitStep("go", requires=["hold"]),
+        )
+        eid = await wf.execute({}, async_=True)
+
+        async def waits() -> bool:
+            return (await flow.execution(eid)).steps["go"].status is Status.WAITING
+
+        await eventually(waits)
+        await flow.abort(eid)
+        info = await flow.wait(eid, timeout=10)
+        assert info.status is Status.FAILURE
+        assert not info.compensated
+        assert "compensation of hold failed: cannot let go" in (info.error or "")
+
+        await flow.resume(eid)
+        info = await flow.wait(eid, timeout=10)
+        assert info.status is Status.ABORTED
+        assert info.compensated
+        assert info.steps["hold"].status is Status.COMPENSATED
+        assert "compensation" not in (info.error or ""), info.error
