@@ -121,6 +121,10 @@ class RunHost(Protocol):
     async def child(self, child_id: str) -> Execution | None:
         """A sub-workflow's child execution, or None before it exists."""
 
+    async def stored_status(self, execution_id: str) -> tuple[Status, Abort] | None:
+        """An execution's status and abort request in the store (a request made in
+        another process reaches its run only at the worker's next look)."""
+
     async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
         """Start the child execution of try ``attempt`` of a SubflowStep (once: its id
         is fixed, see :func:`microsaga.waits.child_id`)."""

@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -506,3 +507,66 @@ async def test_an_aborted_execution_whose_retried_compensation_succeeds_has_no_s
         assert info.compensated
         assert info.steps["hold"].status is Status.COMPENSATED
         assert "compensation" not in (info.error or ""), info.error
+
+
+async def test_an_abort_whose_child_rolled_back_first_and_failed_stops_above_it(
+    store_urls: Callable[[], contextlib.AbstractAsyncContextManager[str]],
+) -> None:
+    """An abort of a parent reaches its running child too; when the child's rollback
+    ends (failed) before the parent's run looks at it (here: the worker takes the
+    child first), the parent still gives the child up, its failed rollback the failed
+    compensation of the SubflowStep: what the SubflowStep requires stays SUCCESS, and
+    the parent ends FAILURE, not compensated (it took the child for one that failed on
+    its own, compensated the rest and ended ABORTED). A resume finishes the job."""
+    case = Case({"s0": [], SUB: ["s0"]}, {"s0"}, 1, "abort", False, {"sub/c0": 1}, ["no"])
+    world = World(case, left=dict(case.fails))
+    CURRENT.append(world)
+    try:
+        async with store_urls() as url, Flow(url, **BASE) as flow:  # type: ignore[arg-type]
+            n = next(_names)
+            await flow.workflow_save(await flow.workflow_create(f"kid{n}", *child_steps(case)))
+            wf = await flow.workflow_create(f"parent{n}", *parent_steps(case, f"kid{n}"))
+            eid = await wf.execute({}, async_=True)
+            cid = f"{eid}:{SUB}"
+
+            async def parked(execution_id: str) -> bool:
+                info = await flow.store.get_execution(execution_id)
+                running = flow._running().runs
+                return info is not None and bool(info.note) and execution_id not in running
+
+            await eventually(lambda: parked(cid))
+            await eventually(lambda: parked(eid))
+            # the worker takes the child's rollback first, the parent's once it ended
+            store = flow.store
+            real_claim = store.claim
+            first: list[str] = [cid]
+
+            async def child_first(
+                *args: Any, only: Collection[str] | None = None, **kw: Any
+            ) -> Any:
+                return await real_claim(*args, only=first if first and only is None else only, **kw)
+
+            store.claim = child_first  # type: ignore[method-assign]
+            await flow.abort(eid)
+
+            async def child_ended() -> bool:
+                return (await flow.execution(cid)).status.finished
+
+            await eventually(child_ended)
+            first.clear()
+            flow._running().poke()
+            info = await flow.wait(eid, timeout=10)
+            assert (await flow.execution(cid)).status is Status.FAILURE
+            assert info.status is Status.FAILURE, info.error
+            assert not info.compensated
+            assert info.steps["s0"].status is Status.SUCCESS
+            assert [c.name for c in world.log if c.what == "undo"] == ["sub/c0"]
+
+            await flow.resume(eid)
+            info = await flow.wait(eid, timeout=10)
+            assert info.status is Status.ABORTED, info.error
+            assert info.compensated
+            assert info.steps["s0"].status is Status.COMPENSATED
+            assert [c.name for c in world.log if c.what == "undo"] == ["sub/c0", "sub/c0", "s0"]
+    finally:
+        CURRENT.remove(world)
