@@ -3,19 +3,23 @@ derandomized), on the memory store, SQLite and PostgreSQL: a parent DAG of funct
 steps (some with a compensation), one SubflowStep whose child is a chain of 1 to 3
 steps with compensations, and a step that fails, either once the child succeeded
 (``after``), or while the child waits for an event that never comes (``wait``), or
-beside a child whose last step is slow (``slow``: either may come first). Some
-compensations (the parent's, the child's, the SubflowStep's own) fail a few times then
-succeed; the user resumes the parent until it is compensated, sometimes resuming the
-child by hand first.
+beside a child whose last step is slow (``slow``: either may come first); or no step
+fails and the user aborts the parent while its child waits (``abort``; ``pause``:
+suspended first). Some compensations (the parent's, the child's, the SubflowStep's
+own) fail a few times then succeed; the user resumes the parent until it is
+compensated, sometimes resuming the child by hand first (waiting for it or not). The
+workers may have one slot, or hold one execution at a time, and the user's calls may
+go through a second worker.
 
-What a user would check after each run: the parent ends FAILURE, ``compensated`` when
-no compensation failed in that run; a step is COMPENSATED once its compensation
-succeeded, else still SUCCESS (with its failed compensation recorded); what a failed
-compensation does not stop is compensated (independent branches too); the steps a
-step requires are compensated after it (the child as a unit: the steps the
-SubflowStep requires after the child is undone); a compensation runs at most once per
-recorded attempt and never again once it succeeded; nothing that depends on the
-failed step starts; and after the last resume everything that succeeded is undone."""
+What a user would check after each run: the parent ends FAILURE (ABORTED when aborted
+and compensated), ``compensated`` when nothing is left to undo, and then its error
+names no failed compensation; a step is COMPENSATED once its compensation succeeded,
+else still SUCCESS (with its failed compensation recorded); what a failed compensation
+does not stop is compensated (independent branches too); the steps a step requires
+are compensated after it (the child as a unit: the steps the SubflowStep requires
+after the child is undone); a compensation runs at most once per recorded attempt and
+never again once it succeeded; nothing that depends on the failed step starts; and
+after the last resume everything that succeeded is undone."""
 
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ from tests.helpers import FLOW_EXAMPLES, eventually
 from tests.integration.test_takeover_wait_properties import name_of
 from tests.unit.test_saga_properties import descendants
 
-MODES = ("after", "wait", "slow", "abort")
+MODES = ("after", "wait", "slow", "abort", "pause")
+GIVEN_UP = ("wait", "abort", "pause")  # the child runs still when the rollback begins
 SUB = "sub"
 BAD = "bad"  # the parent's step that fails
 GO = "go"  # wait mode: the wait that lets BAD start once the child waits
@@ -104,7 +109,8 @@ def cases(draw: st.DrawFn) -> Case:
         requires[BAD] = [GO]
     elif mode == "slow":  # started with SUB
         requires[BAD] = list(requires[SUB])
-    # abort: no step fails, the user aborts the parent while its child waits
+    # abort: no step fails, the user aborts the parent while its child waits (pause:
+    # suspends it, then aborts it)
     fns = [sid for sid in order if sid != SUB]
     undoable = {sid for sid in fns if draw(st.booleans())}
     kid = draw(st.integers(min_value=1, max_value=3))
@@ -196,7 +202,7 @@ def child_steps(case: Case) -> list[Step]:
         )
         for i in range(case.kid)
     ]
-    if case.mode in ("wait", "abort"):
+    if case.mode in GIVEN_UP:
         out.append(WaitStep("never", id="never", requires=[f"c{case.kid - 1}"]))
     return out
 
@@ -257,7 +263,7 @@ def check_order(world: World) -> None:
     assert not descendants(case.requires, BAD) & seen.started, why
     attempts = [(c.name, c.attempt) for c in log if c.what == "undo"]
     assert len(attempts) == len(set(attempts)), why
-    if case.mode in ("wait", "abort"):
+    if case.mode in GIVEN_UP:
         assert not seen.by_own, why  # a child given up is undone by its rollback
     if seen.by_own:
         assert not any(c.name in case.kids for c in log if c.what == "undo"), why
@@ -286,7 +292,7 @@ def check_run(
     raised = {c.name for c in log[first:] if c.what == "raise"}
     left = [u for u in [*case.requires, *case.kids] if seen.pending(u)]
     assert info.compensated == (not left), (info.error, left, why)
-    aborted = case.mode == "abort" and info.compensated
+    aborted = case.mode in ("abort", "pause") and info.compensated
     assert info.status is (Status.ABORTED if aborted else Status.FAILURE), (info.error, why)
     if alone:  # else the child resumed by hand beside it may have failed and not it
         assert info.compensated == (not raised), (info.error, why)
@@ -311,7 +317,7 @@ def check_run(
         elif sid == GO:
             assert rec.status in (Status.SUCCESS, Status.PENDING), why
         elif sid == SUB:
-            given_up = case.mode in ("wait", "abort")
+            given_up = case.mode in GIVEN_UP
             if given_up or (case.mode == "slow" and rec.status is Status.PENDING):
                 assert rec.status is Status.PENDING, (rec.status, why)
             elif seen.needs(SUB):
@@ -384,11 +390,15 @@ async def run_on(flow: Flow, user: Flow, world: World) -> None:
     wf = await flow.workflow_create(f"parent{n}", *parent_steps(case, f"kid{n}"))
     eid = await wf.execute({}, async_=True)
     cid = f"{eid}:{SUB}"
-    if case.mode in ("wait", "abort"):
+    if case.mode in GIVEN_UP:
         await eventually(lambda: child_waits(user, cid))
         if case.mode == "wait":
             await user.signal(eid, GO)
-        else:
+        elif case.mode == "abort":
+            await user.abort(eid)
+        else:  # suspended (its child too), then aborted
+            await user.suspend(eid)
+            await user.wait(eid, timeout=20)
             await user.abort(eid)
     info = await user.wait(eid, timeout=20)
     world.by_own = case.own and info.steps[SUB].status is not Status.PENDING
@@ -429,25 +439,21 @@ async def run_on(flow: Flow, user: Flow, world: World) -> None:
 async def store_urls(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Callable[[], contextlib.AbstractAsyncContextManager[str]]]:
-    """A new store per example: in memory, a SQLite file, or a PostgreSQL schema (in a
-    database of the test's)."""
-    if request.param == "postgres":
-        from tests.integration.pg import fresh_database, fresh_schema
+    """The store of an example: a new one in memory, else the test's SQLite file or
+    PostgreSQL database (each example's workflows and executions have names of their
+    own, and every execution of an example ends with it)."""
+    url = f"sqlite:///{tmp_path / 'props.db'}"
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "postgres":
+            from tests.integration.pg import fresh_database
 
-        async with fresh_database() as url:
-            yield lambda: fresh_schema(url)
-        return
+            url = await stack.enter_async_context(fresh_database())
 
-    @contextlib.asynccontextmanager
-    async def fresh() -> AsyncIterator[str]:
-        n = next(_names)
-        yield (
-            f"memory://props-{n}"
-            if request.param == "memory"
-            else f"sqlite:///{tmp_path / f'{n}.db'}"
-        )
+        @contextlib.asynccontextmanager
+        async def store() -> AsyncIterator[str]:
+            yield f"memory://props-{next(_names)}" if request.param == "memory" else url
 
-    yield fresh
+        yield store
 
 
 @settings(FLOW_EXAMPLES, max_examples=25)
