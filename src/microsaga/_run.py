@@ -121,6 +121,10 @@ class RunHost(Protocol):
     async def child(self, child_id: str) -> Execution | None:
         """A sub-workflow's child execution, or None before it exists."""
 
+    async def stored_status(self, execution_id: str) -> tuple[Status, Abort] | None:
+        """An execution's status and abort request in the store (a request made in
+        another process reaches its run only at the worker's next look)."""
+
     async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
         """Start the child execution of try ``attempt`` of a SubflowStep (once: its id
         is fixed, see :func:`microsaga.waits.child_id`)."""
@@ -162,6 +166,9 @@ class Run:
     _settled = False  # _start settled a step without starting it
     _resumed = False  # suspended, then resumed while held here: see _take_resets
     _new_waits = False  # _start made WAITING records
+    # _start retried a compensation that failed for good (a resume): the execution's
+    # stored error names that failure, and is written again when it ends
+    _retried_comp = False
     # a lone step runs in the loop's own task (a chain needs no task per step), and
     # then tells the loop it finished by returning, not through _wake
     _inline = False
@@ -468,7 +475,11 @@ class Run:
             if decision.done:
                 if decision.status is Status.SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
-                elif decision.status is not Status.ABORTED or not compensated(state):
+                elif (
+                    decision.status is not Status.ABORTED
+                    or not compensated(state)
+                    or self._retried_comp  # else it would keep naming a failure now undone
+                ):
                     unit.error = failure_summary(plan, graph, state)[1]
             elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
                 unit.error = failure_summary(plan, graph, state)[1]
@@ -572,6 +583,8 @@ class Run:
             node = self.spec.plan.nodes[sid]
             request = data.compensation_input(node, state.steps[sid], self.headers)
             attempts = before.attempts + 1 if before is not None else 1
+            if before is not None and before.error is not None:
+                self._retried_comp = True
             return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
         before_step = state.steps[sid]
         node = self.spec.plan.nodes[sid]

@@ -102,8 +102,23 @@ class Waiting:
                 elif child.status is Status.SUCCESS:
                     self._settle(run, sid, Status.SUCCESS, child.response or Message(), None, now)
                 elif child.status.finished:
+                    if await self._aborted(run):
+                        # the abort of the parent reached the child (passed on) before
+                        # this run gave it up: the rollback gives it up now (see cancel),
+                        # a failure of its rollback the step's compensation failing
+                        continue
                     why = f"child execution {cid} ended {child.status.name}: {child.error}"
                     self._settle(run, sid, Status.FAILURE, None, why, now)
+
+    async def _aborted(self, run: Run) -> bool:
+        """Whether the execution is aborted (with compensation), maybe by a request
+        that this run has not heard of yet: it hears of it now."""
+        state = run.state
+        if state.abort is not Abort.COMPENSATE:
+            found = await run.host.stored_status(run.id)
+            if found is not None and found[1] is Abort.COMPENSATE:
+                run.control(*found)
+        return state.abort is Abort.COMPENSATE
 
     async def _timed_out(
         self, run: Run, node: Node, rec: StepRecord, exc: Exception, now: float

@@ -254,6 +254,10 @@ class Worker:
     async def child(self, child_id: str) -> Execution | None:
         return await self.store.get_execution(child_id)
 
+    async def stored_status(self, execution_id: str) -> tuple[Status, Abort] | None:
+        found = await self.store.get_status(execution_id)
+        return None if found is None else (found[0], Abort(found[1]))
+
     async def start_child(self, run: Run, node: Node, request: Message, attempt: int) -> None:
         await self.flow.start_child(run.id, node, request, attempt=attempt)
 
