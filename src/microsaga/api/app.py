@@ -76,10 +76,13 @@ def _problem(exc: BaseException, headers: Mapping[str, str] | None = None) -> Re
     )
 
 
+_REGEX = re.compile(r"matching regex '.*'")
+
+
 def _explain(exc: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `int`, got `str` - at `$.limit``` as ``limit: expected
     `int`, got `str```."""
-    text = str(exc)
+    text = _REGEX.sub(f"of {models.ID_WORDS}", str(exc))  # the only pattern: an id's
     message, sep, where = text.rpartition(" - at `")
     if not sep:
         return text[:1].lower() + text[1:]
