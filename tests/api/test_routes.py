@@ -539,3 +539,38 @@ async def test_a_status_only_steps_have_is_refused_when_listing_executions(
     found = await memory_api.get(f"/api/executions?status={status}")
     body = problem(found, 400, "invalid_request")
     assert body["detail"].startswith(f"status: {status} is a status of steps, not of executions")
+
+
+async def test_ids_made_in_python_with_a_slash_are_reachable(memory_api: Client) -> None:
+    """Python allows a '/' in a workflow id and an execution id; the dashboard sends
+    them as %2F (encodeURIComponent), which the server decodes before routing."""
+    api = memory_api
+    definition = {"steps": [{"wait": "go"}]}
+    saved = await api.put("/api/workflows/billing%2Frefund", json=definition)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["id"] == "billing/refund"
+    got = await api.get("/api/workflows/billing%2Frefund")
+    assert got.status_code == 200, got.text
+    assert got.json()["id"] == "billing/refund"
+    wf = await api.app.state.feed.flow.workflow_load("billing/refund")
+    eid = await wf.execute(Message({"n": 1}), async_=True, execution_id="refund/42")
+    assert eid == "refund/42"
+    started = await api.post("/api/workflows/billing%2Frefund/executions", json={})
+    assert started.status_code == 202, started.text
+    shown = await api.get("/api/executions/refund%2F42")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["workflow_id"] == "billing/refund"
+    assert (await api.post("/api/executions/refund%2F42/suspend")).json()["status"] == "SUSPEND"
+    assert (await api.post("/api/executions/refund%2F42/resume")).json()["status"] == "RUNNING"
+    signalled = await api.post("/api/executions/refund%2F42/signal", json={"event": "go"})
+    assert signalled.status_code == 200, signalled.text
+    done = await api.app.state.feed.flow.wait("refund/42", timeout=10)
+    assert done.status.name == "SUCCESS"
+    async with api.http.stream("GET", "/api/executions/refund%2F42/events") as stream:
+        assert stream.status_code == 200
+        text = "".join([chunk async for chunk in stream.aiter_text()])
+    assert 'event: end\ndata: {"id":"refund/42","status":"SUCCESS"}' in text
+    # an action's name ends a path: still the action's route, a GET of it still a 405
+    suspend = await api.http.get("/api/executions/refund%2F42/suspend")
+    problem(suspend, 405, "method_not_allowed")
+    problem(await api.get("/api/executions/nope%2Fx"), 404, "execution_not_found")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -141,6 +142,29 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
 
     endpoint.__name__ = op.name
     return endpoint
+
+
+class _IdConvertor(Convertor[str]):
+    """An id in a route's path. An id made in Python may hold a '/' (``execution_id=
+    "order/42"``, a workflow ``billing/refund``): sent as ``%2F``, which the server
+    decodes before routing, it spans segments. A last segment naming an action of the
+    routes is the action, so that ``GET .../x/suspend`` stays a 405."""
+
+    regex = r"[^/]+(?:/(?!(?:events|executions|suspend|resume|abort|redrive|signal)$)[^/]+)*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("microsaga_id", _IdConvertor())
+
+
+def _route_path(path: str) -> str:
+    """``/api/executions/{id}`` as Starlette's route path, its ids ``_IdConvertor``'s."""
+    return re.sub(r"{(\w+)}", r"{\1:microsaga_id}", path)
 
 
 # ids that no execution or workflow can have: answered without asking the store (a NUL
@@ -479,7 +503,8 @@ def create_app(flow: Flow, *, token: str | None = None, max_body: int = DEFAULT_
     )
     openapi.append(_encoder.encode(doc))
     routes: list[BaseRoute] = [
-        Route(op.path, _endpoint(op), methods=[op.method], name=op.name) for op in operations
+        Route(_route_path(op.path), _endpoint(op), methods=[op.method], name=op.name)
+        for op in operations
     ]
     routes += _dashboard_routes()
     middleware = [Middleware(BodyLimit, limit=max_body)]
