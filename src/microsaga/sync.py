@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import MicrosagaError
 from .execution import Execution
 from .flow import Flow
+from .hooks import Hook, Hooks
 from .message import Message
 from .settings import FlowOptions
 from .status import Status
@@ -88,6 +89,29 @@ class SyncFlow:
     def init(self, **options: Any) -> None:
         """Change options before the flow is opened (upstream ``Init``)."""
         self._flow.init(**options)
+
+    @property
+    def hooks(self) -> Hooks:
+        """The flow's hooks (``hooks=`` and those added since)."""
+        return self._flow.hooks
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add a hook (see :class:`~microsaga.Hook`); it sees what happens from now on.
+        Added on the flow's loop when it runs, so no event is being dispatched then."""
+        self._on_loop(self._flow.add_hook, hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        self._on_loop(self._flow.remove_hook, hook)
+
+    def _on_loop(self, fn: Callable[[Hook], None], hook: Hook) -> None:
+        if self._loop is None:
+            fn(hook)
+            return
+
+        async def call() -> None:
+            fn(hook)
+
+        self.run(call())
 
     def open(self) -> SyncFlow:
         """Start the loop's thread and open the flow on it (the store, the worker)."""
@@ -239,6 +263,16 @@ class SyncFlow:
     def signal(self, execution_id: str, event: str, payload: Any = None) -> None:
         """Deliver ``event`` to an execution (see :meth:`Flow.signal`)."""
         self.run(self._flow.signal(execution_id, event, payload))
+
+    def redrive(self, execution_id: str, *, step: str | None = None, input: Any = None) -> str:
+        """Run a failed execution again (see :meth:`Flow.redrive`); the id of the
+        execution that runs (a new one for a finished execution)."""
+        return self.run(self._flow.redrive(execution_id, step=step, input=input))
+
+    def prune(self, older_than: float, *, status: Any = None) -> int:
+        """Delete executions that finished more than ``older_than`` seconds ago (see
+        :meth:`Flow.prune`); how many."""
+        return self.run(self._flow.prune(older_than, status=status))
 
 
 class SyncWorkflow:

@@ -296,3 +296,31 @@ def test_a_signal_from_sync_code_wakes_a_waiting_execution(sync_flow: SyncFlow) 
     sync_flow.signal(eid, "approved", {"by": "ann"})
     poll(lambda: sync_flow.execution(eid).status is Status.SUCCESS)
     assert sync_flow.execution(eid).response == Message(b'{"by":"ann"}')
+
+
+def test_hooks_redrive_and_prune_are_methods_of_it_too(sync_flow: SyncFlow) -> None:
+    """Hooks (docs/observability.md) are added to a SyncFlow as to a Flow; redrive and
+    prune have their own typed methods."""
+    from microsaga import ExecutionEvent, Hook
+
+    class Seen(Hook):
+        def __init__(self) -> None:
+            self.statuses: list[Status] = []
+
+        def execution_status(self, event: ExecutionEvent) -> None:
+            self.statuses.append(event.status)
+
+    seen = Seen()
+    sync_flow.add_hook(seen)
+    assert seen in sync_flow.hooks
+    wf = sync_flow.workflow_add(shop.saga)
+    eid = wf.execute({"order_id": 7, "customer": "ada"})
+    poll(lambda: Status.SUCCESS in seen.statuses)
+    sync_flow.remove_hook(seen)
+    assert seen not in sync_flow.hooks
+    with pytest.raises(MicrosagaError, match="cannot redrive"):
+        sync_flow.redrive(eid)
+    assert sync_flow.prune(0) == 1
+    assert sync_flow.executions() == []
+    assert "redrive" in vars(SyncFlow)  # typed methods, not __getattr__'s
+    assert "prune" in vars(SyncFlow)
