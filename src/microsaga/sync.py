@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import inspect
+import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
@@ -74,6 +75,7 @@ class SyncFlow:
         self._lock = threading.Lock()  # guards the loop's start, stop and submissions
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the process that opened it: a forked child has not its thread
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class SyncFlow:
         """Start the loop's thread and open the flow on it (the store, the worker)."""
         with self._lock:
             if self._loop is not None:
+                self._check_process()
                 return self
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
@@ -128,7 +131,7 @@ class SyncFlow:
             except BaseException:
                 _stop(loop, thread)
                 raise
-            self._loop, self._thread = loop, thread
+            self._loop, self._thread, self._pid = loop, thread, os.getpid()
         # a script that never closes its flow still closes its store and loop
         atexit.register(self.close)
         return self
@@ -142,10 +145,23 @@ class SyncFlow:
                 return
             self._loop = self._thread = None  # no call is submitted from now on
         atexit.unregister(self.close)
+        if self._pid != os.getpid():
+            return  # a forked child: the loop, its thread and the store are the parent's
         try:
             asyncio.run_coroutine_threadsafe(self._flow.close(), loop).result()
         finally:
             _stop(loop, thread)
+
+    def _check_process(self) -> None:
+        """Refuse calls in a process forked after ``open()``: its loop's thread is not
+        there, and a call would wait for ever (a pre-forking server's workers)."""
+        if self._pid != os.getpid():
+            raise MicrosagaError(
+                f"this SyncFlow was opened in process {self._pid}, before this process "
+                f"({os.getpid()}) was forked from it, and its thread did not come along: "
+                "open a SyncFlow in each worker process (gunicorn: no --preload, or open "
+                "it in post_fork; uWSGI: lazy-apps)"
+            )
 
     def __enter__(self) -> SyncFlow:
         return self.open()
@@ -171,6 +187,11 @@ class SyncFlow:
                     "a SyncFlow method was called on its own event loop (from an async "
                     "step?): use the async Flow there (ctx.flow)"
                 )
+            try:
+                self._check_process()
+            except MicrosagaError:
+                coro.close()
+                raise
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import select
+import signal
 import threading
 import time
 import urllib.request
@@ -324,3 +327,36 @@ def test_hooks_redrive_and_prune_are_methods_of_it_too(sync_flow: SyncFlow) -> N
     assert sync_flow.executions() == []
     assert "redrive" in vars(SyncFlow)  # typed methods, not __getattr__'s
     assert "prune" in vars(SyncFlow)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_process_forked_after_open_gets_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A pre-forking server (gunicorn --preload, uWSGI) imports the application, which
+    opens its SyncFlow, then forks its workers: the loop's thread is not in them."""
+    with SyncFlow(f"sqlite:///{tmp_path / 'fork.db'}") as flow:
+        assert flow.executions() == []
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report in one line, never return into pytest
+            try:
+                try:
+                    flow.executions()
+                    said = "no error"
+                except MicrosagaError as exc:
+                    said = str(exc)
+                flow.close()  # as atexit does in a worker that exits: no wait for ever
+                os.write(write, said.encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            ready, _, _ = select.select([read], [], [], 10)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            said = os.read(read, 4096).decode() if ready else "the child hangs"
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        assert "before this process" in said, said
+        assert "open a SyncFlow in each worker process" in said
+        assert flow.executions() == []  # the parent's flow is untouched
