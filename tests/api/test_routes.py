@@ -5,6 +5,7 @@ app's own /openapi.json by the ``api`` client."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -574,3 +575,30 @@ async def test_ids_made_in_python_with_a_slash_are_reachable(memory_api: Client)
     suspend = await api.http.get("/api/executions/refund%2F42/suspend")
     problem(suspend, 405, "method_not_allowed")
     problem(await api.get("/api/executions/nope%2Fx"), 404, "execution_not_found")
+
+
+async def test_a_saved_workflow_that_no_longer_loads_leaves_the_list_whole(
+    api: Client, flow: Flow
+) -> None:
+    """A definition saved while its module imported (or by a process that has it) and
+    read where it does not: the list shows every workflow, and the definition reads
+    as saved, for an operator to mend."""
+    broken = {"id": "broken", "steps": [{"function": "module_gone_since:send"}]}
+    body = json.dumps(broken).encode()
+    await flow.store.save_workflow("broken", "h" * 32, body, flow.clock())
+    listed = await api.get("/api/workflows")
+    assert listed.status_code == 200, listed.text
+    summaries = {item["id"]: item for item in listed.json()["items"]}
+    assert summaries["broken"] == {
+        "id": "broken",
+        "version": 1,
+        "step_count": 1,
+        "description": None,
+    }
+    assert summaries["order"]["step_count"] == len(steps.ORDER["steps"])
+    shown = await api.get("/api/workflows/broken")
+    assert shown.status_code == 200, shown.text
+    assert shown.json() == broken
+    # starting it is still refused, naming what does not import
+    started = await api.post("/api/workflows/broken/executions", json={})
+    assert "module_gone_since" in problem(started, 422, "definition")["detail"]
