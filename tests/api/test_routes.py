@@ -602,3 +602,14 @@ async def test_a_saved_workflow_that_no_longer_loads_leaves_the_list_whole(
     # starting it is still refused, naming what does not import
     started = await api.post("/api/workflows/broken/executions", json={})
     assert "module_gone_since" in problem(started, 422, "definition")["detail"]
+
+
+async def test_a_definition_id_left_null_is_the_urls(memory_api: Client) -> None:
+    """A client that writes absent fields as null (a typed client's optional id) saves
+    as one that leaves the id out."""
+    saved = await memory_api.put(
+        "/api/workflows/nulled", json={"id": None, "steps": [{"wait": "go"}]}
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["id"] == "nulled"
+    assert (await memory_api.get("/api/workflows/nulled")).json()["id"] == "nulled"

@@ -331,7 +331,9 @@ class Api:
         self._check_workflow_id(id)
         if not isinstance(body, dict):
             raise DefinitionError(f"must be a JSON object, not {type(body).__name__}")
-        given = body.setdefault("id", id)
+        if body.get("id") is None:  # left out, or null: the URL names it
+            body["id"] = id
+        given = body["id"]
         if given != id:
             raise DefinitionError(
                 f"the definition's id {given!r} is not the id in the URL ({id!r})", path="id"
