@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import inspect
 import os
 import threading
@@ -138,7 +139,8 @@ class SyncFlow:
 
     def close(self) -> None:
         """Close the flow (waiting for its worker to stop) and stop the loop's thread.
-        Calls still waiting in other threads then raise ``CancelledError``."""
+        Calls still waiting in other threads then raise ``CancelledError`` (of
+        ``concurrent.futures``), saying so."""
         with self._lock:
             loop, thread = self._loop, self._thread
             if loop is None or thread is None:
@@ -195,6 +197,12 @@ class SyncFlow:
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._loop is not loop:  # close() cancelled what was left on the loop
+                raise concurrent.futures.CancelledError(
+                    "the SyncFlow was closed while this call waited"
+                ) from None
+            raise
         except BaseException:
             future.cancel()  # interrupted (KeyboardInterrupt): stop only the waiting
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import json
 import os
@@ -360,3 +361,27 @@ def test_a_process_forked_after_open_gets_an_error_not_a_hang(tmp_path: Path) ->
         assert "before this process" in said, said
         assert "open a SyncFlow in each worker process" in said
         assert flow.executions() == []  # the parent's flow is untouched
+
+
+def test_a_call_waiting_when_the_flow_closes_says_why_it_ends(tmp_path: Path) -> None:
+    """A request thread still in execute() when the application shuts down: its
+    CancelledError says what happened (it had no message)."""
+    flow = SyncFlow(f"sqlite:///{tmp_path / 'close.db'}").open()
+    wf = flow.workflow_create("approval", WaitStep("approved"))
+    ended: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            wf.execute({"n": 1}, execution_id="waits")
+        except BaseException as exc:  # what the thread would log
+            ended.append(exc)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    poll(lambda: bool(flow.executions()))
+    flow.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(ended) == 1
+    assert isinstance(ended[0], concurrent.futures.CancelledError)
+    assert str(ended[0]) == "the SyncFlow was closed while this call waited"
