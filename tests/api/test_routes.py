@@ -195,6 +195,7 @@ async def test_executions_page_by_keyset_and_filter(api: Client, flow: Flow) -> 
         ({"limit": "0"}, "limit: expected `int` >= 1"),
         ({"limit": "1001"}, "limit: expected `int` <= 1000"),
         ({"limit": "many"}, "limit: expected `int`, got `str`"),
+        ({"state": "RUNNING"}, "unknown query parameter `state`"),  # not "object contains"
     ],
 )
 async def test_a_bad_query_is_400(memory_api: Client, query: dict[str, str], words: str) -> None:

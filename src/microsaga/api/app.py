@@ -122,7 +122,8 @@ def _decode_query(request: Request, query: type) -> Any:
     try:
         return msgspec.convert(values, query, strict=False)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_request", _explain(exc)) from None
+        detail = _explain(exc).replace("object contains unknown field", "unknown query parameter")
+        raise ApiError(400, "invalid_request", detail) from None
 
 
 def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
