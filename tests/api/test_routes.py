@@ -268,8 +268,15 @@ async def test_bad_bodies(memory_api: Client) -> None:
     start = "/api/workflows/order/executions"
     body = problem(await api.post(start, content=b"{not json"), 400, "invalid_json")
     assert body["detail"].startswith("the body is not valid JSON")
-    body = problem(await api.post(start, content=b'{"input": {"x": 1e999}}'), 422, "configuration")
-    assert body["detail"].startswith("request: the number 1e999 is out of range")
+    # JSON, but no float holds it: the client's input, named as the client sent it
+    body = problem(
+        await api.post(start, content=b'{"input": {"x": 1e999}}'), 422, "invalid_request"
+    )
+    assert body["detail"].startswith("input: the number 1e999 is out of range")
+    signal = f"/api/executions/{eid}/signal"
+    huge = b'{"event": "go", "payload": [-1e999]}'
+    body = problem(await api.post(signal, content=huge), 422, "invalid_request")
+    assert body["detail"].startswith("payload: the number -1e999 is out of range")
     body = problem(await api.post(start, json={"inputs": 1}), 422, "invalid_request")
     assert "unknown field `inputs`" in body["detail"]
     body = problem(await api.post(start, json={"execution_id": "a/b"}), 422, "invalid_request")
@@ -614,3 +621,15 @@ async def test_a_definition_id_left_null_is_the_urls(memory_api: Client) -> None
     assert saved.status_code == 200, saved.text
     assert saved.json()["id"] == "nulled"
     assert (await memory_api.get("/api/workflows/nulled")).json()["id"] == "nulled"
+
+
+async def test_a_redrive_input_no_float_holds_is_the_clients_bad_input(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    eid = await memory_api.start({"fail": True})
+    assert (await memory_flow.wait(eid, timeout=10)).status.name == "FAILURE"
+    redrive = await memory_api.post(
+        f"/api/executions/{eid}/redrive", content=b'{"input": {"fail": 1e400}}'
+    )
+    body = problem(redrive, 422, "invalid_request")
+    assert body["detail"].startswith("input: the number 1e400 is out of range")

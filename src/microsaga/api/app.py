@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +168,19 @@ def _route_path(path: str) -> str:
     return re.sub(r"{(\w+)}", r"{\1:microsaga_id}", path)
 
 
+@contextlib.contextmanager
+def _field(setting: str, field: str) -> Iterator[None]:
+    """A value of the body that the flow refuses (JSON, but a number no float holds) as
+    the client's bad input, naming its field: 422 ``invalid_request``, not a
+    ``configuration`` error about the flow's ``request``."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        if exc.setting != setting or exc.reason is None:
+            raise
+        raise ApiError(422, "invalid_request", f"{field}: {exc.reason}") from None
+
+
 # ids that no execution or workflow can have: answered without asking the store (a NUL
 # byte, say, which PostgreSQL cannot even compare)
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f]")
@@ -229,7 +242,8 @@ class Api:
         self._check_workflow_id(workflow_id)
         wf = await self.flow.workflow_load(workflow_id)
         request = _message(body.input)
-        eid = await wf.execute(request, async_=True, execution_id=body.execution_id)
+        with _field("request", "input"):
+            eid = await wf.execute(request, async_=True, execution_id=body.execution_id)
         return models.Started(id=eid)
 
     async def suspend(self, id: str) -> models.Execution:
@@ -256,7 +270,8 @@ class Api:
         given = _message(body.input)
         if given is not None:
             kwargs["input"] = given
-        eid = await redrive(id, **kwargs)
+        with _field("request", "input"):
+            eid = await redrive(id, **kwargs)
         self.feed.touch(id)
         return await self._changed(eid if isinstance(eid, str) else id)
 
@@ -264,7 +279,8 @@ class Api:
         signal = self._optional("signal")
         self._check_id(id)
         payload = _message(body.payload)
-        await signal(id, body.event, payload=payload)
+        with _field("payload", "payload"):
+            await signal(id, body.event, payload=payload)
         return await self._changed(id)
 
     def _optional(self, name: str) -> Callable[..., Awaitable[Any]]:
