@@ -633,3 +633,15 @@ async def test_a_redrive_input_no_float_holds_is_the_clients_bad_input(
     )
     body = problem(redrive, 422, "invalid_request")
     assert body["detail"].startswith("input: the number 1e400 is out of range")
+
+
+async def test_a_flow_not_opened_is_the_servers_503_not_the_clients_400() -> None:
+    """A service that mounts the app but forgets to open the flow (no lifespan)."""
+    flow = Flow("memory://")
+    async with client_for(create_app(flow)) as api:
+        for path in ("/api/executions", "/api/workflows", "/healthz", "/api/executions/x"):
+            response = await api.get(path)
+            body = problem(response, 503, "store_unavailable")
+            assert body["detail"].startswith("the flow is not open: open it before the first")
+            assert response.headers["retry-after"] == "1"
+        assert (await api.get("/openapi.json")).status_code == 200

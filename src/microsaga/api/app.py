@@ -31,6 +31,7 @@ from ..errors import (
     ConfigurationError,
     DefinitionError,
     ExecutionNotFoundError,
+    MicrosagaError,
     WorkflowNotFoundError,
 )
 from ..message import Message
@@ -126,9 +127,13 @@ def _decode_query(request: Request, query: type) -> Any:
         raise ApiError(400, "invalid_request", detail) from None
 
 
-def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    op: Operation, ready: Callable[[], None] | None = None
+) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
+            if ready is not None:
+                ready()
             kwargs: dict[str, Any] = dict(request.path_params)
             if op.query is not None:
                 kwargs["query"] = _decode_query(request, op.query)
@@ -181,6 +186,9 @@ def _field(setting: str, field: str) -> Iterator[None]:
         raise ApiError(422, "invalid_request", f"{field}: {exc.reason}") from None
 
 
+# routes that answer without the flow's store
+_NO_FLOW = frozenset({"openapi", "metrics"})
+
 # ids that no execution or workflow can have: answered without asking the store (a NUL
 # byte, say, which PostgreSQL cannot even compare)
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f]")
@@ -192,6 +200,19 @@ class Api:
     def __init__(self, flow: Flow, feed: Feed) -> None:
         self.flow = flow
         self.feed = feed
+
+    def ready(self) -> None:
+        """The flow is open: a closed one is the server's state, not the client's error
+        (503, as a store away, not a 400)."""
+        try:
+            self.flow.store  # noqa: B018 - raises while the flow is not open
+        except MicrosagaError:
+            raise ApiError(
+                503,
+                "store_unavailable",
+                "the flow is not open: open it before the first request (docs/api.md, "
+                "'Mounting it in your own service')",
+            ) from None
 
     # executions ----------------------------------------------------------------------
 
@@ -535,7 +556,12 @@ def create_app(flow: Flow, *, token: str | None = None, max_body: int = DEFAULT_
     )
     openapi.append(_encoder.encode(doc))
     routes: list[BaseRoute] = [
-        Route(_route_path(op.path), _endpoint(op), methods=[op.method], name=op.name)
+        Route(
+            _route_path(op.path),
+            _endpoint(op, None if op.name in _NO_FLOW else api.ready),
+            methods=[op.method],
+            name=op.name,
+        )
         for op in operations
     ]
     routes += _dashboard_routes()
