@@ -645,3 +645,15 @@ async def test_a_flow_not_opened_is_the_servers_503_not_the_clients_400() -> Non
             assert body["detail"].startswith("the flow is not open: open it before the first")
             assert response.headers["retry-after"] == "1"
         assert (await api.get("/openapi.json")).status_code == 200
+
+
+async def test_an_input_over_the_flows_max_payload_is_413() -> None:
+    """docs/api.md: 413 payload_too_large; a flow's max_payload below the API's
+    max_body refused the input as a 400."""
+    flow = Flow("memory://", max_payload=1000)
+    async with flow, client_for(create_app(flow)) as api:
+        saved = await api.put("/api/workflows/w", json={"steps": [{"wait": "go"}]})
+        assert saved.status_code == 200
+        started = await api.post("/api/workflows/w/executions", json={"input": "x" * 5000})
+        body = problem(started, 413, "payload_too_large")
+        assert "over max_payload 1000" in body["detail"]
