@@ -657,3 +657,10 @@ async def test_an_input_over_the_flows_max_payload_is_413() -> None:
         started = await api.post("/api/workflows/w/executions", json={"input": "x" * 5000})
         body = problem(started, 413, "payload_too_large")
         assert "over max_payload 1000" in body["detail"]
+
+
+async def test_an_empty_redrive_step_is_refused_by_its_schema(memory_api: Client) -> None:
+    eid = await memory_api.start()
+    redrive = await memory_api.post(f"/api/executions/{eid}/redrive", json={"step": ""})
+    body = problem(redrive, 422, "invalid_request")
+    assert body["detail"] == "step: expected `str` of length >= 1"

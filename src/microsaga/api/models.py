@@ -162,7 +162,8 @@ class Redrive(Struct):
     """Run failed steps again, or the whole execution anew (see ``Flow.redrive``)."""
 
     step: Annotated[
-        str | None, msgspec.Meta(description="The step to run again (default: every failed one).")
+        Annotated[str, msgspec.Meta(min_length=1)] | None,
+        msgspec.Meta(description="The step to run again (default: every failed one)."),
     ] = None
     input: Annotated[
         msgspec.Raw | msgspec.UnsetType,
