@@ -72,6 +72,7 @@ def result_message(value: Any) -> Message:
     Raises:
         ConfigurationError: the value holds NaN or infinity (not retryable: the same
             value would fail again).
+        StepError: the value is of a type JSON cannot hold (not retryable either).
     """
     if type(value) is dict:
         return json_message(value)
@@ -81,8 +82,12 @@ def result_message(value: Any) -> Message:
         return Message(value)  # raw bytes are the body itself, not a JSON string
     try:
         body = _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
+    except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:  # _enc_hook's too
+        raise StepError(
+            f"the result cannot be encoded as JSON: {exc} (return a dict, a list, a "
+            "msgspec.Struct, a dataclass, a TypedDict, bytes or a Message)",
+            retryable=False,
+        ) from None
     check_finite(value, body, _enc_hook)
     return frozen_message(body, ())
 

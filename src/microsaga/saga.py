@@ -18,6 +18,7 @@ returned unchanged, so tests call it directly with its own signature.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar, overload
 
@@ -84,6 +85,8 @@ class Saga:
         self._description = description
         self._steps: dict[str, Step] = {}  # forward steps by id, in the order added
         self._functions: dict[Callable[..., Any], Step] = {}  # decorated function -> its step
+        # functions that became a compensation or fallback -> (role, the step it serves)
+        self._nested_in: dict[Callable[..., Any], tuple[str, str]] = {}
         self._workflow: Workflow | None = None
 
     @property
@@ -112,6 +115,13 @@ class Saga:
             return self._functions[fn]
         except (KeyError, TypeError):
             name = getattr(fn, "__qualname__", None) or repr(fn)
+            nested = self._nested_role(fn)
+            if nested is not None:
+                role, owner = nested
+                raise DefinitionError(
+                    f"{name} is the {role} of step {owner} of saga {self._id!r}, not a step "
+                    "of its own: no step can require it"
+                ) from None
             raise DefinitionError(
                 f"{name} is not a step of saga {self._id!r} (decorate it with @saga.step first)"
             ) from None
@@ -187,14 +197,31 @@ class Saga:
             if expression is not None:
                 options[name] = expression
 
+        nested = [
+            (target, role)
+            for target, role in ((compensate, "compensation"), (fallback, "fallback"))
+            if target is not None and not isinstance(target, Step)
+        ]
+
         def decorate(fn: F) -> F:
             if not callable(fn):
                 raise DefinitionError(f"@saga.step decorates a function, not {fn!r}")
             if fn in self._functions:
                 raise DefinitionError(f"{fn.__qualname__} is a step of saga {self._id!r} already")
+            served = self._nested_role(fn)
+            if served is not None:  # it would run forward too, on every execution
+                role, owner = served
+                raise DefinitionError(
+                    f"{fn.__qualname__} is the {role} of step {owner} of saga {self._id!r} "
+                    f"already: decorate it with @saga.step before naming it as the {role}, "
+                    "and its options apply to it there"
+                )
             step = FunctionStep(fn, options=StepOptions(**options))
             self._declare(step)
             self._functions[fn] = step
+            for target, role in nested:
+                with contextlib.suppress(TypeError):  # an unhashable callable
+                    self._nested_in.setdefault(target, (role, step.id))
             return fn
 
         if fn is not None:
@@ -235,6 +262,12 @@ class Saga:
                     path="requires",
                 )
         return tuple(dict.fromkeys(out))
+
+    def _nested_role(self, fn: Callable[..., Any]) -> tuple[str, str] | None:
+        try:
+            return self._nested_in.get(fn)
+        except TypeError:  # an unhashable callable
+            return None
 
     def _nested(self, target: Callable[..., Any] | Step | None, role: str) -> Step | None:
         """A compensation or fallback: a Step as it is; a function decorated in this

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import inspect
+import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import MicrosagaError
 from .execution import Execution
 from .flow import Flow
+from .hooks import Hook, Hooks
 from .message import Message
 from .settings import FlowOptions
 from .status import Status
@@ -73,6 +76,7 @@ class SyncFlow:
         self._lock = threading.Lock()  # guards the loop's start, stop and submissions
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the process that opened it: a forked child has not its thread
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -89,10 +93,34 @@ class SyncFlow:
         """Change options before the flow is opened (upstream ``Init``)."""
         self._flow.init(**options)
 
+    @property
+    def hooks(self) -> Hooks:
+        """The flow's hooks (``hooks=`` and those added since)."""
+        return self._flow.hooks
+
+    def add_hook(self, hook: Hook) -> None:
+        """Add a hook (see :class:`~microsaga.Hook`); it sees what happens from now on.
+        Added on the flow's loop when it runs, so no event is being dispatched then."""
+        self._on_loop(self._flow.add_hook, hook)
+
+    def remove_hook(self, hook: Hook) -> None:
+        self._on_loop(self._flow.remove_hook, hook)
+
+    def _on_loop(self, fn: Callable[[Hook], None], hook: Hook) -> None:
+        if self._loop is None:
+            fn(hook)
+            return
+
+        async def call() -> None:
+            fn(hook)
+
+        self.run(call())
+
     def open(self) -> SyncFlow:
         """Start the loop's thread and open the flow on it (the store, the worker)."""
         with self._lock:
             if self._loop is not None:
+                self._check_process()
                 return self
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
@@ -104,24 +132,38 @@ class SyncFlow:
             except BaseException:
                 _stop(loop, thread)
                 raise
-            self._loop, self._thread = loop, thread
+            self._loop, self._thread, self._pid = loop, thread, os.getpid()
         # a script that never closes its flow still closes its store and loop
         atexit.register(self.close)
         return self
 
     def close(self) -> None:
         """Close the flow (waiting for its worker to stop) and stop the loop's thread.
-        Calls still waiting in other threads then raise ``CancelledError``."""
+        Calls still waiting in other threads then raise ``CancelledError`` (of
+        ``concurrent.futures``), saying so."""
         with self._lock:
             loop, thread = self._loop, self._thread
             if loop is None or thread is None:
                 return
             self._loop = self._thread = None  # no call is submitted from now on
         atexit.unregister(self.close)
+        if self._pid != os.getpid():
+            return  # a forked child: the loop, its thread and the store are the parent's
         try:
             asyncio.run_coroutine_threadsafe(self._flow.close(), loop).result()
         finally:
             _stop(loop, thread)
+
+    def _check_process(self) -> None:
+        """Refuse calls in a process forked after ``open()``: its loop's thread is not
+        there, and a call would wait for ever (a pre-forking server's workers)."""
+        if self._pid != os.getpid():
+            raise MicrosagaError(
+                f"this SyncFlow was opened in process {self._pid}, before this process "
+                f"({os.getpid()}) was forked from it, and its thread did not come along: "
+                "open a SyncFlow in each worker process (gunicorn: no --preload, or open "
+                "it in post_fork; uWSGI: lazy-apps)"
+            )
 
     def __enter__(self) -> SyncFlow:
         return self.open()
@@ -147,9 +189,20 @@ class SyncFlow:
                     "a SyncFlow method was called on its own event loop (from an async "
                     "step?): use the async Flow there (ctx.flow)"
                 )
+            try:
+                self._check_process()
+            except MicrosagaError:
+                coro.close()
+                raise
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._loop is not loop:  # close() cancelled what was left on the loop
+                raise concurrent.futures.CancelledError(
+                    "the SyncFlow was closed while this call waited"
+                ) from None
+            raise
         except BaseException:
             future.cancel()  # interrupted (KeyboardInterrupt): stop only the waiting
             raise
@@ -239,6 +292,16 @@ class SyncFlow:
     def signal(self, execution_id: str, event: str, payload: Any = None) -> None:
         """Deliver ``event`` to an execution (see :meth:`Flow.signal`)."""
         self.run(self._flow.signal(execution_id, event, payload))
+
+    def redrive(self, execution_id: str, *, step: str | None = None, input: Any = None) -> str:
+        """Run a failed execution again (see :meth:`Flow.redrive`); the id of the
+        execution that runs (a new one for a finished execution)."""
+        return self.run(self._flow.redrive(execution_id, step=step, input=input))
+
+    def prune(self, older_than: float, *, status: Any = None) -> int:
+        """Delete executions that finished more than ``older_than`` seconds ago (see
+        :meth:`Flow.prune`); how many."""
+        return self.run(self._flow.prune(older_than, status=status))
 
 
 class SyncWorkflow:

@@ -5,6 +5,7 @@ app's own /openapi.json by the ``api`` client."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -194,6 +195,7 @@ async def test_executions_page_by_keyset_and_filter(api: Client, flow: Flow) -> 
         ({"limit": "0"}, "limit: expected `int` >= 1"),
         ({"limit": "1001"}, "limit: expected `int` <= 1000"),
         ({"limit": "many"}, "limit: expected `int`, got `str`"),
+        ({"state": "RUNNING"}, "unknown query parameter `state`"),  # not "object contains"
     ],
 )
 async def test_a_bad_query_is_400(memory_api: Client, query: dict[str, str], words: str) -> None:
@@ -266,8 +268,15 @@ async def test_bad_bodies(memory_api: Client) -> None:
     start = "/api/workflows/order/executions"
     body = problem(await api.post(start, content=b"{not json"), 400, "invalid_json")
     assert body["detail"].startswith("the body is not valid JSON")
-    body = problem(await api.post(start, content=b'{"input": {"x": 1e999}}'), 422, "configuration")
-    assert body["detail"].startswith("request: the number 1e999 is out of range")
+    # JSON, but no float holds it: the client's input, named as the client sent it
+    body = problem(
+        await api.post(start, content=b'{"input": {"x": 1e999}}'), 422, "invalid_request"
+    )
+    assert body["detail"].startswith("input: the number 1e999 is out of range")
+    signal = f"/api/executions/{eid}/signal"
+    huge = b'{"event": "go", "payload": [-1e999]}'
+    body = problem(await api.post(signal, content=huge), 422, "invalid_request")
+    assert body["detail"].startswith("payload: the number -1e999 is out of range")
     body = problem(await api.post(start, json={"inputs": 1}), 422, "invalid_request")
     assert "unknown field `inputs`" in body["detail"]
     body = problem(await api.post(start, json={"execution_id": "a/b"}), 422, "invalid_request")
@@ -524,6 +533,12 @@ async def test_an_execution_id_the_docs_refuse_is_refused_by_its_schema(
     start = "/api/workflows/order/executions"
     body = problem(await memory_api.post(start, json={"execution_id": bad}), 422, "invalid_request")
     assert body["detail"].startswith("execution_id: expected `str")
+    # in words, not the regular expression the schema holds
+    assert "regex" not in body["detail"]
+    if len(bad) <= 200:
+        assert body["detail"] == (
+            "execution_id: expected `str` of printable characters without spaces, ':' or '/'"
+        )
 
 
 @pytest.mark.parametrize("status", ["WAITING", "SKIPPED", "COMPENSATED"])
@@ -533,3 +548,119 @@ async def test_a_status_only_steps_have_is_refused_when_listing_executions(
     found = await memory_api.get(f"/api/executions?status={status}")
     body = problem(found, 400, "invalid_request")
     assert body["detail"].startswith(f"status: {status} is a status of steps, not of executions")
+
+
+async def test_ids_made_in_python_with_a_slash_are_reachable(memory_api: Client) -> None:
+    """Python allows a '/' in a workflow id and an execution id; the dashboard sends
+    them as %2F (encodeURIComponent), which the server decodes before routing."""
+    api = memory_api
+    definition = {"steps": [{"wait": "go"}]}
+    saved = await api.put("/api/workflows/billing%2Frefund", json=definition)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["id"] == "billing/refund"
+    got = await api.get("/api/workflows/billing%2Frefund")
+    assert got.status_code == 200, got.text
+    assert got.json()["id"] == "billing/refund"
+    wf = await api.app.state.feed.flow.workflow_load("billing/refund")
+    eid = await wf.execute(Message({"n": 1}), async_=True, execution_id="refund/42")
+    assert eid == "refund/42"
+    started = await api.post("/api/workflows/billing%2Frefund/executions", json={})
+    assert started.status_code == 202, started.text
+    shown = await api.get("/api/executions/refund%2F42")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["workflow_id"] == "billing/refund"
+    assert (await api.post("/api/executions/refund%2F42/suspend")).json()["status"] == "SUSPEND"
+    assert (await api.post("/api/executions/refund%2F42/resume")).json()["status"] == "RUNNING"
+    signalled = await api.post("/api/executions/refund%2F42/signal", json={"event": "go"})
+    assert signalled.status_code == 200, signalled.text
+    done = await api.app.state.feed.flow.wait("refund/42", timeout=10)
+    assert done.status.name == "SUCCESS"
+    async with api.http.stream("GET", "/api/executions/refund%2F42/events") as stream:
+        assert stream.status_code == 200
+        text = "".join([chunk async for chunk in stream.aiter_text()])
+    assert 'event: end\ndata: {"id":"refund/42","status":"SUCCESS"}' in text
+    # an action's name ends a path: still the action's route, a GET of it still a 405
+    suspend = await api.http.get("/api/executions/refund%2F42/suspend")
+    problem(suspend, 405, "method_not_allowed")
+    problem(await api.get("/api/executions/nope%2Fx"), 404, "execution_not_found")
+
+
+async def test_a_saved_workflow_that_no_longer_loads_leaves_the_list_whole(
+    api: Client, flow: Flow
+) -> None:
+    """A definition saved while its module imported (or by a process that has it) and
+    read where it does not: the list shows every workflow, and the definition reads
+    as saved, for an operator to mend."""
+    broken = {"id": "broken", "steps": [{"function": "module_gone_since:send"}]}
+    body = json.dumps(broken).encode()
+    await flow.store.save_workflow("broken", "h" * 32, body, flow.clock())
+    listed = await api.get("/api/workflows")
+    assert listed.status_code == 200, listed.text
+    summaries = {item["id"]: item for item in listed.json()["items"]}
+    assert summaries["broken"] == {
+        "id": "broken",
+        "version": 1,
+        "step_count": 1,
+        "description": None,
+    }
+    assert summaries["order"]["step_count"] == len(steps.ORDER["steps"])
+    shown = await api.get("/api/workflows/broken")
+    assert shown.status_code == 200, shown.text
+    assert shown.json() == broken
+    # starting it is still refused, naming what does not import
+    started = await api.post("/api/workflows/broken/executions", json={})
+    assert "module_gone_since" in problem(started, 422, "definition")["detail"]
+
+
+async def test_a_definition_id_left_null_is_the_urls(memory_api: Client) -> None:
+    """A client that writes absent fields as null (a typed client's optional id) saves
+    as one that leaves the id out."""
+    saved = await memory_api.put(
+        "/api/workflows/nulled", json={"id": None, "steps": [{"wait": "go"}]}
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["id"] == "nulled"
+    assert (await memory_api.get("/api/workflows/nulled")).json()["id"] == "nulled"
+
+
+async def test_a_redrive_input_no_float_holds_is_the_clients_bad_input(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    eid = await memory_api.start({"fail": True})
+    assert (await memory_flow.wait(eid, timeout=10)).status.name == "FAILURE"
+    redrive = await memory_api.post(
+        f"/api/executions/{eid}/redrive", content=b'{"input": {"fail": 1e400}}'
+    )
+    body = problem(redrive, 422, "invalid_request")
+    assert body["detail"].startswith("input: the number 1e400 is out of range")
+
+
+async def test_a_flow_not_opened_is_the_servers_503_not_the_clients_400() -> None:
+    """A service that mounts the app but forgets to open the flow (no lifespan)."""
+    flow = Flow("memory://")
+    async with client_for(create_app(flow)) as api:
+        for path in ("/api/executions", "/api/workflows", "/healthz", "/api/executions/x"):
+            response = await api.get(path)
+            body = problem(response, 503, "store_unavailable")
+            assert body["detail"].startswith("the flow is not open: open it before the first")
+            assert response.headers["retry-after"] == "1"
+        assert (await api.get("/openapi.json")).status_code == 200
+
+
+async def test_an_input_over_the_flows_max_payload_is_413() -> None:
+    """docs/api.md: 413 payload_too_large; a flow's max_payload below the API's
+    max_body refused the input as a 400."""
+    flow = Flow("memory://", max_payload=1000)
+    async with flow, client_for(create_app(flow)) as api:
+        saved = await api.put("/api/workflows/w", json={"steps": [{"wait": "go"}]})
+        assert saved.status_code == 200
+        started = await api.post("/api/workflows/w/executions", json={"input": "x" * 5000})
+        body = problem(started, 413, "payload_too_large")
+        assert "over max_payload 1000" in body["detail"]
+
+
+async def test_an_empty_redrive_step_is_refused_by_its_schema(memory_api: Client) -> None:
+    eid = await memory_api.start()
+    redrive = await memory_api.post(f"/api/executions/{eid}/redrive", json={"step": ""})
+    body = problem(redrive, 422, "invalid_request")
+    assert body["detail"] == "step: expected `str` of length >= 1"

@@ -36,7 +36,7 @@ def test_the_python_page_runs(
             environ, lambda status, headers: answers.append((status, headers))
         )
         assert answers == [("200 OK", [("Content-Type", "application/json")])]
-        assert b'"status": "StatusSuccess"' in b"".join(chunks)
+        assert b'"status": "SUCCESS"' in b"".join(chunks)
     finally:
         flow.close()
     assert (tmp_path / "fulfil.db").exists()

@@ -255,6 +255,54 @@ def test_a_compensation_step_gets_the_options_it_was_declared_with() -> None:
     assert saga.step_of(do).options.compensate_input == "response"
 
 
+def test_a_compensation_decorated_after_it_is_named_is_refused_not_run_forward() -> None:
+    """Decorated after being named in compensate=, it became a forward step as well:
+    the undo ran on every execution."""
+    saga = Saga("comp")
+
+    def release(msg: Message) -> None:
+        return None
+
+    @saga.step(compensate=release)
+    def reserve(msg: Message) -> None:
+        return None
+
+    with pytest.raises(DefinitionError, match=r"release is the compensation of step .*reserve"):
+        saga.step(retry=Retry(max_attempts=3))(release)
+    assert [s.id for s in saga.steps] == [saga.step_of(reserve).id]
+
+    def plan_b(msg: Message) -> None:
+        return None
+
+    @saga.step(fallback=plan_b)
+    def plan_a(msg: Message) -> None:
+        return None
+
+    with pytest.raises(DefinitionError, match="plan_b is the fallback of step"):
+        saga.step(plan_b)
+
+
+def test_requiring_a_compensation_says_what_it_is() -> None:
+    saga = Saga("comp")
+
+    @saga.step(retry=Retry(max_attempts=3))
+    def undo(msg: Message) -> None:
+        return None
+
+    @saga.step(compensate=undo)
+    def do(msg: Message) -> None:
+        return None
+
+    # not "decorate it with @saga.step first": it was
+    with pytest.raises(
+        DefinitionError, match=r"undo is the compensation of step .*do of saga 'comp', not"
+    ):
+
+        @saga.step(requires=[undo])
+        def after(msg: Message) -> None:
+            return None
+
+
 def test_a_workflow_is_made_once_until_a_step_is_added() -> None:
     saga = Saga("cache")
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import json
+import os
+import select
+import signal
 import threading
 import time
 import urllib.request
@@ -296,3 +300,88 @@ def test_a_signal_from_sync_code_wakes_a_waiting_execution(sync_flow: SyncFlow) 
     sync_flow.signal(eid, "approved", {"by": "ann"})
     poll(lambda: sync_flow.execution(eid).status is Status.SUCCESS)
     assert sync_flow.execution(eid).response == Message(b'{"by":"ann"}')
+
+
+def test_hooks_redrive_and_prune_are_methods_of_it_too(sync_flow: SyncFlow) -> None:
+    """Hooks (docs/observability.md) are added to a SyncFlow as to a Flow; redrive and
+    prune have their own typed methods."""
+    from microsaga import ExecutionEvent, Hook
+
+    class Seen(Hook):
+        def __init__(self) -> None:
+            self.statuses: list[Status] = []
+
+        def execution_status(self, event: ExecutionEvent) -> None:
+            self.statuses.append(event.status)
+
+    seen = Seen()
+    sync_flow.add_hook(seen)
+    assert seen in sync_flow.hooks
+    wf = sync_flow.workflow_add(shop.saga)
+    eid = wf.execute({"order_id": 7, "customer": "ada"})
+    poll(lambda: Status.SUCCESS in seen.statuses)
+    sync_flow.remove_hook(seen)
+    assert seen not in sync_flow.hooks
+    with pytest.raises(MicrosagaError, match="cannot redrive"):
+        sync_flow.redrive(eid)
+    assert sync_flow.prune(0) == 1
+    assert sync_flow.executions() == []
+    assert "redrive" in vars(SyncFlow)  # typed methods, not __getattr__'s
+    assert "prune" in vars(SyncFlow)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_process_forked_after_open_gets_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A pre-forking server (gunicorn --preload, uWSGI) imports the application, which
+    opens its SyncFlow, then forks its workers: the loop's thread is not in them."""
+    with SyncFlow(f"sqlite:///{tmp_path / 'fork.db'}") as flow:
+        assert flow.executions() == []
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report in one line, never return into pytest
+            try:
+                try:
+                    flow.executions()
+                    said = "no error"
+                except MicrosagaError as exc:
+                    said = str(exc)
+                flow.close()  # as atexit does in a worker that exits: no wait for ever
+                os.write(write, said.encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        try:
+            ready, _, _ = select.select([read], [], [], 10)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            said = os.read(read, 4096).decode() if ready else "the child hangs"
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        assert "before this process" in said, said
+        assert "open a SyncFlow in each worker process" in said
+        assert flow.executions() == []  # the parent's flow is untouched
+
+
+def test_a_call_waiting_when_the_flow_closes_says_why_it_ends(tmp_path: Path) -> None:
+    """A request thread still in execute() when the application shuts down: its
+    CancelledError says what happened (it had no message)."""
+    flow = SyncFlow(f"sqlite:///{tmp_path / 'close.db'}").open()
+    wf = flow.workflow_create("approval", WaitStep("approved"))
+    ended: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            wf.execute({"n": 1}, execution_id="waits")
+        except BaseException as exc:  # what the thread would log
+            ended.append(exc)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    poll(lambda: bool(flow.executions()))
+    flow.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(ended) == 1
+    assert isinstance(ended[0], concurrent.futures.CancelledError)
+    assert str(ended[0]) == "the SyncFlow was closed while this call waited"

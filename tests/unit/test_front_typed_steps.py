@@ -290,3 +290,34 @@ def test_an_annotation_that_cannot_be_resolved_is_a_definition_error() -> None:
     with pytest.raises(DefinitionError, match="cannot resolve the annotation 'Missing'"):
         FunctionStep(namespace["fn"])
     FunctionStep(namespace["fine"])  # imported for type checkers only: still known
+
+
+@pytest.mark.parametrize("is_async", [True, False])
+async def test_a_result_json_cannot_hold_fails_at_once_saying_so(
+    flow: Flow, is_async: bool
+) -> None:
+    """An object of no JSON type fails as NaN does: at once, not retried (it would be
+    the same object again), with words that say it is the result."""
+
+    class Plain:
+        pass
+
+    calls: list[int] = []
+
+    async def answer_async(order: Order) -> Plain:
+        calls.append(1)
+        return Plain()
+
+    def answer_sync(order: Order) -> Plain:
+        calls.append(1)
+        return Plain()
+
+    fn = answer_async if is_async else answer_sync
+    step = FunctionStep(fn, id="answer", retry=Retry(max_attempts=3))
+    wf = await flow.workflow_create("typed", step)
+    with pytest.raises(ExecutionFailedError) as err:
+        await wf.execute({"order_id": 1, "customer": "ada"})
+    assert "the result cannot be encoded as JSON" in err.value.error
+    assert "type Plain is unsupported" in err.value.error
+    assert "NotImplementedError" not in err.value.error
+    assert calls == [1]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -30,6 +31,7 @@ from ..errors import (
     ConfigurationError,
     DefinitionError,
     ExecutionNotFoundError,
+    MicrosagaError,
     WorkflowNotFoundError,
 )
 from ..message import Message
@@ -76,10 +78,13 @@ def _problem(exc: BaseException, headers: Mapping[str, str] | None = None) -> Re
     )
 
 
+_REGEX = re.compile(r"matching regex '.*'")
+
+
 def _explain(exc: msgspec.ValidationError) -> str:
     """msgspec's ``Expected `int`, got `str` - at `$.limit``` as ``limit: expected
     `int`, got `str```."""
-    text = str(exc)
+    text = _REGEX.sub(f"of {models.ID_WORDS}", str(exc))  # the only pattern: an id's
     message, sep, where = text.rpartition(" - at `")
     if not sep:
         return text[:1].lower() + text[1:]
@@ -118,12 +123,17 @@ def _decode_query(request: Request, query: type) -> Any:
     try:
         return msgspec.convert(values, query, strict=False)
     except msgspec.ValidationError as exc:
-        raise ApiError(400, "invalid_request", _explain(exc)) from None
+        detail = _explain(exc).replace("object contains unknown field", "unknown query parameter")
+        raise ApiError(400, "invalid_request", detail) from None
 
 
-def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(
+    op: Operation, ready: Callable[[], None] | None = None
+) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
+            if ready is not None:
+                ready()
             kwargs: dict[str, Any] = dict(request.path_params)
             if op.query is not None:
                 kwargs["query"] = _decode_query(request, op.query)
@@ -140,6 +150,45 @@ def _endpoint(op: Operation) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+class _IdConvertor(Convertor[str]):
+    """An id in a route's path. An id made in Python may hold a '/' (``execution_id=
+    "order/42"``, a workflow ``billing/refund``): sent as ``%2F``, which the server
+    decodes before routing, it spans segments. A last segment naming an action of the
+    routes is the action, so that ``GET .../x/suspend`` stays a 405."""
+
+    regex = r"[^/]+(?:/(?!(?:events|executions|suspend|resume|abort|redrive|signal)$)[^/]+)*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("microsaga_id", _IdConvertor())
+
+
+def _route_path(path: str) -> str:
+    """``/api/executions/{id}`` as Starlette's route path, its ids ``_IdConvertor``'s."""
+    return re.sub(r"{(\w+)}", r"{\1:microsaga_id}", path)
+
+
+@contextlib.contextmanager
+def _field(setting: str, field: str) -> Iterator[None]:
+    """A value of the body that the flow refuses (JSON, but a number no float holds) as
+    the client's bad input, naming its field: 422 ``invalid_request``, not a
+    ``configuration`` error about the flow's ``request``."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        if exc.setting != setting or exc.reason is None:
+            raise
+        raise ApiError(422, "invalid_request", f"{field}: {exc.reason}") from None
+
+
+# routes that answer without the flow's store
+_NO_FLOW = frozenset({"openapi", "metrics"})
+
 # ids that no execution or workflow can have: answered without asking the store (a NUL
 # byte, say, which PostgreSQL cannot even compare)
 _BAD_ID = re.compile(r"[\x00-\x1f\x7f]")
@@ -151,6 +200,19 @@ class Api:
     def __init__(self, flow: Flow, feed: Feed) -> None:
         self.flow = flow
         self.feed = feed
+
+    def ready(self) -> None:
+        """The flow is open: a closed one is the server's state, not the client's error
+        (503, as a store away, not a 400)."""
+        try:
+            self.flow.store  # noqa: B018 - raises while the flow is not open
+        except MicrosagaError:
+            raise ApiError(
+                503,
+                "store_unavailable",
+                "the flow is not open: open it before the first request (docs/api.md, "
+                "'Mounting it in your own service')",
+            ) from None
 
     # executions ----------------------------------------------------------------------
 
@@ -201,7 +263,8 @@ class Api:
         self._check_workflow_id(workflow_id)
         wf = await self.flow.workflow_load(workflow_id)
         request = _message(body.input)
-        eid = await wf.execute(request, async_=True, execution_id=body.execution_id)
+        with _field("request", "input"):
+            eid = await wf.execute(request, async_=True, execution_id=body.execution_id)
         return models.Started(id=eid)
 
     async def suspend(self, id: str) -> models.Execution:
@@ -228,7 +291,8 @@ class Api:
         given = _message(body.input)
         if given is not None:
             kwargs["input"] = given
-        eid = await redrive(id, **kwargs)
+        with _field("request", "input"):
+            eid = await redrive(id, **kwargs)
         self.feed.touch(id)
         return await self._changed(eid if isinstance(eid, str) else id)
 
@@ -236,7 +300,8 @@ class Api:
         signal = self._optional("signal")
         self._check_id(id)
         payload = _message(body.payload)
-        await signal(id, body.event, payload=payload)
+        with _field("payload", "payload"):
+            await signal(id, body.event, payload=payload)
         return await self._changed(id)
 
     def _optional(self, name: str) -> Callable[..., Awaitable[Any]]:
@@ -265,21 +330,34 @@ class Api:
     # workflows -------------------------------------------------------------------------
 
     async def list_workflows(self) -> models.WorkflowList:
-        return models.WorkflowList(
-            items=[
+        # read as stored, not loaded: loading imports each `function:` step's module, and
+        # one that this process cannot import would fail the whole list
+        items = []
+        for stored in await self.flow.store.list_workflows():
+            definition = Message(stored.body).json()
+            description = definition.get("description")
+            items.append(
                 models.WorkflowSummary(
-                    id=wf.id,
-                    version=wf.version or 0,
-                    step_count=len(wf.step_list),
-                    description=wf.description,
+                    id=stored.id,
+                    version=stored.version,
+                    step_count=len(definition.get("steps") or ()),
+                    description=description if isinstance(description, str) else None,
                 )
-                for wf in await self.flow.workflow_list()
-            ]
-        )
+            )
+        return models.WorkflowList(items=items)
 
     async def get_workflow(self, id: str, query: models.LoadWorkflow) -> dict[str, Any]:
         self._check_workflow_id(id)
-        wf = await self.flow.workflow_load(id, query.version)
+        try:
+            wf = await self.flow.workflow_load(id, query.version)
+        except DefinitionError:
+            # it does not load here (a module this process cannot import): the
+            # definition as saved, for an operator to see and mend (PUT)
+            stored = await self.flow.store.load_workflow(id, query.version)
+            if stored is None:
+                raise
+            saved: dict[str, Any] = Message(stored.body).json()
+            return saved
         definition = wf.to_dict()
         # every step's id written out (the same definition), so that a client can match
         # requirements and executions' steps without knowing how each kind names its steps
@@ -291,7 +369,9 @@ class Api:
         self._check_workflow_id(id)
         if not isinstance(body, dict):
             raise DefinitionError(f"must be a JSON object, not {type(body).__name__}")
-        given = body.setdefault("id", id)
+        if body.get("id") is None:  # left out, or null: the URL names it
+            body["id"] = id
+        given = body["id"]
         if given != id:
             raise DefinitionError(
                 f"the definition's id {given!r} is not the id in the URL ({id!r})", path="id"
@@ -476,7 +556,13 @@ def create_app(flow: Flow, *, token: str | None = None, max_body: int = DEFAULT_
     )
     openapi.append(_encoder.encode(doc))
     routes: list[BaseRoute] = [
-        Route(op.path, _endpoint(op), methods=[op.method], name=op.name) for op in operations
+        Route(
+            _route_path(op.path),
+            _endpoint(op, None if op.name in _NO_FLOW else api.ready),
+            methods=[op.method],
+            name=op.name,
+        )
+        for op in operations
     ]
     routes += _dashboard_routes()
     middleware = [Middleware(BodyLimit, limit=max_body)]

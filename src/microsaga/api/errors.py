@@ -11,7 +11,8 @@ unknown execution / workflow / route            404    ``execution_not_found``,
 method not allowed                              405    ``method_not_allowed``
 invalid transition (resume a SUCCESS...)        409    ``invalid_transition``
 an execution id taken by another workflow       409    ``execution_conflict``
-body larger than ``max_body``                   413    ``payload_too_large``
+body over ``max_body``, input over the flow's  413    ``payload_too_large``
+``max_payload``
 body of the wrong shape, bad definition         422    ``invalid_request``,
                                                        ``definition``, ``cycle``...
 metrics without prometheus-client installed     501    ``not_implemented``
@@ -37,6 +38,7 @@ from ..errors import (
     InvalidTransitionError,
     MicrosagaError,
     MissingClientError,
+    PayloadTooLargeError,
     StoreError,
     TransportError,
     WorkflowNotFoundError,
@@ -82,6 +84,8 @@ def status_for(exc: MicrosagaError) -> int:
         return 409
     if isinstance(exc, StoreError | TransportError):
         return 503
+    if isinstance(exc, PayloadTooLargeError):  # over the flow's max_payload
+        return 413
     if isinstance(exc, DefinitionError | ConfigurationError | MissingClientError):
         return 422
     return 400

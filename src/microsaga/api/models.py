@@ -58,7 +58,9 @@ AnyJson = Annotated[
                       "when its body is not JSON.")
 ]  # fmt: skip
 # an execution id: check_id's rules (no space, no ':'), and no '/' to fit in a URL path
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/:\s\x00-\x1f\x7f]+$")]
+ID_PATTERN = r"^[^/:\s\x00-\x1f\x7f]+$"
+ID_WORDS = "printable characters without spaces, ':' or '/'"  # ID_PATTERN, for people
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=ID_PATTERN)]
 
 
 class Struct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -160,7 +162,8 @@ class Redrive(Struct):
     """Run failed steps again, or the whole execution anew (see ``Flow.redrive``)."""
 
     step: Annotated[
-        str | None, msgspec.Meta(description="The step to run again (default: every failed one).")
+        Annotated[str, msgspec.Meta(min_length=1)] | None,
+        msgspec.Meta(description="The step to run again (default: every failed one)."),
     ] = None
     input: Annotated[
         msgspec.Raw | msgspec.UnsetType,
