@@ -40,8 +40,6 @@ class Seen(msgspec.Struct):
 # by id() of the workflow, each entry dropped when its workflow is (weakref.finalize):
 # a WeakKeyDictionary would make a weak reference at every execution
 _latest: dict[int, Seen] = {}
-# the keys in _latest of the workflows whose latest execution is each id
-_watchers: dict[str, set[int]] = {}
 _steps: weakref.WeakKeyDictionary[Step, tuple[weakref.ref[Workflow], str, Phase]] = (
     weakref.WeakKeyDictionary()
 )
@@ -51,45 +49,31 @@ def started(wf: Workflow, execution_id: str, state: ExecState | None, status: St
     """``execution_id`` is the latest execution started through ``wf``."""
     key = id(wf)
     if key not in _latest:
-        weakref.finalize(wf, _forget, key)
-    else:
-        _unwatch(key)
+        weakref.finalize(wf, _latest.pop, key, None)
     _latest[key] = Seen(execution_id, state, status)
-    _watchers.setdefault(execution_id, set()).add(key)
 
 
-def _forget(key: int) -> None:
-    _unwatch(key)
-    _latest.pop(key, None)
-
-
-def _unwatch(key: int) -> None:
-    old = _latest.get(key)
-    if old is None:
-        return
-    keys = _watchers.get(old.execution_id)
-    if keys is not None:
-        keys.discard(key)
-        if not keys:
-            del _watchers[old.execution_id]
+def _views_of(execution_id: str) -> list[Seen]:
+    # a look at every workflow object's latest execution (a few, or a few hundred),
+    # on the rare calls below, rather than an index kept at every execution
+    return [seen for seen in _latest.values() if seen.execution_id == execution_id]
 
 
 def watched(execution_id: str) -> bool:
     """Whether ``execution_id`` is the latest execution of a workflow object."""
-    return execution_id in _watchers
+    return any(seen.execution_id == execution_id for seen in _latest.values())
 
 
 def follow(execution_id: str, state: ExecState) -> None:
     """A later run of ``execution_id`` started here: its views show that run's state."""
-    for key in _watchers.get(execution_id, ()):
-        _latest[key].state = state
+    for seen in _views_of(execution_id):
+        seen.state = state
 
 
 def observed(execution_id: str, status: Status) -> None:
     """``execution_id`` was read ``status`` in the store while no run of it was here:
     its views show that status (their step records stay as last seen)."""
-    for key in _watchers.get(execution_id, ()):
-        seen = _latest[key]
+    for seen in _views_of(execution_id):
         if seen.state is None:
             seen.status = status
         elif seen.state.status is not status:
