@@ -475,6 +475,7 @@ class Run:
             if decision.done:
                 if decision.status is Status.SUCCESS:
                     unit.response = data.execution_response(graph, state.steps)
+                    unit.error = ""  # cleared: a failure a resume or a redrive mended
                 elif (
                     decision.status is not Status.ABORTED
                     or not compensated(state)

@@ -293,6 +293,26 @@ async def test_transition_error_is_kept(store: Store) -> None:
     )
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "in one batch"])
+async def test_an_empty_error_clears_the_stored_one(store: Store, batched: bool) -> None:
+    # a suspended execution's error says which step failed; once a resume or a
+    # redrive mended it, the execution succeeds and says nothing of that failure
+    await store.commit([new("e1", owner="w1")])
+    suspend = transition("e1", status=Status.SUSPEND, error="a: boom")
+    succeed = transition("e1", expect=Status.SUSPEND, status=Status.SUCCESS, error="", release=True)
+    if batched:  # two units of one execution: the store decides them on a read
+        assert [r.applied for r in await store.commit([suspend, succeed])] == [True, True]  # type: ignore[union-attr]
+    else:
+        await commit_one(store, suspend)
+        info = await store.get_execution("e1")
+        assert info is not None
+        assert (info.status, info.error) == (Status.SUSPEND, "a: boom")
+        await commit_one(store, succeed)
+    info = await store.get_execution("e1")
+    assert info is not None
+    assert (info.status, info.error) == (Status.SUCCESS, None)
+
+
 async def test_records_are_written_even_when_not_applied(store: Store) -> None:
     await store.commit([new("e1", owner="w1", starts=("a",))])
     assert await store.request("e1", "suspend", 101.0) is Status.SUSPEND

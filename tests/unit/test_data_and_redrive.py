@@ -239,9 +239,11 @@ async def test_redrive_of_a_suspended_failure_with_an_edited_input(flow: Flow) -
     shop = Shop(declines=1)
     wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")
     eid = await wf.execute({"card": "expired"})
+    assert "charge" in ((await flow.execution(eid)).error or "")  # SUSPEND, saying why
     assert (await flow.redrive(eid, step="charge", input={"card": "new"})) == eid
     info = await flow.wait(eid, timeout=10)
     assert info.status is Status.SUCCESS
+    assert info.error is None  # the failure it was suspended on is mended
     assert shop.calls("charge") == [{"reservation": "R1"}, {"card": "new"}]
     assert info.steps["charge"].request is not None
     assert info.steps["charge"].request.json() == {"card": "new"}
@@ -290,6 +292,7 @@ async def test_a_failed_step_is_tried_again_when_resumed_while_another_still_run
     gate.set()
     done = await flow.wait(eid, timeout=10)
     assert done.status is Status.SUCCESS, done.error
+    assert done.error is None
     assert done.steps["charge"].status is Status.SUCCESS
     assert done.steps["pack"].status is Status.SUCCESS
     assert calls == [{"card": "expired"}, {"card": "new" if redrive else "expired"}]

@@ -81,7 +81,8 @@ class Transition(msgspec.Struct, gc=False):
     ``records`` are always written. ``status`` is set, ``starts`` written and the lease
     released only when the stored status is ``expect`` and the stored abort request is
     no later than ``abort`` (``applied``); starts also need the resulting status to be
-    RUNNING or COMPENSATING.
+    RUNNING or COMPENSATING. ``error``, when applied: None leaves the stored one, ``""``
+    clears it (an execution that succeeded after a failure was retried or redriven).
     """
 
     execution_id: str

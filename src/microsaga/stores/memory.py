@@ -246,7 +246,7 @@ class MemoryStore(Store):
                 if t.response is not None:
                     row.response = _keep(t.response)
                 if t.error is not None:
-                    row.error = t.error
+                    row.error = t.error or None
             if row.status in _STARTABLE:
                 row.put(t.starts)
             if t.release:

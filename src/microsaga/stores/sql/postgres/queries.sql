@@ -228,7 +228,7 @@ done AS (
             THEN u.response_body ELSE e.response_body END,
         response_header = CASE WHEN u.has_response
             THEN u.response_header ELSE e.response_header END,
-        error = coalesce(u.error, e.error),
+        error = nullif(coalesce(u.error, e.error), ''),
         owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
         lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
         updated_at = u.at,
@@ -301,7 +301,7 @@ done AS (
             THEN u.response_body ELSE e.response_body END,
         response_header = CASE WHEN u.has_response
             THEN u.response_header ELSE e.response_header END,
-        error = coalesce(u.error, e.error),
+        error = nullif(coalesce(u.error, e.error), ''),
         owner = CASE WHEN u.release THEN NULL ELSE e.owner END,
         lease_until = CASE WHEN u.release THEN 0 ELSE e.lease_until END,
         updated_at = u.at,
@@ -352,7 +352,7 @@ WITH done AS (
         status = $4::smallint,
         response_body = CASE WHEN $5::boolean THEN $6::bytea ELSE e.response_body END,
         response_header = CASE WHEN $5::boolean THEN $7::json ELSE e.response_header END,
-        error = coalesce($8::text, e.error),
+        error = nullif(coalesce($8::text, e.error), ''),
         owner = CASE WHEN $9::boolean THEN NULL ELSE e.owner END,
         lease_until = CASE WHEN $9::boolean THEN 0 ELSE e.lease_until END,
         updated_at = $10::double precision,

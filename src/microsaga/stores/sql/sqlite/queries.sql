@@ -30,7 +30,7 @@ UPDATE executions SET
     response_header = CASE WHEN status = :expect AND abort <= :abort AND :has_response
         THEN :response_header ELSE response_header END,
     error = CASE WHEN status = :expect AND abort <= :abort AND :error IS NOT NULL
-        THEN :error ELSE error END,
+        THEN nullif(:error, '') ELSE error END,
     owner = CASE WHEN status = :expect AND abort <= :abort AND :release
         THEN NULL ELSE owner END,
     lease_until = CASE WHEN status = :expect AND abort <= :abort AND :release
