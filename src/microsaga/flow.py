@@ -655,6 +655,7 @@ class Flow:
             ExecutionNotFoundError: unknown id.
             InvalidTransitionError: the execution is finished.
             ConfigurationError: ``event`` is not a name, ``payload`` not JSON.
+            PayloadTooLargeError: ``payload`` is over the flow's ``max_payload``.
         """
         problem = name_problem(event, colon=True, limit=200)
         if problem is not None:
@@ -670,6 +671,7 @@ class Flow:
                 _check_json(message.body)
             except ConfigurationError as exc:
                 raise ConfigurationError("payload", exc.reason) from None
+        check_size(message, self._options.max_payload, "the payload")  # the step's response
         worker = self._running()
         await self.store.signal(execution_id, event, message, self.clock())
         worker.signalled(execution_id)

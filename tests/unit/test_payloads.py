@@ -19,6 +19,7 @@ from microsaga import (
     PayloadTooLargeError,
     Retry,
     Status,
+    WaitStep,
 )
 from microsaga.codecs import AesGcmCodec
 from microsaga.payloads import redacted
@@ -103,6 +104,22 @@ async def test_a_request_over_max_payload_is_refused(store_url: str) -> None:
             await wf.execute({"x": "y" * 1000})
         assert err.value.code == "payload_too_large"
         assert await flow.executions() == []
+
+
+async def test_a_signal_payload_over_max_payload_is_refused(store_url: str) -> None:
+    # a signal's payload is the waiting step's response: the same limit holds
+    async with Flow(store_url, max_payload=1000) as flow:
+        wf = await flow.workflow_create("pay", WaitStep("paid"))
+        eid = await wf.execute({}, async_=True)
+        with pytest.raises(
+            PayloadTooLargeError, match="payload is 1008 bytes, over max_payload 1000"
+        ):
+            await flow.signal(eid, "paid", {"x": "y" * 1000})
+        await flow.signal(eid, "paid", {"x": "small"})
+        done = await flow.wait(eid, timeout=10)
+    assert done.status is Status.SUCCESS
+    assert done.response is not None
+    assert done.response.json() == {"x": "small"}
 
 
 async def test_a_step_returning_over_max_payload_fails_without_retrying(store_url: str) -> None:
