@@ -510,6 +510,8 @@ class Flow:
                 request = Message(req)
             except ConfigurationError as exc:  # NaN or infinity
                 raise ConfigurationError("request", exc.reason) from None
+            except (TypeError, ValueError) as exc:  # as signal's payload
+                raise ConfigurationError("request", f"must be JSON: {exc}") from None
         check_size(request, self._options.max_payload, "the request")
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
@@ -781,23 +783,32 @@ class Flow:
             TimeoutError: ``timeout`` seconds passed first.
             ExecutionNotFoundError: unknown id.
         """
-        async with asyncio.timeout(timeout):
-            while True:
-                event = asyncio.Event()
-                self._waiters.setdefault(execution_id, set()).add(event)
-                try:
-                    found = await self.store.get_status(execution_id)
-                    if found is None:
-                        raise ExecutionNotFoundError(execution_id)
-                    if found[0].stopped:
-                        return await self.execution(execution_id)
-                    await wait_event(event, self._options.poll_interval)
-                finally:
-                    waiting = self._waiters.get(execution_id)
-                    if waiting is not None:
-                        waiting.discard(event)
-                        if not waiting:
-                            del self._waiters[execution_id]
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return await self._wait(execution_id)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise TimeoutError(f"execution {execution_id} did not stop in {timeout}s") from None
+
+    async def _wait(self, execution_id: str) -> Execution:
+        while True:
+            event = asyncio.Event()
+            self._waiters.setdefault(execution_id, set()).add(event)
+            try:
+                found = await self.store.get_status(execution_id)
+                if found is None:
+                    raise ExecutionNotFoundError(execution_id)
+                if found[0].stopped:
+                    return await self.execution(execution_id)
+                await wait_event(event, self._options.poll_interval)
+            finally:
+                waiting = self._waiters.get(execution_id)
+                if waiting is not None:
+                    waiting.discard(event)
+                    if not waiting:
+                        del self._waiters[execution_id]
 
     def _notify(self, execution_id: str) -> None:
         """The execution changed in this process: wake who waits for it."""

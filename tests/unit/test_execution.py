@@ -13,6 +13,7 @@ import pytest
 
 from microsaga import (
     CallStep,
+    ConfigurationError,
     ExecutionConflictError,
     ExecutionFailedError,
     Flow,
@@ -522,3 +523,11 @@ async def test_an_execution_id_reused_with_another_workflow_is_a_conflict(runs_h
         # the same workflow again is the same execution (its idempotency key)
         assert await waits.execute(1, execution_id="k1", async_=True) == "k1"
         assert (await flow.execution("k1")).workflow_id == "waits"
+
+
+async def test_a_request_json_cannot_hold_is_refused_naming_the_request() -> None:
+    async with Flow("memory://") as flow:
+        wf = await flow.workflow_create("w", fn("a"))
+        with pytest.raises(ConfigurationError, match=r"^request: must be JSON: .*object"):
+            await wf.execute(object())
+        assert await flow.executions() == []

@@ -112,7 +112,7 @@ async def test_wait_and_unknown_ids(flow: Flow) -> None:
     assert wf.status is Status.PENDING
     eid = await wf.execute(async_=True)  # returns at once
     assert (await flow.execution(eid)).status is Status.RUNNING
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=f"^execution {eid} did not stop in 0.1s$"):
         await flow.wait(eid, timeout=0.1)
     gate.set()
     info = await flow.wait(eid, timeout=5)
