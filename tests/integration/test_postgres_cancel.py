@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
+import msgspec
 import pytest
 
 if not os.environ.get("CI"):  # under CI a missing driver fails the imports below
@@ -28,6 +29,7 @@ from microsaga.stores.base import NewExecution, StepRecord, Transition
 from microsaga.stores.postgres import PostgresStore
 from tests.helpers import eventually
 from tests.integration.pg import connect, fresh_database
+from tests.integration.test_postgres import pending
 
 pytestmark = pytest.mark.postgres
 
@@ -36,19 +38,7 @@ DONE = StepRecord("a", 0, Status.SUCCESS, 1, Message(b"{}"), Message(b"[]"), Non
 
 
 def new(eid: str, body: bytes = b"{}") -> NewExecution:
-    return NewExecution(
-        id=eid,
-        workflow_id="order",
-        version=None,
-        definition_hash="h",
-        definition=b"{}",
-        step_ids=["a"],
-        request=Message(body),
-        status=Status.PENDING,
-        owner=None,
-        lease_until=0.0,
-        created_at=100.0,
-    )
+    return msgspec.structs.replace(pending(eid), request=Message(body))
 
 
 @pytest.fixture

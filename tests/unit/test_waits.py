@@ -103,8 +103,10 @@ def calls(name: str) -> list[Any]:
 
 
 async def parked(flow: Flow, eid: str) -> bool:
-    """The execution waits in the store, held by no run of this worker."""
-    info = await flow.execution(eid)
+    """The execution exists and waits in the store, held by no run of this worker."""
+    info = await flow.store.get_execution(eid)
+    if info is None:  # a child not started yet
+        return False
     return info.status is Status.RUNNING and eid not in flow._running().runs and bool(info.note)
 
 
@@ -411,10 +413,7 @@ async def test_a_rollback_giving_up_a_child_undoes_it_before_what_it_required(
     eid = await wf.execute({"amount": 2}, async_=True)
     child_id = f"{eid}:charge"
 
-    async def child_parked() -> bool:  # paid, waits for "confirmed"
-        return await flow.store.get_execution(child_id) is not None and await parked(flow, child_id)
-
-    await eventually(child_parked)
+    await eventually(lambda: parked(flow, child_id))  # paid, waits for "confirmed"
     await flow.signal(eid, "go")
     done = await flow.wait(eid, timeout=10)
     assert done.status is Status.FAILURE
@@ -460,10 +459,7 @@ async def test_a_given_up_child_whose_rollback_fails_stops_the_rollback_above_it
     eid = await wf.execute({"amount": 2}, async_=True)
     child_id = f"{eid}:charge"
 
-    async def child_parked() -> bool:  # paid, waits for "confirmed"
-        return await flow.store.get_execution(child_id) is not None and await parked(flow, child_id)
-
-    await eventually(child_parked)
+    await eventually(lambda: parked(flow, child_id))  # paid, waits for "confirmed"
     await flow.signal(eid, "go")
     done = await flow.wait(eid, timeout=10)
     assert done.status is Status.FAILURE
