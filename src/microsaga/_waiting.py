@@ -109,6 +109,10 @@ class Waiting:
                         continue
                     why = f"child execution {cid} ended {child.status.name}: {child.error}"
                     self._settle(run, sid, Status.FAILURE, None, why, now)
+                    if child.status is Status.FAILURE and not child.compensated:
+                        # its own rollback failed: the step's undo failing, as for a
+                        # child given up (see cancel); a resume retries it
+                        self._undo_failed(run, sid, f"the rollback of {why}", now)
 
     async def _aborted(self, run: Run) -> bool:
         """Whether the execution is aborted (with compensation), maybe by a request
@@ -197,16 +201,21 @@ class Waiting:
                         extra=about(run.id, run.spec.workflow_id, sid),
                     )
                     continue
-                before = run.state.comps.get(sid)
-                attempts = before.attempts + 1 if before is not None else 1
-                done = run.host.clock()
-                run.log_failure(sid, Phase.COMPENSATE, attempts, error, None)
-                comp = StepRecord(
-                    sid, Phase.COMPENSATE, Status.FAILURE, attempts, None, None, error, now, done
-                )
-                run.put(comp)
+                self._undo_failed(run, sid, error, now)
                 failed = True
         return failed
+
+    def _undo_failed(self, run: Run, sid: str, error: str, started: float) -> None:
+        """The rollback of a SubflowStep's child failed: its compensation FAILURE."""
+        before = run.state.comps.get(sid)
+        attempts = before.attempts + 1 if before is not None else 1
+        run.log_failure(sid, Phase.COMPENSATE, attempts, error, None)
+        done = run.host.clock()
+        run.put(
+            StepRecord(
+                sid, Phase.COMPENSATE, Status.FAILURE, attempts, None, None, error, started, done
+            )
+        )
 
     async def wait_or_park(self, run: Run) -> bool:
         """Only WAITING steps are left: park the execution (True: the run is over), or,

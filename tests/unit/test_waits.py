@@ -535,6 +535,55 @@ async def test_a_resume_retries_the_failed_rollback_of_a_child_that_succeeded(
     ]
 
 
+async def test_a_child_failing_whose_own_rollback_fails_stops_the_rollback_above_it(
+    flow: Flow,
+) -> None:
+    """SPEC 4b: a child that failed on its own and could not roll back is a
+    SubflowStep whose undo failed: what it requires stays SUCCESS and the parent is not
+    compensated (it compensated them, and said all was undone). A resume of the parent
+    retries the child's rollback, then carries on with its own."""
+    await _saved(
+        flow,
+        "payment",
+        FunctionStep(
+            pay,
+            id="pay",
+            compensate=FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1)),
+        ),
+        FunctionStep(decline, id="confirm", requires=["pay"]),
+    )
+    wf = await flow.workflow_create(
+        "order",
+        FunctionStep(reserve, id="reserve", compensate=FunctionStep(release)),
+        SubflowStep("payment", id="charge", requires=["reserve"]),
+        FunctionStep(reserve, id="hold", compensate=FunctionStep(let_go)),  # independent
+    )
+    REFUSED.add("refund")
+    with pytest.raises(ExecutionFailedError) as failed:
+        await wf.execute({"amount": 5})
+    assert not failed.value.compensated
+    eid = failed.value.execution_id
+    child = await flow.execution(f"{eid}:charge")
+    assert (child.status, child.compensated) == (Status.FAILURE, False)
+    info = await flow.execution(eid)
+    assert info.steps["reserve"].status is Status.SUCCESS
+    assert calls("release") == []
+    assert info.steps["hold"].status is Status.COMPENSATED
+
+    REFUSED.clear()
+    await flow.resume(eid)
+    done = await flow.wait(eid, timeout=10)
+    assert (done.status, done.compensated) == (Status.FAILURE, True)
+    assert done.steps["reserve"].status is Status.COMPENSATED
+    child = await flow.execution(f"{eid}:charge")
+    assert (child.status, child.compensated) == (Status.FAILURE, True)
+    assert [step for step, _ in LOG if step in ("refund", "release")] == [
+        "refund",
+        "refund",
+        "release",
+    ]
+
+
 @pytest.mark.parametrize(
     "options",
     [{"concurrency": 1, "lease_ttl": 5.0}, {"claim": False}],

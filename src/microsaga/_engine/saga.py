@@ -176,6 +176,7 @@ def _satisfied(steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
 
 
 _DONE = (Status.SUCCESS, Status.SKIPPED)  # what a dependent needs of a step
+_UNDO_FAILED = (Status.PENDING, Status.FAILURE)  # see compensable
 
 
 def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
@@ -191,9 +192,10 @@ def compensable(plan: Plan, graph: RunGraph, state: ExecState) -> list[str]:
             current is Status.SUCCESS
             # a failed map: its runs that succeeded (the record stays FAILURE)
             or (current is Status.FAILURE and node.partial and not _undone(comp))
-            # a SubflowStep given up whose child's rollback failed (its record is
-            # PENDING again): that rollback is its compensation, retried on resume
-            or (current is Status.PENDING and comp is not None and not _undone(comp))
+            # a SubflowStep whose child's rollback failed (given up: its record is
+            # PENDING again; or failed on its own): that rollback is its
+            # compensation, retried on resume
+            or (current in _UNDO_FAILED and comp is not None and not _undone(comp))
         )
         settled[sid] = deps_settled and not needs
         if needs and deps_settled and (comp is None or comp.status is Status.PENDING):
