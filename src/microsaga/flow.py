@@ -193,7 +193,6 @@ class Flow:
         self._open = False
         self._store: Store | None = None
         self._worker: Worker | None = None
-        self._following = False  # see _follow_runs
         self._broker: Broker | None = None
         self._http: Client | None = None
         self._services: dict[str, str] = dict(self._options.services)
@@ -556,7 +555,6 @@ class Flow:
             status = found[0] if found is not None else Status.PENDING
             _views.started(wf, eid, None, status)
         if async_:
-            self._follow_runs()
             return eid
         if run is not None and run.outcome is not None:
             outcome = run.outcome  # it ran to its end in this call
@@ -568,12 +566,13 @@ class Flow:
                 await asyncio.sleep(0)
         else:
             ended = await run.stopped() if run is not None else None
-            outcome = ended if ended is not None else await self._stored_outcome(eid)
-            # wf.status shows how it stopped, wherever it went on (a later run here
-            # is followed, a run elsewhere is not)
-            _views.observed(eid, outcome.status)
-        if outcome.status is not Status.SUCCESS:
-            self._follow_runs()  # a resume may run it here again
+            if ended is not None:
+                outcome = ended
+            else:  # it went on after its run here stopped (parked), or ran elsewhere
+                outcome = await self._stored_outcome(eid)
+                # wf.status shows how it stopped (a later run here is followed, a run
+                # elsewhere is not)
+                _views.observed(eid, outcome.status)
         if outcome.status is Status.FAILURE:
             raise ExecutionFailedError(
                 eid, outcome.step_id, outcome.error or "failed", compensated=outcome.compensated
@@ -719,23 +718,6 @@ class Flow:
         self._observed(execution_id, found.status)
         return redacted_execution(found, self._options.redact_headers)
 
-    def _follow_runs(self) -> None:
-        """From now on ``wf.status`` and ``step.status`` follow an execution started
-        through a workflow object into its later runs here (resumed, woken by a signal
-        or a timer): watched from the first time an execution may go on later."""
-        if not self._following:
-            self._following = True
-            # beside the hooks, not one of them: flow.hooks lists the user's
-            self.hooks.run_started.append(self._run_started)
-
-    def _run_started(self, event: ExecutionEvent) -> None:
-        """Points the views of an execution at each later run of it here."""
-        if event.taken_over and _views.watched(event.execution_id):
-            worker = self._worker
-            run = worker.runs.get(event.execution_id) if worker is not None else None
-            if run is not None:
-                _views.follow(event.execution_id, run.state)
-
     def _observed(self, execution_id: str, status: Status) -> None:
         """``status`` was read in the store: what ``wf.status`` shows of the execution,
         unless a run of it here holds a newer state."""
@@ -748,7 +730,6 @@ class Flow:
         """After a request changed an execution (suspend, resume, abort, signal): the
         status ``wf.status`` shows, when no run of it here shows it already."""
         if _views.watched(execution_id):
-            self._follow_runs()
             worker = self._worker
             if worker is None or execution_id not in worker.runs:
                 try:

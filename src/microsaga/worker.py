@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from . import _views
 from ._aio import Slots, wait_event
 from ._engine.plan import Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, Phase, StepRecord
@@ -561,6 +562,8 @@ class Worker:
         in this call and runs until it first waits, so that a run that never waits (on
         the memory store) is over on return, without a turn of the event loop."""
         self.runs[run.id] = run
+        if taken_over:  # resumed, woken, or another's: wf.status follows it (_views)
+            _views.follow(run.id, run.state)
         if self.hooks.run_started:
             self.hooks.emit(self.hooks.run_started, run.event(taken_over=taken_over))
         name = f"microsaga-{run.id}"
