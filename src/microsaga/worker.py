@@ -28,7 +28,7 @@ import re
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -266,61 +266,61 @@ class Worker:
         # the parent's rollback goes on once the child's is over: the steps its
         # SubflowStep requires are compensated after the child's (as after any
         # dependent's), and the parent ends after its child (see compensate_child)
-        self._rolling_back_children += 1
-        try:
-            await self._abort_child(child_id)
-        finally:
-            self._rolling_back_children -= 1
-
-    async def _abort_child(self, child_id: str) -> None:
-        try:
-            await self.control(child_id, "abort")
-        except ExecutionNotFoundError:
-            return  # never started
-        except InvalidTransitionError:
-            # finished already; one that succeeded after its parent last looked at it
-            # is undone as a unit now: its step, given up, is never compensated
-            with contextlib.suppress(InvalidTransitionError):  # failed or aborted: undone
-                await self.control(child_id, "compensate")
-        await self._take_back(child_id)
-        found = await self._child_end(child_id)
-        if found is not None and not found.compensated:
-            # as compensate_child: the parent's rollback stops above the SubflowStep,
-            # and a resume of the parent retries this rollback (see _roll_back_child)
-            raise MicrosagaError(
-                f"the rollback of child execution {child_id} failed: {found.error}"
-            )
+        with self._waiting_for_child():
+            try:
+                await self.control(child_id, "abort")
+            except ExecutionNotFoundError:
+                return  # never started
+            except InvalidTransitionError:
+                # finished already; one that succeeded after its parent last looked at
+                # it is undone as a unit now: its step, given up, is never compensated
+                with contextlib.suppress(InvalidTransitionError):  # failed or aborted
+                    await self.control(child_id, "compensate")
+            await self._rolled_back(child_id)
 
     async def step_records(self, execution_id: str) -> list[StepRecord]:
         stored = await self.store.load(execution_id)
         return [] if stored is None else stored.records
 
     async def compensate_child(self, child_id: str) -> None:
-        # the child's rollback is claimed like any execution, and the parent waiting
-        # for it runs nothing meanwhile: it leaves its place among the max_executions
-        # this worker holds to the child (else a worker full of such parents, one with
-        # a concurrency of 1, never claims the children and they all wait for ever)
+        with self._waiting_for_child():
+            try:
+                await self.control(child_id, "compensate")
+            except InvalidTransitionError:
+                # rolling back already, or rolled back; or a retry of this compensation
+                # (the parent resumed): a child whose rollback failed retries it, as
+                # when its user resumes it
+                found = await self.store.get_execution(child_id)
+                if found is not None and found.status is Status.FAILURE and not found.compensated:
+                    with contextlib.suppress(InvalidTransitionError):  # resumed meanwhile
+                        await self.control(child_id, "resume")
+            await self._rolled_back(child_id)
+
+    @contextlib.contextmanager
+    def _waiting_for_child(self) -> Iterator[None]:
+        """A run waits for its child's rollback, which is claimed like any execution:
+        meanwhile the parent runs nothing and leaves its place among the
+        max_executions this worker holds to the child (else a worker full of such
+        parents, one with a concurrency of 1, never claims the children and they all
+        wait for ever)."""
         self._rolling_back_children += 1
         try:
-            await self._roll_back_child(child_id)
+            yield
         finally:
             self._rolling_back_children -= 1
 
-    async def _roll_back_child(self, child_id: str) -> None:
-        try:
-            await self.control(child_id, "compensate")
-        except InvalidTransitionError:
-            # rolling back already, or rolled back; or a retry of this compensation
-            # (the parent resumed): a child whose rollback failed retries it, as when
-            # its user resumes it
-            found = await self.store.get_execution(child_id)
-            if found is not None and found.status is Status.FAILURE and not found.compensated:
-                with contextlib.suppress(InvalidTransitionError):  # resumed meanwhile
-                    await self.control(child_id, "resume")
+    async def _rolled_back(self, child_id: str) -> None:
+        """Wait for a child's rollback to end (taking it when this worker does not
+        claim).
+
+        Raises:
+            MicrosagaError: the child is not undone: the parent's rollback stops above
+                its SubflowStep, and a resume of the parent retries this rollback.
+        """
         await self._take_back(child_id)
         found = await self._child_end(child_id)
-        # undone: rolled back (ABORTED), or a child given up that failed on its own
-        # and rolled itself back (see _abort_child)
+        # undone: rolled back (ABORTED), or a child that failed on its own and rolled
+        # itself back
         if found is not None and (found.status is Status.SUCCESS or not found.compensated):
             raise MicrosagaError(
                 f"the rollback of child execution {child_id} failed: {found.error}"
