@@ -501,17 +501,7 @@ class Flow:
         """Start an execution of ``wf`` and (unless ``async_``) wait until it stops:
         what ``wf.execute(...)`` does (see :meth:`Workflow.execute`)."""
         worker = self._running()
-        if isinstance(req, _RAW):
-            request = Message.of(req)
-            _check_json(request.body)  # bytes of the caller's: checked, not trusted
-        else:
-            try:
-                request = Message(req)
-            except ConfigurationError as exc:  # NaN or infinity
-                raise ConfigurationError("request", exc.reason) from None
-            except (TypeError, ValueError) as exc:  # as signal's payload
-                raise ConfigurationError("request", f"must be JSON: {exc}") from None
-        check_size(request, self._options.max_payload, "the request")
+        request = self._body(req, "request")
         if timeout is not None:
             timeout = _positive(timeout, "timeout")
         if deadline is not None:
@@ -661,22 +651,30 @@ class Flow:
         problem = name_problem(event, colon=True, limit=200)
         if problem is not None:
             raise ConfigurationError("event", problem)
-        try:
-            message = Message.of(payload)
-        except ConfigurationError as exc:  # NaN or infinity
-            raise ConfigurationError("payload", exc.reason) from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError("payload", f"must be JSON: {exc}") from None
-        if isinstance(payload, Message | bytes | bytearray | memoryview):
-            try:
-                _check_json(message.body)
-            except ConfigurationError as exc:
-                raise ConfigurationError("payload", exc.reason) from None
-        check_size(message, self._options.max_payload, "the payload")  # the step's response
+        message = self._body(payload, "payload")  # the waiting step's response
         worker = self._running()
         await self.store.signal(execution_id, event, message, self.clock())
         worker.signalled(execution_id)
         await self._observe(execution_id)
+
+    def _body(self, value: Any, setting: str) -> Message:
+        """``value`` as the Message of a body (``setting``: ``request``, ``payload``):
+        JSON, within ``max_payload``.
+
+        Raises:
+            ConfigurationError: naming ``setting``: not JSON, or NaN or infinity in it.
+            PayloadTooLargeError: over ``max_payload``.
+        """
+        try:
+            message = Message.of(value)
+            if isinstance(value, _RAW):
+                _check_json(message.body)  # bytes of the caller's: checked, not trusted
+        except ConfigurationError as exc:  # not JSON, NaN or infinity
+            raise ConfigurationError(setting, exc.reason) from None
+        except (TypeError, ValueError) as exc:  # a type JSON cannot hold
+            raise ConfigurationError(setting, f"must be JSON: {exc}") from None
+        check_size(message, self._options.max_payload, f"the {setting}")
+        return message
 
     def _with_hook_headers(self, wf: Workflow, request: Message) -> Message:
         event = ExecutionEvent(
@@ -718,26 +716,27 @@ class Flow:
         self._observed(execution_id, found.status)
         return redacted_execution(found, self._options.redact_headers)
 
+    def _stale_view(self, execution_id: str) -> bool:
+        """Whether ``wf.status`` shows the execution without a run of it here (which
+        would hold its newer state)."""
+        worker = self._worker
+        return _views.watched(execution_id) and (worker is None or execution_id not in worker.runs)
+
     def _observed(self, execution_id: str, status: Status) -> None:
-        """``status`` was read in the store: what ``wf.status`` shows of the execution,
-        unless a run of it here holds a newer state."""
-        if _views.watched(execution_id):
-            worker = self._worker
-            if worker is None or execution_id not in worker.runs:
-                _views.observed(execution_id, status)
+        """``status`` was read in the store: what ``wf.status`` shows of it."""
+        if self._stale_view(execution_id):
+            _views.observed(execution_id, status)
 
     async def _observe(self, execution_id: str) -> None:
         """After a request changed an execution (suspend, resume, abort, signal): the
-        status ``wf.status`` shows, when no run of it here shows it already."""
-        if _views.watched(execution_id):
-            worker = self._worker
-            if worker is None or execution_id not in worker.runs:
-                try:
-                    found = await self.store.get_status(execution_id)
-                except MicrosagaError:  # the request was made: the view can wait
-                    return
-                if found is not None:
-                    _views.observed(execution_id, found[0])
+        status ``wf.status`` shows, read in the store when it may be stale."""
+        if self._stale_view(execution_id):
+            try:
+                found = await self.store.get_status(execution_id)
+            except MicrosagaError:  # the request was made: the view can wait
+                return
+            if found is not None:
+                _views.observed(execution_id, found[0])
 
     async def executions(
         self,
