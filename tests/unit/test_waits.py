@@ -87,6 +87,12 @@ async def refund_unless_refused(msg: Message) -> None:
         raise StepError("refund refused")
 
 
+def _refusable_pay() -> FunctionStep:
+    """The child's payment, whose refund fails while "refund" is in REFUSED."""
+    refund = FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1))
+    return FunctionStep(pay, id="pay", compensate=refund)
+
+
 @pytest.fixture(autouse=True)
 def _clear_log() -> None:
     LOG.clear()
@@ -435,11 +441,7 @@ async def test_a_given_up_child_whose_rollback_fails_stops_the_rollback_above_it
     await _saved(
         flow,
         "payment",
-        FunctionStep(
-            pay,
-            id="pay",
-            compensate=FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1)),
-        ),
+        _refusable_pay(),
         WaitStep("confirmed", requires=["pay"]),
     )
     wf = await flow.workflow_create(
@@ -500,11 +502,7 @@ async def test_a_resume_retries_the_failed_rollback_of_a_child_that_succeeded(
     await _saved(
         flow,
         "payment",
-        FunctionStep(
-            pay,
-            id="pay",
-            compensate=FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1)),
-        ),
+        _refusable_pay(),
     )
     wf = await flow.workflow_create(
         "order",
@@ -545,11 +543,7 @@ async def test_a_child_failing_whose_own_rollback_fails_stops_the_rollback_above
     await _saved(
         flow,
         "payment",
-        FunctionStep(
-            pay,
-            id="pay",
-            compensate=FunctionStep(refund_unless_refused, retry=Retry(max_attempts=1)),
-        ),
+        _refusable_pay(),
         FunctionStep(decline, id="confirm", requires=["pay"]),
     )
     wf = await flow.workflow_create(
