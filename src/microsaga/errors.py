@@ -66,6 +66,9 @@ class MicrosagaError(Exception):
     code: str = "microsaga_error"
     retryable: bool = False
     retry_after: float | None = None  # seconds the failed party asked to wait (Retry-After)
+    # a record of this error (a step's error) starts with the class name, as an
+    # exception from outside microsaga does: the name says what happened
+    named: bool = False
 
     def __init__(self, message: str | None = None, *, retryable: bool | None = None) -> None:
         if message is None:
@@ -258,6 +261,7 @@ class StepTimeoutError(StepError):
     """The step attempt timed out."""
 
     code = "step_timeout"
+    named = True
 
 
 class RecoveryLimitError(StepError):
@@ -270,6 +274,7 @@ class RecoveryLimitError(StepError):
 
     code = "max_recovery_attempts_exceeded"
     retryable = False
+    named = True
 
 
 class StoreError(MicrosagaError):
@@ -325,9 +330,10 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    """A one-line description of an exception, for records and the CLI."""
+    """A one-line description of an exception, for records and the CLI: its message,
+    after its class name unless it is a :class:`MicrosagaError` that says it all."""
     text = str(exc).strip() or type(exc).__name__
     text = " ".join(text.split())
-    if not isinstance(exc, MicrosagaError):
+    if not isinstance(exc, MicrosagaError) or exc.named:
         text = f"{type(exc).__name__}: {text}"
     return text[:2000]

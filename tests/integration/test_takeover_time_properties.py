@@ -317,7 +317,10 @@ async def test_timers_of_a_dead_worker_fire_once_on_its_heir(tmp_path: Path, cas
             if case.signal[sid] == "never":
                 assert run.status is Status.FAILURE, (sid, run)
                 timeout = case.ticks[sid] * TICK
-                assert run.error == f"step {sid} timed out after {timeout:g}s waiting for ev-{sid}"
+                assert run.error == (
+                    f"StepTimeoutError: step {sid} timed out after {timeout:g}s"
+                    f" waiting for ev-{sid}"
+                )
                 assert at(run.finished_at) >= started + timeout
                 failed.add(sid)
             else:  # a signal kept for it, early or late, wins over its timeout

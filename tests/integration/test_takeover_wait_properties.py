@@ -388,7 +388,9 @@ def check(world: World, out: Outcome) -> None:
         elif rec.status is Status.FAILURE:
             assert when == "never", (sid, rec.error, why)
             timeout = case.timeouts[sid] * TICK
-            assert rec.error == f"step {sid} timed out after {timeout:g}s waiting for ev-{sid}"
+            assert rec.error == (
+                f"StepTimeoutError: step {sid} timed out after {timeout:g}s waiting for ev-{sid}"
+            )
             timed_out.add(sid)
         else:
             assert rec.status is Status.PENDING, (sid, rec.status, why)

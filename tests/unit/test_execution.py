@@ -301,6 +301,8 @@ async def test_timeouts_per_execution_and_per_step(flow: Flow) -> None:
     run = (await flow.execution(err.value.execution_id)).steps["slow"]
     assert run.status is Status.FAILURE
     assert run.attempts == 2  # a timed-out attempt is retryable
+    # the record says which error it was, as for an exception of the step's own
+    assert run.error == "StepTimeoutError: step slow timed out after 0.05s"
 
 
 async def test_fallback_answers_when_the_step_fails(flow: Flow) -> None:

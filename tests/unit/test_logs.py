@@ -119,7 +119,7 @@ async def test_a_wait_that_times_out_is_logged(caplog: pytest.LogCaptureFixture)
     assert (record.levelno, record.step_id) == (logging.INFO, "paid")  # type: ignore[attr-defined]
     assert record.getMessage() == (
         f"execution {eid}: step paid failed for good (attempt 1): "
-        "step paid timed out after 0.01s waiting for paid"
+        "StepTimeoutError: step paid timed out after 0.01s waiting for paid"
     )
 
 

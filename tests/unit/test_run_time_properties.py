@@ -129,7 +129,7 @@ class TimeoutCase:
             if what == "ok":
                 return i, True, error
             if what == "overrun":
-                error = f"step {sid} timed out after {self.step_timeout(sid):g}s"
+                error = f"StepTimeoutError: step {sid} timed out after {self.step_timeout(sid):g}s"
                 if sid in self.timeouts_final:
                     return i, False, error
             else:
@@ -513,7 +513,7 @@ async def test_sleeps_waits_and_the_deadline_fire_on_time_and_once(
         assert timeout is not None, (sid, run, case)
         assert not in_time, (sid, run, done, case)  # a signal in time is never late
         assert at(run.finished_at) >= started + timeout, (sid, run)
-        error = f"step {sid} timed out after {timeout:g}s waiting for ev-{sid}"
+        error = f"StepTimeoutError: step {sid} timed out after {timeout:g}s waiting for ev-{sid}"
         if sid in case.fallback:
             assert run.status is Status.SUCCESS, (sid, run)
             assert run.error == f"{error} (fallback fb-{sid} used)"
@@ -569,4 +569,6 @@ async def test_a_waits_fallback_is_bounded_by_the_executions_step_timeout(world:
     info = await flow.wait(eid, timeout=10)
     assert info.status is Status.FAILURE
     assert info.steps["paid"].status is Status.FAILURE
-    assert info.steps["paid"].error == f"step paid timed out after {TICK:g}s waiting for paid"
+    assert info.steps["paid"].error == (
+        f"StepTimeoutError: step paid timed out after {TICK:g}s waiting for paid"
+    )
