@@ -4,6 +4,7 @@
     python benchmarks/engine_cost.py --only gc        # the garbage collector's share
     python benchmarks/engine_cost.py --only typed     # typed @saga.step over FunctionStep
     python benchmarks/engine_cost.py --only observability  # Tracing, Metrics hooks
+    python benchmarks/engine_cost.py --only postgres  # the client's share on PostgreSQL
 
 ``instructions``: ``valgrind --tool=callgrind`` counts the instructions of two runs of
 the order saga (workload (a) of ``run.py``) with different counts and divides the
@@ -14,6 +15,11 @@ beside the FunctionSteps of Message functions. ``observability``: the same count
 ``Tracing()`` (OpenTelemetry installed, no tracer provider configured: the no-op
 tracer) and with ``Metrics()``, beside no hook. Counted instructions do not depend on
 what else the machine is doing, unlike seconds: the ratio is repeatable on a busy host.
+
+``postgres``: the instructions of this process (the client: engine, store, driver,
+event loop; not the server's) per order saga on PostgreSQL, one execution at a time,
+beside five raw one-row commits through a prepared asyncpg statement, the floor of
+``one_at_a_time.py --only postgres``. Only with ``--only postgres``.
 
 ``gc``: the share of wall time spent in the garbage collector's collections (timed with
 ``gc.callbacks``) while a memory store fills with order sagas, and how many objects
@@ -93,6 +99,26 @@ async def _order_sagas(store: str, n: int) -> None:
         await b.in_flight(n, 64, lambda i: order.execute(w.order(i)))
 
 
+async def _postgres_sagas(kind: str, url: str, n: int) -> None:
+    """``n`` order sagas one at a time (``kind`` "saga"), or ``n`` times five raw commits."""
+    if kind == "floor":
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS floor_rows (id bigint, body bytea)")
+            insert = await conn.prepare("INSERT INTO floor_rows VALUES ($1, $2)")
+            for i in range(n * 5):
+                await insert.fetch(i, b"x" * 100)
+        finally:
+            await conn.close()
+        return
+    async with Flow(url) as flow:
+        order = await flow.workflow_create("order", *b.order_steps())
+        for i in range(n):
+            await order.execute(w.order(i))
+
+
 def _instructions(store: str, n: int) -> int:
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
@@ -148,13 +174,36 @@ async def gc_share(rounds: int, n: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["instructions", "gc", "typed", "observability"])
+    parser.add_argument(
+        "--only", choices=["instructions", "gc", "typed", "observability", "postgres"]
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(_order_sagas(args.child[0], int(args.child[1])))
+        store, n = args.child[0], int(args.child[1])
+        if store.startswith(("saga:", "floor:")):
+            kind, url = store.split(":", 1)
+            asyncio.run(_postgres_sagas(kind, url, n))
+        else:
+            asyncio.run(_order_sagas(store, n))
         return
     result: dict[str, Any] = {}
+    if args.only == "postgres":
+        from databases import find_server, fresh_postgres
+
+        server = find_server()
+        if isinstance(server, str):
+            raise SystemExit(f"postgres: {server}")
+        if shutil.which("valgrind") is None:
+            raise SystemExit("postgres: valgrind is not installed")
+        with fresh_postgres(server, "cost") as url:
+            saga = per_execution(f"saga:{url}", 50, 250)
+            floor = per_execution(f"floor:{url}", 50, 250)
+        result["postgres"] = {
+            "saga_per_execution": round(saga),
+            "five_commits": round(floor),
+            "ratio_saga_over_five_commits": round(saga / floor, 2),
+        }
     if args.only in (None, "instructions"):
         if shutil.which("valgrind") is None:
             print("instructions: valgrind is not installed, skipped", file=sys.stderr)
