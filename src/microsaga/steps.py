@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ._signature import function_call, result_message
@@ -18,7 +20,7 @@ from .step import Step, StepContext, register_step
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["CallStep", "FunctionStep", "PublishStep", "import_function"]
+__all__ = ["CallStep", "FunctionStep", "PublishStep", "deferred_imports", "import_function"]
 
 _CALL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
 
@@ -116,8 +118,35 @@ class PublishStep(Step):
         return cls(config["publish"], reply=config.get("reply", False))
 
 
-def import_function(path: str) -> Callable[..., Any]:
-    """Import ``"package.module:qualname"``."""
+_DEFERRED: ContextVar[bool] = ContextVar("microsaga_deferred_imports", default=False)
+
+
+@contextlib.contextmanager
+def deferred_imports() -> Iterator[None]:
+    """Definitions read within it import nothing: a ``function:`` step keeps its path
+    and imports its function when it first runs (see :class:`FunctionStep`), and a
+    ``non_retryable`` ``module:Class`` stays a name. A flow that runs no steps
+    (``Flow(worker=False)``, ``microsaga serve --no-worker``) reads definitions so:
+    it starts, shows and lists executions of workflows whose code only the workers
+    can import."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def imports_deferred() -> bool:
+    """Whether definitions read now import nothing (:func:`deferred_imports`)."""
+    return _DEFERRED.get()
+
+
+def function_path(path: Any) -> str:
+    """``path`` when it has the form ``"package.module:qualname"`` (nothing imported).
+
+    Raises:
+        DefinitionError: naming the ``function`` field.
+    """
     if not isinstance(path, str):
         raise DefinitionError(f"must be 'module:function', not {path!r}", path="function")
     module_name, sep, qualname = path.partition(":")
@@ -125,6 +154,12 @@ def import_function(path: str) -> Callable[..., Any]:
         raise DefinitionError(f"must be 'module:function', not {path!r}", path="function")
     if "<" in qualname:
         raise DefinitionError(f"{path} is not importable (a lambda or a local function)")
+    return path
+
+
+def import_function(path: str) -> Callable[..., Any]:
+    """Import ``"package.module:qualname"``."""
+    module_name, _, qualname = function_path(path).partition(":")
     try:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -149,6 +184,11 @@ class FunctionStep(Step):
     pydantic model...), and ``ctx: StepContext`` by annotation (docs/python.md).
     ``id`` defaults to ``fn.__qualname__``; ``endpoint`` is
     ``"module:qualname"``, which a saved definition imports again.
+
+    A step read from a definition keeps the path it was given as its ``endpoint`` (and
+    the path's qualname as its default ``id``). Read within :func:`deferred_imports`,
+    it imports its function only when it first runs, or when a flow that runs steps
+    binds its workflow; until then ``fn`` imports it on access.
     """
 
     kind = "function"
@@ -157,24 +197,78 @@ class FunctionStep(Step):
     def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
         if not callable(fn):
             raise DefinitionError(f"FunctionStep needs a callable, not {fn!r}")
-        self.fn = fn
+        self._path: str | None = None  # the path of a definition's step
+        self._bind(fn)
+        super().__init__(**options)
+
+    def _bind(self, fn: Callable[..., Any]) -> None:
+        self._fn: Callable[..., Any] | None = fn
         self._call = function_call(fn)
         self._async = self._call.is_async
-        super().__init__(**options)
         if self._call.direct is not None and type(self).execute is FunctionStep.execute:
             # the engine awaits it with the request alone: no context, no execute
             self.direct = self._call.direct
 
+    @classmethod
+    def _deferred(cls, path: str) -> FunctionStep:
+        """The step of ``path`` whose function is imported when first needed."""
+        step = cls.__new__(cls)
+        step._path = function_path(path)
+        step._fn = None
+        Step.__init__(step)
+        return step
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The function (imported now, if the step was read without importing it).
+
+        Raises:
+            DefinitionError: it cannot be imported here.
+        """
+        return self.resolve()
+
+    @fn.setter
+    def fn(self, fn: Callable[..., Any]) -> None:
+        self._bind(fn)
+
+    def resolve(self) -> Callable[..., Any]:
+        """The function, imported first if the step was read without importing it.
+
+        Raises:
+            DefinitionError: naming the path, when it cannot be imported here.
+        """
+        if self._fn is None:
+            assert self._path is not None
+            try:
+                self._bind(import_function(self._path))
+            except DefinitionError as exc:
+                text = str(exc).removeprefix(f"{exc.path}: ")
+                raise DefinitionError(f"step {self.id}: {text}") from exc.__cause__
+        assert self._fn is not None
+        return self._fn
+
     @property
     def endpoint(self) -> str:
-        module = getattr(self.fn, "__module__", None) or "__main__"
-        qualname = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        if self._path is not None:
+            return self._path
+        fn = self.fn
+        module = getattr(fn, "__module__", None) or "__main__"
+        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         return f"{module}:{qualname}"
 
     def default_id(self) -> str:
-        return getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        if self._path is not None:
+            return self._path.partition(":")[2]
+        fn = self.fn
+        return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+    def check(self, flow: Flow) -> None:
+        if flow.options.worker:  # a flow that runs steps imports what it runs
+            self.resolve()
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
+        if self._fn is None:  # read without importing: imported where it runs
+            self.resolve()
         invoke = self._call.invoke
         if self._async:
             result = await invoke(req, ctx)
@@ -197,7 +291,13 @@ class FunctionStep(Step):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Step:
-        return cls(import_function(config["function"]))
+        path = config["function"]
+        if cls is FunctionStep and imports_deferred():
+            return cls._deferred(path)
+        step = cls(import_function(path))
+        if isinstance(step, FunctionStep):
+            step._path = path  # its identity is the path given, whatever fn calls itself
+        return step
 
 
 for _cls in (CallStep, PublishStep, FunctionStep):
