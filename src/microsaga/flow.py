@@ -40,7 +40,7 @@ from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Phase, Status
 from .step import Step
-from .steps import FunctionStep, deferred_imports
+from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
@@ -120,16 +120,20 @@ def _workflow_of(wf: Any) -> Workflow:
 
 
 def _import_functions(wf: Workflow) -> None:
-    """Import the functions of ``wf``'s steps read without importing them (in a flow
-    that runs no steps): a flow that runs steps reports one it cannot import at once.
+    """Import what ``wf`` was read without importing (in a flow that runs no steps:
+    functions, ``non_retryable`` classes): a flow that runs steps reports what it
+    cannot import at once.
 
     Raises:
-        DefinitionError: naming the step and the function.
+        DefinitionError: naming the step and what it cannot import.
     """
+    changed = False
     for step in wf.step_list:
         for one in (step, step.options.fallback, step.options.compensate):
-            if isinstance(one, FunctionStep):
-                one.resolve()
+            if one is not None and import_deferred(one):
+                changed = True
+    if changed:
+        wf._plan_cache = None  # its nodes hold the retry policies that changed
 
 
 def _check_json(body: bytes) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._signature import function_call, result_message
 from ._validate import name_problem, shown
@@ -20,7 +21,16 @@ from .step import Step, StepContext, register_step
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["CallStep", "FunctionStep", "PublishStep", "deferred_imports", "import_function"]
+__all__ = [
+    "CallStep",
+    "FunctionStep",
+    "PublishStep",
+    "UnimportedClass",
+    "deferred_imports",
+    "import_deferred",
+    "import_function",
+    "unimported_class",
+]
 
 _CALL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
 
@@ -173,6 +183,70 @@ def import_function(path: str) -> Callable[..., Any]:
     if not callable(target):
         raise DefinitionError(f"{path} is not callable", path="function")
     return target  # type: ignore[no-any-return]
+
+
+class UnimportedClass(Exception):
+    """Base of the stand-ins for ``non_retryable`` ``"module:Class"`` entries read within
+    :func:`deferred_imports`: each has the module and qualname of the class it stands
+    for (so it is written back as it was read) and matches no exception, until a flow
+    that runs steps imports the class in its place."""
+
+    path: ClassVar[str] = ""
+
+    @classmethod
+    def resolve(cls) -> type[BaseException]:
+        """The class this one stands for.
+
+        Raises:
+            DefinitionError: it cannot be imported here, or is no exception class.
+        """
+        found = import_function(cls.path)
+        if not (isinstance(found, type) and issubclass(found, BaseException)):
+            raise DefinitionError(f"{cls.path} is not an exception class")
+        return found
+
+
+def unimported_class(path: str) -> type[UnimportedClass]:
+    """The stand-in for the exception class ``"module:Class"`` (nothing imported).
+
+    Raises:
+        DefinitionError: ``path`` is not of that form.
+    """
+    module, _, qualname = function_path(path).partition(":")
+    name = qualname.rpartition(".")[2]
+    attrs = {"__module__": module, "__qualname__": qualname, "path": path}
+    return type(name, (UnimportedClass,), attrs)
+
+
+def _unimported(item: object) -> bool:
+    return isinstance(item, type) and issubclass(item, UnimportedClass)
+
+
+def import_deferred(step: Step) -> bool:
+    """Import what ``step`` (not its fallback or compensation) was read without
+    importing (:func:`deferred_imports`): its function, its ``non_retryable`` classes.
+    Whether its options changed (a plan made of them before is stale).
+
+    Raises:
+        DefinitionError: naming the step and what it cannot import.
+    """
+    if isinstance(step, FunctionStep):
+        step.resolve()
+    retry = step.options.retry
+    if retry is None or not any(_unimported(c) for c in retry.non_retryable):
+        return False
+    classes: list[type[BaseException] | str] = []
+    for item in retry.non_retryable:
+        try:
+            if isinstance(item, type) and issubclass(item, UnimportedClass):
+                item = item.resolve()
+            classes.append(item)
+        except DefinitionError as exc:
+            text = str(exc).removeprefix(f"{exc.path}: ")
+            raise DefinitionError(f"step {step.id}: retry.non_retryable: {text}") from exc.__cause__
+    retry = dataclasses.replace(retry, non_retryable=tuple(classes))
+    step.options = dataclasses.replace(step.options, retry=retry)
+    return True
 
 
 class FunctionStep(Step):

@@ -17,7 +17,11 @@ from .conftest import Client, client_for
 DEFINITION = {
     "steps": [
         {"function": "nowhere_api_shop.notify:send_email"},
-        {"function": "nowhere_api_shop.notify:log_sent", "requires": ["send_email"]},
+        {
+            "function": "nowhere_api_shop.notify:log_sent",
+            "requires": ["send_email"],
+            "retry": {"max_attempts": 3, "non_retryable": ["nowhere_api_shop.errors:Gone"]},
+        },
     ]
 }
 
@@ -39,6 +43,7 @@ async def test_it_saves_shows_and_starts_what_it_cannot_import(no_worker: Client
     shown = await no_worker.get("/api/workflows/notify")
     assert shown.status_code == 200, shown.text
     assert [s["id"] for s in shown.json()["steps"]] == ["send_email", "log_sent"]
+    assert shown.json()["steps"][1]["retry"]["non_retryable"] == ["nowhere_api_shop.errors:Gone"]
     listed = await no_worker.get("/api/workflows")
     assert [w["id"] for w in listed.json()["items"]] == ["notify"]
 

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from microsaga import DefinitionError, Flow, FunctionStep, Message, Status, load_definition
+from microsaga import (
+    DefinitionError,
+    ExecutionFailedError,
+    Flow,
+    FunctionStep,
+    Message,
+    Status,
+    load_definition,
+)
 from microsaga.steps import deferred_imports
 
 NOWHERE = {"id": "notify", "steps": [{"function": "nowhere_h1_shop.notify:send_email"}]}
@@ -129,3 +137,63 @@ async def test_a_deferred_step_that_cannot_import_fails_naming_its_function() ->
         await step.execute(Message(), None)  # type: ignore[arg-type]  # never reached
     with pytest.raises(DefinitionError, match=r"cannot import nowhere_h1_shop\.notify"):
         step.fn  # noqa: B018 - the function, imported on access
+
+
+def test_a_deferred_read_keeps_non_retryable_classes_as_names() -> None:
+    text = {
+        "id": "x",
+        "steps": [
+            {
+                "function": "nowhere_h1_shop.pay:charge",
+                "retry": {"max_attempts": 3, "non_retryable": ["nowhere_h1_shop:Declined", "io"]},
+            }
+        ],
+    }
+    with deferred_imports():
+        wf = load_definition(text)
+    assert wf.to_dict() == text
+    with deferred_imports(), pytest.raises(DefinitionError) as err:
+        load_definition({"id": "x", "steps": [{"publish": "a", "retry": {"non_retryable": [":"]}}]})
+    assert "steps[0].retry.non_retryable: must be 'module:function'" in str(err.value)
+
+
+async def test_a_running_flow_imports_deferred_non_retryable_classes(modules: Path) -> None:
+    (modules / "deferred_h1_pay.py").write_text(
+        "class Declined(Exception):\n    pass\n\n"
+        "def charge(msg):\n    raise Declined('card declined')\n"
+    )
+    text = {
+        "id": "pay",
+        "steps": [
+            {
+                "function": "deferred_h1_pay:charge",
+                "retry": {
+                    "max_attempts": 5,
+                    "initial_interval": 0,
+                    "non_retryable": ["deferred_h1_pay:Declined"],
+                },
+            }
+        ],
+    }
+    with deferred_imports():
+        wf = load_definition(text)
+        missing = load_definition(
+            {"id": "x", "steps": [{"publish": "a", "retry": {"non_retryable": ["nowhere_h1:E"]}}]}
+        )
+    async with Flow("memory://", worker=False) as queueing:
+        await queueing.workflow_add(wf)
+        await wf.execute(async_=True)  # queued, for workers elsewhere
+    async with Flow("memory://") as flow:
+        with pytest.raises(DefinitionError) as err:
+            await flow.workflow_add(missing)
+        assert str(err.value).startswith(
+            "step a: retry.non_retryable: cannot import nowhere_h1:E: No module named"
+        )
+        await flow.workflow_add(wf)
+        assert wf.to_dict() == text
+        with pytest.raises(ExecutionFailedError):
+            await wf.execute()
+        (info,) = await flow.executions()
+    assert info.steps["charge"].attempts == 1  # Declined is not retried
+    assert info.steps["charge"].error is not None
+    assert "card declined" in info.steps["charge"].error
