@@ -267,16 +267,17 @@ class FunctionStep(Step):
 
     kind = "function"
     config_fields = frozenset({"function"})
+    _path: str | None = None  # the path a definition gave
+    _fn: Callable[..., Any] | None = None  # None: not imported yet
 
     def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
         if not callable(fn):
             raise DefinitionError(f"FunctionStep needs a callable, not {fn!r}")
-        self._path: str | None = None  # the path of a definition's step
         self._bind(fn)
         super().__init__(**options)
 
     def _bind(self, fn: Callable[..., Any]) -> None:
-        self._fn: Callable[..., Any] | None = fn
+        self._fn = fn
         self._call = function_call(fn)
         self._async = self._call.is_async
         if self._call.direct is not None and type(self).execute is FunctionStep.execute:
@@ -288,7 +289,6 @@ class FunctionStep(Step):
         """The step of ``path`` whose function is imported when first needed."""
         step = cls.__new__(cls)
         step._path = function_path(path)
-        step._fn = None
         Step.__init__(step)
         return step
 
@@ -303,6 +303,7 @@ class FunctionStep(Step):
 
     @fn.setter
     def fn(self, fn: Callable[..., Any]) -> None:
+        self._path = None  # its identity is the new function's
         self._bind(fn)
 
     def resolve(self) -> Callable[..., Any]:
