@@ -162,3 +162,30 @@ def test_a_function_no_worker_can_import_is_named_in_the_note(
     note = _until(noted, "no note on the execution")
     assert "cannot import nw_shop.notfy:send_email" in note
     assert http.get("/api/executions/typo-1").json()["status"] in {"PENDING", "RUNNING"}
+
+
+def test_its_event_stream_follows_an_execution_a_worker_runs(
+    deployment: tuple[httpx.Client, Callable[[], Process]],
+) -> None:
+    http, worker = deployment
+    definition = {"steps": [{"function": "nw_shop.notify:send_email"}]}
+    assert http.put("/api/workflows/notify", json=definition).status_code == 200
+    body = {"input": {"customer": "bob@example.com"}, "execution_id": "notify-bob"}
+    assert http.post("/api/workflows/notify/executions", json=body).status_code == 202
+    lines: list[str] = []
+
+    def follow() -> None:
+        with http.stream("GET", "/api/executions/notify-bob/events", timeout=60) as events:
+            for line in events.iter_lines():
+                lines.append(line)
+                if line.startswith("data: ") and lines[-2:-1] == ["event: end"]:
+                    return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    _until(lambda: any(line.startswith("event: execution") for line in lines), "no event")
+    worker()
+    reader.join(60)
+    assert not reader.is_alive(), "the stream did not end: " + "\n".join(lines)
+    assert lines[-2:] == ["event: end", 'data: {"id":"notify-bob","status":"SUCCESS"}']
+    assert "event: step" in lines  # the worker's step, seen by the API's stream
