@@ -34,7 +34,7 @@ import yaml
 from .errors import DefinitionError, DuplicateStepError, StepNotExistsError
 from .settings import service_url_problem
 from .step import Retry, Step, StepOptions, kind_of, step_kinds
-from .steps import import_function
+from .steps import import_function, imports_deferred, unimported_class
 from .workflow import Workflow
 
 __all__ = ["load_definition", "step_from_dict", "step_to_dict", "workflow_from_dict"]
@@ -405,6 +405,8 @@ def _error_class(code: str, path: str) -> str | type[BaseException]:
     if ":" not in code:
         return code
     try:
+        if imports_deferred():  # a flow that runs no steps: imported where they run
+            return unimported_class(code)
         found = import_function(code)
     except DefinitionError as exc:
         raise DefinitionError(_strip_path(exc), path=_join(path, "non_retryable")) from None

@@ -40,6 +40,7 @@ from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Phase, Status
 from .step import Step
+from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
@@ -116,6 +117,23 @@ def _workflow_of(wf: Any) -> Workflow:
         f"must be a Workflow (from workflow_create, workflow_load or load_definition) or a "
         f"Saga, not {wf!r}",
     )
+
+
+def _import_functions(wf: Workflow) -> None:
+    """Import what ``wf`` was read without importing (in a flow that runs no steps:
+    functions, ``non_retryable`` classes): a flow that runs steps reports what it
+    cannot import at once.
+
+    Raises:
+        DefinitionError: naming the step and what it cannot import.
+    """
+    changed = False
+    for step in wf.step_list:
+        for one in (step, step.options.fallback, step.options.compensate):
+            if one is not None and import_deferred(one):
+                changed = True
+    if changed:
+        wf._plan_cache = None  # its nodes hold the retry policies that changed
 
 
 def _check_json(body: bytes) -> None:
@@ -391,6 +409,8 @@ class Flow:
             ConfigurationError: ``wf`` is neither.
         """
         wf = _workflow_of(wf)
+        if self._options.worker:
+            _import_functions(wf)
         wf.flow = self
         for name, url in wf.services.items():
             self._services.setdefault(name, url)
@@ -426,7 +446,7 @@ class Flow:
         return await self._bind_stored(stored.body, stored.version)
 
     async def _bind_stored(self, body: bytes, version: int) -> Workflow:
-        wf = workflow_from_dict(Message(body).json())
+        wf = self._read(body)
         wf.version = version
         return await self.workflow_add(wf)
 
@@ -441,6 +461,15 @@ class Flow:
         if not await self.store.remove_workflow(id):
             raise WorkflowNotFoundError(id)
 
+    def _read(self, body: bytes) -> Workflow:
+        """A stored definition as a workflow. A flow that runs no steps imports none of
+        its functions: the workers do, where the steps run (``deferred_imports``)."""
+        data = Message(body).json()
+        if self._options.worker:
+            return workflow_from_dict(data)
+        with deferred_imports():
+            return workflow_from_dict(data)
+
     def _plan_of_stored(self, definition: StoredDefinition) -> Plan:
         """The plan of a definition stored with an execution (one this process did not
         start: claimed from the store)."""
@@ -451,7 +480,7 @@ class Flow:
                     f"workflow {definition.workflow_id} has steps that cannot be saved; "
                     "only the process that started the execution can run it"
                 )
-            wf = workflow_from_dict(Message(definition.body).json())
+            wf = self._read(definition.body)
             for name, url in wf.services.items():
                 self._services.setdefault(name, url)
             plan = self._plans[definition.hash] = wf.plan()
@@ -600,9 +629,7 @@ class Flow:
                 )
             child = self._plans.get(stored.hash)
             if child is None:
-                child = self._plans[stored.hash] = workflow_from_dict(
-                    Message(stored.body).json()
-                ).plan()
+                child = self._plans[stored.hash] = self._read(stored.body).plan()
             await self._check_children(child, (*chain, target))
 
     async def start_child(

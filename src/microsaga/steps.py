@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._signature import function_call, result_message
 from ._validate import name_problem, shown
@@ -18,7 +21,16 @@ from .step import Step, StepContext, register_step
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["CallStep", "FunctionStep", "PublishStep", "import_function"]
+__all__ = [
+    "CallStep",
+    "FunctionStep",
+    "PublishStep",
+    "UnimportedClass",
+    "deferred_imports",
+    "import_deferred",
+    "import_function",
+    "unimported_class",
+]
 
 _CALL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
 
@@ -116,8 +128,35 @@ class PublishStep(Step):
         return cls(config["publish"], reply=config.get("reply", False))
 
 
-def import_function(path: str) -> Callable[..., Any]:
-    """Import ``"package.module:qualname"``."""
+_DEFERRED: ContextVar[bool] = ContextVar("microsaga_deferred_imports", default=False)
+
+
+@contextlib.contextmanager
+def deferred_imports() -> Iterator[None]:
+    """Definitions read within it import nothing: a ``function:`` step keeps its path
+    and imports its function when it first runs (see :class:`FunctionStep`), and a
+    ``non_retryable`` ``module:Class`` stays a name. A flow that runs no steps
+    (``Flow(worker=False)``, ``microsaga serve --no-worker``) reads definitions so:
+    it starts, shows and lists executions of workflows whose code only the workers
+    can import."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def imports_deferred() -> bool:
+    """Whether definitions read now import nothing (:func:`deferred_imports`)."""
+    return _DEFERRED.get()
+
+
+def function_path(path: Any) -> str:
+    """``path`` when it has the form ``"package.module:qualname"`` (nothing imported).
+
+    Raises:
+        DefinitionError: naming the ``function`` field.
+    """
     if not isinstance(path, str):
         raise DefinitionError(f"must be 'module:function', not {path!r}", path="function")
     module_name, sep, qualname = path.partition(":")
@@ -125,6 +164,12 @@ def import_function(path: str) -> Callable[..., Any]:
         raise DefinitionError(f"must be 'module:function', not {path!r}", path="function")
     if "<" in qualname:
         raise DefinitionError(f"{path} is not importable (a lambda or a local function)")
+    return path
+
+
+def import_function(path: str) -> Callable[..., Any]:
+    """Import ``"package.module:qualname"``."""
+    module_name, _, qualname = function_path(path).partition(":")
     try:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -140,6 +185,70 @@ def import_function(path: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
+class UnimportedClass(Exception):
+    """Base of the stand-ins for ``non_retryable`` ``"module:Class"`` entries read within
+    :func:`deferred_imports`: each has the module and qualname of the class it stands
+    for (so it is written back as it was read) and matches no exception, until a flow
+    that runs steps imports the class in its place."""
+
+    path: ClassVar[str] = ""
+
+    @classmethod
+    def resolve(cls) -> type[BaseException]:
+        """The class this one stands for.
+
+        Raises:
+            DefinitionError: it cannot be imported here, or is no exception class.
+        """
+        found = import_function(cls.path)
+        if not (isinstance(found, type) and issubclass(found, BaseException)):
+            raise DefinitionError(f"{cls.path} is not an exception class")
+        return found
+
+
+def unimported_class(path: str) -> type[UnimportedClass]:
+    """The stand-in for the exception class ``"module:Class"`` (nothing imported).
+
+    Raises:
+        DefinitionError: ``path`` is not of that form.
+    """
+    module, _, qualname = function_path(path).partition(":")
+    name = qualname.rpartition(".")[2]
+    attrs = {"__module__": module, "__qualname__": qualname, "path": path}
+    return type(name, (UnimportedClass,), attrs)
+
+
+def _unimported(item: object) -> bool:
+    return isinstance(item, type) and issubclass(item, UnimportedClass)
+
+
+def import_deferred(step: Step) -> bool:
+    """Import what ``step`` (not its fallback or compensation) was read without
+    importing (:func:`deferred_imports`): its function, its ``non_retryable`` classes.
+    Whether its options changed (a plan made of them before is stale).
+
+    Raises:
+        DefinitionError: naming the step and what it cannot import.
+    """
+    if isinstance(step, FunctionStep):
+        step.resolve()
+    retry = step.options.retry
+    if retry is None or not any(_unimported(c) for c in retry.non_retryable):
+        return False
+    classes: list[type[BaseException] | str] = []
+    for item in retry.non_retryable:
+        try:
+            if isinstance(item, type) and issubclass(item, UnimportedClass):
+                item = item.resolve()
+            classes.append(item)
+        except DefinitionError as exc:
+            text = str(exc).removeprefix(f"{exc.path}: ")
+            raise DefinitionError(f"step {step.id}: retry.non_retryable: {text}") from exc.__cause__
+    retry = dataclasses.replace(retry, non_retryable=tuple(classes))
+    step.options = dataclasses.replace(step.options, retry=retry)
+    return True
+
+
 class FunctionStep(Step):
     """Runs a local Python function (a sync one in a worker thread).
 
@@ -149,32 +258,92 @@ class FunctionStep(Step):
     pydantic model...), and ``ctx: StepContext`` by annotation (docs/python.md).
     ``id`` defaults to ``fn.__qualname__``; ``endpoint`` is
     ``"module:qualname"``, which a saved definition imports again.
+
+    A step read from a definition keeps the path it was given as its ``endpoint`` (and
+    the path's qualname as its default ``id``). Read within :func:`deferred_imports`,
+    it imports its function only when it first runs, or when a flow that runs steps
+    binds its workflow; until then ``fn`` imports it on access.
     """
 
     kind = "function"
     config_fields = frozenset({"function"})
+    _path: str | None = None  # the path a definition gave
+    _fn: Callable[..., Any] | None = None  # None: not imported yet
 
     def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
         if not callable(fn):
             raise DefinitionError(f"FunctionStep needs a callable, not {fn!r}")
-        self.fn = fn
+        self._bind(fn)
+        super().__init__(**options)
+
+    def _bind(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
         self._call = function_call(fn)
         self._async = self._call.is_async
-        super().__init__(**options)
         if self._call.direct is not None and type(self).execute is FunctionStep.execute:
             # the engine awaits it with the request alone: no context, no execute
             self.direct = self._call.direct
 
+    @classmethod
+    def _deferred(cls, path: str) -> FunctionStep:
+        """The step of ``path`` whose function is imported when first needed."""
+        step = cls.__new__(cls)
+        step._path = function_path(path)
+        Step.__init__(step)
+        return step
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The function (imported now, if the step was read without importing it).
+
+        Raises:
+            DefinitionError: it cannot be imported here.
+        """
+        return self.resolve()
+
+    @fn.setter
+    def fn(self, fn: Callable[..., Any]) -> None:
+        self._path = None  # its identity is the new function's
+        self._bind(fn)
+
+    def resolve(self) -> Callable[..., Any]:
+        """The function, imported first if the step was read without importing it.
+
+        Raises:
+            DefinitionError: naming the path, when it cannot be imported here.
+        """
+        if self._fn is None:
+            assert self._path is not None
+            try:
+                self._bind(import_function(self._path))
+            except DefinitionError as exc:
+                text = str(exc).removeprefix(f"{exc.path}: ")
+                raise DefinitionError(f"step {self.id}: {text}") from exc.__cause__
+        assert self._fn is not None
+        return self._fn
+
     @property
     def endpoint(self) -> str:
-        module = getattr(self.fn, "__module__", None) or "__main__"
-        qualname = getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        if self._path is not None:
+            return self._path
+        fn = self.fn
+        module = getattr(fn, "__module__", None) or "__main__"
+        qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         return f"{module}:{qualname}"
 
     def default_id(self) -> str:
-        return getattr(self.fn, "__qualname__", None) or type(self.fn).__qualname__
+        if self._path is not None:
+            return self._path.partition(":")[2]
+        fn = self.fn
+        return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+    def check(self, flow: Flow) -> None:
+        if flow.options.worker:  # a flow that runs steps imports what it runs
+            self.resolve()
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
+        if self._fn is None:  # read without importing: imported where it runs
+            self.resolve()
         invoke = self._call.invoke
         if self._async:
             result = await invoke(req, ctx)
@@ -197,7 +366,13 @@ class FunctionStep(Step):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Step:
-        return cls(import_function(config["function"]))
+        path = config["function"]
+        if cls is FunctionStep and imports_deferred():
+            return cls._deferred(path)
+        step = cls(import_function(path))
+        if isinstance(step, FunctionStep):
+            step._path = path  # its identity is the path given, whatever fn calls itself
+        return step
 
 
 for _cls in (CallStep, PublishStep, FunctionStep):

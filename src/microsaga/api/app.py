@@ -37,6 +37,7 @@ from ..errors import (
 from ..message import Message
 from ..observability.metrics import Metrics
 from ..status import Status
+from ..steps import deferred_imports
 from . import models
 from .auth import BearerAuth, BodyLimit
 from .errors import PROBLEM_JSON, ApiError, problem_bytes, problem_for
@@ -376,7 +377,13 @@ class Api:
             raise DefinitionError(
                 f"the definition's id {given!r} is not the id in the URL ({id!r})", path="id"
             )
-        wf = load_definition(body)
+        if self.flow.options.worker:
+            wf = load_definition(body)  # a function it cannot import: 422 at once
+        else:
+            # the workers import the functions, where the steps run; a function they
+            # cannot import leaves its executions waiting, with a note naming it
+            with deferred_imports():
+                wf = load_definition(body)
         version = await self.flow.workflow_save(wf)
         return models.WorkflowSummary(
             id=wf.id, version=version, step_count=len(wf.step_list), description=wf.description
