@@ -105,6 +105,9 @@ class Tracing(Hook):
         self._tracer = trace.get_tracer("microsaga", _version(), tracer_provider=tracer_provider)
         # the execution span of each execution this process runs, by execution id
         self._executions: dict[str, Span] = {}
+        # the status of each of those last added as an event: a change is told to
+        # hooks more than once (by the request, by the run that obeys it)
+        self._statuses: dict[str, Status] = {}
         # spans started for executions asked for, until their creation is committed
         self._pending: OrderedDict[str, Span] = OrderedDict()
         # the span of each attempt running, with the token of its attached context
@@ -172,12 +175,14 @@ class Tracing(Hook):
 
     def execution_status(self, event: ExecutionEvent) -> None:
         span = self._executions.get(event.execution_id)
-        if span is not None:
+        if span is not None and self._statuses.get(event.execution_id) is not event.status:
+            self._statuses[event.execution_id] = event.status
             span.add_event("microsaga.status", {"microsaga.status": event.status.name})
 
     def run_stopped(self, event: ExecutionEvent) -> None:
         eid = event.execution_id
         span = self._executions.pop(eid, None)
+        self._statuses.pop(eid, None)
         if self._steps:
             # attempts cut short (the run lost its lease, was cancelled): their tasks
             # are gone, and their contexts with them
