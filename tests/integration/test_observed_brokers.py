@@ -6,6 +6,7 @@ run."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from microsaga import CallStep, Message, PublishStep, Status, WaitStep
 from microsaga.participant import Participant
 
 from ..helpers import eventually
-from .test_brokers import AmqpEnv, Env, NatsEnv, RedisEnv
+from .test_brokers import AmqpEnv, Env, NatsEnv, RedisEnv, _broker
 
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
 prometheus_client = pytest.importorskip("prometheus_client", reason="the prometheus extra")
@@ -196,3 +197,44 @@ async def test_a_saga_over_a_broker_and_http_is_one_trace_and_counted(
     assert commits > 0
     assert _value(registry, "microsaga_store_batch_size", "_count") == commits
     assert _value(registry, "microsaga_store_batch_size", "_sum") >= commits
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="transports/{nats,rabbitmq,redis}.py log 'handler failed' without the "
+    "execution's ids (extra=about_request(message.header)); not this test's files",
+)
+async def test_a_redelivered_message_is_logged_with_its_execution(
+    broker: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"microsaga.obs.{uuid.uuid4().hex[:12]}"
+    await broker.prepare(topic)
+    kind = {NatsEnv: "nats", AmqpEnv: "rabbitmq", RedisEnv: "redis"}[type(broker)]
+    consumer = Participant(tracing=False)
+    attempts: list[Message] = []
+
+    @consumer.handler(topic)
+    async def audit(msg: Message) -> None:
+        attempts.append(msg)
+        if len(attempts) == 1:
+            raise RuntimeError("audit database restarting")
+
+    transport = _broker(broker)
+    await transport.connect()
+    try:
+        sub = await consumer.subscribe(transport, topic)
+        with caplog.at_level(logging.WARNING, logger="microsaga"):
+            async with microsaga.Flow("memory://", broker=broker.url) as flow:
+                wf = await flow.workflow_create("audit", PublishStep(topic, id="audit"))
+                eid = await wf.execute({"event": "shipped"})
+            await eventually(lambda: len(attempts) == 2, timeout=20)
+        await sub.close()
+    finally:
+        await transport.close()
+    # the participant's own record and the transport's, about the one message
+    failed = [r for r in caplog.records if "handler failed" in r.getMessage()]
+    assert {r.name for r in failed} >= {"microsaga.participant", f"microsaga.transports.{kind}"}
+    for record in failed:
+        assert getattr(record, "execution_id", None) == eid
+        assert getattr(record, "workflow_id", None) == "audit"
+        assert getattr(record, "step_id", None) == "audit"
