@@ -1,4 +1,6 @@
-"""The ``microsaga.status`` events of an execution span: one per status change."""
+"""Execution and step spans as docs/observability.md describes them: one
+``microsaga.status`` event per status change, a custom step's own request, a retried
+attempt, and a flow that runs nothing handing the trace to a worker."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from microsaga import Flow, FunctionStep, Message
+from microsaga import Flow, FunctionStep, Message, Retry, Status
 
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
 
@@ -16,8 +18,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
+from opentelemetry.trace import StatusCode
 
-from microsaga.observability import Tracing
+from microsaga.observability import Tracing, outgoing
 
 
 @pytest.fixture
@@ -60,3 +63,84 @@ async def test_a_suspend_is_one_status_event(
     ]
     assert statuses == ["SUSPEND"]
     assert (execution.attributes or {})["microsaga.status"] == "SUSPEND"
+
+
+sent: list[Message] = []
+raised: list[int] = []
+
+
+async def notify(msg: Message) -> None:
+    """A step that sends a request itself (a client of its own, say)."""
+    sent.append(outgoing(Message(b'{"to": "customer"}')))
+
+
+async def picky(msg: Message) -> None:
+    raised.append(1)
+    if len(raised) == 1:
+        raise ValueError("bad address")  # not microsaga's: retried
+
+
+async def deliver(msg: Message) -> None:
+    return None
+
+
+async def test_a_custom_steps_own_request_carries_its_attempts_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    sent.clear()
+    raised.clear()
+    async with Flow("memory://", hooks=[Tracing(provider)]) as flow:
+        wf = await flow.workflow_create(
+            "order",
+            FunctionStep(notify, id="notify"),
+            FunctionStep(picky, id="label", retry=Retry(max_attempts=2, initial_interval=0)),
+        )
+        await wf.execute({})
+    found = exporter.get_finished_spans()
+    (step,) = [s for s in found if (s.attributes or {}).get("microsaga.step_id") == "notify"]
+    assert step.context is not None
+    (message,) = sent
+    _, trace_id, span_id, _ = message.header["traceparent"].split("-")
+    assert (int(trace_id, 16), int(span_id, 16)) == (step.context.trace_id, step.context.span_id)
+    first, second = sorted(
+        (s for s in found if (s.attributes or {}).get("microsaga.step_id") == "label"),
+        key=lambda s: s.start_time or 0,
+    )
+    assert (first.attributes or {})["microsaga.retrying"] is True
+    assert first.status.status_code is StatusCode.ERROR
+    (event,) = first.events
+    assert event.name == "exception"
+    assert (event.attributes or {})["exception.type"] == "ValueError"
+    assert "bad address" in str((event.attributes or {})["exception.message"])
+    assert (second.attributes or {})["microsaga.attempt"] == 2
+    assert second.status.status_code is StatusCode.UNSET
+    assert "microsaga.retrying" not in (second.attributes or {})
+
+
+async def test_a_flow_that_runs_nothing_ends_its_span_and_the_worker_continues_it(
+    spans: tuple[TracerProvider, InMemorySpanExporter], tmp_path: object
+) -> None:
+    provider, exporter = spans
+    url = f"sqlite:///{tmp_path}/handoff.db"
+    tracer = provider.get_tracer("shop")
+    with tracer.start_as_current_span("POST /orders") as request_span:
+        async with Flow(url, worker=False, hooks=[Tracing(provider)]) as front:
+            wf = await front.workflow_create("order", FunctionStep(deliver, id="ship"))
+            eid = await wf.execute({}, async_=True)
+    (stored,) = [s for s in exporter.get_finished_spans() if s.name == "microsaga.execution"]
+    assert (stored.attributes or {})["microsaga.status"] == "PENDING"  # ended once stored
+    assert stored.parent is not None
+    assert stored.parent.span_id == request_span.get_span_context().span_id
+    async with Flow(url, hooks=[Tracing(provider)]) as worker:
+        await worker.workflow_create("order", FunctionStep(deliver, id="ship"))
+        assert (await worker.wait(eid, timeout=20)).status is Status.SUCCESS
+    ran = [s for s in exporter.get_finished_spans() if s.name == "microsaga.execution"][1:]
+    (taken,) = ran
+    assert stored.context is not None
+    assert taken.parent is not None
+    assert (taken.parent.trace_id, taken.parent.span_id) == (
+        stored.context.trace_id,
+        stored.context.span_id,
+    )
+    assert (taken.attributes or {})["microsaga.taken_over"] is True
