@@ -5,15 +5,24 @@ attempt, and a flow that runs nothing handing the trace to a worker."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from microsaga import Flow, FunctionStep, Message, Retry, Status
+from microsaga import (
+    ExecutionFailedError,
+    Flow,
+    FunctionStep,
+    Message,
+    Retry,
+    Status,
+    StepError,
+    SubflowStep,
+)
 
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
 
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
@@ -144,3 +153,76 @@ async def test_a_flow_that_runs_nothing_ends_its_span_and_the_worker_continues_i
         stored.context.span_id,
     )
     assert (taken.attributes or {})["microsaga.taken_over"] is True
+
+
+def _execution_span(spans: Sequence[ReadableSpan], eid: str) -> ReadableSpan:
+    (found,) = [
+        s
+        for s in spans
+        if s.name == "microsaga.execution"
+        and (s.attributes or {}).get("microsaga.execution_id") == eid
+    ]
+    return found
+
+
+def _step_spans(spans: Sequence[ReadableSpan], eid: str) -> list[ReadableSpan]:
+    return [
+        s
+        for s in spans
+        if s.name == "microsaga.step" and (s.attributes or {}).get("microsaga.execution_id") == eid
+    ]
+
+
+declines: list[int] = []
+
+
+async def decline_once(msg: Message) -> dict[str, int]:
+    declines.append(1)
+    if len(declines) == 1:
+        raise StepError("declined", retryable=False)
+    return {"payment": 1}
+
+
+async def test_a_child_execution_and_a_redrive_are_traced_in_the_trace_they_came_from(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = spans
+    declines.clear()
+    async with Flow("memory://", hooks=[Tracing(provider)]) as flow:
+        await flow.workflow_save(
+            await flow.workflow_create("payment", FunctionStep(deliver, id="charge"))
+        )
+        wf = await flow.workflow_create(
+            "order", FunctionStep(deliver, id="reserve"), SubflowStep("payment", id="pay")
+        )
+        parent = await wf.execute({})
+        child = (await flow.execution(parent)).steps["pay"]
+        assert child.status is Status.SUCCESS
+        failing = await flow.workflow_create("retry", FunctionStep(decline_once, id="pay"))
+        with pytest.raises(ExecutionFailedError) as failed:
+            await failing.execute({})
+        again = await flow.redrive(failed.value.execution_id)
+        assert (await flow.wait(again, timeout=10)).status is Status.SUCCESS
+    found = exporter.get_finished_spans()
+
+    top = _execution_span(found, parent)
+    assert top.context is not None
+    kid = _execution_span(found, f"{parent}:pay")  # the child's id (SPEC section 8)
+    assert kid.context is not None
+    assert kid.context.trace_id == top.context.trace_id
+    assert kid.parent is not None
+    assert kid.parent.span_id == top.context.span_id  # the context its request carries
+    assert (kid.attributes or {})["microsaga.workflow_id"] == "payment"
+    (charge,) = _step_spans(found, f"{parent}:pay")
+    assert charge.parent is not None
+    assert charge.parent.span_id == kid.context.span_id
+
+    first = _execution_span(found, failed.value.execution_id)
+    second = _execution_span(found, again)
+    assert first.context is not None
+    assert second.context is not None
+    assert second.context.trace_id == first.context.trace_id
+    assert (second.attributes or {})["microsaga.status"] == "SUCCESS"
+    (pay,) = _step_spans(found, again)
+    assert pay.parent is not None
+    assert pay.parent.span_id == second.context.span_id
