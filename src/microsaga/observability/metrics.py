@@ -139,7 +139,7 @@ class _Families:
         )
         self.waiting = p.Gauge(
             "microsaga_steps_waiting",
-            "Steps waiting (for a signal, a timer, a child execution) that this process parked.",
+            "Steps waiting for a signal, a timer or a child execution (not fed yet: 0).",
             **on,
         )
         self.commit_seconds = p.Histogram(

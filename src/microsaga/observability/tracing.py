@@ -105,6 +105,9 @@ class Tracing(Hook):
         self._tracer = trace.get_tracer("microsaga", _version(), tracer_provider=tracer_provider)
         # the execution span of each execution this process runs, by execution id
         self._executions: dict[str, Span] = {}
+        # the status of each of those last added as an event: a change is told to
+        # hooks more than once (by the request, by the run that obeys it)
+        self._statuses: dict[str, Status] = {}
         # spans started for executions asked for, until their creation is committed
         self._pending: OrderedDict[str, Span] = OrderedDict()
         # the span of each attempt running, with the token of its attached context
@@ -114,18 +117,10 @@ class Tracing(Hook):
     # executions -------------------------------------------------------------------
 
     def execution_header(self, event: ExecutionEvent) -> Mapping[str, str] | None:
-        request = event.request
-        parent = self._context.get_current()
-        if request is not None and "traceparent" in request.header:
-            parent = self._propagate.extract(request.header, context=parent)
-        span = self._tracer.start_span(
-            "microsaga.execution",
-            context=parent,
-            attributes={"microsaga.workflow_id": event.workflow_id},
-        )
-        found = span.get_span_context()
-        if not found.is_valid:
+        span = self._start(event)
+        if span is None:
             return None
+        found = span.get_span_context()
         carrier: dict[str, str] = {}
         self._propagate.inject(carrier, context=self._trace.set_span_in_context(span))
         self._pending[format(found.span_id, "016x")] = span
@@ -136,13 +131,32 @@ class Tracing(Hook):
     def execution_created(self, event: ExecutionEvent) -> None:
         span = self._pending_span(event)
         if span is None:
-            return
+            if event.status is Status.PENDING:  # a worker's span will continue the trace
+                return
+            # started without asking the hooks for a header (a child execution, a
+            # redrive): a span of its own, in the trace of the context in its request
+            span = self._start(event)
+            if span is None:
+                return
         span.set_attribute("microsaga.execution_id", event.execution_id)
         if event.status is Status.PENDING:  # a worker elsewhere runs it
             span.set_attribute("microsaga.status", event.status.name)
             span.end()
         else:
             self._executions[event.execution_id] = span
+
+    def _start(self, event: ExecutionEvent) -> Span | None:
+        """The span of a new execution: a child of the ``traceparent`` in its request
+        header, else of the current span, else a root; None when none is made."""
+        parent = self._context.get_current()
+        if event.request is not None and "traceparent" in event.request.header:
+            parent = self._propagate.extract(event.request.header, context=parent)
+        span = self._tracer.start_span(
+            "microsaga.execution",
+            context=parent,
+            attributes={"microsaga.workflow_id": event.workflow_id},
+        )
+        return span if span.get_span_context().is_valid else None
 
     def _pending_span(self, event: ExecutionEvent) -> Span | None:
         if not self._pending or event.request is None:
@@ -172,12 +186,14 @@ class Tracing(Hook):
 
     def execution_status(self, event: ExecutionEvent) -> None:
         span = self._executions.get(event.execution_id)
-        if span is not None:
+        if span is not None and self._statuses.get(event.execution_id) is not event.status:
+            self._statuses[event.execution_id] = event.status
             span.add_event("microsaga.status", {"microsaga.status": event.status.name})
 
     def run_stopped(self, event: ExecutionEvent) -> None:
         eid = event.execution_id
         span = self._executions.pop(eid, None)
+        self._statuses.pop(eid, None)
         if self._steps:
             # attempts cut short (the run lost its lease, was cancelled): their tasks
             # are gone, and their contexts with them

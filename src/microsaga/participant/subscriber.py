@@ -18,6 +18,7 @@ import msgspec
 from .._urls import broker_url
 from ..errors import MicrosagaError
 from ..message import Message
+from ..observability.logs import about_request
 from ..transports import ERROR_HEADER, error_reply, open_broker
 from ..transports.base import REPLY_TO_HEADER, Broker, Subscription
 from .dedupe import Reply
@@ -44,7 +45,12 @@ def on_message(topic: str, answer: Answer) -> MessageHandler:
         if not reply.final:
             # nobody waits for an answer: the broker delivers the message again
             raise MicrosagaError(f"{topic}: handler failed, left for redelivery")
-        log.warning("%s: message dropped: %s", topic, reply.body.decode(errors="replace"))
+        log.warning(
+            "%s: message dropped: %s",
+            topic,
+            reply.body.decode(errors="replace"),
+            extra=about_request(message.header),
+        )
         return None
 
     return handle
