@@ -282,6 +282,8 @@ class Waiting:
             status = Status.SUCCESS
         except _Interrupted:
             status = Status.PENDING  # it starts again on resume
+        except run.host.hooks.passthrough:
+            raise  # a fault point at a run's step_started: a crash, not a failure
         except Exception as exc:
             status, error = Status.FAILURE, one_line(exc)
         finished = run.host.clock() if status is not Status.PENDING else None
@@ -336,6 +338,7 @@ class Waiting:
                     await self._commit(run, [before or unmade])
                     return
                 while True:
+                    _started(run, replace(running, attempts=attempt))
                     slots = run.host.slots
                     if not slots.take():
                         await slots.wait()
@@ -348,6 +351,7 @@ class Waiting:
                         slots.give()
                     if failure is None or not retry.should_retry(failure, attempt):
                         break
+                    _finished(run, replace(running, attempts=attempt), one_line(failure))
                     # as any step's retry: recorded before it is made; a suspend or
                     # abort meanwhile leaves the run RUNNING, to start again on resume
                     delay = retry.interval(attempt, run.host.random())
@@ -371,6 +375,7 @@ class Waiting:
                     error=error,
                     finished_at=run.host.clock(),
                 )
+                _finished(run, done)
                 await self._commit(run, [done])
 
         await asyncio.gather(*(one(i) for i in range(len(items))))
@@ -411,6 +416,7 @@ class Waiting:
             if not await self._commit(run, [running], Phase.COMPENSATE):
                 raise _Interrupted()
             while True:
+                _started(run, replace(running, attempts=attempt))
                 try:
                     response = await run.invoke(comp, request, rid, attempt, timeout)
                     break
@@ -427,9 +433,11 @@ class Waiting:
                             started,
                             run.host.clock(),
                         )
+                        _finished(run, failed)
                         await self._commit(run, [failed])
                         why = f"compensation of run {rid} failed: {one_line(exc)}"
                         raise StepError(why) from exc
+                    _finished(run, replace(running, attempts=attempt), one_line(exc))
                     again = replace(running, attempts=attempt + 1, error=one_line(exc))
                     if not await run.backoff(
                         retry.interval(attempt, run.host.random()), Phase.COMPENSATE
@@ -447,6 +455,7 @@ class Waiting:
                 started,
                 run.host.clock(),
             )
+            _finished(run, done)
             await self._commit(run, [done, replace(item, status=Status.COMPENSATED)])
         return Message()
 
@@ -459,6 +468,28 @@ class Waiting:
         for rec in records:
             self.items[rec.step_id, rec.phase] = rec
         return go_on
+
+
+def _started(run: Run, rec: StepRecord) -> None:
+    """Tell hooks that an attempt of a map's run (or of its compensation) starts."""
+    hooks = run.host.hooks
+    if hooks.step_started:
+        hooks.emit(hooks.step_started, run.step_event(rec, run.host.clock()))
+
+
+def _finished(run: Run, rec: StepRecord, retried: str | None = None) -> None:
+    """Tell hooks that an attempt of a map's run (or of its compensation) ended:
+    ``rec`` its final record, or ``retried`` the error of an attempt tried again."""
+    hooks = run.host.hooks
+    if not hooks.step_finished:
+        return
+    if retried is None:
+        event = run.step_event(rec, run.host.clock())
+    else:
+        event = run.step_event(
+            rec, run.host.clock(), status=Status.FAILURE, error=retried, retrying=True
+        )
+    hooks.emit(hooks.step_finished, event)
 
 
 def _json_type(value: Any) -> str:

@@ -1,19 +1,25 @@
 """A map step's runs are step attempts to metrics and traces (docs/observability.md:
-"the runs of a map step (``items[3]``) count under ``items[]``").
-
-Marked xfail (strict): the runs of a map step, and the map step itself, reach no hook
-(``_waiting.py`` ``Waiting._map`` and ``_compensate_runs`` emit no ``step_started`` or
-``step_finished``; ``Run``'s ``run_special`` path emits no ``step_finished`` for the map
-step), so neither metrics nor traces see them. The fix is outside these files.
+"the runs of a map step (``items[3]``) count under ``items[]``"), and the map step
+itself a step that ends once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from microsaga import Flow, FunctionStep, MapStep, Message
+from microsaga import (
+    ExecutionFailedError,
+    Flow,
+    FunctionStep,
+    Hook,
+    MapStep,
+    Message,
+    Retry,
+    StepEvent,
+)
 
 prometheus_client = pytest.importorskip("prometheus_client", reason="the prometheus extra")
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
@@ -25,10 +31,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 
 from microsaga.observability import Metrics, Tracing  # noqa: E402
-
-NOT_HOOKED = pytest.mark.xfail(
-    strict=True, reason="map runs emit no step events (_waiting.py Waiting._map)"
-)
 
 
 async def reserve(msg: Message) -> dict[str, int]:
@@ -48,7 +50,6 @@ def _map() -> MapStep:
     return MapStep(FunctionStep(reserve, id="item"), id="items", over="request.items")
 
 
-@NOT_HOOKED
 async def test_the_runs_of_a_map_step_count_under_one_label() -> None:
     registry = prometheus_client.CollectorRegistry()
     async with Flow("memory://", hooks=[Metrics(registry)]) as flow:
@@ -64,7 +65,6 @@ async def test_the_runs_of_a_map_step_count_under_one_label() -> None:
     assert steps.get(("items", "success")) == 1
 
 
-@NOT_HOOKED
 async def test_the_runs_of_a_map_step_are_spans(
     spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
@@ -78,3 +78,98 @@ async def test_the_runs_of_a_map_step_are_spans(
         if s.name == "microsaga.step"
     }
     assert {"items[0]", "items[1]"} <= steps
+
+
+AGAIN = Retry(max_attempts=2, initial_interval=0.0, jitter=False)
+
+
+def _steps_total(registry: Any) -> dict[tuple[str, str, str], float]:
+    return {
+        (s.labels["step"], s.labels["phase"], s.labels["outcome"]): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "microsaga_steps_total"
+    }
+
+
+class Pairs(Hook):
+    """Each attempt started, and each one finished, as (step, phase, attempt)."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str, int]] = []
+        self.finished: list[tuple[str, str, int, str, bool]] = []
+
+    def step_started(self, event: StepEvent) -> None:
+        self.started.append((event.step_id, str(event.phase), event.attempt))
+
+    def step_finished(self, event: StepEvent) -> None:
+        self.finished.append(
+            (event.step_id, str(event.phase), event.attempt, event.status.name, event.retrying)
+        )
+
+
+async def test_a_retried_run_counts_its_attempts() -> None:
+    tried: set[int] = set()
+
+    async def flaky(msg: Message) -> int:
+        n = msg.json()
+        if n == 2 and n not in tried:
+            tried.add(n)
+            raise RuntimeError("not yet")
+        return int(n)
+
+    registry = prometheus_client.CollectorRegistry()
+    pairs = Pairs()
+    step = MapStep(FunctionStep(flaky, id="item", retry=AGAIN), id="items", over="request")
+    async with Flow("memory://", hooks=[Metrics(registry), pairs]) as flow:
+        wf = await flow.workflow_create("stock", step)
+        eid = await wf.execute([1, 2, 3])
+        assert (await flow.execution(eid)).status.name == "SUCCESS"
+    steps = _steps_total(registry)
+    assert steps[("items[]", "forward", "success")] == 3
+    assert steps[("items[]", "forward", "retry")] == 1
+    assert ("items[1]", "forward", 1, "FAILURE", True) in pairs.finished
+    assert ("items[1]", "forward", 2, "SUCCESS", False) in pairs.finished
+    assert sorted(pairs.started) == sorted(f[:3] for f in pairs.finished)
+
+
+async def test_the_compensations_of_runs_count_under_one_label() -> None:
+    async def undo(msg: Message) -> None:
+        return None
+
+    async def fail(msg: Message) -> None:
+        raise RuntimeError("no stock")
+
+    registry = prometheus_client.CollectorRegistry()
+    pairs = Pairs()
+    inner = FunctionStep(reserve, id="item", compensate=FunctionStep(undo, id="undo"))
+    items = MapStep(inner, id="items", over="request.items")
+    async with Flow("memory://", hooks=[Metrics(registry), pairs]) as flow:
+        wf = await flow.workflow_create(
+            "stock", items, FunctionStep(fail, id="ship", requires=("items",))
+        )
+        with pytest.raises(ExecutionFailedError):
+            await wf.execute({"items": [1, 2, 3]})
+    steps = _steps_total(registry)
+    assert steps[("items[]", "forward", "success")] == 3
+    assert steps[("items[]", "compensate", "success")] == 3
+    assert steps[("items", "forward", "success")] == 1
+    assert steps[("items", "compensate", "success")] == 1
+    assert sorted(pairs.started) == sorted(f[:3] for f in pairs.finished)
+
+
+async def test_a_failed_run_fails_the_map_step_in_metrics() -> None:
+    async def bad(msg: Message) -> None:
+        if msg.json() == 1:
+            raise RuntimeError("broken")
+
+    registry = prometheus_client.CollectorRegistry()
+    async with Flow("memory://", hooks=[Metrics(registry)]) as flow:
+        wf = await flow.workflow_create(
+            "stock", MapStep(FunctionStep(bad, id="i"), id="m", over="request")
+        )
+        with pytest.raises(ExecutionFailedError):
+            await wf.execute([0, 1])
+    steps = _steps_total(registry)
+    assert steps[("m[]", "forward", "failure")] == 1
+    assert steps[("m", "forward", "failure")] == 1
