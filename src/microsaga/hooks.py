@@ -3,8 +3,9 @@
 A :class:`Hook` is told what happens to the executions a flow runs: an execution
 created, a run started in this process (new or taken over), a status committed, a step
 attempt started and finished, a step's outcome committed, a batch committed to the
-store. Live progress in the CLI, fault points for tests, tracing and metrics are hooks;
-your own (an audit log, a notifier) plug in the same way::
+store, the steps waiting in the store. Live progress in the CLI, fault points for tests,
+tracing and metrics are hooks; your own (an audit log, a notifier) plug in the same
+way::
 
     class Audit(microsaga.Hook):
         def execution_status(self, event: microsaga.ExecutionEvent) -> None:
@@ -144,6 +145,11 @@ class Hook:
     def store_committed(self, event: CommitEvent) -> None:
         """A batch of writes was committed to the store."""
 
+    def steps_waiting(self, count: int) -> None:
+        """How many steps wait (for a signal, a timer or a child execution) in the
+        store, as a worker read it (every few seconds, when a hook overrides this):
+        store-wide, the same on every worker of the store."""
+
 
 _METHODS = (
     "execution_header",
@@ -155,6 +161,7 @@ _METHODS = (
     "step_finished",
     "step_recorded",
     "store_committed",
+    "steps_waiting",
 )
 
 
@@ -178,6 +185,7 @@ class Hooks:
     step_finished: list[Callable[[StepEvent], None]]
     step_recorded: list[Callable[[StepEvent], None]]
     store_committed: list[Callable[[CommitEvent], None]]
+    steps_waiting: list[Callable[[int], None]]
 
     def __init__(self, hooks: Sequence[Hook] = ()) -> None:
         self._hooks: list[Hook] = []

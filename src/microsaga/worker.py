@@ -172,6 +172,8 @@ class Worker:
     the runs' :class:`~microsaga._run.RunHost`.
     """
 
+    waiting_every = 5.0  # seconds between counts of the steps waiting in the store
+
     def __init__(
         self,
         *,
@@ -213,6 +215,7 @@ class Worker:
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
+        self._waiting_due = 0.0  # the loop's time the waiting steps are counted next
 
     # the run's host ---------------------------------------------------------------
 
@@ -841,6 +844,8 @@ class Worker:
                 await self._free_dead_owners()
             except Exception:
                 log.exception("worker %s: looking for dead workers failed", self.id)
+            if self.hooks.steps_waiting:
+                await self._count_waiting()
 
     async def _heartbeat(self) -> None:
         # renewals first: the releases are one write each, and hundreds of them (runs
@@ -856,6 +861,29 @@ class Worker:
                 )
                 run.lose()
         await self._release_abandoned()
+
+    async def _count_waiting(self) -> None:
+        """Tell hooks how many steps wait in the store (the ``steps_waiting`` gauge), at
+        most every :attr:`waiting_every` seconds, and less often when counting takes
+        long (the store's RUNNING executions read: about 4 us each on PostgreSQL):
+        never more than 2 % of the time."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if began < self._waiting_due:
+            return
+        try:
+            count = await self.store.count_waiting()
+        except StoreError as exc:
+            self.health.failed(exc)
+            return
+        except Exception:
+            log.exception("worker %s: counting the waiting steps failed", self.id)
+            return
+        finally:
+            took = loop.time() - began
+            self._waiting_due = began + max(self.waiting_every, 50 * took)
+        if count is not None:
+            self.hooks.emit(self.hooks.steps_waiting, count)
 
     async def _free_dead_owners(self) -> None:
         """Free the leases of dead workers of this machine (see the module docstring),

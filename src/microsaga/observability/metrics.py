@@ -22,8 +22,10 @@ good) or ``fallback`` (it failed and its fallback succeeded); ``phase`` is
 ``forward`` or ``compensate``. ``status`` is the status name (``SUCCESS``,
 ``FAILURE``, ``ABORTED``). An execution counts as started in the process that created
 it and as finished in the one that finished it; ``executions_running`` counts the
-executions this process runs: sum it over your workers. ``steps_waiting`` is not fed
-yet (waiting executions are parked in the store, held by no process) and stays 0.
+executions this process runs: sum it over your workers. ``steps_waiting`` is the
+steps WAITING of RUNNING executions in the store, as a worker of the flow read it
+(every few seconds): store-wide, the same on every worker of a store, so take their
+``max()``, not their ``sum()``.
 
 Labels are bounded: workflow and step ids, never execution ids; the runs of a map
 step (``items[3]``) count under ``items[]``, and past 10,000 label sets per series new
@@ -139,7 +141,8 @@ class _Families:
         )
         self.waiting = p.Gauge(
             "microsaga_steps_waiting",
-            "Steps waiting for a signal, a timer or a child execution (not fed yet: 0).",
+            "Steps waiting for a signal, a timer or a child execution, in the whole store"
+            " (the same on every worker of a store: take the max, not the sum).",
             **on,
         )
         self.commit_seconds = p.Histogram(
@@ -250,6 +253,9 @@ class Metrics(Hook):
         m = self._m
         m.commit_seconds.observe(event.seconds)
         m.batch_size.observe(event.units)
+
+    def steps_waiting(self, count: int) -> None:
+        self._m.waiting.set(count)
 
 
 def serve_metrics(

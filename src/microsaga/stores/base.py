@@ -397,6 +397,14 @@ class Store(abc.ABC):
         """Something an execution waits for happened (its child finished): claimable
         now when parked, its owner told otherwise."""
 
+    async def count_waiting(self) -> int | None:
+        """How many steps of RUNNING executions are WAITING (for a signal, a timer or a
+        child execution), parked or not; None when the store cannot tell (the
+        ``microsaga_steps_waiting`` gauge then stays as it was). Read every few seconds
+        by each worker: found through the executions by status, never by scanning step
+        rows."""
+        return None
+
     async def prune_controls(self, before: float) -> None:  # noqa: B027 - optional
         """Forget control requests older than ``before``."""
 

@@ -555,6 +555,16 @@ class MemoryStore(Store):
         row = self._rows.get(execution_id)
         return None if row is None else (row.status, row.abort)
 
+    async def count_waiting(self) -> int:
+        waiting = Status.WAITING
+        return sum(
+            1
+            for row in list(self._runnable.values())
+            if row.status is Status.RUNNING
+            for step in row.forward.values()
+            if step.status is waiting
+        )
+
     async def list_executions(
         self,
         workflow_id: str | None = None,

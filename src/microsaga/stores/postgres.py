@@ -646,6 +646,12 @@ class PostgresStore(Store):
 
         return await self._db.retrying(get)
 
+    async def count_waiting(self) -> int:
+        async def count(conn: Any) -> int:
+            return int(await conn.fetchval(Q["count_waiting"]))
+
+        return await self._db.retrying(count)
+
     async def _executions(self, conn: Any, rows: list[Any]) -> list[Execution]:
         steps = await conn.fetch(Q["step_rows_of_many"], [r[0] for r in rows]) if rows else []
         found = await self._payloads(conn, rows, steps)

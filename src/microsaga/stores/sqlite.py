@@ -648,6 +648,12 @@ class SQLiteStore(Store):
 
         return await self._read(get)
 
+    async def count_waiting(self) -> int:
+        def count() -> int:
+            return int(self.r.execute(Q["count_waiting"]).fetchone()[0])
+
+        return await self._read(count)
+
     async def get_execution(self, execution_id: str) -> Execution | None:
         def get() -> Execution | None:
             conn = self.r

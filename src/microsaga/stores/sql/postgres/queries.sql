@@ -558,6 +558,18 @@ DELETE FROM microsaga_controls WHERE at < $1;
 -- name: get_status
 SELECT status, abort FROM microsaga_executions WHERE id = $1;
 
+-- name: count_waiting
+-- The WAITING steps of RUNNING executions: those off microsaga_executions_by_status,
+-- their forward rows by primary key (LATERAL ... OFFSET 0: a nested loop, never a scan
+-- of every step row; step_runs has no index on status, which would stop HOT updates).
+SELECT count(*) FROM microsaga_executions AS e
+CROSS JOIN LATERAL (
+    SELECT 1 FROM microsaga_step_runs AS s
+    WHERE s.execution_id = e.id AND s.phase = 0 AND s.status = 8
+    OFFSET 0
+) AS w
+WHERE e.status = 1;
+
 -- name: seq_of
 SELECT seq FROM microsaga_executions WHERE id = $1;
 

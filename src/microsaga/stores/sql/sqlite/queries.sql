@@ -167,6 +167,12 @@ DELETE FROM controls WHERE at < ?;
 -- name: get_status
 SELECT status, abort FROM executions WHERE id = ?;
 
+-- name: count_waiting
+-- The WAITING steps of RUNNING executions: those off executions_by_status, their
+-- forward rows by primary key (CROSS JOIN keeps that order: never every step row).
+SELECT count(*) FROM executions AS e CROSS JOIN step_runs AS s
+WHERE e.status = 1 AND s.execution_id = e.id AND s.phase = 0 AND s.status = 8;
+
 -- name: seq_of
 SELECT seq FROM executions WHERE id = ?;
 
