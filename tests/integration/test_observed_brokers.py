@@ -199,11 +199,6 @@ async def test_a_saga_over_a_broker_and_http_is_one_trace_and_counted(
     assert _value(registry, "microsaga_store_batch_size", "_sum") >= commits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transports/{nats,rabbitmq,redis}.py log 'handler failed' without the "
-    "execution's ids (extra=about_request(message.header)); not this test's files",
-)
 async def test_a_redelivered_message_is_logged_with_its_execution(
     broker: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from .._urls import redact_url
 from ..errors import StepError, TransportError, one_line
 from ..message import Message, encode_json, json_message
+from ..observability.logs import about_request
 from ..protocol import CORRELATION_HEADER, ERROR_HEADER, REPLY_TO_HEADER, REPLY_TOPIC_PREFIX
 
 __all__ = [
@@ -215,7 +216,12 @@ class Broker(abc.ABC):
         except StepError as exc:
             if exc.retryable:
                 raise
-            log.warning("reply to %r dropped: %s", reply_to, one_line(exc))
+            log.warning(
+                "reply to %r dropped: %s",
+                reply_to,
+                one_line(exc),
+                extra=about_request(request.header),
+            )
 
     async def send_reply(self, topic: str, reply: Message) -> None:
         """Send a reply to a reply topic; a plain publish unless the broker knows better."""

@@ -342,6 +342,7 @@ class NatsBroker(Broker):
                 topic,
                 self.redeliver_delay,
                 one_line(exc),
+                extra=about_request(message.header),
             )
             await _settle(msg.nak(delay=self.redeliver_delay))
             return

@@ -50,6 +50,7 @@ from aio_pika.abc import (
 
 from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata
+from ..observability.logs import about_request
 from ..protocol import IDEMPOTENCY_HEADER
 from .base import CORRELATION_HEADER, REPLY_TO_HEADER, Broker, Handler, Subscription, redact_url
 
@@ -268,6 +269,7 @@ class RabbitMQBroker(Broker):
                 "%s: reply to %r dropped: no queue is bound to it (the requester is gone)",
                 self._where,
                 topic,
+                extra=about_request(reply.header),
             )
 
     async def subscribe(
@@ -313,6 +315,7 @@ class RabbitMQBroker(Broker):
                 topic,
                 self.redeliver_delay,
                 one_line(exc),
+                extra=about_request(message.header),
             )
             await asyncio.sleep(self.redeliver_delay)
             await _settle(incoming.nack(requeue=True))

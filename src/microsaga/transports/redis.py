@@ -40,6 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata, encode_json
+from ..observability.logs import about_request
 from .base import REPLY_TOPIC_PREFIX, Broker, Handler, Subscription, redact_url
 
 __all__ = ["RedisBroker"]
@@ -239,7 +240,12 @@ class _StreamSubscription(Subscription):
         try:
             await self.broker.handle(self.handler, message)
         except Exception as exc:
-            log.warning("%s: handler failed, left pending: %s", self.topic, one_line(exc))
+            log.warning(
+                "%s: handler failed, left pending: %s",
+                self.topic,
+                one_line(exc),
+                extra=about_request(message.header),
+            )
             return False
         return True
 
