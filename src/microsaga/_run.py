@@ -195,6 +195,9 @@ class Run:
         # its WAITING steps and map runs (a new run of steps that never wait has none)
         waits = spec.graph.waits or not fresh
         self.waiting = Waiting(None if fresh else state.steps) if waits else _NO_WAITING
+        # the status hooks were last told of (RunHost.status_changed): a change reaches
+        # the run more than once (the request, the commit that finds it, the run's end)
+        self.told = state.status
 
     @property
     def _wake(self) -> asyncio.Event:

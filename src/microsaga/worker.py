@@ -220,8 +220,10 @@ class Worker:
     # the run's host ---------------------------------------------------------------
 
     def status_changed(self, run: Run) -> None:
-        if self.hooks.execution_status:
-            self.hooks.emit(self.hooks.execution_status, run.event())
+        if run.told is not run.state.status:  # each change told to hooks once
+            run.told = run.state.status
+            if self.hooks.execution_status:
+                self.hooks.emit(self.hooks.execution_status, run.event())
         self._notify(run.id)
         changed = self._child_changes.get(run.id)
         if changed is not None:
