@@ -212,9 +212,15 @@ class Metrics(Hook):
             self._m.takeovers.inc()
 
     def run_stopped(self, event: ExecutionEvent) -> None:
-        if event.execution_id in self._running:  # not one that ran before this hook
-            self._running.discard(event.execution_id)
+        eid = event.execution_id
+        if eid in self._running:  # not one that ran before this hook
+            self._running.discard(eid)
             self._m.running.dec()
+        if self._attempts:
+            # attempts cut short (the run lost its lease, was cancelled): they never
+            # finish here, so their starts would be kept for ever
+            for key in [key for key in self._attempts if key[0] == eid]:
+                del self._attempts[key]
 
     def execution_status(self, event: ExecutionEvent) -> None:
         status = event.status
