@@ -133,7 +133,7 @@ def _import_functions(wf: Workflow) -> None:
             if one is not None and import_deferred(one):
                 changed = True
     if changed:
-        wf._plan_cache = None  # its nodes hold the retry policies that changed
+        wf.replan()  # its nodes hold the retry policies that changed
 
 
 def _check_json(body: bytes) -> None:
