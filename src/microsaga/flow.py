@@ -133,7 +133,7 @@ def _import_functions(wf: Workflow) -> None:
             if one is not None and import_deferred(one):
                 changed = True
     if changed:
-        wf._plan_cache = None  # its nodes hold the retry policies that changed
+        wf.replan()  # its nodes hold the retry policies that changed
 
 
 def _check_json(body: bytes) -> None:
@@ -542,7 +542,7 @@ class Flow:
         if self._starts_children(plan):
             await self._check_children(plan, (wf.id,))
         if self.hooks.execution_header:
-            request = self._with_hook_headers(wf, request)
+            request = self._with_hook_headers(wf.id, request)
         snap = wf.snapshot()
         self._plans.setdefault(snap.hash, plan)
         eid = execution_id or new_execution_id()
@@ -644,6 +644,8 @@ class Flow:
         plan = self._checked_plan(wf)
         snap = wf.snapshot()
         self._plans.setdefault(snap.hash, plan)
+        if self.hooks.execution_header:  # the child's own trace context is stored
+            request = self._with_hook_headers(wf.id, request)
         new = NewRun(
             execution_id=child_id(parent_id, node.id, attempt),
             workflow_id=wf.id,
@@ -703,10 +705,12 @@ class Flow:
         check_size(message, self._options.max_payload, f"the {setting}")
         return message
 
-    def _with_hook_headers(self, wf: Workflow, request: Message) -> Message:
+    def _with_hook_headers(self, workflow_id: str, request: Message) -> Message:
+        """``request`` with the headers the hooks add to a new execution's (its trace
+        context: stored with it, so that a worker taking it over continues the trace)."""
         event = ExecutionEvent(
             execution_id="",
-            workflow_id=wf.id,
+            workflow_id=workflow_id,
             status=Status.PENDING,
             at=self.clock(),
             created_at=self.clock(),
@@ -927,6 +931,8 @@ class Flow:
     async def _redrive_anew(self, stored: StoredExecution, body: bytes | None) -> str:
         plan = self._plan_of_stored(stored.definition)
         request = stored.request if body is None else Message(body, stored.request.header)
+        if self.hooks.execution_header:  # its own trace context, not the old one's
+            request = self._with_hook_headers(stored.workflow_id, request)
         new = NewRun(
             execution_id=new_execution_id(),
             workflow_id=stored.workflow_id,

@@ -212,6 +212,11 @@ class Workflow:
 
         return workflow_to_dict(self)
 
+    def replan(self) -> None:
+        """Compile the steps again at the next :meth:`plan`: their options changed in
+        place (a flow imported what a definition named, e.g. ``non_retryable``)."""
+        self._plan_cache = None
+
     def plan(self) -> Plan:
         """The workflow compiled for running (made once per change of its steps)."""
         if self._plan_cache is None:

@@ -203,6 +203,11 @@ async def test_a_child_execution_and_a_redrive_are_traced_in_the_trace_they_came
             await failing.execute({})
         again = await flow.redrive(failed.value.execution_id)
         assert (await flow.wait(again, timeout=10)).status is Status.SUCCESS
+        # the context stored with each (read back by a worker that takes it over)
+        stored = {
+            eid: (await flow.execution(eid)).request.header.get("traceparent")
+            for eid in (f"{parent}:pay", again)
+        }
     found = exporter.get_finished_spans()
 
     top = _execution_span(found, parent)
@@ -216,6 +221,8 @@ async def test_a_child_execution_and_a_redrive_are_traced_in_the_trace_they_came
     (charge,) = _step_spans(found, f"{parent}:pay")
     assert charge.parent is not None
     assert charge.parent.span_id == kid.context.span_id
+    kid_context = f"00-{kid.context.trace_id:032x}-{kid.context.span_id:016x}-"
+    assert (stored[f"{parent}:pay"] or "").startswith(kid_context)
 
     first = _execution_span(found, failed.value.execution_id)
     second = _execution_span(found, again)
@@ -226,3 +233,5 @@ async def test_a_child_execution_and_a_redrive_are_traced_in_the_trace_they_came
     (pay,) = _step_spans(found, again)
     assert pay.parent is not None
     assert pay.parent.span_id == second.context.span_id
+    again_context = f"00-{second.context.trace_id:032x}-{second.context.span_id:016x}-"
+    assert (stored[again] or "").startswith(again_context)
