@@ -173,6 +173,7 @@ class Worker:
     """
 
     waiting_every = 5.0  # seconds between counts of the steps waiting in the store
+    _waiting_due = 0.0  # the loop's time they are counted next (see _count_waiting)
 
     def __init__(
         self,
@@ -215,7 +216,6 @@ class Worker:
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
-        self._waiting_due = 0.0  # the loop's time the waiting steps are counted next
 
     # the run's host ---------------------------------------------------------------
 
