@@ -18,6 +18,7 @@ from microsaga import (
     MapStep,
     Message,
     Retry,
+    Status,
     StepEvent,
 )
 
@@ -31,6 +32,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 
 from microsaga.observability import Metrics, Tracing  # noqa: E402
+from microsaga.testing import FaultError, arm_fault, disarm_faults  # noqa: E402
+from tests.helpers import eventually  # noqa: E402
 
 
 async def reserve(msg: Message) -> dict[str, int]:
@@ -173,3 +176,28 @@ async def test_a_failed_run_fails_the_map_step_in_metrics() -> None:
     steps = _steps_total(registry)
     assert steps[("m[]", "forward", "failure")] == 1
     assert steps[("m", "forward", "failure")] == 1
+
+
+async def test_a_fault_point_at_a_runs_start_stops_the_run_as_a_crash() -> None:
+    starts: list[int] = []
+
+    def second() -> None:  # the map step starts first, then its first run
+        starts.append(1)
+        if len(starts) == 2:
+            raise FaultError("fault point step_started")
+
+    arm_fault("step_started", second)
+    try:
+        async with Flow("memory://", lease_ttl=0.3, poll_interval=0.05) as flow:
+            wf = await flow.workflow_create("stock", _map())
+            eid = await wf.execute({"items": [1, 2]}, async_=True)
+
+            async def finished() -> bool:
+                return (await flow.execution(eid)).status.finished
+
+            await eventually(finished, timeout=20)
+            info = await flow.execution(eid)
+    finally:
+        disarm_faults()
+    assert len(starts) > 2  # taken over: the map started again
+    assert info.status is Status.SUCCESS  # recovered, not a failed map
