@@ -21,6 +21,7 @@ registered with ``register_step``). The other keys are the common options (``id`
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -266,7 +267,11 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     named = [k for k in entry if k in kinds]
     if not named:
         other = [str(k) for k in entry if k not in _COMMON]
-        hint = f"unknown step kind {other[0]!r}; " if other else ""
+        hint = ""
+        if other:
+            close = difflib.get_close_matches(other[0], sorted(kinds), n=1)
+            mean = f" (did you mean {close[0]}?)" if close else ""
+            hint = f"unknown step kind {other[0]!r}{mean}; "
         raise DefinitionError(f"{hint}a step needs one of: {', '.join(sorted(kinds))}", path=path)
     if len(named) > 1:
         raise DefinitionError(f"a step has one kind, not {', '.join(named)}", path=path)
@@ -279,15 +284,13 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
         )
     own = {k: v for k, v in entry.items() if k not in _COMMON}
     allowed = getattr(cls, "config_fields", None)
+    fields = [*_COMMON, *(allowed if allowed is not None else [named[0]])]
+    for key in own:
+        if key not in fields:
+            raise DefinitionError(_unknown_field(key, fields), path=_join(path, _shown(key)))
     if allowed is not None:  # a built-in kind: its fields beside the common options
-        for key in own:
-            if key not in allowed:
-                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
         config: Any = own
     else:  # a kind of register_step: its to_config() nested under the kind
-        for key in own:
-            if key != named[0]:
-                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
         config = entry[named[0]]
         if not isinstance(config, Mapping):
             raise DefinitionError(
@@ -321,6 +324,14 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
                 )
     step.options = _options(entry, path, nested)
     return step
+
+
+def _unknown_field(key: Any, fields: list[str]) -> str:
+    """ "unknown field", and the field meant when a close one exists."""
+    if key == "compensate_input":
+        return "unknown field: a definition gives it as compensate: {..., input: ...}"
+    close = difflib.get_close_matches(str(key), fields, n=1) if isinstance(key, str) else []
+    return f"unknown field; did you mean {close[0]}?" if close else "unknown field"
 
 
 def _strip_path(exc: DefinitionError) -> str:
