@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import difflib
 import inspect
 import logging
 import uuid
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._urls import redact_url
-from ..errors import StepError, TransportError, one_line
+from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, encode_json, json_message
 from ..protocol import CORRELATION_HEADER, ERROR_HEADER, REPLY_TO_HEADER, REPLY_TOPIC_PREFIX
 
@@ -24,6 +25,7 @@ __all__ = [
     "Client",
     "Handler",
     "Subscription",
+    "check_url_options",
     "error_reply",
     "raise_for_error_reply",
     "redact_url",
@@ -31,6 +33,23 @@ __all__ = [
 ]
 
 log = logging.getLogger("microsaga.transports")
+
+
+def check_url_options(
+    query: list[tuple[str, str]], ours: tuple[str, ...], url: str, setting: str
+) -> None:
+    """Refuse a query parameter of a broker URL that is a misspelling of one of
+    ``ours`` (``?exchang=``): the driver would take it for one of its own, or drop it,
+    and the broker would run without the option meant. Other parameters go to the
+    driver, which knows its own."""
+    for key, _ in query:
+        if key in ours:
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.75)
+        if close:
+            raise ConfigurationError(
+                setting, f"{redact_url(url)}: unknown option {key!r}; did you mean {close[0]}?"
+            )
 
 
 Handler = Callable[[Message], Awaitable[Any] | Any]

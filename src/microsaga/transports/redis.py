@@ -40,7 +40,14 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata, encode_json
-from .base import REPLY_TOPIC_PREFIX, Broker, Handler, Subscription, redact_url
+from .base import (
+    REPLY_TOPIC_PREFIX,
+    Broker,
+    Handler,
+    Subscription,
+    check_url_options,
+    redact_url,
+)
 
 __all__ = ["RedisBroker"]
 
@@ -49,6 +56,18 @@ log = logging.getLogger("microsaga.transports.redis")
 _FAILURES = (RedisError, OSError)
 _header_decoder = msgspec.json.Decoder(dict[str, list[str]])
 _REPLY_STREAM_TTL = 86400
+
+
+def _maxlen(text: str, url: str, setting: str) -> int:
+    """``?maxlen=N``: a whole number of entries from 1 (0 would trim a stream of the
+    messages its readers have not read yet)."""
+    digits = text.strip()
+    value = int(digits) if digits.isascii() and digits.isdigit() else 0
+    if not 1 <= value < 2**63:  # Redis reads a signed 64-bit count
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: maxlen must be a whole number from 1, not {text!r}"
+        )
+    return value
 
 
 class RedisBroker(Broker):
@@ -79,8 +98,9 @@ class RedisBroker(Broker):
         self.setting = setting  # the setting the URL came from, for errors
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
+        check_url_options(query, ("maxlen",), url, setting)
         maxlen = next((v for k, v in query if k == "maxlen"), None)
-        self.maxlen = int(maxlen) if maxlen else None
+        self.maxlen = _maxlen(maxlen, url, setting) if maxlen else None
         rest = urlencode([(k, v) for k, v in query if k != "maxlen"])
         self._redis_url = urlunsplit(parts._replace(query=rest))
         self.group = group
