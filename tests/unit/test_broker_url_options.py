@@ -48,3 +48,33 @@ def test_good_options_and_the_driver_s_own_are_kept() -> None:
     assert isinstance(broker, RedisBroker)
     assert broker.maxlen == 1000
     assert open_broker(f"{AMQP}?exchange=orders&heartbeat=30").exchange_name == "orders"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("amqp://", "amqp://: no host (write amqp://HOST:PORT)"),  # aio-pika: retried for ever
+        ("redis://", "redis://: no host (write redis://HOST:PORT)"),  # was an internal error
+        ("nats://", "nats://: no host (write nats://HOST:PORT)"),  # was "cannot connect"
+        ("amqps://guest:secret@:5671/", "no host (write amqps://HOST:PORT)"),
+        ("redis://127.0.0.1:abc/0", "the port must be a number from 1 to 65535"),
+        ("amqp://127.0.0.1:abc/", "the port must be a number from 1 to 65535"),
+        ("nats://127.0.0.1:99999", "the port must be a number from 1 to 65535"),
+        ("rediss://127.0.0.1:0", "the port must be a number from 1 to 65535"),
+    ],
+)
+def test_a_url_without_a_host_or_port_is_a_bad_setting(url: str, said: str) -> None:
+    from microsaga.settings import broker_url
+
+    with pytest.raises(ConfigurationError) as caught:
+        open_broker(broker_url(url, "--broker"))
+    assert str(caught.value).startswith("--broker: ")
+    assert said in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["nats://127.0.0.1:4222", "nats://[::1]:4222", "redis://localhost", "amqp://h/vhost"]
+)
+def test_a_url_with_a_host_is_accepted(url: str) -> None:
+    assert open_broker(url).url == url  # type: ignore[attr-defined]

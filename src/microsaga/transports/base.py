@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._urls import redact_url
 from ..errors import ConfigurationError, StepError, TransportError, one_line
@@ -25,6 +26,7 @@ __all__ = [
     "Client",
     "Handler",
     "Subscription",
+    "check_url_address",
     "check_url_options",
     "error_reply",
     "raise_for_error_reply",
@@ -33,6 +35,26 @@ __all__ = [
 ]
 
 log = logging.getLogger("microsaga.transports")
+
+
+def check_url_address(url: str, setting: str) -> None:
+    """Refuse a broker URL without a host, or with a port that is not one: the
+    drivers fail on them with a bare ``ValueError``, or retry them for ever."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number from 0 to 65535
+    except ValueError:
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: the port must be a number from 1 to 65535"
+        ) from None
+    if not parts.hostname:
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: no host (write {parts.scheme}://HOST:PORT)"
+        )
+    if port == 0:
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: the port must be a number from 1 to 65535"
+        )
 
 
 def check_url_options(

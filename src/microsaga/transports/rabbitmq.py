@@ -57,6 +57,7 @@ from .base import (
     Broker,
     Handler,
     Subscription,
+    check_url_address,
     check_url_options,
     redact_url,
 )
@@ -112,6 +113,7 @@ class RabbitMQBroker(Broker):
         super().__init__()
         self.url = url
         self.setting = setting  # the setting the URL came from, for errors
+        check_url_address(url, setting)
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         check_url_options(query, ("exchange",), url, setting)
