@@ -150,11 +150,23 @@ def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, 
 
 
 def service_url_problem(url: Any) -> str | None:
-    """Why ``url`` cannot be a service's base URL, or None when it can."""
-    if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
-        return None
+    """Why ``url`` cannot be a service's base URL, or None when it can: an http:// or
+    https:// URL with a host, and a port from 1 to 65535 when it gives one (httpx
+    would fail every call to it, or, for a port out of range, say nothing readable)."""
     shown = redact_url(url) if isinstance(url, str) else url
-    return f"must be an http:// or https:// URL, not {shown!r}"
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        return f"must be an http:// or https:// URL, not {shown!r}"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or not host.isprintable() or any(c.isspace() for c in host):
+        return f"must name a host (http://HOST:PORT), not {shown!r}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"must have a port from 1 to 65535, not {shown!r}"
+    return None
 
 
 def check_services(services: Mapping[str, str], setting: str = "services") -> dict[str, str]:

@@ -63,7 +63,7 @@ import msgspec
 from .._aio import Slots
 from ..errors import ConfigurationError, MissingClientError, StepError, TransportError
 from ..message import Message, Metadata
-from .base import Client
+from .base import Client, redact_url
 
 __all__ = ["HttpClient"]
 
@@ -173,7 +173,7 @@ class HttpClient(Client):
             TransportError: a retryable failure (5xx, 408, 429, network, timeout).
         """
         url = self.url(service, endpoint)
-        where = f"{service} {endpoint}: POST {url}"
+        where = f"{service} {endpoint}: POST {redact_url(url)}"  # stored, logged: no password
         headers = _request_headers(request.header, where)
         headers.append((b"content-type", b"application/json"))
         try:
