@@ -134,6 +134,12 @@ _YamlLoader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+# a time stays the text it is (``until: 2026-12-24T09:00:00Z`` unquoted): PyYAML would
+# make it a datetime, which no field takes, and JSON has no such type
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _YamlLoader.yaml_implicit_resolvers.items()
+}
 
 
 class _NotJson(ValueError):
