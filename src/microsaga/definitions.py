@@ -81,7 +81,7 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
         if len(where) > 200:  # text without a newline taken for a path: quote a little
             where = f"{where[:100]}...({len(where)} characters)"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors save
         except OSError as exc:
             raise DefinitionError(f"cannot read definition file {where}: {exc.strerror}") from None
         except UnicodeDecodeError:

@@ -1,8 +1,10 @@
-"""A time written unquoted in YAML stays the text it is: ``until:
-2026-12-24T09:00:00Z`` is what a user writes, and PyYAML made it a datetime that the
-sleep step refused as "must be an ISO 8601 time, not datetime.datetime(...)"."""
+"""How a definition file is read: a time written unquoted in YAML stays the text it
+is (``until: 2026-12-24T09:00:00Z``, which PyYAML made a datetime that the sleep step
+refused), and a file saved with a UTF-8 BOM loads."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import yaml
@@ -32,3 +34,11 @@ def test_an_unquoted_date_is_a_description() -> None:
 
 def test_pyyaml_s_own_loader_is_left_as_it_is() -> None:
     assert not isinstance(yaml.safe_load("a: 2026-12-24")["a"], str)
+
+
+@pytest.mark.parametrize("name", ["order.json", "order.yaml"])
+def test_a_file_saved_with_a_bom_loads(tmp_path: Any, name: str) -> None:
+    """As Windows editors save UTF-8 (``--input @FILE`` takes it too)."""
+    source = tmp_path / name
+    source.write_bytes(b'\xef\xbb\xbf{"id": "order", "steps": [{"publish": "t"}]}')
+    assert load_definition(str(source)).id == "order"
