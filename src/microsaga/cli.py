@@ -419,11 +419,19 @@ def list_(
 
             click.echo(json.dumps([summary_json(info) for info in found], indent=2))
             return EXIT_OK
+        # columns as wide as their widest value here: ids of --execution-id and
+        # workflow ids have any length
+        id_width = max((len(info.id) for info in found), default=0)
+        wf_width = max((len(info.workflow_id) for info in found), default=0)
+        wf_width = max(wf_width, 20)
         for info in found:
             created = info.created_at.isoformat(timespec="seconds")
             said = info.error or info.note
             tail = f"  {said}" if said else ""
-            click.echo(f"{info.id}  {info.workflow_id:<20} {info.status.name:<13} {created}{tail}")
+            click.echo(
+                f"{info.id:<{id_width}}  {info.workflow_id:<{wf_width}} "
+                f"{info.status.name:<13} {created}{tail}"
+            )
         return EXIT_OK
 
     _run_async(main)
