@@ -131,8 +131,16 @@ def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, 
     if not text:
         return {}
     if text.startswith("{"):
+
+        def distinct(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            names = [name for name, _ in pairs]
+            twice = next((name for name in names if names.count(name) > 1), None)
+            if twice is not None:
+                raise ConfigurationError(setting, f"service {twice!r} is given twice")
+            return dict(pairs)
+
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=distinct)
         except json.JSONDecodeError as exc:
             raise ConfigurationError(setting, f"not valid JSON: {exc}") from None
         if not isinstance(value, dict) or not all(
@@ -145,6 +153,8 @@ def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, 
         name, sep, url = item.partition("=")
         if not sep or not name.strip() or not url.strip():
             raise ConfigurationError(setting, f"expected name=url, got {item!r}")
+        if name.strip() in out:  # the last one would win without a word
+            raise ConfigurationError(setting, f"service {name.strip()!r} is given twice")
         out[name.strip()] = url.strip()
     return out
 

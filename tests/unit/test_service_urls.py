@@ -66,3 +66,18 @@ async def test_a_failed_call_does_not_show_the_password() -> None:
         await client.close()
     assert "http://user:***@127.0.0.1:8001/Inventory/Reserve" in str(caught.value)
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "inv=http://127.0.0.1:8001,inv=http://127.0.0.1:8002",
+        '{"inv": "http://127.0.0.1:8001", "inv": "http://127.0.0.1:8002"}',
+    ],
+)
+def test_a_service_given_twice_is_refused(text: str) -> None:
+    from microsaga.settings import parse_services
+
+    with pytest.raises(ConfigurationError) as caught:
+        parse_services(text, "--services")
+    assert str(caught.value) == "--services: service 'inv' is given twice"
