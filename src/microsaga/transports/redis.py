@@ -55,7 +55,8 @@ __all__ = ["RedisBroker"]
 log = logging.getLogger("microsaga.transports.redis")
 
 _FAILURES = (RedisError, OSError)
-_header_decoder = msgspec.json.Decoder(dict[str, list[str]])
+# a participant of another language may write a single value as a string
+_header_decoder = msgspec.json.Decoder(dict[str, list[str] | str])
 _REPLY_STREAM_TTL = 86400
 
 
@@ -342,7 +343,10 @@ def _to_message(fields: dict[bytes, bytes]) -> Message:
         try:
             header = Metadata(_header_decoder.decode(raw))
         except msgspec.DecodeError as exc:
-            log.warning("entry with a header that is not a JSON object of lists: %s", exc)
+            log.warning(
+                "entry with a header that is not a JSON object of strings or string lists: %s",
+                exc,
+            )
     return Message(fields.get(b"body", b""), header)
 
 
