@@ -267,6 +267,16 @@ def _check_text(text: str, name: str) -> str:
     return text
 
 
+def _distinct_key_ids(text: str, setting: str = "MICROSAGA_CODEC_KEYS") -> str:
+    """``text`` when no key id is given twice: the last key of an id would replace the
+    first, and what the first encrypted could no longer be read."""
+    ids = [item.partition("=")[0].strip() for item in text.split(",") if item.strip()]
+    twice = next((kid for kid in ids if kid and ids.count(kid) > 1), None)
+    if twice is not None:
+        raise ConfigurationError(setting, f"key id {twice!r} is given twice")
+    return text
+
+
 def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
     """Options from explicit values (None means unset), then the environment.
 
@@ -344,7 +354,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
                 "codec", f"must have encode and decode methods, not {values['codec']!r}"
             )
     elif env.get("MICROSAGA_CODEC_KEYS", "").strip():
-        values["codec"] = codec_from_setting(env["MICROSAGA_CODEC_KEYS"])
+        values["codec"] = codec_from_setting(_distinct_key_ids(env["MICROSAGA_CODEC_KEYS"]))
     if "redact_headers" in values:
         names = values["redact_headers"]
         if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
