@@ -501,7 +501,11 @@ def _checked(wf: Workflow) -> Workflow:
     which a definition's author never means (a typo, a step not required, an id with
     dots left unquoted, ``true`` without backticks)."""
     requires = {s.id: s.options.requires for s in wf.step_list}
+    maps = [s.id for s in wf.step_list if kind_of(s) == "map"]
     for i, step in enumerate(wf.step_list):
+        problem = _key_clash(step.id, set(requires), maps)
+        if problem is not None:
+            raise DefinitionError(problem, path=_join(_join("steps", i), "id"))
         ancestors = _ancestors(step.id, requires)
         exprs = [(k, getattr(step.options, k)) for k in ("input", "when")]
         over = getattr(step, "over", None)
@@ -514,6 +518,28 @@ def _checked(wf: Workflow) -> Workflow:
             if problem is not None:
                 raise DefinitionError(problem, path=_join(_join("steps", i), key))
     return wf
+
+
+def _key_clash(sid: str, ids: set[str], maps: list[str]) -> str | None:
+    """Why ``sid`` would share a record or an idempotency key with another run, or
+    None: a map's runs are ``<map id>[<i>]``, and a compensation's and a fallback's
+    keys end in ``:compensate`` and ``:fallback``."""
+
+    def run_of_a_map(name: str) -> str | None:
+        return next((m for m in maps if re.fullmatch(rf"{re.escape(m)}\[\d+\]", name)), None)
+
+    found = run_of_a_map(sid)
+    if found is not None:
+        return f"{sid!r} is the id of a run of map {found} (its runs are {found}[0], ...)"
+    for suffix in (":compensate", ":fallback"):
+        base = sid.removesuffix(suffix)
+        if base != sid and (base in ids or run_of_a_map(base) is not None):
+            what = "compensation" if suffix == ":compensate" else "fallback"
+            return (
+                f"{sid!r} is the idempotency key of the {what} of {base} (<execution "
+                f"id>:{sid}): a participant would take one call for the other"
+            )
+    return None
 
 
 def _ancestors(sid: str, requires: Mapping[str, tuple[str, ...]]) -> set[str]:
