@@ -756,6 +756,8 @@ def demo(ctx: click.Context) -> None:
 
 def _how_to_mend(exc: MicrosagaError) -> str:
     """What the command line can do about ``exc``, when that is plain."""
+    if exc.code == "payload_too_large":
+        return " (the limit is the setting MICROSAGA_MAX_PAYLOAD)"
     if not isinstance(exc, MissingClientError):
         return ""
     if "broker" in str(exc):
