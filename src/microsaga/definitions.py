@@ -227,7 +227,11 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     services = dict(services)
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
-        raise DefinitionError("must be a non-empty list of steps", path="steps")
+        given = f", not a {type(steps).__name__}" if isinstance(steps, Mapping) else ""
+        raise DefinitionError(
+            f"must be a non-empty list of steps (in YAML each begins with '- '){given}",
+            path="steps",
+        )
     built = [step_from_dict(entry, _join("steps", i)) for i, entry in enumerate(steps)]
     _check_ids(built)
     description = data.get("description")
@@ -260,16 +264,22 @@ def _check_ids(steps: list[Step]) -> None:
     for i, step in enumerate(steps):
         for req in step.options.requires:
             if req not in index:
-                raise StepNotExistsError(
-                    req, detail=f"required by {step.id}", path=f"steps[{i}].requires"
-                )
+                detail = f"required by {step.id}"
+                parts = [part.strip() for part in req.split(",")]
+                if len(parts) > 1 and all(part in index for part in parts):
+                    detail += f"; several are a list: [{', '.join(parts)}]"
+                raise StepNotExistsError(req, detail=detail, path=f"steps[{i}].requires")
 
 
 def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     """One step from its definition entry; ``path`` prefixes error messages."""
-    if not isinstance(entry, Mapping):
-        raise DefinitionError(f"must be a mapping, not {type(entry).__name__}", path=path)
     kinds = step_kinds()
+    if not isinstance(entry, Mapping):  # `- call inv.A.B`: the colon forgotten
+        words = entry.split(maxsplit=1) if isinstance(entry, str) else []
+        hint = ""
+        if len(words) == 2 and words[0] in kinds:
+            hint = f" (a kind is followed by a colon: {words[0]}: {_shown(words[1])})"
+        raise DefinitionError(f"must be a mapping, not {type(entry).__name__}{hint}", path=path)
     named = [k for k in entry if k in kinds]
     if not named:
         other = [str(k) for k in entry if k not in _COMMON]

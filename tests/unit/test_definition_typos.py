@@ -1,4 +1,5 @@
-"""A misspelt field or step kind in a definition is refused naming what was meant."""
+"""A misspelt field or step kind, or YAML punctuation forgotten, in a definition is
+refused naming what was meant."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ from microsaga import DefinitionError, load_definition
             "steps[0]: unknown step kind 'fucntion' (did you mean function?); a step needs",
         ),
         ("id: x\nsteps: [{call: a.B.C, colour: red}]", "steps[0].colour: unknown field"),
+        (  # the colon after the kind forgotten
+            "id: x\nsteps:\n  - call a.B.C\n",
+            "steps[0]: must be a mapping, not str (a kind is followed by a colon: call: a.B.C)",
+        ),
+        (  # the dashes of a YAML list forgotten
+            "id: x\nsteps:\n  call: a.B.C\n",
+            "steps: must be a non-empty list of steps (in YAML each begins with '- '), not a dict",
+        ),
+        (  # several requirements written as one text
+            "id: x\nsteps:\n  - call: a.B.C\n  - call: a.B.D\n"
+            "  - call: a.B.E\n    requires: a.B.C, a.B.D\n",
+            "step not exists: a.B.C, a.B.D (required by a.B.E; several are a list: "
+            "[a.B.C, a.B.D], at steps[2].requires)",
+        ),
     ],
 )
 def test_a_typo_is_named_with_what_was_meant(text: str, said: str) -> None:
