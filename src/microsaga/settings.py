@@ -176,7 +176,16 @@ def service_url_problem(url: Any) -> str | None:
         port = 0
     if port == 0:
         return f"must have a port from 1 to 65535, not {shown!r}"
+    for found in re.finditer(r"\{([^{}]*)\}", url):  # a URL template (transports/http.py)
+        if found.group(1) not in _PLACEHOLDERS:
+            return (
+                f"unknown placeholder {found.group(0)} in {shown!r}; use "
+                "{name}, {method}, {endpoint} or {service}"
+            )
     return None
+
+
+_PLACEHOLDERS = ("name", "method", "endpoint", "service")
 
 
 def check_services(services: Mapping[str, str], setting: str = "services") -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""A service's address: an http(s) URL with a host and a valid port, refused at once
-otherwise (it failed every call, one of them with an unreadable ExceptionGroup), and
-never shown with its password in a step's error (stored, listed, logged)."""
+"""A service's address: an http(s) URL with a host, a valid port and known
+placeholders, refused where it is given otherwise (it failed every call, one with an
+unreadable ExceptionGroup), and never shown with its password in a step's error
+(stored, listed, logged)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ BAD = [
     ("http://127.0.0.1:99999", "must have a port from 1 to 65535"),
     ("http://127.0.0.1:0", "must have a port from 1 to 65535"),
     ("ftp://127.0.0.1:21", "must be an http:// or https:// URL"),
+    ("http://127.0.0.1:8001/rpc/{nme}/{method}", "unknown placeholder {nme} in"),
 ]
 
 
