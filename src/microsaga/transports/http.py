@@ -7,8 +7,9 @@ Addresses
     services that use other paths: ``{name}``, ``{method}``, ``{endpoint}``
     (``Name.Method``) and ``{service}`` are substituted (percent-encoded), as in
     ``http://127.0.0.1:8001/rpc/{name}/{method}`` or ``http://gw/call?op={endpoint}``.
-    Any other ``{...}`` fails the step with a :class:`ConfigurationError` naming
-    ``services.<service>``.
+    Any other ``{...}`` is refused where the address is given to a flow (settings,
+    definitions); given to this client directly, it fails the step with a
+    :class:`ConfigurationError` naming ``services.<service>``.
 
 Request
     The step's request body as is, with ``Content-Type: application/json``; every
