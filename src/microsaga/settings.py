@@ -179,8 +179,8 @@ def service_url_problem(url: Any) -> str | None:
     for found in re.finditer(r"\{([^{}]*)\}", url):  # a URL template (transports/http.py)
         if found.group(1) not in _PLACEHOLDERS:
             return (
-                f"unknown placeholder {found.group(0)} in {shown!r}; use "
-                "{name}, {method}, {endpoint} or {service}"
+                "must use {name}, {method}, {endpoint} or {service} as placeholders, "
+                f"not {found.group(0)} (in {shown!r})"
             )
     return None
 

@@ -21,7 +21,10 @@ BAD = [
     ("http://127.0.0.1:99999", "must have a port from 1 to 65535"),
     ("http://127.0.0.1:0", "must have a port from 1 to 65535"),
     ("ftp://127.0.0.1:21", "must be an http:// or https:// URL"),
-    ("http://127.0.0.1:8001/rpc/{nme}/{method}", "unknown placeholder {nme} in"),
+    (
+        "http://127.0.0.1:8001/rpc/{nme}/{method}",
+        "must use {name}, {method}, {endpoint} or {service} as placeholders, not {nme}",
+    ),
 ]
 
 
