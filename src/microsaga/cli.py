@@ -419,11 +419,19 @@ def list_(
 
             click.echo(json.dumps([summary_json(info) for info in found], indent=2))
             return EXIT_OK
+        # columns as wide as their widest value here: ids of --execution-id and
+        # workflow ids have any length
+        id_width = max((len(info.id) for info in found), default=0)
+        wf_width = max((len(info.workflow_id) for info in found), default=0)
+        wf_width = max(wf_width, 20)
         for info in found:
             created = info.created_at.isoformat(timespec="seconds")
             said = info.error or info.note
             tail = f"  {said}" if said else ""
-            click.echo(f"{info.id}  {info.workflow_id:<20} {info.status.name:<13} {created}{tail}")
+            click.echo(
+                f"{info.id:<{id_width}}  {info.workflow_id:<{wf_width}} "
+                f"{info.status.name:<13} {created}{tail}"
+            )
         return EXIT_OK
 
     _run_async(main)
@@ -513,12 +521,57 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
+            await _check_event(flow, execution_id, event)
             await flow.signal(execution_id, event, message)
             found = await flow.store.get_status(execution_id)
         click.echo(f"{execution_id} {found[0].name if found else '?'}")
         return EXIT_OK
 
     _run_async(main)
+
+
+_BUILT_IN_KINDS = frozenset({"call", "publish", "function", "wait", "sleep", "workflow", "map"})
+
+
+def _waited_events(definition: Any) -> set[str] | None:
+    """The events the wait steps of a stored definition wait for; None when that cannot
+    be told (a definition unreadable here, or with a kind of ``register_step``)."""
+    steps = definition.get("steps") if isinstance(definition, dict) else None
+    if not isinstance(steps, list):
+        return None
+    events: set[str] = set()
+    entries = list(steps)
+    while entries:
+        entry = entries.pop()
+        if not isinstance(entry, dict) or not _BUILT_IN_KINDS.intersection(entry):
+            return None
+        if isinstance(entry.get("wait"), str):
+            events.add(entry["wait"])
+        if isinstance(entry.get("fallback"), dict):
+            entries.append(entry["fallback"])
+    return events
+
+
+async def _check_event(flow: Flow, execution_id: str, event: str) -> None:
+    """Refuse a signal that no wait step of the execution waits for: kept, it would
+    be consumed by nothing, and a misspelt event looked delivered."""
+    found = await flow.store.get_status(execution_id)
+    if found is None or found[0] in (Status.SUCCESS, Status.FAILURE, Status.ABORTED):
+        return  # flow.signal says what is wrong with it
+    stored = await flow.store.load(execution_id)
+    body = stored.definition.body if stored is not None else None
+    try:
+        events = _waited_events(json.loads(body)) if body else None
+    except ValueError:
+        events = None
+    if events is None or event in events:
+        return
+    waits = f"its wait steps wait for: {', '.join(sorted(events))}" if events else (
+        "it has no wait step"
+    )  # fmt: skip
+    raise ConfigurationError(
+        "EVENT", f"no step of execution {execution_id} waits for {event!r}; {waits}"
+    )
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -703,6 +756,8 @@ def demo(ctx: click.Context) -> None:
 
 def _how_to_mend(exc: MicrosagaError) -> str:
     """What the command line can do about ``exc``, when that is plain."""
+    if exc.code == "payload_too_large":
+        return " (the limit is the setting MICROSAGA_MAX_PAYLOAD)"
     if not isinstance(exc, MissingClientError):
         return ""
     if "broker" in str(exc):

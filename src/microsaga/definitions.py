@@ -21,6 +21,7 @@ registered with ``register_step``). The other keys are the common options (``id`
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -70,7 +71,7 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
         DefinitionError: naming the file, the line or the path of the bad field.
     """
     if isinstance(source, Mapping):
-        return workflow_from_dict(source)
+        return _checked(workflow_from_dict(source))
     where = "definition"
     if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
         text = source
@@ -80,7 +81,7 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
         if len(where) > 200:  # text without a newline taken for a path: quote a little
             where = f"{where[:100]}...({len(where)} characters)"
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors save
         except OSError as exc:
             raise DefinitionError(f"cannot read definition file {where}: {exc.strerror}") from None
         except UnicodeDecodeError:
@@ -88,7 +89,7 @@ def load_definition(source: str | os.PathLike[str] | Mapping[str, Any]) -> Workf
     data = _parse(text, where)
     if not isinstance(data, Mapping):
         raise DefinitionError(f"{where}: must be a mapping with id and steps")
-    return workflow_from_dict(data)
+    return _checked(workflow_from_dict(data))
 
 
 class _DuplicateKey(ValueError):
@@ -133,6 +134,12 @@ _YamlLoader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+# a time stays the text it is (``until: 2026-12-24T09:00:00Z`` unquoted): PyYAML would
+# make it a datetime, which no field takes, and JSON has no such type
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _YamlLoader.yaml_implicit_resolvers.items()
+}
 
 
 class _NotJson(ValueError):
@@ -220,7 +227,11 @@ def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
     services = dict(services)
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
-        raise DefinitionError("must be a non-empty list of steps", path="steps")
+        given = f", not a {type(steps).__name__}" if isinstance(steps, Mapping) else ""
+        raise DefinitionError(
+            f"must be a non-empty list of steps (in YAML each begins with '- '){given}",
+            path="steps",
+        )
     built = [step_from_dict(entry, _join("steps", i)) for i, entry in enumerate(steps)]
     _check_ids(built)
     description = data.get("description")
@@ -253,20 +264,30 @@ def _check_ids(steps: list[Step]) -> None:
     for i, step in enumerate(steps):
         for req in step.options.requires:
             if req not in index:
-                raise StepNotExistsError(
-                    req, detail=f"required by {step.id}", path=f"steps[{i}].requires"
-                )
+                detail = f"required by {step.id}"
+                parts = [part.strip() for part in req.split(",")]
+                if len(parts) > 1 and all(part in index for part in parts):
+                    detail += f"; several are a list: [{', '.join(parts)}]"
+                raise StepNotExistsError(req, detail=detail, path=f"steps[{i}].requires")
 
 
 def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
     """One step from its definition entry; ``path`` prefixes error messages."""
-    if not isinstance(entry, Mapping):
-        raise DefinitionError(f"must be a mapping, not {type(entry).__name__}", path=path)
     kinds = step_kinds()
+    if not isinstance(entry, Mapping):  # `- call inv.A.B`: the colon forgotten
+        words = entry.split(maxsplit=1) if isinstance(entry, str) else []
+        hint = ""
+        if len(words) == 2 and words[0] in kinds:
+            hint = f" (a kind is followed by a colon: {words[0]}: {_shown(words[1])})"
+        raise DefinitionError(f"must be a mapping, not {type(entry).__name__}{hint}", path=path)
     named = [k for k in entry if k in kinds]
     if not named:
         other = [str(k) for k in entry if k not in _COMMON]
-        hint = f"unknown step kind {other[0]!r}; " if other else ""
+        hint = ""
+        if other:
+            close = difflib.get_close_matches(other[0], sorted(kinds), n=1)
+            mean = f" (did you mean {close[0]}?)" if close else ""
+            hint = f"unknown step kind {other[0]!r}{mean}; "
         raise DefinitionError(f"{hint}a step needs one of: {', '.join(sorted(kinds))}", path=path)
     if len(named) > 1:
         raise DefinitionError(f"a step has one kind, not {', '.join(named)}", path=path)
@@ -279,15 +300,13 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
         )
     own = {k: v for k, v in entry.items() if k not in _COMMON}
     allowed = getattr(cls, "config_fields", None)
+    fields = [*_COMMON, *(allowed if allowed is not None else [named[0]])]
+    for key in own:
+        if key not in fields:
+            raise DefinitionError(_unknown_field(key, fields), path=_join(path, _shown(key)))
     if allowed is not None:  # a built-in kind: its fields beside the common options
-        for key in own:
-            if key not in allowed:
-                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
         config: Any = own
     else:  # a kind of register_step: its to_config() nested under the kind
-        for key in own:
-            if key != named[0]:
-                raise DefinitionError("unknown field", path=_join(path, _shown(key)))
         config = entry[named[0]]
         if not isinstance(config, Mapping):
             raise DefinitionError(
@@ -321,6 +340,14 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
                 )
     step.options = _options(entry, path, nested)
     return step
+
+
+def _unknown_field(key: Any, fields: list[str]) -> str:
+    """ "unknown field", and the field meant when a close one exists."""
+    if key == "compensate_input":
+        return "unknown field: a definition gives it as compensate: {..., input: ...}"
+    close = difflib.get_close_matches(str(key), fields, n=1) if isinstance(key, str) else []
+    return f"unknown field; did you mean {close[0]}?" if close else "unknown field"
 
 
 def _strip_path(exc: DefinitionError) -> str:
@@ -464,3 +491,151 @@ def workflow_to_dict(wf: Workflow) -> dict[str, Any]:
         out["services"] = dict(sorted(wf.services.items()))
     out["steps"] = [step_to_dict(s) for s in wf.step_list]
     return out
+
+
+# the context document an expression reads: {"request": ..., "steps": {<id>: ...}}
+_DOCUMENT = ("request", "steps")
+# nodes whose children all read the document an expression is given
+_SAME_SCOPE = frozenset({
+    "and_expression", "comparator", "function_expression", "key_val_pair",
+    "multi_select_dict", "multi_select_list", "not_expression", "or_expression",
+})  # fmt: skip
+# nodes whose first child reads it, and the others what the first child selected
+_LEFT_SCOPE = frozenset({
+    "filter_projection", "flatten", "index_expression", "pipe", "projection",
+    "subexpression", "value_projection",
+})  # fmt: skip
+
+
+def _checked(wf: Workflow) -> Workflow:
+    """``wf`` once its expressions (``input``, ``when``, a map's ``over``) read only
+    what their step's context document holds: a name outside it is null on every run,
+    which a definition's author never means (a typo, a step not required, an id with
+    dots left unquoted, ``true`` without backticks)."""
+    requires = {s.id: s.options.requires for s in wf.step_list}
+    maps = [s.id for s in wf.step_list if kind_of(s) == "map"]
+    for i, step in enumerate(wf.step_list):
+        problem = _key_clash(step.id, set(requires), maps)
+        if problem is not None:
+            raise DefinitionError(problem, path=_join(_join("steps", i), "id"))
+        ancestors = _ancestors(step.id, requires)
+        exprs = [(k, getattr(step.options, k)) for k in ("input", "when")]
+        over = getattr(step, "over", None)
+        if kind_of(step) == "map" and over is not None:
+            exprs.append(("map.over", str(over)))
+        for key, text in exprs:
+            if text is None:
+                continue
+            problem = _unread(str(text), step.id, ancestors, requires)
+            if problem is not None:
+                raise DefinitionError(problem, path=_join(_join("steps", i), key))
+    return wf
+
+
+def _key_clash(sid: str, ids: set[str], maps: list[str]) -> str | None:
+    """Why ``sid`` would share a record or an idempotency key with another run, or
+    None: a map's runs are ``<map id>[<i>]``, and a compensation's and a fallback's
+    keys end in ``:compensate`` and ``:fallback``."""
+
+    def run_of_a_map(name: str) -> str | None:
+        return next((m for m in maps if re.fullmatch(rf"{re.escape(m)}\[\d+\]", name)), None)
+
+    found = run_of_a_map(sid)
+    if found is not None:
+        return f"{sid!r} is the id of a run of map {found} (its runs are {found}[0], ...)"
+    for suffix in (":compensate", ":fallback"):
+        base = sid.removesuffix(suffix)
+        if base != sid and (base in ids or run_of_a_map(base) is not None):
+            what = "compensation" if suffix == ":compensate" else "fallback"
+            return (
+                f"{sid!r} is the idempotency key of the {what} of {base} (<execution "
+                f"id>:{sid}): a participant would take one call for the other"
+            )
+    return None
+
+
+def _ancestors(sid: str, requires: Mapping[str, tuple[str, ...]]) -> set[str]:
+    found: set[str] = set()
+    todo = list(requires.get(sid, ()))
+    while todo:
+        rid = todo.pop()
+        if rid not in found:
+            found.add(rid)
+            todo.extend(requires.get(rid, ()))
+    return found
+
+
+def _unread(
+    text: str, sid: str, ancestors: set[str], requires: Mapping[str, tuple[str, ...]]
+) -> str | None:
+    """Why ``text`` reads a name that is never in ``sid``'s context document, or None."""
+    import jmespath.parser
+
+    try:
+        tree = jmespath.parser.Parser().parse(text).parsed
+    except Exception:  # compiled when the step was made: cannot happen
+        return None
+    for field, step_id, following in _document_reads(tree):
+        if field not in _DOCUMENT:
+            if field in ("true", "false", "null"):
+                hint = f"the literal {field} is written `{field}` (in backticks)"
+            elif field == "response":
+                hint = (
+                    "input: response is for a compensate step; the responses of the "
+                    "steps required are steps.<id>"
+                )
+            else:
+                hint = f"did you mean request.{field}?"
+            return (
+                f"{field!r} is null on every run: {text!r} reads the document "
+                f'{{"request": ..., "steps": {{...}}}}; {hint}'
+            )
+        if step_id is None or step_id in ancestors:
+            continue
+        dotted = f"{step_id}.{following}" if following else "\0"
+        spelled = [a for a in sorted(ancestors) if a == dotted or a.startswith(dotted + ".")]
+        if spelled:
+            hint = f'an id with dots is quoted: steps."{spelled[0]}"'
+        elif step_id == sid:
+            hint = "an expression reads the responses of the steps its step requires"
+        elif step_id in requires:
+            hint = f"{sid} does not require {step_id} (directly or not): add it to requires"
+        else:
+            known = ", ".join(sorted(ancestors)) or "none"
+            hint = f"no step has id {step_id!r} (the steps {sid} requires: {known})"
+        return f"steps.{step_id} is null on every run of {text!r}: {hint}"
+    return None
+
+
+def _document_reads(node: Any) -> list[tuple[str, str | None, str | None]]:
+    """The names an expression reads from the document it is given: ``(field, step
+    id, the field after it)`` where field is the first name (``request``, ``steps``),
+    the step id the second when the first is ``steps``."""
+    if not isinstance(node, Mapping):
+        return []
+    kind, children = node.get("type"), node.get("children") or []
+    if kind == "field":
+        return [(str(node.get("value")), None, None)]
+    if kind in _SAME_SCOPE:
+        return [read for child in children for read in _document_reads(child)]
+    if kind not in _LEFT_SCOPE or not children:
+        return []  # a literal, @, a slice...: reads no name of the document
+    head = children[0]
+    if kind == "subexpression" and head.get("type") == "field" and len(children) > 1:
+        name = str(head.get("value"))
+        if name != "steps":
+            return [(name, None, None)]
+        chain = [_head_field(child) for child in children[1:3]]
+        return [("steps", chain[0], chain[1] if len(chain) > 1 else None)]
+    return _document_reads(head)
+
+
+def _head_field(node: Any) -> str | None:
+    """The name a (sub)expression starts with: ``m`` of ``m[*].item``."""
+    while isinstance(node, Mapping):
+        if node.get("type") == "field":
+            return str(node.get("value"))
+        if node.get("type") not in _LEFT_SCOPE:
+            return None
+        node = (node.get("children") or [None])[0]
+    return None

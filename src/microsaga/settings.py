@@ -131,8 +131,16 @@ def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, 
     if not text:
         return {}
     if text.startswith("{"):
+
+        def distinct(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            names = [name for name, _ in pairs]
+            twice = next((name for name in names if names.count(name) > 1), None)
+            if twice is not None:
+                raise ConfigurationError(setting, f"service {twice!r} is given twice")
+            return dict(pairs)
+
         try:
-            value = json.loads(text)
+            value = json.loads(text, object_pairs_hook=distinct)
         except json.JSONDecodeError as exc:
             raise ConfigurationError(setting, f"not valid JSON: {exc}") from None
         if not isinstance(value, dict) or not all(
@@ -145,16 +153,39 @@ def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, 
         name, sep, url = item.partition("=")
         if not sep or not name.strip() or not url.strip():
             raise ConfigurationError(setting, f"expected name=url, got {item!r}")
+        if name.strip() in out:  # the last one would win without a word
+            raise ConfigurationError(setting, f"service {name.strip()!r} is given twice")
         out[name.strip()] = url.strip()
     return out
 
 
 def service_url_problem(url: Any) -> str | None:
-    """Why ``url`` cannot be a service's base URL, or None when it can."""
-    if isinstance(url, str) and urlsplit(url).scheme in ("http", "https"):
-        return None
+    """Why ``url`` cannot be a service's base URL, or None when it can: an http:// or
+    https:// URL with a host, and a port from 1 to 65535 when it gives one (httpx
+    would fail every call to it, or, for a port out of range, say nothing readable)."""
     shown = redact_url(url) if isinstance(url, str) else url
-    return f"must be an http:// or https:// URL, not {shown!r}"
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        return f"must be an http:// or https:// URL, not {shown!r}"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or not host.isprintable() or any(c.isspace() for c in host):
+        return f"must name a host (http://HOST:PORT), not {shown!r}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"must have a port from 1 to 65535, not {shown!r}"
+    for found in re.finditer(r"\{([^{}]*)\}", url):  # a URL template (transports/http.py)
+        if found.group(1) not in _PLACEHOLDERS:
+            return (
+                "must use {name}, {method}, {endpoint} or {service} as placeholders, "
+                f"not {found.group(0)} (in {shown!r})"
+            )
+    return None
+
+
+_PLACEHOLDERS = ("name", "method", "endpoint", "service")
 
 
 def check_services(services: Mapping[str, str], setting: str = "services") -> dict[str, str]:
@@ -245,6 +276,16 @@ def _check_text(text: str, name: str) -> str:
     return text
 
 
+def _distinct_key_ids(text: str, setting: str = "MICROSAGA_CODEC_KEYS") -> str:
+    """``text`` when no key id is given twice: the last key of an id would replace the
+    first, and what the first encrypted could no longer be read."""
+    ids = [item.partition("=")[0].strip() for item in text.split(",") if item.strip()]
+    twice = next((kid for kid in ids if kid and ids.count(kid) > 1), None)
+    if twice is not None:
+        raise ConfigurationError(setting, f"key id {twice!r} is given twice")
+    return text
+
+
 def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
     """Options from explicit values (None means unset), then the environment.
 
@@ -322,7 +363,7 @@ def resolve_options(explicit: Mapping[str, Any]) -> FlowOptions:
                 "codec", f"must have encode and decode methods, not {values['codec']!r}"
             )
     elif env.get("MICROSAGA_CODEC_KEYS", "").strip():
-        values["codec"] = codec_from_setting(env["MICROSAGA_CODEC_KEYS"])
+        values["codec"] = codec_from_setting(_distinct_key_ids(env["MICROSAGA_CODEC_KEYS"]))
     if "redact_headers" in values:
         names = values["redact_headers"]
         if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):

@@ -83,8 +83,5 @@ def open_broker(url: str | Url | Broker) -> Broker:
             f"{scheme}:// needs the {driver} driver: pip install 'microsaga[{extra}]'"
         ) from None
     cls = getattr(module, class_name)
-    if scheme == "nats":  # its errors name no setting
-        broker: Broker = cls(url.value)
-    else:
-        broker = cls(url.value, setting=url.setting)
+    broker: Broker = cls(url.value, setting=url.setting)
     return broker

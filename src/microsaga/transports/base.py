@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import difflib
 import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._urls import redact_url
-from ..errors import StepError, TransportError, one_line
+from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, encode_json, json_message
 from ..observability.logs import about_request
 from ..protocol import CORRELATION_HEADER, ERROR_HEADER, REPLY_TO_HEADER, REPLY_TOPIC_PREFIX
@@ -25,6 +27,8 @@ __all__ = [
     "Client",
     "Handler",
     "Subscription",
+    "check_url_address",
+    "check_url_options",
     "error_reply",
     "raise_for_error_reply",
     "redact_url",
@@ -32,6 +36,43 @@ __all__ = [
 ]
 
 log = logging.getLogger("microsaga.transports")
+
+
+def check_url_address(url: str, setting: str) -> None:
+    """Refuse a broker URL without a host, or with a port that is not one: the
+    drivers fail on them with a bare ``ValueError``, or retry them for ever."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number from 0 to 65535
+    except ValueError:
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: the port must be a number from 1 to 65535"
+        ) from None
+    if not parts.hostname:
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: no host (write {parts.scheme}://HOST:PORT)"
+        )
+    if port == 0:
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: the port must be a number from 1 to 65535"
+        )
+
+
+def check_url_options(
+    query: list[tuple[str, str]], ours: tuple[str, ...], url: str, setting: str
+) -> None:
+    """Refuse a query parameter of a broker URL that is a misspelling of one of
+    ``ours`` (``?exchang=``): the driver would take it for one of its own, or drop it,
+    and the broker would run without the option meant. Other parameters go to the
+    driver, which knows its own."""
+    for key, _ in query:
+        if key in ours:
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.75)
+        if close:
+            raise ConfigurationError(
+                setting, f"{redact_url(url)}: unknown option {key!r}; did you mean {close[0]}?"
+            )
 
 
 Handler = Callable[[Message], Awaitable[Any] | Any]

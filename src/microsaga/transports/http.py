@@ -7,8 +7,9 @@ Addresses
     services that use other paths: ``{name}``, ``{method}``, ``{endpoint}``
     (``Name.Method``) and ``{service}`` are substituted (percent-encoded), as in
     ``http://127.0.0.1:8001/rpc/{name}/{method}`` or ``http://gw/call?op={endpoint}``.
-    Any other ``{...}`` fails the step with a :class:`ConfigurationError` naming
-    ``services.<service>``.
+    Any other ``{...}`` is refused where the address is given to a flow (settings,
+    definitions); given to this client directly, it fails the step with a
+    :class:`ConfigurationError` naming ``services.<service>``.
 
 Request
     The step's request body as is, with ``Content-Type: application/json``; every
@@ -63,7 +64,7 @@ import msgspec
 from .._aio import Slots
 from ..errors import ConfigurationError, MissingClientError, StepError, TransportError
 from ..message import Message, Metadata
-from .base import Client
+from .base import Client, redact_url
 
 __all__ = ["HttpClient"]
 
@@ -173,7 +174,7 @@ class HttpClient(Client):
             TransportError: a retryable failure (5xx, 408, 429, network, timeout).
         """
         url = self.url(service, endpoint)
-        where = f"{service} {endpoint}: POST {url}"
+        where = f"{service} {endpoint}: POST {redact_url(url)}"  # stored, logged: no password
         headers = _request_headers(request.header, where)
         headers.append((b"content-type", b"application/json"))
         try:

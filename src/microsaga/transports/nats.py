@@ -54,6 +54,7 @@ from .base import (
     Broker,
     Handler,
     Subscription,
+    check_url_address,
     redact_url,
 )
 
@@ -69,6 +70,7 @@ class NatsBroker(Broker):
 
     Args:
         url: ``nats://host:port`` (user and password in the URL are used).
+        setting: the setting the URL came from, which errors about it name.
         publish_timeout: seconds to wait for the stream's acknowledgement.
         connect_timeout: seconds to wait for the first connection.
         reconnect_wait: seconds between reconnection attempts.
@@ -80,6 +82,7 @@ class NatsBroker(Broker):
         self,
         url: str = "nats://127.0.0.1:4222",
         *,
+        setting: str = "broker",
         publish_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         reconnect_wait: float = 0.5,
@@ -87,6 +90,7 @@ class NatsBroker(Broker):
         redeliver_delay: float = 1.0,
     ) -> None:
         super().__init__()
+        check_url_address(url, setting)
         self.url = url
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout

@@ -52,7 +52,16 @@ from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata
 from ..observability.logs import about_request
 from ..protocol import IDEMPOTENCY_HEADER
-from .base import CORRELATION_HEADER, REPLY_TO_HEADER, Broker, Handler, Subscription, redact_url
+from .base import (
+    CORRELATION_HEADER,
+    REPLY_TO_HEADER,
+    Broker,
+    Handler,
+    Subscription,
+    check_url_address,
+    check_url_options,
+    redact_url,
+)
 
 __all__ = ["RabbitMQBroker"]
 
@@ -105,8 +114,10 @@ class RabbitMQBroker(Broker):
         super().__init__()
         self.url = url
         self.setting = setting  # the setting the URL came from, for errors
+        check_url_address(url, setting)
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
+        check_url_options(query, ("exchange",), url, setting)
         self.exchange_name = next((v for k, v in query if k == "exchange"), "")
         rest = urlencode([(k, v) for k, v in query if k != "exchange"])
         self._amqp_url = urlunsplit(parts._replace(query=rest))

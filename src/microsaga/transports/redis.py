@@ -41,15 +41,36 @@ from redis.exceptions import RedisError, ResponseError
 from ..errors import ConfigurationError, StepError, TransportError, one_line
 from ..message import Message, Metadata, encode_json
 from ..observability.logs import about_request
-from .base import REPLY_TOPIC_PREFIX, Broker, Handler, Subscription, redact_url
+from .base import (
+    REPLY_TOPIC_PREFIX,
+    Broker,
+    Handler,
+    Subscription,
+    check_url_address,
+    check_url_options,
+    redact_url,
+)
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger("microsaga.transports.redis")
 
 _FAILURES = (RedisError, OSError)
-_header_decoder = msgspec.json.Decoder(dict[str, list[str]])
+# a participant of another language may write a single value as a string
+_header_decoder = msgspec.json.Decoder(dict[str, list[str] | str])
 _REPLY_STREAM_TTL = 86400
+
+
+def _maxlen(text: str, url: str, setting: str) -> int:
+    """``?maxlen=N``: a whole number of entries from 1 (0 would trim a stream of the
+    messages its readers have not read yet)."""
+    digits = text.strip()
+    value = int(digits) if digits.isascii() and digits.isdigit() else 0
+    if not 1 <= value < 2**63:  # Redis reads a signed 64-bit count
+        raise ConfigurationError(
+            setting, f"{redact_url(url)}: maxlen must be a whole number from 1, not {text!r}"
+        )
+    return value
 
 
 class RedisBroker(Broker):
@@ -78,10 +99,12 @@ class RedisBroker(Broker):
         super().__init__()
         self.url = url
         self.setting = setting  # the setting the URL came from, for errors
+        check_url_address(url, setting)
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
+        check_url_options(query, ("maxlen",), url, setting)
         maxlen = next((v for k, v in query if k == "maxlen"), None)
-        self.maxlen = int(maxlen) if maxlen else None
+        self.maxlen = _maxlen(maxlen, url, setting) if maxlen else None
         rest = urlencode([(k, v) for k, v in query if k != "maxlen"])
         self._redis_url = urlunsplit(parts._replace(query=rest))
         self.group = group
@@ -326,7 +349,10 @@ def _to_message(fields: dict[bytes, bytes]) -> Message:
         try:
             header = Metadata(_header_decoder.decode(raw))
         except msgspec.DecodeError as exc:
-            log.warning("entry with a header that is not a JSON object of lists: %s", exc)
+            log.warning(
+                "entry with a header that is not a JSON object of strings or string lists: %s",
+                exc,
+            )
     return Message(fields.get(b"body", b""), header)
 
 
