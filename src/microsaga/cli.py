@@ -547,8 +547,9 @@ def _waited_events(definition: Any) -> set[str] | None:
             return None
         if isinstance(entry.get("wait"), str):
             events.add(entry["wait"])
-        if isinstance(entry.get("fallback"), dict):
-            entries.append(entry["fallback"])
+        for nested in ("fallback", "compensate"):  # a compensation may wait too
+            if isinstance(entry.get(nested), dict):
+                entries.append(entry[nested])
     return events
 
 

@@ -47,6 +47,16 @@ def test_a_misspelt_event_is_refused_naming_the_events_waited_for(
     assert capsys.readouterr().out == f"{eid} PENDING\n"
 
 
+def test_an_event_a_compensation_waits_for_is_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    refunded = WaitStep("refunded", id="await-refund")
+    eid = asyncio.run(_waiting(store, WaitStep("paid", compensate=refunded)))
+    assert _cli("--store", store, "signal", eid, "refunded") == 0
+    assert capsys.readouterr().out == f"{eid} PENDING\n"
+
+
 def test_an_execution_without_wait_steps_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
