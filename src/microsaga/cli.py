@@ -36,6 +36,7 @@ from .execution import Execution
 from .flow import Flow
 from .message import Message, huge_number, out_of_range
 from .status import Status
+from .steps import deferred_imports
 
 __all__ = ["main"]
 
@@ -327,7 +328,11 @@ def run(
         check_id(execution_id, "--execution-id")
     timeout = _seconds(timeout, "--timeout")
     deadline = _seconds(deadline, "--deadline")
-    wf = load_definition(file)
+    if async_:  # the workers import the functions, where the steps run
+        with deferred_imports():
+            wf = load_definition(file)
+    else:
+        wf = load_definition(file)
 
     async def main() -> int:
         from ._progress import progress_console

@@ -3,6 +3,8 @@ that runs steps imports them at once, as before (docs/api.md, "Workers elsewhere
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from microsaga import (
     Status,
     load_definition,
 )
+from microsaga.cli import main
 from microsaga.steps import deferred_imports
 
 NOWHERE = {"id": "notify", "steps": [{"function": "nowhere_h1_shop.notify:send_email"}]}
@@ -197,3 +200,26 @@ async def test_a_running_flow_imports_deferred_non_retryable_classes(modules: Pa
     assert info.steps["charge"].attempts == 1  # Declined is not retried
     assert info.steps["charge"].error is not None
     assert "card declined" in info.steps["charge"].error
+
+
+def test_run_async_queues_an_execution_whose_code_only_workers_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"sqlite:///{tmp_path / 'q.db'}"
+    definition = tmp_path / "notify.json"
+    definition.write_text(json.dumps(NOWHERE))
+    with pytest.raises(SystemExit) as exited:
+        main(["--store", store, "run", str(definition), "--async"])
+    assert exited.value.code == 0, capsys.readouterr().err
+    eid = capsys.readouterr().out.strip().splitlines()[-1]
+
+    async def status() -> Status:
+        async with Flow(store, worker=False) as flow:
+            return (await flow.execution(eid)).status
+
+    assert asyncio.run(status()) is Status.PENDING  # for a worker that can import it
+    # run without --async runs the steps here: it cannot, and says so at once
+    with pytest.raises(SystemExit) as exited:
+        main(["--store", store, "run", str(definition)])
+    assert exited.value.code == 2
+    assert "cannot import nowhere_h1_shop.notify:send_email" in capsys.readouterr().err
