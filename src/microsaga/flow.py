@@ -906,6 +906,11 @@ class Flow:
                         f"cannot redrive {step} of execution {execution_id}: it is a run of "
                         f"map step {run[0]}, which redrives its failed runs"
                     )
+                if step not in known:
+                    raise InvalidTransitionError(
+                        f"cannot redrive step {step} of execution {execution_id}: its "
+                        f"workflow has no such step (failed: {', '.join(failed)})"
+                    )
                 if step not in failed:
                     raise InvalidTransitionError(
                         f"cannot redrive step {step} of execution {execution_id}: "

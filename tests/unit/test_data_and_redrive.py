@@ -304,6 +304,8 @@ async def test_redrive_names_only_a_failed_step(flow: Flow) -> None:
     eid = await wf.execute({})
     with pytest.raises(InvalidTransitionError, match=r"reserve.*did not fail"):
         await flow.redrive(eid, step="reserve")
+    with pytest.raises(InvalidTransitionError, match=r"step chrage .*: its workflow has no"):
+        await flow.redrive(eid, step="chrage")
 
 
 async def test_redrive_of_a_finished_failure_starts_a_new_execution(flow: Flow) -> None:
