@@ -14,6 +14,7 @@ from rich.text import Text
 from ._aio import wait_event
 from .execution import Execution, StepRun
 from .hooks import ExecutionEvent, Hook, StepEvent
+from .message import Message
 from .status import Status
 
 if TYPE_CHECKING:
@@ -117,6 +118,12 @@ async def follow(flow: Flow, execution_id: str, console: Console, order: list[st
     return info
 
 
+def _shown_body(message: Message) -> str:
+    """A body on one line of ``show``: its first 200 characters."""
+    text = message.body.decode("utf-8", "replace")
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def show_lines(info: Execution) -> list[str]:
     """``show``: plain lines, one per step, grep-friendly."""
 
@@ -130,12 +137,19 @@ def show_lines(info: Execution) -> list[str]:
         f"created    {info.created_at.isoformat(timespec='milliseconds')}",
         f"updated    {info.updated_at.isoformat(timespec='milliseconds')}",
     ]
+    if info.parent_id:
+        lines.append(f"parent     {info.parent_id}")
+    if info.redrive_of:
+        lines.append(f"redrive of {info.redrive_of}")
+    if info.deadline_at is not None:
+        lines.append(f"deadline   {info.deadline_at.isoformat(timespec='milliseconds')}")
+    lines.append(f"request    {_shown_body(info.request)}")
     if info.error:
         lines.append(f"error      {info.error}")
     if info.note:
         lines.append(f"note       {info.note}")
     if info.response is not None:
-        lines.append(f"response   {info.response.body.decode('utf-8', 'replace')[:200]}")
+        lines.append(f"response   {_shown_body(info.response)}")
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
     for name in ("STEP", "STATUS", "ATTEMPTS", "STARTED", "TIME", "ERROR"):
         table.add_column(name, no_wrap=True, overflow="fold")
