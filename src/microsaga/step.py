@@ -233,6 +233,13 @@ def _requirement_ids(requires: Iterable[Step | str] | Step | str | None) -> tupl
             out.append(item.id)
         elif isinstance(item, str) and item:
             out.append(item)
+        elif callable(item):  # a function of @saga.step: only its saga knows its step
+            name = getattr(item, "__qualname__", None) or repr(item)
+            raise DefinitionError(
+                f"must name steps (Steps or ids), not the function {name}: name its step "
+                f"by its id (requires=[{name!r}], unless @saga.step gave it another)",
+                path="requires",
+            )
         else:
             raise DefinitionError(f"must name steps, not {item!r}", path="requires")
     return tuple(dict.fromkeys(out))

@@ -132,6 +132,24 @@ def test_requires_takes_functions_steps_and_ids() -> None:
     assert saga.step_of(third).requires == ["second"]
 
 
+def test_a_step_made_outside_the_saga_is_told_to_name_a_function_by_its_id() -> None:
+    saga = Saga("order")
+
+    @saga.step
+    def reserve(msg: Message) -> None:
+        return None
+
+    # only the saga knows a decorated function's step: a Step made apart names its id
+    name = "test_a_step_made_outside_the_saga_is_told_to_name_a_function_by_its_id.<locals>"
+    with pytest.raises(DefinitionError) as refused:
+        CallStep("payments", "Payments", "Charge", requires=[reserve])
+    assert str(refused.value).startswith(
+        f"requires: must name steps (Steps or ids), not the function {name}.reserve: "
+        f"name its step by its id (requires=['{name}.reserve']"
+    )
+    saga.add(CallStep("payments", "Payments", "Charge", requires=[saga.step_of(reserve)]))
+
+
 async def test_a_saga_mixes_calls_to_services_with_functions() -> None:
     client = MockClient(lambda service, endpoint, msg: {"paid": msg.json()["total"]})
     saga = Saga("with-services")
