@@ -16,6 +16,7 @@ from .execution import Execution, StepRun
 from .hooks import ExecutionEvent, Hook, StepEvent
 from .message import Message
 from .status import Status
+from .waits import run_of
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -65,7 +66,14 @@ def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table
     # the execution's own steps: a re-joined execution id may belong to another
     # definition than the one in hand
     known = [sid for sid in order or () if sid in info.steps]
-    for sid in known + [sid for sid in info.steps if sid not in known]:
+    runs: dict[str, list[str]] = {}  # a map's runs, shown right after it (as show does)
+    rest: list[str] = []
+    for sid in info.steps:
+        if sid not in known:
+            of = run_of(sid, known)
+            (runs.setdefault(of[0], []) if of is not None else rest).append(sid)
+    shown = [row for step_id in known for row in (step_id, *runs.get(step_id, ()))]
+    for sid in shown + rest:
         run = info.steps[sid]
         comp = run.compensation
         # Text, not str: rich reads a str cell as markup, and step ids and errors come
