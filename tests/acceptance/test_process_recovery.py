@@ -1,0 +1,379 @@
+"""Crash recovery and control across processes, on SQLite and on PostgreSQL, as a user
+checks them: ``microsaga worker`` processes killed with SIGKILL during a compensation,
+while steps wait (for a signal, a timer, a child execution) and during a map step; a
+worker taken over only once its lease expired; executions steered from another process
+while a worker runs them; prune while executions wait.
+
+The steps (``recovery_steps``) log each invocation with its idempotency key and pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microsaga import (
+    Flow,
+    FunctionStep,
+    MapStep,
+    SleepStep,
+    Status,
+    SubflowStep,
+    WaitStep,
+)
+from tests.acceptance import recovery_steps as rs
+from tests.acceptance.procs import cli, spawn
+from tests.helpers import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+class World:
+    """Worker processes on one store, and a flow that only reads and steers."""
+
+    def __init__(self, tmp: Path, store: str, flow: Flow) -> None:
+        self.tmp = tmp
+        self.store = store
+        self.flow = flow
+        self.log = tmp / "log"
+        self.env = {
+            "MICROSAGA_TEST_LOG": str(self.log),
+            "MICROSAGA_STORE": store,
+            "MICROSAGA_LEASE_TTL": "1",
+            "MICROSAGA_POLL_INTERVAL": "0.1",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def worker(self, *args: str) -> subprocess.Popen[bytes]:
+        output = self.tmp / f"worker-{len(self.procs)}.out"
+        proc = spawn("worker", *args, output=output, extra_env=self.env)
+        self.procs.append(proc)
+        return proc
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        n = self.procs.index(proc)
+        return (self.tmp / f"worker-{n}.out").read_text(errors="replace")
+
+    async def ready(self, proc: subprocess.Popen[bytes]) -> None:
+        def up() -> bool:
+            assert proc.poll() is None, self.output(proc)
+            return "running executions" in self.output(proc)
+
+        await eventually(up, timeout=30)
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def calls(self, name: str | None = None, key: str | None = None) -> list[tuple[str, str, int]]:
+        """(name, key, pid) of each invocation, in order."""
+        if not self.log.exists():
+            return []
+        found = []
+        for line in self.log.read_text().splitlines():
+            n, k, pid = line.split()
+            if (name is None or n == name) and (key is None or k == key):
+                found.append((n, k, int(pid)))
+        return found
+
+    def open_gate(self, key: str) -> None:
+        Path(f"{self.log}.{key}.open").touch()
+
+    async def status(self, eid: str) -> Status | None:
+        found = await self.flow.store.get_status(eid)
+        return None if found is None else found[0]
+
+    async def reaches(self, eid: str, *statuses: Status, timeout: float = 30) -> None:
+        async def check() -> bool:
+            return await self.status(eid) in statuses
+
+        try:
+            await eventually(check, timeout=timeout)
+        except AssertionError as exc:
+            outputs = "\n".join(self.output(p) for p in self.procs)
+            found = await self.status(eid)
+            raise AssertionError(f"{eid} is {found}, not {statuses}\n{outputs}") from exc
+
+    async def step_is(self, eid: str, step: str, *statuses: Status) -> None:
+        async def check() -> bool:
+            info = await self.flow.execution(eid)
+            return step in info.steps and info.steps[step].status in statuses
+
+        await eventually(check, timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    if request.param == "sqlite":
+        async with Flow(f"sqlite:///{tmp_path / 'shared.db'}", worker=False) as flow:
+            w = World(tmp_path, flow.store.url, flow)
+            try:
+                yield w
+            finally:
+                w.stop_all()
+        return
+    from tests.integration.pg import fresh_database
+
+    async with fresh_database() as url, Flow(url, worker=False) as flow:
+        w = World(tmp_path, url, flow)
+        try:
+            yield w
+        finally:
+            w.stop_all()
+
+
+def body(info: Any) -> Any:
+    assert info.response is not None
+    return info.response.json()
+
+
+async def test_a_worker_killed_during_a_compensation(world: World) -> None:
+    """The compensation RUNNING at the crash is invoked again with the same key; the
+    rollback goes on in order on the next worker and the execution ends FAILURE."""
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
+    charge = FunctionStep(
+        rs.work, id="charge", requires=[reserve], compensate=FunctionStep(rs.held_undo)
+    )
+    ship = FunctionStep(rs.refuse, id="ship", requires=[charge])
+    wf = await world.flow.workflow_create("refunded", reserve, charge, ship)
+    eid = await wf.execute({"order": 1}, async_=True)
+    first = world.worker()
+    await eventually(lambda: world.calls("held_undo"), timeout=30)
+    world.kill(first)
+    info = await world.flow.execution(eid)
+    assert info.status is Status.COMPENSATING
+    assert info.steps["charge"].compensation is not None  # RUNNING before invoked
+    assert info.steps["charge"].compensation.status is Status.RUNNING
+    assert info.steps["reserve"].status is Status.SUCCESS
+    world.open_gate(f"{eid}:charge:compensate")
+    world.worker()
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert info.steps["charge"].status is Status.COMPENSATED
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert [(n, k) for n, k, _ in world.calls()] == [
+        ("work", f"{eid}:reserve"),
+        ("work", f"{eid}:charge"),
+        ("refuse", f"{eid}:ship"),
+        ("held_undo", f"{eid}:charge:compensate"),
+        ("held_undo", f"{eid}:charge:compensate"),  # again, same key
+        ("undo", f"{eid}:reserve:compensate"),  # after its dependent, once
+    ]
+
+
+async def test_a_worker_killed_while_steps_wait_for_a_signal_a_timer_and_a_child(
+    world: World,
+) -> None:
+    """Killed while a wait, a sleep and a child execution are pending: the signal sent
+    while no worker runs is kept, the timer fires after the restart, the child's step
+    RUNNING at the crash runs again with the same key and no second child starts."""
+    child = await world.flow.workflow_create("payment", FunctionStep(rs.held, id="charge"))
+    await world.flow.workflow_save(child)
+    start = FunctionStep(rs.work, id="start")
+    wf = await world.flow.workflow_create(
+        "approval",
+        start,
+        WaitStep("approved", requires=[start], timeout=3600),
+        SleepStep(4, id="cool-off", requires=[start]),
+        SubflowStep("payment", id="pay", requires=[start]),
+        FunctionStep(rs.work, id="finish", requires=["approved", "cool-off", "pay"]),
+    )
+    eid = await wf.execute({"order": 2}, async_=True)
+    first = world.worker()
+    await eventually(lambda: world.calls("held"), timeout=30)
+    await world.step_is(eid, "approved", Status.WAITING)
+    world.kill(first)
+    info = await world.flow.execution(eid)
+    assert info.steps["cool-off"].status is Status.WAITING  # its timer has not fired yet
+    assert info.steps["pay"].status is Status.WAITING
+
+    await world.flow.signal(eid, "approved", {"by": "ops"})  # no worker runs
+    world.open_gate(f"{eid}:pay:charge")
+    world.worker()
+    await world.reaches(eid, Status.SUCCESS)
+    info = await world.flow.execution(eid)
+    # finish answers what it got: the signal's payload, the sleep's request, the child's
+    assert body(info) == {
+        "approved": {"by": "ops"},
+        "cool-off": {"order": 2},
+        "pay": {"order": 2},
+    }
+    assert info.steps["cool-off"].status is Status.SUCCESS
+    paid = await world.flow.execution(f"{eid}:pay")
+    assert paid.status is Status.SUCCESS
+    assert paid.parent_id == eid
+    held = world.calls("held")
+    assert [k for _, k, _ in held] == [f"{eid}:pay:charge"] * 2
+    assert held[0][2] == first.pid != held[1][2]
+    assert [k for _, k, _ in world.calls("work")] == [f"{eid}:start", f"{eid}:finish"]
+    children = [e for e in await world.flow.executions() if e.parent_id == eid]
+    assert [c.id for c in children] == [f"{eid}:pay"]
+
+
+async def test_a_worker_killed_during_a_map_step(world: World) -> None:
+    """Runs that finished before the crash are not run again; the one RUNNING is,
+    with the same key; the response keeps element order."""
+    items = [{"n": 0}, {"n": 1, "hold": True}, {"n": 2}, {"n": 3}]
+    lines = MapStep(FunctionStep(rs.item), over="request.items", id="lines", concurrency=4)
+    wf = await world.flow.workflow_create("lines", lines)
+    eid = await wf.execute({"items": items}, async_=True)
+    first = world.worker()
+    for i in (0, 2, 3):
+        await world.step_is(eid, f"lines[{i}]", Status.SUCCESS)
+    assert [k for _, k, _ in world.calls("item", f"{eid}:lines[1]")] == [f"{eid}:lines[1]"]
+    world.kill(first)
+    assert (await world.flow.execution(eid)).steps["lines[1]"].status is Status.RUNNING
+    world.open_gate(f"{eid}:lines[1]")
+    world.worker()
+    await world.reaches(eid, Status.SUCCESS)
+    assert body(await world.flow.execution(eid)) == items
+    for i in (0, 2, 3):
+        assert len(world.calls("item", f"{eid}:lines[{i}]")) == 1
+    again = world.calls("item", f"{eid}:lines[1]")
+    assert [pid == first.pid for _, _, pid in again] == [True, False]
+
+
+async def test_a_lease_is_taken_over_only_once_its_owner_died(world: World) -> None:
+    """Two workers with ids of their own (so neither can tell the other died): the
+    second runs nothing of the first's execution while the first renews its lease,
+    and takes it over once the lease expired after a SIGKILL."""
+    wf = await world.flow.workflow_create(
+        "pair", FunctionStep(rs.held, id="a"), FunctionStep(rs.work, id="b", requires=["a"])
+    )
+    eid = await wf.execute({"order": 3}, async_=True)
+    owner = world.worker("--id", "owner")
+    await eventually(lambda: world.calls("held"), timeout=30)
+    other = world.worker("--id", "other")
+    await world.ready(other)
+    time.sleep(3)  # three lease TTLs: the owner renews its lease meanwhile
+    assert len(world.calls("held")) == 1
+    world.kill(owner)
+    world.open_gate(f"{eid}:a")
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [owner.pid, other.pid]
+    assert [pid for _, _, pid in world.calls("work")] == [other.pid]
+
+
+async def test_two_workers_run_each_execution_once(world: World) -> None:
+    wf = await world.flow.workflow_create(
+        "chain",
+        FunctionStep(rs.work, id="a"),
+        FunctionStep(rs.work, id="b", requires=["a"]),
+        FunctionStep(rs.work, id="c", requires=["b"]),
+    )
+    eids = [await wf.execute({"n": n}, async_=True) for n in range(30)]
+    world.worker()
+    world.worker()
+    for eid in eids:
+        await world.reaches(eid, Status.SUCCESS)
+    keys = [k for _, k, _ in world.calls("work")]
+    assert sorted(keys) == sorted(f"{eid}:{s}" for eid in eids for s in "abc")
+
+
+async def test_steering_from_other_processes_while_a_worker_runs(world: World) -> None:
+    """suspend/resume of a sleeping execution (its timer fires on resume once its time
+    passed), signal and redrive from the command line, abort reaching a child."""
+    worker = world.worker()
+    await world.ready(worker)
+    env = world.env
+    nap = SleepStep(1, id="nap")
+    wf = await world.flow.workflow_create(
+        "nap", nap, FunctionStep(rs.work, id="after", requires=[nap])
+    )
+    napping = await wf.execute({"n": 1}, async_=True)
+    await world.step_is(napping, "nap", Status.WAITING)
+    suspended = cli("suspend", napping, extra_env=env)
+    assert suspended.stdout.split() == [napping, "SUSPEND"], suspended.stderr
+    await asyncio.sleep(2)  # past the timer's time, while suspended
+    info = await world.flow.execution(napping)
+    assert info.status is Status.SUSPEND
+    assert info.steps["after"].status is Status.PENDING
+    assert not world.calls("work", f"{napping}:after")
+    resumed = cli("resume", napping, extra_env=env)
+    assert resumed.stdout.split() == [napping, "RUNNING"], resumed.stderr
+    await world.reaches(napping, Status.SUCCESS)
+    assert len(world.calls("work", f"{napping}:after")) == 1
+
+    picky = await world.flow.workflow_create(
+        "picky",
+        FunctionStep(rs.work, id="first"),
+        WaitStep("go", requires=["first"]),
+        FunctionStep(rs.picky, id="picky", requires=["go"]),
+        on_failure="suspend",
+    )
+    eid = await picky.execute({"ok": False}, async_=True)
+    await world.step_is(eid, "go", Status.WAITING)
+    sent = cli("signal", eid, "go", "--payload", '{"ok": false}', extra_env=env)
+    assert sent.returncode == 0, sent.stderr
+    await world.reaches(eid, Status.SUSPEND)
+    redriven = cli("redrive", eid, "--step", "picky", "--input", '{"ok": true}', extra_env=env)
+    assert redriven.stdout.split() == [eid, "RUNNING"], redriven.stderr
+    await world.reaches(eid, Status.SUCCESS)
+    assert len(world.calls("work", f"{eid}:first")) == 1
+    assert len(world.calls("picky", f"{eid}:picky")) == 2
+
+    child = await world.flow.workflow_create(
+        "held-payment",
+        FunctionStep(rs.work, id="hold", compensate=FunctionStep(rs.undo)),
+        FunctionStep(rs.held, id="charge", requires=["hold"]),
+    )
+    await world.flow.workflow_save(child)
+    parent = await world.flow.workflow_create(
+        "parent",
+        FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo)),
+        SubflowStep("held-payment", id="pay", requires=["reserve"]),
+    )
+    eid = await parent.execute({"n": 3}, async_=True)
+    await eventually(lambda: world.calls("held", f"{eid}:pay:charge"), timeout=30)
+    aborted = cli("abort", eid, extra_env=env)
+    assert aborted.returncode == 0, aborted.stderr
+    world.open_gate(f"{eid}:pay:charge")
+    await world.reaches(eid, Status.ABORTED)
+    await world.reaches(f"{eid}:pay", Status.ABORTED, Status.FAILURE)
+    undone = [k for _, k, _ in world.calls("undo")]
+    assert undone.index(f"{eid}:pay:hold:compensate") < undone.index(f"{eid}:reserve:compensate")
+
+
+async def test_prune_while_executions_wait(world: World) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    done = await world.flow.workflow_create("done", FunctionStep(rs.work, id="a"))
+    waiting = await world.flow.workflow_create("waiting", WaitStep("go", timeout=3600))
+    finished = [await done.execute({"n": n}, async_=True) for n in range(3)]
+    parked = [await waiting.execute({"n": n}, async_=True) for n in range(3)]
+    for eid in finished:
+        await world.reaches(eid, Status.SUCCESS)
+    for eid in parked:
+        await world.step_is(eid, "go", Status.WAITING)
+    await asyncio.sleep(1.1)  # the finished ones finished more than a second ago
+    pruned = cli("prune", "--older-than", "1s", extra_env=world.env)
+    assert pruned.returncode == 0, pruned.stderr
+    for eid in finished:
+        assert await world.status(eid) is None
+    for eid in parked:
+        assert await world.status(eid) is not None
+    for eid in parked:  # still waiting, and woken as ever
+        await world.step_is(eid, "go", Status.WAITING)
+        await world.flow.signal(eid, "go", {"n": eid})
+    for eid in parked:
+        await world.reaches(eid, Status.SUCCESS)
+    assert body(await world.flow.execution(parked[1])) == {"n": parked[1]}
