@@ -377,3 +377,162 @@ async def test_prune_while_executions_wait(world: World) -> None:
     for eid in parked:
         await world.reaches(eid, Status.SUCCESS)
     assert body(await world.flow.execution(parked[1])) == {"n": parked[1]}
+
+
+async def test_a_worker_killed_during_the_rollback_of_a_map_step(world: World) -> None:
+    runs = FunctionStep(rs.work, compensate=FunctionStep(rs.held_undo))
+    lines = MapStep(runs, over="request.items", id="lines", concurrency=2)
+    wf = await world.flow.workflow_create(
+        "lines-back", lines, FunctionStep(rs.refuse, id="ship", requires=[lines])
+    )
+    eid = await wf.execute({"items": [{"n": 0}, {"n": 1}, {"n": 2}]}, async_=True)
+    first = world.worker()
+    await eventually(lambda: world.calls("held_undo"), timeout=30)
+    world.kill(first)
+    cut = {k for _, k, pid in world.calls("held_undo") if pid == first.pid}
+    for n in range(3):
+        world.open_gate(f"{eid}:lines[{n}]:compensate")
+    world.worker()
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert info.compensated
+    for n in range(3):
+        assert info.steps[f"lines[{n}]"].status is Status.COMPENSATED
+    undone = [k for _, k, _ in world.calls("held_undo")]
+    for n in range(3):  # the ones cut by the crash again, with the same key
+        key = f"{eid}:lines[{n}]:compensate"
+        assert undone.count(key) == (2 if key in cut else 1), undone
+    assert len(world.calls("work")) == 3  # the runs themselves: once each
+
+
+async def test_a_worker_killed_while_a_child_is_compensated_as_a_unit(world: World) -> None:
+    child = await world.flow.workflow_create(
+        "unit",
+        FunctionStep(rs.work, id="hold", compensate=FunctionStep(rs.held_undo)),
+        FunctionStep(rs.work, id="charge", requires=["hold"], compensate=FunctionStep(rs.undo)),
+    )
+    await world.flow.workflow_save(child)
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
+    wf = await world.flow.workflow_create(
+        "unit-parent",
+        reserve,
+        SubflowStep("unit", id="pay", requires=[reserve]),
+        FunctionStep(rs.refuse, id="ship", requires=["pay"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    first = world.worker()
+    await eventually(lambda: world.calls("held_undo"), timeout=30)
+    world.kill(first)
+    world.open_gate(f"{eid}:pay:hold:compensate")
+    world.worker()
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert info.compensated
+    assert info.steps["pay"].status is Status.COMPENSATED
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    undone = [k for n, k, _ in world.calls() if n not in ("work", "refuse")]
+    assert undone == [
+        f"{eid}:pay:charge:compensate",
+        f"{eid}:pay:hold:compensate",
+        f"{eid}:pay:hold:compensate",  # again, same key
+        f"{eid}:reserve:compensate",
+    ]
+
+
+@pytest.mark.parametrize("fault", ["compensation_started", "before_park"])
+async def test_a_worker_killed_at_a_fault_point_of_the_rollback_or_of_a_park(
+    world: World, fault: str
+) -> None:
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
+    wf = await world.flow.workflow_create(
+        f"fault-{fault}",
+        reserve,
+        WaitStep("go", requires=[reserve], timeout=3600),
+        SleepStep(3, id="nap", requires=[reserve]),  # long enough to park for
+        FunctionStep(rs.refuse, id="ship", requires=["go", "nap"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    await world.flow.signal(eid, "go", {"ok": 1})  # kept until go starts
+    world.env["MICROSAGA_FAULTS"] = f"{fault}:kill"
+    first = world.worker()
+    assert first.wait(30) == -signal.SIGKILL, world.output(first)
+    del world.env["MICROSAGA_FAULTS"]
+    world.worker()
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert info.steps["go"].response is not None
+    assert info.steps["go"].response.json() == {"ok": 1}
+    assert len(world.calls("work")) == 1
+    assert len(world.calls("refuse")) == 1
+    undone = world.calls("undo", f"{eid}:reserve:compensate")
+    assert 1 <= len(undone) <= (2 if fault == "compensation_started" else 1)
+
+
+async def test_steering_an_execution_whose_worker_died(world: World) -> None:
+    """suspend and resume while no worker runs: the next worker runs the step RUNNING
+    at the crash again and finishes; a timer whose time passed meanwhile fires."""
+    wf = await world.flow.workflow_create(
+        "orphan",
+        FunctionStep(rs.held, id="a"),
+        SleepStep(1, id="nap", requires=["a"]),
+        FunctionStep(rs.work, id="b", requires=["nap"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    first = world.worker()
+    await eventually(lambda: world.calls("held"), timeout=30)
+    world.kill(first)
+    assert cli("suspend", eid, extra_env=world.env).stdout.split() == [eid, "SUSPEND"]
+    world.open_gate(f"{eid}:a")
+    second = world.worker()
+    await world.ready(second)
+    await asyncio.sleep(1.5)  # a suspended execution is left alone
+    assert len(world.calls("held")) == 1
+    assert await world.status(eid) is Status.SUSPEND
+    assert cli("resume", eid, extra_env=world.env).stdout.split() == [eid, "RUNNING"]
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [first.pid, second.pid]
+    assert len(world.calls("work")) == 1
+
+
+async def test_abort_of_an_execution_waiting_for_a_signal(world: World) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
+    wf = await world.flow.workflow_create(
+        "abort-wait", reserve, WaitStep("go", requires=[reserve], timeout=3600)
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    await world.step_is(eid, "go", Status.WAITING)
+    assert cli("abort", eid, extra_env=world.env).returncode == 0
+    await world.reaches(eid, Status.ABORTED)
+    info = await world.flow.execution(eid)
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert info.steps["go"].status is not Status.WAITING
+    late = cli("signal", eid, "go", extra_env=world.env)
+    assert late.stderr.startswith("error[invalid_transition]: "), late.stderr
+    assert len(world.calls("undo")) == 1
+
+
+async def test_suspend_and_resume_of_a_parent_reach_its_running_child(world: World) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    child = await world.flow.workflow_create(
+        "kid", FunctionStep(rs.held, id="a"), FunctionStep(rs.work, id="b", requires=["a"])
+    )
+    await world.flow.workflow_save(child)
+    wf = await world.flow.workflow_create("mum", SubflowStep("kid", id="kid"))
+    eid = await wf.execute({"n": 1}, async_=True)
+    await eventually(lambda: world.calls("held"), timeout=30)
+    assert cli("suspend", eid, extra_env=world.env).returncode == 0
+    world.open_gate(f"{eid}:kid:a")
+    await world.reaches(f"{eid}:kid", Status.SUSPEND)
+    await world.step_is(f"{eid}:kid", "a", Status.SUCCESS)  # the running step finishes
+    info = await world.flow.execution(f"{eid}:kid")
+    assert info.steps["a"].status is Status.SUCCESS
+    assert info.steps["b"].status is Status.PENDING
+    assert await world.status(eid) is Status.SUSPEND
+    assert cli("resume", eid, extra_env=world.env).returncode == 0
+    await world.reaches(eid, Status.SUCCESS)
+    assert await world.status(f"{eid}:kid") is Status.SUCCESS
+    assert len(world.calls("work")) == 1
