@@ -295,7 +295,7 @@ async def test_steering_from_other_processes_while_a_worker_runs(world: World) -
     worker = world.worker()
     await world.ready(worker)
     env = world.env
-    nap = SleepStep(1, id="nap")
+    nap = SleepStep(4, id="nap")  # longer than starting the CLI takes
     wf = await world.flow.workflow_create(
         "nap", nap, FunctionStep(rs.work, id="after", requires=[nap])
     )
@@ -303,7 +303,8 @@ async def test_steering_from_other_processes_while_a_worker_runs(world: World) -
     await world.step_is(napping, "nap", Status.WAITING)
     suspended = cli("suspend", napping, extra_env=env)
     assert suspended.stdout.split() == [napping, "SUSPEND"], suspended.stderr
-    await asyncio.sleep(2)  # past the timer's time, while suspended
+    assert (await world.flow.execution(napping)).steps["nap"].status is Status.WAITING
+    await asyncio.sleep(4.5)  # past the timer's time, while suspended
     info = await world.flow.execution(napping)
     assert info.status is Status.SUSPEND
     assert info.steps["after"].status is Status.PENDING
