@@ -104,6 +104,8 @@ class World:
 
     async def step_is(self, eid: str, step: str, *statuses: Status) -> None:
         async def check() -> bool:
+            if await self.status(eid) is None:
+                return False  # a child not started yet
             info = await self.flow.execution(eid)
             return step in info.steps and info.steps[step].status in statuses
 
@@ -576,3 +578,99 @@ async def test_prune_keeps_the_finished_child_of_a_waiting_parent(
     assert info.steps["pay"].status is Status.COMPENSATED, info.steps["pay"]
     assert info.compensated
     assert [k for _, k, _ in world.calls("undo")] == [f"{eid}:pay:hold:compensate"]
+
+
+async def test_abort_of_a_parent_reaches_its_child_waiting_for_a_signal(world: World) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    child = await world.flow.workflow_create(
+        "approval",
+        FunctionStep(rs.work, id="hold", compensate=FunctionStep(rs.undo)),
+        WaitStep("approved", requires=["hold"], timeout=3600),
+    )
+    await world.flow.workflow_save(child)
+    wf = await world.flow.workflow_create(
+        "order",
+        FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo)),
+        SubflowStep("approval", id="approve", requires=["reserve"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    await world.step_is(f"{eid}:approve", "approved", Status.WAITING)
+    assert cli("abort", eid, extra_env=world.env).returncode == 0
+    await world.reaches(eid, Status.ABORTED)
+    await world.reaches(f"{eid}:approve", Status.ABORTED)
+    assert [k for _, k, _ in world.calls("undo")] == [
+        f"{eid}:approve:hold:compensate",
+        f"{eid}:reserve:compensate",
+    ]
+
+
+async def test_a_child_signalled_while_its_parent_is_suspended(world: World) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    child = await world.flow.workflow_create(
+        "approval",
+        WaitStep("approved", timeout=3600),
+        FunctionStep(rs.work, id="after", requires=["approved"]),
+    )
+    await world.flow.workflow_save(child)
+    wf = await world.flow.workflow_create("order", SubflowStep("approval", id="approve"))
+    eid = await wf.execute({"n": 1}, async_=True)
+    kid = f"{eid}:approve"
+    await world.step_is(kid, "approved", Status.WAITING)
+    assert cli("suspend", eid, extra_env=world.env).returncode == 0
+    await world.reaches(kid, Status.SUSPEND)
+    sent = cli("signal", kid, "approved", "--payload", '{"ok": 1}', extra_env=world.env)
+    assert sent.returncode == 0, sent.stderr
+    await asyncio.sleep(1.0)  # suspended: the signal is kept, nothing runs
+    assert not world.calls("work")
+    assert cli("resume", eid, extra_env=world.env).returncode == 0
+    await world.reaches(eid, Status.SUCCESS)
+    assert body(await world.flow.execution(eid)) == {"ok": 1}
+    assert len(world.calls("work")) == 1
+
+
+async def test_redrive_of_a_failed_execution_from_the_cli_while_a_worker_runs(
+    world: World,
+) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    wf = await world.flow.workflow_create(
+        "picky",
+        FunctionStep(rs.work, id="first", compensate=FunctionStep(rs.undo)),
+        FunctionStep(rs.picky, id="picky", requires=["first"]),
+    )
+    eid = await wf.execute({"ok": False}, async_=True)
+    await world.reaches(eid, Status.FAILURE)
+    again = cli("redrive", eid, "--input", '{"ok": true}', extra_env=world.env)
+    assert again.returncode == 0, again.stderr
+    new_id = again.stdout.split()[0]
+    assert new_id != eid
+    await world.reaches(new_id, Status.SUCCESS)
+    info = await world.flow.execution(new_id)
+    assert info.redrive_of == eid
+    assert [k for _, k, _ in world.calls("picky")] == [f"{eid}:picky", f"{new_id}:picky"]
+
+
+async def test_a_compensation_cut_by_a_killed_worker_ends_on_a_live_one(world: World) -> None:
+    """Two workers: the one running the rollback is killed; the other, alive all
+    along, takes the execution over and runs the cut compensation again."""
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.held_undo))
+    wf = await world.flow.workflow_create(
+        "two", reserve, FunctionStep(rs.refuse, id="ship", requires=[reserve])
+    )
+    first = world.worker()
+    await world.ready(first)
+    eid = await wf.execute({"n": 1}, async_=True)
+    await eventually(lambda: world.calls("held_undo"), timeout=30)
+    second = world.worker()
+    await world.ready(second)
+    ((_, _, pid),) = world.calls("held_undo")
+    victim = first if pid == first.pid else second
+    world.kill(victim)
+    world.open_gate(f"{eid}:reserve:compensate")
+    await world.reaches(eid, Status.FAILURE)
+    pids = [p for _, _, p in world.calls("held_undo")]
+    assert len(pids) == 2
+    assert pids[0] == victim.pid != pids[1]
+    assert (await world.flow.execution(eid)).steps["reserve"].status is Status.COMPENSATED
