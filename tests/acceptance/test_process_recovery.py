@@ -674,3 +674,60 @@ async def test_a_compensation_cut_by_a_killed_worker_ends_on_a_live_one(world: W
     assert len(pids) == 2
     assert pids[0] == victim.pid != pids[1]
     assert (await world.flow.execution(eid)).steps["reserve"].status is Status.COMPENSATED
+
+
+async def test_a_stalled_owner_is_fenced_off_after_its_lease_was_taken_over(
+    world: World,
+) -> None:
+    """A worker stopped (SIGSTOP) in the middle of a step loses its lease to another;
+    continued, its late result is not recorded and it starts nothing more."""
+    wf = await world.flow.workflow_create(
+        "stalled",
+        FunctionStep(rs.held, id="a"),
+        FunctionStep(rs.work, id="b", requires=["a"]),
+        FunctionStep(rs.work, id="c", requires=["b"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    owner = world.worker("--id", "owner")
+    await eventually(lambda: world.calls("held"), timeout=30)
+    owner.send_signal(signal.SIGSTOP)
+    try:
+        heir = world.worker("--id", "heir")
+        await eventually(lambda: len(world.calls("held")) == 2, timeout=30)
+        world.open_gate(f"{eid}:a")
+        await world.reaches(eid, Status.SUCCESS)
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    done = await world.flow.execution(eid)
+    await asyncio.sleep(2)  # the owner's late result meets the fence
+    assert [pid for _, _, pid in world.calls("held")] == [owner.pid, heir.pid]
+    assert [(k, pid) for _, k, pid in world.calls("work")] == [
+        (f"{eid}:b", heir.pid),
+        (f"{eid}:c", heir.pid),
+    ]
+    after = await world.flow.execution(eid)
+    assert after.status is Status.SUCCESS
+    assert {s: r.attempts for s, r in after.steps.items()} == {
+        s: r.attempts for s, r in done.steps.items()
+    }
+    assert owner.poll() is None, world.output(owner)  # it goes on, serving others
+
+
+async def test_a_wait_timing_out_while_no_worker_runs_fails_on_the_next(world: World) -> None:
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
+    wf = await world.flow.workflow_create(
+        "deadline", reserve, WaitStep("paid", requires=[reserve], timeout=1.5)
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    first = world.worker()
+    await world.step_is(eid, "paid", Status.WAITING)
+    world.kill(first)
+    await asyncio.sleep(2)  # the wait times out while no worker runs
+    assert await world.status(eid) is Status.RUNNING
+    world.worker()
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert info.steps["paid"].status is Status.FAILURE
+    assert "timed out after 1.5s waiting for paid" in (info.steps["paid"].error or "")
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert len(world.calls("undo")) == 1
