@@ -731,3 +731,23 @@ async def test_a_wait_timing_out_while_no_worker_runs_fails_on_the_next(world: W
     assert "timed out after 1.5s waiting for paid" in (info.steps["paid"].error or "")
     assert info.steps["reserve"].status is Status.COMPENSATED
     assert len(world.calls("undo")) == 1
+
+
+async def test_a_worker_stopped_with_sigterm_hands_back_what_it_runs(world: World) -> None:
+    """SIGTERM: a step still running after the lease's TTL is left RUNNING and the
+    worker exits; the next worker invokes it again, with the same key."""
+    wf = await world.flow.workflow_create(
+        "handed", FunctionStep(rs.held, id="a"), FunctionStep(rs.work, id="b", requires=["a"])
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    first = world.worker()
+    await eventually(lambda: world.calls("held"), timeout=30)
+    first.terminate()
+    assert first.wait(30) == 0, world.output(first)
+    info = await world.flow.execution(eid)
+    assert info.steps["a"].status is Status.RUNNING
+    world.open_gate(f"{eid}:a")
+    second = world.worker()
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [first.pid, second.pid]
+    assert [pid for _, _, pid in world.calls("work")] == [second.pid]
