@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import heapq
 import logging
 import os
 import re
@@ -213,6 +214,8 @@ class Worker:
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
+        self._dues: list[float] = []  # heap: the timers of what this worker parked
+        self._due_call: asyncio.TimerHandle | None = None  # pokes at the earliest of them
 
     # the run's host ---------------------------------------------------------------
 
@@ -250,7 +253,39 @@ class Worker:
 
     async def park(self, run: Run, until: float, events: list[str], children: list[str]) -> bool:
         note = "waiting for " + ", ".join(sorted(events + children) or ["a timer"])
-        return await self.store.park(run.id, run.spec.token, until, events, children, note)
+        parked = await self.store.park(run.id, run.spec.token, until, events, children, note)
+        if parked:
+            self._remind(until)
+        return parked
+
+    def _remind(self, due: float) -> None:
+        """Look for work at a parked execution's due time: its timer fires then (SPEC
+        section 8: within a second), however long the poll interval. A poll interval
+        under a second finds it soon enough without."""
+        if self.options.poll_interval <= 1.0 or not self._loops:
+            return
+        delay = due - self.clock()
+        if delay > _REMIND_WITHIN:  # a wait for a signal alone: there is no timer
+            return
+        heapq.heappush(self._dues, due)
+        if self._dues[0] == due:
+            self._schedule_due()
+
+    def _schedule_due(self) -> None:
+        if self._due_call is not None:
+            self._due_call.cancel()
+            self._due_call = None
+        if self._dues:
+            delay = max(0.0, self._dues[0] - self.clock())
+            self._due_call = asyncio.get_running_loop().call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._due_call = None
+        now = self.clock()
+        while self._dues and self._dues[0] <= now:
+            heapq.heappop(self._dues)
+        self.poke()
+        self._schedule_due()
 
     async def child(self, child_id: str) -> Execution | None:
         return await self.store.get_execution(child_id)
@@ -439,6 +474,10 @@ class Worker:
         if self._loops:
             await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        if self._due_call is not None:
+            self._due_call.cancel()
+            self._due_call = None
+        self._dues = []
 
     # runs -----------------------------------------------------------------------
 
@@ -908,6 +947,8 @@ class Worker:
 
 # control requests that reach the children of sub-workflow steps
 _PASSED_ON = ("suspend", "resume", "abort", "abort_nocomp")
+# a park due later than this waits for a signal alone (or for a year): polls find it
+_REMIND_WITHIN = 366 * 86400.0
 
 # asyncio.Task(..., eager_start=True): Python 3.12+
 _EAGER_TASKS = sys.version_info >= (3, 12)

@@ -751,3 +751,18 @@ async def test_a_worker_stopped_with_sigterm_hands_back_what_it_runs(world: Worl
     await world.reaches(eid, Status.SUCCESS)
     assert [pid for _, _, pid in world.calls("held")] == [first.pid, second.pid]
     assert [pid for _, _, pid in world.calls("work")] == [second.pid]
+
+
+async def test_a_timer_fires_on_time_with_a_long_poll_interval(world: World) -> None:
+    """The worker that parked an execution looks for it at its timer's time: the
+    sleep ends well before the next poll (30 s here; the bound below is far under)."""
+    world.env["MICROSAGA_POLL_INTERVAL"] = "30"
+    nap = SleepStep(3, id="nap")
+    wf = await world.flow.workflow_create(
+        "slow-poll", nap, FunctionStep(rs.work, id="after", requires=[nap])
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    world.worker()  # claims at once when it starts
+    await world.step_is(eid, "nap", Status.WAITING)
+    await world.reaches(eid, Status.SUCCESS, timeout=15)
+    assert len(world.calls("work")) == 1
