@@ -818,8 +818,29 @@ class Worker:
                 claimed = 0
             if claimed:
                 continue  # a full batch: there may be more waiting
-            await wait_event(self._poke, self.options.poll_interval)
+            await self._idle()
             self._poke.clear()
+
+    async def _idle(self) -> None:
+        """Wait for the next poll: the poll interval, or a poke. A store that tells no
+        other process of control requests (SQLite: no LISTEN/NOTIFY) is looked at
+        every second meanwhile, so that a signal, suspend or abort from another process
+        is acted on within a second (SPEC section 8) however long the interval."""
+        interval = self.options.poll_interval
+        if interval <= 1.0 or type(self.store).watch is not Store.watch:
+            await wait_event(self._poke, interval)
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + interval
+        while (left := end - loop.time()) > 0:
+            if await wait_event(self._poke, min(left, 1.0)):
+                return
+            try:
+                found, _ = await self.store.controls(self._control_seq)
+            except MicrosagaError:
+                return  # the poll finds out
+            if found:
+                return  # the poll acts on them: runs held here, executions woken
 
     async def _prune(self, before: float) -> None:
         """Delete what finished before ``before`` (``Flow(retention=...)``), a batch at

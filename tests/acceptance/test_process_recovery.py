@@ -766,3 +766,25 @@ async def test_a_timer_fires_on_time_with_a_long_poll_interval(world: World) -> 
     await world.step_is(eid, "nap", Status.WAITING)
     await world.reaches(eid, Status.SUCCESS, timeout=15)
     assert len(world.calls("work")) == 1
+
+
+async def test_a_signal_from_another_process_wakes_within_a_second_of_polling(
+    world: World,
+) -> None:
+    """With a poll interval of 30 s, a signal from the command line still wakes the
+    parked execution at once (the bound below is far under the interval): SQLite,
+    which notifies no other process, is looked at for control requests every second."""
+    world.env["MICROSAGA_POLL_INTERVAL"] = "30"
+    wf = await world.flow.workflow_create(
+        "slow-poll-signal",
+        WaitStep("go", timeout=3600),
+        FunctionStep(rs.work, id="after", requires=["go"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    world.worker()  # claims at once when it starts
+    await world.step_is(eid, "go", Status.WAITING)
+    await eventually(lambda: "waiting for go" in str(cli("show", eid, extra_env=world.env).stdout))
+    sent = cli("signal", eid, "go", "--payload", '{"ok": 1}', extra_env=world.env)
+    assert sent.returncode == 0, sent.stderr
+    await world.reaches(eid, Status.SUCCESS, timeout=15)
+    assert body(await world.flow.execution(eid)) == {"ok": 1}
