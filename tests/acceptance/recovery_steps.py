@@ -76,3 +76,10 @@ async def item(msg: Message) -> Any:
     if body.get("hold"):
         await _gate(key)
     return body
+
+
+async def stubborn_undo(msg: Message) -> None:
+    """A compensation that fails for good until its gate is open."""
+    key = _log("stubborn_undo", msg)
+    if not Path(f"{os.environ['MICROSAGA_TEST_LOG']}.{key}.open").exists():
+        raise StepError("still stuck", retryable=False)

@@ -788,3 +788,37 @@ async def test_a_signal_from_another_process_wakes_within_a_second_of_polling(
     assert sent.returncode == 0, sent.stderr
     await world.reaches(eid, Status.SUCCESS, timeout=15)
     assert body(await world.flow.execution(eid)) == {"ok": 1}
+
+
+async def test_resume_from_the_cli_retries_a_failed_compensation(world: World) -> None:
+    """SPEC 4b: a compensation failing for good stops the rollback of what it
+    requires; resume from another process retries it and the rollback goes on."""
+    worker = world.worker()
+    await world.ready(worker)
+    reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
+    charge = FunctionStep(
+        rs.work, id="charge", requires=[reserve], compensate=FunctionStep(rs.stubborn_undo)
+    )
+    wf = await world.flow.workflow_create(
+        "stuck", reserve, charge, FunctionStep(rs.refuse, id="ship", requires=[charge])
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert not info.compensated
+    assert info.steps["reserve"].status is Status.SUCCESS  # its dependent's failed
+    assert not world.calls("undo")
+    world.open_gate(f"{eid}:charge:compensate")
+    resumed = cli("resume", eid, extra_env=world.env)
+    assert resumed.returncode == 0, resumed.stderr
+
+    async def rolled_back() -> bool:
+        found = await world.flow.execution(eid)
+        return found.status is Status.FAILURE and found.compensated
+
+    await eventually(rolled_back, timeout=30)
+    info = await world.flow.execution(eid)
+    assert info.steps["charge"].status is Status.COMPENSATED
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert [k for _, k, _ in world.calls("stubborn_undo")] == [f"{eid}:charge:compensate"] * 2
+    assert [k for _, k, _ in world.calls("undo")] == [f"{eid}:reserve:compensate"]
