@@ -442,9 +442,18 @@ async def test_a_worker_killed_while_a_child_is_compensated_as_a_unit(world: Wor
     ]
 
 
-@pytest.mark.parametrize("fault", ["compensation_started", "before_park"])
-async def test_a_worker_killed_at_a_fault_point_of_the_rollback_or_of_a_park(
-    world: World, fault: str
+@pytest.mark.parametrize(
+    ("fault", "reserve_runs"),
+    [
+        ("step_started", 1),  # RUNNING committed, killed before the invocation
+        ("step_returned", 2),  # returned, killed before its result was committed
+        ("step_recorded", 1),  # its result committed, killed before dependents start
+        ("compensation_started", 1),
+        ("before_park", 1),
+    ],
+)
+async def test_a_worker_killed_at_a_fault_point(
+    world: World, fault: str, reserve_runs: int
 ) -> None:
     reserve = FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo))
     wf = await world.flow.workflow_create(
@@ -466,7 +475,7 @@ async def test_a_worker_killed_at_a_fault_point_of_the_rollback_or_of_a_park(
     assert info.steps["reserve"].status is Status.COMPENSATED
     assert info.steps["go"].response is not None
     assert info.steps["go"].response.json() == {"ok": 1}
-    assert len(world.calls("work")) == 1
+    assert [k for _, k, _ in world.calls("work")] == [f"{eid}:reserve"] * reserve_runs
     assert len(world.calls("refuse")) == 1
     undone = world.calls("undo", f"{eid}:reserve:compensate")
     assert 1 <= len(undone) <= (2 if fault == "compensation_started" else 1)
