@@ -831,3 +831,33 @@ async def test_resume_from_the_cli_retries_a_failed_compensation(world: World) -
     assert info.steps["reserve"].status is Status.COMPENSATED
     assert [k for _, k, _ in world.calls("stubborn_undo")] == [f"{eid}:charge:compensate"] * 2
     assert [k for _, k, _ in world.calls("undo")] == [f"{eid}:reserve:compensate"]
+
+
+async def test_aborting_a_child_from_the_cli_fails_its_parent_step(world: World) -> None:
+    worker = world.worker()
+    await world.ready(worker)
+    child = await world.flow.workflow_create(
+        "approval",
+        FunctionStep(rs.work, id="hold", compensate=FunctionStep(rs.undo)),
+        WaitStep("approved", requires=["hold"], timeout=3600),
+    )
+    await world.flow.workflow_save(child)
+    wf = await world.flow.workflow_create(
+        "order",
+        FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo)),
+        SubflowStep("approval", id="approve", requires=["reserve"]),
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    kid = f"{eid}:approve"
+    await world.step_is(kid, "approved", Status.WAITING)
+    assert cli("abort", kid, extra_env=world.env).returncode == 0
+    await world.reaches(kid, Status.ABORTED)
+    await world.reaches(eid, Status.FAILURE)
+    info = await world.flow.execution(eid)
+    assert info.steps["approve"].status is Status.FAILURE
+    assert info.steps["reserve"].status is Status.COMPENSATED
+    assert info.compensated
+    assert [k for _, k, _ in world.calls("undo")] == [
+        f"{kid}:hold:compensate",
+        f"{eid}:reserve:compensate",
+    ]
