@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import heapq
 import logging
 import os
 import re
@@ -216,6 +217,8 @@ class Worker:
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
+        self._dues: list[float] = []  # heap: the timers of what this worker parked
+        self._due_call: asyncio.TimerHandle | None = None  # pokes at the earliest of them
 
     # the run's host ---------------------------------------------------------------
 
@@ -255,7 +258,39 @@ class Worker:
 
     async def park(self, run: Run, until: float, events: list[str], children: list[str]) -> bool:
         note = "waiting for " + ", ".join(sorted(events + children) or ["a timer"])
-        return await self.store.park(run.id, run.spec.token, until, events, children, note)
+        parked = await self.store.park(run.id, run.spec.token, until, events, children, note)
+        if parked:
+            self._remind(until)
+        return parked
+
+    def _remind(self, due: float) -> None:
+        """Look for work at a parked execution's due time: its timer fires then (SPEC
+        section 8: within a second), however long the poll interval. A poll interval
+        under a second finds it soon enough without."""
+        if self.options.poll_interval <= 1.0 or not self._loops:
+            return
+        delay = due - self.clock()
+        if delay > _REMIND_WITHIN:  # a wait for a signal alone: there is no timer
+            return
+        heapq.heappush(self._dues, due)
+        if self._dues[0] == due:
+            self._schedule_due()
+
+    def _schedule_due(self) -> None:
+        if self._due_call is not None:
+            self._due_call.cancel()
+            self._due_call = None
+        if self._dues:
+            delay = max(0.0, self._dues[0] - self.clock())
+            self._due_call = asyncio.get_running_loop().call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._due_call = None
+        now = self.clock()
+        while self._dues and self._dues[0] <= now:
+            heapq.heappop(self._dues)
+        self.poke()
+        self._schedule_due()
 
     async def child(self, child_id: str) -> Execution | None:
         return await self.store.get_execution(child_id)
@@ -444,6 +479,10 @@ class Worker:
         if self._loops:
             await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        if self._due_call is not None:
+            self._due_call.cancel()
+            self._due_call = None
+        self._dues = []
 
     # runs -----------------------------------------------------------------------
 
@@ -784,8 +823,29 @@ class Worker:
                 claimed = 0
             if claimed:
                 continue  # a full batch: there may be more waiting
-            await wait_event(self._poke, self.options.poll_interval)
+            await self._idle()
             self._poke.clear()
+
+    async def _idle(self) -> None:
+        """Wait for the next poll: the poll interval, or a poke. A store that tells no
+        other process of control requests (SQLite: no LISTEN/NOTIFY) is looked at
+        every second meanwhile, so that a signal, suspend or abort from another process
+        is acted on within a second (SPEC section 8) however long the interval."""
+        interval = self.options.poll_interval
+        if interval <= 1.0 or type(self.store).watch is not Store.watch:
+            await wait_event(self._poke, interval)
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + interval
+        while (left := end - loop.time()) > 0:
+            if await wait_event(self._poke, min(left, 1.0)):
+                return
+            try:
+                found, _ = await self.store.controls(self._control_seq)
+            except MicrosagaError:
+                return  # the poll finds out
+            if found:
+                return  # the poll acts on them: runs held here, executions woken
 
     async def _prune(self, before: float) -> None:
         """Delete what finished before ``before`` (``Flow(retention=...)``), a batch at
@@ -938,6 +998,8 @@ class Worker:
 
 # control requests that reach the children of sub-workflow steps
 _PASSED_ON = ("suspend", "resume", "abort", "abort_nocomp")
+# a park due later than this waits for a signal alone (or for a year): polls find it
+_REMIND_WITHIN = 366 * 86400.0
 
 # asyncio.Task(..., eager_start=True): Python 3.12+
 _EAGER_TASKS = sys.version_info >= (3, 12)

@@ -460,9 +460,23 @@ class MemoryStore(Store):
         return ids, self._control_seq
 
     async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:
-        gone = [
-            row for row in self._rows.values() if row.status in statuses and row.updated_at < before
-        ][:limit]
+        def old(row: _Row) -> bool:
+            return row.status in statuses and row.updated_at < before
+
+        def with_ancestors(row: _Row) -> bool:
+            # a child goes only with its ancestors: one still stored and not pruned by
+            # the same rule may yet compensate it as a unit (or resume its rollback)
+            seen = {row.id}
+            parent = self._rows.get(row.parent_id) if row.parent_id is not None else None
+            while parent is not None and parent.id not in seen:
+                if not old(parent):
+                    return False
+                seen.add(parent.id)
+                up = parent.parent_id
+                parent = self._rows.get(up) if up is not None else None
+            return True
+
+        gone = [row for row in self._rows.values() if old(row) and with_ancestors(row)][:limit]
         for row in gone:
             del self._rows[row.id]
             self._runnable.pop(row.id, None)

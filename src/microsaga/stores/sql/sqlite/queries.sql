@@ -218,11 +218,25 @@ DELETE FROM workflows WHERE id = ?;
 
 -- name: prune_executions
 -- Up to :limit finished executions (of the statuses in :statuses) last changed before
--- :before, oldest first; their step runs and signals go with them (prune_of).
+-- :before, oldest first; their step runs and signals go with them (prune_of). A child
+-- execution goes only with its ancestors: one of them still stored and not pruned by
+-- the same rule may yet compensate it as a unit (or resume its rollback). Parents come
+-- before their children in seq order, so a batch never takes a child without them.
 DELETE FROM executions WHERE seq IN (
-    SELECT seq FROM executions
-    WHERE status IN (SELECT value FROM json_each(:statuses)) AND updated_at < :before
-    ORDER BY seq LIMIT :limit
+    SELECT e.seq FROM executions e
+    WHERE e.status IN (SELECT value FROM json_each(:statuses)) AND e.updated_at < :before
+    AND NOT EXISTS (
+        WITH RECURSIVE up(id) AS (
+            SELECT e.parent_id
+            UNION
+            SELECT a.parent_id FROM executions a JOIN up ON a.id = up.id
+            WHERE a.parent_id IS NOT NULL
+        )
+        SELECT 1 FROM up JOIN executions a ON a.id = up.id
+        WHERE a.status NOT IN (SELECT value FROM json_each(:statuses))
+            OR a.updated_at >= :before
+    )
+    ORDER BY e.seq LIMIT :limit
 )
 RETURNING id;
 
