@@ -550,19 +550,9 @@ async def test_suspend_and_resume_of_a_parent_reach_its_running_child(world: Wor
     assert len(world.calls("work")) == 1
 
 
-async def test_prune_keeps_the_finished_child_of_a_waiting_parent(
-    world: World, request: pytest.FixtureRequest
-) -> None:
+async def test_prune_keeps_the_finished_child_of_a_waiting_parent(world: World) -> None:
     """A child that succeeded is still its parent's to compensate as a unit: pruning
     it while the parent waits would leave the parent's rollback nothing to undo."""
-    if "postgres" in request.node.name:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="stores/sql/postgres/queries.sql prune_executions takes children "
-                "without their ancestors (helper h3's report)",
-            )
-        )
     worker = world.worker()
     await world.ready(worker)
     child = await world.flow.workflow_create(

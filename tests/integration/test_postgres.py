@@ -256,6 +256,21 @@ async def test_executions_are_found_by_id_from_the_first_statement_on(url: str) 
         await db.close()
 
 
+async def test_statements_are_not_jit_compiled(url: str) -> None:
+    """The server compiles (JIT) a plan whose cost estimate is high, on every execution:
+    a prune batch (with its check of each child's ancestors) took 177 ms to compile for
+    1 ms of work, 20 times slower than without. The store's connections turn it off,
+    unless the URL says otherwise."""
+    for given, expected in ((url, "off"), (f"{url}?jit=on", "on")):
+        db = Database(given)
+        await db.open()
+        try:
+            async with db.connection() as conn:
+                assert await conn.fetchval("SHOW jit") == expected
+        finally:
+            await db.close()
+
+
 # errors ----------------------------------------------------------------------------------
 
 

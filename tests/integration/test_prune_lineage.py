@@ -21,17 +21,7 @@ EVERY = [Status.SUCCESS, Status.FAILURE, Status.ABORTED]
     params=[
         "memory",
         "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="stores/sql/postgres/queries.sql prune_executions takes children "
-                    "without their ancestors (helper h3's report)",
-                ),
-            ],
-        ),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
