@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,3 +19,19 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.delenv(name)
     yield
     testing.disarm_faults()
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Any, Any]]:
+    """An OpenTelemetry SDK ``TracerProvider`` whose spans end in an in-memory exporter:
+    ``(provider, exporter)``."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()

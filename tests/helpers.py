@@ -56,6 +56,12 @@ async def killed_in_time(flow: Flow, eid: str, kill_at: int, killed: asyncio.Eve
     return killed.is_set()
 
 
+def trace_ids(traceparent: str) -> tuple[int, int]:
+    """The trace id and the span id of a W3C ``traceparent``."""
+    _, trace_id, span_id, _ = traceparent.split("-")
+    return int(trace_id, 16), int(span_id, 16)
+
+
 def free_port() -> int:
     """A loopback port with nothing listening (closed right after it is found)."""
     with socket.socket() as sock:

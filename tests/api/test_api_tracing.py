@@ -5,7 +5,6 @@ execution")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +16,6 @@ from microsaga.api import create_app
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
 
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
@@ -26,15 +24,6 @@ from opentelemetry.trace import SpanKind
 from microsaga.observability import Tracing
 
 NOTIFY = {"id": "notify", "steps": [{"function": "tests.api.steps:notify", "id": "notify"}]}
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
 
 
 async def test_an_execution_started_by_the_api_is_a_child_of_the_request_span(

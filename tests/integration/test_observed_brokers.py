@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetr
 prometheus_client = pytest.importorskip("prometheus_client", reason="the prometheus extra")
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
 )
@@ -33,6 +32,7 @@ from opentelemetry.trace import SpanKind  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from microsaga.observability import Metrics, Tracing  # noqa: E402
+from tests.helpers import trace_ids  # noqa: E402
 
 # the context of the caller's request: the execution span is its child
 INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -46,20 +46,6 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     await made.start()
     yield made
     await made.close()
-
-
-@pytest.fixture
-def provider() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield tracer_provider, exporter
-    tracer_provider.shutdown()
-
-
-def _ids(traceparent: str) -> tuple[int, int]:
-    _, trace_id, span_id, _ = traceparent.split("-")
-    return int(trace_id, 16), int(span_id, 16)
 
 
 def _context(span: ReadableSpan) -> tuple[int, int]:
@@ -97,10 +83,10 @@ def _value(registry: Any, name: str, suffix: str = "", **labels: str) -> float:
 async def test_a_saga_over_a_broker_and_http_is_one_trace_and_counted(
     broker: Env,
     serve: Any,
-    provider: tuple[TracerProvider, InMemorySpanExporter],
+    spans: tuple[TracerProvider, InMemorySpanExporter],
     tmp_path: Path,
 ) -> None:
-    tracer_provider, exporter = provider
+    tracer_provider, exporter = spans
     registry = prometheus_client.CollectorRegistry()
     raw_topic, handled_topic = (f"microsaga.obs.{uuid.uuid4().hex[:12]}" for _ in range(2))
     for topic in (raw_topic, handled_topic):
@@ -154,35 +140,35 @@ async def test_a_saga_over_a_broker_and_http_is_one_trace_and_counted(
     finally:
         await sub.close()
     raw = await broker.messages(raw_topic)  # nobody consumed it: as the broker holds it
-    spans = list(exporter.get_finished_spans())
+    finished = list(exporter.get_finished_spans())
 
     # the execution span: a child of the incoming context; parked, then woken
     first, woken = sorted(
-        (s for s in spans if s.name == "microsaga.execution"), key=lambda s: s.start_time or 0
+        (s for s in finished if s.name == "microsaga.execution"), key=lambda s: s.start_time or 0
     )
-    trace_id, incoming = _ids(INCOMING)
+    trace_id, incoming = trace_ids(INCOMING)
     assert _parent(first) == (trace_id, incoming)
     assert (first.attributes or {})["microsaga.status"] == "RUNNING"  # parked, not finished
     assert _parent(woken) == _context(first)
     assert (woken.attributes or {})["microsaga.taken_over"] is True
     assert (woken.attributes or {})["microsaga.status"] == "SUCCESS"
-    assert all(s.context is not None and s.context.trace_id == trace_id for s in spans)
+    assert all(s.context is not None and s.context.trace_id == trace_id for s in finished)
 
     # each request carries its step's span; each participant's span is that one's child
     for step_id, handler, kind in (
         ("reserve", "Inventory.Reserve", SpanKind.SERVER),
         ("ship", handled_topic, SpanKind.CONSUMER),
     ):
-        step = _step(spans, step_id)
+        step = _step(finished, step_id)
         assert _parent(step) == _context(first)
         (msg,) = [m for m in received if m.header.get("Micro-Flow-Step") == step_id]
-        assert _ids(msg.header["traceparent"]) == _context(step)
-        (handled,) = [s for s in spans if s.name == handler]
+        assert trace_ids(msg.header["traceparent"]) == _context(step)
+        (handled,) = [s for s in finished if s.name == handler]
         assert handled.kind is kind
         assert _parent(handled) == _context(step)
         assert (handled.attributes or {})["microsaga.execution_id"] == eid
     (message,) = raw  # read with the broker's own client
-    assert _ids(message.header["traceparent"][0]) == _context(_step(spans, "announce"))
+    assert trace_ids(message.header["traceparent"][0]) == _context(_step(finished, "announce"))
 
     # the metrics of the run
     assert _value(registry, "microsaga_executions_started", workflow="order") == 1

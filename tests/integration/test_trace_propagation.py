@@ -5,7 +5,6 @@ step spans)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,24 +19,10 @@ from .test_brokers import NatsEnv
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from microsaga.observability import Tracing
-
-
-@pytest.fixture
-def provider() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield tracer_provider, exporter
-    tracer_provider.shutdown()
-
-
-def _ids(traceparent: str) -> tuple[int, int]:
-    _, trace_id, span_id, _ = traceparent.split("-")
-    return int(trace_id, 16), int(span_id, 16)
+from tests.helpers import trace_ids
 
 
 def _step_span(spans: list[ReadableSpan], step_id: str) -> ReadableSpan:
@@ -60,9 +45,9 @@ def _child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
 
 
 async def test_an_http_participant_continues_the_trace_of_the_step(
-    serve: Any, provider: tuple[TracerProvider, InMemorySpanExporter]
+    serve: Any, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
-    tracer_provider, exporter = provider
+    tracer_provider, exporter = spans
     inventory = Participant(tracer_provider=tracer_provider)
     tracer = tracer_provider.get_tracer("inventory")
     seen: list[Message] = []
@@ -79,22 +64,22 @@ async def test_an_http_participant_continues_the_trace_of_the_step(
     ) as flow:
         wf = await flow.workflow_create("order", CallStep("inventory", "Inventory", "Reserve"))
         await wf.execute({"order_id": 1})
-    spans = list(exporter.get_finished_spans())
-    step = _step_span(spans, "inventory.Inventory.Reserve")
+    finished = list(exporter.get_finished_spans())
+    step = _step_span(finished, "inventory.Inventory.Reserve")
     (msg,) = seen
     assert step.context is not None
-    assert _ids(msg.header["traceparent"]) == (step.context.trace_id, step.context.span_id)
-    (handler,) = [s for s in spans if s.name == "Inventory.Reserve"]
+    assert trace_ids(msg.header["traceparent"]) == (step.context.trace_id, step.context.span_id)
+    (handler,) = [s for s in finished if s.name == "Inventory.Reserve"]
     assert _child_of(handler, step)
     assert (handler.attributes or {})["microsaga.step_id"] == "inventory.Inventory.Reserve"
-    (own,) = [s for s in spans if s.name == "reserve stock"]
+    (own,) = [s for s in finished if s.name == "reserve stock"]
     assert _child_of(own, handler)
 
 
 async def test_a_nats_subscriber_gets_the_traceparent_and_continues_the_trace(
-    nats_url: str, provider: tuple[TracerProvider, InMemorySpanExporter]
+    nats_url: str, spans: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
-    tracer_provider, exporter = provider
+    tracer_provider, exporter = spans
     env = NatsEnv(nats_url)
     await env.start()
     topic = f"trace.{uuid.uuid4().hex[:12]}"
@@ -125,11 +110,14 @@ async def test_a_nats_subscriber_gets_the_traceparent_and_continues_the_trace(
         (stored,) = await env.messages(topic)
     finally:
         await env.close()
-    spans = list(exporter.get_finished_spans())
-    step = _step_span(spans, topic)
+    finished = list(exporter.get_finished_spans())
+    step = _step_span(finished, topic)
     assert step.context is not None
     (msg,) = seen
-    assert _ids(msg.header["traceparent"]) == (step.context.trace_id, step.context.span_id)
-    assert _ids(stored.header["traceparent"][0]) == (step.context.trace_id, step.context.span_id)
-    (handler,) = [s for s in spans if s.name == topic]
+    assert trace_ids(msg.header["traceparent"]) == (step.context.trace_id, step.context.span_id)
+    assert trace_ids(stored.header["traceparent"][0]) == (
+        step.context.trace_id,
+        step.context.span_id,
+    )
+    (handler,) = [s for s in finished if s.name == topic]
     assert _child_of(handler, step)

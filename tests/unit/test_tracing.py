@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,13 +20,12 @@ from microsaga import (
     StepError,
 )
 from microsaga.testing import MemoryBroker, MockClient, arm_fault
-from tests.helpers import eventually
+from tests.helpers import eventually, trace_ids
 
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra and opentelemetry-sdk (dev)")
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
@@ -36,21 +34,6 @@ from opentelemetry.trace import StatusCode
 from microsaga.observability import Tracing
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
-
-
-def _ids(traceparent: str) -> tuple[int, int]:
-    """The trace id and the span id of a W3C ``traceparent``."""
-    _, trace_id, span_id, _ = traceparent.split("-")
-    return int(trace_id, 16), int(span_id, 16)
 
 
 def _steps(found: list[ReadableSpan]) -> list[tuple[str, str, int, StatusCode]]:
@@ -128,7 +111,7 @@ async def test_a_saga_with_a_retry_a_failure_and_its_compensation(
     assert stored.request is not None
     ctx = execution.context
     assert ctx is not None
-    assert _ids(stored.request.header["traceparent"]) == (ctx.trace_id, ctx.span_id)
+    assert trace_ids(stored.request.header["traceparent"]) == (ctx.trace_id, ctx.span_id)
     steps = [s for s in found if s.name == "microsaga.step"]
     assert all(s.parent is not None and s.parent.span_id == ctx.span_id for s in steps)
     assert all(s.context is not None and s.context.trace_id == ctx.trace_id for s in steps)
@@ -196,7 +179,7 @@ async def test_participants_get_the_step_span_and_an_incoming_context_is_the_par
         ctx = span.context
         assert ctx is not None
         (sent,) = msg.header.getall("traceparent")
-        assert _ids(sent) == (ctx.trace_id, ctx.span_id)
+        assert trace_ids(sent) == (ctx.trace_id, ctx.span_id)
 
 
 async def test_the_callers_span_parents_the_execution_and_steps_parent_their_spans(
