@@ -579,7 +579,9 @@ async def test_prune_keeps_the_finished_child_of_a_waiting_parent(world: World) 
     assert [k for _, k, _ in world.calls("undo")] == [f"{eid}:pay:hold:compensate"]
 
 
-async def test_abort_of_a_parent_reaches_its_child_waiting_for_a_signal(world: World) -> None:
+async def _child_waiting_for_approval(world: World) -> str:
+    """An order (a worker running) whose child ``<eid>:approve`` has held something
+    and waits for the signal "approved"; the order's id."""
     worker = world.worker()
     await world.ready(worker)
     child = await world.flow.workflow_create(
@@ -595,6 +597,11 @@ async def test_abort_of_a_parent_reaches_its_child_waiting_for_a_signal(world: W
     )
     eid = await wf.execute({"n": 1}, async_=True)
     await world.step_is(f"{eid}:approve", "approved", Status.WAITING)
+    return eid
+
+
+async def test_abort_of_a_parent_reaches_its_child_waiting_for_a_signal(world: World) -> None:
+    eid = await _child_waiting_for_approval(world)
     assert cli("abort", eid, extra_env=world.env).returncode == 0
     await world.reaches(eid, Status.ABORTED)
     await world.reaches(f"{eid}:approve", Status.ABORTED)
@@ -824,22 +831,8 @@ async def test_resume_from_the_cli_retries_a_failed_compensation(world: World) -
 
 
 async def test_aborting_a_child_from_the_cli_fails_its_parent_step(world: World) -> None:
-    worker = world.worker()
-    await world.ready(worker)
-    child = await world.flow.workflow_create(
-        "approval",
-        FunctionStep(rs.work, id="hold", compensate=FunctionStep(rs.undo)),
-        WaitStep("approved", requires=["hold"], timeout=3600),
-    )
-    await world.flow.workflow_save(child)
-    wf = await world.flow.workflow_create(
-        "order",
-        FunctionStep(rs.work, id="reserve", compensate=FunctionStep(rs.undo)),
-        SubflowStep("approval", id="approve", requires=["reserve"]),
-    )
-    eid = await wf.execute({"n": 1}, async_=True)
+    eid = await _child_waiting_for_approval(world)
     kid = f"{eid}:approve"
-    await world.step_is(kid, "approved", Status.WAITING)
     assert cli("abort", kid, extra_env=world.env).returncode == 0
     await world.reaches(kid, Status.ABORTED)
     await world.reaches(eid, Status.FAILURE)
