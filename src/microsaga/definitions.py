@@ -363,7 +363,9 @@ def _options(entry: Mapping[str, Any], path: str, nested: str | None = None) -> 
         kw["id"] = entry["id"]
         if isinstance(kw["id"], str):
             _check_id(kw["id"], _join(path, "id"))
-    if "requires" in entry:
+    # a field given as null (YAML's empty ``requires:``) is a field not given, as for
+    # timeout, input, when, fallback and compensate
+    if entry.get("requires") is not None:
         req = entry["requires"]
         if isinstance(req, str):
             req = [req]
@@ -372,7 +374,7 @@ def _options(entry: Mapping[str, Any], path: str, nested: str | None = None) -> 
         for n, item in enumerate(req):  # no step has such an id: say why, in one line
             _check_id(item, f"{_join(path, 'requires')}[{n}]")
         kw["requires"] = tuple(dict.fromkeys(req))
-    if "retry" in entry:
+    if entry.get("retry") is not None:
         kw["retry"] = _retry(entry["retry"], _join(path, "retry"))
     if "timeout" in entry:
         kw["timeout"] = entry["timeout"]

@@ -125,7 +125,8 @@ class PublishStep(Step):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Step:
-        return cls(config["publish"], reply=config.get("reply", False))
+        reply = config.get("reply")  # null: not given, as every optional field
+        return cls(config["publish"], reply=False if reply is None else reply)
 
 
 _DEFERRED: ContextVar[bool] = ContextVar("microsaga_deferred_imports", default=False)

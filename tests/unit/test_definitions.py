@@ -168,6 +168,19 @@ def test_errors_name_the_bad_field(text: str, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_an_optional_field_left_empty_in_yaml_is_a_field_not_given() -> None:
+    empty = load_definition(
+        "id: t\nsteps:\n"
+        "  - publish: orders.placed\n    id: placed\n    reply:\n    retry:\n"
+        "  - publish: orders.shipped\n    requires:\n    timeout:\n"
+    )
+    plain = load_definition(
+        "id: t\nsteps:\n  - publish: orders.placed\n    id: placed\n  - publish: orders.shipped\n"
+    )
+    assert empty.to_dict() == plain.to_dict()
+    assert [s.requires for s in empty.step_list] == [[], []]
+
+
 def test_an_error_of_the_step_itself_names_the_step() -> None:
     with pytest.raises(DefinitionError) as err:
         load_definition('{"id": "x", "steps": [{"publish": 5}]}')
