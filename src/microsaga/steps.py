@@ -125,8 +125,12 @@ class PublishStep(Step):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Step:
+        topic = config["publish"]
+        problem = name_problem(topic, colon=True, limit=None)
+        if problem is not None:  # said here, where the definition's field is known
+            raise DefinitionError(problem, path="publish")
         reply = config.get("reply")  # null: not given, as every optional field
-        return cls(config["publish"], reply=False if reply is None else reply)
+        return cls(topic, reply=False if reply is None else reply)
 
 
 _DEFERRED: ContextVar[bool] = ContextVar("microsaga_deferred_imports", default=False)
@@ -370,7 +374,12 @@ class FunctionStep(Step):
         path = config["function"]
         if cls is FunctionStep and imports_deferred():
             return cls._deferred(path)
-        step = cls(import_function(path))
+        try:
+            step = cls(import_function(path))
+        except DefinitionError as exc:  # not a function a step can call: the field's fault
+            if exc.path:
+                raise
+            raise DefinitionError(str(exc), path="function") from None
         if isinstance(step, FunctionStep):
             step._path = path  # its identity is the path given, whatever fn calls itself
         return step

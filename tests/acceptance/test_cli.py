@@ -81,7 +81,7 @@ def test_resume_of_a_finished_execution_is_refused(setup: tuple[str, dict[str, s
         ("id: x\nsteps:\n  - call: a.B.C\n   oops: 1\n", "definition", "invalid YAML"),
         ('{"id": "x", "steps": [', "definition", "bad.json: invalid JSON at line 1"),
         ('{"id": "x", "steps": [', "definition", "bad.yaml: invalid YAML at line 1"),
-        ('{"id": "x", "steps": [{"publish": 5}]}', "definition", "steps[0]: PublishStep topic"),
+        ('{"id": "x", "steps": [{"publish": 5}]}', "definition", "steps[0].publish: must be"),
         ("id: x\nsteps:\n  - teleport: somewhere\n", "definition", "unknown step kind"),
         (
             "id: x\nsteps:\n  - {publish: a, requires: [b]}\n  - {publish: b, requires: [a]}\n",

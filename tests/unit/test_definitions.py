@@ -181,10 +181,18 @@ def test_an_optional_field_left_empty_in_yaml_is_a_field_not_given() -> None:
     assert [s.requires for s in empty.step_list] == [[], []]
 
 
-def test_an_error_of_the_step_itself_names_the_step() -> None:
+def test_an_error_of_the_step_itself_names_the_field() -> None:
     with pytest.raises(DefinitionError) as err:
         load_definition('{"id": "x", "steps": [{"publish": 5}]}')
-    assert str(err.value) == "steps[0]: PublishStep topic must be a non-empty string, not 5"
+    assert str(err.value) == "steps[0].publish: must be a non-empty string, not 5"
+    with pytest.raises(DefinitionError) as err:
+        load_definition('{"id": "x", "steps": [{"function": "os:sep"}]}')
+    assert str(err.value) == "steps[0].function: os:sep is not callable"
+    with pytest.raises(DefinitionError) as err:
+        load_definition(
+            '{"id": "x", "steps": [{"function": "tests.unit.steps_for_tests:Message"}]}'
+        )
+    assert str(err.value).startswith("steps[0].function: microsaga.message:Message is a class")
 
 
 def test_flow_style_yaml_is_yaml(tmp_path: Path) -> None:
