@@ -19,7 +19,12 @@
 
 A handler (sync or async; a sync one runs in a worker thread) takes a
 :class:`~microsaga.Message` and returns a Message, a JSON-able value or None (an empty
-body).
+body). Or it takes typed parameters, as a typed saga step does (docs/python.md): a
+``msgspec.Struct``, dataclass, ``TypedDict`` or pydantic model gets the body decoded
+into it, a ``Message`` parameter the request; a body that does not fit is a 422
+``invalid_input`` naming the field, and the handler does not run. A handler that
+cannot be called so (no parameter, two messages, a ``StepContext``: the step's context
+stays with the step) is a ``ConfigurationError`` when it is registered.
 
 HTTP: ``POST {prefix}/Name/Method`` runs the handler registered as ``"Name.Method"``.
 The body must be JSON (or empty); the request headers, but HTTP's own, are the

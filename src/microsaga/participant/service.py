@@ -9,11 +9,20 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
+from .._signature import function_call
+from ..errors import (
+    ConfigurationError,
+    DefinitionError,
+    MicrosagaError,
+    error_code,
+    is_retryable,
+    one_line,
+)
 from ..message import Message
 from ..observability.logs import about_request
 from ..observability.tracing import participant_failed, participant_span, participant_tracer
 from ..protocol import IDEMPOTENCY_HEADER
+from ..step import StepContext
 from ..transports.base import Broker, Subscription, to_message
 from . import asgi, subscriber
 from .dedupe import DedupeStore, MemoryDedupeStore, Reply, error_answer
@@ -88,7 +97,7 @@ class Participant:
             raise ConfigurationError("handler", f"{name} already has a handler")
         if not callable(fn):
             raise ConfigurationError("handler", f"{name}: {fn!r} is not callable")
-        self._handlers[name] = _wrap(fn)
+        self._handlers[name] = _wrap(fn, name)
 
     @property
     def names(self) -> list[str]:
@@ -199,7 +208,7 @@ class Participant:
         Raises:
             ConfigurationError: no ``handler`` and none registered as ``topic``.
         """
-        fn = _wrap(handler) if handler is not None else self._handlers.get(topic)
+        fn = _wrap(handler, topic) if handler is not None else self._handlers.get(topic)
         if fn is None:
             raise ConfigurationError("handler", f"no handler for topic {topic}")
 
@@ -224,12 +233,74 @@ class Participant:
         return await subscriber.subscribe(broker, topic, self.message_handler(topic, handler))
 
 
-def _wrap(fn: HandlerFn) -> _Handler:
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - callable objects
-    ):
-        return fn
+def _wrap(fn: HandlerFn, name: str) -> _Handler:
+    """``fn`` as a coroutine function of the request: called with the Message, or,
+    typed, with its parameters decoded from the body (as a typed FunctionStep is)."""
+    try:
+        call = function_call(fn)
+    except DefinitionError as exc:
+        if not _takes_one(fn):
+            raise _not_callable(fn, name) from None
+        raise ConfigurationError("handler", f"{name}: {exc.message}") from None
+    if call.typed:
+        if _takes_context(fn):
+            raise ConfigurationError(
+                "handler",
+                f"{name}: a participant's handler gets no StepContext (it runs in "
+                "another service than the step); take a Message for the header",
+            )
+        invoke = call.invoke
+        if call.is_async:
 
+            async def typed(message: Message) -> Any:
+                return await invoke(message, None)  # type: ignore[arg-type]
+
+            return typed
+
+        def typed_sync(message: Message) -> Any:
+            return invoke(message, None)  # type: ignore[arg-type]
+
+        return _in_thread(typed_sync)
+    if not _takes_one(fn):
+        raise _not_callable(fn, name)
+    if call.is_async:
+        return fn
+    return _in_thread(fn)
+
+
+def _takes_one(fn: HandlerFn) -> bool:
+    """Whether ``fn`` can be called with one argument (a builtin without a signature
+    is taken at its word)."""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:
+        pass
+    return True
+
+
+def _not_callable(fn: HandlerFn, name: str) -> ConfigurationError:
+    return ConfigurationError(
+        "handler",
+        f"{name}: {fn!r} cannot be called with one Message: a handler takes (msg), or "
+        "typed parameters (data decoded from the body, a Message)",
+    )
+
+
+def _takes_context(fn: HandlerFn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    for p in params:
+        shown = p.annotation if isinstance(p.annotation, str) else None
+        if p.annotation is StepContext or (shown and shown.rsplit(".", 1)[-1] == "StepContext"):
+            return True
+    return False
+
+
+def _in_thread(fn: HandlerFn) -> _Handler:
     async def in_thread(message: Message) -> Any:
         result = await asyncio.to_thread(fn, message)
         return await result if inspect.isawaitable(result) else result
