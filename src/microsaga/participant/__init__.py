@@ -40,6 +40,8 @@ status  error code              when
 404     ``unknown_endpoint``    no handler for that path
 405     ``method_not_allowed``  not a POST
 413     ``body_too_large``      the body is over ``max_body`` bytes
+503     ``in_progress``         another process sharing the dedupe store is
+                                answering the same key (``Retry-After: 1``)
 422     the error's code        the handler raised a non-retryable error, e.g.
                                 ``StepError(..., retryable=False)``: the step fails
 503     the error's code        the handler raised a retryable microsaga error (a
@@ -58,7 +60,10 @@ and 422) are kept; after a 5xx the next attempt runs the handler again. Concurre
 requests with the same key wait for the first one. Answers are kept in a
 :class:`DedupeStore`: :class:`MemoryDedupeStore` (default, this process only) or
 :class:`SQLiteDedupeStore` (survives restarts, shared by processes on one host);
-both forget keys after ``ttl`` seconds (a day by default).
+both forget keys after ``ttl`` seconds (a day by default). With a store shared by
+processes, a key being answered by one process is answered 503 ``in_progress``
+(``Retry-After: 1``) by the others, until the first answer is kept (or a claim of a
+process that died expires, ``claim_ttl``).
 
 Brokers: :meth:`Participant.subscribe` consumes a topic with the same handlers and the
 same deduplication. When the message asks for a reply (``PublishStep(reply=True)``),

@@ -69,6 +69,7 @@ class Participant:
         self._tracer: Any = None  # made on first use: None, the tracer, or False
         self._handlers: dict[str, _Handler] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
+        self._releasing: set[asyncio.Future[None]] = set()
 
     # handlers ------------------------------------------------------------------------
 
@@ -131,9 +132,14 @@ class Participant:
             return await asyncio.shield(running), True
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[store_key] = future
+        claimed = False
         try:
             try:
                 kept = await self.dedupe.get(store_key)
+                if kept is None:
+                    claimed = await self.dedupe.claim(store_key)
+                    # another process has the key, or has just answered it
+                    kept = None if claimed else await self.dedupe.get(store_key)
             except Exception as exc:  # without the store the handler could run twice
                 log.warning(
                     "%s: dedupe store failed: %s", name, exc, extra=about_request(request.header)
@@ -144,8 +150,21 @@ class Participant:
             if kept is not None:
                 future.set_result(kept)
                 return kept, True
+            if not claimed:
+                reply = error_answer(
+                    503,
+                    "in_progress",
+                    f"{name}: another process is answering key {key}",
+                    {"Retry-After": ["1"]},
+                )
+                future.set_result(reply)
+                return reply, False
             reply = await self._run(fn, name, request, kind)
-            if reply.final:
+            if not reply.final:
+                claimed = False
+                await self._release(name, store_key, request)
+            else:
+                claimed = False  # put ends the claim
                 try:
                     reply = await self.dedupe.put(store_key, reply)
                 except Exception as exc:  # the answer stands; only its replay is lost
@@ -156,15 +175,32 @@ class Participant:
                         exc,
                         extra=about_request(request.header),
                     )
+                    await self._release(name, store_key, request)
             future.set_result(reply)
             return reply, False
         except BaseException as exc:
             if not future.done():
                 # requests waiting on this one are told to try again
                 future.set_result(error_answer(503, "retry", f"{name}: {one_line(exc)}"))
+            if claimed:  # cancelled while running: the claim ends, or else expires
+                release = asyncio.ensure_future(self._release(name, store_key, request))
+                self._releasing.add(release)
+                release.add_done_callback(self._releasing.discard)
             raise
         finally:
             del self._inflight[store_key]
+
+    async def _release(self, name: str, store_key: str, request: Message) -> None:
+        try:
+            await self.dedupe.release(store_key)
+        except Exception as exc:  # the claim expires by itself
+            log.warning(
+                "%s: cannot release the claim on %s: %s",
+                name,
+                store_key,
+                exc,
+                extra=about_request(request.header),
+            )
 
     async def _run(self, fn: _Handler, name: str, request: Message, kind: str) -> Reply:
         tracer = self._tracer
