@@ -129,7 +129,8 @@ class Participant:
         store_key = f"{name} {key}"
         running = self._inflight.get(store_key)
         if running is not None:
-            return await asyncio.shield(running), True
+            shared = await asyncio.shield(running)
+            return shared, shared.final  # a 5xx is not an answer kept for replay
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[store_key] = future
         claimed = False
