@@ -4,7 +4,9 @@
 :class:`SQLiteDedupeStore` in a file, so they survive a restart and are shared by the
 processes of a service on one host. Both forget a key ``ttl`` seconds (a day by
 default) after its answer was kept. Another store (Redis, PostgreSQL ...) implements
-:class:`DedupeStore`: ``get``, ``put`` keeping the first answer, ``close``.
+:class:`DedupeStore`: ``get``, ``put`` keeping the first answer, ``close``; and, when
+processes share it, ``claim`` and ``release``, so that a key being answered by one is
+not run by another meanwhile.
 """
 
 from __future__ import annotations
