@@ -165,7 +165,8 @@ class SQLiteDedupeStore(DedupeStore):
         path: the database file (created when missing).
         ttl: seconds an answer is kept; None keeps it forever.
         claim_ttl: seconds a claim holds at most: a process that dies while answering
-            blocks the key that long; a handler running longer loses its claim.
+            blocks the key that long (a minute by default, twice HttpClient's call
+            timeout); a handler running longer loses its claim.
     """
 
     def __init__(
@@ -173,7 +174,7 @@ class SQLiteDedupeStore(DedupeStore):
         path: str | os.PathLike[str],
         *,
         ttl: float | None = 86400.0,
-        claim_ttl: float = 300.0,
+        claim_ttl: float = 60.0,
     ) -> None:
         self.path = os.fspath(path)
         self.ttl = ttl
