@@ -106,3 +106,19 @@ def test_a_handler_that_cannot_be_called_is_refused_when_registered() -> None:
     with pytest.raises(ConfigurationError, match=r"Shop\.C: .* cannot be called with one"):
         shop.add_handler("Shop.C", no_parameter)
     assert shop.names == []
+
+
+async def test_a_typed_handler_s_result_is_encoded_as_a_typed_step_s_is() -> None:
+    shop = Participant(tracing=False)
+
+    class Custom:
+        pass
+
+    @shop.handler("Shop.Odd")
+    def odd(order: Order) -> Custom:
+        return Custom()  # the same on every attempt: refused for good, as for a step
+
+    reply, _ = await shop.handle("Shop.Odd", Message({"order_id": 1}))
+    error = _body(reply)["error"]
+    assert (reply.status, error["retryable"]) == (422, False)
+    assert "cannot be encoded as JSON" in error["message"]

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from .._signature import function_call
+from .._signature import function_call, result_message
 from ..errors import (
     ConfigurationError,
     DefinitionError,
@@ -289,13 +289,14 @@ def _wrap(fn: HandlerFn, name: str) -> _Handler:
         invoke = call.invoke
         if call.is_async:
 
-            async def typed(message: Message) -> Any:
-                return await invoke(message, None)  # type: ignore[arg-type]
+            async def typed(message: Message) -> Message:
+                # encoded as a typed step's result is (pydantic models too)
+                return result_message(await invoke(message, None))  # type: ignore[arg-type]
 
             return typed
 
-        def typed_sync(message: Message) -> Any:
-            return invoke(message, None)  # type: ignore[arg-type]
+        def typed_sync(message: Message) -> Message:
+            return result_message(invoke(message, None))  # type: ignore[arg-type]
 
         return _in_thread(typed_sync)
     if not _takes_one(fn):
