@@ -96,3 +96,24 @@ async def test_the_claim_of_a_process_that_died_expires(tmp_path: Path) -> None:
     await eventually(answered)
     assert ran == ["alive"]
     await alive.dedupe.close()
+
+
+async def test_a_key_answered_between_looking_and_claiming_is_replayed(tmp_path: Path) -> None:
+    ran: list[str] = []
+    gate = asyncio.Event()
+    gate.set()
+    first = _process(tmp_path / "dedupe.db", ran, gate)
+    second = _process(tmp_path / "dedupe.db", ran, gate)
+    looked = second.dedupe.get
+
+    async def then_answered_elsewhere(key: str) -> object:
+        found = await looked(key)
+        if found is None and not ran:  # `first` answers right after `second` looked
+            await first.handle("Inventory.Reserve", Message({"by": "first"}, KEY))
+        return found
+
+    second.dedupe.get = then_answered_elsewhere  # type: ignore[method-assign]
+    reply, replayed = await second.handle("Inventory.Reserve", Message({"by": "second"}, KEY))
+    assert (reply.status, replayed, ran) == (200, True, ["first"])
+    await first.dedupe.close()
+    await second.dedupe.close()

@@ -83,7 +83,8 @@ class DedupeStore(abc.ABC):
 
     async def claim(self, key: str) -> bool:
         """Mark ``key`` as being answered here, so that other processes sharing the
-        store do not run its handler meanwhile; False when another process has it.
+        store do not run its handler meanwhile; False when another process has it, or
+        has answered it since ``get`` (the caller then looks again).
 
         A store used by one process only needs none (the default: always True):
         requests of one process with the same key already wait for the first.
@@ -239,6 +240,9 @@ class SQLiteDedupeStore(DedupeStore):
         db, now = self._db(), time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self._select(key, now) is not None:  # answered since the caller looked
+                db.execute("COMMIT")
+                return False
             db.execute(
                 "DELETE FROM microsaga_dedupe_claims WHERE key = ? AND expires_at <= ?",
                 (key, now),
