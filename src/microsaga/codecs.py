@@ -21,6 +21,7 @@ __all__ = ["AesGcmCodec", "PayloadCodec", "codec_from_setting"]
 
 _VERSION = b"\x01"
 _NONCE = 12
+_TAG = 16  # AES-GCM's authentication tag
 
 
 @runtime_checkable
@@ -86,6 +87,11 @@ class AesGcmCodec:
         if len(data) < 2 or data[:1] != _VERSION:
             raise CodecError("not a value encrypted by AesGcmCodec")
         end = 2 + data[1]
+        if len(data) < end + _NONCE + _TAG:  # cut short: the cipher would raise ValueError
+            raise CodecError(
+                "stored value is too short to be one AesGcmCodec encrypted",
+                code="codec_tampered",
+            )
         kid = bytes(data[2:end])
         cipher = self._ciphers.get(kid)
         if cipher is None:
