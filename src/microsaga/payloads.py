@@ -20,6 +20,7 @@ text does, followed by a tag:
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -258,7 +259,11 @@ class Bodies:
                 raise CodecError("a stored header is encrypted and the flow has no codec")
             return encrypted
         try:
-            plain = self.codec.decode(base64.b64decode(sealed))
+            try:
+                sealed_bytes = base64.b64decode(sealed, validate=True)
+            except (binascii.Error, ValueError):
+                raise CodecError("a stored header is damaged: not base64") from None
+            plain = self.codec.decode(sealed_bytes)
         except CodecError:
             if strict:
                 raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from microsaga import CodecError, Message
+from microsaga import CodecError, Message, Metadata
 from microsaga.codecs import AesGcmCodec
 from microsaga.payloads import ENC, Bodies
 
@@ -25,3 +25,13 @@ def test_a_view_shows_a_value_cut_short_as_encrypted() -> None:
     bodies = Bodies(CODEC)
     stored = ENC + CODEC.encode(b'{"card": "4111"}')[:5]
     assert Message(bodies.body_in(stored, {}, strict=False)).json() == "[encrypted]"
+
+
+def test_a_damaged_stored_header_is_a_codec_error_and_shown_as_encrypted() -> None:
+    bodies = Bodies(CODEC)
+    damaged = Metadata({":encrypted": "abc"})  # not even base64 any more
+    assert bodies.header_in(damaged, strict=False) == Metadata(
+        {"x-microsaga-encrypted": "[encrypted]"}
+    )
+    with pytest.raises(CodecError, match="damaged"):
+        bodies.header_in(damaged)
