@@ -21,6 +21,7 @@ __all__ = ["AesGcmCodec", "PayloadCodec", "codec_from_setting"]
 
 _VERSION = b"\x01"
 _NONCE = 12
+_TAG = 16  # AES-GCM's authentication tag
 
 
 @runtime_checkable
@@ -86,6 +87,11 @@ class AesGcmCodec:
         if len(data) < 2 or data[:1] != _VERSION:
             raise CodecError("not a value encrypted by AesGcmCodec")
         end = 2 + data[1]
+        if len(data) < end + _NONCE + _TAG:  # cut short: the cipher would raise ValueError
+            raise CodecError(
+                "stored value is too short to be one AesGcmCodec encrypted",
+                code="codec_tampered",
+            )
         kid = bytes(data[2:end])
         cipher = self._ciphers.get(kid)
         if cipher is None:
@@ -104,17 +110,27 @@ class AesGcmCodec:
             ) from None
 
 
+def _key_bytes(text: str, kid: str, setting: str) -> bytes:
+    """A key in base64, of either alphabet (``+/`` or the URL-safe ``-_`` that
+    ``secrets.token_urlsafe`` writes), padding optional."""
+    padded = text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.b64decode(padded, altchars=b"-_", validate=True)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(setting, f"key {kid!r} is not base64") from None
+
+
 def codec_from_setting(text: str, setting: str = "MICROSAGA_CODEC_KEYS") -> AesGcmCodec:
-    """An :class:`AesGcmCodec` from ``id=base64key,id=base64key`` (the first encrypts)."""
+    """An :class:`AesGcmCodec` from ``id=base64key,id=base64key`` (the first encrypts);
+    a key may be written in either base64 alphabet (standard or URL-safe)."""
     keys: dict[str, bytes] = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         kid, sep, value = item.partition("=")
         if not sep or not kid.strip():
             raise ConfigurationError(setting, "expected id=base64key,id=base64key")
-        try:
-            keys[kid.strip()] = base64.b64decode(value.strip() + "=" * (-len(value) % 4))
-        except (binascii.Error, ValueError):
-            raise ConfigurationError(setting, f"key {kid.strip()!r} is not base64") from None
+        keys[kid.strip()] = _key_bytes(value.strip(), kid.strip(), setting)
     try:
         return AesGcmCodec(keys)
     except ConfigurationError as exc:

@@ -10,7 +10,9 @@ With a codec (:class:`~microsaga.codecs.PayloadCodec`), bodies and headers are s
 encoded. Stored values that are not plain JSON start with a NUL byte, which no JSON
 text does, followed by a tag:
 
-- ``REF``: the rest is the hex SHA-256 of a payload in ``payloads``;
+- ``REF``: the rest is the hex SHA-256 of a payload in ``payloads`` (of the body, or,
+  with a codec that names its current key, of ``key:<id>\x00`` and the body: a key
+  rotation stores a body anew under the new key);
 - ``ENC``: the rest is the codec's output;
 - ``RAW``: the rest is a body of the caller's that itself starts with a NUL byte.
 """
@@ -18,6 +20,7 @@ text does, followed by a tag:
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -154,7 +157,7 @@ class Bodies:
         if found is not None and found[0] is body:
             self._digests.move_to_end(id(body))
             return found[1]
-        digest = hashlib.sha256(body).hexdigest()
+        digest = hashlib.sha256(self._key_prefix() + body).hexdigest()
         self._digests[id(body)] = (body, digest)
         if len(self._digests) > 2:
             self._digests.popitem(last=False)
@@ -166,6 +169,17 @@ class Bodies:
         if body[:1] == b"\x00":
             return RAW + body
         return body
+
+    def _key_prefix(self) -> bytes:
+        """What a payload's address is hashed from before its body: the id of the key
+        that encrypts (a codec's ``current``, as :class:`~microsaga.codecs.AesGcmCodec`
+        has), so that after a key rotation a body is stored again under the new key
+        rather than referred to under the old one, which would then stay needed by
+        executions written after the rotation; nothing without a codec."""
+        current = getattr(self.codec, "current", None) if self.codec is not None else None
+        if not isinstance(current, str):
+            return b""
+        return b"key:" + current.encode() + b"\x00"
 
     def body_out(self, body: bytes, execution_id: str, pending: Pending | None) -> bytes:
         """The stored value of ``body``; a large one goes to ``pending`` (by reference)."""
@@ -245,7 +259,11 @@ class Bodies:
                 raise CodecError("a stored header is encrypted and the flow has no codec")
             return encrypted
         try:
-            plain = self.codec.decode(base64.b64decode(sealed))
+            try:
+                sealed_bytes = base64.b64decode(sealed, validate=True)
+            except (binascii.Error, ValueError):
+                raise CodecError("a stored header is damaged: not base64") from None
+            plain = self.codec.decode(sealed_bytes)
         except CodecError:
             if strict:
                 raise

@@ -19,7 +19,12 @@
 
 A handler (sync or async; a sync one runs in a worker thread) takes a
 :class:`~microsaga.Message` and returns a Message, a JSON-able value or None (an empty
-body).
+body). Or it takes typed parameters, as a typed saga step does (docs/python.md): a
+``msgspec.Struct``, dataclass, ``TypedDict`` or pydantic model gets the body decoded
+into it, a ``Message`` parameter the request; a body that does not fit is a 422
+``invalid_input`` naming the field, and the handler does not run. A handler that
+cannot be called so (no parameter, two messages, a ``StepContext``: the step's context
+stays with the step) is a ``ConfigurationError`` when it is registered.
 
 HTTP: ``POST {prefix}/Name/Method`` runs the handler registered as ``"Name.Method"``.
 The body must be JSON (or empty); the request headers, but HTTP's own, are the
@@ -35,6 +40,8 @@ status  error code              when
 404     ``unknown_endpoint``    no handler for that path
 405     ``method_not_allowed``  not a POST
 413     ``body_too_large``      the body is over ``max_body`` bytes
+503     ``in_progress``         another process sharing the dedupe store is
+                                answering the same key (``Retry-After: 1``)
 422     the error's code        the handler raised a non-retryable error, e.g.
                                 ``StepError(..., retryable=False)``: the step fails
 503     the error's code        the handler raised a retryable microsaga error (a
@@ -53,7 +60,10 @@ and 422) are kept; after a 5xx the next attempt runs the handler again. Concurre
 requests with the same key wait for the first one. Answers are kept in a
 :class:`DedupeStore`: :class:`MemoryDedupeStore` (default, this process only) or
 :class:`SQLiteDedupeStore` (survives restarts, shared by processes on one host);
-both forget keys after ``ttl`` seconds (a day by default).
+both forget keys after ``ttl`` seconds (a day by default). With a store shared by
+processes, a key being answered by one process is answered 503 ``in_progress``
+(``Retry-After: 1``) by the others, until the first answer is kept (or a claim of a
+process that died expires, ``claim_ttl``).
 
 Brokers: :meth:`Participant.subscribe` consumes a topic with the same handlers and the
 same deduplication. When the message asks for a reply (``PublishStep(reply=True)``),

@@ -4,7 +4,9 @@
 :class:`SQLiteDedupeStore` in a file, so they survive a restart and are shared by the
 processes of a service on one host. Both forget a key ``ttl`` seconds (a day by
 default) after its answer was kept. Another store (Redis, PostgreSQL ...) implements
-:class:`DedupeStore`: ``get``, ``put`` keeping the first answer, ``close``.
+:class:`DedupeStore`: ``get``, ``put`` keeping the first answer, ``close``; and, when
+processes share it, ``claim`` and ``release``, so that a key being answered by one is
+not run by another meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import os
 import sqlite3
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +81,22 @@ class DedupeStore(abc.ABC):
             stored first.
         """
 
+    async def claim(self, key: str) -> bool:
+        """Mark ``key`` as being answered here, so that other processes sharing the
+        store do not run its handler meanwhile; False when another process has it, or
+        has answered it since ``get`` (the caller then looks again).
+
+        A store used by one process only needs none (the default: always True):
+        requests of one process with the same key already wait for the first.
+        ``put`` and :meth:`release` end the claim; a process that dies leaves it to
+        expire.
+        """
+        return True
+
+    async def release(self, key: str) -> None:  # noqa: B027 - optional hook
+        """End this process's claim on ``key`` without keeping an answer (after a
+        retryable failure, the next attempt runs the handler again)."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 
@@ -126,6 +145,11 @@ CREATE TABLE IF NOT EXISTS microsaga_dedupe (
     body BLOB NOT NULL,
     header TEXT NOT NULL,
     expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS microsaga_dedupe_claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
 )
 """
 
@@ -134,18 +158,33 @@ class SQLiteDedupeStore(DedupeStore):
     """Answers kept in a SQLite file (table ``microsaga_dedupe``), so they survive a
     restart and are shared by the processes of a service on one host.
 
+    A request being answered claims its key (table ``microsaga_dedupe_claims``): the
+    same key reaching another process meanwhile is answered 503 ``in_progress`` (with
+    ``Retry-After: 1``), so the handler does not run twice at once.
+
     Args:
         path: the database file (created when missing).
         ttl: seconds an answer is kept; None keeps it forever.
+        claim_ttl: seconds a claim holds at most: a process that dies while answering
+            blocks the key that long (a minute by default, twice HttpClient's call
+            timeout); a handler running longer loses its claim.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, ttl: float | None = 86400.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ttl: float | None = 86400.0,
+        claim_ttl: float = 60.0,
+    ) -> None:
         self.path = os.fspath(path)
         self.ttl = ttl
+        self.claim_ttl = claim_ttl
+        self._owner = uuid.uuid4().hex
         # one connection used from one thread: sqlite3 objects are not shared across threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microsaga-dedupe")
         self._conn: sqlite3.Connection | None = None
-        self._next_purge = 0.0
+        self._next_purge = self._next_claim_purge = 0.0
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -155,7 +194,7 @@ class SQLiteDedupeStore(DedupeStore):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
             self._conn = conn
         return self._conn
 
@@ -186,6 +225,7 @@ class SQLiteDedupeStore(DedupeStore):
                 "INSERT OR IGNORE INTO microsaga_dedupe VALUES (?, ?, ?, ?, ?)",
                 (key, reply.status, reply.body, encode_json(reply.header).decode(), expires),
             )
+            db.execute("DELETE FROM microsaga_dedupe_claims WHERE key = ?", (key,))
             if now >= self._next_purge:
                 db.execute("DELETE FROM microsaga_dedupe WHERE expires_at <= ?", (now,))
                 self._next_purge = now + 60.0
@@ -195,6 +235,38 @@ class SQLiteDedupeStore(DedupeStore):
             db.execute("ROLLBACK")
             raise
         return kept if kept is not None else reply
+
+    def _claim(self, key: str) -> bool:
+        db, now = self._db(), time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._select(key, now) is not None:  # answered since the caller looked
+                db.execute("COMMIT")
+                return False
+            db.execute(
+                "DELETE FROM microsaga_dedupe_claims WHERE key = ? AND expires_at <= ?",
+                (key, now),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO microsaga_dedupe_claims VALUES (?, ?, ?)",
+                (key, self._owner, now + self.claim_ttl),
+            )
+            row = db.execute(
+                "SELECT owner FROM microsaga_dedupe_claims WHERE key = ?", (key,)
+            ).fetchone()
+            if now >= self._next_claim_purge:
+                db.execute("DELETE FROM microsaga_dedupe_claims WHERE expires_at <= ?", (now,))
+                self._next_claim_purge = now + 60.0
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return row is not None and row[0] == self._owner
+
+    def _release(self, key: str) -> None:
+        self._db().execute(
+            "DELETE FROM microsaga_dedupe_claims WHERE key = ? AND owner = ?", (key, self._owner)
+        )
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -208,6 +280,13 @@ class SQLiteDedupeStore(DedupeStore):
     async def put(self, key: str, reply: Reply) -> Reply:
         kept: Reply = await self._run(self._put, key, reply)
         return kept
+
+    async def claim(self, key: str) -> bool:
+        claimed: bool = await self._run(self._claim, key)
+        return claimed
+
+    async def release(self, key: str) -> None:
+        await self._run(self._release, key)
 
     async def close(self) -> None:
         await self._run(self._close)

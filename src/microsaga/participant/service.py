@@ -9,11 +9,20 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..errors import ConfigurationError, MicrosagaError, error_code, is_retryable, one_line
+from .._signature import function_call, result_message
+from ..errors import (
+    ConfigurationError,
+    DefinitionError,
+    MicrosagaError,
+    error_code,
+    is_retryable,
+    one_line,
+)
 from ..message import Message
 from ..observability.logs import about_request
 from ..observability.tracing import participant_failed, participant_span, participant_tracer
 from ..protocol import IDEMPOTENCY_HEADER
+from ..step import StepContext
 from ..transports.base import Broker, Subscription, to_message
 from . import asgi, subscriber
 from .dedupe import DedupeStore, MemoryDedupeStore, Reply, error_answer
@@ -60,6 +69,7 @@ class Participant:
         self._tracer: Any = None  # made on first use: None, the tracer, or False
         self._handlers: dict[str, _Handler] = {}
         self._inflight: dict[str, asyncio.Future[Reply]] = {}
+        self._releasing: set[asyncio.Future[None]] = set()
 
     # handlers ------------------------------------------------------------------------
 
@@ -88,7 +98,7 @@ class Participant:
             raise ConfigurationError("handler", f"{name} already has a handler")
         if not callable(fn):
             raise ConfigurationError("handler", f"{name}: {fn!r} is not callable")
-        self._handlers[name] = _wrap(fn)
+        self._handlers[name] = _wrap(fn, name)
 
     @property
     def names(self) -> list[str]:
@@ -119,12 +129,18 @@ class Participant:
         store_key = f"{name} {key}"
         running = self._inflight.get(store_key)
         if running is not None:
-            return await asyncio.shield(running), True
+            shared = await asyncio.shield(running)
+            return shared, shared.final  # a 5xx is not an answer kept for replay
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[store_key] = future
+        claimed = False
         try:
             try:
                 kept = await self.dedupe.get(store_key)
+                if kept is None:
+                    claimed = await self.dedupe.claim(store_key)
+                    # another process has the key, or has just answered it
+                    kept = None if claimed else await self.dedupe.get(store_key)
             except Exception as exc:  # without the store the handler could run twice
                 log.warning(
                     "%s: dedupe store failed: %s", name, exc, extra=about_request(request.header)
@@ -135,8 +151,21 @@ class Participant:
             if kept is not None:
                 future.set_result(kept)
                 return kept, True
+            if not claimed:
+                reply = error_answer(
+                    503,
+                    "in_progress",
+                    f"{name}: another process is answering key {key}",
+                    {"Retry-After": ["1"]},
+                )
+                future.set_result(reply)
+                return reply, False
             reply = await self._run(fn, name, request, kind)
-            if reply.final:
+            if not reply.final:
+                claimed = False
+                await self._release(name, store_key, request)
+            else:
+                claimed = False  # put ends the claim
                 try:
                     reply = await self.dedupe.put(store_key, reply)
                 except Exception as exc:  # the answer stands; only its replay is lost
@@ -147,15 +176,32 @@ class Participant:
                         exc,
                         extra=about_request(request.header),
                     )
+                    await self._release(name, store_key, request)
             future.set_result(reply)
             return reply, False
         except BaseException as exc:
             if not future.done():
                 # requests waiting on this one are told to try again
                 future.set_result(error_answer(503, "retry", f"{name}: {one_line(exc)}"))
+            if claimed:  # cancelled while running: the claim ends, or else expires
+                release = asyncio.ensure_future(self._release(name, store_key, request))
+                self._releasing.add(release)
+                release.add_done_callback(self._releasing.discard)
             raise
         finally:
             del self._inflight[store_key]
+
+    async def _release(self, name: str, store_key: str, request: Message) -> None:
+        try:
+            await self.dedupe.release(store_key)
+        except Exception as exc:  # the claim expires by itself
+            log.warning(
+                "%s: cannot release the claim on %s: %s",
+                name,
+                store_key,
+                exc,
+                extra=about_request(request.header),
+            )
 
     async def _run(self, fn: _Handler, name: str, request: Message, kind: str) -> Reply:
         tracer = self._tracer
@@ -199,7 +245,7 @@ class Participant:
         Raises:
             ConfigurationError: no ``handler`` and none registered as ``topic``.
         """
-        fn = _wrap(handler) if handler is not None else self._handlers.get(topic)
+        fn = _wrap(handler, topic) if handler is not None else self._handlers.get(topic)
         if fn is None:
             raise ConfigurationError("handler", f"no handler for topic {topic}")
 
@@ -224,12 +270,75 @@ class Participant:
         return await subscriber.subscribe(broker, topic, self.message_handler(topic, handler))
 
 
-def _wrap(fn: HandlerFn) -> _Handler:
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - callable objects
-    ):
-        return fn
+def _wrap(fn: HandlerFn, name: str) -> _Handler:
+    """``fn`` as a coroutine function of the request: called with the Message, or,
+    typed, with its parameters decoded from the body (as a typed FunctionStep is)."""
+    try:
+        call = function_call(fn)
+    except DefinitionError as exc:
+        if not _takes_one(fn):
+            raise _not_callable(fn, name) from None
+        raise ConfigurationError("handler", f"{name}: {exc.message}") from None
+    if call.typed:
+        if _takes_context(fn):
+            raise ConfigurationError(
+                "handler",
+                f"{name}: a participant's handler gets no StepContext (it runs in "
+                "another service than the step); take a Message for the header",
+            )
+        invoke = call.invoke
+        if call.is_async:
 
+            async def typed(message: Message) -> Message:
+                # encoded as a typed step's result is (pydantic models too)
+                return result_message(await invoke(message, None))  # type: ignore[arg-type]
+
+            return typed
+
+        def typed_sync(message: Message) -> Message:
+            return result_message(invoke(message, None))  # type: ignore[arg-type]
+
+        return _in_thread(typed_sync)
+    if not _takes_one(fn):
+        raise _not_callable(fn, name)
+    if call.is_async:
+        return fn
+    return _in_thread(fn)
+
+
+def _takes_one(fn: HandlerFn) -> bool:
+    """Whether ``fn`` can be called with one argument (a builtin without a signature
+    is taken at its word)."""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:
+        pass
+    return True
+
+
+def _not_callable(fn: HandlerFn, name: str) -> ConfigurationError:
+    return ConfigurationError(
+        "handler",
+        f"{name}: {fn!r} cannot be called with one Message: a handler takes (msg), or "
+        "typed parameters (data decoded from the body, a Message)",
+    )
+
+
+def _takes_context(fn: HandlerFn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    for p in params:
+        shown = p.annotation if isinstance(p.annotation, str) else None
+        if p.annotation is StepContext or (shown and shown.rsplit(".", 1)[-1] == "StepContext"):
+            return True
+    return False
+
+
+def _in_thread(fn: HandlerFn) -> _Handler:
     async def in_thread(message: Message) -> Any:
         result = await asyncio.to_thread(fn, message)
         return await result if inspect.isawaitable(result) else result
