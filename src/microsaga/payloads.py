@@ -157,7 +157,9 @@ class Bodies:
         if found is not None and found[0] is body:
             self._digests.move_to_end(id(body))
             return found[1]
-        digest = hashlib.sha256(self._key_prefix() + body).hexdigest()
+        hashed = hashlib.sha256(self._key_prefix())
+        hashed.update(body)  # not prefix + body: a copy of a body of megabytes
+        digest = hashed.hexdigest()
         self._digests[id(body)] = (body, digest)
         if len(self._digests) > 2:
             self._digests.popitem(last=False)
