@@ -604,6 +604,9 @@ class Run:
             if isinstance(found, StepRecord):
                 return found
             request = found
+        if len(request.body) > self._max_payload:  # several responses, or an input's
+            why = f"its input is {len(request.body)} bytes, over max_payload {self._max_payload}"
+            return self._settle(sid, Status.FAILURE, why, now)
         attempts = before_step.attempts + 1
         if node.waits:  # resolved by the loop: see Waiting.resolve
             # a SubflowStep's attempts are its try, which names its child

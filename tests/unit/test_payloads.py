@@ -122,6 +122,35 @@ async def test_a_signal_payload_over_max_payload_is_refused(store_url: str) -> N
     assert done.response.json() == {"x": "small"}
 
 
+async def test_a_step_whose_input_is_over_max_payload_fails_without_being_invoked(
+    store_url: str,
+) -> None:
+    # each response is under the limit; the join's input holds both, and is over it
+    joined: list[Message] = []
+
+    async def half(msg: Message) -> dict[str, str]:
+        return {"x": "y" * 600}
+
+    async def join(msg: Message) -> None:
+        joined.append(msg)
+
+    async with Flow(store_url, max_payload=1000) as flow:
+        wf = await flow.workflow_create(
+            "fan-in",
+            FunctionStep(half, id="a"),
+            FunctionStep(half, id="b"),
+            FunctionStep(join, id="join", requires=["a", "b"]),
+        )
+        with pytest.raises(ExecutionFailedError) as err:
+            await wf.execute({})
+        info = await flow.execution(err.value.execution_id)
+    assert joined == []
+    run = info.steps["join"]
+    assert (run.status, run.attempts, run.request) == (Status.FAILURE, 0, None)
+    assert run.error is not None
+    assert run.error == "its input is 1227 bytes, over max_payload 1000"
+
+
 async def test_a_step_returning_over_max_payload_fails_without_retrying(store_url: str) -> None:
     calls = []
 
