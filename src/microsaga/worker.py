@@ -646,7 +646,15 @@ class Worker:
         try:
             loaded = await self.store.load_many([c.execution_id for c in claims])
         except MicrosagaError as exc:
-            log.warning("could not load %d claimed executions: %s", len(claims), exc)
+            ids = [c.execution_id for c in claims]
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            log.warning(
+                "worker %s: could not load %d claimed executions (%s), left for a later claim: %s",
+                self.id,
+                len(ids),
+                shown,
+                one_line(exc),
+            )
             self._to_release.update((c.execution_id, c.token) for c in claims)
             return
         for claim in claims:
