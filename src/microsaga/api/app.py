@@ -447,7 +447,7 @@ class Api:
                       "Run failed steps again, or the execution anew; answers the execution "
                       "that runs (a new one for a finished execution)",
                       self.redrive, ex, body=models.Redrive, result=models.Execution,
-                      errors=(404, 409, 501, 503)),
+                      errors=(404, 409, 500, 501, 503)),
             Operation("POST", eid + "/signal", "signal",
                       "Deliver an event to the steps waiting for it",
                       self.signal, ex, body=models.Signal, body_required=True,

@@ -31,6 +31,7 @@ from http import HTTPStatus
 import msgspec
 
 from ..errors import (
+    CodecError,
     ConfigurationError,
     DefinitionError,
     ExecutionConflictError,
@@ -84,6 +85,8 @@ def status_for(exc: MicrosagaError) -> int:
         return 409
     if isinstance(exc, StoreError | TransportError):
         return 503
+    if isinstance(exc, CodecError):  # stored data the server's keys cannot read
+        return 500
     if isinstance(exc, PayloadTooLargeError):  # over the flow's max_payload
         return 413
     if isinstance(exc, DefinitionError | ConfigurationError | MissingClientError):
