@@ -8,6 +8,7 @@
   const TRUNCATE_AT = 2000; // characters of pretty JSON shown before "Show all"
   const STOPPED = new Set(["SUCCESS", "FAILURE", "ABORTED", "SUSPEND"]);
   const SVG = "http://www.w3.org/2000/svg";
+  const STEP_KINDS = ["call", "publish", "function", "wait", "sleep", "workflow", "map"];
   const main = document.getElementById("main");
   let cleanup = []; // what the current view must stop when another one opens
 
@@ -295,7 +296,7 @@
 
   // ids of a definition's steps in order, with their requirements
   function definitionSteps(definition) {
-    return (definition.steps || []).map((s) => ({ id: s.id, requires: s.requires || [] }));
+    return (definition.steps || []).map((s) => ({ id: s.id, requires: s.requires || [], kind: STEP_KINDS.find((k) => k in s) || "" }));
   }
 
   // views -------------------------------------------------------------------------------
@@ -373,18 +374,20 @@
     setNav("executions");
     let info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
     let steps = Object.keys(info.steps).map((sid) => ({ id: sid, requires: [] }));
-    let note = "The definition of this execution is not saved: requirements are not drawn.";
+    let unsaved = "The definition of this execution is not saved: requirements are not drawn.";
     if (info.version !== null) {
       try {
         const def = await api("GET", `api/workflows/${encodeURIComponent(info.workflow_id)}?version=${info.version}`);
         steps = definitionSteps(def);
-        note = "";
+        unsaved = "";
       } catch (err) { /* removed meanwhile: the steps without arrows */ }
     }
     const status = badge(info.status, { id: "execution-status", dataset: { status: info.status } });
     const live = el("span", { class: "live", id: "live", "aria-live": "polite" });
     const error = el("dd", { class: "error", id: "execution-error" }, info.error || "");
     const updated = el("dd", { id: "execution-updated" }, when(info.updated_at));
+    const note = el("dd", { id: "execution-note" }, info.note || "");
+    const noteTerm = el("dt", {}, "Note");
     const actions = el("div", { class: "toolbar", role: "toolbar", "aria-label": "Actions" });
     const dagBox = el("div", { id: "dag-box" });
     const stepBox = el("div", { class: "steps", id: "steps" });
@@ -396,13 +399,27 @@
         el("dt", {}, "Workflow"), el("dd", {}, el("a", { href: `#/workflows/${encodeURIComponent(info.workflow_id)}` }, info.workflow_id), info.version === null ? " (unsaved)" : ` version ${info.version}`),
         el("dt", {}, "Created"), el("dd", {}, when(info.created_at)),
         el("dt", {}, "Updated"), updated,
-        info.redrive_of ? [el("dt", {}, "Redrive of"), el("dd", {}, el("a", { href: `#/executions/${encodeURIComponent(info.redrive_of)}` }, info.redrive_of))] : null,
-        info.parent_id ? [el("dt", {}, "Parent"), el("dd", {}, el("a", { href: `#/executions/${encodeURIComponent(info.parent_id)}` }, info.parent_id))] : null,
+        info.deadline_at ? [el("dt", {}, "Deadline"), el("dd", {}, when(info.deadline_at))] : null,
+        noteTerm, note,
+        info.redrive_of ? [el("dt", {}, "Redrive of"), el("dd", {}, el("a", { class: "redrive-of", href: `#/executions/${encodeURIComponent(info.redrive_of)}` }, info.redrive_of))] : null,
+        info.parent_id ? [el("dt", {}, "Parent"), el("dd", {}, el("a", { class: "parent", href: `#/executions/${encodeURIComponent(info.parent_id)}` }, info.parent_id))] : null,
         el("dt", {}, "Error"), error),
-      actions, el("h2", {}, "Steps"), note ? el("p", { class: "muted" }, note) : null,
+      actions, el("h2", {}, "Steps"), unsaved ? el("p", { class: "muted" }, unsaved) : null,
       dagBox, el("h2", {}, "Request and response"), messages, el("h2", {}, "Step runs"), stepBox);
 
-    const order = steps.map((s) => s.id).concat(Object.keys(info.steps).filter((s) => !steps.some((x) => x.id === s)));
+    const kinds = Object.fromEntries(steps.map((s) => [s.id, s.kind]));
+    // a map step's runs (`<map id>[<i>]`) right after it, in element order
+    function runsOf(sid) {
+      const prefix = `${sid}[`;
+      return Object.keys(info.steps).filter((r) => r.startsWith(prefix) && /^\d+\]$/.test(r.slice(prefix.length)))
+        .sort((a, b) => parseInt(a.slice(prefix.length), 10) - parseInt(b.slice(prefix.length), 10));
+    }
+    function stepOrder() {
+      const out = [];
+      for (const s of steps) { out.push(s.id); if (kinds[s.id] === "map") out.push(...runsOf(s.id)); }
+      const seen = new Set(out);
+      return out.concat(Object.keys(info.steps).filter((s) => !seen.has(s)));
+    }
     function pick(sid) {
       const card = document.getElementById(`step-${sid}`);
       if (card) { card.scrollIntoView({ block: "nearest" }); card.focus(); }
@@ -421,14 +438,24 @@
           el("span", { class: "times" }, `attempts ${run.attempts}`),
           run.started_at ? el("span", { class: "times" }, `started ${when(run.started_at)}`) : null,
           run.finished_at ? el("span", { class: "times" }, `took ${seconds(run.started_at, run.finished_at)}`) : null),
+        kinds[sid] === "workflow" && run.status !== "PENDING" && run.status !== "SKIPPED"
+          ? el("p", {}, "Child execution: ", el("a", { class: "child", href: `#/executions/${encodeURIComponent(`${id}:${sid}`)}` }, `${id}:${sid}`)) : null,
+        kinds[sid] === "map" ? mapSummary(sid) : null,
         run.error ? el("p", { class: "error" }, run.error) : null,
         run.started_at ? el("div", { class: "two" }, jsonBlock("Request", run.request), jsonBlock("Response", run.response)) : null,
         comp ? el("div", { class: "comp", dataset: { compensation: comp.status } }, "Compensation: ", badge(comp.status),
           el("span", { class: "times" }, ` attempts ${comp.attempts} ${comp.finished_at ? "took " + seconds(comp.started_at, comp.finished_at) : ""}`),
           comp.error ? el("p", { class: "error" }, comp.error) : null) : null);
     }
+    function mapSummary(sid) {
+      const runs = runsOf(sid);
+      const counts = {};
+      for (const r of runs) counts[info.steps[r].status] = (counts[info.steps[r].status] || 0) + 1;
+      return el("p", { class: "runs muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"}`,
+        Object.entries(counts).flatMap(([st, n]) => [" ", badge(st), ` ${n}`]));
+    }
     function renderSteps() {
-      stepBox.replaceChildren(...order.map((sid) => stepCard(sid, info.steps[sid])));
+      stepBox.replaceChildren(...stepOrder().map((sid) => stepCard(sid, info.steps[sid])));
     }
     function renderMessages() {
       messages.replaceChildren(jsonBlock("Request", info.request, true), jsonBlock("Response", info.response, true));
@@ -439,6 +466,8 @@
       status.dataset.status = info.status;
       error.textContent = info.error || "";
       updated.textContent = when(info.updated_at);
+      note.textContent = info.note || "";
+      note.hidden = noteTerm.hidden = !info.note; // why it waits for a worker, while it does
       renderActions();
     }
 
@@ -505,7 +534,9 @@
           setNodeStatus(dagBox, data.step_id, data.step.status);
           const old = document.getElementById(`step-${data.step_id}`);
           const card = stepCard(data.step_id, data.step);
-          if (old) old.replaceWith(card); else stepBox.append(card);
+          const map = /^(.*)\[\d+\]$/.exec(data.step_id);
+          if (old && !(map && kinds[map[1]] === "map")) old.replaceWith(card);
+          else renderSteps(); // a map's run: in its place, and the map's counts
         }
       }, async (ended, err) => {
         live.textContent = "";
