@@ -92,12 +92,15 @@
 
   let asking = null; // one token dialog for every request that got a 401
 
-  function askToken() {
+  // refused: a token was sent and the server answered 401
+  function askToken(refused) {
     if (!asking) {
       asking = new Promise((resolve) => {
         const dialog = document.getElementById("token-dialog");
         const input = document.getElementById("token-input");
         input.value = "";
+        document.getElementById("token-refused").hidden = !refused;
+        dialog.returnValue = ""; // Escape leaves the last one: not a "save"
         dialog.addEventListener("close", () => {
           if (dialog.returnValue === "save" && input.value.trim()) {
             sessionStorage.setItem(TOKEN_KEY, input.value.trim());
@@ -133,7 +136,7 @@
       const type = response.headers.get("content-type") || "";
       const data = type.includes("json") ? await response.json() : await response.text();
       if (response.status === 401) {
-        if (await askToken()) continue;
+        if (await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) continue;
         throw new ApiError(401, data);
       }
       if (!response.ok) throw new ApiError(response.status, data);
@@ -149,7 +152,7 @@
       try {
         const response = await fetch(path, { headers: headers(false), signal: abort.signal, cache: "no-store" });
         if (response.status === 401) {
-          if (await askToken()) return onClose(false);
+          if (await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) return onClose(false);
           throw new ApiError(401, null);
         }
         if (!response.ok) throw new ApiError(response.status, await response.json());
@@ -194,7 +197,8 @@
     const okButton = document.getElementById("confirm-ok");
     okButton.textContent = ok || "OK";
     error.hidden = true;
-    box.replaceChildren(...(fields || []).map((f) => el("label", {}, f.label,
+    fields = (fields || []).filter(Boolean);
+    box.replaceChildren(...fields.map((f) => el("label", {}, f.label,
       f.kind === "json"
         ? el("textarea", { name: f.name, spellcheck: "false", "aria-describedby": "confirm-error" })
         : f.kind === "select"
@@ -501,7 +505,8 @@
         button("redrive", "Redrive…", ["FAILURE", "ABORTED", "SUSPEND"].includes(s), () => confirmAction({
           title: "Redrive this execution", text: "Runs the failed steps again (a suspended execution) or the whole execution anew (a finished one), with this input.", ok: "Redrive",
           fields: [
-            { name: "step", label: "Step (empty: every failed step)", kind: "text", value: "" },
+            // a finished execution is redriven whole: only a suspended one takes a step
+            s === "SUSPEND" ? { name: "step", label: "Step (empty: every failed step)", kind: "text", value: "" } : null,
             { name: "input", label: "Input (JSON; empty: the same request)", kind: "json", value: JSON.stringify(info.request, null, 2) }],
           run: (v) => act("redrive", { ...(v.step ? { step: v.step } : {}), ...(v.input !== undefined ? { input: v.input } : {}) })() })),
         button("signal", "Signal…", !["SUCCESS", "FAILURE", "ABORTED"].includes(s), () => confirmAction({
@@ -597,6 +602,9 @@
 
   async function route() {
     for (const stop of cleanup.splice(0)) stop();
+    // an action asked about the page left must not run on the next one
+    const confirmDialog = document.getElementById("confirm-dialog");
+    if (confirmDialog.open) confirmDialog.close("cancel");
     showAlert("");
     const hash = location.hash.replace(/^#/, "") || "/";
     const [path, query] = hash.split("?");
