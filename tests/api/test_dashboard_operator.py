@@ -177,3 +177,108 @@ def test_errors_of_actions_and_pages_are_readable(browser: Any, live: LiveServer
     driver.get(f"{live.url}/#/executions/no-such-execution")
     until(lambda: "no-such-execution" in driver.find_element(By.CSS_SELECTOR, "main .error").text)
     assert driver.find_element(By.CSS_SELECTOR, "main h1").text == "Cannot show this page"
+
+
+def rows(driver: Any) -> list[str]:
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#executions tr[data-execution-id]')]"
+        ".map((r) => r.dataset.executionId)"
+    )
+    return found
+
+
+def test_filters_and_pages_of_the_executions_list(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    signed_in(driver, live)
+    until(lambda: "No executions." in driver.find_element(By.ID, "executions").text)
+    ids = {start(live, "payment", {"n": i}) for i in range(60)}
+    failed = start(live, "payment", {"error": "declined"})
+    other = start(live, "order", {"n": 1})
+    until(lambda: all(get(live, e)["status"] != "RUNNING" for e in ids), timeout=60)
+    until(lambda: get(live, failed)["status"] == "FAILURE", what="the failed one")
+    driver.refresh()
+    Select(driver.find_element(By.ID, "filter-workflow")).select_by_value("payment")
+    until(lambda: other not in rows(driver) and len(rows(driver)) == 25, what="payment only")
+    Select(driver.find_element(By.ID, "filter-status")).select_by_value("SUCCESS")
+    until(lambda: failed not in rows(driver), what="SUCCESS only")
+    seen: list[str] = []
+    older = driver.find_element(By.ID, "older")
+    for _ in range(3):
+        page = until(lambda: rows(driver), what="a page")
+        seen += page
+        if not older.is_enabled():
+            break
+        older.click()
+        until(lambda p=page: rows(driver) != p, what="the next page")
+    assert sorted(seen) == sorted(ids)
+    assert not older.is_enabled()
+    driver.find_element(By.ID, "newer").click()
+    until(lambda: rows(driver) == seen[25:50], what="back a page")
+    # the filters are in the address: a reload keeps them
+    assert "workflow=payment" in driver.current_url
+    assert "status=SUCCESS" in driver.current_url
+    driver.refresh()
+    until(lambda: rows(driver) == seen[:25], what="the first page after a reload")
+    assert Select(driver.find_element(By.ID, "filter-status")).first_selected_option.text == (
+        "SUCCESS"
+    )
+
+
+def test_the_store_going_away_and_coming_back(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    from microsaga.errors import StoreError
+
+    driver = browser
+    eid = start(live, "order", {"n": 1})
+    signed_in(driver, live)
+    until(lambda: eid in rows(driver), what="the row")
+    assert live.flow is not None
+    flow = live.flow
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("database is locked (test)")
+
+    flow.executions = away  # type: ignore[method-assign]
+    alert = driver.find_element(By.ID, "alert")
+    until(lambda: alert.is_displayed(), what="the store said away")
+    assert "database is locked (test)" in alert.text
+    del flow.executions
+    until(lambda: not alert.is_displayed(), what="the alert gone when the store is back")
+    assert eid in rows(driver)
+
+
+def overflows(driver: Any) -> bool:
+    """The page is wider than the window: the user must scroll sideways."""
+    wider: bool = driver.execute_script(
+        "return document.documentElement.scrollWidth > document.documentElement.clientWidth"
+    )
+    return wider
+
+
+def test_long_ids_and_errors_fit_the_window(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    long_id = "order-" + "x" * 190
+    error = "the warehouse said: " + "no stock for this item; " * 200
+    eid = start(live, "held", {"error": error}, eid=long_id)
+    assert eid == long_id
+    until(lambda: get(live, eid)["status"] == "SUSPEND", what="SUSPEND")
+    signed_in(driver, live)
+    until(lambda: eid in rows(driver), what="the row")
+    assert not overflows(driver)
+    driver.get(f"{live.url}/#/executions/{eid}")
+    until(lambda: execution_status(driver) == "SUSPEND", what="the page")
+    assert not overflows(driver)
+    assert driver.find_element(By.CSS_SELECTOR, "#step-only .error").text.startswith(
+        "the warehouse said"
+    )
+    # a link naming a workflow that is not saved keeps it as the filter
+    driver.get(f"{live.url}/#/?workflow=not-saved")
+    until(lambda: "No executions." in driver.find_element(By.ID, "executions").text)
+    select = driver.find_element(By.ID, "filter-workflow")
+    assert select.get_attribute("value") == "not-saved"

@@ -322,6 +322,9 @@
     const stSelect = el("select", { name: "status", id: "filter-status" },
       el("option", { value: "" }, "All statuses"),
       ["PENDING", "RUNNING", "SUSPEND", "COMPENSATING", "SUCCESS", "FAILURE", "ABORTED"].map((s) => el("option", { value: s }, s)));
+    if (state.workflow && !workflows.items.some((w) => w.id === state.workflow)) {
+      wfSelect.append(el("option", { value: state.workflow }, state.workflow)); // not saved
+    }
     wfSelect.value = state.workflow;
     stSelect.value = state.status;
     const body = el("tbody", { id: "executions" });
@@ -344,6 +347,7 @@
       if (state.status) q.set("status", state.status);
       if (state.before) q.set("before", state.before);
       const page = await api("GET", `api/executions?${q}`);
+      showAlert(""); // the store answered again
       next = page.next;
       body.replaceChildren(...page.items.map((x) => el("tr", { dataset: { executionId: x.id } },
         el("td", { class: "id" }, el("a", { href: `#/executions/${encodeURIComponent(x.id)}` }, x.id)),
@@ -351,7 +355,7 @@
         el("td", {}, x.version === null ? "—" : String(x.version)),
         el("td", {}, badge(x.status, { dataset: { status: x.status } })),
         el("td", {}, when(x.created_at)), el("td", {}, when(x.updated_at)),
-        el("td", { class: "err", title: x.error || "" }, x.error || ""))));
+        el("td", { class: "err" }, el("div", { title: x.error || "" }, x.error || "")))));
       if (!page.items.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No executions.")));
       newer.disabled = state.cursors.length === 0;
       older.disabled = !next;
@@ -364,7 +368,15 @@
         refresh();
       }, LIST_REFRESH_MS);
     }
-    function restart() { state.cursors = []; state.before = null; load().catch((e) => showAlert(e.message)); }
+    function restart() {
+      state.cursors = []; state.before = null;
+      // the filters in the address: a reload or a shared link keeps them
+      const q = new URLSearchParams();
+      if (state.workflow) q.set("workflow", state.workflow);
+      if (state.status) q.set("status", state.status);
+      history.replaceState(null, "", `#/${q.toString() ? "?" + q : ""}`);
+      load().catch((e) => showAlert(e.message));
+    }
     wfSelect.addEventListener("change", () => { state.workflow = wfSelect.value; restart(); });
     stSelect.addEventListener("change", () => { state.status = stSelect.value; restart(); });
     older.addEventListener("click", () => { state.cursors.push(state.before); state.before = next; load().catch((e) => showAlert(e.message)); });
