@@ -282,3 +282,56 @@ def test_long_ids_and_errors_fit_the_window(browser: Any, live: LiveServer) -> N
     until(lambda: "No executions." in driver.find_element(By.ID, "executions").text)
     select = driver.find_element(By.ID, "filter-workflow")
     assert select.get_attribute("value") == "not-saved"
+
+
+def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    failed = start(live, "order", {"fail": True})
+    signed_in(driver, live, f"#/executions/{failed}")
+    until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")
+    click_action(driver, "redrive")
+    driver.find_element(By.ID, "confirm-ok").click()  # the same request: fails again
+    until(
+        lambda: driver.find_element(By.CSS_SELECTOR, "a.redrive-of").text == failed,
+        what="the redrive's page, linked to the one it redrives",
+    )
+    until(lambda: execution_status(driver) == "FAILURE", what="the redrive FAILURE")
+    driver.find_element(By.CSS_SELECTOR, "a.redrive-of").click()
+    until(lambda: driver.find_elements(By.CSS_SELECTOR, "a.redrive-of") == [])
+    assert failed in driver.find_element(By.CSS_SELECTOR, "main h1").text
+    # a saved definition: its steps as boxes, its requirements as arrows
+    driver.get(f"{live.url}/#/workflows/parent")
+    until(lambda: len(statuses(driver)) == 3, what="the parent's three boxes")
+    arrows = driver.execute_script(
+        "return [...document.querySelectorAll('.dag .edge')].map((e) => "
+        "e.dataset.from + '>' + e.dataset.to)"
+    )
+    assert sorted(arrows) == ["items>pay", "pay>confirm"]
+    driver.get(f"{live.url}/#/workflows")
+    until(lambda: driver.find_elements(By.CSS_SELECTOR, '#workflows tr[data-workflow-id="held"]'))
+
+
+def test_a_page_shows_by_itself_when_the_store_is_back(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    from microsaga.errors import StoreError
+
+    driver = browser
+    eid = start(live, "order", {"n": 1})
+    until(lambda: get(live, eid)["status"] == "SUCCESS", what="SUCCESS")
+    assert live.flow is not None
+    flow = live.flow
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("database is locked (test)")
+
+    flow.execution = away  # type: ignore[method-assign]
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(
+        lambda: "database is locked (test)" in driver.find_element(By.CSS_SELECTOR, "main").text,
+        what="the store said away",
+    )
+    del flow.execution
+    until(lambda: execution_status(driver) == "SUCCESS", what="the page once the store is back")

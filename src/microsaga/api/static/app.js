@@ -628,7 +628,13 @@
       else if (parts[0] === "workflows") await workflowsView();
       else await executionsView(params);
     } catch (err) {
-      fill(main, el("h1", {}, "Cannot show this page"), el("p", { class: "error" }, err.message));
+      const away = err instanceof ApiError && err.status === 503;
+      fill(main, el("h1", {}, "Cannot show this page"), el("p", { class: "error" }, err.message),
+        away ? el("p", { class: "muted", id: "retrying" }, "The store is unavailable: trying again every 2 s.") : null);
+      if (away) { // the store comes back: the page shows by itself
+        const timer = setTimeout(route, LIST_REFRESH_MS);
+        cleanup.push(() => clearTimeout(timer));
+      }
     }
     document.title = `microsaga ${parts.join(" ")}`.trim();
   }
