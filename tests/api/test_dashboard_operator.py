@@ -29,6 +29,13 @@ HELD: dict[str, Any] = {
     "on_failure": "suspend",
     "steps": [{"function": f"{STEP}:fail_with", "id": "only"}],
 }
+NAP: dict[str, Any] = {
+    "id": "nap",
+    "steps": [
+        {"function": f"{STEP}:fail_with", "id": "book"},
+        {"sleep": 3600, "id": "nap", "requires": ["book"]},
+    ],
+}
 PARENT: dict[str, Any] = {
     "id": "parent",
     "steps": [
@@ -43,7 +50,7 @@ PARENT: dict[str, Any] = {
 def live(tmp_path: Path) -> Iterator[LiveServer]:
     with LiveServer(f"sqlite:///{tmp_path / 'store.db'}", token=TOKEN) as server:
         with httpx.Client(base_url=server.url, headers=AUTH) as http:
-            for definition in (steps.ORDER, PAYMENT, PARENT, HELD):
+            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP):
                 answer = http.put(f"/api/workflows/{definition['id']}", json=definition)
                 assert answer.status_code == 200, answer.text
         yield server
@@ -335,3 +342,42 @@ def test_a_page_shows_by_itself_when_the_store_is_back(browser: Any, live: LiveS
     )
     del flow.execution
     until(lambda: execution_status(driver) == "SUCCESS", what="the page once the store is back")
+
+
+def fill_of(driver: Any, step: str) -> str:
+    colour: str = driver.execute_script(
+        "const n = [...document.querySelectorAll('.dag .node')]"
+        ".find((n) => n.dataset.step === arguments[0]);"
+        "return getComputedStyle(n.querySelector('rect')).fill",
+        step,
+    )
+    return colour
+
+
+def test_the_list_follows_and_an_abort_stops_a_sleep(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    signed_in(driver, live)
+    held = start(live, "order", {"gate": "list"})
+    badge = f'#executions tr[data-execution-id="{held}"] .badge'
+    until(lambda: driver.find_element(By.CSS_SELECTOR, badge).text == "RUNNING", what="RUNNING")
+    live.soon(steps.gate("list").set)
+    until(lambda: driver.find_element(By.CSS_SELECTOR, badge).text == "SUCCESS", what="live")
+    # a sleeping step: WAITING, in its own colour; abort without compensating
+    napping = start(live, "nap", {"n": 1})
+    driver.get(f"{live.url}/#/executions/{napping}")
+    until(lambda: statuses(driver).get("nap") == "WAITING", what="nap WAITING")
+    assert statuses(driver)["book"] == "SUCCESS"
+    assert fill_of(driver, "nap") != fill_of(driver, "book")
+    click_action(driver, "abort")
+    Select(
+        driver.find_element(By.CSS_SELECTOR, '#confirm-fields select[name="compensate"]')
+    ).select_by_value("no")
+    driver.find_element(By.ID, "confirm-ok").click()
+    until(lambda: execution_status(driver) == "ABORTED", what="ABORTED")
+    assert statuses(driver)["book"] == "SUCCESS"  # not compensated
+    buttons = driver.find_elements(By.CSS_SELECTOR, "button[data-action]")
+    enabled = [b.get_attribute("data-action") for b in buttons if b.is_enabled()]
+    assert enabled == ["redrive"]
