@@ -133,6 +133,14 @@ def test_a_wrong_token_is_said_to_be_refused(browser: Any, live: LiveServer) -> 
         what="the token said to be refused",
     )
     assert dialog.get_attribute("open") is not None
+    # Escape gives up: the page says why, and does not ask again by itself
+    driver.find_element(By.ID, "token-input").send_keys(Keys.ESCAPE)
+    until(lambda: dialog.get_attribute("open") is None, what="the dialog closed")
+    until(lambda: "Cannot show this page" in driver.find_element(By.ID, "main").text)
+    assert dialog.get_attribute("open") is None
+    driver.find_element(By.ID, "token-button").click()
+    until(lambda: dialog.get_attribute("open") is not None, what="asked from the Token button")
+    assert not driver.find_element(By.ID, "token-refused").is_displayed()
     driver.find_element(By.ID, "token-input").send_keys(TOKEN + Keys.ENTER)
     until(lambda: driver.find_element(By.ID, "executions"), what="the executions list")
 

@@ -91,6 +91,7 @@
   }
 
   let asking = null; // one token dialog for every request that got a 401
+  let declined = false; // the dialog was dismissed: ask again only from the Token button
 
   // refused: a token was sent and the server answered 401
   function askToken(refused) {
@@ -108,6 +109,7 @@
             sessionStorage.removeItem(TOKEN_KEY);
           }
           asking = null;
+          declined = dialog.returnValue !== "save";
           resolve(dialog.returnValue === "save");
         }, { once: true });
         dialog.showModal();
@@ -136,7 +138,7 @@
       const type = response.headers.get("content-type") || "";
       const data = type.includes("json") ? await response.json() : await response.text();
       if (response.status === 401) {
-        if (await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) continue;
+        if (!declined && await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) continue;
         throw new ApiError(401, data);
       }
       if (!response.ok) throw new ApiError(response.status, data);
@@ -152,7 +154,7 @@
       try {
         const response = await fetch(path, { headers: headers(false), signal: abort.signal, cache: "no-store" });
         if (response.status === 401) {
-          if (await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) return onClose(false);
+          if (!declined && await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) return onClose(false);
           throw new ApiError(401, null);
         }
         if (!response.ok) throw new ApiError(response.status, await response.json());
