@@ -389,3 +389,32 @@ def test_the_list_follows_and_an_abort_stops_a_sleep(browser: Any, live: LiveSer
     buttons = driver.find_elements(By.CSS_SELECTOR, "button[data-action]")
     enabled = [b.get_attribute("data-action") for b in buttons if b.is_enabled()]
     assert enabled == ["redrive"]
+
+
+def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    from microsaga import FunctionStep
+
+    from . import operator_steps
+
+    driver = browser
+    flow = live.flow
+    assert flow is not None
+
+    async def run() -> str:
+        wf = await flow.workflow_create("adhoc", FunctionStep(operator_steps.item, id="one"))
+        return await flow.execute(wf, {"n": 1})
+
+    eid = live.call(run)
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: execution_status(driver) == "SUCCESS", what="the unsaved one")
+    assert statuses(driver) == {"one": "SUCCESS"}
+    # its workflow, never saved, leads to its executions, not to a missing definition
+    driver.find_element(By.CSS_SELECTOR, "main .meta a.workflow").click()
+    until(lambda: rows(driver) == [eid], what="its executions")
+    assert driver.find_element(By.ID, "filter-workflow").get_attribute("value") == "adhoc"
+    row = f'#executions tr[data-execution-id="{eid}"]'
+    driver.find_element(By.CSS_SELECTOR, f"{row} a.workflow").click()
+    until(lambda: rows(driver) == [eid], what="the same list from its row")
+    assert "Cannot show" not in driver.find_element(By.ID, "main").text

@@ -307,6 +307,12 @@
 
   // views -------------------------------------------------------------------------------
 
+  // a saved workflow's link goes to its definition; an unsaved one's to its executions
+  function workflowLink(x) {
+    const wid = encodeURIComponent(x.workflow_id);
+    return el("a", { class: "workflow", href: x.version === null ? `#/?workflow=${wid}` : `#/workflows/${wid}` }, x.workflow_id);
+  }
+
   function setNav(section) {
     for (const a of document.querySelectorAll("[data-nav]")) {
       if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
@@ -353,7 +359,7 @@
       next = page.next;
       body.replaceChildren(...page.items.map((x) => el("tr", { dataset: { executionId: x.id } },
         el("td", { class: "id" }, el("a", { href: `#/executions/${encodeURIComponent(x.id)}` }, x.id)),
-        el("td", {}, el("a", { href: `#/workflows/${encodeURIComponent(x.workflow_id)}` }, x.workflow_id)),
+        el("td", {}, workflowLink(x)),
         el("td", {}, x.version === null ? "—" : String(x.version)),
         el("td", {}, badge(x.status, { dataset: { status: x.status } })),
         el("td", {}, when(x.created_at)), el("td", {}, when(x.updated_at)),
@@ -414,7 +420,7 @@
       el("h1", {}, "Execution ", el("span", { class: "id" }, info.id)),
       el("dl", { class: "meta" },
         el("dt", {}, "Status"), el("dd", {}, status, live),
-        el("dt", {}, "Workflow"), el("dd", {}, el("a", { href: `#/workflows/${encodeURIComponent(info.workflow_id)}` }, info.workflow_id), info.version === null ? " (unsaved)" : ` version ${info.version}`),
+        el("dt", {}, "Workflow"), el("dd", {}, workflowLink(info), info.version === null ? " (unsaved)" : ` version ${info.version}`),
         el("dt", {}, "Created"), el("dd", {}, when(info.created_at)),
         el("dt", {}, "Updated"), updated,
         info.deadline_at ? [el("dt", {}, "Deadline"), el("dd", {}, when(info.deadline_at))] : null,
