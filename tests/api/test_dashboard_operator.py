@@ -292,6 +292,12 @@ def test_long_ids_and_errors_fit_the_window(browser: Any, live: LiveServer) -> N
     assert driver.find_element(By.CSS_SELECTOR, "#step-only .error").text.startswith(
         "the warehouse said"
     )
+    # the large request is cut, and shown whole on demand
+    request = driver.find_element(By.CSS_SELECTOR, "#messages details.json")
+    assert len(request.find_element(By.TAG_NAME, "pre").text) < len(error)
+    request.find_element(By.CSS_SELECTOR, "button.show-all").click()
+    whole = json.loads(request.find_element(By.TAG_NAME, "pre").get_attribute("textContent"))
+    assert whole == {"error": error}
     # a link naming a workflow that is not saved keeps it as the filter
     driver.get(f"{live.url}/#/?workflow=not-saved")
     until(lambda: "No executions." in driver.find_element(By.ID, "executions").text)
@@ -410,6 +416,23 @@ def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: Liv
     signed_in(driver, live, f"#/executions/{eid}")
     until(lambda: execution_status(driver) == "SUCCESS", what="the unsaved one")
     assert statuses(driver) == {"one": "SUCCESS"}
+
+    async def held() -> str:
+        wf = await flow.workflow_create(
+            "adhoc-held",
+            FunctionStep(steps.held, id="first"),
+            FunctionStep(operator_steps.item, id="then", requires=["first"]),
+        )
+        return await flow.execute(wf, {"gate": "adhoc"}, async_=True)
+
+    running = live.call(held)
+    driver.get(f"{live.url}/#/executions/{running}")
+    until(lambda: statuses(driver).get("first") == "RUNNING", what="first RUNNING")
+    live.soon(steps.gate("adhoc").set)
+    until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS, live")
+    assert statuses(driver) == {"first": "SUCCESS", "then": "SUCCESS"}
+    driver.get(f"{live.url}/#/executions/{eid}")
+    until(lambda: execution_status(driver) == "SUCCESS", what="the unsaved one")
     # its workflow, never saved, leads to its executions, not to a missing definition
     driver.find_element(By.CSS_SELECTOR, "main .meta a.workflow").click()
     until(lambda: rows(driver) == [eid], what="its executions")
