@@ -441,3 +441,28 @@ def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: Liv
     driver.find_element(By.CSS_SELECTOR, f"{row} a.workflow").click()
     until(lambda: rows(driver) == [eid], what="the same list from its row")
     assert "Cannot show" not in driver.find_element(By.ID, "main").text
+
+
+def test_an_id_with_url_characters_is_shown_and_steered(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    odd = "odd%20?x=1#frag&y+z'\"<b>é"
+    eid = start(live, "held", {"error": "no"}, eid=odd)
+    until(lambda: get_odd(live, eid)["status"] == "SUSPEND", what="SUSPEND")
+    signed_in(driver, live)
+    until(lambda: eid in rows(driver), what="the row")
+    driver.find_element(By.CSS_SELECTOR, "#executions tr[data-execution-id] td.id a").click()
+    until(lambda: execution_status(driver) == "SUSPEND", what="its page")
+    assert driver.find_element(By.CSS_SELECTOR, "main h1 .id").text == eid
+    click_action(driver, "abort")
+    driver.find_element(By.ID, "confirm-ok").click()
+    until(lambda: execution_status(driver) == "ABORTED", what="ABORTED from its page")
+
+
+def get_odd(live: LiveServer, eid: str) -> dict[str, Any]:
+    from urllib.parse import quote
+
+    answer = httpx.get(f"{live.url}/api/executions/{quote(eid, safe='')}", headers=AUTH)
+    info: dict[str, Any] = answer.json()
+    return info
