@@ -466,3 +466,30 @@ def get_odd(live: LiveServer, eid: str) -> dict[str, Any]:
     answer = httpx.get(f"{live.url}/api/executions/{quote(eid, safe='')}", headers=AUTH)
     info: dict[str, Any] = answer.json()
     return info
+
+
+def test_why_an_execution_waits_for_a_worker_is_shown(browser: Any, live: LiveServer) -> None:
+    import dataclasses
+
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    eid = start(live, "order", {"gate": "noted"})
+    assert live.flow is not None
+    flow = live.flow
+    note = "no worker can run step reserve: no address for service 'inventory'"
+    read_one, read_many = flow.execution, flow.executions
+
+    async def one(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(await read_one(*args, **kwargs), note=note)
+
+    async def many(*args: Any, **kwargs: Any) -> Any:
+        return [dataclasses.replace(x, note=note) for x in await read_many(*args, **kwargs)]
+
+    flow.execution, flow.executions = one, many  # type: ignore[method-assign]
+    signed_in(driver, live)
+    cell = f'#executions tr[data-execution-id="{eid}"] td.err'
+    until(lambda: driver.find_element(By.CSS_SELECTOR, cell).text == note, what="in the list")
+    driver.get(f"{live.url}/#/executions/{eid}")
+    until(lambda: driver.find_element(By.ID, "execution-note").text == note, what="on its page")
+    del flow.execution, flow.executions

@@ -344,7 +344,7 @@
       el("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
         el("label", {}, "Workflow", wfSelect), el("label", {}, "Status", stSelect),
         el("span", { class: "live", "aria-live": "polite" }, "statuses refresh every 2 s")),
-      el("table", {}, el("thead", {}, el("tr", {}, ["Execution", "Workflow", "Version", "Status", "Created", "Updated", "Error"].map((h) => el("th", { scope: "col" }, h)))), body),
+      el("table", {}, el("thead", {}, el("tr", {}, ["Execution", "Workflow", "Version", "Status", "Created", "Updated", "Error or note"].map((h) => el("th", { scope: "col" }, h)))), body),
       el("div", { class: "pager" }, newer, older, info));
 
     let next = null;
@@ -363,7 +363,8 @@
         el("td", {}, x.version === null ? "—" : String(x.version)),
         el("td", {}, badge(x.status, { dataset: { status: x.status } })),
         el("td", {}, when(x.created_at)), el("td", {}, when(x.updated_at)),
-        el("td", { class: "err" }, el("div", { title: x.error || "" }, x.error || "")))));
+        el("td", { class: "err" }, x.error ? el("div", { title: x.error }, x.error)
+          : el("div", { class: "muted", title: x.note || "" }, x.note || "")))));
       if (!page.items.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No executions.")));
       newer.disabled = state.cursors.length === 0;
       older.disabled = !next;
