@@ -91,6 +91,7 @@ def test_a_child_and_map_runs_from_the_parent_page(browser: Any, live: LiveServe
     runs = driver.find_elements(By.CSS_SELECTOR, '#steps .step[data-step^="items["]')
     assert [r.get_attribute("data-step") for r in runs] == ["items[0]", "items[1]", "items[2]"]
     assert {r.get_attribute("data-status") for r in runs} == {"SUCCESS"}
+    assert all("run" in r.get_attribute("class").split() for r in runs)  # set under it
     assert driver.find_element(By.CSS_SELECTOR, "#step-items .runs").text == "3 runs SUCCESS 3"
     # the workflow step links to its child, and the child back to its parent
     link = driver.find_element(By.CSS_SELECTOR, "#step-pay a.child")

@@ -458,7 +458,9 @@
     function stepCard(sid, run) {
       run = run || { status: "PENDING", attempts: 0, request: null, response: null, error: null, started_at: null, finished_at: null, compensation: null };
       const comp = run.compensation;
-      return el("section", { class: `step st-${run.status}`, id: `step-${sid}`, tabindex: "-1", dataset: { step: sid, status: run.status }, "aria-label": `Step ${sid}` },
+      const ofMap = /^(.*)\[\d+\]$/.exec(sid);
+      const isRun = Boolean(ofMap && kinds[ofMap[1]] === "map");
+      return el("section", { class: `step st-${run.status}${isRun ? " run" : ""}`, id: `step-${sid}`, tabindex: "-1", dataset: { step: sid, status: run.status }, "aria-label": `Step ${sid}` },
         el("header", {}, el("span", { class: "name" }, sid), badge(run.status),
           el("span", { class: "times" }, `attempts ${run.attempts}`),
           run.started_at ? el("span", { class: "times" }, `started ${when(run.started_at)}`) : null,
