@@ -326,6 +326,11 @@ def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: Live
     # a saved definition: its steps as boxes, its requirements as arrows
     driver.get(f"{live.url}/#/workflows/parent")
     until(lambda: len(statuses(driver)) == 3, what="the parent's three boxes")
+    kinds = driver.execute_script(
+        "return [...document.querySelectorAll('.dag .node')].map((n) => "
+        "n.dataset.step + ':' + n.querySelector('.status').textContent)"
+    )
+    assert sorted(kinds) == ["confirm:wait", "items:map", "pay:workflow"]  # not PENDING
     arrows = driver.execute_script(
         "return [...document.querySelectorAll('.dag .edge')].map((e) => "
         "e.dataset.from + '>' + e.dataset.to)"

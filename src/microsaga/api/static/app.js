@@ -243,7 +243,8 @@
 
   // the DAG ---------------------------------------------------------------------------
 
-  // steps: [{id, requires: [...]}]; statuses: {id: status}; onPick(id)
+  // steps: [{id, requires: [...], kind}]; statuses: {id: status}, or null for a
+  // definition (its boxes say their kind: there is no status); onPick(id)
   function drawDag(steps, statuses, onPick) {
     const wrap = el("div", { class: "dag", role: "group", "aria-label": "Steps and their requirements" });
     if (!steps.length) return wrap;
@@ -272,15 +273,16 @@
     }
     for (const id of g.nodes()) {
       const n = g.node(id);
-      const status = statuses[id] || "PENDING";
-      const node = svgEl("g", { class: `node st-${status}`, "data-step": id, "data-status": status, tabindex: 0, role: "button", transform: `translate(${n.x - n.width / 2},${n.y - n.height / 2})` });
+      const kind = (steps.find((s) => s.id === id) || {}).kind || "";
+      const status = statuses ? statuses[id] || "PENDING" : null;
+      const node = svgEl("g", { class: status ? `node st-${status}` : "node def", "data-step": id, "data-kind": kind, ...(status ? { "data-status": status } : {}), tabindex: 0, role: "button", transform: `translate(${n.x - n.width / 2},${n.y - n.height / 2})` });
       const title = svgEl("title");
-      title.textContent = `${id}: ${status}`;
+      title.textContent = status ? `${id}: ${status}` : `${id}${kind ? ` (${kind})` : ""}`;
       node.append(title, svgEl("rect", { width: n.width, height: n.height }));
       const name = svgEl("text", { x: 10, y: 17 });
       name.textContent = n.label;
-      const st = svgEl("text", { x: 10, y: 33, class: "status" });
-      st.textContent = status;
+      const st = svgEl("text", { x: 10, y: 33, class: status ? "status" : "status kind" });
+      st.textContent = status || kind;
       node.append(name, st);
       node.addEventListener("click", () => onPick(id));
       node.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onPick(id); } });
@@ -617,7 +619,7 @@
       el("div", { class: "toolbar" }, el("label", {}, "Version", select), start,
         el("a", { href: `#/?workflow=${encodeURIComponent(id)}` }, "Its executions")),
       def.description ? el("p", {}, def.description) : null,
-      drawDag(definitionSteps(def), {}, () => {}),
+      drawDag(definitionSteps(def), null, () => {}),
       el("h2", {}, "Definition"), jsonBlock("JSON", def, true));
   }
 
