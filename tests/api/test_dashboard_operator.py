@@ -108,9 +108,8 @@ def test_a_child_and_map_runs_from_the_parent_page(browser: Any, live: LiveServe
     until(lambda: statuses(driver).get("confirm") == "WAITING", what="back on the parent")
     # a signal from the dashboard ends the wait
     click_action(driver, "signal")
-    driver.find_element(By.CSS_SELECTOR, '#confirm-fields input[name="event"]').send_keys(
-        "confirmed"
-    )
+    event = driver.find_element(By.CSS_SELECTOR, '#confirm-fields input[name="event"]')
+    assert event.get_attribute("value") == "confirmed"  # what the waiting step waits for
     driver.find_element(By.CSS_SELECTOR, '#confirm-fields textarea[name="payload"]').send_keys(
         '{"by": "ops"}'
     )

@@ -304,7 +304,8 @@
 
   // ids of a definition's steps in order, with their requirements
   function definitionSteps(definition) {
-    return (definition.steps || []).map((s) => ({ id: s.id, requires: s.requires || [], kind: STEP_KINDS.find((k) => k in s) || "" }));
+    return (definition.steps || []).map((s) => ({ id: s.id, requires: s.requires || [], kind: STEP_KINDS.find((k) => k in s) || "",
+      event: typeof s.wait === "string" ? s.wait : s.wait && s.wait.event }));
   }
 
   // views -------------------------------------------------------------------------------
@@ -516,6 +517,11 @@
     function compensationFailed() {
       return Object.values(info.steps).some((r) => r.compensation && r.compensation.status === "FAILURE");
     }
+    // the event a WAITING wait step waits for: what a signal most likely delivers
+    function awaited() {
+      const waiting = steps.find((x) => x.kind === "wait" && x.event && info.steps[x.id] && info.steps[x.id].status === "WAITING");
+      return waiting ? waiting.event : undefined;
+    }
     function renderActions() {
       const s = info.status;
       const running = !STOPPED.has(s) && s !== "COMPENSATING";
@@ -536,7 +542,7 @@
           run: (v) => act("redrive", { ...(v.step ? { step: v.step } : {}), ...(v.input !== undefined ? { input: v.input } : {}) })() })),
         button("signal", "Signal…", !["SUCCESS", "FAILURE", "ABORTED"].includes(s), () => confirmAction({
           title: "Signal this execution", text: "Delivers an event to the steps waiting for it.", ok: "Send",
-          fields: [{ name: "event", label: "Event", kind: "text", required: true }, { name: "payload", label: "Payload (JSON)", kind: "json", value: "" }],
+          fields: [{ name: "event", label: "Event", kind: "text", required: true, value: awaited() }, { name: "payload", label: "Payload (JSON)", kind: "json", value: "" }],
           run: (v) => act("signal", { event: v.event, ...(v.payload !== undefined ? { payload: v.payload } : {}) })() })));
     }
     function renderAll() {
