@@ -36,6 +36,12 @@ NAP: dict[str, Any] = {
         {"sleep": 3600, "id": "nap", "requires": ["book"]},
     ],
 }
+SLOWMAP: dict[str, Any] = {
+    "id": "slowmap",
+    "steps": [
+        {"map": {"over": "request.items", "step": {"function": "tests.api.steps:held"}}, "id": "m"}
+    ],
+}
 PARENT: dict[str, Any] = {
     "id": "parent",
     "steps": [
@@ -50,7 +56,7 @@ PARENT: dict[str, Any] = {
 def live(tmp_path: Path) -> Iterator[LiveServer]:
     with LiveServer(f"sqlite:///{tmp_path / 'store.db'}", token=TOKEN) as server:
         with httpx.Client(base_url=server.url, headers=AUTH) as http:
-            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP):
+            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP, SLOWMAP):
                 answer = http.put(f"/api/workflows/{definition['id']}", json=definition)
                 assert answer.status_code == 200, answer.text
         yield server
@@ -498,3 +504,36 @@ def test_why_an_execution_waits_for_a_worker_is_shown(browser: Any, live: LiveSe
     driver.get(f"{live.url}/#/executions/{eid}")
     until(lambda: driver.find_element(By.ID, "execution-note").text == note, what="on its page")
     del flow.execution, flow.executions
+
+
+def test_map_runs_update_live_without_closing_what_is_open(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    eid = start(live, "slowmap", {"items": [{"gate": "m0"}, {"gate": "m1"}, {"gate": "m2"}]})
+    signed_in(driver, live, f"#/executions/{eid}")
+    card = "#steps .step[data-step='m[{}]']"
+    until(lambda: driver.find_element(By.CSS_SELECTOR, card.format(2)), what="the runs")
+    # the operator opens the first run's request
+    driver.find_element(By.CSS_SELECTOR, f"{card.format(0)} details summary").click()
+    opened = f"{card.format(0)} details[open]"
+    assert driver.find_elements(By.CSS_SELECTOR, opened)
+    live.soon(steps.gate("m1").set)
+    until(
+        lambda: (
+            driver.find_element(By.CSS_SELECTOR, card.format(1)).get_attribute("data-status")
+            == "SUCCESS"
+        ),
+        what="m[1] SUCCESS, live",
+    )
+    assert "SUCCESS 1" in driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text
+    assert driver.find_elements(By.CSS_SELECTOR, opened), "the opened request was closed"
+    order = [
+        c.get_attribute("data-step") for c in driver.find_elements(By.CSS_SELECTOR, "#steps .step")
+    ]
+    assert order == ["m", "m[0]", "m[1]", "m[2]"]
+    for name in ("m0", "m2"):
+        live.soon(steps.gate(name).set)
+    until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS")
+    until(lambda: "SUCCESS 3" in driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text)
+    assert driver.find_elements(By.CSS_SELECTOR, opened), "closed when the execution ended"

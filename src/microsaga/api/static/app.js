@@ -484,8 +484,24 @@
       return el("p", { class: "runs muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"}`,
         Object.entries(counts).flatMap(([st, n]) => [" ", badge(st), ` ${n}`]));
     }
+    // one step's card anew, in its place; the other cards (opened bodies) stay
+    function putCard(sid) {
+      const card = stepCard(sid, info.steps[sid]);
+      const old = document.getElementById(`step-${sid}`);
+      if (old) { keepingOpen(old, () => old.replaceWith(card)); return; }
+      const order = stepOrder();
+      const after = order.slice(order.indexOf(sid) + 1).map((x) => document.getElementById(`step-${x}`)).find(Boolean);
+      stepBox.insertBefore(card, after || null);
+    }
+    // cards drawn anew: the bodies the operator opened stay open
+    function keepingOpen(root, change) {
+      const key = (d) => `${d.closest(".step").id}/${d.querySelector("summary").textContent}`;
+      const opened = new Set([...root.querySelectorAll("details[open]")].map(key));
+      change();
+      if (opened.size) for (const d of stepBox.querySelectorAll("details")) if (opened.has(key(d))) d.open = true;
+    }
     function renderSteps() {
-      stepBox.replaceChildren(...stepOrder().map((sid) => stepCard(sid, info.steps[sid])));
+      keepingOpen(stepBox, () => stepBox.replaceChildren(...stepOrder().map((sid) => stepCard(sid, info.steps[sid]))));
     }
     function renderMessages() {
       messages.replaceChildren(jsonBlock("Request", info.request, true), jsonBlock("Response", info.response, true));
@@ -568,11 +584,9 @@
         } else if (type === "step") {
           info.steps[data.step_id] = data.step;
           setNodeStatus(dagBox, data.step_id, data.step.status);
-          const old = document.getElementById(`step-${data.step_id}`);
-          const card = stepCard(data.step_id, data.step);
+          putCard(data.step_id);
           const map = /^(.*)\[\d+\]$/.exec(data.step_id);
-          if (old && !(map && kinds[map[1]] === "map")) old.replaceWith(card);
-          else renderSteps(); // a map's run: in its place, and the map's counts
+          if (map && kinds[map[1]] === "map") putCard(map[1]); // the map's counts
         }
       }, async (ended, err) => {
         live.textContent = "";
