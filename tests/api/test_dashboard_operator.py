@@ -537,3 +537,38 @@ def test_map_runs_update_live_without_closing_what_is_open(browser: Any, live: L
     until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS")
     until(lambda: "SUCCESS 3" in driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text)
     assert driver.find_elements(By.CSS_SELECTOR, opened), "closed when the execution ended"
+
+
+def test_starting_from_a_definition_and_its_refusal(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser
+    lost: dict[str, Any] = {"id": "lost", "steps": [{"call": "nowhere.Service.Do", "id": "gone"}]}
+    for description in ("first", "second"):  # two versions
+        lost["description"] = description
+        answer = httpx.put(f"{live.url}/api/workflows/lost", json=lost, headers=AUTH)
+        assert answer.status_code == 200, answer.text
+    signed_in(driver, live, "#/workflows/lost")
+    until(lambda: statuses(driver).keys() == {"gone"}, what="its box")
+    driver.find_element(By.ID, "start").click()
+    until(lambda: driver.find_element(By.ID, "confirm-dialog").get_attribute("open") is not None)
+    driver.find_element(By.ID, "confirm-ok").click()
+    error = driver.find_element(By.ID, "confirm-error")
+    until(lambda: error.is_displayed(), what="the 422 said in the dialog")
+    assert error.text == "client not set: no client and no address for service 'nowhere'"
+    driver.find_element(By.CSS_SELECTOR, "#confirm-dialog button[value=cancel]").click()
+    # an older version is shown, and not started
+    Select(driver.find_element(By.ID, "version")).select_by_value("1")
+    until(lambda: driver.execute_script("return location.hash").endswith("version=1"))
+    until(lambda: not driver.find_element(By.ID, "start").is_enabled(), what="start disabled")
+    # a saved workflow that runs: started from its page, shown
+    driver.get(f"{live.url}/#/workflows/payment")
+    until(lambda: statuses(driver).keys() == {"charge"}, what="its box")
+    driver.find_element(By.ID, "start").click()
+    editor = driver.find_element(By.CSS_SELECTOR, '#confirm-fields textarea[name="input"]')
+    editor.clear()
+    editor.send_keys('{"amount": 3}')
+    driver.find_element(By.ID, "confirm-ok").click()
+    until(lambda: execution_status(driver) == "SUCCESS", what="the started one")
+    assert driver.find_element(By.CSS_SELECTOR, "#messages pre").text.startswith("{")
