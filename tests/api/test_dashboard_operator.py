@@ -572,3 +572,44 @@ def test_starting_from_a_definition_and_its_refusal(browser: Any, live: LiveServ
     driver.find_element(By.ID, "confirm-ok").click()
     until(lambda: execution_status(driver) == "SUCCESS", what="the started one")
     assert driver.find_element(By.CSS_SELECTOR, "#messages pre").text.startswith("{")
+
+
+FAIL_READS = """
+window.failReads = true;
+const realFetch = window.fetch;
+window.fetch = (url, init) => {
+  const path = String(url);
+  if (window.failReads && /api\\/executions\\/[^/?]+$/.test(path)) {
+    const problem = {type: "about:blank", title: "Service Unavailable", status: 503,
+      detail: "the store is unavailable (test)", code: "store_unavailable"};
+    return Promise.resolve(new Response(JSON.stringify(problem),
+      {status: 503, headers: {"Content-Type": "application/problem+json"}}));
+  }
+  return realFetch(url, init);
+};
+"""
+
+
+def test_the_end_of_an_execution_is_shown_after_a_failed_read(
+    browser: Any, live: LiveServer
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    eid = start(live, "order", {"gate": "reread"})
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: statuses(driver).get("reserve") == "RUNNING", what="reserve RUNNING")
+    driver.execute_script(FAIL_READS)  # the read after the stream's end gets a 503
+    live.soon(steps.gate("reread").set)
+    alert = driver.find_element(By.ID, "alert")
+    until(lambda: "the store is unavailable (test)" in alert.text, what="the 503 said")
+    driver.execute_script("window.failReads = false")
+    response = "#messages details:nth-of-type(2) pre"
+    until(
+        lambda: (
+            '"charged": true' in driver.find_element(By.CSS_SELECTOR, response).text
+            or "sent" in driver.find_element(By.CSS_SELECTOR, response).text
+        ),
+        what="the execution's response, read again",
+    )
+    until(lambda: not alert.is_displayed(), what="the alert gone")

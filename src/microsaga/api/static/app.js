@@ -592,13 +592,24 @@
         live.textContent = "";
         if (err) { showAlert(err.message); return; }
         if (ended) {
-          info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
-          renderAll();
-          follow(); // resumed meanwhile: follow again
+          reread();
         } else {
           retry = setTimeout(follow, 2000); // the connection dropped: the stream starts with the current state
         }
       });
+    }
+    // the whole execution read again (its response comes with no event)
+    async function reread() {
+      try {
+        info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
+      } catch (e) { // the store away: say so, read it again soon
+        showAlert(e.message);
+        retry = setTimeout(reread, 2000);
+        return;
+      }
+      showAlert("");
+      renderAll();
+      follow(); // resumed meanwhile: follow again
     }
     cleanup.push(() => { if (stop) stop(); clearTimeout(retry); });
     follow();
