@@ -189,11 +189,13 @@ def test_errors_of_actions_and_pages_are_readable(browser: Any, live: LiveServer
     driver.find_element(By.CSS_SELECTOR, '#confirm-fields input[name="step"]').clear()
     driver.find_element(By.ID, "confirm-ok").click()
     until(lambda: "not valid JSON" in error.text, what="the JSON error")
-    # the input fixed, the failed step runs again in the same execution
+    # the input fixed, the failed step named, it runs again in the same execution
+    driver.find_element(By.CSS_SELECTOR, '#confirm-fields input[name="step"]').send_keys("only")
     editor.clear()
     editor.send_keys('{"fixed": true}')
     driver.find_element(By.ID, "confirm-ok").click()
     until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS after the redrive")
+    assert get(live, suspended)["steps"]["only"]["request"] == {"fixed": True}
     # an unknown execution
     driver.get(f"{live.url}/#/executions/no-such-execution")
     until(lambda: "no-such-execution" in driver.find_element(By.CSS_SELECTOR, "main .error").text)
