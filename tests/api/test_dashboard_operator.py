@@ -615,3 +615,17 @@ def test_the_end_of_an_execution_is_shown_after_a_failed_read(
         what="the execution's response, read again",
     )
     until(lambda: not alert.is_displayed(), what="the alert gone")
+
+
+def test_an_empty_store_without_a_token(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    with LiveServer(f"sqlite:///{tmp_path / 'empty.db'}") as server:
+        driver.get(server.url + "/")
+        until(lambda: "No executions." in driver.find_element(By.ID, "executions").text)
+        driver.get(f"{server.url}/#/workflows")
+        until(lambda: "No saved workflows." in driver.find_element(By.ID, "workflows").text)
+        driver.get(f"{server.url}/#/workflows/nothing")
+        until(lambda: "nothing" in driver.find_element(By.CSS_SELECTOR, "main .error").text)
+        assert driver.find_element(By.ID, "token-dialog").get_attribute("open") is None
