@@ -629,3 +629,18 @@ def test_an_empty_store_without_a_token(browser: Any, tmp_path: Path) -> None:
         driver.get(f"{server.url}/#/workflows/nothing")
         until(lambda: "nothing" in driver.find_element(By.CSS_SELECTOR, "main .error").text)
         assert driver.find_element(By.ID, "token-dialog").get_attribute("open") is None
+
+
+def test_a_suspended_execution_steered_elsewhere_shows_it(browser: Any, live: LiveServer) -> None:
+    driver = browser
+    eid = start(live, "held", {"error": "not yet"})
+    until(lambda: get(live, eid)["status"] == "SUSPEND", what="SUSPEND")
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: execution_status(driver) == "SUSPEND", what="its page")
+    # another operator, or the CLI, redrives it with a mended input
+    answer = httpx.post(
+        f"{live.url}/api/executions/{eid}/redrive", json={"input": {"ok": 1}}, headers=AUTH
+    )
+    assert answer.status_code == 200, answer.text
+    until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS without a reload")
+    assert statuses(driver) == {"only": "SUCCESS"}

@@ -5,6 +5,7 @@
 (() => {
   const TOKEN_KEY = "microsaga.token";
   const LIST_REFRESH_MS = 2000;
+  const SUSPENDED_POLL_MS = 3000; // a suspended execution's page reads it this often
   const TRUNCATE_AT = 2000; // characters of pretty JSON shown before "Show all"
   const STOPPED = new Set(["SUCCESS", "FAILURE", "ABORTED", "SUSPEND"]);
   const SVG = "http://www.w3.org/2000/svg";
@@ -575,7 +576,12 @@
     function follow() {
       if (stop) stop();
       clearTimeout(retry);
-      if (settled()) { live.textContent = ""; return; }
+      if (settled()) {
+        live.textContent = "";
+        // a suspended execution has no stream: resumed or redriven elsewhere, it shows
+        if (info.status === "SUSPEND") retry = setTimeout(watchSuspended, SUSPENDED_POLL_MS);
+        return;
+      }
       live.textContent = "live";
       stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
         if (type === "execution") {
@@ -597,6 +603,15 @@
           retry = setTimeout(follow, 2000); // the connection dropped: the stream starts with the current state
         }
       });
+    }
+    async function watchSuspended() {
+      let now = null;
+      try { now = await api("GET", `api/executions/${encodeURIComponent(id)}`); } catch (e) { /* next time */ }
+      if (now && (now.status !== info.status || now.updated_at !== info.updated_at)) {
+        info = now;
+        renderAll();
+        follow();
+      } else retry = setTimeout(watchSuspended, SUSPENDED_POLL_MS);
     }
     // the whole execution read again (its response comes with no event)
     async function reread() {
