@@ -5,9 +5,11 @@
 (() => {
   const TOKEN_KEY = "microsaga.token";
   const LIST_REFRESH_MS = 2000;
+  const SUSPENDED_POLL_MS = 3000; // a suspended execution's page reads it this often
   const TRUNCATE_AT = 2000; // characters of pretty JSON shown before "Show all"
   const STOPPED = new Set(["SUCCESS", "FAILURE", "ABORTED", "SUSPEND"]);
   const SVG = "http://www.w3.org/2000/svg";
+  const STEP_KINDS = ["call", "publish", "function", "wait", "sleep", "workflow", "map"];
   const main = document.getElementById("main");
   let cleanup = []; // what the current view must stop when another one opens
 
@@ -90,13 +92,17 @@
   }
 
   let asking = null; // one token dialog for every request that got a 401
+  let declined = false; // the dialog was dismissed: ask again only from the Token button
 
-  function askToken() {
+  // refused: a token was sent and the server answered 401
+  function askToken(refused) {
     if (!asking) {
       asking = new Promise((resolve) => {
         const dialog = document.getElementById("token-dialog");
         const input = document.getElementById("token-input");
         input.value = "";
+        document.getElementById("token-refused").hidden = !refused;
+        dialog.returnValue = ""; // Escape leaves the last one: not a "save"
         dialog.addEventListener("close", () => {
           if (dialog.returnValue === "save" && input.value.trim()) {
             sessionStorage.setItem(TOKEN_KEY, input.value.trim());
@@ -104,6 +110,7 @@
             sessionStorage.removeItem(TOKEN_KEY);
           }
           asking = null;
+          declined = dialog.returnValue !== "save";
           resolve(dialog.returnValue === "save");
         }, { once: true });
         dialog.showModal();
@@ -132,7 +139,7 @@
       const type = response.headers.get("content-type") || "";
       const data = type.includes("json") ? await response.json() : await response.text();
       if (response.status === 401) {
-        if (await askToken()) continue;
+        if (!declined && await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) continue;
         throw new ApiError(401, data);
       }
       if (!response.ok) throw new ApiError(response.status, data);
@@ -148,7 +155,7 @@
       try {
         const response = await fetch(path, { headers: headers(false), signal: abort.signal, cache: "no-store" });
         if (response.status === 401) {
-          if (await askToken()) return onClose(false);
+          if (!declined && await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY)))) return onClose(false);
           throw new ApiError(401, null);
         }
         if (!response.ok) throw new ApiError(response.status, await response.json());
@@ -193,7 +200,8 @@
     const okButton = document.getElementById("confirm-ok");
     okButton.textContent = ok || "OK";
     error.hidden = true;
-    box.replaceChildren(...(fields || []).map((f) => el("label", {}, f.label,
+    fields = (fields || []).filter(Boolean);
+    box.replaceChildren(...fields.map((f) => el("label", {}, f.label,
       f.kind === "json"
         ? el("textarea", { name: f.name, spellcheck: "false", "aria-describedby": "confirm-error" })
         : f.kind === "select"
@@ -236,7 +244,8 @@
 
   // the DAG ---------------------------------------------------------------------------
 
-  // steps: [{id, requires: [...]}]; statuses: {id: status}; onPick(id)
+  // steps: [{id, requires: [...], kind}]; statuses: {id: status}, or null for a
+  // definition (its boxes say their kind: there is no status); onPick(id)
   function drawDag(steps, statuses, onPick) {
     const wrap = el("div", { class: "dag", role: "group", "aria-label": "Steps and their requirements" });
     if (!steps.length) return wrap;
@@ -265,15 +274,16 @@
     }
     for (const id of g.nodes()) {
       const n = g.node(id);
-      const status = statuses[id] || "PENDING";
-      const node = svgEl("g", { class: `node st-${status}`, "data-step": id, "data-status": status, tabindex: 0, role: "button", transform: `translate(${n.x - n.width / 2},${n.y - n.height / 2})` });
+      const kind = (steps.find((s) => s.id === id) || {}).kind || "";
+      const status = statuses ? statuses[id] || "PENDING" : null;
+      const node = svgEl("g", { class: status ? `node st-${status}` : "node def", "data-step": id, "data-kind": kind, ...(status ? { "data-status": status } : {}), tabindex: 0, role: "button", transform: `translate(${n.x - n.width / 2},${n.y - n.height / 2})` });
       const title = svgEl("title");
-      title.textContent = `${id}: ${status}`;
+      title.textContent = status ? `${id}: ${status}` : `${id}${kind ? ` (${kind})` : ""}`;
       node.append(title, svgEl("rect", { width: n.width, height: n.height }));
       const name = svgEl("text", { x: 10, y: 17 });
       name.textContent = n.label;
-      const st = svgEl("text", { x: 10, y: 33, class: "status" });
-      st.textContent = status;
+      const st = svgEl("text", { x: 10, y: 33, class: status ? "status" : "status kind" });
+      st.textContent = status || kind;
       node.append(name, st);
       node.addEventListener("click", () => onPick(id));
       node.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onPick(id); } });
@@ -295,10 +305,17 @@
 
   // ids of a definition's steps in order, with their requirements
   function definitionSteps(definition) {
-    return (definition.steps || []).map((s) => ({ id: s.id, requires: s.requires || [] }));
+    return (definition.steps || []).map((s) => ({ id: s.id, requires: s.requires || [], kind: STEP_KINDS.find((k) => k in s) || "",
+      event: typeof s.wait === "string" ? s.wait : s.wait && s.wait.event }));
   }
 
   // views -------------------------------------------------------------------------------
+
+  // a saved workflow's link goes to its definition; an unsaved one's to its executions
+  function workflowLink(x) {
+    const wid = encodeURIComponent(x.workflow_id);
+    return el("a", { class: "workflow", href: x.version === null ? `#/?workflow=${wid}` : `#/workflows/${wid}` }, x.workflow_id);
+  }
 
   function setNav(section) {
     for (const a of document.querySelectorAll("[data-nav]")) {
@@ -317,6 +334,9 @@
     const stSelect = el("select", { name: "status", id: "filter-status" },
       el("option", { value: "" }, "All statuses"),
       ["PENDING", "RUNNING", "SUSPEND", "COMPENSATING", "SUCCESS", "FAILURE", "ABORTED"].map((s) => el("option", { value: s }, s)));
+    if (state.workflow && !workflows.items.some((w) => w.id === state.workflow)) {
+      wfSelect.append(el("option", { value: state.workflow }, state.workflow)); // not saved
+    }
     wfSelect.value = state.workflow;
     stSelect.value = state.status;
     const body = el("tbody", { id: "executions" });
@@ -328,7 +348,7 @@
       el("form", { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
         el("label", {}, "Workflow", wfSelect), el("label", {}, "Status", stSelect),
         el("span", { class: "live", "aria-live": "polite" }, "statuses refresh every 2 s")),
-      el("table", {}, el("thead", {}, el("tr", {}, ["Execution", "Workflow", "Version", "Status", "Created", "Updated", "Error"].map((h) => el("th", { scope: "col" }, h)))), body),
+      el("table", {}, el("thead", {}, el("tr", {}, ["Execution", "Workflow", "Version", "Status", "Created", "Updated", "Error or note"].map((h) => el("th", { scope: "col" }, h)))), body),
       el("div", { class: "pager" }, newer, older, info));
 
     let next = null;
@@ -339,14 +359,16 @@
       if (state.status) q.set("status", state.status);
       if (state.before) q.set("before", state.before);
       const page = await api("GET", `api/executions?${q}`);
+      showAlert(""); // the store answered again
       next = page.next;
       body.replaceChildren(...page.items.map((x) => el("tr", { dataset: { executionId: x.id } },
         el("td", { class: "id" }, el("a", { href: `#/executions/${encodeURIComponent(x.id)}` }, x.id)),
-        el("td", {}, el("a", { href: `#/workflows/${encodeURIComponent(x.workflow_id)}` }, x.workflow_id)),
+        el("td", {}, workflowLink(x)),
         el("td", {}, x.version === null ? "—" : String(x.version)),
         el("td", {}, badge(x.status, { dataset: { status: x.status } })),
         el("td", {}, when(x.created_at)), el("td", {}, when(x.updated_at)),
-        el("td", { class: "err", title: x.error || "" }, x.error || ""))));
+        el("td", { class: "err" }, x.error ? el("div", { title: x.error }, x.error)
+          : el("div", { class: "muted", title: x.note || "" }, x.note || "")))));
       if (!page.items.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No executions.")));
       newer.disabled = state.cursors.length === 0;
       older.disabled = !next;
@@ -359,7 +381,15 @@
         refresh();
       }, LIST_REFRESH_MS);
     }
-    function restart() { state.cursors = []; state.before = null; load().catch((e) => showAlert(e.message)); }
+    function restart() {
+      state.cursors = []; state.before = null;
+      // the filters in the address: a reload or a shared link keeps them
+      const q = new URLSearchParams();
+      if (state.workflow) q.set("workflow", state.workflow);
+      if (state.status) q.set("status", state.status);
+      history.replaceState(null, "", `#/${q.toString() ? "?" + q : ""}`);
+      load().catch((e) => showAlert(e.message));
+    }
     wfSelect.addEventListener("change", () => { state.workflow = wfSelect.value; restart(); });
     stSelect.addEventListener("change", () => { state.status = stSelect.value; restart(); });
     older.addEventListener("click", () => { state.cursors.push(state.before); state.before = next; load().catch((e) => showAlert(e.message)); });
@@ -373,18 +403,20 @@
     setNav("executions");
     let info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
     let steps = Object.keys(info.steps).map((sid) => ({ id: sid, requires: [] }));
-    let note = "The definition of this execution is not saved: requirements are not drawn.";
+    let unsaved = "The definition of this execution is not saved: requirements are not drawn.";
     if (info.version !== null) {
       try {
         const def = await api("GET", `api/workflows/${encodeURIComponent(info.workflow_id)}?version=${info.version}`);
         steps = definitionSteps(def);
-        note = "";
+        unsaved = "";
       } catch (err) { /* removed meanwhile: the steps without arrows */ }
     }
     const status = badge(info.status, { id: "execution-status", dataset: { status: info.status } });
     const live = el("span", { class: "live", id: "live", "aria-live": "polite" });
     const error = el("dd", { class: "error", id: "execution-error" }, info.error || "");
     const updated = el("dd", { id: "execution-updated" }, when(info.updated_at));
+    const note = el("dd", { id: "execution-note" }, info.note || "");
+    const noteTerm = el("dt", {}, "Note");
     const actions = el("div", { class: "toolbar", role: "toolbar", "aria-label": "Actions" });
     const dagBox = el("div", { id: "dag-box" });
     const stepBox = el("div", { class: "steps", id: "steps" });
@@ -393,16 +425,30 @@
       el("h1", {}, "Execution ", el("span", { class: "id" }, info.id)),
       el("dl", { class: "meta" },
         el("dt", {}, "Status"), el("dd", {}, status, live),
-        el("dt", {}, "Workflow"), el("dd", {}, el("a", { href: `#/workflows/${encodeURIComponent(info.workflow_id)}` }, info.workflow_id), info.version === null ? " (unsaved)" : ` version ${info.version}`),
+        el("dt", {}, "Workflow"), el("dd", {}, workflowLink(info), info.version === null ? " (unsaved)" : ` version ${info.version}`),
         el("dt", {}, "Created"), el("dd", {}, when(info.created_at)),
         el("dt", {}, "Updated"), updated,
-        info.redrive_of ? [el("dt", {}, "Redrive of"), el("dd", {}, el("a", { href: `#/executions/${encodeURIComponent(info.redrive_of)}` }, info.redrive_of))] : null,
-        info.parent_id ? [el("dt", {}, "Parent"), el("dd", {}, el("a", { href: `#/executions/${encodeURIComponent(info.parent_id)}` }, info.parent_id))] : null,
+        info.deadline_at ? [el("dt", {}, "Deadline"), el("dd", {}, when(info.deadline_at))] : null,
+        noteTerm, note,
+        info.redrive_of ? [el("dt", {}, "Redrive of"), el("dd", {}, el("a", { class: "redrive-of", href: `#/executions/${encodeURIComponent(info.redrive_of)}` }, info.redrive_of))] : null,
+        info.parent_id ? [el("dt", {}, "Parent"), el("dd", {}, el("a", { class: "parent", href: `#/executions/${encodeURIComponent(info.parent_id)}` }, info.parent_id))] : null,
         el("dt", {}, "Error"), error),
-      actions, el("h2", {}, "Steps"), note ? el("p", { class: "muted" }, note) : null,
+      actions, el("h2", {}, "Steps"), unsaved ? el("p", { class: "muted" }, unsaved) : null,
       dagBox, el("h2", {}, "Request and response"), messages, el("h2", {}, "Step runs"), stepBox);
 
-    const order = steps.map((s) => s.id).concat(Object.keys(info.steps).filter((s) => !steps.some((x) => x.id === s)));
+    const kinds = Object.fromEntries(steps.map((s) => [s.id, s.kind]));
+    // a map step's runs (`<map id>[<i>]`) right after it, in element order
+    function runsOf(sid) {
+      const prefix = `${sid}[`;
+      return Object.keys(info.steps).filter((r) => r.startsWith(prefix) && /^\d+\]$/.test(r.slice(prefix.length)))
+        .sort((a, b) => parseInt(a.slice(prefix.length), 10) - parseInt(b.slice(prefix.length), 10));
+    }
+    function stepOrder() {
+      const out = [];
+      for (const s of steps) { out.push(s.id); if (kinds[s.id] === "map") out.push(...runsOf(s.id)); }
+      const seen = new Set(out);
+      return out.concat(Object.keys(info.steps).filter((s) => !seen.has(s)));
+    }
     function pick(sid) {
       const card = document.getElementById(`step-${sid}`);
       if (card) { card.scrollIntoView({ block: "nearest" }); card.focus(); }
@@ -416,19 +462,47 @@
     function stepCard(sid, run) {
       run = run || { status: "PENDING", attempts: 0, request: null, response: null, error: null, started_at: null, finished_at: null, compensation: null };
       const comp = run.compensation;
-      return el("section", { class: `step st-${run.status}`, id: `step-${sid}`, tabindex: "-1", dataset: { step: sid, status: run.status }, "aria-label": `Step ${sid}` },
+      const ofMap = /^(.*)\[\d+\]$/.exec(sid);
+      const isRun = Boolean(ofMap && kinds[ofMap[1]] === "map");
+      return el("section", { class: `step st-${run.status}${isRun ? " run" : ""}`, id: `step-${sid}`, tabindex: "-1", dataset: { step: sid, status: run.status }, "aria-label": `Step ${sid}` },
         el("header", {}, el("span", { class: "name" }, sid), badge(run.status),
           el("span", { class: "times" }, `attempts ${run.attempts}`),
           run.started_at ? el("span", { class: "times" }, `started ${when(run.started_at)}`) : null,
           run.finished_at ? el("span", { class: "times" }, `took ${seconds(run.started_at, run.finished_at)}`) : null),
+        kinds[sid] === "workflow" && run.status !== "PENDING" && run.status !== "SKIPPED"
+          ? el("p", {}, "Child execution: ", el("a", { class: "child", href: `#/executions/${encodeURIComponent(`${id}:${sid}`)}` }, `${id}:${sid}`)) : null,
+        kinds[sid] === "map" ? mapSummary(sid) : null,
         run.error ? el("p", { class: "error" }, run.error) : null,
         run.started_at ? el("div", { class: "two" }, jsonBlock("Request", run.request), jsonBlock("Response", run.response)) : null,
         comp ? el("div", { class: "comp", dataset: { compensation: comp.status } }, "Compensation: ", badge(comp.status),
           el("span", { class: "times" }, ` attempts ${comp.attempts} ${comp.finished_at ? "took " + seconds(comp.started_at, comp.finished_at) : ""}`),
           comp.error ? el("p", { class: "error" }, comp.error) : null) : null);
     }
+    function mapSummary(sid) {
+      const runs = runsOf(sid);
+      const counts = {};
+      for (const r of runs) counts[info.steps[r].status] = (counts[info.steps[r].status] || 0) + 1;
+      return el("p", { class: "runs muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"}`,
+        Object.entries(counts).flatMap(([st, n]) => [" ", badge(st), ` ${n}`]));
+    }
+    // one step's card anew, in its place; the other cards (opened bodies) stay
+    function putCard(sid) {
+      const card = stepCard(sid, info.steps[sid]);
+      const old = document.getElementById(`step-${sid}`);
+      if (old) { keepingOpen(old, () => old.replaceWith(card)); return; }
+      const order = stepOrder();
+      const after = order.slice(order.indexOf(sid) + 1).map((x) => document.getElementById(`step-${x}`)).find(Boolean);
+      stepBox.insertBefore(card, after || null);
+    }
+    // cards drawn anew: the bodies the operator opened stay open
+    function keepingOpen(root, change) {
+      const key = (d) => `${d.closest(".step").id}/${d.querySelector("summary").textContent}`;
+      const opened = new Set([...root.querySelectorAll("details[open]")].map(key));
+      change();
+      if (opened.size) for (const d of stepBox.querySelectorAll("details")) if (opened.has(key(d))) d.open = true;
+    }
     function renderSteps() {
-      stepBox.replaceChildren(...order.map((sid) => stepCard(sid, info.steps[sid])));
+      keepingOpen(stepBox, () => stepBox.replaceChildren(...stepOrder().map((sid) => stepCard(sid, info.steps[sid]))));
     }
     function renderMessages() {
       messages.replaceChildren(jsonBlock("Request", info.request, true), jsonBlock("Response", info.response, true));
@@ -439,6 +513,8 @@
       status.dataset.status = info.status;
       error.textContent = info.error || "";
       updated.textContent = when(info.updated_at);
+      note.textContent = info.note || "";
+      note.hidden = noteTerm.hidden = !info.note; // why it waits for a worker, while it does
       renderActions();
     }
 
@@ -458,6 +534,11 @@
     function compensationFailed() {
       return Object.values(info.steps).some((r) => r.compensation && r.compensation.status === "FAILURE");
     }
+    // the event a WAITING wait step waits for: what a signal most likely delivers
+    function awaited() {
+      const waiting = steps.find((x) => x.kind === "wait" && x.event && info.steps[x.id] && info.steps[x.id].status === "WAITING");
+      return waiting ? waiting.event : undefined;
+    }
     function renderActions() {
       const s = info.status;
       const running = !STOPPED.has(s) && s !== "COMPENSATING";
@@ -472,12 +553,13 @@
         button("redrive", "Redrive…", ["FAILURE", "ABORTED", "SUSPEND"].includes(s), () => confirmAction({
           title: "Redrive this execution", text: "Runs the failed steps again (a suspended execution) or the whole execution anew (a finished one), with this input.", ok: "Redrive",
           fields: [
-            { name: "step", label: "Step (empty: every failed step)", kind: "text", value: "" },
+            // a finished execution is redriven whole: only a suspended one takes a step
+            s === "SUSPEND" ? { name: "step", label: "Step (empty: every failed step)", kind: "text", value: "" } : null,
             { name: "input", label: "Input (JSON; empty: the same request)", kind: "json", value: JSON.stringify(info.request, null, 2) }],
           run: (v) => act("redrive", { ...(v.step ? { step: v.step } : {}), ...(v.input !== undefined ? { input: v.input } : {}) })() })),
         button("signal", "Signal…", !["SUCCESS", "FAILURE", "ABORTED"].includes(s), () => confirmAction({
           title: "Signal this execution", text: "Delivers an event to the steps waiting for it.", ok: "Send",
-          fields: [{ name: "event", label: "Event", kind: "text", required: true }, { name: "payload", label: "Payload (JSON)", kind: "json", value: "" }],
+          fields: [{ name: "event", label: "Event", kind: "text", required: true, value: awaited() }, { name: "payload", label: "Payload (JSON)", kind: "json", value: "" }],
           run: (v) => act("signal", { event: v.event, ...(v.payload !== undefined ? { payload: v.payload } : {}) })() })));
     }
     function renderAll() {
@@ -494,7 +576,12 @@
     function follow() {
       if (stop) stop();
       clearTimeout(retry);
-      if (settled()) { live.textContent = ""; return; }
+      if (settled()) {
+        live.textContent = "";
+        // a suspended execution has no stream: resumed or redriven elsewhere, it shows
+        if (info.status === "SUSPEND") retry = setTimeout(watchSuspended, SUSPENDED_POLL_MS);
+        return;
+      }
       live.textContent = "live";
       stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
         if (type === "execution") {
@@ -503,21 +590,41 @@
         } else if (type === "step") {
           info.steps[data.step_id] = data.step;
           setNodeStatus(dagBox, data.step_id, data.step.status);
-          const old = document.getElementById(`step-${data.step_id}`);
-          const card = stepCard(data.step_id, data.step);
-          if (old) old.replaceWith(card); else stepBox.append(card);
+          putCard(data.step_id);
+          const map = /^(.*)\[\d+\]$/.exec(data.step_id);
+          if (map && kinds[map[1]] === "map") putCard(map[1]); // the map's counts
         }
       }, async (ended, err) => {
         live.textContent = "";
         if (err) { showAlert(err.message); return; }
         if (ended) {
-          info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
-          renderAll();
-          follow(); // resumed meanwhile: follow again
+          reread();
         } else {
           retry = setTimeout(follow, 2000); // the connection dropped: the stream starts with the current state
         }
       });
+    }
+    async function watchSuspended() {
+      let now = null;
+      try { now = await api("GET", `api/executions/${encodeURIComponent(id)}`); } catch (e) { /* next time */ }
+      if (now && (now.status !== info.status || now.updated_at !== info.updated_at)) {
+        info = now;
+        renderAll();
+        follow();
+      } else retry = setTimeout(watchSuspended, SUSPENDED_POLL_MS);
+    }
+    // the whole execution read again (its response comes with no event)
+    async function reread() {
+      try {
+        info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
+      } catch (e) { // the store away: say so, read it again soon
+        showAlert(e.message);
+        retry = setTimeout(reread, 2000);
+        return;
+      }
+      showAlert("");
+      renderAll();
+      follow(); // resumed meanwhile: follow again
     }
     cleanup.push(() => { if (stop) stop(); clearTimeout(retry); });
     follow();
@@ -558,7 +665,7 @@
       el("div", { class: "toolbar" }, el("label", {}, "Version", select), start,
         el("a", { href: `#/?workflow=${encodeURIComponent(id)}` }, "Its executions")),
       def.description ? el("p", {}, def.description) : null,
-      drawDag(definitionSteps(def), {}, () => {}),
+      drawDag(definitionSteps(def), null, () => {}),
       el("h2", {}, "Definition"), jsonBlock("JSON", def, true));
   }
 
@@ -566,6 +673,9 @@
 
   async function route() {
     for (const stop of cleanup.splice(0)) stop();
+    // an action asked about the page left must not run on the next one
+    const confirmDialog = document.getElementById("confirm-dialog");
+    if (confirmDialog.open) confirmDialog.close("cancel");
     showAlert("");
     const hash = location.hash.replace(/^#/, "") || "/";
     const [path, query] = hash.split("?");
@@ -577,7 +687,13 @@
       else if (parts[0] === "workflows") await workflowsView();
       else await executionsView(params);
     } catch (err) {
-      fill(main, el("h1", {}, "Cannot show this page"), el("p", { class: "error" }, err.message));
+      const away = err instanceof ApiError && err.status === 503;
+      fill(main, el("h1", {}, "Cannot show this page"), el("p", { class: "error" }, err.message),
+        away ? el("p", { class: "muted", id: "retrying" }, "The store is unavailable: trying again every 2 s.") : null);
+      if (away) { // the store comes back: the page shows by itself
+        const timer = setTimeout(route, LIST_REFRESH_MS);
+        cleanup.push(() => clearTimeout(timer));
+      }
     }
     document.title = `microsaga ${parts.join(" ")}`.trim();
   }
