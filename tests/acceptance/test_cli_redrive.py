@@ -71,7 +71,9 @@ def test_redrive_of_a_finished_execution_and_list_json(tmp_path: Path, env: dict
     assert [item["id"] for item in listed] == [new, old]
     assert set(listed[0]) == {
         "id", "workflow_id", "version", "status", "error", "note", "created_at", "updated_at",
+        "parent_id", "redrive_of",
     }  # fmt: skip
+    assert (listed[0]["redrive_of"], listed[1]["redrive_of"]) == (old, None)
     refused = cli("redrive", old, "--step", "picky", extra_env=env)
     assert refused.returncode == 2
     assert refused.stderr.startswith("error[invalid_transition]: ")

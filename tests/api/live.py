@@ -76,7 +76,15 @@ class LiveServer:
             self.flow = flow
             app = create_app(flow, token=self.token)
             server = uvicorn.Server(
-                uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+                uvicorn.Config(
+                    app,
+                    log_level="warning",
+                    lifespan="off",
+                    access_log=False,
+                    # as `microsaga serve`: a browser's event stream, reopened while
+                    # the server stops, does not hold the stop for ever
+                    timeout_graceful_shutdown=10,
+                )
             )
             task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
             while not server.started:

@@ -644,3 +644,48 @@ def test_a_suspended_execution_steered_elsewhere_shows_it(browser: Any, live: Li
     assert answer.status_code == 200, answer.text
     until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS without a reload")
     assert statuses(driver) == {"only": "SUCCESS"}
+
+
+def test_the_list_says_where_an_execution_came_from(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    parent = start(live, "parent", {"items": [1]})
+    failed = start(live, "order", {"fail": True})
+    until(lambda: get(live, failed)["status"] == "FAILURE", what="the order FAILURE")
+    redriven = httpx.post(f"{live.url}/api/executions/{failed}/redrive", headers=AUTH)
+    assert redriven.status_code == 200, redriven.text
+    again = redriven.json()["id"]
+    child = f"{parent}:pay"
+    until(lambda: get(live, child).get("status") == "SUCCESS", what="the child SUCCESS")
+    listed = httpx.get(f"{live.url}/api/executions", headers=AUTH).json()["items"]
+    found = {x["id"]: (x["parent_id"], x["redrive_of"]) for x in listed}
+    assert (found[child], found[again], found[parent]) == (
+        (parent, None),
+        (None, failed),
+        (None, None),
+    )
+    signed_in(driver, live)
+    until(lambda: child in rows(driver) and again in rows(driver), what="both listed")
+
+    def said(eid: str) -> list[str]:
+        row = driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-execution-id="{eid}"]')
+        return [line.text for line in row.find_elements(By.CSS_SELECTOR, ".lineage")]
+
+    assert said(child) == [f"child of {parent}"]
+    assert said(again) == [f"redrives {failed}"]
+    assert said(parent) == []
+    row = driver.find_element(By.CSS_SELECTOR, f'#executions tr[data-execution-id="{child}"]')
+    row.find_element(By.CSS_SELECTOR, ".lineage a").click()
+    until(
+        lambda: (
+            driver.execute_script("return decodeURIComponent(location.hash)")
+            == f"#/executions/{parent}"
+        ),
+        what="the parent's page",
+    )
+    # the parent ends, and its page's event stream with it: the server stops at once
+    signal = {"event": "confirmed", "payload": {}}
+    answer = httpx.post(f"{live.url}/api/executions/{parent}/signal", json=signal, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    until(lambda: execution_status(driver) == "SUCCESS", what="the parent SUCCESS")

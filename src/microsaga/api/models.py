@@ -113,6 +113,8 @@ class ExecutionSummary(Struct):
     note: str | None
     created_at: datetime
     updated_at: datetime
+    parent_id: str | None = None  # a sub-workflow's child: its parent's id
+    redrive_of: str | None = None  # the execution this one redrives
 
 
 class ExecutionPage(Struct):
@@ -312,6 +314,8 @@ def summary(info: core.Execution) -> ExecutionSummary:
         note=info.note,
         created_at=info.created_at,
         updated_at=info.updated_at,
+        parent_id=info.parent_id,
+        redrive_of=info.redrive_of,
     )
 
 

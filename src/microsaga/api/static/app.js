@@ -317,6 +317,14 @@
     return el("a", { class: "workflow", href: x.version === null ? `#/?workflow=${wid}` : `#/workflows/${wid}` }, x.workflow_id);
   }
 
+  // where an execution in a list came from: its parent (a child), the one it redrives
+  function lineage(x) {
+    const link = (cls, said, eid) => el("div", { class: `muted lineage ${cls}` }, said,
+      el("a", { href: `#/executions/${encodeURIComponent(eid)}` }, eid));
+    return [x.parent_id && link("of-parent", "child of ", x.parent_id),
+      x.redrive_of && link("of-redriven", "redrives ", x.redrive_of)].filter(Boolean);
+  }
+
   function setNav(section) {
     for (const a of document.querySelectorAll("[data-nav]")) {
       if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
@@ -362,7 +370,7 @@
       showAlert(""); // the store answered again
       next = page.next;
       body.replaceChildren(...page.items.map((x) => el("tr", { dataset: { executionId: x.id } },
-        el("td", { class: "id" }, el("a", { href: `#/executions/${encodeURIComponent(x.id)}` }, x.id)),
+        el("td", { class: "id" }, el("a", { href: `#/executions/${encodeURIComponent(x.id)}` }, x.id), ...lineage(x)),
         el("td", {}, workflowLink(x)),
         el("td", {}, x.version === null ? "—" : String(x.version)),
         el("td", {}, badge(x.status, { dataset: { status: x.status } })),
