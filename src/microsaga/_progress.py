@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -138,26 +139,25 @@ def show_lines(info: Execution) -> list[str]:
     def when(run: StepRun) -> str:
         return run.started_at.isoformat(timespec="milliseconds") if run.started_at else "-"
 
-    lines = [
-        f"execution  {info.id}",
-        f"workflow   {info.workflow_id}" + (f" v{info.version}" if info.version else ""),
-        f"status     {info.status.name}",
-        f"created    {info.created_at.isoformat(timespec='milliseconds')}",
-        f"updated    {info.updated_at.isoformat(timespec='milliseconds')}",
+    def stamp(at: datetime | None) -> str | None:
+        return at.isoformat(timespec="milliseconds") if at is not None else None
+
+    version = f" v{info.version}" if info.version else ""
+    fields = [  # a line each, those with a value
+        ("execution", info.id),
+        ("workflow", info.workflow_id + version),
+        ("status", info.status.name),
+        ("created", stamp(info.created_at)),
+        ("updated", stamp(info.updated_at)),
+        ("parent", info.parent_id),
+        ("redrive of", info.redrive_of),
+        ("deadline", stamp(info.deadline_at)),
+        ("request", _shown_body(info.request)),
+        ("error", info.error or None),
+        ("note", info.note or None),
+        ("response", _shown_body(info.response) if info.response is not None else None),
     ]
-    if info.parent_id:
-        lines.append(f"parent     {info.parent_id}")
-    if info.redrive_of:
-        lines.append(f"redrive of {info.redrive_of}")
-    if info.deadline_at is not None:
-        lines.append(f"deadline   {info.deadline_at.isoformat(timespec='milliseconds')}")
-    lines.append(f"request    {_shown_body(info.request)}")
-    if info.error:
-        lines.append(f"error      {info.error}")
-    if info.note:
-        lines.append(f"note       {info.note}")
-    if info.response is not None:
-        lines.append(f"response   {_shown_body(info.response)}")
+    lines = [f"{label:<10} {value}" for label, value in fields if value is not None]
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
     for name in ("STEP", "STATUS", "ATTEMPTS", "STARTED", "TIME", "ERROR"):
         table.add_column(name, no_wrap=True, overflow="fold")

@@ -24,7 +24,7 @@ import msgspec
 from click.core import ParameterSource
 
 from ._validate import check_id
-from .definitions import load_definition
+from .definitions import load_definition, workflow_from_dict
 from .errors import (
     ConfigurationError,
     MicrosagaError,
@@ -37,6 +37,7 @@ from .flow import Flow
 from .message import Message, huge_number, out_of_range
 from .status import Status
 from .steps import deferred_imports
+from .waits import WaitStep
 
 __all__ = ["main"]
 
@@ -535,41 +536,25 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
     _run_async(main)
 
 
-_BUILT_IN_KINDS = frozenset({"call", "publish", "function", "wait", "sleep", "workflow", "map"})
-
-
-def _waited_events(definition: Any) -> set[str] | None:
-    """The events the wait steps of a stored definition wait for; None when that cannot
-    be told (a definition unreadable here, or with a kind of ``register_step``)."""
-    steps = definition.get("steps") if isinstance(definition, dict) else None
-    if not isinstance(steps, list):
+def _waited_events(body: bytes) -> set[str] | None:
+    """The events the wait steps (and compensations) of a stored definition wait for;
+    None when that cannot be told here (a kind of ``register_step`` unknown here)."""
+    try:
+        with deferred_imports():  # the steps' code is the workers'
+            wf = workflow_from_dict(json.loads(body))
+    except (ValueError, MicrosagaError):
         return None
-    events: set[str] = set()
-    entries = list(steps)
-    while entries:
-        entry = entries.pop()
-        if not isinstance(entry, dict) or not _BUILT_IN_KINDS.intersection(entry):
-            return None
-        if isinstance(entry.get("wait"), str):
-            events.add(entry["wait"])
-        for nested in ("fallback", "compensate"):  # a compensation may wait too
-            if isinstance(entry.get(nested), dict):
-                entries.append(entry[nested])
-    return events
+    nested = [(s, s.options.fallback, s.options.compensate) for s in wf.step_list]
+    return {s.event for group in nested for s in group if isinstance(s, WaitStep)}
 
 
 async def _check_event(flow: Flow, execution_id: str, event: str) -> None:
     """Refuse a signal that no wait step of the execution waits for: kept, it would
     be consumed by nothing, and a misspelt event looked delivered."""
-    found = await flow.store.get_status(execution_id)
-    if found is None or found[0] in (Status.SUCCESS, Status.FAILURE, Status.ABORTED):
-        return  # flow.signal says what is wrong with it
     stored = await flow.store.load(execution_id)
-    body = stored.definition.body if stored is not None else None
-    try:
-        events = _waited_events(json.loads(body)) if body else None
-    except ValueError:
-        events = None
+    if stored is None or stored.status.finished or stored.definition.body is None:
+        return  # flow.signal says what is wrong with it
+    events = _waited_events(stored.definition.body)
     if events is None or event in events:
         return
     waits = f"its wait steps wait for: {', '.join(sorted(events))}" if events else (
