@@ -56,6 +56,21 @@ async def killed_in_time(flow: Flow, eid: str, kill_at: int, killed: asyncio.Eve
     return killed.is_set()
 
 
+def metric_value(families: dict[str, Any], name: str, suffix: str = "", **labels: str) -> float:
+    """The sum of a Prometheus family's samples with ``labels`` (``families`` by name, as
+    ``text_string_to_metric_families`` reads them): a counter's ``_total``, or
+    ``suffix`` (``_count``, ``_sum``...)."""
+    family = families[name]
+    wanted = name + (suffix or ("_total" if family.type == "counter" else ""))
+    return float(
+        sum(
+            s.value
+            for s in family.samples
+            if s.name == wanted and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+    )
+
+
 def trace_ids(traceparent: str) -> tuple[int, int]:
     """The trace id and the span id of a W3C ``traceparent``."""
     _, trace_id, span_id, _ = traceparent.split("-")

@@ -9,28 +9,21 @@ import json
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from microsaga import Flow, Status
-from tests.acceptance.test_observability import ORDER, Procs
+from tests.acceptance.test_observability import ORDER, Procs, procs
 from tests.helpers import eventually, free_port
+from tests.helpers import metric_value as _value
+
+__all__ = ["procs"]  # the fixture, used by name
 
 pytestmark = pytest.mark.slow
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser", reason="the prometheus extra")
-
-
-@pytest.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Procs]:
-    p = Procs(tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def _get(url: str, data: bytes | None = None, method: str = "GET") -> tuple[int, str]:
@@ -48,18 +41,6 @@ def _get(url: str, data: bytes | None = None, method: str = "GET") -> tuple[int,
 
 def _families(text: str) -> dict[str, Any]:
     return {f.name: f for f in prometheus_parser.text_string_to_metric_families(text)}
-
-
-def _value(families: dict[str, Any], name: str, suffix: str = "", **labels: str) -> float:
-    family = families[name]
-    wanted = name + (suffix or ("_total" if family.type == "counter" else ""))
-    return float(
-        sum(
-            s.value
-            for s in family.samples
-            if s.name == wanted and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-    )
 
 
 async def _scrape(url: str, finished: int) -> dict[str, Any]:

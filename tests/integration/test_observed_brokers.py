@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from microsaga.observability import Metrics, Tracing  # noqa: E402
-from tests.helpers import trace_ids  # noqa: E402
+from tests.helpers import metric_value, trace_ids  # noqa: E402
 
 # the context of the caller's request: the execution span is its child
 INCOMING = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -69,15 +69,7 @@ def _step(spans: list[ReadableSpan], step_id: str) -> ReadableSpan:
 def _value(registry: Any, name: str, suffix: str = "", **labels: str) -> float:
     text = prometheus_client.generate_latest(registry).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    family = families[name]
-    wanted = name + (suffix or ("_total" if family.type == "counter" else ""))
-    return float(
-        sum(
-            s.value
-            for s in family.samples
-            if s.name == wanted and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-    )
+    return metric_value(families, name, suffix, **labels)
 
 
 async def test_a_saga_over_a_broker_and_http_is_one_trace_and_counted(
