@@ -453,6 +453,8 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
             info = await flow.execution(execution_id)
+            # the executions redriving this one, for a line of their own
+            redrives = [] if as_json else await flow.executions(redrive_of=execution_id)
         if as_json:
             from .api.models import execution_json
 
@@ -460,7 +462,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         else:
             from ._progress import show_lines
 
-            for line in show_lines(info):
+            for line in show_lines(info, [x.id for x in redrives]):
                 click.echo(line)
         return EXIT_OK
 

@@ -327,9 +327,23 @@ def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: Live
         what="the redrive's page, linked to the one it redrives",
     )
     until(lambda: execution_status(driver) == "FAILURE", what="the redrive FAILURE")
+    again = driver.find_element(By.CSS_SELECTOR, "main h1 .id").text
+    assert not driver.find_element(By.ID, "redriven-by").is_displayed()  # not redriven
     driver.find_element(By.CSS_SELECTOR, "a.redrive-of").click()
     until(lambda: driver.find_elements(By.CSS_SELECTOR, "a.redrive-of") == [])
     assert failed in driver.find_element(By.CSS_SELECTOR, "main h1").text
+    # and the page of the one redriven links forward to its redrives, newest first
+    later = httpx.post(f"{live.url}/api/executions/{failed}/redrive", headers=AUTH)
+    assert later.status_code == 200, later.text
+    driver.refresh()
+
+    def redrives() -> list[str]:
+        return [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#redriven-by a")]
+
+    until(lambda: redrives() == [later.json()["id"], again], what="both redrives linked")
+    assert driver.find_element(By.ID, "redriven-by").is_displayed()
+    driver.find_element(By.CSS_SELECTOR, f'#redriven-by a[href$="{again}"]').click()
+    until(lambda: driver.find_element(By.CSS_SELECTOR, "a.redrive-of").text == failed)
     # a saved definition: its steps as boxes, its requirements as arrows
     driver.get(f"{live.url}/#/workflows/parent")
     until(lambda: len(statuses(driver)) == 3, what="the parent's three boxes")

@@ -188,6 +188,36 @@ async def test_executions_page_by_keyset_and_filter(api: Client, flow: Flow) -> 
     assert len(empty_filters.json()["items"]) == 6
 
 
+async def test_the_redrives_of_an_execution_are_listed_by_redrive_of(
+    api: Client, flow: Flow
+) -> None:
+    failed = await api.start({"fail": True})
+    other = await api.start({"fail": True})
+    for eid in (failed, other):
+        await flow.wait(eid, timeout=10)
+    redrives = []
+    for eid in (failed, other, failed):
+        answer = await api.post(f"/api/executions/{eid}/redrive")
+        assert answer.status_code == 200, answer.text
+        redrives.append(answer.json()["id"])
+        await flow.wait(redrives[-1], timeout=10)
+    first, _, second = redrives
+
+    async def listed(**query: Any) -> list[str]:
+        page = (await api.get("/api/executions", params=query)).json()
+        assert all(item["redrive_of"] == query["redrive_of"] for item in page["items"])
+        return [item["id"] for item in page["items"]]
+
+    assert await listed(redrive_of=failed) == [second, first]
+    assert await listed(redrive_of=failed, limit=1, before=second) == [first]
+    assert await listed(redrive_of=failed, status="SUCCESS") == []
+    assert await listed(redrive_of=first) == []  # not redriven itself
+    assert await listed(redrive_of="no-such-execution") == []
+    assert await listed(redrive_of="bad\x00id") == []
+    everything = (await api.get("/api/executions", params={"redrive_of": ""})).json()
+    assert len(everything["items"]) == 5
+
+
 @pytest.mark.parametrize(
     ("query", "words"),
     [

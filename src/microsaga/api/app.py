@@ -238,7 +238,12 @@ class Api:
         before = query.before
         if before is not None:
             self._check_id(before)
-        found = await self.flow.executions(query.workflow_id, status, query.limit + 1, before)
+        redrive_of = query.redrive_of
+        if redrive_of is not None and _BAD_ID.search(redrive_of):
+            return models.ExecutionPage(items=[], next=None)  # no execution has that id
+        found = await self.flow.executions(
+            query.workflow_id, status, query.limit + 1, before, redrive_of=redrive_of
+        )
         items = found[: query.limit]
         more = len(found) > query.limit
         return models.ExecutionPage(
