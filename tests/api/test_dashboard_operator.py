@@ -470,6 +470,47 @@ def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: Liv
     assert "Cannot show" not in driver.find_element(By.ID, "main").text
 
 
+def test_an_unsaved_workflow_links_its_children_and_draws_its_arrows(
+    browser: Any, live: LiveServer
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from microsaga import FunctionStep, SubflowStep
+
+    from . import operator_steps
+
+    driver = browser
+    flow = live.flow
+    assert flow is not None
+
+    async def run() -> str:
+        wf = await flow.workflow_create(
+            "adhoc-parent",
+            FunctionStep(operator_steps.item, id="first"),
+            SubflowStep("payment", id="pay", requires=["first"]),
+        )
+        return await flow.execute(wf, {"n": 1})
+
+    eid = live.call(run)
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: statuses(driver).get("pay") == "SUCCESS", what="pay SUCCESS")
+    arrows = driver.execute_script(
+        "return [...document.querySelectorAll('.dag .edge')].map((e) => "
+        "e.dataset.from + '>' + e.dataset.to)"
+    )
+    assert arrows == ["first>pay"]
+    assert "not stored" not in driver.find_element(By.ID, "main").text
+    driver.find_element(By.CSS_SELECTOR, "#step-pay a.child").click()
+    until(
+        lambda: (
+            execution_status(driver) == "SUCCESS"
+            and driver.find_element(By.CSS_SELECTOR, "a.parent").text == eid
+        ),
+        what="the child's page, linked back to its parent",
+    )
+    assert statuses(driver) == {"charge": "SUCCESS"}
+
+
 def test_an_id_with_url_characters_is_shown_and_steered(browser: Any, live: LiveServer) -> None:
     from selenium.webdriver.common.by import By
 

@@ -411,13 +411,12 @@
     setNav("executions");
     let info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
     let steps = Object.keys(info.steps).map((sid) => ({ id: sid, requires: [] }));
-    let unsaved = "The definition of this execution is not saved: requirements are not drawn.";
-    if (info.version !== null) {
-      try {
-        const def = await api("GET", `api/workflows/${encodeURIComponent(info.workflow_id)}?version=${info.version}`);
-        steps = definitionSteps(def);
-        unsaved = "";
-      } catch (err) { /* removed meanwhile: the steps without arrows */ }
+    let unsaved = "";
+    try { // the definition stored with the execution, saved as a workflow or not
+      steps = definitionSteps(await api("GET", `api/executions/${encodeURIComponent(id)}/definition`));
+    } catch (err) { // steps that cannot be saved as data: the steps without arrows
+      if (!(err instanceof ApiError) || err.status !== 404) throw err;
+      unsaved = "The definition of this execution is not stored: requirements are not drawn.";
     }
     const status = badge(info.status, { id: "execution-status", dataset: { status: info.status } });
     const live = el("span", { class: "live", id: "live", "aria-live": "polite" });
