@@ -1,10 +1,7 @@
 """The ``microsaga`` command: run definitions, inspect and steer executions, run workers.
 
-Errors are one line on stderr, ``error[CODE]: message``. Exit status: 0 success,
-1 the execution failed or was aborted, 2 bad usage, definition or setting (an unknown
-execution id included), 3 store or transport unavailable, 4 the execution ``run``
-waited for was suspended, 70 an internal error (a bug: please report it), 130 (143)
-``run`` stopped by SIGINT (SIGTERM), its execution left to a worker.
+Errors are one line on stderr, ``error[CODE]: message``; the exit statuses are
+``EXIT_STATUSES`` (shown by ``microsaga --help`` and the README).
 """
 
 from __future__ import annotations
@@ -43,6 +40,13 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SUSPENDED = 0, 1, 2, 3, 4
 EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
+# what each exit status means: the epilog of `microsaga --help`, in the README's words
+EXIT_STATUSES = (
+    "Exit status: 0 success, 1 the execution failed or was aborted, 2 bad usage, "
+    "definition, setting, unknown or conflicting id, 3 store or transport unavailable, "
+    "4 the execution run waited for was suspended, 70 an internal error (a bug: please "
+    "report it), 130 (143) run stopped by Ctrl-C (SIGTERM), its execution left to a worker."
+)
 STEP_ONLY = (Status.WAITING, Status.SKIPPED, Status.COMPENSATED)  # no execution has them
 
 log = logging.getLogger("microsaga.cli")
@@ -197,6 +201,7 @@ class _Group(click.Group):
     params=_settings(),
     context_settings={"help_option_names": ["-h", "--help"]},
     invoke_without_command=True,
+    epilog=EXIT_STATUSES,
 )
 @click.version_option(package_name="microsaga")
 @click.pass_context
@@ -453,6 +458,8 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
             info = await flow.execution(execution_id)
+            # the executions redriving this one, for a line of their own
+            redrives = [] if as_json else await flow.executions(redrive_of=execution_id)
         if as_json:
             from .api.models import execution_json
 
@@ -460,7 +467,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         else:
             from ._progress import show_lines
 
-            for line in show_lines(info):
+            for line in show_lines(info, [x.id for x in redrives]):
                 click.echo(line)
         return EXIT_OK
 

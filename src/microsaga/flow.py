@@ -775,8 +775,11 @@ class Flow:
         status: Status | str | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
-        """Executions newest first; ``before`` (an execution id) pages back in time."""
+        """Executions newest first; ``before`` (an execution id) pages back in time;
+        ``redrive_of`` (an execution id) keeps only the executions redriving that one."""
         if isinstance(status, str):
             parsed = Status.lookup(status)
             if parsed is None:
@@ -784,7 +787,11 @@ class Flow:
             status = parsed
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ConfigurationError("limit", f"must be a positive integer, not {limit!r}")
-        found = await self.store.list_executions(workflow_id, status, limit, before)
+        if redrive_of is not None and not isinstance(redrive_of, str):
+            raise ConfigurationError("redrive_of", f"must be an execution id, not {redrive_of!r}")
+        found = await self.store.list_executions(
+            workflow_id, status, limit, before, redrive_of=redrive_of
+        )
         return [redacted_execution(info, self._options.redact_headers) for info in found]
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:

@@ -41,9 +41,10 @@ MODULES = {
 }
 DIALECTS = list(MODULES)
 LISTINGS = {
-    "sqlite": ["list_executions"],
+    "sqlite": ["list_executions", "list_executions_by_redrive"],
     "postgres": [
         "list_executions",
+        "list_executions_by_redrive",
         "list_executions_by_workflow",
         "list_executions_by_status",
         "list_executions_by_workflow_status",

@@ -120,3 +120,27 @@ _PARAMS = (
     "id", "token", "at", "expect", "abort", "status", "has_response", "response_body",
     "response_header", "error", "release",
 )  # fmt: skip
+
+
+async def test_a_store_of_schema_4_gets_the_index_of_redrives(tmp_path: Path) -> None:
+    from microsaga.stores._sql import migrations, statements
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version, sql in migrations("sqlite"):
+        if version <= 4:  # a store written before the redrives were indexed
+            for statement in statements(sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+    async with Flow(f"sqlite:///{path}") as flow:
+        assert await flow.executions(redrive_of="any") == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN " + Q["list_executions_by_redrive"],
+        {"redrive_of": "e1", "workflow_id": None, "status": None, "before": 9, "limit": 5},
+    ).fetchall()
+    conn.close()
+    details = [row[-1] for row in plan]
+    assert any("executions_by_redrive (redrive_of=? AND seq<?)" in d for d in details), details

@@ -670,6 +670,8 @@ class PostgresStore(Store):
         status: Status | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
         async def listing(conn: Any) -> list[Execution]:
             bound = _NO_BEFORE
@@ -678,6 +680,17 @@ class PostgresStore(Store):
                 if found is None:
                     raise ExecutionNotFoundError(before)
                 bound = found
+            if redrive_of is not None:
+                status_code = None if status is None else int(status)
+                rows = await conn.fetch(
+                    Q["list_executions_by_redrive"],
+                    bound,
+                    limit,
+                    redrive_of,
+                    workflow_id,
+                    status_code,
+                )
+                return await self._executions(conn, rows)
             args: list[Any] = [bound, limit]
             if workflow_id is not None:
                 args.append(workflow_id)

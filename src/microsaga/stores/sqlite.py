@@ -676,6 +676,8 @@ class SQLiteStore(Store):
         status: Status | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
         def listing() -> list[Execution]:
             conn = self.r
@@ -690,10 +692,12 @@ class SQLiteStore(Store):
                 params = {
                     "workflow_id": workflow_id,
                     "status": None if status is None else int(status),
+                    "redrive_of": redrive_of,
                     "before": bound,
                     "limit": limit,
                 }
-                rows = conn.execute(Q["list_executions"], params).fetchall()
+                name = "list_executions" if redrive_of is None else "list_executions_by_redrive"
+                rows = conn.execute(Q[name], params).fetchall()
                 ids = _encode([r[0] for r in rows])
                 steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall() if rows else []
                 found = self._payloads(conn, rows, steps)

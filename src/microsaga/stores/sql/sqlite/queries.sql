@@ -188,6 +188,20 @@ WHERE (:workflow_id IS NULL OR e.workflow_id = :workflow_id)
 ORDER BY e.seq DESC
 LIMIT :limit;
 
+-- name: list_executions_by_redrive
+-- The redrives of one execution, off executions_by_redrive (the filter on redrive_of
+-- standing alone is what lets the planner use that partial index).
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.redrive_of = :redrive_of
+  AND (:workflow_id IS NULL OR e.workflow_id = :workflow_id)
+  AND (:status IS NULL OR e.status = :status)
+  AND e.seq < :before
+ORDER BY e.seq DESC
+LIMIT :limit;
+
 -- name: get_execution
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
