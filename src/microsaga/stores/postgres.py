@@ -32,6 +32,7 @@ from ._rows import (
     STEP_COLUMNS,
     RowMapping,
 )
+from ._sql import LISTINGS
 from .base import (
     Abort,
     Claim,
@@ -50,13 +51,6 @@ __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore", "retryable"]
 
 _NO_BEFORE = 2**62
 _RUNNING = (Status.RUNNING, Status.COMPENSATING)
-# the listing for each combination of filters (workflow id given, status given)
-_LISTINGS = {
-    (False, False): "list_executions",
-    (True, False): "list_executions_by_workflow",
-    (False, True): "list_executions_by_status",
-    (True, True): "list_executions_by_workflow_status",
-}
 _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or takeover
 # the width of a step_runs row: execution_id, then the step run's columns
 _STEP_ROW = 1 + len(STEP_COLUMNS)
@@ -696,7 +690,7 @@ class PostgresStore(Store):
                 args.append(workflow_id)
             if status is not None:
                 args.append(int(status))
-            name = _LISTINGS[workflow_id is not None, status is not None]
+            name = LISTINGS[workflow_id is not None, status is not None]
             rows = await conn.fetch(Q[name], *args)
             return await self._executions(conn, rows)
 

@@ -34,7 +34,7 @@ from ..message import Message
 from ..payloads import Bodies, Pending
 from ..status import Status
 from ._rows import SQLITE, RowMapping
-from ._sql import load_queries, migrations, statements
+from ._sql import LISTINGS, load_queries, migrations, statements
 from .base import (
     Abort,
     Claim,
@@ -696,7 +696,10 @@ class SQLiteStore(Store):
                     "before": bound,
                     "limit": limit,
                 }
-                name = "list_executions" if redrive_of is None else "list_executions_by_redrive"
+                if redrive_of is not None:
+                    name = "list_executions_by_redrive"
+                else:
+                    name = LISTINGS[workflow_id is not None, status is not None]
                 rows = conn.execute(Q[name], params).fetchall()
                 ids = _encode([r[0] for r in rows])
                 steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall() if rows else []
