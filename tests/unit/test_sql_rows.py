@@ -36,20 +36,20 @@ from microsaga.stores.base import NewExecution, StepRecord, StoredDefinition
 STORES = Path(microsaga.stores.__file__).parent
 # the Python modules of each dialect: they alone use its named queries
 MODULES = {
-    "sqlite": ["sqlite.py"],
-    "postgres": ["postgres.py", "_postgres_db.py"],
+    "sqlite": ["sqlite.py", "_sql.py"],
+    "postgres": ["postgres.py", "_postgres_db.py", "_sql.py"],
 }
 DIALECTS = list(MODULES)
-LISTINGS = {
-    "sqlite": ["list_executions", "list_executions_by_redrive"],
-    "postgres": [
+LISTINGS = dict.fromkeys(
+    MODULES,
+    [
         "list_executions",
         "list_executions_by_redrive",
         "list_executions_by_workflow",
         "list_executions_by_status",
         "list_executions_by_workflow_status",
     ],
-}
+)
 
 
 def _source(dialect: str) -> str:
