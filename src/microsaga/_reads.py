@@ -43,19 +43,20 @@ def check_reads(steps: Sequence[Step]) -> None:
         DefinitionError: naming the step's field (``steps[1].when``) and what is wrong.
     """
     requires = {s.id: s.options.requires for s in steps}
+    ids = set(requires)
     maps = [s.id for s in steps if kind_of(s) == "map"]
     for i, step in enumerate(steps):
-        problem = _key_clash(step.id, set(requires), maps)
+        problem = _key_clash(step.id, ids, maps)
         if problem is not None:
             raise DefinitionError(problem, path=_path(i, "id"))
-        ancestors = _ancestors(step.id, requires)
-        exprs = [(k, getattr(step.options, k)) for k in ("input", "when")]
+        exprs = [(k, text) for k in ("input", "when") if (text := getattr(step.options, k))]
         over = getattr(step, "over", None)
         if kind_of(step) == "map" and over is not None:
             exprs.append(("map.over", str(over)))
+        if not exprs:
+            continue  # the ancestors of each step of a long chain: quadratic, unread
+        ancestors = _ancestors(step.id, requires)
         for key, text in exprs:
-            if text is None:
-                continue
             problem = _unread(str(text), step.id, ancestors, requires)
             if problem is not None:
                 raise DefinitionError(problem, path=_path(i, key))
