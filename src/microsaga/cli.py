@@ -21,7 +21,7 @@ import msgspec
 from click.core import ParameterSource
 
 from ._validate import check_id
-from .definitions import load_definition, workflow_from_dict
+from .definitions import load_definition
 from .errors import (
     ConfigurationError,
     MicrosagaError,
@@ -34,7 +34,6 @@ from .flow import Flow
 from .message import Message, huge_number, out_of_range
 from .status import Status
 from .steps import deferred_imports
-from .waits import WaitStep
 
 __all__ = ["main"]
 
@@ -534,42 +533,17 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
-            await _check_event(flow, execution_id, event)
-            await flow.signal(execution_id, event, message)
+            try:
+                await flow.signal(execution_id, event, message)
+            except ConfigurationError as exc:
+                if exc.setting != "event":
+                    raise
+                raise ConfigurationError("EVENT", exc.reason) from None
             found = await flow.store.get_status(execution_id)
         click.echo(f"{execution_id} {found[0].name if found else '?'}")
         return EXIT_OK
 
     _run_async(main)
-
-
-def _waited_events(body: bytes) -> set[str] | None:
-    """The events the wait steps (and compensations) of a stored definition wait for;
-    None when that cannot be told here (a kind of ``register_step`` unknown here)."""
-    try:
-        with deferred_imports():  # the steps' code is the workers'
-            wf = workflow_from_dict(json.loads(body))
-    except (ValueError, MicrosagaError):
-        return None
-    nested = [(s, s.options.fallback, s.options.compensate) for s in wf.step_list]
-    return {s.event for group in nested for s in group if isinstance(s, WaitStep)}
-
-
-async def _check_event(flow: Flow, execution_id: str, event: str) -> None:
-    """Refuse a signal that no wait step of the execution waits for: kept, it would
-    be consumed by nothing, and a misspelt event looked delivered."""
-    stored = await flow.store.load(execution_id)
-    if stored is None or stored.status.finished or stored.definition.body is None:
-        return  # flow.signal says what is wrong with it
-    events = _waited_events(stored.definition.body)
-    if events is None or event in events:
-        return
-    waits = f"its wait steps wait for: {', '.join(sorted(events))}" if events else (
-        "it has no wait step"
-    )  # fmt: skip
-    raise ConfigurationError(
-        "EVENT", f"no step of execution {execution_id} waits for {event!r}; {waits}"
-    )
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -355,6 +355,14 @@ async def test_a_signal_completes_a_waiting_execution(api: Client) -> None:
     assert (await api.put("/api/workflows/approval", json=approval)).status_code == 200
     started = await api.post("/api/workflows/approval/executions", json={"input": {"n": 1}})
     eid = started.json()["id"]
+    misspelt = problem(
+        await api.post(f"/api/executions/{eid}/signal", json={"event": "aproved"}),
+        422,
+        "invalid_request",
+    )
+    assert misspelt["detail"] == (
+        f"event: no step of execution {eid} waits for 'aproved'; its wait steps wait for: approved"
+    )
     answer = await api.post(
         f"/api/executions/{eid}/signal", json={"event": "approved", "payload": {"by": "ann"}}
     )

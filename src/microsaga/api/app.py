@@ -341,7 +341,7 @@ class Api:
         signal = self._optional("signal")
         self._check_id(id)
         payload = _message(body.payload)
-        with _field("payload", "payload"):
+        with _field("payload", "payload"), _field("event", "event"):
             await signal(id, body.event, payload=payload)
         return await self._changed(id)
 
