@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import DefinitionError
-from .step import Step, kind_of
+from .step import Step
+from .waits import MapStep
 
 __all__ = ["check_reads"]
 
@@ -44,15 +45,14 @@ def check_reads(steps: Sequence[Step]) -> None:
     """
     requires = {s.id: s.options.requires for s in steps}
     ids = set(requires)
-    maps = [s.id for s in steps if kind_of(s) == "map"]
+    maps = [s.id for s in steps if isinstance(s, MapStep)]
     for i, step in enumerate(steps):
         problem = _key_clash(step.id, ids, maps)
         if problem is not None:
             raise DefinitionError(problem, path=_path(i, "id"))
         exprs = [(k, text) for k in ("input", "when") if (text := getattr(step.options, k))]
-        over = getattr(step, "over", None)
-        if kind_of(step) == "map" and over is not None:
-            exprs.append(("map.over", str(over)))
+        if isinstance(step, MapStep) and step.over is not None:
+            exprs.append(("map.over", str(step.over)))
         if not exprs:
             continue  # the ancestors of each step of a long chain: quadratic, unread
         ancestors = _ancestors(step.id, requires)
