@@ -42,6 +42,7 @@ from ._groupcommit import Committer
 from ._health import StoreHealth
 from ._run import Run, RunSpec
 from .errors import (
+    ConfigurationError,
     ExecutionConflictError,
     ExecutionNotFoundError,
     InvalidTransitionError,
@@ -433,6 +434,7 @@ class Worker:
         """Claim executions from the store and take control requests of any process
         (a flow that is a worker)."""
         if self.options.worker_id is not None:
+            await self._refuse_a_live_namesake()
             # nothing runs here yet: what this id holds was left by a previous life
             freed = await self.store.release_all(self.id)
             if freed:
@@ -445,6 +447,38 @@ class Worker:
             loop.create_task(self._poll_loop(), name="microsaga-poll"),
             loop.create_task(self._heartbeat_loop(), name="microsaga-heartbeat"),
         ]
+
+    async def _refuse_a_live_namesake(self) -> None:
+        """Refuse a stable id that another live worker uses: both would take each
+        other's executions for their own (a claim skips its owner's rows), and freeing
+        them below would fence the other's runs off mid-step.
+
+        A live worker renews its leases every heartbeat, before they expire: leases
+        under this id that are still valid are watched for one heartbeat (and until
+        they expire, at the latest). Renewed: the id is taken. Not renewed: they were
+        left by a previous life of this worker, which died. A namesake holding no lease
+        (idle) cannot be told apart from no worker at all.
+
+        Raises:
+            ConfigurationError: another worker renews leases under this id.
+        """
+        expiry = await self.store.lease_expiry(self.id)
+        now = self.clock()
+        if expiry is None or expiry <= now:
+            return  # nothing held, or nobody renewed it in time: dead
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(expiry - now, self.options.heartbeat_interval + 0.5)
+        while loop.time() < end:
+            await asyncio.sleep(min(0.2, max(0.0, end - loop.time())))
+            latest = await self.store.lease_expiry(self.id)
+            if latest is not None and latest > expiry:
+                raise ConfigurationError(
+                    "worker_id",
+                    f"{self.id!r} is in use: another live worker renews leases under it; "
+                    "give each worker an id of its own (or none), or stop the other first",
+                )
+            if latest is None:
+                return  # it released them: stopped
 
     async def stop(self) -> None:
         """Hand back what this worker runs: no new step starts, the running ones finish

@@ -275,6 +275,31 @@ async def test_a_lease_is_taken_over_only_once_its_owner_died(world: World) -> N
     assert [pid for _, _, pid in world.calls("work")] == [other.pid]
 
 
+async def test_a_second_worker_under_a_live_workers_id_refuses_to_start(world: World) -> None:
+    """Two live workers under one id would take each other's executions for their
+    own: the second refuses to start, naming the id; the first runs on untouched. Once
+    the first is killed, a worker under its id starts and takes its execution back."""
+    wf = await world.flow.workflow_create(
+        "twins", FunctionStep(rs.held, id="a"), FunctionStep(rs.work, id="b", requires=["a"])
+    )
+    eid = await wf.execute({"order": 4}, async_=True)
+    first = world.worker("--id", "twin")
+    await eventually(lambda: world.calls("held"), timeout=30)
+    second = world.worker("--id", "twin")
+    assert second.wait(30) == 2
+    refused = world.output(second)
+    assert "error[configuration]" in refused
+    assert "'twin' is in use" in refused
+    assert "Traceback" not in refused
+    assert first.poll() is None
+    world.kill(first)
+    world.open_gate(f"{eid}:a")
+    heir = world.worker("--id", "twin")
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [first.pid, heir.pid]
+    assert [pid for _, _, pid in world.calls("work")] == [heir.pid]
+
+
 async def test_two_workers_run_each_execution_once(world: World) -> None:
     wf = await world.flow.workflow_create(
         "chain",

@@ -294,6 +294,15 @@ class Store(abc.ABC):
         leases (:meth:`release_all`) rather than wait for them to expire.
         """
 
+    async def lease_expiry(self, owner: str) -> float | None:
+        """When the latest of the leases ``owner`` holds expires (None: it holds none).
+
+        A worker starting under a stable id reads it twice, a heartbeat apart: a value
+        that grew means another live worker renews leases under that id. A store of
+        one process (memory) has no other worker to tell of: None.
+        """
+        return None
+
     @abc.abstractmethod
     async def load(self, execution_id: str) -> StoredExecution | None:
         """Everything a worker needs to run an execution it claimed."""

@@ -486,6 +486,13 @@ class PostgresStore(Store):
 
         return await self._db.retrying(owners)
 
+    async def lease_expiry(self, owner: str) -> float | None:
+        async def latest(conn: Any) -> float | None:
+            found = await conn.fetchval(Q["lease_expiry"], owner)
+            return None if found is None else float(found)
+
+        return await self._db.retrying(latest)
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
 

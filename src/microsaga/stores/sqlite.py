@@ -480,6 +480,13 @@ class SQLiteStore(Store):
 
         return await self._read(owners)
 
+    async def lease_expiry(self, owner: str) -> float | None:
+        def latest() -> float | None:
+            row = self.r.execute(Q["lease_expiry"], (owner,)).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read(latest)
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
 

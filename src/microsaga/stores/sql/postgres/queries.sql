@@ -460,6 +460,10 @@ SELECT count(*), pg_notify($2, 'released') FROM freed;
 -- Read off the partial index microsaga_executions_by_owner.
 SELECT DISTINCT owner FROM microsaga_executions WHERE owner IS NOT NULL;
 
+-- name: lease_expiry
+-- The latest expiry of the leases an owner holds, off the partial index by owner.
+SELECT max(lease_until) FROM microsaga_executions WHERE owner = $1;
+
 -- name: release
 -- $1 id, $2 token, $3 until, $4 the channel: another worker may take it now (or at
 -- $3), so tell them to look; $5 a note saying why it waits (or NULL).

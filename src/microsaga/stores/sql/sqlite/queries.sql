@@ -94,6 +94,10 @@ WHERE owner = ?;
 -- Read off the partial index executions_by_owner.
 SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL;
 
+-- name: lease_expiry
+-- The latest expiry of the leases an owner holds, off the partial index by owner.
+SELECT max(lease_until) FROM executions WHERE owner = ?;
+
 -- name: release
 UPDATE executions SET owner = NULL, lease_until = :until, note = :note
 WHERE id = :id AND lease_token = :token;
