@@ -176,6 +176,7 @@ class Worker:
 
     waiting_every = 5.0  # seconds between counts of the steps waiting in the store
     _waiting_due = 0.0  # the loop's time they are counted next (see _count_waiting)
+    _claimed_at = 0.0  # the time of the last claim: what came due before was seen
 
     def __init__(
         self,
@@ -869,12 +870,16 @@ class Worker:
             self._poke.clear()
 
     async def _idle(self) -> None:
-        """Wait for the next poll: the poll interval, or a poke. A store that tells no
-        other process of control requests (SQLite: no LISTEN/NOTIFY) is looked at
-        every second meanwhile, so that a signal, suspend or abort from another process
-        is acted on within a second (SPEC section 8) however long the interval."""
+        """Wait for the next poll: the poll interval, or a poke. With an interval over
+        a second, the store is looked at every second meanwhile (SPEC section 8: within
+        a second, however long the interval): for an execution that came due since the
+        last claim (a timer parked by a worker that died since, which will not look for
+        it at its time), and, when the store tells no other process of control requests
+        (SQLite: no LISTEN/NOTIFY), for a signal, suspend or abort from another process.
+        """
         interval = self.options.poll_interval
-        if interval <= 1.0 or type(self.store).watch is not Store.watch:
+        watched = type(self.store).watch is not Store.watch
+        if interval <= 1.0 or (watched and not self.options.claim):
             await wait_event(self._poke, interval)
             return
         loop = asyncio.get_running_loop()
@@ -883,11 +888,16 @@ class Worker:
             if await wait_event(self._poke, min(left, 1.0)):
                 return
             try:
-                found, _ = await self.store.controls(self._control_seq)
+                if not watched:
+                    found, _ = await self.store.controls(self._control_seq)
+                    if found:
+                        return  # the poll acts on them: runs held here, executions woken
+                if self.options.claim and await self.store.due_between(
+                    self._claimed_at, self.clock()
+                ):
+                    return  # the poll claims it
             except MicrosagaError:
                 return  # the poll finds out
-            if found:
-                return  # the poll acts on them: runs held here, executions woken
 
     async def _prune(self, before: float) -> None:
         """Delete what finished before ``before`` (``Flow(retention=...)``), a batch at
@@ -917,6 +927,8 @@ class Worker:
         """Claim what this worker has room for; the count when it took a full batch."""
         # what it can start soon: a worker that took more than it runs would hold a
         # backlog that other workers could run
+        # what came due until now is claimed now, or was left for other workers
+        now = self._claimed_at = self.clock()
         room = self.options.max_executions - len(self.runs) + self._rolling_back_children
         if room <= 0:
             return 0
@@ -926,9 +938,7 @@ class Worker:
         # the last heartbeat: a worker that held nothing then (every lease taken from it
         # in a stall) may hold what this claim takes
         alive, _ = await self._owners_here()
-        claims = await self.store.claim(
-            self.id, self.clock(), self.options.lease_ttl, limit, alive=alive
-        )
+        claims = await self.store.claim(self.id, now, self.options.lease_ttl, limit, alive=alive)
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 

@@ -799,6 +799,31 @@ async def test_a_timer_fires_on_time_with_a_long_poll_interval(world: World) -> 
     assert len(world.calls("work")) == 1
 
 
+async def test_a_timer_parked_by_a_killed_worker_fires_on_time_on_another(
+    world: World,
+) -> None:
+    """A worker parks a sleep and is killed; a worker started after it (its first
+    claim done before the timer's time, its next poll 30 s later) fires the timer at
+    its time: the bound below is far under the poll interval."""
+    world.env["MICROSAGA_POLL_INTERVAL"] = "30"
+    nap = SleepStep(8, id="nap")
+    wf = await world.flow.workflow_create(
+        "orphan-timer", nap, FunctionStep(rs.work, id="after", requires=[nap])
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    first = world.worker()
+    await world.step_is(eid, "nap", Status.WAITING)
+    await eventually(
+        lambda: "waiting for a timer" in str(cli("show", eid, extra_env=world.env).stdout)
+    )
+    world.kill(first)
+    survivor = world.worker()
+    await world.ready(survivor)
+    assert (await world.flow.execution(eid)).steps["nap"].status is Status.WAITING
+    await world.reaches(eid, Status.SUCCESS, timeout=20)
+    assert [pid for _, _, pid in world.calls("work")] == [survivor.pid]
+
+
 async def test_a_signal_from_another_process_wakes_within_a_second_of_polling(
     world: World,
 ) -> None:

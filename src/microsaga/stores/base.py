@@ -294,6 +294,17 @@ class Store(abc.ABC):
         leases (:meth:`release_all`) rather than wait for them to expire.
         """
 
+    async def due_between(self, since: float, now: float) -> bool:
+        """Whether an execution became claimable after ``since``, at or before ``now``
+        (a parked execution's timer, a release until a time, a lease run out).
+
+        A worker with a poll interval over a second asks it every second: a timer
+        parked by a worker that died meanwhile fires within a second of its time (SPEC
+        section 8). A store of one process (memory) answers False: the worker that
+        parked an execution looks for it at its time itself.
+        """
+        return False
+
     async def lease_expiry(self, owner: str) -> float | None:
         """When the latest of the leases ``owner`` holds expires (None: it holds none).
 

@@ -486,6 +486,12 @@ class PostgresStore(Store):
 
         return await self._db.retrying(owners)
 
+    async def due_between(self, since: float, now: float) -> bool:
+        async def due(conn: Any) -> bool:
+            return await conn.fetchval(Q["due_between"], since, now) is not None
+
+        return await self._db.retrying(due)
+
     async def lease_expiry(self, owner: str) -> float | None:
         async def latest(conn: Any) -> float | None:
             found = await conn.fetchval(Q["lease_expiry"], owner)

@@ -480,6 +480,12 @@ class SQLiteStore(Store):
 
         return await self._read(owners)
 
+    async def due_between(self, since: float, now: float) -> bool:
+        def due() -> bool:
+            return self.r.execute(Q["due_between"], (since, now)).fetchone() is not None
+
+        return await self._read(due)
+
     async def lease_expiry(self, owner: str) -> float | None:
         def latest() -> float | None:
             row = self.r.execute(Q["lease_expiry"], (owner,)).fetchone()

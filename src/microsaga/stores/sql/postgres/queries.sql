@@ -460,6 +460,13 @@ SELECT count(*), pg_notify($2, 'released') FROM freed;
 -- Read off the partial index microsaga_executions_by_owner.
 SELECT DISTINCT owner FROM microsaga_executions WHERE owner IS NOT NULL;
 
+-- name: due_between
+-- Whether a runnable execution became due in ($1, $2]: a range of the index of runnable
+-- executions by lease expiry.
+SELECT 1 FROM microsaga_executions
+WHERE status IN (0, 1, 6) AND lease_until > $1 AND lease_until <= $2
+LIMIT 1;
+
 -- name: lease_expiry
 -- The latest expiry of the leases an owner holds, off the partial index by owner.
 SELECT max(lease_until) FROM microsaga_executions WHERE owner = $1;
