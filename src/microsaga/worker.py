@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import heapq
 import logging
 import os
@@ -40,6 +38,8 @@ from ._engine.plan import Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, Phase, StepRecord
 from ._groupcommit import Committer
 from ._health import StoreHealth
+from ._process import alive as _alive
+from ._process import machine
 from ._run import Run, RunSpec
 from .errors import (
     ConfigurationError,
@@ -80,21 +80,6 @@ log = logging.getLogger("microsaga.worker")
 _DEFAULT_ID = re.compile(r"(?P<pid>[0-9]+):[0-9a-f]{8}:(?P<machine>[0-9a-f]{12})")
 
 
-@functools.cache
-def machine() -> str | None:
-    """This boot of this machine and this PID namespace, hashed; None when unknown.
-
-    Two processes with the same value see the same pids: a pid gone for one is gone.
-    """
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # not Linux, or no /proc
-        return None
-    return hashlib.blake2s(f"{boot}:{namespace}".encode(), digest_size=6).hexdigest()
-
-
 def default_worker_id() -> str:
     nonce = uuid.uuid4().hex[:8]
     found = machine()
@@ -113,23 +98,6 @@ def running_here(owner: str) -> bool | None:
     if found is None or found["machine"] != here:
         return None  # a stable id, or another machine's (or namespace's) worker
     return _alive(int(found["pid"]))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    except (OverflowError, OSError):
-        return True  # cannot tell: leave its leases to expire
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rpartition(")")[2].split()[:1]
-    except OSError:  # exited just now
-        return False
-    return state not in (["Z"], ["X"])  # a zombie is dead, only not reaped yet
 
 
 class NewRun(msgspec.Struct, frozen=True, kw_only=True, gc=False):
