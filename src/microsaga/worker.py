@@ -188,6 +188,9 @@ class Worker:
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
         self._dues: list[float] = []  # heap: the timers of what this worker parked
+        # executions held under this stable id that this worker does not run: another's
+        self._foreign: dict[str, tuple[int, float]] = {}
+        self._namesake_told = 0.0  # when the namesake was last told of: once a minute
         self._due_call: asyncio.TimerHandle | None = None  # pokes at the earliest of them
 
     # the run's host ---------------------------------------------------------------
@@ -926,6 +929,13 @@ class Worker:
                 await self._free_dead_owners()
             except Exception:
                 log.exception("worker %s: looking for dead workers failed", self.id)
+            if self.options.worker_id is not None:
+                try:
+                    await self._namesakes()
+                except StoreError as exc:
+                    self.health.failed(exc)
+                except Exception:
+                    log.exception("worker %s: looking for namesakes failed", self.id)
             if self.hooks.steps_waiting:
                 await self._count_waiting()
 
@@ -985,6 +995,52 @@ class Worker:
             self.health.failed(exc)
         except MicrosagaError as exc:
             log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
+        if freed:
+            self._poke.set()
+
+    async def _namesakes(self) -> None:
+        """Another worker under this stable id, started while neither held a lease (so
+        neither refused to start; see :meth:`_refuse_a_live_namesake`): each takes the
+        other's executions for its own and never claims them. An execution held under
+        this id that this worker does not run, at two heartbeats in a row (so not one
+        claimed or started between the two reads), is the other's: while its lease is
+        renewed, that is said (an error, once a minute); once its lease expired (the
+        other died, or stalled past it), it is freed for any worker."""
+        held = await self.store.held_by(self.id)
+        seen, self._foreign = (
+            self._foreign,
+            {
+                eid: lease
+                for eid, lease in held.items()
+                if eid not in self.runs and eid not in self._to_release
+            },
+        )
+        now = self.clock()
+        live = sorted(
+            eid for eid, (_, until) in self._foreign.items() if eid in seen and until > now
+        )
+        if live and now >= self._namesake_told:
+            self._namesake_told = now + 60.0
+            log.error(
+                "worker %s: another live worker runs under this id (%d executions held under "
+                "it are not run here: %s); give each worker an id of its own (or none), "
+                "and restart the other",
+                self.id,
+                len(live),
+                ", ".join(live[:5]) + (", ..." if len(live) > 5 else ""),
+            )
+        freed = False
+        for eid, (token, until) in self._foreign.items():
+            if until <= now and seen.get(eid, (None,))[0] == token:
+                await self.store.release(eid, token, 0.0)
+                log.warning(
+                    "execution %s: freed: held under this worker's id %s by another worker "
+                    "that no longer renews its lease",
+                    eid,
+                    self.id,
+                    extra=about(eid),
+                )
+                freed = True
         if freed:
             self._poke.set()
 

@@ -300,6 +300,34 @@ async def test_a_second_worker_under_a_live_workers_id_refuses_to_start(world: W
     assert [pid for _, _, pid in world.calls("work")] == [heir.pid]
 
 
+async def test_two_workers_started_at_once_under_one_id_are_told_and_recover(
+    world: World,
+) -> None:
+    """Two workers under one id, started while it held nothing (neither can refuse):
+    the one not running the execution says another live worker uses its id; once the
+    other is killed, it takes the execution over instead of leaving it for ever to a
+    worker it takes for itself."""
+    first, second = world.worker("--id", "twin"), world.worker("--id", "twin")
+    await world.ready(first)
+    await world.ready(second)
+    wf = await world.flow.workflow_create(
+        "twins-at-once",
+        FunctionStep(rs.held, id="a"),
+        FunctionStep(rs.work, id="b", requires=["a"]),
+    )
+    eid = await wf.execute({"order": 5}, async_=True)
+    await eventually(lambda: world.calls("held"), timeout=30)
+    runner = first if world.calls("held")[0][2] == first.pid else second
+    other = second if runner is first else first
+    await eventually(lambda: "another live worker runs under this id" in world.output(other))
+    assert eid in world.output(other)
+    world.kill(runner)
+    world.open_gate(f"{eid}:a")
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [runner.pid, other.pid]
+    assert [pid for _, _, pid in world.calls("work")] == [other.pid]
+
+
 async def test_two_workers_run_each_execution_once(world: World) -> None:
     wf = await world.flow.workflow_create(
         "chain",

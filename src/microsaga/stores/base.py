@@ -294,6 +294,16 @@ class Store(abc.ABC):
         leases (:meth:`release_all`) rather than wait for them to expire.
         """
 
+    async def held_by(self, owner: str) -> dict[str, tuple[int, float]]:
+        """The runnable executions whose lease ``owner`` holds, expired or not: their
+        lease token and expiry, by id.
+
+        A worker under a stable id looks at them at every heartbeat: one it does not run
+        is another worker's under the same id. A store of one process (memory) has no
+        other worker to tell of: none.
+        """
+        return {}
+
     async def due_between(self, since: float, now: float) -> bool:
         """Whether an execution became claimable after ``since``, at or before ``now``
         (a parked execution's timer, a release until a time, a lease run out).

@@ -486,6 +486,13 @@ class PostgresStore(Store):
 
         return await self._db.retrying(owners)
 
+    async def held_by(self, owner: str) -> dict[str, tuple[int, float]]:
+        async def held(conn: Any) -> dict[str, tuple[int, float]]:
+            rows = await conn.fetch(Q["held_by"], owner)
+            return {r[0]: (int(r[1]), float(r[2])) for r in rows}
+
+        return await self._db.retrying(held)
+
     async def due_between(self, since: float, now: float) -> bool:
         async def due(conn: Any) -> bool:
             return await conn.fetchval(Q["due_between"], since, now) is not None

@@ -480,6 +480,13 @@ class SQLiteStore(Store):
 
         return await self._read(owners)
 
+    async def held_by(self, owner: str) -> dict[str, tuple[int, float]]:
+        def held() -> dict[str, tuple[int, float]]:
+            rows = self.r.execute(Q["held_by"], (owner,))
+            return {row[0]: (int(row[1]), float(row[2])) for row in rows}
+
+        return await self._read(held)
+
     async def due_between(self, since: float, now: float) -> bool:
         def due() -> bool:
             return self.r.execute(Q["due_between"], (since, now)).fetchone() is not None

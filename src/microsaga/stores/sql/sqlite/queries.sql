@@ -101,6 +101,11 @@ SELECT 1 FROM executions INDEXED BY executions_claimable
 WHERE status IN (0, 1, 6) AND lease_until > ?1 AND lease_until <= ?2
 LIMIT 1;
 
+-- name: held_by
+-- The runnable executions an owner holds, off the partial index by owner.
+SELECT id, lease_token, lease_until FROM executions
+WHERE owner = ? AND status IN (0, 1, 6);
+
 -- name: lease_expiry
 -- The latest expiry of the leases an owner holds, off the partial index by owner.
 SELECT max(lease_until) FROM executions WHERE owner = ?;
