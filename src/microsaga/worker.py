@@ -896,10 +896,10 @@ class Worker:
 
     async def _claim(self) -> int:
         """Claim what this worker has room for; the count when it took a full batch."""
+        # what came due until now is claimed now, or left for other workers
+        now = self._claimed_at = self.clock()
         # what it can start soon: a worker that took more than it runs would hold a
         # backlog that other workers could run
-        # what came due until now is claimed now, or was left for other workers
-        now = self._claimed_at = self.clock()
         room = self.options.max_executions - len(self.runs) + self._rolling_back_children
         if room <= 0:
             return 0
