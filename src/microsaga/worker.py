@@ -13,7 +13,10 @@ owners of the leases held in the store: one with its own ``machine`` part whose 
 is gone (or a zombie) died, since pids are only meaningful in the same namespace of
 the same boot, and its leases are freed at once instead of expiring. A pid that is
 alive, even reused by another program, is left alone: its leases expire as usual.
-Stable ids chosen by the user are never taken for dead.
+Stable ids chosen by the user are never taken for dead; they belong to one live
+worker: a worker refuses to start under an id whose leases another renews, and one
+that finds executions held under its id that it does not run (two started at once)
+says so, and frees them once their leases expire (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
