@@ -13,15 +13,16 @@ owners of the leases held in the store: one with its own ``machine`` part whose 
 is gone (or a zombie) died, since pids are only meaningful in the same namespace of
 the same boot, and its leases are freed at once instead of expiring. A pid that is
 alive, even reused by another program, is left alone: its leases expire as usual.
-Stable ids chosen by the user are never taken for dead.
+Stable ids chosen by the user are never taken for dead; they belong to one live
+worker: a worker refuses to start under an id whose leases another renews, and one
+that finds executions held under its id that it does not run (two started at once)
+says so, and frees them once their leases expire (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import heapq
 import logging
 import os
@@ -40,8 +41,11 @@ from ._engine.plan import Plan, RetryPolicy, RunGraph
 from ._engine.records import Abort, ExecState, Phase, StepRecord
 from ._groupcommit import Committer
 from ._health import StoreHealth
+from ._process import alive as _alive
+from ._process import machine
 from ._run import Run, RunSpec
 from .errors import (
+    ConfigurationError,
     ExecutionConflictError,
     ExecutionNotFoundError,
     InvalidTransitionError,
@@ -79,21 +83,6 @@ log = logging.getLogger("microsaga.worker")
 _DEFAULT_ID = re.compile(r"(?P<pid>[0-9]+):[0-9a-f]{8}:(?P<machine>[0-9a-f]{12})")
 
 
-@functools.cache
-def machine() -> str | None:
-    """This boot of this machine and this PID namespace, hashed; None when unknown.
-
-    Two processes with the same value see the same pids: a pid gone for one is gone.
-    """
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # not Linux, or no /proc
-        return None
-    return hashlib.blake2s(f"{boot}:{namespace}".encode(), digest_size=6).hexdigest()
-
-
 def default_worker_id() -> str:
     nonce = uuid.uuid4().hex[:8]
     found = machine()
@@ -112,23 +101,6 @@ def running_here(owner: str) -> bool | None:
     if found is None or found["machine"] != here:
         return None  # a stable id, or another machine's (or namespace's) worker
     return _alive(int(found["pid"]))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    except (OverflowError, OSError):
-        return True  # cannot tell: leave its leases to expire
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rpartition(")")[2].split()[:1]
-    except OSError:  # exited just now
-        return False
-    return state not in (["Z"], ["X"])  # a zombie is dead, only not reaped yet
 
 
 class NewRun(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -175,6 +147,7 @@ class Worker:
 
     waiting_every = 5.0  # seconds between counts of the steps waiting in the store
     _waiting_due = 0.0  # the loop's time they are counted next (see _count_waiting)
+    _claimed_at = 0.0  # the time of the last claim: what came due before was seen
 
     def __init__(
         self,
@@ -218,6 +191,9 @@ class Worker:
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
         self._dues: list[float] = []  # heap: the timers of what this worker parked
+        # executions held under this stable id that this worker does not run: another's
+        self._foreign: dict[str, tuple[int, float]] = {}
+        self._namesake_told = 0.0  # when the namesake was last told of: once a minute
         self._due_call: asyncio.TimerHandle | None = None  # pokes at the earliest of them
 
     # the run's host ---------------------------------------------------------------
@@ -433,6 +409,7 @@ class Worker:
         """Claim executions from the store and take control requests of any process
         (a flow that is a worker)."""
         if self.options.worker_id is not None:
+            await self._refuse_a_live_namesake()
             # nothing runs here yet: what this id holds was left by a previous life
             freed = await self.store.release_all(self.id)
             if freed:
@@ -445,6 +422,38 @@ class Worker:
             loop.create_task(self._poll_loop(), name="microsaga-poll"),
             loop.create_task(self._heartbeat_loop(), name="microsaga-heartbeat"),
         ]
+
+    async def _refuse_a_live_namesake(self) -> None:
+        """Refuse a stable id that another live worker uses: both would take each
+        other's executions for their own (a claim skips its owner's rows), and freeing
+        them below would fence the other's runs off mid-step.
+
+        A live worker renews its leases every heartbeat, before they expire: leases
+        under this id that are still valid are watched for one heartbeat (and until
+        they expire, at the latest). Renewed: the id is taken. Not renewed: they were
+        left by a previous life of this worker, which died. A namesake holding no lease
+        (idle) cannot be told apart from no worker at all.
+
+        Raises:
+            ConfigurationError: another worker renews leases under this id.
+        """
+        expiry = await self.store.lease_expiry(self.id)
+        now = self.clock()
+        if expiry is None or expiry <= now:
+            return  # nothing held, or nobody renewed it in time: dead
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(expiry - now, self.options.heartbeat_interval + 0.5)
+        while loop.time() < end:
+            await asyncio.sleep(min(0.2, max(0.0, end - loop.time())))
+            latest = await self.store.lease_expiry(self.id)
+            if latest is not None and latest > expiry:
+                raise ConfigurationError(
+                    "worker_id",
+                    f"{self.id!r} is in use: another live worker renews leases under it; "
+                    "give each worker an id of its own (or none), or stop the other first",
+                )
+            if latest is None:
+                return  # it released them: stopped
 
     async def stop(self) -> None:
         """Hand back what this worker runs: no new step starts, the running ones finish
@@ -835,12 +844,16 @@ class Worker:
             self._poke.clear()
 
     async def _idle(self) -> None:
-        """Wait for the next poll: the poll interval, or a poke. A store that tells no
-        other process of control requests (SQLite: no LISTEN/NOTIFY) is looked at
-        every second meanwhile, so that a signal, suspend or abort from another process
-        is acted on within a second (SPEC section 8) however long the interval."""
+        """Wait for the next poll: the poll interval, or a poke. With an interval over
+        a second, the store is looked at every second meanwhile (SPEC section 8: within
+        a second, however long the interval): for an execution that came due since the
+        last claim (a timer parked by a worker that died since, which will not look for
+        it at its time), and, when the store tells no other process of control requests
+        (SQLite: no LISTEN/NOTIFY), for a signal, suspend or abort from another process.
+        """
         interval = self.options.poll_interval
-        if interval <= 1.0 or type(self.store).watch is not Store.watch:
+        watched = type(self.store).watch is not Store.watch
+        if interval <= 1.0 or (watched and not self.options.claim):
             await wait_event(self._poke, interval)
             return
         loop = asyncio.get_running_loop()
@@ -849,11 +862,16 @@ class Worker:
             if await wait_event(self._poke, min(left, 1.0)):
                 return
             try:
-                found, _ = await self.store.controls(self._control_seq)
+                if not watched:
+                    found, _ = await self.store.controls(self._control_seq)
+                    if found:
+                        return  # the poll acts on them: runs held here, executions woken
+                if self.options.claim and await self.store.due_between(
+                    self._claimed_at, self.clock()
+                ):
+                    return  # the poll claims it
             except MicrosagaError:
                 return  # the poll finds out
-            if found:
-                return  # the poll acts on them: runs held here, executions woken
 
     async def _prune(self, before: float) -> None:
         """Delete what finished before ``before`` (``Flow(retention=...)``), a batch at
@@ -881,6 +899,8 @@ class Worker:
 
     async def _claim(self) -> int:
         """Claim what this worker has room for; the count when it took a full batch."""
+        # what came due until now is claimed now, or left for other workers
+        now = self._claimed_at = self.clock()
         # what it can start soon: a worker that took more than it runs would hold a
         # backlog that other workers could run
         room = self.options.max_executions - len(self.runs) + self._rolling_back_children
@@ -892,9 +912,7 @@ class Worker:
         # the last heartbeat: a worker that held nothing then (every lease taken from it
         # in a stall) may hold what this claim takes
         alive, _ = await self._owners_here()
-        claims = await self.store.claim(
-            self.id, self.clock(), self.options.lease_ttl, limit, alive=alive
-        )
+        claims = await self.store.claim(self.id, now, self.options.lease_ttl, limit, alive=alive)
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
 
@@ -914,6 +932,13 @@ class Worker:
                 await self._free_dead_owners()
             except Exception:
                 log.exception("worker %s: looking for dead workers failed", self.id)
+            if self.options.worker_id is not None:
+                try:
+                    await self._namesakes()
+                except StoreError as exc:
+                    self.health.failed(exc)
+                except Exception:
+                    log.exception("worker %s: looking for namesakes failed", self.id)
             if self.hooks.steps_waiting:
                 await self._count_waiting()
 
@@ -973,6 +998,52 @@ class Worker:
             self.health.failed(exc)
         except MicrosagaError as exc:
             log.warning("worker %s: could not look for dead workers: %s", self.id, exc)
+        if freed:
+            self._poke.set()
+
+    async def _namesakes(self) -> None:
+        """Another worker under this stable id, started while neither held a lease (so
+        neither refused to start; see :meth:`_refuse_a_live_namesake`): each takes the
+        other's executions for its own and never claims them. An execution held under
+        this id that this worker does not run, at two heartbeats in a row (so not one
+        claimed or started between the two reads), is the other's: while its lease is
+        renewed, that is said (an error, once a minute); once its lease expired (the
+        other died, or stalled past it), it is freed for any worker."""
+        held = await self.store.held_by(self.id)
+        seen, self._foreign = (
+            self._foreign,
+            {
+                eid: lease
+                for eid, lease in held.items()
+                if eid not in self.runs and eid not in self._to_release
+            },
+        )
+        now = self.clock()
+        live = sorted(
+            eid for eid, (_, until) in self._foreign.items() if eid in seen and until > now
+        )
+        if live and now >= self._namesake_told:
+            self._namesake_told = now + 60.0
+            log.error(
+                "worker %s: another live worker runs under this id (%d executions held under "
+                "it are not run here: %s); give each worker an id of its own (or none), "
+                "and restart the other",
+                self.id,
+                len(live),
+                ", ".join(live[:5]) + (", ..." if len(live) > 5 else ""),
+            )
+        freed = False
+        for eid, (token, until) in self._foreign.items():
+            if until <= now and seen.get(eid, (None,))[0] == token:
+                await self.store.release(eid, token, 0.0)
+                log.warning(
+                    "execution %s: freed: held under this worker's id %s by another worker "
+                    "that no longer renews its lease",
+                    eid,
+                    self.id,
+                    extra=about(eid),
+                )
+                freed = True
         if freed:
             self._poke.set()
 

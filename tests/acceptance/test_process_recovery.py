@@ -275,6 +275,59 @@ async def test_a_lease_is_taken_over_only_once_its_owner_died(world: World) -> N
     assert [pid for _, _, pid in world.calls("work")] == [other.pid]
 
 
+async def test_a_second_worker_under_a_live_workers_id_refuses_to_start(world: World) -> None:
+    """Two live workers under one id would take each other's executions for their
+    own: the second refuses to start, naming the id; the first runs on untouched. Once
+    the first is killed, a worker under its id starts and takes its execution back."""
+    wf = await world.flow.workflow_create(
+        "twins", FunctionStep(rs.held, id="a"), FunctionStep(rs.work, id="b", requires=["a"])
+    )
+    eid = await wf.execute({"order": 4}, async_=True)
+    first = world.worker("--id", "twin")
+    await eventually(lambda: world.calls("held"), timeout=30)
+    second = world.worker("--id", "twin")
+    assert second.wait(30) == 2
+    refused = world.output(second)
+    assert "error[configuration]" in refused
+    assert "'twin' is in use" in refused
+    assert "Traceback" not in refused
+    assert first.poll() is None
+    world.kill(first)
+    world.open_gate(f"{eid}:a")
+    heir = world.worker("--id", "twin")
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [first.pid, heir.pid]
+    assert [pid for _, _, pid in world.calls("work")] == [heir.pid]
+
+
+async def test_two_workers_started_at_once_under_one_id_are_told_and_recover(
+    world: World,
+) -> None:
+    """Two workers under one id, started while it held nothing (neither can refuse):
+    the one not running the execution says another live worker uses its id; once the
+    other is killed, it takes the execution over instead of leaving it for ever to a
+    worker it takes for itself."""
+    first, second = world.worker("--id", "twin"), world.worker("--id", "twin")
+    await world.ready(first)
+    await world.ready(second)
+    wf = await world.flow.workflow_create(
+        "twins-at-once",
+        FunctionStep(rs.held, id="a"),
+        FunctionStep(rs.work, id="b", requires=["a"]),
+    )
+    eid = await wf.execute({"order": 5}, async_=True)
+    await eventually(lambda: world.calls("held"), timeout=30)
+    runner = first if world.calls("held")[0][2] == first.pid else second
+    other = second if runner is first else first
+    await eventually(lambda: "another live worker runs under this id" in world.output(other))
+    assert eid in world.output(other)
+    world.kill(runner)
+    world.open_gate(f"{eid}:a")
+    await world.reaches(eid, Status.SUCCESS)
+    assert [pid for _, _, pid in world.calls("held")] == [runner.pid, other.pid]
+    assert [pid for _, _, pid in world.calls("work")] == [other.pid]
+
+
 async def test_two_workers_run_each_execution_once(world: World) -> None:
     wf = await world.flow.workflow_create(
         "chain",
@@ -772,6 +825,31 @@ async def test_a_timer_fires_on_time_with_a_long_poll_interval(world: World) -> 
     await world.step_is(eid, "nap", Status.WAITING)
     await world.reaches(eid, Status.SUCCESS, timeout=15)
     assert len(world.calls("work")) == 1
+
+
+async def test_a_timer_parked_by_a_killed_worker_fires_on_time_on_another(
+    world: World,
+) -> None:
+    """A worker parks a sleep and is killed; a worker started after it (its first
+    claim done before the timer's time, its next poll 30 s later) fires the timer at
+    its time: the bound below is far under the poll interval."""
+    world.env["MICROSAGA_POLL_INTERVAL"] = "30"
+    nap = SleepStep(8, id="nap")
+    wf = await world.flow.workflow_create(
+        "orphan-timer", nap, FunctionStep(rs.work, id="after", requires=[nap])
+    )
+    eid = await wf.execute({"n": 1}, async_=True)
+    first = world.worker()
+    await world.step_is(eid, "nap", Status.WAITING)
+    await eventually(
+        lambda: "waiting for a timer" in str(cli("show", eid, extra_env=world.env).stdout)
+    )
+    world.kill(first)
+    survivor = world.worker()
+    await world.ready(survivor)
+    assert (await world.flow.execution(eid)).steps["nap"].status is Status.WAITING
+    await world.reaches(eid, Status.SUCCESS, timeout=20)
+    assert [pid for _, _, pid in world.calls("work")] == [survivor.pid]
 
 
 async def test_a_signal_from_another_process_wakes_within_a_second_of_polling(

@@ -737,7 +737,14 @@ async def test_rabbitmq_reply_to_a_gone_requester_acknowledges_the_request(
     gone = f"microsaga.reply.{uuid.uuid4().hex}"  # a reply queue nobody declares
     request = Message(
         {"order_id": 1},
-        {"Idempotency-Key": "e1:ship", REPLY_TO_HEADER: gone, CORRELATION_HEADER: "c1"},
+        {
+            "Idempotency-Key": "e1:ship",
+            REPLY_TO_HEADER: gone,
+            CORRELATION_HEADER: "c1",
+            "Micro-Flow-Execution": "e1",
+            "Micro-Flow-Workflow": "orders",
+            "Micro-Flow-Step": "ship",
+        },
     )
     caplog.set_level(logging.WARNING, logger="microsaga.transports.rabbitmq")
 
@@ -761,6 +768,10 @@ async def test_rabbitmq_reply_to_a_gone_requester_acknowledges_the_request(
     (warning,) = dropped()
     assert warning.levelno == logging.WARNING
     assert f"reply to '{gone}' dropped" in warning.getMessage()
+    # the request's execution, as the participant's own records of it name it
+    assert getattr(warning, "execution_id", None) == "e1"
+    assert getattr(warning, "workflow_id", None) == "orders"
+    assert getattr(warning, "step_id", None) == "ship"
 
 
 @pytest.mark.parametrize(

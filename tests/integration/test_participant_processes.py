@@ -9,6 +9,7 @@ through the real server as well.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -124,3 +125,57 @@ async def test_a_typed_handler_refuses_a_body_that_does_not_fit(
         info = (await flow.executions())[0]
     assert info.steps["inventory.Inventory.Reserve"].attempts == 1  # final: not retried
     assert runs.read_text() == ""
+
+
+@pytest.mark.timeout(60)
+async def test_a_key_claimed_by_a_killed_process_is_answered_by_another_at_once(
+    tmp_path: Path,
+) -> None:
+    """The process answering a key is SIGKILLed mid-handler, leaving its claim (a
+    minute long) behind: the step's retry, on the other process, runs the handler
+    there at once instead of getting 503 in_progress until the claim expires."""
+    (tmp_path / "inventory_svc.py").write_text(SERVICE)
+    runs = tmp_path / "runs.txt"
+    runs.touch()
+    env = {"DEDUPE_DB": str(tmp_path / "dedupe.db"), "RUNS": str(runs), "PATH": "/usr/bin:/bin"}
+    urls, procs = [], []
+    for slow in ("60", "0"):  # the first hangs in the handler, the second answers
+        port = free_port()
+        urls.append(f"http://127.0.0.1:{port}")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "inventory_svc:inventory", "--port", str(port)],
+                cwd=tmp_path,
+                env={**env, "SLOW": slow},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for url in urls:
+            await eventually(lambda url=url: _up(url), timeout=20)
+        key = {"Idempotency-Key": "e1:inventory.Inventory.Reserve"}
+        async with httpx.AsyncClient(timeout=10) as client:
+            cut = asyncio.create_task(
+                client.post(f"{urls[0]}/Inventory/Reserve", json={"order_id": 7}, headers=key)
+            )
+            await eventually(lambda: runs.read_text() == "7\n")
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(10)
+            with pytest.raises(httpx.TransportError):
+                await cut
+            retried = await client.post(
+                f"{urls[1]}/Inventory/Reserve", json={"order_id": 7}, headers=key
+            )
+            assert retried.status_code == 200, retried.text
+            assert retried.json() == {"reservation": "R-7"}
+            again = await client.post(
+                f"{urls[1]}/Inventory/Reserve", json={"order_id": 7}, headers=key
+            )
+        assert again.json() == {"reservation": "R-7"}  # replayed: run twice in all
+        assert runs.read_text() == "7\n7\n"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=10)

@@ -640,6 +640,34 @@ async def test_lease_owners_are_those_holding_a_lease_expired_or_not(store: Stor
     assert await store.lease_owners() == {"w2", "w4"}
 
 
+async def test_what_an_owner_holds_and_what_came_due(store: Store) -> None:
+    """What workers read of each other's leases: the latest expiry and the executions
+    an owner holds (a stable id's namesake), and whether anything came due in a span
+    (a timer parked by a dead worker). A store of one process has none to tell of."""
+    from microsaga.stores.memory import MemoryStore
+
+    if isinstance(store, MemoryStore):
+        assert await store.lease_expiry("w1") is None
+        assert await store.held_by("w1") == {}
+        assert await store.due_between(0.0, 1e12) is False
+        return
+    await store.commit(
+        [new("e1", owner="w1"), new("e2", owner="w1", ttl=20.0), new("e3", owner="w2"), new("e4")]
+    )
+    assert await store.lease_expiry("w1") == 120.0
+    assert await store.lease_expiry("w9") is None
+    assert await store.held_by("w1") == {"e1": (1, 110.0), "e2": (1, 120.0)}
+    assert await store.renew("w1", ["e1"], 115.0, 10.0) == {"e1"}
+    assert await store.lease_expiry("w1") == 125.0  # renewed: later than before
+    await store.release("e3", 1, 150.0)  # nobody's until 150, as a parked timer
+    assert await store.due_between(130.0, 149.0) is False
+    assert await store.due_between(130.0, 150.0) is True  # e3
+    assert await store.due_between(121.0, 125.0) is True  # e1's lease runs out
+    assert await store.due_between(150.0, 1e12) is False  # e4 was due before: claimed then
+    await store.commit([transition("e1", status=Status.SUCCESS, release=True)])
+    assert await store.held_by("w1") == {"e2": (1, 120.0)}
+
+
 async def test_released_and_parked_leases_leave_their_owner(store: Store) -> None:
     await store.commit([new("e1", owner="w1"), new("e2", owner="w2"), new("e3", owner="w2")])
     await store.release("e1", 1, 0.0)

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from microsaga import Message, StepError
 from microsaga.participant import Participant, SQLiteDedupeStore
@@ -117,3 +118,34 @@ async def test_a_key_answered_between_looking_and_claiming_is_replayed(tmp_path:
     assert (reply.status, replayed, ran) == (200, True, ["first"])
     await first.dedupe.close()
     await second.dedupe.close()
+
+
+async def test_a_claim_is_taken_at_once_only_from_a_process_known_dead(tmp_path: Path) -> None:
+    """Claims as other processes leave them (``pid:start:machine:nonce``): one whose
+    pid now runs another program (another start time) is dead and taken at once; one
+    of another machine (or PID namespace) cannot be told dead, and holds until it
+    expires."""
+    import os
+    import sqlite3
+
+    from microsaga._process import machine, start_time
+
+    here = machine()
+    if here is None:
+        pytest.skip("no /proc: nothing can be told of other processes")
+    store = SQLiteDedupeStore(tmp_path / "dedupe.db")
+    await store.get("warm-up")  # creates the tables
+    pid, start = os.getpid(), start_time(os.getpid())
+    assert start is not None
+    reused = f"{pid}:{start + 1}:{here}:gone"
+    elsewhere = f"{pid}:{start}:0123456789ab:far"
+    with sqlite3.connect(tmp_path / "dedupe.db") as db:
+        db.executemany(
+            "INSERT INTO microsaga_dedupe_claims VALUES (?, ?, ?)",
+            [("reused", reused, 1e12), ("elsewhere", elsewhere, 1e12)],
+        )
+    try:
+        assert await store.claim("reused") is True
+        assert await store.claim("elsewhere") is False
+    finally:
+        await store.close()

@@ -62,8 +62,9 @@ requests with the same key wait for the first one. Answers are kept in a
 :class:`SQLiteDedupeStore` (survives restarts, shared by processes on one host);
 both forget keys after ``ttl`` seconds (a day by default). With a store shared by
 processes, a key being answered by one process is answered 503 ``in_progress``
-(``Retry-After: 1``) by the others, until the first answer is kept (or a claim of a
-process that died expires, ``claim_ttl``).
+(``Retry-After: 1``) by the others, until the first answer is kept (a claim of a
+process of this machine that died is taken at once; one of another PID namespace
+expires, ``claim_ttl``).
 
 Brokers: :meth:`Participant.subscribe` consumes a topic with the same handlers and the
 same deduplication. When the message asks for a reply (``PublishStep(reply=True)``),

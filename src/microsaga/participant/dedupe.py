@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from .._process import alive, machine, start_time
 from ..message import Message, encode_json
 
 __all__ = ["DedupeStore", "MemoryDedupeStore", "Reply", "SQLiteDedupeStore", "error_answer"]
@@ -154,6 +155,29 @@ CREATE TABLE IF NOT EXISTS microsaga_dedupe_claims (
 """
 
 
+def _holder() -> str:
+    """Who holds a claim: ``pid:start:machine:nonce`` on a machine whose processes can
+    be told (see :mod:`microsaga._process`), else a nonce alone."""
+    nonce = uuid.uuid4().hex
+    here, pid = machine(), os.getpid()
+    start = start_time(pid) if here is not None else None
+    return nonce if here is None or start is None else f"{pid}:{start}:{here}:{nonce}"
+
+
+def _dead(holder: str) -> bool:
+    """Whether the process that holds a claim is gone: one of this machine (boot and
+    PID namespace) whose pid no longer runs, or runs another program (another start
+    time). Any other holder (another machine, a nonce alone) is not known dead."""
+    parts = holder.split(":")
+    if len(parts) != 4 or parts[2] != machine() or not parts[0].isdigit():
+        return False
+    pid = int(parts[0])
+    if not alive(pid):
+        return True
+    start = start_time(pid)  # None: cannot be read (another user's process)
+    return start is not None and str(start) != parts[1]
+
+
 class SQLiteDedupeStore(DedupeStore):
     """Answers kept in a SQLite file (table ``microsaga_dedupe``), so they survive a
     restart and are shared by the processes of a service on one host.
@@ -165,9 +189,11 @@ class SQLiteDedupeStore(DedupeStore):
     Args:
         path: the database file (created when missing).
         ttl: seconds an answer is kept; None keeps it forever.
-        claim_ttl: seconds a claim holds at most: a process that dies while answering
-            blocks the key that long (a minute by default, twice HttpClient's call
-            timeout); a handler running longer loses its claim.
+        claim_ttl: seconds a claim holds at most (a minute by default, twice
+            HttpClient's call timeout); a handler running longer loses its claim. A
+            claim of a process that died is taken at once when that process ran on
+            this machine (its pid gone, or running another program); one of another
+            PID namespace (a container of its own) or without ``/proc`` expires.
     """
 
     def __init__(
@@ -180,7 +206,7 @@ class SQLiteDedupeStore(DedupeStore):
         self.path = os.fspath(path)
         self.ttl = ttl
         self.claim_ttl = claim_ttl
-        self._owner = uuid.uuid4().hex
+        self._owner = _holder()
         # one connection used from one thread: sqlite3 objects are not shared across threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="microsaga-dedupe")
         self._conn: sqlite3.Connection | None = None
@@ -243,10 +269,11 @@ class SQLiteDedupeStore(DedupeStore):
             if self._select(key, now) is not None:  # answered since the caller looked
                 db.execute("COMMIT")
                 return False
-            db.execute(
-                "DELETE FROM microsaga_dedupe_claims WHERE key = ? AND expires_at <= ?",
-                (key, now),
-            )
+            held = db.execute(
+                "SELECT owner, expires_at FROM microsaga_dedupe_claims WHERE key = ?", (key,)
+            ).fetchone()
+            if held is not None and (held[1] <= now or _dead(held[0])):
+                db.execute("DELETE FROM microsaga_dedupe_claims WHERE key = ?", (key,))
             db.execute(
                 "INSERT OR IGNORE INTO microsaga_dedupe_claims VALUES (?, ?, ?)",
                 (key, self._owner, now + self.claim_ttl),

@@ -294,6 +294,36 @@ class Store(abc.ABC):
         leases (:meth:`release_all`) rather than wait for them to expire.
         """
 
+    async def held_by(self, owner: str) -> dict[str, tuple[int, float]]:
+        """The runnable executions whose lease ``owner`` holds, expired or not: their
+        lease token and expiry, by id.
+
+        A worker under a stable id looks at them at every heartbeat: one it does not run
+        is another worker's under the same id. A store of one process (memory) has no
+        other worker to tell of: none.
+        """
+        return {}
+
+    async def due_between(self, since: float, now: float) -> bool:
+        """Whether an execution became claimable after ``since``, at or before ``now``
+        (a parked execution's timer, a release until a time, a lease run out).
+
+        A worker with a poll interval over a second asks it every second: a timer
+        parked by a worker that died meanwhile fires within a second of its time (SPEC
+        section 8). A store of one process (memory) answers False: the worker that
+        parked an execution looks for it at its time itself.
+        """
+        return False
+
+    async def lease_expiry(self, owner: str) -> float | None:
+        """When the latest of the leases ``owner`` holds expires (None: it holds none).
+
+        A worker starting under a stable id reads it twice, a heartbeat apart: a value
+        that grew means another live worker renews leases under that id. A store of
+        one process (memory) has no other worker to tell of: None.
+        """
+        return None
+
     @abc.abstractmethod
     async def load(self, execution_id: str) -> StoredExecution | None:
         """Everything a worker needs to run an execution it claimed."""

@@ -486,6 +486,26 @@ class PostgresStore(Store):
 
         return await self._db.retrying(owners)
 
+    async def held_by(self, owner: str) -> dict[str, tuple[int, float]]:
+        async def held(conn: Any) -> dict[str, tuple[int, float]]:
+            rows = await conn.fetch(Q["held_by"], owner)
+            return {r[0]: (int(r[1]), float(r[2])) for r in rows}
+
+        return await self._db.retrying(held)
+
+    async def due_between(self, since: float, now: float) -> bool:
+        async def due(conn: Any) -> bool:
+            return await conn.fetchval(Q["due_between"], since, now) is not None
+
+        return await self._db.retrying(due)
+
+    async def lease_expiry(self, owner: str) -> float | None:
+        async def latest(conn: Any) -> float | None:
+            found = await conn.fetchval(Q["lease_expiry"], owner)
+            return None if found is None else float(found)
+
+        return await self._db.retrying(latest)
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
 

@@ -480,6 +480,26 @@ class SQLiteStore(Store):
 
         return await self._read(owners)
 
+    async def held_by(self, owner: str) -> dict[str, tuple[int, float]]:
+        def held() -> dict[str, tuple[int, float]]:
+            rows = self.r.execute(Q["held_by"], (owner,))
+            return {row[0]: (int(row[1]), float(row[2])) for row in rows}
+
+        return await self._read(held)
+
+    async def due_between(self, since: float, now: float) -> bool:
+        def due() -> bool:
+            return self.r.execute(Q["due_between"], (since, now)).fetchone() is not None
+
+        return await self._read(due)
+
+    async def lease_expiry(self, owner: str) -> float | None:
+        def latest() -> float | None:
+            row = self.r.execute(Q["lease_expiry"], (owner,)).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read(latest)
+
     async def load(self, execution_id: str) -> StoredExecution | None:
         return (await self.load_many([execution_id])).get(execution_id)
 

@@ -244,7 +244,7 @@ class Broker(abc.ABC):
         header = response.header.copy()
         header.set(CORRELATION_HEADER, corr)
         try:
-            await self.send_reply(reply_to, Message(response.body, header))
+            await self.send_reply(reply_to, Message(response.body, header), request=request)
             return
         except StepError as exc:
             if exc.retryable:
@@ -253,7 +253,7 @@ class Broker(abc.ABC):
         error = error_reply(failure.code, f"the reply cannot be sent: {one_line(failure)}")
         error.header.set(CORRELATION_HEADER, corr)
         try:
-            await self.send_reply(reply_to, error)
+            await self.send_reply(reply_to, error, request=request)
         except StepError as exc:
             if exc.retryable:
                 raise
@@ -264,8 +264,11 @@ class Broker(abc.ABC):
                 extra=about_request(request.header),
             )
 
-    async def send_reply(self, topic: str, reply: Message) -> None:
-        """Send a reply to a reply topic; a plain publish unless the broker knows better."""
+    async def send_reply(
+        self, topic: str, reply: Message, *, request: Message | None = None
+    ) -> None:
+        """Send a reply to a reply topic; a plain publish unless the broker knows better.
+        ``request`` is what it replies to: its ids name the execution in log records."""
         await self.publish(topic, reply)
 
 

@@ -241,7 +241,9 @@ class NatsBroker(Broker):
                 extra=about_request(message.header),
             )
 
-    async def send_reply(self, topic: str, reply: Message) -> None:
+    async def send_reply(
+        self, topic: str, reply: Message, *, request: Message | None = None
+    ) -> None:
         """Send the reply as a core NATS message: reply subjects need no stream.
 
         Raises:

@@ -263,7 +263,9 @@ class RabbitMQBroker(Broker):
             retryable=False,
         )
 
-    async def send_reply(self, topic: str, reply: Message) -> None:
+    async def send_reply(
+        self, topic: str, reply: Message, *, request: Message | None = None
+    ) -> None:
         """Publish a reply; a reply no queue receives is dropped with a warning.
 
         The reply queue of a saga process is exclusive: it goes when that process does,
@@ -280,7 +282,7 @@ class RabbitMQBroker(Broker):
                 "%s: reply to %r dropped: no queue is bound to it (the requester is gone)",
                 self._where,
                 topic,
-                extra=about_request(reply.header),
+                extra=about_request((request or reply).header),
             )
 
     async def subscribe(

@@ -160,7 +160,9 @@ class RedisBroker(Broker):
         """
         await self._xadd(topic, message)
 
-    async def send_reply(self, topic: str, reply: Message) -> None:
+    async def send_reply(
+        self, topic: str, reply: Message, *, request: Message | None = None
+    ) -> None:
         """``XADD`` the reply; on a microsaga reply stream, in the same transaction, an
         ``EXPIRE`` of a day: a reply that comes after its requester is gone must not
         leave a stream behind for ever. Other reply topics (a requester that is not

@@ -460,6 +460,22 @@ SELECT count(*), pg_notify($2, 'released') FROM freed;
 -- Read off the partial index microsaga_executions_by_owner.
 SELECT DISTINCT owner FROM microsaga_executions WHERE owner IS NOT NULL;
 
+-- name: due_between
+-- Whether a runnable execution became due in ($1, $2]: a range of the index of runnable
+-- executions by lease expiry.
+SELECT 1 FROM microsaga_executions
+WHERE status IN (0, 1, 6) AND lease_until > $1 AND lease_until <= $2
+LIMIT 1;
+
+-- name: held_by
+-- The runnable executions an owner holds, off the partial index by owner.
+SELECT id, lease_token, lease_until FROM microsaga_executions
+WHERE owner = $1 AND status IN (0, 1, 6);
+
+-- name: lease_expiry
+-- The latest expiry of the leases an owner holds, off the partial index by owner.
+SELECT max(lease_until) FROM microsaga_executions WHERE owner = $1;
+
 -- name: release
 -- $1 id, $2 token, $3 until, $4 the channel: another worker may take it now (or at
 -- $3), so tell them to look; $5 a note saying why it waits (or NULL).

@@ -94,6 +94,22 @@ WHERE owner = ?;
 -- Read off the partial index executions_by_owner.
 SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL;
 
+-- name: due_between
+-- Whether a runnable execution became due in (?1, ?2]: a range of the index of runnable
+-- executions by lease expiry.
+SELECT 1 FROM executions INDEXED BY executions_claimable
+WHERE status IN (0, 1, 6) AND lease_until > ?1 AND lease_until <= ?2
+LIMIT 1;
+
+-- name: held_by
+-- The runnable executions an owner holds, off the partial index by owner.
+SELECT id, lease_token, lease_until FROM executions
+WHERE owner = ? AND status IN (0, 1, 6);
+
+-- name: lease_expiry
+-- The latest expiry of the leases an owner holds, off the partial index by owner.
+SELECT max(lease_until) FROM executions WHERE owner = ?;
+
 -- name: release
 UPDATE executions SET owner = NULL, lease_until = :until, note = :note
 WHERE id = :id AND lease_token = :token;
