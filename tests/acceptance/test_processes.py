@@ -181,6 +181,9 @@ async def test_a_worker_restarted_under_its_id_takes_back_its_executions_at_once
     world: World, reader: Flow
 ) -> None:
     world.env["MICROSAGA_LEASE_TTL"] = "60"  # waiting for the lease would take a minute
+    # a restarted worker first watches its id's leases for one heartbeat (a namesake
+    # alive renews them): 20 s at this lease's default, 2 s here
+    world.env["MICROSAGA_HEARTBEAT"] = "2"
     queued = cli("run", ORDER, "--input", '{"id": 6}', "--async", extra_env=world.env)
     eid = queued.stdout.strip()
     first = world.spawn("worker", "--id", "replica-1")
