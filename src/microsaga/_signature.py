@@ -216,6 +216,7 @@ def _analyse(fn: Callable[..., Any]) -> FunctionCall:
         raw = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a signature: called as ever
         return _message_call(fn, is_async, with_ctx=False)
+    _refuse_unbound_method(fn, raw)
     signature = _resolve(fn, raw)
     named = [p for p in signature.parameters.values() if p.kind in _NAMED]
     params = [_Param(p.name, p.kind, _role(p.annotation), p.annotation, p.default) for p in named]
@@ -230,6 +231,25 @@ def _analyse(fn: Callable[..., Any]) -> FunctionCall:
             raise DefinitionError(f"{_describe(fn)}{form} cannot be a step: {_ALLOWED}") from None
         return _message_call(fn, is_async, with_ctx=with_ctx)
     return _typed_call(fn, is_async, params)
+
+
+def _refuse_unbound_method(fn: Callable[..., Any], signature: inspect.Signature) -> None:
+    """A function defined in a class body whose first parameter is ``self`` (or
+    ``cls``), unannotated, is a method that was decorated before it had an object: it
+    would get the request as ``self``."""
+    first = next(iter(signature.parameters.values()), None)
+    if (
+        inspect.isfunction(fn)
+        and first is not None
+        and first.name in ("self", "cls")
+        and first.annotation is _EMPTY
+        and fn.__qualname__.split(".")[-2:-1] not in ([], ["<locals>"])  # in a class body
+    ):
+        raise DefinitionError(
+            f"{_describe(fn)} is a method (its first parameter is {first.name}), taken "
+            "from its class without an object: make the step a module-level function "
+            "(or a @staticmethod) that a worker can import"
+        )
 
 
 def _wants_context(signature: inspect.Signature) -> bool:

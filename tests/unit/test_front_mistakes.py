@@ -1,0 +1,69 @@
+"""Mistakes a new user makes with the decorators and typed steps, and what they are told."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from microsaga import DefinitionError, Flow, FunctionStep, Saga, Status
+
+
+@dataclass
+class Order:
+    order_id: int
+
+
+def test_a_method_decorated_in_its_class_body_is_refused_saying_why() -> None:
+    saga = Saga("methods")
+    with pytest.raises(DefinitionError, match=r"is a method .*module-level function") as err:
+
+        class Orders:
+            @saga.step
+            def reserve(self, order: Order) -> Order:
+                return order
+
+    assert "annotate" not in str(err.value)  # annotating self is no way out
+    with pytest.raises(DefinitionError, match="is a method"):
+
+        class Messages:  # untyped: it would get the request as self, the context as msg
+            @saga.step
+            def reserve(self, msg):  # type: ignore[no-untyped-def]
+                return msg
+
+    assert saga.steps == []
+
+
+class Inventory:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    async def reserve(self, order: Order) -> dict[str, str]:
+        return {"reservation": f"{self.prefix}-{order.order_id}"}
+
+    def __call__(self, order: Order) -> dict[str, str]:
+        return {"called": self.prefix}
+
+
+@pytest.mark.parametrize("kind", ["bound method", "callable object"])
+async def test_a_bound_method_runs_here_but_is_not_saved_as_its_class_function(
+    flow: Flow, kind: str
+) -> None:
+    """Saved, ``tests.unit.test_front_mistakes:Inventory.reserve`` would load as the
+    function without its object, and a worker would call it without ``self``."""
+    inventory = Inventory("R")
+    fn = inventory.reserve if kind == "bound method" else inventory
+    saga = Saga("bound")
+    saga.step(id="reserve")(fn)
+    wf = await flow.workflow_add(saga)
+    eid = await wf.execute(Order(7))
+    info = await flow.execution(eid)
+    assert info.status is Status.SUCCESS
+    with pytest.raises(DefinitionError, match="step reserve cannot be saved: importing"):
+        await flow.workflow_save(saga)
+    function = FunctionStep(reserve_order).to_config()
+    assert function == {"function": "tests.unit.test_front_mistakes:reserve_order"}
+
+
+def reserve_order(order: Order) -> Order:
+    return order
