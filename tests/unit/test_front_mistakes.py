@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from microsaga import DefinitionError, Flow, FunctionStep, Saga, Status
+from microsaga import DefinitionError, ExecutionNotFoundError, Flow, FunctionStep, Saga, Status
 
 
 @dataclass
@@ -67,3 +68,24 @@ async def test_a_bound_method_runs_here_but_is_not_saved_as_its_class_function(
 
 def reserve_order(order: Order) -> Order:
     return order
+
+
+async def test_a_saga_added_to_two_open_flows_runs_on_each(tmp_path: Path) -> None:
+    saga = Saga("two-flows")
+    saga.step(reserve_order)
+    first_url, second_url = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
+    async with Flow(first_url) as first, Flow(second_url) as second:
+        on_first = await first.workflow_add(saga)
+        on_second = await second.workflow_add(saga)
+        assert await second.workflow_save(saga) == 1
+        assert on_first.flow is first
+        assert on_second.flow is second
+        first_eid = await on_first.execute(Order(1))
+        second_eid = await on_second.execute(Order(2))
+        assert (await first.execution(first_eid)).status is Status.SUCCESS
+        assert (await second.execution(second_eid)).status is Status.SUCCESS
+        with pytest.raises(ExecutionNotFoundError):
+            await second.execution(first_eid)
+        assert on_first.version is None  # saved in the second flow's store only
+    async with Flow(second_url) as third:  # the others are closed: bound as it is
+        assert await third.workflow_add(saga) is saga.workflow
