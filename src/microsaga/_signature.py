@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,12 +103,25 @@ class FunctionCall:
             awaits it and returns its result (what the engine may await in place of
             ``execute``); None otherwise.
         typed: whether the function takes typed parameters (else messages).
+        needs: the fields of a JSON object input that its data parameters require,
+            when they are known (None: any input may fit).
     """
 
     is_async: bool
     invoke: Callable[[Message, StepContext], Any]
     direct: Callable[[Message], Awaitable[Any]] | None
     typed: bool
+    needs: Mapping[str, frozenset[str]] | None = None  # {"parameter x": fields}
+
+    def missing(self, keys: Collection[str]) -> str | None:
+        """What an input object of exactly ``keys`` lacks for the function's
+        parameters (``field order_id, for parameter order``), or None."""
+        for what, fields in (self.needs or {}).items():
+            lacking = sorted(fields.difference(keys))
+            if lacking:
+                plural = "s" if len(lacking) > 1 else ""
+                return f"field{plural} {', '.join(lacking)}, for {what}"
+        return None
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -453,4 +466,34 @@ def _typed_call(fn: Callable[..., Any], is_async: bool, params: list[_Param]) ->
                 return result_message(await invoke(request, None))
 
             direct = direct_any
-    return FunctionCall(is_async, invoke, direct, typed=True)
+    needs: dict[str, frozenset[str]] = {}
+    if decode_all is not None:  # several: each its field of the input
+        needs["parameters " + ", ".join(p.name for p in data)] = frozenset(
+            p.name for p in data if p.default is _EMPTY
+        )
+    elif len(data) == 1:  # one: the whole input, an object when its type has fields
+        fields = _required_fields(data[0].type) if data[0].role == _DATA else None
+        if fields is not None:
+            needs[f"parameter {data[0].name}"] = fields
+    return FunctionCall(is_async, invoke, direct, typed=True, needs=needs)
+
+
+def _required_fields(tp: Any) -> frozenset[str] | None:
+    """The fields an object decoded into ``tp`` must have (None: not an object type
+    with named fields, such as a dict)."""
+    if _pydantic_model(tp):
+        return frozenset(
+            field.alias or name for name, field in tp.model_fields.items() if field.is_required()
+        )
+    try:
+        info = msgspec.inspect.type_info(tp)
+    except (TypeError, ValueError):
+        return None
+    kinds = (
+        msgspec.inspect.StructType,
+        msgspec.inspect.DataclassType,
+        msgspec.inspect.TypedDictType,
+    )
+    if not isinstance(info, kinds):
+        return None
+    return frozenset(field.encode_name for field in info.fields if field.required)

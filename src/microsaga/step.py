@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -163,6 +163,20 @@ class StepOptions:
                             f"a {name} step cannot have its own {field_name}",
                             path=f"{name}.{field_name}",
                         )
+        compensation = self.compensate
+        lacking = (
+            compensation._input_lacks(("request", "response"))
+            if compensation is not None and self.compensate_input == "both"
+            else None
+        )
+        if compensation is not None and lacking is not None:  # it would fail in a rollback
+            raise DefinitionError(
+                f"compensation {compensation.id} cannot take its input: with "
+                'compensate_input="both" (the default) it gets {"request": ..., '
+                f'"response": ...}}, which has no {lacking}: name its parameters request '
+                'and response, or set compensate_input="request" or "response"',
+                path="compensate",
+            )
         for name in ("input", "when"):
             if getattr(self, name) is not None:
                 compile_expression(getattr(self, name), name)
@@ -353,6 +367,11 @@ class Step:
 
         Called by ``execute`` before anything is stored.
         """
+
+    def _input_lacks(self, keys: Collection[str]) -> str | None:
+        """What an input object of exactly ``keys`` lacks for this step, when the
+        step can tell before it runs (a typed function); None otherwise."""
+        return None
 
     # definitions ------------------------------------------------------------
 

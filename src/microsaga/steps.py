@@ -8,7 +8,7 @@ import importlib
 import inspect
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -363,6 +363,11 @@ class FunctionStep(Step):
     def check(self, flow: Flow) -> None:
         if flow.options.worker:  # a flow that runs steps imports what it runs
             self.resolve()
+
+    def _input_lacks(self, keys: Collection[str]) -> str | None:
+        if self._fn is None:  # read without importing: told when it is imported
+            return None
+        return self._call.missing(keys)
 
     async def execute(self, req: Message, ctx: StepContext) -> Message:
         if self._fn is None:  # read without importing: imported where it runs

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from microsaga import DefinitionError, ExecutionNotFoundError, Flow, FunctionStep, Saga, Status
+from microsaga import (
+    DefinitionError,
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    Flow,
+    FunctionStep,
+    Saga,
+    Status,
+    StepError,
+)
 
 
 @dataclass
@@ -89,3 +99,54 @@ async def test_a_saga_added_to_two_open_flows_runs_on_each(tmp_path: Path) -> No
         assert on_first.version is None  # saved in the second flow's store only
     async with Flow(second_url) as third:  # the others are closed: bound as it is
         assert await third.workflow_add(saga) is saga.workflow
+
+
+def release_order(order: Order) -> None:
+    return None
+
+
+def release_both(order: Order, reservation: dict[str, str]) -> None:
+    return None
+
+
+def release_any(both: dict[str, Any]) -> None:
+    return None
+
+
+def test_a_compensation_that_cannot_take_request_and_response_is_refused_when_declared() -> None:
+    """It would fail only when a rollback needed it: the input of a compensation is
+    ``{"request": ..., "response": ...}`` unless ``compensate_input`` says otherwise."""
+    saga = Saga("undo")
+    with pytest.raises(DefinitionError) as err:
+        saga.step(compensate=release_order)(reserve_order)
+    assert str(err.value) == (
+        "compensate: compensation release_order cannot take its input: with "
+        'compensate_input="both" (the default) it gets {"request": ..., "response": ...}, '
+        "which has no field order_id, for parameter order: name its parameters request "
+        'and response, or set compensate_input="request" or "response"'
+    )
+    with pytest.raises(DefinitionError, match="no fields order, reservation, for parameters"):
+        FunctionStep(reserve_order, compensate=FunctionStep(release_both))
+    assert saga.steps == []
+    FunctionStep(reserve_order, compensate=FunctionStep(release_any))  # a dict takes it
+
+
+async def test_a_compensation_of_the_forward_type_runs_with_compensate_input_request(
+    flow: Flow,
+) -> None:
+    released: list[Order] = []
+
+    def release(order: Order) -> None:
+        released.append(order)
+
+    def decline(order: Order) -> None:
+        raise StepError("declined", retryable=False)
+
+    saga = Saga("undo")
+    saga.step(compensate=release, compensate_input="request")(reserve_order)
+    saga.step(requires=[reserve_order])(decline)
+    wf = await flow.workflow_add(saga)
+    with pytest.raises(ExecutionFailedError) as err:
+        await wf.execute(Order(3))
+    assert err.value.compensated
+    assert released == [Order(3)]
