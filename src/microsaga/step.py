@@ -394,21 +394,41 @@ class Step:
 
 
 _KINDS: dict[str, type[Step]] = {}
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(StepOptions))
 
 
 def register_step(cls: type[Step], kind: str | None = None) -> type[Step]:
     """Register a step class under ``kind`` (default ``cls.kind``) for definitions.
 
     Usable as a decorator. A definition entry names its kind as a key
-    (``{"call": ...}``, ``{"mykind": ...}``).
+    (``{"call": ...}``, ``{"mykind": ...}``). Registering the class again (its module
+    reloaded, say) replaces it.
+
+    Raises:
+        DefinitionError: ``kind`` is another class's (a built-in kind included) or the
+            name of a step option, which would read every step as that kind.
     """
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         raise TypeError(f"register_step needs a Step subclass, not {cls!r}")
     name = kind or cls.kind
     if not name:
         raise MicrosagaError(f"{cls.__name__} has no kind: set the class attribute or pass kind=")
+    if name in _OPTION_NAMES:
+        raise DefinitionError(
+            f"register_step: {name!r} is a step option, not a kind name: pass another kind="
+        )
+    taken = _KINDS.get(name)
+    if taken is not None and _path(taken) != _path(cls):
+        raise DefinitionError(
+            f"register_step: kind {name!r} is {_path(taken)}'s already, not "
+            f"{_path(cls)}'s: pass another kind="
+        )
     _KINDS[name] = cls
     return cls
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def step_kinds() -> Mapping[str, type[Step]]:

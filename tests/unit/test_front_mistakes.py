@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,15 @@ from microsaga import (
     ExecutionNotFoundError,
     Flow,
     FunctionStep,
+    Message,
     Saga,
     Status,
+    Step,
+    StepContext,
     StepError,
+    register_step,
 )
+from microsaga.step import step_kinds
 
 
 @dataclass
@@ -150,3 +156,34 @@ async def test_a_compensation_of_the_forward_type_runs_with_compensate_input_req
         await wf.execute(Order(3))
     assert err.value.compensated
     assert released == [Order(3)]
+
+
+class Echo(Step):
+    kind = "h4_echo"
+
+    async def execute(self, req: Message, ctx: StepContext) -> Message:
+        return req
+
+
+class OtherEcho(Echo):
+    pass
+
+
+def test_a_kind_name_is_registered_once_and_never_over_a_built_in_kind() -> None:
+    """A second class under a kind would read every saved step of the first as the
+    second; ``function`` taken would make every function step of definitions an Echo."""
+    assert register_step(Echo) is Echo
+    assert register_step(Echo) is Echo  # the same class again: its module reloaded
+    with pytest.raises(
+        DefinitionError, match=re.escape("kind 'h4_echo' is tests.unit.test_front_mistakes:Echo's")
+    ):
+        register_step(OtherEcho)
+    with pytest.raises(
+        DefinitionError, match=re.escape("kind 'function' is microsaga.steps:FunctionStep's")
+    ):
+        register_step(Echo, kind="function")
+    with pytest.raises(DefinitionError, match="'requires' is a step option"):
+        register_step(Echo, kind="requires")
+    assert step_kinds()["h4_echo"] is Echo
+    assert step_kinds()["function"] is FunctionStep
+    assert "requires" not in step_kinds()
