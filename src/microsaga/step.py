@@ -43,7 +43,7 @@ class Retry:
     Args:
         max_attempts: attempts in all, the first included (1 means no retry).
         non_retryable: exception classes (matched with ``isinstance``) or error codes
-            that fail the step at once.
+            that fail the step at once (a tuple, or one class or code).
     """
 
     max_attempts: int = 1
@@ -54,8 +54,18 @@ class Retry:
     non_retryable: tuple[type[BaseException] | str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.non_retryable, tuple):
-            object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
+        entries: Any = self.non_retryable
+        if isinstance(entries, str | type):  # one code or class: not its characters
+            entries = (entries,)
+        elif not isinstance(entries, tuple):
+            try:
+                entries = tuple(entries)
+            except TypeError:
+                raise DefinitionError(
+                    f"must be exception classes or error codes, not {entries!r}",
+                    path="retry.non_retryable",
+                ) from None
+        object.__setattr__(self, "non_retryable", entries)
         _check_int(self.max_attempts, "retry.max_attempts", minimum=1)
         _check_number(self.initial_interval, "retry.initial_interval", minimum=0.0)
         _check_number(self.multiplier, "retry.multiplier", minimum=1.0)

@@ -16,6 +16,7 @@ from microsaga import (
     Flow,
     FunctionStep,
     Message,
+    Retry,
     Saga,
     Status,
     Step,
@@ -187,3 +188,25 @@ def test_a_kind_name_is_registered_once_and_never_over_a_built_in_kind() -> None
     assert step_kinds()["h4_echo"] is Echo
     assert step_kinds()["function"] is FunctionStep
     assert "requires" not in step_kinds()
+
+
+@pytest.mark.parametrize("entry", ["declined", StepError])
+async def test_one_non_retryable_code_or_class_is_taken_as_one_entry(
+    flow: Flow, entry: str | type[BaseException]
+) -> None:
+    """``"declined"`` was taken as its letters, and matched no error: the step was
+    retried; one class was a TypeError about iterables."""
+    attempts: list[int] = []
+
+    def charge(order: Order) -> None:
+        attempts.append(1)
+        raise StepError("card declined", code="declined")
+
+    retry = Retry(max_attempts=3, initial_interval=0.0, non_retryable=entry)  # type: ignore[arg-type]
+    assert retry.non_retryable == (entry,)
+    wf = await flow.workflow_create("charge", FunctionStep(charge, retry=retry))
+    with pytest.raises(ExecutionFailedError, match="card declined"):
+        await wf.execute(Order(1))
+    assert attempts == [1]
+    with pytest.raises(DefinitionError, match=r"retry\.non_retryable: must be exception classes"):
+        Retry(non_retryable=404)  # type: ignore[arg-type]
