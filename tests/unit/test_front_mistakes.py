@@ -210,3 +210,19 @@ async def test_one_non_retryable_code_or_class_is_taken_as_one_entry(
     assert attempts == [1]
     with pytest.raises(DefinitionError, match=r"retry\.non_retryable: must be exception classes"):
         Retry(non_retryable=404)  # type: ignore[arg-type]
+
+
+def test_two_functions_of_one_name_are_told_to_take_an_id() -> None:
+    """A ``reserve`` in two modules (or two lambdas) have one default id."""
+    saga = Saga("names")
+    saga.step(lambda msg: msg)
+    with pytest.raises(DefinitionError) as err:
+        saga.step(lambda msg: msg)
+    assert str(err.value) == (
+        "duplicate step id in saga 'names': "
+        "test_two_functions_of_one_name_are_told_to_take_an_id.<locals>.<lambda>, the id of "
+        "tests.unit.test_front_mistakes:test_two_functions_of_one_name_are_told_to_take_an_id"
+        ".<locals>.<lambda> (give this step another with id=)"
+    )
+    saga.step(id="another")(lambda msg: msg)
+    assert [step.id for step in saga.steps][1:] == ["another"]
