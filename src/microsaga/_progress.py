@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -133,8 +133,9 @@ def _shown_body(message: Message) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def show_lines(info: Execution) -> list[str]:
-    """``show``: plain lines, one per step, grep-friendly."""
+def show_lines(info: Execution, redriven_by: Sequence[str] = ()) -> list[str]:
+    """``show``: plain lines, one per step, grep-friendly; ``redriven_by``: the ids of
+    the executions that redrive this one, newest first."""
 
     def when(run: StepRun) -> str:
         return run.started_at.isoformat(timespec="milliseconds") if run.started_at else "-"
@@ -151,6 +152,7 @@ def show_lines(info: Execution) -> list[str]:
         ("updated", stamp(info.updated_at)),
         ("parent", info.parent_id),
         ("redrive of", info.redrive_of),
+        ("redriven by", ", ".join(redriven_by) or None),
         ("deadline", stamp(info.deadline_at)),
         ("request", _shown_body(info.request)),
         ("error", info.error or None),

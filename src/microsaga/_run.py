@@ -785,14 +785,15 @@ class Run:
             # awaited first: ``self._done.append(await ...)`` would take the list
             # before the await, and _fold replaces it meanwhile when a step beside
             # this one ends: the record would go to a list nobody reads any more
+            # a step attempt to hooks, as any step's or compensation's: the map, the
+            # compensation of its runs, the rollback of a child
             hooks = self.host.hooks
-            mapped = isinstance(node.step, MapStep)  # a step to hooks; a child's rollback not
-            if mapped and hooks.step_started:
+            if hooks.step_started:
                 hooks.emit(hooks.step_started, self.step_event(rec, self.host.clock()))
             special = await self.waiting.run_special(self, rec, node)
             if special.status is Status.FAILURE:
                 self.log_failure(sid, phase, special.attempts, special.error, None)
-            if mapped and hooks.step_finished and special.status is not Status.PENDING:
+            if hooks.step_finished and special.status is not Status.PENDING:
                 hooks.emit(hooks.step_finished, self.step_event(special, self.host.clock()))
             self._done.append(special)
             if not self._inline:

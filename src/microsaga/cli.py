@@ -1,10 +1,7 @@
 """The ``microsaga`` command: run definitions, inspect and steer executions, run workers.
 
-Errors are one line on stderr, ``error[CODE]: message``. Exit status: 0 success,
-1 the execution failed or was aborted, 2 bad usage, definition or setting (an unknown
-execution id included), 3 store or transport unavailable, 4 the execution ``run``
-waited for was suspended, 70 an internal error (a bug: please report it), 130 (143)
-``run`` stopped by SIGINT (SIGTERM), its execution left to a worker.
+Errors are one line on stderr, ``error[CODE]: message``; the exit statuses are
+``EXIT_STATUSES`` (shown by ``microsaga --help`` and the README).
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import msgspec
 from click.core import ParameterSource
 
 from ._validate import check_id
-from .definitions import load_definition, workflow_from_dict
+from .definitions import load_definition
 from .errors import (
     ConfigurationError,
     MicrosagaError,
@@ -37,12 +34,18 @@ from .flow import Flow
 from .message import Message, huge_number, out_of_range
 from .status import Status
 from .steps import deferred_imports
-from .waits import WaitStep
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_SUSPENDED = 0, 1, 2, 3, 4
 EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
+# what each exit status means: the epilog of `microsaga --help`, in the README's words
+EXIT_STATUSES = (
+    "Exit status: 0 success, 1 the execution failed or was aborted, 2 bad usage, "
+    "definition, setting, unknown or conflicting id, 3 store or transport unavailable, "
+    "4 the execution run waited for was suspended, 70 an internal error (a bug: please "
+    "report it), 130 (143) run stopped by Ctrl-C (SIGTERM), its execution left to a worker."
+)
 STEP_ONLY = (Status.WAITING, Status.SKIPPED, Status.COMPENSATED)  # no execution has them
 
 log = logging.getLogger("microsaga.cli")
@@ -197,6 +200,7 @@ class _Group(click.Group):
     params=_settings(),
     context_settings={"help_option_names": ["-h", "--help"]},
     invoke_without_command=True,
+    epilog=EXIT_STATUSES,
 )
 @click.version_option(package_name="microsaga")
 @click.pass_context
@@ -453,6 +457,8 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
             info = await flow.execution(execution_id)
+            # the executions redriving this one, for a line of their own
+            redrives = [] if as_json else await flow.executions(redrive_of=execution_id)
         if as_json:
             from .api.models import execution_json
 
@@ -460,7 +466,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         else:
             from ._progress import show_lines
 
-            for line in show_lines(info):
+            for line in show_lines(info, [x.id for x in redrives]):
                 click.echo(line)
         return EXIT_OK
 
@@ -527,42 +533,17 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
-            await _check_event(flow, execution_id, event)
-            await flow.signal(execution_id, event, message)
+            try:
+                await flow.signal(execution_id, event, message)
+            except ConfigurationError as exc:
+                if exc.setting != "event":
+                    raise
+                raise ConfigurationError("EVENT", exc.reason) from None
             found = await flow.store.get_status(execution_id)
         click.echo(f"{execution_id} {found[0].name if found else '?'}")
         return EXIT_OK
 
     _run_async(main)
-
-
-def _waited_events(body: bytes) -> set[str] | None:
-    """The events the wait steps (and compensations) of a stored definition wait for;
-    None when that cannot be told here (a kind of ``register_step`` unknown here)."""
-    try:
-        with deferred_imports():  # the steps' code is the workers'
-            wf = workflow_from_dict(json.loads(body))
-    except (ValueError, MicrosagaError):
-        return None
-    nested = [(s, s.options.fallback, s.options.compensate) for s in wf.step_list]
-    return {s.event for group in nested for s in group if isinstance(s, WaitStep)}
-
-
-async def _check_event(flow: Flow, execution_id: str, event: str) -> None:
-    """Refuse a signal that no wait step of the execution waits for: kept, it would
-    be consumed by nothing, and a misspelt event looked delivered."""
-    stored = await flow.store.load(execution_id)
-    if stored is None or stored.status.finished or stored.definition.body is None:
-        return  # flow.signal says what is wrong with it
-    events = _waited_events(stored.definition.body)
-    if events is None or event in events:
-        return
-    waits = f"its wait steps wait for: {', '.join(sorted(events))}" if events else (
-        "it has no wait step"
-    )  # fmt: skip
-    raise ConfigurationError(
-        "EVENT", f"no step of execution {execution_id} waits for {event!r}; {waits}"
-    )
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -44,7 +44,7 @@ from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep, child_id, run_of
+from .waits import SubflowStep, Waits, child_id, run_of
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
@@ -237,6 +237,7 @@ class Flow:
         # plans whose steps found what they need here: (plan, number of services)
         self._checked: dict[int, tuple[Plan, int]] = {}
         self._subflows: dict[int, tuple[Plan, bool]] = {}  # plans with SubflowSteps
+        self._waits: dict[str, Waits | None] = {}  # the signals a stored definition takes
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._yielded_at = 0.0  # when execute() last let other tasks run
         self._threads: StepThreads | None = None
@@ -695,7 +696,9 @@ class Flow:
         Raises:
             ExecutionNotFoundError: unknown id.
             InvalidTransitionError: the execution is finished.
-            ConfigurationError: ``event`` is not a name, ``payload`` not JSON.
+            ConfigurationError: ``event`` is not a name, or no wait step of the execution
+                waits for it (a sub-workflow's take signals at its own execution);
+                ``payload`` is not JSON.
             PayloadTooLargeError: ``payload`` is over the flow's ``max_payload``.
         """
         problem = name_problem(event, colon=True, limit=200)
@@ -703,9 +706,37 @@ class Flow:
             raise ConfigurationError("event", problem)
         message = self._body(payload, "payload")  # the waiting step's response
         worker = self._running()
+        stored = await self.store.load(execution_id)
+        if stored is not None and not stored.status.finished:  # else the store says why
+            waits = self._waits_of(stored.definition)
+            refused = waits.refusal(execution_id, event) if waits is not None else None
+            if refused is not None:
+                raise ConfigurationError("event", refused)
         await self.store.signal(execution_id, event, message, self.clock())
         worker.signalled(execution_id)
         await self._observe(execution_id)
+
+    def _waits_of(self, definition: StoredDefinition) -> Waits | None:
+        """The signals a stored definition takes; None when that cannot be told here (a
+        step kind that this process does not know, steps that cannot be saved)."""
+        if definition.hash in self._waits:
+            return self._waits[definition.hash]
+        plan = self._plans.get(definition.hash)
+        waits: Waits | None = None
+        if plan is not None:
+            waits = Waits.of((n.id, n.step, n.fallback, n.compensate) for n in plan.nodes.values())
+        elif definition.body is not None:
+            try:
+                with deferred_imports():  # no step's code imported to take a signal
+                    wf = workflow_from_dict(Message(definition.body).json())
+            except (ValueError, MicrosagaError):
+                pass
+            else:
+                waits = Waits.of(
+                    (s.id, s, s.options.fallback, s.options.compensate) for s in wf.step_list
+                )
+        self._waits[definition.hash] = waits
+        return waits
 
     def _body(self, value: Any, setting: str) -> Message:
         """``value`` as the Message of a body (``setting``: ``request``, ``payload``):
@@ -796,8 +827,11 @@ class Flow:
         status: Status | str | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
-        """Executions newest first; ``before`` (an execution id) pages back in time."""
+        """Executions newest first; ``before`` (an execution id) pages back in time;
+        ``redrive_of`` (an execution id) keeps only the executions redriving that one."""
         if isinstance(status, str):
             parsed = Status.lookup(status)
             if parsed is None:
@@ -805,7 +839,11 @@ class Flow:
             status = parsed
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ConfigurationError("limit", f"must be a positive integer, not {limit!r}")
-        found = await self.store.list_executions(workflow_id, status, limit, before)
+        if redrive_of is not None and not isinstance(redrive_of, str):
+            raise ConfigurationError("redrive_of", f"must be an execution id, not {redrive_of!r}")
+        found = await self.store.list_executions(
+            workflow_id, status, limit, before, redrive_of=redrive_of
+        )
         return [redacted_execution(info, self._options.redact_headers) for info in found]
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:

@@ -265,9 +265,14 @@ class SyncFlow:
         status: Status | str | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
-        """Executions newest first; ``before`` (an execution id) pages back in time."""
-        return self.run(self._flow.executions(workflow_id, status, limit, before))
+        """Executions newest first; ``before`` (an execution id) pages back in time;
+        ``redrive_of`` (an execution id) keeps only the executions redriving that one."""
+        return self.run(
+            self._flow.executions(workflow_id, status, limit, before, redrive_of=redrive_of)
+        )
 
     def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Wait until the execution stops (SUCCESS, FAILURE, ABORTED or SUSPEND)."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._validate import name_problem, shown
 from .errors import DefinitionError
@@ -35,6 +35,7 @@ __all__ = [
     "SubflowStep",
     "WaitStep",
     "WaitingStep",
+    "Waits",
 ]
 
 
@@ -75,6 +76,41 @@ def run_of(step_id: str, step_ids: Collection[str]) -> tuple[str, int] | None:
         return None
     head, _, index = step_id[:-1].rpartition("[")
     return (head, int(index)) if head in step_ids and index.isdigit() else None
+
+
+class Waits(NamedTuple):
+    """The signals a definition takes: the events its wait steps (their fallbacks and
+    compensations too) wait for, and the ids of its SubflowSteps, whose children take
+    their own."""
+
+    events: frozenset[str]
+    subflows: tuple[str, ...]
+
+    @classmethod
+    def of(cls, steps: Iterable[tuple[str, object, object, object]]) -> Waits:
+        """From ``(id, step, fallback, compensation)`` of each step of a definition."""
+        events: set[str] = set()
+        subflows: list[str] = []
+        for sid, *group in steps:
+            events.update(s.event for s in group if isinstance(s, WaitStep))
+            if isinstance(group[0], SubflowStep):
+                subflows.append(sid)
+        return cls(frozenset(events), tuple(subflows))
+
+    def refusal(self, execution_id: str, event: str) -> str | None:
+        """Why a signal of ``event`` to ``execution_id`` is refused (kept, it would be
+        consumed by nothing), or None when a step waits for it."""
+        if event in self.events:
+            return None
+        said = f"no step of execution {execution_id} waits for {event!r}; "
+        if self.events:
+            said += f"its wait steps wait for: {', '.join(sorted(self.events))}"
+        else:
+            said += "it has no wait step"
+        if self.subflows:
+            children = ", ".join(child_id(execution_id, sid, 1) for sid in self.subflows)
+            said += f" (a sub-workflow's wait steps take signals at its execution: {children})"
+        return said
 
 
 class WaitingStep(Step):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import _views
 from ._engine import dag
 from ._engine.plan import Node, OnFailure, Plan
+from ._reads import check_reads
 from ._validate import name_problem
 from .errors import DefinitionError, DuplicateStepError, MicrosagaError, StepNotExistsError
 from .expressions import compile_expression
@@ -122,6 +123,7 @@ class Workflow:
                 raise DuplicateStepError(step.id)
             out[step.id] = step
         dag.check_graph({sid: s.options.requires for sid, s in out.items()})
+        check_reads(list(out.values()))  # as a definition's: null on every run is refused
         return out
 
     def _changed(self, steps: dict[str, Step]) -> None:

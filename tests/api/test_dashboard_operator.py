@@ -327,9 +327,23 @@ def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: Live
         what="the redrive's page, linked to the one it redrives",
     )
     until(lambda: execution_status(driver) == "FAILURE", what="the redrive FAILURE")
+    again = driver.find_element(By.CSS_SELECTOR, "main h1 .id").text
+    assert not driver.find_element(By.ID, "redriven-by").is_displayed()  # not redriven
     driver.find_element(By.CSS_SELECTOR, "a.redrive-of").click()
     until(lambda: driver.find_elements(By.CSS_SELECTOR, "a.redrive-of") == [])
     assert failed in driver.find_element(By.CSS_SELECTOR, "main h1").text
+    # and the page of the one redriven links forward to its redrives, newest first
+    later = httpx.post(f"{live.url}/api/executions/{failed}/redrive", headers=AUTH)
+    assert later.status_code == 200, later.text
+    driver.refresh()
+
+    def redrives() -> list[str]:
+        return [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#redriven-by a")]
+
+    until(lambda: redrives() == [later.json()["id"], again], what="both redrives linked")
+    assert driver.find_element(By.ID, "redriven-by").is_displayed()
+    driver.find_element(By.CSS_SELECTOR, f'#redriven-by a[href$="{again}"]').click()
+    until(lambda: driver.find_element(By.CSS_SELECTOR, "a.redrive-of").text == failed)
     # a saved definition: its steps as boxes, its requirements as arrows
     driver.get(f"{live.url}/#/workflows/parent")
     until(lambda: len(statuses(driver)) == 3, what="the parent's three boxes")
@@ -454,6 +468,47 @@ def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: Liv
     driver.find_element(By.CSS_SELECTOR, f"{row} a.workflow").click()
     until(lambda: rows(driver) == [eid], what="the same list from its row")
     assert "Cannot show" not in driver.find_element(By.ID, "main").text
+
+
+def test_an_unsaved_workflow_links_its_children_and_draws_its_arrows(
+    browser: Any, live: LiveServer
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from microsaga import FunctionStep, SubflowStep
+
+    from . import operator_steps
+
+    driver = browser
+    flow = live.flow
+    assert flow is not None
+
+    async def run() -> str:
+        wf = await flow.workflow_create(
+            "adhoc-parent",
+            FunctionStep(operator_steps.item, id="first"),
+            SubflowStep("payment", id="pay", requires=["first"]),
+        )
+        return await flow.execute(wf, {"n": 1})
+
+    eid = live.call(run)
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: statuses(driver).get("pay") == "SUCCESS", what="pay SUCCESS")
+    arrows = driver.execute_script(
+        "return [...document.querySelectorAll('.dag .edge')].map((e) => "
+        "e.dataset.from + '>' + e.dataset.to)"
+    )
+    assert arrows == ["first>pay"]
+    assert "not stored" not in driver.find_element(By.ID, "main").text
+    driver.find_element(By.CSS_SELECTOR, "#step-pay a.child").click()
+    until(
+        lambda: (
+            execution_status(driver) == "SUCCESS"
+            and driver.find_element(By.CSS_SELECTOR, "a.parent").text == eid
+        ),
+        what="the child's page, linked back to its parent",
+    )
+    assert statuses(driver) == {"charge": "SUCCESS"}
 
 
 def test_an_id_with_url_characters_is_shown_and_steered(browser: Any, live: LiveServer) -> None:

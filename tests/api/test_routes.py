@@ -24,6 +24,7 @@ ROUTES = {
     ("GET", "/api/executions"),
     ("GET", "/api/executions/{id}"),
     ("GET", "/api/executions/{id}/events"),
+    ("GET", "/api/executions/{id}/definition"),
     ("POST", "/api/workflows/{workflow_id}/executions"),
     ("POST", "/api/executions/{id}/suspend"),
     ("POST", "/api/executions/{id}/resume"),
@@ -188,6 +189,36 @@ async def test_executions_page_by_keyset_and_filter(api: Client, flow: Flow) -> 
     assert len(empty_filters.json()["items"]) == 6
 
 
+async def test_the_redrives_of_an_execution_are_listed_by_redrive_of(
+    api: Client, flow: Flow
+) -> None:
+    failed = await api.start({"fail": True})
+    other = await api.start({"fail": True})
+    for eid in (failed, other):
+        await flow.wait(eid, timeout=10)
+    redrives = []
+    for eid in (failed, other, failed):
+        answer = await api.post(f"/api/executions/{eid}/redrive")
+        assert answer.status_code == 200, answer.text
+        redrives.append(answer.json()["id"])
+        await flow.wait(redrives[-1], timeout=10)
+    first, _, second = redrives
+
+    async def listed(**query: Any) -> list[str]:
+        page = (await api.get("/api/executions", params=query)).json()
+        assert all(item["redrive_of"] == query["redrive_of"] for item in page["items"])
+        return [item["id"] for item in page["items"]]
+
+    assert await listed(redrive_of=failed) == [second, first]
+    assert await listed(redrive_of=failed, limit=1, before=second) == [first]
+    assert await listed(redrive_of=failed, status="SUCCESS") == []
+    assert await listed(redrive_of=first) == []  # not redriven itself
+    assert await listed(redrive_of="no-such-execution") == []
+    assert await listed(redrive_of="bad\x00id") == []
+    everything = (await api.get("/api/executions", params={"redrive_of": ""})).json()
+    assert len(everything["items"]) == 5
+
+
 @pytest.mark.parametrize(
     ("query", "words"),
     [
@@ -324,6 +355,14 @@ async def test_a_signal_completes_a_waiting_execution(api: Client) -> None:
     assert (await api.put("/api/workflows/approval", json=approval)).status_code == 200
     started = await api.post("/api/workflows/approval/executions", json={"input": {"n": 1}})
     eid = started.json()["id"]
+    misspelt = problem(
+        await api.post(f"/api/executions/{eid}/signal", json={"event": "aproved"}),
+        422,
+        "invalid_request",
+    )
+    assert misspelt["detail"] == (
+        f"event: no step of execution {eid} waits for 'aproved'; its wait steps wait for: approved"
+    )
     answer = await api.post(
         f"/api/executions/{eid}/signal", json={"event": "approved", "payload": {"by": "ann"}}
     )
@@ -373,6 +412,44 @@ async def test_redrive_and_signal_call_the_flow() -> None:
     (_, _, step, given), (_, _, no_step, no_input), (_, _, event, payload) = flow.calls
     assert (step, given.json(), no_step, no_input) == ("charge", {"ok": 1}, None, None)
     assert (event, payload.json()) == ("paid", [1, 2])
+
+
+async def test_an_execution_has_the_definition_it_runs_saved_or_not(
+    api: Client, flow: Flow
+) -> None:
+    from microsaga import FunctionStep, SubflowStep
+
+    saved = await api.start({"n": 1})
+    await flow.wait(saved, timeout=10)
+    ran = (await api.get(f"/api/executions/{saved}/definition")).json()
+    assert ran == (await api.get("/api/workflows/order", params={"version": 1})).json()
+    await flow.workflow_remove("order")  # its executions keep their own copy
+    assert (await api.get(f"/api/executions/{saved}/definition")).json() == ran
+
+    await flow.workflow_save(
+        await flow.workflow_create("payment", FunctionStep(steps.release, id="refund"))
+    )
+    adhoc = await flow.workflow_create(
+        "adhoc",
+        FunctionStep(steps.held, id="first"),
+        SubflowStep("payment", id="pay", requires=["first"]),
+    )
+    unsaved = await flow.execute(adhoc, {"n": 2}, async_=True)
+    got = (await api.get(f"/api/executions/{unsaved}/definition")).json()
+    assert got["id"] == "adhoc"
+    assert [(s["id"], s.get("requires", [])) for s in got["steps"]] == [
+        ("first", []),
+        ("pay", ["first"]),
+    ]
+    assert got["steps"][1]["workflow"] == "payment"
+
+    local = await flow.workflow_create("local", FunctionStep(lambda msg: None, id="anon"))
+    unstored = await flow.execute(local)
+    body = problem(
+        await api.get(f"/api/executions/{unstored}/definition"), 404, "definition_not_stored"
+    )
+    assert "cannot be saved" in body["detail"]
+    problem(await api.get("/api/executions/nope/definition"), 404, "execution_not_found")
 
 
 async def test_workflow_definitions(api: Client) -> None:

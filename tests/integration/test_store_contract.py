@@ -1007,6 +1007,35 @@ async def test_list_executions_newest_first_with_filters_and_pages(store: Store)
         await store.list_executions(before="nope")
 
 
+async def test_list_executions_of_the_redrives_of_one(store: Store) -> None:
+    await store.commit([new("e1")])
+    await store.commit([new("e2")])
+    redrives = [
+        replace(new("r1"), redrive_of="e1"),
+        replace(new("r2", workflow="refund"), redrive_of="e2"),
+        replace(new("r3"), redrive_of="e1"),
+        replace(new("r4", owner="w1", starts=("a",)), redrive_of="e1"),
+    ]
+    for unit in redrives:
+        await store.commit([unit])
+
+    async def ids(**filters: Any) -> list[str]:
+        return [e.id for e in await store.list_executions(**filters)]
+
+    assert await ids(redrive_of="e1") == ["r4", "r3", "r1"]
+    assert [e.redrive_of for e in await store.list_executions(redrive_of="e2")] == ["e2"]
+    assert await ids(redrive_of="r1") == []  # no redrive of its own
+    assert await ids(redrive_of="nope") == []
+    # with the other filters and pages
+    assert await ids(redrive_of="e1", status=Status.PENDING) == ["r3", "r1"]
+    assert await ids(redrive_of="e1", workflow_id="refund") == []
+    assert await ids(redrive_of="e2", workflow_id="refund", status=Status.PENDING) == ["r2"]
+    assert await ids(redrive_of="e1", limit=1, before="r4") == ["r3"]
+    assert await ids(redrive_of="e1", before="r3") == ["r1"]
+    # without it, every execution
+    assert len(await store.list_executions()) == 6
+
+
 async def test_get_status(store: Store) -> None:
     await store.commit([new("e1", owner="w1")])
     assert await store.get_status("e1") == (Status.RUNNING, Abort.NONE)

@@ -56,5 +56,8 @@ def test_show_names_the_parent_the_redriven_execution_and_the_request(
     redriven = _show(store, again, capsys)
     assert f"redrive of {old}" in redriven
     assert 'request    {"card":"new"}' in redriven
+    assert not [line for line in redriven if line.startswith("redriven by ")]
+    # and the one it redrives links forward to it
+    assert f"redriven by {again}" in _show(store, old, capsys)
     top = _show(store, parent, capsys)
-    assert not [line for line in top if line.startswith(("parent ", "redrive of "))]
+    assert not [line for line in top if line.startswith(("parent ", "redrive of ", "redriven by "))]

@@ -159,6 +159,9 @@ def _walk(words: list[str]) -> None:
         word = words[i]
         if word.startswith("-"):
             name = word.split("=", 1)[0]
+            if name in ("-h", "--help"):  # every command's, from the context settings
+                i += 1
+                continue
             option = next((p for p in command.params if name in (*p.opts, *p.secondary_opts)), None)
             assert option is not None, f"microsaga {command.name} has no option {name}"
             takes_value = isinstance(option, click.Option) and not option.is_flag

@@ -36,19 +36,17 @@ from microsaga.stores.base import NewExecution, StepRecord, StoredDefinition
 STORES = Path(microsaga.stores.__file__).parent
 # the Python modules of each dialect: they alone use its named queries
 MODULES = {
-    "sqlite": ["sqlite.py"],
-    "postgres": ["postgres.py", "_postgres_db.py"],
+    "sqlite": ["sqlite.py", "_sql.py"],
+    "postgres": ["postgres.py", "_postgres_db.py", "_sql.py"],
 }
 DIALECTS = list(MODULES)
-LISTINGS = {
-    "sqlite": ["list_executions"],
-    "postgres": [
-        "list_executions",
-        "list_executions_by_workflow",
-        "list_executions_by_status",
-        "list_executions_by_workflow_status",
-    ],
-}
+LISTINGS = (  # both dialects
+    "list_executions",
+    "list_executions_by_redrive",
+    "list_executions_by_workflow",
+    "list_executions_by_status",
+    "list_executions_by_workflow_status",
+)
 
 
 def _source(dialect: str) -> str:
@@ -100,7 +98,7 @@ def test_both_dialects_select_the_columns_the_mapping_reads(dialect: str) -> Non
     assert _selected(q["load_executions"]) == LOAD_COLUMNS + STEP_COLUMNS
     assert _selected(q["load_definitions"]) == DEFINITION_COLUMNS
     assert _selected(q["step_rows_of_many"]) == ("execution_id", *STEP_COLUMNS)
-    for name in ["get_execution", *LISTINGS[dialect]]:
+    for name in ["get_execution", *LISTINGS]:
         assert _selected(q[name]) == EXECUTION_COLUMNS, name
     for name in ("load_workflow_latest", "load_workflow_version", "list_workflows"):
         assert _selected(q[name]) == WORKFLOW_COLUMNS, name

@@ -120,3 +120,57 @@ _PARAMS = (
     "id", "token", "at", "expect", "abort", "status", "has_response", "response_body",
     "response_header", "error", "release",
 )  # fmt: skip
+
+
+async def test_a_store_of_schema_4_gets_the_index_of_redrives(tmp_path: Path) -> None:
+    from microsaga.stores._sql import migrations, statements
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for version, sql in migrations("sqlite"):
+        if version <= 4:  # a store written before the redrives were indexed
+            for statement in statements(sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+    async with Flow(f"sqlite:///{path}") as flow:
+        assert await flow.executions(redrive_of="any") == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN " + Q["list_executions_by_redrive"],
+        {"redrive_of": "e1", "workflow_id": None, "status": None, "before": 9, "limit": 5},
+    ).fetchall()
+    conn.close()
+    details = [row[-1] for row in plan]
+    assert any("executions_by_redrive (redrive_of=? AND seq<?)" in d for d in details), details
+
+
+@pytest.mark.parametrize(
+    ("filters", "index"),
+    [
+        ({"workflow_id": "order"}, "executions_by_workflow"),
+        ({"status": Status.FAILURE}, "executions_by_status"),
+        ({"workflow_id": "order", "status": Status.FAILURE}, "executions_by_"),
+    ],
+)
+async def test_a_filtered_listing_reads_the_index_of_its_filter(
+    tmp_path: Path, filters: dict[str, object], index: str
+) -> None:
+    # a listing by a rare workflow or status read every execution when the filter was
+    # written ":x IS NULL OR ...", which SQLite's planner cannot serve from an index
+    path = tmp_path / "s.db"
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        sent: list[str] = []
+        store.r.set_trace_callback(sent.append)
+        await store.list_executions(**filters)  # type: ignore[arg-type]
+        store.r.set_trace_callback(None)
+    finally:
+        await store.close()
+    listing = next(s for s in sent if "ORDER BY e.seq DESC" in s)
+    conn = sqlite3.connect(path)
+    details = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + listing)]
+    conn.close()
+    assert any(f"USING INDEX {index}" in d for d in details), (listing, details)

@@ -46,6 +46,7 @@ from .openapi import Operation, document
 
 if TYPE_CHECKING:
     from ..flow import Flow
+    from ..workflow import Workflow
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app"]
 
@@ -157,7 +158,8 @@ class _IdConvertor(Convertor[str]):
     decodes before routing, it spans segments. A last segment naming an action of the
     routes is the action, so that ``GET .../x/suspend`` stays a 405."""
 
-    regex = r"[^/]+(?:/(?!(?:events|executions|suspend|resume|abort|redrive|signal)$)[^/]+)*"
+    _ACTIONS = "events|definition|executions|suspend|resume|abort|redrive|signal"
+    regex = rf"[^/]+(?:/(?!(?:{_ACTIONS})$)[^/]+)*"
 
     def convert(self, value: str) -> str:
         return value
@@ -185,6 +187,16 @@ def _field(setting: str, field: str) -> Iterator[None]:
         if exc.setting != setting or exc.reason is None:
             raise
         raise ApiError(422, "invalid_request", f"{field}: {exc.reason}") from None
+
+
+def _with_step_ids(wf: Workflow) -> dict[str, Any]:
+    """``wf`` as a definition with every step's id written out (the same definition), so
+    that a client can match requirements and executions' steps without knowing how each
+    kind names its steps."""
+    definition = wf.to_dict()
+    for entry, step in zip(definition["steps"], wf.step_list, strict=True):
+        entry.setdefault("id", step.id)
+    return definition
 
 
 # routes that answer without the flow's store
@@ -238,7 +250,12 @@ class Api:
         before = query.before
         if before is not None:
             self._check_id(before)
-        found = await self.flow.executions(query.workflow_id, status, query.limit + 1, before)
+        redrive_of = query.redrive_of
+        if redrive_of is not None and _BAD_ID.search(redrive_of):
+            return models.ExecutionPage(items=[], next=None)  # no execution has that id
+        found = await self.flow.executions(
+            query.workflow_id, status, query.limit + 1, before, redrive_of=redrive_of
+        )
         items = found[: query.limit]
         more = len(found) > query.limit
         return models.ExecutionPage(
@@ -248,6 +265,29 @@ class Api:
     async def get_execution(self, id: str) -> models.Execution:
         self._check_id(id)
         return models.execution(await self.flow.execution(id))
+
+    async def get_execution_definition(self, id: str) -> dict[str, Any]:
+        # the definition stored with the execution: that of a workflow never saved too,
+        # and the version it runs even when its workflow was saved again or removed
+        self._check_id(id)
+        stored = await self.flow.store.load(id)
+        if stored is None:
+            raise ExecutionNotFoundError(id)
+        body = stored.definition.body
+        if body is None:
+            raise ApiError(
+                404,
+                "definition_not_stored",
+                f"execution {id} runs a workflow with steps that cannot be saved as data "
+                "(a lambda, a local function): its definition was not stored",
+            )
+        try:
+            with deferred_imports():  # a definition to show: its functions are not run
+                wf = load_definition(Message(body).json())
+        except DefinitionError:  # a step kind this process does not know: as stored
+            stored_body: dict[str, Any] = Message(body).json()
+            return stored_body
+        return _with_step_ids(wf)
 
     async def execution_events(self, id: str) -> Response:
         self._check_id(id)
@@ -301,7 +341,7 @@ class Api:
         signal = self._optional("signal")
         self._check_id(id)
         payload = _message(body.payload)
-        with _field("payload", "payload"):
+        with _field("payload", "payload"), _field("event", "event"):
             await signal(id, body.event, payload=payload)
         return await self._changed(id)
 
@@ -359,12 +399,7 @@ class Api:
                 raise
             saved: dict[str, Any] = Message(stored.body).json()
             return saved
-        definition = wf.to_dict()
-        # every step's id written out (the same definition), so that a client can match
-        # requirements and executions' steps without knowing how each kind names its steps
-        for entry, step in zip(definition["steps"], wf.step_list, strict=True):
-            entry.setdefault("id", step.id)
-        return definition
+        return _with_step_ids(wf)
 
     async def put_workflow(self, id: str, body: Any) -> models.WorkflowSummary:
         self._check_workflow_id(id)
@@ -425,6 +460,11 @@ class Api:
                       result=models.ExecutionPage, errors=(404, 503)),
             Operation("GET", eid, "get_execution", "One execution with its steps",
                       self.get_execution, ex, result=models.Execution, errors=(404, 503)),
+            Operation("GET", eid + "/definition", "get_execution_definition",
+                      "The definition the execution runs, stored with it (as `GET "
+                      "/api/workflows/{id}` answers), of a workflow never saved too",
+                      self.get_execution_definition, ex, result=models.WorkflowDefinition,
+                      errors=(404, 503)),
             Operation("GET", eid + "/events", "execution_events",
                       "Server-Sent Events: the execution's current state, then one event per "
                       "status change of it or a step, until it stops",

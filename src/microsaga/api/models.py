@@ -132,6 +132,7 @@ class ListExecutions(Struct):
     status: StatusName | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
     before: str | None = None
+    redrive_of: str | None = None  # only the redrives of this execution
 
 
 class StartExecution(Struct):

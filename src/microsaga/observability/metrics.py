@@ -199,7 +199,9 @@ class Metrics(Hook):
         self.registry: CollectorRegistry = registry if registry is not None else p.REGISTRY
         self._m = _families_of(self.registry)
         self._attempts: dict[tuple[str, str, int], float] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        # each end counted once; a child that succeeded and is then rolled back with
+        # its parent ends twice (SUCCESS, then ABORTED)
+        self._finished: OrderedDict[tuple[str, Status], None] = OrderedDict()
         self._running: set[str] = set()
 
     def execution_created(self, event: ExecutionEvent) -> None:
@@ -226,10 +228,10 @@ class Metrics(Hook):
         status = event.status
         if not status.finished:
             return
-        eid = event.execution_id
-        if eid in self._finished:
+        end = (event.execution_id, status)
+        if end in self._finished:
             return
-        self._finished[eid] = None
+        self._finished[end] = None
         if len(self._finished) > _FINISHED_KEPT:
             self._finished.popitem(last=False)
         m = self._m

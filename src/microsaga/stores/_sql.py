@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-__all__ = ["load_queries", "migrations", "statements"]
+__all__ = ["LISTINGS", "load_queries", "migrations", "statements"]
+
+# the query listing executions, by the filters given (workflow id, status): one each,
+# so that the planner reads the rows off the index of the filter (both stores)
+LISTINGS = {
+    (False, False): "list_executions",
+    (True, False): "list_executions_by_workflow",
+    (False, True): "list_executions_by_status",
+    (True, True): "list_executions_by_workflow_status",
+}
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 

@@ -351,8 +351,11 @@ class Store(abc.ABC):
         status: Status | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
-        """Newest first; ``before`` is an execution id (keyset pagination)."""
+        """Newest first; ``before`` is an execution id (keyset pagination);
+        ``redrive_of``: only the redrives of that execution."""
 
     @abc.abstractmethod
     async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:

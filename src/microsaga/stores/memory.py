@@ -585,6 +585,8 @@ class MemoryStore(Store):
         status: Status | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
         bound = None
         if before is not None:
@@ -599,6 +601,8 @@ class MemoryStore(Store):
             if workflow_id is not None and row.workflow_id != workflow_id:
                 continue
             if status is not None and row.status is not status:
+                continue
+            if redrive_of is not None and row.redrive_of != redrive_of:
                 continue
             out.append(self._execution(row))
             if len(out) >= limit:

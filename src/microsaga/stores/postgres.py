@@ -32,6 +32,7 @@ from ._rows import (
     STEP_COLUMNS,
     RowMapping,
 )
+from ._sql import LISTINGS
 from .base import (
     Abort,
     Claim,
@@ -50,13 +51,6 @@ __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore", "retryable"]
 
 _NO_BEFORE = 2**62
 _RUNNING = (Status.RUNNING, Status.COMPENSATING)
-# the listing for each combination of filters (workflow id given, status given)
-_LISTINGS = {
-    (False, False): "list_executions",
-    (True, False): "list_executions_by_workflow",
-    (False, True): "list_executions_by_status",
-    (True, True): "list_executions_by_workflow_status",
-}
 _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or takeover
 # the width of a step_runs row: execution_id, then the step run's columns
 _STEP_ROW = 1 + len(STEP_COLUMNS)
@@ -670,6 +664,8 @@ class PostgresStore(Store):
         status: Status | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
         async def listing(conn: Any) -> list[Execution]:
             bound = _NO_BEFORE
@@ -678,12 +674,23 @@ class PostgresStore(Store):
                 if found is None:
                     raise ExecutionNotFoundError(before)
                 bound = found
+            if redrive_of is not None:
+                status_code = None if status is None else int(status)
+                rows = await conn.fetch(
+                    Q["list_executions_by_redrive"],
+                    bound,
+                    limit,
+                    redrive_of,
+                    workflow_id,
+                    status_code,
+                )
+                return await self._executions(conn, rows)
             args: list[Any] = [bound, limit]
             if workflow_id is not None:
                 args.append(workflow_id)
             if status is not None:
                 args.append(int(status))
-            name = _LISTINGS[workflow_id is not None, status is not None]
+            name = LISTINGS[workflow_id is not None, status is not None]
             rows = await conn.fetch(Q[name], *args)
             return await self._executions(conn, rows)
 

@@ -34,7 +34,7 @@ from ..message import Message
 from ..payloads import Bodies, Pending
 from ..status import Status
 from ._rows import SQLITE, RowMapping
-from ._sql import load_queries, migrations, statements
+from ._sql import LISTINGS, load_queries, migrations, statements
 from .base import (
     Abort,
     Claim,
@@ -676,6 +676,8 @@ class SQLiteStore(Store):
         status: Status | None = None,
         limit: int = 100,
         before: str | None = None,
+        *,
+        redrive_of: str | None = None,
     ) -> list[Execution]:
         def listing() -> list[Execution]:
             conn = self.r
@@ -690,10 +692,15 @@ class SQLiteStore(Store):
                 params = {
                     "workflow_id": workflow_id,
                     "status": None if status is None else int(status),
+                    "redrive_of": redrive_of,
                     "before": bound,
                     "limit": limit,
                 }
-                rows = conn.execute(Q["list_executions"], params).fetchall()
+                if redrive_of is not None:
+                    name = "list_executions_by_redrive"
+                else:
+                    name = LISTINGS[workflow_id is not None, status is not None]
+                rows = conn.execute(Q[name], params).fetchall()
                 ids = _encode([r[0] for r in rows])
                 steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall() if rows else []
                 found = self._payloads(conn, rows, steps)

@@ -411,13 +411,12 @@
     setNav("executions");
     let info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
     let steps = Object.keys(info.steps).map((sid) => ({ id: sid, requires: [] }));
-    let unsaved = "The definition of this execution is not saved: requirements are not drawn.";
-    if (info.version !== null) {
-      try {
-        const def = await api("GET", `api/workflows/${encodeURIComponent(info.workflow_id)}?version=${info.version}`);
-        steps = definitionSteps(def);
-        unsaved = "";
-      } catch (err) { /* removed meanwhile: the steps without arrows */ }
+    let unsaved = "";
+    try { // the definition stored with the execution, saved as a workflow or not
+      steps = definitionSteps(await api("GET", `api/executions/${encodeURIComponent(id)}/definition`));
+    } catch (err) { // steps that cannot be saved as data: the steps without arrows
+      if (!(err instanceof ApiError) || err.status !== 404) throw err;
+      unsaved = "The definition of this execution is not stored: requirements are not drawn.";
     }
     const status = badge(info.status, { id: "execution-status", dataset: { status: info.status } });
     const live = el("span", { class: "live", id: "live", "aria-live": "polite" });
@@ -425,6 +424,16 @@
     const updated = el("dd", { id: "execution-updated" }, when(info.updated_at));
     const note = el("dd", { id: "execution-note" }, info.note || "");
     const noteTerm = el("dt", {}, "Note");
+    // the executions that redrive this one, newest first (a redrive may come later)
+    const redrivenTerm = el("dt", { hidden: true }, "Redriven by");
+    const redrivenBy = el("dd", { id: "redriven-by", hidden: true });
+    async function renderRedrives() {
+      if (!["FAILURE", "ABORTED"].includes(info.status)) return; // only those start anew
+      const page = await api("GET", `api/executions?${new URLSearchParams({ redrive_of: id, limit: "20" })}`);
+      const links = page.items.map((x) => el("a", { class: "redriven-by", href: `#/executions/${encodeURIComponent(x.id)}` }, x.id));
+      fill(redrivenBy, links.flatMap((a, i) => (i ? [", ", a] : [a])), page.next ? ", …" : null);
+      redrivenBy.hidden = redrivenTerm.hidden = !links.length;
+    }
     const actions = el("div", { class: "toolbar", role: "toolbar", "aria-label": "Actions" });
     const dagBox = el("div", { id: "dag-box" });
     const stepBox = el("div", { class: "steps", id: "steps" });
@@ -440,6 +449,7 @@
         noteTerm, note,
         info.redrive_of ? [el("dt", {}, "Redrive of"), el("dd", {}, el("a", { class: "redrive-of", href: `#/executions/${encodeURIComponent(info.redrive_of)}` }, info.redrive_of))] : null,
         info.parent_id ? [el("dt", {}, "Parent"), el("dd", {}, el("a", { class: "parent", href: `#/executions/${encodeURIComponent(info.parent_id)}` }, info.parent_id))] : null,
+        redrivenTerm, redrivenBy,
         el("dt", {}, "Error"), error),
       actions, el("h2", {}, "Steps"), unsaved ? el("p", { class: "muted" }, unsaved) : null,
       dagBox, el("h2", {}, "Request and response"), messages, el("h2", {}, "Step runs"), stepBox);
@@ -572,6 +582,7 @@
     }
     function renderAll() {
       renderHead();
+      renderRedrives().catch(() => {}); // a link the more; the page stands without it
       dagBox.replaceChildren(drawDag(steps, statuses(), pick));
       renderSteps();
       renderMessages();

@@ -623,6 +623,20 @@ WHERE e.seq < $1 AND e.workflow_id = $3 AND e.status = $4
 ORDER BY e.seq DESC
 LIMIT $2;
 
+-- name: list_executions_by_redrive
+-- $1 before (seq), $2 limit, $3 redrive_of, $4 workflow id or null, $5 status or null.
+-- An execution has few redrives: microsaga_executions_by_redrive serves every
+-- combination of the other filters.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
+FROM microsaga_executions e JOIN microsaga_definitions d ON d.hash = e.definition
+WHERE e.seq < $1 AND e.redrive_of = $3
+  AND ($4::text IS NULL OR e.workflow_id = $4)
+  AND ($5::smallint IS NULL OR e.status = $5)
+ORDER BY e.seq DESC
+LIMIT $2;
+
 -- name: prune_executions
 -- $1 statuses, $2 before, $3 limit: up to $3 finished executions last changed before
 -- $2, oldest first, with their step runs and signals. A child execution goes only with

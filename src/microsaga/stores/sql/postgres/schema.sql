@@ -56,6 +56,9 @@ CREATE INDEX microsaga_executions_by_workflow ON microsaga_executions (workflow_
 CREATE INDEX microsaga_executions_by_status ON microsaga_executions (status, seq);
 CREATE INDEX microsaga_executions_by_owner ON microsaga_executions (owner)
     WHERE owner IS NOT NULL;
+-- the redrives of an execution: few executions are redrives
+CREATE INDEX microsaga_executions_by_redrive ON microsaga_executions (redrive_of, seq)
+    WHERE redrive_of IS NOT NULL;
 -- runnable executions (PENDING, RUNNING, COMPENSATING) by lease expiry, for claims
 CREATE INDEX microsaga_executions_claimable ON microsaga_executions (lease_until, seq)
     WHERE status IN (0, 1, 6);

@@ -177,12 +177,55 @@ WHERE e.status = 1 AND s.execution_id = e.id AND s.phase = 0 AND s.status = 8;
 SELECT seq FROM executions WHERE id = ?;
 
 -- name: list_executions
--- Optional filters; the planner uses the index matching the filter given.
+-- One listing for each combination of filters (see postgres/queries.sql): an
+-- optional filter written ":x IS NULL OR ..." keeps SQLite's planner off the index
+-- that serves it, and a rare workflow or status was found by reading every row.
 SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
        e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
        e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
 FROM executions e JOIN definitions d ON d.hash = e.definition
-WHERE (:workflow_id IS NULL OR e.workflow_id = :workflow_id)
+WHERE e.seq < :before
+ORDER BY e.seq DESC
+LIMIT :limit;
+
+-- name: list_executions_by_workflow
+-- Off executions_by_workflow.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.seq < :before AND e.workflow_id = :workflow_id
+ORDER BY e.seq DESC
+LIMIT :limit;
+
+-- name: list_executions_by_status
+-- Off executions_by_status.
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.seq < :before AND e.status = :status
+ORDER BY e.seq DESC
+LIMIT :limit;
+
+-- name: list_executions_by_workflow_status
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.seq < :before AND e.workflow_id = :workflow_id AND e.status = :status
+ORDER BY e.seq DESC
+LIMIT :limit;
+
+-- name: list_executions_by_redrive
+-- The redrives of one execution, off executions_by_redrive (the filter on redrive_of
+-- standing alone is what lets the planner use that partial index).
+SELECT e.id, e.workflow_id, e.version, e.status, e.request_body, e.request_header,
+       e.response_body, e.response_header, e.error, e.created_at, e.updated_at,
+       e.deadline_at, d.step_ids, e.parent_id, e.redrive_of, e.note
+FROM executions e JOIN definitions d ON d.hash = e.definition
+WHERE e.redrive_of = :redrive_of
+  AND (:workflow_id IS NULL OR e.workflow_id = :workflow_id)
   AND (:status IS NULL OR e.status = :status)
   AND e.seq < :before
 ORDER BY e.seq DESC

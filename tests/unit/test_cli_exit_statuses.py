@@ -1,0 +1,45 @@
+"""What each exit status of ``microsaga`` means is said in one list, the same in the
+README and in ``microsaga --help``: 4 (the execution ``run`` waited for was suspended)
+included, which SPEC section 7's four statuses leave out."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from microsaga.cli import main
+from tests.docblocks import ROOT
+
+SUSPENDED = "4 the execution run waited for was suspended"
+
+
+def _plain(text: str) -> str:
+    """Text without Markdown's backquotes, on one line, single spaces."""
+    return " ".join(text.replace("`", "").split())
+
+
+def _listing(text: str) -> str:
+    """The list of exit statuses in ``text``: from "Exit status:" to its full stop."""
+    found = re.findall(r"Exit status: 0 success, .*?\.(?= |$)", _plain(text))
+    assert len(found) == 1, found
+    return str(found[0])
+
+
+def test_help_and_the_readme_list_the_same_exit_statuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    shown = _listing(capsys.readouterr().out)
+    assert shown == _listing((ROOT / "README.md").read_text())
+    assert shown.count(SUSPENDED) == 1
+    assert "3 store or transport unavailable, " + SUSPENDED + ", 70 " in shown
+
+
+def test_no_doc_page_keeps_a_list_of_its_own() -> None:
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert pages
+    for page in pages:
+        assert "0 success, 1 " not in _plain(page.read_text()), page.name
