@@ -385,7 +385,14 @@ def _fields_decoder(fn: Callable[..., Any], data: list[_Param]) -> Callable[[byt
         try:
             found = decoder.decode(body)
         except msgspec.DecodeError as exc:
-            raise _input_error(fn, what, str(exc)) from None
+            detail = str(exc)
+            if any(detail == f"Object missing required field `{n}`" for n in names):
+                # (order: Order, dry_run: bool = False) meant order to get the whole input
+                detail += (
+                    " (several typed parameters each get the input's field of their name; "
+                    "one typed parameter gets the whole input)"
+                )
+            raise _input_error(fn, what, detail) from None
         values = [getattr(found, n) for n in names]
         for i, n in enumerate(names):
             adapter = adapters.get(n)

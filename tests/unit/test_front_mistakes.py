@@ -226,3 +226,23 @@ def test_two_functions_of_one_name_are_told_to_take_an_id() -> None:
     )
     saga.step(id="another")(lambda msg: msg)
     assert [step.id for step in saga.steps][1:] == ["another"]
+
+
+async def test_an_optional_typed_parameter_beside_the_input_is_told_what_it_does(
+    flow: Flow,
+) -> None:
+    """Adding ``dry_run: bool = False`` makes ``order`` the input's field ``order``,
+    not the whole input: the error says so, as a user cannot guess it."""
+
+    def reserve(order: Order, dry_run: bool = False) -> Order:
+        return order
+
+    wf = await flow.workflow_create("optional", FunctionStep(reserve, id="reserve"))
+    with pytest.raises(ExecutionFailedError) as err:
+        await wf.execute(Order(1))
+    assert err.value.error.endswith(
+        "Object missing required field `order` (several typed parameters each get the "
+        "input's field of their name; one typed parameter gets the whole input)"
+    )
+    eid = await wf.execute({"order": {"order_id": 2}, "dry_run": True})
+    assert (await flow.execution(eid)).status is Status.SUCCESS
