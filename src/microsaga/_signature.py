@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,12 +103,25 @@ class FunctionCall:
             awaits it and returns its result (what the engine may await in place of
             ``execute``); None otherwise.
         typed: whether the function takes typed parameters (else messages).
+        needs: the fields of a JSON object input that its data parameters require,
+            when they are known (None: any input may fit).
     """
 
     is_async: bool
     invoke: Callable[[Message, StepContext], Any]
     direct: Callable[[Message], Awaitable[Any]] | None
     typed: bool
+    needs: Mapping[str, frozenset[str]] | None = None  # {"parameter x": fields}
+
+    def missing(self, keys: Collection[str]) -> str | None:
+        """What an input object of exactly ``keys`` lacks for the function's
+        parameters (``field order_id, for parameter order``), or None."""
+        for what, fields in (self.needs or {}).items():
+            lacking = sorted(fields.difference(keys))
+            if lacking:
+                plural = "s" if len(lacking) > 1 else ""
+                return f"field{plural} {', '.join(lacking)}, for {what}"
+        return None
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -216,6 +229,7 @@ def _analyse(fn: Callable[..., Any]) -> FunctionCall:
         raw = inspect.signature(fn)
     except (TypeError, ValueError):  # a builtin without a signature: called as ever
         return _message_call(fn, is_async, with_ctx=False)
+    _refuse_unbound_method(fn, raw)
     signature = _resolve(fn, raw)
     named = [p for p in signature.parameters.values() if p.kind in _NAMED]
     params = [_Param(p.name, p.kind, _role(p.annotation), p.annotation, p.default) for p in named]
@@ -230,6 +244,25 @@ def _analyse(fn: Callable[..., Any]) -> FunctionCall:
             raise DefinitionError(f"{_describe(fn)}{form} cannot be a step: {_ALLOWED}") from None
         return _message_call(fn, is_async, with_ctx=with_ctx)
     return _typed_call(fn, is_async, params)
+
+
+def _refuse_unbound_method(fn: Callable[..., Any], signature: inspect.Signature) -> None:
+    """A function defined in a class body whose first parameter is ``self`` (or
+    ``cls``), unannotated, is a method that was decorated before it had an object: it
+    would get the request as ``self``."""
+    first = next(iter(signature.parameters.values()), None)
+    if (
+        inspect.isfunction(fn)
+        and first is not None
+        and first.name in ("self", "cls")
+        and first.annotation is _EMPTY
+        and fn.__qualname__.split(".")[-2:-1] not in ([], ["<locals>"])  # in a class body
+    ):
+        raise DefinitionError(
+            f"{_describe(fn)} is a method (its first parameter is {first.name}), taken "
+            "from its class without an object: make the step a module-level function "
+            "(or a @staticmethod) that a worker can import"
+        )
 
 
 def _wants_context(signature: inspect.Signature) -> bool:
@@ -352,7 +385,14 @@ def _fields_decoder(fn: Callable[..., Any], data: list[_Param]) -> Callable[[byt
         try:
             found = decoder.decode(body)
         except msgspec.DecodeError as exc:
-            raise _input_error(fn, what, str(exc)) from None
+            detail = str(exc)
+            if any(detail == f"Object missing required field `{n}`" for n in names):
+                # (order: Order, dry_run: bool = False) meant order to get the whole input
+                detail += (
+                    " (several typed parameters each get the input's field of their name; "
+                    "one typed parameter gets the whole input)"
+                )
+            raise _input_error(fn, what, detail) from None
         values = [getattr(found, n) for n in names]
         for i, n in enumerate(names):
             adapter = adapters.get(n)
@@ -433,4 +473,34 @@ def _typed_call(fn: Callable[..., Any], is_async: bool, params: list[_Param]) ->
                 return result_message(await invoke(request, None))
 
             direct = direct_any
-    return FunctionCall(is_async, invoke, direct, typed=True)
+    needs: dict[str, frozenset[str]] = {}
+    if decode_all is not None:  # several: each its field of the input
+        needs["parameters " + ", ".join(p.name for p in data)] = frozenset(
+            p.name for p in data if p.default is _EMPTY
+        )
+    elif len(data) == 1:  # one: the whole input, an object when its type has fields
+        fields = _required_fields(data[0].type) if data[0].role == _DATA else None
+        if fields is not None:
+            needs[f"parameter {data[0].name}"] = fields
+    return FunctionCall(is_async, invoke, direct, typed=True, needs=needs)
+
+
+def _required_fields(tp: Any) -> frozenset[str] | None:
+    """The fields an object decoded into ``tp`` must have (None: not an object type
+    with named fields, such as a dict)."""
+    if _pydantic_model(tp):
+        return frozenset(
+            field.alias or name for name, field in tp.model_fields.items() if field.is_required()
+        )
+    try:
+        info = msgspec.inspect.type_info(tp)
+    except (TypeError, ValueError):
+        return None
+    kinds = (
+        msgspec.inspect.StructType,
+        msgspec.inspect.DataclassType,
+        msgspec.inspect.TypedDictType,
+    )
+    if not isinstance(info, kinds):
+        return None
+    return frozenset(field.encode_name for field in info.fields if field.required)

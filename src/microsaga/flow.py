@@ -119,6 +119,19 @@ def _workflow_of(wf: Any) -> Workflow:
     )
 
 
+def _copy(wf: Workflow) -> Workflow:
+    """``wf`` as a new Workflow of the same steps, bound to no flow."""
+    copy = Workflow(
+        wf.id,
+        wf.step_list,
+        services=wf.services,
+        description=wf.description,
+        on_failure=wf.on_failure,
+    )
+    copy.version = wf.version
+    return copy
+
+
 def _import_functions(wf: Workflow) -> None:
     """Import what ``wf`` was read without importing (in a flow that runs no steps:
     functions, ``non_retryable`` classes): a flow that runs steps reports what it
@@ -406,12 +419,18 @@ class Flow:
     async def workflow_add(self, wf: Workflow | Saga) -> Workflow:
         """Bind a workflow (from ``load_definition``), or a Saga's, to this flow.
 
+        Returns:
+            The workflow; a copy of it when it is bound to another flow that is open
+            (a saga added to two flows), so that each runs its executions on its own.
+
         Raises:
             ConfigurationError: ``wf`` is neither.
         """
         wf = _workflow_of(wf)
         if self._options.worker:
             _import_functions(wf)
+        if wf.flow is not None and wf.flow is not self and wf.flow._open:
+            wf = _copy(wf)
         wf.flow = self
         for name, url in wf.services.items():
             self._services.setdefault(name, url)
@@ -421,7 +440,8 @@ class Flow:
         """Save the definition; a changed definition gets a new version.
 
         Returns:
-            The saved version, also set on ``wf.version``.
+            The saved version, also set on ``wf.version`` (on the copy bound to this
+            flow, when ``wf`` is bound to another open flow: see ``workflow_add``).
 
         Raises:
             ConfigurationError: ``wf`` is not a Workflow (or a Saga).
@@ -429,9 +449,10 @@ class Flow:
         wf = _workflow_of(wf)
         body = encode_json(wf.to_dict())
         digest = hashlib.sha256(body).hexdigest()[:32]
-        wf.version = await self.store.save_workflow(wf.id, digest, body, self.clock())
-        await self.workflow_add(wf)
-        return wf.version
+        version = await self.store.save_workflow(wf.id, digest, body, self.clock())
+        bound = await self.workflow_add(wf)
+        bound.version = version
+        return version
 
     async def workflow_load(self, id: str, version: int | None = None) -> Workflow:
         """The saved workflow (latest version unless ``version``).

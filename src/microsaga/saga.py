@@ -237,8 +237,13 @@ class Saga:
             self._declare(step)
 
     def _declare(self, step: Step) -> None:
-        if step.id in self._steps:
-            raise DefinitionError(f"duplicate step id in saga {self._id!r}: {step.id}")
+        taken = self._steps.get(step.id)
+        if taken is not None:  # two functions of one name, in two modules or classes
+            first = f", the id of {taken.endpoint}" if isinstance(taken, FunctionStep) else ""
+            raise DefinitionError(
+                f"duplicate step id in saga {self._id!r}: {step.id}{first} (give this "
+                "step another with id=)"
+            )
         self._steps[step.id] = step
         self._workflow = None
 

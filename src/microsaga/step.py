@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -43,7 +43,7 @@ class Retry:
     Args:
         max_attempts: attempts in all, the first included (1 means no retry).
         non_retryable: exception classes (matched with ``isinstance``) or error codes
-            that fail the step at once.
+            that fail the step at once (a tuple, or one class or code).
     """
 
     max_attempts: int = 1
@@ -54,8 +54,18 @@ class Retry:
     non_retryable: tuple[type[BaseException] | str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.non_retryable, tuple):
-            object.__setattr__(self, "non_retryable", tuple(self.non_retryable))
+        entries: Any = self.non_retryable
+        if isinstance(entries, str | type):  # one code or class: not its characters
+            entries = (entries,)
+        elif not isinstance(entries, tuple):
+            try:
+                entries = tuple(entries)
+            except TypeError:
+                raise DefinitionError(
+                    f"must be exception classes or error codes, not {entries!r}",
+                    path="retry.non_retryable",
+                ) from None
+        object.__setattr__(self, "non_retryable", entries)
         _check_int(self.max_attempts, "retry.max_attempts", minimum=1)
         _check_number(self.initial_interval, "retry.initial_interval", minimum=0.0)
         _check_number(self.multiplier, "retry.multiplier", minimum=1.0)
@@ -163,6 +173,20 @@ class StepOptions:
                             f"a {name} step cannot have its own {field_name}",
                             path=f"{name}.{field_name}",
                         )
+        compensation = self.compensate
+        lacking = (
+            compensation._input_lacks(("request", "response"))
+            if compensation is not None and self.compensate_input == "both"
+            else None
+        )
+        if compensation is not None and lacking is not None:  # it would fail in a rollback
+            raise DefinitionError(
+                f"compensation {compensation.id} cannot take its input: with "
+                'compensate_input="both" (the default) it gets {"request": ..., '
+                f'"response": ...}}, which has no {lacking}: name its parameters request '
+                'and response, or set compensate_input="request" or "response"',
+                path="compensate",
+            )
         for name in ("input", "when"):
             if getattr(self, name) is not None:
                 compile_expression(getattr(self, name), name)
@@ -354,6 +378,11 @@ class Step:
         Called by ``execute`` before anything is stored.
         """
 
+    def _input_lacks(self, keys: Collection[str]) -> str | None:
+        """What an input object of exactly ``keys`` lacks for this step, when the
+        step can tell before it runs (a typed function); None otherwise."""
+        return None
+
     # definitions ------------------------------------------------------------
 
     def to_config(self) -> dict[str, Any]:
@@ -375,21 +404,41 @@ class Step:
 
 
 _KINDS: dict[str, type[Step]] = {}
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(StepOptions))
 
 
 def register_step(cls: type[Step], kind: str | None = None) -> type[Step]:
     """Register a step class under ``kind`` (default ``cls.kind``) for definitions.
 
     Usable as a decorator. A definition entry names its kind as a key
-    (``{"call": ...}``, ``{"mykind": ...}``).
+    (``{"call": ...}``, ``{"mykind": ...}``). Registering the class again (its module
+    reloaded, say) replaces it.
+
+    Raises:
+        DefinitionError: ``kind`` is another class's (a built-in kind included) or the
+            name of a step option, which would read every step as that kind.
     """
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         raise TypeError(f"register_step needs a Step subclass, not {cls!r}")
     name = kind or cls.kind
     if not name:
         raise MicrosagaError(f"{cls.__name__} has no kind: set the class attribute or pass kind=")
+    if name in _OPTION_NAMES:
+        raise DefinitionError(
+            f"register_step: {name!r} is a step option, not a kind name: pass another kind="
+        )
+    taken = _KINDS.get(name)
+    if taken is not None and _path(taken) != _path(cls):
+        raise DefinitionError(
+            f"register_step: kind {name!r} is {_path(taken)}'s already, not "
+            f"{_path(cls)}'s: pass another kind="
+        )
     _KINDS[name] = cls
     return cls
+
+
+def _path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def step_kinds() -> Mapping[str, type[Step]]:

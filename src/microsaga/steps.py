@@ -7,7 +7,8 @@ import dataclasses
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -170,6 +171,23 @@ def function_path(path: Any) -> str:
     if "<" in qualname:
         raise DefinitionError(f"{path} is not importable (a lambda or a local function)")
     return path
+
+
+def _imports_as(path: str, fn: Callable[..., Any]) -> bool:
+    """Whether importing ``path`` gives ``fn`` again (a bound method or a callable
+    object does not: its path names its function or its class). A module not imported
+    yet is not imported here, and taken on trust."""
+    if inspect.ismethod(fn) and not isinstance(fn.__self__, type):
+        return False  # bound to an instance, which no import gives
+    module_name, _, qualname = path.partition(":")
+    target: Any = sys.modules.get(module_name)
+    if target is None:
+        return True
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is None:
+        return True  # a function made under a name it does not have: loading says so
+    return bool(target == fn or inspect.unwrap(target) is inspect.unwrap(fn))
 
 
 def import_function(path: str) -> Callable[..., Any]:
@@ -346,6 +364,11 @@ class FunctionStep(Step):
         if flow.options.worker:  # a flow that runs steps imports what it runs
             self.resolve()
 
+    def _input_lacks(self, keys: Collection[str]) -> str | None:
+        if self._fn is None:  # read without importing: told when it is imported
+            return None
+        return self._call.missing(keys)
+
     async def execute(self, req: Message, ctx: StepContext) -> Message:
         if self._fn is None:  # read without importing: imported where it runs
             self.resolve()
@@ -366,6 +389,12 @@ class FunctionStep(Step):
             raise DefinitionError(
                 f"step {self.id} cannot be saved: {path} is not importable "
                 "(use a module-level function)"
+            )
+        if self._path is None and not _imports_as(path, self.fn):
+            raise DefinitionError(
+                f"step {self.id} cannot be saved: importing {path} gives another object "
+                f"than its function {self.fn!r} (a bound method or a callable object: use "
+                "a module-level function)"
             )
         return {"function": path}
 

@@ -383,18 +383,31 @@ class SyncWorkflow:
 
         Raises:
             ExecutionFailedError: the execution ended FAILURE (unless ``async_``).
+            KeyboardInterrupt: Ctrl-C stopped the waiting, not the execution: its
+                note names the execution when it was stored.
         """
-        return self.flow.run(
-            self.workflow.execute(
-                req,
-                async_=async_,
-                start=start,
-                reverse=reverse,
-                timeout=timeout,
-                deadline=deadline,
-                execution_id=execution_id,
+        before = self.workflow.last_execution
+        try:
+            return self.flow.run(
+                self.workflow.execute(
+                    req,
+                    async_=async_,
+                    start=start,
+                    reverse=reverse,
+                    timeout=timeout,
+                    deadline=deadline,
+                    execution_id=execution_id,
+                )
             )
-        )
+        except KeyboardInterrupt as exc:
+            started = self.workflow.last_execution
+            if started is not None and started != before:  # stored: it goes on
+                exc.add_note(
+                    f"execution {started} goes on without this call: in this flow while "
+                    "it is open, else in a worker (microsaga worker) on the same store; "
+                    f"'microsaga abort {started}' rolls it back"
+                )
+            raise
 
     def suspend(self, execution_id: str) -> None:
         self.flow.run(self.workflow.suspend(execution_id))

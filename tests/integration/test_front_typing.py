@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.docblocks import find
 from tests.typing import order_saga
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,3 +50,13 @@ def test_a_wrong_direct_call_of_a_decorated_function_is_a_type_error(tmp_path: P
 async def test_the_example_runs() -> None:
     assert await order_saga.main() == "R-1 P-1-1"
     assert order_saga.main_sync() == "R-2 P-2-1"
+
+
+@pytest.mark.timeout(180)
+def test_the_typed_example_of_the_python_page_passes_mypy_strict(tmp_path: Path) -> None:
+    """What a user copies from docs/python.md into a project checked with
+    ``mypy --strict`` type-checks there as it is written."""
+    example = tmp_path / "fulfil.py"
+    example.write_text(find("docs/python.md", 'saga = Saga("fulfil")').text)
+    done = mypy(example)
+    assert done.returncode == 0, done.stdout + done.stderr
