@@ -35,7 +35,7 @@ from .errors import (
 )
 from .execution import Execution
 from .hooks import ExecutionEvent, Hook, Hooks
-from .message import Message, encode_json, huge_number, out_of_range
+from .message import Message, decode_json_body, encode_json, huge_number, out_of_range
 from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Phase, Status
@@ -44,7 +44,7 @@ from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep, Waits, child_id, run_of
+from .waits import SubflowStep, Waits, child_id, redriven_list_problem, run_of
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
@@ -101,8 +101,32 @@ def _finished_statuses(status: Any) -> tuple[Status, ...]:
 def _input_body(value: Any) -> bytes:
     """A redrive's input as a request body: JSON bytes, checked."""
     body = Message.of(value).body
-    _check_json(body)
+    try:
+        _check_json(body)
+    except ConfigurationError as exc:
+        raise ConfigurationError("input", exc.reason) from None
     return body
+
+
+def _check_map_inputs(stored: StoredExecution, redriven: list[str], body: bytes) -> None:
+    """Refuse ``body`` as the new list of a map step among ``redriven`` that it does not
+    fit: the map's runs keep their indexes and those that succeeded their elements."""
+    known = set(stored.definition.step_ids)
+    records = {r.step_id: r for r in stored.records if r.phase is Phase.FORWARD}
+    runs: dict[str, dict[int, Any]] = {}  # map id -> index -> element of a run that succeeded
+    for rec in records.values():
+        found = run_of(rec.step_id, known)
+        if found is not None:
+            done = runs.setdefault(found[0], {})
+            if rec.status is Status.SUCCESS and rec.request is not None:
+                done[found[1]] = decode_json_body(rec.request.body)
+    given = decode_json_body(body)
+    for map_id in (s for s in redriven if s in runs):
+        before = records[map_id].request if map_id in records else None
+        old = decode_json_body(before.body) if before is not None else None
+        problem = redriven_list_problem(map_id, old, given, runs[map_id])
+        if problem is not None:
+            raise ConfigurationError("input", problem)
 
 
 def _workflow_of(wf: Any) -> Workflow:
@@ -957,6 +981,8 @@ class Flow:
                 # a map's failed runs (<id>[<i>]) go with it, each with a fresh retry
                 # budget, as every failed run does on resume
                 named = [step, *(s for s in failed if (r := run_of(s, known)) and r[0] == step)]
+            if body is not None:
+                _check_map_inputs(stored, named or failed, body)
             await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
         if status in (Status.FAILURE, Status.ABORTED):
