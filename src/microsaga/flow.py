@@ -86,10 +86,13 @@ _RAW = (Message, bytes, bytearray, memoryview)  # a request given as bytes: chec
 def _finished_statuses(status: Any) -> tuple[Status, ...]:
     if status is None:
         return _FINISHED
-    items = [status] if isinstance(status, Status | str) else list(status)
+    many = isinstance(status, list | tuple | set | frozenset)
+    items = list(status) if many else [status]
     out = []
     for item in items:
         found = Status.lookup(item) if isinstance(item, str) else item
+        if type(found) is int and found in _FINISHED:  # Status is an IntEnum: 3 is SUCCESS
+            found = Status(found)
         if not isinstance(found, Status) or found not in _FINISHED:
             raise ConfigurationError(
                 "status", f"must be SUCCESS, FAILURE or ABORTED (finished), not {item!r}"

@@ -406,6 +406,25 @@ async def test_prune_deletes_what_finished_long_enough_ago(store_url: str) -> No
             await flow.prune(0, status="RUNNING")
 
 
+async def test_prune_takes_a_status_as_its_number_and_refuses_what_is_none(
+    store_url: str,
+) -> None:
+    """Status is an IntEnum: ``status=3`` is SUCCESS, as ``Status(3)``; anything that
+    is no finished status is a ConfigurationError, not a TypeError."""
+    now = [1_000_000.0]
+    shop = Shop()
+    async with Flow(store_url, clock=lambda: now[0], lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("order", *shop.steps())
+        await wf.execute({})
+        now[0] += 3600
+        for wrong in (1, 42, object(), True):
+            with pytest.raises(ConfigurationError, match=r"^status: must be SUCCESS"):
+                await flow.prune(600, status=wrong)
+        assert await flow.prune(600, status=int(Status.FAILURE)) == 0
+        assert await flow.prune(600, status=3) == 1
+        assert await flow.executions() == []
+
+
 async def test_retention_prunes_by_itself(store_url: str) -> None:
     now = [1_000_000.0]
     async with Flow(store_url, clock=lambda: now[0], lease_ttl=10**6, retention=60) as flow:
