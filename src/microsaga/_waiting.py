@@ -392,9 +392,15 @@ class Waiting:
             raise StepError(failed[0])
         if any(r is None for r in responses):
             raise _Interrupted()
-        return Message(
+        response = Message(
             encode_json([decode_json_body(r.body) if r is not None else None for r in responses])
         )
+        # each run's response is within max_payload, their list may not be: the map's
+        # response is a step's, held to the same limit
+        over = too_large(response, run.host.flow, f"map {sid}: the list of its runs' responses")
+        if over is not None:
+            raise over
+        return response
 
     async def _compensate_runs(self, run: Run, node: Node) -> Message:
         """Compensate the runs of a map that succeeded, the last element first."""
