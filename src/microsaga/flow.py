@@ -20,7 +20,7 @@ from ._engine.plan import OnFailure, Plan
 from ._run import Outcome
 from ._threads import StepThreads
 from ._urls import Url
-from ._validate import check_id, name_problem
+from ._validate import check_id, name_problem, shown
 from .definitions import workflow_from_dict
 from .errors import (
     ConfigurationError,
@@ -99,16 +99,6 @@ def _finished_statuses(status: Any) -> tuple[Status, ...]:
             )
         out.append(found)
     return tuple(out)
-
-
-def _input_body(value: Any) -> bytes:
-    """A redrive's input as a request body: JSON bytes, checked."""
-    body = Message.of(value).body
-    try:
-        _check_json(body)
-    except ConfigurationError as exc:
-        raise ConfigurationError("input", exc.reason) from None
-    return body
 
 
 def _check_map_inputs(stored: StoredExecution, redriven: list[str], body: bytes) -> None:
@@ -948,13 +938,20 @@ class Flow:
             InvalidTransitionError: the execution is in neither case, or ``step`` did
                 not fail.
             ExecutionNotFoundError: unknown id.
+            ConfigurationError: an id that is no string, an ``input`` that is not JSON
+                or that a map step cannot take as its list.
+            PayloadTooLargeError: ``input`` is over ``max_payload``.
         """
+        if not isinstance(execution_id, str):  # PostgreSQL would refuse it as a StoreError
+            raise ConfigurationError(
+                "execution_id", f"must be an execution id, not {shown(execution_id)}"
+            )
+        if step is not None and not isinstance(step, str):
+            raise ConfigurationError("step", f"must be a step id, not {shown(step)}")
+        body = None if input is None else self._body(input, "input").body
         stored = await self.store.load(execution_id)
         if stored is None:
             raise ExecutionNotFoundError(execution_id)
-        body = None if input is None else _input_body(input)
-        if body is not None:
-            check_size(Message(body), self._options.max_payload, "the input")
         status = stored.status
         failed = [
             r.step_id
