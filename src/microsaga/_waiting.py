@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
@@ -28,7 +28,16 @@ from .observability.logs import about
 from .payloads import too_large
 from .status import Phase, Status
 from .step import Retry
-from .waits import RUNS_ROLLBACK, MapStep, SleepStep, SubflowStep, WaitStep, child_id, run_id
+from .waits import (
+    RUNS_ROLLBACK,
+    MapStep,
+    SleepStep,
+    SubflowStep,
+    WaitStep,
+    child_id,
+    json_type,
+    run_id,
+)
 
 if TYPE_CHECKING:
     from ._run import Run
@@ -307,7 +316,7 @@ class Waiting:
         sid = node.id
         items = decode_json_body(rec.request.body if rec.request is not None else b"")
         if not isinstance(items, list):
-            raise StepError(f"map {sid}: over {step.over} is {_json_type(items)}, not a list")
+            raise StepError(f"map {sid}: over {step.over} is {json_type(items)}, not a list")
         inner = step.step
         retry: RetryPolicy = inner.options.retry or Retry()
         timeout = inner.options.timeout or run.spec.step_timeout
@@ -383,9 +392,15 @@ class Waiting:
             raise StepError(failed[0])
         if any(r is None for r in responses):
             raise _Interrupted()
-        return Message(
+        response = Message(
             encode_json([decode_json_body(r.body) if r is not None else None for r in responses])
         )
+        # each run's response is within max_payload, their list may not be: the map's
+        # response is a step's, held to the same limit
+        over = too_large(response, run.host.flow, f"map {sid}: the list of its runs' responses")
+        if over is not None:
+            raise over
+        return response
 
     async def _compensate_runs(self, run: Run, node: Node) -> Message:
         """Compensate the runs of a map that succeeded, the last element first."""
@@ -490,12 +505,6 @@ def _finished(run: Run, rec: StepRecord, retried: str | None = None) -> None:
             rec, run.host.clock(), status=Status.FAILURE, error=retried, retrying=True
         )
     hooks.emit(hooks.step_finished, event)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", str: "a string", dict: "an object"}.get(type(value), "a number")
 
 
 class _Interrupted(Exception):

@@ -387,6 +387,14 @@ def run(
             )
             return 128 + stopped_by[0]
         # a signal after the execution stopped cut only the wait for its last steps
+        if info.status is Status.SUSPEND and info.error:  # the failure policy "suspend"
+            _fail(
+                "suspended",
+                f"execution {eid} is suspended: {info.error}; `microsaga redrive {eid} "
+                "[--step STEP] [--input JSON]` runs it again, and a worker (`microsaga "
+                f"worker`) continues it, or `microsaga abort {eid}` rolls it back",
+            )
+            return EXIT_SUSPENDED
         if info.status is Status.SUSPEND:
             _fail(
                 "suspended",

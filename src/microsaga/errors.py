@@ -195,9 +195,14 @@ class ExecutionNotFoundError(MicrosagaError):
         self.execution_id = execution_id
         if execution_id is None:
             message = None
-        elif execution_id and execution_id.isprintable() and execution_id.strip() == execution_id:
+        elif (
+            isinstance(execution_id, str)
+            and execution_id
+            and execution_id.isprintable()
+            and execution_id.strip() == execution_id
+        ):
             message = f"execution not found: {execution_id}"
-        else:  # an empty id, or one with spaces or control characters: show it quoted
+        else:  # empty, with spaces or control characters, or no string: show it quoted
             message = f"execution not found: {execution_id!r}"
         super().__init__(message)
 

@@ -9,6 +9,7 @@ is compiled once (per text), when the step is made.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -57,9 +58,24 @@ def compile_expression(text: Any, path: str) -> Expression:
         return _compiled(text)
     except jmespath.exceptions.JMESPathError as exc:
         problem = " ".join(str(exc).split())
+        quoted = _DASHED.sub(r'"\1"', text)
+        if quoted != text and _parses(quoted):  # steps.cool-off: JMESPath has no '-'
+            problem += f"; an id with '-' is quoted: {quoted}"
         raise DefinitionError(
             f"not a valid JMESPath expression {text!r}: {problem}", path=path
         ) from None
+
+
+# a name after a dot holding '-' (a step id such as cool-off, or a map's map-<id>)
+_DASHED = re.compile(r"(?<=\.)([A-Za-z_][\w-]*-[\w-]*)")
+
+
+def _parses(text: str) -> bool:
+    try:
+        jmespath.compile(text)
+    except jmespath.exceptions.JMESPathError:
+        return False
+    return True
 
 
 def truthy(value: Any) -> bool:

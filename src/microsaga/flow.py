@@ -20,7 +20,7 @@ from ._engine.plan import OnFailure, Plan
 from ._run import Outcome
 from ._threads import StepThreads
 from ._urls import Url
-from ._validate import check_id, name_problem
+from ._validate import check_id, name_problem, shown
 from .definitions import workflow_from_dict
 from .errors import (
     ConfigurationError,
@@ -35,7 +35,7 @@ from .errors import (
 )
 from .execution import Execution
 from .hooks import ExecutionEvent, Hook, Hooks
-from .message import Message, encode_json, huge_number, out_of_range
+from .message import Message, decode_json_body, encode_json, huge_number, out_of_range
 from .payloads import check_size, redacted_execution
 from .settings import FlowOptions, resolve_options
 from .status import Phase, Status
@@ -44,7 +44,7 @@ from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep, Waits, child_id, run_of
+from .waits import SubflowStep, Waits, child_id, redriven_list_problem, run_of
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
@@ -86,10 +86,13 @@ _RAW = (Message, bytes, bytearray, memoryview)  # a request given as bytes: chec
 def _finished_statuses(status: Any) -> tuple[Status, ...]:
     if status is None:
         return _FINISHED
-    items = [status] if isinstance(status, Status | str) else list(status)
+    many = isinstance(status, list | tuple | set | frozenset)
+    items = list(status) if many else [status]
     out = []
     for item in items:
         found = Status.lookup(item) if isinstance(item, str) else item
+        if type(found) is int and found in _FINISHED:  # Status is an IntEnum: 3 is SUCCESS
+            found = Status(found)
         if not isinstance(found, Status) or found not in _FINISHED:
             raise ConfigurationError(
                 "status", f"must be SUCCESS, FAILURE or ABORTED (finished), not {item!r}"
@@ -98,11 +101,25 @@ def _finished_statuses(status: Any) -> tuple[Status, ...]:
     return tuple(out)
 
 
-def _input_body(value: Any) -> bytes:
-    """A redrive's input as a request body: JSON bytes, checked."""
-    body = Message.of(value).body
-    _check_json(body)
-    return body
+def _check_map_inputs(stored: StoredExecution, redriven: list[str], body: bytes) -> None:
+    """Refuse ``body`` as the new list of a map step among ``redriven`` that it does not
+    fit: the map's runs keep their indexes and those that succeeded their elements."""
+    known = set(stored.definition.step_ids)
+    records = {r.step_id: r for r in stored.records if r.phase is Phase.FORWARD}
+    runs: dict[str, dict[int, Any]] = {}  # map id -> index -> element of a run that succeeded
+    for rec in records.values():
+        found = run_of(rec.step_id, known)
+        if found is not None:
+            done = runs.setdefault(found[0], {})
+            if rec.status is Status.SUCCESS and rec.request is not None:
+                done[found[1]] = decode_json_body(rec.request.body)
+    given = decode_json_body(body)
+    for map_id in (s for s in redriven if s in runs):
+        before = records[map_id].request if map_id in records else None
+        old = decode_json_body(before.body) if before is not None else None
+        problem = redriven_list_problem(map_id, old, given, runs[map_id])
+        if problem is not None:
+            raise ConfigurationError("input", problem)
 
 
 def _workflow_of(wf: Any) -> Workflow:
@@ -942,13 +959,20 @@ class Flow:
             InvalidTransitionError: the execution is in neither case, or ``step`` did
                 not fail.
             ExecutionNotFoundError: unknown id.
+            ConfigurationError: an id that is no string, an ``input`` that is not JSON
+                or that a map step cannot take as its list.
+            PayloadTooLargeError: ``input`` is over ``max_payload``.
         """
+        if not isinstance(execution_id, str):  # PostgreSQL would refuse it as a StoreError
+            raise ConfigurationError(
+                "execution_id", f"must be an execution id, not {shown(execution_id)}"
+            )
+        if step is not None and not isinstance(step, str):
+            raise ConfigurationError("step", f"must be a step id, not {shown(step)}")
+        body = None if input is None else self._body(input, "input").body
         stored = await self.store.load(execution_id)
         if stored is None:
             raise ExecutionNotFoundError(execution_id)
-        body = None if input is None else _input_body(input)
-        if body is not None:
-            check_size(Message(body), self._options.max_payload, "the input")
         status = stored.status
         failed = [
             r.step_id
@@ -978,6 +1002,8 @@ class Flow:
                 # a map's failed runs (<id>[<i>]) go with it, each with a fresh retry
                 # budget, as every failed run does on resume
                 named = [step, *(s for s in failed if (r := run_of(s, known)) and r[0] == step)]
+            if body is not None:
+                _check_map_inputs(stored, named or failed, body)
             await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
         if status in (Status.FAILURE, Status.ABORTED):

@@ -67,14 +67,16 @@ def check_size(message: Message, limit: int, what: str) -> None:
         )
 
 
-def too_large(response: Message, flow: Any) -> PayloadTooLargeError | None:
+def too_large(
+    response: Message, flow: Any, what: str = "the step's response"
+) -> PayloadTooLargeError | None:
     """The error of a step's response over the flow's ``max_payload``, if it is."""
     size = len(response.body)
     limit = flow.options.max_payload if flow is not None else DEFAULT_MAX_PAYLOAD
     if size <= limit:
         return None
     return PayloadTooLargeError(
-        f"the step's response is {size} bytes, over max_payload {limit}", retryable=False
+        f"{what} is {size} bytes, over max_payload {limit}", retryable=False
     )
 
 

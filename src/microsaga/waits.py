@@ -113,6 +113,48 @@ class Waits(NamedTuple):
         return said
 
 
+def redriven_list_problem(
+    map_id: str, old: Any, given: Any, succeeded: Mapping[int, Any]
+) -> str | None:
+    """What is wrong with ``given`` as the new list of map step ``map_id``, redriven
+    with an input: its runs keep their indexes, and those that succeeded (``succeeded``:
+    index -> element) are not run again, so the list keeps its length and their
+    elements. None when nothing is."""
+    size = len(old) if isinstance(old, list) else 1 + max(succeeded, default=-1)
+    if not isinstance(given, list):
+        return (
+            f"map step {map_id} runs once per element of its input: it must be a list of "
+            f"{size} elements, not {json_type(given)}"
+        )
+    if isinstance(old, list) and len(given) != len(old):
+        return (
+            f"map step {map_id} ran over {len(old)} elements: its input must be a list of "
+            f"{len(old)} elements (runs {run_id(map_id, 0)} to "
+            f"{run_id(map_id, len(old) - 1)}), not {len(given)}"
+        )
+    for index, element in sorted(succeeded.items()):
+        if index >= len(given) or given[index] != element:
+            return (
+                f"element {index} of the input of map step {map_id} must stay "
+                f"{shown(element)}: run {run_id(map_id, index)} succeeded with it and is not "
+                "run again"
+            )
+    return None
+
+
+def json_type(value: Any) -> str:
+    """``value``'s JSON type with its article: ``an object``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "a list"
+
+
 class WaitingStep(Step):
     """A step the run loop resolves itself, WAITING meanwhile."""
 

@@ -4,6 +4,7 @@ on memory and SQLite."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from microsaga import (
+    ConfigurationError,
     ExecutionFailedError,
     Flow,
     FunctionStep,
@@ -225,6 +227,60 @@ async def test_a_map_run_is_redriven_with_its_map_not_alone(flow: Flow) -> None:
     assert (await flow.execution(eid)).status is Status.SUSPEND
 
 
+async def test_a_map_redriven_with_an_input_keeps_its_runs_that_succeeded(flow: Flow) -> None:
+    """A map's input is its list: a redrive's list of another length, or changing an
+    element whose run succeeded (and is not run again), is refused before anything
+    changes, rather than leaving the map's list, runs and response disagreeing."""
+    tried: list[Any] = []
+
+    async def take(msg: Message) -> Any:
+        tried.append(msg.json())
+        if msg.json() == "bad":
+            raise StepError("bad line", retryable=False)
+        return {"took": msg.json()}
+
+    wf = await flow.workflow_create(
+        "pick",
+        MapStep(FunctionStep(take, id="take"), over="request", id="each", concurrency=1),
+        on_failure="suspend",
+    )
+    eid = await wf.execute(["x", "bad", "z"])
+    refused = {
+        "list of 3 elements (runs each[0] to each[2]), not 1": ["x"],
+        "list of 3 elements (runs each[0] to each[2]), not 4": ["x", "ok", "z", "w"],
+        "must be a list of 3 elements, not an object": {"lines": ["x", "ok", "z"]},
+        "element 0 of the input of map step each must stay 'x': run each[0] succeeded": [
+            "y",
+            "ok",
+            "z",
+        ],
+    }
+    for why, given in refused.items():
+        with pytest.raises(ConfigurationError, match=re.escape(why)) as err:
+            await flow.redrive(eid, step="each", input=given)
+        assert str(err.value).startswith("input: ")
+        with pytest.raises(ConfigurationError, match=re.escape(why)):
+            await flow.redrive(eid, input=given)  # every failed step: the map among them
+    with pytest.raises(ConfigurationError, match=r"^input: the body is not JSON"):
+        await flow.redrive(eid, step="each", input=b"[not json")
+    info = await flow.execution(eid)
+    assert info.status is Status.SUSPEND
+    assert info.steps["each[1]"].status is Status.FAILURE
+    await flow.redrive(eid, step="each", input=["x", "ok", "zz"])
+    info = await flow.wait(eid, timeout=10)
+    assert info.status is Status.SUCCESS, info.error
+    assert info.steps["each"].request is not None
+    assert info.steps["each"].request.json() == ["x", "ok", "zz"]
+    assert body_of(info.response) == [{"took": "x"}, {"took": "ok"}, {"took": "zz"}]
+    assert [body_of(info.steps[f"each[{i}]"].request) for i in range(3)] == ["x", "ok", "zz"]
+    assert tried == ["x", "bad", "ok", "zz"]
+
+
+def body_of(message: Message | None) -> Any:
+    assert message is not None
+    return message.json()
+
+
 async def test_abort_of_a_suspended_failure_rolls_back(flow: Flow) -> None:
     shop = Shop(declines=1)
     wf = await flow.workflow_create("order", *shop.steps(), on_failure="suspend")
@@ -348,6 +404,25 @@ async def test_prune_deletes_what_finished_long_enough_ago(store_url: str) -> No
             await flow.execution(failed)
         with pytest.raises(Exception, match="finished"):
             await flow.prune(0, status="RUNNING")
+
+
+async def test_prune_takes_a_status_as_its_number_and_refuses_what_is_none(
+    store_url: str,
+) -> None:
+    """Status is an IntEnum: ``status=3`` is SUCCESS, as ``Status(3)``; anything that
+    is no finished status is a ConfigurationError, not a TypeError."""
+    now = [1_000_000.0]
+    shop = Shop()
+    async with Flow(store_url, clock=lambda: now[0], lease_ttl=10**6) as flow:
+        wf = await flow.workflow_create("order", *shop.steps())
+        await wf.execute({})
+        now[0] += 3600
+        for wrong in (1, 42, object(), True):
+            with pytest.raises(ConfigurationError, match=r"^status: must be SUCCESS"):
+                await flow.prune(600, status=wrong)
+        assert await flow.prune(600, status=int(Status.FAILURE)) == 0
+        assert await flow.prune(600, status=3) == 1
+        assert await flow.executions() == []
 
 
 async def test_retention_prunes_by_itself(store_url: str) -> None:

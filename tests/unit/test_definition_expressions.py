@@ -121,3 +121,20 @@ def test_an_expression_over_the_document_is_accepted(expression: str) -> None:
     assert [s.id for s in wf.step_list] == ["first.step", "second", "third"]
     wf = load_definition(_definition(FIRST, SECOND, {**third, "when": expression}))
     assert wf.step_list[2].options.when == expression
+
+
+def test_a_step_id_with_a_dash_unquoted_is_told_to_quote_it() -> None:
+    """JMESPath has no '-' in a name: a step such as cool-off, or a map whose default id
+    is map-<its step's id>, is read as steps."cool-off", which the error says."""
+    pause = {"sleep": 1, "id": "cool-off"}
+    each = {"map": {"over": "request.lines", "step": {"publish": "orders.line", "id": "line"}}}
+    for expression, quoted in [
+        ("steps.cool-off.until", 'steps."cool-off".until'),
+        ("{lines: steps.map-line[*].sku}", '{lines: steps."map-line"[*].sku}'),
+    ]:
+        last = {"publish": "orders.done", "requires": ["cool-off", "map-line"]}
+        with pytest.raises(DefinitionError) as err:
+            load_definition(_definition(pause, each, {**last, "input": expression}))
+        assert str(err.value).startswith("steps[2].input: not a valid JMESPath expression")
+        assert str(err.value).endswith(f"; an id with '-' is quoted: {quoted}")
+        load_definition(_definition(pause, each, {**last, "input": quoted}))

@@ -917,6 +917,32 @@ async def test_a_map_run_answering_over_max_payload_fails_the_map(store_url: str
             await wf.execute([1, 2])
 
 
+async def test_a_map_whose_list_of_responses_is_over_max_payload_fails(store_url: str) -> None:
+    """Each run answers within max_payload, their list (the map's response, and here the
+    execution's) does not: the map fails as a step answering too much does, and the
+    runs that succeeded are compensated."""
+
+    async def line(msg: Message) -> dict[str, str]:
+        return {"line": "y" * 90}
+
+    step = FunctionStep(line, id="line", compensate=FunctionStep(let_go))
+    async with Flow(store_url, max_payload=1000) as flow:
+        wf = await flow.workflow_create("lines", MapStep(step, over="request", id="many"))
+        with pytest.raises(ExecutionFailedError) as err:
+            await wf.execute(list(range(20)))
+        info = await flow.execution(err.value.execution_id)
+        many = info.steps["many"]
+        assert many.status is Status.FAILURE
+        assert many.response is None
+        assert many.error is not None
+        assert many.error.endswith(
+            "map many: the list of its runs' responses is 2041 bytes, over max_payload 1000"
+        )
+        assert info.response is None
+        assert len(calls("let_go")) == 20
+        assert all(info.steps[f"many[{i}]"].status is Status.COMPENSATED for i in range(20))
+
+
 async def test_a_map_runs_retry_recorded_while_the_rollback_begins_is_made(tmp_path: Path) -> None:
     """``f`` fails for good while a map's run waits to retry; the run records its
     retry while the run commits the execution COMPENSATING: the retry is made (running

@@ -332,7 +332,7 @@ class Api:
         given = _message(body.input)
         if given is not None:
             kwargs["input"] = given
-        with _field("request", "input"):
+        with _field("input", "input"):
             eid = await redrive(id, **kwargs)
         self.feed.touch(id)
         return await self._changed(eid if isinstance(eid, str) else id)
