@@ -83,6 +83,18 @@ _FINISHED = (Status.SUCCESS, Status.FAILURE, Status.ABORTED)
 _RAW = (Message, bytes, bytearray, memoryview)  # a request given as bytes: checked
 
 
+def _execution_id(value: Any, setting: str = "execution_id") -> str:
+    """``value`` if it can be an execution id: a string (PostgreSQL would refuse any
+    other as a StoreError, other stores would not find it).
+
+    Raises:
+        ConfigurationError: naming ``setting``.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(setting, f"must be an execution id, not {shown(value)}")
+    return value
+
+
 def _finished_statuses(status: Any) -> tuple[Status, ...]:
     if status is None:
         return _FINISHED
@@ -713,11 +725,12 @@ class Flow:
         Raises:
             ExecutionNotFoundError: unknown id.
             InvalidTransitionError: the execution is finished.
-            ConfigurationError: ``event`` is not a name, or no wait step of the execution
-                waits for it (a sub-workflow's take signals at its own execution);
-                ``payload`` is not JSON.
+            ConfigurationError: an id that is no string, ``event`` is not a name, or no
+                wait step of the execution waits for it (a sub-workflow's take signals
+                at its own execution); ``payload`` is not JSON.
             PayloadTooLargeError: ``payload`` is over the flow's ``max_payload``.
         """
+        _execution_id(execution_id)
         problem = name_problem(event, colon=True, limit=200)
         if problem is not None:
             raise ConfigurationError("event", problem)
@@ -800,6 +813,7 @@ class Flow:
     async def settle(self, execution_id: str) -> None:
         """Wait until this process has stopped working on the execution (its running
         steps finished and were recorded), e.g. after it was suspended."""
+        _execution_id(execution_id)
         run = self._running().runs.get(execution_id)
         if run is not None:
             await run.stopped()
@@ -809,7 +823,9 @@ class Flow:
 
         Raises:
             ExecutionNotFoundError: unknown id.
+            ConfigurationError: an id that is no string.
         """
+        _execution_id(execution_id)
         found = await self.store.get_execution(execution_id)
         if found is None:
             raise ExecutionNotFoundError(execution_id)
@@ -856,8 +872,10 @@ class Flow:
             status = parsed
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ConfigurationError("limit", f"must be a positive integer, not {limit!r}")
-        if redrive_of is not None and not isinstance(redrive_of, str):
-            raise ConfigurationError("redrive_of", f"must be an execution id, not {redrive_of!r}")
+        if before is not None:
+            _execution_id(before, "before")
+        if redrive_of is not None:
+            _execution_id(redrive_of, "redrive_of")
         found = await self.store.list_executions(
             workflow_id, status, limit, before, redrive_of=redrive_of
         )
@@ -869,7 +887,9 @@ class Flow:
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
             ExecutionNotFoundError: unknown id.
+            ConfigurationError: an id that is no string.
         """
+        _execution_id(execution_id)
         scope = asyncio.timeout(timeout)
         try:
             async with scope:
@@ -909,7 +929,9 @@ class Flow:
 
         Raises:
             InvalidTransitionError: the execution is finished or compensating.
+            ConfigurationError: an id that is no string.
         """
+        _execution_id(execution_id)
         await self._running().control(execution_id, "suspend")
         await self._observe(execution_id)
 
@@ -921,7 +943,9 @@ class Flow:
 
         Raises:
             InvalidTransitionError: nothing to resume.
+            ConfigurationError: an id that is no string.
         """
+        _execution_id(execution_id)
         info = await self.execution(execution_id)
         action = "resume"
         failed = info.status is Status.SUSPEND and info.failed_step is not None
@@ -963,10 +987,7 @@ class Flow:
                 or that a map step cannot take as its list.
             PayloadTooLargeError: ``input`` is over ``max_payload``.
         """
-        if not isinstance(execution_id, str):  # PostgreSQL would refuse it as a StoreError
-            raise ConfigurationError(
-                "execution_id", f"must be an execution id, not {shown(execution_id)}"
-            )
+        _execution_id(execution_id)
         if step is not None and not isinstance(step, str):
             raise ConfigurationError("step", f"must be a step id, not {shown(step)}")
         body = None if input is None else self._body(input, "input").body
@@ -1061,6 +1082,8 @@ class Flow:
 
         Raises:
             InvalidTransitionError: the execution is finished.
+            ConfigurationError: an id that is no string.
         """
+        _execution_id(execution_id)
         await self._running().control(execution_id, "abort" if compensate else "abort_nocomp")
         await self._observe(execution_id)
