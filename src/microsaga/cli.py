@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import click
@@ -252,6 +253,12 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
             raw = text.encode()
         except UnicodeEncodeError:  # bytes that are not UTF-8 in argv come as surrogates
             raise ConfigurationError(option, "not valid UTF-8 text") from None
+    if not raw.strip():  # msgspec would say "Input data was truncated"
+        if text.startswith("@"):
+            raise ConfigurationError(
+                option, f"the file {text[1:]} is empty; it must hold JSON, such as '{{}}'"
+            )
+        raise ConfigurationError(option, "empty; it must be JSON, such as '{}'")
     try:  # strict JSON, as participants read it: no NaN, no lone surrogates, any depth
         _json_check.decode(raw)
     except msgspec.DecodeError as exc:
@@ -265,6 +272,18 @@ def _parse_input(text: str | None, option: str = "--input") -> Message:
     if huge is not None:
         raise ConfigurationError(option, out_of_range(huge))
     return Message(raw)
+
+
+@contextlib.contextmanager
+def _as_options(**options: str) -> Iterator[None]:
+    """A ConfigurationError of the flow's that names an argument (``input``) named as
+    the command line option that gave it (``--input``)."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        if exc.setting not in options:
+            raise
+        raise ConfigurationError(options[exc.setting], exc.reason) from None
 
 
 def _seconds(value: float | None, option: str) -> float | None:
@@ -520,7 +539,8 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
-            eid = await flow.redrive(execution_id, step=step, input=body)
+            with _as_options(input="--input", step="--step"):
+                eid = await flow.redrive(execution_id, step=step, input=body)
             found = await flow.store.get_status(eid)
         click.echo(f"{eid} {found[0].name if found else '?'}")
         return EXIT_OK
@@ -541,12 +561,8 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
-            try:
+            with _as_options(event="EVENT", payload="--payload"):
                 await flow.signal(execution_id, event, message)
-            except ConfigurationError as exc:
-                if exc.setting != "event":
-                    raise
-                raise ConfigurationError("EVENT", exc.reason) from None
             found = await flow.store.get_status(execution_id)
         click.echo(f"{execution_id} {found[0].name if found else '?'}")
         return EXIT_OK
