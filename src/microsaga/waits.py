@@ -366,7 +366,8 @@ class MapStep(Step):
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
         ):
             raise DefinitionError(
-                f"must be a number from 1, not {shown(concurrency)}", path="map.concurrency"
+                f"must be a whole number, at least 1, not {shown(concurrency)}",
+                path="map.concurrency",
             )
         self.step = step
         self.over: Expression = compile_expression(over, "map.over")

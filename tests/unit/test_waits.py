@@ -868,6 +868,18 @@ def test_bad_waiting_definitions_say_where(steps: list[Any], where: str, what: s
     assert what in str(found.value)
 
 
+@pytest.mark.parametrize("concurrency", [0, 1.5, True])
+def test_a_map_concurrency_must_be_a_whole_number_of_at_least_1(concurrency: Any) -> None:
+    said = f"must be a whole number, at least 1, not {concurrency!r}"
+    step = {"map": {"over": "request", "concurrency": concurrency, "step": {"publish": "x"}}}
+    with pytest.raises(DefinitionError) as found:
+        load_definition({"id": "w", "steps": [step]})
+    assert str(found.value) == f"steps[0].map.concurrency: {said}"
+    with pytest.raises(DefinitionError) as found:
+        MapStep(FunctionStep(item, id="item"), over="request", concurrency=concurrency)
+    assert str(found.value).endswith(said)
+
+
 def test_sleep_needs_seconds_or_until_in_code() -> None:
     with pytest.raises(DefinitionError, match="seconds or until"):
         SleepStep()
