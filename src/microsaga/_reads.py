@@ -5,6 +5,7 @@ that would share a record or an idempotency key with another run."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ def _path(index: int, key: str) -> str:
     return f"steps[{index}].{key}"
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name JMESPath writes unquoted
 # the context document an expression reads: {"request": ..., "steps": {<id>: ...}}
 _DOCUMENT = ("request", "steps")
 # nodes whose children all read the document an expression is given
@@ -111,30 +113,38 @@ def _unread(
                 hint = f"the literal {field} is written `{field}` (in backticks)"
             elif field == "response":
                 hint = (
-                    "input: response is for a compensate step; the responses of the "
-                    "steps required are steps.<id>"
+                    "input: response is for a compensate step; a step reads the "
+                    "responses of the steps it requires as steps.<id>"
                 )
             else:
-                hint = f"did you mean request.{field}?"
+                hint = f"did you mean request.{_name(field)}?"
             return (
-                f"{field!r} is null on every run: {text!r} reads the document "
-                f'{{"request": ..., "steps": {{...}}}}; {hint}'
+                f"{text!r} reads {_name(field)}, which is null on every run: the document "
+                f"it reads holds only request and steps; {hint}"
             )
         if step_id is None or step_id in ancestors:
             continue
         dotted = f"{step_id}.{following}" if following else "\0"
         spelled = [a for a in sorted(ancestors) if a == dotted or a.startswith(dotted + ".")]
         if spelled:
-            hint = f'an id with dots is quoted: steps."{spelled[0]}"'
+            why = f'no step has id {step_id!r}; an id with dots is quoted: steps."{spelled[0]}"'
         elif step_id == sid:
-            hint = "an expression reads the responses of the steps its step requires"
+            why = (
+                f"it is the response of {sid} itself; an expression reads those of the "
+                "steps its step requires"
+            )
         elif step_id in requires:
-            hint = f"{sid} does not require {step_id} (directly or not): add it to requires"
+            why = f"{sid} does not require {step_id} (directly or not): add it to requires"
         else:
             known = ", ".join(sorted(ancestors)) or "none"
-            hint = f"no step has id {step_id!r} (the steps {sid} requires: {known})"
-        return f"steps.{step_id} is null on every run of {text!r}: {hint}"
+            why = f"no step has id {step_id!r} (the steps {sid} requires: {known})"
+        return f"{text!r} reads steps.{_name(step_id)}, which is null on every run: {why}"
     return None
+
+
+def _name(name: str) -> str:
+    """``name`` as an expression writes it: ``line``, ``"cool-off"``."""
+    return name if _IDENTIFIER.fullmatch(name) else json.dumps(name)
 
 
 def _document_reads(node: Any) -> list[tuple[str, str | None, str | None]]:

@@ -51,6 +51,17 @@ SECOND = {"publish": "orders.second", "id": "second", "requires": ["first.step"]
             "steps[1].when",
             "the literal true is written `true` (in backticks)",
         ),
+        (  # its own response
+            {**SECOND, "when": "steps.second.ok"},
+            "steps[1].when",
+            "'steps.second.ok' reads steps.second, which is null on every run: it is the "
+            "response of second itself",
+        ),
+        (  # an id that is quoted is named quoted
+            {**SECOND, "when": 'steps."cool-off".ok'},
+            "steps[1].when",
+            """reads steps."cool-off", which is null on every run: no step has id 'cool-off'""",
+        ),
         (  # a step that exists but is not required
             {"publish": "orders.third", "id": "third", "when": "steps.second.ok"},
             "steps[2].when",
