@@ -411,9 +411,12 @@ def _retry(value: Any, path: str) -> Retry:
         kw[key] = item
     if "non_retryable" in kw:
         codes = kw["non_retryable"]
+        if isinstance(codes, str):  # one code alone is one entry, as Retry takes it
+            codes = [codes]
         if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
             raise DefinitionError(
-                "must be a list of error codes", path=_join(path, "non_retryable")
+                "must be an error code or a list of error codes",
+                path=_join(path, "non_retryable"),
             )
         kw["non_retryable"] = tuple(_error_class(c, path) for c in codes)
     for key in ("initial_interval", "multiplier", "max_interval"):

@@ -22,6 +22,7 @@ from microsaga import (
     Step,
     StepContext,
     StepError,
+    load_definition,
     register_step,
 )
 from microsaga.step import step_kinds
@@ -246,3 +247,37 @@ async def test_an_optional_typed_parameter_beside_the_input_is_told_what_it_does
     )
     eid = await wf.execute({"order": {"order_id": 2}, "dry_run": True})
     assert (await flow.execution(eid)).status is Status.SUCCESS
+
+
+DECLINES: list[int] = []  # an attempt of decline, below, each
+
+
+def decline(msg: Message) -> None:
+    DECLINES.append(1)
+    raise StepError("card declined", code="declined")
+
+
+@pytest.mark.parametrize("entry", ["declined", "microsaga:StepError"])
+async def test_one_non_retryable_code_or_class_in_a_definition_file_is_one_entry(
+    flow: Flow, tmp_path: Path, entry: str
+) -> None:
+    """``non_retryable: declined`` (no list) was refused in a definition file, while
+    ``Retry(non_retryable="declined")`` takes it as one entry."""
+    source = tmp_path / "charge.yaml"
+    source.write_text(
+        "id: charge\n"
+        "steps:\n"
+        f"  - function: {__name__}:decline\n"
+        f"    retry: {{max_attempts: 3, initial_interval: 0, non_retryable: {entry}}}\n"
+    )
+    wf = await flow.workflow_add(load_definition(str(source)))
+    DECLINES.clear()
+    with pytest.raises(ExecutionFailedError, match="card declined"):
+        await wf.execute({})
+    assert DECLINES == [1]  # failed at once: not retried
+    source.write_text(source.read_text().replace(entry, "404"))
+    with pytest.raises(DefinitionError) as err:
+        load_definition(str(source))
+    assert str(err.value) == (
+        "steps[0].retry.non_retryable: must be an error code or a list of error codes"
+    )
