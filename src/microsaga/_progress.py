@@ -67,7 +67,7 @@ class _Runs(NamedTuple):
 
 
 def _notable(run: StepRun) -> bool:
-    """A run listed even in a collapsed map: it failed, or its undo runs or failed."""
+    """A run listed even in a collapsed map: it failed, or its undo is running or failed."""
     comp = run.compensation
     if run.status in _NOTABLE:
         return True
