@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rich.console import Console
 from rich.live import Live
@@ -13,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._aio import wait_event
+from .errors import ExecutionNotFoundError
 from .execution import Execution, StepRun
 from .hooks import ExecutionEvent, Hook, StepEvent
 from .message import Message
@@ -22,7 +24,13 @@ from .waits import run_of
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["follow", "progress_console", "progress_table", "show_lines"]
+__all__ = ["MAP_ROWS", "follow", "progress_console", "progress_table", "show_lines"]
+
+MAP_ROWS = 20
+"""A map with more runs than this shows them as one line of counts by status, with its
+failed and compensating runs listed (up to ``_LISTED`` of them) below it."""
+_LISTED = 5
+_NOTABLE = frozenset({Status.FAILURE, Status.COMPENSATING})
 
 
 def progress_console() -> Console:
@@ -50,7 +58,75 @@ def _seconds(run: StepRun) -> str:
     return f"{run.duration:.3f}s" if run.duration is not None else ""
 
 
-def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table:
+class _Runs(NamedTuple):
+    """A line standing for runs of a map: ``step`` and ``status`` cells and a text."""
+
+    step: str
+    status: str
+    text: str
+
+
+def _notable(run: StepRun) -> bool:
+    """A run listed even in a collapsed map: it failed, or its undo is running or failed."""
+    comp = run.compensation
+    if run.status in _NOTABLE:
+        return True
+    return comp is not None and (comp.status in _NOTABLE or comp.status is Status.RUNNING)
+
+
+def _counts(runs: Sequence[StepRun]) -> str:
+    """``9,400 SUCCESS, 500 RUNNING; undo: 20 COMPENSATED``."""
+
+    def text(counted: Counter[Status]) -> str:
+        return ", ".join(f"{n:,} {status.name}" for status, n in sorted(counted.items()))
+
+    done = Counter(run.status for run in runs)
+    undo = Counter(run.compensation.status for run in runs if run.compensation is not None)
+    return text(done) + (f"; undo: {text(undo)}" if undo else "")
+
+
+def _grouped(
+    ids: Sequence[str],
+    steps: Mapping[str, StepRun],
+    known: Collection[str],
+    all_runs: bool,
+    hint: str,
+) -> list[str | _Runs]:
+    """``ids`` in their order, except that the runs of a map with more than
+    :data:`MAP_ROWS` of them (unless ``all_runs``) become, at the place of its first
+    run: a line of counts, its notable runs (a few), and a line for the others not
+    listed (``hint`` says how to see them)."""
+    of = {sid: found[0] for sid in ids if (found := run_of(sid, known)) is not None}
+    runs: dict[str, list[str]] = {}
+    for sid, map_id in of.items():
+        runs.setdefault(map_id, []).append(sid)
+    big = {} if all_runs else {m: r for m, r in runs.items() if len(r) > MAP_ROWS}
+    out: list[str | _Runs] = []
+    for sid in ids:
+        head = of.get(sid)
+        if head is None or head not in big:
+            out.append(sid)
+        elif sid == big[head][0]:
+            listed = big[head]
+            notable = [r for r in listed if _notable(steps[r])]
+            notable.sort(key=lambda r: int(r[r.rindex("[") + 1 : -1]))
+            out.append(
+                _Runs(f"{head}[*]", f"{len(listed):,} runs", _counts([steps[r] for r in listed]))
+            )
+            out.extend(notable[:_LISTED])
+            if len(notable) > _LISTED:
+                more = len(notable) - _LISTED
+                out.append(
+                    _Runs(f"{head}[*]", f"{more:,} more", f"failed or undoing, not listed: {hint}")
+                )
+    return out
+
+
+def progress_table(
+    info: Execution, order: Iterable[str] | None = None, all_runs: bool = False
+) -> Table:
+    """The live table of ``run``: a row per step, a map's runs right after it, and
+    a map of more than :data:`MAP_ROWS` runs collapsed (unless ``all_runs``)."""
     title = Text.assemble(
         (f"{info.workflow_id} ", "bold"),
         (info.id, "dim"),
@@ -74,7 +150,12 @@ def progress_table(info: Execution, order: Iterable[str] | None = None) -> Table
             of = run_of(sid, known)
             (runs.setdefault(of[0], []) if of is not None else rest).append(sid)
     shown = [row for step_id in known for row in (step_id, *runs.get(step_id, ()))]
-    for sid in shown + rest:
+    hint = "see `microsaga show --all`"
+    for row in _grouped(shown + rest, info.steps, known, all_runs, hint):
+        if isinstance(row, _Runs):
+            table.add_row(Text(row.step), Text(row.status), "", "", "", Text(row.text))
+            continue
+        sid = row
         run = info.steps[sid]
         comp = run.compensation
         # Text, not str: rich reads a str cell as markup, and step ids and errors come
@@ -111,15 +192,25 @@ async def follow(flow: Flow, execution_id: str, console: Console, order: list[st
     least every half second (it runs in another process)."""
     changes = _Changes(execution_id)
     flow.add_hook(changes)
+
+    async def state() -> Execution:
+        # read as stored, not redacted (flow.execution): the table shows no headers,
+        # and redacting every run of a large map at each redraw is most of its cost
+        found = await flow.store.get_execution(execution_id)
+        if found is None:
+            raise ExecutionNotFoundError(execution_id)
+        return found
+
     try:
-        info = await flow.execution(execution_id)
+        info = await state()
         with Live(progress_table(info, order), console=console, refresh_per_second=10) as live:
             while not info.status.stopped:
                 await wait_event(changes.changed, 0.5)
                 changes.changed.clear()
                 await asyncio.sleep(0.05)  # a burst of changes makes one redraw
-                info = await flow.execution(execution_id)
+                info = await state()
                 live.update(progress_table(info, order))
+        info = await flow.execution(execution_id)  # what the caller sees of it
     finally:
         flow.remove_hook(changes)
     if not console.is_terminal:
@@ -133,9 +224,20 @@ def _shown_body(message: Message) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def show_lines(info: Execution, redriven_by: Sequence[str] = ()) -> list[str]:
+def _is_run(step_id: str, step_ids: Collection[str]) -> bool:
+    """Whether ``step_id`` reads as a run of a map among ``step_ids`` (those of an
+    execution, runs included): ``<step id>[<index>]``."""
+    head, _, index = step_id[:-1].rpartition("[")
+    return step_id.endswith("]") and index.isdigit() and head in step_ids
+
+
+def show_lines(
+    info: Execution, redriven_by: Sequence[str] = (), all_runs: bool = False
+) -> list[str]:
     """``show``: plain lines, one per step, grep-friendly; ``redriven_by``: the ids of
-    the executions that redrive this one, newest first."""
+    the executions that redrive this one, newest first. A map of more than
+    :data:`MAP_ROWS` runs is one line of counts and its failed runs, unless
+    ``all_runs``."""
 
     def when(run: StepRun) -> str:
         return run.started_at.isoformat(timespec="milliseconds") if run.started_at else "-"
@@ -163,7 +265,13 @@ def show_lines(info: Execution, redriven_by: Sequence[str] = ()) -> list[str]:
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
     for name in ("STEP", "STATUS", "ATTEMPTS", "STARTED", "TIME", "ERROR"):
         table.add_column(name, no_wrap=True, overflow="fold")
-    for sid, run in info.steps.items():
+    known = {sid for sid in info.steps if not _is_run(sid, info.steps)}
+    hint = f"`microsaga show {info.id} --all` lists every run"
+    for row in _grouped(list(info.steps), info.steps, known, all_runs, hint):
+        if isinstance(row, _Runs):
+            table.add_row(Text(row.step), row.status, "-", "-", "-", Text(row.text))
+            continue
+        sid, run = row, info.steps[row]
         rows = [(sid, run)]
         if run.compensation is not None:
             rows.append(("  compensation", run.compensation))

@@ -477,8 +477,11 @@ def list_(
 @cli.command()
 @click.argument("execution_id", type=TEXT)
 @click.option("--json", "as_json", is_flag=True, help="Print the execution as JSON.")
+@click.option(
+    "--all", "all_runs", is_flag=True, help="A line for every run of a map, however many."
+)
 @click.pass_context
-def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+def show(ctx: click.Context, execution_id: str, as_json: bool, all_runs: bool) -> None:
     """Show one execution: its steps, statuses, attempts, errors, timings."""
 
     async def main() -> int:
@@ -493,7 +496,7 @@ def show(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         else:
             from ._progress import show_lines
 
-            for line in show_lines(info, [x.id for x in redrives]):
+            for line in show_lines(info, [x.id for x in redrives], all_runs):
                 click.echo(line)
         return EXIT_OK
 
