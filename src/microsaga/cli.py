@@ -27,6 +27,7 @@ from .errors import (
     ConfigurationError,
     MicrosagaError,
     MissingClientError,
+    SchemaVersionError,
     StoreError,
     TransportError,
 )
@@ -43,7 +44,8 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
 # what each exit status means: the epilog of `microsaga --help`, in the README's words
 EXIT_STATUSES = (
     "Exit status: 0 success, 1 the execution failed or was aborted, 2 bad usage, "
-    "definition, setting, unknown or conflicting id, 3 store or transport unavailable, "
+    "definition, setting, unknown or conflicting id, a store of a newer microsaga, "
+    "3 store or transport unavailable, "
     "4 the execution run waited for was suspended, 70 an internal error (a bug: please "
     "report it), 130 (143) run stopped by Ctrl-C (SIGTERM), its execution left to a worker."
 )
@@ -59,6 +61,8 @@ class Exit(Exception):
 
 
 def _exit_code(exc: MicrosagaError) -> int:
+    if isinstance(exc, SchemaVersionError):  # no retry mends it: upgrade microsaga
+        return EXIT_USAGE
     if isinstance(exc, StoreError | TransportError):
         return EXIT_UNAVAILABLE
     if exc.code == "execution_failed":
