@@ -704,8 +704,8 @@ class Worker:
         execution's failure: another worker may have it, or this one once configured.
         It waits, saying why; an operator can abort it."""
         reason = str(exc)
-        if exc.code == "codec_key_unknown":
-            reason += " (give this worker that key: MICROSAGA_CODEC_KEYS or Flow(codec=...))"
+        if isinstance(exc, CodecError) and exc.code != "codec_tampered":
+            reason += " (give this worker the key: MICROSAGA_CODEC_KEYS or Flow(codec=...))"
         note = f"waits for a worker that can run it: {reason}"
         if self._cannot_run.get(execution_id) != note:  # said once, not at every claim
             log.warning(

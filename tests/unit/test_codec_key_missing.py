@@ -46,3 +46,18 @@ async def test_an_execution_under_a_missing_key_does_not_hold_back_the_others(
     assert "MICROSAGA_CODEC_KEYS" in note
     said = [r.getMessage() for r in caplog.records if stuck in r.getMessage()]
     assert said == [f"execution {stuck} cannot run in this worker: {note.split(': ', 1)[1]}"]
+
+
+async def test_a_worker_without_a_codec_says_which_setting_it_lacks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    async with Flow(url, worker=False, codec=AesGcmCodec({"k1": os.urandom(32)})) as before:
+        wf = await before.workflow_create("w", FunctionStep(ok, id="ok"))
+        stuck = await wf.execute({"n": 1}, async_=True)
+    async with Flow(url, poll_interval=0.05) as worker:
+
+        async def noted() -> str | None:
+            return (await worker.execution(stuck)).note
+
+        note = await eventually(noted)
+    assert note.startswith("waits for a worker that can run it: ")
+    assert "MICROSAGA_CODEC_KEYS" in note
