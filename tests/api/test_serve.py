@@ -133,6 +133,13 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert parse_size("1000") == 1000
 
 
+def test_max_body_takes_the_units_of_max_payload() -> None:
+    """An operator writes both limits alike (``MICROSAGA_MAX_PAYLOAD=64MiB``)."""
+    assert parse_size("64MiB") == 64 * 1024 * 1024
+    assert parse_size("512 KiB") == 512 * 1024
+    assert parse_size("1GiB") == 1024**3
+
+
 def test_a_port_in_use_is_named() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
