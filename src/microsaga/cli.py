@@ -703,7 +703,9 @@ def worker(
             server.shutdown()
         return EXIT_OK
 
-    _run_async(main)
+    # the flow names its worker_id argument: here it came from --id or the environment
+    with _as_options(worker_id="--id" if worker_id is not None else "MICROSAGA_WORKER_ID"):
+        _run_async(main)
 
 
 @cli.command()
