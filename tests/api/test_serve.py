@@ -185,6 +185,15 @@ def test_serve_without_a_worker(serve: type[Served]) -> None:
         eid = http.post("/api/workflows/w/executions", json={}).json()["id"]
         assert http.get(f"/api/executions/{eid}").json()["status"] == "PENDING"  # queued
     assert served.stop() == 0
+    # a stop line, as the worker's: an operator's log shows it stopped on a signal
+    assert served.lines[-1] == "serve stopping: event streams end\n"
+
+
+def test_serve_says_it_stops(serve: type[Served]) -> None:
+    served = serve(["serve", "--port", "0"])
+    assert served.stop() == 0
+    stopping = "serve stopping: event streams end, unfinished executions go to other workers"
+    assert served.lines[-1] == stopping + "\n"
 
 
 @pytest.mark.parametrize("token", [None, "s3cr3t-token"], ids=["no-token", "token"])

@@ -165,6 +165,15 @@ async def serve(
             closing: list[asyncio.Task[None]] = []
 
             def stop() -> None:
+                if not server.should_exit:  # said once, however many signals
+                    announce(
+                        "serve stopping: event streams end"
+                        + (
+                            ", unfinished executions go to other workers"
+                            if flow.options.worker
+                            else ""
+                        )
+                    )
                 server.should_exit = True
                 closing.append(loop.create_task(app.state.feed.close()))  # streams end now
 
