@@ -580,7 +580,7 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(value: str) -> float:
+def _duration(value: str, option: str = "--older-than") -> float:
     """``30d``, ``12h``, ``15m``, ``90s`` (or plain seconds) as seconds."""
     text = value.strip()
     number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
@@ -590,7 +590,7 @@ def _duration(value: str) -> float:
         seconds = -1.0
     if not seconds >= 0 or seconds == float("inf"):
         raise ConfigurationError(
-            "--older-than", f"must be a duration such as 30d, 12h, 15m or 90s, not {value!r}"
+            option, f"must be a duration such as 30d, 12h, 15m or 90s, not {value!r}"
         )
     return seconds
 
@@ -658,6 +658,11 @@ cli.command("abort")(
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port."
 )
+@click.option(
+    "--retention",
+    help="Delete executions finished more than this ago (30d, 12h...), once a minute, "
+    "as prune does (default: keep them).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -665,10 +670,14 @@ def worker(
     worker_id: str | None,
     metrics_port: int | None,
     metrics_host: str,
+    retention: str | None,
 ) -> None:
     """Run executions from the store until stopped (SIGINT or SIGTERM)."""
     if worker_id is not None and not worker_id.strip():
         raise ConfigurationError("--id", f"must be a non-empty string, not {worker_id!r}")
+    kept = None if retention is None else _duration(retention, "--retention")
+    if kept == 0:
+        raise ConfigurationError("--retention", f"must be longer than 0, not {retention!r}")
     server = None
     if metrics_port is not None:
         from .observability import Metrics, serve_metrics
@@ -690,6 +699,7 @@ def worker(
             worker=True,
             concurrency=concurrency,
             worker_id=worker_id,
+            **({} if kept is None else {"retention": kept}),
         ) as flow:
             from .api.serve import shown_store
 
