@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -203,3 +204,19 @@ def test_an_empty_host_is_named_as_such(token: str | None) -> None:
     env = {"MICROSAGA_API_TOKEN": token} if token else None
     line = one_error_line(microsaga("serve", "--host", "", "--port", "0", env=env), "configuration")
     assert line == "error[configuration]: --host: must not be empty (0.0.0.0 is every address)"
+
+
+def test_json_access_lines_carry_the_request_as_fields(serve: type[Served]) -> None:
+    """A log shipper filters access lines on their status without parsing messages."""
+    served = serve(["-v", "--log-format", "json", "serve", "--port", "0"])
+    with httpx.Client(base_url=served.url, timeout=10) as http:
+        assert http.get("/api/executions/nope").status_code == 404
+    assert served.stop() == 0
+    records = [json.loads(line) for line in served.lines if line.startswith("{")]
+    [access] = [r for r in records if r["logger"] == "uvicorn.access"]
+    assert (access["method"], access["path"], access["status"]) == (
+        "GET",
+        "/api/executions/nope",
+        404,
+    )
+    assert access["client"].startswith("127.0.0.1:")
