@@ -172,10 +172,11 @@ def _settle(ctx: click.Context, given: dict[str, Any]) -> None:
         for name, value in given.items()
     }  # fmt: skip
     from .observability.logs import configure_logging
-    from .settings import broker_url, store_url
+    from .settings import broker_url, check_variable_names, store_url
 
     level = logging.INFO if settings["verbose"] else logging.WARNING
     configure_logging(settings["log_format"], level, sys.stderr)
+    check_variable_names(os.environ)
     store, broker = settings["store"], settings["broker"]
     ctx.obj = {
         "store": store_url(store, "--store") if store is not None else None,
