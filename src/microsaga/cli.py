@@ -27,6 +27,7 @@ from .errors import (
     ConfigurationError,
     MicrosagaError,
     MissingClientError,
+    SchemaVersionError,
     StoreError,
     TransportError,
 )
@@ -43,7 +44,8 @@ EXIT_INTERNAL = 70  # EX_SOFTWARE of sysexits.h
 # what each exit status means: the epilog of `microsaga --help`, in the README's words
 EXIT_STATUSES = (
     "Exit status: 0 success, 1 the execution failed or was aborted, 2 bad usage, "
-    "definition, setting, unknown or conflicting id, 3 store or transport unavailable, "
+    "definition, setting, unknown or conflicting id, a store of a newer microsaga, "
+    "3 store or transport unavailable, "
     "4 the execution run waited for was suspended, 70 an internal error (a bug: please "
     "report it), 130 (143) run stopped by Ctrl-C (SIGTERM), its execution left to a worker."
 )
@@ -59,6 +61,8 @@ class Exit(Exception):
 
 
 def _exit_code(exc: MicrosagaError) -> int:
+    if isinstance(exc, SchemaVersionError):  # no retry mends it: upgrade microsaga
+        return EXIT_USAGE
     if isinstance(exc, StoreError | TransportError):
         return EXIT_UNAVAILABLE
     if exc.code == "execution_failed":
@@ -168,10 +172,11 @@ def _settle(ctx: click.Context, given: dict[str, Any]) -> None:
         for name, value in given.items()
     }  # fmt: skip
     from .observability.logs import configure_logging
-    from .settings import broker_url, store_url
+    from .settings import broker_url, check_variable_names, store_url
 
     level = logging.INFO if settings["verbose"] else logging.WARNING
     configure_logging(settings["log_format"], level, sys.stderr)
+    check_variable_names(os.environ)
     store, broker = settings["store"], settings["broker"]
     ctx.obj = {
         "store": store_url(store, "--store") if store is not None else None,
@@ -576,7 +581,7 @@ def signal_(ctx: click.Context, execution_id: str, event: str, payload: str | No
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(value: str) -> float:
+def _duration(value: str, option: str = "--older-than") -> float:
     """``30d``, ``12h``, ``15m``, ``90s`` (or plain seconds) as seconds."""
     text = value.strip()
     number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
@@ -586,7 +591,7 @@ def _duration(value: str) -> float:
         seconds = -1.0
     if not seconds >= 0 or seconds == float("inf"):
         raise ConfigurationError(
-            "--older-than", f"must be a duration such as 30d, 12h, 15m or 90s, not {value!r}"
+            option, f"must be a duration such as 30d, 12h, 15m or 90s, not {value!r}"
         )
     return seconds
 
@@ -654,6 +659,11 @@ cli.command("abort")(
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address of --metrics-port."
 )
+@click.option(
+    "--retention",
+    help="Delete executions finished more than this ago (30d, 12h...), once a minute, "
+    "as prune does (default: keep them).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -661,10 +671,14 @@ def worker(
     worker_id: str | None,
     metrics_port: int | None,
     metrics_host: str,
+    retention: str | None,
 ) -> None:
     """Run executions from the store until stopped (SIGINT or SIGTERM)."""
     if worker_id is not None and not worker_id.strip():
         raise ConfigurationError("--id", f"must be a non-empty string, not {worker_id!r}")
+    kept = None if retention is None else _duration(retention, "--retention")
+    if kept == 0:
+        raise ConfigurationError("--retention", f"must be longer than 0, not {retention!r}")
     server = None
     if metrics_port is not None:
         from .observability import Metrics, serve_metrics
@@ -686,6 +700,7 @@ def worker(
             worker=True,
             concurrency=concurrency,
             worker_id=worker_id,
+            **({} if kept is None else {"retention": kept}),
         ) as flow:
             from .api.serve import shown_store
 
@@ -699,7 +714,9 @@ def worker(
             server.shutdown()
         return EXIT_OK
 
-    _run_async(main)
+    # the flow names its worker_id argument: here it came from --id or the environment
+    with _as_options(worker_id="--id" if worker_id is not None else "MICROSAGA_WORKER_ID"):
+        _run_async(main)
 
 
 @cli.command()

@@ -125,6 +125,38 @@ class FlowOptions:
         return self
 
 
+# every MICROSAGA_* variable microsaga reads (serve's token, the fault points and the
+# CLI's tracebacks besides the flow's settings)
+VARIABLES = (
+    "MICROSAGA_STORE", "MICROSAGA_SERVICES", "MICROSAGA_BROKER", "MICROSAGA_CONCURRENCY",
+    "MICROSAGA_LEASE_TTL", "MICROSAGA_HEARTBEAT", "MICROSAGA_POLL_INTERVAL",
+    "MICROSAGA_MAX_EXECUTIONS", "MICROSAGA_WORKER_ID", "MICROSAGA_MAX_RECOVERY_ATTEMPTS",
+    "MICROSAGA_MAX_PAYLOAD", "MICROSAGA_CODEC_KEYS", "MICROSAGA_API_TOKEN",
+    "MICROSAGA_FAULTS", "MICROSAGA_DEBUG",
+)  # fmt: skip
+
+
+def check_variable_names(env: Mapping[str, str]) -> None:
+    """Refuse a ``MICROSAGA_*`` variable that is a near miss of a setting's name
+    (``MICROSAGA_STORE_URL``): ignored, it would leave the setting at its default (a
+    local SQLite file instead of the PostgreSQL store meant). Other names pass: only
+    a likely typo is refused.
+
+    Raises:
+        ConfigurationError: naming the variable and the setting it resembles.
+    """
+    import difflib
+
+    for name in sorted(env):
+        if name.startswith("MICROSAGA_") and name not in VARIABLES:
+            meant = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.8)
+            if meant:
+                raise ConfigurationError(
+                    name,
+                    f"not a microsaga setting: did you mean {meant[0]}? (rename or unset it)",
+                )
+
+
 def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, str]:
     """Read ``{"name": "url"}`` JSON or ``name=url,name=url``."""
     text = text.strip()

@@ -45,6 +45,7 @@ from ._process import alive as _alive
 from ._process import machine
 from ._run import Run, RunSpec
 from .errors import (
+    CodecError,
     ConfigurationError,
     ExecutionConflictError,
     ExecutionNotFoundError,
@@ -654,6 +655,10 @@ class Worker:
             return
         try:
             loaded = await self.store.load_many([c.execution_id for c in claims])
+        except CodecError:
+            # one execution this worker cannot decode (a key it lacks) must not hold
+            # back the others read with it: read them one at a time
+            loaded = await self._load_each(claims)
         except MicrosagaError as exc:
             ids = [c.execution_id for c in claims]
             shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
@@ -671,29 +676,57 @@ class Worker:
             if stored is not None and stored.token == claim.token:
                 await self._adopt_one(stored, claim.recovery_attempts)
 
+    async def _load_each(self, claims: list[Claim]) -> dict[str, StoredExecution]:
+        """The claimed executions read one at a time; those this worker cannot decode
+        are left for a worker that can."""
+        loaded: dict[str, StoredExecution] = {}
+        for claim in claims:
+            try:
+                loaded.update(await self.store.load_many([claim.execution_id]))
+            except CodecError as exc:
+                await self._leave(claim.execution_id, None, claim.token, exc)
+            except MicrosagaError as exc:
+                log.warning(
+                    "worker %s: could not load claimed execution %s, left for a later claim: %s",
+                    self.id,
+                    claim.execution_id,
+                    one_line(exc),
+                    extra=about(claim.execution_id),
+                )
+                self._to_release[claim.execution_id] = claim.token
+        return loaded
+
+    async def _leave(
+        self, execution_id: str, workflow_id: str | None, token: int, exc: MicrosagaError
+    ) -> None:
+        """Leave an execution for another worker: this one lacks what it needs (a
+        service's address, a broker, a function's code, a codec key). Not the
+        execution's failure: another worker may have it, or this one once configured.
+        It waits, saying why; an operator can abort it."""
+        reason = str(exc)
+        if isinstance(exc, CodecError) and exc.code != "codec_tampered":
+            reason += " (give this worker the key: MICROSAGA_CODEC_KEYS or Flow(codec=...))"
+        note = f"waits for a worker that can run it: {reason}"
+        if self._cannot_run.get(execution_id) != note:  # said once, not at every claim
+            log.warning(
+                "execution %s cannot run in this worker: %s",
+                execution_id,
+                reason,
+                extra=about(execution_id, workflow_id),
+            )
+            self._cannot_run[execution_id] = note
+        until = self.clock() + self.options.lease_ttl * 3
+        try:
+            await self.store.release(execution_id, token, until, note)
+        except MicrosagaError:
+            self._to_release[execution_id] = token
+
     async def _adopt_one(self, stored: StoredExecution, recovery_attempts: int = 0) -> None:
         try:
             plan = self._plan_for(stored.definition)
             graph = plan.graph(stored.start_step, stored.reverse)
         except MicrosagaError as exc:
-            # this worker lacks what the execution needs (a service's address, a broker,
-            # a function's code): not the execution's failure; another worker may have
-            # it, or this one once configured. It waits, saying why; an operator can
-            # abort it.
-            note = f"waits for a worker that can run it: {exc}"
-            if self._cannot_run.get(stored.id) != note:  # said once, not at every claim
-                log.warning(
-                    "execution %s cannot run in this worker: %s",
-                    stored.id,
-                    exc,
-                    extra=about(stored.id, stored.workflow_id),
-                )
-                self._cannot_run[stored.id] = note
-            until = self.clock() + self.options.lease_ttl * 3
-            try:
-                await self.store.release(stored.id, stored.token, until, note)
-            except MicrosagaError:
-                self._to_release[stored.id] = stored.token
+            await self._leave(stored.id, stored.workflow_id, stored.token, exc)
             return
         self._cannot_run.pop(stored.id, None)
         spec = RunSpec(

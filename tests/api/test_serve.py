@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -133,6 +134,13 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert parse_size("1000") == 1000
 
 
+def test_max_body_takes_the_units_of_max_payload() -> None:
+    """An operator writes both limits alike (``MICROSAGA_MAX_PAYLOAD=64MiB``)."""
+    assert parse_size("64MiB") == 64 * 1024 * 1024
+    assert parse_size("512 KiB") == 512 * 1024
+    assert parse_size("1GiB") == 1024**3
+
+
 def test_a_port_in_use_is_named() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -178,6 +186,15 @@ def test_serve_without_a_worker(serve: type[Served]) -> None:
         eid = http.post("/api/workflows/w/executions", json={}).json()["id"]
         assert http.get(f"/api/executions/{eid}").json()["status"] == "PENDING"  # queued
     assert served.stop() == 0
+    # a stop line, as the worker's: an operator's log shows it stopped on a signal
+    assert served.lines[-1] == "serve stopping: event streams end\n"
+
+
+def test_serve_says_it_stops(serve: type[Served]) -> None:
+    served = serve(["serve", "--port", "0"])
+    assert served.stop() == 0
+    stopping = "serve stopping: event streams end, unfinished executions go to other workers"
+    assert served.lines[-1] == stopping + "\n"
 
 
 @pytest.mark.parametrize("token", [None, "s3cr3t-token"], ids=["no-token", "token"])
@@ -187,3 +204,19 @@ def test_an_empty_host_is_named_as_such(token: str | None) -> None:
     env = {"MICROSAGA_API_TOKEN": token} if token else None
     line = one_error_line(microsaga("serve", "--host", "", "--port", "0", env=env), "configuration")
     assert line == "error[configuration]: --host: must not be empty (0.0.0.0 is every address)"
+
+
+def test_json_access_lines_carry_the_request_as_fields(serve: type[Served]) -> None:
+    """A log shipper filters access lines on their status without parsing messages."""
+    served = serve(["-v", "--log-format", "json", "serve", "--port", "0"])
+    with httpx.Client(base_url=served.url, timeout=10) as http:
+        assert http.get("/api/executions/nope").status_code == 404
+    assert served.stop() == 0
+    records = [json.loads(line) for line in served.lines if line.startswith("{")]
+    [access] = [r for r in records if r["logger"] == "uvicorn.access"]
+    assert (access["method"], access["path"], access["status"]) == (
+        "GET",
+        "/api/executions/nope",
+        404,
+    )
+    assert access["client"].startswith("127.0.0.1:")

@@ -398,6 +398,25 @@ async def test_a_lost_connection_is_a_retryable_error_and_the_store_reconnects(
     assert (result.owned, result.status) == (True, Status.SUCCESS)
 
 
+async def test_a_commit_after_the_server_ended_every_session_needs_no_retry(
+    store: PostgresStore, url: str
+) -> None:
+    """An operator's ``pg_terminate_backend`` on the store's sessions (or a restart)
+    between two commits: the connection the store kept between uses is closed, and the
+    next commit takes a fresh one instead of failing on it ("connection has been
+    released back to the pool", a retryable error that every worker logged as the
+    store being unavailable)."""
+    await store.commit([pending("e1")])
+    await _terminate(url, await _backends(url, "application_name = 'microsaga'"))
+
+    async def ended() -> bool:
+        return not await _backends(url, "application_name = 'microsaga'")
+
+    await eventually(ended)
+    assert await store.commit([pending("e2")]) == [True]
+    assert await store.get_status("e2") == (Status.PENDING, 0)
+
+
 @pytest.mark.parametrize("alone", [True, False], ids=["one-execution", "batch"])
 @pytest.mark.parametrize("change", ["suspend", "takeover"])
 async def test_a_row_changed_under_a_commit_is_decided_again(

@@ -5,6 +5,8 @@ included, which SPEC section 7's four statuses leave out."""
 from __future__ import annotations
 
 import re
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,21 @@ def test_no_doc_page_keeps_a_list_of_its_own() -> None:
     assert pages
     for page in pages:
         assert "0 success, 1 " not in _plain(page.read_text()), page.name
+
+
+def test_a_store_of_a_newer_microsaga_is_a_setting_to_mend_not_an_outage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit status 3 tells a supervisor to try again later; a store migrated by a newer
+    microsaga (a rolling upgrade's older workers restarting) never becomes usable by
+    waiting: 2, saying to upgrade."""
+    path = tmp_path / "newer.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    with pytest.raises(SystemExit) as exited:
+        main(["--store", f"sqlite:///{path}", "list"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error[schema_version]: ")
+    assert "upgrade microsaga" in err

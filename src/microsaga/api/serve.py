@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["is_loopback", "parse_size", "read_token", "serve", "shown_store"]
 
 TOKEN_ENV = "MICROSAGA_API_TOKEN"
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3,
-          "gb": 1024**3}  # fmt: skip
+# powers of 1024 under either spelling: MICROSAGA_MAX_PAYLOAD's (KiB) works here too
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+          "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}  # fmt: skip
 
 
 def shown_store(url: str) -> str:
@@ -42,12 +43,13 @@ def shown_store(url: str) -> str:
 
 
 def parse_size(text: str, setting: str = "--max-body") -> int:
-    """``10MB``, ``512kB``, ``1048576``: bytes (units are powers of 1024)."""
+    """``10MB``, ``10MiB``, ``512kB``, ``1048576``: bytes (units are powers of 1024)."""
     found = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
     unit = found.group(2).lower() if found else ""
     if found is None or unit not in _UNITS or int(found.group(1)) <= 0:
         raise ConfigurationError(
-            setting, f"expected a positive size such as 10MB, 512kB or 1048576, not {text!r}"
+            setting,
+            f"expected a positive size such as 10MB, 10MiB, 512kB or 1048576, not {text!r}",
         )
     return int(found.group(1)) * _UNITS[unit]
 
@@ -163,6 +165,15 @@ async def serve(
             closing: list[asyncio.Task[None]] = []
 
             def stop() -> None:
+                if not server.should_exit:  # said once, however many signals
+                    announce(
+                        "serve stopping: event streams end"
+                        + (
+                            ", unfinished executions go to other workers"
+                            if flow.options.worker
+                            else ""
+                        )
+                    )
                 server.should_exit = True
                 closing.append(loop.create_task(app.state.feed.close()))  # streams end now
 

@@ -122,6 +122,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in fields.items():
             if key not in _RECORD_FIELDS and key not in _LEFT_OUT and key not in out:
                 out[key] = _plain(value)
+        if record.name == "uvicorn.access":
+            out.update(_access_fields(record.args))
         trace = _current_trace()
         if trace is not None:
             out.update(trace)
@@ -132,6 +134,17 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             out["stack"] = redact(self.formatStack(record.stack_info))
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def _access_fields(args: Any) -> dict[str, Any]:
+    """An access line's request as fields a log shipper filters on (``status >= 500``)
+    without parsing the message: uvicorn passes them as the record's arguments,
+    ``(client, method, path, http_version, status)``."""
+    if not isinstance(args, tuple) or len(args) != 5:
+        return {}
+    client, method, path, _, status = args
+    return {"client": _plain(client), "method": _plain(method), "path": _plain(path),
+            "status": status if isinstance(status, int) else _plain(status)}  # fmt: skip
 
 
 def _utc(created: float) -> str:

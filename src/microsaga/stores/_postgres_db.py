@@ -212,9 +212,15 @@ class Database:
         if pool is None:
             raise StoreError(f"PostgreSQL store {self.url} is closed", retryable=False)
         held = self._held
-        if held:
+        conn = None
+        while held and conn is None:
             conn = held.pop()
-        else:
+            if _is_lost(conn):
+                # closed while kept (the server ended its session: a restart, an
+                # operator's pg_terminate_backend): no use failing on it, take another
+                await _release(pool, conn, self.url)
+                conn = None
+        if conn is None:
             try:
                 conn = await pool.acquire()
             except _DRIVER_ERRORS as exc:
