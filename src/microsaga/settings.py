@@ -44,7 +44,9 @@ not invoke the steps that were running again: they fail with
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import math
 import os
 import random
@@ -137,24 +139,48 @@ VARIABLES = (
 
 
 def check_variable_names(env: Mapping[str, str]) -> None:
-    """Refuse a ``MICROSAGA_*`` variable that is a near miss of a setting's name
-    (``MICROSAGA_STORE_URL``): ignored, it would leave the setting at its default (a
-    local SQLite file instead of the PostgreSQL store meant). Other names pass: only
-    a likely typo is refused.
+    """Refuse a ``MICROSAGA_*`` variable that is surely a misspelt setting's name
+    (``MICROSAGA_STORE_URL``, ``MICROSAGA_WORKERID``): ignored, it would leave the
+    setting at its default (a local SQLite file instead of the PostgreSQL store meant).
+    A name merely like a setting's (``MICROSAGA_STAGE``, maybe the user's own) gets a
+    warning; other names pass.
 
     Raises:
         ConfigurationError: naming the variable and the setting it resembles.
     """
-    import difflib
-
     for name in sorted(env):
-        if name.startswith("MICROSAGA_") and name not in VARIABLES:
-            meant = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.8)
-            if meant:
-                raise ConfigurationError(
-                    name,
-                    f"not a microsaga setting: did you mean {meant[0]}? (rename or unset it)",
-                )
+        if not name.startswith("MICROSAGA_") or name in VARIABLES:
+            continue
+        found = _meant(name)
+        if found is None:
+            continue
+        meant, sure = found
+        if sure:
+            raise ConfigurationError(
+                name, f"not a microsaga setting: did you mean {meant}? (rename or unset it)"
+            )
+        logging.getLogger("microsaga.settings").warning(
+            "%s is not a microsaga setting and is ignored (did you mean %s?)", name, meant
+        )
+
+
+def _meant(name: str) -> tuple[str, bool] | None:
+    """The setting ``name`` resembles, and whether it is surely a misspelling of it: a
+    setting's name with a part added or left out (``MICROSAGA_STORE_URL``,
+    ``MICROSAGA_TOKEN``) or a letter or two off; None when it resembles none."""
+    given = name.removeprefix("MICROSAGA_")
+    for variable in VARIABLES:
+        real = variable.removeprefix("MICROSAGA_")
+        if (
+            given.startswith(real + "_")
+            or real.startswith(given + "_")
+            or real.endswith("_" + given)
+        ):
+            return variable, True
+    close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.8)
+    if not close:
+        return None
+    return close[0], difflib.SequenceMatcher(None, name, close[0]).ratio() >= 0.92
 
 
 def parse_services(text: str, setting: str = "MICROSAGA_SERVICES") -> dict[str, str]:

@@ -22,7 +22,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     ("typo", "meant"),
     [
         ("MICROSAGA_STORE_URL", "MICROSAGA_STORE"),
-        ("MICROSAGA_LEASE_TIME", "MICROSAGA_LEASE_TTL"),
+        ("MICROSAGA_TOKEN", "MICROSAGA_API_TOKEN"),
         ("MICROSAGA_CONCURENCY", "MICROSAGA_CONCURRENCY"),
         ("MICROSAGA_CODEC_KEY", "MICROSAGA_CODEC_KEYS"),
         ("MICROSAGA_WORKERID", "MICROSAGA_WORKER_ID"),
@@ -52,3 +52,21 @@ def test_other_microsaga_names_pass(
     monkeypatch.setenv("MICROSAGA_DEPLOYMENT_COLOUR", "blue")  # the user's own, not a typo
     code, err = _cli(capsys, "--store", f"sqlite:///{tmp_path / 's.db'}", "list")
     assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("name", "like"),
+    [("MICROSAGA_STAGE", "MICROSAGA_STORE"), ("MICROSAGA_LEASE_TIME", "MICROSAGA_LEASE_TTL")],
+)
+def test_a_name_only_like_a_settings_is_warned_of_not_refused(
+    name: str,
+    like: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # MICROSAGA_STAGE may well be the user's own: refusing it would stop every command
+    monkeypatch.setenv(name, "blue")
+    code, err = _cli(capsys, "--store", f"sqlite:///{tmp_path / 's.db'}", "list")
+    assert code == 0
+    assert f"{name} is not a microsaga setting and is ignored (did you mean {like}?)" in err
