@@ -139,12 +139,27 @@ async def test_a_subscriber_that_falls_behind_is_dropped(
     eid = await memory_api.start({"gate": "slow"})
     await eventually(lambda: running(memory_api, eid), timeout=10)
     feed = Feed(memory_flow, interval=3600, queue_size=2)
-    slow = await feed.subscribe(eid)  # the snapshot fills its queue: execution, reserve
+    slow = await feed.subscribe(eid)  # the snapshot (execution, reserve), then 2 at most
     steps.gate("slow").set()
     await memory_flow.wait(eid, timeout=10)
     feed.touch(eid)
     events = await asyncio.wait_for(collect(slow), 5)
     assert "end" not in [kind for kind, _ in events]  # cut short: it reconnects
+    await feed.close()
+
+
+async def test_a_current_state_longer_than_the_queue_is_sent_whole(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    """A map of 10,000 runs starts a stream with 10,000 step events: more than the
+    events a subscriber may have waiting, yet no subscriber fell behind."""
+    eid = await memory_api.start({})
+    await memory_flow.wait(eid, timeout=10)
+    feed = Feed(memory_flow, interval=3600, queue_size=2)
+    events = await asyncio.wait_for(collect(await feed.subscribe(eid)), 5)
+    started = [data["step_id"] for kind, data in events if kind == "step"]
+    assert started == ["reserve", "charge", "ship", "notify"]
+    assert events[-1] == ("end", {"id": eid, "status": "SUCCESS"})
     await feed.close()
 
 

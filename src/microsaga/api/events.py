@@ -196,7 +196,8 @@ class Feed:
     Args:
         flow: an open flow.
         interval: seconds between two reads of every watched execution.
-        queue_size: events a subscriber may have waiting before it is dropped.
+        queue_size: events a subscriber may have waiting, beyond the current state it
+            starts with, before it is dropped.
     """
 
     def __init__(self, flow: Flow, *, interval: float = 1.0, queue_size: int = 1000) -> None:
@@ -242,7 +243,9 @@ class Feed:
                     stopped_status = info.status.name
                 else:
                     self._watched[execution_id] = watched
-        sub = Subscription(self, execution_id, self.queue_size)
+        # the current state whole, however many steps started (a map's 10,000 runs),
+        # then up to queue_size events waiting
+        sub = Subscription(self, execution_id, self.queue_size + len(watched.snapshot))
         for chunk in watched.snapshot:
             sub.put(chunk)
         if stopped_status is not None:
