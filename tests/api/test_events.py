@@ -148,6 +148,31 @@ async def test_a_subscriber_that_falls_behind_is_dropped(
     await feed.close()
 
 
+async def test_changes_during_a_long_read_are_read_together_later(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    """A map of 10,000 runs changes hundreds of times a second and takes long to read:
+    read again at each change, back to back, it left its own runs little time to run."""
+    eid = await memory_api.start({"gate": "large"})
+    await eventually(lambda: running(memory_api, eid), timeout=10)
+
+    class Large(Feed):
+        async def _read(self, execution_id: str) -> Any:
+            await asyncio.sleep(0.2)  # as long as reading 10,000 runs
+            return await super()._read(execution_id)
+
+    feed = Large(memory_flow, interval=3600)
+    await feed.subscribe(eid)
+    first = feed.reads
+    for _ in range(10):  # a change every 0.1 s for 1 s
+        feed.touch(eid)
+        await asyncio.sleep(0.1)
+    # read, then a pause of 3 times as long: not 5 reads one after the other
+    assert feed.reads - first <= 3
+    steps.gate("large").set()
+    await feed.close()
+
+
 async def test_a_current_state_longer_than_the_queue_is_sent_whole(
     memory_api: Client, memory_flow: Flow
 ) -> None:

@@ -5,7 +5,9 @@ someone watches, the statuses last sent, and finds what changed by reading the
 execution again: one read per execution however many clients watch it, and the events
 found are encoded once and handed to every subscriber's queue. Reads happen
 
-- at once (coalesced) when this process changes the execution: a :class:`~microsaga.Hook`
+- at once (coalesced) when this process changes the execution, or :data:`READ_PAUSE`
+  times as long as its last read took after that read (a map of 10,000 runs changes
+  hundreds of times a second, and each read of it is long): a :class:`~microsaga.Hook`
   added to the flow while anyone watches (``flow.add_hook``), and the API's own
   suspend/resume/abort calls;
 - when the store signals a change (``Store.watch``: PostgreSQL's ``LISTEN``), at most
@@ -47,6 +49,7 @@ log = logging.getLogger("microsaga.api")
 
 MIN_GAP = 0.1  # seconds between two reads of everything that a store signal starts
 READS_AT_ONCE = 16  # executions read side by side in one sweep
+READ_PAUSE = 3  # an execution read in t seconds is read for its changes again t * 3 later
 HEARTBEAT = 15.0  # seconds of silence after which a stream sends a comment
 
 _encoder = msgspec.json.Encoder()
@@ -122,6 +125,7 @@ class _Watched:
     steps: dict[str, tuple[str, str | None, int]]
     snapshot: list[bytes]  # the current state as events, for a new subscriber
     subscribers: set[Subscription] = field(default_factory=set)
+    not_before: float = 0.0  # loop time before which its changes are not read
 
 
 def _events(info: Execution, before: _Watched | None) -> tuple[list[bytes], _Watched]:
@@ -318,15 +322,25 @@ class Feed:
         loop = asyncio.get_running_loop()
         try:
             while self._watched:
-                await wait_event(self._wake, max(0.0, self._sweep_at - loop.time()))
+                self._dirty.intersection_update(self._watched)
+                due = min(
+                    (self._watched[eid].not_before for eid in self._dirty),
+                    default=self._sweep_at,
+                )
+                await wait_event(self._wake, max(0.0, min(due, self._sweep_at) - loop.time()))
                 self._wake.clear()
-                if loop.time() >= self._sweep_at:
-                    self._sweep_at = loop.time() + self.interval
+                now = loop.time()
+                if now >= self._sweep_at:
+                    self._sweep_at = now + self.interval
                     ids = list(self._watched)
                     self._dirty.clear()
-                else:
-                    ids = [eid for eid in self._dirty if eid in self._watched]
-                    self._dirty.clear()
+                else:  # the changed ones whose pause after their last read is over
+                    ids = [
+                        eid
+                        for eid in self._dirty
+                        if eid in self._watched and self._watched[eid].not_before <= now
+                    ]
+                    self._dirty.difference_update(ids)
                 for at in range(0, len(ids), READS_AT_ONCE):
                     await asyncio.gather(*(self._refresh(e) for e in ids[at : at + READS_AT_ONCE]))
         finally:
@@ -341,6 +355,7 @@ class Feed:
         watched = self._watched.get(execution_id)
         if watched is None:
             return
+        began = asyncio.get_running_loop().time()
         try:
             info = await self._read(execution_id)
         except ExecutionNotFoundError:  # pruned meanwhile
@@ -362,6 +377,8 @@ class Feed:
         for chunk in events:
             for sub in list(now.subscribers):
                 sub.put(chunk)
+        done = asyncio.get_running_loop().time()  # read, its events found and queued
+        now.not_before = done + (done - began) * READ_PAUSE
         if settled(info):
             self._finish(execution_id, _end(info.status.name, execution_id))
 
