@@ -42,6 +42,19 @@ SLOWMAP: dict[str, Any] = {
         {"map": {"over": "request.items", "step": {"function": "tests.api.steps:held"}}, "id": "m"}
     ],
 }
+MANYMAP: dict[str, Any] = {
+    "id": "manymap",
+    "steps": [
+        {
+            "map": {
+                "over": "request.items",
+                "concurrency": 30,
+                "step": {"function": f"{STEP}:fail_with"},
+            },
+            "id": "m",
+        }
+    ],
+}
 PARENT: dict[str, Any] = {
     "id": "parent",
     "steps": [
@@ -56,7 +69,7 @@ PARENT: dict[str, Any] = {
 def live(tmp_path: Path) -> Iterator[LiveServer]:
     with LiveServer(f"sqlite:///{tmp_path / 'store.db'}", token=TOKEN) as server:
         with httpx.Client(base_url=server.url, headers=AUTH) as http:
-            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP, SLOWMAP):
+            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP, SLOWMAP, MANYMAP):
                 answer = http.put(f"/api/workflows/{definition['id']}", json=definition)
                 assert answer.status_code == 200, answer.text
         yield server
@@ -744,3 +757,71 @@ def test_the_list_says_where_an_execution_came_from(browser: Any, live: LiveServ
     answer = httpx.post(f"{live.url}/api/executions/{parent}/signal", json=signal, headers=AUTH)
     assert answer.status_code == 200, answer.text
     until(lambda: execution_status(driver) == "SUCCESS", what="the parent SUCCESS")
+
+
+def run_cards(driver: Any, map_id: str) -> list[str]:
+    """The ids of the run cards drawn under a map, in order."""
+    found: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#steps .step.run')].map((c) => c.dataset.step)"
+        ".filter((s) => s.startsWith(arguments[0] + '['))",
+        map_id,
+    )
+    return found
+
+
+def test_a_large_map_shows_its_counts_and_failed_runs(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    items: list[dict[str, Any]] = [{} for _ in range(30)]
+    items[25] = {"error": "out of stock"}  # the map stops at its first failed run
+    eid = start(live, "manymap", {"items": items})
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")
+    line = driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text
+    assert line == "26 runs SUCCESS 25 FAILURE 1", line
+    # a card for the failed run, not 26 cards
+    assert run_cards(driver, "m") == ["m[25]"]
+    assert "out of stock" in driver.find_element(By.ID, "step-m[25]").text
+    show = driver.find_element(By.CSS_SELECTOR, "#step-m .show-runs")
+    assert show.text == "Show all 26 runs"
+    show.click()
+    assert run_cards(driver, "m") == [f"m[{i}]" for i in range(26)]
+    driver.find_element(By.CSS_SELECTOR, "#step-m .show-runs").click()
+    assert run_cards(driver, "m") == ["m[25]"]
+
+
+def test_a_large_map_running_updates_its_counts_live(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    eid = start(live, "slowmap", {"items": [{"gate": f"big{i}"} for i in range(25)]})
+    signed_in(driver, live, f"#/executions/{eid}")
+    runs = "#step-m .runs"
+    until(lambda: "RUNNING 25" in driver.find_element(By.CSS_SELECTOR, runs).text, what="25")
+    assert run_cards(driver, "m") == []  # none failed: the count line alone
+    # the page follows the stream, not by reading the whole execution again
+    driver.get_log("performance")
+    for i in range(10):
+        live.soon(steps.gate(f"big{i}").set)
+    until(
+        lambda: "SUCCESS 10" in driver.find_element(By.CSS_SELECTOR, runs).text,
+        what="10 runs SUCCESS, live",
+    )
+    assert driver.find_element(By.CSS_SELECTOR, runs).text == "25 runs SUCCESS 10 RUNNING 15"
+    assert run_cards(driver, "m") == []
+    assert not [url for url in requested(driver) if url.endswith(f"/api/executions/{eid}")]
+    for i in range(10, 25):
+        live.soon(steps.gate(f"big{i}").set)
+    until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS")
+    until(lambda: driver.find_element(By.CSS_SELECTOR, runs).text == "25 runs SUCCESS 25")
+
+
+def requested(driver: Any) -> list[str]:
+    """The URLs the page asked for since the performance log was last read."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls

@@ -7,6 +7,9 @@
   const LIST_REFRESH_MS = 2000;
   const SUSPENDED_POLL_MS = 3000; // a suspended execution's page reads it this often
   const TRUNCATE_AT = 2000; // characters of pretty JSON shown before "Show all"
+  const MAP_ROWS = 20; // a map with more runs shows their counts, not a card per run
+  const LISTED = 20; // failed or undoing runs of such a map still shown as cards
+  const REDRAW_MS = 100; // live changes are drawn together, at most this often
   const STOPPED = new Set(["SUCCESS", "FAILURE", "ABORTED", "SUSPEND"]);
   const SVG = "http://www.w3.org/2000/svg";
   const STEP_KINDS = ["call", "publish", "function", "wait", "sleep", "workflow", "map"];
@@ -455,17 +458,52 @@
       dagBox, el("h2", {}, "Request and response"), messages, el("h2", {}, "Step runs"), stepBox);
 
     const kinds = Object.fromEntries(steps.map((s) => [s.id, s.kind]));
-    // a map step's runs (`<map id>[<i>]`) right after it, in element order
+    // a map step's runs (`<map id>[<i>]`) by map, in element order, kept as runs come
+    let runIndex = {};
+    const runAt = (r) => parseInt(r.slice(r.lastIndexOf("[") + 1), 10);
+    function mapOf(sid) {
+      const m = /^(.*)\[\d+\]$/.exec(sid);
+      return m && kinds[m[1]] === "map" ? m[1] : null;
+    }
+    function indexRuns() {
+      runIndex = {};
+      for (const sid of Object.keys(info.steps)) {
+        const m = mapOf(sid);
+        if (m) (runIndex[m] = runIndex[m] || []).push(sid);
+      }
+      for (const runs of Object.values(runIndex)) runs.sort((a, b) => runAt(a) - runAt(b));
+    }
+    function addRun(m, sid) {
+      const runs = runIndex[m] = runIndex[m] || [];
+      const i = runAt(sid);
+      let lo = 0, hi = runs.length;
+      while (lo < hi) { const mid = (lo + hi) >> 1; if (runAt(runs[mid]) < i) lo = mid + 1; else hi = mid; }
+      runs.splice(lo, 0, sid);
+    }
     function runsOf(sid) {
-      const prefix = `${sid}[`;
-      return Object.keys(info.steps).filter((r) => r.startsWith(prefix) && /^\d+\]$/.test(r.slice(prefix.length)))
-        .sort((a, b) => parseInt(a.slice(prefix.length), 10) - parseInt(b.slice(prefix.length), 10));
+      return runIndex[sid] || [];
+    }
+    // a map of many runs shows their counts and its failed runs, unless "Show all"
+    const expanded = new Set();
+    function collapsed(m) {
+      return runsOf(m).length > MAP_ROWS && !expanded.has(m);
+    }
+    function notable(run) {
+      const comp = run.compensation && run.compensation.status;
+      return run.status === "FAILURE" || run.status === "COMPENSATING" ||
+        comp === "FAILURE" || comp === "COMPENSATING" || comp === "RUNNING";
+    }
+    function notableRuns(m) {
+      return runsOf(m).filter((r) => notable(info.steps[r]));
+    }
+    function shownRuns(m) {
+      return collapsed(m) ? notableRuns(m).slice(0, LISTED) : runsOf(m);
     }
     function stepOrder() {
       const out = [];
-      for (const s of steps) { out.push(s.id); if (kinds[s.id] === "map") out.push(...runsOf(s.id)); }
+      for (const s of steps) { out.push(s.id); if (kinds[s.id] === "map") out.push(...shownRuns(s.id)); }
       const seen = new Set(out);
-      return out.concat(Object.keys(info.steps).filter((s) => !seen.has(s)));
+      return out.concat(Object.keys(info.steps).filter((s) => !seen.has(s) && !mapOf(s)));
     }
     function pick(sid) {
       const card = document.getElementById(`step-${sid}`);
@@ -500,17 +538,72 @@
       const runs = runsOf(sid);
       const counts = {};
       for (const r of runs) counts[info.steps[r].status] = (counts[info.steps[r].status] || 0) + 1;
-      return el("p", { class: "runs muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"}`,
+      const line = el("p", { class: "runs muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"}`,
         Object.entries(counts).flatMap(([st, n]) => [" ", badge(st), ` ${n}`]));
+      if (runs.length <= MAP_ROWS) return line;
+      const open = expanded.has(sid);
+      const failed = open ? 0 : notableRuns(sid).length;
+      const toggle = el("button", { type: "button", class: "show-runs", "aria-expanded": String(open) },
+        open ? "Show failed runs only" : `Show all ${runs.length} runs`);
+      toggle.addEventListener("click", () => {
+        if (open) expanded.delete(sid); else expanded.add(sid);
+        renderSteps();
+        const again = document.getElementById(`step-${sid}`);
+        if (again) again.querySelector(".show-runs").focus();
+      });
+      return [line, el("p", { class: "runs-shown muted" },
+        open ? "Every run is shown below. " : failed > LISTED
+          ? `The first ${LISTED} of ${failed} failed or undoing runs are shown below. `
+          : failed ? `Its failed or undoing runs are shown below. ` : "", toggle)];
     }
-    // one step's card anew, in its place; the other cards (opened bodies) stay
-    function putCard(sid) {
+    // one step's card anew, in its place; the other cards (opened bodies) stay.
+    // order: the cards' order, read once for the changes drawn together
+    function putCard(sid, order) {
       const card = stepCard(sid, info.steps[sid]);
       const old = document.getElementById(`step-${sid}`);
       if (old) { keepingOpen(old, () => old.replaceWith(card)); return; }
-      const order = stepOrder();
-      const after = order.slice(order.indexOf(sid) + 1).map((x) => document.getElementById(`step-${x}`)).find(Boolean);
-      stepBox.insertBefore(card, after || null);
+      const all = order ? order() : stepOrder();
+      let after = null;
+      for (let i = all.indexOf(sid) + 1; i < all.length && !after; i++) after = document.getElementById(`step-${all[i]}`);
+      stepBox.insertBefore(card, after);
+    }
+    // a collapsed map's cards: its failed runs shown, the others taken away
+    function syncRuns(m, changed, order) {
+      const shown = new Set(shownRuns(m));
+      for (const card of stepBox.querySelectorAll(".step.run")) {
+        if (mapOf(card.dataset.step) === m && !shown.has(card.dataset.step)) card.remove();
+      }
+      for (const r of shown) if (changed.has(r) || !document.getElementById(`step-${r}`)) putCard(r, order);
+    }
+    function sameRun(a, b) {
+      const fields = (r) => [r.status, r.attempts, r.started_at, r.finished_at, r.error];
+      const ca = a.compensation, cb = b.compensation;
+      return JSON.stringify([fields(a), ca && fields(ca)]) === JSON.stringify([fields(b), cb && fields(cb)]);
+    }
+    // the steps changed live, drawn together: a map of 10,000 runs sends 10,000 events
+    const dirty = new Set();
+    let redraw = null;
+    function changed(sid) {
+      dirty.add(sid);
+      if (!redraw) redraw = setTimeout(drawChanged, REDRAW_MS);
+    }
+    function drawChanged() {
+      redraw = null;
+      const ids = new Set(dirty);
+      dirty.clear();
+      let cached = null;
+      const order = () => cached || (cached = stepOrder());
+      const maps = new Set();
+      for (const sid of ids) {
+        const m = mapOf(sid);
+        if (m) maps.add(m);
+        else setNodeStatus(dagBox, sid, info.steps[sid].status);
+        if (!m || !collapsed(m)) putCard(sid, order);
+      }
+      for (const m of maps) {
+        if (collapsed(m)) syncRuns(m, ids, order);
+        putCard(m, order); // its counts
+      }
     }
     // cards drawn anew: the bodies the operator opened stay open
     function keepingOpen(root, change) {
@@ -581,6 +674,8 @@
           run: (v) => act("signal", { event: v.event, ...(v.payload !== undefined ? { payload: v.payload } : {}) })() })));
     }
     function renderAll() {
+      clearTimeout(redraw); redraw = null; dirty.clear(); // all of it drawn now
+      indexRuns();
       renderHead();
       renderRedrives().catch(() => {}); // a link the more; the page stands without it
       dagBox.replaceChildren(drawDag(steps, statuses(), pick));
@@ -604,14 +699,16 @@
       live.textContent = "live";
       stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
         if (type === "execution") {
+          if (redraw) { clearTimeout(redraw); drawChanged(); } // its steps shown first
           Object.assign(info, { status: data.status, error: data.error, updated_at: data.updated_at });
           renderHead();
         } else if (type === "step") {
+          const m = mapOf(data.step_id);
+          const had = info.steps[data.step_id];
+          if (had && sameRun(had, data.step)) return; // a stream starts with what was read
+          if (m && !had) addRun(m, data.step_id);
           info.steps[data.step_id] = data.step;
-          setNodeStatus(dagBox, data.step_id, data.step.status);
-          putCard(data.step_id);
-          const map = /^(.*)\[\d+\]$/.exec(data.step_id);
-          if (map && kinds[map[1]] === "map") putCard(map[1]); // the map's counts
+          changed(data.step_id);
         }
       }, async (ended, err) => {
         live.textContent = "";
