@@ -862,9 +862,11 @@ class Flow:
         before: str | None = None,
         *,
         redrive_of: str | None = None,
+        steps: bool = True,
     ) -> list[Execution]:
         """Executions newest first; ``before`` (an execution id) pages back in time;
-        ``redrive_of`` (an execution id) keeps only the executions redriving that one."""
+        ``redrive_of`` (an execution id) keeps only the executions redriving that one;
+        ``steps=False`` leaves their step runs unread (``steps`` empty), for a list."""
         if isinstance(status, str):
             parsed = Status.lookup(status)
             if parsed is None:
@@ -876,9 +878,14 @@ class Flow:
             _execution_id(before, "before")
         if redrive_of is not None:
             _execution_id(redrive_of, "redrive_of")
-        found = await self.store.list_executions(
-            workflow_id, status, limit, before, redrive_of=redrive_of
-        )
+        if steps:
+            found = await self.store.list_executions(
+                workflow_id, status, limit, before, redrive_of=redrive_of
+            )
+        else:  # only when asked: a Store written before `steps` still lists
+            found = await self.store.list_executions(
+                workflow_id, status, limit, before, redrive_of=redrive_of, steps=False
+            )
         return [redacted_execution(info, self._options.redact_headers) for info in found]
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:

@@ -267,11 +267,15 @@ class SyncFlow:
         before: str | None = None,
         *,
         redrive_of: str | None = None,
+        steps: bool = True,
     ) -> list[Execution]:
         """Executions newest first; ``before`` (an execution id) pages back in time;
-        ``redrive_of`` (an execution id) keeps only the executions redriving that one."""
+        ``redrive_of`` (an execution id) keeps only the executions redriving that one;
+        ``steps=False`` leaves their step runs unread (``steps`` empty), for a list."""
         return self.run(
-            self._flow.executions(workflow_id, status, limit, before, redrive_of=redrive_of)
+            self._flow.executions(
+                workflow_id, status, limit, before, redrive_of=redrive_of, steps=steps
+            )
         )
 
     def wait(self, execution_id: str, timeout: float | None = None) -> Execution:

@@ -1035,6 +1035,22 @@ async def test_list_executions_newest_first_with_filters_and_pages(store: Store)
         await store.list_executions(before="nope")
 
 
+async def test_list_executions_without_their_steps(store: Store) -> None:
+    """What a list shows, without reading the step runs (a map's 10,000 of them)."""
+    await store.commit([new("e1", workflow="refund")])
+    await store.commit([replace(new("e2", owner="w1", starts=("a",)), redrive_of="e1")])
+    await store.commit([transition("e2", status=Status.FAILURE, error="boom")])
+    for filters in ({}, {"status": Status.FAILURE}, {"redrive_of": "e1"}):
+        full = await store.list_executions(**filters)  # type: ignore[arg-type]
+        bare = await store.list_executions(steps=False, **filters)  # type: ignore[arg-type]
+        assert [e.id for e in bare] == [e.id for e in full]
+        assert all(e.steps == {} for e in bare)
+        fields = ("workflow_id", "status", "error", "request", "created_at", "redrive_of")
+        for a, b in zip(full, bare, strict=True):
+            assert [getattr(b, f) for f in fields] == [getattr(a, f) for f in fields]
+    assert (await store.list_executions())[0].steps["a"].status is Status.RUNNING
+
+
 async def test_list_executions_of_the_redrives_of_one(store: Store) -> None:
     await store.commit([new("e1")])
     await store.commit([new("e2")])

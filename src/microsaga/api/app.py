@@ -253,8 +253,8 @@ class Api:
         redrive_of = query.redrive_of
         if redrive_of is not None and _BAD_ID.search(redrive_of):
             return models.ExecutionPage(items=[], next=None)  # no execution has that id
-        found = await self.flow.executions(
-            query.workflow_id, status, query.limit + 1, before, redrive_of=redrive_of
+        found = await self.flow.executions(  # a summary shows none of the step runs
+            query.workflow_id, status, query.limit + 1, before, redrive_of=redrive_of, steps=False
         )
         items = found[: query.limit]
         more = len(found) > query.limit

@@ -383,9 +383,12 @@ class Store(abc.ABC):
         before: str | None = None,
         *,
         redrive_of: str | None = None,
+        steps: bool = True,
     ) -> list[Execution]:
         """Newest first; ``before`` is an execution id (keyset pagination);
-        ``redrive_of``: only the redrives of that execution."""
+        ``redrive_of``: only the redrives of that execution; ``steps=False``: without
+        their step runs (``steps`` empty), not read, for a list that does not show
+        them (an execution with a map of 10,000 runs has 10,000)."""
 
     @abc.abstractmethod
     async def prune(self, before: float, statuses: Collection[Status], limit: int) -> int:

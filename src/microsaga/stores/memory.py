@@ -11,6 +11,7 @@ Reads hand out new messages.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Collection, Iterable, Sequence
 
@@ -587,6 +588,7 @@ class MemoryStore(Store):
         before: str | None = None,
         *,
         redrive_of: str | None = None,
+        steps: bool = True,
     ) -> list[Execution]:
         bound = None
         if before is not None:
@@ -604,7 +606,8 @@ class MemoryStore(Store):
                 continue
             if redrive_of is not None and row.redrive_of != redrive_of:
                 continue
-            out.append(self._execution(row))
+            listed = self._execution(row)
+            out.append(listed if steps else dataclasses.replace(listed, steps={}))
             if len(out) >= limit:
                 break
         return out

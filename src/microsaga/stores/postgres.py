@@ -15,7 +15,7 @@ connections, errors, the schema and ``LISTEN`` are the business of
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..codecs import PayloadCodec
@@ -666,7 +666,12 @@ class PostgresStore(Store):
 
         return await self._db.retrying(count)
 
-    async def _executions(self, conn: Any, rows: list[Any]) -> list[Execution]:
+    async def _executions(
+        self, conn: Any, rows: list[Any], with_steps: bool = True
+    ) -> list[Execution]:
+        if not with_steps:
+            found = await self._payloads(conn, rows, [])
+            return [replace(e, steps={}) for e in self._rows.executions(rows, [], found)]
         steps = await conn.fetch(Q["step_rows_of_many"], [r[0] for r in rows]) if rows else []
         found = await self._payloads(conn, rows, steps)
         return self._rows.executions(rows, steps, found)
@@ -686,6 +691,7 @@ class PostgresStore(Store):
         before: str | None = None,
         *,
         redrive_of: str | None = None,
+        steps: bool = True,
     ) -> list[Execution]:
         async def listing(conn: Any) -> list[Execution]:
             bound = _NO_BEFORE
@@ -704,7 +710,7 @@ class PostgresStore(Store):
                     workflow_id,
                     status_code,
                 )
-                return await self._executions(conn, rows)
+                return await self._executions(conn, rows, steps)
             args: list[Any] = [bound, limit]
             if workflow_id is not None:
                 args.append(workflow_id)
@@ -712,7 +718,7 @@ class PostgresStore(Store):
                 args.append(int(status))
             name = LISTINGS[workflow_id is not None, status is not None]
             rows = await conn.fetch(Q[name], *args)
-            return await self._executions(conn, rows)
+            return await self._executions(conn, rows, steps)
 
         return await self._db.snapshot(listing)
 

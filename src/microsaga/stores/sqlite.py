@@ -11,6 +11,7 @@ them run side by side, and lets other processes open the same file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -698,6 +699,7 @@ class SQLiteStore(Store):
         before: str | None = None,
         *,
         redrive_of: str | None = None,
+        steps: bool = True,
     ) -> list[Execution]:
         def listing() -> list[Execution]:
             conn = self.r
@@ -722,10 +724,15 @@ class SQLiteStore(Store):
                     name = LISTINGS[workflow_id is not None, status is not None]
                 rows = conn.execute(Q[name], params).fetchall()
                 ids = _encode([r[0] for r in rows])
-                steps = conn.execute(Q["step_rows_of_many"], (ids,)).fetchall() if rows else []
-                found = self._payloads(conn, rows, steps)
+                step_rows = (
+                    conn.execute(Q["step_rows_of_many"], (ids,)).fetchall()
+                    if rows and steps
+                    else []
+                )
+                found = self._payloads(conn, rows, step_rows)
             finally:
                 conn.execute("COMMIT")
-            return self._rows.executions(rows, steps, found)
+            listed = self._rows.executions(rows, step_rows, found)
+            return listed if steps else [dataclasses.replace(e, steps={}) for e in listed]
 
         return await self._read(listing)
