@@ -48,7 +48,7 @@ MANYMAP: dict[str, Any] = {
         {
             "map": {
                 "over": "request.items",
-                "concurrency": 30,
+                "concurrency": 1,  # in order: the map stops at its failed run
                 "step": {"function": f"{STEP}:fail_with"},
             },
             "id": "m",
@@ -472,6 +472,7 @@ def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: Liv
     until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS, live")
     assert statuses(driver) == {"first": "SUCCESS", "then": "SUCCESS"}
     driver.get(f"{live.url}/#/executions/{eid}")
+    until(lambda: driver.find_element(By.CSS_SELECTOR, "main h1 .id").text == eid, what="its page")
     until(lambda: execution_status(driver) == "SUCCESS", what="the unsaved one")
     # its workflow, never saved, leads to its executions, not to a missing definition
     driver.find_element(By.CSS_SELECTOR, "main .meta a.workflow").click()
@@ -774,7 +775,7 @@ def test_a_large_map_shows_its_counts_and_failed_runs(browser: Any, live: LiveSe
 
     driver = browser
     items: list[dict[str, Any]] = [{} for _ in range(30)]
-    items[25] = {"error": "out of stock"}  # the map stops at its first failed run
+    items[25] = {"error": "out of stock"}
     eid = start(live, "manymap", {"items": items})
     signed_in(driver, live, f"#/executions/{eid}")
     until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")

@@ -583,6 +583,7 @@
     // the steps changed live, drawn together: a map of 10,000 runs sends 10,000 events
     const dirty = new Set();
     let redraw = null;
+    // sid: a step, or null for the execution's head
     function changed(sid) {
       dirty.add(sid);
       if (!redraw) redraw = setTimeout(drawChanged, REDRAW_MS);
@@ -591,6 +592,7 @@
       redraw = null;
       const ids = new Set(dirty);
       dirty.clear();
+      const head = ids.delete(null);
       let cached = null;
       const order = () => cached || (cached = stepOrder());
       const maps = new Set();
@@ -604,6 +606,7 @@
         if (collapsed(m)) syncRuns(m, ids, order);
         putCard(m, order); // its counts
       }
+      if (head) renderHead();
     }
     // cards drawn anew: the bodies the operator opened stay open
     function keepingOpen(root, change) {
@@ -699,9 +702,8 @@
       live.textContent = "live";
       stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
         if (type === "execution") {
-          if (redraw) { clearTimeout(redraw); drawChanged(); } // its steps shown first
           Object.assign(info, { status: data.status, error: data.error, updated_at: data.updated_at });
-          renderHead();
+          changed(null); // its head, drawn with its steps: the page never shows half
         } else if (type === "step") {
           const m = mapOf(data.step_id);
           const had = info.steps[data.step_id];
@@ -742,7 +744,7 @@
       renderAll();
       follow(); // resumed meanwhile: follow again
     }
-    cleanup.push(() => { if (stop) stop(); clearTimeout(retry); });
+    cleanup.push(() => { if (stop) stop(); clearTimeout(retry); clearTimeout(redraw); });
     follow();
   }
 
