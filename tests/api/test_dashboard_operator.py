@@ -826,3 +826,33 @@ def requested(driver: Any) -> list[str]:
         if message["method"] == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
+
+
+def test_a_large_map_of_an_unstored_definition_is_one_box(browser: Any, live: LiveServer) -> None:
+    """A map of a workflow whose definition is not stored (a local function): its runs
+    were each a box of the DAG, 10,000 boxes for 10,000 runs."""
+    from selenium.webdriver.common.by import By
+
+    from microsaga import FunctionStep, MapStep
+
+    flow = live.flow
+    assert flow is not None
+
+    async def local(msg: Any) -> Any:  # not importable: the definition is not stored
+        return msg.json()
+
+    async def run() -> str:
+        wf = await flow.workflow_create(
+            "local-map", MapStep(FunctionStep(local), over="request.items", id="m")
+        )
+        return await flow.execute(wf, {"items": list(range(30))})
+
+    eid = live.call(run)
+    driver = browser
+    signed_in(driver, live, f"#/executions/{eid}")
+    until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS")
+    assert statuses(driver) == {"m": "SUCCESS"}
+    assert driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text == "30 runs SUCCESS 30"
+    assert run_cards(driver, "m") == []
+    driver.find_element(By.CSS_SELECTOR, "#step-m .show-runs").click()
+    assert run_cards(driver, "m") == [f"m[{i}]" for i in range(30)]

@@ -312,6 +312,20 @@
       event: typeof s.wait === "string" ? s.wait : s.wait && s.wait.event }));
   }
 
+  // the steps of an execution whose definition is not stored, from its step runs: a
+  // step `m` with runs `m[0]`, `m[1]`... is a map, its runs no boxes of the DAG
+  function stepsRead(info) {
+    const ids = Object.keys(info.steps);
+    const known = new Set(ids);
+    const maps = new Set();
+    for (const sid of ids) {
+      const m = /^(.*)\[\d+\]$/.exec(sid);
+      if (m && known.has(m[1])) maps.add(m[1]);
+    }
+    return ids.filter((sid) => { const m = /^(.*)\[\d+\]$/.exec(sid); return !(m && maps.has(m[1])); })
+      .map((sid) => ({ id: sid, requires: [], kind: maps.has(sid) ? "map" : "" }));
+  }
+
   // views -------------------------------------------------------------------------------
 
   // a saved workflow's link goes to its definition; an unsaved one's to its executions
@@ -413,7 +427,7 @@
   async function executionView(id) {
     setNav("executions");
     let info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
-    let steps = Object.keys(info.steps).map((sid) => ({ id: sid, requires: [] }));
+    let steps = stepsRead(info);
     let unsaved = "";
     try { // the definition stored with the execution, saved as a workflow or not
       steps = definitionSteps(await api("GET", `api/executions/${encodeURIComponent(id)}/definition`));
@@ -702,6 +716,7 @@
       live.textContent = "live";
       stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
         if (type === "execution") {
+          if (data.status === info.status && data.error === info.error && data.updated_at === info.updated_at) return;
           Object.assign(info, { status: data.status, error: data.error, updated_at: data.updated_at });
           changed(null); // its head, drawn with its steps: the page never shows half
         } else if (type === "step") {
