@@ -117,10 +117,22 @@ def execution_status(driver: Any) -> str | None:
     return found
 
 
+def click(driver: Any, css: str) -> None:
+    """Click the element ``css`` selects, again if the page redrew it between finding
+    and clicking (a live page does: a stale element raises, and is looked up anew)."""
+    from selenium.webdriver.common.by import By
+
+    def clicked() -> bool:
+        driver.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    until(clicked, what=f"click {css}")
+
+
 def click_action(driver: Any, action: str) -> None:
     from selenium.webdriver.common.by import By
 
-    driver.find_element(By.CSS_SELECTOR, f'button[data-action="{action}"]').click()
+    click(driver, f'button[data-action="{action}"]')
     until(lambda: driver.find_element(By.ID, "confirm-dialog").get_attribute("open") is not None)
 
 

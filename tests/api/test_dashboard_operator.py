@@ -13,7 +13,16 @@ import pytest
 
 from . import steps
 from .live import LiveServer
-from .test_dashboard import AUTH, TOKEN, browser, click_action, execution_status, statuses, until
+from .test_dashboard import (
+    AUTH,
+    TOKEN,
+    browser,
+    click,
+    click_action,
+    execution_status,
+    statuses,
+    until,
+)
 
 __all__ = ["browser"]  # the fixture, used by name
 
@@ -123,7 +132,7 @@ def test_a_child_and_map_runs_from_the_parent_page(browser: Any, live: LiveServe
         )
     )
     until(lambda: execution_status(driver) == "SUCCESS", what="the child SUCCESS")
-    driver.find_element(By.CSS_SELECTOR, "a.parent").click()
+    click(driver, "a.parent")
     until(lambda: statuses(driver).get("confirm") == "WAITING", what="back on the parent")
     # a signal from the dashboard ends the wait
     click_action(driver, "signal")
@@ -184,7 +193,7 @@ def test_errors_of_actions_and_pages_are_readable(browser: Any, live: LiveServer
     until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")
     click_action(driver, "redrive")
     assert driver.find_elements(By.CSS_SELECTOR, '#confirm-fields input[name="step"]') == []
-    driver.find_element(By.CSS_SELECTOR, "#confirm-dialog button[value=cancel]").click()
+    click(driver, "#confirm-dialog button[value=cancel]")
     # a suspended one: a step that does not exist is said in the dialog
     suspended = start(live, "held", {"error": "out of stock"})
     driver.get(f"{live.url}/#/executions/{suspended}")
@@ -342,7 +351,7 @@ def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: Live
     until(lambda: execution_status(driver) == "FAILURE", what="the redrive FAILURE")
     again = driver.find_element(By.CSS_SELECTOR, "main h1 .id").text
     assert not driver.find_element(By.ID, "redriven-by").is_displayed()  # not redriven
-    driver.find_element(By.CSS_SELECTOR, "a.redrive-of").click()
+    click(driver, "a.redrive-of")
     until(lambda: driver.find_elements(By.CSS_SELECTOR, "a.redrive-of") == [])
     assert failed in driver.find_element(By.CSS_SELECTOR, "main h1").text
     # and the page of the one redriven links forward to its redrives, newest first
@@ -355,7 +364,7 @@ def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: Live
 
     until(lambda: redrives() == [later.json()["id"], again], what="both redrives linked")
     assert driver.find_element(By.ID, "redriven-by").is_displayed()
-    driver.find_element(By.CSS_SELECTOR, f'#redriven-by a[href$="{again}"]').click()
+    click(driver, f'#redriven-by a[href$="{again}"]')
     until(lambda: driver.find_element(By.CSS_SELECTOR, "a.redrive-of").text == failed)
     # a saved definition: its steps as boxes, its requirements as arrows
     driver.get(f"{live.url}/#/workflows/parent")
@@ -475,11 +484,11 @@ def test_an_unsaved_workflow_is_a_filter_not_a_dead_link(browser: Any, live: Liv
     until(lambda: driver.find_element(By.CSS_SELECTOR, "main h1 .id").text == eid, what="its page")
     until(lambda: execution_status(driver) == "SUCCESS", what="the unsaved one")
     # its workflow, never saved, leads to its executions, not to a missing definition
-    driver.find_element(By.CSS_SELECTOR, "main .meta a.workflow").click()
+    click(driver, "main .meta a.workflow")
     until(lambda: rows(driver) == [eid], what="its executions")
     assert driver.find_element(By.ID, "filter-workflow").get_attribute("value") == "adhoc"
     row = f'#executions tr[data-execution-id="{eid}"]'
-    driver.find_element(By.CSS_SELECTOR, f"{row} a.workflow").click()
+    click(driver, f"{row} a.workflow")
     until(lambda: rows(driver) == [eid], what="the same list from its row")
     assert "Cannot show" not in driver.find_element(By.ID, "main").text
 
@@ -514,7 +523,7 @@ def test_an_unsaved_workflow_links_its_children_and_draws_its_arrows(
     )
     assert arrows == ["first>pay"]
     assert "not stored" not in driver.find_element(By.ID, "main").text
-    driver.find_element(By.CSS_SELECTOR, "#step-pay a.child").click()
+    click(driver, "#step-pay a.child")
     until(
         lambda: (
             execution_status(driver) == "SUCCESS"
@@ -534,7 +543,7 @@ def test_an_id_with_url_characters_is_shown_and_steered(browser: Any, live: Live
     until(lambda: get_odd(live, eid)["status"] == "SUSPEND", what="SUSPEND")
     signed_in(driver, live)
     until(lambda: eid in rows(driver), what="the row")
-    driver.find_element(By.CSS_SELECTOR, "#executions tr[data-execution-id] td.id a").click()
+    click(driver, "#executions tr[data-execution-id] td.id a")
     until(lambda: execution_status(driver) == "SUSPEND", what="its page")
     assert driver.find_element(By.CSS_SELECTOR, "main h1 .id").text == eid
     click_action(driver, "abort")
@@ -586,7 +595,7 @@ def test_map_runs_update_live_without_closing_what_is_open(browser: Any, live: L
     card = "#steps .step[data-step='m[{}]']"
     until(lambda: driver.find_element(By.CSS_SELECTOR, card.format(2)), what="the runs")
     # the operator opens the first run's request
-    driver.find_element(By.CSS_SELECTOR, f"{card.format(0)} details summary").click()
+    click(driver, f"{card.format(0)} details summary")
     opened = f"{card.format(0)} details[open]"
     assert driver.find_elements(By.CSS_SELECTOR, opened)
     live.soon(steps.gate("m1").set)
@@ -628,7 +637,7 @@ def test_starting_from_a_definition_and_its_refusal(browser: Any, live: LiveServ
     error = driver.find_element(By.ID, "confirm-error")
     until(lambda: error.is_displayed(), what="the 422 said in the dialog")
     assert error.text == "client not set: no client and no address for service 'nowhere'"
-    driver.find_element(By.CSS_SELECTOR, "#confirm-dialog button[value=cancel]").click()
+    click(driver, "#confirm-dialog button[value=cancel]")
     # an older version is shown, and not started
     Select(driver.find_element(By.ID, "version")).select_by_value("1")
     until(lambda: driver.execute_script("return location.hash").endswith("version=1"))
@@ -788,7 +797,7 @@ def test_a_large_map_shows_its_counts_and_failed_runs(browser: Any, live: LiveSe
     assert show.text == "Show all 26 runs"
     show.click()
     assert run_cards(driver, "m") == [f"m[{i}]" for i in range(26)]
-    driver.find_element(By.CSS_SELECTOR, "#step-m .show-runs").click()
+    click(driver, "#step-m .show-runs")
     assert run_cards(driver, "m") == ["m[25]"]
 
 
@@ -854,5 +863,5 @@ def test_a_large_map_of_an_unstored_definition_is_one_box(browser: Any, live: Li
     assert statuses(driver) == {"m": "SUCCESS"}
     assert driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text == "30 runs SUCCESS 30"
     assert run_cards(driver, "m") == []
-    driver.find_element(By.CSS_SELECTOR, "#step-m .show-runs").click()
+    click(driver, "#step-m .show-runs")
     assert run_cards(driver, "m") == [f"m[{i}]" for i in range(30)]
