@@ -455,7 +455,8 @@ def list_(
 
     async def main() -> int:
         async with _flow(ctx, worker=False) as flow:
-            found = await flow.executions(workflow, wanted, limit, before)
+            # the listing shows no step: their runs are not read (a map's may be 10,000)
+            found = await flow.executions(workflow, wanted, limit, before, steps=False)
         if as_json:
             from .api.models import summary_json
 
