@@ -57,18 +57,24 @@ def _compensations(hook: Steps) -> list[tuple[str, str, str, str]]:
     return [seen for seen in hook.seen if seen[2] == "compensate"]
 
 
+async def _declined_order(flow: Flow, execution_id: str) -> None:
+    """An order whose child payment succeeds, then whose shipping is declined: the
+    child is rolled back with the parent."""
+    payment = FunctionStep(pay, id="pay", compensate=FunctionStep(refund))
+    await flow.workflow_save(await flow.workflow_create("payment", payment))
+    wf = await flow.workflow_create(
+        "order",
+        SubflowStep("payment", id="charge"),
+        FunctionStep(decline, id="ship", requires=["charge"]),
+    )
+    with pytest.raises(ExecutionFailedError):
+        await wf.execute({}, execution_id=execution_id)
+
+
 async def test_a_succeeded_childs_rollback_is_its_steps_compensation(store_url: str) -> None:
     hook, registry = Steps(), prometheus_client.CollectorRegistry()
     async with Flow(store_url, hooks=[hook, Metrics(registry)]) as flow:
-        payment = FunctionStep(pay, id="pay", compensate=FunctionStep(refund))
-        await flow.workflow_save(await flow.workflow_create("payment", payment))
-        wf = await flow.workflow_create(
-            "order",
-            SubflowStep("payment", id="charge"),
-            FunctionStep(decline, id="ship", requires=["charge"]),
-        )
-        with pytest.raises(ExecutionFailedError):
-            await wf.execute({}, execution_id="o1")
+        await _declined_order(flow, "o1")
     assert _compensations(hook) == [
         ("o1", "charge", "compensate", "started"),
         ("o1:charge", "pay", "compensate", "started"),
@@ -117,15 +123,7 @@ async def test_a_childs_rollback_has_a_span_of_its_steps_compensation(
 
     provider, exporter = spans
     async with Flow("memory://", hooks=[Tracing(tracer_provider=provider)]) as flow:
-        payment = FunctionStep(pay, id="pay", compensate=FunctionStep(refund))
-        await flow.workflow_save(await flow.workflow_create("payment", payment))
-        wf = await flow.workflow_create(
-            "order",
-            SubflowStep("payment", id="charge"),
-            FunctionStep(decline, id="ship", requires=["charge"]),
-        )
-        with pytest.raises(ExecutionFailedError):
-            await wf.execute({}, execution_id="o3")
+        await _declined_order(flow, "o3")
     undone = [
         (s.attributes["microsaga.execution_id"], s.attributes["microsaga.step_id"])
         for s in exporter.get_finished_spans()
