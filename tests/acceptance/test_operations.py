@@ -1,0 +1,336 @@
+"""docs/operations.md step by step, with the CLI as an operator runs it: upgrading the
+workers of a PostgreSQL store (the migration, an older release refusing a migrated
+store, what an older worker cannot run) and rotating codec keys on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from microsaga import Flow, Message, Status, Step, StepContext
+from microsaga import step as step_module
+from tests.acceptance import procs
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.timeout(240)
+
+STEPS = "def echo(msg):\n    return {'echo': msg.json()}\n"
+FLOW = "id: up\nsteps:\n  - function: steps:echo\n"
+HELD = (  # parks at its wait step, with a step to undo behind it
+    "id: held\nsteps:\n  - function: steps:echo\n    compensate: {function: steps:echo}\n"
+    "  - wait: go\n    requires: [echo]\n"
+)
+
+
+class Ops:
+    """The CLI on one store, from a folder holding the definitions and their steps."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.url = url
+        self.folder = folder
+        self.workers: list[subprocess.Popen[bytes]] = []
+        (folder / "steps.py").write_text(STEPS, encoding="utf-8")
+        (folder / "up.yaml").write_text(FLOW, encoding="utf-8")
+        (folder / "held.yaml").write_text(HELD, encoding="utf-8")
+
+    def cli(
+        self, *args: str, keys: str | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        if keys is not None:
+            env["MICROSAGA_CODEC_KEYS"] = keys
+        return procs.cli("--store", self.url, *args, cwd=self.folder, extra_env=env)
+
+    def ok(self, *args: str, keys: str | None = None) -> str:
+        done = self.cli(*args, keys=keys)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def start(self, n: int, keys: str | None = None, wf: str = "up.yaml") -> str:
+        return self.ok("run", wf, "--async", "--input", json.dumps({"n": n}), keys=keys).strip()
+
+    def show(self, eid: str, keys: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.ok("show", "--json", eid, keys=keys))
+        return found
+
+    async def worker(
+        self, log: Path, keys: str | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """A ``microsaga worker``, once it says it runs executions."""
+        if keys is not None:
+            env["MICROSAGA_CODEC_KEYS"] = keys
+        with open(log, "ab") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "microsaga", "--store", self.url, "worker"],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                env=procs.env(env),
+            )
+        self.workers.append(proc)
+        await eventually(lambda: "running executions" in log.read_text(), timeout=30)
+        return proc
+
+    async def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        """SIGTERM, as a supervisor stops a worker; its exit status."""
+        proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(proc.wait, 60)
+
+    async def status(self, eid: str, keys: str | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.show, eid, keys)
+
+    def kill_left(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def sqlite_ops(tmp_path: Path) -> Iterator[Ops]:
+    ops = Ops(f"sqlite:///{tmp_path / 'orders.db'}", tmp_path)
+    yield ops
+    ops.kill_left()
+
+
+async def succeeded(ops: Ops, keys: str | None, *eids: str) -> bool:
+    return all([(await ops.status(e, keys))["status"] == "SUCCESS" for e in eids])
+
+
+# codec keys ------------------------------------------------------------------------------
+
+
+async def test_a_key_rotation_in_two_steps_then_a_key_dropped_too_early(
+    sqlite_ops: Ops, tmp_path: Path
+) -> None:
+    ops = sqlite_ops
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)  # as the page makes them
+    before, step1, step2 = (
+        f"2026-06={old}",
+        f"2026-06={old},2026-12={new}",
+        f"2026-12={new},2026-06={old}",
+    )
+    only_new = f"2026-12={new}"
+
+    plain = ops.start(0)  # stored before encryption was turned on
+    a = ops.start(1, keys=before)
+    held = ops.start(2, keys=before, wf="held.yaml")
+    b = ops.start(3, keys=step2)  # a process already at step 2, under the new key
+    # a worker at step 1 (the new key second) reads all of them
+    worker = await ops.worker(tmp_path / "step1.log", keys=step1)
+    await eventually(lambda: succeeded(ops, step1, plain, a, b), timeout=60)
+
+    async def parked() -> bool:
+        return (await ops.status(held, step1))["steps"]["echo"]["status"] == "SUCCESS"
+
+    await eventually(parked, timeout=60)
+    assert await ops.stop(worker) == 0
+    assert ops.show(plain, step2)["request"] == {"n": 0}
+    assert ops.show(a, step2)["request"] == {"n": 1}
+
+    # the old key dropped while executions stored under it remain
+    late = ops.start(4, keys=before)
+    c = ops.start(5, keys=step2)
+    assert ops.ok("abort", held, keys=only_new).split() == [held, "COMPENSATING"]
+    log = tmp_path / "dropped.log"
+    worker = await ops.worker(log, keys=only_new, MICROSAGA_LEASE_TTL="1")
+    await eventually(lambda: succeeded(ops, only_new, c), timeout=60)
+    reason = (
+        "stored value encrypted with key '2026-06', which the codec does not have "
+        "(give this worker the key: MICROSAGA_CODEC_KEYS or Flow(codec=...))"
+    )
+
+    async def noted(eid: str) -> bool:
+        return (await ops.status(eid, only_new))[
+            "note"
+        ] == f"waits for a worker that can run it: {reason}"
+
+    await eventually(lambda: noted(late), timeout=60)
+    await eventually(lambda: noted(held), timeout=60)
+    assert await ops.stop(worker) == 0
+    said = log.read_text()
+    assert said.count(f"execution {late} cannot run in this worker: {reason}") == 1, said
+    assert ops.show(late, only_new)["status"] == "RUNNING"
+    assert ops.show(held, only_new)["status"] == "COMPENSATING"
+
+    shown = ops.ok("show", late, keys=only_new)
+    assert 'request    "[encrypted]"' in shown
+    assert f"note       waits for a worker that can run it: {reason}" in shown
+    finished = ops.ok("show", a, keys=only_new)  # no note: "[encrypted]" says it all
+    assert 'request    "[encrypted]"' in finished
+    assert 'response   "[encrypted]"' in finished
+    assert "note" not in finished
+    redrive = ops.cli("redrive", a, keys=only_new)
+    assert redrive.returncode == 2
+    assert redrive.stderr.startswith(
+        "error[codec_key_unknown]: stored value encrypted with key '2026-06', "
+        "which the codec does not have"
+    ), redrive.stderr
+    typo = ops.cli("redrive", a, keys=f"2026-06={new}")  # another key under the right id
+    assert typo.returncode == 2
+    assert typo.stderr.startswith(
+        "error[codec_tampered]: stored value fails its authentication: changed, or another key"
+    ), typo.stderr
+
+    # the key given back: both go on (after three of the leaving worker's lease TTLs)
+    worker = await ops.worker(tmp_path / "back.log", keys=step2)
+
+    async def ended() -> bool:
+        shown = [await ops.status(e, step2) for e in (late, held)]
+        return [s["status"] for s in shown] == ["SUCCESS", "ABORTED"] and shown
+
+    for shown in await eventually(ended, timeout=60):
+        assert shown["note"] is None
+    assert await ops.stop(worker) == 0
+
+    # step 3: once what the old key encrypted is pruned, the new key alone is enough
+    pruned = ops.ok("prune", "--older-than", "0s")  # needs no key
+    assert pruned.strip() == "pruned 6 executions"
+    assert ops.ok("list", keys=only_new) == ""
+    d = ops.start(6, keys=only_new)
+    worker = await ops.worker(tmp_path / "after.log", keys=only_new)
+    await eventually(lambda: succeeded(ops, only_new, d), timeout=60)
+    assert ops.show(d, only_new)["response"] == {"echo": {"n": 6}}
+    assert await ops.stop(worker) == 0
+
+
+# upgrades on PostgreSQL ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_url() -> Any:
+    if not os.environ.get("CI"):
+        pytest.importorskip("asyncpg", reason="needs asyncpg (pip install 'microsaga[postgres]')")
+    from tests.integration.pg import fresh_database
+
+    async with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_ops(pg_url: str, tmp_path: Path) -> Iterator[Ops]:
+    ops = Ops(pg_url, tmp_path)
+    yield ops
+    ops.kill_left()
+
+
+async def schema_versions(url: str) -> list[int]:
+    from tests.integration.pg import connect
+
+    conn = await connect(url)
+    try:
+        return [r[0] for r in await conn.fetch("SELECT version FROM microsaga_schema_version")]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_the_first_commands_of_a_new_release_migrate_an_older_store_once(
+    pg_ops: Ops,
+) -> None:
+    from microsaga.stores.postgres import SCHEMA_VERSION
+    from tests.integration.test_postgres import replay
+
+    await replay(pg_ops.url, SCHEMA_VERSION - 1)  # as the previous release left it
+    both = await asyncio.gather(
+        *(asyncio.to_thread(pg_ops.cli, "list", "--limit", "1") for _ in range(2))
+    )
+    assert [done.returncode for done in both] == [0, 0], [d.stderr for d in both]
+    assert sorted(await schema_versions(pg_ops.url)) == list(range(1, SCHEMA_VERSION + 1))
+
+
+@pytest.mark.postgres
+async def test_a_running_worker_misses_a_newer_migration_and_refuses_it_on_restart(
+    pg_ops: Ops, tmp_path: Path
+) -> None:
+    from microsaga.stores.postgres import SCHEMA_VERSION
+    from tests.integration.pg import connect
+
+    url = pg_ops.url
+    first = pg_ops.start(1)  # the store is made here
+    log = tmp_path / "worker.log"
+    worker = await pg_ops.worker(log)
+    async with Flow(url, worker=False) as client:  # opened before the migration
+        await eventually(lambda: succeeded(pg_ops, None, first), timeout=60)
+        conn = await connect(url)
+        try:  # what a newer release's migration does
+            await conn.execute("ALTER TABLE microsaga_executions ADD COLUMN newer text")
+            await conn.execute(
+                "INSERT INTO microsaga_schema_version VALUES ($1)", SCHEMA_VERSION + 1
+            )
+        finally:
+            await conn.close()
+        wf = await client.workflow_load("up")
+        later = await wf.execute({"n": 2}, async_=True)
+        done = await client.wait(later, timeout=60)  # the running worker noticed nothing
+        assert done.status is Status.SUCCESS
+    assert await pg_ops.stop(worker) == 0
+    assert "worker stopping: unfinished executions go to other workers" in log.read_text()
+
+    refusal = (
+        f"error[schema_version]: PostgreSQL store {url} has schema version "
+        f"{SCHEMA_VERSION + 1}, newer than the {SCHEMA_VERSION} this microsaga knows: "
+        "upgrade microsaga"
+    )
+    for args in (["worker"], ["serve", "--no-worker", "--port", "0"], ["list"]):
+        done = await asyncio.to_thread(pg_ops.cli, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip() == refusal, args
+
+
+class Upgraded(Step):
+    """A step kind only the newer workers (this test's process) know."""
+
+    kind = "upgraded_probe"
+
+    @property
+    def endpoint(self) -> str:
+        return "upgraded"
+
+    async def execute(self, req: Message, ctx: StepContext) -> Message:
+        return Message({"upgraded": True})
+
+    def to_config(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> Step:
+        return cls()
+
+
+@pytest.mark.postgres
+async def test_an_execution_of_a_kind_an_older_worker_lacks_waits_for_a_newer_one(
+    pg_ops: Ops, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(step_module._KINDS, Upgraded.kind, Upgraded)
+    url = pg_ops.url
+    async with Flow(url, worker=False) as client:
+        wf = await client.workflow_create("newer", Upgraded(id="probe"))
+        await client.workflow_save(wf)
+        eid = await wf.execute({}, async_=True)
+    log = tmp_path / "older.log"
+    older = await pg_ops.worker(log, MICROSAGA_LEASE_TTL="1")  # has no such kind
+    reason = "steps[0]: unknown step kind 'upgraded_probe'; a step needs one of: "
+
+    async def noted() -> str:
+        note: str = (await pg_ops.status(eid))["note"] or ""
+        return note
+
+    note = await eventually(noted, timeout=60)
+    assert note.startswith(f"waits for a worker that can run it: {reason}"), note
+    assert f"execution {eid} cannot run in this worker: {reason}" in log.read_text()
+    assert "note       waits for a worker that can run it: steps[0]" in pg_ops.ok("show", eid)
+    assert await pg_ops.stop(older) == 0
+    async with Flow(url, poll_interval=0.05) as newer:  # within three lease TTLs of 1 s
+        done = await newer.wait(eid, timeout=60)
+    assert done.status is Status.SUCCESS
+    assert done.note is None
