@@ -126,10 +126,18 @@ def codec_from_setting(text: str, setting: str = "MICROSAGA_CODEC_KEYS") -> AesG
     """An :class:`AesGcmCodec` from ``id=base64key,id=base64key`` (the first encrypts);
     a key may be written in either base64 alphabet (standard or URL-safe)."""
     keys: dict[str, bytes] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
+    for number, item in enumerate(filter(None, (p.strip() for p in text.split(","))), 1):
         kid, sep, value = item.partition("=")
         if not sep or not kid.strip():
             raise ConfigurationError(setting, "expected id=base64key,id=base64key")
+        if not value.strip().rstrip("="):
+            # a padded key written without its id ("KEY=") reads as the id KEY with no
+            # key: naming that "id" would print the key in the error
+            raise ConfigurationError(
+                setting,
+                f"item {number} has no key after its '=' (a key without its id?): "
+                "expected id=base64key,id=base64key",
+            )
         keys[kid.strip()] = _key_bytes(value.strip(), kid.strip(), setting)
     try:
         return AesGcmCodec(keys)

@@ -337,7 +337,10 @@ def _check_text(text: str, name: str) -> str:
 def _distinct_key_ids(text: str, setting: str = "MICROSAGA_CODEC_KEYS") -> str:
     """``text`` when no key id is given twice: the last key of an id would replace the
     first, and what the first encrypted could no longer be read."""
-    ids = [item.partition("=")[0].strip() for item in text.split(",") if item.strip()]
+    items = [item.partition("=") for item in text.split(",") if item.strip()]
+    # an item with no key is refused by codec_from_setting, without naming its "id",
+    # which may be a key written without its id
+    ids = [kid.strip() for kid, _, key in items if key.strip().rstrip("=")]
     twice = next((kid for kid in ids if kid and ids.count(kid) > 1), None)
     if twice is not None:
         raise ConfigurationError(setting, f"key id {twice!r} is given twice")
