@@ -1,6 +1,6 @@
 """docs/operations.md step by step, with the CLI as an operator runs it: upgrading the
 workers of a PostgreSQL store (the migration, an older release refusing a migrated
-store, what an older worker cannot run) and rotating codec keys on SQLite."""
+store, what an older worker cannot run) and rotating codec keys (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from microsaga import step as step_module
 from tests.acceptance import procs
 from tests.helpers import eventually
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 STEPS = "def echo(msg):\n    return {'echo': msg.json()}\n"
 FLOW = "id: up\nsteps:\n  - function: steps:echo\n"
@@ -95,11 +95,18 @@ class Ops:
                 proc.wait()
 
 
-@pytest.fixture
-def sqlite_ops(tmp_path: Path) -> Iterator[Ops]:
-    ops = Ops(f"sqlite:///{tmp_path / 'orders.db'}", tmp_path)
-    yield ops
-    ops.kill_left()
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store_ops(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ops]:
+    if request.param == "postgres" and not os.environ.get("CI"):
+        pytest.importorskip("asyncpg", reason="needs asyncpg (pip install 'microsaga[postgres]')")
+    from tests.integration.pg import empty_store
+
+    async with empty_store(request.param, tmp_path) as url:
+        ops = Ops(url, tmp_path)
+        try:
+            yield ops
+        finally:
+            ops.kill_left()
 
 
 async def succeeded(ops: Ops, keys: str | None, *eids: str) -> bool:
@@ -110,9 +117,9 @@ async def succeeded(ops: Ops, keys: str | None, *eids: str) -> bool:
 
 
 async def test_a_key_rotation_in_two_steps_then_a_key_dropped_too_early(
-    sqlite_ops: Ops, tmp_path: Path
+    store_ops: Ops, tmp_path: Path
 ) -> None:
-    ops = sqlite_ops
+    ops = store_ops
     old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)  # as the page makes them
     before, step1, step2 = (
         f"2026-06={old}",
