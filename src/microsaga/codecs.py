@@ -4,7 +4,8 @@ A codec turns bytes into other bytes and back (:class:`PayloadCodec`).
 :class:`AesGcmCodec` encrypts with AES-GCM (the ``cryptography`` package, the
 ``microsaga[crypto]`` extra), under named keys: it encrypts with the current key and
 decrypts with whichever key a stored value names, so keys rotate by adding a new one
-first and keeping the old ones until nothing stored needs them.
+(last, then first once every process has it) and keeping the old ones until nothing
+stored needs them (docs/operations.md).
 """
 
 from __future__ import annotations
