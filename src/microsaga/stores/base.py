@@ -328,6 +328,13 @@ class Store(abc.ABC):
     async def load(self, execution_id: str) -> StoredExecution | None:
         """Everything a worker needs to run an execution it claimed."""
 
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        """An execution's status and definition, without its step runs or bodies: what
+        a signal is checked against (an execution with a map of 10,000 runs has 10,000
+        step runs). Stores override this default, which loads everything."""
+        found = await self.load(execution_id)
+        return None if found is None else (found.status, found.definition)
+
     async def load_many(self, execution_ids: Sequence[str]) -> dict[str, StoredExecution]:
         """:meth:`load` for many executions; stores override it to read them at once."""
         out = {}

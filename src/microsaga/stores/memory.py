@@ -391,6 +391,10 @@ class MemoryStore(Store):
             parent_id=row.parent_id,
         )
 
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        row = self._rows.get(execution_id)
+        return None if row is None else (row.status, self._definitions[row.definition_hash])
+
     # control --------------------------------------------------------------------
 
     async def request(

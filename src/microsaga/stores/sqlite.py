@@ -523,6 +523,20 @@ class SQLiteStore(Store):
 
         return await self._read(load)
 
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        def read() -> tuple[Status, StoredDefinition] | None:
+            row = self.r.execute(Q["definition_of"], (execution_id,)).fetchone()
+            if row is None:
+                return None
+            status, hash = row
+            if hash not in self._definitions:
+                for d in self.r.execute(Q["load_definitions"], (_encode([hash]),)):
+                    self._definitions[d[0]] = self._rows.definition(d)
+            found = self._definitions.get(hash)  # None: pruned meanwhile
+            return None if found is None else (Status(status), found)
+
+        return await self._read(read)
+
     # control ----------------------------------------------------------------------------
 
     async def request(

@@ -501,6 +501,10 @@ FROM (SELECT DISTINCT unnest($1::text[])) AS u (id)
 CROSS JOIN LATERAL (SELECT * FROM microsaga_executions WHERE id = u.id OFFSET 0) e
 LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[]);
 
+-- name: definition_of
+-- What a signal is checked against: the status and the definition's hash, no step run.
+SELECT status, definition FROM microsaga_executions WHERE id = $1;
+
 -- name: load_definitions
 SELECT hash, workflow_id, body, step_ids FROM microsaga_definitions
 WHERE hash = ANY($1::text[]);

@@ -126,6 +126,10 @@ FROM executions e
 LEFT JOIN step_runs s ON s.execution_id = e.id
 WHERE e.id IN (SELECT value FROM json_each(?));
 
+-- name: definition_of
+-- What a signal is checked against: the status and the definition's hash, no step run.
+SELECT status, definition FROM executions WHERE id = ?;
+
 -- name: load_definitions
 SELECT hash, workflow_id, body, step_ids FROM definitions
 WHERE hash IN (SELECT value FROM json_each(?));
