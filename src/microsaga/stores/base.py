@@ -243,12 +243,15 @@ class Store(abc.ABC):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         """Take up to ``limit`` runnable executions whose lease is free or expired
         (its ``lease_until`` at or before ``now``: a parked execution is due at its
         time, as its timer is), bumping their fencing tokens; with ``only``, among
         those executions only (a flow that does not claim takes the rollback of its
-        own child).
+        own child); never those of ``skip`` (a worker passes it only when not empty:
+        the executions it left lately because it cannot run them, which any other
+        worker may take at once).
 
         Never those ``owner`` holds itself, even expired: a live worker whose lease ran
         out (an event-loop stall, the store away longer than the TTL) still runs them,

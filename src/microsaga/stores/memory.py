@@ -319,14 +319,18 @@ class MemoryStore(Store):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         out: list[Claim] = []
         rows: Iterable[_Row] = self._runnable.values()
         if only is not None:
             rows = [row for eid in only if (row := self._runnable.get(eid)) is not None]
+        skipped = set(skip)
         for row in sorted(rows, key=lambda r: r.seq):
             if len(out) >= limit:
                 break
+            if row.id in skipped:
+                continue
             # never its own: a live worker whose lease ran out (a stall, the store away)
             # still runs them and renews them; taking them again would fence it off
             if row.lease_until <= now and row.owner != owner:

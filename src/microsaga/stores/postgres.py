@@ -449,10 +449,12 @@ class PostgresStore(Store):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         ids = None if only is None else sorted(only)
+        args = (owner, now + ttl, now, limit, sorted(alive), ids, sorted(skip))
         async with self._db.connection() as conn:
-            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit, sorted(alive), ids)
+            rows = await conn.fetch(Q["claim"], *args)
         return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
     async def renew(

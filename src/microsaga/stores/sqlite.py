@@ -436,6 +436,7 @@ class SQLiteStore(Store):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             params = {
@@ -445,6 +446,7 @@ class SQLiteStore(Store):
                 "limit": limit,
                 "alive": _encode(sorted(alive)),
                 "only": None if only is None else _encode(sorted(only)),
+                "skip": _encode(sorted(skip)),
             }
             rows = conn.execute(Q["claim"], params)
             return [Claim(eid, token, attempts) for eid, token, attempts in rows]
