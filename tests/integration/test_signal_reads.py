@@ -20,6 +20,7 @@ from microsaga import (
     WaitStep,
 )
 from microsaga.stores.base import Store
+from microsaga.stores.memory import MemoryStore
 from tests.integration import test_store_contract as contract
 from tests.integration.test_store_contract import commit_one, new, running, transition
 
@@ -92,3 +93,15 @@ async def test_a_signal_reads_no_step_run_and_still_refuses(
         assert done.steps["each"].response is not None
         with pytest.raises(InvalidTransitionError, match="SUCCESS"):
             await other.signal(eid, "paid", 8)
+
+
+async def test_a_store_written_before_definition_of_still_answers() -> None:
+    class Older(MemoryStore):  # the Store default: everything loaded
+        definition_of = Store.definition_of
+
+    store = Older()
+    assert await store.definition_of("nope") is None
+    await store.commit([new("e1", owner="w1", starts=("a",))])
+    found = await store.definition_of("e1")
+    assert found is not None
+    assert (found[0], found[1].hash) == (Status.RUNNING, "hash-1")
