@@ -736,9 +736,10 @@ class Flow:
             raise ConfigurationError("event", problem)
         message = self._body(payload, "payload")  # the waiting step's response
         worker = self._running()
-        stored = await self.store.load(execution_id)
-        if stored is not None and not stored.status.finished:  # else the store says why
-            waits = self._waits_of(stored.definition)
+        # the status and definition only: never the step runs (a map's 10,000 of them)
+        stored = await self.store.definition_of(execution_id)
+        if stored is not None and not stored[0].finished:  # else the store says why
+            waits = self._waits_of(stored[1])
             refused = waits.refusal(execution_id, event) if waits is not None else None
             if refused is not None:
                 raise ConfigurationError("event", refused)

@@ -189,6 +189,7 @@ class Worker:
         self._to_release: dict[str, int] = {}
         self._aborting: set[str] = set()  # deadline aborts requested, not yet done
         self._cannot_run: dict[str, str] = {}  # executions left for others, and why
+        self._left: dict[str, float] = {}  # those not claimed here again until then
         self._rolling_back_children = 0  # runs waiting for a child's rollback: see _claim
         self._child_changes: dict[str, asyncio.Event] = {}  # by the child a run waits for
         self._dues: list[float] = []  # heap: the timers of what this worker parked
@@ -715,9 +716,12 @@ class Worker:
                 extra=about(execution_id, workflow_id),
             )
             self._cannot_run[execution_id] = note
-        until = self.clock() + self.options.lease_ttl * 3
+        # claimable at once by the other workers (one that can run it takes it within a
+        # poll); this one looks at it again after three lease TTLs
+        now = self.clock()
+        self._left[execution_id] = now + self.options.lease_ttl * 3
         try:
-            await self.store.release(execution_id, token, until, note)
+            await self.store.release(execution_id, token, now, note)
         except MicrosagaError:
             self._to_release[execution_id] = token
 
@@ -729,6 +733,7 @@ class Worker:
             await self._leave(stored.id, stored.workflow_id, stored.token, exc)
             return
         self._cannot_run.pop(stored.id, None)
+        self._left.pop(stored.id, None)
         spec = RunSpec(
             execution_id=stored.id,
             workflow_id=stored.workflow_id,
@@ -945,9 +950,23 @@ class Worker:
         # the last heartbeat: a worker that held nothing then (every lease taken from it
         # in a stall) may hold what this claim takes
         alive, _ = await self._owners_here()
-        claims = await self.store.claim(self.id, now, self.options.lease_ttl, limit, alive=alive)
+        ttl = self.options.lease_ttl
+        skip = self._left_lately(now)
+        if skip:  # only then: a Store written before `skip` still claims
+            claims = await self.store.claim(self.id, now, ttl, limit, alive=alive, skip=skip)
+        else:
+            claims = await self.store.claim(self.id, now, ttl, limit, alive=alive)
         await self.adopt(claims)
         return len(claims) if len(claims) == limit else 0
+
+    def _left_lately(self, now: float) -> list[str]:
+        """The executions this worker left for others (it cannot run them) less than
+        three lease TTLs ago: it does not claim them, so that it does not read them at
+        every poll for nothing, nor take them from a worker that can run them."""
+        for eid, until in list(self._left.items()):
+            if until <= now:
+                del self._left[eid]
+        return list(self._left)
 
     async def _heartbeat_loop(self) -> None:
         while True:

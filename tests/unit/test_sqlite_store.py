@@ -108,7 +108,7 @@ async def test_a_claim_reads_only_due_executions(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     plan = conn.execute(
         "EXPLAIN QUERY PLAN " + Q["claim"],
-        {"owner": "w", "until": 1, "now": 1, "limit": 1, "alive": "[]", "only": None},
+        {"owner": "w", "until": 1, "now": 1, "limit": 1, "alive": "[]", "only": None, "skip": "[]"},
     ).fetchall()
     details = [row[-1] for row in plan]
     conn.close()

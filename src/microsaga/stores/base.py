@@ -243,12 +243,15 @@ class Store(abc.ABC):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         """Take up to ``limit`` runnable executions whose lease is free or expired
         (its ``lease_until`` at or before ``now``: a parked execution is due at its
         time, as its timer is), bumping their fencing tokens; with ``only``, among
         those executions only (a flow that does not claim takes the rollback of its
-        own child).
+        own child); never those of ``skip`` (a worker passes it only when not empty:
+        the executions it left lately because it cannot run them, which any other
+        worker may take at once).
 
         Never those ``owner`` holds itself, even expired: a live worker whose lease ran
         out (an event-loop stall, the store away longer than the TTL) still runs them,
@@ -327,6 +330,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load(self, execution_id: str) -> StoredExecution | None:
         """Everything a worker needs to run an execution it claimed."""
+
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        """An execution's status and definition, without its step runs or bodies: what
+        a signal is checked against (an execution with a map of 10,000 runs has 10,000
+        step runs). Stores override this default, which loads everything."""
+        found = await self.load(execution_id)
+        return None if found is None else (found.status, found.definition)
 
     async def load_many(self, execution_ids: Sequence[str]) -> dict[str, StoredExecution]:
         """:meth:`load` for many executions; stores override it to read them at once."""

@@ -11,9 +11,9 @@ Reads hand out new messages.
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from collections.abc import Collection, Iterable, Sequence
+from itertools import dropwhile
 
 import msgspec
 from msgspec.structs import replace
@@ -319,14 +319,18 @@ class MemoryStore(Store):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         out: list[Claim] = []
         rows: Iterable[_Row] = self._runnable.values()
         if only is not None:
             rows = [row for eid in only if (row := self._runnable.get(eid)) is not None]
+        skipped = set(skip)
         for row in sorted(rows, key=lambda r: r.seq):
             if len(out) >= limit:
                 break
+            if row.id in skipped:
+                continue
             # never its own: a live worker whose lease ran out (a stall, the store away)
             # still runs them and renews them; taking them again would fence it off
             if row.lease_until <= now and row.owner != owner:
@@ -390,6 +394,10 @@ class MemoryStore(Store):
             created_at=row.created_at,
             parent_id=row.parent_id,
         )
+
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        row = self._rows.get(execution_id)
+        return None if row is None else (row.status, self._definitions[row.definition_hash])
 
     # control --------------------------------------------------------------------
 
@@ -590,24 +598,45 @@ class MemoryStore(Store):
         redrive_of: str | None = None,
         steps: bool = True,
     ) -> list[Execution]:
-        bound = None
+        # self._rows is in creation order (a row is added once, at its creation, and
+        # only ever deleted): walked back from the newest, a listing reads the rows it
+        # lists and those it skips, never sorts the store
+        rows = reversed(self._rows.values())
         if before is not None:
             found = self._rows.get(before)
             if found is None:
                 raise ExecutionNotFoundError(before)
             bound = found.seq
+            rows = dropwhile(lambda r: r.seq >= bound, rows)
         out = []
-        for row in sorted(self._rows.values(), key=lambda r: r.seq, reverse=True):
-            if bound is not None and row.seq >= bound:
-                continue
+        for row in rows:
             if workflow_id is not None and row.workflow_id != workflow_id:
                 continue
             if status is not None and row.status is not status:
                 continue
             if redrive_of is not None and row.redrive_of != redrive_of:
                 continue
-            listed = self._execution(row)
-            out.append(listed if steps else dataclasses.replace(listed, steps={}))
+            out.append(self._execution(row) if steps else self._listed(row))
             if len(out) >= limit:
                 break
         return out
+
+    def _listed(self, row: _Row) -> Execution:
+        """An execution without its step runs (``steps`` empty), none of them read."""
+        return build_execution(
+            id=row.id,
+            workflow_id=row.workflow_id,
+            version=row.version,
+            status=row.status,
+            request=row.request.message(),
+            response=_message(row.response),
+            error=row.error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            deadline_at=row.deadline_at,
+            step_ids=(),
+            records=(),
+            parent_id=row.parent_id,
+            redrive_of=row.redrive_of,
+            note=row.note,
+        )

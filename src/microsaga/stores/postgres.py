@@ -449,10 +449,12 @@ class PostgresStore(Store):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         ids = None if only is None else sorted(only)
+        args = (owner, now + ttl, now, limit, sorted(alive), ids, sorted(skip))
         async with self._db.connection() as conn:
-            rows = await conn.fetch(Q["claim"], owner, now + ttl, now, limit, sorted(alive), ids)
+            rows = await conn.fetch(Q["claim"], *args)
         return [Claim(eid, token, attempts) for eid, token, attempts in rows]
 
     async def renew(
@@ -523,6 +525,20 @@ class PostgresStore(Store):
                 self._definitions[d[0]] = self._rows.definition(d)
         found = await self._payloads(conn, rows)
         return self._rows.stored_executions(rows, self._definitions, found)
+
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        async def read(conn: Any) -> tuple[Status, StoredDefinition] | None:
+            row = await conn.fetchrow(Q["definition_of"], execution_id)
+            if row is None:
+                return None
+            status, hash = row
+            if hash not in self._definitions:
+                for d in await conn.fetch(Q["load_definitions"], [hash]):
+                    self._definitions[d[0]] = self._rows.definition(d)
+            found = self._definitions.get(hash)  # None: pruned meanwhile
+            return None if found is None else (Status(status), found)
+
+        return await self._db.retrying(read)
 
     # control ----------------------------------------------------------------------------
 

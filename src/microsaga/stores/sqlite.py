@@ -436,6 +436,7 @@ class SQLiteStore(Store):
         *,
         alive: Collection[str] = (),
         only: Collection[str] | None = None,
+        skip: Collection[str] = (),
     ) -> list[Claim]:
         def claim(conn: sqlite3.Connection) -> list[Claim]:
             params = {
@@ -445,6 +446,7 @@ class SQLiteStore(Store):
                 "limit": limit,
                 "alive": _encode(sorted(alive)),
                 "only": None if only is None else _encode(sorted(only)),
+                "skip": _encode(sorted(skip)),
             }
             rows = conn.execute(Q["claim"], params)
             return [Claim(eid, token, attempts) for eid, token, attempts in rows]
@@ -522,6 +524,20 @@ class SQLiteStore(Store):
             return self._rows.stored_executions(rows, self._definitions, found)
 
         return await self._read(load)
+
+    async def definition_of(self, execution_id: str) -> tuple[Status, StoredDefinition] | None:
+        def read() -> tuple[Status, StoredDefinition] | None:
+            row = self.r.execute(Q["definition_of"], (execution_id,)).fetchone()
+            if row is None:
+                return None
+            status, hash = row
+            if hash not in self._definitions:
+                for d in self.r.execute(Q["load_definitions"], (_encode([hash]),)):
+                    self._definitions[d[0]] = self._rows.definition(d)
+            found = self._definitions.get(hash)  # None: pruned meanwhile
+            return None if found is None else (Status(status), found)
+
+        return await self._read(read)
 
     # control ----------------------------------------------------------------------------
 

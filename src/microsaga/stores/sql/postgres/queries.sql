@@ -415,6 +415,7 @@ SELECT 1;
 -- the due ones off the index by lease expiry, not the parked ones. A row still owned
 -- was left by a worker that died (or stalled): a recovery attempt. $6 some ids to
 -- claim among only (a flow that does not claim takes its child's rollback), or NULL.
+-- $7 ids never to claim (those the claimer left lately, unable to run them).
 UPDATE microsaga_executions SET
     recovery_attempts = recovery_attempts
         + CASE WHEN owner IS NULL OR owner = ANY($5::text[]) THEN 0 ELSE 1 END,
@@ -427,6 +428,7 @@ WHERE seq IN (
     SELECT seq FROM microsaga_executions
     WHERE status IN (0, 1, 6) AND lease_until <= $3 AND owner IS DISTINCT FROM $1
       AND ($6::text[] IS NULL OR id = ANY($6::text[]))
+      AND id <> ALL($7::text[])
     ORDER BY seq
     LIMIT $4
     FOR UPDATE SKIP LOCKED
@@ -500,6 +502,10 @@ SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.reques
 FROM (SELECT DISTINCT unnest($1::text[])) AS u (id)
 CROSS JOIN LATERAL (SELECT * FROM microsaga_executions WHERE id = u.id OFFSET 0) e
 LEFT JOIN microsaga_step_runs s ON s.execution_id = e.id AND s.execution_id = ANY($1::text[]);
+
+-- name: definition_of
+-- What a signal is checked against: the status and the definition's hash, no step run.
+SELECT status, definition FROM microsaga_executions WHERE id = $1;
 
 -- name: load_definitions
 SELECT hash, workflow_id, body, step_ids FROM microsaga_definitions

@@ -63,7 +63,8 @@ INSERT OR REPLACE INTO step_runs (
 -- would read every waiting execution at every claim). A row still owned was left by
 -- a worker that died (or stalled): a recovery attempt, unless its owner is one of
 -- :alive (a JSON list), workers known to run still. Among the ids of :only (a JSON list)
--- only, unless it is NULL (a flow that does not claim takes its child's rollback).
+-- only, unless it is NULL (a flow that does not claim takes its child's rollback); never
+-- the ids of :skip (a JSON list: those the claimer left lately, unable to run them).
 UPDATE executions SET
     recovery_attempts = recovery_attempts
         + (owner IS NOT NULL AND owner NOT IN (SELECT value FROM json_each(:alive))),
@@ -76,6 +77,7 @@ WHERE seq IN (
     SELECT seq FROM executions INDEXED BY executions_claimable
     WHERE status IN (0, 1, 6) AND lease_until <= :now AND owner IS NOT :owner
       AND (:only IS NULL OR id IN (SELECT value FROM json_each(:only)))
+      AND id NOT IN (SELECT value FROM json_each(:skip))
     ORDER BY seq LIMIT :limit
 )
 RETURNING id, lease_token, recovery_attempts;
@@ -125,6 +127,10 @@ SELECT e.id, e.workflow_id, e.version, e.definition, e.status, e.abort, e.reques
 FROM executions e
 LEFT JOIN step_runs s ON s.execution_id = e.id
 WHERE e.id IN (SELECT value FROM json_each(?));
+
+-- name: definition_of
+-- What a signal is checked against: the status and the definition's hash, no step run.
+SELECT status, definition FROM executions WHERE id = ?;
 
 -- name: load_definitions
 SELECT hash, workflow_id, body, step_ids FROM definitions
