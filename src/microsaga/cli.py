@@ -543,7 +543,8 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
     step (or --step) again with --input as its request, and carries on: prints its
     id. A FAILURE or ABORTED execution is started anew, from the start, with its
     request or --input: prints the new execution's id. A worker (microsaga worker or
-    serve) runs it."""
+    serve) runs it. A sub-workflow's finished child is refused: redrive its parent (or
+    the parent's step)."""
     body = _parse_input(input_).body if input_ is not None else None
 
     async def main() -> int:

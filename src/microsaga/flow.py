@@ -988,8 +988,9 @@ class Flow:
           (``Execution.redrive_of`` is the old one).
 
         Raises:
-            InvalidTransitionError: the execution is in neither case, or ``step`` did
-                not fail.
+            InvalidTransitionError: the execution is in neither case, ``step`` did not
+                fail, or it is a finished sub-workflow's child (``parent_id`` set: no
+                parent would wait for a new execution; the error says what to redrive).
             ExecutionNotFoundError: unknown id.
             ConfigurationError: an id that is no string, an ``input`` that is not JSON
                 or that a map step cannot take as its list.
@@ -1036,6 +1037,8 @@ class Flow:
             await self._running().control(execution_id, "redrive", steps=named, body=body)
             return execution_id
         if status in (Status.FAILURE, Status.ABORTED):
+            if stored.parent_id is not None:
+                raise InvalidTransitionError(await self._child_redrive_refused(stored))
             if step is not None:
                 raise InvalidTransitionError(
                     f"execution {execution_id} is {status.name}: a redrive starts a "
@@ -1045,6 +1048,49 @@ class Flow:
         raise InvalidTransitionError(
             f"cannot redrive an execution that is {status.name}: only a SUSPEND one "
             "whose step failed, or a FAILURE or ABORTED one"
+        )
+
+    async def _child_redrive_refused(self, stored: StoredExecution) -> str:
+        """Why a finished sub-workflow's child is not redriven, and what to do instead: a
+        new execution would have no parent waiting for it, doing the child's work again
+        after the parent rolled back, or while it waits for an operator."""
+        parent_id = stored.parent_id
+        assert parent_id is not None
+        parent = await self.store.load(parent_id)
+        known = set(parent.definition.step_ids) if parent is not None else set()
+        # <parent id>:<step id>, then ::<n> from the second try; a map's run: <map>[<i>]
+        sid = stored.id[len(parent_id) + 1 :]
+        head, sep, attempt = sid.rpartition("::")
+        if sid not in known and sep and attempt.isdigit():
+            sid = head
+        run = run_of(sid, known)
+        step = run[0] if run is not None else sid
+        said = (
+            f"cannot redrive execution {stored.id}: it is the child of step {step} of "
+            f"execution {parent_id}, and a new execution would have no parent waiting for it"
+        )
+        if parent is None:
+            return f"{said}; that parent is gone: start workflow {stored.workflow_id} anew"
+        failed = {
+            r.step_id
+            for r in parent.records
+            if r.phase is Phase.FORWARD and r.status is Status.FAILURE
+        }
+        if parent.status is Status.SUSPEND and step in failed:
+            return (
+                f"{said}; redrive step {step} of execution {parent_id} instead (it is "
+                "SUSPEND on it): that runs a new child"
+            )
+        if parent.status in (Status.FAILURE, Status.ABORTED):
+            return (
+                f"{said}; redrive execution {parent_id} instead (it is "
+                f"{parent.status.name}): that starts it anew, with a new child"
+            )
+        if parent.status is Status.SUCCESS:  # a later try of the step succeeded
+            return f"{said}; execution {parent_id} succeeded: nothing is left to redrive"
+        return (
+            f"{said}; execution {parent_id} is {parent.status.name}: redrive it once it "
+            f"failed, or its step {step} while it is SUSPEND on it"
         )
 
     async def _redrive_anew(self, stored: StoredExecution, body: bytes | None) -> str:
