@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from microsaga.api.serve import is_loopback, parse_size
+from microsaga import ConfigurationError
+from microsaga.api.serve import is_loopback, parse_size, read_token
 
 TOKEN = "serve-T0ken-123"
 
@@ -119,7 +120,11 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     empty.write_text("\n")
     assert "--max-body" in one_error_line(microsaga("serve", "--max-body", "lots"), "configuration")
     line = one_error_line(microsaga("serve", "--token-file", str(empty)), "configuration")
-    assert line.endswith("is empty")
+    assert line == (
+        f"error[configuration]: --token-file: {empty} is empty: put the token in it, or "
+        "leave --token-file out (and MICROSAGA_API_TOKEN unset) to serve without a token, "
+        "on a loopback address"
+    )
     missing = one_error_line(
         microsaga("serve", "--token-file", str(tmp_path / "nope")), "configuration"
     )
@@ -132,6 +137,28 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert parse_size("10MB") == 10 * 1024 * 1024
     assert parse_size("512kB") == 512 * 1024
     assert parse_size("1000") == 1000
+
+
+@pytest.mark.parametrize("value", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_token_variable_is_refused_not_taken_for_none(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``MICROSAGA_API_TOKEN=$TOKEN`` with TOKEN unset: whoever set it believes the
+    API is protected, and it served with no token at all, as if it were unset."""
+    line = one_error_line(
+        microsaga("serve", "--port", "0", env={"MICROSAGA_API_TOKEN": value}), "configuration"
+    )
+    assert line == (
+        "error[configuration]: MICROSAGA_API_TOKEN: is set but empty: set it to the token, "
+        "or unset it (unset MICROSAGA_API_TOKEN) to serve without a token, on a loopback "
+        "address"
+    )
+    # serve() in Python reads it alike; unset, there is no token
+    monkeypatch.setenv("MICROSAGA_API_TOKEN", value)
+    with pytest.raises(ConfigurationError, match="MICROSAGA_API_TOKEN: is set but empty"):
+        read_token(None)
+    monkeypatch.delenv("MICROSAGA_API_TOKEN")
+    assert read_token(None) is None
 
 
 def test_max_body_takes_the_units_of_max_payload() -> None:

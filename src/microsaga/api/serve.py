@@ -56,7 +56,9 @@ def parse_size(text: str, setting: str = "--max-body") -> int:
 
 def read_token(token_file: str | None) -> str | None:
     """The API token: the file's content (whitespace around it stripped), else
-    ``MICROSAGA_API_TOKEN``, else None. Never echoed in an error."""
+    ``MICROSAGA_API_TOKEN``, else None (the variable unset). An empty file or an empty
+    variable is refused: whoever set it believes the API is protected. Never echoed in
+    an error."""
     if token_file is not None:
         try:
             with open(token_file, encoding="utf-8") as fh:
@@ -68,12 +70,23 @@ def read_token(token_file: str | None) -> str | None:
         except UnicodeDecodeError:
             raise ConfigurationError("--token-file", f"{token_file} is not UTF-8 text") from None
         if not token:
-            raise ConfigurationError("--token-file", f"{token_file} is empty")
+            raise ConfigurationError(
+                "--token-file",
+                f"{token_file} is empty: put the token in it, or leave --token-file out "
+                f"(and {TOKEN_ENV} unset) to serve without a token, on a loopback address",
+            )
         setting = "--token-file"
     else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-        if not token:
+        given = os.environ.get(TOKEN_ENV)
+        if given is None:
             return None
+        token = given.strip()
+        if not token:  # set on purpose, maybe from an unset variable: never no token
+            raise ConfigurationError(
+                TOKEN_ENV,
+                f"is set but empty: set it to the token, or unset it (unset {TOKEN_ENV}) "
+                "to serve without a token, on a loopback address",
+            )
         setting = TOKEN_ENV
     if any(c.isspace() or not c.isprintable() for c in token):
         raise ConfigurationError(setting, "the token must be one word of printable characters")
