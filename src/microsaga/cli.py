@@ -552,7 +552,15 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
             with _as_options(input="--input", step="--step"):
                 eid = await flow.redrive(execution_id, step=step, input=body)
             found = await flow.store.get_status(eid)
+            # started anew: what the old execution's rollback left runs a second time
+            left = [] if eid == execution_id else await flow._not_undone(execution_id)
         click.echo(f"{eid} {found[0].name if found else '?'}")
+        if left:
+            click.echo(
+                f"note: {execution_id} was not fully rolled back: steps {', '.join(left)} "
+                f"were not undone, their effects stay; {eid} runs every step again",
+                err=True,
+            )
         return EXIT_OK
 
     _run_async(main)

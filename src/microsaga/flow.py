@@ -113,6 +113,40 @@ def _finished_statuses(status: Any) -> tuple[Status, ...]:
     return tuple(out)
 
 
+def not_undone(plan: Plan, stored: StoredExecution) -> list[str]:
+    """The steps of a finished execution that left effects a compensation was meant to
+    undo and did not (its rollback failed, or an abort skipped it), in definition
+    order: ``b``, or ``m (3 runs)`` for a map. Steps with nothing to compensate are not
+    named: no rollback undoes them."""
+    known = set(stored.definition.step_ids)
+    forward: dict[str, Status] = {}
+    undone: set[str] = set()
+    tried: set[str] = set()  # a compensation that did not succeed
+    runs: dict[str, list[str]] = {}
+    for rec in stored.records:
+        if rec.phase is Phase.COMPENSATE:
+            (undone if rec.status is Status.SUCCESS else tried).add(rec.step_id)
+            continue
+        forward[rec.step_id] = rec.status
+        found = run_of(rec.step_id, known)
+        if found is not None:
+            runs.setdefault(found[0], []).append(rec.step_id)
+    out = []
+    for sid in stored.definition.step_ids:
+        node = plan.nodes.get(sid)
+        if node is None or node.compensate is None or sid in undone:
+            continue
+        if node.partial:  # a map: its runs that succeeded, each compensated alone
+            left = [r for r in runs.get(sid, ()) if forward[r] is Status.SUCCESS]
+            left = [r for r in left if r not in undone]
+            if left:
+                out.append(f"{sid} ({len(left)} run{'s' if len(left) > 1 else ''})")
+        # a sub-workflow step whose child's rollback failed is PENDING or FAILURE
+        elif forward.get(sid) is Status.SUCCESS or sid in tried:
+            out.append(sid)
+    return out
+
+
 def _check_map_inputs(stored: StoredExecution, redriven: list[str], body: bytes) -> None:
     """Refuse ``body`` as the new list of a map step among ``redriven`` that it does not
     fit: the map's runs keep their indexes and those that succeeded their elements."""
@@ -1092,6 +1126,14 @@ class Flow:
             f"{said}; execution {parent_id} is {parent.status.name}: redrive it once it "
             f"failed, or its step {step} while it is SUSPEND on it"
         )
+
+    async def _not_undone(self, execution_id: str) -> list[str]:
+        """The steps of a finished execution whose effects its rollback left (see
+        :func:`not_undone`): what a redrive of it runs a second time."""
+        stored = await self.store.load(execution_id)
+        if stored is None:
+            raise ExecutionNotFoundError(execution_id)
+        return not_undone(self._plan_of_stored(stored.definition), stored)
 
     async def _redrive_anew(self, stored: StoredExecution, body: bytes | None) -> str:
         plan = self._plan_of_stored(stored.definition)

@@ -485,7 +485,9 @@ class Api:
                       errors=(404, 409, 503)),
             Operation("POST", eid + "/redrive", "redrive",
                       "Run failed steps again, or the execution anew; answers the execution "
-                      "that runs (a new one for a finished execution)",
+                      "that runs (a new one for a finished execution, which runs every "
+                      "step again: the effects of the old one's steps whose rollback "
+                      "failed, `compensation.status` FAILURE or none, stay)",
                       self.redrive, ex, body=models.Redrive, result=models.Execution,
                       errors=(404, 409, 500, 501, 503)),
             Operation("POST", eid + "/signal", "signal",
