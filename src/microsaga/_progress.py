@@ -24,7 +24,14 @@ from .waits import run_of
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["MAP_ROWS", "follow", "progress_console", "progress_table", "show_lines"]
+__all__ = [
+    "MAP_ROWS",
+    "collapses",
+    "follow",
+    "progress_console",
+    "progress_table",
+    "show_lines",
+]
 
 MAP_ROWS = 20
 """A map with more runs than this shows them as one line of counts by status, with its
@@ -231,13 +238,35 @@ def _is_run(step_id: str, step_ids: Collection[str]) -> bool:
     return step_id.endswith("]") and index.isdigit() and head in step_ids
 
 
+def _guessed_steps(info: Execution) -> set[str]:
+    """The execution's steps as its ids alone tell them from a map's runs: a step may be
+    named ``x[0]`` beside a step ``x`` that is no map, which only the definition says."""
+    return {sid for sid in info.steps if not _is_run(sid, info.steps)}
+
+
+def collapses(info: Execution, all_runs: bool = False) -> bool:
+    """Whether :func:`show_lines` without the definition's step ids would make one line
+    of more than :data:`MAP_ROWS` steps read as a map's runs: only then does it need
+    them (reading them costs a second read of the execution)."""
+    if all_runs:
+        return False
+    known = _guessed_steps(info)
+    counts = Counter(found[0] for sid in info.steps if (found := run_of(sid, known)))
+    return any(n > MAP_ROWS for n in counts.values())
+
+
 def show_lines(
-    info: Execution, redriven_by: Sequence[str] = (), all_runs: bool = False
+    info: Execution,
+    redriven_by: Sequence[str] = (),
+    all_runs: bool = False,
+    step_ids: Collection[str] | None = None,
 ) -> list[str]:
     """``show``: plain lines, one per step, grep-friendly; ``redriven_by``: the ids of
     the executions that redrive this one, newest first. A map of more than
     :data:`MAP_ROWS` runs is one line of counts and its failed runs, unless
-    ``all_runs``."""
+    ``all_runs``. ``step_ids``: the definition's, which tell a map's runs from steps
+    named like them (``x[0]`` beside a step ``x``); without them (see
+    :func:`collapses`) the ids alone are read."""
 
     def when(run: StepRun) -> str:
         return run.started_at.isoformat(timespec="milliseconds") if run.started_at else "-"
@@ -265,7 +294,7 @@ def show_lines(
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
     for name in ("STEP", "STATUS", "ATTEMPTS", "STARTED", "TIME", "ERROR"):
         table.add_column(name, no_wrap=True, overflow="fold")
-    known = {sid for sid in info.steps if not _is_run(sid, info.steps)}
+    known = set(step_ids) if step_ids is not None else _guessed_steps(info)
     hint = f"`microsaga show {info.id} --all` lists every run"
     for row in _grouped(list(info.steps), info.steps, known, all_runs, hint):
         if isinstance(row, _Runs):
