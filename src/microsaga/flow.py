@@ -1092,13 +1092,11 @@ class Flow:
         assert parent_id is not None
         parent = await self.store.load(parent_id)
         known = set(parent.definition.step_ids) if parent is not None else set()
-        # <parent id>:<step id>, then ::<n> from the second try; a map's run: <map>[<i>]
-        sid = stored.id[len(parent_id) + 1 :]
-        head, sep, attempt = sid.rpartition("::")
-        if sid not in known and sep and attempt.isdigit():
-            sid = head
-        run = run_of(sid, known)
-        step = run[0] if run is not None else sid
+        # <parent id>:<step id>, then ::<n> from the second try (waits.child_id)
+        step = stored.id[len(parent_id) + 1 :]
+        head, sep, attempt = step.rpartition("::")
+        if step not in known and sep and attempt.isdigit():
+            step = head
         said = (
             f"cannot redrive execution {stored.id}: it is the child of step {step} of "
             f"execution {parent_id}, and a new execution would have no parent waiting for it"

@@ -100,6 +100,20 @@ async def test_a_failed_child_of_a_suspended_parent_is_refused_and_the_step_redr
         f"; redrive step pay of execution {eid} instead (it is SUSPEND on it): that runs "
         "a new child"
     )
+    # the second try's child (<eid>:pay::2) fails too: refused alike, naming the step
+    assert await flow.redrive(eid, step="pay") == eid
+
+    async def second_failed() -> bool:
+        parent = await flow.execution(eid)
+        found = await flow.store.get_status(f"{eid}:pay::2")
+        return parent.status is Status.SUSPEND and found is not None and found[0] is Status.FAILURE
+
+    await eventually(second_failed)
+    second = await _refused(flow, f"{eid}:pay::2")
+    assert f"it is the child of step pay of execution {eid}," in second
+    assert second.endswith(
+        f"redrive step pay of execution {eid} instead (it is SUSPEND on it): that runs a new child"
+    )
     DECLINE[0] = False
     assert await flow.redrive(eid, step="pay", input={"card": "new"}) == eid
     done = await flow.wait(eid, timeout=10)
@@ -110,7 +124,7 @@ async def test_a_failed_child_of_a_suspended_parent_is_refused_and_the_step_redr
     assert (await flow.execution(f"{eid}:pay")).status is Status.FAILURE
     again = await _refused(flow, f"{eid}:pay")
     assert again.endswith(f"; execution {eid} succeeded: nothing is left to redrive")
-    assert CHARGED == [{"card": "visa"}, {"card": "new"}]
+    assert CHARGED == [{"card": "visa"}, {"card": "visa"}, {"card": "new"}]
 
 
 async def test_a_suspended_child_is_redriven_in_place_and_its_parent_goes_on(
