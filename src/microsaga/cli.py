@@ -550,9 +550,10 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
     A SUSPEND execution whose step failed (failure policy "suspend") runs its failed
     step (or --step) again with --input as its request, and carries on: prints its
     id. A FAILURE or ABORTED execution is started anew, from the start, with its
-    request or --input: prints the new execution's id. A worker (microsaga worker or
-    serve) runs it. A sub-workflow's finished child is refused: redrive its parent (or
-    the parent's step)."""
+    request or --input: prints the new execution's id, and on stderr the old one's
+    steps that its rollback did not undo (their effects stay). A worker (microsaga
+    worker or serve) runs it. A sub-workflow's finished child is refused: redrive its
+    parent (or the parent's step)."""
     body = _parse_input(input_).body if input_ is not None else None
 
     async def main() -> int:

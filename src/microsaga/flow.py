@@ -1019,7 +1019,9 @@ class Flow:
           Returns ``execution_id``.
         - A finished FAILURE or ABORTED execution: starts a new execution of the same
           definition with the same request, or ``input``; returns its id
-          (``Execution.redrive_of`` is the old one).
+          (``Execution.redrive_of`` is the old one). It runs every step again, also
+          those whose effects the old one's rollback left (a compensation failed for
+          good: ``resume`` of the old one retries it, best before the redrive).
 
         Raises:
             InvalidTransitionError: the execution is in neither case, ``step`` did not
