@@ -137,8 +137,9 @@ def not_undone(plan: Plan, stored: StoredExecution) -> list[str]:
         if node is None or node.compensate is None or sid in undone:
             continue
         if node.partial:  # a map: its runs that succeeded, each compensated alone
-            left = [r for r in runs.get(sid, ()) if forward[r] is Status.SUCCESS]
-            left = [r for r in left if r not in undone]
+            left = [
+                r for r in runs.get(sid, ()) if forward[r] is Status.SUCCESS and r not in undone
+            ]
             if left:
                 out.append(f"{sid} ({len(left)} run{'s' if len(left) > 1 else ''})")
         # a sub-workflow step whose child's rollback failed is PENDING or FAILURE
