@@ -1084,8 +1084,26 @@ class Flow:
             return await self._redrive_anew(stored, body)
         raise InvalidTransitionError(
             f"cannot redrive an execution that is {status.name}: only a SUSPEND one "
-            "whose step failed, or a FAILURE or ABORTED one"
+            "whose step failed, or a FAILURE or ABORTED one" + await self._held_by_child(stored)
         )
+
+    async def _held_by_child(self, stored: StoredExecution) -> str:
+        """For a refused redrive of a running execution: its sub-workflow steps that
+        wait for a SUSPEND child (a failed step of the child's own, its failure policy
+        ``"suspend"``), the one to redrive; else ``""``."""
+        if stored.status is not Status.RUNNING:
+            return ""
+        known = set(stored.definition.step_ids)
+        for rec in stored.records:
+            if rec.phase is Phase.FORWARD and rec.status is Status.WAITING and rec.step_id in known:
+                cid = child_id(stored.id, rec.step_id, max(rec.attempts, 1))
+                found = await self.store.get_status(cid)  # None: a wait or a sleep
+                if found is not None and found[0] is Status.SUSPEND:
+                    return (
+                        f"; its step {rec.step_id} waits for child execution {cid}, which "
+                        "is SUSPEND: redrive (or resume) that one"
+                    )
+        return ""
 
     async def _child_redrive_refused(self, stored: StoredExecution) -> str:
         """Why a finished sub-workflow's child is not redriven, and what to do instead: a

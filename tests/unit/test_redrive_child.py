@@ -144,6 +144,13 @@ async def test_a_suspended_child_is_redriven_in_place_and_its_parent_goes_on(
         return found is not None and found[0] is Status.SUSPEND
 
     await eventually(child_suspended)
+    # the parent runs (its step waits for the child): a redrive of it says which to redrive
+    with pytest.raises(InvalidTransitionError) as refused:
+        await flow.redrive(eid)
+    assert str(refused.value).endswith(
+        f"; its step pay waits for child execution {eid}:pay, which is SUSPEND: redrive "
+        "(or resume) that one"
+    )
     DECLINE[0] = False
     assert await flow.redrive(f"{eid}:pay") == f"{eid}:pay"
     done = await flow.wait(eid, timeout=10)
