@@ -168,6 +168,7 @@ def test_the_cli_refuses_with_one_line_and_exit_2(
             return await _failed_child(flow, "compensate")
 
     eid = asyncio.run(failed())
+    capsys.readouterr()  # what the flow logged, through a CLI's logging of another test
     with pytest.raises(SystemExit) as exited:
         main(["--store", store, "redrive", f"{eid}:pay"])
     assert exited.value.code == 2
