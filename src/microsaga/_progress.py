@@ -247,7 +247,7 @@ def _guessed_steps(info: Execution) -> set[str]:
 def collapses(info: Execution, all_runs: bool = False) -> bool:
     """Whether :func:`show_lines` without the definition's step ids would make one line
     of more than :data:`MAP_ROWS` steps read as a map's runs: only then does it need
-    them (reading them costs a second read of the execution)."""
+    them (one more read of the store)."""
     if all_runs:
         return False
     known = _guessed_steps(info)

@@ -495,13 +495,14 @@ def show(ctx: click.Context, execution_id: str, as_json: bool, all_runs: bool) -
             info = await flow.execution(execution_id)
             # the executions redriving this one, for a line of their own
             redrives = [] if as_json else await flow.executions(redrive_of=execution_id)
-            stored = None
+            step_ids = None
             if not as_json:
                 from ._progress import collapses
 
                 # many steps named like a map's runs: the definition says if they are
                 if collapses(info, all_runs):
-                    stored = await flow.store.load(execution_id)
+                    found = await flow.store.definition_of(execution_id)
+                    step_ids = found[1].step_ids if found is not None else None
         if as_json:
             from .api.models import execution_json
 
@@ -509,7 +510,6 @@ def show(ctx: click.Context, execution_id: str, as_json: bool, all_runs: bool) -
         else:
             from ._progress import show_lines
 
-            step_ids = stored.definition.step_ids if stored is not None else None
             for line in show_lines(info, [x.id for x in redrives], all_runs, step_ids):
                 click.echo(line)
         return EXIT_OK
