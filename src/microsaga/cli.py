@@ -32,7 +32,7 @@ from .errors import (
     TransportError,
 )
 from .execution import Execution
-from .flow import Flow
+from .flow import Flow, left_by_rollback
 from .message import Message, huge_number, out_of_range
 from .status import Status
 from .steps import deferred_imports
@@ -562,7 +562,7 @@ def redrive(ctx: click.Context, execution_id: str, step: str | None, input_: str
                 eid = await flow.redrive(execution_id, step=step, input=body)
             found = await flow.store.get_status(eid)
             # started anew: what the old execution's rollback left runs a second time
-            left = [] if eid == execution_id else await flow._not_undone(execution_id)
+            left = [] if eid == execution_id else await left_by_rollback(flow, execution_id)
         click.echo(f"{eid} {found[0].name if found else '?'}")
         if left:
             click.echo(

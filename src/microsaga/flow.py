@@ -1146,14 +1146,6 @@ class Flow:
             f"failed, or its step {step} while it is SUSPEND on it"
         )
 
-    async def _not_undone(self, execution_id: str) -> list[str]:
-        """The steps of a finished execution whose effects its rollback left (see
-        :func:`not_undone`): what a redrive of it runs a second time."""
-        stored = await self.store.load(execution_id)
-        if stored is None:
-            raise ExecutionNotFoundError(execution_id)
-        return not_undone(self._plan_of_stored(stored.definition), stored)
-
     async def _redrive_anew(self, stored: StoredExecution, body: bytes | None) -> str:
         plan = self._plan_of_stored(stored.definition)
         request = stored.request if body is None else Message(body, stored.request.header)
@@ -1202,3 +1194,12 @@ class Flow:
         _execution_id(execution_id)
         await self._running().control(execution_id, "abort" if compensate else "abort_nocomp")
         await self._observe(execution_id)
+
+
+async def left_by_rollback(flow: Flow, execution_id: str) -> list[str]:
+    """The steps of a finished execution whose effects its rollback left (see
+    :func:`not_undone`): what a redrive of it runs a second time. For the CLI's note."""
+    stored = await flow.store.load(execution_id)
+    if stored is None:
+        raise ExecutionNotFoundError(execution_id)
+    return not_undone(flow._plan_of_stored(stored.definition), stored)

@@ -22,6 +22,7 @@ from microsaga import (
     WaitStep,
 )
 from microsaga.cli import main
+from microsaga.flow import left_by_rollback
 from tests.helpers import eventually
 
 NO_RETRY = Retry(max_attempts=1)
@@ -131,7 +132,7 @@ async def test_a_map_counts_its_runs_not_undone(flow: Flow) -> None:
         ),
         request=[0, 1, 2],
     )
-    assert await flow._not_undone(eid) == ["reserve"]  # the runs of each were undone
+    assert await left_by_rollback(flow, eid) == ["reserve"]  # the runs of each were undone
     # aborted without a rollback: every step with a compensation is named
     wf = await flow.workflow_create(
         "order",
@@ -149,7 +150,7 @@ async def test_a_map_counts_its_runs_not_undone(flow: Flow) -> None:
     await eventually(waiting)
     await flow.abort(eid, compensate=False)
     assert (await flow.wait(eid, timeout=10)).status is Status.ABORTED
-    assert await flow._not_undone(eid) == ["reserve", "each (2 runs)"]
+    assert await left_by_rollback(flow, eid) == ["reserve", "each (2 runs)"]
 
 
 async def test_a_sub_workflow_whose_child_was_not_rolled_back_is_named(flow: Flow) -> None:
@@ -166,4 +167,4 @@ async def test_a_sub_workflow_whose_child_was_not_rolled_back_is_named(flow: Flo
     info = await flow.execution(eid)
     assert info.steps["pay"].compensation is not None
     assert info.steps["pay"].compensation.status is Status.FAILURE
-    assert await flow._not_undone(eid) == ["pay"]
+    assert await left_by_rollback(flow, eid) == ["pay"]
