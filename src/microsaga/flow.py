@@ -999,13 +999,14 @@ class Flow:
 
     async def _failure_policy(self, execution_id: str) -> str:
         """The failure policy of the definition an execution runs."""
-        stored = await self.store.load(execution_id)
-        if stored is None:
+        found = await self.store.definition_of(execution_id)  # no step runs read
+        if found is None:
             raise ExecutionNotFoundError(execution_id)
-        plan = self._plans.get(stored.definition.hash)
+        definition = found[1]
+        plan = self._plans.get(definition.hash)
         if plan is not None:
             return plan.on_failure
-        body = stored.definition.body
+        body = definition.body
         found = Message(body).json().get("on_failure") if body else None
         return found if isinstance(found, str) else "compensate"
 
