@@ -727,7 +727,7 @@ def worker(
                 f"worker {flow.worker_id} on {shown_store(flow.store.url)}: running executions",
                 err=True,
             )
-            await stop.wait()
+            await _until_stopped(flow, stop)
             click.echo("worker stopping: unfinished executions go to other workers", err=True)
         if server is not None:
             server.shutdown()
@@ -736,6 +736,20 @@ def worker(
     # the flow names its worker_id argument: here it came from --id or the environment
     with _as_options(worker_id="--id" if worker_id is not None else "MICROSAGA_WORKER_ID"):
         _run_async(main)
+
+
+async def _until_stopped(flow: Flow, stop: asyncio.Event) -> None:
+    """Until ``stop`` is set (a signal), or the flow's worker stops on its own: then
+    raise why (SchemaVersionError: exit status 2)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    joined = asyncio.ensure_future(flow.join())
+    try:
+        await asyncio.wait([stopped, joined], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        joined.cancel()
+    if joined.done() and not joined.cancelled():
+        joined.result()
 
 
 @cli.command()

@@ -434,7 +434,25 @@ class Flow:
     def _running(self) -> Worker:
         if not self._open or self._worker is None:
             raise MicrosagaError("the flow is not open: use 'async with Flow(...) as flow'")
+        if self._worker.fatal is not None:
+            raise self._worker.fatal
         return self._worker
+
+    async def join(self) -> None:
+        """Wait while this flow runs executions, as a worker process does instead of
+        sleeping: until cancelled, or until its worker stops on its own, which it does
+        when another process of a newer microsaga migrates the store. Then it raises
+        why (:class:`~microsaga.SchemaVersionError`, as opening the store would), and
+        so does every later call on the flow; the executions it ran were handed back
+        to other workers, as when it closes.
+
+        Raises:
+            SchemaVersionError: the store's schema became newer than this microsaga.
+        """
+        worker = self._running()
+        await worker.halted.wait()
+        assert worker.fatal is not None
+        raise worker.fatal
 
     # transports -----------------------------------------------------------------------
 
@@ -944,6 +962,8 @@ class Flow:
 
     async def _wait(self, execution_id: str) -> Execution:
         while True:
+            if self._worker is not None and self._worker.fatal is not None:
+                raise self._worker.fatal  # it stopped on its own: see join
             event = asyncio.Event()
             self._waiters.setdefault(execution_id, set()).add(event)
             try:

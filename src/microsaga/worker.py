@@ -52,6 +52,7 @@ from .errors import (
     InvalidTransitionError,
     MicrosagaError,
     RecoveryLimitError,
+    SchemaVersionError,
     StoreError,
     one_line,
 )
@@ -149,6 +150,8 @@ class Worker:
     waiting_every = 5.0  # seconds between counts of the steps waiting in the store
     _waiting_due = 0.0  # the loop's time they are counted next (see _count_waiting)
     _claimed_at = 0.0  # the time of the last claim: what came due before was seen
+    fatal: MicrosagaError | None = None  # why it stopped on its own (see _halt)
+    _halting: asyncio.Task[None] | None = None
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class Worker:
         self._foreign: dict[str, tuple[int, float]] = {}
         self._namesake_told = 0.0  # when the namesake was last told of: once a minute
         self._due_call: asyncio.TimerHandle | None = None  # pokes at the earliest of them
+        self.halted = asyncio.Event()  # set once it stopped on its own: see fatal
 
     # the run's host ---------------------------------------------------------------
 
@@ -463,6 +467,9 @@ class Worker:
         that another worker continues each execution without invoking a step twice.
         A step still running after that is left RUNNING: the next worker invokes it
         again, with the same idempotency key."""
+        halting = self._halting
+        if halting is not None and halting is not asyncio.current_task():
+            await asyncio.wait([halting])  # it stops this worker: let it end first
         for task in self._loops:
             task.cancel()
         runs = list(self.runs.values())
@@ -971,6 +978,8 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.heartbeat_interval)
+            if not await self._schema_known():
+                return
             try:
                 await self._heartbeat()
                 self.health.ok()
@@ -993,6 +1002,37 @@ class Worker:
                     log.exception("worker %s: looking for namesakes failed", self.id)
             if self.hooks.steps_waiting:
                 await self._count_waiting()
+
+    async def _schema_known(self) -> bool:
+        """Whether the store's schema is still one this code knows. A newer release
+        that migrated it meanwhile may store rows differently (a large body by
+        reference, say): this worker would misread them, so it stops (see _halt)."""
+        try:
+            await self.store.check_schema()
+        except SchemaVersionError as exc:
+            self._halt(exc)
+            return False
+        except StoreError as exc:
+            self.health.failed(exc)
+        except Exception:
+            log.exception("worker %s: checking the schema version failed", self.id)
+        return True
+
+    def _halt(self, exc: MicrosagaError) -> None:
+        """Stop on an error no retry mends, as :meth:`stop` does: no more claims, no
+        new step, what it runs handed back to other workers. Said once; the flow
+        raises ``exc`` from then on (``Flow.join``, its calls)."""
+        self.fatal = exc
+        log.error("worker %s stops running executions (they go to other workers): %s", self.id, exc)
+        self._halting = asyncio.get_running_loop().create_task(
+            self._stop_halted(), name="microsaga-halt"
+        )
+
+    async def _stop_halted(self) -> None:
+        try:
+            await self.stop()
+        finally:
+            self.halted.set()
 
     async def _heartbeat(self) -> None:
         # renewals first: the releases are one write each, and hundreds of them (runs

@@ -9,8 +9,10 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,20 @@ from tests.helpers import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-STEPS = "def echo(msg):\n    return {'echo': msg.json()}\n"
+STEPS = (
+    "import pathlib, time\n"
+    "def echo(msg):\n    return {'echo': msg.json()}\n"
+    "def slow(msg):  # until the file 'go' exists\n"
+    "    for _ in range(1200):\n"
+    "        if pathlib.Path('go').exists():\n"
+    "            break\n"
+    "        time.sleep(0.05)\n"
+    "    return {'slow': msg.json()}\n"
+)
 FLOW = "id: up\nsteps:\n  - function: steps:echo\n"
+SLOW = (
+    "id: slow\nsteps:\n  - function: steps:slow\n  - function: steps:echo\n    requires: [slow]\n"
+)
 HELD = (  # parks at its wait step, with a step to undo behind it
     "id: held\nsteps:\n  - function: steps:echo\n    compensate: {function: steps:echo}\n"
     "  - wait: go\n    requires: [echo]\n"
@@ -42,6 +56,7 @@ class Ops:
         (folder / "steps.py").write_text(STEPS, encoding="utf-8")
         (folder / "up.yaml").write_text(FLOW, encoding="utf-8")
         (folder / "held.yaml").write_text(HELD, encoding="utf-8")
+        (folder / "slow.yaml").write_text(SLOW, encoding="utf-8")
 
     def cli(
         self, *args: str, keys: str | None = None, **env: str
@@ -63,21 +78,26 @@ class Ops:
         return found
 
     async def worker(
-        self, log: Path, keys: str | None = None, **env: str
+        self,
+        log: Path,
+        keys: str | None = None,
+        command: tuple[str, ...] = ("worker",),
+        ready: str = "running executions",
+        **env: str,
     ) -> subprocess.Popen[bytes]:
-        """A ``microsaga worker``, once it says it runs executions."""
+        """A ``microsaga worker`` (or ``command``), once it says it runs executions."""
         if keys is not None:
             env["MICROSAGA_CODEC_KEYS"] = keys
         with open(log, "ab") as sink:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "microsaga", "--store", self.url, "worker"],
+                [sys.executable, "-m", "microsaga", "--store", self.url, *command],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
                 env=procs.env(env),
             )
         self.workers.append(proc)
-        await eventually(lambda: "running executions" in log.read_text(), timeout=30)
+        await eventually(lambda: ready in log.read_text(), timeout=30)
         return proc
 
     async def stop(self, proc: subprocess.Popen[bytes]) -> int:
@@ -256,7 +276,7 @@ async def test_the_first_commands_of_a_new_release_migrate_an_older_store_once(
 
 
 @pytest.mark.postgres
-async def test_a_running_worker_misses_a_newer_migration_and_refuses_it_on_restart(
+async def test_a_newer_migration_stops_a_running_worker_and_refuses_its_restart(
     pg_ops: Ops, tmp_path: Path
 ) -> None:
     from microsaga.stores.postgres import SCHEMA_VERSION
@@ -265,23 +285,22 @@ async def test_a_running_worker_misses_a_newer_migration_and_refuses_it_on_resta
     url = pg_ops.url
     first = pg_ops.start(1)  # the store is made here
     log = tmp_path / "worker.log"
-    worker = await pg_ops.worker(log)
-    async with Flow(url, worker=False) as client:  # opened before the migration
-        await eventually(lambda: succeeded(pg_ops, None, first), timeout=60)
-        conn = await connect(url)
-        try:  # what a newer release's migration does
-            await conn.execute("ALTER TABLE microsaga_executions ADD COLUMN newer text")
-            await conn.execute(
-                "INSERT INTO microsaga_schema_version VALUES ($1)", SCHEMA_VERSION + 1
-            )
-        finally:
-            await conn.close()
-        wf = await client.workflow_load("up")
-        later = await wf.execute({"n": 2}, async_=True)
-        done = await client.wait(later, timeout=60)  # the running worker noticed nothing
-        assert done.status is Status.SUCCESS
-    assert await pg_ops.stop(worker) == 0
-    assert "worker stopping: unfinished executions go to other workers" in log.read_text()
+    worker = await pg_ops.worker(log, MICROSAGA_HEARTBEAT="0.5")
+    served = tmp_path / "serve.log"
+    serve = await pg_ops.worker(
+        served, command=("serve", "--port", "0"), ready="serving", MICROSAGA_HEARTBEAT="0.5"
+    )
+    await eventually(lambda: succeeded(pg_ops, None, first), timeout=60)
+    conn = await connect(url)
+    try:  # what a newer release's migration does
+        await conn.execute("ALTER TABLE microsaga_executions ADD COLUMN newer text")
+        await conn.execute("INSERT INTO microsaga_schema_version VALUES ($1)", SCHEMA_VERSION + 1)
+    finally:
+        await conn.close()
+    assert await asyncio.to_thread(worker.wait, 60) == 2  # at its next heartbeat
+    assert log.read_text().splitlines()[-1] == f"error[schema_version]: {migrated(url)}"
+    assert await asyncio.to_thread(serve.wait, 60) == 2
+    assert served.read_text().splitlines()[-1] == f"error[schema_version]: {migrated(url)}"
 
     refusal = (
         f"error[schema_version]: PostgreSQL store {url} has schema version "
@@ -341,3 +360,125 @@ async def test_an_execution_of_a_kind_an_older_worker_lacks_waits_for_a_newer_on
         done = await newer.wait(eid, timeout=60)
     assert done.status is Status.SUCCESS
     assert done.note is None
+
+
+# a newer release migrating the store under running workers ------------------------------
+
+
+def known_version(url: str) -> int:
+    """The schema version this microsaga knows for the store at ``url``."""
+    if url.startswith("sqlite:"):
+        from microsaga.stores.sqlite import SCHEMA_VERSION as sqlite_version
+
+        return sqlite_version
+    from microsaga.stores.postgres import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
+
+
+def where(url: str) -> str:
+    """How errors name the store at ``url``."""
+    if url.startswith("sqlite:"):
+        return f"SQLite store {url.removeprefix('sqlite:///')}"
+    return f"PostgreSQL store {url}"
+
+
+async def stamp(url: str, version: int) -> None:
+    """Set the store's schema version, as a release's migration does (or its backup,
+    restored, undoes)."""
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            conn.execute(f"PRAGMA user_version = {version}")
+        finally:
+            conn.close()
+        return
+    from tests.integration.pg import connect
+
+    pg = await connect(url)
+    try:
+        await pg.execute("DELETE FROM microsaga_schema_version WHERE version > $1", version)
+        await pg.execute(
+            "INSERT INTO microsaga_schema_version VALUES ($1) ON CONFLICT DO NOTHING", version
+        )
+    finally:
+        await pg.close()
+
+
+def migrated(url: str) -> str:
+    known = known_version(url)
+    return (
+        f"{where(url)} has schema version {known + 1}, newer than the {known} this "
+        "microsaga knows: a newer microsaga migrated it while this process ran; upgrade "
+        "microsaga in this process and start it again"
+    )
+
+
+async def test_a_running_worker_stops_when_a_newer_release_migrates_its_store(
+    store_ops: Ops, tmp_path: Path
+) -> None:
+    ops = store_ops
+    eid = ops.start(1, wf="slow.yaml")
+    log = tmp_path / "worker.log"
+    worker = await ops.worker(log, MICROSAGA_HEARTBEAT="0.2")
+
+    async def slow_running() -> bool:
+        return (await ops.status(eid))["steps"]["slow"]["status"] == "RUNNING"
+
+    await eventually(slow_running, timeout=60)
+    await stamp(ops.url, known_version(ops.url) + 1)  # a newer release migrated it
+    said = f"stops running executions (they go to other workers): {migrated(ops.url)}"
+    await eventually(lambda: said in log.read_text(), timeout=60)
+    (ops.folder / "go").touch()  # the step it runs finishes; the next one does not start
+    assert await asyncio.to_thread(worker.wait, 60) == 2
+    output = log.read_text()
+    assert output.count(said) == 1, output
+    assert output.splitlines()[-1] == f"error[schema_version]: {migrated(ops.url)}", output
+
+    await stamp(ops.url, known_version(ops.url))  # back: as if this release were newer
+    left = ops.show(eid)
+    assert left["status"] == "RUNNING", left  # not failed: for another worker
+    assert [left["steps"][s]["status"] for s in ("slow", "echo")] == ["SUCCESS", "PENDING"]
+    upgraded = await ops.worker(tmp_path / "upgraded.log")
+    await eventually(lambda: succeeded(ops, None, eid), timeout=60)
+    assert ops.show(eid)["response"] == {"echo": {"slow": {"n": 1}}}
+    assert await ops.stop(upgraded) == 0
+
+
+GATE = threading.Event()
+
+
+def gated(msg: Message) -> dict[str, Any]:
+    GATE.wait(60)
+    return {"gated": msg.json()}
+
+
+async def test_a_flow_whose_store_a_newer_release_migrates_raises_it(store_ops: Ops) -> None:
+    from microsaga import FunctionStep, SchemaVersionError
+
+    url = store_ops.url
+    GATE.clear()
+    async with Flow(url, heartbeat_interval=0.1, lease_ttl=1.0) as flow:
+        wf = await flow.workflow_create("gated", FunctionStep(gated, id="gated"))
+        await flow.workflow_save(wf)
+        eid = await wf.execute({"n": 1}, async_=True)
+
+        async def gated_running() -> bool:
+            return (await flow.execution(eid)).steps["gated"].status is Status.RUNNING
+
+        await eventually(gated_running, timeout=60)
+        await stamp(url, known_version(url) + 1)
+        with pytest.raises(SchemaVersionError) as raised:
+            await asyncio.wait_for(flow.join(), 60)
+        assert str(raised.value) == migrated(url)
+        with pytest.raises(SchemaVersionError):  # and every call after
+            await wf.execute({"n": 2}, async_=True)
+        with pytest.raises(SchemaVersionError):
+            await flow.wait(eid)
+    await stamp(url, known_version(url))
+    GATE.set()
+    async with Flow(url, poll_interval=0.05) as upgraded:  # it was handed back
+        done = await upgraded.wait(eid, timeout=60)
+    assert done.status is Status.SUCCESS
+    assert done.response is not None
+    assert done.response.json() == {"gated": {"n": 1}}

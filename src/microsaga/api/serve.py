@@ -199,7 +199,16 @@ async def serve(
                 f"(worker {'on' if flow.options.worker else 'off'}, "
                 f"token {'required' if token else 'none: loopback only'})"
             )
-            await server.serve(sockets=[sock])
+            # its worker stopping on its own (the store migrated by a newer release)
+            # stops the server: raised below, as opening the store would
+            halted = loop.create_task(flow.join())
+            halted.add_done_callback(lambda _: setattr(server, "should_exit", True))
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                halted.cancel()
+            if halted.done() and not halted.cancelled():
+                halted.result()
     finally:
         sock.close()
     return 0

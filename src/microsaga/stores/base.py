@@ -34,6 +34,7 @@ __all__ = [
     "StoredWorkflow",
     "Transition",
     "TransitionResult",
+    "migrated_since",
 ]
 
 # "compensate": roll back a finished SUCCESS execution (a sub-workflow's child, when
@@ -50,6 +51,16 @@ CONTROL_ACTIONS = (
 )
 
 RUNNABLE = (Status.PENDING, Status.RUNNING, Status.COMPENSATING)
+
+
+def migrated_since(store: str, current: int, known: int) -> str:
+    """What :meth:`Store.check_schema` says: ``store`` ("SQLite store PATH") has schema
+    version ``current``, newer than the ``known`` one of this code."""
+    return (
+        f"{store} has schema version {current}, newer than the {known} this microsaga "
+        "knows: a newer microsaga migrated it while this process ran; upgrade microsaga "
+        "in this process and start it again"
+    )
 
 
 class NewExecution(msgspec.Struct, gc=False):
@@ -199,6 +210,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def check_schema(self) -> None:
+        """Look again at the schema version (one cheap read; a worker does at each
+        heartbeat): a process of a newer microsaga may have migrated the store since
+        this one opened it. A store without a schema (memory) has nothing to check.
+
+        Raises:
+            SchemaVersionError: the schema is now newer than this code.
+        """
+        return
 
     # workflow definitions -------------------------------------------------------
 

@@ -19,7 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..codecs import PayloadCodec
-from ..errors import ExecutionNotFoundError, InvalidTransitionError, StoreError
+from ..errors import (
+    ExecutionNotFoundError,
+    InvalidTransitionError,
+    SchemaVersionError,
+    StoreError,
+)
 from ..execution import Execution
 from ..message import Message
 from ..payloads import INLINE_LIMIT, Bodies, Pending
@@ -45,6 +50,7 @@ from .base import (
     StoredWorkflow,
     Transition,
     TransitionResult,
+    migrated_since,
 )
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore", "retryable"]
@@ -500,6 +506,16 @@ class PostgresStore(Store):
             return await conn.fetchval(Q["due_between"], since, now) is not None
 
         return await self._db.retrying(due)
+
+    async def check_schema(self) -> None:
+        async def read(conn: Any) -> int:
+            return int(await conn.fetchval(Q["schema_version"]))
+
+        current = await self._db.retrying(read)
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                migrated_since(f"PostgreSQL store {self.url}", current, SCHEMA_VERSION)
+            )
 
     async def lease_expiry(self, owner: str) -> float | None:
         async def latest(conn: Any) -> float | None:

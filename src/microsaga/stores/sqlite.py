@@ -47,6 +47,7 @@ from .base import (
     StoredWorkflow,
     Transition,
     TransitionResult,
+    migrated_since,
 )
 
 __all__ = ["SQLiteStore"]
@@ -234,7 +235,7 @@ class SQLiteStore(Store):
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            current = conn.execute(Q["schema_version"]).fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"SQLite store {self.path} has schema version {current}, newer than the "
@@ -252,6 +253,16 @@ class SQLiteStore(Store):
 
     def _open_reader(self) -> None:
         self._r = self._connect()
+
+    async def check_schema(self) -> None:
+        def read() -> int:
+            return int(self.r.execute(Q["schema_version"]).fetchone()[0])
+
+        current = await self._read(read)
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                migrated_since(f"SQLite store {self.path}", current, SCHEMA_VERSION)
+            )
 
     async def close(self) -> None:
         def close_w() -> None:

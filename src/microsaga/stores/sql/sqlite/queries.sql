@@ -1,5 +1,9 @@
 -- Named queries of the SQLite store. Each starts with "-- name: NAME".
 
+-- name: schema_version
+-- The file's schema version: a header field, read without touching a table.
+PRAGMA user_version;
+
 -- name: has_definition
 SELECT 1 FROM definitions WHERE hash = ?;
 
