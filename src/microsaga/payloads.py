@@ -56,6 +56,11 @@ _REF_LEN = len(REF) + 64
 _ENCRYPTED_HEADER = ":encrypted"  # no header name has a colon
 # what a view shows for a body or header it has no codec for
 _ENCRYPTED_BODY = b'"[encrypted]"'
+# what reading one strictly says without a codec: the setting that gives one
+_NO_CODEC = (
+    "a stored {} is encrypted and this process has no codec keys: give it "
+    "MICROSAGA_CODEC_KEYS (in Python, Flow(codec=...))"
+)
 
 
 def check_size(message: Message, limit: int, what: str) -> None:
@@ -226,7 +231,7 @@ class Bodies:
         if value.startswith(ENC):
             if self.codec is None:
                 if strict:
-                    raise CodecError("a stored body is encrypted and the flow has no codec")
+                    raise CodecError(_NO_CODEC.format("body"))
                 return _ENCRYPTED_BODY
             if not strict:
                 try:
@@ -260,7 +265,7 @@ class Bodies:
         encrypted = Metadata({"x-microsaga-encrypted": "[encrypted]"})
         if self.codec is None:
             if strict:
-                raise CodecError("a stored header is encrypted and the flow has no codec")
+                raise CodecError(_NO_CODEC.format("header"))
             return encrypted
         try:
             try:

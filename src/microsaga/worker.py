@@ -712,7 +712,8 @@ class Worker:
         execution's failure: another worker may have it, or this one once configured.
         It waits, saying why; an operator can abort it."""
         reason = str(exc)
-        if isinstance(exc, CodecError) and exc.code != "codec_tampered":
+        named = "MICROSAGA_CODEC_KEYS" in reason  # a flow without a codec says it
+        if isinstance(exc, CodecError) and exc.code != "codec_tampered" and not named:
             reason += " (give this worker the key: MICROSAGA_CODEC_KEYS or Flow(codec=...))"
         note = f"waits for a worker that can run it: {reason}"
         if self._cannot_run.get(execution_id) != note:  # said once, not at every claim

@@ -207,6 +207,12 @@ async def test_a_key_rotation_in_two_steps_then_a_key_dropped_too_early(
     assert typo.stderr.startswith(
         "error[codec_tampered]: stored value fails its authentication: changed, or another key"
     ), typo.stderr
+    unset = ops.cli("redrive", a, MICROSAGA_CODEC_KEYS="")  # the setting forgotten
+    assert unset.returncode == 2
+    assert unset.stderr.startswith(
+        "error[codec]: a stored body is encrypted and this process has no codec keys: "
+        "give it MICROSAGA_CODEC_KEYS (in Python, Flow(codec=...))"
+    ), unset.stderr
 
     # the key given back: both go on (after three of the leaving worker's lease TTLs)
     worker = await ops.worker(tmp_path / "back.log", keys=step2)
