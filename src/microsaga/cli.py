@@ -24,6 +24,7 @@ from click.core import ParameterSource
 from ._validate import check_id
 from .definitions import load_definition
 from .errors import (
+    CodecError,
     ConfigurationError,
     MicrosagaError,
     MissingClientError,
@@ -491,6 +492,8 @@ def show(ctx: click.Context, execution_id: str, as_json: bool, all_runs: bool) -
     """Show one execution: its steps, statuses, attempts, errors, timings."""
 
     async def main() -> int:
+        from .api.models import execution_json
+
         async with _flow(ctx, worker=False) as flow:
             info = await flow.execution(execution_id)
             # the executions redriving this one, for a line of their own
@@ -503,18 +506,37 @@ def show(ctx: click.Context, execution_id: str, as_json: bool, all_runs: bool) -
                 if collapses(info, all_runs):
                     found = await flow.store.definition_of(execution_id)
                     step_ids = found[1].step_ids if found is not None else None
+            shown = json.dumps(execution_json(info), indent=2)
+            # read again, in full, only when something shows as "[encrypted]"
+            unread = await _why_encrypted(flow, execution_id) if ENCRYPTED in shown else None
         if as_json:
-            from .api.models import execution_json
-
-            click.echo(json.dumps(execution_json(info), indent=2))
+            click.echo(shown)
         else:
             from ._progress import show_lines
 
             for line in show_lines(info, [x.id for x in redrives], all_runs, step_ids):
                 click.echo(line)
+        if unread is not None:  # after what it explains; JSON alone on stdout
+            click.echo(f"encrypted  shown as {ENCRYPTED}: {unread}", err=as_json)
         return EXIT_OK
 
     _run_async(main)
+
+
+ENCRYPTED = '"[encrypted]"'  # what a view shows of what it cannot decrypt
+
+
+async def _why_encrypted(flow: Flow, execution_id: str) -> str | None:
+    """Why ``show`` prints ``"[encrypted]"``: the first value the CLI cannot decrypt
+    (the key id missing, say), read as a worker reads it; None when it can (a body
+    that is that text)."""
+    try:
+        await flow.store.load(execution_id)
+    except CodecError as exc:
+        if exc.code == "codec_key_unknown":
+            return f"{exc} (give this process the key: MICROSAGA_CODEC_KEYS)"
+        return str(exc)
+    return None
 
 
 def _control(action: str, doc: str) -> Callable[..., None]:

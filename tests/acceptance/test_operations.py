@@ -192,10 +192,20 @@ async def test_a_key_rotation_in_two_steps_then_a_key_dropped_too_early(
     shown = ops.ok("show", late, keys=only_new)
     assert 'request    "[encrypted]"' in shown
     assert f"note       waits for a worker that can run it: {reason}" in shown
-    finished = ops.ok("show", a, keys=only_new)  # no note: "[encrypted]" says it all
+    why = (
+        "encrypted  shown as \"[encrypted]\": stored value encrypted with key '2026-06', "
+        "which the codec does not have (give this process the key: MICROSAGA_CODEC_KEYS)"
+    )
+    assert shown.splitlines().count(why) == 1, shown
+    finished = ops.ok("show", a, keys=only_new)  # no note: the last line says why
     assert 'request    "[encrypted]"' in finished
     assert 'response   "[encrypted]"' in finished
     assert "note" not in finished
+    assert finished.splitlines()[-1] == why, finished
+    as_json = ops.cli("show", "--json", a, keys=only_new)
+    assert json.loads(as_json.stdout)["request"] == "[encrypted]"
+    assert as_json.stderr.strip() == why
+    assert "encrypted  " not in ops.ok("show", a, keys=step2)  # it can read it all
     redrive = ops.cli("redrive", a, keys=only_new)
     assert redrive.returncode == 2
     assert redrive.stderr.startswith(
