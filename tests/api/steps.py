@@ -62,3 +62,22 @@ ORDER: dict[str, Any] = {
         {"function": "tests.api.steps:notify", "id": "notify", "requires": ["charge"]},
     ],
 }
+
+
+async def held_or_failed(msg: Message) -> Any:
+    """``held``, then fails for good with the request's ``"error"``, if any."""
+    body = await held(msg)
+    if isinstance(body, dict) and body.get("error"):
+        raise StepError(str(body["error"]), retryable=False)
+    return body
+
+
+# a map of held_or_failed over the request's items (at most `concurrency` at once)
+def mapped(concurrency: int | None = None) -> dict[str, Any]:
+    inner: dict[str, Any] = {
+        "over": "request.items",
+        "step": {"function": f"{__name__}:held_or_failed"},
+    }
+    if concurrency is not None:
+        inner["concurrency"] = concurrency
+    return {"id": "mapped", "steps": [{"map": inner, "id": "m"}]}

@@ -262,9 +262,9 @@ class Api:
             items=[models.summary(info) for info in items], next=items[-1].id if more else None
         )
 
-    async def get_execution(self, id: str) -> models.Execution:
+    async def get_execution(self, id: str, query: models.GetExecution) -> models.Execution:
         self._check_id(id)
-        return models.execution(await self.flow.execution(id))
+        return models.execution(await self.flow.execution(id), query.map_runs)
 
     async def get_execution_definition(self, id: str) -> dict[str, Any]:
         # the definition stored with the execution: that of a workflow never saved too,
@@ -289,9 +289,9 @@ class Api:
             return stored_body
         return _with_step_ids(wf)
 
-    async def execution_events(self, id: str) -> Response:
+    async def execution_events(self, id: str, query: models.GetExecution) -> Response:
         self._check_id(id)
-        sub = await self.feed.subscribe(id)
+        sub = await self.feed.subscribe(id, map_runs=query.map_runs)
         return StreamingResponse(
             sub.stream(),
             media_type="text/event-stream",
@@ -459,7 +459,8 @@ class Api:
                       self.list_executions, ex, query=models.ListExecutions,
                       result=models.ExecutionPage, errors=(404, 503)),
             Operation("GET", eid, "get_execution", "One execution with its steps",
-                      self.get_execution, ex, result=models.Execution, errors=(404, 503)),
+                      self.get_execution, ex, query=models.GetExecution,
+                      result=models.Execution, errors=(404, 503)),
             Operation("GET", eid + "/definition", "get_execution_definition",
                       "The definition the execution runs, stored with it (as `GET "
                       "/api/workflows/{id}` answers), of a workflow never saved too",
@@ -468,7 +469,8 @@ class Api:
             Operation("GET", eid + "/events", "execution_events",
                       "Server-Sent Events: the execution's current state, then one event per "
                       "status change of it or a step, until it stops",
-                      self.execution_events, ex, result=Any, media="text/event-stream",
+                      self.execution_events, ex, query=models.GetExecution, result=Any,
+                      media="text/event-stream",
                       errors=(404, 503), extra_media=_EVENTS_MEDIA, description=_EVENTS_DOC),
             Operation("POST", "/api/workflows/{workflow_id}/executions", "start_execution",
                       "Start an execution of the workflow's latest saved version",
@@ -519,12 +521,15 @@ compensation status or attempts changed, with the whole step run; `end`:
 `{"id", "status"}`, the last event, once the execution stops (SUCCESS, FAILURE, ABORTED
 or SUSPEND) and none of its steps runs any more. A stream starts with the current state:
 the execution and each step that has started. A comment line comes after each 15 s of
-silence."""
+silence. With `map_runs`, a map step of more runs is given in brief as in `GET
+/api/executions/{id}?map_runs=`: `map` (MapChange) when its counts or its listed runs
+change, and the `step` events of its listed runs only."""
 
 _EVENTS_MEDIA = {
     "x-events": {
         "execution": {"$ref": "#/components/schemas/ExecutionChange"},
         "step": {"$ref": "#/components/schemas/StepChange"},
+        "map": {"$ref": "#/components/schemas/MapChange"},
         "end": {"type": "object", "properties": {"id": {"type": "string"}}},
     }
 }
@@ -601,7 +606,7 @@ def create_app(flow: Flow, *, token: str | None = None, max_body: int = DEFAULT_
         title="microsaga",
         version=__version__,
         secured=token is not None,
-        extra=(models.ExecutionChange, models.StepChange),
+        extra=(models.ExecutionChange, models.StepChange, models.MapChange),
     )
     openapi.append(_encoder.encode(doc))
     routes: list[BaseRoute] = [

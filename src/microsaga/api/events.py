@@ -2,8 +2,9 @@
 
 One :class:`Feed` serves every subscriber of an app. It keeps, for each execution that
 someone watches, the statuses last sent, and finds what changed by reading the
-execution again: one read per execution however many clients watch it, and the events
-found are encoded once and handed to every subscriber's queue. Reads happen
+execution again: one read per execution and view (every run of its maps, or a given
+``map_runs``: its maps of more runs in brief) however many clients watch it, and the
+events found are encoded once and handed to every subscriber's queue. Reads happen
 
 - at once (coalesced) when this process changes the execution, or :data:`READ_PAUSE`
   times as long as its last read took after that read (a map of 10,000 runs changes
@@ -34,7 +35,7 @@ import msgspec
 
 from .._aio import wait_event
 from ..errors import ExecutionNotFoundError, MicrosagaError, one_line
-from ..execution import Execution
+from ..execution import Execution, StepRun
 from ..hooks import ExecutionEvent, Hook, StepEvent
 from ..observability.logs import about
 from ..status import Status
@@ -60,19 +61,24 @@ def sse(event: str, data: Any) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
 
 
-def _step_key(run: models.StepRun) -> tuple[str, str | None, int]:
+def _step_key(run: StepRun) -> tuple[str, str | None, int]:
     """What makes a step's change worth an event: its status, its compensation's, its
     attempts (a retry of a RUNNING step)."""
-    comp = run.compensation.status if run.compensation is not None else None
-    return (run.status, comp, run.attempts)
+    comp = run.compensation.status.name if run.compensation is not None else None
+    return (run.status.name, comp, run.attempts)
+
+
+# what a stream shows: an execution, and its map_runs (None: every run of its maps)
+_View = tuple[str, int | None]
 
 
 class Subscription:
     """One client's stream: the events for it, in order, then the end of the stream."""
 
-    def __init__(self, feed: Feed, execution_id: str, size: int) -> None:
+    def __init__(self, feed: Feed, view: _View, size: int) -> None:
         self.feed = feed
-        self.execution_id = execution_id
+        self.view = view
+        self.execution_id = view[0]
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(size)
         self.closed = False
 
@@ -124,39 +130,60 @@ class _Watched:
     status: str
     steps: dict[str, tuple[str, str | None, int]]
     snapshot: list[bytes]  # the current state as events, for a new subscriber
+    maps: dict[str, models.MapRuns]  # its maps in brief (with map_runs)
     subscribers: set[Subscription] = field(default_factory=set)
     not_before: float = 0.0  # loop time before which its changes are not read
 
 
-def _events(info: Execution, before: _Watched | None) -> tuple[list[bytes], _Watched]:
+def _events(
+    info: Execution, before: _Watched | None, map_runs: int | None = None
+) -> tuple[list[bytes], _Watched]:
     """The events from ``before`` to ``info``, and the new state (all of it as events
-    when ``before`` is None; steps that never started are left out then)."""
-    model = models.execution(info)
+    when ``before`` is None; steps that never started are left out then). With
+    ``map_runs``, a map of more runs is a ``map`` event and the events of its listed
+    runs (a run newly listed has its event even if it did not change)."""
     change = sse(
         "execution",
         models.ExecutionChange(
-            id=model.id,
-            workflow_id=model.workflow_id,
-            status=model.status,
-            error=model.error,
-            updated_at=model.updated_at,
+            id=info.id,
+            workflow_id=info.workflow_id,
+            status=info.status.name,
+            error=info.error,
+            updated_at=info.updated_at,
         ),
     )
     snapshot = [change]
-    events = [] if before is not None and before.status == model.status else [change]
+    status = info.status.name
+    events = [] if before is not None and before.status == status else [change]
+    maps: dict[str, models.MapRuns] = {}
+    hidden: set[str] = set()
+    listed: set[str] = set()  # runs newly listed
+    if map_runs is not None:
+        maps, hidden = models.maps_in_brief(info, map_runs)
+        listed = {r for brief in maps.values() for r in brief.listed}
+        if before is not None:
+            listed.difference_update(r for brief in before.maps.values() for r in brief.listed)
     keys = {}
-    for sid, run in model.steps.items():
+    for sid, run in info.steps.items():
         key = keys[sid] = _step_key(run)
-        if key == ("PENDING", None, 0):
+        if key == ("PENDING", None, 0) or sid in hidden:
             continue
-        event = sse("step", models.StepChange(execution_id=model.id, step_id=sid, step=run))
+        event = sse(
+            "step",
+            models.StepChange(execution_id=info.id, step_id=sid, step=models.step_run(run)),
+        )
         snapshot.append(event)
-        if before is None or before.steps.get(sid) != key:
+        if before is None or before.steps.get(sid) != key or sid in listed:
+            events.append(event)
+    for map_id, brief in maps.items():
+        event = sse("map", models.MapChange(execution_id=info.id, step_id=map_id, runs=brief))
+        snapshot.append(event)
+        if before is None or before.maps.get(map_id) != brief:
             events.append(event)
     # the execution's own change last: a client that sees it stop has every step's event
     if events and events[0] is change and len(events) > 1:
         events.append(events.pop(0))
-    return events, _Watched(model.status, keys, snapshot)
+    return events, _Watched(status, keys, snapshot, maps)
 
 
 def settled(info: Execution) -> bool:
@@ -208,8 +235,8 @@ class Feed:
         self.flow = flow
         self.interval = interval
         self.queue_size = queue_size
-        self._watched: dict[str, _Watched] = {}
-        self._dirty: set[str] = set()
+        self._watched: dict[_View, _Watched] = {}
+        self._dirty: set[_View] = set()
         self._wake = asyncio.Event()
         self._sweep_at = 0.0  # when to read every watched execution next (loop time)
         self._task: asyncio.Task[None] | None = None
@@ -221,35 +248,37 @@ class Feed:
     @property
     def watched(self) -> int:
         """How many executions someone watches now."""
-        return len(self._watched)
+        return len({execution_id for execution_id, _ in self._watched})
 
     @property
     def subscribers(self) -> int:
         return sum(len(w.subscribers) for w in self._watched.values())
 
-    async def subscribe(self, execution_id: str) -> Subscription:
+    async def subscribe(self, execution_id: str, map_runs: int | None = None) -> Subscription:
         """A stream of the execution's changes: first its current state (its status
         and each step that started), then one event per change, and ``end`` once it
         has stopped and none of its steps runs any more (at once for such an
-        execution: a suspended execution's running steps still finish).
+        execution: a suspended execution's running steps still finish). With
+        ``map_runs``, its maps of more runs in brief (``map`` events).
 
         Raises:
             ExecutionNotFoundError: unknown id.
         """
-        watched = self._watched.get(execution_id)
+        view = (execution_id, map_runs)
+        watched = self._watched.get(view)
         stopped_status: str | None = None
         if watched is None:
             info = await self._read(execution_id)  # raises ExecutionNotFoundError
-            watched = self._watched.get(execution_id)  # someone else may have come meanwhile
+            watched = self._watched.get(view)  # someone else may have come meanwhile
             if watched is None:
-                _, watched = _events(info, None)
+                _, watched = _events(info, None, map_runs)
                 if settled(info):
                     stopped_status = info.status.name
                 else:
-                    self._watched[execution_id] = watched
+                    self._watched[view] = watched
         # the current state whole, however many steps started (a map's 10,000 runs),
         # then up to queue_size events waiting
-        sub = Subscription(self, execution_id, self.queue_size + len(watched.snapshot))
+        sub = Subscription(self, view, self.queue_size + len(watched.snapshot))
         for chunk in watched.snapshot:
             sub.put(chunk)
         if stopped_status is not None:
@@ -262,17 +291,18 @@ class Feed:
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close()
-        watched = self._watched.get(sub.execution_id)
+        watched = self._watched.get(sub.view)
         if watched is None:
             return
         watched.subscribers.discard(sub)
         if not watched.subscribers:
-            del self._watched[sub.execution_id]
+            del self._watched[sub.view]
 
     def touch(self, execution_id: str) -> None:
         """The execution changed: read it again soon (if anyone watches it)."""
-        if execution_id in self._watched:
-            self._dirty.add(execution_id)
+        views = [view for view in self._watched if view[0] == execution_id]
+        if views:
+            self._dirty.update(views)
             self._wake.set()
 
     def _store_changed(self) -> None:
@@ -351,15 +381,16 @@ class Feed:
         self.reads += 1
         return await self.flow.execution(execution_id)
 
-    async def _refresh(self, execution_id: str) -> None:
-        watched = self._watched.get(execution_id)
+    async def _refresh(self, view: _View) -> None:
+        watched = self._watched.get(view)
         if watched is None:
             return
+        execution_id, map_runs = view
         began = asyncio.get_running_loop().time()
         try:
             info = await self._read(execution_id)
         except ExecutionNotFoundError:  # pruned meanwhile
-            self._finish(execution_id, _end(None, execution_id))
+            self._finish(view, _end(None, execution_id))
             return
         except MicrosagaError as exc:  # the store is away: try again at the next sweep
             log.warning(
@@ -369,21 +400,21 @@ class Feed:
                 extra=about(execution_id),
             )
             return
-        if self._watched.get(execution_id) is not watched:
+        if self._watched.get(view) is not watched:
             return  # its last subscriber left while it was read
-        events, now = _events(info, watched)
+        events, now = _events(info, watched, map_runs)
         now.subscribers = watched.subscribers
-        self._watched[execution_id] = now
+        self._watched[view] = now
         for chunk in events:
             for sub in list(now.subscribers):
                 sub.put(chunk)
         done = asyncio.get_running_loop().time()  # read, its events found and queued
         now.not_before = done + (done - began) * READ_PAUSE
         if settled(info):
-            self._finish(execution_id, _end(info.status.name, execution_id))
+            self._finish(view, _end(info.status.name, execution_id))
 
-    def _finish(self, execution_id: str, end: bytes) -> None:
-        watched = self._watched.pop(execution_id, None)
+    def _finish(self, view: _View, end: bytes) -> None:
+        watched = self._watched.pop(view, None)
         if watched is None:
             return
         for sub in list(watched.subscribers):

@@ -11,6 +11,8 @@ This module needs nothing but msgspec: the CLI uses it without the ``api`` extra
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,9 +29,12 @@ __all__ = [
     "ExecutionChange",
     "ExecutionPage",
     "ExecutionSummary",
+    "GetExecution",
     "Health",
     "ListExecutions",
     "LoadWorkflow",
+    "MapChange",
+    "MapRuns",
     "Problem",
     "Redrive",
     "Signal",
@@ -42,6 +47,7 @@ __all__ = [
     "WorkflowSummary",
     "execution",
     "execution_json",
+    "maps_in_brief",
     "message_json",
     "step_run",
     "summary",
@@ -83,6 +89,18 @@ class StepRun(Struct):
     compensation: StepRun | None
 
 
+class MapRuns(Struct):
+    """A map step's runs in brief (``map_runs``): how many started, how many are in
+    each status, and the runs worth a look, which ``steps`` still holds."""
+
+    runs: int
+    statuses: dict[str, int]  # the runs by status, in the order of their first run
+    compensations: dict[str, int]  # the runs with a compensation, by its status
+    notable: int  # runs failed or undoing: FAILURE, COMPENSATING, or their
+    # compensation FAILURE, COMPENSATING or RUNNING
+    listed: list[str]  # the first ``map_runs`` of those, in element order
+
+
 class Execution(Struct):
     """One execution of a workflow, with its steps by id."""
 
@@ -100,6 +118,8 @@ class Execution(Struct):
     redrive_of: str | None
     note: str | None  # why it waits for a worker, while it does
     steps: dict[str, StepRun]
+    # only with ``map_runs``: the maps of more runs, whose other runs ``steps`` leaves out
+    maps: dict[str, MapRuns] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ExecutionSummary(Struct):
@@ -133,6 +153,24 @@ class ListExecutions(Struct):
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
     before: str | None = None
     redrive_of: str | None = None  # only the redrives of this execution
+
+
+class GetExecution(Struct):
+    """The query of ``GET /api/executions/{id}`` and of its ``/events``."""
+
+    map_runs: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=1000,
+                description="A map step with more runs than this is given in brief: its "
+                "counts in `maps`, and in `steps` only its first `map_runs` failed or undoing "
+                "runs (default: every run).",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class StartExecution(Struct):
@@ -204,6 +242,15 @@ class StepChange(Struct):
     execution_id: str
     step_id: str
     step: StepRun
+
+
+class MapChange(Struct):
+    """``event: map`` (with ``map_runs``): the runs in brief of a map step of more
+    runs changed; the step events of its runs come for its ``listed`` ones only."""
+
+    execution_id: str
+    step_id: str
+    runs: MapRuns
 
 
 # workflows ---------------------------------------------------------------------------
@@ -285,8 +332,64 @@ def step_run(run: core.StepRun) -> StepRun:
     )
 
 
-def execution(info: core.Execution) -> Execution:
-    """The API's form of an execution."""
+_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING})
+_COMP_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING, Status.RUNNING})
+
+
+def _notable(run: core.StepRun) -> bool:
+    """A run worth listing: failed, or undoing (its compensation failed or runs)."""
+    comp = run.compensation
+    return run.status in _UNDOING or (comp is not None and comp.status in _COMP_UNDOING)
+
+
+def maps_in_brief(info: core.Execution, limit: int) -> tuple[dict[str, MapRuns], set[str]]:
+    """The maps of ``info`` with more than ``limit`` runs in brief, and the ids of the
+    runs that their brief leaves out. A map's runs are the steps ``<map id>[<i>]``."""
+    runs: dict[str, list[tuple[int, str]]] = {}
+    for sid in info.steps:
+        if not sid.endswith("]"):
+            continue
+        head, _, index = sid[:-1].rpartition("[")
+        if index.isdigit() and head in info.steps:
+            runs.setdefault(head, []).append((int(index), sid))
+    maps: dict[str, MapRuns] = {}
+    hidden: set[str] = set()
+    for map_id, found in runs.items():
+        if len(found) <= limit:
+            continue
+        found.sort()
+        statuses: Counter[str] = Counter()
+        comps: Counter[str] = Counter()
+        notable: list[str] = []
+        for _, rid in found:
+            run = info.steps[rid]
+            statuses[run.status.name] += 1
+            if run.compensation is not None:
+                comps[run.compensation.status.name] += 1
+            if _notable(run):
+                notable.append(rid)
+        listed = notable[:limit]
+        maps[map_id] = MapRuns(
+            runs=len(found),
+            statuses=dict(statuses),
+            compensations=dict(comps),
+            notable=len(notable),
+            listed=listed,
+        )
+        hidden.update(rid for _, rid in found)
+        hidden.difference_update(listed)
+    return maps, hidden
+
+
+def execution(info: core.Execution, map_runs: int | None = None) -> Execution:
+    """The API's form of an execution; with ``map_runs``, its maps of more runs in
+    brief (see :class:`GetExecution`)."""
+    if map_runs is not None:
+        maps, hidden = maps_in_brief(info, map_runs)
+        steps = {sid: run for sid, run in info.steps.items() if sid not in hidden}
+        brief = execution(replace(info, steps=steps))
+        brief.maps = maps
+        return brief
     return Execution(
         id=info.id,
         workflow_id=info.workflow_id,

@@ -1,0 +1,126 @@
+"""A map of many runs in brief (``?map_runs=``): its counts and the runs worth a look,
+from ``GET /api/executions/{id}`` and its event stream, instead of every run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from microsaga import Flow
+from microsaga.api.events import Feed
+from tests.helpers import eventually
+
+from . import steps
+from .conftest import Client
+from .openapi_check import parse_events
+from .test_events import collect
+
+
+async def start_mapped(api: Client, items: list[Any], concurrency: int | None = None) -> str:
+    saved = await api.put("/api/workflows/mapped", json=steps.mapped(concurrency))
+    assert saved.status_code == 200, saved.text
+    started = await api.post("/api/workflows/mapped/executions", json={"input": {"items": items}})
+    assert started.status_code == 202, started.text
+    eid: str = started.json()["id"]
+    return eid
+
+
+async def brief(api: Client, eid: str, map_runs: int) -> dict[str, Any]:
+    got = await api.get(f"/api/executions/{eid}", params={"map_runs": map_runs})
+    assert got.status_code == 200, got.text
+    body: dict[str, Any] = got.json()
+    return body
+
+
+async def test_a_running_map_in_brief_has_its_counts_and_failed_runs(
+    api: Client, flow: Flow
+) -> None:
+    # two runs wait for their gate, 22 succeed, the last fails: the execution runs
+    items: list[Any] = [{"gate": "late"}, {"gate": "late"}]
+    items += [{} for _ in range(22)] + [{"error": "out of stock"}]
+    eid = await start_mapped(api, items)
+    counts = {"RUNNING": 2, "SUCCESS": 22, "FAILURE": 1}  # in the order of their first run
+
+    async def counted() -> bool:
+        maps = (await brief(api, eid, 5))["maps"]
+        return "m" in maps and maps["m"]["statuses"] == counts
+
+    await eventually(counted, timeout=10)
+    got = await brief(api, eid, 5)
+    assert got["status"] == "RUNNING"
+    assert got["maps"] == {
+        "m": {
+            "runs": 25,
+            "statuses": counts,
+            "compensations": {},
+            "notable": 1,
+            "listed": ["m[24]"],
+        }
+    }
+    assert list(got["steps"]) == ["m", "m[24]"]  # the others left out
+    assert got["steps"]["m[24]"]["error"] == "out of stock"
+    # by default every run, and no brief: the response as it always was
+    whole = (await api.get(f"/api/executions/{eid}")).json()
+    assert "maps" not in whole
+    assert len(whole["steps"]) == 26
+    # a map of no more runs than map_runs is whole
+    assert len((await brief(api, eid, 25))["steps"]) == 26
+
+    # the stream in brief: the map's counts, the failed run, never the others
+    stream = asyncio.create_task(api.get(f"/api/executions/{eid}/events?map_runs=5"))
+    feed: Feed = api.app.state.feed
+    await eventually(lambda: feed.subscribers == 1, timeout=10)
+    steps.gate("late").set()
+    events = parse_events((await asyncio.wait_for(stream, 15)).text)
+    assert {d["step_id"] for k, d in events if k == "step"} == {"m", "m[24]"}
+    maps = [d["runs"] for k, d in events if k == "map"]
+    assert maps[0]["statuses"] == counts  # the current state first
+    assert maps[-1]["statuses"] == {"SUCCESS": 24, "FAILURE": 1}
+    assert events[-1] == ("end", {"id": eid, "status": "FAILURE"})
+
+
+async def test_a_map_growing_past_map_runs_turns_brief_live(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    """Runs one at a time: the first two come as step events, the third makes the map
+    one of more runs, then a map event (no run failed: none listed) and no more runs."""
+    items = [{"gate": f"one{i}"} for i in range(3)]
+    eid = await start_mapped(memory_api, items, concurrency=1)
+    feed = Feed(memory_flow, interval=3600)  # reads when this process changes it
+    sub = await feed.subscribe(eid, map_runs=2)
+    stream = asyncio.create_task(collect(sub))
+
+    async def running(i: int) -> bool:
+        run = (await brief(memory_api, eid, 3))["steps"].get(f"m[{i}]")
+        return run is not None and run["status"] == "RUNNING"
+
+    for i in range(3):
+        await eventually(lambda i=i: running(i), timeout=10)
+        read = feed.reads
+        feed.touch(eid)
+        await eventually(lambda read=read: feed.reads > read, timeout=10)  # seen
+        steps.gate(f"one{i}").set()
+    events = await asyncio.wait_for(stream, 10)
+    runs = [(d["step_id"], d["step"]["status"]) for k, d in events if k == "step"]
+    assert ("m[0]", "RUNNING") in runs
+    assert ("m[1]", "RUNNING") in runs
+    assert "m[2]" not in {sid for sid, _ in runs}
+    maps = [d["runs"] for k, d in events if k == "map"]
+    assert maps[0]["runs"] == 3
+    assert maps[-1] == {
+        "runs": 3,
+        "statuses": {"SUCCESS": 3},
+        "compensations": {},
+        "notable": 0,
+        "listed": [],
+    }
+    assert events[-1] == ("end", {"id": eid, "status": "SUCCESS"})
+    await feed.close()
+
+
+async def test_a_bad_map_runs_is_400(memory_api: Client) -> None:
+    eid = await memory_api.start()
+    for path in (f"/api/executions/{eid}", f"/api/executions/{eid}/events"):
+        got = await memory_api.get(path, params={"map_runs": "-1"})
+        assert got.status_code == 400, got.text
+        assert "map_runs: expected `int` >= 0" in got.json()["detail"]
