@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -659,7 +660,7 @@ window.failReads = true;
 const realFetch = window.fetch;
 window.fetch = (url, init) => {
   const path = String(url);
-  if (window.failReads && /api\\/executions\\/[^/?]+$/.test(path)) {
+  if (window.failReads && /api\\/executions\\/[^/?]+(\\?map_runs=\\d+)?$/.test(path)) {
     const problem = {type: "about:blank", title: "Service Unavailable", status: 503,
       detail: "the store is unavailable (test)", code: "store_unavailable"};
     return Promise.resolve(new Response(JSON.stringify(problem),
@@ -795,8 +796,8 @@ def test_a_large_map_shows_its_counts_and_failed_runs(browser: Any, live: LiveSe
     assert "out of stock" in driver.find_element(By.ID, "step-m[25]").text
     show = driver.find_element(By.CSS_SELECTOR, "#step-m .show-runs")
     assert show.text == "Show all 26 runs"
-    show.click()
-    assert run_cards(driver, "m") == [f"m[{i}]" for i in range(26)]
+    show.click()  # every run read now: they show when they have come
+    until(lambda: run_cards(driver, "m") == [f"m[{i}]" for i in range(26)], what="every run")
     click(driver, "#step-m .show-runs")
     assert run_cards(driver, "m") == ["m[25]"]
 
@@ -820,11 +821,59 @@ def test_a_large_map_running_updates_its_counts_live(browser: Any, live: LiveSer
     )
     assert driver.find_element(By.CSS_SELECTOR, runs).text == "25 runs SUCCESS 10 RUNNING 15"
     assert run_cards(driver, "m") == []
-    assert not [url for url in requested(driver) if url.endswith(f"/api/executions/{eid}")]
+    assert not [url for url in requested(driver) if urlsplit(url).path.endswith(f"/{eid}")]
     for i in range(10, 25):
         live.soon(steps.gate(f"big{i}").set)
     until(lambda: execution_status(driver) == "SUCCESS", what="SUCCESS")
     until(lambda: driver.find_element(By.CSS_SELECTOR, runs).text == "25 runs SUCCESS 25")
+
+
+def test_a_large_running_map_comes_in_brief(browser: Any, live: LiveServer) -> None:
+    """The page of a running map of many runs reads its counts and its failed runs, not
+    every run's request and response (twice: the execution, then the stream's first
+    state); "Show all" reads them."""
+    from selenium.webdriver.common.by import By
+
+    saved = httpx.put(f"{live.url}/api/workflows/mapped", json=steps.mapped(), headers=AUTH)
+    assert saved.status_code == 200, saved.text
+    # two runs wait for their gate, 22 succeed, the last fails: the execution runs
+    items: list[Any] = [{"gate": "brief"}, {"gate": "brief"}]
+    items += [{"n": i} for i in range(22)] + [{"error": "out of stock"}]
+    eid = start(live, "mapped", {"items": items})
+    driver = browser
+    signed_in(driver, live, f"#/executions/{eid}")
+    runs = "#step-m .runs"
+    until(
+        lambda: (
+            driver.find_element(By.CSS_SELECTOR, runs).text
+            == "25 runs RUNNING 2 SUCCESS 22 FAILURE 1"
+        ),
+        what="the counts",
+    )
+    assert execution_status(driver) == "RUNNING"
+    until(lambda: run_cards(driver, "m") == ["m[24]"], what="the failed run's card")
+    assert "out of stock" in driver.find_element(By.ID, "step-m[24]").text
+    shown = driver.find_element(By.CSS_SELECTOR, "#step-m .runs-shown").text
+    assert shown == "Its failed or undoing runs are shown below. Show all 25 runs"
+    asked = [urlsplit(url) for url in requested(driver)]
+    reads = [u.query for u in asked if u.path.endswith((f"/{eid}", f"/{eid}/events"))]
+    assert reads  # the execution, then its stream: each in brief, no read of every run
+    assert set(reads) == {"map_runs=20"}
+    # live, in brief: the counts follow
+    live.soon(steps.gate("brief").set)
+    until(lambda: execution_status(driver) == "FAILURE", what="FAILURE")
+    until(
+        lambda: driver.find_element(By.CSS_SELECTOR, runs).text == "25 runs SUCCESS 24 FAILURE 1",
+        what="the counts at the end",
+    )
+    assert run_cards(driver, "m") == ["m[24]"]
+    # every run, when asked for
+    click(driver, "#step-m .show-runs")
+    until(lambda: run_cards(driver, "m") == [f"m[{i}]" for i in range(25)], what="every run")
+    reads = [u.query for u in map(urlsplit, requested(driver)) if u.path.endswith(f"/{eid}")]
+    assert reads[-1] == ""  # the execution read whole
+    click(driver, "#step-m .show-runs")
+    until(lambda: run_cards(driver, "m") == ["m[24]"], what="the failed run again")
 
 
 def requested(driver: Any) -> list[str]:
@@ -864,4 +913,4 @@ def test_a_large_map_of_an_unstored_definition_is_one_box(browser: Any, live: Li
     assert driver.find_element(By.CSS_SELECTOR, "#step-m .runs").text == "30 runs SUCCESS 30"
     assert run_cards(driver, "m") == []
     click(driver, "#step-m .show-runs")
-    assert run_cards(driver, "m") == [f"m[{i}]" for i in range(30)]
+    until(lambda: run_cards(driver, "m") == [f"m[{i}]" for i in range(30)], what="every run")

@@ -313,11 +313,12 @@
   }
 
   // the steps of an execution whose definition is not stored, from its step runs: a
-  // step `m` with runs `m[0]`, `m[1]`... is a map, its runs no boxes of the DAG
+  // step `m` with runs `m[0]`, `m[1]`... is a map (or one given in brief), its runs no
+  // boxes of the DAG
   function stepsRead(info) {
     const ids = Object.keys(info.steps);
     const known = new Set(ids);
-    const maps = new Set();
+    const maps = new Set(Object.keys(info.maps || {}));
     for (const sid of ids) {
       const m = /^(.*)\[\d+\]$/.exec(sid);
       if (m && known.has(m[1])) maps.add(m[1]);
@@ -426,7 +427,11 @@
 
   async function executionView(id) {
     setNav("executions");
-    let info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
+    // a map of many runs comes in brief (its counts, its failed runs) until "Show all":
+    // 10,000 runs are megabytes of requests and responses
+    let brief = true;
+    const readPath = () => `api/executions/${encodeURIComponent(id)}${brief ? `?map_runs=${MAP_ROWS}` : ""}`;
+    let info = await api("GET", readPath());
     let steps = stepsRead(info);
     let unsaved = "";
     try { // the definition stored with the execution, saved as a workflow or not
@@ -497,10 +502,14 @@
     function runsOf(sid) {
       return runIndex[sid] || [];
     }
+    // the server's brief of a map of many runs (its counts, the runs it lists), if any
+    function briefOf(m) {
+      return (info.maps && info.maps[m]) || null;
+    }
     // a map of many runs shows their counts and its failed runs, unless "Show all"
     const expanded = new Set();
     function collapsed(m) {
-      return runsOf(m).length > MAP_ROWS && !expanded.has(m);
+      return Boolean(briefOf(m)) || (runsOf(m).length > MAP_ROWS && !expanded.has(m));
     }
     function notable(run) {
       const comp = run.compensation && run.compensation.status;
@@ -511,6 +520,8 @@
       return runsOf(m).filter((r) => notable(info.steps[r]));
     }
     function shownRuns(m) {
+      const b = briefOf(m);
+      if (b) return b.listed.filter((r) => info.steps[r]);
       return collapsed(m) ? notableRuns(m).slice(0, LISTED) : runsOf(m);
     }
     function stepOrder() {
@@ -549,19 +560,28 @@
           comp.error ? el("p", { class: "error" }, comp.error) : null) : null);
     }
     function mapSummary(sid) {
+      const b = briefOf(sid);
       const runs = runsOf(sid);
-      const counts = {};
-      for (const r of runs) counts[info.steps[r].status] = (counts[info.steps[r].status] || 0) + 1;
-      const line = el("p", { class: "runs muted" }, `${runs.length} run${runs.length === 1 ? "" : "s"}`,
+      let total = runs.length;
+      let counts = {};
+      if (b) { total = b.runs; counts = b.statuses; }
+      else for (const r of runs) counts[info.steps[r].status] = (counts[info.steps[r].status] || 0) + 1;
+      const line = el("p", { class: "runs muted" }, `${total} run${total === 1 ? "" : "s"}`,
         Object.entries(counts).flatMap(([st, n]) => [" ", badge(st), ` ${n}`]));
-      if (runs.length <= MAP_ROWS) return line;
+      if (total <= MAP_ROWS) return line;
       const open = expanded.has(sid);
-      const failed = open ? 0 : notableRuns(sid).length;
+      const failed = open ? 0 : b ? b.notable : notableRuns(sid).length;
       const toggle = el("button", { type: "button", class: "show-runs", "aria-expanded": String(open) },
-        open ? "Show failed runs only" : `Show all ${runs.length} runs`);
-      toggle.addEventListener("click", () => {
+        open ? "Show failed runs only" : `Show all ${total} runs`);
+      toggle.addEventListener("click", async () => {
         if (open) expanded.delete(sid); else expanded.add(sid);
-        renderSteps();
+        if (b) { // every run read now, and followed from then on
+          toggle.disabled = true;
+          brief = false;
+          try { info = await api("GET", readPath()); } catch (e) { showAlert(e.message); brief = true; expanded.delete(sid); toggle.disabled = false; return; }
+          renderAll();
+          follow();
+        } else renderSteps();
         const again = document.getElementById(`step-${sid}`);
         if (again) again.querySelector(".show-runs").focus();
       });
@@ -613,12 +633,13 @@
       for (const sid of ids) {
         const m = mapOf(sid);
         if (m) maps.add(m);
-        else setNodeStatus(dagBox, sid, info.steps[sid].status);
-        if (!m || !collapsed(m)) putCard(sid, order);
+        else if (info.steps[sid]) setNodeStatus(dagBox, sid, info.steps[sid].status);
+        if (briefOf(sid)) maps.add(sid); // its brief changed
+        else if (!m || !collapsed(m)) putCard(sid, order);
       }
       for (const m of maps) {
         if (collapsed(m)) syncRuns(m, ids, order);
-        putCard(m, order); // its counts
+        if (info.steps[m]) putCard(m, order); // its counts
       }
       if (head) renderHead();
     }
@@ -648,8 +669,9 @@
 
     function act(path, body) {
       return async () => {
-        info = await api("POST", `api/executions/${encodeURIComponent(id)}/${path}`, body);
-        if (info.id !== id) { location.hash = `#/executions/${encodeURIComponent(info.id)}`; return; }
+        const answer = await api("POST", `api/executions/${encodeURIComponent(id)}/${path}`, body);
+        if (answer.id !== id) { location.hash = `#/executions/${encodeURIComponent(answer.id)}`; return; }
+        info = brief ? await api("GET", readPath()) : answer; // its maps in brief again
         renderAll();
         follow();
       };
@@ -657,10 +679,12 @@
     // stopped, and no step still running (a suspended execution's steps finish)
     function settled() {
       return STOPPED.has(info.status) && !Object.values(info.steps).some((r) =>
-        r.status === "RUNNING" || (r.compensation && r.compensation.status === "RUNNING"));
+        r.status === "RUNNING" || (r.compensation && r.compensation.status === "RUNNING")) &&
+        !Object.values(info.maps || {}).some((b) => b.statuses.RUNNING || b.compensations.RUNNING);
     }
     function compensationFailed() {
-      return Object.values(info.steps).some((r) => r.compensation && r.compensation.status === "FAILURE");
+      return Object.values(info.steps).some((r) => r.compensation && r.compensation.status === "FAILURE") ||
+        Object.values(info.maps || {}).some((b) => b.compensations.FAILURE);
     }
     // the event a WAITING wait step waits for: what a signal most likely delivers
     function awaited() {
@@ -714,7 +738,8 @@
         return;
       }
       live.textContent = "live";
-      stop = subscribe(`api/executions/${encodeURIComponent(id)}/events`, (type, data) => {
+      const query = brief ? `?map_runs=${MAP_ROWS}` : "";
+      stop = subscribe(`api/executions/${encodeURIComponent(id)}/events${query}`, (type, data) => {
         if (type === "execution") {
           if (data.status === info.status && data.error === info.error && data.updated_at === info.updated_at) return;
           Object.assign(info, { status: data.status, error: data.error, updated_at: data.updated_at });
@@ -726,6 +751,14 @@
           if (m && !had) addRun(m, data.step_id);
           info.steps[data.step_id] = data.step;
           changed(data.step_id);
+        } else if (type === "map" && info.maps) { // a map of many runs, in brief
+          const m = data.step_id;
+          info.maps[m] = data.runs;
+          const listed = new Set(data.runs.listed);
+          for (const r of runsOf(m)) if (!listed.has(r)) delete info.steps[r]; // no longer followed
+          runIndex[m] = runsOf(m).filter((r) => listed.has(r));
+          if (!kinds[m]) kinds[m] = "map"; // a definition not stored: its first brief
+          changed(m);
         }
       }, async (ended, err) => {
         live.textContent = "";
@@ -739,7 +772,7 @@
     }
     async function watchSuspended() {
       let now = null;
-      try { now = await api("GET", `api/executions/${encodeURIComponent(id)}`); } catch (e) { /* next time */ }
+      try { now = await api("GET", readPath()); } catch (e) { /* next time */ }
       if (now && (now.status !== info.status || now.updated_at !== info.updated_at)) {
         info = now;
         renderAll();
@@ -749,7 +782,7 @@
     // the whole execution read again (its response comes with no event)
     async function reread() {
       try {
-        info = await api("GET", `api/executions/${encodeURIComponent(id)}`);
+        info = await api("GET", readPath());
       } catch (e) { // the store away: say so, read it again soon
         showAlert(e.message);
         retry = setTimeout(reread, 2000);
