@@ -124,3 +124,29 @@ async def test_a_bad_map_runs_is_400(memory_api: Client) -> None:
         got = await memory_api.get(path, params={"map_runs": "-1"})
         assert got.status_code == 400, got.text
         assert "map_runs: expected `int` >= 0" in got.json()["detail"]
+
+
+async def test_a_whole_and_a_brief_stream_of_one_execution(
+    memory_api: Client, memory_flow: Flow
+) -> None:
+    items = [{"gate": "both"} for _ in range(3)]
+    eid = await start_mapped(memory_api, items)
+    feed = Feed(memory_flow, interval=3600)
+
+    async def started() -> bool:
+        return len((await brief(memory_api, eid, 3))["steps"]) == 4
+
+    await eventually(started, timeout=10)
+    whole = asyncio.create_task(collect(await feed.subscribe(eid)))
+    short = asyncio.create_task(collect(await feed.subscribe(eid, map_runs=1)))
+    assert feed.watched == 1  # one execution, seen two ways
+    steps.gate("both").set()
+    whole_events, short_events = await asyncio.wait_for(asyncio.gather(whole, short), 10)
+    runs = {d["step_id"] for k, d in whole_events if k == "step"}
+    assert runs == {"m", "m[0]", "m[1]", "m[2]"}
+    assert "map" not in {k for k, _ in whole_events}
+    assert {d["step_id"] for k, d in short_events if k == "step"} == {"m"}
+    assert [d["runs"]["statuses"] for k, d in short_events if k == "map"][-1] == {"SUCCESS": 3}
+    assert whole_events[-1] == short_events[-1] == ("end", {"id": eid, "status": "SUCCESS"})
+    assert feed.watched == 0
+    await feed.close()

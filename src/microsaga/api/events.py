@@ -237,6 +237,7 @@ class Feed:
         self.queue_size = queue_size
         self._watched: dict[_View, _Watched] = {}
         self._dirty: set[_View] = set()
+        self._views: dict[str, set[_View]] = {}  # the watched views of each execution
         self._wake = asyncio.Event()
         self._sweep_at = 0.0  # when to read every watched execution next (loop time)
         self._task: asyncio.Task[None] | None = None
@@ -248,7 +249,7 @@ class Feed:
     @property
     def watched(self) -> int:
         """How many executions someone watches now."""
-        return len({execution_id for execution_id, _ in self._watched})
+        return len(self._views)
 
     @property
     def subscribers(self) -> int:
@@ -275,7 +276,7 @@ class Feed:
                 if settled(info):
                     stopped_status = info.status.name
                 else:
-                    self._watched[view] = watched
+                    self._watch(view, watched)
         # the current state whole, however many steps started (a map's 10,000 runs),
         # then up to queue_size events waiting
         sub = Subscription(self, view, self.queue_size + len(watched.snapshot))
@@ -296,11 +297,22 @@ class Feed:
             return
         watched.subscribers.discard(sub)
         if not watched.subscribers:
-            del self._watched[sub.view]
+            self._unwatch(sub.view)
+
+    def _watch(self, view: _View, watched: _Watched) -> None:
+        self._watched[view] = watched
+        self._views.setdefault(view[0], set()).add(view)
+
+    def _unwatch(self, view: _View) -> None:
+        del self._watched[view]
+        views = self._views[view[0]]
+        views.discard(view)
+        if not views:
+            del self._views[view[0]]
 
     def touch(self, execution_id: str) -> None:
         """The execution changed: read it again soon (if anyone watches it)."""
-        views = [view for view in self._watched if view[0] == execution_id]
+        views = self._views.get(execution_id)
         if views:
             self._dirty.update(views)
             self._wake.set()
@@ -335,6 +347,7 @@ class Feed:
             for sub in list(watched.subscribers):
                 sub.close()
         self._watched.clear()
+        self._views.clear()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -414,9 +427,10 @@ class Feed:
             self._finish(view, _end(info.status.name, execution_id))
 
     def _finish(self, view: _View, end: bytes) -> None:
-        watched = self._watched.pop(view, None)
+        watched = self._watched.get(view)
         if watched is None:
             return
+        self._unwatch(view)
         for sub in list(watched.subscribers):
             sub.put(end)
             sub.close()
