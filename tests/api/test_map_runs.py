@@ -150,3 +150,28 @@ async def test_a_whole_and_a_brief_stream_of_one_execution(
     assert whole_events[-1] == short_events[-1] == ("end", {"id": eid, "status": "SUCCESS"})
     assert feed.watched == 0
     await feed.close()
+
+
+async def test_steps_named_like_runs_are_no_map_in_brief(memory_api: Client) -> None:
+    """Steps ``shard[0]``... beside a step ``shard`` that is no map: the definition says
+    they are steps of their own, each given whole (a stream in brief too)."""
+    shards = [{"function": "tests.api.steps:notify", "id": "shard"}]
+    shards += [
+        {"function": "tests.api.steps:notify", "id": f"shard[{i}]", "requires": ["shard"]}
+        for i in range(25)
+    ]
+    saved = await memory_api.put("/api/workflows/shards", json={"id": "shards", "steps": shards})
+    assert saved.status_code == 200, saved.text
+    started = await memory_api.post("/api/workflows/shards/executions", json={})
+    eid = started.json()["id"]
+
+    async def done() -> bool:
+        return (await brief(memory_api, eid, 5))["status"] == "SUCCESS"
+
+    await eventually(done, timeout=10)
+    got = await brief(memory_api, eid, 5)
+    assert got["maps"] == {}
+    assert len(got["steps"]) == 26
+    events = parse_events((await memory_api.get(f"/api/executions/{eid}/events?map_runs=5")).text)
+    assert len([k for k, _ in events if k == "step"]) == 26
+    assert "map" not in {k for k, _ in events}

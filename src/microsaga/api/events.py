@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from . import models
 if TYPE_CHECKING:
     from ..flow import Flow
 
-__all__ = ["Feed", "Subscription", "settled", "sse"]
+__all__ = ["Feed", "Subscription", "settled", "sse", "step_ids"]
 
 log = logging.getLogger("microsaga.api")
 
@@ -131,12 +131,16 @@ class _Watched:
     steps: dict[str, tuple[str, str | None, int]]
     snapshot: list[bytes]  # the current state as events, for a new subscriber
     maps: dict[str, models.MapRuns]  # its maps in brief (with map_runs)
+    step_ids: Collection[str] | None  # the definition's (with map_runs)
     subscribers: set[Subscription] = field(default_factory=set)
     not_before: float = 0.0  # loop time before which its changes are not read
 
 
 def _events(
-    info: Execution, before: _Watched | None, map_runs: int | None = None
+    info: Execution,
+    before: _Watched | None,
+    map_runs: int | None = None,
+    step_ids: Collection[str] | None = None,
 ) -> tuple[list[bytes], _Watched]:
     """The events from ``before`` to ``info``, and the new state (all of it as events
     when ``before`` is None; steps that never started are left out then). With
@@ -159,7 +163,7 @@ def _events(
     hidden: set[str] = set()
     listed: set[str] = set()  # runs newly listed
     if map_runs is not None:
-        maps, hidden = models.maps_in_brief(info, map_runs)
+        maps, hidden = models.maps_in_brief(info, map_runs, step_ids)
         listed = {r for brief in maps.values() for r in brief.listed}
         if before is not None:
             listed.difference_update(r for brief in before.maps.values() for r in brief.listed)
@@ -183,7 +187,7 @@ def _events(
     # the execution's own change last: a client that sees it stop has every step's event
     if events and events[0] is change and len(events) > 1:
         events.append(events.pop(0))
-    return events, _Watched(status, keys, snapshot, maps)
+    return events, _Watched(status, keys, snapshot, maps, step_ids)
 
 
 def settled(info: Execution) -> bool:
@@ -197,6 +201,13 @@ def settled(info: Execution) -> bool:
         if run.compensation is not None and run.compensation.status is Status.RUNNING:
             return False
     return True
+
+
+async def step_ids(flow: Flow, execution_id: str) -> list[str] | None:
+    """The step ids of the execution's definition, which tell a map's runs from steps
+    named like them (read without its step runs); None when it is gone."""
+    found = await flow.store.definition_of(execution_id)
+    return None if found is None else found[1].step_ids
 
 
 def _end(status: str | None, execution_id: str) -> bytes:
@@ -270,9 +281,10 @@ class Feed:
         stopped_status: str | None = None
         if watched is None:
             info = await self._read(execution_id)  # raises ExecutionNotFoundError
+            ids = None if map_runs is None else await step_ids(self.flow, execution_id)
             watched = self._watched.get(view)  # someone else may have come meanwhile
             if watched is None:
-                _, watched = _events(info, None, map_runs)
+                _, watched = _events(info, None, map_runs, ids)
                 if settled(info):
                     stopped_status = info.status.name
                 else:
@@ -415,7 +427,7 @@ class Feed:
             return
         if self._watched.get(view) is not watched:
             return  # its last subscriber left while it was read
-        events, now = _events(info, watched, map_runs)
+        events, now = _events(info, watched, map_runs, watched.step_ids)
         now.subscribers = watched.subscribers
         self._watched[view] = now
         for chunk in events:

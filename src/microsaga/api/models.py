@@ -12,6 +12,7 @@ This module needs nothing but msgspec: the CLI uses it without the ``api`` extra
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ import msgspec
 from .. import execution as core
 from ..message import Message, decode_json_body
 from ..status import Status
+from ..waits import run_of
 
 __all__ = [
     "STATUS_NAMES",
@@ -342,16 +344,25 @@ def _notable(run: core.StepRun) -> bool:
     return run.status in _UNDOING or (comp is not None and comp.status in _COMP_UNDOING)
 
 
-def maps_in_brief(info: core.Execution, limit: int) -> tuple[dict[str, MapRuns], set[str]]:
+def _looks_like_run(step_id: str, step_ids: Collection[str]) -> bool:
+    head, _, index = step_id[:-1].rpartition("[")
+    return step_id.endswith("]") and index.isdigit() and head in step_ids
+
+
+def maps_in_brief(
+    info: core.Execution, limit: int, step_ids: Collection[str] | None = None
+) -> tuple[dict[str, MapRuns], set[str]]:
     """The maps of ``info`` with more than ``limit`` runs in brief, and the ids of the
-    runs that their brief leaves out. A map's runs are the steps ``<map id>[<i>]``."""
+    runs that their brief leaves out. A map's runs are the steps ``<map id>[<i>]``;
+    ``step_ids``, the definition's, tell them from steps named like them (``x[0]``
+    beside a step ``x``); without them the ids alone are read."""
+    if not step_ids:
+        step_ids = {sid for sid in info.steps if not _looks_like_run(sid, info.steps)}
     runs: dict[str, list[tuple[int, str]]] = {}
     for sid in info.steps:
-        if not sid.endswith("]"):
-            continue
-        head, _, index = sid[:-1].rpartition("[")
-        if index.isdigit() and head in info.steps:
-            runs.setdefault(head, []).append((int(index), sid))
+        of = run_of(sid, step_ids)
+        if of is not None:
+            runs.setdefault(of[0], []).append((of[1], sid))
     maps: dict[str, MapRuns] = {}
     hidden: set[str] = set()
     for map_id, found in runs.items():
@@ -381,11 +392,13 @@ def maps_in_brief(info: core.Execution, limit: int) -> tuple[dict[str, MapRuns],
     return maps, hidden
 
 
-def execution(info: core.Execution, map_runs: int | None = None) -> Execution:
+def execution(
+    info: core.Execution, map_runs: int | None = None, step_ids: Collection[str] | None = None
+) -> Execution:
     """The API's form of an execution; with ``map_runs``, its maps of more runs in
-    brief (see :class:`GetExecution`)."""
+    brief (see :class:`GetExecution` and :func:`maps_in_brief`)."""
     if map_runs is not None:
-        maps, hidden = maps_in_brief(info, map_runs)
+        maps, hidden = maps_in_brief(info, map_runs, step_ids)
         steps = {sid: run for sid, run in info.steps.items() if sid not in hidden}
         brief = execution(replace(info, steps=steps))
         brief.maps = maps
