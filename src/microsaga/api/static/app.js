@@ -772,7 +772,9 @@
     }
     async function watchSuspended() {
       let now = null;
+      const asked = brief;
       try { now = await api("GET", readPath()); } catch (e) { /* next time */ }
+      if (asked !== brief) return; // "Show all" read it meanwhile, and follows it
       if (now && (now.status !== info.status || now.updated_at !== info.updated_at)) {
         info = now;
         renderAll();
@@ -781,8 +783,11 @@
     }
     // the whole execution read again (its response comes with no event)
     async function reread() {
+      const asked = brief;
       try {
-        info = await api("GET", readPath());
+        const now = await api("GET", readPath());
+        if (asked !== brief) return; // "Show all" read it meanwhile, and follows it
+        info = now;
       } catch (e) { // the store away: say so, read it again soon
         showAlert(e.message);
         retry = setTimeout(reread, 2000);
