@@ -74,12 +74,18 @@ PARENT: dict[str, Any] = {
     ],
 }
 
+# its child fails with the request's error: a FAILURE child of a FAILURE parent
+DECLINED: dict[str, Any] = {
+    "id": "declined",
+    "steps": [{"workflow": "payment", "id": "pay", "input": "request"}],
+}
+
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[LiveServer]:
     with LiveServer(f"sqlite:///{tmp_path / 'store.db'}", token=TOKEN) as server:
         with httpx.Client(base_url=server.url, headers=AUTH) as http:
-            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP, SLOWMAP, MANYMAP):
+            for definition in (steps.ORDER, PAYMENT, PARENT, HELD, NAP, SLOWMAP, MANYMAP, DECLINED):
                 answer = http.put(f"/api/workflows/{definition['id']}", json=definition)
                 assert answer.status_code == 200, answer.text
         yield server
@@ -382,6 +388,26 @@ def test_a_redrive_links_back_and_definitions_are_drawn(browser: Any, live: Live
     assert sorted(arrows) == ["items>pay", "pay>confirm"]
     driver.get(f"{live.url}/#/workflows")
     until(lambda: driver.find_elements(By.CSS_SELECTOR, '#workflows tr[data-workflow-id="held"]'))
+
+
+def test_a_failed_child_is_redriven_through_its_parent(browser: Any, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    parent = start(live, "declined", {"error": "card declined"})
+    until(lambda: get(live, parent)["status"] == "FAILURE", what="the parent FAILURE")
+    child = f"{parent}:pay"
+    assert get(live, child)["status"] == "FAILURE"
+    signed_in(driver, live, f"#/executions/{child}")
+    until(lambda: execution_status(driver) == "FAILURE", what="the child's page")
+    redrive = driver.find_element(By.CSS_SELECTOR, 'button[data-action="redrive"]')
+    assert not redrive.is_enabled()  # the API refuses it: redrive the parent
+    click(driver, "a.parent")
+    until(lambda: execution_status(driver) == "FAILURE", what="the parent's page")
+    until(
+        lambda: driver.find_element(By.CSS_SELECTOR, 'button[data-action="redrive"]').is_enabled(),
+        what="the parent's Redrive enabled",
+    )
 
 
 def test_a_page_shows_by_itself_when_the_store_is_back(browser: Any, live: LiveServer) -> None:

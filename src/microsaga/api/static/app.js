@@ -702,7 +702,8 @@
           title: "Abort this execution?", text: "No new step starts; running steps finish. Then, unless you choose otherwise, what it did is compensated.", ok: "Abort",
           fields: [{ name: "compensate", label: "Roll back", kind: "select", options: [["yes", "Compensate the steps that succeeded"], ["no", "Stop without compensating"]] }],
           run: (v) => act("abort", { compensate: v.compensate === "yes" })() }), "danger"),
-        button("redrive", "Redrive…", ["FAILURE", "ABORTED", "SUSPEND"].includes(s), () => confirmAction({
+        // a sub-workflow's finished child is redriven through its parent (the API refuses it)
+        button("redrive", "Redrive…", s === "SUSPEND" || (["FAILURE", "ABORTED"].includes(s) && !info.parent_id), () => confirmAction({
           title: "Redrive this execution", text: "Runs the failed steps again (a suspended execution) or the whole execution anew (a finished one), with this input.", ok: "Redrive",
           fields: [
             // a finished execution is redriven whole: only a suspended one takes a step
