@@ -38,7 +38,11 @@ SCHEMA_VERSION = _MIGRATIONS[-1][0]
 _SCHEMA = (resources.files(__package__) / "sql" / "postgres" / "schema.sql").read_text()
 CHANNEL = "microsaga"
 _CONNECT_TIMEOUT = 10.0
-_COMMAND_TIMEOUT = 60.0  # a statement that long means the server is wedged, not busy
+# a statement that long means the server is wedged, not busy: the server cancels it
+# (statement_timeout); a connection in use for twice that long gets no answer, and the
+# watchdog closes it (Database._watch_busy)
+_COMMAND_TIMEOUT = 60.0
+_WATCHDOG_EVERY = 5.0
 _READ_RETRY_FOR = 5.0
 _PING_TIMEOUT = 2.0  # a connection handed back after a failure: see _release_after_failure
 _LISTEN_PING = 10.0
@@ -193,6 +197,9 @@ class Database:
         self._held: list[Any] = []  # pooled connections taken and kept, last used last
         self._wakers: list[Callable[[], None]] = []
         self._watcher: asyncio.Task[None] | None = None
+        # pooled connections in use, with the time (monotonic) their use began
+        self._busy: dict[Any, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     # errors and connections ---------------------------------------------------------
 
@@ -225,6 +232,8 @@ class Database:
                 conn = await pool.acquire()
             except _DRIVER_ERRORS as exc:
                 raise self.error(exc) from exc
+        busy = self._busy
+        busy[conn] = time.monotonic()
         try:
             yield conn
         except (*_DRIVER_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
@@ -237,6 +246,8 @@ class Database:
         except BaseException:
             await _release_after_failure(pool, conn, self.url)
             raise
+        finally:
+            busy.pop(conn, None)
         if len(held) < _HELD and self._pool is pool and not conn.is_in_transaction():
             held.append(conn)
         else:
@@ -292,7 +303,6 @@ class Database:
                 min_size=0,  # no background reconnect attempts (and tracebacks) in an outage
                 max_size=self.pool_size,
                 timeout=_CONNECT_TIMEOUT,
-                command_timeout=_COMMAND_TIMEOUT,
                 server_settings=self.server_settings(),
                 # pooled connections keep no session state (locks are transaction-scoped,
                 # LISTEN has its own connection): the default reset would cost a round
@@ -307,8 +317,9 @@ class Database:
             except (*_DRIVER_ERRORS, *_BAD_URL) as exc:
                 raise self._cannot_open(exc) from exc
             try:
-                await self._migrate(conn)
-            except _DRIVER_ERRORS as exc:
+                async with asyncio.timeout(2 * _COMMAND_TIMEOUT):  # no watchdog runs yet
+                    await self._migrate(conn)
+            except _DRIVER_ERRORS as exc:  # TimeoutError is an OSError
                 raise self._cannot_open(exc, connected=True) from exc
             finally:
                 await _release(pool, conn, self.url)
@@ -316,6 +327,28 @@ class Database:
             pool.terminate()
             raise
         self._pool = pool
+        self._watchdog = asyncio.get_running_loop().create_task(
+            self._watch_busy(), name="microsaga-watchdog"
+        )
+
+    async def _watch_busy(self) -> None:
+        """Close the connections in use for twice ``_COMMAND_TIMEOUT``: the server,
+        which cancels a statement after that long, is not answering (wedged, or a
+        network that drops everything). The statement waiting then fails as on a
+        lost connection, a retryable error. One task for the pool: a client timeout
+        per statement (asyncpg's ``command_timeout``) starts and cancels a timer on
+        every statement, a tenth of a transition's client work."""
+        while True:
+            await asyncio.sleep(_WATCHDOG_EVERY)
+            stuck = time.monotonic() - 2 * _COMMAND_TIMEOUT
+            for conn, since in list(self._busy.items()):
+                if since < stuck and not _is_lost(conn):
+                    log.warning(
+                        "store %s: no answer from the server for %.0fs; closing the connection",
+                        self.url,
+                        2 * _COMMAND_TIMEOUT,
+                    )
+                    conn.terminate()
 
     def _cannot_open(self, exc: BaseException, *, connected: bool = False) -> Exception:
         if isinstance(exc, asyncpg.exceptions.InvalidSchemaNameError):  # 3F000
@@ -344,6 +377,8 @@ class Database:
             "application_name": "microsaga",
             "plan_cache_mode": "force_generic_plan",
             "jit": "off",
+            # the server cancels a statement after _COMMAND_TIMEOUT (here in ms)
+            "statement_timeout": str(round(_COMMAND_TIMEOUT * 1000)),
         }
         return {k: v for k, v in defaults.items() if k not in query}
 
@@ -370,10 +405,12 @@ class Database:
 
     async def close(self) -> None:
         watcher, self._watcher = self._watcher, None
+        watchdog, self._watchdog = self._watchdog, None
         self._wakers = []
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+        for task in (watcher, watchdog):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is None:
             return
