@@ -20,7 +20,7 @@ if not os.environ.get("CI"):  # under CI a missing driver fails the imports belo
 from microsaga import Flow, FunctionStep, Message, SchemaVersionError, Status, StoreError
 from microsaga._urls import redact_url
 from microsaga.errors import ConfigurationError
-from microsaga.stores import open_store
+from microsaga.stores import _postgres_db, open_store
 from microsaga.stores._postgres_db import Database, Q
 from microsaga.stores.base import NewExecution, StepRecord, Transition, TransitionResult
 from microsaga.stores.postgres import SCHEMA_VERSION, PostgresStore, retryable
@@ -396,6 +396,42 @@ async def test_a_lost_connection_is_a_retryable_error_and_the_store_reconnects(
     (result,) = await store.commit([unit])
     assert not isinstance(result, bool)
     assert (result.owned, result.status) == (True, Status.SUCCESS)
+
+
+@pytest.mark.parametrize("server_cancels", [True, False], ids=["cancelled", "no-answer"])
+async def test_a_statement_stuck_past_the_command_timeout_fails_retryable(
+    url: str, monkeypatch: pytest.MonkeyPatch, server_cancels: bool
+) -> None:
+    """A statement left waiting (here on a row lock nobody releases) does not hang its
+    worker: the server cancels it after the command timeout, and the commit fails
+    with a retryable error, having written nothing. A server that does not even
+    answer (here told not to cancel, ``?statement_timeout=0``) gets its connection
+    closed after twice that. Either way the store goes on."""
+    monkeypatch.setattr(_postgres_db, "_COMMAND_TIMEOUT", 0.3)
+    monkeypatch.setattr(_postgres_db, "_WATCHDOG_EVERY", 0.1)
+    store = PostgresStore(url if server_cancels else f"{url}?statement_timeout=0")
+    await store.open()
+    blocker = await connect(url)
+    try:
+        await store.commit([pending("e1")])
+        (claim,) = await store.claim("w1", 100.0, 10.0, 1)
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM microsaga_executions WHERE id = 'e1' FOR UPDATE")
+        unit = Transition("e1", claim.token, Status.RUNNING, status=Status.SUCCESS, release=True)
+        with pytest.raises(StoreError) as stuck:
+            await store.commit([unit])
+        assert stuck.value.retryable
+        assert url in str(stuck.value)
+        await tx.rollback()
+        if server_cancels:
+            (result,) = await store.commit([unit])
+            assert result == TransitionResult(True, Status.SUCCESS, 0, True)
+        else:  # the closed connection's statement may have run once the lock was free
+            assert await store.get_status("e1") is not None
+    finally:
+        await blocker.close()
+        await store.close()
 
 
 async def test_a_commit_after_the_server_ended_every_session_needs_no_retry(

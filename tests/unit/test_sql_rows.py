@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import microsaga.stores
-from microsaga import Message, Status
+from microsaga import Message, Metadata, Status
 from microsaga._engine.records import Phase
 from microsaga.stores._rows import (
     DEFINITION_COLUMNS,
@@ -203,3 +203,18 @@ def test_a_new_execution_comes_back_as_a_worker_loads_it(
     assert loaded.records == [record]
     nothing = (None,) * len(STEP_COLUMNS)
     assert rows.stored_executions([read + nothing], {"h1": definition})["e1"].records == []
+
+
+@pytest.mark.parametrize("mapping", [SQLITE, POSTGRES], ids=["sqlite", "postgres"])
+def test_a_header_is_stored_as_its_dict_and_read_back(mapping: RowMapping) -> None:
+    """Every value of every key, in the first spelling of the key, whether the header
+    was built at once or changed since (then it holds tables, not its frozen form)."""
+    built = Metadata({"X-Trace": ["a", "b"], "tenant": "t1"})
+    changed = Metadata(built)
+    changed.add("x-trace", "c")
+    changed.set("Extra", "e")
+    for header in (built, changed):
+        stored = mapping.header_out(header)
+        assert json.loads(stored) == header.to_dict()
+        assert mapping.message(b"{}", stored).header == header
+    assert mapping.header_out(Metadata()) is None

@@ -131,12 +131,19 @@ _ids_decoder = msgspec.json.Decoder(list[str])
 _encode = msgspec.json.Encoder().encode
 
 
+# A header's JSON column is ``{"Name": ["value", ...]}`` as ``to_dict`` gives it, here
+# made from the frozen form the header keeps (its tuples encode as arrays): to_dict
+# builds its lists anew, and a step's header is written when it starts and ends.
+
+
 def _header_bytes(header: Metadata) -> bytes | None:
-    return _encode(header.to_dict()) if len(header) else None
+    frozen = header.frozen()
+    return _encode({name: values for _, name, values in frozen}) if frozen else None
 
 
 def _header_text(header: Metadata) -> str | None:
-    return _encode(header.to_dict()).decode() if len(header) else None
+    frozen = header.frozen()
+    return _encode({name: values for _, name, values in frozen}).decode() if frozen else None
 
 
 def _ids_text(ids: list[str]) -> str:
@@ -175,7 +182,9 @@ class RowMapping:
         return self.bodies.body_out(body, execution_id, pending)
 
     def header_out(self, header: Metadata) -> Any:
-        return self.encode_header(self.bodies.header_out(header))
+        if self.bodies.codec is not None:
+            header = self.bodies.header_out(header)
+        return self.encode_header(header)
 
     def message(
         self,

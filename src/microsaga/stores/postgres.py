@@ -75,18 +75,21 @@ def _step_rows(
 
 
 def _large(unit: NewExecution | Transition) -> bool:
-    """Whether a unit holds a body stored by reference (microsaga.payloads)."""
-
-    def over(m: Message | None) -> bool:
-        return m is not None and len(m.body) > INLINE_LIMIT
-
+    """Whether a unit holds a body stored by reference (microsaga.payloads). Loops:
+    ``any()`` over generators cost twice as much, and this runs on every commit."""
+    messages: list[Message | None]
     if isinstance(unit, NewExecution):
-        return over(unit.request) or any(over(r.request) for r in unit.starts)
-    return over(unit.response) or any(
-        over(r.request) or over(r.response)
-        for records in (unit.records, unit.starts)
-        for r in records
-    )
+        messages = [unit.request]
+        records = unit.starts
+    else:
+        messages = [unit.response]
+        records = [*unit.records, *unit.starts]
+    for r in records:
+        messages += (r.request, r.response)
+    for m in messages:  # noqa: SIM110
+        if m is not None and len(m.body) > INLINE_LIMIT:
+            return True
+    return False
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -192,10 +195,17 @@ class PostgresStore(Store):
         if not units:
             return []
         results: list[bool | TransitionResult] = [False] * len(units)
-        news = [(i, u) for i, u in enumerate(units) if isinstance(u, NewExecution)]
-        transitions = [(i, u) for i, u in enumerate(units) if isinstance(u, Transition)]
+        news: list[tuple[int, NewExecution]] = []
+        transitions: list[tuple[int, Transition]] = []
+        large = False
+        for i, u in enumerate(units):
+            if isinstance(u, NewExecution):
+                news.append((i, u))
+            else:
+                transitions.append((i, u))
+            large = large or _large(u)
         async with self._db.connection() as conn:
-            if any(_large(u) for u in units):
+            if large:
                 # one transaction with the payloads the rows refer to: a reference
                 # is never stored without its payload
                 async with conn.transaction():
