@@ -772,9 +772,10 @@ class Run:
         """Run a step until it succeeds, fails for good, or is interrupted; the final
         record goes to ``_done`` for the loop to fold and commit."""
         sid, phase = rec.step_id, rec.phase
+        forward = phase is Phase.FORWARD
         node = self.spec.plan.nodes[sid]
         if isinstance(node.step, MapStep) or (
-            phase is Phase.COMPENSATE
+            not forward
             # a child's rollback: of a child that succeeded, or the retry of a given-up
             # child's that failed (its step PENDING again, whatever its compensate)
             and (
@@ -801,7 +802,7 @@ class Run:
             return
         step: Any
         retry: RetryPolicy
-        if phase is Phase.FORWARD:
+        if forward:
             step, retry = node.step, node.retry
             timeout = node.timeout or self.spec.step_timeout
         else:
@@ -814,7 +815,7 @@ class Run:
         attempt = rec.attempts or 1
         error = rec.error
         response: Message | None = None
-        status = Status.FAILURE
+        status = Status.SUCCESS  # unless it fails for good, or is interrupted (PENDING)
         while True:
             if hooks.step_started:
                 hooks.emit(
@@ -839,7 +840,6 @@ class Run:
             if failure is None and response is not None and len(response.body) > self._max_payload:
                 failure = too_large(response, self.host.flow)
             if failure is None:
-                status = Status.SUCCESS
                 break
             error, response = one_line(failure), None
             if retry.should_retry(failure, attempt):
@@ -864,7 +864,8 @@ class Run:
                     break
                 attempt += 1
                 continue
-            if phase is Phase.FORWARD and node.fallback is not None:
+            status = Status.FAILURE
+            if forward and node.fallback is not None:
                 fallen = await self.fallback(node, rec, request, attempt, timeout, error)
                 if fallen is _INTERRUPTED:
                     status = Status.PENDING  # it starts again on resume
@@ -873,9 +874,12 @@ class Run:
                     fallback_id = getattr(node.fallback, "id", node.id)
                     status, error = Status.SUCCESS, f"{error} (fallback {fallback_id} used)"
             break
-        if status is Status.FAILURE:
-            self.log_failure(sid, phase, attempt, error, None)
-        finished = self.host.clock() if status is not Status.PENDING else None
+        finished: float | None = self.host.clock()
+        if status is not Status.SUCCESS:
+            if status is Status.FAILURE:
+                self.log_failure(sid, phase, attempt, error, None)
+            else:  # interrupted: not finished
+                finished = None
         done = StepRecord(
             sid, phase, status, attempt, request, response, error, rec.started_at, finished
         )
