@@ -289,7 +289,7 @@ class Run:
         execution: RUNNING ones are invoked when the run starts; a root whose ``when``
         is false is SKIPPED already."""
         now = self.host.clock()
-        records = [self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start]
+        records = [self._start(sid, now) for sid in first(self.spec.graph).start]
         if self._settled:
             records = self._with_made_ready(records, now)
         self._records, self._settled = [], False  # settled ones go with the creation
@@ -449,13 +449,13 @@ class Run:
                 starts = []
                 continue
             now = self.host.clock()
-            starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
+            starts = [self._start(sid, now) for sid in decision.start]
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = self._with_made_ready(starts, now)
                 starts = [rec for rec in starts if rec.status in _STARTED]
                 self._settled = exact = decided = False  # the next decision is decide()'s
             if decision.compensate:
-                starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
+                starts += [self._start_compensation(sid, now) for sid in decision.compensate]
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()  # steps are running: wait for one to finish
@@ -576,20 +576,22 @@ class Run:
 
     # steps -----------------------------------------------------------------------
 
-    def _start(self, sid: str, phase: Phase, now: float) -> StepRecord:
-        """A step's RUNNING record; it enters the state once committed. A forward step
+    def _start_compensation(self, sid: str, now: float) -> StepRecord:
+        """A compensation's RUNNING record; it enters the state once committed."""
+        before = self.state.comps.get(sid)
+        node = self.spec.plan.nodes[sid]
+        request = data.compensation_input(node, self.state.steps[sid], self.headers)
+        attempts = before.attempts + 1 if before is not None else 1
+        if before is not None and before.error is not None:
+            self._retried_comp = True
+        return StepRecord(sid, Phase.COMPENSATE, Status.RUNNING, attempts, request, None, None, now)
+
+    def _start(self, sid: str, now: float) -> StepRecord:
+        """A forward step's RUNNING record; it enters the state once committed. A step
         whose ``when`` is false, or whose requirements were all skipped, is SKIPPED at
         once instead, and one whose ``when`` or ``input`` cannot be evaluated FAILS:
         those records enter the state now and go with the next commit."""
         state = self.state
-        if phase is Phase.COMPENSATE:
-            before = state.comps.get(sid)
-            node = self.spec.plan.nodes[sid]
-            request = data.compensation_input(node, state.steps[sid], self.headers)
-            attempts = before.attempts + 1 if before is not None else 1
-            if before is not None and before.error is not None:
-                self._retried_comp = True
-            return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
         before_step = state.steps[sid]
         node = self.spec.plan.nodes[sid]
         requires = self.spec.graph.requires[sid]
@@ -612,8 +614,10 @@ class Run:
             # a SubflowStep's attempts are its try, which names its child
             attempts = self.waiting.tries.pop(sid, attempts)
             self._new_waits = True
-            return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
-        return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
+            return StepRecord(
+                sid, Phase.FORWARD, Status.WAITING, attempts, request, None, None, now
+            )
+        return StepRecord(sid, Phase.FORWARD, Status.RUNNING, attempts, request, None, None, now)
 
     def _input_of(
         self, node: Node, before: StepRecord, requires: tuple[str, ...], now: float
@@ -676,7 +680,7 @@ class Run:
             self._settled = False
             begun = {rec.step_id for rec in starts}
             more = [sid for sid in decide(plan, graph, state).start if sid not in begun]
-            starts += [self._start(sid, Phase.FORWARD, now) for sid in more]
+            starts += [self._start(sid, now) for sid in more]
             settled = self._settled
         return starts
 
