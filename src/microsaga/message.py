@@ -53,7 +53,9 @@ def check_finite(value: Any, body: bytes, enc_hook: Any = None) -> None:
     Raises:
         ConfigurationError: of ``body``, naming where the number is (``$.x[2]``).
     """
-    if b"null" not in body:  # the usual case, and a quick look
+    # the usual case, and a quick look: find, not ``in``, which first tries the needle
+    # as an int and makes (and drops) a TypeError for it, a cost several times the look
+    if body.find(b"null") < 0:
         return
     # msgpack keeps NaN and infinity, and msgspec writes it at C speed: a look for them
     # there first spares a walk of the value in Python (50x slower on a large body)
