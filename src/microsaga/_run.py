@@ -294,10 +294,12 @@ class Run:
             records = self._with_made_ready(records, now)
         self._records, self._settled = [], False  # settled ones go with the creation
         self._new_waits = False  # the WAITING ones are in waiting.ids: below
-        self._initial = [rec for rec in records if rec.status is Status.RUNNING]
+        self._initial = []
         for rec in records:
             self.state.steps[rec.step_id] = rec
-            if rec.status is Status.WAITING:
+            if rec.status is Status.RUNNING:
+                self._initial.append(rec)
+            elif rec.status is Status.WAITING:
                 self.waiting.ids.add(rec.step_id)
         return records
 
