@@ -451,7 +451,9 @@ class Run:
                 starts = []
                 continue
             now = self.host.clock()
-            starts = [self._start(sid, now) for sid in decision.start]
+            starts = []  # a loop: a comprehension is a function made and called, on 3.11
+            for sid in decision.start:
+                starts.append(self._start(sid, now))
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = self._with_made_ready(starts, now)
                 starts = [rec for rec in starts if rec.status in _STARTED]
