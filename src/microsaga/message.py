@@ -276,9 +276,14 @@ class Metadata(Mapping[str, str]):
         store that keeps many headers (a dict inside a tuple would stay tracked)."""
         found = self._frozen
         if found is None:
-            values, names = self._tables()
-            found = self._frozen = tuple([(low, names[low], v) for low, v in values.items()])
+            found = self._frozen = self._freeze()
         return found
+
+    def _freeze(self) -> Frozen:
+        # apart from frozen(): a variable its comprehension reads would be a cell made
+        # at every call of frozen(), which the engine makes for every message it stores
+        values, names = self._tables()
+        return tuple([(low, names[low], v) for low, v in values.items()])
 
     @staticmethod
     def from_frozen(frozen: Frozen) -> Metadata:
