@@ -383,7 +383,7 @@ class Run:
         exact = False
         seen: dict[str, int] = {}  # see after_successes
         while True:
-            lone = None  # a forward step run here, alone: see saga.after_success
+            lone = None  # a step run here, alone: see saga.after_success
             if self._draining:
                 starts = []  # recorded RUNNING: the next worker invokes them
             # not beside waiting steps: the loop looks at them (a signal, a child's
@@ -394,7 +394,9 @@ class Run:
                     await self._attempts(starts[0])
                 finally:
                     self._inline = False
-                if decided and starts[0].phase is Phase.FORWARD:
+                if decided:
+                    # a compensation's too: after_success declines it, as it declines
+                    # any rollback (its record is in state.comps)
                     lone = starts[0].step_id
             else:
                 for rec in starts:
