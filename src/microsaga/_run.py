@@ -485,18 +485,19 @@ class Run:
                 release=final,
                 at=now,
             )
-            if decision.done:
-                if decision.status is Status.SUCCESS:
-                    unit.response = data.execution_response(graph, state.steps)
-                    unit.error = ""  # cleared: a failure a resume or a redrive mended
-                elif (
-                    decision.status is not Status.ABORTED
-                    or not compensated(state)
-                    or self._retried_comp  # else it would keep naming a failure now undone
-                ):
+            if decision.status is not None:  # a status written: and the execution's error?
+                if decision.done:
+                    if decision.status is Status.SUCCESS:
+                        unit.response = data.execution_response(graph, state.steps)
+                        unit.error = ""  # cleared: a failure a resume or a redrive mended
+                    elif (
+                        decision.status is not Status.ABORTED
+                        or not compensated(state)
+                        or self._retried_comp  # else it would keep naming a failure undone
+                    ):
+                        unit.error = failure_summary(plan, graph, state)[1]
+                elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
                     unit.error = failure_summary(plan, graph, state)[1]
-            elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
-                unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final
             result = committer.now(unit)  # as submit(), without a coroutine where it can
             if result is None:
