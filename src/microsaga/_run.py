@@ -1081,7 +1081,7 @@ class Run:
     def _finish(self) -> None:
         state = self.state
         if state.status is Status.SUCCESS:
-            self._stop(Outcome(Status.SUCCESS))
+            self._stop(Outcome(state.status))
             return
         step_id, error = failure_summary(self.spec.plan, self.spec.graph, state)
         self._stop(Outcome(state.status, step_id, error, compensated(state)))
