@@ -289,15 +289,19 @@ class Run:
         execution: RUNNING ones are invoked when the run starts; a root whose ``when``
         is false is SKIPPED already."""
         now = self.host.clock()
-        records = [self._start(sid, Phase.FORWARD, now) for sid in first(self.spec.graph).start]
+        records = []  # a loop: a comprehension would make self and now cells (see _loop)
+        for sid in first(self.spec.graph).start:
+            records.append(self._start(sid, now))
         if self._settled:
             records = self._with_made_ready(records, now)
         self._records, self._settled = [], False  # settled ones go with the creation
         self._new_waits = False  # the WAITING ones are in waiting.ids: below
-        self._initial = [rec for rec in records if rec.status is Status.RUNNING]
+        self._initial = []
         for rec in records:
             self.state.steps[rec.step_id] = rec
-            if rec.status is Status.WAITING:
+            if rec.status is Status.RUNNING:
+                self._initial.append(rec)
+            elif rec.status is Status.WAITING:
                 self.waiting.ids.add(rec.step_id)
         return records
 
@@ -379,7 +383,7 @@ class Run:
         exact = False
         seen: dict[str, int] = {}  # see after_successes
         while True:
-            lone = None  # a forward step run here, alone: see saga.after_success
+            lone = None  # a step run here, alone: see saga.after_success
             if self._draining:
                 starts = []  # recorded RUNNING: the next worker invokes them
             # not beside waiting steps: the loop looks at them (a signal, a child's
@@ -390,7 +394,9 @@ class Run:
                     await self._attempts(starts[0])
                 finally:
                     self._inline = False
-                if decided and starts[0].phase is Phase.FORWARD:
+                if decided:
+                    # a compensation's too: after_success declines it, as it declines
+                    # any rollback (its record is in state.comps)
                     lone = starts[0].step_id
             else:
                 for rec in starts:
@@ -449,13 +455,17 @@ class Run:
                 starts = []
                 continue
             now = self.host.clock()
-            starts = [self._start(sid, Phase.FORWARD, now) for sid in decision.start]
+            starts = []  # a loop: a comprehension is a function made and called, on 3.11
+            for sid in decision.start:
+                starts.append(self._start(sid, now))
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = self._with_made_ready(starts, now)
                 starts = [rec for rec in starts if rec.status in _STARTED]
                 self._settled = exact = decided = False  # the next decision is decide()'s
-            if decision.compensate:
-                starts += [self._start(sid, Phase.COMPENSATE, now) for sid in decision.compensate]
+            # a loop too: a comprehension reading self and now would make them cells,
+            # made at every call and read through at every use in this function
+            for sid in decision.compensate:
+                starts.append(self._start_compensation(sid, now))
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()  # steps are running: wait for one to finish
@@ -475,18 +485,19 @@ class Run:
                 release=final,
                 at=now,
             )
-            if decision.done:
-                if decision.status is Status.SUCCESS:
-                    unit.response = data.execution_response(graph, state.steps)
-                    unit.error = ""  # cleared: a failure a resume or a redrive mended
-                elif (
-                    decision.status is not Status.ABORTED
-                    or not compensated(state)
-                    or self._retried_comp  # else it would keep naming a failure now undone
-                ):
+            if decision.status is not None:  # a status written: and the execution's error?
+                if decision.done:
+                    if decision.status is Status.SUCCESS:
+                        unit.response = data.execution_response(graph, state.steps)
+                        unit.error = ""  # cleared: a failure a resume or a redrive mended
+                    elif (
+                        decision.status is not Status.ABORTED
+                        or not compensated(state)
+                        or self._retried_comp  # else it would keep naming a failure undone
+                    ):
+                        unit.error = failure_summary(plan, graph, state)[1]
+                elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
                     unit.error = failure_summary(plan, graph, state)[1]
-            elif decision.status is Status.SUSPEND:  # the failure policy "suspend"
-                unit.error = failure_summary(plan, graph, state)[1]
             self.releasing = final
             result = committer.now(unit)  # as submit(), without a coroutine where it can
             if result is None:
@@ -576,20 +587,22 @@ class Run:
 
     # steps -----------------------------------------------------------------------
 
-    def _start(self, sid: str, phase: Phase, now: float) -> StepRecord:
-        """A step's RUNNING record; it enters the state once committed. A forward step
+    def _start_compensation(self, sid: str, now: float) -> StepRecord:
+        """A compensation's RUNNING record; it enters the state once committed."""
+        before = self.state.comps.get(sid)
+        node = self.spec.plan.nodes[sid]
+        request = data.compensation_input(node, self.state.steps[sid], self.headers)
+        attempts = before.attempts + 1 if before is not None else 1
+        if before is not None and before.error is not None:
+            self._retried_comp = True
+        return StepRecord(sid, Phase.COMPENSATE, Status.RUNNING, attempts, request, None, None, now)
+
+    def _start(self, sid: str, now: float) -> StepRecord:
+        """A forward step's RUNNING record; it enters the state once committed. A step
         whose ``when`` is false, or whose requirements were all skipped, is SKIPPED at
         once instead, and one whose ``when`` or ``input`` cannot be evaluated FAILS:
         those records enter the state now and go with the next commit."""
         state = self.state
-        if phase is Phase.COMPENSATE:
-            before = state.comps.get(sid)
-            node = self.spec.plan.nodes[sid]
-            request = data.compensation_input(node, state.steps[sid], self.headers)
-            attempts = before.attempts + 1 if before is not None else 1
-            if before is not None and before.error is not None:
-                self._retried_comp = True
-            return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
         before_step = state.steps[sid]
         node = self.spec.plan.nodes[sid]
         requires = self.spec.graph.requires[sid]
@@ -612,8 +625,10 @@ class Run:
             # a SubflowStep's attempts are its try, which names its child
             attempts = self.waiting.tries.pop(sid, attempts)
             self._new_waits = True
-            return StepRecord(sid, phase, Status.WAITING, attempts, request, None, None, now)
-        return StepRecord(sid, phase, Status.RUNNING, attempts, request, None, None, now)
+            return StepRecord(
+                sid, Phase.FORWARD, Status.WAITING, attempts, request, None, None, now
+            )
+        return StepRecord(sid, Phase.FORWARD, Status.RUNNING, attempts, request, None, None, now)
 
     def _input_of(
         self, node: Node, before: StepRecord, requires: tuple[str, ...], now: float
@@ -676,7 +691,7 @@ class Run:
             self._settled = False
             begun = {rec.step_id for rec in starts}
             more = [sid for sid in decide(plan, graph, state).start if sid not in begun]
-            starts += [self._start(sid, Phase.FORWARD, now) for sid in more]
+            starts += [self._start(sid, now) for sid in more]
             settled = self._settled
         return starts
 
@@ -772,9 +787,10 @@ class Run:
         """Run a step until it succeeds, fails for good, or is interrupted; the final
         record goes to ``_done`` for the loop to fold and commit."""
         sid, phase = rec.step_id, rec.phase
+        forward = phase is Phase.FORWARD
         node = self.spec.plan.nodes[sid]
         if isinstance(node.step, MapStep) or (
-            phase is Phase.COMPENSATE
+            not forward
             # a child's rollback: of a child that succeeded, or the retry of a given-up
             # child's that failed (its step PENDING again, whatever its compensate)
             and (
@@ -801,7 +817,7 @@ class Run:
             return
         step: Any
         retry: RetryPolicy
-        if phase is Phase.FORWARD:
+        if forward:
             step, retry = node.step, node.retry
             timeout = node.timeout or self.spec.step_timeout
         else:
@@ -814,7 +830,7 @@ class Run:
         attempt = rec.attempts or 1
         error = rec.error
         response: Message | None = None
-        status = Status.FAILURE
+        status = Status.SUCCESS  # unless it fails for good, or is interrupted (PENDING)
         while True:
             if hooks.step_started:
                 hooks.emit(
@@ -839,7 +855,6 @@ class Run:
             if failure is None and response is not None and len(response.body) > self._max_payload:
                 failure = too_large(response, self.host.flow)
             if failure is None:
-                status = Status.SUCCESS
                 break
             error, response = one_line(failure), None
             if retry.should_retry(failure, attempt):
@@ -864,7 +879,8 @@ class Run:
                     break
                 attempt += 1
                 continue
-            if phase is Phase.FORWARD and node.fallback is not None:
+            status = Status.FAILURE
+            if forward and node.fallback is not None:
                 fallen = await self.fallback(node, rec, request, attempt, timeout, error)
                 if fallen is _INTERRUPTED:
                     status = Status.PENDING  # it starts again on resume
@@ -873,9 +889,12 @@ class Run:
                     fallback_id = getattr(node.fallback, "id", node.id)
                     status, error = Status.SUCCESS, f"{error} (fallback {fallback_id} used)"
             break
-        if status is Status.FAILURE:
-            self.log_failure(sid, phase, attempt, error, None)
-        finished = self.host.clock() if status is not Status.PENDING else None
+        finished: float | None = self.host.clock()
+        if status is not Status.SUCCESS:
+            if status is Status.FAILURE:
+                self.log_failure(sid, phase, attempt, error, None)
+            else:  # interrupted: not finished
+                finished = None
         done = StepRecord(
             sid, phase, status, attempt, request, response, error, rec.started_at, finished
         )
@@ -1062,7 +1081,7 @@ class Run:
     def _finish(self) -> None:
         state = self.state
         if state.status is Status.SUCCESS:
-            self._stop(Outcome(Status.SUCCESS))
+            self._stop(Outcome(state.status))
             return
         step_id, error = failure_summary(self.spec.plan, self.spec.graph, state)
         self._stop(Outcome(state.status, step_id, error, compensated(state)))
@@ -1119,10 +1138,14 @@ _NO_WAITING = Waiting(None)
 
 def _all_skipped(graph: RunGraph, steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
     """Whether a step requires steps and all were skipped (never, in a graph without a
-    ``when``: the order saga pays nothing for it)."""
-    return (
-        graph.skips and bool(requires) and all(steps[r].status is Status.SKIPPED for r in requires)
-    )
+    ``when``: the order saga pays nothing for it). A loop, as saga._satisfied: all()
+    over a generator would make ``steps`` a cell at every call."""
+    if not graph.skips or not requires:
+        return False
+    for r in requires:  # noqa: SIM110
+        if steps[r].status is not Status.SKIPPED:
+            return False
+    return True
 
 
 async def _timed(call: Awaitable[Message], step_id: str, timeout: float) -> Message:

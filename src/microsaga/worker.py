@@ -514,6 +514,7 @@ class Worker:
             return Started(new.execution_id, False, found)
         now = self.clock()
         runs_here = self.options.worker
+        status = Status.RUNNING if runs_here else Status.PENDING  # RUNNING: held here
         run = None
         if runs_here:
             spec = RunSpec(
@@ -528,7 +529,7 @@ class Worker:
                 deadline_at=now + new.deadline if new.deadline is not None else None,
                 parent_id=new.parent_id,
             )
-            run = self._make_run(spec, Status.RUNNING, [], fresh=True)
+            run = self._make_run(spec, status, [], fresh=True)
         unit = NewExecution(
             id=new.execution_id,
             workflow_id=new.workflow_id,
@@ -537,7 +538,7 @@ class Worker:
             definition=new.definition,
             step_ids=new.step_ids,
             request=new.request,
-            status=Status.RUNNING if runs_here else Status.PENDING,
+            status=status,
             owner=self.id if runs_here else None,
             lease_until=now + self.options.lease_ttl if runs_here else 0.0,
             created_at=now,
@@ -561,7 +562,7 @@ class Worker:
             event = ExecutionEvent(
                 execution_id=new.execution_id,
                 workflow_id=new.workflow_id,
-                status=Status.RUNNING if runs_here else Status.PENDING,
+                status=status,
                 at=now,
                 created_at=now,
                 request=new.request,

@@ -75,10 +75,24 @@ def _step_entry(step_id: str) -> Entry:
     return (_STEP_KEY, STEP_HEADER, (step_id,))
 
 
-def _combine(responses: dict[str, Message | None]) -> bytes:
-    return encode_json(
-        {sid: decode_json_body(m.body) if m is not None else None for sid, m in responses.items()}
-    )
+# The helpers below take ``steps`` as an argument: a comprehension in step_input or
+# execution_response reading it would make it a cell, made at every call of theirs.
+
+
+def _combine(steps: dict[str, StepRecord], ids: tuple[str, ...]) -> bytes:
+    """A JSON object of the responses of ``ids``, by step id."""
+    out: dict[str, Any] = {}
+    for sid in ids:
+        found = steps[sid].response
+        out[sid] = decode_json_body(found.body) if found is not None else None
+    return encode_json(out)
+
+
+def _not_skipped(steps: dict[str, StepRecord], ids: tuple[str, ...]) -> tuple[str, ...]:
+    """``ids`` less the steps skipped."""
+    if any(steps[sid].status is Status.SKIPPED for sid in ids):
+        return tuple(sid for sid in ids if steps[sid].status is not Status.SKIPPED)
+    return ids
 
 
 def step_input(
@@ -91,16 +105,15 @@ def step_input(
     """The request of ``step_id``: the execution request for a step with no inputs,
     the response of its one input, or a JSON object of its inputs' responses."""
     parents = graph.inputs[step_id]
-    if graph.skips and any(steps[p].status is Status.SKIPPED for p in parents):
-        # a skipped step is left out, as a step outside a ``start`` run
-        parents = tuple(p for p in parents if steps[p].status is not Status.SKIPPED)
+    if graph.skips:  # a skipped step is left out, as a step outside a ``start`` run
+        parents = _not_skipped(steps, parents)
     if not parents:
         body = request.body
     elif len(parents) == 1:
         parent = steps[parents[0]].response
         body = parent.body if parent is not None else b""
     else:
-        body = _combine({p: steps[p].response for p in parents})
+        body = _combine(steps, parents)
     return headers.request(body, step_id)
 
 
@@ -134,8 +147,7 @@ def execution_response(graph: RunGraph, steps: dict[str, StepRecord]) -> Message
     if len(graph.leaves) == 1:
         found = steps[graph.leaves[0]].response
         return found if found is not None else Message()
-    leaves = [leaf for leaf in graph.leaves if steps[leaf].status is not Status.SKIPPED]
-    return Message(_combine({leaf: steps[leaf].response for leaf in leaves}))
+    return Message(_combine(steps, _not_skipped(steps, graph.leaves)))
 
 
 def context_document(

@@ -40,6 +40,7 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
 
 _WAIT = Decision()
 _PARK = Decision(park=True)
+_SUCCEEDED = Decision(status=Status.SUCCESS, done=True)
 
 
 def _any(states: dict[str, StepRecord], status: Status) -> bool:
@@ -107,15 +108,21 @@ def after_success(graph: RunGraph, state: ExecState, step_id: str) -> Decision |
     """:func:`decide`, cheaply, in the usual case: the last decision started one
     forward step and nothing else, and that step has just succeeded. Steps that were
     not ready then can only have become ready through it, so the ready steps now are
-    among its dependents. None when that case does not hold (a suspend, an abort, a
-    rollback) or when not exactly one step becomes ready: ask :func:`decide`."""
+    among its dependents. When it is the graph's only leaf, every other step is among
+    the steps it requires, directly or not, which had all succeeded (or been skipped)
+    before it started: the execution succeeded. None when that case does not hold (a
+    suspend, an abort, a rollback) or when not exactly one step becomes ready: ask
+    :func:`decide`."""
     if state.status is not Status.RUNNING or state.abort is not Abort.NONE or state.comps:
         return None
     steps, requires = state.steps, graph.requires
     if steps[step_id].status is not Status.SUCCESS:
         return None
+    dependents = graph.dependents[step_id]
+    if not dependents and len(graph.leaves) == 1:
+        return _SUCCEEDED
     ready = None
-    for sid in graph.dependents[step_id]:
+    for sid in dependents:
         if steps[sid].status is Status.PENDING and _satisfied(steps, requires[sid]):
             if ready is not None:
                 return None  # several: decide()
