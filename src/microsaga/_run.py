@@ -289,9 +289,7 @@ class Run:
         execution: RUNNING ones are invoked when the run starts; a root whose ``when``
         is false is SKIPPED already."""
         now = self.host.clock()
-        records = []  # a loop: a comprehension would make self and now cells (see _loop)
-        for sid in first(self.spec.graph).start:
-            records.append(self._start(sid, now))
+        records = [self._start(sid, now) for sid in first(self.spec.graph).start]
         if self._settled:
             records = self._with_made_ready(records, now)
         self._records, self._settled = [], False  # settled ones go with the creation
@@ -455,17 +453,13 @@ class Run:
                 starts = []
                 continue
             now = self.host.clock()
-            starts = []  # a loop: a comprehension is a function made and called, on 3.11
-            for sid in decision.start:
-                starts.append(self._start(sid, now))
+            starts = [self._start(sid, now) for sid in decision.start]
             if self._settled:  # skipped, or failed by their when or input: not started
                 starts = self._with_made_ready(starts, now)
                 starts = [rec for rec in starts if rec.status in _STARTED]
                 self._settled = exact = decided = False  # the next decision is decide()'s
-            # a loop too: a comprehension reading self and now would make them cells,
-            # made at every call and read through at every use in this function
-            for sid in decision.compensate:
-                starts.append(self._start_compensation(sid, now))
+            if decision.compensate:
+                starts += [self._start_compensation(sid, now) for sid in decision.compensate]
             final = decision.done or decision.release
             if not (starts or self._records or decision.status is not None or final):
                 await self._wake.wait()  # steps are running: wait for one to finish
@@ -1138,14 +1132,10 @@ _NO_WAITING = Waiting(None)
 
 def _all_skipped(graph: RunGraph, steps: dict[str, StepRecord], requires: tuple[str, ...]) -> bool:
     """Whether a step requires steps and all were skipped (never, in a graph without a
-    ``when``: the order saga pays nothing for it). A loop, as saga._satisfied: all()
-    over a generator would make ``steps`` a cell at every call."""
-    if not graph.skips or not requires:
-        return False
-    for r in requires:  # noqa: SIM110
-        if steps[r].status is not Status.SKIPPED:
-            return False
-    return True
+    ``when``: the order saga pays nothing for it)."""
+    return (
+        graph.skips and bool(requires) and all(steps[r].status is Status.SKIPPED for r in requires)
+    )
 
 
 async def _timed(call: Awaitable[Message], step_id: str, timeout: float) -> Message:
