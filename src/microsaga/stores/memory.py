@@ -551,7 +551,8 @@ class MemoryStore(Store):
 
     # queries ------------------------------------------------------------------
 
-    def _execution(self, row: _Row) -> Execution:
+    def _execution(self, row: _Row, *, steps: bool = True) -> Execution:
+        """The execution of ``row``; without its step runs (none read) unless ``steps``."""
         return build_execution(
             id=row.id,
             workflow_id=row.workflow_id,
@@ -563,8 +564,8 @@ class MemoryStore(Store):
             created_at=row.created_at,
             updated_at=row.updated_at,
             deadline_at=row.deadline_at,
-            step_ids=self._definitions[row.definition_hash].step_ids,
-            records=row.records(),
+            step_ids=self._definitions[row.definition_hash].step_ids if steps else (),
+            records=row.records() if steps else (),
             parent_id=row.parent_id,
             redrive_of=row.redrive_of,
             note=row.note,
@@ -616,27 +617,7 @@ class MemoryStore(Store):
                 continue
             if redrive_of is not None and row.redrive_of != redrive_of:
                 continue
-            out.append(self._execution(row) if steps else self._listed(row))
+            out.append(self._execution(row, steps=steps))
             if len(out) >= limit:
                 break
         return out
-
-    def _listed(self, row: _Row) -> Execution:
-        """An execution without its step runs (``steps`` empty), none of them read."""
-        return build_execution(
-            id=row.id,
-            workflow_id=row.workflow_id,
-            version=row.version,
-            status=row.status,
-            request=row.request.message(),
-            response=_message(row.response),
-            error=row.error,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            deadline_at=row.deadline_at,
-            step_ids=(),
-            records=(),
-            parent_id=row.parent_id,
-            redrive_of=row.redrive_of,
-            note=row.note,
-        )
