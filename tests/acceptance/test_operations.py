@@ -461,6 +461,50 @@ async def test_a_running_worker_stops_when_a_newer_release_migrates_its_store(
     assert await ops.stop(upgraded) == 0
 
 
+async def test_run_stops_following_when_a_newer_release_migrates_its_store(
+    store_ops: Ops, tmp_path: Path
+) -> None:
+    ops = store_ops
+    out, err = tmp_path / "run.out", tmp_path / "run.err"
+    command = ("run", "slow.yaml", "--execution-id", "mine", "--input", json.dumps({"n": 1}))
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "microsaga", "--store", ops.url, *command],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=ops.folder,
+            env=procs.env({"MICROSAGA_HEARTBEAT": "0.2"}),
+        )
+    ops.workers.append(run)
+
+    async def slow_running() -> bool:
+        found = await asyncio.to_thread(ops.cli, "show", "--json", "mine")
+        return (
+            found.returncode == 0
+            and json.loads(found.stdout)["steps"]["slow"]["status"] == "RUNNING"
+        )
+
+    await eventually(slow_running, timeout=60)
+    await stamp(ops.url, known_version(ops.url) + 1)  # a newer release migrated it
+    said = f"stops running executions (they go to other workers): {migrated(ops.url)}"
+    await eventually(lambda: said in err.read_text(), timeout=60)
+    (ops.folder / "go").touch()  # the step it runs finishes; the next one does not start
+    assert await asyncio.to_thread(run.wait, 60) == 2
+    assert out.read_text().splitlines()[-1] == "mine"  # which execution it leaves
+    assert err.read_text().splitlines()[-1] == (
+        f"error[schema_version]: {migrated(ops.url)}; execution mine is left to the "
+        "workers of the newer microsaga: `microsaga show mine` follows it"
+    )
+
+    await stamp(ops.url, known_version(ops.url))  # back: as if this release were newer
+    left = ops.show("mine")
+    assert left["status"] == "RUNNING", left  # not failed: for another worker
+    assert [left["steps"][s]["status"] for s in ("slow", "echo")] == ["SUCCESS", "PENDING"]
+    upgraded = await ops.worker(tmp_path / "upgraded.log")
+    await eventually(lambda: succeeded(ops, None, "mine"), timeout=60)
+    assert await ops.stop(upgraded) == 0
+
+
 GATE = threading.Event()
 
 
