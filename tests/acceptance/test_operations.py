@@ -246,6 +246,46 @@ async def test_a_key_rotation_in_two_steps_then_a_key_dropped_too_early(
     assert await ops.stop(worker) == 0
 
 
+async def test_an_execution_whose_key_is_lost_ends_by_an_abort_without_compensation(
+    store_ops: Ops, tmp_path: Path
+) -> None:
+    ops = store_ops
+    lost, kept = f"2026-06={secrets.token_urlsafe(32)}", f"2026-12={secrets.token_urlsafe(32)}"
+    waiting, rolling = (ops.start(n, keys=lost, wf="held.yaml") for n in (1, 2))
+    worker = await ops.worker(tmp_path / "lost.log", keys=lost)
+
+    async def parked(eid: str) -> bool:
+        return (await ops.status(eid, lost))["steps"]["echo"]["status"] == "SUCCESS"
+
+    await eventually(lambda: parked(waiting), timeout=60)
+    await eventually(lambda: parked(rolling), timeout=60)
+    assert await ops.stop(worker) == 0
+    # the key 2026-06 is lost for good: the rollback cannot run, so it stays COMPENSATING
+    assert ops.ok("abort", rolling, keys=kept).split() == [rolling, "COMPENSATING"]
+
+    assert ops.ok("abort", "--no-compensate", waiting, keys=kept).split() == [waiting, "RUNNING"]
+    assert ops.ok("abort", "--no-compensate", rolling, keys=kept).split() == [
+        rolling,
+        "COMPENSATING",
+    ]
+    log = tmp_path / "kept.log"
+    worker = await ops.worker(log, keys=kept)  # it cannot read them, and needs not
+
+    async def aborted() -> bool:
+        shown = [await ops.status(e, kept) for e in (waiting, rolling)]
+        return [s["status"] for s in shown] == ["ABORTED", "ABORTED"] and shown
+
+    why = "stored value encrypted with key '2026-06', which the codec does not have"
+    for shown in await eventually(aborted, timeout=60):
+        assert shown["error"] == f"aborted without reading it: {why}"
+        assert shown["note"] is None
+        assert shown["steps"]["echo"]["compensation"] is None  # nothing rolled back
+    assert await ops.stop(worker) == 0
+    assert f"execution {waiting} aborted without reading it: {why}" in log.read_text()
+    assert ops.ok("prune", "--older-than", "0s").strip() == "pruned 2 executions"
+    assert ops.ok("list", keys=kept) == ""
+
+
 # upgrades on PostgreSQL ------------------------------------------------------------------
 
 
