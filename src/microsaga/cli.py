@@ -331,6 +331,24 @@ def _stop_on_signals() -> list[int]:
     return received
 
 
+async def _unless_halted(flow: Flow, work: Awaitable[Execution]) -> Execution:
+    """``work``, unless the flow's worker stops on its own first (a newer release
+    migrated the store): then raise why, as :meth:`Flow.join` does."""
+    done = asyncio.ensure_future(work)
+    joined = asyncio.ensure_future(flow.join())
+    try:
+        await asyncio.wait([done, joined], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (done, joined):
+            task.cancel()
+        # the live display is closed before anything else is printed
+        await asyncio.gather(done, joined, return_exceptions=True)
+    if not done.cancelled():
+        return done.result()
+    joined.result()  # raises why the worker stopped
+    raise AssertionError("join returns only by raising")
+
+
 def _outcome_code(status: Status) -> int:
     return EXIT_FAILED if status in (Status.FAILURE, Status.ABORTED) else EXIT_OK
 
@@ -393,8 +411,22 @@ def run(
                 # execution back as a stopping worker does (a second one: at once)
                 stopped_by = _stop_on_signals()
                 order = [s.id for level in wf.steps() for s in level]
-                info = await follow(flow, eid, console, order)
-                await flow.settle(eid)  # steps still running here finish before we exit
+                try:
+                    info = await _unless_halted(flow, follow(flow, eid, console, order))
+                except SchemaVersionError as exc:  # a newer release migrated the store
+                    if not console.is_terminal:
+                        console.print()  # the cut-off live display ends without a newline
+                    click.echo(eid)
+                    _fail(
+                        exc.code,
+                        f"{exc}; execution {eid} is left to the workers of the newer "
+                        f"microsaga: `microsaga show {eid}` follows it",
+                    )
+                    return _exit_code(exc)
+                # steps still running here finish before we exit (a worker halted
+                # meanwhile has waited for them already)
+                with contextlib.suppress(SchemaVersionError):
+                    await flow.settle(eid)
         except asyncio.CancelledError:
             if not stopped_by:
                 raise

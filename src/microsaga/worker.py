@@ -68,6 +68,8 @@ from .stores.base import (
     Store,
     StoredDefinition,
     StoredExecution,
+    Transition,
+    TransitionResult,
     prune_paced,
 )
 from .waits import child_id
@@ -712,6 +714,8 @@ class Worker:
         service's address, a broker, a function's code, a codec key). Not the
         execution's failure: another worker may have it, or this one once configured.
         It waits, saying why; an operator can abort it."""
+        if isinstance(exc, CodecError) and await self._abort_unread(execution_id, token, exc):
+            return
         reason = str(exc)
         named = "MICROSAGA_CODEC_KEYS" in reason  # a flow without a codec says it
         if isinstance(exc, CodecError) and exc.code != "codec_tampered" and not named:
@@ -733,6 +737,34 @@ class Worker:
             await self.store.release(execution_id, token, now, note)
         except MicrosagaError:
             self._to_release[execution_id] = token
+
+    async def _abort_unread(self, execution_id: str, token: int, exc: CodecError) -> bool:
+        """End ABORTED an execution aborted without compensation that this worker cannot
+        decode (a codec key lost for good): that needs none of its bodies, and prune
+        removes it then. Its steps' records stay as they were. True when it ended."""
+        found = await self.store.get_status(execution_id)
+        if found is None or found[1] is not Abort.NO_COMPENSATION or found[0].finished:
+            return False
+        error = f"aborted without reading it: {one_line(exc)}"
+        now = self.clock()
+        ended = Transition(
+            execution_id,
+            token,
+            expect=found[0],
+            status=Status.ABORTED,
+            error=error,
+            release=True,
+            at=now,
+            abort=Abort.NO_COMPENSATION,
+        )
+        (result,) = await self.store.commit([ended])
+        if not isinstance(result, TransitionResult) or not result.applied:
+            return False
+        log.warning("execution %s %s", execution_id, error, extra=about(execution_id))
+        self._cannot_run.pop(execution_id, None)
+        self._left.pop(execution_id, None)
+        await self._announce(execution_id)
+        return True
 
     async def _adopt_one(self, stored: StoredExecution, recovery_attempts: int = 0) -> None:
         try:
@@ -815,22 +847,26 @@ class Worker:
             if found is not None:
                 run.control(found[0], Abort(found[1]))
         else:
-            if self.hooks.execution_status:
-                info = await self.store.get_execution(execution_id)
-                if info is not None:
-                    event = ExecutionEvent(
-                        execution_id=execution_id,
-                        workflow_id=info.workflow_id,
-                        status=info.status,
-                        at=self.clock(),
-                        created_at=info.created_at.timestamp(),
-                        error=info.error,
-                        request=info.request,
-                    )
-                    self.hooks.emit(self.hooks.execution_status, event)
-            self._notify(execution_id)
+            await self._announce(execution_id)
         self.poke()
         return status
+
+    async def _announce(self, execution_id: str) -> None:
+        """The execution changed without a run of it here: tell the hooks and waiters."""
+        if self.hooks.execution_status:
+            info = await self.store.get_execution(execution_id)
+            if info is not None:
+                event = ExecutionEvent(
+                    execution_id=execution_id,
+                    workflow_id=info.workflow_id,
+                    status=info.status,
+                    at=self.clock(),
+                    created_at=info.created_at.timestamp(),
+                    error=info.error,
+                    request=info.request,
+                )
+                self.hooks.emit(self.hooks.execution_status, event)
+        self._notify(execution_id)
 
     async def _pass_on(self, execution_id: str, action: ControlAction) -> None:
         """A suspend, resume or abort of a parent reaches the children its waiting

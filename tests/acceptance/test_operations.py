@@ -246,6 +246,46 @@ async def test_a_key_rotation_in_two_steps_then_a_key_dropped_too_early(
     assert await ops.stop(worker) == 0
 
 
+async def test_an_execution_whose_key_is_lost_ends_by_an_abort_without_compensation(
+    store_ops: Ops, tmp_path: Path
+) -> None:
+    ops = store_ops
+    lost, kept = f"2026-06={secrets.token_urlsafe(32)}", f"2026-12={secrets.token_urlsafe(32)}"
+    waiting, rolling = (ops.start(n, keys=lost, wf="held.yaml") for n in (1, 2))
+    worker = await ops.worker(tmp_path / "lost.log", keys=lost)
+
+    async def parked(eid: str) -> bool:
+        return (await ops.status(eid, lost))["steps"]["echo"]["status"] == "SUCCESS"
+
+    await eventually(lambda: parked(waiting), timeout=60)
+    await eventually(lambda: parked(rolling), timeout=60)
+    assert await ops.stop(worker) == 0
+    # the key 2026-06 is lost for good: the rollback cannot run, so it stays COMPENSATING
+    assert ops.ok("abort", rolling, keys=kept).split() == [rolling, "COMPENSATING"]
+
+    assert ops.ok("abort", "--no-compensate", waiting, keys=kept).split() == [waiting, "RUNNING"]
+    assert ops.ok("abort", "--no-compensate", rolling, keys=kept).split() == [
+        rolling,
+        "COMPENSATING",
+    ]
+    log = tmp_path / "kept.log"
+    worker = await ops.worker(log, keys=kept)  # it cannot read them, and needs not
+
+    async def aborted() -> bool:
+        shown = [await ops.status(e, kept) for e in (waiting, rolling)]
+        return [s["status"] for s in shown] == ["ABORTED", "ABORTED"] and shown
+
+    why = "stored value encrypted with key '2026-06', which the codec does not have"
+    for shown in await eventually(aborted, timeout=60):
+        assert shown["error"] == f"aborted without reading it: {why}"
+        assert shown["note"] is None
+        assert shown["steps"]["echo"]["compensation"] is None  # nothing rolled back
+    assert await ops.stop(worker) == 0
+    assert f"execution {waiting} aborted without reading it: {why}" in log.read_text()
+    assert ops.ok("prune", "--older-than", "0s").strip() == "pruned 2 executions"
+    assert ops.ok("list", keys=kept) == ""
+
+
 # upgrades on PostgreSQL ------------------------------------------------------------------
 
 
@@ -458,6 +498,50 @@ async def test_a_running_worker_stops_when_a_newer_release_migrates_its_store(
     upgraded = await ops.worker(tmp_path / "upgraded.log")
     await eventually(lambda: succeeded(ops, None, eid), timeout=60)
     assert ops.show(eid)["response"] == {"echo": {"slow": {"n": 1}}}
+    assert await ops.stop(upgraded) == 0
+
+
+async def test_run_stops_following_when_a_newer_release_migrates_its_store(
+    store_ops: Ops, tmp_path: Path
+) -> None:
+    ops = store_ops
+    out, err = tmp_path / "run.out", tmp_path / "run.err"
+    command = ("run", "slow.yaml", "--execution-id", "mine", "--input", json.dumps({"n": 1}))
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "microsaga", "--store", ops.url, *command],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=ops.folder,
+            env=procs.env({"MICROSAGA_HEARTBEAT": "0.2"}),
+        )
+    ops.workers.append(run)
+
+    async def slow_running() -> bool:
+        found = await asyncio.to_thread(ops.cli, "show", "--json", "mine")
+        return (
+            found.returncode == 0
+            and json.loads(found.stdout)["steps"]["slow"]["status"] == "RUNNING"
+        )
+
+    await eventually(slow_running, timeout=60)
+    await stamp(ops.url, known_version(ops.url) + 1)  # a newer release migrated it
+    said = f"stops running executions (they go to other workers): {migrated(ops.url)}"
+    await eventually(lambda: said in err.read_text(), timeout=60)
+    (ops.folder / "go").touch()  # the step it runs finishes; the next one does not start
+    assert await asyncio.to_thread(run.wait, 60) == 2
+    assert out.read_text().splitlines()[-1] == "mine"  # which execution it leaves
+    assert err.read_text().splitlines()[-1] == (
+        f"error[schema_version]: {migrated(ops.url)}; execution mine is left to the "
+        "workers of the newer microsaga: `microsaga show mine` follows it"
+    )
+
+    await stamp(ops.url, known_version(ops.url))  # back: as if this release were newer
+    left = ops.show("mine")
+    assert left["status"] == "RUNNING", left  # not failed: for another worker
+    assert [left["steps"][s]["status"] for s in ("slow", "echo")] == ["SUCCESS", "PENDING"]
+    upgraded = await ops.worker(tmp_path / "upgraded.log")
+    await eventually(lambda: succeeded(ops, None, "mine"), timeout=60)
     assert await ops.stop(upgraded) == 0
 
 
