@@ -75,21 +75,18 @@ def _step_rows(
 
 
 def _large(unit: NewExecution | Transition) -> bool:
-    """Whether a unit holds a body stored by reference (microsaga.payloads). Loops:
-    ``any()`` over generators cost twice as much, and this runs on every commit."""
-    messages: list[Message | None]
+    """Whether a unit holds a body stored by reference (microsaga.payloads)."""
+
+    def over(m: Message | None) -> bool:
+        return m is not None and len(m.body) > INLINE_LIMIT
+
     if isinstance(unit, NewExecution):
-        messages = [unit.request]
-        records = unit.starts
-    else:
-        messages = [unit.response]
-        records = [*unit.records, *unit.starts]
-    for r in records:
-        messages += (r.request, r.response)
-    for m in messages:  # noqa: SIM110
-        if m is not None and len(m.body) > INLINE_LIMIT:
-            return True
-    return False
+        return over(unit.request) or any(over(r.request) for r in unit.starts)
+    return over(unit.response) or any(
+        over(r.request) or over(r.response)
+        for records in (unit.records, unit.starts)
+        for r in records
+    )
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
