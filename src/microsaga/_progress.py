@@ -15,11 +15,11 @@ from rich.text import Text
 
 from ._aio import wait_event
 from .errors import ExecutionNotFoundError
-from .execution import Execution, StepRun
+from .execution import Execution, StepRun, notable
 from .hooks import ExecutionEvent, Hook, StepEvent
 from .message import Message
 from .status import Status
-from .waits import run_of
+from .waits import guessed_steps, run_of
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -37,7 +37,6 @@ MAP_ROWS = 20
 """A map with more runs than this shows them as one line of counts by status, with its
 failed and compensating runs listed (up to ``_LISTED`` of them) below it."""
 _LISTED = 5
-_NOTABLE = frozenset({Status.FAILURE, Status.COMPENSATING})
 
 
 def progress_console() -> Console:
@@ -71,14 +70,6 @@ class _Runs(NamedTuple):
     step: str
     status: str
     text: str
-
-
-def _notable(run: StepRun) -> bool:
-    """A run listed even in a collapsed map: it failed, or its undo is running or failed."""
-    comp = run.compensation
-    if run.status in _NOTABLE:
-        return True
-    return comp is not None and (comp.status in _NOTABLE or comp.status is Status.RUNNING)
 
 
 def _counts(runs: Sequence[StepRun]) -> str:
@@ -115,14 +106,14 @@ def _grouped(
             out.append(sid)
         elif sid == big[head][0]:
             listed = big[head]
-            notable = [r for r in listed if _notable(steps[r])]
-            notable.sort(key=lambda r: int(r[r.rindex("[") + 1 : -1]))
+            noted = [r for r in listed if notable(steps[r])]
+            noted.sort(key=lambda r: int(r[r.rindex("[") + 1 : -1]))
             out.append(
                 _Runs(f"{head}[*]", f"{len(listed):,} runs", _counts([steps[r] for r in listed]))
             )
-            out.extend(notable[:_LISTED])
-            if len(notable) > _LISTED:
-                more = len(notable) - _LISTED
+            out.extend(noted[:_LISTED])
+            if len(noted) > _LISTED:
+                more = len(noted) - _LISTED
                 out.append(
                     _Runs(f"{head}[*]", f"{more:,} more", f"failed or undoing, not listed: {hint}")
                 )
@@ -231,26 +222,13 @@ def _shown_body(message: Message) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
-def _is_run(step_id: str, step_ids: Collection[str]) -> bool:
-    """Whether ``step_id`` reads as a run of a map among ``step_ids`` (those of an
-    execution, runs included): ``<step id>[<index>]``."""
-    head, _, index = step_id[:-1].rpartition("[")
-    return step_id.endswith("]") and index.isdigit() and head in step_ids
-
-
-def _guessed_steps(info: Execution) -> set[str]:
-    """The execution's steps as its ids alone tell them from a map's runs: a step may be
-    named ``x[0]`` beside a step ``x`` that is no map, which only the definition says."""
-    return {sid for sid in info.steps if not _is_run(sid, info.steps)}
-
-
 def collapses(info: Execution, all_runs: bool = False) -> bool:
     """Whether :func:`show_lines` without the definition's step ids would make one line
     of more than :data:`MAP_ROWS` steps read as a map's runs: only then does it need
     them (one more read of the store)."""
     if all_runs:
         return False
-    known = _guessed_steps(info)
+    known = guessed_steps(info.steps)
     counts = Counter(found[0] for sid in info.steps if (found := run_of(sid, known)))
     return any(n > MAP_ROWS for n in counts.values())
 
@@ -294,7 +272,7 @@ def show_lines(
     table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 2, 0, 0))
     for name in ("STEP", "STATUS", "ATTEMPTS", "STARTED", "TIME", "ERROR"):
         table.add_column(name, no_wrap=True, overflow="fold")
-    known = set(step_ids) if step_ids is not None else _guessed_steps(info)
+    known = set(step_ids) if step_ids is not None else guessed_steps(info.steps)
     hint = f"`microsaga show {info.id} --all` lists every run"
     for row in _grouped(list(info.steps), info.steps, known, all_runs, hint):
         if isinstance(row, _Runs):

@@ -78,6 +78,19 @@ def run_of(step_id: str, step_ids: Collection[str]) -> tuple[str, int] | None:
     return (head, int(index)) if head in step_ids and index.isdigit() else None
 
 
+def guessed_steps(step_ids: Collection[str]) -> set[str]:
+    """The steps among ``step_ids`` (an execution's, its maps' runs included) as the
+    ids alone tell them from the runs: those that do not read as ``<step id>[<i>]`` of
+    another. A step may be named ``x[0]`` beside a step ``x`` that is no map, which only
+    the definition says (hand its step ids to :func:`run_of` where there is one)."""
+
+    def is_run(sid: str) -> bool:
+        head, _, index = sid[:-1].rpartition("[")
+        return sid.endswith("]") and index.isdigit() and head in step_ids
+
+    return {sid for sid in step_ids if not is_run(sid)}
+
+
 class Waits(NamedTuple):
     """The signals a definition takes: the events its wait steps (their fallbacks and
     compensations too) wait for, and the ids of its SubflowSteps, whose children take

@@ -22,7 +22,7 @@ import msgspec
 from .. import execution as core
 from ..message import Message, decode_json_body
 from ..status import Status
-from ..waits import run_of
+from ..waits import guessed_steps, run_of
 
 __all__ = [
     "STATUS_NAMES",
@@ -334,21 +334,6 @@ def step_run(run: core.StepRun) -> StepRun:
     )
 
 
-_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING})
-_COMP_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING, Status.RUNNING})
-
-
-def _notable(run: core.StepRun) -> bool:
-    """A run worth listing: failed, or undoing (its compensation failed or runs)."""
-    comp = run.compensation
-    return run.status in _UNDOING or (comp is not None and comp.status in _COMP_UNDOING)
-
-
-def _looks_like_run(step_id: str, step_ids: Collection[str]) -> bool:
-    head, _, index = step_id[:-1].rpartition("[")
-    return step_id.endswith("]") and index.isdigit() and head in step_ids
-
-
 def maps_in_brief(
     info: core.Execution, limit: int, step_ids: Collection[str] | None = None
 ) -> tuple[dict[str, MapRuns], set[str]]:
@@ -357,7 +342,7 @@ def maps_in_brief(
     ``step_ids``, the definition's, tell them from steps named like them (``x[0]``
     beside a step ``x``); without them the ids alone are read."""
     if not step_ids:
-        step_ids = {sid for sid in info.steps if not _looks_like_run(sid, info.steps)}
+        step_ids = guessed_steps(info.steps)
     runs: dict[str, list[tuple[int, str]]] = {}
     for sid in info.steps:
         of = run_of(sid, step_ids)
@@ -377,7 +362,7 @@ def maps_in_brief(
             statuses[run.status.name] += 1
             if run.compensation is not None:
                 comps[run.compensation.status.name] += 1
-            if _notable(run):
+            if core.notable(run):
                 notable.append(rid)
         listed = notable[:limit]
         maps[map_id] = MapRuns(
