@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import msgspec
@@ -54,6 +54,7 @@ STEP_ONLY = (Status.WAITING, Status.SKIPPED, Status.COMPENSATED)  # no execution
 
 log = logging.getLogger("microsaga.cli")
 _json_check = msgspec.json.Decoder(msgspec.Raw)
+T = TypeVar("T")
 
 
 class Exit(Exception):
@@ -331,9 +332,10 @@ def _stop_on_signals() -> list[int]:
     return received
 
 
-async def _unless_halted(flow: Flow, work: Awaitable[Execution]) -> Execution:
-    """``work``, unless the flow's worker stops on its own first (a newer release
-    migrated the store): then raise why, as :meth:`Flow.join` does."""
+async def _unless_halted(flow: Flow, work: Awaitable[T]) -> T:
+    """``work`` (following an execution for ``run``, a signal for ``worker``), unless
+    the flow's worker stops on its own first (a newer release migrated the store):
+    then raise why, as :meth:`Flow.join` does (SchemaVersionError: exit status 2)."""
     done = asyncio.ensure_future(work)
     joined = asyncio.ensure_future(flow.join())
     try:
@@ -781,7 +783,7 @@ def worker(
                 f"worker {flow.worker_id} on {shown_store(flow.store.url)}: running executions",
                 err=True,
             )
-            await _until_stopped(flow, stop)
+            await _unless_halted(flow, stop.wait())
             click.echo("worker stopping: unfinished executions go to other workers", err=True)
         if server is not None:
             server.shutdown()
@@ -790,20 +792,6 @@ def worker(
     # the flow names its worker_id argument: here it came from --id or the environment
     with _as_options(worker_id="--id" if worker_id is not None else "MICROSAGA_WORKER_ID"):
         _run_async(main)
-
-
-async def _until_stopped(flow: Flow, stop: asyncio.Event) -> None:
-    """Until ``stop`` is set (a signal), or the flow's worker stops on its own: then
-    raise why (SchemaVersionError: exit status 2)."""
-    stopped = asyncio.ensure_future(stop.wait())
-    joined = asyncio.ensure_future(flow.join())
-    try:
-        await asyncio.wait([stopped, joined], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        joined.cancel()
-    if joined.done() and not joined.cancelled():
-        joined.result()
 
 
 @cli.command()
