@@ -1132,8 +1132,9 @@ class Flow:
         after the parent rolled back, or while it waits for an operator."""
         parent_id = stored.parent_id
         assert parent_id is not None
-        parent = await self.store.load(parent_id)
-        known = set(parent.definition.step_ids) if parent is not None else set()
+        # the parent's status and step ids; its step runs only where they tell more
+        found = await self.store.definition_of(parent_id)
+        known = set(found[1].step_ids) if found is not None else set()
         # <parent id>:<step id>, then ::<n> from the second try (waits.child_id)
         step = stored.id[len(parent_id) + 1 :]
         head, sep, attempt = step.rpartition("::")
@@ -1143,27 +1144,27 @@ class Flow:
             f"cannot redrive execution {stored.id}: it is the child of step {step} of "
             f"execution {parent_id}, and a new execution would have no parent waiting for it"
         )
-        if parent is None:
+        if found is None:
             return f"{said}; that parent is gone: start workflow {stored.workflow_id} anew"
-        failed = {
-            r.step_id
+        status = found[0]
+        parent = await self.store.load(parent_id) if status is Status.SUSPEND else None
+        if parent is not None and any(
+            r.step_id == step and r.phase is Phase.FORWARD and r.status is Status.FAILURE
             for r in parent.records
-            if r.phase is Phase.FORWARD and r.status is Status.FAILURE
-        }
-        if parent.status is Status.SUSPEND and step in failed:
+        ):
             return (
                 f"{said}; redrive step {step} of execution {parent_id} instead (it is "
                 "SUSPEND on it): that runs a new child"
             )
-        if parent.status in (Status.FAILURE, Status.ABORTED):
+        if status in (Status.FAILURE, Status.ABORTED):
             return (
                 f"{said}; redrive execution {parent_id} instead (it is "
-                f"{parent.status.name}): that starts it anew, with a new child"
+                f"{status.name}): that starts it anew, with a new child"
             )
-        if parent.status is Status.SUCCESS:  # a later try of the step succeeded
+        if status is Status.SUCCESS:  # a later try of the step succeeded
             return f"{said}; execution {parent_id} succeeded: nothing is left to redrive"
         return (
-            f"{said}; execution {parent_id} is {parent.status.name}: redrive it once it "
+            f"{said}; execution {parent_id} is {status.name}: redrive it once it "
             f"failed, or its step {step} while it is SUSPEND on it"
         )
 
