@@ -470,6 +470,30 @@ def migrated(url: str) -> str:
     )
 
 
+async def migrate_under(ops: Ops, proc: subprocess.Popen[bytes], log: Path) -> str:
+    """Stamp the store as a newer release's while ``proc`` runs step slow of slow.yaml;
+    see it say (in ``log``) that it stops, let the step finish, and ``proc`` exit with
+    status 2. What it said."""
+    await stamp(ops.url, known_version(ops.url) + 1)  # a newer release migrated it
+    said = f"stops running executions (they go to other workers): {migrated(ops.url)}"
+    await eventually(lambda: said in log.read_text(), timeout=60)
+    (ops.folder / "go").touch()  # the step it runs finishes; the next one does not start
+    assert await asyncio.to_thread(proc.wait, 60) == 2
+    return said
+
+
+async def finished_by_a_newer_worker(ops: Ops, eid: str, tmp_path: Path) -> None:
+    """Once the store is back to this release's schema (as if it were the newer one),
+    ``eid`` is RUNNING with its slow step done, and a worker finishes it."""
+    await stamp(ops.url, known_version(ops.url))  # back: as if this release were newer
+    left = ops.show(eid)
+    assert left["status"] == "RUNNING", left  # not failed: for another worker
+    assert [left["steps"][s]["status"] for s in ("slow", "echo")] == ["SUCCESS", "PENDING"]
+    upgraded = await ops.worker(tmp_path / "upgraded.log")
+    await eventually(lambda: succeeded(ops, None, eid), timeout=60)
+    assert await ops.stop(upgraded) == 0
+
+
 async def test_a_running_worker_stops_when_a_newer_release_migrates_its_store(
     store_ops: Ops, tmp_path: Path
 ) -> None:
@@ -482,23 +506,13 @@ async def test_a_running_worker_stops_when_a_newer_release_migrates_its_store(
         return (await ops.status(eid))["steps"]["slow"]["status"] == "RUNNING"
 
     await eventually(slow_running, timeout=60)
-    await stamp(ops.url, known_version(ops.url) + 1)  # a newer release migrated it
-    said = f"stops running executions (they go to other workers): {migrated(ops.url)}"
-    await eventually(lambda: said in log.read_text(), timeout=60)
-    (ops.folder / "go").touch()  # the step it runs finishes; the next one does not start
-    assert await asyncio.to_thread(worker.wait, 60) == 2
+    said = await migrate_under(ops, worker, log)
     output = log.read_text()
     assert output.count(said) == 1, output
     assert output.splitlines()[-1] == f"error[schema_version]: {migrated(ops.url)}", output
 
-    await stamp(ops.url, known_version(ops.url))  # back: as if this release were newer
-    left = ops.show(eid)
-    assert left["status"] == "RUNNING", left  # not failed: for another worker
-    assert [left["steps"][s]["status"] for s in ("slow", "echo")] == ["SUCCESS", "PENDING"]
-    upgraded = await ops.worker(tmp_path / "upgraded.log")
-    await eventually(lambda: succeeded(ops, None, eid), timeout=60)
+    await finished_by_a_newer_worker(ops, eid, tmp_path)
     assert ops.show(eid)["response"] == {"echo": {"slow": {"n": 1}}}
-    assert await ops.stop(upgraded) == 0
 
 
 async def test_run_stops_following_when_a_newer_release_migrates_its_store(
@@ -525,24 +539,14 @@ async def test_run_stops_following_when_a_newer_release_migrates_its_store(
         )
 
     await eventually(slow_running, timeout=60)
-    await stamp(ops.url, known_version(ops.url) + 1)  # a newer release migrated it
-    said = f"stops running executions (they go to other workers): {migrated(ops.url)}"
-    await eventually(lambda: said in err.read_text(), timeout=60)
-    (ops.folder / "go").touch()  # the step it runs finishes; the next one does not start
-    assert await asyncio.to_thread(run.wait, 60) == 2
+    await migrate_under(ops, run, err)
     assert out.read_text().splitlines()[-1] == "mine"  # which execution it leaves
     assert err.read_text().splitlines()[-1] == (
         f"error[schema_version]: {migrated(ops.url)}; execution mine is left to the "
         "workers of the newer microsaga: `microsaga show mine` follows it"
     )
 
-    await stamp(ops.url, known_version(ops.url))  # back: as if this release were newer
-    left = ops.show("mine")
-    assert left["status"] == "RUNNING", left  # not failed: for another worker
-    assert [left["steps"][s]["status"] for s in ("slow", "echo")] == ["SUCCESS", "PENDING"]
-    upgraded = await ops.worker(tmp_path / "upgraded.log")
-    await eventually(lambda: succeeded(ops, None, "mine"), timeout=60)
-    assert await ops.stop(upgraded) == 0
+    await finished_by_a_newer_worker(ops, "mine", tmp_path)
 
 
 GATE = threading.Event()
