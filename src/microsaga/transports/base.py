@@ -10,7 +10,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._urls import redact_url
 from ..errors import ConfigurationError, StepError, TransportError, one_line
@@ -33,6 +33,7 @@ __all__ = [
     "raise_for_error_reply",
     "redact_url",
     "to_message",
+    "url_option",
 ]
 
 log = logging.getLogger("microsaga.transports")
@@ -73,6 +74,18 @@ def check_url_options(
             raise ConfigurationError(
                 setting, f"{redact_url(url)}: unknown option {key!r}; did you mean {close[0]}?"
             )
+
+
+def url_option(url: str, name: str, setting: str) -> tuple[str | None, str]:
+    """Our option ``name`` of a broker URL (``?exchange=``): its value (None without
+    it), and the URL without it, for the driver; a misspelling of it is refused (see
+    :func:`check_url_options`)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    check_url_options(query, (name,), url, setting)
+    value = next((v for k, v in query if k == name), None)
+    rest = urlencode([(k, v) for k, v in query if k != name])
+    return value, urlunsplit(parts._replace(query=rest))
 
 
 Handler = Callable[[Message], Awaitable[Any] | Any]

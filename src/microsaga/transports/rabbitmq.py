@@ -36,7 +36,6 @@ import asyncio
 import contextvars
 import logging
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.exceptions
@@ -59,8 +58,8 @@ from .base import (
     Handler,
     Subscription,
     check_url_address,
-    check_url_options,
     redact_url,
+    url_option,
 )
 
 __all__ = ["RabbitMQBroker"]
@@ -115,12 +114,8 @@ class RabbitMQBroker(Broker):
         self.url = url
         self.setting = setting  # the setting the URL came from, for errors
         check_url_address(url, setting)
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        check_url_options(query, ("exchange",), url, setting)
-        self.exchange_name = next((v for k, v in query if k == "exchange"), "")
-        rest = urlencode([(k, v) for k, v in query if k != "exchange"])
-        self._amqp_url = urlunsplit(parts._replace(query=rest))
+        exchange, self._amqp_url = url_option(url, "exchange", setting)
+        self.exchange_name = exchange or ""
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
         self.reconnect_interval = reconnect_interval

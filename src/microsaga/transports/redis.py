@@ -30,7 +30,6 @@ import os
 import socket
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis.asyncio as aioredis
@@ -47,8 +46,8 @@ from .base import (
     Handler,
     Subscription,
     check_url_address,
-    check_url_options,
     redact_url,
+    url_option,
 )
 
 __all__ = ["RedisBroker"]
@@ -100,13 +99,8 @@ class RedisBroker(Broker):
         self.url = url
         self.setting = setting  # the setting the URL came from, for errors
         check_url_address(url, setting)
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        check_url_options(query, ("maxlen",), url, setting)
-        maxlen = next((v for k, v in query if k == "maxlen"), None)
+        maxlen, self._redis_url = url_option(url, "maxlen", setting)
         self.maxlen = _maxlen(maxlen, url, setting) if maxlen else None
-        rest = urlencode([(k, v) for k, v in query if k != "maxlen"])
-        self._redis_url = urlunsplit(parts._replace(query=rest))
         self.group = group
         self.block = block
         self.claim_idle = claim_idle
