@@ -25,6 +25,8 @@ from ..status import Status
 from ..waits import run_of
 
 __all__ = [
+    "COMP_UNDOING",
+    "UNDOING",
     "Abort",
     "Claim",
     "ControlAction",

@@ -522,18 +522,25 @@ FROM microsaga_step_runs WHERE execution_id = ANY($1::text[]);
 -- each, then the runs to read in full: (step, NULL, NULL, NULL, index, run id) for each
 -- run of a step of no more than $3 runs, and for the first $3 runs of another that
 -- are failed or undoing (status in $4, or their compensation's in $5). The execution's
--- rows off the primary key, each compensation by its key (a subquery: as a join, with
--- the statistics of a new map, the planner read every compensation row for each run).
+-- forward rows off the primary key, each compensation by its key (a subquery: as a
+-- join, with the statistics of a new map, the planner read every compensation row for
+-- each run). rtrim leaves '<step>[' of a run (a regexp took 5 times as long); its
+-- index is digits.
 WITH runs AS MATERIALIZED (
-    SELECT r.step_id, r.status, r.m[1] AS head, r.m[2]::bigint AS idx,
+    SELECT step_id, status, left(open, -1) AS head,
+           substr(step_id, length(open) + 1, length(step_id) - length(open) - 1)::bigint AS idx,
            (SELECT c.status FROM microsaga_step_runs c
             WHERE c.execution_id = $1 AND c.step_id = r.step_id AND c.phase = 1) AS undo
     FROM (
-        SELECT step_id, status, regexp_match(step_id, '^(.*)\[([0-9]+)\]$') AS m
+        SELECT step_id, status, rtrim(step_id, '0123456789]') AS open
         FROM microsaga_step_runs
-        WHERE execution_id = $1 AND phase = 0
+        WHERE execution_id = $1 AND phase = 0 AND step_id LIKE '%]'
+        OFFSET 0
     ) r
-    WHERE r.m[1] = ANY($2::text[]) AND r.step_id <> ALL($2::text[])
+    WHERE right(open, 1) = '['
+      AND length(step_id) - length(open) >= 2
+      AND position(']' in substr(step_id, length(open) + 1, length(step_id) - length(open) - 1)) = 0
+      AND left(open, -1) = ANY($2::text[]) AND step_id <> ALL($2::text[])
 ),
 sizes AS (SELECT head, count(*) AS n FROM runs GROUP BY head)
 SELECT head, status, undo, count(*), min(idx), NULL::text FROM runs
