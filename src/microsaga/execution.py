@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from .message import Message
 from .status import Status
 
-__all__ = ["Execution", "StepRun", "to_datetime"]
+__all__ = ["Execution", "StepRun", "notable", "to_datetime"]
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -38,6 +38,17 @@ class StepRun:
         if self.started_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+
+_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING})
+_COMP_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING, Status.RUNNING})
+
+
+def notable(run: StepRun) -> bool:
+    """Whether a map's run is listed even where its map's runs are given in brief
+    (``show``, the API's ``map_runs``): it failed, or its undo runs or failed."""
+    comp = run.compensation
+    return run.status in _UNDOING or (comp is not None and comp.status in _COMP_UNDOING)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

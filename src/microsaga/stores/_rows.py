@@ -25,6 +25,8 @@ from ..payloads import PLAIN, Bodies, Pending
 from ..status import Phase, Status
 from ..waits import run_of
 from .base import (
+    COMP_UNDOING,
+    UNDOING,
     Abort,
     ControlAction,
     MapBrief,
@@ -33,7 +35,6 @@ from .base import (
     StoredDefinition,
     StoredExecution,
     StoredWorkflow,
-    undoing,
 )
 
 __all__ = [
@@ -477,7 +478,7 @@ def map_briefs(rows: Iterable[Sequence[Any]], limit: int) -> tuple[dict[str, Map
             statuses[status] = statuses.get(status, 0) + count
             if undo is not None:
                 comps[undo] = comps.get(undo, 0) + count
-            if undoing(status, undo):
+            if status in UNDOING or undo in COMP_UNDOING:  # as the query lists them
                 notable += count
         listed = [run_id for _, run_id in sorted(read.get(head, ()))]
         maps[head] = MapBrief(runs, statuses, comps, notable, listed)

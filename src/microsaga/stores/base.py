@@ -19,7 +19,7 @@ import msgspec
 
 from .._engine.records import Abort, StepRecord
 from ..codecs import PayloadCodec
-from ..execution import Execution, StepRun
+from ..execution import Execution, StepRun, notable
 from ..message import Message
 from ..status import Status
 from ..waits import run_of
@@ -41,8 +41,6 @@ __all__ = [
     "TransitionResult",
     "map_briefs",
     "migrated_since",
-    "notable",
-    "undoing",
 ]
 
 # "compensate": roll back a finished SUCCESS execution (a sub-workflow's child, when
@@ -153,25 +151,16 @@ class MapBrief:
     runs: int  # how many started
     statuses: dict[Status, int]  # the runs by status, in the order of their first run
     compensations: dict[Status, int]  # the runs with a compensation, by its status
-    notable: int  # the runs failed or undoing (:func:`notable`)
+    notable: int  # the runs failed or undoing (execution.notable)
     listed: list[str]  # the first of those, in element order
 
 
-# a run worth listing: its status, or its compensation's (the SQL stores get them too)
-UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING})
-COMP_UNDOING = frozenset({Status.FAILURE, Status.COMPENSATING, Status.RUNNING})
-
-
-def undoing(status: Status, compensation: Status | None) -> bool:
-    """Whether a run of ``status`` whose compensation has ``compensation`` (None: none
-    started) is worth listing: failed, or undoing (its compensation failed or runs)."""
-    return status in UNDOING or compensation in COMP_UNDOING
-
-
-def notable(run: StepRun) -> bool:
-    """:func:`undoing` of a run."""
-    comp = run.compensation
-    return undoing(run.status, None if comp is None else comp.status)
+# the statuses of a run, and of its compensation, that make it worth listing, read off
+# the rule (execution.notable) for the SQL stores, which count and list runs by them
+UNDOING = frozenset(s for s in Status if notable(StepRun("", s)))
+COMP_UNDOING = frozenset(
+    s for s in Status if notable(StepRun("", Status.SUCCESS, compensation=StepRun("", s)))
+)
 
 
 def map_briefs(
@@ -482,8 +471,8 @@ class Store(abc.ABC):
     ) -> tuple[Execution, dict[str, MapBrief]] | None:
         """The execution with its maps of more than ``map_runs`` runs in brief: those
         maps' counts, and the execution without their runs but the first ``map_runs``
-        failed or undoing ones (:func:`notable`) of each. The SQL stores count in the
-        database and read only the runs they give; this default reads every run."""
+        failed or undoing ones (``execution.notable``) of each. The SQL stores count in
+        the database and read only the runs they give; this default reads every run."""
         found = await self.definition_of(execution_id)
         info = await self.get_execution(execution_id)
         if found is None or info is None:
