@@ -72,6 +72,12 @@ async def held_or_failed(msg: Message) -> Any:
     return body
 
 
+async def undo_or_failed(msg: Message) -> None:
+    """A compensation that fails for good when what it undoes asked for it."""
+    if "undo_error" in msg.body.decode():
+        raise StepError("cannot undo", retryable=False)
+
+
 # a map of held_or_failed over the request's items (at most `concurrency` at once)
 def mapped(concurrency: int | None = None) -> dict[str, Any]:
     inner: dict[str, Any] = {

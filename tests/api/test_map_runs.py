@@ -4,10 +4,15 @@ from ``GET /api/executions/{id}`` and its event stream, instead of every run."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
-from microsaga import Flow
-from microsaga.api.events import Feed
+import msgspec
+
+from microsaga import Flow, Status
+from microsaga.api import models
+from microsaga.api.events import Feed, settled
+from microsaga.stores.base import map_briefs
 from tests.helpers import eventually
 
 from . import steps
@@ -175,3 +180,74 @@ async def test_steps_named_like_runs_are_no_map_in_brief(memory_api: Client) -> 
     events = parse_events((await memory_api.get(f"/api/executions/{eid}/events?map_runs=5")).text)
     assert len([k for k, _ in events if k == "step"]) == 26
     assert "map" not in {k for k, _ in events}
+
+
+# two maps and two steps named like runs of one: m's runs fail (two), succeed, and are
+# compensated (some compensations fail), its step `after` fails; s has 3 runs
+COUNTED: dict[str, Any] = {
+    "id": "counted",
+    "steps": [
+        {
+            "id": "m",
+            "map": {
+                "over": "request.items",
+                "step": {
+                    "function": f"{steps.__name__}:held_or_failed",
+                    "compensate": {"function": f"{steps.__name__}:undo_or_failed"},
+                },
+            },
+        },
+        {
+            "id": "s",
+            "map": {"over": "request.small", "step": {"function": f"{steps.__name__}:held"}},
+        },
+        {"id": "shard", "function": f"{steps.__name__}:notify"},
+        {"id": "shard[0]", "function": f"{steps.__name__}:notify", "requires": ["shard"]},
+        {"id": "shard[1]", "function": f"{steps.__name__}:notify", "requires": ["shard"]},
+    ],
+}
+
+
+async def test_the_store_counts_maps_as_counting_every_run_does(api: Client, flow: Flow) -> None:
+    """The maps in brief that the store counts (SQL on SQLite and PostgreSQL) and the
+    runs it reads are those of every run read and counted here, for any ``map_runs``:
+    the API answers the same."""
+    items: list[Any] = [{"n": i} for i in range(40)]
+    for i in (3, 11, 17, 29):
+        items[i]["undo_error"] = True
+    for i in (7, 23):  # they fail once every run started
+        items[i].update(error="out of stock", gate="fail")
+    saved = await api.put("/api/workflows/counted", json=COUNTED)
+    assert saved.status_code == 200, saved.text
+    body = {"input": {"items": items, "small": [1, 2, 3]}}
+    started = await api.post("/api/workflows/counted/executions", json=body)
+    eid = started.json()["id"]
+
+    async def all_started() -> bool:
+        return sum(sid.startswith("m[") for sid in (await flow.execution(eid)).steps) == 40
+
+    await eventually(all_started, timeout=20)
+    steps.gate("fail").set()
+
+    async def done() -> bool:
+        return settled(await flow.execution(eid))
+
+    await eventually(done, timeout=20)
+    whole = await flow.execution(eid)
+    assert whole.status is Status.FAILURE
+    undone = {r.compensation.status for r in whole.steps.values() if r.compensation}
+    assert undone == {Status.SUCCESS, Status.FAILURE}
+    found = await flow.store.definition_of(eid)
+    assert found is not None
+    for limit in (0, 1, 2, 3, 5, 39, 40, 100):
+        maps, hidden = map_briefs(whole, limit, found[1].step_ids)
+        shown = {sid: run for sid, run in whole.steps.items() if sid not in hidden}
+        expected = msgspec.to_builtins(models.execution(replace(whole, steps=shown), maps))
+        got = await brief(api, eid, limit)
+        assert got == expected, limit
+        assert list(got["steps"]) == list(expected["steps"]), limit  # in the same order
+    brief5 = (await brief(api, eid, 5))["maps"]
+    assert list(brief5) == ["m"]  # s has 3 runs; shard[0] and shard[1] are steps
+    assert brief5["m"]["notable"] >= 3  # 2 failed, and compensations that failed
+    assert {"m[7]", "m[23]"} <= set(brief5["m"]["listed"])
+    assert brief5["m"]["compensations"]["FAILURE"] >= 1

@@ -8,6 +8,7 @@ sagas through :class:`microsaga.Flow` on each store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from microsaga import (
     StepError,
 )
 from microsaga._engine.records import Abort, Phase
+from microsaga.execution import Execution
 from microsaga.stores import open_store
 from microsaga.stores.base import (
     NewExecution,
@@ -33,6 +35,7 @@ from microsaga.stores.base import (
     Store,
     Transition,
     TransitionResult,
+    map_briefs,
 )
 from tests.helpers import eventually
 from tests.integration.pg import empty_store
@@ -1085,6 +1088,66 @@ async def test_get_status(store: Store) -> None:
     assert await store.get_status("e1") == (Status.RUNNING, Abort.NONE)
     await store.request("e1", "abort", 101.0)
     assert await store.get_status("e1") == (Status.COMPENSATING, Abort.COMPENSATE)
+
+
+def _shown(info: Execution) -> list[tuple[Any, ...]]:
+    """What a reader sees of each step, in order."""
+    out = []
+    for sid, run in info.steps.items():
+        comp = run.compensation
+        request = None if run.request is None else run.request.body
+        out.append((sid, run.status, run.attempts, request, comp and comp.status))
+    return out
+
+
+async def test_maps_in_brief_are_counted_as_from_every_run(store: Store) -> None:
+    """``get_execution_in_brief`` gives what counting every run of ``get_execution``
+    gives (:func:`map_briefs`), for any limit: the SQL stores count in the database.
+    Runs are ``<map>[<digits>]`` of a step of the definition, in element order, not
+    in the order of their ids; ids only like them (``m[1]x``, ``m[]``, ``shard[0]``, a
+    step of its own) are no runs."""
+    steps = ("m", "s", "shard", "shard[0]", "x]")
+    await store.commit([new("e1", owner="w1", steps=steps)])
+    forward = [
+        Status.SUCCESS, Status.SUCCESS, Status.FAILURE, Status.COMPENSATED, Status.SUCCESS,
+        Status.COMPENSATING, Status.SUCCESS, Status.FAILURE, Status.SUCCESS, Status.SUCCESS,
+        Status.RUNNING, Status.SUCCESS,
+    ]  # fmt: skip
+    undo = {3: Status.SUCCESS, 4: Status.FAILURE, 5: Status.RUNNING, 9: Status.SUCCESS}
+    records = [replace(succeeded(f"m[{i}]"), status=st) for i, st in enumerate(forward)]
+    records += [replace(succeeded(f"m[{i}]", phase=Phase.COMPENSATE), status=st)
+                for i, st in undo.items()]  # fmt: skip
+    records += [succeeded(sid) for sid in ("m", "s[0]", "s[1]", "shard", "shard[0]", "x][2]")]
+    records += [succeeded(sid) for sid in ("m[1]x", "m[]", "m[1]]", "m[-1]", "m[2][3]")]
+    await store.commit([transition("e1", records=records)])
+    whole = await store.get_execution("e1")
+    assert whole is not None
+    for limit in range(14):
+        found = await store.get_execution_in_brief("e1", limit)
+        assert found is not None, limit
+        info, maps = found
+        expected, hidden = map_briefs(whole, limit, steps)
+        assert maps == expected, limit
+        for map_id, brief in maps.items():
+            assert list(brief.statuses) == list(expected[map_id].statuses), limit
+            assert list(brief.compensations) == list(expected[map_id].compensations), limit
+        shown = {sid: run for sid, run in whole.steps.items() if sid not in hidden}
+        assert _shown(info) == _shown(dataclasses.replace(whole, steps=shown)), limit
+    found = await store.get_execution_in_brief("e1", 2)
+    assert found is not None
+    assert list(found[1]) == ["m"]  # s, x] of 2 runs and 1: whole
+    brief = found[1]["m"]
+    assert brief.runs == 12
+    assert list(brief.statuses) == [
+        Status.SUCCESS,
+        Status.FAILURE,
+        Status.COMPENSATED,
+        Status.COMPENSATING,
+        Status.RUNNING,
+    ]  # by their first run, m[10] the last: in element order
+    assert brief.notable == 4  # m[2], m[7] failed, m[4], m[5] undoing
+    assert brief.listed == ["m[2]", "m[4]"]
+    assert await store.get_execution_in_brief("nope", 2) is None
 
 
 # workflow definitions --------------------------------------------------------------------

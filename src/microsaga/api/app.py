@@ -41,7 +41,7 @@ from ..steps import deferred_imports
 from . import models
 from .auth import BearerAuth, BodyLimit
 from .errors import PROBLEM_JSON, ApiError, problem_bytes, problem_for
-from .events import Feed, step_ids
+from .events import Feed, read_in_brief
 from .openapi import Operation, document
 
 if TYPE_CHECKING:
@@ -264,10 +264,9 @@ class Api:
 
     async def get_execution(self, id: str, query: models.GetExecution) -> models.Execution:
         self._check_id(id)
-        info = await self.flow.execution(id)
         if query.map_runs is None:
-            return models.execution(info)
-        return models.execution(info, query.map_runs, await step_ids(self.flow, id))
+            return models.execution(await self.flow.execution(id))
+        return models.execution(*await read_in_brief(self.flow, id, query.map_runs))
 
     async def get_execution_definition(self, id: str) -> dict[str, Any]:
         # the definition stored with the execution: that of a workflow never saved too,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +39,13 @@ from ..execution import Execution, StepRun
 from ..hooks import ExecutionEvent, Hook, StepEvent
 from ..observability.logs import about
 from ..status import Status
+from ..stores.base import MapBrief
 from . import models
 
 if TYPE_CHECKING:
     from ..flow import Flow
 
-__all__ = ["Feed", "Subscription", "settled", "sse", "step_ids"]
+__all__ = ["Feed", "Subscription", "read_in_brief", "settled", "sse"]
 
 log = logging.getLogger("microsaga.api")
 
@@ -131,21 +132,18 @@ class _Watched:
     steps: dict[str, tuple[str, str | None, int]]
     snapshot: list[bytes]  # the current state as events, for a new subscriber
     maps: dict[str, models.MapRuns]  # its maps in brief (with map_runs)
-    step_ids: Collection[str] | None  # the definition's (with map_runs)
     subscribers: set[Subscription] = field(default_factory=set)
     not_before: float = 0.0  # loop time before which its changes are not read
 
 
 def _events(
-    info: Execution,
-    before: _Watched | None,
-    map_runs: int | None = None,
-    step_ids: Collection[str] | None = None,
+    info: Execution, before: _Watched | None, briefs: Mapping[str, MapBrief] | None = None
 ) -> tuple[list[bytes], _Watched]:
     """The events from ``before`` to ``info``, and the new state (all of it as events
     when ``before`` is None; steps that never started are left out then). With
-    ``map_runs``, a map of more runs is a ``map`` event and the events of its listed
-    runs (a run newly listed has its event even if it did not change)."""
+    ``briefs`` (read with ``map_runs``: ``info`` has only their listed runs), a map of
+    more runs is a ``map`` event and the events of its listed runs (a run newly listed
+    has its event even if it did not change)."""
     change = sse(
         "execution",
         models.ExecutionChange(
@@ -160,17 +158,16 @@ def _events(
     status = info.status.name
     events = [] if before is not None and before.status == status else [change]
     maps: dict[str, models.MapRuns] = {}
-    hidden: set[str] = set()
     listed: set[str] = set()  # runs newly listed
-    if map_runs is not None:
-        maps, hidden = models.maps_in_brief(info, map_runs, step_ids)
+    if briefs is not None:
+        maps = {map_id: models.map_runs(brief) for map_id, brief in briefs.items()}
         listed = {r for brief in maps.values() for r in brief.listed}
         if before is not None:
             listed.difference_update(r for brief in before.maps.values() for r in brief.listed)
     keys = {}
     for sid, run in info.steps.items():
         key = keys[sid] = _step_key(run)
-        if key == ("PENDING", None, 0) or sid in hidden:
+        if key == ("PENDING", None, 0):
             continue
         event = sse(
             "step",
@@ -187,14 +184,18 @@ def _events(
     # the execution's own change last: a client that sees it stop has every step's event
     if events and events[0] is change and len(events) > 1:
         events.append(events.pop(0))
-    return events, _Watched(status, keys, snapshot, maps, step_ids)
+    return events, _Watched(status, keys, snapshot, maps)
 
 
-def settled(info: Execution) -> bool:
+def settled(info: Execution, briefs: Mapping[str, MapBrief] | None = None) -> bool:
     """Whether the execution has stopped and nothing of it runs any more: a suspended
-    execution's running steps still finish and are recorded."""
+    execution's running steps still finish and are recorded. ``briefs``: the maps
+    whose runs ``info`` left out."""
     if not info.status.stopped:
         return False
+    for brief in (briefs or {}).values():
+        if Status.RUNNING in brief.statuses or Status.RUNNING in brief.compensations:
+            return False
     for run in info.steps.values():
         if run.status is Status.RUNNING:
             return False
@@ -203,11 +204,20 @@ def settled(info: Execution) -> bool:
     return True
 
 
-async def step_ids(flow: Flow, execution_id: str) -> list[str] | None:
-    """The step ids of the execution's definition, which tell a map's runs from steps
-    named like them (read without its step runs); None when it is gone."""
-    found = await flow.store.definition_of(execution_id)
-    return None if found is None else found[1].step_ids
+async def read_in_brief(
+    flow: Flow, execution_id: str, map_runs: int
+) -> tuple[Execution, dict[str, MapBrief]]:
+    """The execution with its maps of more than ``map_runs`` runs in brief, counted by
+    the store, which reads only the runs it gives (``Store.get_execution_in_brief``;
+    headers unredacted: the API shows none).
+
+    Raises:
+        ExecutionNotFoundError: unknown id.
+    """
+    found = await flow.store.get_execution_in_brief(execution_id, map_runs)
+    if found is None:
+        raise ExecutionNotFoundError(execution_id)
+    return found
 
 
 def _end(status: str | None, execution_id: str) -> bytes:
@@ -280,12 +290,11 @@ class Feed:
         watched = self._watched.get(view)
         stopped_status: str | None = None
         if watched is None:
-            info = await self._read(execution_id)  # raises ExecutionNotFoundError
-            ids = None if map_runs is None else await step_ids(self.flow, execution_id)
+            info, briefs = await self._read(view)  # raises ExecutionNotFoundError
             watched = self._watched.get(view)  # someone else may have come meanwhile
             if watched is None:
-                _, watched = _events(info, None, map_runs, ids)
-                if settled(info):
+                _, watched = _events(info, None, briefs)
+                if settled(info, briefs):
                     stopped_status = info.status.name
                 else:
                     self._watch(view, watched)
@@ -402,18 +411,22 @@ class Feed:
             if not self._watched:  # nobody left: no cost on the flow's runs
                 self._unhook()
 
-    async def _read(self, execution_id: str) -> Execution:
+    async def _read(self, view: _View) -> tuple[Execution, dict[str, MapBrief] | None]:
+        """The execution of ``view``, and its maps in brief when it has a map_runs."""
         self.reads += 1
-        return await self.flow.execution(execution_id)
+        execution_id, map_runs = view
+        if map_runs is None:
+            return await self.flow.execution(execution_id), None
+        return await read_in_brief(self.flow, execution_id, map_runs)
 
     async def _refresh(self, view: _View) -> None:
         watched = self._watched.get(view)
         if watched is None:
             return
-        execution_id, map_runs = view
+        execution_id = view[0]
         began = asyncio.get_running_loop().time()
         try:
-            info = await self._read(execution_id)
+            info, briefs = await self._read(view)
         except ExecutionNotFoundError:  # pruned meanwhile
             self._finish(view, _end(None, execution_id))
             return
@@ -427,7 +440,7 @@ class Feed:
             return
         if self._watched.get(view) is not watched:
             return  # its last subscriber left while it was read
-        events, now = _events(info, watched, map_runs, watched.step_ids)
+        events, now = _events(info, watched, briefs)
         now.subscribers = watched.subscribers
         self._watched[view] = now
         for chunk in events:
@@ -435,7 +448,7 @@ class Feed:
                 sub.put(chunk)
         done = asyncio.get_running_loop().time()  # read, its events found and queued
         now.not_before = done + (done - began) * READ_PAUSE
-        if settled(info):
+        if settled(info, briefs):
             self._finish(view, _end(info.status.name, execution_id))
 
     def _finish(self, view: _View, end: bytes) -> None:

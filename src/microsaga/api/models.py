@@ -11,18 +11,18 @@ This module needs nothing but msgspec: the CLI uses it without the ``api`` extra
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Collection
-from dataclasses import replace
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from .. import execution as core
 from ..message import Message, decode_json_body
 from ..status import Status
-from ..waits import guessed_steps, run_of
+
+if TYPE_CHECKING:
+    from ..stores.base import MapBrief
 
 __all__ = [
     "STATUS_NAMES",
@@ -49,7 +49,7 @@ __all__ = [
     "WorkflowSummary",
     "execution",
     "execution_json",
-    "maps_in_brief",
+    "map_runs",
     "message_json",
     "step_run",
     "summary",
@@ -334,59 +334,24 @@ def step_run(run: core.StepRun) -> StepRun:
     )
 
 
-def maps_in_brief(
-    info: core.Execution, limit: int, step_ids: Collection[str] | None = None
-) -> tuple[dict[str, MapRuns], set[str]]:
-    """The maps of ``info`` with more than ``limit`` runs in brief, and the ids of the
-    runs that their brief leaves out. A map's runs are the steps ``<map id>[<i>]``;
-    ``step_ids``, the definition's, tell them from steps named like them (``x[0]``
-    beside a step ``x``); without them the ids alone are read."""
-    if not step_ids:
-        step_ids = guessed_steps(info.steps)
-    runs: dict[str, list[tuple[int, str]]] = {}
-    for sid in info.steps:
-        of = run_of(sid, step_ids)
-        if of is not None:
-            runs.setdefault(of[0], []).append((of[1], sid))
-    maps: dict[str, MapRuns] = {}
-    hidden: set[str] = set()
-    for map_id, found in runs.items():
-        if len(found) <= limit:
-            continue
-        found.sort()
-        statuses: Counter[str] = Counter()
-        comps: Counter[str] = Counter()
-        notable: list[str] = []
-        for _, rid in found:
-            run = info.steps[rid]
-            statuses[run.status.name] += 1
-            if run.compensation is not None:
-                comps[run.compensation.status.name] += 1
-            if core.notable(run):
-                notable.append(rid)
-        listed = notable[:limit]
-        maps[map_id] = MapRuns(
-            runs=len(found),
-            statuses=dict(statuses),
-            compensations=dict(comps),
-            notable=len(notable),
-            listed=listed,
-        )
-        hidden.update(rid for _, rid in found)
-        hidden.difference_update(listed)
-    return maps, hidden
+def map_runs(brief: MapBrief) -> MapRuns:
+    """The API's form of a map's runs in brief."""
+    return MapRuns(
+        runs=brief.runs,
+        statuses={status.name: n for status, n in brief.statuses.items()},
+        compensations={status.name: n for status, n in brief.compensations.items()},
+        notable=brief.notable,
+        listed=list(brief.listed),
+    )
 
 
-def execution(
-    info: core.Execution, map_runs: int | None = None, step_ids: Collection[str] | None = None
-) -> Execution:
-    """The API's form of an execution; with ``map_runs``, its maps of more runs in
-    brief (see :class:`GetExecution` and :func:`maps_in_brief`)."""
-    if map_runs is not None:
-        maps, hidden = maps_in_brief(info, map_runs, step_ids)
-        steps = {sid: run for sid, run in info.steps.items() if sid not in hidden}
-        brief = execution(replace(info, steps=steps))
-        brief.maps = maps
+def execution(info: core.Execution, maps: Mapping[str, MapBrief] | None = None) -> Execution:
+    """The API's form of an execution; with ``maps``, read with ``map_runs``: its maps
+    of more runs in brief (see :class:`GetExecution`), whose other runs ``info`` left
+    out."""
+    if maps is not None:
+        brief = execution(info)
+        brief.maps = {map_id: map_runs(runs) for map_id, runs in maps.items()}
         return brief
     return Execution(
         id=info.id,

@@ -25,8 +25,11 @@ from ..payloads import PLAIN, Bodies, Pending
 from ..status import Phase, Status
 from ..waits import run_of
 from .base import (
+    COMP_UNDOING,
+    UNDOING,
     Abort,
     ControlAction,
+    MapBrief,
     NewExecution,
     StepRecord,
     StoredDefinition,
@@ -42,10 +45,12 @@ __all__ = [
     "POSTGRES",
     "SQLITE",
     "STEP_COLUMNS",
+    "STEP_IDS",
     "WORKFLOW_COLUMNS",
     "RowMapping",
     "build_execution",
     "decode_header",
+    "map_briefs",
 ]
 
 # A step run, after its execution_id (step_runs written and read; load_executions).
@@ -125,6 +130,7 @@ NEW_EXECUTION_COLUMNS = (
 WORKFLOW_COLUMNS = ("id", "version", "hash", "body", "created_at")
 
 _DEFINITION = LOAD_COLUMNS.index("definition")
+STEP_IDS = EXECUTION_COLUMNS.index("step_ids")  # a definition's step ids, in its rows
 
 _header_decoder = msgspec.json.Decoder(dict[str, list[str]])
 _ids_decoder = msgspec.json.Decoder(list[str])
@@ -446,6 +452,37 @@ class RowMapping:
 
 SQLITE = RowMapping(encode_header=_header_bytes, encode_ids=_encode, decode_ids=_ids_decoder.decode)
 POSTGRES = RowMapping(encode_header=_header_text, encode_ids=_ids_text, decode_ids=list)
+
+
+def map_briefs(rows: Iterable[Sequence[Any]], limit: int) -> tuple[dict[str, MapBrief], list[str]]:
+    """From the rows of a ``map_runs`` query: the maps of more than ``limit`` runs in
+    brief, and the runs to read in full (those they list, every run of the others)."""
+    counts: dict[str, list[tuple[int, int, int | None, int]]] = {}
+    read: dict[str, list[tuple[int, str]]] = {}
+    for head, status, undo, count, index, run_id in rows:
+        if run_id is None:
+            counts.setdefault(head, []).append((index, status, undo, count))
+        else:
+            read.setdefault(head, []).append((index, run_id))
+    maps = {}
+    for head, groups in counts.items():
+        runs = sum(g[3] for g in groups)
+        if runs <= limit:
+            continue
+        statuses: dict[Status, int] = {}
+        comps: dict[Status, int] = {}
+        notable = 0
+        for _, code, undo_code, count in sorted(groups):  # by their first run
+            status = Status(code)
+            undo = None if undo_code is None else Status(undo_code)
+            statuses[status] = statuses.get(status, 0) + count
+            if undo is not None:
+                comps[undo] = comps.get(undo, 0) + count
+            if status in UNDOING or undo in COMP_UNDOING:  # as the query lists them
+                notable += count
+        listed = [run_id for _, run_id in sorted(read.get(head, ()))]
+        maps[head] = MapBrief(runs, statuses, comps, notable, listed)
+    return maps, [run_id for found in read.values() for _, run_id in found]
 
 
 def _step_run(rec: StepRecord, compensation: StepRun | None = None) -> StepRun:

@@ -11,21 +11,26 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 
 from .._engine.records import Abort, StepRecord
 from ..codecs import PayloadCodec
-from ..execution import Execution
+from ..execution import Execution, StepRun, notable
 from ..message import Message
 from ..status import Status
+from ..waits import run_of
 
 __all__ = [
+    "COMP_UNDOING",
+    "UNDOING",
     "Abort",
     "Claim",
     "ControlAction",
+    "MapBrief",
     "NewExecution",
     "StepRecord",
     "Store",
@@ -34,6 +39,7 @@ __all__ = [
     "StoredWorkflow",
     "Transition",
     "TransitionResult",
+    "map_briefs",
     "migrated_since",
 ]
 
@@ -136,6 +142,65 @@ class StoredDefinition:
     workflow_id: str
     body: bytes | None
     step_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MapBrief:
+    """A map step's runs in brief (:meth:`Store.get_execution_in_brief`)."""
+
+    runs: int  # how many started
+    statuses: dict[Status, int]  # the runs by status, in the order of their first run
+    compensations: dict[Status, int]  # the runs with a compensation, by its status
+    notable: int  # the runs failed or undoing (execution.notable)
+    listed: list[str]  # the first of those, in element order
+
+
+# the statuses of a run, and of its compensation, that make it worth listing, read off
+# the rule (execution.notable) for the SQL stores, which count and list runs by them
+UNDOING = frozenset(s for s in Status if notable(StepRun("", s)))
+COMP_UNDOING = frozenset(
+    s for s in Status if notable(StepRun("", Status.SUCCESS, compensation=StepRun("", s)))
+)
+
+
+def map_briefs(
+    info: Execution, limit: int, step_ids: Collection[str]
+) -> tuple[dict[str, MapBrief], set[str]]:
+    """The maps of ``info`` with more than ``limit`` runs in brief, counted here, and
+    the ids of the runs that their brief leaves out. A map's runs are the steps
+    ``<map id>[<i>]``; ``step_ids``, the definition's, tell them from steps named like
+    them (``x[0]`` beside a step ``x``)."""
+    runs: dict[str, list[tuple[int, str]]] = {}
+    for sid in info.steps:
+        of = run_of(sid, step_ids)
+        if of is not None:
+            runs.setdefault(of[0], []).append((of[1], sid))
+    maps: dict[str, MapBrief] = {}
+    hidden: set[str] = set()
+    for map_id, found in runs.items():
+        if len(found) <= limit:
+            continue
+        found.sort()
+        statuses: Counter[Status] = Counter()
+        comps: Counter[Status] = Counter()
+        listed: list[str] = []
+        for _, rid in found:
+            run = info.steps[rid]
+            statuses[run.status] += 1
+            if run.compensation is not None:
+                comps[run.compensation.status] += 1
+            if notable(run):
+                listed.append(rid)
+        maps[map_id] = MapBrief(
+            runs=len(found),
+            statuses=dict(statuses),
+            compensations=dict(comps),
+            notable=len(listed),
+            listed=listed[:limit],
+        )
+        hidden.update(rid for _, rid in found)
+        hidden.difference_update(listed[:limit])
+    return maps, hidden
 
 
 @dataclass(slots=True)
@@ -400,6 +465,22 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_execution(self, execution_id: str) -> Execution | None: ...
+
+    async def get_execution_in_brief(
+        self, execution_id: str, map_runs: int
+    ) -> tuple[Execution, dict[str, MapBrief]] | None:
+        """The execution with its maps of more than ``map_runs`` runs in brief: those
+        maps' counts, and the execution without their runs but the first ``map_runs``
+        failed or undoing ones (``execution.notable``) of each. The SQL stores count in
+        the database and read only the runs they give; this default reads every run."""
+        found = await self.definition_of(execution_id)
+        info = await self.get_execution(execution_id)
+        if found is None or info is None:
+            return None
+        maps, hidden = map_briefs(info, map_runs, found[1].step_ids)
+        if not hidden:
+            return info, maps
+        return replace(info, steps={s: r for s, r in info.steps.items() if s not in hidden}), maps
 
     @abc.abstractmethod
     async def get_status(self, execution_id: str) -> tuple[Status, Abort] | None:

@@ -35,13 +35,18 @@ from ._rows import (
     NEW_EXECUTION_COLUMNS,
     POSTGRES,
     STEP_COLUMNS,
+    STEP_IDS,
     RowMapping,
+    map_briefs,
 )
 from ._sql import LISTINGS
 from .base import (
+    COMP_UNDOING,
+    UNDOING,
     Abort,
     Claim,
     ControlAction,
+    MapBrief,
     NewExecution,
     StepRecord,
     Store,
@@ -56,6 +61,8 @@ from .base import (
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore", "retryable"]
 
 _NO_BEFORE = 2**62
+_UNDOING = sorted(UNDOING)  # what the map_runs query lists
+_COMP_UNDOING = sorted(COMP_UNDOING)
 _RUNNING = (Status.RUNNING, Status.COMPENSATING)
 _WRITE_ROUNDS = 20  # a row changes under a commit only on a control request or takeover
 # the width of a step_runs row: execution_id, then the step run's columns
@@ -719,6 +726,24 @@ class PostgresStore(Store):
         async def get(conn: Any) -> Execution | None:
             row = await conn.fetchrow(Q["get_execution"], execution_id)
             return None if row is None else (await self._executions(conn, [row]))[0]
+
+        return await self._db.snapshot(get)
+
+    async def get_execution_in_brief(
+        self, execution_id: str, map_runs: int
+    ) -> tuple[Execution, dict[str, MapBrief]] | None:
+        async def get(conn: Any) -> tuple[Execution, dict[str, MapBrief]] | None:
+            row = await conn.fetchrow(Q["get_execution"], execution_id)
+            if row is None:
+                return None
+            step_ids = row[STEP_IDS]
+            counted = await conn.fetch(
+                Q["map_runs"], execution_id, step_ids, map_runs, _UNDOING, _COMP_UNDOING
+            )
+            maps, runs = map_briefs(counted, map_runs)
+            steps = await conn.fetch(Q["step_rows_named"], execution_id, step_ids + runs)
+            found = await self._payloads(conn, [row], steps)
+            return self._rows.executions([row], steps, found)[0], maps
 
         return await self._db.snapshot(get)
 

@@ -34,12 +34,15 @@ from ..execution import Execution
 from ..message import Message
 from ..payloads import Bodies, Pending
 from ..status import Status
-from ._rows import SQLITE, RowMapping
+from ._rows import SQLITE, STEP_IDS, RowMapping, map_briefs
 from ._sql import LISTINGS, load_queries, migrations, statements
 from .base import (
+    COMP_UNDOING,
+    UNDOING,
     Abort,
     Claim,
     ControlAction,
+    MapBrief,
     NewExecution,
     Store,
     StoredDefinition,
@@ -60,6 +63,8 @@ _encode = msgspec.json.Encoder().encode
 _SYNC = ("OFF", "NORMAL", "FULL", "EXTRA")
 _OPTIONS = ("inline_commit", "synchronous")
 _NO_BEFORE = 2**62
+_UNDOING = _encode(sorted(UNDOING))  # what the map_runs query lists
+_COMP_UNDOING = _encode(sorted(COMP_UNDOING))
 
 
 def _path_of(url: str, setting: str) -> str:
@@ -715,6 +720,34 @@ class SQLiteStore(Store):
             finally:
                 conn.execute("COMMIT")
             return self._rows.executions([row], steps, found)[0]
+
+        return await self._read(get)
+
+    async def get_execution_in_brief(
+        self, execution_id: str, map_runs: int
+    ) -> tuple[Execution, dict[str, MapBrief]] | None:
+        def get() -> tuple[Execution, dict[str, MapBrief]] | None:
+            conn = self.r
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(Q["get_execution"], (execution_id,)).fetchone()
+                if row is None:
+                    return None
+                params = {
+                    "id": execution_id,
+                    "steps": row[STEP_IDS],
+                    "limit": map_runs,
+                    "undoing": _UNDOING,
+                    "comp_undoing": _COMP_UNDOING,
+                }
+                maps, runs = map_briefs(conn.execute(Q["map_runs"], params), map_runs)
+                ids = self._rows.decode_ids(row[STEP_IDS]) + runs
+                named = {"id": execution_id, "ids": _encode(ids)}
+                steps = conn.execute(Q["step_rows_named"], named).fetchall()
+                found = self._payloads(conn, [row], steps)
+            finally:
+                conn.execute("COMMIT")
+            return self._rows.executions([row], steps, found)[0], maps
 
         return await self._read(get)
 

@@ -145,6 +145,52 @@ SELECT execution_id, step_id, phase, status, attempts, request_body, request_hea
        response_body, response_header, error, started_at, finished_at
 FROM step_runs WHERE execution_id IN (SELECT value FROM json_each(?));
 
+-- name: map_runs
+-- The runs <step>[<i>] of the steps :steps (a JSON list: the definition's step ids) of
+-- execution :id, counted: a row (step, status, compensation status, count, first index,
+-- NULL) for each, then the runs to read in full: (step, NULL, NULL, NULL, index, run id)
+-- for each run of a step of no more than :limit runs, and for the first :limit runs of
+-- another that are failed or undoing (status in :undoing, or their compensation's in
+-- :comp_undoing; JSON lists). The execution's rows off the primary key, each
+-- compensation by its key. rtrim leaves '<step>[' of a run; its index is digits.
+WITH shaped AS (
+    SELECT step_id, status, rtrim(step_id, '0123456789]') AS open
+    FROM step_runs
+    WHERE execution_id = :id AND phase = 0 AND step_id GLOB '*[[][0-9]*]'
+),
+runs AS (
+    SELECT r.step_id, r.status, c.status AS undo,
+           substr(r.open, 1, length(r.open) - 1) AS head,
+           CAST(substr(r.step_id, length(r.open) + 1) AS INTEGER) AS idx
+    FROM shaped r
+    LEFT JOIN step_runs c ON c.execution_id = :id AND c.step_id = r.step_id AND c.phase = 1
+    WHERE substr(r.open, -1) = '['
+      AND instr(substr(r.step_id, length(r.open) + 1, length(r.step_id) - length(r.open) - 1), ']') = 0
+      AND length(r.step_id) - length(r.open) >= 2
+      AND substr(r.open, 1, length(r.open) - 1) IN (SELECT value FROM json_each(:steps))
+      AND r.step_id NOT IN (SELECT value FROM json_each(:steps))
+),
+sizes AS (SELECT head, count(*) AS n FROM runs GROUP BY head)
+SELECT head, status, undo, count(*), min(idx), NULL FROM runs GROUP BY head, status, undo
+UNION ALL
+SELECT head, NULL, NULL, NULL, idx, step_id FROM (
+    SELECT r.head, r.idx, r.step_id,
+           row_number() OVER (PARTITION BY r.head ORDER BY r.idx) AS nth
+    FROM runs r JOIN sizes z ON z.head = r.head
+    WHERE z.n <= :limit
+       OR r.status IN (SELECT value FROM json_each(:undoing))
+       OR r.undo IN (SELECT value FROM json_each(:comp_undoing))
+)
+WHERE nth <= :limit;
+
+-- name: step_rows_named
+-- The step runs (both phases) of one execution named in :ids (a JSON list), each off
+-- the primary key.
+SELECT execution_id, step_id, phase, status, attempts, request_body, request_header,
+       response_body, response_header, error, started_at, finished_at
+FROM step_runs
+WHERE execution_id = :id AND step_id IN (SELECT value FROM json_each(:ids));
+
 -- name: control_row
 -- A step RUNNING or WAITING (1, 8): an abort then needs a worker, to give up the waits.
 SELECT status, abort, owner, lease_until,
