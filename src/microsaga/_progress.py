@@ -15,11 +15,10 @@ from rich.text import Text
 
 from ._aio import wait_event
 from .errors import ExecutionNotFoundError
-from .execution import Execution, StepRun, notable
+from .execution import Execution, StepRun, guessed_steps, notable, run_of
 from .hooks import ExecutionEvent, Hook, StepEvent
 from .message import Message
 from .status import Status
-from .waits import guessed_steps, run_of
 
 if TYPE_CHECKING:
     from .flow import Flow

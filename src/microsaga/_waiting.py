@@ -23,6 +23,7 @@ from ._engine import data
 from ._engine.plan import Node, RetryPolicy
 from ._engine.records import Abort, StepRecord
 from .errors import MicrosagaError, StepError, StepTimeoutError, one_line
+from .execution import run_id
 from .message import Message, decode_json_body, encode_json
 from .observability.logs import about
 from .payloads import too_large
@@ -36,7 +37,6 @@ from .waits import (
     WaitStep,
     child_id,
     json_type,
-    run_id,
 )
 
 if TYPE_CHECKING:

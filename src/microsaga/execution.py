@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .message import Message
 from .status import Status
 
-__all__ = ["Execution", "StepRun", "notable", "to_datetime"]
+__all__ = ["Execution", "StepRun", "guessed_steps", "notable", "run_id", "run_of", "to_datetime"]
 
 
 def to_datetime(ts: float | None) -> datetime | None:
@@ -86,3 +87,30 @@ class Execution:
             r.compensation is not None and r.compensation.status is Status.FAILURE
             for r in self.steps.values()
         )
+
+
+def run_id(map_id: str, index: int) -> str:
+    """The step id of run ``index`` of map step ``map_id``: ``<map id>[<i>]``."""
+    return f"{map_id}[{index}]"
+
+
+def run_of(step_id: str, step_ids: Collection[str]) -> tuple[str, int] | None:
+    """The map step of ``step_ids`` (a definition's) and the index that ``step_id`` is
+    a run of (see :func:`run_id`), or None when it is no map's run."""
+    if step_id in step_ids or not step_id.endswith("]"):
+        return None
+    head, _, index = step_id[:-1].rpartition("[")
+    return (head, int(index)) if head in step_ids and index.isdigit() else None
+
+
+def guessed_steps(step_ids: Collection[str]) -> set[str]:
+    """The steps among ``step_ids`` (an execution's, its maps' runs included) as the
+    ids alone tell them from the runs: those that do not read as ``<step id>[<i>]`` of
+    another. A step may be named ``x[0]`` beside a step ``x`` that is no map, which only
+    the definition says (hand its step ids to :func:`run_of` where there is one)."""
+
+    def is_run(sid: str) -> bool:
+        head, _, index = sid[:-1].rpartition("[")
+        return sid.endswith("]") and index.isdigit() and head in step_ids
+
+    return {sid for sid in step_ids if not is_run(sid)}

@@ -33,7 +33,7 @@ from .errors import (
     MissingClientError,
     WorkflowNotFoundError,
 )
-from .execution import Execution
+from .execution import Execution, run_of
 from .hooks import ExecutionEvent, Hook, Hooks
 from .message import Message, decode_json_body, encode_json, huge_number, out_of_range
 from .payloads import check_size, redacted_execution
@@ -44,7 +44,7 @@ from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep, Waits, child_id, redriven_list_problem, run_of
+from .waits import SubflowStep, Waits, child_id, redriven_list_problem
 from .worker import NewRun, Worker
 from .workflow import Workflow
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._validate import name_problem, shown
 from .errors import DefinitionError
+from .execution import run_id
 from .expressions import Expression, compile_expression
 from .message import Message
 from .step import Step, StepContext, register_step
@@ -62,33 +63,6 @@ def child_id(execution_id: str, step_id: str, attempt: int) -> str:
     other execution has such an id: ``::`` is in none, ids and step ids hold no ``:``."""
     first = f"{execution_id}:{step_id}"
     return first if attempt <= 1 else f"{first}::{attempt}"
-
-
-def run_id(map_id: str, index: int) -> str:
-    """The step id of run ``index`` of map step ``map_id``: ``<map id>[<i>]``."""
-    return f"{map_id}[{index}]"
-
-
-def run_of(step_id: str, step_ids: Collection[str]) -> tuple[str, int] | None:
-    """The map step of ``step_ids`` (a definition's) and the index that ``step_id`` is
-    a run of (see :func:`run_id`), or None when it is no map's run."""
-    if step_id in step_ids or not step_id.endswith("]"):
-        return None
-    head, _, index = step_id[:-1].rpartition("[")
-    return (head, int(index)) if head in step_ids and index.isdigit() else None
-
-
-def guessed_steps(step_ids: Collection[str]) -> set[str]:
-    """The steps among ``step_ids`` (an execution's, its maps' runs included) as the
-    ids alone tell them from the runs: those that do not read as ``<step id>[<i>]`` of
-    another. A step may be named ``x[0]`` beside a step ``x`` that is no map, which only
-    the definition says (hand its step ids to :func:`run_of` where there is one)."""
-
-    def is_run(sid: str) -> bool:
-        head, _, index = sid[:-1].rpartition("[")
-        return sid.endswith("]") and index.isdigit() and head in step_ids
-
-    return {sid for sid in step_ids if not is_run(sid)}
 
 
 class Waits(NamedTuple):

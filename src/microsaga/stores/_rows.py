@@ -19,11 +19,10 @@ from typing import Any
 import msgspec
 
 from .._engine.control import ControlChange, control_change
-from ..execution import Execution, StepRun, to_datetime
+from ..execution import Execution, StepRun, run_of, to_datetime
 from ..message import Message, Metadata
 from ..payloads import PLAIN, Bodies, Pending
 from ..status import Phase, Status
-from ..waits import run_of
 from .base import (
     COMP_UNDOING,
     UNDOING,

@@ -19,10 +19,9 @@ import msgspec
 
 from .._engine.records import Abort, StepRecord
 from ..codecs import PayloadCodec
-from ..execution import Execution, StepRun, notable
+from ..execution import Execution, StepRun, notable, run_of
 from ..message import Message
 from ..status import Status
-from ..waits import run_of
 
 __all__ = [
     "COMP_UNDOING",
