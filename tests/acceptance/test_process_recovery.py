@@ -365,7 +365,8 @@ async def test_steering_from_other_processes_while_a_worker_runs(world: World) -
     assert info.steps["after"].status is Status.PENDING
     assert not world.calls("work", f"{napping}:after")
     resumed = cli("resume", napping, extra_env=env)
-    assert resumed.stdout.split() == [napping, "RUNNING"], resumed.stderr
+    # the status read after the request: the worker may have finished it already
+    assert resumed.stdout.split() in ([napping, "RUNNING"], [napping, "SUCCESS"]), resumed
     await world.reaches(napping, Status.SUCCESS)
     assert len(world.calls("work", f"{napping}:after")) == 1
 

@@ -878,9 +878,18 @@ def test_a_large_running_map_comes_in_brief(browser: Any, live: LiveServer) -> N
     )
     assert execution_status(driver) == "RUNNING"
     until(lambda: run_cards(driver, "m") == ["m[24]"], what="the failed run's card")
-    assert "out of stock" in driver.find_element(By.ID, "step-m[24]").text
-    shown = driver.find_element(By.CSS_SELECTOR, "#step-m .runs-shown").text
-    assert shown == "Its failed or undoing runs are shown below. Show all 25 runs"
+    # read with until: the stream's first state may draw the cards again meanwhile
+    until(
+        lambda: "out of stock" in driver.find_element(By.ID, "step-m[24]").text,
+        what="the failed run's error",
+    )
+    until(
+        lambda: (
+            driver.find_element(By.CSS_SELECTOR, "#step-m .runs-shown").text
+            == "Its failed or undoing runs are shown below. Show all 25 runs"
+        ),
+        what="the note on the runs shown",
+    )
     asked = [urlsplit(url) for url in requested(driver)]
     reads = [u.query for u in asked if u.path.endswith((f"/{eid}", f"/{eid}/events"))]
     assert reads  # the execution, then its stream: each in brief, no read of every run
