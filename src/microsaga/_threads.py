@@ -236,15 +236,20 @@ class StepThreads:
         finished, settle its future, so that awaiting it does not go through the loop.
         Otherwise its result comes back through the loop, as other calls' do, and its
         thread, no longer alone on the loop's CPU, runs anywhere."""
-        if not reply.ready.acquire(timeout=HOLD):
-            with self._lock:
-                reply.waiting = False  # too late if the thread handed the result
-                handed = reply.handed
-            if not handed:
-                if thread.cpu is not None and self._anywhere is not None:
+        finished = False
+        try:
+            finished = reply.ready.acquire(timeout=HOLD)
+        finally:  # also when interrupted (a signal's exception): the thread must know
+            if not finished:
+                with self._lock:
+                    reply.waiting = False  # too late if the thread handed the result
+                    finished = reply.handed
+                if finished:
+                    reply.ready.acquire()  # the thread is releasing it
+                elif thread.cpu is not None and self._anywhere is not None:
                     thread.pin(None, self._anywhere)
-                return
-            reply.ready.acquire()  # the thread is releasing it
+        if not finished:
+            return
         if reply.raised:
             future.set_exception(reply.value)
         else:
