@@ -40,6 +40,19 @@ than the whole step. The loop's thread pins the idle thread before handing it th
 call, so that it wakes up there: a thread pinning itself once awake would first wake
 on the CPU of its last call, and when the loop has moved since, move after it, at
 every step. Once calls overlap, the threads run anywhere again.
+
+Even so, the hop there and back costs two thread switches plus the loop's own round:
+the result's ``call_soon_threadsafe`` (a write to the loop's wake-up pipe), an epoll
+wake-up, a turn of the loop to settle the future and another to resume the task. So a
+lone call made while the loop has nothing else ready waits on the loop's thread, up to
+``HOLD``, blocked on a lock the thread releases with the result in hand: a call that
+finishes in time settles its future before ``run`` returns, and awaiting it does not
+go through the loop at all. A call that takes longer goes on as any other (its result
+comes back through the loop, its thread runs on any CPU), and the loop is free again:
+a function that blocks holds the loop at most ``HOLD`` per call. The loop's ready queue
+is asyncio's own (``_ready``; a loop without one, such as uvloop's, never waits): a
+loop with callbacks ready is busy, and waiting there would make the calls of a burst
+(64 executions in flight) run one after the other.
 """
 
 from __future__ import annotations
@@ -58,11 +71,35 @@ EAGER = 4  # threads started at once, when a call finds none idle
 # switch interval (5 ms), or threads only waiting for the GIL would look blocked
 WATCH = 0.01
 RETIRE = 5.0  # seconds a thread beyond the EAGER ones stays idle before it stops
+# seconds the loop's thread waits for a lone call: several quick steps' worth, short
+# enough that a function that blocks barely holds the loop
+HOLD = 0.0002
 
-# a call: the future to settle, the function, its arguments and the CPU to run it on
-# (None: any)
+
+class _Reply:
+    """Where a lone call's thread leaves its result while the loop's thread waits for
+    it; ``waiting`` (guarded by the lock of the threads) turns False if it gave up."""
+
+    __slots__ = ("handed", "raised", "ready", "value", "waiting")
+
+    def __init__(self) -> None:
+        self.ready = threading.Lock()
+        self.ready.acquire()  # released by the thread once the result is here
+        self.waiting = True
+        self.handed = False  # the result is here (or about to be, once ready)
+        self.raised = False
+        self.value: Any = None
+
+
+# a call: the future to settle, the function, its arguments, the CPU to run it on
+# (None: any) and, for a lone call the loop's thread waits for, where its result goes
 _Call = tuple[
-    asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...], int | None
+    asyncio.Future[Any],
+    contextvars.Context,
+    Callable[..., Any],
+    tuple[Any, ...],
+    int | None,
+    _Reply | None,
 ]
 # a finished call: the future, whether it raised, what it returned or raised
 _Done = tuple[asyncio.Future[Any], bool, Any]
@@ -78,7 +115,7 @@ _LOOK = _Look()
 class _Thread:
     """One step thread: where it waits for its next call (None instead of a call stops
     it), and the CPU it is pinned to. Its pin is changed by the loop's thread while it
-    is idle, by itself while it runs a call."""
+    is idle or once it stops waiting for its call, by itself when it takes a call."""
 
     __slots__ = ("cpu", "id", "inbox")
 
@@ -139,6 +176,7 @@ class StepThreads:
         self._seen = 0  # calls finished at the last check
         self._watching = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: collections.deque[Any] | None = None  # the loop's ready callbacks
         # the CPUs a thread may run on when not pinned (None: no pinning here)
         self._anywhere = os.sched_getaffinity(0) if _current_cpu is not None else None
 
@@ -150,12 +188,13 @@ class StepThreads:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop = loop
+            self._ready = getattr(loop, "_ready", None)
         future: asyncio.Future[Any] = loop.create_future()
         cpu = None
         if _current_cpu is not None and self._pending == 0:
             cpu = _current_cpu()  # no other call in flight: run it where the loop is
             cpu = cpu if cpu >= 0 else None
-        call: _Call = (future, contextvars.copy_context(), fn, args, cpu)
+        context = contextvars.copy_context()
         start = False
         thread: _Thread | None = None
         with self._lock:
@@ -164,7 +203,7 @@ class StepThreads:
             if lone and self._idle:
                 thread = self._idle.pop()  # handed the call itself
             else:
-                self._backlog.append(call)
+                self._backlog.append((future, context, fn, args, cpu, None))
                 if not self._idle:
                     start = self._threads < min(EAGER, self.size)
                     if start:
@@ -178,7 +217,12 @@ class StepThreads:
                 return future
             if cpu is not None and thread.cpu != cpu and self._anywhere is not None:
                 thread.pin(cpu, self._anywhere)  # so that it wakes up on the loop's CPU
-            thread.inbox.put(call)
+            if self._ready is not None and not self._ready:  # nothing else to do
+                reply = _Reply()
+                thread.inbox.put((future, context, fn, args, cpu, reply))
+                self._hold(future, reply, thread)
+            else:
+                thread.inbox.put((future, context, fn, args, cpu, None))
         elif start:
             self._start_thread()
         elif not self._watching and spare:
@@ -186,6 +230,30 @@ class StepThreads:
             self._seen = self._finished
             loop.call_later(WATCH, self._watch)
         return future
+
+    def _hold(self, future: asyncio.Future[Any], reply: _Reply, thread: _Thread) -> None:
+        """Wait up to ``HOLD`` seconds for a lone call on the loop's thread; if it
+        finished, settle its future, so that awaiting it does not go through the loop.
+        Otherwise its result comes back through the loop, as other calls' do, and its
+        thread, no longer alone on the loop's CPU, runs anywhere."""
+        finished = False
+        try:
+            finished = reply.ready.acquire(timeout=HOLD)
+        finally:  # also when interrupted (a signal's exception): the thread must know
+            if not finished:
+                with self._lock:
+                    reply.waiting = False  # too late if the thread handed the result
+                    finished = reply.handed
+                if finished:
+                    reply.ready.acquire()  # the thread is releasing it
+                elif thread.cpu is not None and self._anywhere is not None:
+                    thread.pin(None, self._anywhere)
+        if not finished:
+            return
+        if reply.raised:
+            future.set_exception(reply.value)
+        else:
+            future.set_result(reply.value)
 
     def _watch(self) -> None:
         """While calls wait: if none finished since the last check, the threads are
@@ -235,16 +303,22 @@ class StepThreads:
         thread.id = threading.get_native_id()
         anywhere = self._anywhere
         done: _Done | None = None
+        reply: _Reply | None = None
         while True:
             # hand back what finished, the bookkeeping first (the loop, once woken, does
             # not wait for this thread); then the oldest call waiting, else go idle
             first = False
+            handed = None  # the lock to release once the loop's thread may read the result
             with self._lock:
                 if done is not None:
                     self._pending -= 1
                     self._finished += 1
-                    self._done.append(done)
-                    first = len(self._done) == 1
+                    if reply is not None and reply.waiting:
+                        reply.handed, handed = True, reply.ready
+                        reply.raised, reply.value = done[1], done[2]
+                    else:
+                        self._done.append(done)
+                        first = len(self._done) == 1
                 self._waking = False
                 call = self._backlog.popleft() if self._backlog else None
                 if call is None:
@@ -253,7 +327,9 @@ class StepThreads:
                     else:
                         self._idle.append(thread)
                 stop = call is None and self._closed
-            done = None
+            if handed is not None:
+                handed.release()
+            done = reply = None
             if first:
                 self._wake()
             if stop:
@@ -265,9 +341,9 @@ class StepThreads:
                 if isinstance(got, _Look):
                     continue  # to the backlog, which a busy thread may have emptied
                 call = got
-            future, context, fn, args, cpu = call
-            if cpu is not None and self._pending > 1:
-                cpu = None  # calls were made after it (a fan-out): not alone after all
+            future, context, fn, args, cpu, reply = call
+            if cpu is not None and (self._pending > 1 or (reply is not None and not reply.waiting)):
+                cpu = None  # calls were made after it, or the loop went on: not alone
             if cpu != thread.cpu and anywhere is not None:
                 thread.pin(cpu, anywhere)  # a call of the backlog, or calls overlap
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 
@@ -137,3 +138,70 @@ async def test_shutdown_cancels_the_calls_not_started() -> None:
     # the call already running still hands its result back, then its thread stops
     assert await asyncio.wait_for(running, 20) == "finished"
     await eventually(lambda: _alive("closing") == 0, timeout=10)
+
+
+async def test_a_quick_lone_call_is_settled_before_run_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_threads, "HOLD", 30.0)  # however slow the machine, it is waited for
+    threads = StepThreads(4, name="held")
+    name = contextvars.ContextVar("name")
+    try:
+        await threads.run(str, 0)  # a thread started, now idle
+        name.set("caller")
+        settled = threads.run(name.get)
+        assert settled.done()  # awaiting it does not go through the loop
+        assert await settled == "caller"
+        failed = threads.run(int, "x")
+        assert failed.done()
+        with pytest.raises(ValueError, match="invalid literal"):
+            await failed
+    finally:
+        threads.shutdown()
+
+
+async def test_a_call_is_not_waited_for_while_the_loop_has_other_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_threads, "HOLD", 30.0)
+    threads = StepThreads(4, name="busy")
+    release = threading.Event()
+    try:
+        await threads.run(str, 0)
+        asyncio.get_running_loop().call_soon(lambda: None)  # the loop has work ready
+        passed = threads.run(str, 1)
+        assert not passed.done()
+        assert await passed == "1"
+        with monkeypatch.context() as short:
+            short.setattr(_threads, "HOLD", 0.001)
+            held = threads.run(release.wait, 30)  # lone, but outlasts the wait for it
+        overlapping = threads.run(str, 2)  # made while another call is in flight
+        assert not overlapping.done()
+        assert await asyncio.wait_for(overlapping, 20) == "2"
+        release.set()
+        assert await asyncio.wait_for(held, 20) is True
+    finally:
+        release.set()
+        threads.shutdown()
+
+
+async def test_a_lone_call_that_blocks_leaves_the_loop_free() -> None:
+    threads = StepThreads(4, name="free")
+    opened = threading.Event()
+    try:
+        await threads.run(str, 0)
+        waiting = threads.run(opened.wait, 30)  # only a task on the loop opens it
+
+        async def opener() -> None:
+            opened.set()
+
+        assert await asyncio.wait_for(asyncio.gather(waiting, opener()), 20) == [True, None]
+        # a call given up by its caller still finishes, and the threads go on
+        opened.clear()
+        abandoned = threads.run(opened.wait, 30)
+        abandoned.cancel()
+        opened.set()
+        assert await asyncio.wait_for(threads.run(str, 3), 20) == "3"
+    finally:
+        opened.set()
+        threads.shutdown()
