@@ -424,13 +424,15 @@ def test_a_page_shows_by_itself_when_the_store_is_back(browser: Any, live: LiveS
     async def away(*args: Any, **kwargs: Any) -> Any:
         raise StoreError("database is locked (test)")
 
-    flow.execution = away  # type: ignore[method-assign]
+    # the page reads the execution whole, or with its maps in brief
+    store = flow.store
+    store.get_execution = store.get_execution_in_brief = away  # type: ignore[method-assign]
     signed_in(driver, live, f"#/executions/{eid}")
     until(
         lambda: "database is locked (test)" in driver.find_element(By.CSS_SELECTOR, "main").text,
         what="the store said away",
     )
-    del flow.execution
+    del store.get_execution, store.get_execution_in_brief
     until(lambda: execution_status(driver) == "SUCCESS", what="the page once the store is back")
 
 
@@ -596,21 +598,27 @@ def test_why_an_execution_waits_for_a_worker_is_shown(browser: Any, live: LiveSe
     assert live.flow is not None
     flow = live.flow
     note = "no worker can run step reserve: no address for service 'inventory'"
-    read_one, read_many = flow.execution, flow.executions
+    store = flow.store
+    read_one, read_brief, read_many = flow.execution, store.get_execution_in_brief, flow.executions
 
     async def one(*args: Any, **kwargs: Any) -> Any:
         return dataclasses.replace(await read_one(*args, **kwargs), note=note)
+
+    async def brief(*args: Any, **kwargs: Any) -> Any:  # what the page reads
+        info, maps = await read_brief(*args, **kwargs)
+        return dataclasses.replace(info, note=note), maps
 
     async def many(*args: Any, **kwargs: Any) -> Any:
         return [dataclasses.replace(x, note=note) for x in await read_many(*args, **kwargs)]
 
     flow.execution, flow.executions = one, many  # type: ignore[method-assign]
+    store.get_execution_in_brief = brief  # type: ignore[method-assign]
     signed_in(driver, live)
     cell = f'#executions tr[data-execution-id="{eid}"] td.err'
     until(lambda: driver.find_element(By.CSS_SELECTOR, cell).text == note, what="in the list")
     driver.get(f"{live.url}/#/executions/{eid}")
     until(lambda: driver.find_element(By.ID, "execution-note").text == note, what="on its page")
-    del flow.execution, flow.executions
+    del flow.execution, flow.executions, store.get_execution_in_brief
 
 
 def test_map_runs_update_live_without_closing_what_is_open(browser: Any, live: LiveServer) -> None:
