@@ -708,31 +708,29 @@ class SQLiteStore(Store):
         return await self._read(count)
 
     async def get_execution(self, execution_id: str) -> Execution | None:
-        def get() -> Execution | None:
-            conn = self.r
-            conn.execute("BEGIN")
-            try:
-                row = conn.execute(Q["get_execution"], (execution_id,)).fetchone()
-                if row is None:
-                    return None
-                steps = conn.execute(Q["step_rows_of_many"], (_encode([execution_id]),)).fetchall()
-                found = self._payloads(conn, [row], steps)
-            finally:
-                conn.execute("COMMIT")
-            return self._rows.executions([row], steps, found)[0]
-
-        return await self._read(get)
+        found = await self._read(self._execution, execution_id, None)
+        return None if found is None else found[0]
 
     async def get_execution_in_brief(
         self, execution_id: str, map_runs: int
     ) -> tuple[Execution, dict[str, MapBrief]] | None:
-        def get() -> tuple[Execution, dict[str, MapBrief]] | None:
-            conn = self.r
-            conn.execute("BEGIN")
-            try:
-                row = conn.execute(Q["get_execution"], (execution_id,)).fetchone()
-                if row is None:
-                    return None
+        return await self._read(self._execution, execution_id, map_runs)
+
+    def _execution(
+        self, execution_id: str, map_runs: int | None
+    ) -> tuple[Execution, dict[str, MapBrief]] | None:
+        """One execution, read in one snapshot: with every step run, or (``map_runs``)
+        with its maps of more runs in brief and only the runs they list."""
+        conn = self.r
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(Q["get_execution"], (execution_id,)).fetchone()
+            if row is None:
+                return None
+            maps: dict[str, MapBrief] = {}
+            if map_runs is None:
+                steps = conn.execute(Q["step_rows_of_many"], (_encode([execution_id]),)).fetchall()
+            else:
                 params = {
                     "id": execution_id,
                     "steps": row[STEP_IDS],
@@ -744,12 +742,10 @@ class SQLiteStore(Store):
                 ids = self._rows.decode_ids(row[STEP_IDS]) + runs
                 named = {"id": execution_id, "ids": _encode(ids)}
                 steps = conn.execute(Q["step_rows_named"], named).fetchall()
-                found = self._payloads(conn, [row], steps)
-            finally:
-                conn.execute("COMMIT")
-            return self._rows.executions([row], steps, found)[0], maps
-
-        return await self._read(get)
+            found = self._payloads(conn, [row], steps)
+        finally:
+            conn.execute("COMMIT")
+        return self._rows.executions([row], steps, found)[0], maps
 
     async def list_executions(
         self,
