@@ -47,9 +47,9 @@ __all__ = [
     "STEP_IDS",
     "WORKFLOW_COLUMNS",
     "RowMapping",
+    "briefs_of_rows",
     "build_execution",
     "decode_header",
-    "map_briefs",
 ]
 
 # A step run, after its execution_id (step_runs written and read; load_executions).
@@ -453,7 +453,9 @@ SQLITE = RowMapping(encode_header=_header_bytes, encode_ids=_encode, decode_ids=
 POSTGRES = RowMapping(encode_header=_header_text, encode_ids=_ids_text, decode_ids=list)
 
 
-def map_briefs(rows: Iterable[Sequence[Any]], limit: int) -> tuple[dict[str, MapBrief], list[str]]:
+def briefs_of_rows(
+    rows: Iterable[Sequence[Any]], limit: int
+) -> tuple[dict[str, MapBrief], list[str]]:
     """From the rows of a ``map_runs`` query: the maps of more than ``limit`` runs in
     brief, and the runs to read in full (those they list, every run of the others)."""
     counts: dict[str, list[tuple[int, int, int | None, int]]] = {}

@@ -37,7 +37,7 @@ from ._rows import (
     STEP_COLUMNS,
     STEP_IDS,
     RowMapping,
-    map_briefs,
+    briefs_of_rows,
 )
 from ._sql import LISTINGS
 from .base import (
@@ -740,7 +740,7 @@ class PostgresStore(Store):
             counted = await conn.fetch(
                 Q["map_runs"], execution_id, step_ids, map_runs, _UNDOING, _COMP_UNDOING
             )
-            maps, runs = map_briefs(counted, map_runs)
+            maps, runs = briefs_of_rows(counted, map_runs)
             steps = await conn.fetch(Q["step_rows_named"], execution_id, step_ids + runs)
             found = await self._payloads(conn, [row], steps)
             return self._rows.executions([row], steps, found)[0], maps

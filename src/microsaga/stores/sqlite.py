@@ -34,7 +34,7 @@ from ..execution import Execution
 from ..message import Message
 from ..payloads import Bodies, Pending
 from ..status import Status
-from ._rows import SQLITE, STEP_IDS, RowMapping, map_briefs
+from ._rows import SQLITE, STEP_IDS, RowMapping, briefs_of_rows
 from ._sql import LISTINGS, load_queries, migrations, statements
 from .base import (
     COMP_UNDOING,
@@ -738,7 +738,7 @@ class SQLiteStore(Store):
                     "undoing": _UNDOING,
                     "comp_undoing": _COMP_UNDOING,
                 }
-                maps, runs = map_briefs(conn.execute(Q["map_runs"], params), map_runs)
+                maps, runs = briefs_of_rows(conn.execute(Q["map_runs"], params), map_runs)
                 ids = self._rows.decode_ids(row[STEP_IDS]) + runs
                 named = {"id": execution_id, "ids": _encode(ids)}
                 steps = conn.execute(Q["step_rows_named"], named).fetchall()
