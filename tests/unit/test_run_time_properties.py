@@ -424,6 +424,10 @@ async def drive(w: World, case: WaitCase, eid: str, created: float) -> tuple[Exe
         info = await still(flow, eid)
         if info is None or info.status is not Status.RUNNING:
             return info
+        # a signal sent to a waiting step is still the worker's to take (it woke the
+        # execution, which shows parked until a worker claims it): time moves on after
+        if any(r.status is Status.WAITING and sid in done.sent for sid, r in info.steps.items()):
+            return None
         # due now is due: the engine fires a timer at its time, so a signal the test
         # sends at that moment would race the worker's look at it
         return None if any(t <= clock.now for t in timers(info)) else info
