@@ -44,7 +44,7 @@ from .steps import deferred_imports, import_deferred
 from .stores import open_store
 from .stores.base import Store, StoredDefinition, StoredExecution, prune_paced
 from .transports.base import Broker, Client
-from .waits import SubflowStep, Waits, child_id, redriven_list_problem
+from .waits import SubflowStep, Waits, child_id, child_step, redriven_list_problem
 from .worker import NewRun, Worker
 from .workflow import Workflow
 
@@ -1134,12 +1134,7 @@ class Flow:
         assert parent_id is not None
         # the parent's status and step ids; its step runs only where they tell more
         found = await self.store.definition_of(parent_id)
-        known = set(found[1].step_ids) if found is not None else set()
-        # <parent id>:<step id>, then ::<n> from the second try (waits.child_id)
-        step = stored.id[len(parent_id) + 1 :]
-        head, sep, attempt = step.rpartition("::")
-        if step not in known and sep and attempt.isdigit():
-            step = head
+        step = child_step(stored.id, parent_id)
         said = (
             f"cannot redrive execution {stored.id}: it is the child of step {step} of "
             f"execution {parent_id}, and a new execution would have no parent waiting for it"

@@ -65,6 +65,12 @@ def child_id(execution_id: str, step_id: str, attempt: int) -> str:
     return first if attempt <= 1 else f"{first}::{attempt}"
 
 
+def child_step(child: str, parent_id: str) -> str:
+    """The SubflowStep of ``parent_id`` whose child execution ``child`` is: the
+    inverse of :func:`child_id`."""
+    return child[len(parent_id) + 1 :].partition("::")[0]
+
+
 class Waits(NamedTuple):
     """The signals a definition takes: the events its wait steps (their fallbacks and
     compensations too) wait for, and the ids of its SubflowSteps, whose children take
