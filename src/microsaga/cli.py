@@ -35,6 +35,7 @@ from .errors import (
 from .execution import Execution
 from .flow import Flow, left_by_rollback
 from .message import Message, huge_number, out_of_range
+from .payloads import shows_encrypted
 from .status import Status
 from .steps import deferred_imports
 
@@ -540,24 +541,20 @@ def show(ctx: click.Context, execution_id: str, as_json: bool, all_runs: bool) -
                 if collapses(info, all_runs):
                     found = await flow.store.definition_of(execution_id)
                     step_ids = found[1].step_ids if found is not None else None
-            shown = json.dumps(execution_json(info), indent=2)
             # read again, in full, only when something shows as "[encrypted]"
-            unread = await _why_encrypted(flow, execution_id) if ENCRYPTED in shown else None
+            unread = await _why_encrypted(flow, execution_id) if shows_encrypted(info) else None
         if as_json:
-            click.echo(shown)
+            click.echo(json.dumps(execution_json(info), indent=2))
         else:
             from ._progress import show_lines
 
             for line in show_lines(info, [x.id for x in redrives], all_runs, step_ids):
                 click.echo(line)
         if unread is not None:  # after what it explains; JSON alone on stdout
-            click.echo(f"encrypted  shown as {ENCRYPTED}: {unread}", err=as_json)
+            click.echo(f'encrypted  shown as "[encrypted]": {unread}', err=as_json)
         return EXIT_OK
 
     _run_async(main)
-
-
-ENCRYPTED = '"[encrypted]"'  # what a view shows of what it cannot decrypt
 
 
 async def _why_encrypted(flow: Flow, execution_id: str) -> str | None:

@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "check_size",
     "redacted",
     "redacted_execution",
+    "shows_encrypted",
     "too_large",
 ]
 
@@ -123,6 +124,21 @@ def redacted_execution(info: Execution, names: tuple[str, ...]) -> Execution:
         response=_redacted_message(info.response, names),
         steps={sid: _redacted_run(run, names) for sid, run in info.steps.items()},
     )
+
+
+def shows_encrypted(info: Execution) -> bool:
+    """Whether a view of ``info`` (``strict`` False) shows a body as ``"[encrypted]"``:
+    one it could not decrypt, or a body that is that text."""
+
+    def runs(run: StepRun | None) -> Iterator[Message | None]:
+        while run is not None:
+            yield run.request
+            yield run.response
+            run = run.compensation
+
+    messages = [info.request, info.response]
+    messages += [m for run in info.steps.values() for m in runs(run)]
+    return any(m is not None and m.body == _ENCRYPTED_BODY for m in messages)
 
 
 @dataclass(slots=True)
