@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -88,3 +89,21 @@ def fresh_sqlite(label: str) -> Iterator[str]:
         yield f"sqlite:///{folder / 'store.db'}"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def fresh_store(store: str, label: str) -> Iterator[str]:
+    """The URL a benchmark's ``--store`` names: a new SQLite file for ``sqlite``, a new
+    database for ``postgres`` (exits saying why when there is no server), ``memory://``
+    for ``memory``, else the URL given."""
+    if store == "sqlite":
+        with fresh_sqlite(label) as url:
+            yield url
+    elif store == "postgres":
+        server = find_server()
+        if isinstance(server, str):
+            sys.exit(server)
+        with fresh_postgres(server, label) as url:
+            yield url
+    else:
+        yield "memory://" if store == "memory" else store

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from databases import find_server, fresh_postgres, fresh_sqlite
+from databases import fresh_store
 
 from microsaga import Flow, FunctionStep, Message, Workflow
 
@@ -123,17 +122,7 @@ def main() -> None:
     sizes = [100, 1000] if args.quick else [100, 1000, 10000]
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",")]
-    with contextlib.ExitStack() as stack:
-        url = args.store
-        if url == "memory":
-            url = "memory://"
-        elif url == "sqlite":
-            url = stack.enter_context(fresh_sqlite("many-steps"))
-        elif url == "postgres":
-            server = find_server()
-            if isinstance(server, str):
-                sys.exit(server)
-            url = stack.enter_context(fresh_postgres(server, "many-steps"))
+    with fresh_store(args.store, "many-steps") as url:
         result = asyncio.run(bench(url, sizes, args.runs))
     print(json.dumps({"store": args.store, **result}))
 

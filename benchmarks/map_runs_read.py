@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from databases import find_server, fresh_postgres, fresh_sqlite
+from databases import fresh_store
 
 from microsaga import Flow, FunctionStep, MapStep, Message, StepError
 from microsaga.api import create_app, models
@@ -113,16 +112,7 @@ def main() -> None:
     parser.add_argument("--map-runs", type=int, default=50)
     parser.add_argument("--reads", type=int, default=7)
     args = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        if args.store == "sqlite":
-            url = stack.enter_context(fresh_sqlite("map-runs"))
-        elif args.store == "postgres":
-            server = find_server()
-            if isinstance(server, str):
-                sys.exit(server)
-            url = stack.enter_context(fresh_postgres(server, "map-runs"))
-        else:
-            url = args.store
+    with fresh_store(args.store, "map-runs") as url:
         figures = asyncio.run(measure(url, args.width, args.map_runs, args.reads))
         print(json.dumps({"store": args.store, **figures}))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from databases import find_server, fresh_postgres, fresh_sqlite
+from databases import fresh_store
 
 from microsaga import Flow, FunctionStep, MapStep, Message, Status, WaitStep
 
@@ -85,16 +84,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=10_000)
     parser.add_argument("--signals", type=int, default=50)
     args = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        if args.store == "sqlite":
-            url = stack.enter_context(fresh_sqlite("signal"))
-        elif args.store == "postgres":
-            server = find_server()
-            if isinstance(server, str):
-                sys.exit(server)
-            url = stack.enter_context(fresh_postgres(server, "signal"))
-        else:
-            url = args.store
+    with fresh_store(args.store, "signal") as url:
         print(json.dumps({"store": args.store, **measure(url, args.width, args.signals)}))
 
 
