@@ -336,7 +336,9 @@ def _stop_on_signals() -> list[int]:
 async def _unless_halted(flow: Flow, work: Awaitable[T]) -> T:
     """``work`` (following an execution for ``run``, a signal for ``worker``), unless
     the flow's worker stops on its own first (a newer release migrated the store):
-    then raise why, as :meth:`Flow.join` does (SchemaVersionError: exit status 2)."""
+    then raise why, as :meth:`Flow.join` does (SchemaVersionError: exit status 2). When
+    both end in the same turn of the loop, the halt wins: a worker stopped by a signal
+    just as its store was migrated must still say to upgrade, not exit 0."""
     done = asyncio.ensure_future(work)
     joined = asyncio.ensure_future(flow.join())
     try:
@@ -346,10 +348,10 @@ async def _unless_halted(flow: Flow, work: Awaitable[T]) -> T:
             task.cancel()
         # the live display is closed before anything else is printed
         await asyncio.gather(done, joined, return_exceptions=True)
-    if not done.cancelled():
-        return done.result()
-    joined.result()  # raises why the worker stopped
-    raise AssertionError("join returns only by raising")
+    if joined.done() and not joined.cancelled():
+        joined.result()  # raises why the worker stopped
+        raise AssertionError("join returns only by raising")
+    return done.result()
 
 
 def _outcome_code(status: Status) -> int:

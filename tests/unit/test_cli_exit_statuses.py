@@ -63,3 +63,25 @@ def test_a_store_of_a_newer_microsaga_is_a_setting_to_mend_not_an_outage(
     err = capsys.readouterr().err
     assert err.startswith("error[schema_version]: ")
     assert "upgrade microsaga" in err
+
+
+def test_a_halt_in_the_same_turn_as_the_work_still_says_to_upgrade() -> None:
+    """A worker told to stop by a signal in the very turn its store was migrated exits
+    2, naming the schema, not 0 as if it had only been stopped."""
+    import asyncio
+
+    from microsaga import SchemaVersionError
+    from microsaga.cli import _unless_halted
+
+    class Halted:  # a flow whose worker has just stopped: join raises at once
+        async def join(self) -> None:
+            raise SchemaVersionError("the store's schema is newer than this microsaga")
+
+    async def stopped() -> str:  # the signal's event, already set
+        return "stopped"
+
+    async def main() -> None:
+        await _unless_halted(Halted(), stopped())  # type: ignore[arg-type]
+
+    with pytest.raises(SchemaVersionError, match="newer than this microsaga"):
+        asyncio.run(main())
