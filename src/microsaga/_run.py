@@ -34,6 +34,7 @@ from ._engine.saga import (
     first,
 )
 from ._groupcommit import Committer
+from ._signature import result_message
 from ._waiting import Waiting
 from .errors import LeaseLostError, MicrosagaError, StepTimeoutError, one_line
 from .expressions import truthy
@@ -819,7 +820,7 @@ class Run:
             retry = node.compensate_retry or self.host.compensation_retry
             timeout = node.compensate_timeout or self.spec.step_timeout
         hooks = self.host.hooks
-        direct = step.direct
+        direct, threaded = step.direct, step.threaded
         request = rec.request if rec.request is not None else Message()
         attempt = rec.attempts or 1
         error = rec.error
@@ -838,6 +839,11 @@ class Run:
                 if direct is not None and timeout is None:
                     # a plain async function of the request: awaited without a context
                     response = to_message(await direct(request))
+                elif threaded is not None and timeout is None:
+                    # a plain sync function of the request: on the flow's step threads
+                    # (a Message, or an awaitable it returned: awaited here)
+                    got = await self.host.flow.threads.run(threaded, request)
+                    response = got if type(got) is Message else result_message(await got)
                 else:
                     response = await self.call(step, request, sid, attempt, timeout, phase)
             except Exception as exc:

@@ -102,6 +102,10 @@ class FunctionCall:
         direct: for an async function that needs no context, ``direct(request)``
             awaits it and returns its result (what the engine may await in place of
             ``execute``); None otherwise.
+        threaded: for a sync function that needs no context, ``threaded(request)``
+            calls it and returns its result as a Message, or the awaitable it returned
+            (what the engine may run on the flow's step threads in place of
+            ``execute``); None otherwise.
         typed: whether the function takes typed parameters (else messages).
         needs: the fields of a JSON object input that its data parameters require,
             when they are known (None: any input may fit).
@@ -112,6 +116,7 @@ class FunctionCall:
     direct: Callable[[Message], Awaitable[Any]] | None
     typed: bool
     needs: Mapping[str, frozenset[str]] | None = None  # {"parameter x": fields}
+    threaded: Callable[[Message], Any] | None = None
 
     def missing(self, keys: Collection[str]) -> str | None:
         """What an input object of exactly ``keys`` lacks for the function's
@@ -278,7 +283,20 @@ def _message_call(fn: Callable[..., Any], is_async: bool, *, with_ctx: bool) -> 
     def invoke(request: Message, ctx: StepContext) -> Any:
         return fn(request)
 
-    return FunctionCall(is_async, invoke, fn if is_async else None, typed=False)
+    if is_async:
+        return FunctionCall(is_async, invoke, fn, typed=False)
+    return FunctionCall(is_async, invoke, None, typed=False, threaded=_threaded(fn))
+
+
+def _threaded(call: Callable[[Message], Any]) -> Callable[[Message], Any]:
+    """``call`` of the request with its result made a Message where it ran (a step
+    thread); an awaitable it returns is left for the event loop to await."""
+
+    def threaded(request: Message) -> Any:
+        value = call(request)
+        return value if inspect.isawaitable(value) else result_message(value)
+
+    return threaded
 
 
 # typed parameters ---------------------------------------------------------------------
@@ -473,6 +491,9 @@ def _typed_call(fn: Callable[..., Any], is_async: bool, params: list[_Param]) ->
                 return result_message(await invoke(request, None))
 
             direct = direct_any
+    threaded = None
+    if not is_async and not needs_ctx:
+        threaded = _threaded(lambda request: invoke(request, None))
     needs: dict[str, frozenset[str]] = {}
     if decode_all is not None:  # several: each its field of the input
         needs["parameters " + ", ".join(p.name for p in data)] = frozenset(
@@ -482,7 +503,7 @@ def _typed_call(fn: Callable[..., Any], is_async: bool, params: list[_Param]) ->
         fields = _required_fields(data[0].type) if data[0].role == _DATA else None
         if fields is not None:
             needs[f"parameter {data[0].name}"] = fields
-    return FunctionCall(is_async, invoke, direct, typed=True, needs=needs)
+    return FunctionCall(is_async, invoke, direct, typed=True, needs=needs, threaded=threaded)
 
 
 def _required_fields(tp: Any) -> frozenset[str] | None:

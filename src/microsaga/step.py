@@ -286,6 +286,11 @@ class Step:
     # when the step has no timeout: its result is taken as a FunctionStep's. Set by
     # steps whose execute would only call it (a FunctionStep of an async function).
     direct: Callable[[Message], Awaitable[Any]] | None = None
+    # what the engine may run on the flow's step threads with the request alone, in
+    # place of execute(req, ctx), when the step has no timeout: it returns the response
+    # Message, or an awaitable whose result is taken as a FunctionStep's. Set by steps
+    # whose execute would only run it there (a FunctionStep of a sync function).
+    threaded: Callable[[Message], Any] | None = None
 
     def __init__(
         self,

@@ -303,9 +303,12 @@ class FunctionStep(Step):
         self._fn = fn
         self._call = function_call(fn)
         self._async = self._call.is_async
-        if self._call.direct is not None and type(self).execute is FunctionStep.execute:
-            # the engine awaits it with the request alone: no context, no execute
-            self.direct = self._call.direct
+        if type(self).execute is FunctionStep.execute:
+            # the engine calls these with the request alone: no context, no execute
+            if self._call.direct is not None:
+                self.direct = self._call.direct
+            if self._call.threaded is not None:
+                self.threaded = self._call.threaded
 
     @classmethod
     def _deferred(cls, path: str) -> FunctionStep:

@@ -251,10 +251,18 @@ def test_the_engine_awaits_async_functions_directly_when_it_can() -> None:
     def sync(order: Order) -> None:
         return None
 
+    def sync_with_ctx(msg: Message, ctx: StepContext) -> None:
+        return None
+
     assert FunctionStep(plain).direct is plain
     assert FunctionStep(typed).direct is not None
     assert FunctionStep(with_ctx).direct is None
     assert FunctionStep(sync).direct is None
+    # sync functions needing no context run on the step threads with the request alone
+    assert FunctionStep(sync).threaded is not None
+    assert FunctionStep(lambda msg: None).threaded is not None
+    assert FunctionStep(sync_with_ctx).threaded is None
+    assert FunctionStep(plain).threaded is None
 
 
 class NotDecodable:

@@ -162,6 +162,52 @@ async def test_a_sync_step_sees_the_callers_context_variables(flow: Flow) -> Non
     assert info.steps["w"].response.json() == "req-42"
 
 
+async def test_what_a_sync_function_returns_is_its_response_as_an_async_ones(
+    flow: Flow,
+) -> None:
+    """Made a Message on its thread: a dict, a typed value, raw bytes; an awaitable it
+    returns is awaited on the loop, its result taken as an async function's."""
+
+    async def later(value: int) -> dict[str, int]:
+        await asyncio.sleep(0)
+        return {"later": value}
+
+    def typed(n: int) -> list[int]:
+        return [n, n]
+
+    steps = [
+        FunctionStep(lambda m: {"n": m.json()}, id="dict"),
+        FunctionStep(typed, id="typed"),
+        FunctionStep(lambda m: b"\x00raw", id="raw"),
+        FunctionStep(lambda m: later(m.json()), id="awaitable"),
+    ]
+    wf = await flow.workflow_create("returns", *steps)
+    info = await flow.execution(await wf.execute(7))
+    bodies = {sid: run.response.body for sid, run in info.steps.items() if run.response}
+    assert bodies == {
+        "dict": b'{"n":7}',
+        "typed": b"[7,7]",
+        "raw": b"\x00raw",
+        "awaitable": b'{"later":7}',
+    }
+
+
+async def test_a_sync_function_whose_result_json_cannot_hold_fails_for_good(
+    flow: Flow,
+) -> None:
+    calls: list[int] = []
+
+    def odd(m: Message) -> object:
+        calls.append(1)
+        return threading.Lock()  # no JSON holds it
+
+    retried = Retry(max_attempts=3, initial_interval=0.0)
+    wf = await flow.workflow_create("odd", FunctionStep(odd, id="odd", retry=retried))
+    with pytest.raises(ExecutionFailedError, match="cannot be encoded as JSON"):
+        await wf.execute({})
+    assert calls == [1]  # not retried: the same value would fail again
+
+
 async def test_many_sync_executions_at_once_all_finish(flow: Flow) -> None:
     def double(m: Message) -> int:
         return int(m.json()) * 2
