@@ -24,12 +24,17 @@ would make them pass the GIL around. Such a call wakes one idle thread (with
 ``_LOOK``) unless one was woken and has not looked at the backlog yet. Both decisions
 are made under one lock.
 
-Few threads run quick functions best, and a function that blocks needs a thread of its
-own. So a call finding no idle thread starts one only while there are fewer than
-``EAGER``; beyond, it waits its turn, and a check every ``WATCH`` seconds while calls
-wait wakes an idle thread, or starts one, for each waiting call if no call finished
-since the last check (the threads are blocked, not busy), up to ``size`` threads. A
-thread idle for ``RETIRE`` seconds stops while more than ``EAGER`` run.
+One thread runs quick functions best (threads taking turns at the GIL cost more than
+such calls), and a function that blocks needs a thread of its own. So a call finding
+no idle thread starts one only while there are fewer than ``EAGER``; beyond, it waits
+its turn, and a look every ``WATCH`` seconds while calls wait decides from what the
+threads did since the last look (:meth:`StepThreads._watch`): blocked (no call
+finished, or in calls most of the time but seldom on a CPU, which each thread's CPU
+clock tells), an idle thread is woken or one started for each waiting call; computing
+(in calls nearly all the time, on a CPU at least half of it) while fewer threads are
+busy than there are CPUs, one more, since calls that let go of the GIL run side by
+side; up to ``size`` threads. A thread idle for ``RETIRE`` seconds stops while more
+than ``EAGER`` run.
 
 A call made while no other is in flight (one execution of plain functions at a time)
 runs on the CPU the loop's thread is on, where the platform lets a thread be pinned
@@ -63,10 +68,11 @@ import contextvars
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-EAGER = 4  # threads started at once, when a call finds none idle
+EAGER = 1  # threads started at once, when a call finds none idle
 # seconds between checks for blocked threads while calls wait: longer than the GIL's
 # switch interval (5 ms), or threads only waiting for the GIL would look blocked
 WATCH = 0.01
@@ -117,12 +123,30 @@ class _Thread:
     it), and the CPU it is pinned to. Its pin is changed by the loop's thread while it
     is idle or once it stops waiting for its call, by itself when it takes a call."""
 
-    __slots__ = ("cpu", "id", "inbox")
+    __slots__ = ("calls", "clock", "cpu", "id", "inbox", "seen", "since")
 
     def __init__(self) -> None:
         self.inbox: queue.SimpleQueue[_Call | _Look | None] = queue.SimpleQueue()
         self.id = 0  # the system's id of the thread, set by the thread before its first call
         self.cpu: int | None = None  # None: any CPU
+        # the clock of the CPU time the thread used (set by the thread; None: unknown)
+        self.clock: int | None = None
+        self.calls = 0.0  # seconds spent in finished calls, set by the thread
+        self.since = 0.0  # time.perf_counter() when its call started (0: in none)
+        self.seen = (0.0, 0.0)  # seconds in calls and on a CPU at the last look
+
+    def look(self) -> tuple[float, float]:
+        """The seconds the thread spent in calls, and on a CPU, since the last look."""
+        since = self.since
+        in_calls = self.calls + (time.perf_counter() - since if since else 0.0)
+        cpu = self.seen[1]
+        if self.clock is not None:
+            try:
+                cpu = time.clock_gettime(self.clock)
+            except OSError:  # the thread ended meanwhile
+                pass
+        before, self.seen = self.seen, (in_calls, cpu)
+        return max(0.0, in_calls - before[0]), max(0.0, cpu - before[1])
 
     def pin(self, cpu: int | None, anywhere: set[int]) -> None:
         """Run the thread on ``cpu`` from now on (None: on any CPU of ``anywhere``)."""
@@ -149,6 +173,9 @@ def _cpu_probe() -> Callable[[], int] | None:
 
 
 _current_cpu = _cpu_probe()
+# whether a thread's CPU time can be read from another thread (Linux, the BSDs)
+_thread_clock = hasattr(time, "pthread_getcpuclockid")
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class StepThreads:
@@ -164,6 +191,7 @@ class StepThreads:
         self._name = name
         self._lock = threading.Lock()  # guards what the threads change, below
         self._idle: list[_Thread] = []  # the idle threads, the last idle on top
+        self._all: set[_Thread] = set()  # every thread running, idle or not
         self._backlog: collections.deque[_Call] = collections.deque()  # calls not taken
         self._threads = 0  # threads running, idle or not
         self._pending = 0  # calls made and not finished (running or in the backlog)
@@ -175,6 +203,7 @@ class StepThreads:
         self._started = 0  # threads started, ever (their names)
         self._seen = 0  # calls finished at the last check
         self._watching = False
+        self._looked_at = 0.0  # time.perf_counter() at the last look at the threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: collections.deque[Any] | None = None  # the loop's ready callbacks
         # the CPUs a thread may run on when not pinned (None: no pinning here)
@@ -228,6 +257,7 @@ class StepThreads:
         elif not self._watching and spare:
             self._watching = True
             self._seen = self._finished
+            self._look()  # counted from now on
             loop.call_later(WATCH, self._watch)
         return future
 
@@ -255,16 +285,44 @@ class StepThreads:
         else:
             future.set_result(reply.value)
 
+    def _look(self) -> tuple[float, float, float]:
+        """The seconds since the last look, and the seconds the threads spent in calls
+        and on a CPU meanwhile (on a CPU: 0 where a thread's CPU time is unknown)."""
+        with self._lock:
+            threads = list(self._all)
+        now = time.perf_counter()
+        elapsed, self._looked_at = now - self._looked_at, now
+        in_calls = on_cpu = 0.0
+        for thread in threads:
+            calls, cpu = thread.look()
+            in_calls += calls
+            on_cpu += cpu
+        return elapsed, in_calls, on_cpu
+
     def _watch(self) -> None:
-        """While calls wait: if none finished since the last check, the threads are
-        blocked; wake an idle thread or start one for each waiting call (up to
-        ``size`` threads)."""
+        """While calls wait, look at what the threads did since the last look. Blocked
+        (no call finished; or they spent at least half the time in calls, and under a
+        quarter of that on a CPU: waiting for the network, a lock, a sleep): wake an
+        idle thread or start one for each waiting call. Computing (in calls nearly all
+        the time, on a CPU at least half of it) while fewer threads are busy than there
+        are CPUs: one more, since calls that let go of the GIL (hashing, compressing)
+        run side by side. Else none: threads that only wait for the GIL between quick
+        calls spend little of their time in calls. Up to ``size`` threads."""
+        elapsed, in_calls, on_cpu = self._look()
         with self._lock:
             waiting = len(self._backlog)
-            stuck = self._finished == self._seen
-            woken = min(waiting, len(self._idle)) if stuck else 0
+            busy = self._threads - len(self._idle)
+            if self._finished == self._seen or (
+                _thread_clock and in_calls >= elapsed / 2 and on_cpu < in_calls / 4
+            ):
+                wanted = waiting
+            elif busy < _CPUS and in_calls >= 0.9 * busy * elapsed and on_cpu >= elapsed / 2:
+                wanted = 1
+            else:
+                wanted = 0
+            woken = min(wanted, len(self._idle))
             idle = [self._idle.pop() for _ in range(woken)]
-            more = min(waiting - woken, self.size - self._threads) if stuck else 0
+            more = min(wanted - woken, self.size - self._threads)
             self._threads += more
             spare = bool(self._idle) or self._threads < self.size
         for thread in idle:
@@ -301,6 +359,17 @@ class StepThreads:
 
     def _work(self, thread: _Thread) -> None:
         thread.id = threading.get_native_id()
+        if _thread_clock:
+            thread.clock = time.pthread_getcpuclockid(threading.get_ident())
+        with self._lock:
+            self._all.add(thread)
+        try:
+            self._serve(thread)
+        finally:
+            with self._lock:
+                self._all.discard(thread)
+
+    def _serve(self, thread: _Thread) -> None:
         anywhere = self._anywhere
         done: _Done | None = None
         reply: _Reply | None = None
@@ -346,10 +415,13 @@ class StepThreads:
                 cpu = None  # calls were made after it, or the loop went on: not alone
             if cpu != thread.cpu and anywhere is not None:
                 thread.pin(cpu, anywhere)  # a call of the backlog, or calls overlap
+            thread.since = time.perf_counter()
             try:
                 done = (future, False, context.run(fn, *args))
             except BaseException as exc:  # handed to the awaiting task, as run_in_executor does
                 done = (future, True, exc)
+            thread.calls += time.perf_counter() - thread.since
+            thread.since = 0.0
             del call, future, context, fn, args
 
     def _wait(self, thread: _Thread) -> _Call | _Look | None:

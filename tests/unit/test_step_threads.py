@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import os
 import threading
@@ -204,4 +205,109 @@ async def test_a_lone_call_that_blocks_leaves_the_loop_free() -> None:
         assert await asyncio.wait_for(threads.run(str, 3), 20) == "3"
     finally:
         opened.set()
+        threads.shutdown()
+
+
+class _Inside:
+    """How many calls are inside a function at once, at most, and on which threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.names: collections.Counter[str] = collections.Counter()
+
+    def enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.names[threading.current_thread().name] += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+
+async def _in_flight(threads: StepThreads, fn: object, count: int, width: int) -> None:
+    slots = asyncio.Semaphore(width)
+
+    async def one() -> None:
+        async with slots:
+            await threads.run(fn)  # type: ignore[arg-type]
+
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 60)
+
+
+async def test_calls_that_wait_briefly_each_get_a_thread() -> None:
+    """Calls that wait for the network (here a 4 ms sleep) but finish all the time, so
+    that some call always finished since the last look: the threads are blocked
+    nonetheless (in calls, off the CPU), and the calls waiting get threads of their own
+    instead of queueing behind a few (a service's latency times the calls in flight)."""
+    import time
+
+    inside = _Inside()
+
+    def waits() -> None:
+        inside.enter()
+        time.sleep(0.004)
+        inside.leave()
+
+    threads = StepThreads(64, name="brief")
+    try:
+        await _in_flight(threads, waits, 400, 32)
+    finally:
+        threads.shutdown()
+    assert inside.most >= 16
+
+
+async def test_quick_calls_made_together_keep_to_one_thread() -> None:
+    """Threads taking turns at the GIL for calls of microseconds cost more than the
+    calls: many made at once run one after the other on one thread (all of them but
+    for a stall of the machine, which looks like a blocked thread for a moment)."""
+    inside = _Inside()
+
+    def quick() -> None:
+        inside.enter()
+        inside.leave()
+
+    threads = StepThreads(64, name="quick")
+    try:
+        for _ in range(5):
+            await _in_flight(threads, quick, 2000, 64)
+    finally:
+        threads.shutdown()
+    assert inside.names.most_common(1)[0][1] >= 0.9 * 5 * 2000
+
+
+@pytest.mark.parametrize(
+    ("seen", "more"),
+    [
+        # seconds since the last look, in calls, on a CPU: the threads started
+        ((0.01, 0.0100, 0.0000), 3),  # blocked: in calls, off the CPU: one per waiting call
+        ((0.01, 0.0100, 0.0095), 1),  # computing: one more, which may use another CPU
+        ((0.01, 0.0010, 0.0010), 0),  # quick calls, taking turns at the GIL: none
+    ],
+)
+async def test_what_the_threads_did_decides_how_many_more_start(
+    monkeypatch: pytest.MonkeyPatch, seen: tuple[float, float, float], more: int
+) -> None:
+    """The look made while calls wait, every ``WATCH`` seconds, given what one busy
+    thread did since the last look (calls finished meanwhile, so that only what they
+    did decides)."""
+    if more == 1 and _threads._CPUS < 2:
+        pytest.skip("one more thread computing helps only with a second CPU")
+    if more == 3 and not _threads._thread_clock:
+        pytest.skip("threads' CPU time cannot be read here")
+    threads = StepThreads(16, name="look")
+    threads._watching = True  # the look is made below, not on a timer
+    release = threading.Event()
+    try:
+        held = [threads.run(release.wait, 30) for _ in range(4)]  # one runs, three wait
+        await eventually(lambda: _alive("look") == 1 and len(threads._backlog) == 3)
+        monkeypatch.setattr(threads, "_look", lambda: seen)
+        threads._seen = threads._finished - 1  # a call finished since the last look
+        threads._watch()
+        assert threads._threads == 1 + more
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*held), 20)
         threads.shutdown()
