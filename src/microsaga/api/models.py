@@ -349,10 +349,9 @@ def execution(info: core.Execution, maps: Mapping[str, MapBrief] | None = None) 
     """The API's form of an execution; with ``maps``, read with ``map_runs``: its maps
     of more runs in brief (see :class:`GetExecution`), whose other runs ``info`` left
     out."""
+    briefs: dict[str, MapRuns] | msgspec.UnsetType = msgspec.UNSET
     if maps is not None:
-        brief = execution(info)
-        brief.maps = {map_id: map_runs(runs) for map_id, runs in maps.items()}
-        return brief
+        briefs = {map_id: map_runs(runs) for map_id, runs in maps.items()}
     return Execution(
         id=info.id,
         workflow_id=info.workflow_id,
@@ -368,6 +367,7 @@ def execution(info: core.Execution, maps: Mapping[str, MapBrief] | None = None) 
         redrive_of=info.redrive_of,
         note=info.note,
         steps={sid: step_run(run) for sid, run in info.steps.items()},
+        maps=briefs,
     )
 
 
