@@ -137,8 +137,10 @@ class _Thread:
 
     def look(self) -> tuple[float, float]:
         """The seconds the thread spent in calls, and on a CPU, since the last look."""
-        since = self.since
-        in_calls = self.calls + (time.perf_counter() - since if since else 0.0)
+        # read before the start of its call: a call ending meanwhile is counted at the
+        # next look, where read after it would be counted twice
+        calls, since = self.calls, self.since
+        in_calls = calls + (time.perf_counter() - since if since else 0.0)
         cpu = self.seen[1]
         if self.clock is not None:
             try:
