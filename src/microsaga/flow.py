@@ -349,10 +349,11 @@ class Flow:
     @property
     def threads(self) -> StepThreads:
         """The threads sync :class:`FunctionStep` functions run in, off the event loop
-        (they may block): a few for quick functions, more when functions block, at
-        most as many as the flow's ``concurrency``; stopped with the flow. A call
-        costs one asyncio future, and the calls that finish together are handed back
-        to the loop in one wake-up (``microsaga._threads``; docs/semantics.md)."""
+        (they may block): one for quick functions, more when functions block or compute
+        with the GIL let go, at most as many as the flow's ``concurrency``; stopped
+        with the flow. A call costs one asyncio future, and the calls that finish
+        together are handed back to the loop in one wake-up (``microsaga._threads``;
+        docs/semantics.md)."""
         if self._threads is None:
             self._threads = StepThreads(self._options.concurrency)
         return self._threads
