@@ -741,7 +741,8 @@ class Worker:
     async def _abort_unread(self, execution_id: str, token: int, exc: CodecError) -> bool:
         """End ABORTED an execution aborted without compensation that this worker cannot
         decode (a codec key lost for good): that needs none of its bodies, and prune
-        removes it then. Its steps' records stay as they were. True when it ended."""
+        removes it then. Its steps left running or waiting become PENDING, saying why.
+        True when it ended."""
         found = await self.store.get_status(execution_id)
         if found is None or found[1] is not Abort.NO_COMPENSATION or found[0].finished:
             return False
@@ -760,6 +761,15 @@ class Worker:
         (result,) = await self.store.commit([ended])
         if not isinstance(result, TransitionResult) or not result.applied:
             return False
+        try:  # ended: a failure here leaves only its steps' records as they were
+            await self.store.give_up_unread_steps(execution_id, error, now)
+        except MicrosagaError as exc:
+            log.warning(
+                "execution %s: its steps still show running or waiting: %s",
+                execution_id,
+                one_line(exc),
+                extra=about(execution_id),
+            )
         log.warning("execution %s %s", execution_id, error, extra=about(execution_id))
         self._cannot_run.pop(execution_id, None)
         self._left.pop(execution_id, None)

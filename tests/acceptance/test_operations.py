@@ -273,13 +273,20 @@ async def test_an_execution_whose_key_is_lost_ends_by_an_abort_without_compensat
 
     async def aborted() -> bool:
         shown = [await ops.status(e, kept) for e in (waiting, rolling)]
-        return [s["status"] for s in shown] == ["ABORTED", "ABORTED"] and shown
+        settled = all(  # the wait given up, just after the execution ended
+            run["status"] != "WAITING" for s in shown for run in s["steps"].values()
+        )
+        return [s["status"] for s in shown] == ["ABORTED", "ABORTED"] and settled and shown
 
     why = "stored value encrypted with key '2026-06', which the codec does not have"
     for shown in await eventually(aborted, timeout=60):
         assert shown["error"] == f"aborted without reading it: {why}"
         assert shown["note"] is None
         assert shown["steps"]["echo"]["compensation"] is None  # nothing rolled back
+        assert shown["steps"]["echo"]["status"] == "SUCCESS"
+        # the wait waits no more: PENDING, saying why, as a wait given up by an abort
+        given_up = [run for sid, run in shown["steps"].items() if sid != "echo"]
+        assert [(run["status"], run["error"]) for run in given_up] == [("PENDING", shown["error"])]
     assert await ops.stop(worker) == 0
     assert f"execution {waiting} aborted without reading it: {why}" in log.read_text()
     assert ops.ok("prune", "--older-than", "0s").strip() == "pruned 2 executions"

@@ -174,3 +174,28 @@ async def test_a_filtered_listing_reads_the_index_of_its_filter(
     details = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + listing)]
     conn.close()
     assert any(f"USING INDEX {index}" in d for d in details), (listing, details)
+
+
+async def test_giving_up_unread_steps_leaves_a_live_execution_alone(tmp_path: Path) -> None:
+    """Store.give_up_unread_steps touches only an execution ABORTED without
+    compensation: one still waiting keeps its waiting step."""
+    from microsaga import WaitStep
+    from tests.helpers import eventually
+
+    async with Flow(f"sqlite:///{tmp_path / 'flow.db'}", poll_interval=0.05) as flow:
+
+        async def first(msg: Message) -> dict[str, bool]:
+            return {"ok": True}
+
+        wf = await flow.workflow_create(
+            "held", FunctionStep(first, id="first"), WaitStep("go", requires=["first"])
+        )
+        live = await wf.execute({}, async_=True)
+
+        async def waits() -> bool:
+            return (await flow.execution(live)).steps["go"].status is Status.WAITING
+
+        await eventually(waits)
+        await flow.store.give_up_unread_steps(live, "not read", 1.0)
+        info = await flow.execution(live)
+        assert (info.status, info.steps["go"].status) == (Status.RUNNING, Status.WAITING)

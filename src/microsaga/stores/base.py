@@ -552,6 +552,15 @@ class Store(abc.ABC):
         rows."""
         return None
 
+    async def give_up_unread_steps(  # noqa: B027 - optional
+        self, execution_id: str, error: str, at: float
+    ) -> None:
+        """Once an execution that no worker could read (a codec key lost for good) ended
+        ABORTED without compensation: its step runs left RUNNING or WAITING become
+        PENDING with ``error`` (they run no more), their bodies kept as they are. Only
+        an execution in that state is touched. A store without a codec holds nothing a
+        worker cannot read, and needs not implement it."""
+
     async def prune_controls(self, before: float) -> None:  # noqa: B027 - optional
         """Forget control requests older than ``before``."""
 

@@ -495,6 +495,12 @@ class PostgresStore(Store):
 
         await self._db.retrying(release)
 
+    async def give_up_unread_steps(self, execution_id: str, error: str, at: float) -> None:
+        async def give_up(conn: Any) -> None:
+            await conn.execute(Q["give_up_unread_steps"], execution_id, error, at)
+
+        await self._db.retrying(give_up)
+
     async def release_all(self, owner: str) -> int:
         async def release_all(conn: Any) -> int:
             row = await conn.fetchrow(Q["release_all"], owner, CHANNEL)

@@ -487,6 +487,12 @@ class SQLiteStore(Store):
 
         await self._write(self._tx, release)
 
+    async def give_up_unread_steps(self, execution_id: str, error: str, at: float) -> None:
+        def give_up(conn: sqlite3.Connection) -> None:
+            conn.execute(Q["give_up_unread_steps"], {"id": execution_id, "error": error, "at": at})
+
+        await self._write(self._tx, give_up)
+
     async def release_all(self, owner: str) -> int:
         def release_all(conn: sqlite3.Connection) -> int:
             return conn.execute(Q["release_all"], (owner,)).rowcount

@@ -621,6 +621,16 @@ DELETE FROM microsaga_controls WHERE at < $1;
 
 -- queries ----------------------------------------------------------------------------
 
+-- name: give_up_unread_steps
+-- Store.give_up_unread_steps: the step runs of an execution ABORTED without
+-- compensation (abort 2) left RUNNING (1) or WAITING (8) become PENDING (0).
+-- $1 id, $2 error, $3 at.
+UPDATE microsaga_step_runs SET status = 0, error = $2, finished_at = $3
+WHERE execution_id = $1 AND status IN (1, 8)
+  AND EXISTS (
+      SELECT 1 FROM microsaga_executions WHERE id = $1 AND status = 4 AND abort = 2
+  );
+
 -- name: get_status
 SELECT status, abort FROM microsaga_executions WHERE id = $1;
 

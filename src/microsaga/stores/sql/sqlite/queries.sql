@@ -236,6 +236,13 @@ SELECT coalesce(max(seq), 0) FROM controls;
 -- name: prune_controls
 DELETE FROM controls WHERE at < ?;
 
+-- name: give_up_unread_steps
+-- Store.give_up_unread_steps: the step runs of an execution ABORTED without
+-- compensation (abort 2) left RUNNING (1) or WAITING (8) become PENDING (0).
+UPDATE step_runs SET status = 0, error = :error, finished_at = :at
+WHERE execution_id = :id AND status IN (1, 8)
+  AND EXISTS (SELECT 1 FROM executions WHERE id = :id AND status = 4 AND abort = 2);
+
 -- name: get_status
 SELECT status, abort FROM executions WHERE id = ?;
 
