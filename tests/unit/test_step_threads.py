@@ -7,6 +7,7 @@ import collections
 import contextvars
 import os
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -227,12 +228,14 @@ class _Inside:
             self.now -= 1
 
 
-async def _in_flight(threads: StepThreads, fn: object, count: int, width: int) -> None:
+async def _in_flight(
+    threads: StepThreads, fn: Callable[[], object], count: int, width: int
+) -> None:
     slots = asyncio.Semaphore(width)
 
     async def one() -> None:
         async with slots:
-            await threads.run(fn)  # type: ignore[arg-type]
+            await threads.run(fn)
 
     await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 60)
 
