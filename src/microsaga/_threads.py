@@ -28,9 +28,9 @@ One thread runs quick functions best (threads taking turns at the GIL cost more 
 such calls), and a function that blocks needs a thread of its own. So a call finding
 no idle thread starts one only while there are fewer than ``EAGER``; beyond, it waits
 its turn, and a look every ``WATCH`` seconds while calls wait decides from what the
-threads did since the last look (:meth:`StepThreads._watch`): blocked (no call
-finished, or in calls most of the time but seldom on a CPU, which each thread's CPU
-clock tells), an idle thread is woken or one started for each waiting call; computing
+threads did since the last look (:meth:`StepThreads._watch`): blocked (in calls most
+of the time but seldom on a CPU, which each thread's CPU clock tells), as many threads
+as are busy are woken or started (at most one per waiting call); computing
 (in calls nearly all the time, on a CPU at least half of it) while fewer threads are
 busy than there are CPUs, one more, since calls that let go of the GIL run side by
 side; up to ``size`` threads. A thread idle for ``RETIRE`` seconds stops while more
@@ -303,21 +303,26 @@ class StepThreads:
 
     def _watch(self) -> None:
         """While calls wait, look at what the threads did since the last look. Blocked
-        (no call finished; or they spent at least half the time in calls, and under a
-        quarter of that on a CPU: waiting for the network, a lock, a sleep): wake an
-        idle thread or start one for each waiting call. Computing (in calls nearly all
-        the time, on a CPU at least half of it) while fewer threads are busy than there
-        are CPUs: one more, since calls that let go of the GIL (hashing, compressing)
-        run side by side. Else none: threads that only wait for the GIL between quick
-        calls spend little of their time in calls. Up to ``size`` threads."""
+        (they spent at least half the time in calls, and under a quarter of that on a
+        CPU: waiting for the network, a lock, a sleep; where a thread's CPU time cannot
+        be read, no call finished): wake idle threads or start new ones, as many as are
+        busy (doubling them at each look) and no more than calls wait, so that one
+        blocked call does not start a thread for each of the quick calls queued behind
+        it. Computing (in calls nearly all the time, on a CPU at least half of it)
+        while fewer threads are busy than there are CPUs: one more, since calls that
+        let go of the GIL (hashing, compressing) run side by side; a call holding the
+        GIL for long starts no crowd. Else none: threads that only wait for the GIL
+        between quick calls spend little of their time in calls. Up to ``size``."""
         elapsed, in_calls, on_cpu = self._look()
         with self._lock:
             waiting = len(self._backlog)
             busy = self._threads - len(self._idle)
-            if self._finished == self._seen or (
-                _thread_clock and in_calls >= elapsed / 2 and on_cpu < in_calls / 4
-            ):
-                wanted = waiting
+            if _thread_clock:
+                blocked = in_calls >= elapsed / 2 and on_cpu < in_calls / 4
+            else:
+                blocked = self._finished == self._seen
+            if blocked:
+                wanted = min(waiting, max(1, busy))
             elif busy < _CPUS and in_calls >= 0.9 * busy * elapsed and on_cpu >= elapsed / 2:
                 wanted = 1
             else:
