@@ -33,6 +33,14 @@ from microsaga import DefinitionError, load_definition
             "steps[0]: unknown step kind 'fucntion' (did you mean function?); a step needs",
         ),
         ("id: x\nsteps: [{call: a.B.C, colour: red}]", "steps[0].colour: unknown field"),
+        (  # the kind written as a field, as other tools write it
+            "id: x\nsteps: [{id: a, kind: wait, event: go}]",
+            "steps[0].kind: a step's kind is its key (wait: ...), not a kind field; one of: ",
+        ),
+        (  # beside a key that is a kind (workflow: the sub-workflow's id)
+            "id: x\nsteps: [{id: a, type: subflow, workflow: other}]",
+            "steps[0].type: a step's kind is its key (subflow: ...), not a type field; ",
+        ),
         (  # the colon after the kind forgotten
             "id: x\nsteps:\n  - call a.B.C\n",
             "steps[0]: must be a mapping, not str (a kind is followed by a colon: call: a.B.C)",
