@@ -308,7 +308,7 @@ async def test_what_the_threads_did_decides_how_many_more_start(
     did decides)."""
     if seen[2] > 0.005 and _threads._CPUS < 2:
         pytest.skip("one more thread computing helps only with a second CPU")
-    if not _threads._thread_clock:
+    if more and not _threads._thread_clock:
         pytest.skip("threads' CPU time cannot be read here")
     threads = StepThreads(16, name="look")
     threads._watching = True  # the look is made below, not on a timer
@@ -344,4 +344,28 @@ async def test_one_blocked_call_does_not_start_a_thread_per_quick_call_behind_it
         assert _alive("behind-one") <= 8
     finally:
         release.set()
+        threads.shutdown()
+
+
+async def test_without_cpu_clocks_no_call_finished_is_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a thread's CPU time cannot be read, a look at which no call finished since
+    the last one counts the threads as blocked: one more per busy thread."""
+    monkeypatch.setattr(_threads, "_thread_clock", False)
+    threads = StepThreads(16, name="clockless")
+    threads._watching = True  # the look is made below, not on a timer
+    release = threading.Event()
+    try:
+        held = [threads.run(release.wait, 30) for _ in range(4)]  # one runs, three wait
+        await eventually(lambda: _alive("clockless") == 1 and len(threads._backlog) == 3)
+        monkeypatch.setattr(threads, "_look", lambda: (0.01, 0.0, 0.0))
+        threads._seen = threads._finished  # no call finished since the last look
+        threads._watch()
+        assert threads._threads == 2
+        threads._watch()  # still none finished: two busy, two more
+        assert threads._threads == 4
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*held), 20)
         threads.shutdown()
