@@ -280,7 +280,6 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
         if len(words) == 2 and words[0] in kinds:
             hint = f" (a kind is followed by a colon: {words[0]}: {_shown(words[1])})"
         raise DefinitionError(f"must be a mapping, not {type(entry).__name__}{hint}", path=path)
-    named = [k for k in entry if k in kinds]
     for key in ("kind", "type"):  # `kind: wait`, as other tools write a step's kind
         if key in entry and key not in kinds:
             value = _shown(entry[key]) if isinstance(entry[key], str) else "..."
@@ -289,6 +288,7 @@ def step_from_dict(entry: Any, path: str, *, nested: str | None = None) -> Step:
                 f"one of: {', '.join(sorted(kinds))}",
                 path=_join(path, key),
             )
+    named = [k for k in entry if k in kinds]
     if not named:
         other = [str(k) for k in entry if k not in _COMMON]
         hint = ""

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from microsaga import ConfigurationError, Flow, FunctionStep, Message, Status
+from microsaga import ConfigurationError, Flow, FunctionStep, Message, Status, WaitStep
 from microsaga.stores.sqlite import Q, SQLiteStore
+from tests.helpers import eventually
 
 
 async def test_a_database_locked_by_another_process_does_not_block_the_loop(
@@ -179,9 +180,6 @@ async def test_a_filtered_listing_reads_the_index_of_its_filter(
 async def test_giving_up_unread_steps_leaves_a_live_execution_alone(tmp_path: Path) -> None:
     """Store.give_up_unread_steps touches only an execution ABORTED without
     compensation: one still waiting keeps its waiting step."""
-    from microsaga import WaitStep
-    from tests.helpers import eventually
-
     async with Flow(f"sqlite:///{tmp_path / 'flow.db'}", poll_interval=0.05) as flow:
 
         async def first(msg: Message) -> dict[str, bool]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -289,6 +290,23 @@ async def test_quick_calls_made_together_keep_to_one_thread() -> None:
     assert inside.names.most_common(1)[0][1] >= 0.9 * 5 * 2000
 
 
+@contextlib.asynccontextmanager
+async def _one_busy_three_waiting(name: str) -> AsyncIterator[StepThreads]:
+    """Step threads with one thread blocked in a call and three calls waiting, whose
+    looks the test makes (not a timer)."""
+    threads = StepThreads(16, name=name)
+    threads._watching = True
+    release = threading.Event()
+    try:
+        held = [threads.run(release.wait, 30) for _ in range(4)]
+        await eventually(lambda: _alive(name) == 1 and len(threads._backlog) == 3)
+        yield threads
+    finally:
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*held), 20)
+        threads.shutdown()
+
+
 @pytest.mark.parametrize(
     ("seen", "more"),
     [
@@ -310,20 +328,11 @@ async def test_what_the_threads_did_decides_how_many_more_start(
         pytest.skip("one more thread computing helps only with a second CPU")
     if more and not _threads._thread_clock:
         pytest.skip("threads' CPU time cannot be read here")
-    threads = StepThreads(16, name="look")
-    threads._watching = True  # the look is made below, not on a timer
-    release = threading.Event()
-    try:
-        held = [threads.run(release.wait, 30) for _ in range(4)]  # one runs, three wait
-        await eventually(lambda: _alive("look") == 1 and len(threads._backlog) == 3)
+    async with _one_busy_three_waiting("look") as threads:
         monkeypatch.setattr(threads, "_look", lambda: seen)
         threads._seen = threads._finished - 1  # a call finished since the last look
         threads._watch()
         assert threads._threads == 1 + more
-    finally:
-        release.set()
-        await asyncio.wait_for(asyncio.gather(*held), 20)
-        threads.shutdown()
 
 
 async def test_one_blocked_call_does_not_start_a_thread_per_quick_call_behind_it() -> None:
@@ -353,19 +362,10 @@ async def test_without_cpu_clocks_no_call_finished_is_blocked(
     """Where a thread's CPU time cannot be read, a look at which no call finished since
     the last one counts the threads as blocked: one more per busy thread."""
     monkeypatch.setattr(_threads, "_thread_clock", False)
-    threads = StepThreads(16, name="clockless")
-    threads._watching = True  # the look is made below, not on a timer
-    release = threading.Event()
-    try:
-        held = [threads.run(release.wait, 30) for _ in range(4)]  # one runs, three wait
-        await eventually(lambda: _alive("clockless") == 1 and len(threads._backlog) == 3)
+    async with _one_busy_three_waiting("clockless") as threads:
         monkeypatch.setattr(threads, "_look", lambda: (0.01, 0.0, 0.0))
         threads._seen = threads._finished  # no call finished since the last look
         threads._watch()
         assert threads._threads == 2
         threads._watch()  # still none finished: two busy, two more
         assert threads._threads == 4
-    finally:
-        release.set()
-        await asyncio.wait_for(asyncio.gather(*held), 20)
-        threads.shutdown()
