@@ -141,6 +141,11 @@ class Committer:
 
     async def _drain(self) -> None:
         try:
+            if self.store.commit_concurrency == 1:
+                # a store taking one commit at a time: the first batch waits a turn of
+                # the loop for what that turn brings (results of sync step functions
+                # coming back from their threads), so that fewer, larger commits go out
+                await asyncio.sleep(0)
             while self._queue:
                 batch = self._take()
                 if self._queue and self._drains < self.store.commit_concurrency:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from microsaga._groupcommit import Committer
 from microsaga.status import Status
 from microsaga.stores.base import NewExecution, Transition, TransitionResult
@@ -83,3 +85,22 @@ async def test_a_long_queue_is_shared_evenly_among_the_commits_left() -> None:
     # 8 queued behind the first, 2 commits left: 4 each, not four batches of 2
     assert [len(b) for b in store.batches] == [1, 4, 4]
     assert store.most_in_flight == 3
+
+
+@pytest.mark.parametrize(("concurrency", "batches"), [(1, [["a", "b"]]), (3, [["a"], ["b"]])])
+async def test_a_store_of_one_commit_at_a_time_waits_a_turn_for_more(
+    concurrency: int, batches: list[list[str]]
+) -> None:
+    # SQLite takes one commit at a time: a unit submitted in the turn of the loop that
+    # starts a commit (a sync step function's result coming back) joins it. PostgreSQL
+    # takes several: the commit goes out at once and the next one goes beside it.
+    store = HeldStore(concurrency=concurrency, batch_split=None)
+    store.gate.set()
+    committer = Committer(store)
+
+    async def later() -> TransitionResult:
+        await asyncio.sleep(0)  # runs in the turn after the one that started the drain
+        return await committer.submit(unit("b", 1))
+
+    await asyncio.gather(committer.submit(unit("a", 0)), later())
+    assert [[eid for eid, _ in batch] for batch in store.batches] == batches
