@@ -91,9 +91,10 @@ async def test_a_long_queue_is_shared_evenly_among_the_commits_left() -> None:
 async def test_a_store_of_one_commit_at_a_time_waits_a_turn_for_more(
     concurrency: int, batches: list[list[str]]
 ) -> None:
-    # SQLite takes one commit at a time: a unit submitted in the turn of the loop that
-    # starts a commit (a sync step function's result coming back) joins it. PostgreSQL
-    # takes several: the commit goes out at once and the next one goes beside it.
+    # SQLite takes one commit at a time: a unit submitted in the turn of the loop after
+    # the one that queued the first (a sync step function's result coming back) joins
+    # its commit. PostgreSQL takes several: that commit goes out at once, the next beside
+    # it.
     store = HeldStore(concurrency=concurrency, batch_split=None)
     store.gate.set()
     committer = Committer(store)

@@ -239,7 +239,8 @@ class Store(abc.ABC):
     batching = True  # whether commits of many units in one call pay off
     # batches the store takes at once: 1 for a single writer (SQLite); a server with row
     # locks (PostgreSQL) commits the next batch while one is in flight. Units of one
-    # execution are never in two batches at once: its run waits for each commit.
+    # execution are never in two batches at once: its run waits for each commit. With
+    # 1, a batch waits a turn of the event loop for more units (see Committer._drain).
     commit_concurrency = 1
     # with commit_concurrency > 1: a queue longer than this many units is shared among
     # batches committed side by side, each of at least this many (None: never)
